@@ -1,0 +1,3 @@
+from ucernvm.cli import main
+
+raise SystemExit(main())
