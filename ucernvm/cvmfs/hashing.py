@@ -1,0 +1,140 @@
+"""Content hashes and object names of the CernVM-FS content-addressed store.
+
+A hash is written as lower-case hex followed by the algorithm id (``""`` for SHA-1, ``-rmd160``,
+``-shake128``); the object of a hash lives at ``data/<2 hex>/<rest><algorithm id><type suffix>``.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from dataclasses import dataclass
+
+from ucernvm.errors import FormatError
+
+DIGEST_SIZE = 20
+
+
+class HashAlgorithm(enum.Enum):
+    """The content hash algorithms; ``value`` is cvmfs's ``shash::Algorithms`` number."""
+
+    SHA1 = 1
+    RMD160 = 2
+    SHAKE128 = 3
+
+    @property
+    def id_suffix(self) -> str:
+        return _ID_SUFFIX[self]
+
+    @property
+    def catalog_flag_bits(self) -> int:
+        """Bits 8..10 of a catalog entry's flags carry ``algorithm - 1``."""
+        return (self.value - 1) << 8
+
+    @classmethod
+    def from_catalog_flags(cls, flags: int) -> HashAlgorithm:
+        number = ((flags >> 8) & 0x7) + 1
+        try:
+            return cls(number)
+        except ValueError:
+            raise FormatError(f"unknown hash algorithm {number} in catalog flags {flags:#x}") from None
+
+    @classmethod
+    def from_name(cls, name: str) -> HashAlgorithm:
+        """The ``CVMFS_HASH_ALGORITHM`` spelling: sha1, rmd160 or shake128."""
+        try:
+            return {"sha1": cls.SHA1, "rmd160": cls.RMD160, "shake128": cls.SHAKE128}[name.lower()]
+        except KeyError:
+            raise FormatError(f"unknown hash algorithm {name!r} (use sha1, rmd160 or shake128)") from None
+
+    def hasher(self) -> Hasher:
+        return Hasher(self)
+
+    def digest(self, data: bytes | memoryview) -> bytes:
+        hasher = self.hasher()
+        hasher.update(data)
+        return hasher.digest()
+
+
+_ID_SUFFIX = {HashAlgorithm.SHA1: "", HashAlgorithm.RMD160: "-rmd160", HashAlgorithm.SHAKE128: "-shake128"}
+
+
+class Hasher:
+    """Incremental hashing with a 20-byte digest for every algorithm (SHAKE-128 truncated to 160 bits)."""
+
+    def __init__(self, algorithm: HashAlgorithm) -> None:
+        self.algorithm = algorithm
+        name = {HashAlgorithm.SHA1: "sha1", HashAlgorithm.RMD160: "ripemd160", HashAlgorithm.SHAKE128: "shake_128"}
+        try:
+            self._impl = hashlib.new(name[algorithm])
+        except ValueError:
+            raise FormatError(f"this Python's hashlib cannot compute {algorithm.name}") from None
+
+    def update(self, data: bytes | memoryview) -> None:
+        self._impl.update(data)
+
+    def digest(self) -> bytes:
+        if self.algorithm is HashAlgorithm.SHAKE128:
+            return self._impl.digest(DIGEST_SIZE)  # type: ignore[call-arg]
+        return self._impl.digest()
+
+
+class ObjectType(enum.Enum):
+    """The type suffix of an object name in the store."""
+
+    FILE = ""
+    CATALOG = "C"
+    HISTORY = "H"
+    CERTIFICATE = "X"
+    PARTIAL = "P"
+    METAINFO = "M"
+    MICRO_CATALOG = "L"
+
+
+@dataclass(frozen=True, slots=True)
+class ContentHash:
+    """A content digest together with its algorithm."""
+
+    algorithm: HashAlgorithm
+    digest: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.digest) != DIGEST_SIZE:
+            raise FormatError(f"a content hash has {DIGEST_SIZE} bytes, not {len(self.digest)}")
+
+    @classmethod
+    def parse(cls, text: str) -> ContentHash:
+        """Parse ``<40 hex>[-rmd160|-shake128]``, the form used in manifests and catalogs."""
+        hex_part, dash, algorithm_name = text.strip().partition("-")
+        algorithm = HashAlgorithm.from_name(algorithm_name) if dash else HashAlgorithm.SHA1
+        if dash and algorithm is HashAlgorithm.SHA1:
+            raise FormatError(f"malformed content hash {text!r}")
+        if len(hex_part) != 2 * DIGEST_SIZE:
+            raise FormatError(f"malformed content hash {text!r}: expected {2 * DIGEST_SIZE} hex digits")
+        try:
+            digest = bytes.fromhex(hex_part)
+        except ValueError:
+            raise FormatError(f"malformed content hash {text!r}: not hexadecimal") from None
+        if hex_part != hex_part.lower():
+            raise FormatError(f"malformed content hash {text!r}: hex digits must be lower case")
+        return cls(algorithm, digest)
+
+    @classmethod
+    def of(cls, data: bytes | memoryview, algorithm: HashAlgorithm = HashAlgorithm.SHA1) -> ContentHash:
+        return cls(algorithm, algorithm.digest(data))
+
+    @property
+    def hex(self) -> str:
+        """The textual form: hex digits plus the algorithm id."""
+        return self.digest.hex() + self.algorithm.id_suffix
+
+    def object_path(self, object_type: ObjectType = ObjectType.FILE) -> str:
+        """The object's path relative to the repository root."""
+        text = self.hex
+        return f"data/{text[:2]}/{text[2:]}{object_type.value}"
+
+    def matches(self, data: bytes | memoryview) -> bool:
+        return self.algorithm.digest(data) == self.digest
+
+    def __str__(self) -> str:
+        return self.hex

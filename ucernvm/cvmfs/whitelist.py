@@ -1,0 +1,163 @@
+"""The certificate whitelist ``.cvmfswhitelist``: which signing certificates the master key vouches for."""
+
+from __future__ import annotations
+
+import datetime
+import re
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from ucernvm.cvmfs import signing
+from ucernvm.cvmfs.envelope import SignedText, seal, split_signed
+from ucernvm.cvmfs.hashing import HashAlgorithm
+from ucernvm.errors import FormatError, VerificationError
+
+FILE_NAME = ".cvmfswhitelist"
+DEFAULT_VALIDITY_DAYS = 30
+_TIMESTAMP = "%Y%m%d%H%M%S"
+_FINGERPRINT = re.compile(r"^([0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){19})(-[A-Za-z0-9]+)?$")
+
+
+def _parse_time(text: str, what: str) -> datetime.datetime:
+    try:
+        parsed = datetime.datetime.strptime(text, _TIMESTAMP)
+    except ValueError:
+        raise FormatError(f"whitelist: {what} {text!r} is not YYYYMMDDHHMMSS") from None
+    return parsed.replace(tzinfo=datetime.timezone.utc)
+
+
+@dataclass(frozen=True, slots=True)
+class Fingerprint:
+    algorithm: HashAlgorithm
+    text: str  # upper-case, colon-separated, with the algorithm id, as written
+
+    @classmethod
+    def parse(cls, line: str) -> Fingerprint:
+        # cvmfs stops reading a fingerprint at a space, tab or '#': the rest is a comment.
+        token = re.split(r"[ \t#]", line, maxsplit=1)[0]
+        match = _FINGERPRINT.match(token)
+        if not match:
+            raise FormatError(f"whitelist: malformed certificate fingerprint {line!r}")
+        algorithm = HashAlgorithm.from_name(match.group(2)[1:]) if match.group(2) else HashAlgorithm.SHA1
+        return cls(algorithm, token.upper())
+
+    def matches(self, certificate: x509.Certificate) -> bool:
+        return signing.certificate_fingerprint(certificate, self.algorithm) == self.text
+
+
+@dataclass(frozen=True)
+class Whitelist:
+    created: datetime.datetime
+    expires: datetime.datetime
+    fqrn: str
+    fingerprints: tuple[Fingerprint, ...]
+    pkcs7: bool = False
+    ca_chain: bool = False
+
+    @classmethod
+    def parse(cls, text: bytes) -> Whitelist:
+        try:
+            lines = text.decode("ascii").split("\n")
+        except UnicodeDecodeError:
+            raise FormatError("whitelist: not ASCII text") from None
+        if len(lines) < 4:
+            raise FormatError("whitelist: too short (needs creation time, expiry, name, fingerprints)")
+        if len(lines[0]) != 14:
+            raise FormatError(f"whitelist: malformed creation time {lines[0]!r}")
+        if not lines[1].startswith("E"):
+            raise FormatError("whitelist: second line must be the expiry 'E<YYYYMMDDHHMMSS>'")
+        if not lines[2].startswith("N") or len(lines[2]) < 2:
+            raise FormatError("whitelist: third line must be the repository name 'N<fqrn>'")
+        pkcs7 = ca_chain = False
+        fingerprints = []
+        for line in lines[3:]:
+            if line == "--":
+                break
+            if line == "Vpkcs7":
+                pkcs7 = True
+            elif line == "Wcachain":
+                ca_chain = True
+            elif line:
+                fingerprints.append(Fingerprint.parse(line))
+        if not fingerprints:
+            raise FormatError("whitelist: lists no certificate fingerprint")
+        return cls(
+            created=_parse_time(lines[0], "creation time"),
+            expires=_parse_time(lines[1][1:], "expiry"),
+            fqrn=lines[2][1:],
+            fingerprints=tuple(fingerprints),
+            pkcs7=pkcs7,
+            ca_chain=ca_chain,
+        )
+
+    def to_text(self) -> bytes:
+        lines = [self.created.strftime(_TIMESTAMP), "E" + self.expires.strftime(_TIMESTAMP), "N" + self.fqrn]
+        lines += ["Vpkcs7"] if self.pkcs7 else []
+        lines += ["Wcachain"] if self.ca_chain else []
+        lines += [fingerprint.text for fingerprint in self.fingerprints]
+        return ("\n".join(lines) + "\n").encode("ascii")
+
+    def expired_at(self, now: datetime.datetime) -> bool:
+        """cvmfs compares year, month, day and hour only: expiry starts at the hour of ``E``."""
+        return now >= self.expires.replace(minute=0, second=0, microsecond=0)
+
+    def lists(self, certificate: x509.Certificate) -> bool:
+        return any(fingerprint.matches(certificate) for fingerprint in self.fingerprints)
+
+
+@dataclass(frozen=True)
+class SignedWhitelist:
+    whitelist: Whitelist
+    envelope: SignedText
+
+    @classmethod
+    def parse(cls, data: bytes) -> SignedWhitelist:
+        envelope = split_signed(data, "whitelist")
+        return cls(Whitelist.parse(envelope.text), envelope)
+
+    def verify(self, master_keys: list[rsa.RSAPublicKey], fqrn: str, now: datetime.datetime) -> None:
+        """Signature by a trusted master key, repository name, and expiry as of ``now``."""
+        self.envelope.check_hash("whitelist")
+        if not signing.raw_signature_valid(master_keys, self.envelope.hash_line, self.envelope.signature):
+            raise VerificationError(
+                "whitelist signature does not verify with the trusted master key(s)",
+                "check that --key is the repository's master public key (<fqrn>.pub)",
+            )
+        whitelist = self.whitelist
+        if whitelist.fqrn != fqrn:
+            raise VerificationError(f"whitelist is for repository {whitelist.fqrn!r}, not {fqrn!r}")
+        if whitelist.pkcs7:
+            raise VerificationError("whitelist requires PKCS#7 verification, which is not supported")
+        if whitelist.expired_at(now):
+            raise VerificationError(
+                f"whitelist expired on {whitelist.expires:%Y-%m-%d %H:%M:%S} UTC",
+                "the repository maintainer must run `ucernvm resign`; to inspect an old snapshot, pass --now",
+            )
+
+    def check_certificate(self, certificate: x509.Certificate) -> None:
+        if not self.whitelist.lists(certificate):
+            raise VerificationError(
+                "the repository certificate is not on the whitelist",
+                "the manifest was signed by a certificate the master key does not vouch for",
+            )
+
+
+def new_whitelist(
+    fqrn: str,
+    certificates: list[x509.Certificate],
+    now: datetime.datetime,
+    days: int = DEFAULT_VALIDITY_DAYS,
+    algorithm: HashAlgorithm = HashAlgorithm.SHA1,
+) -> Whitelist:
+    now = now.astimezone(datetime.timezone.utc).replace(microsecond=0)
+    fingerprints = tuple(
+        Fingerprint(algorithm, signing.certificate_fingerprint(certificate, algorithm)) for certificate in certificates
+    )
+    return Whitelist(now, now + datetime.timedelta(days=days), fqrn, fingerprints)
+
+
+def sign_whitelist(whitelist: Whitelist, master_key: rsa.RSAPrivateKey, algorithm: HashAlgorithm = HashAlgorithm.SHA1) -> bytes:
+    hash_line, unsigned = seal(whitelist.to_text(), algorithm)
+    return unsigned + signing.sign_raw(master_key, hash_line)
