@@ -1,0 +1,200 @@
+"""A verified, read-only view of one revision of a repository.
+
+Opening a repository walks the trust chain: master key → whitelist (signature, name, expiry) →
+certificate fingerprint → manifest signature → root catalog hash → nested catalog hashes → every
+object's content hash. Nothing is returned that was not verified on the way.
+"""
+
+from __future__ import annotations
+
+import datetime
+import threading
+from collections.abc import Iterator
+from functools import cached_property
+
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from ucernvm.client.sources import RepositorySource
+from ucernvm.cvmfs import compression, manifest as manifest_file, whitelist as whitelist_file
+from ucernvm.cvmfs.catalog import Catalog, Chunk, DirectoryEntry, join
+from ucernvm.cvmfs.hashing import ContentHash, ObjectType
+from ucernvm.cvmfs.history import History, Tag
+from ucernvm.cvmfs.manifest import Manifest, SignedManifest
+from ucernvm.cvmfs.signing import load_certificate
+from ucernvm.cvmfs.whitelist import SignedWhitelist
+from ucernvm.errors import FetchError, FormatError, VerificationError
+
+
+def normalize_path(path: str) -> str:
+    """Catalog spelling of a path: ``""`` for the root, else ``/a/b`` with no trailing slash."""
+    parts = [part for part in path.split("/") if part and part != "."]
+    if ".." in parts:
+        raise FetchError(f"path {path!r} must not contain '..'")
+    return "".join("/" + part for part in parts)
+
+
+class Repository:
+    def __init__(
+        self,
+        source: RepositorySource,
+        fqrn: str,
+        master_keys: list[rsa.RSAPublicKey],
+        *,
+        now: datetime.datetime | None = None,
+        tag: str | None = None,
+        root_hash: ContentHash | None = None,
+    ) -> None:
+        self.source = source
+        self.fqrn = fqrn
+        now = now or datetime.datetime.now(datetime.timezone.utc)
+
+        whitelist = _parse(SignedWhitelist.parse, source.fetch_named(whitelist_file.FILE_NAME), "whitelist")
+        whitelist.verify(master_keys, fqrn, now)
+        signed = _parse(SignedManifest.parse, source.fetch_named(manifest_file.FILE_NAME), "manifest")
+        if signed.manifest.certificate is None:
+            raise VerificationError("the manifest names no certificate (X line)")
+        certificate = load_certificate(self.fetch(signed.manifest.certificate, ObjectType.CERTIFICATE))
+        whitelist.check_certificate(certificate)
+        signed.verify(certificate, fqrn)
+
+        self.whitelist = whitelist.whitelist
+        self.manifest: Manifest = signed.manifest
+        self.tag: Tag | None = None
+        if root_hash is not None:
+            self.root_hash = root_hash
+            self.root_catalog_size: int | None = None
+        elif tag is not None:
+            self.tag = self.find_tag(tag)
+            self.root_hash, self.root_catalog_size = self.tag.root_hash, self.tag.size or None
+        else:
+            self.root_hash, self.root_catalog_size = self.manifest.root_hash, self.manifest.root_catalog_size or None
+        self._catalogs: dict[str, Catalog] = {}
+        self._catalogs_lock = threading.Lock()
+
+    # -- objects -------------------------------------------------------------------------------
+
+    def fetch(self, content_hash: ContentHash, object_type: ObjectType, expected_size: int | None = None) -> bytes:
+        """An object's verified, decompressed bytes."""
+        return compression.decompress(self.source.fetch_object(content_hash, object_type), expected_size)
+
+    # -- history -------------------------------------------------------------------------------
+
+    @cached_property
+    def history(self) -> History | None:
+        if self.manifest.history is None:
+            return None
+        return History.from_bytes(self.fetch(self.manifest.history, ObjectType.HISTORY))
+
+    def tags(self) -> list[Tag]:
+        return self.history.tags() if self.history else []
+
+    def find_tag(self, name: str) -> Tag:
+        found = self.history.find(name) if self.history else None
+        if found is None:
+            names = ", ".join(tag.name for tag in self.tags()) or "none"
+            raise FetchError(f"repository {self.fqrn} has no tag {name!r}", f"known tags: {names}")
+        return found
+
+    # -- catalogs ------------------------------------------------------------------------------
+
+    @property
+    def revision(self) -> int:
+        return self.root_catalog.revision
+
+    @property
+    def root_catalog(self) -> Catalog:
+        return self.catalog_for("")
+
+    def _load_catalog(self, mountpoint: str, content_hash: ContentHash, size: int | None) -> Catalog:
+        with self._catalogs_lock:
+            catalog = self._catalogs.get(mountpoint)
+            if catalog is None:
+                data = self.fetch(content_hash, ObjectType.CATALOG, size or None)
+                catalog = Catalog.from_bytes(data, content_hash)
+                if catalog.root_prefix not in ("", mountpoint) or (mountpoint and not catalog.root_prefix):
+                    raise VerificationError(
+                        f"catalog {content_hash} is for {catalog.root_prefix or '/'!r}, not {mountpoint or '/'!r}"
+                    )
+                self._catalogs[mountpoint] = catalog
+            return catalog
+
+    def catalog_for(self, path: str) -> Catalog:
+        """The deepest catalog responsible for ``path``, loading nested catalogs on the way."""
+        catalog = self._load_catalog("", self.root_hash, self.root_catalog_size)
+        while True:
+            reference = catalog.nested_catalog_for(path)
+            if reference is None:
+                return catalog
+            catalog = self._load_catalog(reference.path, reference.content_hash, reference.size)
+
+    def lookup(self, path: str) -> DirectoryEntry | None:
+        path = normalize_path(path)
+        return self.catalog_for(path).lookup(path)
+
+    def entry(self, path: str) -> DirectoryEntry:
+        found = self.lookup(path)
+        if found is None:
+            raise FetchError(f"{path or '/'}: no such file or directory in {self.fqrn}")
+        return found
+
+    def listdir(self, path: str) -> list[DirectoryEntry]:
+        """Visible entries of a directory, sorted by name."""
+        path = normalize_path(path)
+        directory = self.entry(path)
+        if not directory.is_directory:
+            raise FetchError(f"{path}: not a directory")
+        entries = self.catalog_for(path).listing(path)
+        return sorted((entry for entry in entries if not entry.is_hidden), key=lambda entry: entry.name)
+
+    def walk(self, path: str = "") -> Iterator[tuple[str, DirectoryEntry]]:
+        """Every entry below ``path`` (depth first, sorted), as ``(absolute path, entry)``."""
+        path = normalize_path(path)
+        for entry in self.listdir(path):
+            child = join(path, entry.name)
+            yield child, entry
+            if entry.is_directory:
+                yield from self.walk(child)
+
+    # -- file contents -------------------------------------------------------------------------
+
+    def chunks(self, path: str, entry: DirectoryEntry) -> list[Chunk]:
+        if not entry.is_chunked:
+            if entry.content_hash is None:
+                raise FormatError(f"{path}: regular file without a content hash")
+            return [Chunk(0, entry.size, entry.content_hash)]
+        chunks = self.catalog_for(path).chunks(path, entry.hash_algorithm)
+        if sum(chunk.size for chunk in chunks) != entry.size or any(
+            chunk.offset != sum(c.size for c in chunks[:i]) for i, chunk in enumerate(chunks)
+        ):
+            raise FormatError(f"{path}: the chunk list does not cover the file")
+        return chunks
+
+    def iter_content(self, path: str) -> Iterator[bytes]:
+        """The bytes of a regular file, piece by piece, each verified before it is yielded."""
+        path = normalize_path(path)
+        entry = self.entry(path)
+        if not entry.is_regular:
+            raise FetchError(f"{path}: not a regular file")
+        if entry.is_external:
+            raise FetchError(f"{path}: external files (stored outside the repository) are not supported")
+        object_type = ObjectType.PARTIAL if entry.is_chunked else ObjectType.FILE
+        for chunk in self.chunks(path, entry):
+            yield self.read_piece(chunk, object_type, entry.is_compressed)
+
+    def read_piece(self, chunk: Chunk, object_type: ObjectType, compressed: bool) -> bytes:
+        stored = self.source.fetch_object(chunk.content_hash, object_type)
+        if compressed:
+            return compression.decompress(stored, chunk.size)
+        if len(stored) != chunk.size:
+            raise FormatError(f"object {chunk.content_hash} has {len(stored)} bytes, expected {chunk.size}")
+        return stored
+
+    def read(self, path: str) -> bytes:
+        return b"".join(self.iter_content(path))
+
+
+def _parse(parser, data: bytes, what: str):  # type: ignore[no-untyped-def]
+    try:
+        return parser(data)
+    except FormatError as error:
+        raise VerificationError(f"{error.message}", f"the {what} is damaged or not a CernVM-FS {what}") from None

@@ -1,0 +1,76 @@
+"""Where a repository's bytes come from: a local stratum directory, or a list of HTTP servers.
+
+A source hands out two kinds of data: the repository's named files (``.cvmfspublished``,
+``.cvmfswhitelist``; verified later by their signatures) and content-addressed objects, which a source
+returns only after checking them against their content hash.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlsplit
+
+from ucernvm.cvmfs.hashing import ContentHash, ObjectType
+from ucernvm.errors import ConfigError, FetchError, VerificationError
+
+
+class RepositorySource(Protocol):
+    description: str
+
+    def fetch_named(self, name: str) -> bytes:
+        """A file at the repository root, e.g. ``.cvmfspublished``."""
+
+    def fetch_object(self, content_hash: ContentHash, object_type: ObjectType) -> bytes:
+        """The stored (compressed) bytes of an object, verified against ``content_hash``."""
+
+
+def corrupt_object_error(content_hash: ContentHash, object_type: ObjectType, where: str) -> VerificationError:
+    return VerificationError(
+        f"object {content_hash.object_path(object_type)} from {where} does not match its content hash",
+        "the stored object is corrupt or was tampered with; it was not used",
+    )
+
+
+class DirectorySource:
+    """A repository directory on local disk (what a web server exposes as ``/cvmfs/<fqrn>/``)."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        if not (self.root / ".cvmfspublished").is_file():
+            raise ConfigError(f"{self.root} is not a CernVM-FS repository (no .cvmfspublished)")
+        self.description = str(self.root)
+
+    def fetch_named(self, name: str) -> bytes:
+        try:
+            return (self.root / name).read_bytes()
+        except FileNotFoundError:
+            raise FetchError(f"{name} is missing in {self.root}") from None
+
+    def fetch_object(self, content_hash: ContentHash, object_type: ObjectType) -> bytes:
+        path = content_hash.object_path(object_type)
+        try:
+            data = (self.root / path).read_bytes()
+        except FileNotFoundError:
+            raise FetchError(f"object {path} is missing in {self.root}", "the repository is incomplete") from None
+        if not content_hash.matches(data):
+            raise corrupt_object_error(content_hash, object_type, str(self.root))
+        return data
+
+
+def fqrn_from_source(text: str) -> str | None:
+    """The repository name a source spelling implies: the last component of ``.../cvmfs/<fqrn>``."""
+    first = text.split(";")[0].strip().rstrip("/")
+    path = urlsplit(first).path if "://" in first else first
+    name = os.path.basename(path.rstrip("/"))
+    return name or None
+
+
+def open_source(text: str) -> RepositorySource:
+    """``http(s)://...`` (several separated by ``;``) opens HTTP servers; anything else a directory."""
+    if "://" in text:
+        from ucernvm.client.fetcher import HttpSource
+
+        return HttpSource([url.strip() for url in text.split(";") if url.strip()])
+    return DirectorySource(text)

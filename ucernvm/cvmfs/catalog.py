@@ -1,0 +1,302 @@
+"""Reading file catalogs: the SQLite databases (schema 2.5) that describe a repository's tree.
+
+Entries are keyed by the MD5 of their absolute path (``""`` for the root), split into two signed
+little-endian 64-bit integers. A directory marked as a nested-catalog mountpoint is continued in a child
+catalog, listed with its content hash in ``nested_catalogs``.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import os
+import sqlite3
+import stat
+import struct
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from ucernvm.cvmfs import xattrs
+from ucernvm.cvmfs.hashing import ContentHash, HashAlgorithm
+from ucernvm.errors import FormatError
+
+SCHEMA = 2.5
+SCHEMA_REVISION = 7
+_SCHEMA_EPSILON = 0.0005
+
+
+class Flag(enum.IntFlag):
+    DIR = 1
+    NESTED_MOUNTPOINT = 2
+    FILE = 4
+    LINK = 8
+    SPECIAL = 16
+    NESTED_ROOT = 32
+    CHUNKED = 64
+    EXTERNAL = 128
+    BIND_MOUNTPOINT = 0x4000
+    HIDDEN = 0x8000
+    DIRECT_IO = 0x10000
+
+
+COMPRESSION_SHIFT = 11
+COMPRESSION_ZLIB = 0
+COMPRESSION_NONE = 1
+
+
+def path_hash(path: str) -> tuple[int, int]:
+    """The md5path pair of an absolute path (``""`` is the root, no trailing slash)."""
+    return struct.unpack("<qq", hashlib.md5(os.fsencode(path)).digest())
+
+
+def parent_path(path: str) -> str:
+    return path.rsplit("/", 1)[0] if path else ""
+
+
+def join(directory: str, name: str) -> str:
+    return f"{directory}/{name}"
+
+
+@dataclass(frozen=True, slots=True)
+class DirectoryEntry:
+    """One row of a catalog, decoded."""
+
+    name: str
+    mode: int
+    size: int
+    mtime: int
+    flags: int
+    uid: int
+    gid: int
+    hardlinks: int = 0
+    content_hash: ContentHash | None = None
+    symlink: str = ""
+    mtime_ns: int = 0
+    xattrs: dict[str, bytes] = field(default_factory=dict)
+
+    @property
+    def is_directory(self) -> bool:
+        return bool(self.flags & Flag.DIR)
+
+    @property
+    def is_symlink(self) -> bool:
+        return bool(self.flags & Flag.LINK)
+
+    @property
+    def is_special(self) -> bool:
+        return bool(self.flags & Flag.SPECIAL)
+
+    @property
+    def is_regular(self) -> bool:
+        return bool(self.flags & Flag.FILE) and not self.flags & (Flag.LINK | Flag.SPECIAL)
+
+    @property
+    def is_chunked(self) -> bool:
+        return bool(self.flags & Flag.CHUNKED)
+
+    @property
+    def is_nested_mountpoint(self) -> bool:
+        return bool(self.flags & Flag.NESTED_MOUNTPOINT)
+
+    @property
+    def is_nested_root(self) -> bool:
+        return bool(self.flags & Flag.NESTED_ROOT)
+
+    @property
+    def is_bind_mountpoint(self) -> bool:
+        return bool(self.flags & Flag.BIND_MOUNTPOINT)
+
+    @property
+    def is_hidden(self) -> bool:
+        return bool(self.flags & Flag.HIDDEN)
+
+    @property
+    def is_external(self) -> bool:
+        return bool(self.flags & Flag.EXTERNAL)
+
+    @property
+    def is_compressed(self) -> bool:
+        return ((self.flags >> COMPRESSION_SHIFT) & 0x7) == COMPRESSION_ZLIB
+
+    @property
+    def hash_algorithm(self) -> HashAlgorithm:
+        return HashAlgorithm.from_catalog_flags(self.flags)
+
+    @property
+    def linkcount(self) -> int:
+        count = self.hardlinks & 0xFFFFFFFF
+        return count if count else 1
+
+    @property
+    def hardlink_group(self) -> int:
+        return self.hardlinks >> 32
+
+    @property
+    def device_number(self) -> int:
+        """Character and block devices keep their device number in the size column."""
+        return self.size if stat.S_ISCHR(self.mode) or stat.S_ISBLK(self.mode) else 0
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    offset: int
+    size: int
+    content_hash: ContentHash
+
+
+@dataclass(frozen=True, slots=True)
+class NestedCatalogRef:
+    """A row of ``nested_catalogs`` (or ``bind_mountpoints``): where a child catalog is mounted."""
+
+    path: str
+    content_hash: ContentHash
+    size: int
+
+
+class Catalog:
+    """A read-only catalog database. Thread-safe: one connection guarded by a lock."""
+
+    def __init__(self, connection: sqlite3.Connection, content_hash: ContentHash | None = None) -> None:
+        self.content_hash = content_hash
+        self._connection = connection
+        self._lock = threading.Lock()
+        connection.text_factory = lambda raw: raw.decode("utf-8", "surrogateescape")
+        try:
+            self.properties: dict[str, str] = dict(connection.execute("SELECT key, value FROM properties"))
+            columns = {row[1] for row in connection.execute("PRAGMA table_info(catalog)")}
+        except sqlite3.DatabaseError as error:
+            raise FormatError(f"not a CernVM-FS catalog: {error}") from None
+        if not columns:
+            raise FormatError("not a CernVM-FS catalog: no 'catalog' table")
+        try:
+            self.schema = float(self.properties.get("schema", "1.0"))
+        except ValueError:
+            raise FormatError(f"catalog has a malformed schema {self.properties['schema']!r}") from None
+        if not 2.0 - _SCHEMA_EPSILON < self.schema < SCHEMA + _SCHEMA_EPSILON:
+            raise FormatError(f"catalog schema {self.schema} is not supported (need 2.x up to {SCHEMA})")
+        self._select = (
+            "SELECT name, mode, size, mtime, flags, uid, gid, hardlinks, hash, symlink, "
+            + ("mtimens, " if "mtimens" in columns else "NULL, ")
+            + ("xattr " if "xattr" in columns else "NULL ")
+            + "FROM catalog "
+        )
+        self._has_bind_mountpoints = bool(
+            connection.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='bind_mountpoints'").fetchone()
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes, content_hash: ContentHash | None = None) -> Catalog:
+        """Open an uncompressed catalog held in memory."""
+        connection = sqlite3.connect(":memory:", check_same_thread=False)
+        try:
+            connection.deserialize(data)
+        except sqlite3.DatabaseError as error:
+            connection.close()
+            raise FormatError(f"not a CernVM-FS catalog: {error}") from None
+        return cls(connection, content_hash)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], content_hash: ContentHash | None = None) -> Catalog:
+        """Open an uncompressed catalog file read-only (as cvmfs does in its cache)."""
+        uri = "file:" + os.fspath(path) + "?mode=ro&immutable=1"
+        try:
+            connection = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        except sqlite3.Error as error:
+            raise FormatError(f"cannot open catalog {path}: {error}") from None
+        return cls(connection, content_hash)
+
+    def close(self) -> None:
+        self._connection.close()
+
+    # -- properties -----------------------------------------------------------------------------
+
+    @property
+    def revision(self) -> int:
+        return int(self.properties.get("revision", "0"))
+
+    @property
+    def schema_revision(self) -> int:
+        return int(self.properties.get("schema_revision", "0"))
+
+    @property
+    def root_prefix(self) -> str:
+        return self.properties.get("root_prefix", "")
+
+    @property
+    def last_modified(self) -> int:
+        return int(self.properties.get("last_modified", "0"))
+
+    @property
+    def previous_revision(self) -> ContentHash | None:
+        text = self.properties.get("previous_revision")
+        return ContentHash.parse(text) if text else None
+
+    @property
+    def ttl(self) -> int:
+        return int(self.properties.get("TTL", "240"))
+
+    # -- queries --------------------------------------------------------------------------------
+
+    def _query(self, sql: str, parameters: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            try:
+                return self._connection.execute(sql, parameters).fetchall()
+            except sqlite3.DatabaseError as error:
+                raise FormatError(f"corrupt catalog: {error}") from None
+
+    def lookup(self, path: str) -> DirectoryEntry | None:
+        rows = self._query(self._select + "WHERE md5path_1=? AND md5path_2=?", path_hash(path))
+        return _decode_entry(rows[0]) if rows else None
+
+    def listing(self, path: str) -> list[DirectoryEntry]:
+        """The entries of a directory (the directory's own path, not a name), in stored order."""
+        rows = self._query(self._select + "WHERE parent_1=? AND parent_2=?", path_hash(path))
+        return [_decode_entry(row) for row in rows]
+
+    def entries(self) -> list[tuple[tuple[int, int], tuple[int, int], DirectoryEntry]]:
+        """Every row with its path and parent hashes (for comparison and traversal)."""
+        select = self._select.replace("SELECT ", "SELECT md5path_1, md5path_2, parent_1, parent_2, ", 1)
+        return [((r[0], r[1]), (r[2], r[3]), _decode_entry(r[4:])) for r in self._query(select)]
+
+    def chunks(self, path: str, algorithm: HashAlgorithm) -> list[Chunk]:
+        rows = self._query(
+            "SELECT offset, size, hash FROM chunks WHERE md5path_1=? AND md5path_2=? ORDER BY offset", path_hash(path)
+        )
+        return [Chunk(offset, size, ContentHash(algorithm, bytes(digest))) for offset, size, digest in rows]
+
+    def nested_catalogs(self) -> list[NestedCatalogRef]:
+        rows = self._query("SELECT path, sha1, size FROM nested_catalogs")
+        if self._has_bind_mountpoints:
+            rows += self._query("SELECT path, sha1, size FROM bind_mountpoints")
+        return [NestedCatalogRef(path, ContentHash.parse(digest), size or 0) for path, digest, size in rows]
+
+    def nested_catalog_for(self, path: str) -> NestedCatalogRef | None:
+        """The direct child catalog whose mountpoint is ``path`` or one of its ancestors."""
+        for reference in self.nested_catalogs():
+            if path == reference.path or path.startswith(reference.path + "/"):
+                return reference
+        return None
+
+    def statistics(self) -> dict[str, int]:
+        return dict(self._query("SELECT counter, value FROM statistics"))
+
+
+def _decode_entry(row: tuple[Any, ...]) -> DirectoryEntry:
+    name, mode, size, mtime, flags, uid, gid, hardlinks, digest, symlink, mtime_ns, xattr = row
+    flags = int(flags)
+    content_hash = ContentHash(HashAlgorithm.from_catalog_flags(flags), bytes(digest)) if digest else None
+    return DirectoryEntry(
+        name=name,
+        mode=int(mode),
+        size=int(size or 0),
+        mtime=int(mtime or 0),
+        flags=flags,
+        uid=int(uid or 0),
+        gid=int(gid or 0),
+        hardlinks=int(hardlinks or 0),
+        content_hash=content_hash,
+        symlink=symlink or "",
+        mtime_ns=int(mtime_ns or 0),
+        xattrs=xattrs.decode(xattr),
+    )
