@@ -22,6 +22,8 @@ COMMAND_MODULES = (
     "publish",
     "resign",
     "serve",
+    "build",
+    "launch",
 )
 
 
