@@ -1,0 +1,517 @@
+"""Serve ``Operations`` over the kernel's FUSE protocol on /dev/fuse, without libfuse.
+
+Hand-written rather than built on pyfuse3 or fusepy: it needs no shared library beyond libc, imports
+only modules the boot image has anyway, and starts in milliseconds, which counts inside an
+initramfs running under emulation (docs/benchmarks.md has the comparison).
+
+``mount()`` opens /dev/fuse and calls mount(2); the returned ``FuseMount`` serves requests with
+worker threads that all read the same descriptor. After ``mount()`` returns, nothing depends on
+paths any more: every module and library is loaded and the server only uses its descriptor, so
+it survives the mount being moved or a switch_root. The server stops when the file system is
+unmounted (the kernel then fails reads with ENODEV).
+
+Structure layouts and constants are those of the kernel's include/uapi/linux/fuse.h (protocol
+7.38); only the read-only subset is answered, every write is refused with EROFS.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import itertools
+import os
+import struct
+import sys
+import threading
+
+from ucernvm.client.fuse.operations import Attributes, Operations
+from ucernvm.errors import MountError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+# --- protocol (include/uapi/linux/fuse.h) -------------------------------------------------------
+
+KERNEL_VERSION = 7
+KERNEL_MINOR_VERSION = 38
+
+LOOKUP = 1
+FORGET = 2
+GETATTR = 3
+SETATTR = 4
+READLINK = 5
+SYMLINK = 6
+MKNOD = 8
+MKDIR = 9
+UNLINK = 10
+RMDIR = 11
+RENAME = 12
+LINK = 13
+OPEN = 14
+READ = 15
+WRITE = 16
+STATFS = 17
+RELEASE = 18
+FSYNC = 20
+SETXATTR = 21
+GETXATTR = 22
+LISTXATTR = 23
+REMOVEXATTR = 24
+FLUSH = 25
+INIT = 26
+OPENDIR = 27
+READDIR = 28
+RELEASEDIR = 29
+FSYNCDIR = 30
+CREATE = 35
+DESTROY = 38
+BATCH_FORGET = 42
+FALLOCATE = 43
+READDIRPLUS = 44
+RENAME2 = 45
+COPY_FILE_RANGE = 47
+TMPFILE = 51
+
+# Requests that would change the tree.
+MUTATING = frozenset(
+    {SETATTR, SYMLINK, MKNOD, MKDIR, UNLINK, RMDIR, RENAME, LINK, WRITE, SETXATTR, REMOVEXATTR,
+     CREATE, FALLOCATE, RENAME2, COPY_FILE_RANGE, TMPFILE}
+)
+
+# INIT flags
+ASYNC_READ = 1 << 0
+DO_READDIRPLUS = 1 << 13
+READDIRPLUS_AUTO = 1 << 14
+PARALLEL_DIROPS = 1 << 18
+MAX_PAGES = 1 << 22
+CACHE_SYMLINKS = 1 << 23
+
+# open_out flags
+FOPEN_KEEP_CACHE = 1 << 1
+FOPEN_CACHE_DIR = 1 << 3
+
+IN_HEADER = struct.Struct("=IIQQIIIHH")  # len, opcode, unique, nodeid, uid, gid, pid, total_extlen, padding
+OUT_HEADER = struct.Struct("=IiQ")  # len, error, unique
+INIT_IN = struct.Struct("=IIII")  # major, minor, max_readahead, flags
+# major, minor, max_readahead, flags, max_background, congestion_threshold, max_write, time_gran,
+# max_pages, map_alignment, flags2, unused[7]
+INIT_OUT = struct.Struct("=IIIIHHIIHHI28x")
+COMPAT_INIT_OUT_SIZE = 8  # before 7.5
+COMPAT_22_INIT_OUT_SIZE = 24  # before 7.23
+_ATTR = "QQQQQQIIIIIIIIII"  # ino size blocks atime mtime ctime {a,m,c}timensec mode nlink uid gid rdev blksize flags
+ENTRY_OUT = struct.Struct("=QQQQII" + _ATTR)  # nodeid generation entry_valid attr_valid {entry,attr}_valid_nsec attr
+ATTR_OUT = struct.Struct("=QII" + _ATTR)  # attr_valid attr_valid_nsec dummy attr
+FORGET_IN = struct.Struct("=Q")
+BATCH_FORGET_IN = struct.Struct("=II")  # count, dummy; then count x FORGET_ONE
+FORGET_ONE = struct.Struct("=QQ")  # nodeid, nlookup
+OPEN_IN = struct.Struct("=II")  # flags, open_flags
+OPEN_OUT = struct.Struct("=QII")  # fh, open_flags, padding
+READ_IN = struct.Struct("=QQIIQII")  # fh offset size read_flags lock_owner flags padding
+RELEASE_IN = struct.Struct("=QIIQ")  # fh flags release_flags lock_owner
+GETXATTR_IN = struct.Struct("=II")  # size padding; then the NUL-terminated name
+GETXATTR_OUT = struct.Struct("=II")  # size padding
+KSTATFS = struct.Struct("=QQQQQIIII24x")  # blocks bfree bavail files ffree bsize namelen frsize padding spare[6]
+DIRENT = struct.Struct("=QQII")  # ino off namelen type; then the name, padded to 8 bytes
+DIRENT_PLUS = struct.Struct("=QQQQII" + _ATTR + "QQII")  # entry_out, then dirent
+
+FUSE_MIN_READ_BUFFER = 8192
+ROOT_MODE = 0o40000
+MS_RDONLY = 1
+MNT_DETACH = 2
+
+_PADDING = bytes(8)
+_NO_REPLY = None
+
+
+class MountOptions:
+    """How a tree is mounted and served; the defaults suit an immutable tree."""
+
+    __slots__ = ("fsname", "subtype", "threads", "cache_timeout", "readdirplus", "read_ahead_kb",
+                 "max_write", "max_background", "allow_other")
+
+    def __init__(
+        self,
+        fsname: str = "ucernvm",
+        subtype: str = "ucernvm",
+        threads: int = 4,  # several, so a slow read (a network fetch) does not stall lookups
+        cache_timeout: float = 86400.0 * 365,  # entries and attributes never change
+        readdirplus: bool = True,  # listings carry attributes: `ls -l` and `find` skip lookups
+        read_ahead_kb: int | None = 1024,  # None keeps the kernel's default (128 KiB)
+        max_write: int = 128 * 1024,  # never written to; sizes the request buffer
+        max_background: int = 32,  # asynchronous (readahead) requests in flight
+        allow_other: bool = True,
+    ) -> None:
+        if threads < 1:
+            raise ValueError("threads must be >= 1")
+        self.fsname = fsname
+        self.subtype = subtype
+        self.threads = threads
+        self.cache_timeout = cache_timeout
+        self.readdirplus = readdirplus
+        self.read_ahead_kb = read_ahead_kb
+        self.max_write = max_write
+        self.max_background = max_background
+        self.allow_other = allow_other
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p)
+_libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
+
+
+def mount(ops: Operations, mountpoint: str, options: MountOptions | None = None) -> FuseMount:
+    """Mount ``ops`` read-only at ``mountpoint``; serve it with ``FuseMount.serve`` or ``start``.
+
+    Accesses to the mount block until a worker answers the kernel's INIT request.
+    """
+    options = options or MountOptions()
+    try:
+        fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+    except OSError as error:
+        raise MountError(f"cannot open /dev/fuse: {error.strerror}",
+                         hint="load the fuse kernel module and run as root") from None
+    data = (f"fd={fd},rootmode={ROOT_MODE:o},user_id={os.getuid()},group_id={os.getgid()},"
+            "default_permissions" + (",allow_other" if options.allow_other else ""))
+    target = os.fsencode(mountpoint)
+    if _libc.mount(options.fsname.encode(), target, f"fuse.{options.subtype}".encode(), MS_RDONLY, data.encode()) != 0:
+        code = ctypes.get_errno()
+        os.close(fd)
+        raise MountError(f"cannot mount FUSE at {mountpoint}: {os.strerror(code)}",
+                         hint="the mount point must be an existing directory and the caller root")
+    return FuseMount(ops, fd, mountpoint, options)
+
+
+def unmount(mountpoint: str, lazy: bool = True) -> None:
+    """umount2(2); ``lazy`` detaches it at once even while files are open (MNT_DETACH)."""
+    if _libc.umount2(os.fsencode(mountpoint), MNT_DETACH if lazy else 0) != 0:
+        code = ctypes.get_errno()
+        raise MountError(f"cannot unmount {mountpoint}: {os.strerror(code)}")
+
+
+def _mount_device(mountpoint: str) -> str | None:
+    """``major:minor`` of the file system mounted last at ``mountpoint``, from mountinfo.
+
+    Read there because stat() on the mount would wait for INIT, which nobody serves yet.
+    """
+    escaped = os.path.abspath(mountpoint)
+    for char, code in (("\\", "\\134"), (" ", "\\040"), ("\t", "\\011"), ("\n", "\\012")):
+        escaped = escaped.replace(char, code)
+    device = None
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as lines:
+            for line in lines:
+                fields = line.split(" ", 5)
+                if fields[4] == escaped:
+                    device = fields[2]
+    except OSError:
+        return None
+    return device
+
+
+class FuseMount:
+    """One mounted connection: worker threads read requests from ``fd`` and write replies."""
+
+    def __init__(self, ops: Operations, fd: int, mountpoint: str, options: MountOptions) -> None:
+        self.ops = ops
+        self.fd = fd
+        self.mountpoint = mountpoint
+        self.options = options
+        self.device = _mount_device(mountpoint)
+        self._bufsize = max(FUSE_MIN_READ_BUFFER, options.max_write + 8192)
+        seconds = int(options.cache_timeout)
+        self._timeout = (seconds, int((options.cache_timeout - seconds) * 1e9))
+        self._negative_entry = ENTRY_OUT.pack(0, 0, seconds, 0, self._timeout[1], 0, *_attr(None))
+        self._handles: dict[int, Any] = {}
+        self._next_handle = itertools.count(1).__next__  # atomic under the GIL
+        self._threads: list[threading.Thread] = []
+        self._destroy_lock = threading.Lock()
+        self._destroyed = False
+        self._initialized = False
+        self._handlers = {
+            INIT: self._init,
+            DESTROY: self._destroy,
+            LOOKUP: self._lookup,
+            FORGET: self._forget,
+            BATCH_FORGET: self._batch_forget,
+            GETATTR: self._getattr,
+            READLINK: self._readlink,
+            OPEN: self._open,
+            READ: self._read,
+            RELEASE: self._release,
+            OPENDIR: self._opendir,
+            READDIR: self._readdir,
+            READDIRPLUS: self._readdirplus,
+            RELEASEDIR: self._release,
+            STATFS: self._statfs,
+            GETXATTR: self._getxattr,
+            LISTXATTR: self._listxattr,
+        }
+
+    # --- running ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the worker threads and return; ``join`` waits for the unmount."""
+        for index in range(self.options.threads):
+            thread = threading.Thread(target=self._worker, name=f"fuse-{index}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until the workers stopped (after the unmount); True when they all did."""
+        for thread in self._threads:
+            thread.join(timeout)
+        stopped = not any(thread.is_alive() for thread in self._threads)
+        if stopped:
+            self._finish()
+        return stopped
+
+    def serve(self) -> None:
+        """Serve until the file system is unmounted."""
+        self.start()
+        self.join()
+
+    def fork(self) -> int:
+        """Serve from a child process, detached from this one's session; returns its pid.
+
+        Call before starting any thread in this process (threads do not survive a fork).
+        """
+        pid = os.fork()
+        if pid:
+            os.close(self.fd)
+            self.fd = -1
+            return pid
+        try:
+            os.setsid()
+            os.chdir("/")
+            self.serve()
+        finally:
+            os._exit(0)
+
+    def unmount(self, lazy: bool = True) -> None:
+        unmount(self.mountpoint, lazy)
+
+    def _finish(self) -> None:
+        self._call_destroy()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def _call_destroy(self) -> None:
+        with self._destroy_lock:
+            if self._destroyed or not self._initialized:
+                return
+            self._destroyed = True
+        self.ops.destroy()
+
+    def _worker(self) -> None:
+        fd = self.fd
+        buffer = bytearray(self._bufsize)
+        view = memoryview(buffer)
+        handlers = self._handlers
+        while True:
+            try:
+                length = os.readv(fd, (buffer,))
+            except OSError as error:
+                if error.errno in (errno.ENOENT, errno.EINTR, errno.EAGAIN):
+                    continue  # the request was interrupted before we got it
+                if error.errno != errno.ENODEV:  # ENODEV: unmounted or aborted
+                    _report(f"reading /dev/fuse failed: {error}")
+                return
+            _, opcode, unique, nodeid = IN_HEADER.unpack_from(buffer)[:4]
+            handler = handlers.get(opcode)
+            try:
+                if handler is None:
+                    raise OSError(errno.EROFS if opcode in MUTATING else errno.ENOSYS, "")
+                reply = handler(nodeid, view[IN_HEADER.size:length])
+                if reply is _NO_REPLY:
+                    continue
+                if isinstance(reply, bytes):
+                    os.write(fd, OUT_HEADER.pack(OUT_HEADER.size + len(reply), 0, unique) + reply)
+                else:
+                    os.writev(fd, (OUT_HEADER.pack(OUT_HEADER.size + len(reply), 0, unique), reply))
+                if opcode == INIT:
+                    self._tune_readahead()
+                continue
+            except OSError as error:
+                code = error.errno or errno.EIO
+            except Exception as error:  # a bug in a file system must not kill the server
+                _report(f"request {opcode} on inode {nodeid} failed: {error!r}")
+                code = errno.EIO
+            try:
+                os.write(fd, OUT_HEADER.pack(OUT_HEADER.size, -code, unique))
+            except OSError as error:
+                if error.errno not in (errno.ENOENT, errno.ENODEV):  # interrupted, or unmounted
+                    _report(f"replying to request {opcode} failed: {error}")
+
+    def _tune_readahead(self) -> None:
+        """Raise the readahead window past the kernel's offer, which INIT can only shrink."""
+        if self.options.read_ahead_kb is None or self.device is None:
+            return
+        try:
+            with open(f"/sys/class/bdi/{self.device}/read_ahead_kb", "w") as knob:
+                knob.write(str(self.options.read_ahead_kb))
+        except OSError:
+            pass  # no /sys (early boot): the default window still works
+
+    # --- handlers: (nodeid, payload) -> reply bytes, or None for no reply ----------------------
+
+    def _init(self, nodeid: int, payload: memoryview) -> bytes:
+        major, minor, max_readahead, flags = INIT_IN.unpack_from(payload)
+        if major != KERNEL_VERSION:
+            # A newer major: answer with ours and the kernel retries; an older one is unsupported.
+            if major < KERNEL_VERSION:
+                raise OSError(errno.EPROTO, "FUSE protocol too old")
+            return INIT_OUT.pack(KERNEL_VERSION, KERNEL_MINOR_VERSION, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        want = ASYNC_READ | PARALLEL_DIROPS | CACHE_SYMLINKS | MAX_PAGES
+        if self.options.readdirplus:
+            want |= DO_READDIRPLUS | READDIRPLUS_AUTO
+        self.ops.init()
+        self._initialized = True
+        reply = INIT_OUT.pack(
+            KERNEL_VERSION, KERNEL_MINOR_VERSION, max_readahead, flags & want,
+            self.options.max_background, self.options.max_background * 3 // 4,
+            self.options.max_write, 1, 256, 0, 0,  # time_gran 1 ns; max_pages 256 (1 MiB requests)
+        )
+        if minor < 5:
+            return reply[:COMPAT_INIT_OUT_SIZE]
+        return reply[:COMPAT_22_INIT_OUT_SIZE] if minor < 23 else reply
+
+    def _destroy(self, nodeid: int, payload: memoryview) -> bytes:
+        self._call_destroy()
+        return b""
+
+    def _entry(self, a: Attributes) -> bytes:
+        seconds, nanoseconds = self._timeout
+        return ENTRY_OUT.pack(a.ino, 0, seconds, seconds, nanoseconds, nanoseconds, *_attr(a))
+
+    def _lookup(self, nodeid: int, payload: memoryview) -> bytes:
+        name = bytes(payload)
+        try:
+            attributes = self.ops.lookup(nodeid, name[: name.index(0)])
+        except OSError as error:
+            if error.errno != errno.ENOENT:
+                raise
+            # A negative entry with a timeout: the kernel caches the miss (ld.so and Python probe a lot).
+            return self._negative_entry
+        return self._entry(attributes)
+
+    def _forget(self, nodeid: int, payload: memoryview) -> None:
+        self.ops.forget(((nodeid, FORGET_IN.unpack_from(payload)[0]),))
+        return _NO_REPLY
+
+    def _batch_forget(self, nodeid: int, payload: memoryview) -> None:
+        count = BATCH_FORGET_IN.unpack_from(payload)[0]
+        self.ops.forget(list(FORGET_ONE.iter_unpack(payload[BATCH_FORGET_IN.size : BATCH_FORGET_IN.size + count * FORGET_ONE.size])))
+        return _NO_REPLY
+
+    def _getattr(self, nodeid: int, payload: memoryview) -> bytes:
+        seconds, nanoseconds = self._timeout
+        return ATTR_OUT.pack(seconds, nanoseconds, 0, *_attr(self.ops.getattr(nodeid)))
+
+    def _readlink(self, nodeid: int, payload: memoryview) -> bytes:
+        return bytes(self.ops.readlink(nodeid))
+
+    def _open(self, nodeid: int, payload: memoryview) -> bytes:
+        flags = OPEN_IN.unpack_from(payload)[0]
+        if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
+            raise OSError(errno.EROFS, "read-only file system")
+        handle = self._next_handle()
+        self._handles[handle] = self.ops.open(nodeid, flags)
+        return OPEN_OUT.pack(handle, FOPEN_KEEP_CACHE, 0)
+
+    def _read(self, nodeid: int, payload: memoryview) -> bytes | memoryview:
+        handle, offset, size = READ_IN.unpack_from(payload)[:3]
+        return self.ops.read(self._handles[handle], offset, size)
+
+    def _release(self, nodeid: int, payload: memoryview) -> bytes:
+        handle = self._handles.pop(RELEASE_IN.unpack_from(payload)[0], None)
+        if handle is not None:
+            if isinstance(handle, _DirHandle):
+                self.ops.releasedir(handle.handle)
+            else:
+                self.ops.release(handle)
+        return b""
+
+    def _opendir(self, nodeid: int, payload: memoryview) -> bytes:
+        handle = self._next_handle()
+        self._handles[handle] = _DirHandle(self.ops.opendir(nodeid))
+        return OPEN_OUT.pack(handle, FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR, 0)
+
+    def _readdir(self, nodeid: int, payload: memoryview) -> bytes:
+        handle, offset, size = READ_IN.unpack_from(payload)[:3]
+        out = bytearray()
+        for entry in self.ops.readdir(self._handles[handle].handle, offset):
+            name = entry.name
+            record = DIRENT.pack(entry.attributes.ino, entry.next_offset, len(name), entry.attributes.mode >> 12 & 0o17) + name
+            record += _PADDING[: -len(record) % 8]
+            if len(out) + len(record) > size:
+                break
+            out += record
+        return bytes(out)
+
+    def _readdirplus(self, nodeid: int, payload: memoryview) -> bytes:
+        handle, offset, size = READ_IN.unpack_from(payload)[:3]
+        seconds, nanoseconds = self._timeout
+        out = bytearray()
+        for entry in self.ops.readdir(self._handles[handle].handle, offset):
+            name, a = entry.name, entry.attributes
+            record = DIRENT_PLUS.pack(
+                a.ino, 0, seconds, seconds, nanoseconds, nanoseconds, *_attr(a),
+                a.ino, entry.next_offset, len(name), a.mode >> 12 & 0o17,
+            ) + name
+            record += _PADDING[: -len(record) % 8]
+            if len(out) + len(record) > size:
+                break
+            out += record
+        return bytes(out)
+
+    def _statfs(self, nodeid: int, payload: memoryview) -> bytes:
+        stats = self.ops.statfs()
+        return KSTATFS.pack(stats.blocks, 0, 0, stats.files, 0, stats.block_size, stats.name_max, stats.block_size, 0)
+
+    def _getxattr(self, nodeid: int, payload: memoryview) -> bytes:
+        size = GETXATTR_IN.unpack_from(payload)[0]
+        name = bytes(payload[GETXATTR_IN.size :])
+        value = bytes(self.ops.getxattr(nodeid, name[: name.index(0)]))
+        return _sized(value, size)
+
+    def _listxattr(self, nodeid: int, payload: memoryview) -> bytes:
+        size = GETXATTR_IN.unpack_from(payload)[0]
+        return _sized(b"".join(name + b"\0" for name in self.ops.listxattr(nodeid)), size)
+
+
+def _attr(a: Attributes | None) -> tuple[int, ...]:
+    """The fields of struct fuse_attr (all zero for None: a negative entry)."""
+    if a is None:
+        return (0,) * 16
+    mtime, mtime_ns = divmod(a.mtime_ns, 1_000_000_000)
+    return (a.ino, a.size, (a.size + 511) >> 9, mtime, mtime, mtime, mtime_ns, mtime_ns, mtime_ns,
+            a.mode, a.nlink, a.uid, a.gid, a.rdev, 4096, 0)
+
+
+class _DirHandle:
+    """Marks a directory's handle in the handle table (RELEASE and RELEASEDIR share a path)."""
+
+    __slots__ = ("handle",)
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+
+
+def _sized(value: bytes, size: int) -> bytes:
+    """The xattr reply convention: size 0 asks for the length only; too small a buffer is ERANGE."""
+    if size == 0:
+        return GETXATTR_OUT.pack(len(value), 0)
+    if len(value) > size:
+        raise OSError(errno.ERANGE, "buffer too small")
+    return value
+
+
+def _report(message: str) -> None:
+    # stderr rather than logging: the daemon must not import more than it needs.
+    try:
+        sys.stderr.write(f"ucernvm fuse: {message}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
