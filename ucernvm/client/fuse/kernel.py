@@ -274,7 +274,9 @@ class FuseMount:
     def fork(self) -> int:
         """Serve from a child process, detached from this one's session; returns its pid.
 
-        Call before starting any thread in this process (threads do not survive a fork).
+        The child's stdin and stdout go to /dev/null (so it holds no pipe of its parent open);
+        stderr stays for its error reports. Call before starting any thread in this process
+        (threads do not survive a fork).
         """
         pid = os.fork()
         if pid:
@@ -284,6 +286,10 @@ class FuseMount:
         try:
             os.setsid()
             os.chdir("/")
+            null = os.open(os.devnull, os.O_RDWR)
+            os.dup2(null, 0)
+            os.dup2(null, 1)
+            os.close(null)
             self.serve()
         finally:
             os._exit(0)
