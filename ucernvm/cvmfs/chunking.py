@@ -168,8 +168,9 @@ def iter_chunks(stream: _ReadInto, params: ChunkingParams = DEFAULT_PARAMS) -> I
     filled = start = 0
     at_eof = False
     while True:
-        if not at_eof and filled - start < params.max_size:
-            # Keep the unfinished chunk and refill behind it.
+        if not at_eof and filled - start <= params.max_size:
+            # Keep the unfinished chunk and refill behind it.  More than max_size bytes ahead
+            # tell a hard cut from the end of the file, which is no cut.
             array[:filled - start] = array[start:filled]
             filled -= start
             start = 0
