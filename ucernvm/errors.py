@@ -45,3 +45,7 @@ class MountError(UcernvmError):
 
 class ContextError(UcernvmError):
     """User-data could not be obtained or parsed (degrades, never fatal at boot)."""
+
+
+class StorageError(UcernvmError):
+    """Local storage (a repository being written, a cache, the scratch disk) cannot be written."""

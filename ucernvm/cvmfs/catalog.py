@@ -206,6 +206,10 @@ class Catalog:
             raise FormatError(f"cannot open catalog {path}: {error}") from None
         return cls(connection, content_hash)
 
+    @property
+    def connection(self) -> sqlite3.Connection:
+        return self._connection
+
     def close(self) -> None:
         self._connection.close()
 

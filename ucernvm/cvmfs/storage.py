@@ -6,11 +6,14 @@ a web server) only ever sees complete files, and a crash leaves the previous rev
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 import tempfile
 from pathlib import Path
 
 from ucernvm.cvmfs.hashing import ContentHash, ObjectType
+from ucernvm.errors import StorageError
 
 
 class RepositoryStorage:
@@ -33,8 +36,18 @@ class RepositoryStorage:
         target = self.root / content_hash.object_path(object_type)
         if target.exists():
             return False
-        write_atomically(target, data, staging=self.root / "data" / "txn")
+        write_atomically(target, data, staging=self.root / "data" / "txn", durable=False)
         return True
+
+    def sync(self) -> None:
+        """Flush every object written so far, before a manifest may reference them."""
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            # syncfs(2) flushes only the repository's file system; Python's os module lacks it.
+            if _libc().syncfs(fd) != 0:
+                os.sync()
+        finally:
+            os.close(fd)
 
     def read_named(self, name: str) -> bytes | None:
         try:
@@ -46,17 +59,28 @@ class RepositoryStorage:
         write_atomically(self.root / name, data)
 
 
-def write_atomically(target: Path, data: bytes, staging: Path | None = None) -> None:
-    """Write, flush to disk, and rename over ``target`` (``staging`` must be on the same file system)."""
-    directory = staging or target.parent
-    fd, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def write_atomically(target: Path, data: bytes, staging: Path | None = None, durable: bool = True) -> None:
+    """Write to a temporary name and rename over ``target`` (``staging`` must be on the same file system).
+
+    ``durable`` flushes the data to disk before the rename; objects skip that and are flushed together
+    by ``sync()`` before the manifest that references them is written.
+    """
+    temporary = None
     try:
+        fd, temporary = tempfile.mkstemp(dir=staging or target.parent, prefix=".tmp-")
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.chmod(temporary, 0o644)
         os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    except OSError as error:
+        if temporary:
+            Path(temporary).unlink(missing_ok=True)
+        raise StorageError(f"cannot write {target}: {error.strerror}", "check free space and permissions") from None

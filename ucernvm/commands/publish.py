@@ -1,0 +1,120 @@
+"""``ucernvm publish SRC_DIR --repo REPO_DIR --name FQRN --keys DIR``: publish a tree as a new revision."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from ucernvm.cvmfs.chunking import ChunkingParams
+from ucernvm.cvmfs.compression import Compression
+from ucernvm.cvmfs.hashing import HashAlgorithm
+from ucernvm.cvmfs.ingest import IngestOptions
+from ucernvm.cvmfs.publisher import PublishOptions, PublishProgress, Publisher
+from ucernvm.errors import ConfigError, FormatError
+
+MiB = 1 << 20
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "publish",
+        help="publish a directory tree as a new revision of a repository",
+        description="Turn SRC_DIR into a new signed revision of the repository in REPO_DIR (created on the "
+        "first publish; it is what a web server exposes as /cvmfs/<fqrn>/). Unchanged files (same size and "
+        "mtime as in the previous revision) and unchanged nested catalogs are reused, not rewritten. A "
+        "directory holding a .cvmfscatalog file becomes a nested catalog. The new revision becomes visible "
+        "atomically when its manifest is renamed into place.",
+    )
+    parser.add_argument("source", metavar="SRC_DIR", help="the directory tree to publish")
+    parser.add_argument("--repo", required=True, metavar="REPO_DIR", help="the repository directory")
+    parser.add_argument("--name", required=True, metavar="FQRN", help="repository name, e.g. cernvm-prod.cern.ch")
+    parser.add_argument("--keys", required=True, metavar="DIR", help="directory with FQRN.key, .crt, .pub (and .masterkey)")
+    parser.add_argument("--tag", metavar="TAG", help="name this snapshot (default: generic-<UTC time>)")
+    parser.add_argument("--description", default="", help="description stored with the tag")
+    parser.add_argument("--ttl", type=int, default=240, metavar="SECONDS", help="catalog time-to-live (default 240)")
+    parser.add_argument(
+        "--chunk-sizes",
+        default="4194304,8388608,16777216",
+        metavar="MIN,AVG,MAX",
+        help="content-defined chunking of large files, in bytes (default the cvmfs sizes); 'off' disables it",
+    )
+    parser.add_argument(
+        "--compression",
+        default="fast",
+        choices=[choice.value for choice in Compression],
+        help="zlib encoder for file data: fast (ISA-L, default), cvmfs (zlib level 6, as cvmfs_server), "
+        "or none (store file data uncompressed); every reader inflates all of them with plain zlib",
+    )
+    parser.add_argument("--hash", default="sha1", choices=["sha1", "rmd160", "shake128"], help="content hash algorithm")
+    parser.add_argument("--workers", type=int, default=None, metavar="N", help="parallel workers (default: CPUs)")
+    parser.add_argument("--rehash", action="store_true", help="read every file even if it looks unchanged")
+    parser.add_argument("--no-xattrs", action="store_true", help="do not record extended attributes")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+    parser.set_defaults(func=run)
+
+
+def parse_chunking(text: str) -> ChunkingParams | None:
+    if text == "off":
+        return None
+    try:
+        low, average, high = (int(part) for part in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--chunk-sizes must be MIN,AVG,MAX in bytes or 'off', not {text!r}") from None
+    return ChunkingParams(low, average, high)
+
+
+class ProgressBar:
+    """A one-line progress bar on a terminal, redrawn at most five times a second."""
+
+    def __init__(self) -> None:
+        self._last = 0.0
+        self._started = time.monotonic()
+
+    def __call__(self, progress: PublishProgress) -> None:
+        now = time.monotonic()
+        done = progress.files_done == progress.files_total
+        if now - self._last < 0.2 and not done:
+            return
+        self._last = now
+        fraction = progress.bytes_done / progress.bytes_total if progress.bytes_total else 1.0
+        bar = "#" * int(fraction * 30)
+        rate = progress.bytes_done / MiB / max(now - self._started, 1e-6)
+        sys.stderr.write(
+            f"\r[{bar:<30}] {progress.files_done}/{progress.files_total} files "
+            f"{progress.bytes_done / MiB:.1f}/{progress.bytes_total / MiB:.1f} MiB {rate:.1f} MiB/s"
+        )
+        if done:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        algorithm = HashAlgorithm.from_name(args.hash)
+    except FormatError as error:
+        raise ConfigError(error.message) from None
+    options = PublishOptions(
+        tag=args.tag,
+        description=args.description,
+        ingest=IngestOptions(parse_chunking(args.chunk_sizes), Compression(args.compression), algorithm),
+        ttl=args.ttl,
+        workers=args.workers or PublishOptions().workers,
+        rehash=args.rehash,
+        include_xattrs=not args.no_xattrs,
+    )
+    progress = ProgressBar() if sys.stderr.isatty() and not args.quiet else None
+    result = Publisher(args.repo, args.name, args.keys, options, progress).publish(args.source)
+    if not args.quiet:
+        rate = result.bytes_in / MiB / max(result.seconds, 1e-6)
+        print(f"published {result.fqrn} revision {result.revision}, root catalog {result.root_hash}")
+        print(f"tags: {', '.join(result.tags)}")
+        print(
+            f"{result.files} files ({result.files_reused} unchanged), {result.bytes_in / MiB:.1f} MiB read "
+            f"in {result.seconds:.2f} s ({rate:.1f} MiB/s); {result.objects_written} objects "
+            f"({result.bytes_written / MiB:.1f} MiB) and {result.catalogs_written} catalogs written, "
+            f"{result.catalogs_reused} catalogs reused"
+        )
+        if result.whitelist_created:
+            print("whitelist created (30 days; renew with `ucernvm resign`)")
+    return 0

@@ -1,0 +1,27 @@
+"""``ucernvm resign --repo REPO_DIR --name FQRN --keys DIR``: renew the repository whitelist."""
+
+from __future__ import annotations
+
+import argparse
+
+from ucernvm.cvmfs.publisher import resign
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "resign",
+        help="renew the whitelist (signed with the master key)",
+        description="Write a fresh .cvmfswhitelist for the repository certificate in DIR, signed with "
+        "FQRN.masterkey and valid for --days days. Clients refuse a repository whose whitelist expired.",
+    )
+    parser.add_argument("--repo", required=True, metavar="REPO_DIR", help="the repository directory")
+    parser.add_argument("--name", required=True, metavar="FQRN", help="repository name")
+    parser.add_argument("--keys", required=True, metavar="DIR", help="directory with FQRN.masterkey and FQRN.crt")
+    parser.add_argument("--days", type=int, default=30, help="validity in days (default 30)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    whitelist = resign(args.repo, args.name, args.keys, args.days).whitelist
+    print(f"whitelist of {whitelist.fqrn} renewed, expires {whitelist.expires:%Y-%m-%dT%H:%M:%SZ}")
+    return 0

@@ -1,0 +1,87 @@
+"""Turning file contents into stored objects: chunk, compress, hash, and store what is new."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+from dataclasses import dataclass
+
+from ucernvm.cvmfs.compression import Compression
+from ucernvm.cvmfs.catalog import Chunk
+from ucernvm.cvmfs.chunking import ChunkingParams, iter_chunks
+from ucernvm.cvmfs.hashing import ContentHash, HashAlgorithm, ObjectType
+from ucernvm.cvmfs.storage import RepositoryStorage
+from ucernvm.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class FileContent:
+    """Where a regular file's bytes went: one object, or a list of chunks."""
+
+    size: int
+    content_hash: ContentHash | None
+    chunks: tuple[Chunk, ...] = ()
+    compressed: bool = True
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    chunking: ChunkingParams | None = ChunkingParams()
+    compression: Compression = Compression.FAST
+    algorithm: HashAlgorithm = HashAlgorithm.SHA1
+
+
+class IngestStats:
+    """Counters shared by the worker threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.bytes_in = 0
+        self.objects_written = 0
+        self.bytes_written = 0
+
+    def add(self, bytes_in: int, written: int) -> None:
+        with self._lock:
+            self.bytes_in += bytes_in
+            if written:
+                self.objects_written += 1
+                self.bytes_written += written
+
+
+class Ingester:
+    def __init__(self, storage: RepositoryStorage, options: IngestOptions) -> None:
+        self.storage = storage
+        self.options = options
+        self.stats = IngestStats()
+
+    def store(self, plain: bytes, object_type: ObjectType, compress: bool = True) -> ContentHash:
+        """Store one object (always zlib for catalogs, history and certificates) and return its hash."""
+        stored = self.options.compression.compress(plain) if compress else plain
+        content_hash = ContentHash.of(stored, self.options.algorithm)
+        written = self.storage.put_object(content_hash, object_type, stored)
+        self.stats.add(len(plain), len(stored) if written else 0)
+        return content_hash
+
+    def ingest_file(self, fs_path: str) -> FileContent:
+        compress = self.options.compression is not Compression.NONE
+        params = self.options.chunking
+        try:
+            with open(fs_path, "rb") as handle:
+                size = os.fstat(handle.fileno()).st_size
+                if params is None or not params.might_chunk(size):
+                    data = handle.read()
+                    return FileContent(len(data), self.store(data, ObjectType.FILE, compress), (), compress)
+                pieces = iter_chunks(handle, params)
+                first = next(pieces, b"")
+                if len(first) == size:
+                    # A file that chunking leaves in one piece is stored as an ordinary file (as cvmfs does).
+                    return FileContent(size, self.store(first, ObjectType.FILE, compress), (), compress)
+                chunks: list[Chunk] = []
+                offset = 0
+                for piece in itertools.chain([first], pieces):
+                    chunks.append(Chunk(offset, len(piece), self.store(piece, ObjectType.PARTIAL, compress)))
+                    offset += len(piece)
+        except OSError as error:
+            raise ConfigError(f"cannot read {fs_path}: {error.strerror}") from None
+        return FileContent(offset, None, tuple(chunks), compress)

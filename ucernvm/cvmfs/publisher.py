@@ -1,0 +1,395 @@
+"""Publishing a directory tree as a new, signed revision of a repository.
+
+The order of writes is what makes a publish atomic: objects (file data, catalogs, history, certificate)
+first, then a flush to disk, then the whitelist if there is none, and last the manifest, renamed into
+place. Until that rename, readers keep seeing the previous revision; after a crash, the new objects are
+unreferenced garbage and the previous revision is intact.
+"""
+
+from __future__ import annotations
+
+import datetime
+import fcntl
+import os
+import stat
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from ucernvm.client.repository import Repository
+from ucernvm.client.sources import DirectorySource
+from ucernvm.cvmfs import manifest as manifest_file, signing, whitelist as whitelist_file
+from ucernvm.cvmfs.catalog import COMPRESSION_NONE, COMPRESSION_SHIFT, Catalog, DirectoryEntry, Flag, parent_path
+from ucernvm.cvmfs.catalog_writer import CatalogWriter, Counters
+from ucernvm.cvmfs.compression import Compression
+from ucernvm.cvmfs.hashing import ContentHash, ObjectType
+from ucernvm.cvmfs.history import TRUNK, TRUNK_PREVIOUS, History, Tag
+from ucernvm.cvmfs.ingest import FileContent, Ingester, IngestOptions
+from ucernvm.cvmfs.manifest import Manifest, sign_manifest
+from ucernvm.cvmfs.source_tree import SourceNode, scan
+from ucernvm.cvmfs.storage import RepositoryStorage
+from ucernvm.cvmfs.whitelist import SignedWhitelist, new_whitelist, sign_whitelist
+from ucernvm.errors import ConfigError, UcernvmError, VerificationError
+
+DIRECTORY_SIZE = 4096  # what cvmfs records for every directory
+
+
+@dataclass(frozen=True)
+class PublishOptions:
+    tag: str | None = None
+    description: str = ""
+    ingest: IngestOptions = IngestOptions()
+    ttl: int = manifest_file.DEFAULT_TTL
+    workers: int = os.cpu_count() or 1
+    rehash: bool = False  # read every file even when size and mtime match the previous revision
+    include_xattrs: bool = True
+    whitelist_days: int = whitelist_file.DEFAULT_VALIDITY_DAYS
+
+
+@dataclass
+class PublishProgress:
+    files_done: int = 0
+    files_total: int = 0
+    bytes_done: int = 0
+    bytes_total: int = 0
+
+
+@dataclass
+class PublishResult:
+    fqrn: str
+    revision: int
+    root_hash: ContentHash
+    tags: list[str]
+    files: int = 0
+    files_reused: int = 0
+    bytes_in: int = 0
+    objects_written: int = 0
+    bytes_written: int = 0
+    catalogs_written: int = 0
+    catalogs_reused: int = 0
+    seconds: float = 0.0
+    whitelist_created: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _BuiltCatalog:
+    content_hash: ContentHash
+    size: int
+    self_counters: Counters
+    subtree_counters: Counters
+
+
+class _Keys:
+    def __init__(self, keys_dir: str, fqrn: str) -> None:
+        paths = signing.key_paths(keys_dir, fqrn)
+        self.signing_key = signing.load_private_key(paths["key"])
+        try:
+            self.certificate_pem = paths["crt"].read_bytes()
+        except FileNotFoundError:
+            raise ConfigError(f"certificate {paths['crt']} does not exist", "create keys with `ucernvm keygen`") from None
+        self.certificate = signing.load_certificate(self.certificate_pem)
+        public_der = serialization.PublicFormat.SubjectPublicKeyInfo
+        if self.certificate.public_key().public_bytes(serialization.Encoding.DER, public_der) != (
+            self.signing_key.public_key().public_bytes(serialization.Encoding.DER, public_der)
+        ):
+            raise ConfigError(f"{paths['key']} is not the private key of {paths['crt']}")
+        self.master_public = signing.load_master_keys(paths["pub"]) if paths["pub"].exists() else []
+        self.masterkey_path = paths["masterkey"]
+
+
+@contextmanager
+def _publish_lock(storage: RepositoryStorage) -> Iterator[None]:
+    lock_path = storage.root / "data" / "txn" / "publish.lock"
+    with open(lock_path, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UcernvmError(f"another publish into {storage.root} is running") from None
+        yield
+
+
+class Publisher:
+    def __init__(
+        self,
+        repo_dir: str,
+        fqrn: str,
+        keys_dir: str,
+        options: PublishOptions = PublishOptions(),
+        progress: Callable[[PublishProgress], None] | None = None,
+    ) -> None:
+        self.fqrn = fqrn
+        self.options = options
+        self.storage = RepositoryStorage(repo_dir)
+        self.keys = _Keys(keys_dir, fqrn)
+        self.ingester = Ingester(self.storage, options.ingest)
+        self.progress = progress
+        self._progress_state = PublishProgress()
+        self.previous: Repository | None = None
+
+    def publish(self, source_dir: str) -> PublishResult:
+        started = time.monotonic()
+        now = int(time.time())
+        self.storage.create_layout()
+        with _publish_lock(self.storage):
+            self.previous = self._open_previous()
+            whitelist_bytes = None if self.previous else self._new_whitelist_bytes()
+            tree = scan(source_dir, self.options.include_xattrs)
+            contents, reused = self._ingest_files(tree)
+            self._contents = contents
+            revision = self.previous.manifest.revision + 1 if self.previous else 1
+            self._revision = revision
+            self._now = now
+            self._catalog_stats: Counter[str] = Counter()
+            root = self._build_catalog(tree)
+            history_hash, tag_names = self._write_history(root, revision, now)
+            certificate_hash = self.ingester.store(self.keys.certificate_pem, ObjectType.CERTIFICATE)
+            manifest = Manifest(
+                root_hash=root.content_hash,
+                root_catalog_size=root.size,
+                revision=revision,
+                ttl=self.options.ttl,
+                fqrn=self.fqrn,
+                certificate=certificate_hash,
+                history=history_hash,
+                timestamp=now,
+            )
+            self.storage.sync()
+            if whitelist_bytes is not None:
+                self.storage.put_named(whitelist_file.FILE_NAME, whitelist_bytes)
+            self.storage.put_named(manifest_file.FILE_NAME, sign_manifest(manifest, self.keys.signing_key))
+        stats = self.ingester.stats
+        return PublishResult(
+            fqrn=self.fqrn,
+            revision=revision,
+            root_hash=root.content_hash,
+            tags=tag_names,
+            files=len(contents),
+            files_reused=reused,
+            bytes_in=stats.bytes_in,
+            objects_written=stats.objects_written,
+            bytes_written=stats.bytes_written,
+            catalogs_written=self._catalog_stats["written"],
+            catalogs_reused=self._catalog_stats["reused"],
+            seconds=time.monotonic() - started,
+            whitelist_created=whitelist_bytes is not None,
+        )
+
+    # -- the previous revision and the whitelist -----------------------------------------------
+
+    def _open_previous(self) -> Repository | None:
+        if self.storage.read_named(manifest_file.FILE_NAME) is None:
+            return None
+        if not self.keys.master_public:
+            raise ConfigError(f"the master public key {self.fqrn}.pub is missing from the keys directory")
+        try:
+            return Repository(DirectorySource(self.storage.root), self.fqrn, self.keys.master_public)
+        except VerificationError as error:
+            raise VerificationError(
+                f"the repository's current revision does not verify: {error.message}",
+                "if the whitelist expired or the certificate changed, run `ucernvm resign` first",
+            ) from None
+
+    def _new_whitelist_bytes(self) -> bytes:
+        if not self.keys.masterkey_path.exists():
+            raise ConfigError(
+                f"a new repository needs its master key {self.keys.masterkey_path} to sign the whitelist",
+                "create keys with `ucernvm keygen`",
+            )
+        return make_whitelist(self.fqrn, self.keys.certificate, self.keys.masterkey_path, self.options.whitelist_days)
+
+    # -- file contents ---------------------------------------------------------------------------
+
+    def _ingest_files(self, tree: SourceNode) -> tuple[dict[tuple[int, int], FileContent], int]:
+        """Store the content of every regular file once per inode; reuse unchanged files' hashes."""
+        pending: dict[tuple[int, int], SourceNode] = {}
+        contents: dict[tuple[int, int], FileContent] = {}
+        for node in _walk(tree):
+            if node.is_regular and node.inode_key not in pending and node.inode_key not in contents:
+                previous = self._unchanged_content(node) if self.previous and not self.options.rehash else None
+                if previous is not None:
+                    contents[node.inode_key] = previous
+                else:
+                    pending[node.inode_key] = node
+        reused = len(contents)
+        progress = self._progress_state
+        progress.files_total = len(pending)
+        progress.bytes_total = sum(node.st.st_size for node in pending.values())
+        with ThreadPoolExecutor(max_workers=max(1, self.options.workers)) as pool:
+            futures = {key: pool.submit(self.ingester.ingest_file, node.fs_path) for key, node in pending.items()}
+            for key, future in futures.items():
+                contents[key] = future.result()
+                progress.files_done += 1
+                progress.bytes_done += contents[key].size
+                if self.progress:
+                    self.progress(progress)
+        return contents, reused
+
+    def _unchanged_content(self, node: SourceNode) -> FileContent | None:
+        """The previous revision's content of this path if size and mtime say it did not change."""
+        assert self.previous is not None
+        entry = self.previous.lookup(node.path)
+        if (
+            entry is None
+            or not entry.is_regular
+            or entry.size != node.st.st_size
+            or entry.mtime != int(node.st.st_mtime)
+            or entry.mtime_ns != node.st.st_mtime_ns % 1_000_000_000
+            or entry.is_compressed != (self.options.ingest.compression is not Compression.NONE)
+            or entry.hash_algorithm is not self.options.ingest.algorithm
+        ):
+            return None
+        chunks = tuple(self.previous.chunks(node.path, entry)) if entry.is_chunked else ()
+        return FileContent(entry.size, entry.content_hash, chunks, entry.is_compressed)
+
+    # -- catalogs ------------------------------------------------------------------------------
+
+    def _build_catalog(self, root: SourceNode) -> _BuiltCatalog:
+        writer = CatalogWriter(root.path, self.options.ttl)
+        flags = Flag.DIR | (Flag.NESTED_ROOT if root.path else 0)
+        writer.add(root.path, self._directory_entry(root, flags))
+        self._add_children(writer, root, [0])
+        previous = self._previous_catalog(root.path) if root.path else None
+        if previous is not None and writer.same_content_as(previous[0]):
+            catalog, size = previous
+            self._catalog_stats["reused"] += 1
+            statistics = catalog.statistics()
+            return _BuiltCatalog(
+                catalog.content_hash,  # type: ignore[arg-type]
+                size,
+                Counters.from_statistics(statistics, "self_"),
+                Counters.from_statistics(statistics, "subtree_"),
+            )
+        catalog_revision = previous[0].revision + 1 if previous else self._revision
+        previous_hash = previous[0].content_hash if previous else (self.previous.root_hash if self.previous and not root.path else None)
+        data = writer.finish(catalog_revision, self._now, previous_hash)
+        content_hash = self.ingester.store(data, ObjectType.CATALOG)
+        self._catalog_stats["written"] += 1
+        return _BuiltCatalog(content_hash, len(data), writer.self_counters, writer.subtree_counters)
+
+    def _previous_catalog(self, mountpoint: str) -> tuple[Catalog, int] | None:
+        """The previous revision's catalog mounted at ``mountpoint``, with its uncompressed size."""
+        if self.previous is None:
+            return None
+        parent = self.previous.catalog_for(parent_path(mountpoint))
+        reference = next((ref for ref in parent.nested_catalogs() if ref.path == mountpoint), None)
+        if reference is None:
+            return None
+        return self.previous.catalog_for(mountpoint), reference.size
+
+    def _add_children(self, writer: CatalogWriter, directory: SourceNode, next_group: list[int]) -> None:
+        groups = self._hardlink_groups(directory, next_group)
+        for child in directory.children:
+            if child.is_directory and child.is_catalog_root:
+                built = self._build_catalog(child)
+                writer.add(child.path, self._directory_entry(child, Flag.DIR | Flag.NESTED_MOUNTPOINT))
+                writer.add_nested(child.path, built.content_hash, built.size, built.self_counters, built.subtree_counters)
+            elif child.is_directory:
+                writer.add(child.path, self._directory_entry(child, Flag.DIR))
+                self._add_children(writer, child, next_group)
+            else:
+                entry, content = self._leaf_entry(child, groups.get(child.inode_key, 1))
+                writer.add(child.path, entry, content.chunks if content else ())
+
+    @staticmethod
+    def _hardlink_groups(directory: SourceNode, next_group: list[int]) -> dict[tuple[int, int], int]:
+        """The ``hardlinks`` value of every inode with several names in this directory.
+
+        cvmfs keeps hard links within one directory: a group id unique in the catalog in the upper 32
+        bits, the number of names in the lower 32. Links to other directories become separate files.
+        """
+        names = Counter(child.inode_key for child in directory.children if not child.is_directory and child.st.st_nlink > 1)
+        hardlinks = {}
+        for child in directory.children:
+            key = child.inode_key
+            if names.get(key, 0) > 1 and key not in hardlinks:
+                next_group[0] += 1
+                hardlinks[key] = (next_group[0] << 32) | names[key]
+        return hardlinks
+
+    def _directory_entry(self, node: SourceNode, flags: int) -> DirectoryEntry:
+        subdirectories = sum(1 for child in node.children if child.is_directory)
+        return self._entry(node, flags, size=DIRECTORY_SIZE, hardlinks=2 + subdirectories)
+
+    def _leaf_entry(self, node: SourceNode, hardlinks: int) -> tuple[DirectoryEntry, FileContent | None]:
+        if node.is_regular:
+            content = self._contents[node.inode_key]
+            flags = Flag.FILE | self.options.ingest.algorithm.catalog_flag_bits
+            flags |= Flag.CHUNKED if content.chunks else 0
+            flags |= 0 if content.compressed else COMPRESSION_NONE << COMPRESSION_SHIFT
+            return self._entry(node, flags, content.size, hardlinks, content.content_hash), content
+        if node.is_symlink:
+            size = len(os.fsencode(node.symlink))
+            return self._entry(node, Flag.FILE | Flag.LINK, size, hardlinks), None
+        device = node.st.st_rdev if stat.S_ISCHR(node.st.st_mode) or stat.S_ISBLK(node.st.st_mode) else 0
+        return self._entry(node, Flag.FILE | Flag.SPECIAL, device, hardlinks), None
+
+    @staticmethod
+    def _entry(
+        node: SourceNode, flags: int, size: int, hardlinks: int, content_hash: ContentHash | None = None
+    ) -> DirectoryEntry:
+        return DirectoryEntry(
+            name=node.name,
+            mode=node.st.st_mode,
+            size=size,
+            mtime=int(node.st.st_mtime),
+            mtime_ns=node.st.st_mtime_ns % 1_000_000_000,
+            flags=int(flags),
+            uid=node.st.st_uid,
+            gid=node.st.st_gid,
+            hardlinks=hardlinks,
+            content_hash=content_hash,
+            symlink=node.symlink,
+            xattrs=node.xattrs,
+        )
+
+    # -- history ---------------------------------------------------------------------------------
+
+    def _write_history(self, root: _BuiltCatalog, revision: int, now: int) -> tuple[ContentHash, list[str]]:
+        previous = self.previous
+        history = previous.history if previous and previous.history else History.create(self.fqrn)
+        if previous is not None:
+            old_trunk = history.find(TRUNK)
+            if old_trunk is not None:
+                history.insert(Tag(TRUNK_PREVIOUS, old_trunk.root_hash, old_trunk.revision, old_trunk.timestamp, "default undo target", old_trunk.size))
+        names = [TRUNK]
+        history.insert(Tag(TRUNK, root.content_hash, revision, now, "current HEAD", root.size))
+        tag = self.options.tag or "generic-" + datetime.datetime.fromtimestamp(now, datetime.timezone.utc).strftime(
+            "%Y-%m-%dT%H:%M:%SZ"
+        )
+        if tag in (TRUNK, TRUNK_PREVIOUS):
+            raise ConfigError(f"the tag name {tag!r} is reserved")
+        history.insert(Tag(tag, root.content_hash, revision, now, self.options.description, root.size))
+        names.append(tag)
+        history.set_previous_revision(previous.manifest.history if previous else None)
+        return self.ingester.store(history.to_bytes(), ObjectType.HISTORY), names
+
+
+def make_whitelist(fqrn: str, certificate: x509.Certificate, masterkey_path: Path, days: int) -> bytes:
+    master = signing.load_private_key(masterkey_path)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return sign_whitelist(new_whitelist(fqrn, [certificate], now, days), master)
+
+
+def _walk(node: SourceNode) -> Iterator[SourceNode]:
+    yield node
+    for child in node.children:
+        yield from _walk(child)
+
+
+def resign(repo_dir: str, fqrn: str, keys_dir: str, days: int = whitelist_file.DEFAULT_VALIDITY_DAYS) -> SignedWhitelist:
+    """Write a fresh whitelist for the repository's certificate, valid for ``days``."""
+    storage = RepositoryStorage(repo_dir)
+    if storage.read_named(manifest_file.FILE_NAME) is None:
+        raise ConfigError(f"{repo_dir} is not a repository (no .cvmfspublished)")
+    keys = _Keys(keys_dir, fqrn)
+    data = make_whitelist(fqrn, keys.certificate, keys.masterkey_path, days)
+    storage.put_named(whitelist_file.FILE_NAME, data)
+    return SignedWhitelist.parse(data)

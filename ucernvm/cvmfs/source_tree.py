@@ -1,0 +1,95 @@
+"""Scanning the directory tree that is about to be published."""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass, field
+
+from ucernvm.cvmfs.catalog import join
+from ucernvm.errors import ConfigError
+
+CATALOG_MARKER = ".cvmfscatalog"
+
+
+@dataclass(eq=False)
+class SourceNode:
+    """One file system object of the source tree, with its catalog path (``""`` is the root)."""
+
+    name: str
+    path: str
+    fs_path: str
+    st: os.stat_result
+    symlink: str = ""
+    xattrs: dict[str, bytes] = field(default_factory=dict)
+    children: list[SourceNode] = field(default_factory=list)
+    is_catalog_root: bool = False
+
+    @property
+    def is_directory(self) -> bool:
+        return stat.S_ISDIR(self.st.st_mode)
+
+    @property
+    def is_regular(self) -> bool:
+        return stat.S_ISREG(self.st.st_mode)
+
+    @property
+    def is_symlink(self) -> bool:
+        return stat.S_ISLNK(self.st.st_mode)
+
+    @property
+    def inode_key(self) -> tuple[int, int]:
+        return self.st.st_dev, self.st.st_ino
+
+
+def read_xattrs(fs_path: str) -> dict[str, bytes]:
+    try:
+        names = os.listxattr(fs_path, follow_symlinks=False)
+    except OSError:
+        return {}  # the file system has no extended attributes
+    values = {}
+    for name in names:
+        try:
+            values[name] = os.getxattr(fs_path, name, follow_symlinks=False)
+        except OSError:
+            continue  # vanished or unreadable attribute: publish what can be read
+    return values
+
+
+def scan(root: str, include_xattrs: bool = True) -> SourceNode:
+    """The whole tree below ``root``, children sorted by name; symlinks are never followed."""
+    try:
+        st = os.lstat(root)
+    except OSError as error:
+        raise ConfigError(f"cannot read the source directory {root}: {error.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"the source {root} is not a directory")
+    node = SourceNode("", "", root, st, xattrs=read_xattrs(root) if include_xattrs else {}, is_catalog_root=True)
+    _scan_children(node, include_xattrs)
+    return node
+
+
+def _scan_children(directory: SourceNode, include_xattrs: bool) -> None:
+    try:
+        with os.scandir(directory.fs_path) as iterator:
+            items = sorted(iterator, key=lambda item: os.fsencode(item.name))
+    except OSError as error:
+        raise ConfigError(f"cannot list {directory.fs_path}: {error.strerror}") from None
+    for item in items:
+        try:
+            st = item.stat(follow_symlinks=False)
+            target = os.readlink(item.path) if stat.S_ISLNK(st.st_mode) else ""
+        except OSError as error:
+            raise ConfigError(f"cannot read {item.path}: {error.strerror}") from None
+        child = SourceNode(
+            item.name,
+            join(directory.path, item.name),
+            item.path,
+            st,
+            symlink=target,
+            xattrs=read_xattrs(item.path) if include_xattrs else {},
+        )
+        directory.children.append(child)
+        if child.is_directory:
+            _scan_children(child, include_xattrs)
+            child.is_catalog_root = any(c.name == CATALOG_MARKER and c.is_regular for c in child.children)
