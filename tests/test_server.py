@@ -1,0 +1,524 @@
+"""The stratum server over real sockets on 127.0.0.1: files, headers, ranges, safety, geo API, CLI."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from ucernvm.errors import ConfigError
+from ucernvm.server import GeoDatabase, StratumServer
+
+REPO = "test.cern.ch"
+UUID = "6f1a3e6c-6b47-4c4e-9a0e-1f2d3c4b5a69"  # the caching string a proxy-less client sends
+UNRESOLVABLE = "a" * 64 + ".example.org"  # a label longer than 63: refused before any lookup
+
+# Coordinates and expected orders from cvmfs's own geo API tests (webapi/test_cvmfs_geo.py),
+# with the servers given documentation addresses so that no name needs resolving.
+CERN, FNAL, IHEP, RAL = "192.0.2.10", "198.51.100.10", "203.0.113.10", "2001:db8::10"
+GEO_CSV = """\
+# network,latitude,longitude of the test sites
+network,latitude,longitude,comment
+192.0.2.0/24,46.2324,6.0502,CERN
+198.51.100.0/24,41.7768,-88.4604,FNAL
+203.0.113.0/24,39.9289,116.3883,IHEP
+2001:db8::/32,51.75,-1.25,RAL
+127.0.0.0/8,39.9289,116.3883,the test client sits at IHEP
+10.0.0.0/8,,,no coordinates: skipped
+"""
+
+
+def make_repository(root: Path) -> dict[str, bytes]:
+    """A repository directory as cvmfs_server lays it out; returns {relative path: content}."""
+    files = {
+        ".cvmfspublished": b"Cabc\nRd41d8cd98f00b204e9800998ecf8427e\nNtest.cern.ch\n--\nsig",
+        ".cvmfswhitelist": b"20240101000000\nE20990101000000\nNtest.cern.ch\n--\nsig",
+        ".cvmfsreflog": b"SQLite format 3\x00" + bytes(100),
+        ".cvmfs_master_replica": b"",
+        "data/6e/d3d49a5c64f21f36936ab350d49aaf57585b9aC": os.urandom(3000),
+        "data/00/0000000000000000000000000000000000000001": bytes(range(256)) * 4,
+        "data/ff/ffffffffffffffffffffffffffffffffffffffff": os.urandom(300_000),  # sendfile path
+        "data/12/3456789abcdef0123456789abcdef01234567-shake128P": b"",
+        "meta.json": b'{"administrator": "test"}',
+    }
+    for name, content in files.items():
+        path = root / REPO / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+    return files
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, bytes]]:
+    base = tmp_path_factory.mktemp("stratum")
+    root = base / "root"
+    files = make_repository(root)
+    (base / "secret").write_bytes(b"outside ROOT")
+    (root / "secret-link").symlink_to(base / "secret")
+    (root / REPO / "data" / "escape").symlink_to(base)
+    (root / REPO / "data" / "ab").mkdir()
+    (root / REPO / "data" / "ab" / "cdef").symlink_to(base / "secret")
+    # Like cvmfs's .cvmfsalt-* bootstrapping shortcuts: a symlink inside ROOT is fine.
+    (root / REPO / ".cvmfsalt-d3d49a").symlink_to("data/6e/d3d49a5c64f21f36936ab350d49aaf57585b9aC")
+    return root, files
+
+
+@pytest.fixture(scope="module")
+def server(tree: tuple[Path, dict[str, bytes]]) -> StratumServer:
+    with StratumServer(tree[0]) as running:
+        yield running
+
+
+def get(server: StratumServer, path: str, method: str = "GET",
+        headers: dict[str, str] | None = None) -> tuple[http.client.HTTPResponse, bytes]:
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        connection.request(method, path, headers=headers or {})
+        response = connection.getresponse()
+        return response, response.read()
+    finally:
+        connection.close()
+
+
+def raw(server: StratumServer, request: bytes) -> bytes:
+    """Send bytes exactly as given (no client-side path normalisation); read until close."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(request)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+# --- files and headers --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", [".cvmfspublished", ".cvmfswhitelist", ".cvmfsreflog",
+                                  ".cvmfs_master_replica"])
+def test_cvmfs_files_expire_after_61_seconds(server, tree, name):
+    response, body = get(server, f"/cvmfs/{REPO}/{name}")
+    assert response.status == 200
+    assert body == tree[1][name]
+    assert response.getheader("Content-Type") == "application/x-cvmfs"
+    assert response.getheader("Cache-Control") == "max-age=61"
+    assert response.getheader("ETag") is None and response.getheader("Last-Modified") is None
+
+
+def test_data_objects_are_cached_for_three_days(server, tree):
+    name = "data/6e/d3d49a5c64f21f36936ab350d49aaf57585b9aC"
+    response, body = get(server, f"/cvmfs/{REPO}/{name}")
+    assert response.status == 200
+    assert body == tree[1][name]
+    assert response.getheader("Content-Type") == "application/octet-stream"
+    assert response.getheader("Cache-Control") == "public, max-age=259200"
+    assert response.getheader("Accept-Ranges") == "bytes"
+    assert response.getheader("Date")
+
+
+def test_json_is_short_lived(server):
+    response, body = get(server, f"/cvmfs/{REPO}/meta.json")
+    assert body == b'{"administrator": "test"}'
+    assert response.getheader("Content-Type") == "application/json"
+    assert response.getheader("Cache-Control") == "max-age=61"
+
+
+def test_large_and_empty_objects(server, tree):
+    for name in ("data/ff/ffffffffffffffffffffffffffffffffffffffff",
+                 "data/12/3456789abcdef0123456789abcdef01234567-shake128P"):
+        response, body = get(server, f"/cvmfs/{REPO}/{name}")
+        assert response.status == 200
+        assert body == tree[1][name]
+        assert int(response.getheader("Content-Length")) == len(tree[1][name])
+
+
+def test_keep_alive_serves_two_requests_on_one_connection(server, tree):
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    connection.request("GET", f"/cvmfs/{REPO}/.cvmfspublished")
+    first = connection.getresponse()
+    assert first.read() == tree[1][".cvmfspublished"]
+    sock = connection.sock
+    assert sock is not None and first.getheader("Connection") is None
+    connection.request("GET", f"/cvmfs/{REPO}/.cvmfswhitelist")
+    second = connection.getresponse()
+    assert second.read() == tree[1][".cvmfswhitelist"]
+    assert connection.sock is sock  # not reopened
+    connection.close()
+
+
+def test_pipelined_requests_and_http10_close(server, tree):
+    name = f"/cvmfs/{REPO}/data/6e/d3d49a5c64f21f36936ab350d49aaf57585b9aC"
+    reply = raw(server, f"HEAD {name} HTTP/1.1\r\nHost: x\r\n\r\n"
+                        f"GET {name} HTTP/1.0\r\n\r\n".encode())
+    head, _, rest = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK") and b"Content-Length: 3000" in head
+    # The HEAD response carried no body: the next bytes are the GET's status line.
+    second_head, _, body = rest.partition(b"\r\n\r\n")
+    assert second_head.startswith(b"HTTP/1.1 200 OK") and b"Connection: close" in second_head
+    assert body == tree[1]["data/6e/d3d49a5c64f21f36936ab350d49aaf57585b9aC"]
+
+
+def test_head_announces_length_without_body(server, tree):
+    name = "data/00/0000000000000000000000000000000000000001"
+    response, body = get(server, f"/cvmfs/{REPO}/{name}", method="HEAD")
+    assert response.status == 200
+    assert body == b""
+    assert int(response.getheader("Content-Length")) == len(tree[1][name])
+
+
+# --- ranges -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spec,start,end", [("bytes=10-19", 10, 19), ("bytes=1000-", 1000, 1023),
+                                            ("bytes=-24", 1000, 1023), ("bytes=1020-5000", 1020, 1023)])
+def test_single_ranges_get_206(server, tree, spec, start, end):
+    name = "data/00/0000000000000000000000000000000000000001"
+    response, body = get(server, f"/cvmfs/{REPO}/{name}", headers={"Range": spec})
+    assert response.status == 206
+    assert body == tree[1][name][start:end + 1]
+    assert response.getheader("Content-Range") == f"bytes {start}-{end}/1024"
+
+
+def test_range_of_a_large_object(server, tree):
+    name = "data/ff/ffffffffffffffffffffffffffffffffffffffff"
+    response, body = get(server, f"/cvmfs/{REPO}/{name}", headers={"Range": "bytes=100000-"})
+    assert response.status == 206
+    assert body == tree[1][name][100000:]
+
+
+@pytest.mark.parametrize("spec", ["bytes=1024-", "bytes=5000-6000", "bytes=-0"])
+def test_unsatisfiable_ranges_get_416(server, spec):
+    name = "data/00/0000000000000000000000000000000000000001"
+    response, _ = get(server, f"/cvmfs/{REPO}/{name}", headers={"Range": spec})
+    assert response.status == 416
+    assert response.getheader("Content-Range") == "bytes */1024"
+
+
+@pytest.mark.parametrize("spec", ["bytes=0-1,5-6", "items=0-1", "bytes=9-3"])
+def test_ranges_we_do_not_serve_get_everything(server, tree, spec):
+    name = "data/00/0000000000000000000000000000000000000001"
+    response, body = get(server, f"/cvmfs/{REPO}/{name}", headers={"Range": spec})
+    assert response.status == 200
+    assert body == tree[1][name]
+
+
+# --- errors and safety --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/", "/cvmfs/", f"/cvmfs/{REPO}/", f"/cvmfs/{REPO}/data",
+                                  f"/cvmfs/{REPO}/data/00/", f"/cvmfs/{REPO}/missing",
+                                  "/cvmfs/no.such.repo/.cvmfspublished", f"/{REPO}/.cvmfspublished"])
+def test_missing_files_and_directories_are_404(server, path):
+    response, body = get(server, path)
+    assert response.status == 404
+    assert b"<" not in body  # no listing
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "OPTIONS", "BREW"])
+def test_other_methods_are_405(server, method):
+    response, _ = get(server, f"/cvmfs/{REPO}/.cvmfspublished", method=method)
+    assert response.status == 405
+    assert response.getheader("Allow") == "GET, HEAD"
+
+
+@pytest.mark.parametrize("path", [
+    "/cvmfs/../secret",
+    f"/cvmfs/{REPO}/../../secret",
+    f"/cvmfs/{REPO}/%2e%2e/%2e%2e/secret",
+    f"/cvmfs/{REPO}/%2E%2E%2F%2E%2E%2Fsecret",
+    f"/cvmfs/{REPO}/data/..%2f..%2f..%2fsecret",
+    "/cvmfs/secret-link",
+    f"/cvmfs/{REPO}/data/ab/cdef",
+    f"/cvmfs/{REPO}/data/escape/secret",
+    f"/cvmfs//{REPO}/.cvmfspublished",
+    "/cvmfs/%2fetc%2fpasswd",
+    f"/cvmfs/{REPO}/.cvmfspublished%00.txt",
+])
+def test_traversal_out_of_root_is_refused(server, path):
+    reply = raw(server, f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    assert reply.startswith(b"HTTP/1.1 404 ")
+    assert b"outside ROOT" not in reply and b"root:" not in reply
+
+
+def test_symlink_inside_root_is_served(server, tree):
+    response, body = get(server, f"/cvmfs/{REPO}/.cvmfsalt-d3d49a")
+    assert response.status == 200
+    assert body == tree[1]["data/6e/d3d49a5c64f21f36936ab350d49aaf57585b9aC"]
+
+
+def test_query_strings_and_absolute_targets(server, tree):
+    response, body = get(server, f"/cvmfs/{REPO}/.cvmfspublished?nocache=1")
+    assert body == tree[1][".cvmfspublished"]
+    response, body = get(server, f"http://127.0.0.1:{server.port}/cvmfs/{REPO}/.cvmfspublished")
+    assert body == tree[1][".cvmfspublished"]
+
+
+@pytest.mark.parametrize("request_bytes,status", [
+    (b"GARBAGE\r\n\r\n", b"400"),
+    (b"GET /x HTTP/2.0\r\n\r\n", b"505"),
+    (b"GET /x HTTP/1.1\r\nno colon here\r\n\r\n", b"400"),
+    (b"GET /" + b"a" * 10000 + b" HTTP/1.1\r\n\r\n", b"414"),
+])
+def test_malformed_requests(server, request_bytes, status):
+    reply = raw(server, request_bytes)
+    assert reply.startswith(b"HTTP/1.1 " + status)
+    assert b"Connection: close" in reply
+
+
+def test_refused_request_body_does_not_destroy_the_response(server):
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(f"POST /cvmfs/{REPO}/x HTTP/1.1\r\nContent-Length: 300000\r\n\r\n".encode())
+        try:
+            sock.sendall(bytes(300_000))
+        except OSError:
+            pass  # the server need not read it all
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 405 ")
+
+
+def test_twenty_parallel_clients_get_correct_bytes(server, tree):
+    names = [name for name in tree[1] if name.startswith("data/")]
+    failures: list[str] = []
+
+    def client(index: int) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=20)
+        try:
+            for round_ in range(10):
+                name = names[(index + round_) % len(names)]
+                connection.request("GET", f"/cvmfs/{REPO}/{name}")
+                response = connection.getresponse()
+                if response.status != 200 or response.read() != tree[1][name]:
+                    failures.append(f"client {index}: {name}")
+        except OSError as error:
+            failures.append(f"client {index}: {error}")
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+
+
+# --- server object ------------------------------------------------------------------------------
+
+
+def test_latency_delays_every_request(tree):
+    with StratumServer(tree[0], latency=0.2) as slow:
+        started = time.monotonic()
+        response, _ = get(slow, f"/cvmfs/{REPO}/.cvmfspublished")
+        assert response.status == 200
+        assert time.monotonic() - started >= 0.2
+        slow.latency = 0
+        started = time.monotonic()
+        get(slow, f"/cvmfs/{REPO}/.cvmfspublished")
+        assert time.monotonic() - started < 0.2
+
+
+def test_stop_cuts_open_connections(tree):
+    server = StratumServer(tree[0]).start()
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+    connection.request("GET", f"/cvmfs/{REPO}/.cvmfspublished")
+    assert connection.getresponse().read() == tree[1][".cvmfspublished"]
+    port = server.port
+    started = time.monotonic()
+    server.stop()
+    assert time.monotonic() - started < 2
+    with pytest.raises((http.client.HTTPException, OSError)):
+        connection.request("GET", f"/cvmfs/{REPO}/.cvmfspublished")
+        connection.getresponse().read()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2)
+
+
+def test_busy_port_and_missing_root_are_config_errors(server, tmp_path):
+    with pytest.raises(ConfigError, match="cannot listen"):
+        StratumServer(server.root, port=server.port).start()
+    with pytest.raises(ConfigError, match="not a directory"):
+        StratumServer(tmp_path / "nope")
+
+
+def test_access_log_writes_one_line_per_request(tree, capfd):
+    with StratumServer(tree[0], access_log=True) as logged:
+        get(logged, f"/cvmfs/{REPO}/.cvmfspublished")
+        get(logged, f"/cvmfs/{REPO}/missing", method="HEAD")
+    lines = capfd.readouterr().err.splitlines()
+    assert len(lines) == 2
+    assert f'"GET /cvmfs/{REPO}/.cvmfspublished HTTP/1.1" 200 ' in lines[0]
+    assert lines[0].startswith("127.0.0.1 - - [")
+    assert f'"HEAD /cvmfs/{REPO}/missing HTTP/1.1" 404 0' in lines[1]
+
+
+# --- geo API ------------------------------------------------------------------------------------
+
+
+def geo(server: StratumServer, request: str, headers: dict[str, str] | None = None
+        ) -> tuple[int, str, http.client.HTTPResponse]:
+    response, body = get(server, f"/cvmfs/{REPO}/api/v1.0/geo/{request}", headers=headers)
+    return response.status, body.decode(), response
+
+
+def test_geo_without_database_prefers_the_same_host_then_subnet(server):
+    status, body, response = geo(server, f"{UUID}/10.0.0.1,{UNRESOLVABLE},127.0.0.2,127.0.0.1")
+    assert (status, body) == (200, "4,3,1,2\n")
+    assert response.getheader("Content-Type") == "text/plain"
+    assert response.getheader("Cache-Control") == "max-age=3600"
+
+
+def test_geo_ties_keep_the_given_order(server):
+    # localhost is 127.0.0.1 (/etc/hosts): as near as the literal, so the given order decides.
+    assert geo(server, f"{UUID}/10.1.1.1,localhost,127.0.0.1")[:2] == (200, "2,3,1\n")
+    assert geo(server, f"{UUID}/10.1.1.1,127.0.0.1,localhost")[:2] == (200, "2,3,1\n")
+
+
+def test_geo_locates_the_named_proxy_instead_of_the_client(server):
+    # The proxy 10.1.2.3 is the reference point, not the connecting 127.0.0.1.
+    assert geo(server, "10.1.2.3/127.0.0.1,10.200.0.1,10.1.2.200")[:2] == (200, "3,2,1\n")
+
+
+def test_geo_proxy_separator_without_database(server):
+    # Proxies 10.9.9.9 and 127.0.0.5: the nearer (127.0.0.5) becomes the reference for the hosts.
+    status, body, _ = geo(server, f"{UUID}/10.0.0.1,127.0.0.9,+PXYSEP+,10.9.9.9,127.0.0.5")
+    assert (status, body) == (200, "2,1,5,4,3\n")
+
+
+@pytest.fixture(scope="module")
+def geo_server(tree, tmp_path_factory) -> StratumServer:
+    csv = tmp_path_factory.mktemp("geo") / "geo.csv"
+    csv.write_text(GEO_CSV)
+    with StratumServer(tree[0], geo_db=csv) as running:
+        yield running
+
+
+@pytest.mark.parametrize("proxy,servers,expected", [
+    (RAL, [CERN, FNAL, IHEP, RAL], "4,1,2,3"),
+    (RAL, [RAL, IHEP, FNAL, CERN], "1,4,3,2"),
+    (IHEP, [RAL, IHEP, FNAL, CERN], "2,1,4,3"),
+    (CERN, [FNAL, IHEP, CERN, RAL], "3,4,1,2"),
+    (FNAL, [IHEP, CERN, RAL, FNAL], "4,3,2,1"),
+])
+def test_geo_database_orders_by_great_circle_distance(geo_server, proxy, servers, expected):
+    status, body, _ = geo(geo_server, f"{proxy}/{','.join(servers)}")
+    assert (status, body) == (200, expected + "\n")
+
+
+def test_geo_database_locates_client_then_forwarded_for(geo_server):
+    # No resolvable proxy: the client 127.0.0.1 is at IHEP in the database.
+    servers = ",".join([RAL, IHEP, UNRESOLVABLE, FNAL, CERN])
+    assert geo(geo_server, f"{UUID}/{servers}")[:2] == (200, "2,1,5,4,3\n")
+    # Behind a reverse proxy, the last X-Forwarded-For address counts (here: CERN).
+    status, body, _ = geo(geo_server, f"{UUID}/{FNAL},{IHEP},{CERN},{RAL}",
+                          headers={"X-Forwarded-For": "198.51.100.1, 192.0.2.99"})
+    assert (status, body) == (200, "3,4,1,2\n")
+
+
+def test_geo_database_proxy_separator(geo_server):
+    # Client at IHEP; of the proxies, RAL is nearer than FNAL, so the hosts are sorted from RAL.
+    status, body, _ = geo(geo_server, f"{UUID}/{IHEP},{FNAL},{CERN},+PXYSEP+,198.51.100.7,{RAL}")
+    assert (status, body) == (200, "3,2,1,6,5,4\n")
+    assert len(body.strip().split(",")) == 6
+
+
+def test_geo_database_unknown_client_is_400(tree, tmp_path):
+    csv = tmp_path / "geo.csv"
+    csv.write_text(f"network,latitude,longitude\n{CERN}/32,46.2324,6.0502\n")
+    with StratumServer(tree[0], geo_db=csv) as cern_only:
+        status, body, response = geo(cern_only, f"{UUID}/{CERN}",
+                                     headers={"X-Forwarded-For": "not-an-address"})
+    assert (status, body) == (400, "Bad Request: remote addr not found in database\n")
+    assert response.getheader("Cache-Control") == "max-age=300"
+
+
+@pytest.mark.parametrize("request_path,reason", [
+    (f"api/v1.0/geo/{UUID}", "no slash in geo path"),
+    (f"api/v1.0/geo/{UUID}/a,,b", "malformed server name"),
+    (f"api/v1.0/geo/{UUID}/a%20b,c", "malformed server name"),
+    (f"api/v1.0/geo/{UUID}/a,+PXYSEP+,b,+PXYSEP+,c", "more than one proxy separator"),
+    (f"api/v1.0/geo/{UUID}/" + ",".join(["127.0.0.1"] * 101), "more than 100 servers"),
+    (f"api/v1.0/geo/{UUID}/{UNRESOLVABLE}", "no server name resolves"),
+    (f"api/v1.0/where/{UUID}/127.0.0.1", "unrecognized api function"),
+    ("api/v1.0", "malformed api URL"),
+])
+def test_malformed_geo_requests_are_400(server, request_path, reason):
+    response, body = get(server, f"/cvmfs/{REPO}/{request_path}")
+    assert response.status == 400
+    assert body.decode().startswith(f"Bad Request: {reason}")
+    assert response.getheader("Cache-Control") == "max-age=300"
+
+
+def test_geo_database_errors(geo_server):
+    status, body, _ = geo(geo_server, f"{UUID}/10.0.0.1,172.16.0.1")
+    assert (status, body) == (400, "Bad Request: no server addr found in database\n")
+
+
+def test_geo_for_a_missing_repository_is_404(server):
+    response, _ = get(server, f"/cvmfs/no.such.repo/api/v1.0/geo/{UUID}/127.0.0.1")
+    assert response.status == 404
+
+
+def test_geo_database_file_errors(tmp_path):
+    bad_header = tmp_path / "header.csv"
+    bad_header.write_text("net,lat,lon\n10.0.0.0/8,1,2\n")
+    with pytest.raises(ConfigError, match="missing column"):
+        GeoDatabase.load(bad_header)
+    bad_row = tmp_path / "row.csv"
+    bad_row.write_text("network,latitude,longitude\n10.0.0.0/33,1,2\n")
+    with pytest.raises(ConfigError, match="bad row"):
+        GeoDatabase.load(bad_row)
+    with pytest.raises(ConfigError, match="cannot read"):
+        GeoDatabase.load(tmp_path / "missing.csv")
+
+
+def test_geo_database_longest_prefix_wins(tmp_path):
+    csv = tmp_path / "geo.csv"
+    csv.write_text("network,latitude,longitude\n10.0.0.0/8,1,1\n10.1.0.0/16,2,2\n")
+    db = GeoDatabase.load(csv)
+    from ipaddress import ip_address
+    assert db.lookup(ip_address("10.1.2.3")) == (2.0, 2.0)
+    assert db.lookup(ip_address("10.2.0.1")) == (1.0, 1.0)
+    assert db.lookup(ip_address("11.0.0.1")) is None
+
+
+# --- the command --------------------------------------------------------------------------------
+
+# Runs the serve command's own parser and function, as `ucernvm serve` does.
+SERVE_COMMAND = """
+import argparse, sys
+from ucernvm.commands import serve
+parser = argparse.ArgumentParser(prog="ucernvm")
+serve.register(parser.add_subparsers())
+args = parser.parse_args(sys.argv[1:])
+sys.exit(args.func(args))
+"""
+
+
+def test_serve_command_prints_its_url_and_stops_on_sigterm(tree):
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    process = subprocess.Popen(
+        [sys.executable, "-c", SERVE_COMMAND, "serve", str(tree[0]), "--port", "0", "--access-log"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = process.stdout.readline().strip()
+        assert line.startswith(f"serving {tree[0]} on http://127.0.0.1:")
+        port = int(line.rsplit(":", 1)[1])
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        connection.request("GET", f"/cvmfs/{REPO}/.cvmfspublished")
+        assert connection.getresponse().read() == tree[1][".cvmfspublished"]
+        process.send_signal(signal.SIGTERM)  # with the keep-alive connection still open
+        assert process.wait(timeout=10) == 0
+        assert f"GET /cvmfs/{REPO}/.cvmfspublished" in process.stderr.read()
+        connection.close()
+    finally:
+        process.kill()
+        process.wait()

@@ -1,0 +1,48 @@
+"""``ucernvm serve ROOT``: serve the repositories under ROOT as a Stratum 1 (files + geo API)."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+
+from ucernvm.errors import ConfigError
+from ucernvm.server import GeoDatabase, StratumServer
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve repositories over HTTP like a Stratum 1",
+        description="Serve every repository directory ROOT/<fqrn>/ at /cvmfs/<fqrn>/, with "
+                    "cvmfs caching headers and the geo API (/cvmfs/<fqrn>/api/v1.0/geo/...). "
+                    "Runs until SIGINT or SIGTERM.",
+    )
+    parser.add_argument("root", metavar="ROOT", help="directory holding <fqrn>/ repository directories")
+    parser.add_argument("--bind", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=8000,
+                        help="TCP port, 0 for any free one (default: %(default)s)")
+    parser.add_argument("--geo-db", metavar="FILE",
+                        help="CSV of network,latitude,longitude rows for geo ordering by distance "
+                             "(default: order by longest common address prefix)")
+    parser.add_argument("--access-log", action="store_true",
+                        help="print one line per request on stderr")
+    parser.add_argument("--latency", type=float, default=0.0, metavar="SECONDS",
+                        help="delay every request, to emulate a distant server (default: 0)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port {args.port} is not a TCP port", "use 0..65535 (0: any free port)")
+    if args.latency < 0:
+        raise ConfigError("--latency must not be negative")
+    geo_db = GeoDatabase.load(args.geo_db) if args.geo_db else None
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    with StratumServer(args.root, args.bind, args.port, geo_db, latency=args.latency,
+                       access_log=args.access_log) as server:
+        print(f"serving {args.root} on {server.url}", flush=True)
+        stop.wait()
+    return 0

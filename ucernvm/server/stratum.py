@@ -1,0 +1,432 @@
+"""A Stratum 1 server: repository files under ``ROOT/<fqrn>/`` at ``/cvmfs/<fqrn>/``, plus geo API.
+
+It mirrors what ``cvmfs_server`` configures Apache to do: ``.cvmfs*`` files (manifest,
+whitelist, reflog, ...) and ``*.json`` are ``max-age=61`` so proxies revalidate them quickly,
+everything else (the content-addressed ``data/`` objects) is immutable and cached for three days;
+no ETag or Last-Modified. HTTP/1.1 keep-alive, HEAD and single byte ranges are supported; only
+GET and HEAD are allowed; one thread per connection.
+
+Safety: a request never leaves ``ROOT``. ``.``/``..`` segments (also percent-encoded) are refused,
+and the file actually opened is checked to lie under ``ROOT`` after symlinks, so a symlink
+pointing elsewhere is a 404. Directories are never listed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import socket
+import stat
+import sys
+import threading
+import time
+from email.utils import formatdate
+from http import HTTPStatus
+from pathlib import Path
+from socketserver import StreamRequestHandler, ThreadingTCPServer
+from urllib.parse import unquote, urlsplit
+
+from ucernvm.errors import ConfigError
+from ucernvm.server.geo import GeoDatabase, GeoRequestError, GeoSorter
+
+URL_PREFIX = "/cvmfs/"
+SHORT_MAX_AGE = 61  # below 60 s squid's defaults would not cache at all (cvmfs_server's comment)
+OBJECT_MAX_AGE = 3 * 24 * 3600
+GEO_MAX_AGE = 3600
+GEO_ERROR_MAX_AGE = 300
+IDLE_TIMEOUT = 30.0  # seconds an idle keep-alive connection (and its thread) is kept
+INLINE_BODY = 16384  # bodies up to this size go out in the same send() as the headers
+MAX_LINE = 8192
+MAX_HEADERS = 100
+
+_API_PATH = re.compile(r"^api/(v[^/]*)/([^/]*)/(.*)$", re.DOTALL)
+_RANGE = re.compile(r"^bytes=\s*(\d*)\s*-\s*(\d*)\s*$")
+_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK  # O_NONBLOCK: a FIFO must not hang us
+
+
+class StratumServer:
+    """Serves the repositories under ``root`` over HTTP from a background thread.
+
+    ``latency`` (seconds, may be changed while running) delays every request, to emulate a
+    distant server. Use as ``with StratumServer(root) as server: ... server.url ...``.
+    """
+
+    def __init__(self, root: str | Path, bind: str = "127.0.0.1", port: int = 0,
+                 geo_db: GeoDatabase | str | Path | None = None, *, latency: float = 0.0,
+                 access_log: bool = False) -> None:
+        if not os.path.isdir(root):
+            raise ConfigError(f"{root} is not a directory",
+                              "give the directory that holds one <fqrn>/ directory per repository")
+        self.root = os.path.realpath(root)
+        self._root_prefix = os.path.join(self.root, "")  # what every served file's path starts with
+        self.bind = bind
+        self.latency = latency
+        self.access_log = access_log
+        if isinstance(geo_db, (str, Path)):
+            geo_db = GeoDatabase.load(geo_db)
+        self.geo = GeoSorter(geo_db)
+        self._requested_port = port
+        self._listener: _Listener | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._connections: set[socket.socket] = set()
+        self._closing = False
+
+    @property
+    def port(self) -> int:
+        if self._listener is None:
+            raise RuntimeError("the server is not started")
+        return self._listener.server_address[1]
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.bind}]" if ":" in self.bind else self.bind
+        return f"http://{host}:{self.port}"
+
+    def start(self) -> StratumServer:
+        if self._listener is not None:
+            return self
+        family = socket.AF_INET6 if ":" in self.bind else socket.AF_INET
+        try:
+            self._listener = _Listener((self.bind, self._requested_port), family, self)
+        except OSError as error:
+            raise ConfigError(f"cannot listen on {self.bind} port {self._requested_port}: "
+                              f"{error.strerror or error}",
+                              "choose another --port (0 picks a free one) or --bind address") from None
+        self._closing = False
+        self._thread = threading.Thread(target=self._listener.serve_forever, args=(0.1,),
+                                        name=f"stratum {self.url}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop listening and cut every open connection (clients see the server go away)."""
+        listener, self._listener = self._listener, None
+        if listener is None:
+            return
+        listener.shutdown()
+        with self._lock:
+            self._closing = True
+            for connection in self._connections:
+                _shutdown(connection)
+        listener.server_close()  # joins the handler threads
+        if self._thread is not None:
+            self._thread.join()
+
+    def __enter__(self) -> StratumServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def _track(self, connection: socket.socket) -> None:
+        with self._lock:
+            if self._closing:
+                _shutdown(connection)
+            else:
+                self._connections.add(connection)
+
+    def _untrack(self, connection: socket.socket) -> None:
+        with self._lock:
+            self._connections.discard(connection)
+
+
+def _shutdown(connection: socket.socket) -> None:
+    try:
+        connection.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already gone
+
+
+class _Listener(ThreadingTCPServer):
+    daemon_threads = False  # server_close() joins them: stop() is clean
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], family: int, stratum: StratumServer) -> None:
+        self.address_family = family
+        self.stratum = stratum
+        super().__init__(address, _Handler)
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        if not isinstance(sys.exc_info()[1], OSError):  # a client going away is not an error
+            super().handle_error(request, client_address)
+
+
+class _BadRequest(Exception):
+    def __init__(self, status: HTTPStatus) -> None:
+        super().__init__(status.phrase)
+        self.status = status
+
+
+class _Handler(StreamRequestHandler):
+    """One connection: requests in a loop while the client keeps it alive.
+
+    The request reader is hand-written: http.server's parses headers with the email package,
+    which costs about a third of the server's time per small object.
+    """
+
+    disable_nagle_algorithm = True  # a response is one or two writes; never wait for an ACK
+    timeout = IDLE_TIMEOUT
+    server: _Listener
+
+    def setup(self) -> None:
+        super().setup()
+        self.stratum = self.server.stratum
+        self.stratum._track(self.connection)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.stratum._untrack(self.connection)
+
+    def handle(self) -> None:
+        try:
+            while self._handle_one():
+                pass
+        except OSError:
+            pass  # the client went away or stayed idle too long
+
+    def _handle_one(self) -> bool:
+        """Answer one request; return whether the connection stays open."""
+        self.method = self.requestline = ""
+        self.keep_alive = self.http10 = False
+        try:
+            if not self._read_request():
+                return False
+        except _BadRequest as error:
+            self._send_text(error.status, f"{error.status.phrase}\n")
+            self._linger()
+            return False
+        if self.stratum.latency > 0:
+            time.sleep(self.stratum.latency)
+        if self.method not in ("GET", "HEAD"):
+            self.keep_alive = False  # do not bother skipping a request body
+            self._send_text(HTTPStatus.METHOD_NOT_ALLOWED, "Method Not Allowed\n",
+                            (("Allow", "GET, HEAD"),))
+            self._linger()
+        else:
+            self._route()
+        return self.keep_alive
+
+    def _linger(self) -> None:
+        """Drain unread request bytes before closing: closing with unread input sends a TCP
+        reset, which can destroy the error response before the client has read it."""
+        self.connection.shutdown(socket.SHUT_WR)
+        self.connection.settimeout(1.0)
+        for _ in range(16):
+            if not self.connection.recv(65536):
+                break
+
+    def _read_request(self) -> bool:
+        """Parse the request line and headers; False on a clean end of the connection."""
+        line = self.rfile.readline(MAX_LINE + 1)
+        if line in (b"\r\n", b"\n"):  # RFC 9112 2.2: tolerate an empty line between requests
+            line = self.rfile.readline(MAX_LINE + 1)
+        if not line:
+            return False
+        if len(line) > MAX_LINE:
+            raise _BadRequest(HTTPStatus.REQUEST_URI_TOO_LONG)
+        self.requestline = line.rstrip(b"\r\n").decode("latin-1")
+        words = self.requestline.split()
+        if len(words) != 3 or not words[2].startswith("HTTP/"):
+            raise _BadRequest(HTTPStatus.BAD_REQUEST)
+        self.method, self.target, version = words
+        if version not in ("HTTP/1.1", "HTTP/1.0"):
+            raise _BadRequest(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED)
+        headers: dict[str, str] = {}
+        for _ in range(MAX_HEADERS + 1):
+            line = self.rfile.readline(MAX_LINE + 1)
+            if line in (b"\r\n", b"\n"):
+                break
+            if len(line) > MAX_LINE:
+                raise _BadRequest(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE)
+            if not line.endswith(b"\n"):  # the connection ended inside the headers
+                raise _BadRequest(HTTPStatus.BAD_REQUEST)
+            name, colon, value = line.decode("latin-1").partition(":")
+            if not colon or not name or name != name.strip():  # also refuses obsolete folding
+                raise _BadRequest(HTTPStatus.BAD_REQUEST)
+            headers[name.lower()] = value.strip()
+        else:
+            raise _BadRequest(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE)
+        self.headers = headers
+        tokens = {t.strip().lower() for t in headers.get("connection", "").split(",")}
+        self.http10 = version == "HTTP/1.0"
+        self.keep_alive = "keep-alive" in tokens if self.http10 else "close" not in tokens
+        if "content-length" in headers or "transfer-encoding" in headers:
+            self.keep_alive = False  # a body we will not read would desynchronise the stream
+        return True
+
+    def _route(self) -> None:
+        path = self.target
+        if not path.startswith("/"):  # absolute-form target, as sent to proxies
+            path = urlsplit(path).path
+        path = path.partition("?")[0]
+        if "%" in path:
+            path = unquote(path)
+        if not path.startswith(URL_PREFIX):
+            self._send_text(HTTPStatus.NOT_FOUND, "Not Found\n")
+            return
+        relative = path[len(URL_PREFIX):]
+        fqrn, _, rest = relative.partition("/")
+        if rest.startswith("api/"):
+            self._geo(fqrn, rest)
+        else:
+            self._file(relative)
+
+    def _file(self, relative: str) -> None:
+        opened = self._open(relative)
+        if opened is None:
+            self._send_text(HTTPStatus.NOT_FOUND, "Not Found\n")
+            return
+        fd, size = opened
+        try:
+            name = relative.rpartition("/")[2]
+            if name.startswith(".cvmfs"):
+                headers = [("Content-Type", "application/x-cvmfs"),
+                           ("Cache-Control", f"max-age={SHORT_MAX_AGE}")]
+            elif name.endswith(".json"):
+                headers = [("Content-Type", "application/json"),
+                           ("Cache-Control", f"max-age={SHORT_MAX_AGE}")]
+            else:
+                headers = [("Content-Type", "application/octet-stream"),
+                           ("Cache-Control", f"public, max-age={OBJECT_MAX_AGE}")]
+            headers.append(("Accept-Ranges", "bytes"))
+            status, offset, length = self._range(size)
+            if status == HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE:
+                self._send_text(status, "Range Not Satisfiable\n",
+                                (("Content-Range", f"bytes */{size}"),))
+                return
+            if status == HTTPStatus.PARTIAL_CONTENT:
+                headers.append(("Content-Range", f"bytes {offset}-{offset + length - 1}/{size}"))
+            if self.method == "HEAD" or length > INLINE_BODY:
+                self._send_head(status, length, headers)
+                if self.method == "GET":
+                    self._send_file(fd, offset, length)
+            else:
+                # Small objects (most of a repository): one send() for headers and body is
+                # cheaper than a second system call and a second TCP segment.
+                self._send_head(status, length, headers, os.pread(fd, length, offset))
+        finally:
+            os.close(fd)
+
+    def _open(self, relative: str) -> tuple[int, int] | None:
+        """(descriptor, size) of the regular file ROOT/relative; None if missing or outside ROOT."""
+        if "\0" in relative or any(part in ("", ".", "..") for part in relative.split("/")):
+            return None
+        root = self.stratum.root
+        try:
+            fd = os.open(f"{root}/{relative}", _OPEN_FLAGS)
+        except OSError:
+            return None
+        try:
+            # Where the opened file really is, symlinks resolved: one syscall, and no race.
+            real = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            real = os.path.realpath(f"{root}/{relative}")  # no /proc: fall back to path walking
+        if real.startswith(self.stratum._root_prefix):
+            info = os.fstat(fd)
+            if stat.S_ISREG(info.st_mode):
+                return fd, info.st_size
+        os.close(fd)
+        return None
+
+    def _range(self, size: int) -> tuple[HTTPStatus, int, int]:
+        """(status, offset, length) for the Range header; ignore ranges we do not serve."""
+        header = self.headers.get("range")
+        if header is None or "if-range" in self.headers:  # no validators: If-Range never matches
+            return HTTPStatus.OK, 0, size
+        match = _RANGE.match(header)
+        if match is None:  # multiple ranges or another unit: serve everything (RFC 9110 14.2)
+            return HTTPStatus.OK, 0, size
+        first, last = match.groups()
+        if not first:
+            if not last:
+                return HTTPStatus.OK, 0, size
+            suffix = min(int(last), size)
+            if suffix == 0:
+                return HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE, 0, 0
+            return HTTPStatus.PARTIAL_CONTENT, size - suffix, suffix
+        start = int(first)
+        if last and int(last) < start:
+            return HTTPStatus.OK, 0, size  # invalid range: ignored
+        if start >= size:
+            return HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE, 0, 0
+        end = size - 1 if not last else min(int(last), size - 1)
+        return HTTPStatus.PARTIAL_CONTENT, start, end - start + 1
+
+    def _send_file(self, fd: int, offset: int, length: int) -> None:
+        # socket.sendfile() polls before every chunk; try first and poll only when the send
+        # buffer is full (the socket is non-blocking because it has a timeout).
+        out = self.connection.fileno()
+        end = offset + length
+        while offset < end:
+            try:
+                sent = os.sendfile(out, fd, offset, end - offset)
+            except BlockingIOError:
+                if not select.select([], [out], [], IDLE_TIMEOUT)[1]:
+                    raise TimeoutError("client stopped reading") from None
+                continue
+            if sent == 0:
+                raise ConnectionError("file shrank while being sent")
+            offset += sent
+
+    def _geo(self, fqrn: str, rest: str) -> None:
+        if fqrn in ("", ".", "..") or not os.path.isdir(f"{self.stratum.root}/{fqrn}"):
+            self._send_text(HTTPStatus.NOT_FOUND, "Not Found\n")
+            return
+        match = _API_PATH.match(rest)
+        try:
+            if match is None:
+                raise GeoRequestError("malformed api URL")
+            if match[2] != "geo":
+                raise GeoRequestError("unrecognized api function")
+            body = self.stratum.geo.answer(match[3], self.client_address[0],
+                                           self.headers.get("x-forwarded-for"))
+        except GeoRequestError as error:
+            self._send_text(HTTPStatus.BAD_REQUEST, f"Bad Request: {error}\n",
+                            (("Cache-Control", f"max-age={GEO_ERROR_MAX_AGE}"),))
+            return
+        self._send_text(HTTPStatus.OK, body, (("Cache-Control", f"max-age={GEO_MAX_AGE}"),))
+
+    def _send_text(self, status: HTTPStatus, text: str,
+                   headers: tuple[tuple[str, str], ...] = ()) -> None:
+        body = text.encode()
+        self._send_head(status, len(body), [("Content-Type", "text/plain"), *headers],
+                        b"" if self.method == "HEAD" else body)
+
+    def _send_head(self, status: HTTPStatus, length: int, headers: list[tuple[str, str]],
+                   body: bytes = b"") -> None:
+        """Status line and headers, plus ``body`` when it is already in memory, in one write."""
+        lines = [f"HTTP/1.1 {status.value} {status.phrase}",
+                 "Server: ucernvm-stratum",
+                 f"Date: {_http_date()}",
+                 f"Content-Length: {length}"]
+        lines += [f"{name}: {value}" for name, value in headers]
+        if not self.keep_alive:
+            lines.append("Connection: close")
+        elif self.http10:
+            lines.append("Connection: keep-alive")
+        self.connection.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+        if self.stratum.access_log:
+            self._log(status, 0 if self.method == "HEAD" else length)
+
+    def _log(self, status: HTTPStatus, length: int) -> None:
+        """One Common Log Format line on stderr (written when the response head is sent)."""
+        when = time.strftime("%d/%b/%Y:%H:%M:%S %z")
+        sys.stderr.write(f'{self.client_address[0]} - - [{when}] "{self.requestline}" '
+                         f"{status.value} {length}\n")
+
+
+_date_cache: tuple[int, str] = (0, "")
+
+
+def _http_date() -> str:
+    """The Date header value, formatted once per second (it is on every response)."""
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, formatdate(now, usegmt=True))
+    return _date_cache[1]
