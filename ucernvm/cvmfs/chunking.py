@@ -24,15 +24,18 @@ from ucernvm.errors import ConfigError
 
 _WINDOW = 32  # bytes that determine the rolling value (cvmfs kXor32Window)
 _MAGIC = 0x7FFFFFFF  # centre of the cut-mark interval (cvmfs kMagicNumber)
-_BLOCK = 1 << 18  # tested positions per numpy pass: the scratch arrays stay cache-sized
-_SIZE_LIMIT = 1 << 31  # cvmfs moves chunk pieces around in 32-bit sizes
+_BLOCK = 1 << 18  # positions per numpy pass: amortises per-call cost, scratch stays in cache
+_SIZE_LIMIT = 1 << 31  # far beyond any sensible chunk; bounds the streaming window (2 x max)
 
 MiB = 1 << 20
 
 
 @dataclass(frozen=True)
 class ChunkingParams:
-    """Chunk size bounds in bytes; the defaults are cvmfs's (CVMFS_{MIN,AVG,MAX}_CHUNK_SIZE)."""
+    """Chunk size bounds in bytes; the defaults are cvmfs's (CVMFS_{MIN,AVG,MAX}_CHUNK_SIZE).
+
+    The checks are cvmfs's own (min >= 32 window bytes, min < avg < max) plus an upper bound.
+    """
 
     min_size: int = 4 * MiB
     avg_size: int = 8 * MiB
@@ -90,7 +93,7 @@ def rolling_xor32(data: bytes | bytearray | memoryview) -> np.ndarray:
     array = np.frombuffer(data, dtype=np.uint8)
     n = len(array)
     return _xor32_into(array, np.empty(n, np.uint16), np.empty(n, np.uint16),
-                       np.empty(n, np.uint32), np.empty(n, np.uint32)).copy()
+                       np.empty(n, np.uint32), np.empty(n, np.uint32))
 
 
 class _CutFinder:
@@ -98,13 +101,14 @@ class _CutFinder:
 
     def __init__(self, params: ChunkingParams) -> None:
         self.params = params
-        size = _BLOCK + _WINDOW - 1
+        self.block = min(_BLOCK, params.max_size - params.min_size)
+        size = self.block + _WINDOW - 1
         self.v16 = np.empty(size, np.uint16)
         self.t16 = np.empty(size, np.uint16)
         self.w32 = np.empty(size, np.uint32)
         self.t32 = np.empty(size, np.uint32)
-        self.distance = np.empty(_BLOCK, np.int32)
-        self.hit = np.empty(_BLOCK, np.bool_)
+        self.distance = np.empty(self.block, np.int32)
+        self.hit = np.empty(self.block, np.bool_)
         self.magic = np.int32(_MAGIC)
         self.threshold = np.int32(params.threshold)
 
@@ -129,7 +133,7 @@ class _CutFinder:
         position = start + self.params.min_size
         stop = min(start + self.params.max_size, len(data))
         while position < stop:
-            end = min(position + _BLOCK, stop)
+            end = min(position + self.block, stop)
             first = self._first_hit(data[position - (_WINDOW - 1):end])
             if first >= 0:
                 return position + first
