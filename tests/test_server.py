@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import os
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from ipaddress import ip_address
 from pathlib import Path
 
 import pytest
@@ -457,7 +459,7 @@ def test_malformed_geo_requests_are_400(server, request_path, reason):
     assert response.getheader("Cache-Control") == "max-age=300"
 
 
-def test_geo_database_errors(geo_server):
+def test_geo_database_without_any_located_server_is_400(geo_server):
     status, body, _ = geo(geo_server, f"{UUID}/10.0.0.1,172.16.0.1")
     assert (status, body) == (400, "Bad Request: no server addr found in database\n")
 
@@ -484,7 +486,6 @@ def test_geo_database_longest_prefix_wins(tmp_path):
     csv = tmp_path / "geo.csv"
     csv.write_text("network,latitude,longitude\n10.0.0.0/8,1,1\n10.1.0.0/16,2,2\n")
     db = GeoDatabase.load(csv)
-    from ipaddress import ip_address
     assert db.lookup(ip_address("10.1.2.3")) == (2.0, 2.0)
     assert db.lookup(ip_address("10.2.0.1")) == (1.0, 1.0)
     assert db.lookup(ip_address("11.0.0.1")) is None
@@ -522,3 +523,39 @@ def test_serve_command_prints_its_url_and_stops_on_sigterm(tree):
     finally:
         process.kill()
         process.wait()
+
+
+def test_serves_a_real_cvmfs_server_repository(legacy_pristine):
+    """Every file of the repository written by cvmfs_server, byte for byte, over one connection;
+    each data object's SHA-1 matches its name (what a client verifies)."""
+    served = legacy_pristine.base / "srv" / "cvmfs"
+    repository = served / legacy_pristine.fqrn
+    files = sorted(p for p in repository.rglob("*") if p.is_file())
+    assert len(files) > 10
+    with StratumServer(served) as stratum:
+        connection = http.client.HTTPConnection("127.0.0.1", stratum.port, timeout=10)
+        for path in files:
+            relative = path.relative_to(repository).as_posix()
+            connection.request("GET", f"/cvmfs/{legacy_pristine.fqrn}/{relative}")
+            response = connection.getresponse()
+            body = response.read()
+            assert (response.status, body) == (200, path.read_bytes()), relative
+            if relative.startswith("data/"):
+                digest = relative[5:7] + relative[8:46]  # data/XX/<38 hex><suffix>
+                assert hashlib.sha1(body).hexdigest() == digest
+        connection.close()
+
+
+def test_ipv6_loopback_and_mixed_address_families(tree):
+    try:
+        stratum = StratumServer(tree[0], bind="::1").start()
+    except ConfigError:
+        pytest.skip("no IPv6 loopback on this machine")
+    with stratum:
+        assert stratum.url == f"http://[::1]:{stratum.port}"
+        connection = http.client.HTTPConnection("::1", stratum.port, timeout=10)
+        connection.request("GET", f"/cvmfs/{REPO}/api/v1.0/geo/{UUID}/127.0.0.1,::2,::1")
+        response = connection.getresponse()
+        # The client is ::1: an IPv4 server shares no prefix with it and goes after both.
+        assert (response.status, response.read()) == (200, b"3,2,1\n")
+        connection.close()

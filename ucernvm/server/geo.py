@@ -236,7 +236,7 @@ class Resolver:
             infos = socket.getaddrinfo(name, None, 0, socket.SOCK_STREAM)
         except (OSError, UnicodeError):
             infos = []
-        found = {parse_address(info[4][0]) for info in infos}
+        found = {parse_address(str(info[4][0])) for info in infos}
         found.discard(None)
         lookup.addresses = tuple(sorted(found, key=lambda a: (a.version, int(a))))  # type: ignore
         lookup.stamp = time.monotonic()
@@ -271,9 +271,9 @@ def parse_request(path_info: str) -> tuple[str, list[str]]:
 class GeoSorter:
     """Answers geo requests: ``answer(path_info, remote_addr, forwarded_for)`` -> ``"2,1,3\\n"``."""
 
-    def __init__(self, database: GeoDatabase | None = None, resolver: Resolver | None = None) -> None:
+    def __init__(self, database: GeoDatabase | None = None) -> None:
         self.locator: Locator = database if database is not None else PrefixLocator()
-        self.resolver = resolver or Resolver()
+        self.resolver = Resolver()
         self._unlocated = ("remote addr not found in database" if database is not None
                            else "remote addr unknown")
         self._no_server = ("no server addr found in database" if database is not None

@@ -24,6 +24,7 @@ import time
 from email.utils import formatdate
 from http import HTTPStatus
 from pathlib import Path
+from typing import Any
 from socketserver import StreamRequestHandler, ThreadingTCPServer
 from urllib.parse import unquote, urlsplit
 
@@ -149,7 +150,7 @@ class _Listener(ThreadingTCPServer):
         self.stratum = stratum
         super().__init__(address, _Handler)
 
-    def handle_error(self, request: object, client_address: object) -> None:
+    def handle_error(self, request: Any, client_address: Any) -> None:
         if not isinstance(sys.exc_info()[1], OSError):  # a client going away is not an error
             super().handle_error(request, client_address)
 
