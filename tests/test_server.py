@@ -141,6 +141,21 @@ def test_large_and_empty_objects(server, tree):
         assert int(response.getheader("Content-Length")) == len(tree[1][name])
 
 
+def test_large_object_to_a_slow_reader(server, tree):
+    """More than the socket buffers hold: the sender must wait for the client, then resume."""
+    content = os.urandom(8 << 20)
+    (tree[0] / REPO / "data" / "fe").mkdir(exist_ok=True)
+    (tree[0] / REPO / "data" / "fe" / "large").write_bytes(content)
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    connection.request("GET", f"/cvmfs/{REPO}/data/fe/large")
+    response = connection.getresponse()
+    time.sleep(0.3)
+    assert response.read() == content
+    connection.request("GET", f"/cvmfs/{REPO}/.cvmfspublished")  # the connection is still usable
+    assert connection.getresponse().read() == tree[1][".cvmfspublished"]
+    connection.close()
+
+
 def test_keep_alive_serves_two_requests_on_one_connection(server, tree):
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     connection.request("GET", f"/cvmfs/{REPO}/.cvmfspublished")
@@ -504,10 +519,13 @@ sys.exit(args.func(args))
 """
 
 
-def test_serve_command_prints_its_url_and_stops_on_sigterm(tree):
+def test_serve_command_prints_its_url_and_stops_on_sigterm(tree, tmp_path):
+    csv = tmp_path / "geo.csv"
+    csv.write_text(GEO_CSV)
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     process = subprocess.Popen(
-        [sys.executable, "-c", SERVE_COMMAND, "serve", str(tree[0]), "--port", "0", "--access-log"],
+        [sys.executable, "-c", SERVE_COMMAND, "serve", str(tree[0]), "--port", "0", "--access-log",
+         "--geo-db", str(csv)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         line = process.stdout.readline().strip()
@@ -516,6 +534,8 @@ def test_serve_command_prints_its_url_and_stops_on_sigterm(tree):
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         connection.request("GET", f"/cvmfs/{REPO}/.cvmfspublished")
         assert connection.getresponse().read() == tree[1][".cvmfspublished"]
+        connection.request("GET", f"/cvmfs/{REPO}/api/v1.0/geo/{RAL}/{CERN},{FNAL},{IHEP},{RAL}")
+        assert connection.getresponse().read() == b"4,1,2,3\n"  # from the geo database
         process.send_signal(signal.SIGTERM)  # with the keep-alive connection still open
         assert process.wait(timeout=10) == 0
         assert f"GET /cvmfs/{REPO}/.cvmfspublished" in process.stderr.read()

@@ -191,7 +191,7 @@ class Catalog:
         connection = sqlite3.connect(":memory:", check_same_thread=False)
         try:
             connection.deserialize(data)
-        except sqlite3.DatabaseError as error:
+        except (sqlite3.DatabaseError, MemoryError) as error:  # MemoryError: sqlite's answer to b""
             connection.close()
             raise FormatError(f"not a CernVM-FS catalog: {error}") from None
         return cls(connection, content_hash)

@@ -44,7 +44,7 @@ class History:
         connection = sqlite3.connect(":memory:")
         try:
             connection.deserialize(data)
-        except sqlite3.DatabaseError as error:
+        except (sqlite3.DatabaseError, MemoryError) as error:  # MemoryError: sqlite's answer to b""
             raise FormatError(f"not a CernVM-FS history database: {error}") from None
         return cls(connection)
 

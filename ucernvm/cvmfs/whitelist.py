@@ -21,6 +21,8 @@ _FINGERPRINT = re.compile(r"^([0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){19})(-[A-Za-z0-9
 
 
 def _parse_time(text: str, what: str) -> datetime.datetime:
+    if len(text) != 14 or not text.isdigit():
+        raise FormatError(f"whitelist: {what} {text!r} is not YYYYMMDDHHMMSS")
     try:
         parsed = datetime.datetime.strptime(text, _TIMESTAMP)
     except ValueError:
@@ -64,10 +66,10 @@ class Whitelist:
             raise FormatError("whitelist: not ASCII text") from None
         if len(lines) < 4:
             raise FormatError("whitelist: too short (needs creation time, expiry, name, fingerprints)")
-        if len(lines[0]) != 14:
-            raise FormatError(f"whitelist: malformed creation time {lines[0]!r}")
+        created = _parse_time(lines[0], "creation time")
         if not lines[1].startswith("E"):
             raise FormatError("whitelist: second line must be the expiry 'E<YYYYMMDDHHMMSS>'")
+        expires = _parse_time(lines[1][1:], "expiry")
         if not lines[2].startswith("N") or len(lines[2]) < 2:
             raise FormatError("whitelist: third line must be the repository name 'N<fqrn>'")
         pkcs7 = ca_chain = False
@@ -84,8 +86,8 @@ class Whitelist:
         if not fingerprints:
             raise FormatError("whitelist: lists no certificate fingerprint")
         return cls(
-            created=_parse_time(lines[0], "creation time"),
-            expires=_parse_time(lines[1][1:], "expiry"),
+            created=created,
+            expires=expires,
             fqrn=lines[2][1:],
             fingerprints=tuple(fingerprints),
             pkcs7=pkcs7,

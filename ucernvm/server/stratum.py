@@ -367,7 +367,9 @@ class _Handler(StreamRequestHandler):
             try:
                 sent = os.sendfile(out, fd, offset, end - offset)
             except BlockingIOError:
-                if not select.select([], [out], [], IDLE_TIMEOUT)[1]:
+                poller = select.poll()  # not select(): descriptors may exceed FD_SETSIZE
+                poller.register(out, select.POLLOUT)
+                if not poller.poll(IDLE_TIMEOUT * 1000):
                     raise TimeoutError("client stopped reading") from None
                 continue
             if sent == 0:

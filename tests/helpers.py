@@ -1,0 +1,39 @@
+"""Helpers for tests: running the command line, building source trees, comparing trees."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: object, check: bool = False, timeout: float = 300) -> subprocess.CompletedProcess[bytes]:
+    """Run ``ucernvm`` as a user would, in a subprocess."""
+    result = subprocess.run(
+        [sys.executable, "-m", "ucernvm", *map(str, args)], capture_output=True, cwd=PROJECT, timeout=timeout
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"ucernvm {' '.join(map(str, args))} failed:\n{result.stderr.decode()}")
+    return result
+
+
+def snapshot_tree(root: Path) -> dict[str, tuple]:
+    """What a published tree must read back as: per path its type, mode, content or target, xattrs."""
+    result: dict[str, tuple] = {}
+    for directory, dirnames, filenames in os.walk(root):
+        for name in sorted(dirnames + filenames):
+            path = Path(directory) / name
+            st = path.lstat()
+            relative = "/" + str(path.relative_to(root))
+            if path.is_symlink():
+                result[relative] = ("link", st.st_mode, os.readlink(path))
+            elif path.is_dir():
+                result[relative] = ("dir", st.st_mode)
+            elif path.is_file():
+                result[relative] = ("file", st.st_mode, path.read_bytes())
+            else:
+                result[relative] = ("special", st.st_mode, st.st_rdev)
+    return result

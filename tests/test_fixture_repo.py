@@ -1,0 +1,196 @@
+"""The repository written by the real cvmfs_server reads exactly as its README describes."""
+
+from __future__ import annotations
+
+import datetime
+import http.server
+import threading
+from collections.abc import Iterator
+from functools import partial
+
+import pytest
+
+from helpers import run_cli
+from ucernvm.client.fetcher import HttpSource
+from ucernvm.client.repository import Repository
+from ucernvm.client.sources import DirectorySource
+from ucernvm.cvmfs.signing import load_master_keys
+
+FOO, BAR, BAZ = b"foo\n", b"bar\n", b"baz\n"
+
+
+def _plain(prefix: str) -> dict[str, bytes]:
+    return {f"{prefix}/foo": FOO, f"{prefix}/bar": BAR, f"{prefix}/baz": BAZ}
+
+
+# path -> file content (bytes), link target (str) or None for a directory; from the fixture's README.
+EXPECTED: dict[str, bytes | str | None] = {
+    **_plain(""),
+    "/hardlink_foo": FOO,
+    "/hardlink_bar": BAR,
+    "/hardlink_baz": BAZ,
+    "/needs_migration": None,
+    "/needs_migration/.cvmfscatalog": b"",
+    **_plain("/needs_migration"),
+    "/needs_migration/symlink_foo": "foo",
+    "/needs_migration/hardlink_bar": BAR,
+    "/needs_migration/hardlink_symlink_foo_1": "foo",
+    "/needs_migration/hardlink_symlink_foo_2": "foo",
+    "/needs_migration/doesnt_need_migration": None,
+    "/needs_migration/doesnt_need_migration/.cvmfscatalog": b"",
+    **_plain("/needs_migration/doesnt_need_migration"),
+    "/needs_migration/simple_directory": None,
+    **_plain("/needs_migration/simple_directory"),
+    "/needs_migration/simple_directory/symlink_foo": "foo",
+    "/needs_migration/simple_directory/hardlink_foo": FOO,
+    "/doesnt_need_migration": None,
+    "/doesnt_need_migration/.cvmfscatalog": b"",
+    **_plain("/doesnt_need_migration"),
+    "/doesnt_need_migration/symlink_foo": "foo",
+    "/doesnt_need_migration/symlink_bar": "bar",
+    "/doesnt_need_migration/doesnt_need_migration_either": None,
+    "/doesnt_need_migration/doesnt_need_migration_either/.cvmfscatalog": b"",
+    **_plain("/doesnt_need_migration/doesnt_need_migration_either"),
+    "/doesnt_need_migration/doesnt_need_migration_either/symlink_foo": FOO,
+    "/doesnt_need_migration/simple_directory": None,
+    **_plain("/doesnt_need_migration/simple_directory"),
+    "/doesnt_need_migration/simple_directory/symlink_foo": "foo",
+    "/needs_commit_due_to_child": None,
+    "/needs_commit_due_to_child/.cvmfscatalog": b"",
+    **_plain("/needs_commit_due_to_child"),
+    "/needs_commit_due_to_child/symlink_baz": "baz",
+    "/needs_commit_due_to_child/needs_migration": None,
+    "/needs_commit_due_to_child/needs_migration/.cvmfscatalog": b"",
+    **_plain("/needs_commit_due_to_child/needs_migration"),
+    "/needs_commit_due_to_child/needs_migration/hardlink_foo": FOO,
+    "/needs_commit_due_to_child/needs_migration/hardlink_bar_1": BAR,
+    "/needs_commit_due_to_child/needs_migration/hardlink_bar_2": BAR,
+    "/needs_commit_due_to_child/simple_directory": None,
+    **_plain("/needs_commit_due_to_child/simple_directory"),
+    "/needs_commit_due_to_child/simple_directory/symlink_foo": "foo",
+}
+
+# Hard-link groups: every name of the group has this link count.
+HARDLINKS = {
+    ("/foo", "/hardlink_foo"): 2,
+    ("/bar", "/hardlink_bar"): 2,
+    ("/baz", "/hardlink_baz"): 2,
+    ("/needs_migration/bar", "/needs_migration/hardlink_bar"): 2,
+    (
+        "/needs_migration/symlink_foo",
+        "/needs_migration/hardlink_symlink_foo_1",
+        "/needs_migration/hardlink_symlink_foo_2",
+    ): 3,
+    ("/needs_migration/simple_directory/foo", "/needs_migration/simple_directory/hardlink_foo"): 2,
+    ("/needs_commit_due_to_child/needs_migration/foo", "/needs_commit_due_to_child/needs_migration/hardlink_foo"): 2,
+    (
+        "/needs_commit_due_to_child/needs_migration/bar",
+        "/needs_commit_due_to_child/needs_migration/hardlink_bar_1",
+        "/needs_commit_due_to_child/needs_migration/hardlink_bar_2",
+    ): 3,
+}
+
+NESTED = {
+    "/needs_migration",
+    "/doesnt_need_migration",
+    "/needs_commit_due_to_child",
+    "/needs_migration/doesnt_need_migration",
+    "/doesnt_need_migration/doesnt_need_migration_either",
+    "/needs_commit_due_to_child/needs_migration",
+}
+
+
+@pytest.fixture(scope="module")
+def http_url(legacy_pristine) -> Iterator[str]:
+    """The fixture served by a plain static web server (Python's http.server)."""
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(legacy_pristine.base / "srv"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/cvmfs/{legacy_pristine.fqrn}"
+    server.shutdown()
+    server.server_close()
+
+
+def assert_reads_as_described(repository: Repository) -> None:
+    seen = {}
+    for path, entry in repository.walk():
+        if entry.is_directory:
+            seen[path] = None
+        elif entry.is_symlink:
+            seen[path] = entry.symlink
+        else:
+            seen[path] = repository.read(path)
+    assert seen == EXPECTED
+    for names, count in HARDLINKS.items():
+        entries = [repository.entry(name) for name in names]
+        assert {entry.linkcount for entry in entries} == {count}, names
+        assert len({entry.hardlink_group for entry in entries}) == 1 and entries[0].hardlink_group > 0
+    for path in NESTED:
+        assert repository.catalog_for(path).root_prefix == path
+    assert repository.revision == 2
+    assert {tag.name for tag in repository.tags()} >= {"trunk", "trunk-previous"}
+
+
+def test_fixture_reads_as_described_from_directory(legacy_pristine) -> None:
+    repository = Repository(
+        DirectorySource(legacy_pristine.repo), legacy_pristine.fqrn, load_master_keys(legacy_pristine.pub), now=legacy_pristine.now
+    )
+    assert_reads_as_described(repository)
+
+
+def test_fixture_reads_as_described_over_http(legacy_pristine, http_url: str) -> None:
+    repository = Repository(
+        HttpSource([http_url]), legacy_pristine.fqrn, load_master_keys(legacy_pristine.keys), now=legacy_pristine.now
+    )
+    assert_reads_as_described(repository)
+
+
+def test_fixture_previous_revision_by_tag(legacy_pristine) -> None:
+    repository = Repository(
+        DirectorySource(legacy_pristine.repo),
+        legacy_pristine.fqrn,
+        load_master_keys(legacy_pristine.pub),
+        now=legacy_pristine.now,
+        tag="trunk-previous",
+    )
+    assert [entry.name for entry in repository.listdir("/")] == ["new_repository"]
+    assert repository.revision == 1
+
+
+def test_cli_verify_and_long_listing(legacy_pristine, http_url: str) -> None:
+    now = str(int(legacy_pristine.now.timestamp()))
+    verify = run_cli("repo", "verify", http_url, "--key", legacy_pristine.pub, "--now", now, check=True)
+    out = verify.stdout.decode()
+    assert f"name:           {legacy_pristine.fqrn}" in out
+    assert "revision:       2" in out
+    assert "6ed3d49a5c64f21f36936ab350d49aaf57585b9a" in out
+    assert "catalogs:       7 verified" in out
+    assert "trunk-previous" in out
+
+    listing = run_cli("repo", "ls", legacy_pristine.repo, "/needs_migration", "-l", "--key", legacy_pristine.pub, "--now", now, check=True)
+    lines = {line.rsplit(" ", 1)[-1] if " -> " not in line else line.split(" ")[4]: line for line in listing.stdout.decode().splitlines()}
+    assert lines["/needs_migration/hardlink_symlink_foo_1"].startswith("lrwxrwxrwx 3 3 ")
+    assert lines["/needs_migration/hardlink_symlink_foo_1"].endswith(" -> foo")
+    assert lines["/needs_migration/bar"].startswith("-rw-rw-r-- 2 4 2015-10-21T11:55:15Z ")
+    assert lines["/needs_migration/simple_directory"].startswith("drwxrwxr-x 2 4096 ")
+
+    cat = run_cli("repo", "cat", http_url, "/needs_commit_due_to_child/needs_migration/hardlink_bar_2", "--key", legacy_pristine.keys, "--now", now, check=True)
+    assert cat.stdout == BAR
+
+
+def test_expired_whitelist_is_refused_without_now(legacy_pristine) -> None:
+    result = run_cli("repo", "verify", legacy_pristine.repo, "--key", legacy_pristine.pub)
+    assert result.returncode != 0
+    assert b"whitelist expired on 2015-11-20" in result.stderr
+    assert b"Traceback" not in result.stderr
+    assert result.stdout == b""
+
+
+def test_whitelist_expiry_counts_from_the_hour(legacy_pristine) -> None:
+    keys = load_master_keys(legacy_pristine.pub)
+    source = DirectorySource(legacy_pristine.repo)
+    utc = datetime.timezone.utc
+    Repository(source, legacy_pristine.fqrn, keys, now=datetime.datetime(2015, 11, 20, 10, 59, tzinfo=utc))
+    with pytest.raises(Exception, match="whitelist expired"):
+        Repository(source, legacy_pristine.fqrn, keys, now=datetime.datetime(2015, 11, 20, 11, 0, tzinfo=utc))

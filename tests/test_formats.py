@@ -1,0 +1,191 @@
+"""Parsers of the CernVM-FS formats: exact on real data, specific errors on malformed input."""
+
+from __future__ import annotations
+
+import zlib
+
+import pytest
+
+from ucernvm.cvmfs import xattrs
+from ucernvm.cvmfs.catalog import Catalog, path_hash
+from ucernvm.cvmfs.compression import Compression, decompress
+from ucernvm.cvmfs.envelope import split_signed
+from ucernvm.cvmfs.hashing import ContentHash, HashAlgorithm, ObjectType
+from ucernvm.cvmfs.history import History
+from ucernvm.cvmfs.manifest import Manifest, SignedManifest
+from ucernvm.cvmfs.whitelist import Fingerprint, Whitelist
+from ucernvm.errors import FormatError
+
+SHA1_HEX = "6ed3d49a5c64f21f36936ab350d49aaf57585b9a"
+
+
+@pytest.mark.parametrize(
+    ("text", "algorithm", "path"),
+    [
+        (SHA1_HEX, HashAlgorithm.SHA1, "data/6e/d3d49a5c64f21f36936ab350d49aaf57585b9aC"),
+        (SHA1_HEX + "-rmd160", HashAlgorithm.RMD160, "data/6e/d3d49a5c64f21f36936ab350d49aaf57585b9a-rmd160C"),
+        (SHA1_HEX + "-shake128", HashAlgorithm.SHAKE128, "data/6e/d3d49a5c64f21f36936ab350d49aaf57585b9a-shake128C"),
+    ],
+)
+def test_content_hash_spellings(text: str, algorithm: HashAlgorithm, path: str) -> None:
+    parsed = ContentHash.parse(text)
+    assert parsed.algorithm is algorithm
+    assert parsed.hex == text
+    assert parsed.object_path(ObjectType.CATALOG) == path
+
+
+@pytest.mark.parametrize(
+    "text", ["", SHA1_HEX[:-1], SHA1_HEX + "0", SHA1_HEX.upper(), "z" * 40, SHA1_HEX + "-md5", SHA1_HEX + "-sha1"]
+)
+def test_content_hash_rejects_malformed(text: str) -> None:
+    with pytest.raises(FormatError):
+        ContentHash.parse(text)
+
+
+def test_hash_algorithms_digest_20_bytes() -> None:
+    assert ContentHash.of(b"", HashAlgorithm.SHA1).hex == "da39a3ee5e6b4b0d3255bfef95601890afd80709"
+    assert ContentHash.of(b"", HashAlgorithm.SHAKE128).hex == "7f9c2ba4e88f827d616045507605853ed73b8093-shake128"
+    assert ContentHash.of(b"", HashAlgorithm.RMD160).hex == "9c1185a5c5e9fc54612808977ee8f548b2258d31-rmd160"
+    assert HashAlgorithm.from_catalog_flags(512 | 4) is HashAlgorithm.SHAKE128
+
+
+def test_empty_file_object_is_the_cvmfs_one() -> None:
+    stored = Compression.CVMFS.compress(b"")
+    assert stored.hex() == "789c030000000001"
+    assert ContentHash.of(stored).hex == "e8ec3d88b62ebf526e4e5a4ff6162a3aa48a6b78"
+
+
+def test_fixture_objects_recompress_byte_for_byte(legacy_pristine) -> None:
+    """cvmfs names objects by the SHA-1 of zlib level-6 output; every fixture object reproduces."""
+    objects = [path for path in (legacy_pristine.repo / "data").glob("*/*") if path.is_file()]
+    assert len(objects) == 17
+    for path in objects:
+        stored = path.read_bytes()
+        assert ContentHash.of(stored).hex == path.parent.name + path.name.rstrip("CHX")
+        assert Compression.CVMFS.compress(zlib.decompress(stored)) == stored
+
+
+@pytest.mark.parametrize("compression", list(Compression))
+def test_every_encoder_inflates_with_plain_zlib(compression: Compression) -> None:
+    data = b"CernVM-FS " * 10000 + bytes(range(256))
+    assert zlib.decompress(compression.compress(data)) == data
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (zlib.compress(b"hello" * 100)[:-5], "truncated"),
+        (zlib.compress(b"hello") + b"junk", "trailing"),
+        (b"\x00\x01garbage", "does not decompress"),
+    ],
+)
+def test_decompress_rejects_damaged_objects(data: bytes, message: str) -> None:
+    with pytest.raises(FormatError, match=message):
+        decompress(data)
+
+
+def test_decompress_checks_expected_size() -> None:
+    with pytest.raises(FormatError, match="expected 4"):
+        decompress(zlib.compress(b"abc"), 4)
+
+
+def test_manifest_round_trip_of_fixture(legacy_pristine) -> None:
+    data = (legacy_pristine.repo / ".cvmfspublished").read_bytes()
+    signed = SignedManifest.parse(data)
+    manifest = signed.manifest
+    assert manifest.root_hash.hex == SHA1_HEX
+    assert (manifest.revision, manifest.ttl, manifest.root_catalog_size) == (2, 900, 14336)
+    assert manifest.fqrn == "legacy_aufs.cern.ch"
+    assert manifest.timestamp == 1445428515
+    assert manifest.to_text() == signed.envelope.text
+    assert len(signed.envelope.signature) == 256
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (b"B14336\nRd41d8cd98f00b204e9800998ecf8427e\nD240\nS2\n", "missing mandatory field"),
+        (b"C" + SHA1_HEX.encode() + b"\nRx\nDforever\nS2\n", "not a number"),
+        (b"C1234\nRx\nD240\nS2\n", "malformed content hash"),
+        (b"C" + SHA1_HEX.encode() + b"\nRx\nD240\nS-1\n", "negative"),
+        ("Cé\nR\nD1\nS1\n".encode(), "not ASCII"),
+    ],
+)
+def test_manifest_rejects_malformed_fields(text: bytes, message: str) -> None:
+    with pytest.raises(FormatError, match=message):
+        Manifest.parse(text)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [(b"C1\nS1\n", "no '--' separator"), (b"C1\n--\nabc", "truncated"), (b"C1\n--\nabc\n", "signature is missing")],
+)
+def test_envelope_rejects_unsigned_text(data: bytes, message: str) -> None:
+    with pytest.raises(FormatError, match=message):
+        split_signed(data, "manifest")
+
+
+def test_whitelist_of_fixture(legacy_pristine) -> None:
+    data = (legacy_pristine.repo / ".cvmfswhitelist").read_bytes()
+    whitelist = Whitelist.parse(split_signed(data, "whitelist").text)
+    assert whitelist.fqrn == "legacy_aufs.cern.ch"
+    assert whitelist.expires.isoformat() == "2015-11-20T11:55:13+00:00"
+    assert whitelist.fingerprints[0].text.startswith("93:AB:A3:C4")
+    assert whitelist.to_text() == split_signed(data, "whitelist").text
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (b"2015\nE20151120115513\nNx\nAA\n", "creation time"),
+        (b"20151021115513\nE20151120115513\n", "too short"),
+        (b"20151021115513\nX20151120115513\nNx\nAA\n", "expiry"),
+        (b"20151021115513\nE2015112011551\nNx\n" + b":".join([b"AA"] * 20) + b"\n", "not YYYYMMDDHHMMSS"),
+        (b"20151021115513\nE20151120115513\nx\nAA\n", "repository name"),
+        (b"20151021115513\nE20151120115513\nNx\n--\n", "no certificate fingerprint"),
+        (b"20151021115513\nE20151120115513\nNx\nAA:BB\n", "malformed certificate fingerprint"),
+        (b"20151021115513\nE20151120115513\nNx\nVpkcs7\n\n", "no certificate fingerprint"),
+    ],
+)
+def test_whitelist_rejects_malformed_lines(text: bytes, message: str) -> None:
+    with pytest.raises(FormatError, match=message):
+        Whitelist.parse(text)
+
+
+def test_whitelist_fingerprint_comments_and_algorithms() -> None:
+    pairs = ":".join(["0A"] * 20)
+    assert Fingerprint.parse(pairs + " # signing key 2025").text == pairs
+    assert Fingerprint.parse(pairs.lower() + "-shake128").algorithm is HashAlgorithm.SHAKE128
+
+
+def test_xattr_blob_round_trip_and_damage() -> None:
+    values = {"user.b": b"2", "user.a": b"\x00binary\xff", "security.capability": b"\x01\x00"}
+    blob = xattrs.encode(values)
+    assert blob is not None and blob[:2] == bytes([1, 3])
+    assert blob[2:4] == bytes([len("security.capability"), 2])  # sorted by key
+    assert xattrs.decode(blob) == values
+    assert xattrs.encode({}) is None
+    with pytest.raises(FormatError, match="truncated"):
+        xattrs.decode(blob[:-1])
+    with pytest.raises(FormatError, match="bad header"):
+        xattrs.decode(b"\x02\x00")
+
+
+def test_path_hash_of_root_matches_cvmfs() -> None:
+    assert path_hash("") == (338333539836370388, 9098107892288553193)
+
+
+@pytest.mark.parametrize("data", [b"", b"\x00", b"SQLite format 3\x00" + b"\x00" * 100, b"not a database at all" * 50])
+def test_catalog_rejects_garbage(data: bytes) -> None:
+    with pytest.raises(FormatError):
+        Catalog.from_bytes(data)
+
+
+def test_history_of_fixture(legacy_pristine) -> None:
+    stored = (legacy_pristine.repo / "data/36/5d5083b27d67e2caeff6d66e5fe3f2d104a6bdH").read_bytes()
+    history = History.from_bytes(zlib.decompress(stored))
+    assert history.fqrn == "legacy_aufs.cern.ch"
+    trunk = history.find("trunk")
+    assert trunk is not None and trunk.root_hash.hex == SHA1_HEX and trunk.revision == 2
+    with pytest.raises(FormatError):
+        History.from_bytes(b"garbage" * 100)
