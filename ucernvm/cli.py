@@ -1,6 +1,6 @@
 """The one ``ucernvm`` command: a dispatcher over the subcommand modules in ``ucernvm.commands``.
 
-Each subcommand module exposes ``register(subparsers)``, which adds its parser and sets
+Every module in ``ucernvm.commands`` is a subcommand: it exposes ``register(subparsers)``, which adds its parser and sets
 ``func`` to a callable taking the parsed arguments and returning an exit code. Expected failures
 are ``UcernvmError``s, printed as one ``error:`` line (plus a ``hint:`` line) on stderr.
 """
@@ -9,22 +9,22 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import pkgutil
 import sys
 from collections.abc import Sequence
 
-from ucernvm import __version__
+from ucernvm import __version__, commands
 from ucernvm.errors import UcernvmError
 
-# Subcommand modules, in the order `ucernvm --help` lists them.
-COMMAND_MODULES = (
-    "repo",
-    "keygen",
-    "publish",
-    "resign",
-    "serve",
-    "build",
-    "launch",
-)
+# The order `ucernvm --help` lists the subcommands in; a module in ucernvm.commands that is not named
+# here is listed after these, alphabetically.
+COMMAND_ORDER = ("repo", "keygen", "publish", "resign", "serve", "mount", "umount", "build", "launch")
+
+
+def command_modules() -> list[str]:
+    names = {module.name for module in pkgutil.iter_modules(commands.__path__)}
+    rank = {name: index for index, name in enumerate(COMMAND_ORDER)}
+    return sorted(names, key=lambda name: (rank.get(name, len(rank)), name))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"ucernvm {__version__}")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    for name in command_modules():
         importlib.import_module(f"ucernvm.commands.{name}").register(subparsers)
     return parser
 
