@@ -1,0 +1,57 @@
+"""Compressing initramfs segments, with a cache keyed by the uncompressed bytes.
+
+The kernel unpacks a concatenation of compressed cpio archives one after the other, so the image
+is written as segments: the large, rarely changing runtime first, the project's own code last.
+A rebuild after a code change then recompresses only the small last segment; unchanged segments
+come from the cache. Output is deterministic (fixed levels, fixed thread counts), cached or not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from pathlib import Path
+
+from ucernvm.errors import ConfigError
+from ucernvm.image import tools
+from ucernvm.image.cache import cache_dir
+
+# The kernel's xz decoder only knows CRC32 checks; one thread gives one block whatever the host.
+COMPRESSORS: dict[str, list[str]] = {
+    "zstd": ["zstd", "-19", "-T2", "-q", "-c"],
+    "xz": ["xz", "-9", "--check=crc32", "-T1", "-c"],
+}
+_KEEP = 12  # cached segments kept (least recently used ones go)
+
+
+def compressor_id(method: str) -> str:
+    """The exact command and tool version, so a tool upgrade never reuses an old cached output."""
+    if method not in COMPRESSORS:
+        raise ConfigError(f"unknown compression {method!r}", hint=f"use one of: {', '.join(COMPRESSORS)}")
+    argv = COMPRESSORS[method]
+    version = subprocess.run([tools.find_tool(argv[0]), "--version"], capture_output=True, check=False)
+    return " ".join(argv) + " | " + version.stdout.decode(errors="replace").splitlines()[0]
+
+
+def compress(source: Path, digest: str, method: str, use_cache: bool = True) -> tuple[Path, bool]:
+    """The compressed form of *source* (whose sha256 is *digest*) and whether it came from the cache."""
+    ident = compressor_id(method)
+    key = hashlib.sha256(f"{digest}\0{ident}".encode()).hexdigest()[:32]
+    cached = cache_dir("segments") / f"{key}.{method}"
+    if use_cache and cached.exists():
+        os.utime(cached)
+        return cached, True
+    partial = cached.with_name(cached.name + f".{os.getpid()}.partial")
+    with source.open("rb") as stream, partial.open("wb") as out:
+        tools.run(COMPRESSORS[method], stdin=stream.fileno(), stdout=out.fileno(), what=f"{method} compression")
+    partial.replace(cached)
+    _prune(cached.parent)
+    return cached, False
+
+
+def _prune(directory: Path) -> None:
+    entries = sorted(directory.glob("*.*"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in entries[_KEEP:]:
+        if not old.name.endswith(".partial"):
+            old.unlink(missing_ok=True)

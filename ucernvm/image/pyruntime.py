@@ -1,0 +1,271 @@
+"""The Python part of the image: the interpreter running the builder, trimmed to what /init imports.
+
+The import closure comes from a probe: the target interpreter, started clean (``-I -S``, as the
+/init shebang starts it), imports the init module and the declared extra modules, then reports
+``sys.modules`` and the shared objects it has mapped. Pure-Python modules of the standard library
+and of pure-Python third-party packages become one stored (uncompressed: the initramfs compressor
+does better on the whole) zip of hash-based .pyc files, ``/usr/lib/pythonXY.zip``, which is also the
+landmark that lets Python find its prefix (/usr). Extension modules, third-party packages that carry
+extension modules, the ``ucernvm`` package and the init's own modules go under
+``/usr/lib/pythonX.Y/`` as files: that directory is on ``sys.path`` of an isolated interpreter too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import site
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import zipfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ucernvm.errors import ConfigError
+from ucernvm.image.cpio import Entry
+from ucernvm.image.pyc import compile_files
+
+_PROBE = r"""
+import sys
+out, paths, *names = sys.argv[1:]
+sys.path.extend(p for p in paths.split(":") if p)
+for name in names:
+    __import__(name)
+    for extra in getattr(sys.modules[name], "IMAGE_MODULES", ()):
+        __import__(extra)
+snapshot = list(sys.modules.items())
+import json
+modules = []
+for name, module in snapshot:
+    spec = getattr(module, "__spec__", None)
+    modules.append({
+        "name": name,
+        "origin": getattr(spec, "origin", None),
+        "file": getattr(module, "__file__", None),
+        "package": hasattr(module, "__path__"),
+        "path": list(getattr(module, "__path__", []) or []),
+    })
+with open("/proc/self/maps") as maps:
+    mapped = sorted({line.split(None, 5)[5].strip() for line in maps if line.count(" ") >= 5 and ".so" in line})
+with open(out, "w") as stream:
+    json.dump({"modules": modules, "mapped": mapped}, stream)
+"""
+
+_CODE_SUFFIXES = (".py", ".pyc", ".pyi", ".so")
+
+
+@dataclass(frozen=True)
+class Interpreter:
+    """Where the running interpreter keeps its parts on the build host."""
+
+    executable: Path
+    version: str  # "3.11"
+    stdlib: Path
+    dynload: Path
+    site_dirs: tuple[Path, ...]
+
+    @classmethod
+    def current(cls) -> Interpreter:
+        site_dirs = [Path(p) for p in [*site.getsitepackages(), sysconfig.get_path("purelib"),
+                                       sysconfig.get_path("platlib")]]
+        return cls(
+            executable=Path(sys.executable).resolve(),
+            version=f"{sys.version_info.major}.{sys.version_info.minor}",
+            stdlib=Path(sysconfig.get_path("stdlib")),
+            dynload=Path(sysconfig.get_path("platstdlib")) / "lib-dynload",
+            site_dirs=tuple(dict.fromkeys(p for p in site_dirs if p.is_dir())),
+        )
+
+    @property
+    def image_executable(self) -> str:
+        return f"usr/bin/python{self.version}"
+
+    @property
+    def image_zip(self) -> str:
+        return f"usr/lib/python{self.version.replace('.', '')}.zip"
+
+    @property
+    def image_lib(self) -> str:
+        return f"usr/lib/python{self.version}"
+
+
+@dataclass
+class LoadedModule:
+    name: str
+    origin: str | None
+    file: str | None
+    package: bool
+    path: list[str]
+
+    @property
+    def source(self) -> Path | None:
+        """The file the module was loaded from (frozen stdlib modules included), if any."""
+        for candidate in (self.origin, self.file):
+            if candidate and candidate not in ("built-in", "frozen") and os.path.isfile(candidate):
+                return Path(candidate)
+        return None
+
+
+@dataclass
+class Probe:
+    modules: list[LoadedModule]
+    mapped: list[Path]
+
+
+def probe_imports(interpreter: Interpreter, modules: Sequence[str], paths: Sequence[Path]) -> Probe:
+    """Import *modules* in a clean child of *interpreter* and report what got loaded."""
+    search = [*(str(p) for p in paths), *(str(p) for p in interpreter.site_dirs)]
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        # The image has no locale variables; the kernel passes HOME and TERM to init.
+        result = subprocess.run(
+            [str(interpreter.executable), "-I", "-S", "-c", _PROBE, out.name, ":".join(search), *modules],
+            capture_output=True, env={"HOME": "/", "TERM": "linux"}, check=False,
+        )
+        if result.returncode != 0:
+            lines = result.stderr.decode(errors="replace").strip().splitlines()
+            raise ConfigError(
+                f"importing {', '.join(modules)} failed: {lines[-1] if lines else result.returncode}",
+                hint="the init module and its imports must import cleanly with `python -I -S`",
+            )
+        report = json.loads(Path(out.name).read_text())
+    return Probe(
+        modules=[LoadedModule(**m) for m in report["modules"]],
+        mapped=[Path(p) for p in report["mapped"] if os.path.isfile(p)],
+    )
+
+
+@dataclass
+class PythonPayload:
+    """The image entries of the Python runtime, and the ELF files whose libraries must come along."""
+
+    entries: list[Entry] = field(default_factory=list)
+    elf_roots: list[Path] = field(default_factory=list)
+    mapped_libraries: list[Path] = field(default_factory=list)
+    modules: list[str] = field(default_factory=list)  # every module in the closure
+    zip_bytes: dict[str, int] = field(default_factory=dict)  # "stdlib" / distribution -> bytes in the zip
+
+
+def _under(path: Path, roots: Iterable[Path]) -> Path | None:
+    """The longest of *roots* containing *path*, or None."""
+    best: Path | None = None
+    for root in roots:
+        if path.is_relative_to(root) and (best is None or len(root.parts) > len(best.parts)):
+            best = root
+    return best
+
+
+def python_payload(
+    interpreter: Interpreter,
+    closure: Probe,
+    package_dir: Path,
+    init_paths: Sequence[Path],
+    staging: Path,
+    optimize: int,
+) -> PythonPayload:
+    """Classify the probed closure into zip members and files; compile everything to .pyc."""
+    payload = PythonPayload(modules=sorted(m.name for m in closure.modules))
+    lib = interpreter.image_lib
+    site_dirs = [p.resolve() for p in interpreter.site_dirs]
+    stdlib = interpreter.stdlib.resolve()
+    dynload = interpreter.dynload.resolve()
+    init_roots = [p.resolve() for p in init_paths]
+    roots = [stdlib, dynload, *site_dirs, *init_roots]
+
+    zip_members: dict[str, tuple[Path, str]] = {}  # arcname -> (source, group)
+    files: dict[str, tuple[Path, str]] = {}  # image path -> (source, component)
+    loaded_files: set[Path] = set()
+
+    # A third-party top-level package with an extension module (or a namespace package) stays as
+    # files: a package's __path__ is either in the zip or in a directory, never both.
+    as_files: set[str] = set()
+    for module in closure.modules:
+        source = module.source
+        if module.name.split(".")[0] == package_dir.name:
+            continue
+        if source is None and module.package and module.path:
+            as_files.add(module.name.split(".")[0])
+        elif source is not None and source.suffix == ".so" and _under(source.resolve(), site_dirs):
+            as_files.add(module.name.split(".")[0])
+
+    for module in closure.modules:
+        source = module.source
+        if source is None or module.name.split(".")[0] == package_dir.name:
+            continue  # built in, or the ucernvm package, which is added whole below
+        real = source.resolve()
+        loaded_files.add(real)
+        root = _under(real, roots)
+        if root is None:
+            raise ConfigError(
+                f"module {module.name} comes from {source}, outside the stdlib, site-packages and init paths"
+            )
+        rel = real.relative_to(root).as_posix()
+        top = module.name.split(".")[0]
+        if real.suffix == ".so":
+            target = f"{lib}/lib-dynload/{rel}" if root == dynload else f"{lib}/{rel}"
+            files[target] = (real, "extensions")
+            payload.elf_roots.append(real)
+        elif root in init_roots:
+            files[f"{lib}/{rel}"] = (real, "init")
+        elif root == stdlib:
+            zip_members[rel] = (real, "stdlib")
+        elif top in as_files:
+            files[f"{lib}/{rel}"] = (real, "third-party")
+        else:
+            zip_members[rel] = (real, top)
+        if module.package and root in site_dirs:
+            # Data files next to a third-party package's modules (certificates, tables...).
+            for data in sorted(real.parent.iterdir()):
+                if data.is_file() and data.suffix not in _CODE_SUFFIXES:
+                    data_rel = data.relative_to(root).as_posix()
+                    if top in as_files:
+                        files[f"{lib}/{data_rel}"] = (data, "third-party")
+                    else:
+                        zip_members[data_rel] = (data, top)
+
+    for source in sorted(package_dir.rglob("*")):
+        if source.is_file() and "__pycache__" not in source.parts and source.suffix != ".pyc":
+            rel = source.relative_to(package_dir.parent).as_posix()
+            files[f"{lib}/{rel}"] = (source, "ucernvm")
+
+    # Libraries a module opened itself (ctypes) are not anybody's DT_NEEDED: take them from the maps.
+    payload.mapped_libraries = [
+        p for p in closure.mapped
+        if p.resolve() not in loaded_files and p.resolve() != interpreter.executable and ".so" in p.name
+    ]
+
+    compiled = staging / "pyc"
+    jobs: list[tuple[Path, Path, str]] = []
+    for arcname, (source, _group) in zip_members.items():
+        if source.suffix == ".py":
+            jobs.append((source, compiled / "zip" / (arcname + "c"), f"/{interpreter.image_zip}/{arcname}"))
+    for target, (source, _component) in files.items():
+        if source.suffix == ".py":
+            jobs.append((source, compiled / "files" / (target + "c"), f"/{target}"))
+    compile_files(jobs, optimize)
+
+    zip_path = staging / "python.zip"
+    with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_STORED) as archive:
+        for arcname, (source, group) in sorted(zip_members.items()):
+            is_code = source.suffix == ".py"
+            name = arcname + "c" if is_code else arcname
+            data = (compiled / "zip" / name).read_bytes() if is_code else source.read_bytes()
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            archive.writestr(info, data)
+            payload.zip_bytes[group] = payload.zip_bytes.get(group, 0) + len(data)
+    payload.entries.append(Entry.file(interpreter.image_zip, zip_path, "stdlib-zip"))
+
+    for target, (source, component) in sorted(files.items()):
+        if source.suffix == ".py":
+            payload.entries.append(Entry.file(target + "c", compiled / "files" / (target + "c"), component))
+        elif source.suffix == ".so":
+            payload.entries.append(Entry.file(target, source, component, perm=0o755))
+        else:
+            payload.entries.append(Entry.file(target, source, component))
+    payload.entries.append(Entry.file(interpreter.image_executable, interpreter.executable, "python", perm=0o755))
+    payload.elf_roots.append(interpreter.executable)
+    return payload
+

@@ -1,0 +1,52 @@
+"""Disks and CD-ROMs handed to the VM: sparse raw scratch disks and context ISO images."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from ucernvm.errors import ConfigError
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_ISO_MAGIC_OFFSET = 0x8001  # "CD001" of the first volume descriptor (ISO 9660 / ECMA-119)
+
+
+def parse_size(text: str) -> int:
+    """Bytes in "20G", "512M", "1048576" (binary units, optional trailing B or iB)."""
+    match = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
+    if match is None or int(match.group(1)) == 0:
+        raise ConfigError(f"invalid size {text!r}", hint="use a positive number with K, M, G or T, e.g. 20G")
+    return int(match.group(1)) * _UNITS[match.group(2).upper()]
+
+
+def create_sparse_disk(path: Path, size: int) -> Path:
+    """A raw disk of *size* bytes that takes no space until written; an existing file is kept."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("wb") as disk:
+            disk.truncate(size)
+    return path
+
+
+def disk_format(path: Path) -> str:
+    return "qcow2" if path.suffix == ".qcow2" else "raw"
+
+
+def is_iso9660(path: Path) -> bool:
+    with path.open("rb") as stream:
+        stream.seek(_ISO_MAGIC_OFFSET)
+        return stream.read(5) == b"CD001"
+
+
+def check_context(path: Path) -> Path:
+    """The context must already be an ISO image (user-data files are made into ISOs elsewhere)."""
+    if not path.is_file():
+        raise ConfigError(f"context {path} does not exist")
+    if not is_iso9660(path):
+        raise ConfigError(f"context {path} is not an ISO 9660 image", hint="pass a context ISO (.iso)")
+    return path
+
+
+def qemu_path(path: Path) -> str:
+    """A file name inside a QEMU option list, where a comma must be doubled."""
+    return str(path).replace(",", ",,")

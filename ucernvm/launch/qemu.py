@@ -1,0 +1,275 @@
+"""Running an image in QEMU: the command line, and a ``Vm`` handle that watches the serial console.
+
+The guest's serial port is QEMU's stdout; a reader thread timestamps each line (host monotonic
+time since start), keeps it, echoes it and appends it to a log. ``-no-reboot`` with ``panic=-1``
+makes every guest ending (power off, init crash, kernel panic) a QEMU exit, and a timeout kills
+QEMU, so a run can never hang.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from ucernvm.errors import ConfigError, UcernvmError
+from ucernvm.image.tools import find_tool
+from ucernvm.launch.accel import AccelChoice, choose_accel
+from ucernvm.launch.media import check_context, disk_format, qemu_path
+
+BASE_CMDLINE = "console=ttyS0 panic=-1"
+_FORWARD_RE = re.compile(r"^(tcp|udp):(\d{1,5}):(\d{1,5})$")
+_PRINTK_RE = re.compile(r"^\[\s*(\d+\.\d+)\]")
+
+
+class LaunchError(UcernvmError):
+    """QEMU could not start, or the guest did not do what was awaited in time."""
+
+
+@dataclass(frozen=True)
+class LaunchOptions:
+    image: Path  # a `ucernvm build` output directory
+    disks: tuple[Path, ...] = ()
+    context: Path | None = None  # an ISO image, attached as an IDE CD-ROM
+    cmdline: str = "quiet"  # appended to BASE_CMDLINE
+    memory: int = 1024  # MiB
+    smp: int = 2
+    accel: str = "auto"
+    net_forwards: tuple[str, ...] = ()  # "tcp:HOSTPORT:GUESTPORT", bound to 127.0.0.1
+    serial_log: Path | None = None
+    interactive: bool = False  # hand our stdin to the guest console
+
+
+def qemu_command(options: LaunchOptions, accel: str) -> list[str]:
+    """The qemu-system-x86_64 argv for *options* under *accel* ("kvm" or "tcg")."""
+    image = options.image
+    initrd = image / "initrd.img"
+    kernel = image / "vmlinuz"
+    if accel == "tcg" and _pvh(image):
+        kernel = image / "vmlinux"  # PVH entry: no firmware, no in-guest decompression
+    for needed in (kernel, initrd):
+        if not needed.is_file():
+            raise ConfigError(f"{needed} does not exist", hint=f"build the image first: ucernvm build -o {image}")
+    netdev = "user,id=net0" + "".join(_hostfwd(spec) for spec in options.net_forwards)
+    argv = [
+        find_tool("qemu-system-x86_64"),
+        "-accel", accel, *(["-cpu", "host"] if accel == "kvm" else []),
+        "-m", str(options.memory), "-smp", str(options.smp),
+        "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot",
+        "-kernel", str(kernel), "-initrd", str(initrd),
+        "-append", f"{BASE_CMDLINE} {options.cmdline}".strip(),
+        "-netdev", netdev, "-device", "virtio-net-pci,netdev=net0",
+        "-device", "virtio-rng-pci",
+    ]
+    for number, disk in enumerate(options.disks):
+        if not disk.is_file():
+            raise ConfigError(f"disk {disk} does not exist", hint="pass --disk-size to create it")
+        argv += ["-drive", f"file={qemu_path(disk)},if=none,id=disk{number},format={disk_format(disk)}",
+                 "-device", f"virtio-blk-pci,drive=disk{number}"]
+    if options.context is not None:
+        argv += ["-drive", f"file={qemu_path(check_context(options.context))},if=ide,index=2,media=cdrom,"
+                           "readonly=on,format=raw"]
+    return argv
+
+
+def _pvh(image: Path) -> bool:
+    manifest = image / "manifest.json"
+    if not (image / "vmlinux").is_file() or not manifest.is_file():
+        return False
+    return bool(json.loads(manifest.read_text()).get("kernel", {}).get("pvh"))
+
+
+def _hostfwd(spec: str) -> str:
+    match = _FORWARD_RE.match(spec)
+    if match is None:
+        raise ConfigError(f"invalid port forward {spec!r}", hint="use PROTO:HOSTPORT:GUESTPORT, e.g. tcp:8022:22")
+    proto, host_port, guest_port = match.groups()
+    return f",hostfwd={proto}:127.0.0.1:{host_port}-:{guest_port}"
+
+
+class Vm:
+    """One QEMU run of an image. Use as a context manager, or call start() and stop()."""
+
+    def __init__(self, options: LaunchOptions, echo: TextIO | None = None) -> None:
+        self.options = options
+        self.echo = echo
+        self.choice: AccelChoice | None = None
+        self.argv: list[str] = []
+        self.lines: list[tuple[float, str]] = []  # (host seconds since start, serial line)
+        self._partial = ""
+        self._stderr: list[str] = []
+        self._process: subprocess.Popen[bytes] | None = None
+        self._started = 0.0
+        self._changed = threading.Condition()
+        self._readers: list[threading.Thread] = []
+        self._log: TextIO | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> Vm:
+        self.choice = choose_accel(self.options.accel, self.options.image / "vmlinuz")
+        self.argv = qemu_command(self.options, self.choice.accel)
+        if self.options.serial_log is not None:
+            self._log = self.options.serial_log.open("w", encoding="utf-8")
+        self._started = time.monotonic()
+        self._process = subprocess.Popen(
+            self.argv,
+            stdin=None if self.options.interactive else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=not self.options.interactive,
+        )
+        self._readers = [
+            threading.Thread(target=self._read_serial, daemon=True),
+            threading.Thread(target=self._read_stderr, daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
+        return self
+
+    def __enter__(self) -> Vm:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def accel(self) -> str:
+        return self.choice.accel if self.choice else ""
+
+    @property
+    def returncode(self) -> int | None:
+        return self._process.poll() if self._process else None
+
+    def wait(self, timeout: float | None = None) -> int:
+        """QEMU's exit status; after *timeout* seconds QEMU is killed and LaunchError raised."""
+        process = self._require()
+        try:
+            code = process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise LaunchError(f"the VM did not exit within {timeout:.0f} s", hint=self._tail()) from None
+        self._finish()
+        return code
+
+    def stop(self) -> int | None:
+        """Terminate QEMU if it still runs (SIGTERM, then SIGKILL); its exit status."""
+        if self._process is None:
+            return None
+        if self._process.poll() is None:
+            self._process.send_signal(signal.SIGTERM)
+            try:
+                self._process.wait(5)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._finish()
+        return self._process.returncode
+
+    def _finish(self) -> None:
+        for reader in self._readers:
+            reader.join(5)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def _require(self) -> subprocess.Popen[bytes]:
+        if self._process is None:
+            raise LaunchError("the VM was not started")
+        return self._process
+
+    # -- the serial console ----------------------------------------------------------------------
+
+    @property
+    def serial(self) -> str:
+        with self._changed:
+            return "".join(f"{line}\n" for _, line in self.lines) + self._partial
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self._stderr)
+
+    def wait_for(self, pattern: str | re.Pattern[str], timeout: float) -> re.Match[str]:
+        """The first match of *pattern* in a complete serial line, waiting up to *timeout* seconds."""
+        regex = re.compile(pattern) if isinstance(pattern, str) else pattern
+        deadline = time.monotonic() + timeout
+        checked = 0
+        with self._changed:
+            while True:
+                for _, line in self.lines[checked:]:
+                    if match := regex.search(line):
+                        return match
+                checked = len(self.lines)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise LaunchError(f"no {regex.pattern!r} on the console within {timeout:.0f} s",
+                                      hint=self._tail())
+                if self._process is not None and self._process.poll() is not None and self._readers_done():
+                    raise LaunchError(f"QEMU exited ({self._process.returncode}) before {regex.pattern!r} appeared",
+                                      hint=self._tail())
+                self._changed.wait(min(remaining, 0.5))
+
+    def line_time(self, pattern: str | re.Pattern[str]) -> float | None:
+        """Host seconds from QEMU start to the first line matching *pattern* (None if none)."""
+        regex = re.compile(pattern) if isinstance(pattern, str) else pattern
+        with self._changed:
+            return next((t for t, line in self.lines if regex.search(line)), None)
+
+    def guest_timestamps(self) -> list[tuple[float, str]]:
+        """Kernel console lines with their printk time (guest seconds since boot)."""
+        with self._changed:
+            return [(float(m.group(1)), line) for _, line in self.lines if (m := _PRINTK_RE.match(line))]
+
+    def _readers_done(self) -> bool:
+        return not any(reader.is_alive() for reader in self._readers)
+
+    def _read_serial(self) -> None:
+        process = self._require()
+        assert process.stdout is not None
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        fd = process.stdout.fileno()
+        while chunk := os.read(fd, 65536):
+            self._take(decoder.decode(chunk))
+        self._take(decoder.decode(b"", final=True), final=True)
+
+    def _take(self, text: str, final: bool = False) -> None:
+        now = time.monotonic() - self._started
+        if self.echo is not None and text:
+            self.echo.write(text)
+            self.echo.flush()
+        with self._changed:
+            pieces = (self._partial + text.replace("\r", "")).split("\n")
+            self._partial = pieces.pop()
+            if final and self._partial:
+                pieces.append(self._partial)
+                self._partial = ""
+            for line in pieces:
+                self.lines.append((now, line))
+                if self._log is not None:
+                    self._log.write(line + "\n")
+            if self._log is not None:
+                self._log.flush()
+            self._changed.notify_all()
+
+    def _read_stderr(self) -> None:
+        process = self._require()
+        assert process.stderr is not None
+        for raw in process.stderr:
+            self._stderr.append(raw.decode(errors="replace"))
+        with self._changed:
+            self._changed.notify_all()
+
+    def _tail(self, lines: int = 15) -> str:
+        serial = self.serial.strip().splitlines()[-lines:]
+        text = "last console lines:\n" + "\n".join(serial) if serial else "no console output"
+        if self.stderr.strip():
+            text += "\nQEMU: " + self.stderr.strip().splitlines()[-1]
+        return text
