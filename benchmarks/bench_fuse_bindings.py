@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import importlib.util
 import io
 import json
 import os
@@ -117,13 +118,13 @@ def build_local_tree(spec: list[tuple[str, str, object]], root: Path) -> None:
 
 
 def serve(binding: str, mountpoint: str, entries: int, big: bool) -> None:
-    spec = tree_spec(entries, big)
+    tree = build_memory_tree(tree_spec(entries, big))
     if binding == "pyfuse3":
-        serve_pyfuse3(build_memory_tree(spec), mountpoint)
+        serve_pyfuse3(tree, mountpoint)
         return
     from ucernvm.client.fuse.kernel import MountOptions, mount
 
-    mount(build_memory_tree(spec), mountpoint, MountOptions(**VARIANTS[binding])).serve()
+    mount(tree, mountpoint, MountOptions(**VARIANTS[binding])).serve()
 
 
 def serve_pyfuse3(tree, mountpoint: str) -> None:
@@ -420,6 +421,12 @@ def main() -> int:
         print("bench_fuse_bindings: needs root (mount(2) of /dev/fuse)", file=sys.stderr)
         return 2
     bindings = args.bindings.split(",")
+    unknown = [name for name in bindings if name not in VARIANTS and name != "pyfuse3"]
+    if unknown:
+        parser.error(f"unknown bindings: {', '.join(unknown)}")
+    if "pyfuse3" in bindings and importlib.util.find_spec("pyfuse3") is None:
+        print("bench_fuse_bindings: pyfuse3 is not installed, skipping it", file=sys.stderr)
+        bindings.remove("pyfuse3")
     spec = tree_spec(args.entries, big=True)
     work = Path(tempfile.mkdtemp(prefix="bench-fuse-"))
     results: dict[str, dict[str, float]] = {}

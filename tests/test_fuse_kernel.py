@@ -248,6 +248,23 @@ def test_unmount_ends_the_workers(tmp_path: Path) -> None:
     assert fuse.fd == -1
 
 
+def test_mount_through_a_symlink_raises_the_readahead_window(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "alias").symlink_to("real")
+    tree = MemoryTree()
+    tree.add_file(ROOT_INO, b"file", b"data")
+    fuse = mount(tree, str(tmp_path / "alias"), MountOptions(read_ahead_kb=2048))
+    try:
+        fuse.start()
+        assert fuse.mountpoint == str(tmp_path / "real") and fuse.device is not None
+        assert (tmp_path / "alias/file").read_bytes() == b"data"
+        assert Path(f"/sys/class/bdi/{fuse.device}/read_ahead_kb").read_text().strip() == "2048"
+        assert os.stat(tmp_path / "real").st_dev == os.makedev(*map(int, fuse.device.split(":")))
+    finally:
+        _cleanup(tmp_path / "real")
+    assert fuse.join(10)
+
+
 def test_mount_errors_are_mount_errors(tmp_path: Path) -> None:
     from ucernvm.errors import MountError
 

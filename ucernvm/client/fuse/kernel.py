@@ -173,13 +173,14 @@ def mount(ops: Operations, mountpoint: str, options: MountOptions | None = None)
                          hint="load the fuse kernel module and run as root") from None
     data = (f"fd={fd},rootmode={ROOT_MODE:o},user_id={os.getuid()},group_id={os.getgid()},"
             "default_permissions" + (",allow_other" if options.allow_other else ""))
-    target = os.fsencode(mountpoint)
-    if _libc.mount(options.fsname.encode(), target, f"fuse.{options.subtype}".encode(), MS_RDONLY, data.encode()) != 0:
+    target = os.path.realpath(mountpoint)  # resolved now: once mounted, lstat() on it waits for INIT
+    if _libc.mount(options.fsname.encode(), os.fsencode(target), f"fuse.{options.subtype}".encode(),
+                   MS_RDONLY, data.encode()) != 0:
         code = ctypes.get_errno()
         os.close(fd)
         raise MountError(f"cannot mount FUSE at {mountpoint}: {os.strerror(code)}",
                          hint="the mount point must be an existing directory and the caller root")
-    return FuseMount(ops, fd, mountpoint, options)
+    return FuseMount(ops, fd, target, options)
 
 
 def unmount(mountpoint: str, lazy: bool = True) -> None:
@@ -194,7 +195,7 @@ def _mount_device(mountpoint: str) -> str | None:
 
     Read there because stat() on the mount would wait for INIT, which nobody serves yet.
     """
-    escaped = os.path.abspath(mountpoint)
+    escaped = mountpoint
     for char, code in (("\\", "\\134"), (" ", "\\040"), ("\t", "\\011"), ("\n", "\\012")):
         escaped = escaped.replace(char, code)
     device = None
@@ -283,6 +284,7 @@ class FuseMount:
             os.close(self.fd)
             self.fd = -1
             return pid
+        status = 1
         try:
             os.setsid()
             os.chdir("/")
@@ -291,8 +293,11 @@ class FuseMount:
             os.dup2(null, 1)
             os.close(null)
             self.serve()
+            status = 0
+        except BaseException as error:
+            _report(f"the server stopped: {error!r}")
         finally:
-            os._exit(0)
+            os._exit(status)  # never return into the parent's code
 
     def unmount(self, lazy: bool = True) -> None:
         unmount(self.mountpoint, lazy)

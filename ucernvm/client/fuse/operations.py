@@ -6,7 +6,9 @@ ids, so they must be stable and unique for the life of the mount, the root is ``
 (1), and two names with the same ``ino`` are hard links to one inode. Errors are raised as
 ``OSError(errno.X, ...)``; the server turns any other exception into EIO.
 
-Every method may be called from several worker threads at once.
+Every method may be called from several worker threads at once. The server may outlive the
+paths it was started from (switch_root), so an implementation imports and opens what it needs
+before the mount, never lazily while serving.
 """
 
 from __future__ import annotations
