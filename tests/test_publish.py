@@ -1,0 +1,250 @@
+"""Publishing: round trips byte for byte, incremental republishing, atomicity, and bad input."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import pytest
+
+from helpers import PROJECT, run_cli, snapshot_tree
+from ucernvm.client.repository import Repository
+from ucernvm.client.sources import DirectorySource
+from ucernvm.cvmfs.chunking import ChunkingParams
+from ucernvm.cvmfs.compression import Compression
+from ucernvm.cvmfs.hashing import ContentHash
+from ucernvm.cvmfs.ingest import IngestOptions
+from ucernvm.cvmfs.publisher import Publisher, PublishOptions
+from ucernvm.cvmfs.signing import load_master_keys
+from ucernvm.errors import ConfigError, StorageError, VerificationError
+
+FQRN = "test.cern.ch"
+BIG = 26 * 1024 * 1024 + 12345  # > 25 MB: chunked with the cvmfs default sizes
+
+
+def make_tree(root: Path) -> None:
+    """A tree with every kind of entry the format knows."""
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "hostname").write_text("cernvm\n")
+    (root / "etc" / "empty").write_bytes(b"")
+    (root / "etc" / "hard_a").write_bytes(b"shared inode\n")
+    os.link(root / "etc" / "hard_a", root / "etc" / "hard_b")
+    os.link(root / "etc" / "hard_a", root / "etc" / "hard_c")
+    (root / "etc" / "motd").symlink_to("hostname")
+    (root / "etc" / "dangling").symlink_to("/nowhere/at/all")
+    (root / "etc" / "variant").symlink_to("$(CVMFS_ARCH)/lib")
+    (root / "bin").mkdir()
+    script = root / "bin" / "hello"
+    script.write_text("#!/bin/sh\necho hello\n")
+    script.chmod(0o755)
+    (root / "data").mkdir()
+    (root / "data" / "big.bin").write_bytes(os.urandom(BIG))
+    (root / "data" / "ünïcödé name ✓").write_text("non-ASCII\n")
+    (root / "data" / "sub").mkdir()
+    (root / "data" / "sub" / ".cvmfscatalog").write_bytes(b"")
+    (root / "data" / "sub" / "deep").mkdir()
+    (root / "data" / "sub" / "deep" / ".cvmfscatalog").write_bytes(b"")
+    (root / "data" / "sub" / "deep" / "leaf").write_bytes(b"leaf\n" * 1000)
+    (root / "data" / "sub" / "file").write_bytes(b"in a nested catalog\n")
+    os.mkfifo(root / "data" / "fifo")
+    os.setxattr(root / "etc" / "hostname", "user.origin", b"test suite")
+    if os.geteuid() == 0:
+        os.mknod(root / "data" / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+
+
+def publish(source: Path, repo: Path, keys: Path, **options) -> object:
+    return Publisher(str(repo), FQRN, str(keys), PublishOptions(**options)).publish(str(source))
+
+
+def open_repo(repo: Path, keys: Path, **kwargs) -> Repository:
+    return Repository(DirectorySource(repo), FQRN, load_master_keys(keys / f"{FQRN}.pub"), **kwargs)
+
+
+def read_back(repository: Repository) -> dict[str, tuple]:
+    result: dict[str, tuple] = {}
+    for path, entry in repository.walk():
+        if entry.is_symlink:
+            result[path] = ("link", entry.mode, entry.symlink)
+        elif entry.is_directory:
+            result[path] = ("dir", entry.mode)
+        elif entry.is_regular:
+            result[path] = ("file", entry.mode, repository.read(path))
+        else:
+            result[path] = ("special", entry.mode, entry.device_number)
+    return result
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    make_tree(tmp_path / "src")
+    return tmp_path / "src"
+
+
+def test_round_trip_at_two_tags(tree: Path, tmp_path: Path, keys_dir: Path) -> None:
+    repo = tmp_path / "repo"
+    first = snapshot_tree(tree)
+    result = run_cli("publish", tree, "--repo", repo, "--name", FQRN, "--keys", keys_dir, "--tag", "v1", check=True)
+    assert b"revision 1" in result.stdout
+
+    (tree / "etc" / "hostname").write_text("changed\n")
+    (tree / "data" / "sub" / "deep" / "new").write_text("added\n")
+    os.unlink(tree / "etc" / "empty")
+    second = snapshot_tree(tree)
+    run_cli("publish", tree, "--repo", repo, "--name", FQRN, "--keys", keys_dir, "--tag", "v2", check=True)
+
+    assert read_back(open_repo(repo, keys_dir, tag="v1")) == first
+    assert read_back(open_repo(repo, keys_dir, tag="v2")) == second
+    assert read_back(open_repo(repo, keys_dir)) == second
+    assert {"trunk", "trunk-previous", "v1", "v2"} <= {tag.name for tag in open_repo(repo, keys_dir).tags()}
+
+
+def test_entry_details(tree: Path, tmp_path: Path, keys_dir: Path) -> None:
+    repo = tmp_path / "repo"
+    publish(tree, repo, keys_dir)
+    repository = open_repo(repo, keys_dir)
+    hard = [repository.entry(f"/etc/hard_{x}") for x in "abc"]
+    assert {entry.linkcount for entry in hard} == {3}
+    assert len({entry.hardlink_group for entry in hard}) == 1 and hard[0].hardlink_group > 0
+    assert repository.entry("/etc/variant").symlink == "$(CVMFS_ARCH)/lib"  # kept verbatim
+    assert repository.entry("/etc/hostname").xattrs == {"user.origin": b"test suite"}
+    assert repository.entry("/bin/hello").mode & 0o777 == 0o755
+    big = repository.entry("/data/big.bin")
+    assert big.is_chunked and big.content_hash is None
+    chunks = repository.chunks("/data/big.bin", big)
+    assert len(chunks) >= 2 and all(4 << 20 <= c.size <= 16 << 20 for c in chunks[:-1])
+    assert stat.S_ISFIFO(repository.entry("/data/fifo").mode)
+    if os.geteuid() == 0:
+        null = repository.entry("/data/null")
+        assert stat.S_ISCHR(null.mode) and null.device_number == os.makedev(1, 3)
+    assert repository.catalog_for("/data/sub/deep/leaf").root_prefix == "/data/sub/deep"
+    root_stats = repository.root_catalog.statistics()
+    assert root_stats["subtree_nested"] == 1 and root_stats["self_nested"] == 1
+    assert root_stats["self_chunked"] == 1 and root_stats["self_symlink"] == 3
+
+
+def test_every_object_is_named_by_its_sha1_and_inflates_with_zlib(tree: Path, tmp_path: Path, keys_dir: Path) -> None:
+    repo = tmp_path / "repo"
+    publish(tree, repo, keys_dir)
+    objects = [path for path in (repo / "data").glob("??/*")]
+    assert len(objects) > 10
+    for path in objects:
+        data = path.read_bytes()
+        name = path.parent.name + path.name
+        assert ContentHash.of(data).hex == name.rstrip("CHXP"), path
+        zlib.decompress(data)
+    assert not list((repo / "data" / "txn").glob(".tmp-*"))
+
+
+def test_cvmfs_compression_and_other_hash_algorithms(tree: Path, tmp_path: Path, keys_dir: Path) -> None:
+    for name, ingest in [
+        ("cvmfs", IngestOptions(compression=Compression.CVMFS)),
+        ("plain", IngestOptions(compression=Compression.NONE)),
+        ("shake", IngestOptions(algorithm=__import__("ucernvm.cvmfs.hashing", fromlist=["x"]).HashAlgorithm.SHAKE128)),
+        ("tiny-chunks", IngestOptions(chunking=ChunkingParams(1024, 2048, 4096))),
+    ]:
+        repo = tmp_path / name
+        publish(tree, repo, keys_dir, ingest=ingest)
+        assert read_back(open_repo(repo, keys_dir)) == snapshot_tree(tree), name
+
+
+def test_incremental_republish_writes_only_what_changed(tree: Path, tmp_path: Path, keys_dir: Path) -> None:
+    repo = tmp_path / "repo"
+    publish(tree, repo, keys_dir)
+    before = {path.relative_to(repo) for path in (repo / "data").glob("??/*")}
+    (tree / "data" / "sub" / "deep" / "leaf").write_bytes(b"one changed file\n")
+    result = publish(tree, repo, keys_dir)
+    after = {path.relative_to(repo) for path in (repo / "data").glob("??/*")}
+    new = sorted(str(path) for path in after - before)
+    # The changed file, the catalogs on its path (deep, sub, root) and the history: nothing else.
+    assert [name[-1] for name in new if name.endswith(("C", "H"))].count("C") == 3
+    assert len([name for name in new if not name.endswith(("C", "H", "X"))]) == 1
+    assert len(new) == 5
+    assert result.catalogs_reused == 0 and result.catalogs_written == 3
+    assert result.files_reused == result.files - 1
+
+    (tree / "etc" / "hostname").write_text("only in the root catalog\n")
+    result = publish(tree, repo, keys_dir)
+    assert result.catalogs_written == 1 and result.catalogs_reused == 2  # /data/sub and /data/sub/deep
+
+
+def test_interrupted_publish_leaves_the_previous_revision(tree: Path, tmp_path: Path, keys_dir: Path) -> None:
+    repo = tmp_path / "repo"
+    publish(tree, repo, keys_dir, tag="good")
+    manifest = (repo / ".cvmfspublished").read_bytes()
+    for index in range(12):  # enough new data that the publish is still running when it is killed
+        (tree / "data" / f"more{index}.bin").write_bytes(os.urandom(12 << 20))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ucernvm", "publish", str(tree), "--repo", str(repo), "--name", FQRN, "--keys", str(keys_dir), "--workers", "1"],
+        cwd=PROJECT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    initial = len(list((repo / "data").glob("??/*")))
+    while len(list((repo / "data").glob("??/*"))) < initial + 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert (repo / ".cvmfspublished").read_bytes() == manifest, "the publish finished before it could be interrupted"
+    repository = open_repo(repo, keys_dir)
+    assert repository.manifest.revision == 1
+    assert repository.read("/etc/hostname") == b"cernvm\n"
+    result = publish(tree, repo, keys_dir)  # the next publish succeeds over the debris
+    assert result.revision == 2 and open_repo(repo, keys_dir).read("/data/more3.bin") == (tree / "data" / "more3.bin").read_bytes()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs to fill needs root")
+def test_full_disk_is_a_clear_error_and_loses_nothing(tree: Path, tmp_path: Path, keys_dir: Path) -> None:
+    repo = tmp_path / "small"
+    repo.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(repo)], check=True)
+    try:
+        publish(tree, repo, keys_dir, tag="fits")
+        manifest = (repo / ".cvmfspublished").read_bytes()
+        (tree / "data" / "too-big.bin").write_bytes(os.urandom(30 << 20))
+        result = run_cli("publish", tree, "--repo", repo, "--name", FQRN, "--keys", keys_dir)
+        assert result.returncode != 0
+        assert b"No space left on device" in result.stderr and b"Traceback" not in result.stderr
+        assert (repo / ".cvmfspublished").read_bytes() == manifest
+        assert open_repo(repo, keys_dir).read("/etc/hostname") == b"cernvm\n"
+        assert not list((repo / "data" / "txn").glob(".tmp-*"))
+    finally:
+        subprocess.run(["umount", "-l", str(repo)], check=True)
+
+
+def test_expired_whitelist_blocks_publishing_until_resign(tree: Path, tmp_path: Path, keys_dir: Path) -> None:
+    repo = tmp_path / "repo"
+    run_cli("publish", tree, "--repo", repo, "--name", FQRN, "--keys", keys_dir, check=True)
+    run_cli("resign", "--repo", repo, "--name", FQRN, "--keys", keys_dir, "--days", "0", check=True)
+    refused = run_cli("publish", tree, "--repo", repo, "--name", FQRN, "--keys", keys_dir)
+    assert refused.returncode != 0 and b"whitelist expired" in refused.stderr and b"ucernvm resign" in refused.stderr
+    renewed = run_cli("resign", "--repo", repo, "--name", FQRN, "--keys", keys_dir, check=True)
+    expected = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=30)
+    assert f"expires {expected:%Y-%m-%d}".encode() in renewed.stdout
+    run_cli("publish", tree, "--repo", repo, "--name", FQRN, "--keys", keys_dir, check=True)
+    assert open_repo(repo, keys_dir).manifest.revision == 2
+
+
+def test_publish_rejects_bad_input(tree: Path, tmp_path: Path, keys_dir: Path) -> None:
+    with pytest.raises(ConfigError, match="is not a directory"):
+        publish(tree / "etc" / "hostname", tmp_path / "r1", keys_dir)
+    with pytest.raises(ConfigError, match="does not exist"):
+        Publisher(str(tmp_path / "r2"), "unknown.cern.ch", str(keys_dir))
+    with pytest.raises(ConfigError, match="reserved"):
+        publish(tree, tmp_path / "r3", keys_dir, tag="trunk")
+    mismatched = tmp_path / "mismatched"
+    mismatched.mkdir()
+    for suffix in ("crt", "pub", "masterkey"):
+        (mismatched / f"{FQRN}.{suffix}").write_bytes((keys_dir / f"{FQRN}.{suffix}").read_bytes())
+    (mismatched / f"{FQRN}.key").write_bytes((keys_dir / "other.cern.ch.key").read_bytes())
+    with pytest.raises(ConfigError, match="is not the private key of"):
+        Publisher(str(tmp_path / "r4"), FQRN, str(mismatched))
+    result = run_cli("publish", tree, "--repo", tmp_path / "r5", "--name", FQRN, "--keys", keys_dir, "--chunk-sizes", "9,8,7")
+    assert result.returncode == 2 and b"invalid chunk sizes" in result.stderr
