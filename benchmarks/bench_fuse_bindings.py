@@ -356,11 +356,17 @@ def footprint(module: str) -> dict[str, object]:
     return {
         "modules": sum(path.endswith(".py") for path in files),
         "module_files": [os.path.basename(path) for path in files if path.endswith(".py")],
-        "extensions": [os.path.basename(path) for path in extensions],
+        "extensions": [_short_name(path) for path in extensions],
         "libraries": [os.path.basename(path) for path in libraries],
         "bytes": len(archive.getvalue()),
         "zstd_bytes": len(packed),
     }
+
+
+def _short_name(path: str) -> str:
+    """``_ctypes.so`` for ``.../_ctypes.cpython-311-x86_64-linux-gnu.so``; packages by their directory."""
+    name = os.path.basename(path).split(".")[0]
+    return f"{os.path.basename(os.path.dirname(path))}.so" if name == "__init__" else f"{name}.so"
 
 
 def _marshal_code(path: str) -> bytes:

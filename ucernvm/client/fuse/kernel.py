@@ -433,7 +433,8 @@ class FuseMount:
 
     def _read(self, nodeid: int, payload: memoryview) -> bytes | memoryview:
         handle, offset, size = READ_IN.unpack_from(payload)[:3]
-        return self.ops.read(self._handles[handle], offset, size)
+        data = self.ops.read(self._handles[handle], offset, size)
+        return data if len(data) <= size else data[:size]  # a longer reply would be refused as a whole
 
     def _release(self, nodeid: int, payload: memoryview) -> bytes:
         handle = self._handles.pop(RELEASE_IN.unpack_from(payload)[0], None)
