@@ -5,10 +5,10 @@ only modules the boot image has anyway, and starts in milliseconds, which counts
 initramfs running under emulation (docs/benchmarks.md has the comparison).
 
 ``mount()`` opens /dev/fuse and calls mount(2); the returned ``FuseMount`` serves requests with
-worker threads that all read the same descriptor. After ``mount()`` returns, nothing depends on
-paths any more: every module and library is loaded and the server only uses its descriptor, so
-it survives the mount being moved or a switch_root. The server stops when the file system is
-unmounted (the kernel then fails reads with ENODEV).
+worker threads that all read the same descriptor. Once the workers have answered INIT (at
+once, after ``start``), nothing depends on paths any more: every module and library is loaded
+and the server only uses its descriptor, so it survives the mount being moved or a switch_root.
+The server stops when the file system is unmounted (the kernel then fails reads with ENODEV).
 
 Structure layouts and constants are those of the kernel's include/uapi/linux/fuse.h (protocol
 7.38); only the read-only subset is answered, every write is refused with EROFS.
