@@ -24,7 +24,9 @@ from pathlib import Path  # noqa: E402
 from ucernvm.image.kmods import ModuleIndex  # noqa: E402
 
 MARKER = "UCERNVM-SMOKE"
-MODULES = ("virtio_pci", "virtio_net", "virtio_blk", "virtio_rng", "ext4", "overlay", "fuse", "loop", "isofs")
+MODULES = ("virtio_pci", "virtio_net", "virtio_blk", "virtio_rng", "ata_piix", "sr_mod", "ext4", "overlay", "fuse",
+           "loop", "isofs")
+CONTEXT_FILE = "hello.txt"  # read from the CD-ROM when one is attached
 KMSG_TEXT = "ucernvm-smoke: logging through /dev/kmsg"
 _SYS_FINIT_MODULE = 313  # x86_64
 _RB_POWER_OFF = 0x4321FEDC
@@ -58,6 +60,14 @@ def load_modules(release_dir: Path, names: tuple[str, ...]) -> list[str]:
             raise OSError(ctypes.get_errno(), f"finit_module {name}: {os.strerror(ctypes.get_errno())}")
         loaded.append(name)
     return loaded
+
+
+def wait_for_block_devices(names: tuple[str, ...], timeout: float) -> list[str]:
+    """The block devices present once all *names* appeared (disk probing is asynchronous) or time ran out."""
+    deadline = time.monotonic() + timeout
+    while not set(names) <= set(os.listdir("/sys/block")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return sorted(os.listdir("/sys/block"))
 
 
 def kmsg_records() -> list[tuple[float, str]]:
@@ -95,6 +105,10 @@ def main() -> int:
         in_proc = {line.split()[0] for line in Path("/proc/modules").read_text().splitlines()}
         report["proc_modules"] = sorted(in_proc)
         report["eth0"] = Path("/sys/class/net/eth0").exists()
+        report["block"] = wait_for_block_devices(("vda", "sr0"), timeout=10.0)
+        if "sr0" in report["block"]:
+            mount("/dev/sr0", "/mnt/cd", "iso9660", 1)  # MS_RDONLY
+            report["context_text"] = (Path("/mnt/cd") / CONTEXT_FILE).read_text()
 
         records = kmsg_records()
         report["run_init"] = next((t for t, text in records if text.startswith("Run /init")), None)

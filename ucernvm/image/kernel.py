@@ -7,6 +7,7 @@ the PVH entry point, which under TCG saves the firmware and decompression time (
 from __future__ import annotations
 
 import hashlib
+import json
 import lzma
 import re
 import shutil
@@ -21,6 +22,7 @@ from ucernvm.image import tools
 from ucernvm.image.cache import cache_dir
 
 DEFAULT_PACKAGE = "linux-image-amd64"
+APT_LISTS = "/var/lib/apt/lists"
 
 # Magic numbers of the compressors a bzImage payload may use (arch/x86/boot/compressed).
 _XZ_MAGIC = b"\xfd7zXZ\x00"
@@ -62,7 +64,25 @@ def debian_kernel(package: str = DEFAULT_PACKAGE) -> Kernel:
 
 
 def resolve_package(package: str) -> tuple[str, str]:
-    """(versioned package, candidate version): follows a metapackage to the linux-image it depends on."""
+    """(versioned package, candidate version): follows a metapackage to the linux-image it depends on.
+
+    Each apt-cache call loads the whole package cache (about 1 s), so the answer is remembered
+    until the package lists change.
+    """
+    lists = sorted(Path(APT_LISTS).glob("*")) if Path(APT_LISTS).is_dir() else []
+    state = hashlib.sha256(
+        "\0".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in lists).encode()
+    ).hexdigest()[:24]
+    memo = cache_dir("kernels") / f"resolved-{hashlib.sha256(package.encode()).hexdigest()[:12]}-{state}.json"
+    if memo.exists():
+        name, version = json.loads(memo.read_text())
+        return name, version
+    resolved = _resolve_with_apt(package)
+    memo.write_text(json.dumps(resolved))
+    return resolved
+
+
+def _resolve_with_apt(package: str) -> tuple[str, str]:
     version = _candidate(package)
     depends = tools.run(["apt-cache", "depends", package], what="apt-cache depends").stdout.decode()
     for match in re.finditer(r"^\s*Depends:\s*(linux-image-\S+)", depends, re.MULTILINE):

@@ -127,8 +127,8 @@ def probe_imports(interpreter: Interpreter, modules: Sequence[str], paths: Seque
         if result.returncode != 0:
             lines = result.stderr.decode(errors="replace").strip().splitlines()
             raise ConfigError(
-                f"importing {', '.join(modules)} failed: {lines[-1] if lines else result.returncode}",
-                hint="the init module and its imports must import cleanly with `python -I -S`",
+                f"the init module or an extra module does not import: {lines[-1] if lines else result.returncode}",
+                hint=f"these must import cleanly with `python -I -S`: {', '.join(modules)}",
             )
         report = json.loads(Path(out.name).read_text())
     return Probe(
@@ -141,6 +141,7 @@ def probe_imports(interpreter: Interpreter, modules: Sequence[str], paths: Seque
 class PythonPayload:
     """The image entries of the Python runtime, and the ELF files whose libraries must come along."""
 
+    interpreter: Interpreter
     entries: list[Entry] = field(default_factory=list)
     elf_roots: list[Path] = field(default_factory=list)
     mapped_libraries: list[Path] = field(default_factory=list)
@@ -166,7 +167,7 @@ def python_payload(
     optimize: int,
 ) -> PythonPayload:
     """Classify the probed closure into zip members and files; compile everything to .pyc."""
-    payload = PythonPayload(modules=sorted(m.name for m in closure.modules))
+    payload = PythonPayload(interpreter, modules=sorted(m.name for m in closure.modules))
     lib = interpreter.image_lib
     site_dirs = [p.resolve() for p in interpreter.site_dirs]
     stdlib = interpreter.stdlib.resolve()

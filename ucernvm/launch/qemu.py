@@ -108,6 +108,7 @@ class Vm:
         self._stderr: list[str] = []
         self._process: subprocess.Popen[bytes] | None = None
         self._started = 0.0
+        self.exited_after: float | None = None  # host seconds from start to QEMU's exit
         self._changed = threading.Condition()
         self._readers: list[threading.Thread] = []
         self._log: TextIO | None = None
@@ -175,6 +176,8 @@ class Vm:
         return self._process.returncode
 
     def _finish(self) -> None:
+        if self.exited_after is None:
+            self.exited_after = time.monotonic() - self._started
         for reader in self._readers:
             reader.join(5)
         if self._log is not None:

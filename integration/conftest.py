@@ -1,0 +1,39 @@
+"""Slow tests: complete image builds and QEMU boots. Select them with ``-m vm`` or ``-m slow``.
+
+Run from the repository root: ``python -m pytest integration -m "vm or slow"``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from ucernvm.image.builder import BuildOptions, BuildResult, build_image
+
+INTEGRATION_DIR = Path(__file__).resolve().parent
+SMOKE_INIT = "smoke_init:main"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "vm: boots a real image in QEMU (slow; needs qemu-system-x86_64)")
+    config.addinivalue_line("markers", "slow: builds complete images (kernel via apt, compression)")
+
+
+def smoke_options(output: Path, use_cache: bool = True) -> BuildOptions:
+    return BuildOptions(output=output, init=SMOKE_INIT, init_paths=(INTEGRATION_DIR,), use_cache=use_cache)
+
+
+@pytest.fixture(scope="session")
+def smoke_image(tmp_path_factory: pytest.TempPathFactory) -> BuildResult:
+    """The image with the smoke init instead of the boot pipeline, built once per session."""
+    return build_image(smoke_options(tmp_path_factory.mktemp("smoke-image")))
+
+
+@pytest.fixture
+def qemu() -> str:
+    path = shutil.which("qemu-system-x86_64")
+    if path is None:
+        pytest.skip("qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)")
+    return path

@@ -1,0 +1,78 @@
+"""Build the image with the smoke init, boot it under QEMU, and check what the init found."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+from conftest import smoke_options
+
+from ucernvm.image.builder import BuildResult, build_image
+from ucernvm.launch import LaunchOptions, Vm
+from ucernvm.launch.media import create_sparse_disk
+
+CONTEXT_TEXT = "context from the host\n"
+
+
+def make_context_iso(path: Path, text: str) -> Path:
+    pycdlib = pytest.importorskip("pycdlib")
+    iso = pycdlib.PyCdlib()
+    iso.new(interchange_level=3, rock_ridge="1.09", vol_ident="CONTEXT")
+    data = text.encode()
+    iso.add_fp(io.BytesIO(data), len(data), "/HELLO.TXT;1", rr_name="hello.txt")
+    iso.write(str(path))
+    iso.close()
+    return path
+
+
+@pytest.mark.vm
+def test_smoke_image_boots_and_powers_off(smoke_image: BuildResult, qemu: str, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    options = LaunchOptions(
+        image=smoke_image.output,
+        disks=(create_sparse_disk(tmp_path / "scratch.raw", 64 << 20),),
+        context=make_context_iso(tmp_path / "context.iso", CONTEXT_TEXT),
+        memory=512,
+        serial_log=tmp_path / "serial.log",
+    )
+    with Vm(options) as vm:
+        match = vm.wait_for(r"UCERNVM-SMOKE (\{.*\})$", timeout=300)
+        code = vm.wait(timeout=60)
+    report = json.loads(match.group(1))
+    assert vm.choice is not None
+
+    with capsys.disabled():
+        run_init = report["run_init"]
+        print(f"\nsmoke boot: accel {vm.accel} ({vm.choice.reason})")
+        print(f"  kernel start -> Run /init   {run_init:6.2f} s guest")
+        print(f"  Run /init -> Python start   {report['python_start'] - run_init:6.2f} s")
+        print(f"  {len(report['loaded'])} modules loaded in      {report['modules_seconds']:6.2f} s")
+        print(f"  Run /init -> marker         {report['marker'] - run_init:6.2f} s")
+        print(f"  host: QEMU start -> marker  {vm.line_time('UCERNVM-SMOKE'):6.2f} s, -> exit {vm.exited_after:.2f} s")
+        print(f"  initrd {smoke_image.initrd.stat().st_size / 1e6:.2f} MB, "
+              f"vmlinuz + initrd {smoke_image.manifest['boot_bytes'] / 1e6:.2f} MB")
+
+    assert report["ok"], report.get("error")
+    assert code == 0, vm.stderr
+    assert report["kmsg_logged"]
+    assert run_init is not None and 0 < run_init < report["python_start"] < report["marker"]
+    assert set(report["loaded"]) <= set(report["proc_modules"])
+    assert {"virtio_net", "virtio_blk", "ext4", "overlay", "fuse", "loop", "isofs", "sr_mod"} <= set(report["loaded"])
+    assert report["eth0"]
+    assert {"vda", "sr0"} <= set(report["block"])
+    assert report["context_text"] == CONTEXT_TEXT
+    assert report["tools"] == {"/usr/bin/sh": True, "/usr/sbin/mke2fs": True, "/usr/sbin/sfdisk": True}
+    assert "UCERNVM-SMOKE" in (tmp_path / "serial.log").read_text()
+
+
+@pytest.mark.slow
+def test_build_is_reproducible(smoke_image: BuildResult, tmp_path: Path) -> None:
+    """A second build, compressing everything again, gives the same initrd bytes."""
+    again = build_image(smoke_options(tmp_path / "again", use_cache=False))
+    first, second = smoke_image.manifest["initrd"], again.manifest["initrd"]
+    assert [s["cpio_sha256"] for s in second["segments"]] == [s["cpio_sha256"] for s in first["segments"]]
+    assert not any(s["from_cache"] for s in second["segments"])
+    assert again.initrd.read_bytes() == smoke_image.initrd.read_bytes()
+    assert again.manifest["components"] == smoke_image.manifest["components"]

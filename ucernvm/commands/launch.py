@@ -1,0 +1,77 @@
+"""``ucernvm launch``: boot an image in QEMU with disks, a context ISO and user networking."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+from ucernvm.launch.accel import ACCELS
+from ucernvm.launch.media import create_sparse_disk, parse_size
+from ucernvm.launch.qemu import LaunchError, LaunchOptions, Vm
+
+TIMEOUT_EXIT = 124  # as timeout(1)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "launch",
+        help="boot an image in QEMU",
+        description="Boot a `ucernvm build` image in QEMU: serial console on stdout, user networking "
+                    "(the host is 10.0.2.2 for the guest), virtio disks, an optional context CD-ROM. "
+                    "Under TCG the PVH vmlinux is booted, with KVM the bzImage. The exit status is "
+                    f"QEMU's ({TIMEOUT_EXIT} after --timeout).",
+    )
+    parser.add_argument("--image", type=Path, required=True, metavar="DIR", help="a `ucernvm build` output")
+    parser.add_argument("--disk", type=Path, action="append", default=[], metavar="PATH",
+                        help="a disk image attached as virtio-blk (repeatable; raw, or qcow2 by suffix)")
+    parser.add_argument("--disk-size", metavar="SIZE",
+                        help="create missing --disk files as sparse raw disks of SIZE (e.g. 20G); "
+                             "without --disk, a temporary disk deleted afterwards")
+    parser.add_argument("--context", type=Path, metavar="ISO", help="context ISO image, attached as a CD-ROM")
+    parser.add_argument("--cmdline", default="quiet",
+                        help="kernel parameters after 'console=ttyS0 panic=-1' (default: %(default)s)")
+    parser.add_argument("--serial-log", type=Path, metavar="FILE", help="also write the console to FILE")
+    parser.add_argument("-q", "--quiet", action="store_true", help="do not echo the console on stdout")
+    parser.add_argument("--memory", type=int, default=1024, metavar="MB", help="guest RAM (default: %(default)s)")
+    parser.add_argument("--smp", type=int, default=2, metavar="N", help="guest CPUs (default: %(default)s)")
+    parser.add_argument("--accel", choices=ACCELS, default="auto",
+                        help="auto: KVM if a canary boot works on this host (cached), else TCG")
+    parser.add_argument("--timeout", type=float, metavar="S", help="kill QEMU after S seconds")
+    parser.add_argument("--net-forward", action="append", default=[], metavar="PROTO:HOSTPORT:GUESTPORT",
+                        help="forward 127.0.0.1:HOSTPORT to the guest (repeatable), e.g. tcp:8022:22")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory(prefix="ucernvm-launch-") as scratch:
+        disks = list(args.disk)
+        if args.disk_size:
+            size = parse_size(args.disk_size)
+            disks = disks or [Path(scratch) / "scratch.raw"]
+            for disk in disks:
+                create_sparse_disk(disk, size)
+        options = LaunchOptions(
+            image=args.image,
+            disks=tuple(disks),
+            context=args.context,
+            cmdline=args.cmdline,
+            memory=args.memory,
+            smp=args.smp,
+            accel=args.accel,
+            net_forwards=tuple(args.net_forward),
+            serial_log=args.serial_log,
+            interactive=not args.quiet and sys.stdin.isatty(),
+        )
+        with Vm(options, echo=None if args.quiet else sys.stdout) as vm:
+            assert vm.choice is not None
+            print(f"ucernvm: launch: accel {vm.accel} ({vm.choice.reason})", file=sys.stderr, flush=True)
+            try:
+                code = vm.wait(args.timeout)
+            except LaunchError as error:
+                print(f"ucernvm: launch: {error.message}", file=sys.stderr)
+                return TIMEOUT_EXIT
+        if code != 0 and vm.stderr.strip():
+            print(f"ucernvm: launch: QEMU exited {code}: {vm.stderr.strip().splitlines()[-1]}", file=sys.stderr)
+        return code
