@@ -29,6 +29,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
@@ -36,7 +37,7 @@ sys.path.insert(0, str(REPO_ROOT))
 BIG_SIZE = 64 << 20
 BIG_FILES = 9  # big0 for sequential reads, big1..big8 for the parallel readers
 READY = "ready"  # a file in the tree's root: stat() succeeds once the mount is live
-VARIANTS: dict[str, dict[str, object]] = {
+VARIANTS: dict[str, dict[str, Any]] = {
     "raw": {},
     "raw-1thread": {"threads": 1},
     "raw-readdir": {"readdirplus": False},
@@ -48,9 +49,9 @@ IMPORTS = {"raw": "ucernvm.client.fuse.kernel", "pyfuse3": "pyfuse3"}
 # --- the tree ------------------------------------------------------------------------------------
 
 
-def tree_spec(entries: int, big: bool) -> list[tuple[str, str, object]]:
+def tree_spec(entries: int, big: bool) -> list[tuple[str, str, Any]]:
     """(path, kind, payload) for every entry, parents first; the same for FUSE and the local copy."""
-    spec: list[tuple[str, str, object]] = [(READY, "file", b"")]
+    spec: list[tuple[str, str, Any]] = [(READY, "file", b"")]
     per_leaf = 100
     leaves = max(1, entries // per_leaf)
     tops = max(1, leaves // 10)
@@ -73,7 +74,7 @@ def big_data() -> bytes:
     return (os.urandom(1 << 20) * (BIG_SIZE >> 20))
 
 
-def build_memory_tree(spec: list[tuple[str, str, object]]):  # -> MemoryTree
+def build_memory_tree(spec: list[tuple[str, str, Any]]):  # -> MemoryTree
     from ucernvm.client.fuse.memory import MemoryTree
     from ucernvm.client.fuse.operations import ROOT_INO
 
@@ -96,7 +97,7 @@ def build_memory_tree(spec: list[tuple[str, str, object]]):  # -> MemoryTree
     return tree
 
 
-def build_local_tree(spec: list[tuple[str, str, object]], root: Path) -> None:
+def build_local_tree(spec: list[tuple[str, str, Any]], root: Path) -> None:
     data = big_data()
     root.mkdir()
     for path, kind, payload in spec:
@@ -130,7 +131,7 @@ def serve(binding: str, mountpoint: str, entries: int, big: bool) -> None:
 def serve_pyfuse3(tree, mountpoint: str) -> None:
     """pyfuse3 in front of an Operations tree, with the same cache policy as the raw server."""
     import pyfuse3
-    import trio
+    import trio  # type: ignore[import-untyped]
 
     timeout = 86400.0 * 365
 
@@ -252,7 +253,7 @@ class Server:
 # --- measurements ----------------------------------------------------------------------------------
 
 
-def timed(function, *args) -> tuple[float, object]:
+def timed(function, *args) -> tuple[float, Any]:
     started = time.perf_counter()
     result = function(*args)
     return time.perf_counter() - started, result
@@ -329,7 +330,7 @@ def import_ms(module: str) -> float:
     return int(mine[-1].split("|")[1]) / 1000
 
 
-def footprint(module: str) -> dict[str, object]:
+def footprint(module: str) -> dict[str, Any]:
     """What importing ``module`` adds to a bare interpreter: modules (compiled), .so files and
     the shared libraries they need beyond the interpreter's own, each stripped; and zstd -19."""
     probe = ("import json, sys; before = set(sys.modules); import {m}; "
@@ -399,11 +400,11 @@ def table(results: dict[str, dict[str, float]], extra: dict[str, dict[str, objec
     for title, key, kind in rows:
         cells = []
         for column in columns:
-            value, local = results[column].get(key), results["local"].get(key)
-            if value is None:
-                cells.append("-")
-                continue
-            ratio = "" if column == "local" else f" ({value / local:.2f}x local)" if kind == "time" else f" ({value / local:.2f} of local)"
+            value, local = results[column][key], results["local"][key]
+            if column == "local":
+                ratio = ""
+            else:
+                ratio = f" ({value / local:.2f}x local)" if kind == "time" else f" ({value / local:.2f} of local)"
             cells.append(f"{value:.2f}{ratio}" if kind == "time" else f"{value:.0f}{ratio}")
         lines.append(f"| {title} | " + " | ".join(cells) + " |")
     for title, key in [("startup to mount live (s)", "startup_s"), ("import time (ms)", "import_ms"),
