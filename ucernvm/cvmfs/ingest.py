@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from ucernvm.cvmfs.compression import Compression
@@ -50,10 +51,27 @@ class IngestStats:
 
 
 class Ingester:
-    def __init__(self, storage: RepositoryStorage, options: IngestOptions) -> None:
+    """Stores objects; the chunks of a large file are compressed and stored by a pool of workers.
+
+    The pool is separate from whatever runs ``ingest_file`` in parallel, so a file waiting for its
+    chunks never holds a worker its chunks need; a semaphore bounds the chunks held in memory.
+    """
+
+    def __init__(self, storage: RepositoryStorage, options: IngestOptions, workers: int = 1) -> None:
         self.storage = storage
         self.options = options
         self.stats = IngestStats()
+        self._pieces = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="chunk")
+        self._in_flight = threading.BoundedSemaphore(2 * max(1, workers))
+
+    def close(self) -> None:
+        self._pieces.shutdown()
+
+    def __enter__(self) -> Ingester:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def store(self, plain: bytes, object_type: ObjectType, compress: bool = True) -> ContentHash:
         """Store one object (always zlib for catalogs, history and certificates) and return its hash."""
@@ -62,6 +80,12 @@ class Ingester:
         written = self.storage.put_object(content_hash, object_type, stored)
         self.stats.add(len(plain), len(stored) if written else 0)
         return content_hash
+
+    def _store_piece(self, piece: bytes, compress: bool) -> Future[ContentHash]:
+        self._in_flight.acquire()
+        future = self._pieces.submit(self.store, piece, ObjectType.PARTIAL, compress)
+        future.add_done_callback(lambda _: self._in_flight.release())
+        return future
 
     def ingest_file(self, fs_path: str) -> FileContent:
         compress = self.options.compression is not Compression.NONE
@@ -77,11 +101,12 @@ class Ingester:
                 if len(first) == size:
                     # A file that chunking leaves in one piece is stored as an ordinary file (as cvmfs does).
                     return FileContent(size, self.store(first, ObjectType.FILE, compress), (), compress)
-                chunks: list[Chunk] = []
+                pending: list[tuple[int, int, Future[ContentHash]]] = []
                 offset = 0
                 for piece in itertools.chain([first], pieces):
-                    chunks.append(Chunk(offset, len(piece), self.store(piece, ObjectType.PARTIAL, compress)))
+                    pending.append((offset, len(piece), self._store_piece(piece, compress)))
                     offset += len(piece)
         except OSError as error:
             raise ConfigError(f"cannot read {fs_path}: {error.strerror}") from None
-        return FileContent(offset, None, tuple(chunks), compress)
+        chunks = tuple(Chunk(start, length, future.result()) for start, length, future in pending)
+        return FileContent(offset, None, chunks, compress)

@@ -129,7 +129,6 @@ class Publisher:
         self.options = options
         self.storage = RepositoryStorage(repo_dir)
         self.keys = _Keys(keys_dir, fqrn)
-        self.ingester = Ingester(self.storage, options.ingest)
         self.progress = progress
         self._progress_state = PublishProgress()
         self.previous: Repository | None = None
@@ -138,7 +137,8 @@ class Publisher:
         started = time.monotonic()
         now = int(time.time())
         self.storage.create_layout()
-        with _publish_lock(self.storage):
+        self.ingester = Ingester(self.storage, self.options.ingest, self.options.workers)
+        with _publish_lock(self.storage), self.ingester:
             self.previous = self._open_previous()
             whitelist_bytes = None if self.previous else self._new_whitelist_bytes()
             tree = scan(source_dir, self.options.include_xattrs)
