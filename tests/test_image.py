@@ -1,0 +1,279 @@
+"""The image builder's parts, without a VM: cpio, compression, ELF closure, module order, Python runtime."""
+
+from __future__ import annotations
+
+import hashlib
+import lzma
+import os
+import shutil
+import stat
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ucernvm.errors import ConfigError
+from ucernvm.image import cpio
+from ucernvm.image.compress import compress
+from ucernvm.image.cpio import Entry
+from ucernvm.image.elfdeps import LibraryResolver, elf_info
+from ucernvm.image.kernel import bzimage_release, extract_vmlinux
+from ucernvm.image.kmods import ModuleIndex, modname
+from ucernvm.image.pyc import compile_files
+from ucernvm.image.tools import find_tool
+from ucernvm.launch.media import create_sparse_disk, parse_size
+from ucernvm.launch.qemu import LaunchOptions, qemu_command
+
+needs_cpio = pytest.mark.skipif(shutil.which("cpio") is None, reason="cpio is not installed (apt-get install cpio)")
+needs_zstd = pytest.mark.skipif(shutil.which("zstd") is None, reason="zstd is not installed (apt-get install zstd)")
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("UCERNVM_CACHE", str(cache))
+    return cache
+
+
+def sample_entries(tree: Path) -> list[Entry]:
+    (tree / "payload.bin").write_bytes(bytes(range(256)) * 41 + b"odd")  # not a multiple of 4
+    return [
+        Entry.file("usr/bin/tool", tree / "payload.bin", "test", perm=0o755),
+        Entry.blob("etc/config", b"key = value\n", "test"),
+        Entry.symlink("bin", "usr/bin"),
+        Entry.directory("tmp", perm=0o1777),
+        Entry.chardev("dev/null", 1, 3),
+    ]
+
+
+def newc_headers(data: bytes) -> list[dict[str, int | str]]:
+    """Headers of a newc archive, read straight from the bytes (independently of the writer)."""
+    names = ("ino", "mode", "uid", "gid", "nlink", "mtime", "filesize", "devmajor", "devminor",
+             "rdevmajor", "rdevminor", "namesize", "check")
+    headers, offset = [], 0
+    while True:
+        assert data[offset:offset + 6] == b"070701"
+        fields = {n: int(data[offset + 6 + 8 * i: offset + 14 + 8 * i], 16) for i, n in enumerate(names)}
+        start = offset + 110
+        name = data[start:start + fields["namesize"] - 1].decode()
+        fields["name"] = name
+        offset = (start + fields["namesize"] + 3) & ~3
+        offset = (offset + fields["filesize"] + 3) & ~3
+        if name == "TRAILER!!!":
+            return headers
+        headers.append(fields)
+
+
+@needs_cpio
+def test_cpio_round_trip_with_gnu_cpio(tmp_path: Path) -> None:
+    entries = sample_entries(tmp_path)
+    archive = tmp_path / "a.cpio"
+    with archive.open("wb") as out:
+        written = cpio.write(entries, out, mtime=1234567890)
+    assert written == archive.stat().st_size and written % 4 == 0
+
+    listing = subprocess.run(["cpio", "-t", "--quiet"], stdin=archive.open("rb"), capture_output=True, text=True,
+                             check=True).stdout.split()
+    assert listing == ["bin", "dev", "dev/null", "etc", "etc/config", "tmp", "usr", "usr/bin", "usr/bin/tool"]
+
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    subprocess.run(["cpio", "-i", "-d", "--quiet", "--no-absolute-filenames"], stdin=archive.open("rb"),
+                   cwd=out_dir, check=os.geteuid() != 0)  # as non-root only mknod fails
+    assert (out_dir / "usr/bin/tool").read_bytes() == (tmp_path / "payload.bin").read_bytes()
+    assert stat.S_IMODE((out_dir / "usr/bin/tool").stat().st_mode) == 0o755
+    assert (out_dir / "etc/config").read_text() == "key = value\n"
+    assert os.readlink(out_dir / "bin") == "usr/bin"
+    assert stat.S_IMODE((out_dir / "tmp").stat().st_mode) == 0o1777
+
+    headers = {h["name"]: h for h in newc_headers(archive.read_bytes())}
+    assert [h["ino"] for h in headers.values()] == list(range(1, len(headers) + 1))
+    assert {(h["uid"], h["gid"], h["mtime"]) for h in headers.values()} == {(0, 0, 1234567890)}
+    assert (headers["dev/null"]["rdevmajor"], headers["dev/null"]["rdevminor"]) == (1, 3)
+    assert stat.S_ISCHR(headers["dev/null"]["mode"])
+
+
+def test_cpio_refuses_two_different_entries_for_one_path(tmp_path: Path) -> None:
+    same = [Entry.blob("etc/a", b"1", "x"), Entry.blob("etc/a", b"1", "y")]
+    assert [e.path for e in cpio.normalize(same)] == ["etc", "etc/a"]
+    with pytest.raises(ValueError, match="/etc/a"):
+        cpio.normalize([Entry.blob("etc/a", b"1", "x"), Entry.blob("etc/a", b"2", "x")])
+
+
+@needs_zstd
+@needs_cpio
+def test_cpio_and_compression_are_reproducible(tmp_path: Path) -> None:
+    outputs = []
+    for run in range(2):
+        tree = tmp_path / f"tree{run}"
+        tree.mkdir()
+        entries = sample_entries(tree)
+        os.utime(tree / "payload.bin", (run * 1000, run * 1000))  # host metadata must not leak
+        archive = tmp_path / f"{run}.cpio"
+        with archive.open("wb") as out:
+            cpio.write(list(reversed(entries)) if run else entries, out)
+        digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+        packed, cached = compress(archive, digest, "zstd", use_cache=False)
+        assert not cached
+        outputs.append(packed.read_bytes())
+    assert outputs[0] == outputs[1]
+    listing = subprocess.run("zstd -dc | cpio -t --quiet", shell=True, input=outputs[0], capture_output=True,
+                             check=True).stdout.decode().split()
+    assert "usr/bin/tool" in listing
+
+
+@pytest.mark.skipif(shutil.which("xz") is None, reason="xz is not installed (apt-get install xz-utils)")
+def test_xz_segments_use_crc32_for_the_kernel(tmp_path: Path) -> None:
+    archive = tmp_path / "a.cpio"
+    with archive.open("wb") as out:
+        cpio.write(sample_entries(tmp_path), out)
+    packed, _ = compress(archive, "digest", "xz")
+    info = subprocess.run(["xz", "--robot", "--list", str(packed)], capture_output=True, text=True, check=True)
+    assert "CRC32" in info.stdout and "CRC64" not in info.stdout
+    assert lzma.decompress(packed.read_bytes()) == archive.read_bytes()
+    assert compress(archive, "digest", "xz")[1]  # the second time it comes from the cache
+
+
+def test_elf_closure_of_the_running_python_matches_ldd() -> None:
+    executable = Path(sys.executable).resolve()
+    closure = LibraryResolver().closure([executable])
+    assert "libc.so.6" in closure.libraries
+    for soname, path in closure.libraries.items():
+        assert path.name == soname  # copied under the soname, not the versioned file name
+        assert elf_info(path.resolve()).soname in (soname, None)
+    assert closure.interpreter == elf_info(executable).interpreter
+    if shutil.which("ldd"):
+        ldd = subprocess.run(["ldd", str(executable)], capture_output=True, text=True, check=True).stdout
+        sonames = {line.split()[0] for line in ldd.splitlines() if "=>" in line}
+        assert sonames == set(closure.libraries)
+
+
+def test_elf_closure_reports_a_missing_library(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="libc.so.6"):
+        LibraryResolver(system_dirs=[str(tmp_path)]).closure([Path(sys.executable).resolve()])
+
+
+def write_index(directory: Path) -> Path:
+    (directory / "modules.dep").write_text(
+        "kernel/fs/ext4/ext4.ko: kernel/lib/crc16.ko kernel/fs/mbcache.ko kernel/fs/jbd2/jbd2.ko\n"
+        "kernel/fs/jbd2/jbd2.ko:\n"
+        "kernel/fs/mbcache.ko:\n"
+        "kernel/lib/crc16.ko:\n"
+        "kernel/crypto/crc32c_generic.ko:\n"
+        "kernel/arch/x86/crypto/crc32c-intel.ko:\n"
+        "kernel/drivers/net/virtio_net.ko: kernel/drivers/net/net_failover.ko kernel/net/core/failover.ko\n"
+        "kernel/drivers/net/net_failover.ko: kernel/net/core/failover.ko\n"
+        "kernel/net/core/failover.ko:\n"
+        "kernel/drivers/char/hw_random/virtio-rng.ko:\n"
+    )
+    (directory / "modules.softdep").write_text("# comment\nsoftdep ext4 pre: crypto-crc32c\n")
+    (directory / "modules.alias").write_text(
+        "alias crypto-crc32c crc32c_intel\nalias crypto-crc32c crc32c_generic\n"
+        "alias virtio:d00000001v* virtio_net\n"
+    )
+    (directory / "modules.builtin").write_text("kernel/fs/unix.ko\n")
+    return directory
+
+
+def test_module_load_order_follows_modules_dep_and_softdeps(tmp_path: Path) -> None:
+    index = ModuleIndex.load(write_index(tmp_path))
+    order = index.load_order(["ext4", "virtio_net"], preferred=["crc32c_generic"])
+    assert order == ["crc32c_generic", "jbd2", "mbcache", "crc16", "ext4", "failover", "net_failover", "virtio_net"]
+    # Without a preference a softdep alias brings every module it names.
+    assert index.load_order(["ext4"])[:2] == ["crc32c_intel", "crc32c_generic"]
+    assert index.load_order(["virtio-rng", "unix"]) == ["virtio_rng"]  # dashes match; built-ins are skipped
+    assert index.resolve("virtio:d00000001v00001AF4") == ["virtio_net"]
+    assert modname("kernel/drivers/char/hw_random/virtio-rng.ko.xz") == "virtio_rng"
+    with pytest.raises(KeyError):
+        index.load_order(["no_such_module"])
+
+
+def fake_bzimage(elf: bytes, release: str) -> bytes:
+    """A bzImage-shaped file: boot header (protocol 2.15), release string, xz payload + size."""
+    setup_sects = 1
+    image = bytearray((setup_sects + 1) * 512)
+    image[0x1F1] = setup_sects
+    image[0x202:0x206] = b"HdrS"
+    struct.pack_into("<H", image, 0x206, 0x20F)
+    struct.pack_into("<H", image, 0x20E, 0x300 - 0x200)  # kernel_version points at 0x300
+    image[0x300:0x300 + len(release) + 1] = release.encode() + b"\0"
+    payload = lzma.compress(elf, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32) + struct.pack("<I", len(elf))
+    struct.pack_into("<II", image, 0x248, 16, len(payload))
+    return bytes(image) + b"\0" * 16 + payload
+
+
+def test_vmlinux_extraction_follows_the_boot_header() -> None:
+    elf = b"\x7fELF" + bytes(range(200)) * 50
+    image = fake_bzimage(elf, "6.1.0-test-amd64 (builder@host) #1 SMP")
+    assert extract_vmlinux(image) == elf
+    assert bzimage_release(image) == "6.1.0-test-amd64"
+    with pytest.raises(ConfigError, match="bzImage"):
+        extract_vmlinux(b"\0" * 1024)
+
+
+def test_pyc_files_are_reproducible_and_import_without_source(tmp_path: Path) -> None:
+    source = tmp_path / "src" / "sample.py"
+    source.parent.mkdir()
+    source.write_text("NAMES = {'alpha', 'beta', 'gamma', 'delta'}\ndef f():\n    assert True\n    return 42\n")
+    outputs = []
+    for run in range(2):
+        target = tmp_path / f"out{run}" / "sample.pyc"
+        compile_files([(source, target, "/usr/lib/python3.11/sample.py")], optimize=0)
+        outputs.append(target.read_bytes())
+    assert outputs[0] == outputs[1]
+    check = "import sample; assert sample.f() == 42; print(sample.__spec__.loader.__class__.__name__)"
+    result = subprocess.run([sys.executable, "-I", "-S", "-c", f"import sys; sys.path.insert(0, {str(tmp_path / 'out0')!r}); {check}"],
+                            capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "SourcelessFileLoader"
+
+
+def test_python_runtime_runs_in_a_chroot(tmp_path: Path) -> None:
+    """The trimmed interpreter, its zip and libraries, unpacked alone, import the init module."""
+    if os.geteuid() != 0:
+        pytest.skip("chroot needs root")
+    from ucernvm.image.builder import INPUTS_DIR, layout_entries, python_entries
+
+    init_dir = tmp_path / "init"
+    init_dir.mkdir()
+    (init_dir / "tiny_init.py").write_text(
+        "import json, ctypes\nfrom ucernvm.image.kmods import ModuleIndex\n"
+        "def main():\n    print(json.dumps({'ok': ctypes.sizeof(ctypes.c_long)}))\n    return 0\n"
+    )
+    entries, python = python_entries("tiny_init:main", [init_dir], [], INPUTS_DIR, tmp_path / "staging", 0)
+    assert "json" in python.modules and "ucernvm.image.kmods" in python.modules
+    assert "http" not in python.modules  # only what the init imports
+    archive = tmp_path / "runtime.cpio"
+    with archive.open("wb") as out:
+        cpio.write([*entries, *layout_entries()], out)
+    root = tmp_path / "root"
+    root.mkdir()
+    subprocess.run(["cpio", "-i", "-d", "--quiet"], stdin=archive.open("rb"), cwd=root, check=True)
+    assert (root / "init").read_text().startswith(f"#!/usr/bin/python{python.interpreter.version} -SIu\n")
+    result = subprocess.run([find_tool("chroot"), str(root), "/init"], capture_output=True, text=True, env={}, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == '{"ok": 8}'
+
+
+def test_launch_command_boots_pvh_under_tcg(tmp_path: Path) -> None:
+    image = tmp_path / "image"
+    image.mkdir()
+    for name in ("vmlinuz", "vmlinux", "initrd.img"):
+        (image / name).write_bytes(b"x")
+    (image / "manifest.json").write_text('{"kernel": {"pvh": true}}')
+    disk = create_sparse_disk(tmp_path / "disk,1.raw", parse_size("20G"))
+    assert disk.stat().st_size == 20 << 30 and disk.stat().st_blocks == 0
+    options = LaunchOptions(image=image, disks=(disk,), cmdline="quiet ucernvm.x=1", net_forwards=("tcp:8022:22",))
+    argv = qemu_command(options, "tcg")
+    assert argv[argv.index("-kernel") + 1] == str(image / "vmlinux")
+    assert argv[argv.index("-append") + 1] == "console=ttyS0 panic=-1 quiet ucernvm.x=1"
+    assert "user,id=net0,hostfwd=tcp:127.0.0.1:8022-:22" in argv
+    assert f"file={tmp_path}/disk,,1.raw,if=none,id=disk0,format=raw" in argv
+    assert "-no-reboot" in argv
+    kvm = qemu_command(options, "kvm")
+    assert kvm[kvm.index("-kernel") + 1] == str(image / "vmlinuz")
+    with pytest.raises(ConfigError, match="port forward"):
+        qemu_command(LaunchOptions(image=image, net_forwards=("8022:22",)), "tcg")
+    with pytest.raises(ConfigError, match="ISO"):
+        qemu_command(LaunchOptions(image=image, context=image / "manifest.json"), "tcg")
