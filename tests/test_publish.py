@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from helpers import PROJECT, run_cli, snapshot_tree
+from ucernvm.client.fetcher import HttpSource
 from ucernvm.client.repository import Repository
 from ucernvm.client.sources import DirectorySource
 from ucernvm.cvmfs.chunking import ChunkingParams
@@ -23,7 +24,8 @@ from ucernvm.cvmfs.hashing import ContentHash
 from ucernvm.cvmfs.ingest import IngestOptions
 from ucernvm.cvmfs.publisher import Publisher, PublishOptions
 from ucernvm.cvmfs.signing import load_master_keys
-from ucernvm.errors import ConfigError, StorageError, VerificationError
+from ucernvm.errors import ConfigError
+from ucernvm.server import StratumServer
 
 FQRN = "test.cern.ch"
 BIG = 26 * 1024 * 1024 + 12345  # > 25 MB: chunked with the cvmfs default sizes
@@ -103,6 +105,21 @@ def test_round_trip_at_two_tags(tree: Path, tmp_path: Path, keys_dir: Path) -> N
     assert read_back(open_repo(repo, keys_dir, tag="v2")) == second
     assert read_back(open_repo(repo, keys_dir)) == second
     assert {"trunk", "trunk-previous", "v1", "v2"} <= {tag.name for tag in open_repo(repo, keys_dir).tags()}
+
+
+def test_published_repository_served_over_http(tree: Path, tmp_path: Path, keys_dir: Path) -> None:
+    """Published, served by the embedded stratum server, read back through the verified HTTP client."""
+    stratum = tmp_path / "stratum"
+    publish(tree, stratum / FQRN, keys_dir, tag="served")
+    with StratumServer(stratum) as server:
+        url = f"{server.url}/cvmfs/{FQRN}"
+        repository = Repository(HttpSource([url]), FQRN, load_master_keys(keys_dir))
+        assert read_back(repository) == snapshot_tree(tree)
+        listing = run_cli("repo", "ls", url, "/etc", "-l", "--key", keys_dir, check=True).stdout.decode()
+        assert " /etc/motd -> hostname" in listing
+        assert run_cli("repo", "cat", url, "/data/big.bin", "--key", keys_dir, check=True).stdout == (
+            tree / "data" / "big.bin"
+        ).read_bytes()
 
 
 def test_entry_details(tree: Path, tmp_path: Path, keys_dir: Path) -> None:

@@ -1,0 +1,53 @@
+"""The command line: help for every command, one-line errors without tracebacks for bad input."""
+
+from __future__ import annotations
+
+import pytest
+
+from helpers import run_cli
+from ucernvm.cli import command_modules
+
+
+def test_every_command_has_help() -> None:
+    for name in command_modules():
+        result = run_cli(name, "--help")
+        assert result.returncode == 0, name
+        assert b"usage: ucernvm " + name.encode() in result.stdout
+    assert run_cli("repo", "verify", "--help").returncode == 0
+
+
+def test_no_command_prints_usage_and_fails() -> None:
+    result = run_cli()
+    assert result.returncode == 2 and b"usage:" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["repo", "ls", "http://127.0.0.1:9/cvmfs/dead.cern.ch", "--key", "{pub}"], b"cannot fetch .cvmfswhitelist from any server"),
+        (["repo", "ls", "/nonexistent/repo", "--key", "{pub}"], b"is not a CernVM-FS repository"),
+        (["repo", "ls", "{repo}", "--key", "/nonexistent.pub"], b"does not exist"),
+        (["repo", "ls", "{repo}", "--key", "{repo}/.cvmfspublished"], b"is not a PEM public key"),
+        (["repo", "cat", "{repo}", "/nope", "--key", "{pub}", "--now", "{now}"], b"no such file or directory"),
+        (["repo", "cat", "{repo}", "/needs_migration", "--key", "{pub}", "--now", "{now}"], b"not a regular file"),
+        (["repo", "ls", "{repo}", "--key", "{pub}", "--now", "{now}", "--tag", "v9"], b"has no tag 'v9'"),
+        (["repo", "ls", "{repo}", "--key", "{pub}", "--now", "{now}", "--root-hash", "xyz"], b"malformed content hash"),
+        (["repo", "ls", "ftp://example/x", "--key", "{pub}"], b"not an HTTP URL"),
+        (["serve", "/nonexistent", "--port", "99999"], b"is not a TCP port"),
+        (["keygen", "x.cern.ch", "--keys", "{keys}"], b"already exist"),
+    ],
+)
+def test_bad_input_is_one_clear_line(legacy_pristine, tmp_path, args: list[str], message: bytes) -> None:
+    values = {
+        "pub": str(legacy_pristine.pub),
+        "repo": str(legacy_pristine.repo),
+        "now": str(int(legacy_pristine.now.timestamp())),
+        "keys": str(tmp_path / "keys"),
+    }
+    if args[0] == "keygen":
+        run_cli("keygen", "x.cern.ch", "--keys", values["keys"], check=True)
+    result = run_cli(*[arg.format(**values) for arg in args])
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
+    assert b"Traceback" not in result.stderr
+    assert result.stderr.startswith(b"ucernvm: error: ")
