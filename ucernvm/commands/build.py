@@ -77,6 +77,8 @@ def size_table(manifest: dict) -> str:
         row = components[name]
         label = "kernel (vmlinuz)" if name == "kernel" else name
         lines.append(f"{label:<18}{row['files']:>7}{_mb(row['bytes']):>12}")
+    largest = ", ".join(f"/{path} {size / 1e6:.1f}" for path, _, size in manifest["files"][:5])
+    lines.append(f"largest files (MB): {largest}")
     initrd = manifest["initrd"]
     unpacked = sum(segment["cpio_bytes"] for segment in initrd["segments"])
     parts = ", ".join(

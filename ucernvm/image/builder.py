@@ -143,6 +143,8 @@ def build_image(options: BuildOptions, progress: Callable[[str], None] = lambda 
                                  "compressed_bytes": packed.stat().st_size, "from_cache": cached})
         (options.output / "initrd.img.partial").replace(options.output / "initrd.img")
         components = _components(entries, kernel.bzimage.stat().st_size)
+        files = sorted(([e.path, e.component, e.size] for e in cpio.normalize(entries) if stat.S_ISREG(e.mode)),
+                       key=lambda row: (-row[2], row[0]))
         t = phase("cpio+compress", t)
 
     shutil.copyfile(kernel.bzimage, options.output / "vmlinuz")
@@ -167,6 +169,7 @@ def build_image(options: BuildOptions, progress: Callable[[str], None] = lambda 
         },
         "kernel_modules": load_order,
         "components": components,
+        "files": files,  # every regular file: image path, component, bytes; largest first
         "initrd": {
             "compression": " ".join(COMPRESSORS[options.compression]),
             "segments": segments,

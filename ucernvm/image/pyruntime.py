@@ -37,6 +37,8 @@ for name in names:
     for extra in getattr(sys.modules[name], "IMAGE_MODULES", ()):
         __import__(extra)
 snapshot = list(sys.modules.items())
+with open("/proc/self/maps") as maps:  # before importing json, whose _json.so is not the init's
+    mapped = sorted({line.split(None, 5)[5].strip() for line in maps if line.count(" ") >= 5 and ".so" in line})
 import json
 modules = []
 for name, module in snapshot:
@@ -48,8 +50,6 @@ for name, module in snapshot:
         "package": hasattr(module, "__path__"),
         "path": list(getattr(module, "__path__", []) or []),
     })
-with open("/proc/self/maps") as maps:
-    mapped = sorted({line.split(None, 5)[5].strip() for line in maps if line.count(" ") >= 5 and ".so" in line})
 with open(out, "w") as stream:
     json.dump({"modules": modules, "mapped": mapped}, stream)
 """
@@ -70,7 +70,7 @@ class Interpreter:
     @classmethod
     def current(cls) -> Interpreter:
         site_dirs = [Path(p) for p in [*site.getsitepackages(), sysconfig.get_path("purelib"),
-                                       sysconfig.get_path("platlib")]]
+                                       sysconfig.get_path("platlib"), site.getusersitepackages()]]
         return cls(
             executable=Path(sys.executable).resolve(),
             version=f"{sys.version_info.major}.{sys.version_info.minor}",
