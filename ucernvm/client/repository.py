@@ -8,12 +8,14 @@ object's content hash. Nothing is returned that was not verified on the way.
 from __future__ import annotations
 
 import datetime
+import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import cached_property
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from ucernvm.client.cache import Breadcrumb, ObjectCache
 from ucernvm.client.sources import RepositorySource
 from ucernvm.cvmfs import compression, manifest as manifest_file, whitelist as whitelist_file
 from ucernvm.cvmfs.catalog import Catalog, Chunk, DirectoryEntry, join
@@ -34,6 +36,8 @@ def normalize_path(path: str) -> str:
 
 
 class Repository:
+    """One verified revision; with a cache, objects are kept locally and a mount works offline."""
+
     def __init__(
         self,
         source: RepositorySource,
@@ -43,19 +47,31 @@ class Repository:
         now: datetime.datetime | None = None,
         tag: str | None = None,
         root_hash: ContentHash | None = None,
+        cache: ObjectCache | None = None,
     ) -> None:
         self.source = source
         self.fqrn = fqrn
+        self.cache = cache
+        self.warnings: list[str] = []
         now = now or datetime.datetime.now(datetime.timezone.utc)
 
-        whitelist = _parse(SignedWhitelist.parse, source.fetch_named(whitelist_file.FILE_NAME), "whitelist")
-        whitelist.verify(master_keys, fqrn, now)
-        signed = _parse(SignedManifest.parse, source.fetch_named(manifest_file.FILE_NAME), "manifest")
+        whitelist_data, manifest_data, self.offline = self._signed_files()
+        whitelist = _parse(SignedWhitelist.parse, whitelist_data, "whitelist")
+        # Offline, the copies were verified when they were fetched; an expiry since then must not
+        # stop a machine from booting what it already booted.
+        whitelist.verify(master_keys, fqrn, now, check_expiry=not self.offline)
+        if self.offline and whitelist.whitelist.expired_at(now):
+            self.warnings.append("offline with an expired whitelist: using the cached, verified revision")
+        signed = _parse(SignedManifest.parse, manifest_data, "manifest")
         if signed.manifest.certificate is None:
             raise VerificationError("the manifest names no certificate (X line)")
         certificate = load_certificate(self.fetch(signed.manifest.certificate, ObjectType.CERTIFICATE))
         whitelist.check_certificate(certificate)
         signed.verify(certificate, fqrn)
+        self._check_not_older(signed.manifest)
+        if cache is not None and not self.offline:
+            cache.save_named(fqrn, whitelist_file.FILE_NAME, whitelist_data)
+            cache.save_named(fqrn, manifest_file.FILE_NAME, manifest_data)
 
         self.whitelist = whitelist.whitelist
         self.manifest: Manifest = signed.manifest
@@ -71,11 +87,70 @@ class Repository:
         self._catalogs: dict[str, Catalog] = {}
         self._catalogs_lock = threading.Lock()
 
+    def _signed_files(self) -> tuple[bytes, bytes, bool]:
+        """Whitelist and manifest from the servers, or the cached copies when no server answers."""
+        try:
+            return (
+                self.source.fetch_named(whitelist_file.FILE_NAME),
+                self.source.fetch_named(manifest_file.FILE_NAME),
+                False,
+            )
+        except FetchError as error:
+            if self.cache is None:
+                raise
+            whitelist = self.cache.load_named(self.fqrn, whitelist_file.FILE_NAME)
+            manifest = self.cache.load_named(self.fqrn, manifest_file.FILE_NAME)
+            if whitelist is None or manifest is None:
+                raise FetchError(error.message, "no server answered and the cache holds no earlier revision") from None
+            self.warnings.append(f"offline: {error.message}; using the cached revision")
+            return whitelist, manifest, True
+
+    def _check_not_older(self, manifest: Manifest) -> None:
+        """Refuse a manifest older than one this cache has already seen (a replay or a stale mirror)."""
+        if self.cache is None:
+            return
+        seen = self.cache.breadcrumb(self.fqrn)
+        timestamp = manifest.timestamp or 0
+        if seen is not None and (timestamp < seen.timestamp or manifest.revision < seen.revision):
+            raise VerificationError(
+                f"the servers offer revision {manifest.revision} (published {timestamp}), older than revision "
+                f"{seen.revision} (published {seen.timestamp}) already seen",
+                "a stale mirror or a replayed manifest; if the rollback is intended, clear the cache",
+            )
+        if seen is None or (timestamp, manifest.revision) > (seen.timestamp, seen.revision):
+            self.cache.save_breadcrumb(self.fqrn, Breadcrumb(manifest.root_hash.hex, timestamp, manifest.revision))
+
     # -- objects -------------------------------------------------------------------------------
 
-    def fetch(self, content_hash: ContentHash, object_type: ObjectType, expected_size: int | None = None) -> bytes:
-        """An object's verified, decompressed bytes."""
-        return compression.decompress(self.source.fetch_object(content_hash, object_type), expected_size)
+    def _producer(
+        self, content_hash: ContentHash, object_type: ObjectType, size: int | None, compressed: bool
+    ) -> Callable[[], bytes]:
+        def produce() -> bytes:
+            stored = self.source.fetch_object(content_hash, object_type)
+            if compressed:
+                return compression.decompress(stored, size)
+            if size is not None and len(stored) != size:
+                raise FormatError(f"object {content_hash} has {len(stored)} bytes, expected {size}")
+            return stored
+
+        return produce
+
+    def fetch(
+        self, content_hash: ContentHash, object_type: ObjectType, expected_size: int | None = None, compressed: bool = True
+    ) -> bytes:
+        """An object's verified, decompressed bytes (through the cache when there is one)."""
+        produce = self._producer(content_hash, object_type, expected_size, compressed)
+        if self.cache is None:
+            return produce()
+        fd = self.cache.open(content_hash, produce)
+        with os.fdopen(fd, "rb") as handle:
+            return handle.read()
+
+    def open_object(self, content_hash: ContentHash, object_type: ObjectType, size: int, compressed: bool) -> int:
+        """A descriptor on the object's cached, verified bytes (needs a cache)."""
+        if self.cache is None:
+            raise FetchError("reading objects as files needs a cache directory")
+        return self.cache.open(content_hash, self._producer(content_hash, object_type, size, compressed))
 
     # -- history -------------------------------------------------------------------------------
 
@@ -109,14 +184,21 @@ class Repository:
         with self._catalogs_lock:
             catalog = self._catalogs.get(mountpoint)
             if catalog is None:
-                data = self.fetch(content_hash, ObjectType.CATALOG, size or None)
-                catalog = Catalog.from_bytes(data, content_hash)
+                catalog = self._open_catalog(content_hash, size)
                 if catalog.root_prefix not in ("", mountpoint) or (mountpoint and not catalog.root_prefix):
                     raise VerificationError(
                         f"catalog {content_hash} is for {catalog.root_prefix or '/'!r}, not {mountpoint or '/'!r}"
                     )
                 self._catalogs[mountpoint] = catalog
             return catalog
+
+    def _open_catalog(self, content_hash: ContentHash, size: int | None) -> Catalog:
+        if self.cache is None:
+            return Catalog.from_bytes(self.fetch(content_hash, ObjectType.CATALOG, size or None), content_hash)
+        # Opened in place, as cvmfs does, and pinned: a loaded catalog is never evicted.
+        self.cache.pin(content_hash)
+        produce = self._producer(content_hash, ObjectType.CATALOG, size or None, True)
+        return Catalog.open(self.cache.get(content_hash, produce), content_hash)
 
     def catalog_for(self, path: str) -> Catalog:
         """The deepest catalog responsible for ``path``, loading nested catalogs on the way."""
@@ -182,12 +264,7 @@ class Repository:
             yield self.read_piece(chunk, object_type, entry.is_compressed)
 
     def read_piece(self, chunk: Chunk, object_type: ObjectType, compressed: bool) -> bytes:
-        stored = self.source.fetch_object(chunk.content_hash, object_type)
-        if compressed:
-            return compression.decompress(stored, chunk.size)
-        if len(stored) != chunk.size:
-            raise FormatError(f"object {chunk.content_hash} has {len(stored)} bytes, expected {chunk.size}")
-        return stored
+        return self.fetch(chunk.content_hash, object_type, chunk.size, compressed)
 
     def read(self, path: str) -> bytes:
         return b"".join(self.iter_content(path))

@@ -7,6 +7,7 @@ import datetime
 import stat
 import sys
 
+from ucernvm.client.cache import ObjectCache
 from ucernvm.client.repository import Repository, normalize_path
 from ucernvm.client.sources import fqrn_from_source, open_source
 from ucernvm.cvmfs.catalog import DirectoryEntry, join
@@ -15,18 +16,23 @@ from ucernvm.cvmfs.signing import load_master_keys
 from ucernvm.errors import ConfigError
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
+def add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    """SOURCE and the trust options, shared by ``repo`` and ``mount``."""
+    parser.add_argument(
         "source",
         metavar="SOURCE",
         help="repository URL http://host:port/cvmfs/<fqrn> (several separated by ';'), or a local repository directory",
     )
-    common.add_argument("--key", required=True, metavar="PUB", help="master public key file, or a directory of *.pub")
-    common.add_argument("--name", metavar="FQRN", help="repository name (default: the last component of SOURCE)")
-    common.add_argument("--now", type=float, metavar="EPOCH", help="verify as of this Unix time (whitelist expiry)")
-    common.add_argument("--tag", metavar="TAG", help="read this named snapshot instead of the newest revision")
-    common.add_argument("--root-hash", metavar="HASH", help="read the snapshot with this root catalog hash")
+    parser.add_argument("--key", required=True, metavar="PUB", help="master public key file, or a directory of *.pub")
+    parser.add_argument("--name", metavar="FQRN", help="repository name (default: the last component of SOURCE)")
+    parser.add_argument("--now", type=float, metavar="EPOCH", help="verify as of this Unix time (whitelist expiry)")
+    parser.add_argument("--tag", metavar="TAG", help="read this named snapshot instead of the newest revision")
+    parser.add_argument("--root-hash", metavar="HASH", help="read the snapshot with this root catalog hash")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    add_source_arguments(common)
 
     parser = subparsers.add_parser("repo", help="verify, list and read a repository", description=__doc__)
     actions = parser.add_subparsers(title="actions", metavar="ACTION", required=True)
@@ -56,14 +62,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tags.set_defaults(func=run_tags)
 
 
-def open_repository(args: argparse.Namespace) -> Repository:
+def open_repository(args: argparse.Namespace, cache: ObjectCache | None = None) -> Repository:
     fqrn = args.name or fqrn_from_source(args.source)
     if not fqrn:
         raise ConfigError(f"cannot tell the repository name from {args.source!r}", "pass --name FQRN")
     now = datetime.datetime.fromtimestamp(args.now, datetime.timezone.utc) if args.now is not None else None
     root_hash = ContentHash.parse(args.root_hash) if args.root_hash else None
     return Repository(
-        open_source(args.source), fqrn, load_master_keys(args.key), now=now, tag=args.tag, root_hash=root_hash
+        open_source(args.source), fqrn, load_master_keys(args.key), now=now, tag=args.tag, root_hash=root_hash, cache=cache
     )
 
 

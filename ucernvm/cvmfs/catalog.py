@@ -181,6 +181,7 @@ class Catalog:
             + ("xattr " if "xattr" in columns else "NULL ")
             + "FROM catalog "
         )
+        self._nested: list[NestedCatalogRef] | None = None
         self._has_bind_mountpoints = bool(
             connection.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='bind_mountpoints'").fetchone()
         )
@@ -270,10 +271,12 @@ class Catalog:
         return [Chunk(offset, size, ContentHash(algorithm, bytes(digest))) for offset, size, digest in rows]
 
     def nested_catalogs(self) -> list[NestedCatalogRef]:
-        rows = self._query("SELECT path, sha1, size FROM nested_catalogs")
-        if self._has_bind_mountpoints:
-            rows += self._query("SELECT path, sha1, size FROM bind_mountpoints")
-        return [NestedCatalogRef(path, ContentHash.parse(digest), size or 0) for path, digest, size in rows]
+        if self._nested is None:  # asked on every path resolution; a catalog never changes
+            rows = self._query("SELECT path, sha1, size FROM nested_catalogs")
+            if self._has_bind_mountpoints:
+                rows += self._query("SELECT path, sha1, size FROM bind_mountpoints")
+            self._nested = [NestedCatalogRef(path, ContentHash.parse(digest), size or 0) for path, digest, size in rows]
+        return self._nested
 
     def nested_catalog_for(self, path: str) -> NestedCatalogRef | None:
         """The direct child catalog whose mountpoint is ``path`` or one of its ancestors."""

@@ -119,8 +119,10 @@ class SignedWhitelist:
         envelope = split_signed(data, "whitelist")
         return cls(Whitelist.parse(envelope.text), envelope)
 
-    def verify(self, master_keys: list[rsa.RSAPublicKey], fqrn: str, now: datetime.datetime) -> None:
-        """Signature by a trusted master key, repository name, and expiry as of ``now``."""
+    def verify(
+        self, master_keys: list[rsa.RSAPublicKey], fqrn: str, now: datetime.datetime, check_expiry: bool = True
+    ) -> None:
+        """Signature by a trusted master key, repository name, and (unless told not to) expiry as of ``now``."""
         self.envelope.check_hash("whitelist")
         if not signing.raw_signature_valid(master_keys, self.envelope.hash_line, self.envelope.signature):
             raise VerificationError(
@@ -132,7 +134,7 @@ class SignedWhitelist:
             raise VerificationError(f"whitelist is for repository {whitelist.fqrn!r}, not {fqrn!r}")
         if whitelist.pkcs7:
             raise VerificationError("whitelist requires PKCS#7 verification, which is not supported")
-        if whitelist.expired_at(now):
+        if check_expiry and whitelist.expired_at(now):
             raise VerificationError(
                 f"whitelist expired on {whitelist.expires:%Y-%m-%d %H:%M:%S} UTC",
                 "the repository maintainer must run `ucernvm resign`; to inspect an old snapshot, pass --now",

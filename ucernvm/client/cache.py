@@ -1,0 +1,249 @@
+"""The local cache: verified objects, decompressed, in a content-addressed directory.
+
+Layout (as cvmfs's posix cache): ``XX/<rest of hex><algorithm id>`` holds the *decompressed* bytes of
+an object (the type suffix is dropped), ``txn/`` holds downloads in progress, ``quarantaine/`` objects
+whose size disagreed with their catalog. An object enters the cache only after its stored bytes matched
+their hash (the source checks that), is written to ``txn/`` and renamed into place, so the cache never
+holds a partial or unverified object, whatever happens to the process or the machine.
+
+The cache also keeps, per repository, the last verified whitelist, manifest and certificate (a mount
+with every server down uses them: offline mode) and the newest manifest's timestamp and revision, the
+breadcrumb ``cvmfschecksum.<fqrn>``, so an older manifest is refused after a newer one was seen.
+
+Quota: when the cached bytes exceed it, the least recently used objects are removed until half the
+quota is used (as cvmfs); pinned objects (open files, loaded catalogs) are never removed. Use is
+recorded in each file's mtime, so the order survives restarts without a database.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from ucernvm.cvmfs.hashing import ContentHash
+from ucernvm.errors import FormatError, StorageError
+
+BREADCRUMB_PREFIX = "cvmfschecksum."
+
+
+@dataclass(frozen=True)
+class Breadcrumb:
+    """The newest manifest this cache has seen for a repository: ``<root hash>T<timestamp>R<revision>``."""
+
+    root_hash: str
+    timestamp: int
+    revision: int
+
+    @classmethod
+    def parse(cls, text: str) -> Breadcrumb:
+        try:
+            root_hash, rest = text.strip().split("T", 1)
+            timestamp, revision = rest.split("R", 1)
+            return cls(root_hash, int(timestamp), int(revision))
+        except ValueError:
+            raise FormatError(f"malformed cache breadcrumb {text!r}") from None
+
+    def __str__(self) -> str:
+        return f"{self.root_hash}T{self.timestamp}R{self.revision}"
+
+
+class ObjectCache:
+    def __init__(self, directory: str | os.PathLike[str], quota_bytes: int | None = None) -> None:
+        self.root = Path(directory)
+        self.quota = quota_bytes
+        try:
+            for index in range(256):
+                (self.root / f"{index:02x}").mkdir(parents=True, exist_ok=True)
+            (self.root / "txn").mkdir(exist_ok=True)
+            (self.root / "quarantaine").mkdir(exist_ok=True)
+        except OSError as error:
+            raise StorageError(f"cannot create the cache in {self.root}: {error.strerror}") from None
+        self._lock = threading.Lock()
+        self._pins: dict[str, int] = {}
+        self._in_flight: dict[str, threading.Event] = {}
+        self._usage: int | None = None  # bytes in the cache, once counted
+        self.hits = 0
+        self.misses = 0
+        self.evictions = 0
+
+    def start_accounting(self) -> None:
+        """Count the cached bytes in the background; the quota is enforced from then on.
+
+        Explicit, so that a process that forks (the FUSE daemon) starts the thread after the fork.
+        """
+        if self.quota is not None:
+            threading.Thread(target=self._count_usage, name="cache-usage", daemon=True).start()
+
+    # -- objects --------------------------------------------------------------------------------
+
+    def path(self, content_hash: ContentHash) -> Path:
+        text = content_hash.hex
+        return self.root / text[:2] / text[2:]
+
+    def get(self, content_hash: ContentHash, produce: Callable[[], bytes]) -> Path:
+        """The path of the object's cached bytes; ``produce`` supplies verified bytes on a miss.
+
+        Concurrent callers for the same object wait for one download instead of starting their own.
+        """
+        key = content_hash.hex
+        path = self.path(content_hash)
+        while True:
+            with self._lock:
+                waiting = self._in_flight.get(key)
+                if waiting is None:
+                    if _touch(path):
+                        self.hits += 1
+                        return path
+                    self.misses += 1
+                    done = self._in_flight[key] = threading.Event()
+                    break
+            waiting.wait()
+        try:
+            data = produce()
+            self._store(path, data)
+        finally:
+            with self._lock:
+                del self._in_flight[key]
+            done.set()
+        self._account(len(data))
+        return path
+
+    def open(self, content_hash: ContentHash, produce: Callable[[], bytes]) -> int:
+        """A read-only descriptor on the cached object: it stays valid even if the object is evicted."""
+        while True:
+            path = self.get(content_hash, produce)
+            try:
+                return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue  # evicted between get() and open(): fetch it again
+
+    def quarantine(self, content_hash: ContentHash) -> None:
+        """Move an object whose contents disagree with its catalog out of the way."""
+        try:
+            os.replace(self.path(content_hash), self.root / "quarantaine" / content_hash.hex)
+        except OSError:
+            pass
+
+    def _store(self, path: Path, data: bytes) -> None:
+        temporary = self.root / "txn" / f"{path.name}.{threading.get_ident()}"
+        try:
+            with open(temporary, "wb") as handle:
+                handle.write(data)
+            os.replace(temporary, path)
+        except OSError as error:
+            temporary.unlink(missing_ok=True)
+            raise StorageError(f"cannot write to the cache {self.root}: {error.strerror}", "check free space") from None
+
+    # -- pins -----------------------------------------------------------------------------------
+
+    def pin(self, content_hash: ContentHash) -> None:
+        with self._lock:
+            self._pins[content_hash.hex] = self._pins.get(content_hash.hex, 0) + 1
+
+    def unpin(self, content_hash: ContentHash) -> None:
+        with self._lock:
+            count = self._pins.get(content_hash.hex, 0) - 1
+            if count > 0:
+                self._pins[content_hash.hex] = count
+            else:
+                self._pins.pop(content_hash.hex, None)
+
+    @contextmanager
+    def pinned(self, content_hash: ContentHash) -> Iterator[None]:
+        self.pin(content_hash)
+        try:
+            yield
+        finally:
+            self.unpin(content_hash)
+
+    # -- quota ----------------------------------------------------------------------------------
+
+    @property
+    def usage(self) -> int | None:
+        return self._usage
+
+    def _count_usage(self) -> None:
+        total = sum(size for _, size, _ in self._objects())
+        with self._lock:
+            # Objects stored while counting may be counted twice: an overestimate only cleans early.
+            self._usage = total + (self._usage or 0)
+        self._cleanup_if_needed()
+
+    def _account(self, added: int) -> None:
+        with self._lock:
+            if self._usage is not None:
+                self._usage += added
+        self._cleanup_if_needed()
+
+    def _cleanup_if_needed(self) -> None:
+        if self.quota is None or self._usage is None or self._usage <= self.quota:
+            return
+        self.cleanup(self.quota // 2)
+
+    def cleanup(self, target: int) -> int:
+        """Remove least recently used, unpinned objects until at most ``target`` bytes are cached."""
+        objects = sorted(self._objects(), key=lambda item: item[2])
+        total = sum(size for _, size, _ in objects)
+        removed = 0
+        for path, size, _ in objects:
+            if total <= target:
+                break
+            with self._lock:
+                name = path.parent.name + path.name
+                if name in self._pins or name in self._in_flight:
+                    continue
+                try:
+                    path.unlink()
+                except OSError:
+                    continue
+            total -= size
+            removed += 1
+        with self._lock:
+            self._usage = total
+            self.evictions += removed
+        return removed
+
+    def _objects(self) -> Iterator[tuple[Path, int, float]]:
+        for index in range(256):
+            try:
+                with os.scandir(self.root / f"{index:02x}") as entries:
+                    for entry in entries:
+                        try:
+                            st = entry.stat(follow_symlinks=False)
+                        except OSError:
+                            continue  # removed meanwhile
+                        yield Path(entry.path), st.st_size, st.st_mtime
+            except OSError:
+                continue
+
+    # -- per-repository state -------------------------------------------------------------------
+
+    def save_named(self, fqrn: str, name: str, data: bytes) -> None:
+        """Keep a verified signed file (manifest, whitelist) for offline mounts."""
+        self._store(self.root / f"{name}.{fqrn}", data)
+
+    def load_named(self, fqrn: str, name: str) -> bytes | None:
+        try:
+            return (self.root / f"{name}.{fqrn}").read_bytes()
+        except OSError:
+            return None
+
+    def breadcrumb(self, fqrn: str) -> Breadcrumb | None:
+        data = self.load_named(fqrn, BREADCRUMB_PREFIX.rstrip("."))
+        return Breadcrumb.parse(data.decode("ascii", "replace")) if data else None
+
+    def save_breadcrumb(self, fqrn: str, breadcrumb: Breadcrumb) -> None:
+        self.save_named(fqrn, BREADCRUMB_PREFIX.rstrip("."), str(breadcrumb).encode("ascii"))
+
+
+def _touch(path: Path) -> bool:
+    """Record a use of ``path`` (its mtime orders the eviction); False if it is not cached."""
+    try:
+        os.utime(path)
+        return True
+    except FileNotFoundError:
+        return False

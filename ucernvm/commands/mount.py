@@ -1,0 +1,53 @@
+"""``ucernvm mount SOURCE MOUNTPOINT --key K``: mount one verified snapshot with FUSE."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from ucernvm.client.cache import ObjectCache
+from ucernvm.client.filesystem import SnapshotFilesystem
+from ucernvm.client.fuse.kernel import MountOptions, mount
+from ucernvm.commands.repo import add_source_arguments, open_repository
+from ucernvm.errors import ConfigError
+
+DEFAULT_CACHE = "/var/lib/ucernvm/cache"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "mount",
+        help="mount a snapshot read-only with FUSE",
+        description="Mount one snapshot of a repository read-only at MOUNTPOINT. Every object is verified "
+        "before it is served and kept in the cache directory; with every server down, the last verified "
+        "revision in the cache is mounted. Returns once the mount is live and leaves a daemon serving it; "
+        "`ucernvm umount MOUNTPOINT` ends it.",
+    )
+    add_source_arguments(parser)
+    parser.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing directory")
+    parser.add_argument("--cache", default=DEFAULT_CACHE, metavar="DIR", help="cache directory (default: %(default)s)")
+    parser.add_argument("--quota", type=int, default=4000, metavar="MB", help="cache size limit in MB (default 4000, 0: none)")
+    parser.add_argument("--threads", type=int, default=4, help="threads answering the kernel (default 4)")
+    parser.add_argument("--foreground", action="store_true", help="serve in this process until unmounted")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if not os.path.isdir(args.mountpoint):
+        raise ConfigError(f"mount point {args.mountpoint} is not a directory")
+    if args.quota < 0:
+        raise ConfigError("--quota must not be negative")
+    cache = ObjectCache(args.cache, args.quota * 1_000_000 if args.quota else None)
+    repository = open_repository(args, cache=cache)
+    for warning in repository.warnings:
+        print(f"ucernvm mount: warning: {warning}", file=sys.stderr)
+    filesystem = SnapshotFilesystem(repository)
+    fuse = mount(filesystem, args.mountpoint, MountOptions(fsname=repository.fqrn, subtype="cvmfs", threads=args.threads))
+    if args.foreground:
+        fuse.serve()
+        return 0
+    fuse.fork()
+    os.stat(args.mountpoint)  # returns once the daemon answered the kernel: the mount is live
+    print(f"mounted {repository.fqrn} revision {repository.revision} ({repository.root_hash}) on {args.mountpoint}")
+    return 0
