@@ -6,6 +6,7 @@ Run from the repository root: ``python -m pytest integration -m "vm or slow"``.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,14 +22,21 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: builds complete images (kernel via apt, compression)")
 
 
-def smoke_options(output: Path, use_cache: bool = True) -> BuildOptions:
-    return BuildOptions(output=output, init=SMOKE_INIT, init_paths=(INTEGRATION_DIR,), use_cache=use_cache)
+def _build_smoke(output: Path, use_cache: bool = True) -> BuildResult:
+    return build_image(BuildOptions(output=output, init=SMOKE_INIT, init_paths=(INTEGRATION_DIR,),
+                                    use_cache=use_cache))
+
+
+@pytest.fixture(scope="session")
+def build_smoke() -> Callable[..., BuildResult]:
+    """build_smoke(output, use_cache=True): build the image with the smoke init into *output*."""
+    return _build_smoke
 
 
 @pytest.fixture(scope="session")
 def smoke_image(tmp_path_factory: pytest.TempPathFactory) -> BuildResult:
     """The image with the smoke init instead of the boot pipeline, built once per session."""
-    return build_image(smoke_options(tmp_path_factory.mktemp("smoke-image")))
+    return _build_smoke(tmp_path_factory.mktemp("smoke-image"))
 
 
 @pytest.fixture

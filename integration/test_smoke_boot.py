@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import smoke_options
 
-from ucernvm.image.builder import BuildResult, build_image
+from ucernvm.image.builder import BuildResult
 from ucernvm.launch import LaunchOptions, Vm
 from ucernvm.launch.media import create_sparse_disk
 
@@ -68,9 +68,10 @@ def test_smoke_image_boots_and_powers_off(smoke_image: BuildResult, qemu: str, t
 
 
 @pytest.mark.slow
-def test_build_is_reproducible(smoke_image: BuildResult, tmp_path: Path) -> None:
+def test_build_is_reproducible(smoke_image: BuildResult, build_smoke: Callable[..., BuildResult],
+                               tmp_path: Path) -> None:
     """A second build, compressing everything again, gives the same initrd bytes."""
-    again = build_image(smoke_options(tmp_path / "again", use_cache=False))
+    again = build_smoke(tmp_path / "again", use_cache=False)
     first, second = smoke_image.manifest["initrd"], again.manifest["initrd"]
     assert [s["cpio_sha256"] for s in second["segments"]] == [s["cpio_sha256"] for s in first["segments"]]
     assert not any(s["from_cache"] for s in second["segments"])

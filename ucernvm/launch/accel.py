@@ -37,6 +37,8 @@ def choose_accel(requested: str, bzimage: Path) -> AccelChoice:
         raise ConfigError(f"unknown accelerator {requested!r}", hint="use auto, kvm or tcg")
     if requested != "auto":
         return AccelChoice(requested, "requested")
+    if not bzimage.is_file():  # a canary failing for this reason must not be cached as "no KVM"
+        raise ConfigError(f"{bzimage} does not exist", hint="build the image first: ucernvm build")
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return AccelChoice("tcg", "no usable /dev/kvm")
     verdict_file = cache_dir("accel") / f"{_host_fingerprint()}.json"
