@@ -223,9 +223,9 @@ def test_pyc_files_are_reproducible_and_import_without_source(tmp_path: Path) ->
         compile_files([(source, target, "/usr/lib/python3.11/sample.py")], optimize=0)
         outputs.append(target.read_bytes())
     assert outputs[0] == outputs[1]
-    check = "import sample; assert sample.f() == 42; print(sample.__spec__.loader.__class__.__name__)"
-    result = subprocess.run([sys.executable, "-I", "-S", "-c", f"import sys; sys.path.insert(0, {str(tmp_path / 'out0')!r}); {check}"],
-                            capture_output=True, text=True, check=True)
+    check = (f"import sys; sys.path.insert(0, {str(tmp_path / 'out0')!r}); import sample; "
+             "assert sample.f() == 42; print(sample.__spec__.loader.__class__.__name__)")
+    result = subprocess.run([sys.executable, "-I", "-S", "-c", check], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "SourcelessFileLoader"
 
 
@@ -251,7 +251,8 @@ def test_python_runtime_runs_in_a_chroot(tmp_path: Path) -> None:
     root.mkdir()
     subprocess.run(["cpio", "-i", "-d", "--quiet"], stdin=archive.open("rb"), cwd=root, check=True)
     assert (root / "init").read_text().startswith(f"#!/usr/bin/python{python.interpreter.version} -SIu\n")
-    result = subprocess.run([find_tool("chroot"), str(root), "/init"], capture_output=True, text=True, env={}, check=False)
+    result = subprocess.run([find_tool("chroot"), str(root), "/init"], capture_output=True, text=True, env={},
+                            check=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == '{"ok": 8}'
 

@@ -30,7 +30,14 @@ from ucernvm.image.cache import cache_dir
 from ucernvm.image.compress import COMPRESSORS, compress
 from ucernvm.image.cpio import Entry
 from ucernvm.image.elfdeps import LibraryResolver, elf_info, is_elf
-from ucernvm.image.kernel import DEFAULT_PACKAGE, Kernel, debian_kernel, extract_vmlinux, has_pvh_entry, kernel_from_path
+from ucernvm.image.kernel import (
+    DEFAULT_PACKAGE,
+    Kernel,
+    debian_kernel,
+    extract_vmlinux,
+    has_pvh_entry,
+    kernel_from_path,
+)
 from ucernvm.image.kmods import ModuleIndex, modname
 from ucernvm.image.pyruntime import Interpreter, PythonPayload, probe_imports, python_payload
 
@@ -212,7 +219,8 @@ def python_entries(
 
 def _parse_init(init: str) -> tuple[str, str]:
     if not _INIT_RE.match(init):
-        raise ConfigError(f"invalid init entry {init!r}", hint="use MODULE or MODULE:FUNCTION, e.g. ucernvm.boot.pid1:main")
+        raise ConfigError(f"invalid init entry {init!r}",
+                          hint="use MODULE or MODULE:FUNCTION, e.g. ucernvm.boot.pid1:main")
     module, _, function = init.partition(":")
     return module, function or "main"
 

@@ -75,7 +75,8 @@ class Interpreter:
             executable=Path(sys.executable).resolve(),
             version=f"{sys.version_info.major}.{sys.version_info.minor}",
             stdlib=Path(sysconfig.get_path("stdlib")),
-            dynload=Path(sysconfig.get_path("platstdlib")) / "lib-dynload",
+            # The compiled-in lib-dynload: a venv's sysconfig paths would point into the venv.
+            dynload=Path(sysconfig.get_config_var("DESTSHARED") or Path(sysconfig.get_path("stdlib"), "lib-dynload")),
             site_dirs=tuple(dict.fromkeys(p for p in site_dirs if p.is_dir())),
         )
 
