@@ -13,7 +13,7 @@ from ucernvm.image.kernel import DEFAULT_PACKAGE
 SIZE_GOAL = 20_000_000  # vmlinuz + initrd.img, as the original µCernVM images
 # Size table rows, in the order the image is described; unknown components follow.
 _ROWS = ("kernel", "python", "stdlib-zip", "extensions", "third-party", "shared-libs", "kernel-modules",
-         "busybox", "storage-tools", "keys", "ca-certs", "ucernvm", "init", "layout")
+         "busybox", "storage-tools", "keys", "ca-certs", "ucernvm", "init")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -61,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
     )
     result = build_image(options, progress=lambda step: print(f"build: {step}", file=sys.stderr, flush=True))
     print(size_table(result.manifest))
+    if "keys" not in result.manifest["components"]:
+        print("note: no repository public keys packed (pass --keys DIR with *.pub files)", file=sys.stderr)
     print(f"wrote {result.vmlinuz}, {result.vmlinux}, {result.initrd}, {result.output / 'manifest.json'}")
     return 0
 

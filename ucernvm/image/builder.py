@@ -101,7 +101,10 @@ def build_image(options: BuildOptions, progress: Callable[[str], None] = lambda 
         raise ConfigError(f"unknown compression {options.compression!r}", hint=f"use one of: {', '.join(COMPRESSORS)}")
     epoch = options.source_date_epoch
     if epoch is None:
-        epoch = int(os.environ.get("SOURCE_DATE_EPOCH", "0"))
+        text = os.environ.get("SOURCE_DATE_EPOCH", "0")
+        if not text.isdigit():
+            raise ConfigError(f"SOURCE_DATE_EPOCH={text!r} is not a number of seconds")
+        epoch = int(text)
     options.output.mkdir(parents=True, exist_ok=True)
 
     progress("kernel")
@@ -149,9 +152,9 @@ def build_image(options: BuildOptions, progress: Callable[[str], None] = lambda 
                 segments.append({"name": name, "cpio_bytes": size, "cpio_sha256": digest,
                                  "compressed_bytes": packed.stat().st_size, "from_cache": cached})
         (options.output / "initrd.img.partial").replace(options.output / "initrd.img")
-        components = _components(entries, kernel.bzimage.stat().st_size)
-        files = sorted(([e.path, e.component, e.size] for e in cpio.normalize(entries) if stat.S_ISREG(e.mode)),
-                       key=lambda row: (-row[2], row[0]))
+        packed_files = [e for e in cpio.normalize(entries) if stat.S_ISREG(e.mode)]
+        components = _components(packed_files, kernel.bzimage.stat().st_size)
+        files = sorted(([e.path, e.component, e.size] for e in packed_files), key=lambda row: (-row[2], row[0]))
         t = phase("cpio+compress", t)
 
     shutil.copyfile(kernel.bzimage, options.output / "vmlinuz")
@@ -382,11 +385,9 @@ def _stripped(entry: Entry) -> Entry:
     return Entry(entry.path, entry.mode, entry.component, source=tools.stripped(entry.source))
 
 
-def _components(entries: Sequence[Entry], vmlinuz_bytes: int) -> dict[str, dict[str, int]]:
+def _components(files: Sequence[Entry], vmlinuz_bytes: int) -> dict[str, dict[str, int]]:
     table: dict[str, dict[str, int]] = {"kernel": {"files": 1, "bytes": vmlinuz_bytes}}
-    for entry in cpio.normalize(entries):
-        if stat.S_ISDIR(entry.mode):
-            continue
+    for entry in files:
         row = table.setdefault(entry.component, {"files": 0, "bytes": 0})
         row["files"] += 1
         row["bytes"] += entry.size
