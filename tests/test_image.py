@@ -278,3 +278,23 @@ def test_launch_command_boots_pvh_under_tcg(tmp_path: Path) -> None:
         qemu_command(LaunchOptions(image=image, net_forwards=("8022:22",)), "tcg")
     with pytest.raises(ConfigError, match="ISO"):
         qemu_command(LaunchOptions(image=image, context=image / "manifest.json"), "tcg")
+
+
+def test_keys_and_tool_listing(tmp_path: Path) -> None:
+    from ucernvm.image.builder import key_entries, tool_entries
+
+    keys = tmp_path / "keys"
+    (keys / "cern.ch").mkdir(parents=True)
+    (keys / "cern.ch" / "cernvm-prod.cern.ch.pub").write_text("-----BEGIN PUBLIC KEY-----\n")
+    (keys / "README.md").write_text("not a key")
+    assert [(e.path, e.component) for e in key_entries(keys)] == [
+        ("etc/cvmfs/keys/cern.ch/cernvm-prod.cern.ch.pub", "keys")
+    ]
+    listing = tmp_path / "tools.txt"
+    listing.write_text(f"# comment\nfile usr/bin/py {sys.executable} python python3\nlink usr/bin/python py\n")
+    entries = tool_entries(listing)
+    assert [(e.path, stat.S_IMODE(e.mode)) for e in entries] == [("usr/bin/py", 0o755), ("usr/bin/python", 0o777)]
+    listing.write_text("file usr/sbin/missing /nonexistent/tool storage-tools some-package\n")
+    with pytest.raises(ConfigError) as error:
+        tool_entries(listing)
+    assert "apt-get install some-package" in error.value.hint
