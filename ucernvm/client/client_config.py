@@ -20,7 +20,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -139,35 +139,35 @@ class FetcherConfig:
     def from_values(cls, values: Mapping[str, str]) -> FetcherConfig:
         """Typed settings from raw ``CVMFS_*`` values; unknown keys are ignored (other parts use them)."""
         settings: dict[str, Any] = {}
-        for field in fields(cls):
-            key = "CVMFS_" + field.name.upper()
+        for name, (key, parse) in SETTINGS.items():
             if key in values:
-                settings[field.name] = _PARSERS[field.name](key, values[key].strip())
+                settings[name] = parse(key, values[key].strip())
         return cls(**settings)
 
 
-_PARSERS: dict[str, Callable[[str, str], Any]] = {
-    "server_urls": _server_urls,
-    "http_proxy": _proxies,
-    "fallback_proxy": _proxies,
-    "pac_urls": _list(";"),
-    "use_geoapi": _bool,
-    "timeout": _seconds,
-    "timeout_direct": _seconds,
-    "low_speed_limit": _count,
-    "max_retries": _count,
-    "backoff_init": _seconds,
-    "backoff_max": _seconds,
-    "proxy_reset_after": _seconds,
-    "host_reset_after": _seconds,
-    "follow_redirects": _bool,
-    "max_servers": _count,
-    "cache_base": _text,
-    "quota_limit": _quota,
-    "keys_dir": _text,
-    "public_key": _list(":"),
-    "repository_tag": _optional,
-    "root_hash": _root_hash,
+# Field -> (cvmfs key, parser): the one table of the settings this configuration knows.
+SETTINGS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
+    "server_urls": ("CVMFS_SERVER_URL", _server_urls),
+    "http_proxy": ("CVMFS_HTTP_PROXY", _proxies),
+    "fallback_proxy": ("CVMFS_FALLBACK_PROXY", _proxies),
+    "pac_urls": ("CVMFS_PAC_URLS", _list(";")),
+    "use_geoapi": ("CVMFS_USE_GEOAPI", _bool),
+    "timeout": ("CVMFS_TIMEOUT", _seconds),
+    "timeout_direct": ("CVMFS_TIMEOUT_DIRECT", _seconds),
+    "low_speed_limit": ("CVMFS_LOW_SPEED_LIMIT", _count),
+    "max_retries": ("CVMFS_MAX_RETRIES", _count),
+    "backoff_init": ("CVMFS_BACKOFF_INIT", _seconds),
+    "backoff_max": ("CVMFS_BACKOFF_MAX", _seconds),
+    "proxy_reset_after": ("CVMFS_PROXY_RESET_AFTER", _seconds),
+    "host_reset_after": ("CVMFS_HOST_RESET_AFTER", _seconds),
+    "follow_redirects": ("CVMFS_FOLLOW_REDIRECTS", _bool),
+    "max_servers": ("CVMFS_MAX_SERVERS", _count),
+    "cache_base": ("CVMFS_CACHE_BASE", _text),
+    "quota_limit": ("CVMFS_QUOTA_LIMIT", _quota),
+    "keys_dir": ("CVMFS_KEYS_DIR", _text),
+    "public_key": ("CVMFS_PUBLIC_KEY", _list(":")),
+    "repository_tag": ("CVMFS_REPOSITORY_TAG", _optional),
+    "root_hash": ("CVMFS_ROOT_HASH", _root_hash),
 }
 
 
