@@ -8,6 +8,8 @@ import stat
 import sys
 
 from ucernvm.client.cache import ObjectCache
+from ucernvm.client.client_config import load_config, parse_option
+from ucernvm.client.fetcher import HttpSource
 from ucernvm.client.repository import Repository, normalize_path
 from ucernvm.client.sources import fqrn_from_source, open_source
 from ucernvm.cvmfs.catalog import DirectoryEntry, join
@@ -28,6 +30,11 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--now", type=float, metavar="EPOCH", help="verify as of this Unix time (whitelist expiry)")
     parser.add_argument("--tag", metavar="TAG", help="read this named snapshot instead of the newest revision")
     parser.add_argument("--root-hash", metavar="HASH", help="read the snapshot with this root catalog hash")
+    parser.add_argument("--proxy", metavar="PROXIES", help="HTTP proxies as CVMFS_HTTP_PROXY, e.g. 'http://squid:3128;DIRECT'")
+    parser.add_argument("-o", dest="options", action="append", default=[], metavar="KEY=VALUE",
+                        help="a cvmfs client setting, e.g. CVMFS_TIMEOUT=10 (repeatable; SOURCE sets CVMFS_SERVER_URL)")
+    parser.add_argument("--config", action="append", default=[], metavar="FILE",
+                        help="a cvmfs-style KEY=value configuration file (repeatable, before -o)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -68,9 +75,17 @@ def open_repository(args: argparse.Namespace, cache: ObjectCache | None = None) 
         raise ConfigError(f"cannot tell the repository name from {args.source!r}", "pass --name FQRN")
     now = datetime.datetime.fromtimestamp(args.now, datetime.timezone.utc) if args.now is not None else None
     root_hash = ContentHash.parse(args.root_hash) if args.root_hash else None
-    return Repository(
-        open_source(args.source), fqrn, load_master_keys(args.key), now=now, tag=args.tag, root_hash=root_hash, cache=cache
-    )
+    if "://" in args.source:
+        overrides = dict(parse_option(option) for option in args.options)
+        overrides["CVMFS_SERVER_URL"] = args.source
+        if args.proxy is not None:
+            overrides["CVMFS_HTTP_PROXY"] = args.proxy
+        source = HttpSource.from_config(load_config(fqrn, config_dir=None, files=args.config, overrides=overrides), fqrn)
+    elif args.proxy is not None or args.options or args.config:
+        raise ConfigError("--proxy, -o and --config apply to HTTP sources only")
+    else:
+        source = open_source(args.source)
+    return Repository(source, fqrn, load_master_keys(args.key), now=now, tag=args.tag, root_hash=root_hash, cache=cache)
 
 
 def _utc(epoch: int) -> str:
