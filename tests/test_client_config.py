@@ -1,0 +1,150 @@
+"""cvmfs-style configuration: file order, bash-style values, templates, typed and checked settings."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from ucernvm.client.client_config import (
+    SETTINGS, FetcherConfig, default_files, load_config, parse_option, parse_text, substitute,
+)
+from ucernvm.cvmfs.hashing import ContentHash
+from ucernvm.errors import ConfigError
+
+FQRN = "atlas.cern.ch"
+
+
+def parsed(text: str, **environ: str) -> dict[str, str]:
+    values: dict[str, str] = {}
+    parse_text(text, values, "test.conf", environ)
+    return values
+
+
+def test_defaults_are_cvmfs_defaults() -> None:
+    config = load_config(FQRN, config_dir=None)
+    assert config == FetcherConfig()
+    assert (config.timeout, config.timeout_direct, config.low_speed_limit, config.max_retries) == (5, 10, 1024, 1)
+    assert (config.backoff_init, config.backoff_max) == (2, 10)
+    assert (config.proxy_reset_after, config.host_reset_after) == (300, 1800)
+    assert (config.use_geoapi, config.follow_redirects, config.max_servers) == (False, False, 0)
+    assert (config.cache_base, config.quota_limit, config.keys_dir) == ("/var/lib/cvmfs", 4000, "/etc/cvmfs/keys")
+
+
+def test_every_setting_has_its_cvmfs_key() -> None:
+    assert set(SETTINGS) == {f.name for f in dataclasses.fields(FetcherConfig)}
+    keys = {key for key, _ in SETTINGS.values()}
+    assert {"CVMFS_SERVER_URL", "CVMFS_HTTP_PROXY", "CVMFS_FALLBACK_PROXY", "CVMFS_PAC_URLS", "CVMFS_USE_GEOAPI",
+            "CVMFS_TIMEOUT", "CVMFS_TIMEOUT_DIRECT", "CVMFS_LOW_SPEED_LIMIT", "CVMFS_MAX_RETRIES",
+            "CVMFS_BACKOFF_INIT", "CVMFS_BACKOFF_MAX", "CVMFS_PROXY_RESET_AFTER", "CVMFS_HOST_RESET_AFTER",
+            "CVMFS_FOLLOW_REDIRECTS", "CVMFS_MAX_SERVERS", "CVMFS_CACHE_BASE", "CVMFS_QUOTA_LIMIT",
+            "CVMFS_KEYS_DIR", "CVMFS_PUBLIC_KEY", "CVMFS_REPOSITORY_TAG", "CVMFS_ROOT_HASH"} == keys
+
+
+def test_the_config_is_frozen() -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        FetcherConfig().timeout = 1  # type: ignore[misc]
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_file_order_later_files_win(tmp_path: Path) -> None:
+    etc = tmp_path / "etc"
+    chain = ["default.conf", "default.d/10-a.conf", "default.d/20-b.conf", "default.local",
+             "domain.d/cern.ch.conf", "domain.d/cern.ch.local", f"config.d/{FQRN}.conf", f"config.d/{FQRN}.local"]
+    for number, name in enumerate(chain):
+        write(etc / name, f"CVMFS_MAX_RETRIES={number}\nCVMFS_SEEN_{number}=1\n")
+    write(etc / "default.d" / "ignored.txt", "CVMFS_MAX_RETRIES=99\n")
+    write(etc / "domain.d" / "other.org.conf", "CVMFS_MAX_RETRIES=98\n")
+    assert [p.relative_to(etc).as_posix() for p in default_files(etc, FQRN)] == chain
+    assert load_config(FQRN, config_dir=etc).max_retries == len(chain) - 1
+    extra = write(tmp_path / "extra.conf", "CVMFS_MAX_RETRIES=42\nCVMFS_TIMEOUT=3\n")
+    config = load_config(FQRN, config_dir=etc, files=[extra], overrides={"CVMFS_TIMEOUT": "7"})
+    assert (config.max_retries, config.timeout) == (42, 7)
+
+
+def test_missing_default_files_are_skipped_missing_explicit_ones_are_not(tmp_path: Path) -> None:
+    assert load_config(FQRN, config_dir=tmp_path / "nothing") == FetcherConfig()
+    with pytest.raises(ConfigError, match="cannot read configuration file"):
+        load_config(FQRN, config_dir=None, files=[tmp_path / "missing.conf"])
+
+
+def test_bash_style_values() -> None:
+    values = parsed(
+        "# a comment\n"
+        "CVMFS_A=plain   # trailing comment\n"
+        "export CVMFS_B='single $quoted # kept'\n"
+        'readonly CVMFS_C="double ${CVMFS_A} $CVMFS_A \\"q\\" \\$x"\n'
+        "CVMFS_D=a\\ b'c'\"d\"\n"
+        "CVMFS_E=${UNSET:-fallback};\n"
+        "CVMFS_F=$HOME/x\n"
+        "CVMFS_EMPTY=\n"
+        "  CVMFS_INDENTED=yes\n"
+        "if [ -n \"$X\" ]; then\n  CVMFS_IN_IF=1\nfi\n"
+        "not an assignment\n",
+        HOME="/root",
+    )
+    assert values == {
+        "CVMFS_A": "plain", "CVMFS_B": "single $quoted # kept", "CVMFS_C": 'double plain plain "q" $x',
+        "CVMFS_D": "a bcd", "CVMFS_E": "fallback", "CVMFS_F": "/root/x", "CVMFS_EMPTY": "",
+        "CVMFS_INDENTED": "yes", "CVMFS_IN_IF": "1",
+    }
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [("CVMFS_A='open", "unterminated single quote"), ('CVMFS_A="open', "unterminated double quote"),
+     ("CVMFS_A=$(hostname)", "command substitution"), ("CVMFS_A=${X", "unterminated"),
+     ("CVMFS_A=${X/y/z}", "unsupported expansion"), ("CVMFS_A=two words", "after the value")],
+)
+def test_malformed_lines_name_file_and_line(line: str, problem: str) -> None:
+    with pytest.raises(ConfigError, match=f"test.conf:2: .*{problem}"):
+        parsed(f"# first\n{line}\n")
+
+
+def test_templates_and_cvmfs_fqrn(tmp_path: Path) -> None:
+    conf = write(tmp_path / "c.conf", 'CVMFS_SERVER_URL="http://s1.@org@.example/cvmfs/@fqrn@;http://s2/cvmfs/$CVMFS_FQRN"\n')
+    config = load_config(FQRN, config_dir=None, files=[conf])
+    assert config.server_urls == ("http://s1.atlas.example/cvmfs/atlas.cern.ch", "http://s2/cvmfs/atlas.cern.ch")
+    assert substitute("@org@/@fqrn@", "lhcb.cern.ch") == "lhcb/lhcb.cern.ch"
+
+
+def test_typed_values() -> None:
+    config = FetcherConfig.from_values({
+        "CVMFS_SERVER_URL": " http://a/cvmfs/x/ ; https://b/cvmfs/x ;", "CVMFS_HTTP_PROXY": "p:3128|q:3128;DIRECT",
+        "CVMFS_PAC_URLS": "auto;http://pac/p.pac", "CVMFS_USE_GEOAPI": "YES", "CVMFS_FOLLOW_REDIRECTS": "on",
+        "CVMFS_TIMEOUT": "0.25", "CVMFS_QUOTA_LIMIT": "-1", "CVMFS_PUBLIC_KEY": "/k/a.pub:/k/b.pub",
+        "CVMFS_REPOSITORY_TAG": "v1", "CVMFS_ROOT_HASH": "0" * 40, "CVMFS_UNKNOWN": "ignored",
+    })
+    assert config.server_urls == ("http://a/cvmfs/x", "https://b/cvmfs/x")
+    assert config.http_proxy == "p:3128|q:3128;DIRECT" and config.pac_urls == ("auto", "http://pac/p.pac")
+    assert config.use_geoapi and config.follow_redirects and config.timeout == 0.25 and config.quota_limit == -1
+    assert config.public_key == ("/k/a.pub", "/k/b.pub") and config.repository_tag == "v1"
+    assert config.root_hash == ContentHash.parse("0" * 40)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("CVMFS_SERVER_URL", "ftp://s1/cvmfs/x"), ("CVMFS_HTTP_PROXY", "squid"), ("CVMFS_FALLBACK_PROXY", "x:y"),
+     ("CVMFS_USE_GEOAPI", "maybe"), ("CVMFS_TIMEOUT", "soon"), ("CVMFS_TIMEOUT_DIRECT", "-1"),
+     ("CVMFS_LOW_SPEED_LIMIT", "1.5"), ("CVMFS_MAX_RETRIES", "-2"), ("CVMFS_BACKOFF_INIT", "nan"),
+     ("CVMFS_BACKOFF_MAX", "inf"), ("CVMFS_PROXY_RESET_AFTER", "5m"), ("CVMFS_HOST_RESET_AFTER", ""),
+     ("CVMFS_FOLLOW_REDIRECTS", "2"), ("CVMFS_MAX_SERVERS", "all"), ("CVMFS_QUOTA_LIMIT", "-5"),
+     ("CVMFS_ROOT_HASH", "xyz")],
+)
+def test_invalid_values_name_their_key(key: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=key):
+        load_config(FQRN, config_dir=None, overrides={key: value})
+
+
+def test_command_line_options() -> None:
+    assert parse_option("CVMFS_HTTP_PROXY=a|b;DIRECT") == ("CVMFS_HTTP_PROXY", "a|b;DIRECT")
+    assert parse_option("CVMFS_X==") == ("CVMFS_X", "=")
+    for bad in ("CVMFS_X", "=1", "9X=1", "A B=1"):
+        with pytest.raises(ConfigError, match="bad option"):
+            parse_option(bad)
