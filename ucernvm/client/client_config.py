@@ -220,8 +220,8 @@ def load_config(fqrn: str, *, config_dir: str | os.PathLike[str] | None = DEFAUL
     for path in default_files(config_dir, fqrn) if config_dir is not None else []:
         if path.is_file():
             parse_text(_read(path), values, str(path), scope)
-    for path in files:
-        parse_text(_read(Path(path)), values, str(path), scope)
+    for name in files:
+        parse_text(_read(Path(name)), values, str(name), scope)
     values.update(overrides or {})
     return FetcherConfig.from_values({key: substitute(value, fqrn) for key, value in values.items()})
 
@@ -282,7 +282,7 @@ class _ShellWord:
             else:
                 out.append(char)
                 self.i += 1
-        self._fail("unterminated double quote")
+        return self._fail("unterminated double quote")
 
     def _expansion(self) -> str:
         text = self.text

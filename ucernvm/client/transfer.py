@@ -124,8 +124,10 @@ class Transfer:
         with self._lock:
             pool = self._pools.get(proxy)
             if pool is None:
-                options = {"maxsize": POOL_SIZE, "retries": False, "timeout": None}
-                pool = urllib3.PoolManager(**options) if proxy == DIRECT else urllib3.ProxyManager(proxy, **options)
+                if proxy == DIRECT:
+                    pool = urllib3.PoolManager(maxsize=POOL_SIZE, retries=False)
+                else:
+                    pool = urllib3.ProxyManager(proxy, maxsize=POOL_SIZE, retries=False)
                 self._pools[proxy] = pool
             return pool
 
