@@ -11,7 +11,7 @@ from ucernvm.client.cache import ObjectCache
 from ucernvm.client.client_config import load_config, parse_option
 from ucernvm.client.fetcher import HttpSource
 from ucernvm.client.repository import Repository, normalize_path
-from ucernvm.client.sources import fqrn_from_source, open_source
+from ucernvm.client.sources import RepositorySource, fqrn_from_source, open_source
 from ucernvm.cvmfs.catalog import DirectoryEntry, join
 from ucernvm.cvmfs.hashing import ContentHash
 from ucernvm.cvmfs.signing import load_master_keys
@@ -75,6 +75,7 @@ def open_repository(args: argparse.Namespace, cache: ObjectCache | None = None) 
         raise ConfigError(f"cannot tell the repository name from {args.source!r}", "pass --name FQRN")
     now = datetime.datetime.fromtimestamp(args.now, datetime.timezone.utc) if args.now is not None else None
     root_hash = ContentHash.parse(args.root_hash) if args.root_hash else None
+    source: RepositorySource
     if "://" in args.source:
         overrides = dict(parse_option(option) for option in args.options)
         overrides["CVMFS_SERVER_URL"] = args.source
