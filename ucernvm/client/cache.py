@@ -114,12 +114,8 @@ class ObjectCache:
 
     def open(self, content_hash: ContentHash, produce: Callable[[], bytes]) -> int:
         """A read-only descriptor on the cached object: it stays valid even if the object is evicted."""
-        while True:
-            path = self.get(content_hash, produce)
-            try:
-                return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
-                continue  # evicted between get() and open(): fetch it again
+        with self.pinned(content_hash):  # not evicted between get() and open(), even by a tight quota
+            return os.open(self.get(content_hash, produce), os.O_RDONLY | os.O_CLOEXEC)
 
     def quarantine(self, content_hash: ContentHash) -> None:
         """Move an object whose contents disagree with its catalog out of the way."""

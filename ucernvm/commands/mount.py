@@ -29,7 +29,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--cache", default=DEFAULT_CACHE, metavar="DIR", help="cache directory (default: %(default)s)")
     parser.add_argument("--quota", type=int, default=4000, metavar="MB", help="cache size limit in MB (default 4000, 0: none)")
     parser.add_argument("--threads", type=int, default=4, help="threads answering the kernel (default 4)")
-    parser.add_argument("--foreground", action="store_true", help="serve in this process until unmounted")
+    parser.add_argument(
+        "--foreground", action="store_true", help="serve in this process until unmounted (errors on stderr; "
+        "the daemon otherwise appends them to mount.log in the cache directory)"
+    )
     parser.set_defaults(func=run)
 
 
@@ -47,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     if args.foreground:
         fuse.serve()
         return 0
-    fuse.fork()
+    fuse.fork(log_path=os.path.join(args.cache, "mount.log"))
     os.stat(args.mountpoint)  # returns once the daemon answered the kernel: the mount is live
     print(f"mounted {repository.fqrn} revision {repository.revision} ({repository.root_hash}) on {args.mountpoint}")
     return 0

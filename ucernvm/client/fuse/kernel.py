@@ -272,12 +272,12 @@ class FuseMount:
         self.start()
         self.join()
 
-    def fork(self) -> int:
+    def fork(self, log_path: str | None = None) -> int:
         """Serve from a child process, detached from this one's session; returns its pid.
 
-        The child's stdin and stdout go to /dev/null (so it holds no pipe of its parent open);
-        stderr stays for its error reports. Call before starting any thread in this process
-        (threads do not survive a fork).
+        The child's stdin and stdout go to /dev/null and its stderr (its error reports) to ``log_path``
+        (appended), so it holds no pipe or terminal of its parent open. Call before starting any
+        thread in this process (threads do not survive a fork).
         """
         pid = os.fork()
         if pid:
@@ -289,9 +289,13 @@ class FuseMount:
             os.setsid()
             os.chdir("/")
             null = os.open(os.devnull, os.O_RDWR)
+            log = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644) if log_path else null
             os.dup2(null, 0)
             os.dup2(null, 1)
+            os.dup2(log, 2)
             os.close(null)
+            if log != null:
+                os.close(log)
             self.serve()
             status = 0
         except BaseException as error:

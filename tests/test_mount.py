@@ -1,0 +1,196 @@
+"""`ucernvm mount`: a real FUSE mount of published snapshots, served by real HTTP servers."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from helpers import run_cli, snapshot_tree
+from test_publish import FQRN, make_tree, publish
+from ucernvm.server import StratumServer
+
+
+def _fuse_usable() -> str | None:
+    if os.geteuid() != 0:
+        return "mounting FUSE needs root"
+    try:
+        os.close(os.open("/dev/fuse", os.O_RDWR))
+    except OSError as error:
+        return f"/dev/fuse is not usable here: {error.strerror}"
+    return None
+
+
+pytestmark = pytest.mark.skipif(_fuse_usable() is not None, reason=str(_fuse_usable()))
+
+DEAD_SERVER = "http://127.0.0.1:9/cvmfs/test.cern.ch"  # the discard port: nothing listens on it
+
+
+class Mounts:
+    """Mount points created by a test; all unmounted at the end, whatever happened."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.points: list[Path] = []
+
+    def mount(self, source: str, keys: Path, cache: Path, *extra: str, check: bool = True) -> tuple[Path, subprocess.CompletedProcess[bytes]]:
+        point = self.base / f"mnt{len(self.points)}"
+        point.mkdir()
+        self.points.append(point)
+        result = run_cli("mount", source, point, "--name", FQRN, "--key", keys, "--cache", cache, *extra, check=check)
+        return point, result
+
+    def unmount_all(self) -> None:
+        for point in self.points:
+            subprocess.run(["umount", "-l", str(point)], capture_output=True)
+
+
+@pytest.fixture
+def mounts(tmp_path: Path) -> Iterator[Mounts]:
+    mounts = Mounts(tmp_path)
+    yield mounts
+    mounts.unmount_all()
+
+
+@pytest.fixture
+def published(tmp_path: Path, keys_dir: Path) -> Iterator[tuple[Path, Path, StratumServer]]:
+    """A published tree (without variant symlinks, which the client expands) and a server for it."""
+    source = tmp_path / "src"
+    make_tree(source)
+    os.unlink(source / "etc" / "variant")
+    stratum = tmp_path / "stratum"
+    publish(source, stratum / FQRN, keys_dir, tag="v1")
+    with StratumServer(stratum) as server:
+        yield source, stratum, server
+
+
+def read_tree(root: Path) -> dict[str, tuple]:
+    return snapshot_tree(root)
+
+
+def test_mount_through_a_dead_then_a_live_server_reads_everything(published, mounts, keys_dir, tmp_path) -> None:
+    source, _, server = published
+    point, result = mounts.mount(f"{DEAD_SERVER};{server.url}/cvmfs/{FQRN}", keys_dir, tmp_path / "cache")
+    assert b"mounted test.cern.ch revision 1" in result.stdout
+    assert read_tree(point) == snapshot_tree(source)
+    hard = [os.stat(point / "etc" / f"hard_{name}") for name in "abc"]
+    assert len({st.st_ino for st in hard}) == 1 and hard[0].st_nlink == 3
+    assert os.getxattr(point / "etc" / "hostname", "user.origin") == b"test suite"
+    assert os.getxattr(point, "user.root_hash").decode() == run_cli(
+        "repo", "verify", server.url + f"/cvmfs/{FQRN}", "--key", keys_dir, check=True
+    ).stdout.decode().split("root catalog:")[1].split()[0]
+    assert os.getxattr(point, "user.fqrn") == FQRN.encode()
+    assert os.listxattr(point / "etc" / "hostname") == ["user.origin"]  # informational ones are not listed
+    with pytest.raises(OSError) as refused:
+        (point / "etc" / "new").write_text("x")
+    assert refused.value.errno == errno.EROFS
+
+
+def test_all_servers_gone_remount_from_cache(published, mounts, keys_dir, tmp_path) -> None:
+    source, stratum, server = published
+    cache = tmp_path / "cache"
+    url = f"{server.url}/cvmfs/{FQRN}"
+    point, _ = mounts.mount(url, keys_dir, cache)
+    assert read_tree(point) == snapshot_tree(source)  # every object is now cached
+    run_cli("umount", point, check=True)
+    server.stop()
+    shutil.rmtree(stratum)
+    again, result = mounts.mount(f"{DEAD_SERVER};{url}", keys_dir, cache)
+    assert b"offline" in result.stderr
+    assert read_tree(again) == snapshot_tree(source)
+    assert os.getxattr(again, "user.offline") == b"1"
+
+
+def test_older_manifest_after_a_newer_one_is_refused(tmp_path, keys_dir, mounts) -> None:
+    source = tmp_path / "src"
+    make_tree(source)
+    repo = tmp_path / "stratum" / FQRN
+    publish(source, repo, keys_dir)
+    old_manifest = (repo / ".cvmfspublished").read_bytes()
+    (source / "etc" / "hostname").write_text("newer\n")
+    publish(source, repo, keys_dir)
+    cache = tmp_path / "cache"
+    with StratumServer(tmp_path / "stratum") as server:
+        url = f"{server.url}/cvmfs/{FQRN}"
+        point, _ = mounts.mount(url, keys_dir, cache)
+        assert (point / "etc" / "hostname").read_text() == "newer\n"
+        (repo / ".cvmfspublished").write_bytes(old_manifest)  # a replay of a correctly signed, older manifest
+        _, result = mounts.mount(url, keys_dir, cache, check=False)
+        assert result.returncode != 0
+        assert b"older than revision 2" in result.stderr and b"Traceback" not in result.stderr
+        _, fresh = mounts.mount(url, keys_dir, tmp_path / "fresh-cache")  # a cache that never saw revision 2
+        assert b"revision 1" in fresh.stdout
+
+
+def test_corrupted_everywhere_is_eio_never_wrong_bytes(published, mounts, keys_dir, tmp_path) -> None:
+    source, stratum, server = published
+    from ucernvm.client.repository import Repository
+    from ucernvm.client.sources import DirectorySource
+    from ucernvm.cvmfs.signing import load_master_keys
+
+    repository = Repository(DirectorySource(stratum / FQRN), FQRN, load_master_keys(keys_dir))
+    entry = repository.entry("/etc/hostname")
+    stored = stratum / FQRN / entry.content_hash.object_path()
+    stored.write_bytes(stored.read_bytes()[::-1])  # tampered on the only server
+    point, _ = mounts.mount(f"{server.url}/cvmfs/{FQRN}", keys_dir, tmp_path / "cache")
+    with pytest.raises(OSError) as failed:
+        (point / "etc" / "hostname").read_bytes()
+    assert failed.value.errno == errno.EIO
+    assert (point / "etc" / "motd").is_symlink()  # the rest of the tree is fine
+    assert (point / "bin" / "hello").read_bytes() == (source / "bin" / "hello").read_bytes()
+    assert os.getxattr(point, "user.nioerr") == b"1"
+
+
+def test_tight_cache_quota_still_reads_every_file(published, mounts, keys_dir, tmp_path) -> None:
+    source, _, server = published
+    cache = tmp_path / "cache"
+    # 1 MB: far less than the 26 MB file and the rest of the tree.
+    point, _ = mounts.mount(f"{server.url}/cvmfs/{FQRN}", keys_dir, cache, "--quota", "1")
+    for _ in range(2):
+        assert read_tree(point) == snapshot_tree(source)
+        subprocess.run(["sh", "-c", "echo 3 > /proc/sys/vm/drop_caches"], check=False)
+    cached = sum(path.stat().st_size for path in cache.glob("??/*"))
+    assert cached < 20_000_000, cached
+
+
+def test_many_parallel_readers(published, mounts, keys_dir, tmp_path) -> None:
+    source, _, server = published
+    point, _ = mounts.mount(f"{server.url}/cvmfs/{FQRN}", keys_dir, tmp_path / "cache")
+    expected = (source / "data" / "big.bin").read_bytes()
+    results: list[bool] = []
+
+    def reader(offset: int) -> None:
+        with open(point / "data" / "big.bin", "rb") as handle:
+            handle.seek(offset)
+            part = handle.read(3_000_000)
+        results.append(part == expected[offset : offset + 3_000_000])
+
+    threads = [threading.Thread(target=reader, args=(index * 1_700_000,)) for index in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [True] * 16
+
+
+def test_mount_at_a_tag_and_umount_ends_the_daemon(published, mounts, keys_dir, tmp_path) -> None:
+    source, stratum, server = published
+    (source / "etc" / "hostname").write_text("second\n")
+    publish(source, stratum / FQRN, keys_dir, tag="v2")
+    point, _ = mounts.mount(f"{server.url}/cvmfs/{FQRN}", keys_dir, tmp_path / "cache", "--tag", "v1")
+    assert (point / "etc" / "hostname").read_text() == "cernvm\n"
+    assert os.getxattr(point, "user.tag") == b"v1"
+    pid = int(os.getxattr(point, "user.pid"))
+    run_cli("umount", point, check=True)
+    for _ in range(100):
+        if not Path(f"/proc/{pid}").exists():
+            break
+        threading.Event().wait(0.05)
+    assert not Path(f"/proc/{pid}").exists(), "the daemon still runs after umount"
+    assert not os.path.ismount(point)
