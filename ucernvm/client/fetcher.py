@@ -8,7 +8,8 @@ current proxy to the current server; on failure, per the failure's class (see
   ``CVMFS_MAX_RETRIES`` times after a backoff (random in [0, BACKOFF_INIT], doubled each time,
   capped at BACKOFF_MAX; seconds in the configuration, as cvmfs's ``* 1000`` ms);
 - data that does not match its content hash is fetched once more with ``no-cache`` headers (so a
-  proxy fetches it anew); a second mismatch is a server error;
+  proxy fetches it anew); a second mismatch is a server error. The hash covers the stored
+  (compressed) bytes, so it also catches what cvmfs sees as a zlib error, a truncated stream;
 - a proxy error burns the proxy (:class:`ProxyChain`); when every proxy failed for this request,
   the proxies are reset and the next server is tried;
 - a server error moves on to the next server, each server at most once per request; the first
