@@ -1,0 +1,73 @@
+"""The runner: stages in order, each timed and logged; a critical failure stops the boot with a cause
+and a hint, a best-effort failure becomes a warning."""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ucernvm.boot.log import uptime
+from ucernvm.boot.state import BootState, StageRecord
+from ucernvm.errors import UcernvmError
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    run: Callable[[BootState], None]
+    critical: bool = True
+    hint: str = ""  # what to try when this stage fails without a more specific hint
+
+
+class BootFailure(Exception):
+    def __init__(self, stage: Stage, message: str, hint: str) -> None:
+        super().__init__(message)
+        self.stage = stage
+        self.message = message
+        self.hint = hint
+
+
+def run_stages(state: BootState, stages: list[Stage], before_stage: Callable[[Stage], None] | None = None) -> None:
+    """Run every stage; raise BootFailure at the first critical one that fails."""
+    for stage in stages:
+        if before_stage is not None:
+            before_stage(stage)
+        record = StageRecord(stage.name, uptime())
+        state.stages.append(record)
+        state.log.info(f"{stage.name}: started")
+        try:
+            stage.run(state)
+        except UcernvmError as error:
+            _finish(record, "failed" if stage.critical else "warning", error.message)
+            if stage.critical:
+                state.log.error(f"{stage.name}: failed after {record.seconds:.2f} s: {error.message}")
+                raise BootFailure(stage, error.message, error.hint or stage.hint) from error
+            state.warn(f"{stage.name}: {error.message}")
+            continue
+        except Exception as error:  # a bug: still a clear screen, never a silent hang
+            message = f"internal error: {type(error).__name__}: {error}"
+            _finish(record, "failed" if stage.critical else "warning", message)
+            state.log.error(f"{stage.name}: {message}\n{traceback.format_exc()}")
+            if stage.critical:
+                raise BootFailure(stage, message, "this is a bug in ucernvm; the log has the details") from error
+            state.warn(f"{stage.name}: {message}")
+            continue
+        _finish(record, "ok", "")
+        state.log.info(f"{stage.name}: finished in {record.seconds:.2f} s")
+
+
+def _finish(record: StageRecord, status: str, message: str) -> None:
+    record.end = uptime()
+    record.status = status
+    record.message = message
+
+
+def timing_table(state: BootState) -> str:
+    lines = [f"{'stage':<10} {'start':>8} {'seconds':>8}  status"]
+    for record in state.stages:
+        lines.append(f"{record.name:<10} {record.start:8.2f} {record.seconds:8.2f}  {record.status}")
+    if state.stages:
+        total = state.stages[-1].end - state.stages[0].start
+        lines.append(f"{'total':<10} {state.stages[0].start:8.2f} {total:8.2f}")
+    return "\n".join(lines)

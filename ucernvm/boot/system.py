@@ -1,0 +1,163 @@
+"""Side effects of the boot, as small actions that describe or apply themselves.
+
+Every stage changes the machine only through ``System.do(action)``. ``RealSystem`` applies the action;
+``DryRunSystem`` records it (and answers with what it would have produced), so the same stage code
+runs as PID 1 in a VM and as ``ucernvm --dry-run`` on a laptop without touching it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from ucernvm.errors import MountError, UcernvmError
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p)
+_libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
+
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_MOVE = 8192
+MNT_DETACH = 2
+
+
+def _errno_error(error_type: type[UcernvmError], what: str) -> UcernvmError:
+    code = ctypes.get_errno()
+    return error_type(f"{what}: {os.strerror(code)}")
+
+
+class Action(Protocol):
+    def describe(self) -> str: ...
+
+    def apply(self) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Mount:
+    source: str
+    target: str
+    fstype: str | None
+    options: str = ""
+    flags: int = 0
+
+    def describe(self) -> str:
+        kind = "bind-mount" if self.flags & MS_BIND else ("move mount" if self.flags & MS_MOVE else f"mount {self.fstype}")
+        options = f" ({self.options})" if self.options else ""
+        return f"{kind} {self.source} on {self.target}{options}"
+
+    def apply(self) -> None:
+        fstype = self.fstype.encode() if self.fstype else None
+        data = self.options.encode() if self.options else None
+        if _libc.mount(self.source.encode(), self.target.encode(), fstype, self.flags, data) != 0:
+            raise _errno_error(MountError, self.describe())
+
+
+@dataclass(frozen=True)
+class Unmount:
+    target: str
+    lazy: bool = False
+
+    def describe(self) -> str:
+        return f"unmount {self.target}" + (" (lazy)" if self.lazy else "")
+
+    def apply(self) -> None:
+        if _libc.umount2(self.target.encode(), MNT_DETACH if self.lazy else 0) != 0:
+            raise _errno_error(MountError, self.describe())
+
+
+@dataclass(frozen=True)
+class MakeDirs:
+    path: str
+    mode: int = 0o755
+
+    def describe(self) -> str:
+        return f"create directory {self.path}"
+
+    def apply(self) -> None:
+        os.makedirs(self.path, self.mode, exist_ok=True)
+
+
+@dataclass(frozen=True)
+class WriteFile:
+    path: str
+    data: bytes = field(repr=False)
+    mode: int = 0o644
+
+    def describe(self) -> str:
+        return f"write {self.path} ({len(self.data)} bytes)"
+
+    def apply(self) -> None:
+        temporary = f"{self.path}.tmp-{os.getpid()}"
+        with open(temporary, "wb") as handle:
+            handle.write(self.data)
+        os.chmod(temporary, self.mode)
+        os.replace(temporary, self.path)
+
+
+@dataclass(frozen=True)
+class Run:
+    argv: tuple[str, ...]
+    timeout: float = 60.0
+    input: bytes | None = field(default=None, repr=False)
+
+    def describe(self) -> str:
+        return "run " + " ".join(self.argv)
+
+    def apply(self) -> subprocess.CompletedProcess[bytes]:
+        try:
+            result = subprocess.run(self.argv, input=self.input, capture_output=True, timeout=self.timeout)
+        except (OSError, subprocess.TimeoutExpired) as error:
+            raise UcernvmError(f"{self.describe()}: {error}") from None
+        if result.returncode != 0:
+            output = (result.stderr or result.stdout).decode(errors="replace").strip().splitlines()
+            raise UcernvmError(f"{self.argv[0]} failed ({result.returncode}): {output[-1] if output else 'no output'}")
+        return result
+
+
+class System:
+    """Applies actions; ``dry_run`` says whether they only get recorded."""
+
+    dry_run = False
+
+    def __init__(self, root: str = "/") -> None:
+        # Where the boot's own directories live: "/" as PID 1, a scratch directory in a dry run.
+        self.root = Path(root)
+        self.actions: list[str] = []
+
+    def path(self, absolute: str) -> Path:
+        return self.root / absolute.lstrip("/")
+
+    def do(self, action: Action) -> Any:
+        self.actions.append(action.describe())
+        return action.apply()
+
+
+class RealSystem(System):
+    pass
+
+
+class DryRunSystem(System):
+    """Records every action; the boot's directories live in a temporary directory."""
+
+    dry_run = True
+
+    def __init__(self) -> None:
+        super().__init__(tempfile.mkdtemp(prefix="ucernvm-dry-run-"))
+
+    def do(self, action: Action) -> Any:
+        self.actions.append(action.describe())
+        if isinstance(action, MakeDirs):
+            # Directories under the dry run's own root are harmless and let later stages use them.
+            if Path(action.path).is_relative_to(self.root):
+                action.apply()
+        return None
