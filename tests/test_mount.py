@@ -194,3 +194,24 @@ def test_mount_at_a_tag_and_umount_ends_the_daemon(published, mounts, keys_dir, 
         threading.Event().wait(0.05)
     assert not Path(f"/proc/{pid}").exists(), "the daemon still runs after umount"
     assert not os.path.ismount(point)
+
+
+def test_daemon_survives_its_cache_being_moved(published, mounts, keys_dir, tmp_path) -> None:
+    """As after switch_root: the scratch disk holding the cache is moved to another mount point."""
+    source, _, server = published
+    scratch, moved = tmp_path / "scratch", tmp_path / "moved"
+    scratch.mkdir()
+    moved.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(scratch)], check=True)
+    try:
+        point, _ = mounts.mount(f"{server.url}/cvmfs/{FQRN}", keys_dir, scratch / "cache")
+        subprocess.run(["mount", "--move", str(scratch), str(moved)], check=True)
+        assert not (scratch / "cache").exists()
+        # Nothing below /data was read yet: its nested catalog and objects are fetched and cached now.
+        assert (point / "data" / "sub" / "deep" / "leaf").read_bytes() == (source / "data" / "sub" / "deep" / "leaf").read_bytes()
+        assert (point / "data" / "big.bin").read_bytes() == (source / "data" / "big.bin").read_bytes()
+        assert any((moved / "cache").glob("??/*"))
+    finally:
+        run_cli("umount", "--lazy", point)
+        subprocess.run(["umount", "-l", str(moved)], capture_output=True)
+        subprocess.run(["umount", "-l", str(scratch)], capture_output=True)

@@ -1,8 +1,7 @@
 """The local cache: verified objects, decompressed, in a content-addressed directory.
 
 Layout (as cvmfs's posix cache): ``XX/<rest of hex><algorithm id>`` holds the *decompressed* bytes of
-an object (the type suffix is dropped), ``txn/`` holds downloads in progress, ``quarantaine/`` objects
-whose size disagreed with their catalog. An object enters the cache only after its stored bytes matched
+an object (the type suffix is dropped), ``txn/`` holds downloads in progress. An object enters the cache only after its stored bytes matched
 their hash (the source checks that), is written to ``txn/`` and renamed into place, so the cache never
 holds a partial or unverified object, whatever happens to the process or the machine.
 
@@ -52,16 +51,19 @@ class Breadcrumb:
 
 
 class ObjectCache:
+    """All file operations go through a descriptor of the cache directory, never its path: the FUSE
+    daemon keeps working after the directory was moved (switch_root moves the scratch disk's mount)."""
+
     def __init__(self, directory: str | os.PathLike[str], quota_bytes: int | None = None) -> None:
         self.root = Path(directory)
         self.quota = quota_bytes
         try:
-            for index in range(256):
-                (self.root / f"{index:02x}").mkdir(parents=True, exist_ok=True)
-            (self.root / "txn").mkdir(exist_ok=True)
-            (self.root / "quarantaine").mkdir(exist_ok=True)
+            for subdirectory in [f"{index:02x}" for index in range(256)] + ["txn"]:
+                (self.root / subdirectory).mkdir(parents=True, exist_ok=True)
+            self._dir = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as error:
             raise StorageError(f"cannot create the cache in {self.root}: {error.strerror}") from None
+        self._base = str(self.root)
         self._lock = threading.Lock()
         self._pins: dict[str, int] = {}
         self._in_flight: dict[str, threading.Event] = {}
@@ -69,6 +71,15 @@ class ObjectCache:
         self.hits = 0
         self.misses = 0
         self.evictions = 0
+
+    def enter(self) -> None:
+        """Make the cache the working directory and hand out relative paths from now on.
+
+        SQLite opens catalogs by path; relative to the working directory, such a path still works
+        after the cache directory's mount was moved, as cvmfs's own cache does.
+        """
+        os.fchdir(self._dir)
+        self._base = "."
 
     def start_accounting(self) -> None:
         """Count the cached bytes in the background; the quota is enforced from then on.
@@ -80,58 +91,65 @@ class ObjectCache:
 
     # -- objects --------------------------------------------------------------------------------
 
-    def path(self, content_hash: ContentHash) -> Path:
+    @staticmethod
+    def _name(content_hash: ContentHash) -> str:
         text = content_hash.hex
-        return self.root / text[:2] / text[2:]
+        return f"{text[:2]}/{text[2:]}"
 
-    def get(self, content_hash: ContentHash, produce: Callable[[], bytes]) -> Path:
-        """The path of the object's cached bytes; ``produce`` supplies verified bytes on a miss.
+    def get(self, content_hash: ContentHash, produce: Callable[[], bytes]) -> str:
+        """A path of the object's cached bytes; ``produce`` supplies verified bytes on a miss.
 
         Concurrent callers for the same object wait for one download instead of starting their own.
         """
+        name = self._name(content_hash)
         key = content_hash.hex
-        path = self.path(content_hash)
         while True:
             with self._lock:
                 waiting = self._in_flight.get(key)
                 if waiting is None:
-                    if _touch(path):
+                    if self._touch(name):
                         self.hits += 1
-                        return path
+                        return f"{self._base}/{name}"
                     self.misses += 1
                     done = self._in_flight[key] = threading.Event()
                     break
             waiting.wait()
         try:
             data = produce()
-            self._store(path, data)
+            self._store(name, data)
         finally:
             with self._lock:
                 del self._in_flight[key]
             done.set()
         self._account(len(data))
-        return path
+        return f"{self._base}/{name}"
 
     def open(self, content_hash: ContentHash, produce: Callable[[], bytes]) -> int:
         """A read-only descriptor on the cached object: it stays valid even if the object is evicted."""
         with self.pinned(content_hash):  # not evicted between get() and open(), even by a tight quota
-            return os.open(self.get(content_hash, produce), os.O_RDONLY | os.O_CLOEXEC)
+            self.get(content_hash, produce)
+            return os.open(self._name(content_hash), os.O_RDONLY | os.O_CLOEXEC, dir_fd=self._dir)
 
-    def quarantine(self, content_hash: ContentHash) -> None:
-        """Move an object whose contents disagree with its catalog out of the way."""
+    def _touch(self, name: str) -> bool:
+        """Record a use (the mtime orders the eviction); False if the object is not cached."""
         try:
-            os.replace(self.path(content_hash), self.root / "quarantaine" / content_hash.hex)
-        except OSError:
-            pass
+            os.utime(name, dir_fd=self._dir)
+            return True
+        except FileNotFoundError:
+            return False
 
-    def _store(self, path: Path, data: bytes) -> None:
-        temporary = self.root / "txn" / f"{path.name}.{threading.get_ident()}"
+    def _store(self, name: str, data: bytes) -> None:
+        temporary = f"txn/{name.replace('/', '')}.{threading.get_ident()}"
         try:
-            with open(temporary, "wb") as handle:
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644, dir_fd=self._dir)
+            with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
-            os.replace(temporary, path)
+            os.replace(temporary, name, src_dir_fd=self._dir, dst_dir_fd=self._dir)
         except OSError as error:
-            temporary.unlink(missing_ok=True)
+            try:
+                os.unlink(temporary, dir_fd=self._dir)
+            except OSError:
+                pass
             raise StorageError(f"cannot write to the cache {self.root}: {error.strerror}", "check free space") from None
 
     # -- pins -----------------------------------------------------------------------------------
@@ -185,15 +203,15 @@ class ObjectCache:
         objects = sorted(self._objects(), key=lambda item: item[2])
         total = sum(size for _, size, _ in objects)
         removed = 0
-        for path, size, _ in objects:
+        for name, size, _ in objects:
             if total <= target:
                 break
             with self._lock:
-                name = path.parent.name + path.name
-                if name in self._pins or name in self._in_flight:
+                key = name.replace("/", "")
+                if key in self._pins or key in self._in_flight:
                     continue
                 try:
-                    path.unlink()
+                    os.unlink(name, dir_fd=self._dir)
                 except OSError:
                     continue
             total -= size
@@ -203,30 +221,37 @@ class ObjectCache:
             self.evictions += removed
         return removed
 
-    def _objects(self) -> Iterator[tuple[Path, int, float]]:
+    def _objects(self) -> Iterator[tuple[str, int, float]]:
         for index in range(256):
+            subdirectory = f"{index:02x}"
             try:
-                with os.scandir(self.root / f"{index:02x}") as entries:
+                fd = os.open(subdirectory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self._dir)
+            except OSError:
+                continue
+            try:
+                with os.scandir(fd) as entries:
                     for entry in entries:
                         try:
                             st = entry.stat(follow_symlinks=False)
                         except OSError:
                             continue  # removed meanwhile
-                        yield Path(entry.path), st.st_size, st.st_mtime
-            except OSError:
-                continue
+                        yield f"{subdirectory}/{entry.name}", st.st_size, st.st_mtime
+            finally:
+                os.close(fd)
 
     # -- per-repository state -------------------------------------------------------------------
 
     def save_named(self, fqrn: str, name: str, data: bytes) -> None:
         """Keep a verified signed file (manifest, whitelist) for offline mounts."""
-        self._store(self.root / f"{name}.{fqrn}", data)
+        self._store(f"{name}.{fqrn}", data)
 
     def load_named(self, fqrn: str, name: str) -> bytes | None:
         try:
-            return (self.root / f"{name}.{fqrn}").read_bytes()
+            fd = os.open(f"{name}.{fqrn}", os.O_RDONLY | os.O_CLOEXEC, dir_fd=self._dir)
         except OSError:
             return None
+        with os.fdopen(fd, "rb") as handle:
+            return handle.read()
 
     def breadcrumb(self, fqrn: str) -> Breadcrumb | None:
         data = self.load_named(fqrn, BREADCRUMB_PREFIX.rstrip("."))
@@ -234,12 +259,3 @@ class ObjectCache:
 
     def save_breadcrumb(self, fqrn: str, breadcrumb: Breadcrumb) -> None:
         self.save_named(fqrn, BREADCRUMB_PREFIX.rstrip("."), str(breadcrumb).encode("ascii"))
-
-
-def _touch(path: Path) -> bool:
-    """Record a use of ``path`` (its mtime orders the eviction); False if it is not cached."""
-    try:
-        os.utime(path)
-        return True
-    except FileNotFoundError:
-        return False

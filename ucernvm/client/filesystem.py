@@ -79,8 +79,10 @@ class SnapshotFilesystem(Operations):
     def init(self) -> None:
         # Threads start here, in the serving process, after any fork.
         self._pool = ThreadPoolExecutor(max_workers=self._fetch_threads, thread_name_prefix="fetch")
-        if self.repository.cache is not None:
-            self.repository.cache.start_accounting()
+        cache = self.repository.cache
+        if cache is not None:
+            cache.enter()  # relative paths from here on: the daemon survives the cache being moved
+            cache.start_accounting()
 
     def destroy(self) -> None:
         if self._pool is not None:
