@@ -49,3 +49,7 @@ class ContextError(UcernvmError):
 
 class StorageError(UcernvmError):
     """Local storage (a repository being written, a cache, the scratch disk) cannot be written."""
+
+
+class NetworkError(UcernvmError):
+    """The network could not be brought up: no interface, no DHCP lease, a link or route refused."""
