@@ -33,15 +33,34 @@ def build_parser() -> argparse.ArgumentParser:
         description="Boot, publish, serve and inspect CernVM-FS operating-system snapshots.",
     )
     parser.add_argument("--version", action="version", version=f"ucernvm {__version__}")
+    dry = parser.add_argument_group("dry run (the boot pipeline on this machine, recording instead of acting)")
+    dry.add_argument("--dry-run", action="store_true", help="run the boot stages: talk to the real servers, "
+                     "verify and resolve the snapshot, print the plan and timings; change nothing")
+    dry.add_argument("--cmdline", default="", help="kernel command line to boot with (default: none)")
+    dry.add_argument("--user-data", metavar="FILE", help="user-data to contextualize with")
+    dry.add_argument("--keys", metavar="DIR", default="/etc/cvmfs/keys",
+                     help="master public keys, as the image's /etc/cvmfs/keys (default: %(default)s)")
+    dry.add_argument("--json", action="store_true", help="print the report as JSON")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
     for name in command_modules():
         importlib.import_module(f"ucernvm.commands.{name}").register(subparsers)
     return parser
 
 
+def run_dry_run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ucernvm.boot.dryrun import dry_run
+
+    user_data = Path(args.user_data).read_bytes() if args.user_data else None
+    return dry_run(args.cmdline, user_data, Path(args.keys), args.json)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.dry_run and not hasattr(args, "func"):
+        args.func = run_dry_run
     if not hasattr(args, "func"):
         parser.print_help(sys.stderr)
         return 2

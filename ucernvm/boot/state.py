@@ -39,13 +39,16 @@ class BootState:
     scratch_fresh: bool = False
     user_data: bytes | None = None
     context_source: str = "(none)"
+    source: Any = None  # the HTTP fetcher chosen by the servers stage
     repository: Any = None
     fuse_pid: int | None = None
+    scratch_moved_to: Path | None = None  # where the mount stage moved the scratch disk
+    keys_dir: Path | None = None  # trusted master keys; None: the image's /etc/cvmfs/keys
 
     @property
     def scratch(self) -> Path:
-        """The scratch disk's mount point (µCernVM's /root.rw, later /mnt/.rw in the OS)."""
-        return self.system.path("/root.rw")
+        """The scratch disk's mount point (µCernVM's /root.rw, then /root/mnt/.rw once moved)."""
+        return self.scratch_moved_to or self.system.path("/root.rw")
 
     @property
     def read_only(self) -> Path:

@@ -105,6 +105,20 @@ class WriteFile:
 
 
 @dataclass(frozen=True)
+class RemoveFile:
+    path: str
+
+    def describe(self) -> str:
+        return f"remove {self.path}"
+
+    def apply(self) -> None:
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+@dataclass(frozen=True)
 class Run:
     argv: tuple[str, ...]
     timeout: float = 60.0

@@ -29,6 +29,7 @@ from ucernvm.errors import MountError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
 # --- protocol (include/uapi/linux/fuse.h) -------------------------------------------------------
@@ -272,12 +273,12 @@ class FuseMount:
         self.start()
         self.join()
 
-    def fork(self, log_path: str | None = None) -> int:
+    def fork(self, log_path: str | None = None, before_serve: Callable[[], None] | None = None) -> int:
         """Serve from a child process, detached from this one's session; returns its pid.
 
         The child's stdin and stdout go to /dev/null and its stderr (its error reports) to ``log_path``
-        (appended), so it holds no pipe or terminal of its parent open. Call before starting any
-        thread in this process (threads do not survive a fork).
+        (appended), so it holds no pipe or terminal of its parent open; ``before_serve`` runs in the
+        child first. Call before starting any thread in this process (threads do not survive a fork).
         """
         pid = os.fork()
         if pid:
@@ -296,6 +297,8 @@ class FuseMount:
             os.close(null)
             if log != null:
                 os.close(log)
+            if before_serve is not None:
+                before_serve()
             self.serve()
             status = 0
         except BaseException as error:

@@ -1,0 +1,112 @@
+"""The ``handoff`` stage: what the OS needs from the loader, then switch_root to its init."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from ucernvm.boot.report import build_report, render_svg, to_json
+from ucernvm.boot.rescue import rescue_shell
+from ucernvm.boot.state import BootState
+from ucernvm.boot.system import MS_MOVE, MS_NODEV, MS_NOSUID, MakeDirs, Mount, WriteFile
+from ucernvm.errors import MountError
+
+INIT = "/sbin/init"
+
+
+@dataclass(frozen=True)
+class CopyTree:
+    source: str
+    target: str
+
+    def describe(self) -> str:
+        return f"copy {self.source} to {self.target}"
+
+    def apply(self) -> None:
+        shutil.copytree(self.source, self.target, symlinks=True, dirs_exist_ok=True)
+
+
+@dataclass(frozen=True)
+class SwitchRoot:
+    """Move the kernel file systems into the new root, free the initramfs, and exec the OS's init.
+
+    What util-linux's switch_root does; the FUSE daemon keeps running, with everything it needs
+    already loaded and its own descriptors.
+    """
+
+    new_root: str
+    init: str = INIT
+
+    def describe(self) -> str:
+        return f"switch root to {self.new_root} and run {self.init}"
+
+    def apply(self) -> None:
+        for mount in ("/dev", "/proc", "/sys"):
+            target = os.path.join(self.new_root, mount.lstrip("/"))
+            os.makedirs(target, exist_ok=True)
+            Mount(mount, target, None, flags=MS_MOVE).apply()
+        _free_initramfs(self.new_root)
+        os.chdir(self.new_root)
+        Mount(self.new_root, "/", None, flags=MS_MOVE).apply()
+        os.chroot(".")
+        os.chdir("/")
+        os.execv(self.init, [self.init])
+
+
+def _free_initramfs(keep: str) -> None:
+    """Delete the initramfs's files (they occupy RAM), staying on its file system."""
+    device = os.lstat("/").st_dev
+    for directory, subdirectories, files in os.walk("/", topdown=True):
+        subdirectories[:] = [
+            name for name in subdirectories
+            if os.path.join(directory, name) != keep and os.lstat(os.path.join(directory, name)).st_dev == device
+        ]
+        for name in files:
+            try:
+                os.unlink(os.path.join(directory, name))
+            except OSError:
+                pass
+    for directory, subdirectories, _ in sorted(os.walk("/"), key=lambda item: -len(item[0])):
+        if directory != "/" and os.lstat(directory).st_dev == device and directory != keep:
+            try:
+                os.rmdir(directory)
+            except OSError:
+                pass
+
+
+def handoff_stage(state: BootState) -> None:
+    system, new_root, config = state.system, state.new_root, state.config
+    init = new_root / INIT.lstrip("/")
+    if not system.dry_run and not os.path.lexists(init):
+        raise MountError(f"the snapshot has no {INIT} in {config.os_path or '/'}", "check cernvm_path=")
+
+    resolv = system.path("/etc/resolv.conf")
+    target = new_root / "etc" / "resolv.conf"
+    if resolv.exists() and not target.is_symlink():
+        system.do(MakeDirs(str(target.parent)))
+        system.do(WriteFile(str(target), resolv.read_bytes()))
+
+    release = platform.release()
+    modules = Path("/lib/modules") / release
+    if modules.is_dir() and not (new_root / "lib" / "modules" / release).exists():
+        system.do(CopyTree(str(modules), str(new_root / "lib" / "modules" / release)))
+
+    # /run is a tmpfs before systemd starts, so the report survives its mounting of /run.
+    run = new_root / "run"
+    system.do(MakeDirs(str(run)))
+    system.do(Mount("tmpfs", str(run), "tmpfs", "mode=0755", MS_NOSUID | MS_NODEV))
+    system.do(MakeDirs(str(run / "ucernvm")))
+    report = build_report(state, "switching root")
+    for directory in (run / "ucernvm", state.scratch / "ulogs"):
+        system.do(MakeDirs(str(directory)))
+        system.do(WriteFile(str(directory / "report.json"), to_json(report).encode()))
+        system.do(WriteFile(str(directory / "timeline.svg"), render_svg(report).encode()))
+        system.do(WriteFile(str(directory / "boot.log"), state.log.text().encode()))
+
+    if config.debug or config.ssh:
+        rescue_shell(state, "cvmdebug: the new root is assembled at /root; exit the shell to boot it")
+    state.log.info(f"switching root to {config.repository} {state.facts.get('snapshot', {}).get('root_hash', '')}")
+    system.do(SwitchRoot(str(new_root)))

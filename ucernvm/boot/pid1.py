@@ -1,0 +1,33 @@
+"""PID 1 of the image: run the boot pipeline; on failure, the failure screen and ``ucernvm.panic``."""
+
+from __future__ import annotations
+
+import sys
+
+from ucernvm.boot.log import BootLog
+from ucernvm.boot.pipeline import BootFailure, Stage, run_stages
+from ucernvm.boot.rescue import failure_screen, panic, rescue_shell, save_logs
+from ucernvm.boot.stages import STAGES
+from ucernvm.boot.state import BootState
+from ucernvm.boot.system import RealSystem
+
+
+def main() -> int:
+    state = BootState(RealSystem(), BootLog(sys.stdout, kmsg=True))
+    state.log.info("ucernvm boot loader")
+
+    def break_point(stage: Stage) -> None:
+        if state.config.break_stage == stage.name:
+            rescue_shell(state, f"ucernvm.break={stage.name}: exit the shell to continue the boot")
+
+    try:
+        run_stages(state, list(STAGES), before_stage=break_point)
+        failure = BootFailure(STAGES[-1], "the OS's init did not start", "")
+    except BootFailure as error:
+        failure = error
+    print(failure_screen(state, failure), flush=True)
+    where = save_logs(state, f"failed in {failure.stage.name}")
+    if where:
+        state.log.info(f"the log and status.json are in {where} on the scratch disk")
+    panic(state)
+    return 1

@@ -1,0 +1,107 @@
+"""The boot report: what happened, when, and with which server, proxy and snapshot.
+
+Written to ``/run/ucernvm/report.json`` in the new root (with a ``timeline.svg``) and kept on the
+scratch disk in ``ulogs/``; ``ucernvm report FILE`` renders it on any machine.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from typing import Any
+
+from ucernvm import __version__
+from ucernvm.boot.log import uptime
+from ucernvm.boot.state import BootState
+
+_COLORS = {"ok": "#4c9f70", "warning": "#e0a030", "failed": "#d04040", "running": "#7090c0", "skipped": "#a0a0a0"}
+
+
+def build_report(state: BootState, outcome: str) -> dict[str, Any]:
+    report: dict[str, Any] = {
+        "version": __version__,
+        "outcome": outcome,
+        "written_at_uptime": round(uptime(), 3),
+        "dry_run": state.system.dry_run,
+        "stages": [
+            {"name": r.name, "start": round(r.start, 3), "end": round(r.end, 3), "seconds": round(r.seconds, 3),
+             "status": r.status, "message": r.message}
+            for r in state.stages
+        ],
+        "warnings": list(state.warnings),
+        "context_source": state.context_source,
+        **state.facts,
+    }
+    source = state.source
+    if source is not None:
+        counters = source.counters
+        report["transfer"] = {
+            "server": source.current_host,
+            "proxy": source.current_proxy,
+            "requests": counters.requests,
+            "bytes_fetched": counters.bytes,
+            "failovers": counters.host_failovers + counters.proxy_failovers,
+        }
+    cache = state.repository.cache if state.repository is not None else None
+    if cache is not None:
+        report["cache"] = {"hits": cache.hits, "misses": cache.misses}
+    return report
+
+
+def to_json(report: dict[str, Any]) -> str:
+    return json.dumps(report, indent=2, sort_keys=False, default=str) + "\n"
+
+
+def render_text(report: dict[str, Any]) -> str:
+    lines = [f"{'stage':<10} {'start':>8} {'end':>8} {'seconds':>8}  status"]
+    for stage in report.get("stages", []):
+        lines.append(
+            f"{stage['name']:<10} {stage['start']:8.2f} {stage['end']:8.2f} {stage['seconds']:8.2f}  {stage['status']}"
+            + (f" ({stage['message']})" if stage.get("message") else "")
+        )
+    snapshot = report.get("snapshot", {})
+    if snapshot:
+        lines.append(
+            f"snapshot: {snapshot.get('repository')} revision {snapshot.get('revision')} {snapshot.get('root_hash')}"
+            f" tag {snapshot.get('tag') or '-'}"
+        )
+    transfer = report.get("transfer", {})
+    if transfer:
+        lines.append(
+            f"server: {transfer.get('server')}  proxy: {transfer.get('proxy')}  "
+            f"fetched: {transfer.get('bytes_fetched')} bytes in {transfer.get('requests')} requests"
+        )
+    cache = report.get("cache", {})
+    if cache:
+        lines.append(f"cache: {cache.get('hits')} hits, {cache.get('misses')} misses")
+    lines += [f"warning: {warning}" for warning in report.get("warnings", [])]
+    lines.append(f"outcome: {report.get('outcome')}")
+    return "\n".join(lines) + "\n"
+
+
+def render_svg(report: dict[str, Any]) -> str:
+    """A horizontal bar per stage on the guest's clock (seconds since the kernel started)."""
+    stages = report.get("stages", [])
+    end = max([stage["end"] for stage in stages] + [1.0])
+    width, row, left = 720, 22, 90
+    scale = (width - left - 20) / end
+    height = row * (len(stages) + 2)
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">',
+        f'<text x="4" y="14">ucernvm boot timeline (seconds since kernel start), {html.escape(str(report.get("outcome")))}</text>',
+    ]
+    for index, stage in enumerate(stages):
+        y = row * (index + 1) + 4
+        x = left + stage["start"] * scale
+        bar = max(1.0, stage["seconds"] * scale)
+        color = _COLORS.get(stage["status"], "#808080")
+        parts.append(f'<text x="4" y="{y + 14}">{html.escape(stage["name"])}</text>')
+        parts.append(f'<rect x="{x:.1f}" y="{y}" width="{bar:.1f}" height="{row - 6}" fill="{color}"/>')
+        parts.append(f'<text x="{x + bar + 4:.1f}" y="{y + 14}">{stage["seconds"]:.2f} s</text>')
+    axis_y = row * (len(stages) + 1) + 8
+    for second in range(int(end) + 1):
+        x = left + second * scale
+        parts.append(f'<line x1="{x:.1f}" y1="{row}" x2="{x:.1f}" y2="{axis_y}" stroke="#ddd"/>')
+        parts.append(f'<text x="{x:.1f}" y="{axis_y + 12}" text-anchor="middle">{second}</text>')
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n"

@@ -1,0 +1,73 @@
+"""The ``mount`` stage: the repository mounted by the FUSE daemon, the OS root assembled from it.
+
+The daemon is a child of PID 1 that outlives it: it holds its descriptors (/dev/fuse, the cache
+directory) and everything it imports is loaded before the switch, so the initramfs can be freed. Its
+command line starts with '@', systemd's mark for storage daemons it must not kill at shutdown. The root
+is an overlay of the snapshot's ``cernvm_path`` (read-only) and ``persistent/`` on the scratch disk; the
+two layers stay visible in the OS as /mnt/.ro and /mnt/.rw, as in µCernVM.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+from ucernvm.boot.state import BootState
+from ucernvm.boot.system import MS_MOVE, MakeDirs, Mount
+from ucernvm.client.filesystem import SnapshotFilesystem
+from ucernvm.client.fuse.kernel import MountOptions, mount
+from ucernvm.client.repository import Repository
+from ucernvm.errors import MountError
+
+DAEMON_MARK = b"@"
+
+
+def mark_storage_daemon() -> None:
+    """Make this process's command line start with '@' (systemd spares such root processes).
+
+    The kernel reports the argument strings from this process's own memory (arg_start in
+    /proc/self/stat), so overwriting their first byte renames it, as setproctitle does.
+    """
+    with open("/proc/self/stat", "rb") as handle:
+        fields = handle.read().rsplit(b")", 1)[1].split()
+    arg_start = int(fields[45])  # field 48 of proc(5), counted after the command name
+    ctypes.memmove(arg_start, DAEMON_MARK, len(DAEMON_MARK))
+
+
+class MountRepository:
+    """Mount the snapshot with FUSE and leave a daemon serving it; applying returns the daemon's pid."""
+
+    def __init__(self, repository: Repository, target: str, log_path: str) -> None:
+        self.repository, self.target, self.log_path = repository, target, log_path
+
+    def describe(self) -> str:
+        return f"mount {self.repository.fqrn} with FUSE on {self.target} (daemon marked '@' for systemd)"
+
+    def apply(self) -> int:
+        filesystem = SnapshotFilesystem(self.repository)
+        fuse = mount(filesystem, self.target, MountOptions(fsname=self.repository.fqrn, subtype="cvmfs"))
+        pid = fuse.fork(log_path=self.log_path, before_serve=mark_storage_daemon)
+        os.stat(self.target)  # returns once the daemon answered the kernel
+        return pid
+
+
+def mount_stage(state: BootState) -> None:
+    system, repository, config = state.system, state.repository, state.config
+    read_only, scratch, new_root = state.read_only, state.scratch, state.new_root
+    os_directory = repository.lookup(config.os_path)
+    if os_directory is None or not os_directory.is_directory:
+        raise MountError(
+            f"the snapshot has no directory {config.os_path or '/'!r} to boot",
+            "set cernvm_path= to the OS directory of the repository",
+        )
+    state.fuse_pid = system.do(MountRepository(repository, str(read_only), str(scratch / "cache" / "mount.log")))
+    lower = read_only / config.os_path.strip("/")
+    options = f"lowerdir={lower},upperdir={scratch / 'persistent'},workdir={scratch / 'work'}"
+    system.do(Mount("overlay", str(new_root), "overlay", options))
+    for layer, inside in ((scratch, "mnt/.rw"), (read_only, "mnt/.ro")):
+        target = new_root / inside
+        system.do(MakeDirs(str(target)))
+        system.do(Mount(str(layer), str(target), None, flags=MS_MOVE))
+    if not system.dry_run:
+        state.scratch_moved_to = new_root / "mnt" / ".rw"
+    state.facts["root"] = {"lower": str(lower), "upper": str(scratch / "persistent"), "fuse_pid": state.fuse_pid}

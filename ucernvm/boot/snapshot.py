@@ -1,0 +1,125 @@
+"""The ``snapshot`` stage: which snapshot of the repository this machine boots, verified and pinned.
+
+As µCernVM: the tag comes from the settings (kernel < context); a snapshot pinned on the scratch disk
+(``aux/cvmfs_snapshot``: root hash, then tag) wins on every later boot, and ``aux/cvmfs_force_tag`` moves
+the machine to another tag once. Unlike the original, a snapshot older than the newest one this disk
+has booted is refused unless forced, and the force file is consumed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ucernvm.boot.state import BootState
+from ucernvm.boot.system import MakeDirs, RemoveFile, WriteFile
+from ucernvm.client.cache import ObjectCache
+from ucernvm.client.repository import Repository
+from ucernvm.cvmfs.hashing import ContentHash
+from ucernvm.cvmfs.signing import load_master_keys
+from ucernvm.errors import ConfigError, FormatError, VerificationError
+
+KEYS_DIR = "/etc/cvmfs/keys"
+PIN_FILE = "aux/cvmfs_snapshot"
+FORCE_FILE = "aux/cvmfs_force_tag"
+NEWEST_FILE = "aux/ucernvm_newest_boot.json"
+MB = 1_000_000
+
+
+def trusted_keys(state: BootState, fqrn: str) -> list:
+    """The image's master keys (``/etc/cvmfs/keys/<fqrn>/`` or ``/etc/cvmfs/keys/``), and the ones the OS
+    exported to ``aux/keys/<fqrn>/`` on the scratch disk (µCernVM's way to roll keys over)."""
+    keys = []
+    base = state.keys_dir or state.system.path(KEYS_DIR)
+    for directory in (base / fqrn, base, state.scratch / "aux" / "keys" / fqrn):
+        if directory.is_dir() and any(directory.glob("*.pub")):
+            keys += load_master_keys(directory)
+    if not keys:
+        raise ConfigError(f"no master public key for {fqrn} in {base}", f"build the image with --keys holding {fqrn}.pub")
+    return keys
+
+
+def cache_quota(scratch: Path) -> int:
+    """µCernVM's rule: 2000 MB, or half the scratch file system when it is smaller than 4000 MB."""
+    try:
+        size = os.statvfs(scratch).f_blocks * os.statvfs(scratch).f_frsize
+    except OSError:
+        return 2000 * MB
+    return 2000 * MB if size > 4000 * MB else size // 2
+
+
+def read_pin(scratch: Path) -> tuple[ContentHash | None, str]:
+    try:
+        lines = [line.strip() for line in (scratch / PIN_FILE).read_text().splitlines() if line.strip()]
+    except OSError:
+        return None, ""
+    if not lines:
+        return None, ""
+    try:
+        return ContentHash.parse(lines[0]), (lines[-1] if len(lines) > 1 else "")
+    except FormatError:
+        return None, ""
+
+
+def snapshot_stage(state: BootState) -> None:
+    config, scratch, system = state.config, state.scratch, state.system
+    tag = config.tag or None
+    pinned_hash, pinned_tag = read_pin(scratch)
+    forced = None
+    try:
+        forced = (scratch / FORCE_FILE).read_text().strip() or None
+    except OSError:
+        pass
+    root_hash = None
+    if forced:
+        tag = forced
+        state.log.info(f"aux/cvmfs_force_tag: moving to tag {forced}")
+    elif pinned_hash is not None:
+        root_hash, tag = pinned_hash, pinned_tag or tag
+        state.log.info(f"pinned snapshot {pinned_hash} ({pinned_tag or 'untagged'})")
+
+    cache = ObjectCache(scratch / "cache", cache_quota(scratch))
+    repository = Repository(
+        state.source, config.repository, trusted_keys(state, config.repository), tag=None if root_hash else tag,
+        root_hash=root_hash, cache=cache,
+    )
+    for warning in repository.warnings:
+        state.warn(warning)
+    if root_hash is not None and tag:
+        repository.tag = repository.history.find(tag) if repository.history else None
+    revision = repository.revision
+    newest = _newest_booted(scratch)
+    if newest and revision < newest["revision"] and not forced:
+        raise VerificationError(
+            f"snapshot revision {revision} is older than revision {newest['revision']} this machine booted before",
+            "to roll back on purpose, write the tag to aux/cvmfs_force_tag on the scratch disk",
+        )
+    state.repository = repository
+    label = repository.tag.name if repository.tag else (tag or "")
+    if root_hash is None or forced:
+        system.do(MakeDirs(str(scratch / "aux")))
+        system.do(WriteFile(str(scratch / PIN_FILE), f"{repository.root_hash}\n{label}\n".encode()))
+    if forced:
+        system.do(RemoveFile(str(scratch / FORCE_FILE)))
+    if not newest or revision > newest["revision"]:
+        record = {"revision": revision, "root_hash": repository.root_hash.hex, "tag": label}
+        system.do(WriteFile(str(scratch / NEWEST_FILE), json.dumps(record).encode()))
+    state.facts["snapshot"] = {
+        "repository": repository.fqrn,
+        "revision": revision,
+        "root_hash": repository.root_hash.hex,
+        "tag": label,
+        "published": repository.manifest.timestamp,
+        "pinned": pinned_hash is not None and not forced,
+        "offline": repository.offline,
+    }
+    state.log.info(f"snapshot: {repository.fqrn} revision {revision} {repository.root_hash} ({label or 'untagged'})")
+
+
+def _newest_booted(scratch: Path) -> dict | None:
+    try:
+        record = json.loads((scratch / NEWEST_FILE).read_text())
+        return record if isinstance(record.get("revision"), int) else None
+    except (OSError, ValueError, AttributeError):
+        return None

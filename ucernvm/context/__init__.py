@@ -1,0 +1,1 @@
+"""User-data: where it comes from (sources) and what the boot loader reads in it (the ucernvm section)."""
