@@ -1,0 +1,311 @@
+"""The network stage: loopback and every NIC up, DHCP on all NICs at once (or a static address),
+then address, MTU, routes, resolv.conf and hostname from the first lease (µCernVM's 02network).
+
+pyroute2 codes every netlink and DHCP message; ``net_pyroute2`` keeps its package ``__init__`` from
+running, ``net_rtnl`` and ``net_dhcp`` put those messages on plain sockets (see their docstrings for
+the measured reasons). A dry run changes nothing: it records the plan and reports the host's current
+links, addresses, routes and DNS, read over netlink.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+from ucernvm.boot.net_dhcp import Interface, Lease, StaticRoute, first_lease
+from ucernvm.boot.net_rtnl import ARPHRD_ETHER, RTPROT_BOOT, RTPROT_DHCP, Link, Rtnl
+from ucernvm.boot.state import BootState
+from ucernvm.boot.system import MakeDirs, WriteFile
+from ucernvm.errors import ConfigError, NetworkError
+
+STATIC_HINT = "use ucernvm.net=static:<address>/<prefix>,<gateway>[,<dns>...], e.g. static:10.0.0.5/24,10.0.0.1,10.0.0.2"
+
+
+def _refused(action: str, error: OSError) -> NetworkError:
+    return NetworkError(f"{action}: {error.strerror or error}")
+
+
+@dataclass(frozen=True)
+class SetLink:
+    index: int
+    name: str
+    mtu: int | None = None
+
+    def describe(self) -> str:
+        return f"set link {self.name} up" + (f" with MTU {self.mtu}" if self.mtu else "")
+
+    def apply(self) -> None:
+        try:
+            with Rtnl() as rtnl:
+                rtnl.set_link(self.index, up=True, mtu=self.mtu)
+        except OSError as error:
+            raise _refused(self.describe(), error) from None
+
+
+@dataclass(frozen=True)
+class AddAddress:
+    index: int
+    name: str
+    address: str
+    prefix: int
+    broadcast: str | None = None
+
+    def describe(self) -> str:
+        return f"add address {self.address}/{self.prefix} to {self.name}"
+
+    def apply(self) -> None:
+        try:
+            with Rtnl() as rtnl:
+                rtnl.add_address(self.index, self.address, self.prefix, self.broadcast)
+        except OSError as error:
+            raise _refused(self.describe(), error) from None
+
+
+@dataclass(frozen=True)
+class AddRoute:
+    index: int
+    name: str
+    destination: str
+    prefix: int
+    gateway: str  # "" for an on-link route
+    protocol: int = RTPROT_DHCP
+
+    def describe(self) -> str:
+        target = "default" if self.prefix == 0 else f"{self.destination}/{self.prefix}"
+        return f"add route {target} " + (f"via {self.gateway} " if self.gateway else "") + f"dev {self.name}"
+
+    def apply(self) -> None:
+        try:
+            with Rtnl() as rtnl:
+                rtnl.add_route(self.index, self.destination, self.prefix, self.gateway or None, self.protocol)
+        except OSError as error:
+            raise _refused(self.describe(), error) from None
+
+
+@dataclass(frozen=True)
+class RequestLease:
+    """DHCP on these NICs at once; applying it answers with the first Lease, or None."""
+
+    interfaces: tuple[Interface, ...]
+    timeout: float
+
+    def describe(self) -> str:
+        return f"run DHCP on {', '.join(i.name for i in self.interfaces)} (at most {self.timeout:g} s)"
+
+    def apply(self) -> Lease | None:
+        try:
+            return first_lease(list(self.interfaces), self.timeout)
+        except OSError as error:
+            raise _refused(self.describe(), error) from None
+
+
+@dataclass(frozen=True)
+class SetHostname:
+    name: str
+
+    def describe(self) -> str:
+        return f"set hostname {self.name}"
+
+    def apply(self) -> None:
+        try:
+            socket.sethostname(self.name)
+        except OSError as error:
+            raise _refused(self.describe(), error) from None
+
+
+@dataclass(frozen=True)
+class StaticConfig:
+    address: str
+    prefix: int
+    gateway: str
+    dns: tuple[str, ...]
+
+
+def parse_static(value: str) -> StaticConfig:
+    """``static:<address>/<prefix>,<gateway>[,<dns>...]`` (the ``network`` knob)."""
+    fields = [field.strip() for field in value.removeprefix("static:").split(",")]
+    address, _, prefix = fields[0].partition("/")
+    if len(fields) < 2 or not prefix.isdigit() or not 0 <= int(prefix) <= 32:
+        raise ConfigError(f"network={value!r} is not static:<address>/<prefix>,<gateway>[,<dns>...]", STATIC_HINT)
+    for text in (address, *fields[1:]):
+        try:
+            socket.inet_aton(text)
+        except OSError:
+            raise ConfigError(f"network={value!r}: {text!r} is not an IPv4 address", STATIC_HINT) from None
+    return StaticConfig(address, int(prefix), fields[1], tuple(fields[2:]))
+
+
+def physical_nics(links: list[Link]) -> list[Link]:
+    """Ethernet NICs backed by a device (virtio, e1000, ...); inside a container or network namespace,
+    where every link is virtual, every Ethernet link (veth)."""
+    ethernet = [link for link in links if link.arp_type == ARPHRD_ETHER and link.name != "lo"]
+    # /sys is the kernel's view (never under the System's root); a device link means hardware.
+    physical = [link for link in ethernet if os.path.exists(f"/sys/class/net/{link.name}/device")]
+    return sorted(physical or ethernet, key=lambda link: link.index)
+
+
+def _number(address: str) -> int:
+    return int.from_bytes(socket.inet_aton(address), "big")
+
+
+def on_link(address: str, prefix: int, gateway: str) -> bool:
+    mask = (0xFFFFFFFF << (32 - prefix)) & 0xFFFFFFFF
+    return (_number(address) ^ _number(gateway)) & mask == 0
+
+
+def lease_routes(lease: Lease) -> list[StaticRoute]:
+    """Option 121 when present, else a default route via the first router.
+
+    RFC 3442: a client that receives classless static routes MUST ignore the router option (servers
+    that mean a default route put 0.0.0.0/0 in option 121); Debian's dhclient and systemd-networkd
+    do the same.
+    """
+    if lease.routes:
+        return list(lease.routes)
+    return [StaticRoute("0.0.0.0", 0, lease.routers[0])] if lease.routers else []
+
+
+def _add_routes(state: BootState, nic: Link, address: str, prefix: int, routes: list[StaticRoute], protocol: int) -> None:
+    reachable: set[str] = set()
+    for route in routes:
+        if route.gateway and not on_link(address, prefix, route.gateway) and route.gateway not in reachable:
+            # A router outside the subnet (GCE hands out /32 addresses): a host route to it first, as
+            # µCernVM's "fixing broken DHCP"; the kernel refuses a gateway it cannot reach otherwise.
+            state.system.do(AddRoute(nic.index, nic.name, route.gateway, 32, "", protocol))
+            reachable.add(route.gateway)
+        state.system.do(AddRoute(nic.index, nic.name, route.destination, route.prefix, route.gateway, protocol))
+
+
+def resolv_conf(dns: tuple[str, ...], search: tuple[str, ...]) -> bytes:
+    lines = [f"search {' '.join(search)}"] if search else []
+    lines += [f"nameserver {server}" for server in dns]
+    return "".join(f"{line}\n" for line in lines).encode()
+
+
+def _write_resolv_conf(state: BootState, dns: tuple[str, ...], search: tuple[str, ...]) -> None:
+    path = state.system.path("/etc/resolv.conf")
+    state.system.do(MakeDirs(str(path.parent)))
+    state.system.do(WriteFile(str(path), resolv_conf(dns, search)))
+
+
+def _search_domains(lease: Lease) -> tuple[str, ...]:
+    # Option 119 is the search list; option 15 (the own domain) leads it when the server sent both.
+    domains = ((lease.domain,) if lease.domain else ()) + lease.search
+    return tuple(dict.fromkeys(domains))
+
+
+def configure_lease(state: BootState, nic: Link, lease: Lease) -> None:
+    if lease.mtu and lease.mtu != nic.mtu:
+        state.system.do(SetLink(nic.index, nic.name, lease.mtu))
+    state.system.do(AddAddress(nic.index, nic.name, lease.address, lease.prefix, lease.broadcast))
+    routes = lease_routes(lease)
+    _add_routes(state, nic, lease.address, lease.prefix, routes, RTPROT_DHCP)
+    search = _search_domains(lease)
+    if lease.dns or search:
+        _write_resolv_conf(state, lease.dns, search)
+    if lease.hostname:
+        state.system.do(SetHostname(lease.hostname))
+    state.facts["network"] = {
+        "mode": "dhcp",
+        "interface": nic.name,
+        "address": f"{lease.address}/{lease.prefix}",
+        "gateway": next((route.gateway for route in routes if route.prefix == 0), ""),
+        "routes": [_route_text(route) for route in routes],
+        "dns": list(lease.dns),
+        "search": list(search),
+        "mtu": lease.mtu or nic.mtu,
+        "lease_time": lease.lease_time,
+        "seconds_to_lease": round(lease.seconds, 3),
+        "dhcp_server": lease.server_id,
+        "hostname": lease.hostname,
+    }
+    state.log.info(f"network: {nic.name} {lease.address}/{lease.prefix} from DHCP server {lease.server_id} "
+                   f"in {lease.seconds:.2f} s")  # fmt: skip
+
+
+def _route_text(route: StaticRoute) -> str:
+    target = "default" if route.prefix == 0 else f"{route.destination}/{route.prefix}"
+    return f"{target} via {route.gateway}" if route.gateway else f"{target} on-link"
+
+
+def configure_static(state: BootState, nic: Link, static: StaticConfig) -> None:
+    state.system.do(AddAddress(nic.index, nic.name, static.address, static.prefix))
+    _add_routes(state, nic, static.address, static.prefix, [StaticRoute("0.0.0.0", 0, static.gateway)], RTPROT_BOOT)
+    if static.dns:
+        _write_resolv_conf(state, static.dns, ())
+    state.facts["network"] = {
+        "mode": "static",
+        "interface": nic.name,
+        "address": f"{static.address}/{static.prefix}",
+        "gateway": static.gateway,
+        "dns": list(static.dns),
+        "mtu": nic.mtu,
+    }
+
+
+def host_report(rtnl: Rtnl, links: list[Link]) -> dict:
+    """The host's network as it is (read-only): what a dry run shows instead of a lease."""
+    names = {link.index: link.name for link in links}
+    routes = []
+    for route in rtnl.routes():
+        target = "default" if route.prefix == 0 else f"{route.destination}/{route.prefix}"
+        via = f" via {route.gateway}" if route.gateway else ""
+        routes.append(f"{target}{via} dev {names.get(route.index, route.index)}")
+    dns, search = [], []
+    try:
+        with open("/etc/resolv.conf") as stream:  # the host's own file: a dry run's System root is a scratch dir
+            for line in stream:
+                words = line.split()
+                if len(words) >= 2 and words[0] == "nameserver":
+                    dns.append(words[1])
+                elif words and words[0] in ("search", "domain"):
+                    search = words[1:]
+    except OSError:
+        pass
+    return {
+        "links": [{"name": link.name, "mac": link.mac, "up": link.up, "mtu": link.mtu} for link in links],
+        "addresses": [f"{address.address}/{address.prefix} dev {names.get(address.index, address.index)}"
+                      for address in rtnl.addresses()],
+        "routes": routes,
+        "dns": dns,
+        "search": search,
+    }  # fmt: skip
+
+
+def network_stage(state: BootState) -> None:
+    mode = str(state.config.network).strip()
+    static = parse_static(mode) if mode.startswith("static:") else None
+    if static is None and mode != "dhcp":
+        raise ConfigError(f"network={mode!r} is neither dhcp nor static:...", STATIC_HINT)
+    try:
+        with Rtnl() as rtnl:
+            links = rtnl.links()
+            report = host_report(rtnl, links) if state.system.dry_run else None
+    except OSError as error:
+        raise NetworkError(f"cannot read the network links over netlink: {error.strerror or error}") from None
+    nics = physical_nics(links)
+    for link in links:
+        if link.name == "lo" or link in nics:
+            state.system.do(SetLink(link.index, link.name))
+    if not nics:
+        raise NetworkError("no network interface found",
+                           "the image may lack the driver module of the VM's NIC (virtio_net, e1000, ...)")  # fmt: skip
+    if static is not None:
+        configure_static(state, nics[0], static)
+        if report is not None:
+            state.facts["network"]["host"] = report
+        return
+    interfaces = tuple(Interface(nic.name, nic.mac) for nic in nics)
+    request = RequestLease(interfaces, float(state.config.network_timeout))
+    lease = state.system.do(request)
+    if report is not None:  # dry run: nothing was sent
+        state.facts["network"] = {"mode": "dhcp", "would": request.describe(), **report}
+        state.log.info(f"network: would {request.describe()}")
+        return
+    if lease is None:
+        raise NetworkError(
+            f"no DHCP lease on {', '.join(i.name for i in interfaces)} within {request.timeout:g} s",
+            f"check that the VM's network has a DHCP server; raise ucernvm.net_timeout= or {STATIC_HINT}",
+        )
+    configure_lease(state, next(nic for nic in nics if nic.name == lease.interface), lease)
