@@ -1,0 +1,113 @@
+"""Native import cost of the ways the network stage could use pyroute2, printed as one table.
+
+Each candidate is imported by a fresh interpreter started as the image's /init starts it
+(``python -I -S``), REPEAT times; the table shows the fastest and the median run, alone and on top
+of the boot framework (ucernvm.boot.state/system/log and ucernvm.config, which every stage already
+pays for), with the number of modules each adds. Under QEMU TCG an import costs roughly 10-20 times
+its native time (the whole of pyroute2 was measured at 2.6-4.3 s in a TCG guest against 0.2 s
+natively).
+
+    .venv/bin/python benchmarks/bench_network_imports.py [--repeat 7] [--list-modules]
+
+pyroute2-minimal (no DHCP module) is installed into a temporary directory with pip for its row; the
+row is skipped when pip cannot fetch it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SITE_PACKAGES = sysconfig.get_path("purelib")
+MINIMAL = "pyroute2-minimal==0.9.7"
+
+FRAMEWORK = "import ucernvm.boot.state, ucernvm.boot.system, ucernvm.boot.log, ucernvm.config"
+BYPASS = "from ucernvm.boot import net_pyroute2; net_pyroute2.load(); "
+CANDIDATES = {
+    "whole package (import pyroute2)": "import pyroute2",
+    "pyroute2-minimal 0.9.7 package (no DHCP)": "import pyroute2",
+    "DHCP client + AsyncIPRoute": "from pyroute2.dhcp.client import AsyncDHCPClient; "
+                                  "from pyroute2.iproute.linux import AsyncIPRoute",
+    "DHCP client + AsyncIPRoute, __init__ bypassed": BYPASS + "from pyroute2.dhcp.client import AsyncDHCPClient; "
+                                                     "from pyroute2.iproute.linux import AsyncIPRoute",
+    "message classes, __init__ run": "from pyroute2.dhcp.dhcp4msg import dhcp4msg; import pyroute2.protocols, "
+                                     "pyroute2.ext.bpf, pyroute2.netlink.rtnl.ifinfmsg, pyroute2.netlink.rtnl.ifaddrmsg, "
+                                     "pyroute2.netlink.rtnl.rtmsg",
+    "the stage: message classes, __init__ bypassed": "import ucernvm.boot.network",
+    "floor: socket, struct, selectors (no pyroute2)": "import socket, struct, selectors",
+}  # fmt: skip
+
+_PROGRAM = """
+import sys, time
+sys.path[:0] = {paths!r}
+{framework}
+before = set(sys.modules)
+start = time.perf_counter()
+{candidate}
+print(time.perf_counter() - start, len(set(sys.modules) - before))
+if {list_modules!r}:
+    print(*sorted(set(sys.modules) - before), sep="\\n", file=sys.stderr)
+"""
+
+
+def measure(candidate: str, paths: list[str], framework: bool, repeat: int) -> tuple[list[float], int]:
+    seconds, added = [], 0
+    program = _PROGRAM.format(paths=paths, framework=FRAMEWORK if framework else "", candidate=candidate,
+                              list_modules=False)  # fmt: skip
+    for _ in range(repeat):
+        result = subprocess.run([sys.executable, "-I", "-S", "-c", program], capture_output=True, text=True, check=True)
+        elapsed, count = result.stdout.split()
+        seconds.append(float(elapsed))
+        added = int(count)
+    return seconds, added
+
+
+def minimal_package(directory: Path) -> Path | None:
+    result = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(directory), MINIMAL],
+                            capture_output=True, text=True)  # fmt: skip
+    return directory if result.returncode == 0 and (directory / "pyroute2").is_dir() else None
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=7, help="fresh interpreters per figure (default 7)")
+    parser.add_argument("--list-modules", action="store_true", help="also list the modules the stage adds to the framework")
+    args = parser.parse_args()
+
+    base = [str(REPO_ROOT), SITE_PACKAGES]
+    print(f"python {sys.version.split()[0]} -I -S, {args.repeat} runs each; ms = fastest / median; "
+          f"'+mods' = modules added; TCG estimate = 10-20 x the fastest run after the framework\n")  # fmt: skip
+    header = f"{'candidate':48} {'alone ms':>15} {'+mods':>6} {'after framework ms':>19} {'+mods':>6} {'TCG est. s':>11}"
+    print(header)
+    print("-" * len(header))
+    with tempfile.TemporaryDirectory(prefix="bench-pyroute2-minimal-") as scratch:
+        minimal = minimal_package(Path(scratch))
+        for name, candidate in CANDIDATES.items():
+            paths = base
+            if "minimal" in name:
+                if minimal is None:
+                    print(f"{name:48} skipped: pip could not install {MINIMAL}")
+                    continue
+                paths = [str(REPO_ROOT), str(minimal)]  # ahead of the full pyroute2 in site-packages
+            alone, alone_modules = measure(candidate, paths, False, args.repeat)
+            after, after_modules = measure(candidate, paths, True, args.repeat)
+            fastest = min(after)
+            print(f"{name:48} {min(alone) * 1e3:6.1f} / {statistics.median(alone) * 1e3:6.1f} {alone_modules:6d} "
+                  f"{fastest * 1e3:8.1f} / {statistics.median(after) * 1e3:8.1f} {after_modules:6d} "
+                  f"{fastest * 10:5.2f}-{fastest * 20:4.2f}")  # fmt: skip
+    if args.list_modules:
+        program = _PROGRAM.format(paths=base, framework=FRAMEWORK, candidate="import ucernvm.boot.network", list_modules=True)
+        result = subprocess.run([sys.executable, "-I", "-S", "-c", program], capture_output=True, text=True, check=True)
+        print("\nmodules `import ucernvm.boot.network` adds to the boot framework:")
+        print(result.stderr, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
