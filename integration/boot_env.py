@@ -1,0 +1,82 @@
+"""The pieces every boot test needs: a published test OS, a stratum server, the image, a VM."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from busybox_os import make_busybox_os
+from ucernvm.cvmfs.publisher import Publisher, PublishOptions
+from ucernvm.cvmfs.signing import generate_repository_keys
+from ucernvm.image.builder import BuildOptions, BuildResult, build_image
+from ucernvm.launch import LaunchOptions, Vm
+from ucernvm.launch.media import create_sparse_disk
+from ucernvm.server import StratumServer
+
+FQRN = "test.cern.ch"
+GUEST_HOST = "10.0.2.2"  # the host as QEMU's user network shows it to the guest
+
+
+@dataclass
+class BootRepository:
+    keys: Path
+    stratum: Path
+    os_tree: Path
+    server: StratumServer
+
+    def url(self, host: str = GUEST_HOST) -> str:
+        return f"http://{host}:{self.server.port}/cvmfs/{FQRN}"
+
+    def publish(self, tag: str) -> None:
+        Publisher(str(self.stratum / FQRN), FQRN, str(self.keys), PublishOptions(tag=tag)).publish(str(self.os_tree))
+
+    def cmdline(self, extra: str = "") -> str:
+        return f"quiet cvmfs_repos={FQRN} cvmfs_url={self.url()} cvmfs_proxy=DIRECT ucernvm.panic=poweroff {extra}".strip()
+
+
+def make_repository(base: Path) -> BootRepository:
+    keys = base / "keys"
+    generate_repository_keys(FQRN, keys)
+    os_tree = make_busybox_os(base / "os")
+    server = StratumServer(base / "stratum").start()
+    repository = BootRepository(keys, base / "stratum", os_tree, server)
+    repository.publish("v1")
+    return repository
+
+
+def build_boot_image(output: Path, keys: Path) -> BuildResult:
+    public = output.parent / f"{output.name}-keys"
+    public.mkdir(parents=True, exist_ok=True)
+    for pub in keys.glob("*.pub"):
+        (public / pub.name).write_bytes(pub.read_bytes())
+    return build_image(BuildOptions(output=output, keys=public))
+
+
+@dataclass
+class BootResult:
+    vm: Vm
+    code: int
+    serial: str
+
+    def marker(self, name: str) -> str | None:
+        match = re.search(rf"^{re.escape(name)} (.*)$", self.serial, re.MULTILINE)
+        return match.group(1).strip() if match else None
+
+    @property
+    def report(self) -> dict:
+        match = re.search(r"UCERNVM-REPORT-BEGIN\s*\n(.*?)\n\s*UCERNVM-REPORT-END", self.serial, re.DOTALL)
+        assert match, f"no boot report on the console:\n{self.serial[-3000:]}"
+        return json.loads(match.group(1))
+
+
+def boot(image: Path, disk: Path, cmdline: str, log: Path, timeout: float = 300) -> BootResult:
+    options = LaunchOptions(image=image, disks=(disk,), cmdline=cmdline, memory=1024, serial_log=log)
+    with Vm(options) as vm:
+        code = vm.wait(timeout=timeout)
+    return BootResult(vm, code, vm.serial)
+
+
+def new_disk(path: Path, size: int = 4 << 30) -> Path:
+    return create_sparse_disk(path, size)

@@ -1,0 +1,49 @@
+"""A tiny operating system for boot tests: a static busybox and a shell script as /sbin/init.
+
+Published with ``ucernvm publish`` and booted by the image, it proves that the OS's own init ran from
+the snapshot: it prints what it sees (guest uptime, the writable root, the kernel modules, the boot
+report) between markers on the serial console, then shuts down the way systemd does (pivot into
+/run/initramfs and run its /shutdown), which hands the machine back to the loader.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+BUSYBOX = Path("/bin/busybox")  # Debian's busybox-static
+APPLETS = (
+    "sh", "mount", "umount", "cat", "echo", "ls", "mkdir", "cut", "grep", "wc", "uname", "sync", "sleep",
+    "poweroff", "reboot", "pivot_root", "chroot", "insmod", "modprobe", "lsmod", "df", "head", "tail", "stat",
+)  # fmt: skip
+
+INIT = r"""#!/bin/sh
+# The test OS's init: report what the booted OS sees, then shut down as systemd would.
+export PATH=/bin:/sbin
+mount -t proc proc /proc 2>/dev/null
+echo "UCERNVM-OS-INIT $(cut -d' ' -f1 /proc/uptime)"
+echo "booted $(cut -d' ' -f1 /proc/uptime)" >> /var/boot-history
+echo "UCERNVM-OS-BOOTS $(wc -l < /var/boot-history)"
+echo "UCERNVM-OS-ROOT $(grep ' / ' /proc/mounts | head -n 1)"
+echo "UCERNVM-OS-LAYERS $(grep -c -e ' /mnt/.rw ' -e ' /mnt/.ro ' /proc/mounts)"
+if [ -d "/lib/modules/$(uname -r)" ]; then echo "UCERNVM-OS-MODULES present"; fi
+echo "UCERNVM-OS-DAEMON $(cat /proc/$(cat /run/initramfs/ucernvm.pids)/cmdline | cut -c1-1)"
+echo "UCERNVM-REPORT-BEGIN"
+cat /run/ucernvm/report.json
+echo "UCERNVM-REPORT-END"
+if [ -f /test-hook ]; then . /test-hook; fi
+cd /run/initramfs && mkdir -p oldroot && pivot_root . oldroot && exec chroot . /shutdown poweroff
+echo "UCERNVM-OS-SHUTDOWN-FAILED"
+"""
+
+
+def make_busybox_os(root: Path, init: str = INIT) -> Path:
+    for directory in ("bin", "sbin", "etc", "proc", "sys", "dev", "run", "tmp", "mnt", "var", "root", "lib"):
+        (root / directory).mkdir(parents=True, exist_ok=True)
+    shutil.copy2(BUSYBOX, root / "bin" / "busybox")
+    for applet in APPLETS:
+        (root / "bin" / applet).symlink_to("busybox")
+    (root / "sbin" / "init").write_text(init)
+    (root / "sbin" / "init").chmod(0o755)
+    (root / "etc" / "os-release").write_text('NAME="ucernvm test OS"\nID=ucernvm-test\n')
+    return root

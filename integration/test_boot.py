@@ -1,0 +1,106 @@
+"""The image boots a snapshot chosen by µCernVM kernel options into the OS's own init, under QEMU."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from boot_env import FQRN, BootRepository, boot, build_boot_image, make_repository, new_disk
+from ucernvm.cvmfs.publisher import resign
+from ucernvm.cvmfs.signing import generate_repository_keys
+from ucernvm.image.builder import BuildResult
+
+STAGES = ["early", "modules", "network", "context", "storage", "servers", "snapshot", "mount", "handoff"]
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BootRepository]:
+    repository = make_repository(tmp_path_factory.mktemp("boot-repo"))
+    yield repository
+    repository.server.stop()
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory: pytest.TempPathFactory, repository: BootRepository) -> BuildResult:
+    return build_boot_image(tmp_path_factory.mktemp("boot-image") / "image", repository.keys)
+
+
+def print_timings(label: str, result, capsys: pytest.CaptureFixture[str]) -> None:
+    report = result.report
+    with capsys.disabled():
+        print(f"\n{label}: accel {result.vm.accel}; OS init at {result.marker('UCERNVM-OS-INIT')} s guest")
+        for stage in report["stages"]:
+            print(f"  {stage['name']:<9} {stage['start']:7.2f} {stage['seconds']:6.2f} s  {stage['status']}")
+        transfer = report.get("transfer", {})
+        print(f"  fetched {transfer.get('bytes_fetched')} bytes in {transfer.get('requests')} requests; cache {report.get('cache')}")
+
+
+@pytest.mark.vm
+def test_boot_twice_on_one_disk(image: BuildResult, repository: BootRepository, tmp_path: Path, qemu: str,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    disk = new_disk(tmp_path / "scratch.raw")
+    first = boot(image.output, disk, repository.cmdline(), tmp_path / "first.log")
+    print_timings("cold boot", first, capsys)
+    assert first.code == 0, first.serial[-3000:]
+    assert first.marker("UCERNVM-OS-INIT") is not None, "the OS's init did not run"
+    report = first.report
+    assert [stage["name"] for stage in report["stages"]] == STAGES
+    assert all(stage["status"] in ("ok", "running") for stage in report["stages"]), report["stages"]
+    assert report["snapshot"]["repository"] == FQRN and report["snapshot"]["tag"] == "v1"
+    assert report["snapshot"]["pinned"] is False
+    assert first.marker("UCERNVM-OS-BOOTS") == "1"  # the root is writable
+    assert "overlay" in first.marker("UCERNVM-OS-ROOT")
+    assert first.marker("UCERNVM-OS-LAYERS") == "2"  # /mnt/.rw and /mnt/.ro
+    assert first.marker("UCERNVM-OS-MODULES") == "present"
+    assert first.marker("UCERNVM-OS-DAEMON") == "@"
+    assert "ucernvm: root detached" in first.serial  # the OS's shutdown went through the hand-back
+
+    repository.publish("v2")  # a newer snapshot appears; the pinned machine must not move
+    second = boot(image.output, disk, repository.cmdline(), tmp_path / "second.log")
+    print_timings("warm boot", second, capsys)
+    assert second.code == 0, second.serial[-3000:]
+    again = second.report
+    assert again["snapshot"]["pinned"] is True
+    assert again["snapshot"]["root_hash"] == report["snapshot"]["root_hash"]
+    assert second.marker("UCERNVM-OS-BOOTS") == "2"  # the writable layer persisted
+    assert again["transfer"]["bytes_fetched"] < report["transfer"]["bytes_fetched"]
+    assert again["cache"]["hits"] > 0
+    assert again["storage"]["fresh"] is False
+    assert again["storage"].get("fsck", "clean") == "clean", again["storage"]
+
+
+def expect_failure(result, stage: str, cause: str) -> None:
+    assert result.code == 0, f"QEMU did not exit by a guest power-off:\n{result.serial[-3000:]}"
+    assert f"the boot failed in stage '{stage}'" in result.serial, result.serial[-3000:]
+    assert cause in result.serial, result.serial[-3000:]
+    assert result.marker("UCERNVM-OS-INIT") is None
+
+
+@pytest.mark.vm
+def test_dead_server_fails_with_a_screen(image: BuildResult, repository: BootRepository, tmp_path: Path, qemu: str) -> None:
+    cmdline = repository.cmdline().replace(f":{repository.server.port}/", ":9/")
+    result = boot(image.output, new_disk(tmp_path / "d.raw"), cmdline, tmp_path / "dead.log")
+    expect_failure(result, "snapshot", "cannot fetch")
+
+
+@pytest.mark.vm
+def test_wrong_key_fails_with_a_screen(repository: BootRepository, tmp_path: Path, qemu: str) -> None:
+    other = tmp_path / "other-keys"
+    generate_repository_keys(FQRN, other)
+    wrong = build_boot_image(tmp_path / "wrong-image", other)
+    result = boot(wrong.output, new_disk(tmp_path / "d.raw"), repository.cmdline(), tmp_path / "wrong.log")
+    expect_failure(result, "snapshot", "whitelist signature does not verify")
+
+
+@pytest.mark.vm
+def test_expired_whitelist_fails_with_a_screen(image: BuildResult, tmp_path: Path, qemu: str) -> None:
+    expired = make_repository(tmp_path / "expired")
+    try:
+        resign(str(expired.stratum / FQRN), FQRN, str(expired.keys), days=0)
+        fresh_image = build_boot_image(tmp_path / "expired-image", expired.keys)
+        result = boot(fresh_image.output, new_disk(tmp_path / "d.raw"), expired.cmdline(), tmp_path / "expired.log")
+        expect_failure(result, "snapshot", "whitelist expired")
+    finally:
+        expired.server.stop()
