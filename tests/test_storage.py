@@ -1,0 +1,308 @@
+"""The storage stage on real loop devices: first boot, later boots, growing, refusals, dry run."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ucernvm.boot.blockdev import FileSystem, probe_path
+from ucernvm.boot.log import BootLog
+from ucernvm.boot.pipeline import BootFailure, Stage, run_stages
+from ucernvm.boot.state import BootState
+from ucernvm.boot.storage import BOOT_LABEL, LAYOUT, storage_stage
+from ucernvm.boot.system import DryRunSystem, RealSystem, System
+from ucernvm.config import BootConfig
+
+MIB = 1 << 20
+GIB = 1 << 30
+
+
+def _unusable() -> str:
+    if os.geteuid() != 0:
+        return "loop devices, mounts and mknod need root"
+    if not Path("/dev/loop-control").exists():
+        return "no /dev/loop-control (the loop driver is not available)"
+    missing = [tool for tool in ("losetup", "sfdisk", "mke2fs", "e2fsck", "tune2fs", "resize2fs") if not shutil.which(tool)]
+    return f"missing tools: {', '.join(missing)}" if missing else ""
+
+
+pytestmark = pytest.mark.skipif(bool(_unusable()), reason=_unusable() or "usable")
+
+
+class Rig:
+    """Backing files on loop devices, and boots of the storage stage into a root under tmp_path."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp = tmp_path
+        self.root = tmp_path / "root"
+        self.root.mkdir()
+        self.backing: dict[str, Path] = {}  # device -> file
+        self.dry_roots: list[Path] = []
+
+    def disk(self, name: str, size: int, script: str = "") -> Path:
+        path = self.tmp / name
+        with path.open("wb") as handle:
+            handle.truncate(size)
+        if script:
+            subprocess.run(["sfdisk", "-q", str(path)], input=script, text=True, check=True, capture_output=True)
+        return path
+
+    def attach(self, backing: Path, read_only: bool = False) -> str:
+        argv = ["losetup", "-f", "--show", "--partscan", *(["-r"] if read_only else []), str(backing)]
+        result = subprocess.run(argv, capture_output=True, text=True)
+        if result.returncode != 0:
+            pytest.skip(f"no free loop device: {result.stderr.strip()}")
+        device = result.stdout.strip()
+        self.backing[device] = backing
+        return device
+
+    def boot(self, devices: list[str], system: System | None = None, **settings: object) -> BootState:
+        state = BootState(system or RealSystem(str(self.root)), BootLog(io.StringIO()), config=BootConfig(**settings))
+        stage = functools.partial(storage_stage, devices=[Path(device).name for device in devices])
+        run_stages(state, [Stage("storage", stage)])
+        return state
+
+    def dry_system(self) -> DryRunSystem:
+        system = DryRunSystem()
+        self.dry_roots.append(system.root)
+        return system
+
+    def unmount(self) -> None:
+        with open("/proc/self/mounts") as mounts:
+            targets = [line.split()[1] for line in mounts if line.split()[1].startswith(str(self.root))]
+        for target in reversed(targets):
+            subprocess.run(["umount", target], check=False, capture_output=True)
+
+    def detach(self, device: str) -> None:
+        subprocess.run(["losetup", "-d", device], check=False, capture_output=True)
+        self.backing.pop(device, None)
+
+    def reboot(self, devices: list[str]) -> list[str]:
+        """Unmount and detach, then attach the same files again: the kernel forgets the partitions."""
+        self.unmount()
+        files = [self.backing[device] for device in devices]
+        for device in devices:
+            self.detach(device)
+        return [self.attach(path) for path in files]
+
+    def close(self) -> None:
+        self.unmount()
+        for device in list(self.backing):
+            self.detach(device)
+        for root in self.dry_roots:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def rig(tmp_path: Path):
+    rig = Rig(tmp_path)
+    try:
+        yield rig
+    finally:
+        rig.close()
+
+
+def sfdisk_json(device: str) -> dict:
+    return json.loads(subprocess.run(["sfdisk", "-J", device], capture_output=True, check=True).stdout)["partitiontable"]
+
+
+def digest(device: str) -> str:
+    with open(device, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def assert_scratch(state: BootState) -> None:
+    assert os.path.ismount(state.scratch)
+    assert all((state.scratch / name).is_dir() for name in LAYOUT)
+    assert probe_path(state.scratch_device) == FileSystem("ext4", "UROOT")
+
+
+def test_empty_disk_becomes_the_scratch_disk(rig: Rig) -> None:
+    device = rig.attach(rig.disk("empty", 256 * MIB))
+    state = rig.boot([device])
+    assert state.scratch_fresh and state.scratch_device == f"{device}p1"
+    assert_scratch(state)
+    [part] = sfdisk_json(device)["partitions"]
+    assert (part["start"], part["size"], part["type"]) == (2048, 256 * 2048 - 2048, "83")
+    facts = state.facts["storage"]
+    assert facts["fresh"] and facts["device"] == state.scratch_device and facts["free"] > 200 * MIB
+    assert "empty disk" in facts["created"]
+
+
+def test_second_boot_reuses_the_scratch_disk(rig: Rig) -> None:
+    device = rig.attach(rig.disk("empty", 128 * MIB))
+    first = rig.boot([device])
+    (first.scratch / "persistent" / "kept").write_text("from the first boot")
+    [device] = rig.reboot([device])
+    second = rig.boot([device])
+    assert not second.scratch_fresh and not second.facts["storage"]["fresh"]
+    assert_scratch(second)
+    assert (second.scratch / "persistent" / "kept").read_text() == "from the first boot"
+    actions = second.system.actions
+    assert f"check file system {device}p1 (e2fsck -p)" in actions
+    assert not any("mke2fs" in action or "partition table" in action for action in actions)
+
+
+def test_resize_rootfs_off_takes_the_first_20_gib(rig: Rig) -> None:
+    device = rig.attach(rig.disk("big", 30 * GIB))
+    state = rig.boot([device], resize_rootfs=False)
+    assert_scratch(state)
+    scratch, spare = sfdisk_json(device)["partitions"]
+    assert (scratch["start"], scratch["size"]) == (2048, 20 * GIB // 512)
+    assert (spare["start"], spare["start"] + spare["size"]) == (2048 + 20 * GIB // 512, 30 * GIB // 512)
+    assert probe_path(f"{device}p2") is None  # left unformatted, but the kernel knows it
+    stats = os.statvfs(state.scratch)
+    assert 19 * GIB < stats.f_blocks * stats.f_frsize <= 20 * GIB
+    assert state.facts["storage"]["spare"] == f"{device}p2"
+
+
+def boot_disk(rig: Rig, kind: str, size: int, grow_to: int = 0) -> Path:
+    """A disk with a 100 MiB boot partition holding a file system labelled as the boot medium."""
+    part_type = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B" if kind == "gpt" else "c"
+    path = rig.disk(f"boot-{kind}", size, f"label: {kind}\nstart=2048, size=100M, type={part_type}\n")
+    subprocess.run(["mke2fs", "-q", "-F", "-t", "ext2", "-L", BOOT_LABEL, "-E", f"offset={MIB}", str(path), "100M"],
+                   check=True)  # fmt: skip
+    if grow_to:
+        os.truncate(path, grow_to)  # an image written onto a larger disk: its backup GPT is not at the end
+    return path
+
+
+@pytest.mark.parametrize("kind, use_boothd", [("dos", False), ("gpt", True)])
+def test_free_space_on_the_boot_disk(rig: Rig, kind: str, use_boothd: bool) -> None:
+    device = rig.attach(boot_disk(rig, kind, 256 * MIB if kind == "gpt" else GIB, grow_to=GIB if kind == "gpt" else 0))
+    empty = rig.attach(rig.disk("empty", 256 * MIB))
+    untouched = digest(empty)
+    devices = [empty, device] if use_boothd else [device]
+    state = rig.boot(devices, use_boothd=use_boothd)
+    assert_scratch(state)
+    assert state.scratch_device == f"{device}p2" and "boot disk" in state.facts["storage"]["created"]
+    dump = sfdisk_json(device)
+    boot, scratch = dump["partitions"]
+    assert (boot["start"], boot["size"]) == (2048, 100 * 2048)
+    assert scratch["start"] == 2048 + 100 * 2048
+    assert scratch["start"] + scratch["size"] == (GIB // 512 - 33 if kind == "gpt" else GIB // 512)
+    if kind == "gpt":
+        assert dump["lastlba"] == GIB // 512 - 34
+    verify = subprocess.run(["sfdisk", "--verify", device], capture_output=True, text=True)
+    assert verify.returncode == 0 and "No errors detected" in verify.stdout
+    assert digest(empty) == untouched  # use_boothd: the empty disk is not used
+    assert probe_path(device, MIB) == FileSystem("ext2", BOOT_LABEL)
+
+
+@pytest.mark.parametrize("layout", ["empty-mbr", "boot-gpt"])
+def test_aux_resize_grows_partition_and_file_system(rig: Rig, layout: str) -> None:
+    backing = rig.disk("empty", 256 * MIB) if layout == "empty-mbr" else boot_disk(rig, "gpt", GIB)
+    device = rig.attach(backing)
+    first = rig.boot([device])
+    (first.scratch / "persistent" / "kept").write_text("data")
+    (first.scratch / "aux" / "resize").touch()
+    before = os.statvfs(first.scratch).f_blocks
+    rig.unmount()
+    size = 512 * MIB if layout == "empty-mbr" else 1536 * MIB
+    os.truncate(backing, size)
+    subprocess.run(["losetup", "-c", device], check=True)
+
+    state = rig.boot([device])
+    assert_scratch(state)
+    assert not (state.scratch / "aux" / "resize").exists()
+    assert (state.scratch / "persistent" / "kept").read_text() == "data"
+    after = os.statvfs(state.scratch).f_blocks
+    assert after > before * 1.5
+    resized = state.facts["storage"]["resized"]
+    assert resized["partition_gained"] == size - (256 * MIB if layout == "empty-mbr" else GIB)
+    assert resized["after"] > resized["before"]
+    last = sfdisk_json(device)["partitions"][-1]
+    assert last["start"] + last["size"] == size // 512 - (33 if layout == "boot-gpt" else 0)
+    verify = subprocess.run(["sfdisk", "--verify", device], capture_output=True, text=True)
+    assert "No errors detected" in verify.stdout
+
+    [device] = rig.reboot([device])  # the grown table is what the next boot finds
+    again = rig.boot([device])
+    assert os.statvfs(again.scratch).f_blocks == after and again.facts["storage"]["resized"] is None
+
+
+def test_amazon_ephemeral_disk_counts_as_empty(rig: Rig) -> None:
+    backing = rig.disk("ephemeral", 128 * MIB)
+    subprocess.run(["mke2fs", "-q", "-F", "-t", "ext3", str(backing)], check=True)
+    device = rig.attach(backing)
+    state = rig.boot([device])
+    assert_scratch(state)
+    assert "Amazon" in state.facts["storage"]["created"]
+    assert probe_path(device) is None  # the old superblock was wiped
+
+
+def test_disks_with_contents_are_not_touched(rig: Rig) -> None:
+    unknown = rig.disk("unknown", 64 * MIB)
+    with unknown.open("r+b") as handle:
+        handle.seek(512)
+        handle.write(b"LABELONE\x01\x00\x00\x00 LVM2 001")  # a physical volume: not ours to format
+    used = rig.disk("used", 64 * MIB)
+    content = rig.tmp / "content"
+    content.mkdir()
+    (content / "data.txt").write_text("keep me")
+    subprocess.run(["mke2fs", "-q", "-F", "-t", "ext3", "-d", str(content), str(used)], check=True)
+    devices = [rig.attach(unknown), rig.attach(used), rig.attach(rig.disk("readonly", 64 * MIB), read_only=True)]
+    before = [digest(device) for device in devices]
+    with pytest.raises(BootFailure) as failure:
+        rig.boot(devices)
+    assert failure.value.message.startswith("no empty disk and no free space for the scratch file system (")
+    assert "empty but read-only or removable" in failure.value.message
+    assert "attach an empty disk of at least 20 GB" in failure.value.hint
+    assert [digest(device) for device in devices] == before
+    assert not os.path.ismount(rig.root / "root.rw")
+
+
+def test_unrepairable_scratch_file_system_stops_the_boot(rig: Rig) -> None:
+    if shutil.which("debugfs") is None:
+        pytest.skip("debugfs (e2fsprogs) is not installed")
+    device = rig.attach(rig.disk("empty", 64 * MIB))
+    rig.boot([device])
+    rig.unmount()
+    for request in ("clri <2>", "ssv state 2"):  # no root directory, and the file system marked as having errors
+        subprocess.run(["debugfs", "-w", "-R", request, f"{device}p1"], check=True, capture_output=True)
+    with pytest.raises(BootFailure) as failure:
+        rig.boot([device])
+    assert f"e2fsck cannot repair {device}p1 by itself (exit code 4): " in failure.value.message
+    assert "Root inode is not a directory" in failure.value.message
+    assert f"e2fsck -f {device}p1" in failure.value.hint
+
+
+def test_dry_run_writes_nothing(rig: Rig) -> None:
+    device = rig.attach(rig.disk("empty", 64 * MIB))
+    before = digest(device)
+    system = rig.dry_system()
+    state = rig.boot([device], system=system)
+    assert digest(device) == before
+    plan = "\n".join(system.actions)
+    assert f"write partition table MBR [1: 1.0 MiB+63.0 MiB] on {device} after wiping its first and last MiB" in plan
+    assert f"add kernel partition 1 of {device}" in plan
+    assert f"run mke2fs -q -F -t ext4 -L UROOT -E lazy_itable_init=1,lazy_journal_init=1 {device}p1" in plan
+    assert f"mount ext4 {device}p1 on {state.scratch}" in plan
+    assert all((state.scratch / name).is_dir() for name in LAYOUT)  # later stages can use the directory
+    assert str(state.scratch).startswith(str(system.root)) and not os.path.ismount(state.scratch)
+    assert not os.path.exists(f"{device}p1")
+
+
+def test_dry_run_of_a_later_boot_and_of_a_failing_one(rig: Rig) -> None:
+    device = rig.attach(rig.disk("empty", 64 * MIB))
+    rig.boot([device])
+    rig.unmount()
+    before = digest(device)
+    system = rig.dry_system()
+    rig.boot([device], system=system)
+    assert system.actions[:2] == [f"check file system {device}p1 (e2fsck -p)", f"create directory {system.root}/root.rw"]
+    assert digest(device) == before
+
+    readonly = rig.attach(rig.disk("readonly", 64 * MIB), read_only=True)
+    system = rig.dry_system()
+    state = rig.boot([readonly], system=system)
+    assert state.warnings and state.warnings[0].startswith("storage: a real boot would stop here: no empty disk")
+    assert all((state.scratch / name).is_dir() for name in LAYOUT)

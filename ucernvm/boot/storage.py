@@ -1,0 +1,414 @@
+"""The ``storage`` stage: find the scratch file system, make it on first boot, grow it on request.
+
+The scratch file system is the ext4 labelled ``UROOT`` (``scratch_label``); whether it exists decides
+first boot versus later boots, as in µCernVM. On first boot it goes on an empty disk (case A; Amazon's
+pre-formatted ext3 ephemeral disk holding only lost+found counts as empty) or, when there is none or
+``use_boothd`` is set, into the free space of the boot disk (case B, MBR or GPT). Disks are read with
+the sysfs/superblock code of ``blockdev`` and partitioned with ``partition``; only the e2fsprogs tools
+run as programs. Every change goes through ``state.system``, so a dry run probes the real disks
+read-only and records the plan without writing.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ucernvm.boot.blockdev import (
+    DeviceReader,
+    Disk,
+    FileSystem,
+    KernelPartitionChange,
+    device_node,
+    ext_root_names,
+    is_blank,
+    list_disks,
+    partition_node_name,
+    probe,
+    read_disk,
+)
+from ucernvm.boot.partition import MIB, Partition, PartitionTable, WriteTable, human, new_table, read_table
+from ucernvm.boot.state import BootState
+from ucernvm.boot.system import MakeDirs, Mount, Run, Unmount
+from ucernvm.errors import FormatError, MountError, StorageError, UcernvmError
+
+# The scratch disk's directories (µCernVM's, plus work/ that overlayfs needs on the same file system).
+LAYOUT = ("persistent", "work", "cache", "aux", "context", "ulogs", "cvmfs")
+BOOT_LABEL = "UCVM-BOOT"  # the boot medium's file system label: its disk is the "boot disk"
+CAPPED_SIZE = 20 << 30  # the scratch partition's size with resize_rootfs=off
+MIN_FREE = 750 * MIB  # case B: free space needed on the boot disk, after FREE_MARGIN
+FREE_MARGIN = 20 * MIB
+MIN_SCRATCH = 16 * MIB  # below this, ext4 with a journal hardly fits
+DISK_WAIT = 5.0  # seconds to wait for a first disk to appear (SCSI and NVMe scans are asynchronous)
+TOOL_TIMEOUT = 900.0  # e2fsck -f and resize2fs on a large disk take a while
+NO_SPACE_HINT = "attach an empty disk of at least 20 GB (it becomes the scratch disk), or free 750 MiB on the boot disk"
+
+
+@dataclass
+class Volume:
+    number: int | None  # partition number; None: the whole disk
+    start: int  # bytes into the disk
+    size: int
+    fs: FileSystem | None
+
+
+@dataclass
+class DiskView:
+    """What one disk holds, read without changing it."""
+
+    disk: Disk
+    path: str
+    table: PartitionTable | None = None
+    problem: str = ""  # why it cannot be used (unreadable, invalid table)
+    blank: bool = False
+    ephemeral: bool = False  # Amazon's pre-formatted ext3 that holds only lost+found
+    volumes: list[Volume] = field(default_factory=list)
+
+    @property
+    def writable(self) -> bool:
+        return not (self.disk.read_only or self.disk.removable or self.problem)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "name": self.disk.name, "size": self.disk.size, "table": self.table.kind if self.table else None,
+            "blank": self.blank, "read_only": self.disk.read_only, "removable": self.disk.removable,
+            "problem": self.problem,
+            "volumes": [{"number": v.number, "type": v.fs.type, "label": v.fs.label} for v in self.volumes if v.fs],
+        }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the scratch file system is: a partition (number) or a whole disk (None)."""
+
+    view: DiskView
+    number: int | None
+    device: str
+
+
+@dataclass(frozen=True)
+class CheckFileSystem:
+    """``e2fsck -p``: exit codes 1 and 2 mean repaired, 4 and up that it needs a human."""
+
+    device: str
+    force: bool = False
+
+    def describe(self) -> str:
+        return f"check file system {self.device} (e2fsck -p{'f' if self.force else ''})"
+
+    def apply(self) -> int:
+        argv = ("e2fsck", "-pf" if self.force else "-p", self.device)
+        try:
+            result = subprocess.run(argv, capture_output=True, timeout=TOOL_TIMEOUT, stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired) as error:
+            raise StorageError(f"{self.describe()}: {error}") from None
+        if result.returncode >= 4:
+            output = " ".join((result.stdout + result.stderr).decode(errors="replace").split())
+            raise StorageError(
+                f"e2fsck cannot repair {self.device} by itself (exit code {result.returncode}): {output[:300]}",
+                f"run 'e2fsck -f {self.device}' from the rescue shell, or attach a fresh empty disk instead",
+            )
+        return result.returncode
+
+
+@dataclass(frozen=True)
+class RemoveFile:
+    path: str
+
+    def describe(self) -> str:
+        return f"remove {self.path}"
+
+    def apply(self) -> None:
+        Path(self.path).unlink(missing_ok=True)
+
+
+def storage_stage(
+    state: BootState, devices: Sequence[str] | None = None, sysfs: str = "/sys", devdir: str = "/dev"
+) -> None:
+    """Mount the scratch file system on ``state.scratch``. *devices* limits the disks looked at (tests);
+    the boot looks at every disk that is not virtual."""
+    system = state.system
+    views = [_survey(state, disk, devdir) for disk in _wait_for_disks(sysfs, devices, wait=not system.dry_run)]
+    facts: dict[str, Any] = {"disks": [view.summary() for view in views]}
+    state.facts["storage"] = facts
+    try:
+        target = _find(state, views, sysfs, devdir)
+        if target is not None:
+            _check_and_mount(state, target.device)
+        else:
+            target = _create(state, views, sysfs, devdir, facts)
+    except StorageError as error:
+        if not system.dry_run:
+            raise
+        state.warn(f"storage: a real boot would stop here: {error.message}")
+        _make_layout(state)
+        return
+    _make_layout(state)
+    facts["resized"] = _grow_on_request(state, target, sysfs, devdir)
+    state.scratch_device = target.device
+    facts.update(device=target.device, disk=target.view.path, fresh=state.scratch_fresh)
+    if not system.dry_run:
+        stats = os.statvfs(state.scratch)
+        facts.update(size=stats.f_blocks * stats.f_frsize, free=stats.f_bavail * stats.f_frsize)
+        state.log.info(f"scratch: {target.device} on {state.scratch}, {human(facts['free'])} free of {human(facts['size'])}")
+
+
+def _wait_for_disks(sysfs: str, devices: Sequence[str] | None, wait: bool) -> list[Disk]:
+    deadline = time.monotonic() + (DISK_WAIT if wait else 0.0)
+    while True:
+        disks = list_disks(sysfs, devices)
+        if disks or time.monotonic() >= deadline:
+            return disks
+        time.sleep(0.1)
+
+
+def _survey(state: BootState, disk: Disk, devdir: str) -> DiskView:
+    view = DiskView(disk, device_node(state.system, disk.name, disk.dev, devdir))
+    try:
+        with DeviceReader(view.path) as device:
+            read = device.reader()
+            view.blank = is_blank(read, disk.size)
+            if view.blank:
+                return view
+            whole = probe(read)
+            if whole is not None:
+                view.volumes.append(Volume(None, 0, disk.size, whole))
+                view.ephemeral = whole.type == "ext3" and ext_root_names(read) == ["lost+found"]
+            try:
+                view.table = read_table(read, disk.size, disk.sector_size, view.path)
+            except FormatError as error:
+                view.problem = error.message
+                state.log.warn(f"{error.message}: {view.path} is left alone")
+            numbers = set()
+            for part in view.table.partitions if view.table else ():
+                start, size = part.start * disk.sector_size, part.sectors * disk.sector_size
+                view.volumes.append(Volume(part.number, start, size, probe(device.reader(start))))
+                numbers.add(part.number)
+            for known in disk.partitions:  # what the kernel found and this reader does not parse (logical partitions)
+                if known.number not in numbers:
+                    view.volumes.append(Volume(known.number, known.start, known.size, probe(device.reader(known.start))))
+    except OSError as error:
+        view.problem = f"cannot read {view.path}: {error.strerror}"
+        state.log.info(view.problem)
+    for note in view.table.notes if view.table else ():
+        state.log.warn(f"{view.path}: {note}")
+    return view
+
+
+def _find(state: BootState, views: list[DiskView], sysfs: str, devdir: str) -> Target | None:
+    """The file system labelled scratch_label, if any (a later boot)."""
+    label = state.config.scratch_label
+    found = [(view, volume, volume.fs.type) for view in views for volume in view.volumes
+             if volume.fs and volume.fs.label == label and volume.fs.type.startswith("ext")]  # fmt: skip
+    if not found:
+        state.log.info(f"no file system labelled {label}: first boot")
+        return None
+    view, volume, fstype = found[0]
+    for other_view, other, _ in found[1:]:
+        state.warn(f"another file system labelled {label} on {other_view.path} (partition {other.number}) is not used")
+    if volume.number is None:
+        device = view.path
+    else:
+        device = _attach(state, view, volume.number, volume.start, volume.size, sysfs, devdir)
+    state.log.info(f"scratch file system {label} on {device} ({fstype}, {human(volume.size)})")
+    state.scratch_fresh = False
+    return Target(view, volume.number, device)
+
+
+def _check_and_mount(state: BootState, device: str) -> None:
+    code = state.system.do(CheckFileSystem(device))
+    if code:
+        state.log.warn(f"e2fsck repaired the file system on {device} (exit code {code})")
+    _mount(state, device)
+
+
+def _mount(state: BootState, device: str) -> None:
+    state.system.do(MakeDirs(str(state.scratch)))
+    try:
+        state.system.do(Mount(device, str(state.scratch), "ext4"))
+    except MountError as error:
+        raise MountError(error.message, f"is the ext4 module loaded? else check the disk: e2fsck -f {device}") from None
+
+
+def _make_layout(state: BootState) -> None:
+    for name in LAYOUT:
+        state.system.do(MakeDirs(str(state.scratch / name)))
+
+
+# ------------------------------------------------------------------------------------------ first boot
+
+
+@dataclass
+class _Plan:
+    view: DiskView
+    table: PartitionTable
+    numbers: list[int]  # the scratch partition first, then a spare one (resize_rootfs=off)
+    wipe: bool
+    what: str
+
+
+def _create(state: BootState, views: list[DiskView], sysfs: str, devdir: str, facts: dict[str, Any]) -> Target:
+    config = state.config
+    rejected: dict[str, str] = {}  # why each disk cannot take the scratch file system (first reason wins)
+    plan = None if config.use_boothd else _plan_empty_disk(views, config.resize_rootfs, rejected)
+    if plan is None:
+        plan = _plan_free_space(views, config.resize_rootfs, rejected)
+    if plan is None:
+        seen = "; ".join(f"{name}: {reason}" for name, reason in rejected.items()) or "no disks found"
+        raise StorageError(f"no empty disk and no free space for the scratch file system ({seen})", NO_SPACE_HINT)
+    view, table = plan.view, plan.table
+    sector = table.sector_size
+    state.log.info(f"{plan.what}: {table.describe()}")
+    state.system.do(WriteTable(view.path, table, wipe=plan.wipe))
+    devices = [_attach(state, view, number, table.partition(number).start * sector,
+                       table.partition(number).sectors * sector, sysfs, devdir) for number in plan.numbers]  # fmt: skip
+    device = devices[0]
+    label = config.scratch_label
+    _tool(state, ("mke2fs", "-q", "-F", "-t", "ext4", "-L", label, "-E", "lazy_itable_init=1,lazy_journal_init=1", device))
+    _tool(state, ("tune2fs", "-c", "0", "-i", "0", device))
+    _mount(state, device)
+    state.scratch_fresh = True
+    facts["created"] = f"{plan.what}: partition {plan.numbers[0]} ({device}) formatted as ext4 labelled {label}"
+    if len(devices) > 1:
+        facts["spare"] = devices[1]
+        state.log.info(f"spare partition {devices[1]} with the rest of the disk is left unformatted (resize_rootfs=off)")
+    return Target(view, plan.numbers[0], device)
+
+
+def _plan_empty_disk(views: list[DiskView], resize_rootfs: bool, rejected: dict[str, str]) -> _Plan | None:
+    for view in views:
+        if not (view.blank or view.ephemeral):
+            continue
+        if not view.writable:
+            rejected.setdefault(view.disk.name, f"empty but {view.problem or 'read-only or removable'}")
+            continue
+        disk = view.disk
+        kind = "dos" if disk.size // disk.sector_size <= 1 << 32 else "gpt"  # MBR addresses 2^32 sectors
+        table = new_table(kind, disk.size, disk.sector_size)
+        region = table.free_regions()[0] if table.free_regions() else (0, 0)
+        if (region[1] - region[0]) * disk.sector_size < MIN_SCRATCH:
+            rejected.setdefault(disk.name, f"empty but only {human(disk.size)}")
+            continue
+        what = "Amazon's pre-formatted ephemeral disk" if view.ephemeral else "empty disk"
+        return _Plan(view, table, _add_partitions(table, region, resize_rootfs), True,
+                     f"scratch on {what} {view.path} ({human(disk.size)})")
+    return None
+
+
+def _plan_free_space(views: list[DiskView], resize_rootfs: bool, rejected: dict[str, str]) -> _Plan | None:
+    boot = [view for view in views if any(v.fs and v.fs.label == BOOT_LABEL for v in view.volumes)]
+    for view in boot + [view for view in views if view not in boot]:
+        name = view.disk.name
+        if view.table is None:
+            empty = "empty (use_boothd is set)" if view.blank or view.ephemeral else "not empty, no partition table"
+            rejected.setdefault(name, view.problem or empty)
+            continue
+        if not view.writable:
+            rejected.setdefault(name, view.problem or "read-only or removable")
+            continue
+        table = copy.deepcopy(view.table)
+        table.relocate_backup()  # a disk image written onto a larger disk: free space after its old end
+        regions = table.free_regions()
+        free = (regions[0][1] - regions[0][0]) * table.sector_size if regions else 0
+        if table.free_slot() is None or free - FREE_MARGIN < MIN_FREE:
+            rejected.setdefault(name, f"{human(free)} free" + ("" if table.free_slot() else ", no free partition slot"))
+            continue
+        where = "boot disk" if view in boot else "disk"
+        return _Plan(view, table, _add_partitions(table, regions[0], resize_rootfs), False,
+                     f"scratch in the free space of {where} {view.path} ({human(free)} free)")
+    return None
+
+
+def _add_partitions(table: PartitionTable, region: tuple[int, int], resize_rootfs: bool) -> list[int]:
+    """The scratch partition over *region*; with resize_rootfs=off only its first 20 GiB, and (as
+    µCernVM) a spare partition with the rest, created now so that the OS can use it without a reboot."""
+    start, end = region
+    capped = CAPPED_SIZE // table.sector_size
+    if resize_rootfs or end - start <= capped:
+        return [table.add(start, end - start).number]
+    numbers = [table.add(start, capped).number]
+    rest = next((r for r in table.free_regions() if r[0] >= start + capped and r[1] <= end), None)
+    if rest is not None and table.free_slot() is not None:
+        numbers.append(table.add(rest[0], rest[1] - rest[0]).number)
+    return numbers
+
+
+def _attach(state: BootState, view: DiskView, number: int, start: int, size: int, sysfs: str, devdir: str) -> str:
+    """The device node of partition *number*, after telling the kernel about it if it does not know it
+    as the table says (a new or grown partition, or a kernel that did not parse the table)."""
+    system = state.system
+    current = read_disk(sysfs, view.disk.name) if not system.dry_run else view.disk
+    known = current.partition(number) if current else None
+    if known is not None and known.start != start:
+        raise StorageError(f"the kernel has partition {number} of {view.path} at another place than its table",
+                           "reboot so that the kernel reads the new partition table")
+    if known is None or known.size != size:
+        system.do(KernelPartitionChange(view.path, number, start, size, resize=known is not None))
+    if system.dry_run:
+        return str(Path(devdir) / (known.name if known else partition_node_name(view.disk.name, number)))
+    current = read_disk(sysfs, view.disk.name)
+    known = current.partition(number) if current else None
+    if known is None:
+        raise StorageError(f"the kernel did not create partition {number} of {view.path}")
+    return device_node(system, known.name, known.dev, devdir)
+
+
+def _tool(state: BootState, argv: tuple[str, ...]) -> None:
+    try:
+        state.system.do(Run(argv, timeout=TOOL_TIMEOUT))
+    except UcernvmError as error:
+        raise StorageError(error.message, "the image must carry e2fsprogs; if it does, the disk may be failing") from None
+
+
+# ------------------------------------------------------------------------------------------ growing
+
+
+def _grow_on_request(state: BootState, target: Target, sysfs: str, devdir: str) -> dict[str, Any] | None:
+    """aux/resize (touched by the OS): grow the partition to the end of its disk, then the file system."""
+    flag = state.scratch / "aux" / "resize"
+    if not flag.exists():
+        return None
+    system = state.system
+    before = _fs_size(state)
+    grown = None if target.number is None else _grown_partition(target.view, target.number, sysfs)
+    system.do(Unmount(str(state.scratch)))
+    if grown is not None:
+        table, part, _ = grown
+        system.do(WriteTable(target.view.path, table))
+        size = table.sector_size
+        _attach(state, target.view, part.number, part.start * size, part.sectors * size, sysfs, devdir)
+    system.do(CheckFileSystem(target.device, force=True))
+    _tool(state, ("resize2fs", target.device))
+    _mount(state, target.device)
+    system.do(RemoveFile(str(flag)))
+    after = _fs_size(state)
+    gained = grown[2] if grown else 0
+    state.log.info(f"aux/resize: partition {target.device} grew by {human(gained)}, "
+                   f"file system {human(before)} -> {human(after)}")
+    return {"partition_gained": gained, "before": before, "after": after}
+
+
+def _grown_partition(view: DiskView, number: int, sysfs: str) -> tuple[PartitionTable, Partition, int] | None:
+    """The disk's table with partition *number* grown up to the end of the disk (a GPT's backup moved
+    there first), the partition, and the bytes it gained; None if the table needs no change."""
+    disk = read_disk(sysfs, view.disk.name) or view.disk
+    with DeviceReader(view.path) as device:
+        table = read_table(device.reader(), disk.size, disk.sector_size, view.path)
+    if table is None:
+        raise StorageError(f"{view.path} lost its partition table")
+    moved = table.relocate_backup()
+    gained = table.grow(number)
+    if not (moved or gained):
+        return None
+    return table, table.partition(number), gained * table.sector_size
+
+
+def _fs_size(state: BootState) -> int:
+    stats = os.statvfs(state.scratch)
+    return stats.f_blocks * stats.f_frsize
