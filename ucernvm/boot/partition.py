@@ -305,11 +305,11 @@ def table_blocks(table: PartitionTable) -> list[tuple[int, bytes]]:
             _pack_mbr_entry(sector0, part.number, part.attrs & 0x80, int(part.type, 16), part.start, part.sectors)
         return [(0, bytes(sector0))]
     _pack_mbr_entry(sector0, 1, 0, _PROTECTIVE, 1, min(table.disk_sectors - 1, _MBR_LIMIT - 1))
-    array = bytearray(table.entry_count * table.entry_size)
+    entries = bytearray(table.entry_count * table.entry_size)
     for part in table.partitions:
-        _GPT_ENTRY.pack_into(array, (part.number - 1) * table.entry_size, guid_bytes(part.type), guid_bytes(part.uuid),
+        _GPT_ENTRY.pack_into(entries, (part.number - 1) * table.entry_size, guid_bytes(part.type), guid_bytes(part.uuid),
                              part.start, part.end - 1, part.attrs, part.name.encode("utf-16-le")[:72])
-    array = bytes(array)
+    array = bytes(entries)
     last = table.disk_sectors - 1
     backup_entries = last - table.entry_sectors
     size = table.sector_size
