@@ -306,3 +306,20 @@ def test_dry_run_of_a_later_boot_and_of_a_failing_one(rig: Rig) -> None:
     state = rig.boot([readonly], system=system)
     assert state.warnings and state.warnings[0].startswith("storage: a real boot would stop here: no empty disk")
     assert all((state.scratch / name).is_dir() for name in LAYOUT)
+
+
+def test_uroot_on_a_whole_disk_is_used_and_grown(rig: Rig) -> None:
+    backing = rig.disk("whole", 64 * MIB)
+    subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-L", "UROOT", str(backing)], check=True)
+    device = rig.attach(backing)
+    first = rig.boot([device])
+    assert first.scratch_device == device and not first.scratch_fresh
+    assert_scratch(first)  # the layout is completed on a disk made elsewhere
+    (first.scratch / "aux" / "resize").touch()
+    rig.unmount()
+    os.truncate(backing, 128 * MIB)
+    subprocess.run(["losetup", "-c", device], check=True)
+    state = rig.boot([device])
+    resized = state.facts["storage"]["resized"]
+    assert resized["partition_gained"] == 0 and resized["after"] > 1.8 * resized["before"]
+    assert_scratch(state)
