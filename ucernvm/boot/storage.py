@@ -263,11 +263,12 @@ def _create(state: BootState, views: list[DiskView], sysfs: str, devdir: str, fa
         seen = "; ".join(f"{name}: {reason}" for name, reason in rejected.items()) or "no disks found"
         raise StorageError(f"no empty disk and no free space for the scratch file system ({seen})", NO_SPACE_HINT)
     view, table = plan.view, plan.table
-    sector = table.sector_size
     state.log.info(f"{plan.what}: {table.describe()}")
     state.system.do(WriteTable(view.path, table, wipe=plan.wipe))
-    devices = [_attach(state, view, number, table.partition(number).start * sector,
-                       table.partition(number).sectors * sector, sysfs, devdir) for number in plan.numbers]  # fmt: skip
+    devices = []
+    for number in plan.numbers:
+        part, sector = table.partition(number), table.sector_size
+        devices.append(_attach(state, view, number, part.start * sector, part.sectors * sector, sysfs, devdir))
     device = devices[0]
     label = config.scratch_label
     _tool(state, ("mke2fs", "-q", "-F", "-t", "ext4", "-L", label, "-E", "lazy_itable_init=1,lazy_journal_init=1", device))
@@ -291,7 +292,8 @@ def _plan_empty_disk(views: list[DiskView], resize_rootfs: bool, rejected: dict[
         disk = view.disk
         kind = "dos" if disk.size // disk.sector_size <= 1 << 32 else "gpt"  # MBR addresses 2^32 sectors
         table = new_table(kind, disk.size, disk.sector_size)
-        region = table.free_regions()[0] if table.free_regions() else (0, 0)
+        regions = table.free_regions()
+        region = regions[0] if regions else (0, 0)
         if (region[1] - region[0]) * disk.sector_size < MIN_SCRATCH:
             rejected.setdefault(disk.name, f"empty but only {human(disk.size)}")
             continue
@@ -302,8 +304,8 @@ def _plan_empty_disk(views: list[DiskView], resize_rootfs: bool, rejected: dict[
 
 
 def _plan_free_space(views: list[DiskView], resize_rootfs: bool, rejected: dict[str, str]) -> _Plan | None:
-    boot = [view for view in views if any(v.fs and v.fs.label == BOOT_LABEL for v in view.volumes)]
-    for view in boot + [view for view in views if view not in boot]:
+    boot = {view.disk.name for view in views if any(v.fs and v.fs.label == BOOT_LABEL for v in view.volumes)}
+    for view in sorted(views, key=lambda view: view.disk.name not in boot):  # the boot disk first
         name = view.disk.name
         if view.table is None:
             empty = "empty (use_boothd is set)" if view.blank or view.ephemeral else "not empty, no partition table"
@@ -319,7 +321,7 @@ def _plan_free_space(views: list[DiskView], resize_rootfs: bool, rejected: dict[
         if table.free_slot() is None or free - FREE_MARGIN < MIN_FREE:
             rejected.setdefault(name, f"{human(free)} free" + ("" if table.free_slot() else ", no free partition slot"))
             continue
-        where = "boot disk" if view in boot else "disk"
+        where = "boot disk" if name in boot else "disk"
         return _Plan(view, table, _add_partitions(table, regions[0], resize_rootfs), False,
                      f"scratch in the free space of {where} {view.path} ({human(free)} free)")
     return None
