@@ -15,7 +15,7 @@ import selectors
 import socket
 import struct
 import time
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ucernvm.boot import net_pyroute2
 
@@ -58,21 +58,18 @@ FIRST_RETRY, MAX_RETRY = 1.0, 4.0  # seconds between retransmissions: 1, 2, 4, 4
 REQUEST_TRIES = 3  # REQUESTs without an ACK before starting over with a DISCOVER
 
 
-@dataclass(frozen=True)
-class Interface:
+class Interface(NamedTuple):
     name: str
     mac: str
 
 
-@dataclass(frozen=True)
-class StaticRoute:
+class StaticRoute(NamedTuple):
     destination: str
     prefix: int
     gateway: str  # "" for an on-link route (router 0.0.0.0 in option 121)
 
 
-@dataclass(frozen=True)
-class Lease:
+class Lease(NamedTuple):
     interface: str
     address: str
     prefix: int

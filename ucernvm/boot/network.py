@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from ucernvm.boot.net_dhcp import Interface, Lease, StaticRoute, first_lease
 from ucernvm.boot.net_rtnl import ARPHRD_ETHER, RTPROT_BOOT, RTPROT_DHCP, Link, Rtnl
@@ -28,7 +29,7 @@ def _refused(action: str, error: OSError) -> NetworkError:
 
 @dataclass(frozen=True)
 class SetLink:
-    index: int
+    ifindex: int
     name: str
     mtu: int | None = None
 
@@ -38,14 +39,14 @@ class SetLink:
     def apply(self) -> None:
         try:
             with Rtnl() as rtnl:
-                rtnl.set_link(self.index, up=True, mtu=self.mtu)
+                rtnl.set_link(self.ifindex, up=True, mtu=self.mtu)
         except OSError as error:
             raise _refused(self.describe(), error) from None
 
 
 @dataclass(frozen=True)
 class AddAddress:
-    index: int
+    ifindex: int
     name: str
     address: str
     prefix: int
@@ -57,14 +58,14 @@ class AddAddress:
     def apply(self) -> None:
         try:
             with Rtnl() as rtnl:
-                rtnl.add_address(self.index, self.address, self.prefix, self.broadcast)
+                rtnl.add_address(self.ifindex, self.address, self.prefix, self.broadcast)
         except OSError as error:
             raise _refused(self.describe(), error) from None
 
 
 @dataclass(frozen=True)
 class AddRoute:
-    index: int
+    ifindex: int
     name: str
     destination: str
     prefix: int
@@ -78,7 +79,7 @@ class AddRoute:
     def apply(self) -> None:
         try:
             with Rtnl() as rtnl:
-                rtnl.add_route(self.index, self.destination, self.prefix, self.gateway or None, self.protocol)
+                rtnl.add_route(self.ifindex, self.destination, self.prefix, self.gateway or None, self.protocol)
         except OSError as error:
             raise _refused(self.describe(), error) from None
 
@@ -114,8 +115,7 @@ class SetHostname:
             raise _refused(self.describe(), error) from None
 
 
-@dataclass(frozen=True)
-class StaticConfig:
+class StaticConfig(NamedTuple):
     address: str
     prefix: int
     gateway: str
@@ -142,7 +142,7 @@ def physical_nics(links: list[Link]) -> list[Link]:
     ethernet = [link for link in links if link.arp_type == ARPHRD_ETHER and link.name != "lo"]
     # /sys is the kernel's view (never under the System's root); a device link means hardware.
     physical = [link for link in ethernet if os.path.exists(f"/sys/class/net/{link.name}/device")]
-    return sorted(physical or ethernet, key=lambda link: link.index)
+    return sorted(physical or ethernet, key=lambda link: link.ifindex)
 
 
 def _number(address: str) -> int:
@@ -172,9 +172,9 @@ def _add_routes(state: BootState, nic: Link, address: str, prefix: int, routes: 
         if route.gateway and not on_link(address, prefix, route.gateway) and route.gateway not in reachable:
             # A router outside the subnet (GCE hands out /32 addresses): a host route to it first, as
             # µCernVM's "fixing broken DHCP"; the kernel refuses a gateway it cannot reach otherwise.
-            state.system.do(AddRoute(nic.index, nic.name, route.gateway, 32, "", protocol))
+            state.system.do(AddRoute(nic.ifindex, nic.name, route.gateway, 32, "", protocol))
             reachable.add(route.gateway)
-        state.system.do(AddRoute(nic.index, nic.name, route.destination, route.prefix, route.gateway, protocol))
+        state.system.do(AddRoute(nic.ifindex, nic.name, route.destination, route.prefix, route.gateway, protocol))
 
 
 def resolv_conf(dns: tuple[str, ...], search: tuple[str, ...]) -> bytes:
@@ -197,8 +197,8 @@ def _search_domains(lease: Lease) -> tuple[str, ...]:
 
 def configure_lease(state: BootState, nic: Link, lease: Lease) -> None:
     if lease.mtu and lease.mtu != nic.mtu:
-        state.system.do(SetLink(nic.index, nic.name, lease.mtu))
-    state.system.do(AddAddress(nic.index, nic.name, lease.address, lease.prefix, lease.broadcast))
+        state.system.do(SetLink(nic.ifindex, nic.name, lease.mtu))
+    state.system.do(AddAddress(nic.ifindex, nic.name, lease.address, lease.prefix, lease.broadcast))
     routes = lease_routes(lease)
     _add_routes(state, nic, lease.address, lease.prefix, routes, RTPROT_DHCP)
     search = _search_domains(lease)
@@ -230,7 +230,7 @@ def _route_text(route: StaticRoute) -> str:
 
 
 def configure_static(state: BootState, nic: Link, static: StaticConfig) -> None:
-    state.system.do(AddAddress(nic.index, nic.name, static.address, static.prefix))
+    state.system.do(AddAddress(nic.ifindex, nic.name, static.address, static.prefix))
     _add_routes(state, nic, static.address, static.prefix, [StaticRoute("0.0.0.0", 0, static.gateway)], RTPROT_BOOT)
     if static.dns:
         _write_resolv_conf(state, static.dns, ())
@@ -246,12 +246,12 @@ def configure_static(state: BootState, nic: Link, static: StaticConfig) -> None:
 
 def host_report(rtnl: Rtnl, links: list[Link]) -> dict:
     """The host's network as it is (read-only): what a dry run shows instead of a lease."""
-    names = {link.index: link.name for link in links}
+    names = {link.ifindex: link.name for link in links}
     routes = []
     for route in rtnl.routes():
         target = "default" if route.prefix == 0 else f"{route.destination}/{route.prefix}"
         via = f" via {route.gateway}" if route.gateway else ""
-        routes.append(f"{target}{via} dev {names.get(route.index, route.index)}")
+        routes.append(f"{target}{via} dev {names.get(route.ifindex, route.ifindex)}")
     dns, search = [], []
     try:
         with open("/etc/resolv.conf") as stream:  # the host's own file: a dry run's System root is a scratch dir
@@ -265,7 +265,7 @@ def host_report(rtnl: Rtnl, links: list[Link]) -> dict:
         pass
     return {
         "links": [{"name": link.name, "mac": link.mac, "up": link.up, "mtu": link.mtu} for link in links],
-        "addresses": [f"{address.address}/{address.prefix} dev {names.get(address.index, address.index)}"
+        "addresses": [f"{address.address}/{address.prefix} dev {names.get(address.ifindex, address.ifindex)}"
                       for address in rtnl.addresses()],
         "routes": routes,
         "dns": dns,
@@ -287,7 +287,7 @@ def network_stage(state: BootState) -> None:
     nics = physical_nics(links)
     for link in links:
         if link.name == "lo" or link in nics:
-            state.system.do(SetLink(link.index, link.name))
+            state.system.do(SetLink(link.ifindex, link.name))
     if not nics:
         raise NetworkError("no network interface found",
                            "the image may lack the driver module of the VM's NIC (virtio_net, e1000, ...)")  # fmt: skip
