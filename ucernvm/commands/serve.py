@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import threading
 
 from ucernvm.errors import ConfigError
 from ucernvm.server import GeoDatabase, StratumServer
+from ucernvm.server.online import OnlineServer, OnlineService, announce
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -29,6 +31,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="print one line per request on stderr")
     parser.add_argument("--latency", type=float, default=0.0, metavar="SECONDS",
                         help="delay every request, to emulate a distant server (default: 0)")
+    parser.add_argument("--online", metavar="FILE",
+                        help="also serve a CernVM Online API (PIN pairing, cluster service) with the contexts "
+                             "defined in FILE (JSON, described in ucernvm/server/online.py)")
+    parser.add_argument("--online-port", type=int, default=8001,
+                        help="TCP port of the CernVM Online API, 0 for any free one (default: %(default)s)")
     parser.set_defaults(func=run)
 
 
@@ -41,8 +48,13 @@ def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    with StratumServer(args.root, args.bind, args.port, geo_db, latency=args.latency,
-                       access_log=args.access_log) as server:
+    online = OnlineService.load(args.online) if args.online else None
+    with contextlib.ExitStack() as running:
+        server = running.enter_context(StratumServer(args.root, args.bind, args.port, geo_db,
+                                                     latency=args.latency, access_log=args.access_log))
         print(f"serving {args.root} on {server.url}", flush=True)
+        if online is not None:
+            print(announce(running.enter_context(OnlineServer(online, args.bind, args.online_port,
+                                                              access_log=args.access_log))), flush=True)
         stop.wait()
     return 0
