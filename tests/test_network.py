@@ -79,7 +79,8 @@ def test_on_link_and_resolv_conf() -> None:
 def test_static_knob_syntax() -> None:
     static = parse_static("static:10.0.0.5/24,10.0.0.1,10.0.0.2,10.0.0.3")
     assert (static.address, static.prefix, static.gateway, static.dns) == ("10.0.0.5", 24, "10.0.0.1", ("10.0.0.2", "10.0.0.3"))
-    for bad in ("static:10.0.0.5,10.0.0.1", "static:10.0.0.5/33,10.0.0.1", "static:10.0.0.5/24", "static:10.0.0.5/24,gw"):
+    for bad in ("static:10.0.0.5,10.0.0.1", "static:10.0.0.5/33,10.0.0.1", "static:10.0.0.5/24", "static:10.0.0.5/24,gw",
+                "static:10.1/24,10.0.0.1"):
         with pytest.raises(ConfigError) as caught:
             parse_static(bad)
         assert "static:" in caught.value.hint

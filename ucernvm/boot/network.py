@@ -130,7 +130,7 @@ def parse_static(value: str) -> StaticConfig:
         raise ConfigError(f"network={value!r} is not static:<address>/<prefix>,<gateway>[,<dns>...]", STATIC_HINT)
     for text in (address, *fields[1:]):
         try:
-            socket.inet_aton(text)
+            socket.inet_pton(socket.AF_INET, text)  # strict dotted quad (inet_aton takes "10.1" too)
         except OSError:
             raise ConfigError(f"network={value!r}: {text!r} is not an IPv4 address", STATIC_HINT) from None
     return StaticConfig(address, int(prefix), fields[1], tuple(fields[2:]))
