@@ -15,7 +15,7 @@ import os
 import stat
 import struct
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 from pathlib import Path
 
 from ucernvm.boot.system import System
@@ -26,8 +26,7 @@ PROBE_BYTES = 1 << 20  # a disk whose first MiB is all zeros holds nothing
 Reader = Callable[[int, int], bytes]  # (offset, length) -> bytes
 
 
-@dataclass(frozen=True)
-class KernelPartition:
+class KernelPartition(NamedTuple):
     name: str
     number: int
     start: int  # bytes from the start of the disk
@@ -35,8 +34,7 @@ class KernelPartition:
     dev: str  # "major:minor"
 
 
-@dataclass(frozen=True)
-class Disk:
+class Disk(NamedTuple):
     name: str
     dev: str
     size: int  # bytes
@@ -105,8 +103,7 @@ def partition_node_name(disk: str, number: int) -> str:
 # ---------------------------------------------------------------------------------------- actions
 
 
-@dataclass(frozen=True)
-class MakeNode:
+class MakeNode(NamedTuple):
     """A block device node that devtmpfs did not create."""
 
     path: str
@@ -140,8 +137,7 @@ _BLKPG_ADD, _BLKPG_RESIZE = 1, 3
 _BLKPG_PARTITION = struct.Struct("qqi64s64s")
 
 
-@dataclass(frozen=True)
-class KernelPartitionChange:
+class KernelPartitionChange(NamedTuple):
     """Tell the kernel about one partition (BLKPG): works while other partitions of the disk are in use,
     where re-reading the whole table (BLKRRPART) fails, and on kernels without table parsers."""
 
@@ -171,8 +167,7 @@ class KernelPartitionChange:
 # ---------------------------------------------------------------------------------------- probing
 
 
-@dataclass(frozen=True)
-class FileSystem:
+class FileSystem(NamedTuple):
     type: str  # ext2, ext3, ext4, jbd, iso9660, udf, vfat, swap
     label: str = ""
 

@@ -14,7 +14,8 @@ import os
 import struct
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from ucernvm.errors import FormatError, StorageError
 
@@ -64,8 +65,7 @@ def random_guid() -> str:
     return guid_text(bytes(raw))
 
 
-@dataclass(frozen=True)
-class Partition:
+class Partition(NamedTuple):
     number: int
     start: int  # in sectors
     sectors: int
@@ -148,7 +148,7 @@ class PartitionTable:
         gained = limit - part.end
         if gained <= 0:
             return 0
-        self.partitions[self.partitions.index(part)] = replace(part, sectors=part.sectors + gained)
+        self.partitions[self.partitions.index(part)] = part._replace(sectors=part.sectors + gained)
         return gained
 
     def relocate_backup(self) -> bool:
@@ -357,12 +357,11 @@ def write_table(fd: int, table: PartitionTable, wipe: bool = False) -> None:
     table.backup_lba = table.disk_sectors - 1 if table.kind == "gpt" else 0
 
 
-@dataclass(frozen=True)
-class WriteTable:
+class WriteTable(NamedTuple):
     """Write a partition table on a disk (an action: a dry run only describes it)."""
 
     device: str
-    table: PartitionTable = field(compare=False)
+    table: PartitionTable
     wipe: bool = False
 
     def describe(self) -> str:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ucernvm.boot.blockdev import (
     DeviceReader,
@@ -50,8 +50,7 @@ TOOL_TIMEOUT = 900.0  # e2fsck -f and resize2fs on a large disk take a while
 NO_SPACE_HINT = "attach an empty disk of at least 20 GB (it becomes the scratch disk), or free 750 MiB on the boot disk"
 
 
-@dataclass
-class Volume:
+class Volume(NamedTuple):
     number: int | None  # partition number; None: the whole disk
     start: int  # bytes into the disk
     size: int
@@ -83,8 +82,7 @@ class DiskView:
         }  # fmt: skip
 
 
-@dataclass(frozen=True)
-class Target:
+class Target(NamedTuple):
     """Where the scratch file system is: a partition (number) or a whole disk (None)."""
 
     view: DiskView
@@ -92,8 +90,7 @@ class Target:
     device: str
 
 
-@dataclass(frozen=True)
-class CheckFileSystem:
+class CheckFileSystem(NamedTuple):
     """``e2fsck -p``: exit codes 1 and 2 mean repaired, 4 and up that it needs a human."""
 
     device: str
@@ -117,8 +114,7 @@ class CheckFileSystem:
         return result.returncode
 
 
-@dataclass(frozen=True)
-class RemoveFile:
+class RemoveFile(NamedTuple):
     path: str
 
     def describe(self) -> str:
@@ -244,8 +240,7 @@ def _make_layout(state: BootState) -> None:
 # ------------------------------------------------------------------------------------------ first boot
 
 
-@dataclass
-class _Plan:
+class _Plan(NamedTuple):
     view: DiskView
     table: PartitionTable
     numbers: list[int]  # the scratch partition first, then a spare one (resize_rootfs=off)
