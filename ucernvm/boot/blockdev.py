@@ -134,7 +134,7 @@ def device_node(system: System, name: str, dev: str, devdir: Path | str = "/dev"
 
 _BLKPG = 0x1269
 _BLKPG_ADD, _BLKPG_RESIZE = 1, 3
-_BLKPG_PARTITION = struct.Struct("qqi64s64s")
+_BLKPG_PARTITION = struct.Struct("qqi64s64s4x")  # struct blkpg_partition, padded to its 8-byte alignment
 
 
 class KernelPartitionChange(NamedTuple):
@@ -153,7 +153,8 @@ class KernelPartitionChange(NamedTuple):
 
     def apply(self) -> None:
         part = ctypes.create_string_buffer(_BLKPG_PARTITION.pack(self.start, self.size, self.number, b"", b""))
-        argument = struct.pack("iiiP", _BLKPG_RESIZE if self.resize else _BLKPG_ADD, 0, len(part), ctypes.addressof(part))
+        operation = _BLKPG_RESIZE if self.resize else _BLKPG_ADD
+        argument = struct.pack("iiiP", operation, 0, _BLKPG_PARTITION.size, ctypes.addressof(part))
         fd = os.open(self.disk, os.O_RDONLY | os.O_CLOEXEC)
         try:
             fcntl.ioctl(fd, _BLKPG, argument)
