@@ -144,6 +144,7 @@ def test_second_boot_reuses_the_scratch_disk(rig: Rig) -> None:
     [device] = rig.reboot([device])
     second = rig.boot([device])
     assert not second.scratch_fresh and not second.facts["storage"]["fresh"]
+    assert second.facts["storage"]["fsck"] == "clean"
     assert_scratch(second)
     assert (second.scratch / "persistent" / "kept").read_text() == "from the first boot"
     actions = second.system.actions

@@ -136,7 +136,9 @@ def storage_stage(
     try:
         target = _find(state, views, sysfs, devdir)
         if target is not None:
-            _check_and_mount(state, target.device)
+            code = _check_and_mount(state, target.device)
+            if code is not None:  # None: a dry run did not check
+                facts["fsck"] = "clean" if code == 0 else f"repaired (e2fsck exit code {code})"
         else:
             target = _create(state, views, sysfs, devdir, facts)
     except StorageError as error:
@@ -217,11 +219,12 @@ def _find(state: BootState, views: list[DiskView], sysfs: str, devdir: str) -> T
     return Target(view, volume.number, device)
 
 
-def _check_and_mount(state: BootState, device: str) -> None:
+def _check_and_mount(state: BootState, device: str) -> int | None:
     code = state.system.do(CheckFileSystem(device))
     if code:
         state.log.warn(f"e2fsck repaired the file system on {device} (exit code {code})")
     _mount(state, device)
+    return code
 
 
 def _mount(state: BootState, device: str) -> None:
