@@ -436,7 +436,7 @@ class OnlineServer:
             except OSError as error:
                 raise ConfigError(f"cannot listen on {self.bind} port {self._requested_port}: "
                                   f"{error.strerror or error}", "choose another port (0 picks a free one)") from None
-            self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.1,),
+            self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,),
                                             name=f"online {self.url}", daemon=True)
             self._thread.start()
         return self
