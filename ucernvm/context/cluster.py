@@ -138,7 +138,7 @@ def _read(url: str, timeout: float, cafile: str | None) -> tuple[str | None, str
         return None, f"HTTP {status}"
     text = reply.decode("utf-8", "replace").strip()
     key = url.rsplit("/", 1)[1]
-    return (text[len(key) + 2:].strip() if text.startswith(f"{key}: ") else text), ""
+    return (text[len(key) + 1:].strip() if text.startswith(f"{key}:") else text), ""
 
 
 def _wait_for(url: str, retry: Retry, timeout: float, cafile: str | None,
