@@ -1,0 +1,61 @@
+"""What a user-data source yields: the source name the OS keys on, the user-data, meta-data, and the
+extras a medium can carry. Plain data, shared by the media reader, the metadata clients and the search."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# The exact strings µCernVM wrote to context/source; the OS's .ucernvm_bootstrap enables the matching
+# cloud-init datasource by them. NoCloud is this project's addition (cloud-init's own name for it).
+CONFIG_DRIVE = "ConfigDrive"
+OPEN_NEBULA = "OpenNebula"
+VSPHERE = "vSphere"
+AZURE = "Azure"
+NOCLOUD = "NoCloud"
+GCE = "GCE"
+EC2 = "EC2"
+OPENSTACK = "OpenStack"
+CLOUDSTACK = "CloudStack"
+
+LOCAL_SOURCES = (CONFIG_DRIVE, OPEN_NEBULA, VSPHERE, AZURE, NOCLOUD)  # µCernVM's order, then NoCloud
+NETWORK_SOURCES = (GCE, EC2, OPENSTACK, CLOUDSTACK)
+NO_SOURCE = "(none)"  # what µCernVM reports when nothing was found
+
+
+@dataclass(frozen=True)
+class MetaData:
+    """The meta-data cloud-init's NoCloud seed needs; empty strings where the source has none."""
+
+    instance_id: str = ""
+    hostname: str = ""
+    public_keys: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class StaticInterface:
+    """Static settings of one NIC from OpenNebula's context.sh (ETH<n>_*), validated."""
+
+    name: str  # "eth0": OpenNebula's numbering, not necessarily the kernel's; match by mac when given
+    mac: str = ""
+    address: str = ""  # "10.0.0.5/24"
+    gateway: str = ""
+    dns: tuple[str, ...] = ()
+    mtu: int | None = None
+
+
+@dataclass(frozen=True)
+class FoundContext:
+    """The result of a search: the source that won and what it carried, plus the extras found on any
+    partition. ``source`` is None when only extras were found."""
+
+    source: str | None
+    user_data: bytes = b""  # gunzipped once found; b"" when the source has meta-data only
+    meta: MetaData = MetaData()
+    network: tuple[StaticInterface, ...] = ()
+    device: str | None = None  # the medium it came from (Azure: copy it to context/azure.iso)
+    extra_user_data: bytes = b""  # every partition's /cernvm/extra-user-data, concatenated
+    pickup: bytes | None = None  # the first /cernvm/pickup.tar.gz
+
+    @property
+    def source_name(self) -> str:
+        return self.source or NO_SOURCE

@@ -1,0 +1,346 @@
+"""User-data on local media: the layouts µCernVM reads from a mounted partition, plus NoCloud.
+
+Each reader looks at the root of a file system mounted read-only and returns a ``FoundContext`` or
+None. Nothing found on a medium is trusted: files are opened without following symbolic links (a
+link must not pull in a file of the booting system), only small regular files are read (a FIFO
+would block, a huge file is not user-data), and every parser survives garbage with a warning.
+OpenNebula's ``context.sh`` is tokenised as shell words and never executed.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import errno
+import json
+import os
+import re
+import shlex
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Interface, ip_address
+from pathlib import Path
+
+from ucernvm.context.found import (AZURE, CONFIG_DRIVE, NOCLOUD, OPEN_NEBULA, VSPHERE, FoundContext, MetaData,
+                                   StaticInterface)
+
+USER_DATA_LIMIT = 4 << 20  # clouds cap user-data at 16-256 KB; cernvm-launch at ~150 KB
+META_LIMIT = 256 << 10
+PICKUP_LIMIT = 64 << 20  # a tarball baked into an image; held in memory until it is extracted
+AZURE_TAG = "E6DA6616-8EC4-48E0-BE93-58CE6ACE3CFB.tag"
+ISO_TYPES = ("iso9660", "udf")  # an ISO with a UDF bridge is reported as udf, as blkid does
+CONFIG_TYPES = (*ISO_TYPES, "vfat")
+
+Warn = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BlockDevice:
+    """A candidate medium: its device node, file system type (blkid's names) and label."""
+
+    path: str
+    fstype: str
+    label: str = ""
+
+
+class UnusableFile(Exception):
+    """A file that exists but is not a small regular file."""
+
+
+def read_file(root: Path | str, relative: str, limit: int) -> bytes | None:
+    """The bytes of ``root/relative``; None when absent. Raises ``UnusableFile`` for a symbolic link
+    anywhere on the path, a non-regular file, a read error or more than ``limit`` bytes."""
+    parts = [part for part in relative.split("/") if part]
+    try:
+        directory = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        for part in parts[:-1]:
+            if stat.S_ISLNK(os.stat(part, dir_fd=directory, follow_symlinks=False).st_mode):
+                raise OSError(errno.ELOOP, "a symbolic link")
+            inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=directory)
+            os.close(directory)
+            directory = inner
+        handle = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=directory)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise UnusableFile(f"{relative} is a symbolic link") from None
+        raise UnusableFile(f"{relative}: {error.strerror}") from None
+    finally:
+        os.close(directory)
+    try:
+        if not stat.S_ISREG(os.fstat(handle).st_mode):
+            raise UnusableFile(f"{relative} is not a regular file")
+        chunks = []
+        size = 0
+        while size <= limit:
+            chunk = os.read(handle, min(1 << 20, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > limit:
+            raise UnusableFile(f"{relative} is larger than {limit} bytes")
+        return b"".join(chunks)
+    except OSError as error:
+        raise UnusableFile(f"{relative}: {error.strerror}") from None
+    finally:
+        os.close(handle)
+
+
+def _read(root: Path, relative: str, limit: int, warn: Warn) -> bytes | None:
+    try:
+        return read_file(root, relative, limit)
+    except UnusableFile as problem:
+        warn(f"ignored {problem}")
+        return None
+
+
+def _exists(root: Path, relative: str) -> bool:
+    return os.path.lexists(root / relative)
+
+
+# ------------------------------------------------------------------------------------- meta-data
+
+_PRINTABLE = re.compile(r"[^\x00-\x1f\x7f]+")
+
+
+def clean(value: object, limit: int = 255) -> str:
+    """A one-line printable string, or "": a value that goes into files the OS parses (YAML, shell)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        return ""
+    value = value.strip()
+    return value if len(value) <= limit and _PRINTABLE.fullmatch(value) else ""
+
+
+def _keys(values: object) -> tuple[str, ...]:
+    items = values.values() if isinstance(values, dict) else values if isinstance(values, list) else [values]
+    keys = (clean(item, 16384) for item in items)
+    return tuple(key for key in keys if key)
+
+
+def json_meta(data: bytes, what: str, warn: Warn) -> MetaData | None:
+    """OpenStack's meta_data.json (uuid, hostname, public_keys); None when it is not a JSON object."""
+    try:
+        document = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as error:
+        warn(f"{what} is not JSON ({error}): ignored")
+        return None
+    if not isinstance(document, dict):
+        warn(f"{what} is not a JSON object: ignored")
+        return None
+    return MetaData(
+        instance_id=clean(document.get("uuid") or document.get("instance-id")),
+        hostname=clean(document.get("hostname") or document.get("local-hostname") or document.get("name")),
+        public_keys=_keys(document.get("public_keys") or document.get("public-keys") or ()),
+    )
+
+
+def nocloud_meta(data: bytes, warn: Warn) -> MetaData:
+    """NoCloud's meta-data: YAML, of which only top-level scalars and the public-keys list are read
+    (a YAML library is not in the image for three keys)."""
+    text = data.decode("utf-8", "replace")
+    if text.lstrip().startswith("{"):
+        return json_meta(data, "meta-data", warn) or MetaData()
+    values: dict[str, str] = {}
+    keys: list[str] = []
+    in_keys = False
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if line[0] in " \t-":
+            item = line.strip()
+            if in_keys and item.startswith("- "):
+                keys.append(_yaml_scalar(item[2:]))
+            continue
+        key, colon, value = line.partition(":")
+        in_keys = colon == ":" and key.strip() == "public-keys"
+        if colon and not in_keys:
+            values[key.strip()] = _yaml_scalar(value)
+        elif in_keys and value.strip():
+            keys.append(_yaml_scalar(value))
+    return MetaData(instance_id=clean(values.get("instance-id")),
+                    hostname=clean(values.get("local-hostname") or values.get("hostname")),
+                    public_keys=_keys(keys))
+
+
+def _yaml_scalar(text: str) -> str:
+    text = text.strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
+        return text[1:-1]
+    return text.split(" #", 1)[0].strip()
+
+
+# ------------------------------------------------------------------------------------- context.sh
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_DECLARATIONS = {"export", "readonly", "declare", "local", "typeset"}
+
+
+def parse_context_sh(text: str) -> dict[str, str]:
+    """The variables a shell would assign in ``text``, read as words and never run: quotes and
+    backslashes are undone, ``$``/backquote expansions stay literal text, commands are ignored."""
+    try:
+        return _assignments(text)
+    except ValueError:  # an unbalanced quote: keep what each line still says on its own
+        variables: dict[str, str] = {}
+        for line in text.splitlines():
+            try:
+                variables.update(_assignments(line))
+            except ValueError:
+                continue
+        return variables
+
+
+def _assignments(text: str) -> dict[str, str]:
+    separators = ";&|()<>\n"
+    lexer = shlex.shlex(text, posix=True, punctuation_chars=separators)
+    lexer.whitespace = " \t\r"  # a newline ends a command: it must come out as a token
+    lexer.whitespace_split = True
+    lexer.commenters = "#"
+    variables: dict[str, str] = {}
+    command_start = True
+    for token in lexer:
+        if token and all(character in separators for character in token):
+            command_start = True
+            continue
+        name, equals, value = token.partition("=")
+        if command_start and equals and _NAME.fullmatch(name):
+            variables[name] = value
+        elif not (command_start and token in _DECLARATIONS):
+            command_start = False  # a command's arguments are not assignments
+    return variables
+
+
+def static_network(variables: dict[str, str], warn: Warn) -> tuple[StaticInterface, ...]:
+    """ETH<n>_{MAC,IP,MASK,GATEWAY,DNS,MTU} as validated interfaces (OpenNebula's and one_network's names)."""
+    numbers = sorted({int(match.group(1)) for name in variables if (match := re.fullmatch(r"ETH(\d{1,3})_IP", name))})
+    interfaces = []
+    for number in numbers:
+        prefix = f"ETH{number}_"
+        value = {key: variables.get(prefix + key, "").strip() for key in ("IP", "MASK", "MAC", "GATEWAY", "DNS", "MTU")}
+        try:
+            address = IPv4Interface(f"{value['IP']}/{value['MASK'] or '24'}")
+        except ValueError:
+            warn(f"context.sh: {prefix}IP/{prefix}MASK {value['IP']!r}/{value['MASK']!r} is not an IPv4 address: "
+                 "ignored")
+            continue
+        mac = value["MAC"].lower()
+        if mac and not re.fullmatch(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}", mac):
+            warn(f"context.sh: {prefix}MAC {mac!r} is not a MAC address: ignored")
+            mac = ""
+        gateway = _address(value["GATEWAY"], f"{prefix}GATEWAY", warn)
+        servers = (value["DNS"] or variables.get("DNS", "")).split()
+        dns = tuple(filter(None, (_address(word, f"{prefix}DNS", warn) for word in servers)))
+        mtu = int(value["MTU"]) if value["MTU"].isdigit() and 68 <= int(value["MTU"]) <= 65535 else None
+        interfaces.append(StaticInterface(f"eth{number}", mac, str(address), gateway, dns, mtu))
+    return tuple(interfaces)
+
+
+def _address(text: str, what: str, warn: Warn) -> str:
+    if not text:
+        return ""
+    try:
+        return str(ip_address(text))
+    except ValueError:
+        warn(f"context.sh: {what} {text!r} is not an IP address: ignored")
+        return ""
+
+
+def decode_base64(text: str, what: str, warn: Warn) -> bytes:
+    compact = "".join(text.split())
+    try:
+        return base64.b64decode(compact + "=" * (-len(compact) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        warn(f"{what} is not base64: the user-data is taken as empty")
+        return b""
+
+
+# ------------------------------------------------------------------------------------- layouts
+
+
+def read_config_drive(root: Path, device: BlockDevice, warn: Warn) -> FoundContext | None:
+    """openstack/latest/user_data (µCernVM: any iso9660 or vfat, no label check; cernvm-launch's
+    CONFIG-2 ISO), else ec2/latest/user-data; a drive with meta-data but no user-data counts too."""
+    user_data = _read(root, "openstack/latest/user_data", USER_DATA_LIMIT, warn)
+    if user_data is None:
+        user_data = _read(root, "ec2/latest/user-data", USER_DATA_LIMIT, warn)
+    meta = None
+    for name in ("openstack/latest/meta_data.json", "ec2/latest/meta-data.json"):
+        data = _read(root, name, META_LIMIT, warn)
+        if data is not None:
+            meta = json_meta(data, name, warn)
+            break
+    if user_data is None and meta is None:
+        return None
+    return FoundContext(CONFIG_DRIVE, user_data or b"", meta or MetaData(), device=device.path)
+
+
+def read_opennebula(root: Path, device: BlockDevice, warn: Warn) -> FoundContext | None:
+    """context.sh with EC2_USER_DATA (base64) and static network values (OpenNebula, cernvm-launch)."""
+    data = _read(root, "context.sh", 2 * USER_DATA_LIMIT, warn)
+    if data is None:
+        return None
+    variables = parse_context_sh(data.decode("utf-8", "replace"))
+    user_data = decode_base64(variables.get("EC2_USER_DATA", ""), "context.sh EC2_USER_DATA", warn)
+    meta = MetaData(hostname=clean(variables.get("SET_HOSTNAME") or variables.get("HOSTNAME")),
+                    public_keys=_keys(variables.get("SSH_PUBLIC_KEY", "").splitlines()))
+    return FoundContext(OPEN_NEBULA, user_data, meta, static_network(variables, warn), device=device.path)
+
+
+def read_vsphere(root: Path, device: BlockDevice, warn: Warn) -> FoundContext | None:
+    user_data = _read(root, "user-data.txt", USER_DATA_LIMIT, warn)
+    return None if user_data is None else FoundContext(VSPHERE, user_data, device=device.path)
+
+
+_CUSTOM_DATA = re.compile(rb"<(?:[\w.-]+:)?CustomData\b[^>]*>([A-Za-z0-9+/=\s]*)</(?:[\w.-]+:)?CustomData>")
+
+
+def read_azure(root: Path, device: BlockDevice, warn: Warn) -> FoundContext | None:
+    """The provisioning medium (marked by the tag file): CustomData.bin as µCernVM, else the base64
+    CustomData element of ovf-env.xml (a pattern: no XML parser in the image for one element)."""
+    if not _exists(root, AZURE_TAG):
+        return None
+    user_data = _read(root, "CustomData.bin", USER_DATA_LIMIT, warn)
+    if user_data is None:
+        ovf = _read(root, "ovf-env.xml", 2 * USER_DATA_LIMIT, warn) or b""
+        match = _CUSTOM_DATA.search(ovf)
+        user_data = decode_base64(match.group(1).decode(), "ovf-env.xml CustomData", warn) if match else b""
+    return FoundContext(AZURE, user_data, device=device.path)
+
+
+def read_nocloud(root: Path, device: BlockDevice, warn: Warn) -> FoundContext | None:
+    """A cloud-init NoCloud seed: label cidata/CIDATA, user-data and meta-data at the root."""
+    if device.label.lower() != "cidata":
+        return None
+    user_data = _read(root, "user-data", USER_DATA_LIMIT, warn)
+    meta_data = _read(root, "meta-data", META_LIMIT, warn)
+    if user_data is None and meta_data is None:
+        return None
+    meta = nocloud_meta(meta_data, warn) if meta_data is not None else MetaData()
+    return FoundContext(NOCLOUD, user_data or b"", meta, device=device.path)
+
+
+Reader = Callable[[Path, BlockDevice, Warn], FoundContext | None]
+
+# In µCernVM's order (the first source found on any medium wins), each with the file systems it reads.
+LAYOUTS: dict[str, tuple[tuple[str, ...], Reader]] = {
+    CONFIG_DRIVE: (CONFIG_TYPES, read_config_drive),
+    OPEN_NEBULA: (CONFIG_TYPES, read_opennebula),
+    VSPHERE: (ISO_TYPES, read_vsphere),
+    AZURE: (("udf",), read_azure),
+    NOCLOUD: (CONFIG_TYPES, read_nocloud),
+}
+
+
+def read_extras(root: Path, warn: Warn) -> tuple[bytes, bytes | None]:
+    """/cernvm/extra-user-data and /cernvm/pickup.tar.gz of one partition (baked into images)."""
+    return (_read(root, "cernvm/extra-user-data", USER_DATA_LIMIT, warn) or b"",
+            _read(root, "cernvm/pickup.tar.gz", PICKUP_LIMIT, warn))
+

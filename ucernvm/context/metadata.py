@@ -1,0 +1,233 @@
+"""User-data from HTTP metadata services: GCE, EC2 (IMDSv2 token first), OpenStack and CloudStack.
+
+µCernVM's paths and rules: each service is asked for its user-data and, when that fails, for one
+meta-data item; a service that has meta-data but no user-data counts as found with empty user-data.
+Every request is bounded by a short timeout cut to one overall deadline, never retried (a VM
+without a context must not wait), and its body is read up to a size limit. Hosts are ``host:port``
+so tests point them at fakes on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import errno
+import re
+import selectors
+import socket
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import urllib3
+
+from ucernvm.context.found import CLOUDSTACK, EC2, GCE, OPENSTACK, FoundContext, MetaData
+from ucernvm.context.media import META_LIMIT, USER_DATA_LIMIT, clean, decode_base64, json_meta
+
+GCE_HEADERS = {"Metadata-Flavor": "Google", "X-Google-Metadata-Request": "True"}  # current and legacy
+EC2_TOKEN_PATH = "/latest/api/token"
+EC2_TOKEN_TTL = "X-aws-ec2-metadata-token-ttl-seconds"
+EC2_TOKEN = "X-aws-ec2-metadata-token"
+EC2_VERSION = "2016-04-19"  # µCernVM's
+OPENSTACK_VERSION = "2013-10-17"
+MAX_KEYS = 16
+
+Log = Callable[[str], None]
+Host = tuple[str, int]
+
+
+def parse_host(text: str, default_port: int = 80) -> Host:
+    """``host``, ``host:port`` or ``[v6]:port``."""
+    parts = urlsplit(f"//{text}")
+    if not parts.hostname:
+        raise ValueError(f"{text!r} is not host[:port]")
+    return parts.hostname, parts.port or default_port
+
+
+def reachable(hosts: Iterable[Host], timeout: float) -> set[Host]:
+    """The hosts that accept a TCP connection within ``timeout`` seconds, tried in parallel
+    (µCernVM's portprobe: an unreachable metadata address costs the timeout once, not per source)."""
+    selector = selectors.DefaultSelector()
+    up: set[Host] = set()
+    sockets = []
+    try:
+        for host in dict.fromkeys(hosts):
+            try:
+                info = socket.getaddrinfo(host[0], host[1], type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)[0]
+            except OSError:
+                continue
+            sock = socket.socket(info[0], socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.setblocking(False)
+            code = sock.connect_ex(info[4])
+            if code == 0:
+                up.add(host)
+            elif code == errno.EINPROGRESS:
+                selector.register(sock, selectors.EVENT_WRITE, host)
+        end = time.monotonic() + timeout
+        while selector.get_map() and (left := end - time.monotonic()) > 0:
+            for key, _ in selector.select(left):
+                selector.unregister(key.fileobj)
+                if key.fileobj.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:  # type: ignore[union-attr]
+                    up.add(key.data)
+    finally:
+        selector.close()
+        for sock in sockets:
+            sock.close()
+    return up
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+class Client:
+    """Requests to one metadata host, each bounded by ``request_timeout`` and the overall deadline."""
+
+    def __init__(self, host: Host, deadline: float, request_timeout: float, log: Log, warn: Log) -> None:
+        self.host = host
+        self.deadline = deadline
+        self.request_timeout = request_timeout
+        self.log = log
+        self.warn = warn
+        self.pool = urllib3.HTTPConnectionPool(host[0], host[1], maxsize=1, retries=False)
+
+    def close(self) -> None:
+        self.pool.close()
+
+    def request(self, method: str, path: str, headers: dict[str, str] | None = None,
+                limit: int = META_LIMIT) -> Reply | None:
+        """The reply, or None when there is none in time (refused, reset, timed out, too large)."""
+        start = time.monotonic()
+        end = min(self.deadline, start + self.request_timeout)
+        if end <= start:
+            return None
+        timeout = urllib3.Timeout(connect=end - start, read=end - start)
+        where = f"{method} http://{self.host[0]}:{self.host[1]}{path}"
+        try:
+            response = self.pool.urlopen(method, path, headers=headers, timeout=timeout, preload_content=False,
+                                         redirect=False, retries=False)
+            try:
+                chunks = []
+                size = 0
+                while size <= limit and time.monotonic() < end:
+                    chunk = response.read(min(65536, limit + 1 - size))
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+                    size += len(chunk)
+                else:
+                    if size > limit:
+                        self.warn(f"{where}: larger than {limit} bytes: ignored")
+                    else:
+                        self.log(f"{where}: no complete reply in {self.request_timeout:g} s")
+                    return None
+            finally:
+                response.release_conn()
+        except (urllib3.exceptions.HTTPError, OSError) as error:
+            self.log(f"{where}: {type(error).__name__}")
+            return None
+        return Reply(response.status, {key.lower(): value for key, value in response.headers.items()}, b"".join(chunks))
+
+    def get(self, path: str, headers: dict[str, str] | None = None, limit: int = META_LIMIT) -> bytes | None:
+        """The body of a 200 reply, else None."""
+        reply = self.request("GET", path, headers, limit)
+        return reply.body if reply is not None and reply.status == 200 else None
+
+
+def _text(body: bytes | None, limit: int = 255) -> str:
+    return clean(body.decode("utf-8", "replace"), limit) if body else ""
+
+
+def _key_lines(body: bytes | None) -> list[str]:
+    return [line for line in (body or b"").decode("utf-8", "replace").splitlines() if line.strip()]
+
+
+# ------------------------------------------------------------------------------------- GCE
+
+
+def fetch_gce(client: Client) -> FoundContext | None:
+    """``instance/attributes/user-data`` (µCernVM), else ``cvm-user-data`` in base64 (amiconfig's);
+    meta-data check ``instance/id``. Replies must carry ``Metadata-Flavor: Google``, as GCE's do,
+    so that a server answering 200 to anything is not taken for GCE."""
+    base = "/computeMetadata/v1/instance"
+
+    def get(path: str, limit: int = META_LIMIT) -> tuple[bool, bytes | None]:
+        reply = client.request("GET", f"{base}/{path}", GCE_HEADERS, limit)
+        google = reply is not None and reply.headers.get("metadata-flavor", "").lower() == "google"
+        return google, reply.body if google and reply is not None and reply.status == 200 else None
+
+    google, user_data = get("attributes/user-data", USER_DATA_LIMIT)
+    if not google:
+        return None
+    if user_data is None:
+        _, encoded = get("attributes/cvm-user-data", USER_DATA_LIMIT)
+        if encoded is not None:
+            user_data = decode_base64(encoded.decode("ascii", "replace"), "GCE cvm-user-data", client.warn)
+    _, instance_id = get("id")
+    if user_data is None and instance_id is None:
+        return None
+    hostname = get("hostname")[1]
+    keys = [line.partition(":")[2] for line in _key_lines(get("attributes/ssh-keys")[1])]  # "user:key"
+    meta = MetaData(_text(instance_id), _text(hostname), tuple(filter(None, (clean(key, 16384) for key in keys))))
+    return FoundContext(GCE, user_data or b"", meta)
+
+
+# ------------------------------------------------------------------------------------- EC2 style
+
+
+def ec2_token(client: Client) -> str:
+    """An IMDSv2 session token, or "" where the service has none (IMDSv1, OpenStack, CloudStack)."""
+    reply = client.request("PUT", EC2_TOKEN_PATH, {EC2_TOKEN_TTL: "21600"})
+    return _text(reply.body, 4096) if reply is not None and reply.status == 200 else ""
+
+
+def _ec2_style(client: Client, prefix: str, meta_check: str, source: str,
+               headers: dict[str, str]) -> FoundContext | None:
+    """``<prefix>/user-data``, else the meta-data item ``meta_check``; then the NoCloud meta-data."""
+    reply = client.request("GET", f"{prefix}/user-data", headers, USER_DATA_LIMIT)
+    user_data = reply.body if reply is not None and reply.status == 200 else None
+    if user_data is None and client.get(f"{prefix}/meta-data/{meta_check}", headers) is None:
+        if reply is not None and reply.status == 401 and not headers:
+            client.warn(f"{source} metadata at {client.host[0]}:{client.host[1]} wants an IMDSv2 token and gave none")
+        return None
+
+    def get(item: str) -> bytes | None:
+        return client.get(f"{prefix}/meta-data/{item}", headers)
+
+    keys = []
+    for line in _key_lines(get("public-keys"))[:MAX_KEYS]:
+        index = re.match(r"(\d+)=", line)
+        if index:  # EC2 lists "0=name", the key is below it
+            keys.append(_text(get(f"public-keys/{index.group(1)}/openssh-key"), 16384))
+        else:  # CloudStack answers with the key itself
+            keys.append(clean(line, 16384))
+    meta = MetaData(_text(get("instance-id")), _text(get("local-hostname")), tuple(filter(None, keys)))
+    return FoundContext(source, user_data or b"", meta)
+
+
+def fetch_ec2(client: Client) -> FoundContext | None:
+    token = ec2_token(client)
+    return _ec2_style(client, f"/{EC2_VERSION}", "ami-id", EC2, {EC2_TOKEN: token} if token else {})
+
+
+def fetch_openstack(client: Client) -> FoundContext | None:
+    """The OpenStack API (user_data, meta_data.json), then its EC2-compatible ``/latest`` tree."""
+    base = f"/openstack/{OPENSTACK_VERSION}"
+    user_data = client.get(f"{base}/user_data", limit=USER_DATA_LIMIT)
+    meta_data = client.get(f"{base}/meta_data.json")
+    if user_data is not None or meta_data is not None:
+        meta = json_meta(meta_data, "OpenStack meta_data.json", client.warn) if meta_data is not None else None
+        return FoundContext(OPENSTACK, user_data or b"", meta or MetaData())
+    return _ec2_style(client, "/latest", "ami-id", OPENSTACK, {})
+
+
+def fetch_cloudstack(client: Client) -> FoundContext | None:
+    """The virtual router (10.1.1.1 or the DHCP server): ``/latest/user-data``, meta ``instance-id``."""
+    return _ec2_style(client, "/latest", "instance-id", CLOUDSTACK, {})
+
+
+LINK_LOCAL_FETCHERS: tuple[tuple[str, Callable[[Client], FoundContext | None]], ...] = (
+    (GCE, fetch_gce), (EC2, fetch_ec2), (OPENSTACK, fetch_openstack))

@@ -1,0 +1,208 @@
+"""Finding the user-data of a first boot: µCernVM's sources in µCernVM's order, under one deadline.
+
+Local media come first (ConfigDrive, OpenNebula, vSphere, Azure, then NoCloud; the first source found
+on any medium wins, media in device order), then the network: one parallel TCP probe of the
+metadata addresses (2 s at most), GCE, EC2 (IMDSv2 token first) and OpenStack on the link-local
+address, CloudStack on 10.1.1.1 and on the DHCP server. Every partition is also searched for
+``/cernvm/extra-user-data`` and ``/cernvm/pickup.tar.gz``. The kernel option ``ucernvm.context=``
+names one source (no probing) or ``none``.
+
+Usage at boot: ``find_user_data(SourceProbe(devices=..., mounter=SystemMounter(system), ...))``.
+Only the standard library and urllib3 are imported: this runs as PID 1.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Protocol
+
+from ucernvm.boot.system import MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MakeDirs, Mount, System, Unmount
+from ucernvm.context.found import (CLOUDSTACK, LOCAL_SOURCES, NETWORK_SOURCES, FoundContext)
+from ucernvm.context.media import LAYOUTS, BlockDevice, read_extras
+from ucernvm.context.metadata import LINK_LOCAL_FETCHERS, Client, fetch_cloudstack, parse_host, reachable
+from ucernvm.context.userdata import decode
+from ucernvm.errors import UcernvmError
+
+DEFAULT_BUDGET = 15.0  # seconds for everything, when the caller gives no deadline
+PROBE_TIMEOUT = 2.0  # µCernVM's portprobe budget
+REQUEST_TIMEOUT = 4.0
+NOT_FILE_SYSTEMS = ("", "swap", "jbd")
+# Mount options that keep a read-only look from writing: no journal replay on a foreign disk.
+READ_ONLY_OPTIONS = {"ext3": "noload", "ext4": "noload", "xfs": "norecovery"}
+
+__all__ = ["BlockDevice", "FoundContext", "MetadataAddresses", "Mounter", "SourceProbe", "SystemMounter",
+           "find_user_data", "source_names"]
+
+
+class Mounter(Protocol):
+    def mount(self, device: BlockDevice) -> Path:
+        """Mount ``device`` read-only and return where; raise ``UcernvmError`` when it cannot."""
+        ...
+
+    def unmount(self, path: Path) -> None: ...
+
+
+class SystemMounter:
+    """Mounts each medium in turn at one directory through the boot's System (a dry run records the
+    mounts and finds the directory empty)."""
+
+    def __init__(self, system: System, directory: str = "/run/ucernvm/media") -> None:
+        self.system = system
+        self.directory = system.path(directory)
+
+    def mount(self, device: BlockDevice) -> Path:
+        self.system.do(MakeDirs(str(self.directory)))
+        self.system.do(Mount(device.path, str(self.directory), device.fstype, READ_ONLY_OPTIONS.get(device.fstype, ""),
+                             MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC))
+        return self.directory
+
+    def unmount(self, path: Path) -> None:
+        self.system.do(Unmount(str(path)))
+
+
+@dataclass(frozen=True)
+class MetadataAddresses:
+    """Where the metadata services are (``host:port``); tests point them at 127.0.0.1."""
+
+    link_local: str = "169.254.169.254:80"  # GCE, EC2, OpenStack
+    cloudstack: str = "10.1.1.1:80"
+    dhcp_port: int = 80  # CloudStack's virtual router is also the DHCP server
+
+
+def _ignore(message: str) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class SourceProbe:
+    """What a search needs. ``requested`` is the kernel option ``ucernvm.context=``: ``auto``, ``none``
+    or a source name (any case). ``deadline`` is a ``time.monotonic()`` value for the whole search."""
+
+    requested: str = "auto"
+    devices: Sequence[BlockDevice] = ()
+    mounter: Mounter | None = None
+    dhcp_server: str | None = None
+    deadline: float | None = None
+    addresses: MetadataAddresses = MetadataAddresses()
+    probe_timeout: float = PROBE_TIMEOUT
+    request_timeout: float = REQUEST_TIMEOUT
+    log: Callable[[str], None] = _ignore  # what was tried
+    warn: Callable[[str], None] = _ignore  # what was wrong with a source (recorded in the boot report)
+
+
+def source_names() -> tuple[str, ...]:
+    return (*LOCAL_SOURCES, *NETWORK_SOURCES)
+
+
+def _requested(probe: SourceProbe) -> tuple[str, ...]:
+    """The sources to try, in order."""
+    wanted = probe.requested.strip().lower()
+    if wanted in ("", "auto"):
+        return source_names()
+    if wanted == "none":
+        return ()
+    named = [name for name in source_names() if name.lower() == wanted]
+    if not named:
+        probe.warn(f"ucernvm.context={probe.requested} is not a source ({', '.join(source_names())}, auto or none): "
+                   "trying all of them")
+        return source_names()
+    return tuple(named)
+
+
+def find_user_data(probe: SourceProbe) -> FoundContext | None:
+    """The first source's user-data (gunzipped) and meta-data, with the extras of every partition; None
+    when there is neither. Never raises for what a medium or a server holds: problems go to ``warn``."""
+    deadline = probe.deadline if probe.deadline is not None else time.monotonic() + DEFAULT_BUDGET
+    wanted = _requested(probe)
+    found, extra, pickup = _scan_media(probe, [name for name in wanted if name in LAYOUTS])
+    if found is None and any(name in NETWORK_SOURCES for name in wanted):
+        found = _ask_network(probe, wanted, deadline)
+    if found is None and not extra and pickup is None:
+        return None
+    if found is None:
+        found = FoundContext(None)
+    return replace(found, user_data=decode(found.user_data), extra_user_data=extra, pickup=pickup)
+
+
+def _scan_media(probe: SourceProbe, layouts: list[str]) -> tuple[FoundContext | None, bytes, bytes | None]:
+    """Mount every partition once: the layouts it may hold, and its extras."""
+    by_source: dict[str, FoundContext] = {}
+    extras: list[bytes] = []
+    pickup: bytes | None = None
+    if probe.mounter is None:
+        return None, b"", None
+    for device in sorted(probe.devices, key=lambda device: device.path):
+        if device.fstype in NOT_FILE_SYSTEMS:
+            continue
+        try:
+            root = probe.mounter.mount(device)
+        except UcernvmError as error:
+            # Only a medium that could hold a context is worth a warning; any partition is mounted for extras.
+            report = probe.warn if any(device.fstype in LAYOUTS[name][0] for name in layouts) else probe.log
+            report(f"cannot look at {device.path} ({device.fstype}): {error}")
+            continue
+        try:
+            for name in layouts:
+                types, read = LAYOUTS[name]
+                if name not in by_source and device.fstype in types:
+                    result = read(root, device, _about(probe.warn, device))
+                    if result is not None:
+                        probe.log(f"{name} user-data on {device.path}")
+                        by_source[name] = result
+            extra, found_pickup = read_extras(root, _about(probe.warn, device))
+            if extra:
+                probe.log(f"extra user-data on {device.path}")
+                extras.append(extra if extra.endswith(b"\n") else extra + b"\n")
+            if pickup is None and found_pickup is not None:
+                probe.log(f"pickup.tar.gz on {device.path}")
+                pickup = found_pickup
+        finally:
+            try:
+                probe.mounter.unmount(root)
+            except UcernvmError as error:
+                probe.warn(f"cannot unmount {device.path}: {error}")
+    found = next((by_source[name] for name in layouts if name in by_source), None)
+    return found, b"".join(extras), pickup
+
+
+def _about(warn: Callable[[str], None], device: BlockDevice) -> Callable[[str], None]:
+    return lambda message: warn(f"{device.path}: {message}")
+
+
+def _ask_network(probe: SourceProbe, wanted: tuple[str, ...], deadline: float) -> FoundContext | None:
+    addresses = probe.addresses
+    try:
+        link_local = parse_host(addresses.link_local)
+        routers = [parse_host(addresses.cloudstack)]
+        if probe.dhcp_server:
+            routers.append(parse_host(probe.dhcp_server, addresses.dhcp_port))
+    except ValueError as error:
+        probe.warn(f"metadata address: {error}")
+        return None
+    hosts = [link_local, *routers]
+    if len(wanted) > 1:
+        start = time.monotonic()
+        up = reachable(hosts, max(0.0, min(probe.probe_timeout, deadline - start)))
+        probe.log(f"metadata hosts reachable: {', '.join(f'{h}:{p}' for h, p in up) or 'none'} "
+                  f"({time.monotonic() - start:.2f} s)")
+    else:
+        up = set(hosts)  # a named source is asked directly
+    plan = [(link_local, name, fetch) for name, fetch in LINK_LOCAL_FETCHERS]
+    plan += [(router, CLOUDSTACK, fetch_cloudstack) for router in dict.fromkeys(routers)]
+    clients: dict[tuple[str, int], Client] = {}
+    try:
+        for host, name, fetch in plan:
+            if name not in wanted or host not in up or time.monotonic() >= deadline:
+                continue
+            client = clients.setdefault(host, Client(host, deadline, probe.request_timeout, probe.log, probe.warn))
+            result = fetch(client)
+            if result is not None:
+                probe.log(f"{name} user-data from {host[0]}:{host[1]} ({len(result.user_data)} bytes)")
+                return result
+    finally:
+        for client in clients.values():
+            client.close()
+    return None
