@@ -60,22 +60,23 @@ class SwitchRoot:
 def _free_initramfs(keep: str) -> None:
     """Delete the initramfs's files (they occupy RAM), staying on its file system."""
     device = os.lstat("/").st_dev
+    directories = []
     for directory, subdirectories, files in os.walk("/", topdown=True):
         subdirectories[:] = [
             name for name in subdirectories
             if os.path.join(directory, name) != keep and os.lstat(os.path.join(directory, name)).st_dev == device
         ]
+        directories += [os.path.join(directory, name) for name in subdirectories]
         for name in files:
             try:
                 os.unlink(os.path.join(directory, name))
             except OSError:
                 pass
-    for directory, subdirectories, _ in sorted(os.walk("/"), key=lambda item: -len(item[0])):
-        if directory != "/" and os.lstat(directory).st_dev == device and directory != keep:
-            try:
-                os.rmdir(directory)
-            except OSError:
-                pass
+    for directory in reversed(directories):  # deepest first
+        try:
+            os.rmdir(directory)
+        except OSError:
+            pass  # a mount point, or not empty
 
 
 def handoff_stage(state: BootState) -> None:

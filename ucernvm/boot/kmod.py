@@ -12,6 +12,8 @@ import ctypes
 import errno
 import os
 import platform
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +39,9 @@ class LoadModule:
     def describe(self) -> str:
         return f"load kernel module {self.name}"
 
-    def apply(self) -> None:
+    def apply(self) -> float:
+        """Load the module; returns the seconds its initialisation took."""
+        started = time.monotonic()
         fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             number = _SYS_FINIT_MODULE[platform.machine()]
@@ -47,6 +51,7 @@ class LoadModule:
                     raise UcernvmError(f"cannot load kernel module {self.name}: {os.strerror(code)}")
         finally:
             os.close(fd)
+        return time.monotonic() - started
 
 
 def device_aliases(sysfs: Path = Path("/sys")) -> set[str]:
@@ -62,6 +67,18 @@ def device_aliases(sysfs: Path = Path("/sys")) -> set[str]:
     return aliases
 
 
+def waves(order: list[str], index: ModuleIndex) -> list[list[str]]:
+    """Split a load order into groups whose members only need modules of earlier groups."""
+    level: dict[str, int] = {}
+    for name in order:
+        needs = [dep for dep in index.deps.get(name, []) + index.soft_targets(name) if dep in level]
+        level[name] = 1 + max((level[dep] for dep in needs), default=-1)
+    groups: list[list[str]] = [[] for _ in range(max(level.values(), default=-1) + 1)]
+    for name in order:
+        groups[level[name]].append(name)
+    return groups
+
+
 def modules_stage(state: BootState) -> None:
     release = Path("/lib/modules") / platform.release()
     if state.system.dry_run or not (release / "modules.dep").exists():
@@ -71,23 +88,38 @@ def modules_stage(state: BootState) -> None:
     index = ModuleIndex.load(release)
     loaded: set[str] = set()
     failed: list[str] = []
+    seconds: dict[str, float] = {}
+    resolved: set[str] = set()
     wanted = {name for name in REQUIRED + OPTIONAL if index.resolve(name)}
+
+    def load(name: str) -> None:
+        try:
+            seconds[name] = state.system.do(LoadModule(name, str(release / index.paths[name])))
+        except UcernvmError as error:
+            if name in REQUIRED:
+                raise
+            failed.append(f"{name}: {error.message}")
+
     for _ in range(MAX_PASSES):
-        for alias in device_aliases():
+        for alias in device_aliases() - resolved:
+            resolved.add(alias)
             wanted.update(index.resolve(alias))
         order = [name for name in index.load_order(sorted(wanted - loaded)) if name not in loaded]
         if not order:
             break
-        for name in order:
-            try:
-                state.system.do(LoadModule(name, str(release / index.paths[name])))
-            except UcernvmError as error:
-                if name in REQUIRED:
-                    raise
-                failed.append(f"{name}: {error.message}")
-            loaded.add(name)
+        # Modules of one wave load in parallel: a driver's probe (a disk, a NIC) waits on its device.
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            for wave in waves(order, index):
+                list(pool.map(load, wave))
+                loaded.update(wave)
     missing = [name for name in REQUIRED if name not in loaded and name not in index.builtin]
     if missing:
         raise UcernvmError(f"kernel modules {', '.join(missing)} are missing from the image", "rebuild the image")
-    state.facts["modules"] = {"release": platform.release(), "loaded": sorted(loaded), "failed": failed}
-    state.log.info(f"loaded {len(loaded)} kernel modules")
+    slowest = sorted(seconds.items(), key=lambda item: -item[1])[:5]
+    state.facts["modules"] = {
+        "release": platform.release(),
+        "loaded": sorted(loaded),
+        "failed": failed,
+        "slowest": {name: round(value, 3) for name, value in slowest},
+    }
+    state.log.info(f"loaded {len(loaded)} kernel modules; slowest: " + ", ".join(f"{n} {v:.2f} s" for n, v in slowest))

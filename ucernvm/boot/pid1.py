@@ -11,6 +11,10 @@ from ucernvm.boot.stages import STAGES
 from ucernvm.boot.state import BootState
 from ucernvm.boot.system import RealSystem
 
+# Imported by libraries only when first used; the image builder packs them too (urllib3 encodes host
+# names with the idna codec).
+IMAGE_MODULES = ("encodings.idna",)
+
 
 def main() -> int:
     state = BootState(RealSystem(), BootLog(sys.stdout, kmsg=True))

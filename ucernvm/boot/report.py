@@ -82,9 +82,12 @@ def render_text(report: dict[str, Any]) -> str:
 def render_svg(report: dict[str, Any]) -> str:
     """A horizontal bar per stage on the guest's clock (seconds since the kernel started)."""
     stages = report.get("stages", [])
-    end = max([stage["end"] for stage in stages] + [1.0])
+    # Guest boots start near 0; a dry run on a host that has been up for days starts later.
+    origin = float(int(stages[0]["start"])) if stages and stages[0]["start"] > 60 else 0.0
+    end = max([stage["end"] - origin for stage in stages] + [1.0])
     width, row, left = 720, 22, 90
     scale = (width - left - 20) / end
+    step = next(step for step in (1, 2, 5, 10, 20, 50, 100, 1000, 10**9) if end / step <= 20)
     height = row * (len(stages) + 2)
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">',
@@ -92,16 +95,16 @@ def render_svg(report: dict[str, Any]) -> str:
     ]
     for index, stage in enumerate(stages):
         y = row * (index + 1) + 4
-        x = left + stage["start"] * scale
+        x = left + (stage["start"] - origin) * scale
         bar = max(1.0, stage["seconds"] * scale)
         color = _COLORS.get(stage["status"], "#808080")
         parts.append(f'<text x="4" y="{y + 14}">{html.escape(stage["name"])}</text>')
         parts.append(f'<rect x="{x:.1f}" y="{y}" width="{bar:.1f}" height="{row - 6}" fill="{color}"/>')
         parts.append(f'<text x="{x + bar + 4:.1f}" y="{y + 14}">{stage["seconds"]:.2f} s</text>')
     axis_y = row * (len(stages) + 1) + 8
-    for second in range(int(end) + 1):
+    for second in range(0, int(end) + 1, step):
         x = left + second * scale
         parts.append(f'<line x1="{x:.1f}" y1="{row}" x2="{x:.1f}" y2="{axis_y}" stroke="#ddd"/>')
-        parts.append(f'<text x="{x:.1f}" y="{axis_y + 12}" text-anchor="middle">{second}</text>')
+        parts.append(f'<text x="{x:.1f}" y="{axis_y + 12}" text-anchor="middle">{origin + second:g}</text>')
     parts.append("</svg>")
     return "\n".join(parts) + "\n"

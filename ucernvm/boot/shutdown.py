@@ -11,7 +11,7 @@ disk's ext4 is unmounted cleanly, and powers off, reboots or halts.
 from __future__ import annotations
 
 from ucernvm.boot.state import BootState
-from ucernvm.boot.system import MakeDirs, WriteFile
+from ucernvm.boot.system import MS_NODEV, MS_NOSUID, MakeDirs, Mount, WriteFile
 
 BUSYBOX = "/usr/bin/busybox"
 
@@ -41,9 +41,11 @@ esac
 
 
 def install_shutdown_handback(state: BootState) -> None:
-    """Fill the new root's /run/initramfs (a tmpfs mounted by the handoff stage)."""
+    """Fill the new root's /run/initramfs, its own small tmpfs: pivot_root(2) needs a mount point."""
     system, new_root = state.system, state.new_root
     directory = new_root / "run" / "initramfs"
+    system.do(MakeDirs(str(directory)))
+    system.do(Mount("tmpfs", str(directory), "tmpfs", "mode=0755,size=16m", MS_NOSUID | MS_NODEV))
     system.do(MakeDirs(str(directory / "bin")))
     busybox = system.path(BUSYBOX)
     if busybox.exists():

@@ -35,6 +35,7 @@ class ModuleIndex:
     aliases: dict[str, list[str]] = field(default_factory=dict)  # alias pattern -> module names
     builtin: set[str] = field(default_factory=set)
     softdep_lines: dict[str, list[str]] = field(default_factory=dict)  # name -> its raw softdep lines
+    _globs: list[tuple[str, str, list[str]]] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def load(cls, release_dir: Path) -> ModuleIndex:
@@ -72,10 +73,21 @@ class ModuleIndex:
         if name in self.aliases:
             return list(self.aliases[name])
         matches: list[str] = []
-        for pattern, modules in self.aliases.items():
-            if _GLOB_CHARS.intersection(pattern) and fnmatch.fnmatchcase(name, pattern):
+        for prefix, pattern, modules in self._glob_aliases():
+            # The literal prefix rules out almost every pattern without compiling it: fnmatch's
+            # regular expressions cost seconds in a boot under emulation.
+            if name.startswith(prefix) and fnmatch.fnmatchcase(name, pattern):
                 matches.extend(m for m in modules if m not in matches)
         return matches
+
+    def _glob_aliases(self) -> list[tuple[str, str, list[str]]]:
+        if self._globs is None:
+            self._globs = []
+            for pattern, modules in self.aliases.items():
+                cut = min((pattern.index(char) for char in _GLOB_CHARS if char in pattern), default=-1)
+                if cut >= 0:
+                    self._globs.append((pattern[:cut], pattern, modules))
+        return self._globs
 
     def soft_targets(self, name: str, preferred: Iterable[str] = ()) -> list[str]:
         """The modules a "pre:" softdep of *name* resolves to: the preferred ones when any match."""
