@@ -19,6 +19,7 @@ from pathlib import Path
 from ucernvm import __version__
 from ucernvm.boot.system import MakeDirs, System, WriteFile
 from ucernvm.context.online import SERVICE_URL
+from ucernvm.context.pairing import CONTEXT_DIR, SEED_DIR
 from ucernvm.errors import ContextError
 
 LIB_DIR = "usr/lib/ucernvm"
@@ -39,7 +40,10 @@ def hook_files(service_url: str = SERVICE_URL) -> dict[str, tuple[bytes, int]]:
     """Path under the new root -> (content, mode) of everything the hook needs."""
     package = resources.files("ucernvm")
     script = package.joinpath("context/pin-login.sh").read_text()
-    files = {HOOK: (script.replace("@SERVICE_URL@", shlex.quote(service_url)).encode(), 0o755)}
+    values = {"SERVICE_URL": service_url, "LIB_DIR": f"/{LIB_DIR}", "CONTEXT_DIR": CONTEXT_DIR, "SEED_DIR": SEED_DIR}
+    for name, value in values.items():
+        script = script.replace(f"@{name}@", shlex.quote(value))
+    files = {HOOK: (script.encode(), 0o755)}
     for name in BUNDLED_SOURCES:
         try:
             source = package.joinpath(name).read_bytes()

@@ -80,13 +80,25 @@ def _ask_secret() -> str:
         if sys.stdin.isatty():
             secret = getpass.getpass("Context secret: ")
         else:
-            secret = sys.stdin.readline().rstrip("\r\n")
+            secret = _read_line().rstrip("\r")
     except (EOFError, OSError):
         secret = ""
     if not secret:
         raise ContextError("this PIN is for an encrypted context and no secret was given",
                            "give the context's secret with --secret")
     return secret
+
+
+def _read_line() -> str:
+    """One line of standard input, read a byte at a time: a buffered read could swallow the lines
+    meant for whoever reads the input next (the login hook's reboot question)."""
+    line = b""
+    while not line.endswith(b"\n") and len(line) < 4096:
+        byte = os.read(sys.stdin.fileno(), 1)
+        if not byte:
+            break
+        line += byte
+    return line.decode("utf-8", "replace").rstrip("\n")
 
 
 def _write(path: Path, data: bytes, mode: int = 0o600) -> None:

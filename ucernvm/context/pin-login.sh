@@ -3,13 +3,18 @@
 # loader. A login name "#<PIN>" pairs the machine with a CernVM Online context, as CernVM's
 # pam_cernvm did; any other name goes to login(1) untouched.
 SERVICE_URL=@SERVICE_URL@
-here=$(dirname "$0")
+LIB_DIR=@LIB_DIR@
+CONTEXT_DIR=@CONTEXT_DIR@
+SEED_DIR=@SEED_DIR@
+
+here=$(cd "$(dirname "$0")" && pwd)
+root=${here%"$LIB_DIR"}  # the tree this was installed in: "" in the booted OS
 
 name=
 for argument do name=$argument; done  # agetty runs: <this program> -p -- <name>
 case $name in
     '#'*) ;;
-    *) exec "${UCERNVM_LOGIN:-/bin/login}" "$@" ;;
+    *) exec "$root/bin/login" "$@" ;;
 esac
 
 if ! command -v python3 >/dev/null 2>&1; then
@@ -17,9 +22,10 @@ if ! command -v python3 >/dev/null 2>&1; then
     exit 1
 fi
 # The boot loader's own copy of the client: the same code as the loader that reads the context.
-PYTHONPATH="$here/python" python3 -m ucernvm.context.pairing --service "$SERVICE_URL" -- "${name#?}" || exit 1
+PYTHONPATH="$here/python" python3 -m ucernvm.context.pairing --service "$SERVICE_URL" \
+    --context-dir "$root$CONTEXT_DIR" --seed-dir "$root$SEED_DIR" -- "${name#?}" || exit 1
 printf 'Reboot now to apply it? [y/N] '
 read -r answer || answer=
 case $answer in
-    [yY]*) exec systemctl reboot ;;
+    [yY]*) exec "$root/bin/systemctl" reboot ;;
 esac
