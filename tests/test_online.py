@@ -9,11 +9,13 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import urllib.parse
 from pathlib import Path
 
 import pytest
 
+from helpers import PROJECT
 from ucernvm.context.online import (
     MAX_REPLY, checksum, decrypt, encrypt, evp_bytes_to_key, fetch_context, http_request, needs_secret,
     normalize_pin, parse_reply, salt,
@@ -335,3 +337,22 @@ def test_a_definitions_file_that_is_not_json(tmp_path: Path) -> None:
     (tmp_path / "defs.json").write_text("{contexts: []}")
     with pytest.raises(ConfigError, match="is not JSON"):
         OnlineService.load(tmp_path / "defs.json")
+
+
+def test_serve_online_serves_the_api_next_to_the_repositories(tmp_path: Path) -> None:
+    (tmp_path / "repos").mkdir()
+    (tmp_path / "defs.json").write_text(json.dumps({"contexts": [{"name": "demo", "user_data": "hello"}]}))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ucernvm", "serve", str(tmp_path / "repos"), "--port", "0",
+         "--online", str(tmp_path / "defs.json"), "--online-port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=PROJECT)
+    try:
+        assert process.stdout is not None
+        lines = [process.stdout.readline().decode() for _ in range(3)]
+        assert lines[0].startswith("serving ") and lines[1].startswith("CernVM Online API on http://127.0.0.1:")
+        url = lines[1].split()[-1]
+        pin = re.search(r"context 'demo': PIN (\d{6}),", lines[2])[1]  # type: ignore[index]
+        assert fetch_context(pin, service_url=url, machine="vm").user_data == b"hello"
+    finally:
+        process.terminate()
+        assert process.wait(timeout=30) == 0
