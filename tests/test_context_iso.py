@@ -1,0 +1,191 @@
+"""Context ISOs: ``ucernvm context`` writes them, the boot's own media reader finds the user-data in
+them (mounted for real), and the .context conversion of public contexts."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ucernvm.boot.blockdev import probe_path
+from ucernvm.context.contextfile import convert_context_file
+from ucernvm.context.found import MetaData
+from ucernvm.context.iso import context_files, write_iso
+from ucernvm.context.section import parse_section
+from ucernvm.context.sources import MetadataAddresses, SourceProbe, find_user_data
+from ucernvm.errors import ContextError
+
+from helpers import run_cli
+from media_images import Media, _kernel_has
+from metadata_fakes import closed_port
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOnlyForTests test@host"
+ATLAS = b"""#!/bin/sh.after
+echo hello
+exit 0
+[amiconfig]
+plugins=cernvm
+[cernvm]
+organisations=ATLAS
+repositories=atlas,atlas-condb,grid,sft
+users=atlas:atlas:atlas
+[ucernvm-begin]
+cvmfs_branch=cernvm-sl7.cern.ch
+cvmfs_server=hepvm.cern.ch
+cvmfs_path=cvm4
+[ucernvm-end]
+"""
+
+
+@pytest.fixture
+def media(tmp_path: Path) -> Iterator[Media]:
+    attached = Media(tmp_path / "media")
+    yield attached
+    attached.close()
+
+
+def read_back(media: Media, image: Path):
+    """What the boot finds on ``image`` attached as the only medium."""
+    device = media.attach(image)
+    warnings: list[str] = []
+    found = find_user_data(SourceProbe(devices=[device], mounter=media, warn=warnings.append,
+                                       addresses=MetadataAddresses(closed_port(), closed_port())))
+    assert not warnings
+    return device, found
+
+
+def test_layouts() -> None:
+    meta = MetaData("iid", "host", (KEY,))
+    label, files = context_files(b"u", "cernvm-launch", meta)
+    assert label == "CONFIG-2"
+    assert sorted(files) == ["ec2/latest/meta-data.json", "ec2/latest/user-data", "openstack/latest/meta_data.json",
+                             "openstack/latest/user_data", "readme"]
+    assert files["ec2/latest/user-data"] == files["openstack/latest/user_data"] == b"u"
+    assert json.loads(files["openstack/latest/meta_data.json"]) == {"uuid": "iid", "hostname": "host",
+                                                                     "public_keys": {"key-0": KEY}}
+    assert context_files(b"u", "config-drive", meta)[0] == "config-2"
+    label, files = context_files(b"u", "nocloud", MetaData())
+    assert label == "cidata" and sorted(files) == ["meta-data", "user-data"]
+    assert files["meta-data"].startswith(b'instance-id: "') and len(files["meta-data"]) > 20  # a fresh UUID
+    with pytest.raises(ContextError, match="unknown context layout"):
+        context_files(b"u", "floppy", meta)
+
+
+@pytest.mark.parametrize("layout,source,label", [("cernvm-launch", "ConfigDrive", "CONFIG-2"),
+                                                 ("config-drive", "ConfigDrive", "config-2"),
+                                                 ("nocloud", "NoCloud", "cidata")])
+def test_command_output_is_found_by_the_boot(layout: str, source: str, label: str, tmp_path: Path,
+                                             media: Media) -> None:
+    user_data = tmp_path / "user-data"
+    user_data.write_bytes(b"#cloud-config\n[ucernvm-begin]\ncvmfs_tag=t1\n[ucernvm-end]\n\xc3\xa9\n")
+    (tmp_path / "key.pub").write_text(KEY + "\n")
+    image = tmp_path / "ctx.iso"
+    result = run_cli("context", user_data, "-o", image, "--format", layout, "--instance-id", "iid-42",
+                     "--hostname", "vm-42", "--ssh-key", tmp_path / "key.pub", check=True)
+    assert f"label {label}" in result.stdout.decode()
+    probed = probe_path(image)
+    assert probed is not None and (probed.type, probed.label) == ("iso9660", label)
+    device, found = read_back(media, image)
+    assert found.source == source and found.device == device.path
+    assert found.user_data == user_data.read_bytes()
+    assert found.meta == MetaData("iid-42", "vm-42", (KEY,))
+
+
+def test_gzip_user_data_is_written_verbatim_and_read_gunzipped(tmp_path: Path, media: Media) -> None:
+    plain = b"[ucernvm-begin]\nresize_rootfs=off\n[ucernvm-end]\n"
+    (tmp_path / "user-data.gz").write_bytes(gzip.compress(plain))
+    run_cli("context", tmp_path / "user-data.gz", "-o", tmp_path / "ctx.iso", check=True)
+    assert read_back(media, tmp_path / "ctx.iso")[1].user_data == plain
+
+
+def test_every_reader_sees_the_real_names(tmp_path: Path) -> None:
+    pycdlib = pytest.importorskip("pycdlib")
+    files = {"a-b": b"1", "a_b": b"2", "dir.with.dots/E6DA6616-8EC4-48E0-BE93-58CE6ACE3CFB.tag": b"3",
+             "user-data.txt": b"4"}
+    write_iso(tmp_path / "names.iso", "NAMES", files)
+    iso = pycdlib.PyCdlib()
+    iso.open(str(tmp_path / "names.iso"))
+    try:
+        for name, data in files.items():
+            for how in ("rr_path", "joliet_path"):
+                out = _extract(iso, **{how: f"/{name}"})
+                assert out == data, (how, name)
+        iso_names = [child.file_identifier().decode() for child in iso.list_children(iso_path="/")]
+        assert all(len(name) <= 32 and name.upper() == name for name in iso_names)
+    finally:
+        iso.close()
+
+
+def _extract(iso, **path: str) -> bytes:
+    out = io.BytesIO()
+    iso.get_file_from_iso_fp(out, **path)
+    return out.getvalue()
+
+
+def test_mount_o_loop(tmp_path: Path) -> None:
+    if os.geteuid() != 0 or shutil.which("mount") is None or not _kernel_has("iso9660"):
+        pytest.skip("mount -o loop of an ISO needs root and a kernel with iso9660")
+    (tmp_path / "user-data").write_bytes(b"plain user-data\n")
+    run_cli("context", tmp_path / "user-data", "-o", tmp_path / "ctx.iso", check=True)
+    target = tmp_path / "mnt"
+    target.mkdir()
+    subprocess.run(["mount", "-o", "loop,ro", str(tmp_path / "ctx.iso"), str(target)], check=True, capture_output=True)
+    try:
+        assert (target / "openstack/latest/user_data").read_bytes() == b"plain user-data\n"
+        assert (target / "ec2/latest/user-data").read_bytes() == b"plain user-data\n"
+        assert "uuid" in json.loads((target / "ec2/latest/meta-data.json").read_text())
+    finally:
+        subprocess.run(["umount", str(target)], check=True)
+
+
+# ---------------------------------------------------------------------------------------- .context files
+
+
+def test_public_context_is_converted(tmp_path: Path, media: Media) -> None:
+    (tmp_path / "atlas.context").write_bytes(ATLAS.replace(b"\n", b"\r\n"))
+    result = run_cli("context", tmp_path / "atlas.context", "-o", tmp_path / "ctx.iso", check=True)
+    assert "cernvm_path" in result.stderr.decode()
+    _, found = read_back(media, tmp_path / "ctx.iso")
+    assert b"\r" not in found.user_data and found.user_data.startswith(b"#!/bin/sh.after\necho hello\nexit 0\n")
+    section, _ = parse_section(found.user_data.decode())
+    assert section == {"cvmfs_branch": "cernvm-sl7.cern.ch", "cvmfs_server": "hepvm.cern.ch", "cernvm_path": "cvm4"}
+
+
+def test_context_checks() -> None:
+    converted, warnings = convert_context_file(b"\xef\xbb\xbf[amiconfig]\nplugins=cernvm\n")
+    assert converted == b"[amiconfig]\nplugins=cernvm\n" and warnings == []
+    _, warnings = convert_context_file(b"#!/bin/sh\nls /cvmfs\n[cernvm]\nusers=a:b:c\n")
+    assert any("no 'exit' line" in warning for warning in warnings)
+    _, warnings = convert_context_file(b"just text\n")
+    assert any("no [section]" in warning for warning in warnings)
+    block = b"[ucernvm-begin]\ncernvm_path=cvm3\ncvmfs_path=cvm4\n[ucernvm-end]\n"
+    assert convert_context_file(block) == (block, [])  # an explicit cernvm_path wins
+    with pytest.raises(ContextError, match="UTF-8"):
+        convert_context_file(b"[cernvm]\nusers=\xff\xfe\n")
+    with pytest.raises(ContextError, match="NUL"):
+        convert_context_file(b"[cernvm]\x00\n")
+
+
+@pytest.mark.parametrize("name,data,options,message", [
+    ("bad.context", b"\xff\xfe\x00", [], "UTF-8"),
+    ("big", b"x" * ((4 << 20) + 1), [], "at most"),
+    ("ok", b"x", ["--hostname", "two\nlines"], "printable line"),
+    ("ok", b"x", ["--format", "floppy"], "invalid choice"),
+])
+def test_command_errors_are_one_line(name: str, data: bytes, options: list[str], message: str, tmp_path: Path) -> None:
+    (tmp_path / name).write_bytes(data)
+    result = run_cli("context", tmp_path / name, "-o", tmp_path / "ctx.iso", *options)
+    assert result.returncode != 0 and message in result.stderr.decode()
+    assert b"Traceback" not in result.stderr and not (tmp_path / "ctx.iso").exists()
+
+
+def test_missing_user_data_file(tmp_path: Path) -> None:
+    result = run_cli("context", tmp_path / "nothing", "-o", tmp_path / "ctx.iso")
+    assert result.returncode == 2 and b"cannot read user-data" in result.stderr and b"Traceback" not in result.stderr

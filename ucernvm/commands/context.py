@@ -1,0 +1,65 @@
+"""``ucernvm context USER_DATA -o ctx.iso``: a context ISO to attach to a VM as a CD."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ucernvm.context.contextfile import convert_context_file
+from ucernvm.context.found import MetaData
+from ucernvm.context.iso import ISO_LAYOUTS, write_context_iso
+from ucernvm.context.media import USER_DATA_LIMIT, clean
+from ucernvm.errors import ConfigError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "context",
+        help="write user-data to a context ISO (cernvm-launch, config-drive or NoCloud layout)",
+        description="Write USER_DATA (any user-data, or a public-contexts .context file, which is checked "
+        "and converted) to an ISO image that the boot loader and cloud-init read when it is attached as a CD.",
+    )
+    parser.add_argument("user_data", metavar="USER_DATA", help="user-data file; FILE.context is converted")
+    parser.add_argument("-o", "--output", required=True, metavar="ISO", help="the image to write")
+    parser.add_argument("--format", choices=ISO_LAYOUTS, default="cernvm-launch",
+                        help="layout: cernvm-launch (label CONFIG-2, ec2/ and openstack/ trees; default), "
+                        "config-drive (label config-2), nocloud (label cidata)")
+    parser.add_argument("--instance-id", default="", help="meta-data instance id (default: a new UUID)")
+    parser.add_argument("--hostname", default="", help="meta-data host name")
+    parser.add_argument("--ssh-key", action="append", default=[], metavar="FILE",
+                        help="public SSH key file for the meta-data (repeatable)")
+    parser.set_defaults(func=run)
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as error:
+        raise ConfigError(f"cannot read {what} {path}: {error.strerror}") from None
+
+
+def _field(value: str, what: str, limit: int = 255) -> str:
+    if value and not clean(value, limit):
+        raise ConfigError(f"{what} {value[:80]!r} is not one printable line of at most {limit} characters")
+    return value
+
+
+def run(args: argparse.Namespace) -> int:
+    user_data = _read(args.user_data, "user-data")
+    if args.user_data.endswith(".context"):
+        user_data, warnings = convert_context_file(user_data)
+        for warning in warnings:
+            print(f"ucernvm: warning: {warning}", file=sys.stderr)
+    if len(user_data) > USER_DATA_LIMIT:
+        raise ConfigError(f"{args.user_data} has {len(user_data)} bytes: the boot loader reads at most "
+                          f"{USER_DATA_LIMIT}", "compress it with gzip")
+    keys = []
+    for key_file in args.ssh_key:
+        text = _read(key_file, "SSH key").decode("utf-8", "replace")
+        keys += [line.strip() for line in text.splitlines() if line.strip()]
+    meta = MetaData(_field(args.instance_id, "--instance-id"), _field(args.hostname, "--hostname"),
+                    tuple(_field(key, "SSH key", 16384) for key in keys))
+    label = write_context_iso(Path(args.output), user_data, args.format, meta)
+    print(f"{args.output}: {args.format} layout, label {label}, {len(user_data)} bytes of user-data")
+    return 0

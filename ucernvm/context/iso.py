@@ -1,0 +1,102 @@
+"""Context ISOs: user-data on a CD image in the layouts the boot loader (and cloud-init) read.
+
+``cernvm-launch`` is the tree cernvm-launch's ISOs carry (label CONFIG-2, the user-data under both
+ec2/latest and openstack/latest), ``config-drive`` is OpenStack's (label config-2), ``nocloud`` is
+cloud-init's seed (label cidata). Names are written three ways (ISO 9660, Rock Ridge and Joliet) so
+that every reader sees the real names. pycdlib is imported only here, never at boot.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import uuid
+from pathlib import Path
+
+from ucernvm.context.found import MetaData
+from ucernvm.errors import ContextError
+
+ISO_LAYOUTS = ("cernvm-launch", "config-drive", "nocloud")
+README = b"""Context for a CernVM virtual machine (ucernvm context).
+ec2/latest and openstack/latest hold the same user-data and meta-data.
+"""
+
+
+def context_files(user_data: bytes, layout: str, meta: MetaData) -> tuple[str, dict[str, bytes]]:
+    """The volume label and the files (path -> bytes) of a context ISO."""
+    instance_id = meta.instance_id or str(uuid.uuid4())
+    if layout == "nocloud":
+        lines = [f"instance-id: {json.dumps(instance_id)}"]  # a JSON string is a YAML double-quoted scalar
+        if meta.hostname:
+            lines.append(f"local-hostname: {json.dumps(meta.hostname)}")
+        if meta.public_keys:
+            lines += ["public-keys:", *(f"  - {json.dumps(key)}" for key in meta.public_keys)]
+        return "cidata", {"user-data": user_data, "meta-data": "\n".join(lines).encode() + b"\n"}
+    document: dict[str, object] = {"uuid": instance_id}
+    if meta.hostname:
+        document["hostname"] = meta.hostname
+    if meta.public_keys:
+        document["public_keys"] = {f"key-{index}": key for index, key in enumerate(meta.public_keys)}
+    meta_json = json.dumps(document, indent=1).encode() + b"\n"
+    openstack = {"openstack/latest/meta_data.json": meta_json, "openstack/latest/user_data": user_data}
+    if layout == "config-drive":
+        return "config-2", openstack
+    if layout == "cernvm-launch":
+        return "CONFIG-2", {"readme": README, "ec2/latest/meta-data.json": meta_json,
+                            "ec2/latest/user-data": user_data, **openstack}
+    raise ContextError(f"unknown context layout {layout!r}", f"use one of {', '.join(ISO_LAYOUTS)}")
+
+
+def _iso_name(name: str, taken: set[str], directory: bool) -> str:
+    """An ISO 9660 level 3 identifier for ``name`` (d-characters, one dot, at most 30 characters),
+    unique in its directory; readers use the Rock Ridge or Joliet name."""
+    stem, dot, extension = name.upper().rpartition(".") if "." in name and not directory else (name.upper(), "", "")
+    stem = re.sub(r"[^A-Z0-9_]", "_", stem) or "_"
+    extension = re.sub(r"[^A-Z0-9_]", "_", extension)[:8]
+    limit = 30 - len(extension) - 1
+    for counter in range(1000):
+        suffix = f"_{counter}" if counter else ""
+        candidate = stem[: limit - len(suffix)] + suffix + (f".{extension}" if dot else "")
+        if candidate not in taken:
+            taken.add(candidate)
+            return candidate
+    raise ContextError(f"too many files named like {name!r} in one directory")
+
+
+def write_iso(path: Path, label: str, files: dict[str, bytes]) -> None:
+    """An ISO 9660 image with Rock Ridge and Joliet names holding ``files`` (relative path -> bytes)."""
+    import pycdlib  # heavy, and only for writing images: never imported at boot
+
+    iso = pycdlib.PyCdlib()
+    iso.new(interchange_level=3, rock_ridge="1.09", joliet=3, vol_ident=label)
+    made: dict[str, str] = {"": ""}  # real directory path -> ISO path
+    taken: dict[str, set[str]] = {"": set()}
+    try:
+        for relative in sorted(files):
+            parts = [part for part in relative.split("/") if part]
+            for depth in range(1, len(parts)):
+                real = "/".join(parts[:depth])
+                if real not in made:
+                    parent = "/".join(parts[: depth - 1])
+                    made[real] = f"{made[parent]}/{_iso_name(parts[depth - 1], taken[parent], True)}"
+                    taken[real] = set()
+                    iso.add_directory(made[real], rr_name=parts[depth - 1], joliet_path=f"/{real}")
+            parent = "/".join(parts[:-1])
+            data = files[relative]
+            iso_path = f"{made[parent]}/{_iso_name(parts[-1], taken[parent], False)};1"
+            iso.add_fp(io.BytesIO(data), len(data), iso_path, rr_name=parts[-1], joliet_path=f"/{'/'.join(parts)}")
+        iso.write(str(path))
+    except pycdlib.pycdlibexception.PyCdlibException as error:
+        raise ContextError(f"cannot write {path}: {error}") from None
+    except OSError as error:
+        raise ContextError(f"cannot write {path}: {error.strerror}") from None
+    finally:
+        iso.close()
+
+
+def write_context_iso(path: Path, user_data: bytes, layout: str = "cernvm-launch", meta: MetaData | None = None) -> str:
+    """Write a context ISO; returns its volume label."""
+    label, files = context_files(user_data, layout, meta or MetaData())
+    write_iso(path, label, files)
+    return label
