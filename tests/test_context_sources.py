@@ -9,7 +9,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -21,7 +21,7 @@ from ucernvm.context.media import (USER_DATA_LIMIT, BlockDevice, UnusableFile, j
                                    parse_context_sh, read_azure, read_config_drive, read_file, read_nocloud,
                                    read_opennebula, read_vsphere, static_network)
 from ucernvm.context.section import parse_section
-from ucernvm.context.sources import MetadataAddresses, SourceProbe, find_user_data
+from ucernvm.context.sources import MetadataAddresses, SourceProbe, ask_network, find_user_data, scan_media
 from ucernvm.context.userdata import text_parts
 
 from media_images import Media, ext4_image, iso_image, udf_bridge_image, udf_image, vfat_image
@@ -503,6 +503,23 @@ def test_local_media_come_before_the_network(tmp_path: Path, media: Media, notes
     with metadata_server(cloud) as address:
         found = network_search(notes, address, devices=[device], mounter=media)
     assert found.source == "ConfigDrive" and cloud.requests == []
+
+
+def test_media_before_the_network_is_up_then_the_network(tmp_path: Path, media: Media, notes: Notes) -> None:
+    context = b"ETH0_IP=10.9.8.7\nETH0_MASK=255.255.255.0\n"  # OpenNebula: addresses only, no user-data
+    one = media.attach(iso_image(tmp_path / "one.iso", {"context.sh": context}))
+    extra = media.attach(ext4_image(tmp_path / "extra.img", {"cernvm/extra-user-data": b"# extra\n"}))
+    cloud = Cloud("ec2")
+    with metadata_server(cloud) as address:
+        probe = SourceProbe(requested="opennebula", devices=[one, extra], mounter=media, warn=notes.warnings.append,
+                            addresses=MetadataAddresses(address, closed_port()))
+        local = scan_media(probe)
+        assert local.source == "OpenNebula" and local.network[0].address == "10.9.8.7/24" and cloud.requests == []
+        without = scan_media(replace(probe, requested="auto", devices=[extra]))
+        assert without.source is None and without.extra_user_data == b"# extra\n"
+        found = ask_network(replace(probe, requested="auto"), without)
+    assert found.source == "EC2" and found.user_data == cloud.user_data and found.extra_user_data == b"# extra\n"
+    assert ask_network(probe, local) is local and not notes.warnings
 
 
 def test_a_named_network_source_is_asked_alone(notes: Notes) -> None:

@@ -7,7 +7,8 @@ address, CloudStack on 10.1.1.1 and on the DHCP server. Every partition is also 
 ``/cernvm/extra-user-data`` and ``/cernvm/pickup.tar.gz``. The kernel option ``ucernvm.context=``
 names one source (no probing) or ``none``.
 
-Usage at boot: ``find_user_data(SourceProbe(devices=..., mounter=SystemMounter(system), ...))``.
+Usage at boot: ``find_user_data(SourceProbe(devices=..., mounter=SystemMounter(system), ...))``, or
+``scan_media`` before the network comes up and ``ask_network`` after it.
 Only the standard library and urllib3 are imported: this runs as PID 1.
 """
 
@@ -34,7 +35,7 @@ NOT_FILE_SYSTEMS = ("", "swap", "jbd")
 READ_ONLY_OPTIONS = {"ext3": "noload", "ext4": "noload", "xfs": "norecovery"}
 
 __all__ = ["BlockDevice", "FoundContext", "MetadataAddresses", "Mounter", "SourceProbe", "SystemMounter",
-           "find_user_data", "source_names"]
+           "ask_network", "find_user_data", "scan_media", "source_names"]
 
 
 class Mounter(Protocol):
@@ -92,39 +93,54 @@ class SourceProbe:
     log: Callable[[str], None] = _ignore  # what was tried
     warn: Callable[[str], None] = _ignore  # what was wrong with a source (recorded in the boot report)
 
+    def __post_init__(self) -> None:
+        wanted = self.requested.strip().lower()
+        if wanted not in ("", "auto", "none") and wanted not in (name.lower() for name in source_names()):
+            self.warn(f"ucernvm.context={self.requested} is not a source ({', '.join(source_names())}, auto or "
+                      "none): trying all of them")
+
 
 def source_names() -> tuple[str, ...]:
     return (*LOCAL_SOURCES, *NETWORK_SOURCES)
 
 
 def _requested(probe: SourceProbe) -> tuple[str, ...]:
-    """The sources to try, in order."""
+    """The sources to try, in order (an unknown name was reported when the probe was made)."""
     wanted = probe.requested.strip().lower()
-    if wanted in ("", "auto"):
-        return source_names()
     if wanted == "none":
         return ()
-    named = [name for name in source_names() if name.lower() == wanted]
-    if not named:
-        probe.warn(f"ucernvm.context={probe.requested} is not a source ({', '.join(source_names())}, auto or none): "
-                   "trying all of them")
-        return source_names()
-    return tuple(named)
+    named = tuple(name for name in source_names() if name.lower() == wanted)
+    return named or source_names()
 
 
 def find_user_data(probe: SourceProbe) -> FoundContext | None:
     """The first source's user-data (gunzipped) and meta-data, with the extras of every partition; None
     when there is neither. Never raises for what a medium or a server holds: problems go to ``warn``."""
-    deadline = probe.deadline if probe.deadline is not None else time.monotonic() + DEFAULT_BUDGET
-    wanted = _requested(probe)
-    found, extra, pickup = _scan_media(probe, [name for name in wanted if name in LAYOUTS])
-    if found is None and any(name in NETWORK_SOURCES for name in wanted):
-        found = _ask_network(probe, wanted, deadline)
+    return ask_network(probe, scan_media(probe))
+
+
+def scan_media(probe: SourceProbe) -> FoundContext | None:
+    """The local sources and every partition's extras, without the network: usable before the network
+    is up (OpenNebula's context.sh carries static addresses). ``source`` is None when only extras were found."""
+    found, extra, pickup = _scan_media(probe, [name for name in _requested(probe) if name in LAYOUTS])
     if found is None and not extra and pickup is None:
         return None
-    if found is None:
-        found = FoundContext(None)
+    found = found or FoundContext(None)
     return replace(found, user_data=decode(found.user_data), extra_user_data=extra, pickup=pickup)
+
+
+def ask_network(probe: SourceProbe, local: FoundContext | None) -> FoundContext | None:
+    """``local`` when it has a source; else the metadata services' answer, with ``local``'s extras."""
+    wanted = _requested(probe)
+    if (local is not None and local.source is not None) or not any(name in NETWORK_SOURCES for name in wanted):
+        return local
+    deadline = probe.deadline if probe.deadline is not None else time.monotonic() + DEFAULT_BUDGET
+    found = _ask_network(probe, wanted, deadline)
+    if found is None:
+        return local
+    extras = local or FoundContext(None)
+    return replace(found, user_data=decode(found.user_data), extra_user_data=extras.extra_user_data,
+                   pickup=extras.pickup)
 
 
 def _scan_media(probe: SourceProbe, layouts: list[str]) -> tuple[FoundContext | None, bytes, bytes | None]:
