@@ -14,6 +14,8 @@ import pytest
 from helpers import PROJECT
 from ucernvm.boot.system import DryRunSystem, RealSystem
 from ucernvm.context.login_hook import BUNDLED_SOURCES, DROP_IN, HOOK, install_login_hook
+from ucernvm.context.online import OnlineContext
+from ucernvm.context.pairing import meta_data
 from ucernvm.server.online import Context, OnlineServer, OnlineService
 
 USER_DATA = b"#cloud-config\nhostname: paired\n"
@@ -252,3 +254,9 @@ def test_the_bundled_client_runs_on_the_standard_library_alone(os_root: Path, se
     assert (os_root / "seed/user-data").read_bytes() == USER_DATA
     encrypted = run(service.new_pin("secret"), "--secret", SECRET)
     assert encrypted.returncode == 1 and b"need the Python 'cryptography' package" in encrypted.stderr
+
+
+def test_the_instance_id_is_safe_as_a_path() -> None:
+    """cloud-init makes the instance-id a directory name: a hostile context id cannot climb out."""
+    meta = json.loads(meta_data(OnlineContext(b"", context_uuid="../../etc/passwd"), 1.5))
+    assert meta == {"instance-id": "ucernvm-online-etcpasswd-1500"}

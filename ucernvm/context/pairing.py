@@ -19,6 +19,7 @@ import argparse
 import getpass
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -114,7 +115,7 @@ def _write(path: Path, data: bytes, mode: int = 0o600) -> None:
 
 def meta_data(context: OnlineContext, now: float) -> bytes:
     """NoCloud meta-data (JSON is YAML): an instance-id never seen before, and the root key."""
-    tag = (context.context_uuid or "context")[:12]
+    tag = re.sub(r"[^A-Za-z0-9]", "", context.context_uuid)[:12] or "context"  # cloud-init makes it a path
     data: dict[str, object] = {"instance-id": f"ucernvm-online-{tag}-{int(now * 1000)}"}
     if context.root_pubkey:
         data["public-keys"] = [context.root_pubkey]

@@ -239,6 +239,12 @@ class OnlineService:
                     self._claims[pin] = _Claim(context, self.clock())
                     return pin
 
+    def pending_pins(self, reference: str) -> list[str]:
+        """The PINs of a context that can still pair a machine."""
+        context = self.context(reference)
+        with self._lock:
+            return [pin for pin, claim in self._claims.items() if claim.context is context and self._live(pin)]
+
     def _live(self, pin: str) -> bool:
         claim = self._claims.get(pin)
         return claim is not None and claim.status == "U" and not self._expired(claim)
@@ -461,9 +467,7 @@ def announce(server: OnlineServer) -> str:
     service = server.service
     lines = [f"CernVM Online API on {server.url}"]
     for context in service.contexts.values():
-        with service._lock:
-            pins = [pin for pin, claim in service._claims.items() if claim.context is context and service._live(pin)]
-        pins = pins or [service.new_pin(context.uuid)]
+        pins = service.pending_pins(context.uuid) or [service.new_pin(context.uuid)]
         secret = " (encrypted: give its secret)" if context.secret else ""
         lines.append(f"  context {context.name!r}{secret}: PIN {', '.join(pins)}, valid {service.pin_lifetime:g} s; "
                      f"new PINs from {server.url}/vm/pair/{context.name}")
@@ -490,10 +494,13 @@ class _Handler(BaseHTTPRequestHandler):
         service = self.server.online.service
         split = urlsplit(self.path)
         path = unquote(split.path)
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY:
-            self.close_connection = True
-            self._send(_text(413, "Request Entity Too Large\n"))
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if not 0 <= length <= MAX_BODY:
+            self.close_connection = True  # the body is not read: the connection cannot be reused
+            self._send(_text(413, "Request Entity Too Large\n") if length > 0 else _text(400, "Bad Request\n"))
             return
         body = self.rfile.read(length) if length > 0 else b""
         if path in CONTEXT_PATHS and self.command == "GET":
