@@ -173,8 +173,7 @@ def parse_reply(body: bytes, pin: str = "", secret: str = "") -> OnlineContext:
     if first in ERRORS:
         message, hint = ERRORS[first]
         raise ContextError(message.format(pin=pin or "?"), hint)
-    encrypted = first.startswith("ENCRYPTED:")
-    if encrypted:
+    if first.startswith("ENCRYPTED:"):
         if not secret:
             raise ContextError("the CernVM Online context is encrypted and no secret was given",
                                "give the context's secret (PINs of encrypted contexts end in an odd digit)")
