@@ -24,7 +24,7 @@ from ucernvm.client.fetcher import HttpSource, validate_geo_reply
 from ucernvm.client.repository import Repository
 from ucernvm.cvmfs.hashing import ContentHash, ObjectType
 from ucernvm.cvmfs.publisher import Publisher, PublishOptions
-from ucernvm.cvmfs.signing import load_master_keys
+from ucernvm.cvmfs.trust import load_master_keys
 from ucernvm.errors import ConfigError, FetchError, VerificationError
 from ucernvm.server import StratumServer
 

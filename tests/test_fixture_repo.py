@@ -14,7 +14,7 @@ from helpers import run_cli
 from ucernvm.client.fetcher import HttpSource
 from ucernvm.client.repository import Repository
 from ucernvm.client.sources import DirectorySource
-from ucernvm.cvmfs.signing import load_master_keys
+from ucernvm.cvmfs.trust import load_master_keys
 
 FOO, BAR, BAZ = b"foo\n", b"bar\n", b"baz\n"
 

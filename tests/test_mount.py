@@ -132,7 +132,7 @@ def test_corrupted_everywhere_is_eio_never_wrong_bytes(published, mounts, keys_d
     source, stratum, server = published
     from ucernvm.client.repository import Repository
     from ucernvm.client.sources import DirectorySource
-    from ucernvm.cvmfs.signing import load_master_keys
+    from ucernvm.cvmfs.trust import load_master_keys
 
     repository = Repository(DirectorySource(stratum / FQRN), FQRN, load_master_keys(keys_dir))
     entry = repository.entry("/etc/hostname")

@@ -23,7 +23,7 @@ from ucernvm.cvmfs.compression import Compression
 from ucernvm.cvmfs.hashing import ContentHash
 from ucernvm.cvmfs.ingest import IngestOptions
 from ucernvm.cvmfs.publisher import Publisher, PublishOptions
-from ucernvm.cvmfs.signing import load_master_keys
+from ucernvm.cvmfs.trust import load_master_keys
 from ucernvm.errors import ConfigError
 from ucernvm.server import StratumServer
 

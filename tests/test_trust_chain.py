@@ -12,9 +12,10 @@ from helpers import run_cli
 from ucernvm.client.repository import Repository
 from ucernvm.client.sources import DirectorySource
 from ucernvm.cvmfs.envelope import split_signed
-from ucernvm.cvmfs.manifest import Manifest, sign_manifest
-from ucernvm.cvmfs.signing import generate_repository_keys, load_certificate, load_master_keys, load_private_key
-from ucernvm.cvmfs.whitelist import Whitelist, new_whitelist, sign_whitelist
+from ucernvm.cvmfs.manifest import Manifest
+from ucernvm.cvmfs.signing import generate_repository_keys, load_private_key, sign_manifest, sign_whitelist
+from ucernvm.cvmfs.trust import load_certificate, load_master_keys
+from ucernvm.cvmfs.whitelist import Whitelist, new_whitelist
 from ucernvm.errors import VerificationError
 
 FOO_OBJECT = "data/d8/5ab7e835750785b0535d4fbba7d59e921b1f48"  # "foo\n"

@@ -17,7 +17,7 @@ from ucernvm.boot.system import MakeDirs, RemoveFile, WriteFile
 from ucernvm.client.cache import ObjectCache
 from ucernvm.client.repository import Repository
 from ucernvm.cvmfs.hashing import ContentHash
-from ucernvm.cvmfs.signing import load_master_keys
+from ucernvm.cvmfs.trust import load_master_keys
 from ucernvm.errors import ConfigError, FormatError, VerificationError
 
 KEYS_DIR = "/etc/cvmfs/keys"

@@ -13,8 +13,6 @@ import threading
 from collections.abc import Callable, Iterator
 from functools import cached_property
 
-from cryptography.hazmat.primitives.asymmetric import rsa
-
 from ucernvm.client.cache import Breadcrumb, ObjectCache
 from ucernvm.client.sources import RepositorySource
 from ucernvm.cvmfs import compression, manifest as manifest_file, whitelist as whitelist_file
@@ -22,7 +20,7 @@ from ucernvm.cvmfs.catalog import Catalog, Chunk, DirectoryEntry, join
 from ucernvm.cvmfs.hashing import ContentHash, ObjectType
 from ucernvm.cvmfs.history import History, Tag
 from ucernvm.cvmfs.manifest import Manifest, SignedManifest
-from ucernvm.cvmfs.signing import load_certificate
+from ucernvm.cvmfs.trust import PublicKey, load_certificate
 from ucernvm.cvmfs.whitelist import SignedWhitelist
 from ucernvm.errors import FetchError, FormatError, VerificationError
 
@@ -42,7 +40,7 @@ class Repository:
         self,
         source: RepositorySource,
         fqrn: str,
-        master_keys: list[rsa.RSAPublicKey],
+        master_keys: list[PublicKey],
         *,
         now: datetime.datetime | None = None,
         tag: str | None = None,

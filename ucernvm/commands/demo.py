@@ -16,7 +16,8 @@ from pathlib import Path
 from ucernvm.client.fetcher import HttpSource
 from ucernvm.client.repository import Repository
 from ucernvm.cvmfs.publisher import Publisher, PublishOptions
-from ucernvm.cvmfs.signing import generate_repository_keys, load_master_keys
+from ucernvm.cvmfs.signing import generate_repository_keys
+from ucernvm.cvmfs.trust import load_master_keys
 from ucernvm.server import StratumServer
 
 FQRN = "demo.cern.ch"

@@ -12,7 +12,7 @@ from ucernvm.client.repository import Repository, normalize_path
 from ucernvm.client.sources import RepositorySource, fqrn_from_source, open_source
 from ucernvm.cvmfs.catalog import DirectoryEntry, join
 from ucernvm.cvmfs.hashing import ContentHash
-from ucernvm.cvmfs.signing import load_master_keys
+from ucernvm.cvmfs.trust import load_master_keys
 from ucernvm.errors import ConfigError
 
 

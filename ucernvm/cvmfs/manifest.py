@@ -5,11 +5,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import rsa
-
-from ucernvm.cvmfs import signing
-from ucernvm.cvmfs.envelope import SignedText, seal, split_signed
+from ucernvm.cvmfs import trust
+from ucernvm.cvmfs.envelope import SignedText, split_signed
 from ucernvm.cvmfs.hashing import ContentHash
 from ucernvm.errors import FormatError, VerificationError
 
@@ -124,7 +121,7 @@ class SignedManifest:
         envelope = split_signed(data, "manifest")
         return cls(Manifest.parse(envelope.text), envelope)
 
-    def verify(self, certificate: x509.Certificate, fqrn: str) -> None:
+    def verify(self, certificate: trust.Certificate, fqrn: str) -> None:
         """Check name, root path hash, the hash line and the certificate's signature over it."""
         manifest = self.manifest
         if manifest.fqrn is not None and manifest.fqrn != fqrn:
@@ -132,14 +129,9 @@ class SignedManifest:
         if manifest.root_path_hash != ROOT_PATH_HASH:
             raise VerificationError(f"manifest has an invalid root path hash {manifest.root_path_hash!r}")
         self.envelope.check_hash("manifest")
-        if not signing.manifest_signature_valid(certificate, self.envelope.hash_line, self.envelope.signature):
+        if not trust.manifest_signature_valid(certificate, self.envelope.hash_line, self.envelope.signature):
             raise VerificationError(
                 "manifest signature is invalid for the repository certificate",
                 "the manifest was altered or signed with another key",
             )
 
-
-def sign_manifest(manifest: Manifest, key: rsa.RSAPrivateKey) -> bytes:
-    """The complete ``.cvmfspublished`` bytes; the hash line uses the root catalog's algorithm."""
-    hash_line, unsigned = seal(manifest.to_text(), manifest.root_hash.algorithm)
-    return unsigned + signing.sign_manifest_hash(key, hash_line)

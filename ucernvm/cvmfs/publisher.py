@@ -20,22 +20,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from ucernvm.client.repository import Repository
 from ucernvm.client.sources import DirectorySource
-from ucernvm.cvmfs import manifest as manifest_file, signing, whitelist as whitelist_file
+from ucernvm.cvmfs import manifest as manifest_file, signing, trust, whitelist as whitelist_file
 from ucernvm.cvmfs.catalog import COMPRESSION_NONE, COMPRESSION_SHIFT, Catalog, DirectoryEntry, Flag, parent_path
 from ucernvm.cvmfs.catalog_writer import CatalogWriter, Counters
 from ucernvm.cvmfs.compression import Compression
 from ucernvm.cvmfs.hashing import ContentHash, ObjectType
 from ucernvm.cvmfs.history import TRUNK, TRUNK_PREVIOUS, History, Tag
 from ucernvm.cvmfs.ingest import FileContent, Ingester, IngestOptions
-from ucernvm.cvmfs.manifest import Manifest, sign_manifest
+from ucernvm.cvmfs.manifest import Manifest
 from ucernvm.cvmfs.source_tree import SourceNode, scan
 from ucernvm.cvmfs.storage import RepositoryStorage
-from ucernvm.cvmfs.whitelist import SignedWhitelist, new_whitelist, sign_whitelist
+from ucernvm.cvmfs.whitelist import SignedWhitelist, new_whitelist
 from ucernvm.errors import ConfigError, UcernvmError, VerificationError
 
 DIRECTORY_SIZE = 4096  # what cvmfs records for every directory
@@ -95,13 +93,11 @@ class _Keys:
             self.certificate_pem = paths["crt"].read_bytes()
         except FileNotFoundError:
             raise ConfigError(f"certificate {paths['crt']} does not exist", "create keys with `ucernvm keygen`") from None
-        self.certificate = signing.load_certificate(self.certificate_pem)
-        public_der = serialization.PublicFormat.SubjectPublicKeyInfo
-        if self.certificate.public_key().public_bytes(serialization.Encoding.DER, public_der) != (
-            self.signing_key.public_key().public_bytes(serialization.Encoding.DER, public_der)
-        ):
+        self.certificate = trust.load_certificate(self.certificate_pem)
+        numbers = self.signing_key.public_key().public_numbers()
+        if self.certificate.public_key != trust.PublicKey(numbers.n, numbers.e):
             raise ConfigError(f"{paths['key']} is not the private key of {paths['crt']}")
-        self.master_public = signing.load_master_keys(paths["pub"]) if paths["pub"].exists() else []
+        self.master_public = trust.load_master_keys(paths["pub"]) if paths["pub"].exists() else []
         self.masterkey_path = paths["masterkey"]
 
 
@@ -164,7 +160,7 @@ class Publisher:
             self.storage.sync()
             if whitelist_bytes is not None:
                 self.storage.put_named(whitelist_file.FILE_NAME, whitelist_bytes)
-            self.storage.put_named(manifest_file.FILE_NAME, sign_manifest(manifest, self.keys.signing_key))
+            self.storage.put_named(manifest_file.FILE_NAME, signing.sign_manifest(manifest, self.keys.signing_key))
         stats = self.ingester.stats
         return PublishResult(
             fqrn=self.fqrn,
@@ -372,10 +368,10 @@ class Publisher:
         return self.ingester.store(history.to_bytes(), ObjectType.HISTORY), names
 
 
-def make_whitelist(fqrn: str, certificate: x509.Certificate, masterkey_path: Path, days: int) -> bytes:
+def make_whitelist(fqrn: str, certificate: trust.Certificate, masterkey_path: Path, days: int) -> bytes:
     master = signing.load_private_key(masterkey_path)
     now = datetime.datetime.now(datetime.timezone.utc)
-    return sign_whitelist(new_whitelist(fqrn, [certificate], now, days), master)
+    return signing.sign_whitelist(new_whitelist(fqrn, [certificate], now, days), master)
 
 
 def _walk(node: SourceNode) -> Iterator[SourceNode]:

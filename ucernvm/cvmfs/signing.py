@@ -1,10 +1,10 @@
-"""Keys, certificates and the two signature schemes of CernVM-FS.
+"""The signing side of CernVM-FS: creating keys and certificates, signing manifests and whitelists.
 
 - The manifest is signed with the repository certificate's key: RSASSA-PKCS1-v1_5 with SHA-1 over the
   ASCII hex hash line (``EVP_SignInit(EVP_sha1())``).
 - The whitelist is signed with the master key by ``openssl pkeyutl -sign``: PKCS#1 v1.5 type-1 padding
   around the ASCII hex hash line, *without* a DigestInfo (``RSA_private_encrypt``).
-A client trusts only master public keys (``<fqrn>.pub``); everything else is reached from them.
+Verification lives in ``trust.py``, free of the ``cryptography`` package that this module uses.
 """
 
 from __future__ import annotations
@@ -14,40 +14,18 @@ import os
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 
+from ucernvm.cvmfs.envelope import seal
+from ucernvm.cvmfs.manifest import Manifest
+from ucernvm.cvmfs.whitelist import Whitelist
 from ucernvm.cvmfs.hashing import HashAlgorithm
-from ucernvm.errors import ConfigError, FormatError
+from ucernvm.errors import ConfigError
 
 RSA_KEY_BITS = 2048
 CERTIFICATE_DAYS = 365
-
-
-def load_master_keys(path: str | os.PathLike[str]) -> list[rsa.RSAPublicKey]:
-    """Load a master public key file, or every ``*.pub`` in a directory (as ``CVMFS_KEYS_DIR``)."""
-    location = Path(path)
-    if location.is_dir():
-        files = sorted(location.glob("*.pub"))
-        if not files:
-            raise ConfigError(f"no *.pub master key in {location}", "pass the repository's <fqrn>.pub")
-    elif location.is_file():
-        files = [location]
-    else:
-        raise ConfigError(f"master key {location} does not exist", "pass the repository's <fqrn>.pub")
-    return [load_public_key(file.read_bytes(), str(file)) for file in files]
-
-
-def load_public_key(pem: bytes, origin: str = "public key") -> rsa.RSAPublicKey:
-    try:
-        key = serialization.load_pem_public_key(pem)
-    except ValueError:
-        raise ConfigError(f"{origin} is not a PEM public key") from None
-    if not isinstance(key, rsa.RSAPublicKey):
-        raise ConfigError(f"{origin} is not an RSA public key")
-    return key
 
 
 def load_private_key(path: str | os.PathLike[str]) -> rsa.RSAPrivateKey:
@@ -62,34 +40,8 @@ def load_private_key(path: str | os.PathLike[str]) -> rsa.RSAPrivateKey:
     return key
 
 
-def load_certificate(pem: bytes) -> x509.Certificate:
-    try:
-        return x509.load_pem_x509_certificate(pem)
-    except ValueError:
-        raise FormatError("the repository certificate is not a PEM X.509 certificate") from None
-
-
-def certificate_fingerprint(certificate: x509.Certificate, algorithm: HashAlgorithm = HashAlgorithm.SHA1) -> str:
-    """The whitelist spelling: upper-case hex pairs joined by colons, plus ``-SHAKE128`` etc."""
-    der = certificate.public_bytes(serialization.Encoding.DER)
-    digest = algorithm.digest(der).hex().upper()
-    pairs = ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
-    return pairs + algorithm.id_suffix.upper()
-
-
 def sign_manifest_hash(private_key: rsa.RSAPrivateKey, hash_line: bytes) -> bytes:
     return private_key.sign(hash_line, padding.PKCS1v15(), hashes.SHA1())
-
-
-def manifest_signature_valid(certificate: x509.Certificate, hash_line: bytes, signature: bytes) -> bool:
-    public_key = certificate.public_key()
-    if not isinstance(public_key, rsa.RSAPublicKey):
-        return False
-    try:
-        public_key.verify(signature, hash_line, padding.PKCS1v15(), hashes.SHA1())
-    except InvalidSignature:
-        return False
-    return True
 
 
 def sign_raw(private_key: rsa.RSAPrivateKey, message: bytes) -> bytes:
@@ -110,17 +62,6 @@ def sign_raw(private_key: rsa.RSAPrivateKey, message: bytes) -> bytes:
     m2 = pow(value, numbers.dmq1, numbers.q)
     h = (numbers.iqmp * (m1 - m2)) % numbers.p
     return (m2 + h * numbers.q).to_bytes(size, "big")
-
-
-def raw_signature_valid(public_keys: list[rsa.RSAPublicKey], message: bytes, signature: bytes) -> bool:
-    """True when any of the master keys recovers exactly ``message`` from the signature."""
-    for key in public_keys:
-        try:
-            if key.recover_data_from_signature(signature, padding.PKCS1v15(), None) == message:
-                return True
-        except (InvalidSignature, ValueError):
-            continue
-    return False
 
 
 def key_paths(keys_dir: str | os.PathLike[str], fqrn: str) -> dict[str, Path]:
@@ -169,3 +110,14 @@ def _write_private(path: Path, key: rsa.RSAPrivateKey) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
+
+
+def sign_manifest(manifest: Manifest, key: rsa.RSAPrivateKey) -> bytes:
+    """The complete ``.cvmfspublished`` bytes; the hash line uses the root catalog's algorithm."""
+    hash_line, unsigned = seal(manifest.to_text(), manifest.root_hash.algorithm)
+    return unsigned + sign_manifest_hash(key, hash_line)
+
+
+def sign_whitelist(whitelist: Whitelist, master_key: rsa.RSAPrivateKey, algorithm: HashAlgorithm = HashAlgorithm.SHA1) -> bytes:
+    hash_line, unsigned = seal(whitelist.to_text(), algorithm)
+    return unsigned + sign_raw(master_key, hash_line)

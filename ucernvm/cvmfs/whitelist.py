@@ -6,11 +6,8 @@ import datetime
 import re
 from dataclasses import dataclass
 
-from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import rsa
-
-from ucernvm.cvmfs import signing
-from ucernvm.cvmfs.envelope import SignedText, seal, split_signed
+from ucernvm.cvmfs import trust
+from ucernvm.cvmfs.envelope import SignedText, split_signed
 from ucernvm.cvmfs.hashing import HashAlgorithm
 from ucernvm.errors import FormatError, VerificationError
 
@@ -45,8 +42,8 @@ class Fingerprint:
         algorithm = HashAlgorithm.from_name(match.group(2)[1:]) if match.group(2) else HashAlgorithm.SHA1
         return cls(algorithm, token.upper())
 
-    def matches(self, certificate: x509.Certificate) -> bool:
-        return signing.certificate_fingerprint(certificate, self.algorithm) == self.text
+    def matches(self, certificate: trust.Certificate) -> bool:
+        return trust.certificate_fingerprint(certificate, self.algorithm) == self.text
 
 
 @dataclass(frozen=True)
@@ -105,7 +102,7 @@ class Whitelist:
         """cvmfs compares year, month, day and hour only: expiry starts at the hour of ``E``."""
         return now >= self.expires.replace(minute=0, second=0, microsecond=0)
 
-    def lists(self, certificate: x509.Certificate) -> bool:
+    def lists(self, certificate: trust.Certificate) -> bool:
         return any(fingerprint.matches(certificate) for fingerprint in self.fingerprints)
 
 
@@ -120,11 +117,11 @@ class SignedWhitelist:
         return cls(Whitelist.parse(envelope.text), envelope)
 
     def verify(
-        self, master_keys: list[rsa.RSAPublicKey], fqrn: str, now: datetime.datetime, check_expiry: bool = True
+        self, master_keys: list[trust.PublicKey], fqrn: str, now: datetime.datetime, check_expiry: bool = True
     ) -> None:
         """Signature by a trusted master key, repository name, and (unless told not to) expiry as of ``now``."""
         self.envelope.check_hash("whitelist")
-        if not signing.raw_signature_valid(master_keys, self.envelope.hash_line, self.envelope.signature):
+        if not trust.raw_signature_valid(master_keys, self.envelope.hash_line, self.envelope.signature):
             raise VerificationError(
                 "whitelist signature does not verify with the trusted master key(s)",
                 "check that --key is the repository's master public key (<fqrn>.pub)",
@@ -140,7 +137,7 @@ class SignedWhitelist:
                 "the repository maintainer must run `ucernvm resign`; to inspect an old snapshot, pass --now",
             )
 
-    def check_certificate(self, certificate: x509.Certificate) -> None:
+    def check_certificate(self, certificate: trust.Certificate) -> None:
         if not self.whitelist.lists(certificate):
             raise VerificationError(
                 "the repository certificate is not on the whitelist",
@@ -150,18 +147,14 @@ class SignedWhitelist:
 
 def new_whitelist(
     fqrn: str,
-    certificates: list[x509.Certificate],
+    certificates: list[trust.Certificate],
     now: datetime.datetime,
     days: int = DEFAULT_VALIDITY_DAYS,
     algorithm: HashAlgorithm = HashAlgorithm.SHA1,
 ) -> Whitelist:
     now = now.astimezone(datetime.timezone.utc).replace(microsecond=0)
     fingerprints = tuple(
-        Fingerprint(algorithm, signing.certificate_fingerprint(certificate, algorithm)) for certificate in certificates
+        Fingerprint(algorithm, trust.certificate_fingerprint(certificate, algorithm)) for certificate in certificates
     )
     return Whitelist(now, now + datetime.timedelta(days=days), fqrn, fingerprints)
 
-
-def sign_whitelist(whitelist: Whitelist, master_key: rsa.RSAPrivateKey, algorithm: HashAlgorithm = HashAlgorithm.SHA1) -> bytes:
-    hash_line, unsigned = seal(whitelist.to_text(), algorithm)
-    return unsigned + signing.sign_raw(master_key, hash_line)
