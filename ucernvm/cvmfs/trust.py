@@ -107,7 +107,11 @@ def _pem_blocks(pem: bytes) -> list[tuple[str, bytes]]:
 
 def load_public_key(pem: bytes, origin: str = "public key") -> PublicKey:
     """A PEM ``PUBLIC KEY`` (X.509 SubjectPublicKeyInfo) or ``RSA PUBLIC KEY`` (PKCS#1)."""
-    for label, der in _pem_blocks(pem):
+    try:
+        blocks = _pem_blocks(pem)
+    except FormatError as error:
+        raise ConfigError(f"{origin}: {error.message}") from None
+    for label, der in blocks:
         try:
             if label == "PUBLIC KEY":
                 return _subject_public_key_info(der)
