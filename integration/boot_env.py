@@ -40,6 +40,7 @@ def make_repository(base: Path) -> BootRepository:
     keys = base / "keys"
     generate_repository_keys(FQRN, keys)
     os_tree = make_busybox_os(base / "os")
+    (base / "stratum").mkdir()
     server = StratumServer(base / "stratum").start()
     repository = BootRepository(keys, base / "stratum", os_tree, server)
     repository.publish("v1")

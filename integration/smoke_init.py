@@ -115,7 +115,7 @@ def main() -> int:
         report["kmsg_logged"] = any(text == KMSG_TEXT for _, text in records)
 
         tools = {}
-        for argv in (["/usr/bin/sh", "-c", "echo shell-ok"], ["/usr/sbin/mke2fs", "-V"], ["/usr/sbin/sfdisk", "-v"]):
+        for argv in (["/usr/bin/sh", "-c", "echo shell-ok"], ["/usr/sbin/mke2fs", "-V"]):
             done = subprocess.run(argv, capture_output=True, text=True)
             tools[argv[0]] = done.returncode == 0
         report["tools"] = tools
