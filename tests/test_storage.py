@@ -67,7 +67,7 @@ class Rig:
     def boot(self, devices: list[str], system: System | None = None, **settings: object) -> BootState:
         state = BootState(system or RealSystem(str(self.root)), BootLog(io.StringIO()), config=BootConfig(**settings))
         stage = functools.partial(storage_stage, devices=[Path(device).name for device in devices])
-        run_stages(state, [Stage("storage", stage)])
+        run_stages(state, [Stage("storage", (stage,))])
         return state
 
     def dry_system(self) -> DryRunSystem:

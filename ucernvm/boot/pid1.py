@@ -7,18 +7,19 @@ import sys
 from ucernvm.boot.log import BootLog
 from ucernvm.boot.pipeline import BootFailure, Stage, run_stages
 from ucernvm.boot.rescue import failure_screen, panic, rescue_shell, save_logs
-from ucernvm.boot.stages import STAGES
+from ucernvm.boot.stages import MODULES, STAGES, preload
 from ucernvm.boot.state import BootState
 from ucernvm.boot.system import RealSystem
 
-# Imported by libraries only when first used; the image builder packs them too (urllib3 encodes host
-# names with the idna codec).
-IMAGE_MODULES = ("encodings.idna",)
+# What the image must carry beyond this module's own imports: the stages' code, imported as they
+# run, and what libraries import only when first used (urllib3 encodes host names with the idna codec).
+IMAGE_MODULES = (*MODULES, "encodings.idna")
 
 
 def main() -> int:
     state = BootState(RealSystem(), BootLog(sys.stdout, kmsg=True))
     state.log.info("ucernvm boot loader")
+    preload()
 
     def break_point(stage: Stage) -> None:
         if state.config.break_stage == stage.name:

@@ -3,6 +3,7 @@ and a hint, a best-effort failure becomes a warning."""
 
 from __future__ import annotations
 
+import importlib
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,10 +15,27 @@ from ucernvm.errors import UcernvmError
 
 @dataclass(frozen=True)
 class Stage:
+    """A named step; ``steps`` are ``"module:function"`` names, imported when the stage runs (or callables).
+
+    Naming instead of importing keeps PID 1's start cheap: each stage's code (and its libraries) is
+    imported just in time, or earlier by a background thread while the boot waits on the kernel.
+    """
+
     name: str
-    run: Callable[[BootState], None]
+    steps: tuple[str | Callable[[BootState], None], ...]
     critical: bool = True
     hint: str = ""  # what to try when this stage fails without a more specific hint
+
+    @property
+    def modules(self) -> list[str]:
+        return [step.partition(":")[0] for step in self.steps if isinstance(step, str)]
+
+    def run(self, state: BootState) -> None:
+        for step in self.steps:
+            if isinstance(step, str):
+                module, _, function = step.partition(":")
+                step = getattr(importlib.import_module(module), function)
+            step(state)
 
 
 class BootFailure(Exception):

@@ -1,37 +1,49 @@
 """The boot pipeline: the stages in order, with their policy and the hint shown when they fail.
 
 The order is µCernVM's: the network and the context come before the scratch disk, because the context
-decides how a new scratch disk is laid out (resize_rootfs, use_boothd).
+decides how a new scratch disk is laid out (resize_rootfs, use_boothd). The storage stage also settles
+the context: the first boot saves it on the new disk, later boots read back what the first one saved.
 """
 
 from __future__ import annotations
 
-from ucernvm.boot.contextualize import context_stage, settle_context
-from ucernvm.boot.early import early_stage
-from ucernvm.boot.handoff import handoff_stage
-from ucernvm.boot.kmod import modules_stage
-from ucernvm.boot.network import network_stage
+import importlib
+import threading
+
 from ucernvm.boot.pipeline import Stage
-from ucernvm.boot.rootfs import mount_stage
-from ucernvm.boot.servers import servers_stage
-from ucernvm.boot.snapshot import snapshot_stage
-from ucernvm.boot.state import BootState
-from ucernvm.boot.storage import storage_stage
-
-
-def storage_and_context(state: BootState) -> None:
-    storage_stage(state)
-    settle_context(state)
-
 
 STAGES = (
-    Stage("early", early_stage, hint="the kernel lacks proc, sysfs or devtmpfs support"),
-    Stage("modules", modules_stage, hint="the image lacks modules for this kernel; rebuild it"),
-    Stage("network", network_stage, hint="check the VM's network (DHCP) or set ucernvm.net=static:..."),
-    Stage("context", context_stage, critical=False),
-    Stage("storage", storage_and_context, hint="attach an empty disk of at least 20 GB for the scratch file system"),
-    Stage("servers", servers_stage, hint="check cvmfs_server= / cvmfs_url= and cvmfs_proxy="),
-    Stage("snapshot", snapshot_stage, hint="check the servers, the repository keys in the image and the tag"),
-    Stage("mount", mount_stage, hint="check cernvm_path= and the scratch disk"),
-    Stage("handoff", handoff_stage, hint="the OS in the snapshot cannot be started"),
-)
+    Stage("early", ("ucernvm.boot.early:early_stage",), hint="the kernel lacks proc, sysfs or devtmpfs support"),
+    Stage("modules", ("ucernvm.boot.kmod:modules_stage",), hint="the image lacks modules for this kernel; rebuild it"),
+    Stage("network", ("ucernvm.boot.network:network_stage",),
+          hint="check the VM's network (DHCP) or set ucernvm.net=static:..."),
+    Stage("context", ("ucernvm.boot.contextualize:context_stage",), critical=False),
+    Stage("storage", ("ucernvm.boot.storage:storage_stage", "ucernvm.boot.contextualize:settle_context"),
+          hint="attach an empty disk of at least 20 GB for the scratch file system"),
+    Stage("servers", ("ucernvm.boot.servers:servers_stage",), hint="check cvmfs_server= / cvmfs_url= and cvmfs_proxy="),
+    Stage("snapshot", ("ucernvm.boot.snapshot:snapshot_stage",),
+          hint="check the servers, the repository keys in the image and the tag"),
+    Stage("mount", ("ucernvm.boot.rootfs:mount_stage",), hint="check cernvm_path= and the scratch disk"),
+    Stage("handoff", ("ucernvm.boot.handoff:handoff_stage",), hint="the OS in the snapshot cannot be started"),
+)  # fmt: skip
+
+MODULES = tuple(dict.fromkeys(module for stage in STAGES for module in stage.modules))
+
+
+def preload() -> threading.Thread:
+    """Import every stage's code in the background, in boot order.
+
+    The early stages wait on the kernel (module initialisation, DHCP); the second CPU turns the
+    interpreter's import work for the later stages into time the boot would have lost anyway.
+    """
+
+    def load() -> None:
+        for module in MODULES:
+            try:
+                importlib.import_module(module)
+            except Exception:  # the stage itself imports it again and reports the error
+                return
+
+    thread = threading.Thread(target=load, name="preload", daemon=True)
+    thread.start()
+    return thread

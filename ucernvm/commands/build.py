@@ -36,6 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="output directory (default: %(default)s)")
     parser.add_argument("--compression", choices=sorted(COMPRESSORS), default="zstd",
                         help="initramfs compression (default: %(default)s)")
+    parser.add_argument("--signed-modules", action="store_true",
+                        help="keep the kernel modules' signatures (needed where the kernel enforces them, e.g. "
+                        "Secure Boot lockdown); by default they are dropped, which spares their check at every boot")
     parser.add_argument("--no-cache", action="store_true",
                         help="compress every initramfs segment again instead of reusing cached ones")
     parser.add_argument("--init-module", default=DEFAULT_INIT, metavar="MODULE[:FUNCTION]",
@@ -58,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
         extra_modules=tuple(args.extra_module),
         compression=args.compression,
         use_cache=not args.no_cache,
+        signed_modules=args.signed_modules,
     )
     result = build_image(options, progress=lambda step: print(f"build: {step}", file=sys.stderr, flush=True))
     print(size_table(result.manifest))

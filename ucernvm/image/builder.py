@@ -45,8 +45,9 @@ INPUTS_DIR = Path(ucernvm.__file__).resolve().parent.parent / "initramfs"
 DEFAULT_INIT = "ucernvm.boot.pid1:main"
 # Components that follow the project's code and build options: packed last, in a small segment.
 APP_COMPONENTS = frozenset({"ucernvm", "init", "keys"})
-# Files whose ELF symbols are kept: kernel modules carry a signature that stripping would break.
-_UNSTRIPPED = frozenset({"kernel-modules"})
+# Kernel modules keep their symbols; stripping their debug sections also drops their signature, which the
+# kernel then does not check: under emulation, checking the signatures of the boot's 30 modules took seconds.
+_MODULES = "kernel-modules"
 _INIT_RE = re.compile(r"^[A-Za-z_][\w.]*(:[A-Za-z_]\w*)?$")
 
 
@@ -66,6 +67,7 @@ class BuildOptions:
     optimize: int = 0
     source_date_epoch: int | None = None  # default: $SOURCE_DATE_EPOCH, else 0
     use_cache: bool = True  # reuse compressed segments
+    signed_modules: bool = False  # keep the modules' signatures (for kernels that enforce them)
 
 
 @dataclass
@@ -132,7 +134,7 @@ def build_image(options: BuildOptions, progress: Callable[[str], None] = lambda 
         entries += library_entries([e.source for e in host_tools if e.source and is_elf(e.source)], [])
         entries += layout_entries()
         entries += key_entries(options.keys or options.inputs / "keys")
-        entries = [_stripped(e) for e in entries]
+        entries = [_stripped(e, options.signed_modules) for e in entries]
         t = phase("tools", t)
 
         progress(f"cpio + {options.compression}")
@@ -379,9 +381,13 @@ def key_entries(keys: Path) -> list[Entry]:
     ]
 
 
-def _stripped(entry: Entry) -> Entry:
-    if entry.source is None or entry.component in _UNSTRIPPED or not is_elf(entry.source):
+def _stripped(entry: Entry, signed_modules: bool) -> Entry:
+    if entry.source is None or not is_elf(entry.source):
         return entry
+    if entry.component == _MODULES:
+        if signed_modules:
+            return entry
+        return Entry(entry.path, entry.mode, entry.component, source=tools.stripped(entry.source, "--strip-debug"))
     return Entry(entry.path, entry.mode, entry.component, source=tools.stripped(entry.source))
 
 
