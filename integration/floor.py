@@ -1,0 +1,92 @@
+"""The boot floor: the Debian appliance root booted from a local virtio disk, as a stock VM would.
+
+Same kernel as the image (the root's distribution kernel is the image's package version; under TCG it
+is booted as the PVH vmlinux, like the image), Debian's own small initramfs, the root on an ext4
+disk made with ``mke2fs -d``, and a NoCloud ``cidata`` ISO on a second virtio disk carrying the same
+user-data as the streamed boot. A streamed root can only be slower than this.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+import pycdlib
+from debian_guest import GUEST_MEMORY, GuestContext, GuestReport, read_report
+from debian_os import DebianRoot
+
+from ucernvm.image import tools
+from ucernvm.image.kernel import extract_vmlinux, has_pvh_entry
+from ucernvm.launch import LaunchOptions, Vm
+
+FLOOR_CMDLINE = "root=/dev/vda rw rootfstype=ext4 quiet"
+BOOT_TIMEOUT = 240.0  # a cold boot takes 30-50 s under TCG
+
+
+@dataclass(frozen=True)
+class FloorMedia:
+    kernel_dir: Path  # vmlinuz, vmlinux, initrd.img, manifest.json: the layout LaunchOptions.image expects
+    disk: Path  # the pristine ext4 image of the root; boot a copy (fresh_disk)
+
+
+@dataclass(frozen=True)
+class FloorRun:
+    report: GuestReport
+    returncode: int
+    accel: str
+    host_seconds: float  # QEMU start to exit
+    console: str
+
+
+def floor_media(root: DebianRoot) -> FloorMedia:
+    """Kernel files and root disk for *root*, made once and kept next to it in the cache."""
+    slot = root.cache_slot / "floor"
+    kernel_dir, disk = slot / "kernel", slot / "root.ext4"
+    if not (kernel_dir / "manifest.json").exists():
+        shutil.rmtree(kernel_dir, ignore_errors=True)
+        kernel_dir.mkdir(parents=True)
+        shutil.copyfile(root.vmlinuz, kernel_dir / "vmlinuz")
+        shutil.copyfile(root.initrd, kernel_dir / "initrd.img")
+        (kernel_dir / "vmlinux").write_bytes(extract_vmlinux(root.vmlinuz.read_bytes()))
+        manifest = {"kernel": {"release": root.kernel_release, "pvh": has_pvh_entry(kernel_dir / "vmlinux")}}
+        (kernel_dir / "manifest.json").write_text(json.dumps(manifest) + "\n")
+    if not disk.exists():
+        partial = disk.with_name(disk.name + ".partial")
+        partial.unlink(missing_ok=True)
+        # Room for the journal, inode tables and what the first boots write, beyond the files.
+        size_mib = int(root.info.bytes * 1.25) // (1 << 20) + 512
+        tools.run(["mke2fs", "-q", "-F", "-t", "ext4", "-L", "ucernvm-root", "-d", root.path, partial,
+                   f"{size_mib}M"], what="mke2fs -d", hint="apt-get install e2fsprogs")
+        partial.replace(disk)
+    return FloorMedia(kernel_dir, disk)
+
+
+def fresh_disk(media: FloorMedia, target: Path) -> Path:
+    """A copy of the pristine root disk, as sparse as the original, for one instance."""
+    tools.run(["cp", "--sparse=always", media.disk, target], what="cp root disk")
+    return target
+
+
+def seed_iso(path: Path, context: GuestContext) -> Path:
+    """A NoCloud seed: ISO 9660 volume CIDATA with user-data and meta-data (Rock Ridge names)."""
+    iso = pycdlib.PyCdlib()
+    iso.new(interchange_level=3, rock_ridge="1.09", vol_ident="CIDATA")
+    for name, data in (("user-data", context.user_data), ("meta-data", context.meta_data)):
+        iso.add_fp(io.BytesIO(data), len(data), f"/{name.replace('-', '').upper()}.;1", rr_name=name)
+    iso.write(str(path))
+    iso.close()
+    return path
+
+
+def boot_floor(media: FloorMedia, disk: Path, seed: Path, *, serial_log: Path | None = None,
+               echo: TextIO | None = None, timeout: float = BOOT_TIMEOUT) -> FloorRun:
+    """Boot *disk* with *seed* until the guest powers itself off (the test hook does), or *timeout*."""
+    options = LaunchOptions(image=media.kernel_dir, disks=(disk, seed), cmdline=FLOOR_CMDLINE,
+                            memory=GUEST_MEMORY, serial_log=serial_log)
+    with Vm(options, echo=echo) as vm:
+        code = vm.wait(timeout)
+    return FloorRun(read_report(vm.serial), code, vm.accel, vm.exited_after or 0.0, vm.serial)

@@ -1,0 +1,86 @@
+"""The Debian appliance root and its boot floor: the root booted from a local disk, cold and warm.
+
+The root is built with mmdebstrap on the first run (about two minutes) and reused from the cache
+afterwards; each boot takes 30-60 s under TCG, more on a busy host.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from debian_guest import CHECKS, GuestReport, guest_context
+from debian_os import ENABLE, MASK, DebianRoot, build_root
+from floor import FloorRun, boot_floor, floor_media, fresh_disk, seed_iso
+
+from ucernvm.image.kernel import debian_kernel
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def debian_root() -> DebianRoot:
+    if os.geteuid() != 0:
+        pytest.skip("building the Debian root needs root (mmdebstrap --mode=root)")
+    if shutil.which("mmdebstrap") is None:
+        pytest.skip("mmdebstrap is not installed (apt-get install mmdebstrap)")
+    return build_root()
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_root_is_an_appliance(debian_root: DebianRoot, capsys: pytest.CaptureFixture[str]) -> None:
+    root, info = debian_root.path, debian_root.info
+    with capsys.disabled():
+        print(f"\nDebian root {info.key}: built in {info.seconds} s, {info.packages} packages, "
+              f"{info.entries} entries, {info.bytes / 1e6:.0f} MB in {info.files} files "
+              f"(initrd {debian_root.initrd.stat().st_size / 1e6:.1f} MB)")
+    # The image's kernel, byte for byte: the floor boots what the image boots.
+    assert _sha256(debian_root.vmlinuz) == _sha256(debian_kernel().bzimage)
+    assert (root / "usr/lib/modules" / debian_root.kernel_release / "modules.dep").is_file()
+    assert debian_root.initrd.stat().st_size < 12e6  # the small initramfs, not MODULES=most (~36 MB)
+    assert not list((root / "etc/ssh").glob("ssh_host_*"))  # made by each instance on its first boot
+    for unit in MASK:
+        assert (root / "etc/systemd/system" / unit).resolve() == Path("/dev/null"), unit
+    wants = {p.name for p in (root / "etc/systemd/system").glob("*.wants/*")}
+    assert set(ENABLE) <= wants
+    assert (root / "etc/hostname").read_text() == "ucernvm\n"
+    assert (root / "etc/resolv.conf").read_text() == ""
+    assert not list((root / "var/cache/apt/archives").glob("*.deb"))
+
+
+def _check_boot(run: FloorRun, which: str) -> GuestReport:
+    report = run.report
+    assert run.returncode == 0, f"{which} boot: QEMU exited {run.returncode}"
+    assert report.hook_done, f"{which} boot: the test hook did not finish"
+    assert set(CHECKS) <= set(report.checks) and not report.failed_checks, f"{which}: {report.failed_checks}"
+    assert "NoCloud" in report.datasource
+    assert report.cloud_init_errors == []
+    marks = report.marks
+    assert 0 < marks["systemd-start"] < marks["multi-user.target"] <= marks["multi-user"] <= marks["cloud-final"]
+    return report
+
+
+@pytest.mark.vm
+def test_floor_boot_cold_and_warm(debian_root: DebianRoot, qemu: str, tmp_path: Path,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    media = floor_media(debian_root)
+    disk = fresh_disk(media, tmp_path / "root.ext4")
+    seed = seed_iso(tmp_path / "seed.iso", guest_context())
+    cold = boot_floor(media, disk, seed, serial_log=tmp_path / "cold.log")
+    _check_boot(cold, "cold")
+    warm = boot_floor(media, disk, seed, serial_log=tmp_path / "warm.log")
+    _check_boot(warm, "warm")
+
+    with capsys.disabled():
+        print(f"\nfloor boot, accel {cold.accel}, guest uptime in s      cold     warm")
+        for mark, label in (("systemd-start", "kernel -> systemd (initramfs done)"),
+                            ("multi-user.target", "kernel -> multi-user.target"),
+                            ("cloud-final", "kernel -> cloud-init done")):
+            print(f"  {label:36} {cold.report.marks[mark]:7.2f}  {warm.report.marks[mark]:7.2f}")
+        print(f"  {'host: QEMU start -> exit':36} {cold.host_seconds:7.2f}  {warm.host_seconds:7.2f}")
