@@ -54,16 +54,23 @@ class LoadModule:
         return time.monotonic() - started
 
 
-def device_aliases(sysfs: Path = Path("/sys")) -> set[str]:
-    """The modalias of every device the kernel knows."""
+def device_aliases(sysfs: str = "/sys") -> set[str]:
+    """The modalias of every device the kernel knows (os.scandir: pathlib's glob is slow under emulation)."""
     aliases = set()
-    for path in sysfs.glob("bus/*/devices/*/modalias"):
+    buses = f"{sysfs}/bus"
+    for bus in os.listdir(buses):
         try:
-            text = path.read_text().strip()
+            devices = os.listdir(f"{buses}/{bus}/devices")
         except OSError:
             continue
-        if text:
-            aliases.add(text)
+        for device in devices:
+            try:
+                with open(f"{buses}/{bus}/devices/{device}/modalias", "rb") as handle:
+                    text = handle.read().strip().decode("ascii", "replace")
+            except OSError:
+                continue
+            if text:
+                aliases.add(text)
     return aliases
 
 
@@ -85,7 +92,17 @@ def modules_stage(state: BootState) -> None:
         state.log.info(f"no kernel modules for {platform.release()} here: nothing to load")
         state.facts["modules"] = {"loaded": [], "release": platform.release()}
         return
+    clock = time.monotonic()
+    phases: list[tuple[str, float]] = []
+
+    def phase(name: str) -> None:
+        nonlocal clock
+        now = time.monotonic()
+        phases.append((name, round(now - clock, 3)))
+        clock = now
+
     index = ModuleIndex.load(release)
+    phase("index")
     loaded: set[str] = set()
     failed: list[str] = []
     seconds: dict[str, float] = {}
@@ -105,13 +122,19 @@ def modules_stage(state: BootState) -> None:
             resolved.add(alias)
             wanted.update(index.resolve(alias))
         order = [name for name in index.load_order(sorted(wanted - loaded)) if name not in loaded]
+        phase("scan")
         if not order:
             break
+        if state.while_waiting is not None:
+            # From here on the boot mostly waits on the kernel: time for the background imports.
+            state.while_waiting()
+            state.while_waiting = None
         # Modules of one wave load in parallel: a driver's probe (a disk, a NIC) waits on its device.
         with ThreadPoolExecutor(max_workers=8) as pool:
             for wave in waves(order, index):
                 list(pool.map(load, wave))
                 loaded.update(wave)
+        phase(f"load {len(order)}")
     missing = [name for name in REQUIRED if name not in loaded and name not in index.builtin]
     if missing:
         raise UcernvmError(f"kernel modules {', '.join(missing)} are missing from the image", "rebuild the image")
@@ -121,5 +144,6 @@ def modules_stage(state: BootState) -> None:
         "loaded": sorted(loaded),
         "failed": failed,
         "slowest": {name: round(value, 3) for name, value in slowest},
+        "phases": phases,
     }
     state.log.info(f"loaded {len(loaded)} kernel modules; slowest: " + ", ".join(f"{n} {v:.2f} s" for n, v in slowest))

@@ -19,7 +19,7 @@ IMAGE_MODULES = (*MODULES, "encodings.idna")
 def main() -> int:
     state = BootState(RealSystem(), BootLog(sys.stdout, kmsg=True))
     state.log.info("ucernvm boot loader")
-    preload()
+    state.while_waiting = preload
 
     def break_point(stage: Stage) -> None:
         if state.config.break_stage == stage.name:
