@@ -1,44 +1,137 @@
 """The ``context`` stage: user-data from the first source that has it, its ucernvm section applied.
 
-On the first boot the user-data is looked for (µCernVM's order, local media before the network) and,
-once the scratch disk exists, saved in its ``context/`` directory; later boots use the saved copy, as
-the original does. A missing or broken context never stops a boot: it is recorded as a warning.
+As µCernVM: on the first boot (no scratch file system yet) the user-data is looked for — local media
+before metadata services, one overall deadline — and saved in the new scratch disk's ``context/``; later
+boots use that saved copy. A CernVM Online PIN fetches the context from the service; a cluster PIN pairs
+masters and workers; glideinWMS user-data implies proxy settings; ``/cernvm/extra-user-data`` on any
+partition overrides. A missing or broken context never stops a boot: it becomes a warning.
 """
 
 from __future__ import annotations
 
+import time
+
+from ucernvm.boot import blockdev
 from ucernvm.boot.state import BootState
 from ucernvm.boot.system import MakeDirs, WriteFile
 from ucernvm.config import build_config, context_values
+from ucernvm.context import glideinwms
+from ucernvm.context.cluster import Retry, pair_cluster
+from ucernvm.context.online import fetch_context
 from ucernvm.context.section import parse_section
+from ucernvm.context.sources import BlockDevice, SourceProbe, SystemMounter, find_user_data
 from ucernvm.context.userdata import decode, text_parts
+from ucernvm.errors import ContextError
+
+SEARCH_SECONDS = 10.0  # every source together; a VM without a context loses under 3 s of it
+CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
 
-def apply_user_data(state: BootState, user_data: bytes, source: str) -> None:
-    """Read the ucernvm section of ``user_data`` into the settings (context over kernel)."""
-    state.user_data = decode(user_data)
-    state.context_source = source
-    section: dict[str, str] = {}
-    for text in text_parts(state.user_data):
+def section_of(user_data: bytes) -> tuple[dict[str, str], list[str]]:
+    """The first ucernvm section in the user-data or any of its MIME parts."""
+    for text in text_parts(user_data):
         section, warnings = parse_section(text)
-        for warning in warnings:
-            state.warn(warning)
-        if section:
-            break
+        if section or warnings:
+            return section, warnings
+    return {}, []
+
+
+def apply_section(state: BootState, section: dict[str, str], origin: str) -> None:
     values, warnings = context_values(section)
     state.config, invalid = build_config(values, base=state.config)
     for warning in warnings + invalid:
+        state.warn(f"{origin}: {warning}")
+
+
+def apply_user_data(state: BootState, user_data: bytes, source: str) -> None:
+    """Make ``user_data`` this boot's user-data and read its ucernvm section (context over kernel)."""
+    state.user_data = decode(user_data)
+    state.context_source = source
+    section, warnings = section_of(state.user_data)
+    for warning in warnings:
         state.warn(warning)
+    if state.config.glideinwms:
+        implied = glideinwms.detect(state.user_data)
+        if implied:
+            state.log.info(f"glideinWMS user-data: {', '.join(sorted(implied))} from it")
+            section = {**implied, **section}
+    apply_section(state, section, source)
     state.facts["context"] = {"source": source, "bytes": len(state.user_data), "ucernvm_keys": sorted(section)}
     state.log.info(f"context from {source}: {len(state.user_data)} bytes, ucernvm keys: {', '.join(sorted(section)) or 'none'}")
 
 
+def local_media(state: BootState) -> list[BlockDevice]:
+    """Every disk and partition with a recognisable file system (read-only probing, no mounts)."""
+    media = []
+    for disk in blockdev.list_disks():
+        for name, dev in [(disk.name, disk.dev), *((part.name, part.dev) for part in disk.partitions)]:
+            node = blockdev.device_node(state.system, name, dev)
+            try:
+                found = blockdev.probe_path(node)
+            except OSError:
+                continue
+            if found is not None:
+                media.append(BlockDevice(node, found.type, found.label))
+    return media
+
+
 def context_stage(state: BootState) -> None:
+    config = state.config
     if state.user_data is not None:  # given up front (ucernvm --dry-run --user-data FILE)
         apply_user_data(state, state.user_data, state.context_source)
         return
-    state.facts["context"] = {"source": "(none)"}
-    state.log.info("no user-data")
+    media = local_media(state) if not state.system.dry_run else []
+    if any(medium.label == config.scratch_label for medium in media):
+        state.facts["context"] = {"source": "(saved on the first boot)"}
+        state.log.info(f"{config.scratch_label} exists: the context saved on the first boot applies")
+        return
+    probe = SourceProbe(
+        requested=config.context_source,
+        devices=media,
+        mounter=SystemMounter(state.system),
+        dhcp_server=state.facts.get("network", {}).get("dhcp_server"),
+        deadline=time.monotonic() + SEARCH_SECONDS,
+        log=state.log.info,
+        warn=state.warn,
+    )
+    found = find_user_data(probe)
+    state.found_context = found
+    if found is not None and found.source is not None:
+        apply_user_data(state, found.user_data, found.source_name)
+    if found is not None and found.extra_user_data:
+        section, _ = section_of(decode(found.extra_user_data))
+        apply_section(state, section, "extra user-data")
+    if state.config.online_pin:
+        online_context(state)
+    if state.config.cluster_pin and state.user_data is not None:
+        pair = pair_cluster(
+            state.user_data,
+            state.config.cluster_pin,
+            state.config.cluster_master,
+            state.config.service_url,
+            retry=Retry(tries=int(state.config.cluster_tries), delay=state.config.cluster_delay),
+            cafile=CA_BUNDLE,
+            log=state.log.info,
+        )
+        if pair.warning:
+            state.warn(pair.warning)
+        state.user_data = pair.user_data
+        state.facts.setdefault("context", {})["cluster_master_ip"] = pair.master_ip
+    if state.user_data is None:
+        state.facts["context"] = {"source": "(none)"}
+        state.log.info("no user-data")
+
+
+def online_context(state: BootState) -> None:
+    """The CernVM Online context of the PIN becomes the user-data (over any other source's)."""
+    config = state.config
+    try:
+        context = fetch_context(config.online_pin, config.online_secret, service_url=config.service_url, cafile=CA_BUNDLE)
+    except ContextError as error:
+        state.warn(f"CernVM Online: {error.message}")
+        return
+    apply_user_data(state, context.user_data, "CernVM Online")
+    state.facts["context"]["online_context"] = context.name
 
 
 def settle_context(state: BootState) -> None:
@@ -47,21 +140,27 @@ def settle_context(state: BootState) -> None:
     saved = directory / "user-data"
     if not state.scratch_fresh and saved.exists():
         source = (directory / "source").read_text().strip() if (directory / "source").exists() else "(saved)"
-        apply_user_data(state, saved.read_bytes(), f"{source} (saved on the first boot)")
-        return
-    if state.user_data is None:
+        apply_user_data(state, saved.read_bytes(), source)
+        state.facts["context"]["saved"] = True
         return
     system = state.system
+    found = state.found_context
     system.do(MakeDirs(str(directory)))
-    system.do(WriteFile(str(saved), state.user_data, 0o600))
     system.do(WriteFile(str(directory / "source"), f"{state.context_source}\n".encode()))
-    ucontext = "".join(f"_UCONTEXT_{key.upper()}={value}\n" for key, value in _section_of(state).items())
-    system.do(WriteFile(str(directory / "ucontext"), ucontext.encode(), 0o600))
+    if state.user_data is not None:
+        system.do(WriteFile(str(saved), state.user_data, 0o600))
+        section, _ = section_of(state.user_data)
+        system.do(WriteFile(str(directory / "ucontext"), _ucontext(section), 0o600))
+    if found is not None and found.extra_user_data:
+        section, _ = section_of(decode(found.extra_user_data))
+        system.do(WriteFile(str(directory / "extra-ucontext"), _ucontext(section), 0o600))
+        system.do(WriteFile(str(directory / "extra-user-data"), found.extra_user_data, 0o600))
+    if found is not None and found.pickup is not None:
+        system.do(WriteFile(str(directory / "pickup.tar.gz"), found.pickup, 0o600))
+    if state.config.cluster_pin:
+        system.do(WriteFile(str(directory / "ami-contextualized"), b""))
 
 
-def _section_of(state: BootState) -> dict[str, str]:
-    for text in text_parts(state.user_data or b""):
-        section, _ = parse_section(text)
-        if section:
-            return section
-    return {}
+def _ucontext(section: dict[str, str]) -> bytes:
+    """µCernVM's ``_UCONTEXT_<KEY>=<value>`` lines, which the OS's own scripts grep."""
+    return "".join(f"_UCONTEXT_{key.upper()}={value}\n" for key, value in section.items()).encode()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ucernvm.boot.report import build_report, render_svg, to_json
 from ucernvm.boot.rescue import rescue_shell
+from ucernvm.boot.seed import hand_over_context
 from ucernvm.boot.shutdown import install_shutdown_handback
 from ucernvm.boot.state import BootState
 from ucernvm.boot.system import MS_MOVE, MS_NODEV, MS_NOSUID, MakeDirs, Mount, WriteFile
@@ -101,6 +102,7 @@ def handoff_stage(state: BootState) -> None:
     system.do(MakeDirs(str(run)))
     system.do(Mount("tmpfs", str(run), "tmpfs", "mode=0755", MS_NOSUID | MS_NODEV))
     install_shutdown_handback(state)
+    hand_over_context(state)
     report = build_report(state, "switching root")
     for directory in (run / "ucernvm", state.scratch / "ulogs"):
         system.do(MakeDirs(str(directory)))

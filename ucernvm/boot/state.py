@@ -39,6 +39,7 @@ class BootState:
     scratch_fresh: bool = False
     user_data: bytes | None = None
     context_source: str = "(none)"
+    found_context: Any = None  # what the context stage's search found (extras, meta-data)
     source: Any = None  # the HTTP fetcher chosen by the servers stage
     repository: Any = None
     fuse_pid: int | None = None

@@ -261,7 +261,15 @@ def python_payload(
     payload.entries.append(Entry.file(interpreter.image_zip, zip_path, "stdlib-zip"))
 
     for target, (source, component) in sorted(files.items()):
-        if source.suffix == ".py":
+        if source.suffix == ".py" and component == "ucernvm":
+            # The project's own sources too (tracebacks show the lines, and the OS gets copies of some
+            # modules: the #PIN login hook runs them with the OS's Python), with the bytecode where
+            # Python looks for it next to a source; unchecked hash-based .pyc files are never re-validated.
+            directory, _, name = target.rpartition("/")
+            cached = f"{directory}/__pycache__/{name[:-3]}.{sys.implementation.cache_tag}.pyc"
+            payload.entries.append(Entry.file(target, source, component))
+            payload.entries.append(Entry.file(cached, compiled / "files" / (target + "c"), component))
+        elif source.suffix == ".py":
             payload.entries.append(Entry.file(target + "c", compiled / "files" / (target + "c"), component))
         elif source.suffix == ".so":
             payload.entries.append(Entry.file(target, source, component, perm=0o755))

@@ -1,0 +1,134 @@
+"""What the OS gets from the context before it starts: cloud-init's NoCloud seed, the
+``cernvm_inject`` and pickup tarballs, the extra user-data, the OS's own ``/.ucernvm_bootstrap`` hook
+and the ``#<PIN>`` login hook. Each piece is best effort: a broken context never keeps the OS from
+booting, it leaves a warning in the report."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import io
+import json
+import tarfile
+from dataclasses import dataclass
+
+from ucernvm.boot.state import BootState
+from ucernvm.boot.system import MakeDirs, Run, WriteFile
+from ucernvm.context.login_hook import install_login_hook
+from ucernvm.errors import UcernvmError
+
+NOCLOUD_SEED = "var/lib/cloud/seed/nocloud"
+BOOTSTRAP = ".ucernvm_bootstrap"
+BUSYBOX = "/usr/bin/busybox"
+# µCernVM sourced the OS hook in its own shell, where these logging functions existed.
+_HOOK_SHIMS = (
+    'log_start() { printf "[INF] %s" "$*"; }; log_ok() { echo " ok"; }; log_fail() { echo " failed"; }; '
+    'log_info() { echo "[INF] $*"; }; log_warn() { echo "[WRN] $*"; }; '
+)
+
+
+@dataclass(frozen=True)
+class ExtractTarball:
+    data: bytes
+    target: str
+    what: str
+
+    def describe(self) -> str:
+        return f"extract {self.what} ({len(self.data)} bytes) into {self.target}"
+
+    def apply(self) -> list[str]:
+        try:
+            with tarfile.open(fileobj=io.BytesIO(self.data), mode="r:*") as archive:
+                # "tar": absolute paths, '..' and links out of the tree are refused; modes are kept.
+                archive.extractall(self.target, filter="tar")
+                return archive.getnames()
+        except (tarfile.TarError, OSError, EOFError) as error:
+            raise UcernvmError(f"{self.what} cannot be extracted: {error}") from None
+
+
+def instance_id(state: BootState) -> str:
+    """Stable across boots (cloud-init runs its per-instance modules once) and new with new user-data."""
+    found = state.found_context
+    if found is not None and found.meta.instance_id:
+        return found.meta.instance_id
+    return "ucernvm-" + hashlib.sha256(state.user_data or b"").hexdigest()[:16]
+
+
+def seed_cloud_init(state: BootState) -> None:
+    if state.user_data is None:
+        return
+    seed = state.new_root / NOCLOUD_SEED
+    meta = {"instance-id": instance_id(state)}
+    found = state.found_context
+    if found is not None and found.meta.hostname:
+        meta["local-hostname"] = found.meta.hostname
+    if found is not None and found.meta.public_keys:
+        meta["public-keys"] = list(found.meta.public_keys)
+    state.system.do(MakeDirs(str(seed)))
+    state.system.do(WriteFile(str(seed / "user-data"), state.user_data, 0o600))
+    state.system.do(WriteFile(str(seed / "meta-data"), (json.dumps(meta, indent=1) + "\n").encode(), 0o600))
+    state.facts.setdefault("handoff", {})["cloud_init_seed"] = meta["instance-id"]
+
+
+def inject(state: BootState) -> None:
+    """``cernvm_inject`` (base64 of a .tar.gz) and the pickup tarball, extracted into the root once."""
+    marker = state.scratch / "context" / "injected"
+    tarballs = []
+    if state.config.inject and not marker.exists():
+        try:
+            tarballs.append(("cernvm_inject", base64.b64decode(state.config.inject, validate=True)))
+        except (binascii.Error, ValueError):
+            state.warn("cernvm_inject is not base64: ignored")
+    pickup = state.scratch / "context" / "pickup.tar.gz"
+    if pickup.exists() and not marker.exists():
+        tarballs.append(("pickup.tar.gz", pickup.read_bytes()))
+    for what, data in tarballs:
+        try:
+            names = state.system.do(ExtractTarball(data, str(state.new_root), what))
+            state.facts.setdefault("handoff", {})[what] = len(names or [])
+        except UcernvmError as error:
+            state.warn(error.message)
+    if tarballs:
+        state.system.do(WriteFile(str(marker), b""))
+
+
+def extra_user_data(state: BootState) -> None:
+    saved = state.scratch / "context" / "extra-user-data"
+    if saved.exists():
+        target = state.new_root / "cernvm" / "extra-user-data"
+        state.system.do(MakeDirs(str(target.parent)))
+        state.system.do(WriteFile(str(target), saved.read_bytes(), 0o600))
+
+
+def run_bootstrap_hook(state: BootState) -> None:
+    """The OS's ``/.ucernvm_bootstrap <root>``, run with the image's busybox shell as µCernVM did."""
+    hook = state.new_root / BOOTSTRAP
+    if not hook.is_file():
+        return
+    shell = state.system.path(BUSYBOX)
+    script = f'{_HOOK_SHIMS}UCONTEXT_SRC="$1"; export UCONTEXT_SRC; . "$2" "$3"'
+    argv = (str(shell), "sh", "-c", script, "sh", state.context_source, str(hook), str(state.new_root))
+    try:
+        result = state.system.do(Run(argv, timeout=120))
+    except UcernvmError as error:
+        state.warn(f"{BOOTSTRAP}: {error.message}")
+        return
+    if result is not None:
+        for line in result.stdout.decode(errors="replace").splitlines()[-20:]:
+            state.log.info(f"{BOOTSTRAP}: {line}")
+    state.facts.setdefault("handoff", {})["bootstrap_hook"] = "ran"
+
+
+def login_hook(state: BootState) -> None:
+    if not (state.new_root / "etc" / "systemd").is_dir() and not state.system.dry_run:
+        return  # the #PIN login hook is for systemd's gettys
+    try:
+        install_login_hook(state.new_root, state.system, state.config.service_url)
+    except UcernvmError as error:
+        state.warn(f"the #PIN login hook was not installed: {error.message}")
+
+
+def hand_over_context(state: BootState) -> None:
+    for step in (seed_cloud_init, inject, extra_user_data, run_bootstrap_hook, login_hook):
+        step(state)
