@@ -72,8 +72,8 @@ class BootResult:
         return json.loads(match.group(1))
 
 
-def boot(image: Path, disk: Path, cmdline: str, log: Path, timeout: float = 300) -> BootResult:
-    options = LaunchOptions(image=image, disks=(disk,), cmdline=cmdline, memory=1024, serial_log=log)
+def boot(image: Path, disk: Path, cmdline: str, log: Path, timeout: float = 300, context: Path | None = None) -> BootResult:
+    options = LaunchOptions(image=image, disks=(disk,), context=context, cmdline=cmdline, memory=1024, serial_log=log)
     with Vm(options) as vm:
         code = vm.wait(timeout=timeout)
     return BootResult(vm, code, vm.serial)

@@ -27,6 +27,7 @@ echo "UCERNVM-OS-BOOTS $(wc -l < /var/boot-history)"
 echo "UCERNVM-OS-ROOT $(grep ' / ' /proc/mounts | head -n 1)"
 echo "UCERNVM-OS-LAYERS $(grep -c -e ' /mnt/.rw ' -e ' /mnt/.ro ' /proc/mounts)"
 if [ -d "/lib/modules/$(uname -r)" ]; then echo "UCERNVM-OS-MODULES present"; fi
+echo "UCERNVM-OS-SEED $(cat /var/lib/cloud/seed/nocloud/user-data 2>/dev/null | head -n 1)"
 echo "UCERNVM-OS-DAEMON $(cat /proc/$(cat /run/initramfs/ucernvm.pids)/cmdline | cut -c1-1)"
 echo "UCERNVM-REPORT-BEGIN"
 cat /run/ucernvm/report.json

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from boot_env import FQRN, BootRepository, boot, build_boot_image, make_repository, new_disk
+from ucernvm.cli import main as ucernvm
 from ucernvm.cvmfs.publisher import resign
 from ucernvm.cvmfs.signing import generate_repository_keys
 from ucernvm.image.builder import BuildResult
@@ -69,6 +70,23 @@ def test_boot_twice_on_one_disk(image: BuildResult, repository: BootRepository, 
     assert again["cache"]["hits"] > 0
     assert again["storage"]["fresh"] is False
     assert again["storage"].get("fsck", "clean") == "clean", again["storage"]
+
+
+@pytest.mark.vm
+def test_context_iso_sets_the_tag(image: BuildResult, repository: BootRepository, tmp_path: Path, qemu: str) -> None:
+    """A context ISO made by `ucernvm context`: its [ucernvm-begin] tag wins over the newest revision."""
+    repository.publish("v3")
+    user_data = tmp_path / "user-data"
+    user_data.write_text("#cloud-config\nruncmd: []\n[ucernvm-begin]\ncvmfs_tag=v1\n[ucernvm-end]\n")
+    assert ucernvm(["context", str(user_data), "-o", str(tmp_path / "context.iso")]) == 0
+    result = boot(image.output, new_disk(tmp_path / "d.raw"), repository.cmdline(), tmp_path / "context.log",
+                  context=tmp_path / "context.iso")
+    assert result.code == 0, result.serial[-3000:]
+    report = result.report
+    assert report["context"]["source"] == "ConfigDrive"
+    assert report["context"]["ucernvm_keys"] == ["cvmfs_tag"]
+    assert report["snapshot"]["tag"] == "v1" and report["snapshot"]["revision"] == 1
+    assert result.marker("UCERNVM-OS-SEED") == "#cloud-config"  # cloud-init's NoCloud seed is in the OS
 
 
 def expect_failure(result, stage: str, cause: str) -> None:

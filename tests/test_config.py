@@ -130,3 +130,12 @@ def test_gzip_bomb_is_left_alone() -> None:
 
     bomb = gzip.compress(b"\x00" * (64 * 1024 * 1024))
     assert decode(bomb) == bomb
+
+
+def test_docs_options_table_is_generated_from_the_settings() -> None:
+    from pathlib import Path
+
+    from ucernvm.config import options_table
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "options.md").read_text()
+    assert options_table() in docs, "docs/options.md is stale: regenerate it from ucernvm.config.options_table()"

@@ -36,6 +36,13 @@ def parse_seconds(text: str) -> float:
     return value
 
 
+def parse_count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"{text!r} is not a count")
+    return value
+
+
 def parse_choice(choices: tuple[str, ...]) -> Callable[[str], str]:
     def parse(text: str) -> str:
         if text not in choices:
@@ -60,6 +67,8 @@ class Setting:
             return "bool"
         if self.parse is parse_seconds:
             return "seconds"
+        if self.parse is parse_count:
+            return "count"
         return "text" if self.parse is str else "choice"
 
 
@@ -96,8 +105,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("cluster_master", False, "this VM is the cluster master", context=("cvm_cluster_master",), parse=parse_bool),
     Setting("service_url", "https://cernvm-online.cern.ch", "CernVM Online service URL",
             kernel=("ucernvm.service_url",), context=("cvm_service_url",)),
-    Setting("cluster_tries", 50.0, "how often a cluster member asks the service before giving up",
-            kernel=("ucernvm.cluster_tries",), parse=parse_seconds),
+    Setting("cluster_tries", 50, "how often a cluster member asks the service before giving up",
+            kernel=("ucernvm.cluster_tries",), parse=parse_count),
     Setting("cluster_delay", 25.0, "seconds between the cluster pairing attempts (plus up to 9 s of jitter)",
             kernel=("ucernvm.cluster_delay",), parse=parse_seconds),
     Setting("online_pin", "", "CernVM Online PIN: its context is the user-data of the first boot",
@@ -204,3 +213,17 @@ def validate(config: Any) -> None:
         raise ConfigError("no server is configured", "set cvmfs_server= or cvmfs_url= on the kernel command line")
     if ".." in config.os_path.split("/"):
         raise ConfigError(f"cernvm_path {config.os_path!r} must not contain '..'")
+
+
+def options_table() -> str:
+    """The Markdown table of every setting (docs/options.md is this, and `ucernvm options` prints it)."""
+    lines = [
+        "| setting | kernel command line | `[ucernvm-begin]` key | type | default | meaning |",
+        "|---|---|---|---|---|---|",
+    ]
+    for setting in SETTINGS:
+        kernel = ", ".join(f"`{name}=`" for name in setting.kernel) or "-"
+        context = ", ".join(f"`{name}`" for name in setting.context) or "-"
+        default = setting.default if setting.default != "" else "(empty)"
+        lines.append(f"| {setting.name} | {kernel} | {context} | {setting.type_name} | `{default}` | {setting.help} |")
+    return "\n".join(lines) + "\n"

@@ -109,7 +109,7 @@ def context_stage(state: BootState) -> None:
             state.config.cluster_pin,
             state.config.cluster_master,
             state.config.service_url,
-            retry=Retry(tries=int(state.config.cluster_tries), delay=state.config.cluster_delay),
+            retry=Retry(tries=state.config.cluster_tries, delay=state.config.cluster_delay),
             cafile=CA_BUNDLE,
             log=state.log.info,
         )
