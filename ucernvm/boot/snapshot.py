@@ -96,7 +96,7 @@ def snapshot_stage(state: BootState) -> None:
             "to roll back on purpose, write the tag to aux/cvmfs_force_tag on the scratch disk",
         )
     state.repository = repository
-    label = repository.tag.name if repository.tag else (tag or "")
+    label = repository.tag.name if repository.tag else (tag or _tag_of(repository))
     if root_hash is None or forced:
         system.do(MakeDirs(str(scratch / "aux")))
         system.do(WriteFile(str(scratch / PIN_FILE), f"{repository.root_hash}\n{label}\n".encode()))
@@ -115,6 +115,14 @@ def snapshot_stage(state: BootState) -> None:
         "offline": repository.offline,
     }
     state.log.info(f"snapshot: {repository.fqrn} revision {revision} {repository.root_hash} ({label or 'untagged'})")
+
+
+def _tag_of(repository: Repository) -> str:
+    """The name of the snapshot booted without a tag: a tag of its root catalog other than trunk."""
+    for candidate in repository.tags():
+        if candidate.root_hash == repository.root_hash and not candidate.name.startswith("trunk"):
+            return candidate.name
+    return ""
 
 
 def _newest_booted(scratch: Path) -> dict | None:
