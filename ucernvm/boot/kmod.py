@@ -125,10 +125,6 @@ def modules_stage(state: BootState) -> None:
         phase("scan")
         if not order:
             break
-        if state.while_waiting is not None:
-            # From here on the boot mostly waits on the kernel: time for the background imports.
-            state.while_waiting()
-            state.while_waiting = None
         # Modules of one wave load in parallel: a driver's probe (a disk, a NIC) waits on its device.
         with ThreadPoolExecutor(max_workers=8) as pool:
             for wave in waves(order, index):

@@ -7,7 +7,7 @@ import sys
 from ucernvm.boot.log import BootLog
 from ucernvm.boot.pipeline import BootFailure, Stage, run_stages
 from ucernvm.boot.rescue import failure_screen, panic, rescue_shell, save_logs
-from ucernvm.boot.stages import MODULES, STAGES, preload
+from ucernvm.boot.stages import MODULES, STAGES
 from ucernvm.boot.state import BootState
 from ucernvm.boot.system import RealSystem
 
@@ -19,7 +19,6 @@ IMAGE_MODULES = (*MODULES, "encodings.idna")
 def main() -> int:
     state = BootState(RealSystem(), BootLog(sys.stdout, kmsg=True))
     state.log.info("ucernvm boot loader")
-    state.while_waiting = preload
 
     def break_point(stage: Stage) -> None:
         if state.config.break_stage == stage.name:

@@ -18,7 +18,8 @@ class Stage:
     """A named step; ``steps`` are ``"module:function"`` names, imported when the stage runs (or callables).
 
     Naming instead of importing keeps PID 1's start cheap: each stage's code (and its libraries) is
-    imported just in time, or earlier by a background thread while the boot waits on the kernel.
+    imported just in time. (Importing them in a background thread while the kernel loads modules was
+    measured: the two compete for the interpreter and the emulated CPUs, and the boot got slower.)
     """
 
     name: str

@@ -7,9 +7,6 @@ the context: the first boot saves it on the new disk, later boots read back what
 
 from __future__ import annotations
 
-import importlib
-import threading
-
 from ucernvm.boot.pipeline import Stage
 
 STAGES = (
@@ -28,22 +25,3 @@ STAGES = (
 )  # fmt: skip
 
 MODULES = tuple(dict.fromkeys(module for stage in STAGES for module in stage.modules))
-
-
-def preload() -> threading.Thread:
-    """Import every stage's code in the background, in boot order.
-
-    The early stages wait on the kernel (module initialisation, DHCP); the second CPU turns the
-    interpreter's import work for the later stages into time the boot would have lost anyway.
-    """
-
-    def load() -> None:
-        for module in MODULES:
-            try:
-                importlib.import_module(module)
-            except Exception:  # the stage itself imports it again and reports the error
-                return
-
-    thread = threading.Thread(target=load, name="preload", daemon=True)
-    thread.start()
-    return thread

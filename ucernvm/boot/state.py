@@ -45,7 +45,6 @@ class BootState:
     fuse_pid: int | None = None
     scratch_moved_to: Path | None = None  # where the mount stage moved the scratch disk
     keys_dir: Path | None = None  # trusted master keys; None: the image's /etc/cvmfs/keys
-    while_waiting: Any = None  # started once the boot first waits on the kernel (PID 1: the preload)
 
     @property
     def scratch(self) -> Path:
