@@ -18,7 +18,10 @@ from ucernvm.errors import UcernvmError
 
 # The order `ucernvm --help` lists the subcommands in; a module in ucernvm.commands that is not named
 # here is listed after these, alphabetically.
-COMMAND_ORDER = ("repo", "keygen", "publish", "resign", "serve", "mount", "umount", "build", "launch")
+COMMAND_ORDER = (
+    "demo", "build", "launch", "context", "options", "report",
+    "repo", "keygen", "publish", "resign", "serve", "mount", "umount", "pin",
+)  # fmt: skip
 
 
 def command_modules() -> list[str]:
