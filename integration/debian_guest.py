@@ -25,6 +25,8 @@ WRITTEN_TEXT = "written by cloud-init from the NoCloud user-data"
 # Every check the hook makes; a report lacking one of them is incomplete.
 CHECKS = ("user", "ssh-key", "sudo", "written-file", "host-keys-ed25519-only", "sshd", "ipv4", "kernel-modules")
 
+# The markers in the order a boot passes them (debian_os describes each).
+MARK_ORDER = ("systemd-start", "multi-user.target", "multi-user", "cloud-final")
 _MARK_RE = re.compile(r"UCERNVM-MARK (\S+) (\d+(?:\.\d+)?)")
 _CHECK_RE = re.compile(r"UCERNVM-CHECK (\S+) (ok|fail)")
 _CLOUD_INIT_RE = re.compile(r"UCERNVM-CLOUD-INIT (\{.*\})")
@@ -96,6 +98,19 @@ class GuestReport:
     @property
     def failed_checks(self) -> list[str]:
         return [name for name in CHECKS if not self.checks.get(name, False)]
+
+    def problems(self) -> list[str]:
+        """What went wrong in the boot, as far as the console tells; [] for a good boot."""
+        found = [f"check {name} failed" for name in self.failed_checks]
+        if not self.hook_done:
+            found.append("the test hook did not finish")
+        if "NoCloud" not in self.datasource:
+            found.append(f"cloud-init datasource {self.datasource!r}, not NoCloud")
+        found += [f"cloud-init error: {error}" for error in self.cloud_init_errors]
+        times = [self.marks[name] for name in MARK_ORDER if name in self.marks]
+        if len(times) < len(MARK_ORDER) or times != sorted(times):
+            found.append(f"markers missing or out of order: {self.marks}")
+        return found
 
     @property
     def datasource(self) -> str:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import resource
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +41,7 @@ class FloorRun:
     returncode: int
     accel: str
     host_seconds: float  # QEMU start to exit
+    others_cpu_seconds: float  # host CPU time used meanwhile by other processes: TCG figures depend on it
     console: str
 
 
@@ -87,6 +90,29 @@ def boot_floor(media: FloorMedia, disk: Path, seed: Path, *, serial_log: Path | 
     """Boot *disk* with *seed* until the guest powers itself off (the test hook does), or *timeout*."""
     options = LaunchOptions(image=media.kernel_dir, disks=(disk, seed), cmdline=FLOOR_CMDLINE,
                             memory=GUEST_MEMORY, serial_log=serial_log)
+    others = OtherCpu()
     with Vm(options, echo=echo) as vm:
         code = vm.wait(timeout)
-    return FloorRun(read_report(vm.serial), code, vm.accel, vm.exited_after or 0.0, vm.serial)
+    return FloorRun(read_report(vm.serial), code, vm.accel, vm.exited_after or 0.0, others.seconds(), vm.serial)
+
+
+class OtherCpu:
+    """CPU seconds the rest of the host uses from now on: all busy time minus this process and its
+    (reaped) children, such as QEMU. On a shared 2-core host it tells a quiet run from a contended one.
+    """
+
+    def __init__(self) -> None:
+        self._start = self._busy() - self._ours()
+
+    def seconds(self) -> float:
+        return round(max(0.0, self._busy() - self._ours() - self._start), 1)
+
+    @staticmethod
+    def _busy() -> float:
+        ticks = [int(field) for field in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+        return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # without idle and iowait
+
+    @staticmethod
+    def _ours() -> float:
+        return sum(u.ru_utime + u.ru_stime for u in (resource.getrusage(resource.RUSAGE_SELF),
+                                                     resource.getrusage(resource.RUSAGE_CHILDREN)))

@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from debian_guest import CHECKS, GuestReport, guest_context
+from debian_guest import guest_context
 from debian_os import ENABLE, MASK, DebianRoot, build_root
 from floor import FloorRun, boot_floor, floor_media, fresh_disk, seed_iso
 
@@ -54,16 +54,9 @@ def test_root_is_an_appliance(debian_root: DebianRoot, capsys: pytest.CaptureFix
     assert not list((root / "var/cache/apt/archives").glob("*.deb"))
 
 
-def _check_boot(run: FloorRun, which: str) -> GuestReport:
-    report = run.report
-    assert run.returncode == 0, f"{which} boot: QEMU exited {run.returncode}"
-    assert report.hook_done, f"{which} boot: the test hook did not finish"
-    assert set(CHECKS) <= set(report.checks) and not report.failed_checks, f"{which}: {report.failed_checks}"
-    assert "NoCloud" in report.datasource
-    assert report.cloud_init_errors == []
-    marks = report.marks
-    assert 0 < marks["systemd-start"] < marks["multi-user.target"] <= marks["multi-user"] <= marks["cloud-final"]
-    return report
+def _check_boot(run: FloorRun, which: str) -> None:
+    assert run.returncode == 0, f"{which} boot: QEMU exited {run.returncode}"  # the guest powered off
+    assert run.report.problems() == [], f"{which} boot"
 
 
 @pytest.mark.vm
@@ -84,3 +77,5 @@ def test_floor_boot_cold_and_warm(debian_root: DebianRoot, qemu: str, tmp_path: 
                             ("cloud-final", "kernel -> cloud-init done")):
             print(f"  {label:36} {cold.report.marks[mark]:7.2f}  {warm.report.marks[mark]:7.2f}")
         print(f"  {'host: QEMU start -> exit':36} {cold.host_seconds:7.2f}  {warm.host_seconds:7.2f}")
+        print(f"  {'host: CPU s used by other processes':36} {cold.others_cpu_seconds:7.1f}  "
+              f"{warm.others_cpu_seconds:7.1f}")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 
-from debian_guest import CHECKS, HOOK_DONE, USER, WRITTEN_FILE, WRITTEN_TEXT, guest_context, read_report
+from debian_guest import (CHECKS, HOOK_DONE, MARK_ORDER, USER, WRITTEN_FILE, WRITTEN_TEXT, guest_context,
+                          read_report)
 from debian_os import FILES, HOOK_PATH, MARK_SCRIPT
 
 
@@ -53,6 +54,15 @@ def test_read_report_from_console() -> None:
     assert report.failed_checks == ["sshd"]
     assert report.datasource.startswith("DataSourceNoCloud") and report.cloud_init_errors == []
     assert report.hook_done
+    assert report.problems() == ["check sshd failed", f"markers missing or out of order: {report.marks}"]
+
+
+def test_a_good_boot_has_no_problems() -> None:
+    console = "".join(f"UCERNVM-MARK {name} {10.0 + n}\n" for n, name in enumerate(MARK_ORDER))
+    console += "".join(f"UCERNVM-CHECK {name} ok\n" for name in CHECKS)
+    console += 'UCERNVM-CLOUD-INIT {"v1": {"datasource": "DataSourceNoCloud [seed=/dev/vdb]", "errors": []}}\n'
+    assert read_report(console + HOOK_DONE).problems() == []
+    assert "the test hook did not finish" in read_report(console).problems()
 
 
 def test_incomplete_console_reports_what_is_missing() -> None:
@@ -60,3 +70,4 @@ def test_incomplete_console_reports_what_is_missing() -> None:
     assert report.failed_checks == [name for name in CHECKS if name != "user"]
     assert report.cloud_init_errors == ["no result from cloud-init"]
     assert not report.hook_done and report.marks == {}
+    assert "cloud-init datasource '', not NoCloud" in report.problems()
