@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import json
-import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from busybox_os import make_busybox_os
 from ucernvm.cvmfs.publisher import Publisher, PublishOptions
 from ucernvm.cvmfs.signing import generate_repository_keys
 from ucernvm.image.builder import BuildOptions, BuildResult, build_image
+from ucernvm.image.demo_os import console_marker, console_report, make_demo_os
 from ucernvm.launch import LaunchOptions, Vm
 from ucernvm.launch.media import create_sparse_disk
+from ucernvm.launch.usernet import HOST_ADDRESS, loopback_forwards
 from ucernvm.server import StratumServer
 
 FQRN = "test.cern.ch"
-GUEST_HOST = "10.0.2.2"  # the host as QEMU's user network shows it to the guest
+GUEST_HOST = HOST_ADDRESS  # where the isolated guest finds the forwarded host services
 
 
 @dataclass
@@ -25,6 +25,11 @@ class BootRepository:
     stratum: Path
     os_tree: Path
     server: StratumServer
+
+    @property
+    def ports(self) -> tuple[int, ...]:
+        """The host ports a boot against this repository must be able to reach."""
+        return (self.server.port,)
 
     def url(self, host: str = GUEST_HOST) -> str:
         return f"http://{host}:{self.server.port}/cvmfs/{FQRN}"
@@ -39,7 +44,7 @@ class BootRepository:
 def make_repository(base: Path) -> BootRepository:
     keys = base / "keys"
     generate_repository_keys(FQRN, keys)
-    os_tree = make_busybox_os(base / "os")
+    os_tree = make_demo_os(base / "os")
     (base / "stratum").mkdir()
     server = StratumServer(base / "stratum").start()
     repository = BootRepository(keys, base / "stratum", os_tree, server)
@@ -62,18 +67,20 @@ class BootResult:
     serial: str
 
     def marker(self, name: str) -> str | None:
-        match = re.search(rf"^{re.escape(name)} (.*)$", self.serial, re.MULTILINE)
-        return match.group(1).strip() if match else None
+        return console_marker(self.serial, name)
 
     @property
     def report(self) -> dict:
-        match = re.search(r"UCERNVM-REPORT-BEGIN\s*\n(.*?)\n\s*UCERNVM-REPORT-END", self.serial, re.DOTALL)
-        assert match, f"no boot report on the console:\n{self.serial[-3000:]}"
-        return json.loads(match.group(1))
+        report = console_report(self.serial)
+        assert report is not None, f"no boot report on the console:\n{self.serial[-3000:]}"
+        return report
 
 
-def boot(image: Path, disk: Path, cmdline: str, log: Path, timeout: float = 300, context: Path | None = None) -> BootResult:
-    options = LaunchOptions(image=image, disks=(disk,), context=context, cmdline=cmdline, memory=1024, serial_log=log)
+def boot(image: Path, disk: Path, cmdline: str, log: Path, *, ports: Sequence[int], timeout: float = 300,
+         context: Path | None = None) -> BootResult:
+    """Boot isolated: the guest reaches the host's 127.0.0.1:PORT at 10.0.2.2:PORT for *ports*, and nothing else."""
+    options = LaunchOptions(image=image, disks=(disk,), context=context, cmdline=cmdline, memory=1024, serial_log=log,
+                            isolated=True, guest_forwards=loopback_forwards(*ports))
     with Vm(options) as vm:
         code = vm.wait(timeout=timeout)
     return BootResult(vm, code, vm.serial)

@@ -12,6 +12,7 @@ from ucernvm.cli import main as ucernvm
 from ucernvm.cvmfs.publisher import resign
 from ucernvm.cvmfs.signing import generate_repository_keys
 from ucernvm.image.builder import BuildResult
+from ucernvm.server import StratumServer
 
 STAGES = ["early", "modules", "network", "context", "storage", "servers", "snapshot", "mount", "handoff"]
 
@@ -42,7 +43,7 @@ def print_timings(label: str, result, capsys: pytest.CaptureFixture[str]) -> Non
 def test_boot_twice_on_one_disk(image: BuildResult, repository: BootRepository, tmp_path: Path, qemu: str,
                                 capsys: pytest.CaptureFixture[str]) -> None:
     disk = new_disk(tmp_path / "scratch.raw")
-    first = boot(image.output, disk, repository.cmdline(), tmp_path / "first.log")
+    first = boot(image.output, disk, repository.cmdline(), tmp_path / "first.log", ports=repository.ports)
     print_timings("cold boot", first, capsys)
     assert first.code == 0, first.serial[-3000:]
     assert first.marker("UCERNVM-OS-INIT") is not None, "the OS's init did not run"
@@ -59,7 +60,7 @@ def test_boot_twice_on_one_disk(image: BuildResult, repository: BootRepository, 
     assert "ucernvm: root detached" in first.serial  # the OS's shutdown went through the hand-back
 
     repository.publish("v2")  # a newer snapshot appears; the pinned machine must not move
-    second = boot(image.output, disk, repository.cmdline(), tmp_path / "second.log")
+    second = boot(image.output, disk, repository.cmdline(), tmp_path / "second.log", ports=repository.ports)
     print_timings("warm boot", second, capsys)
     assert second.code == 0, second.serial[-3000:]
     again = second.report
@@ -80,7 +81,7 @@ def test_context_iso_sets_the_tag(image: BuildResult, repository: BootRepository
     user_data.write_text("#cloud-config\nruncmd: []\n[ucernvm-begin]\ncvmfs_tag=v1\n[ucernvm-end]\n")
     assert ucernvm(["context", str(user_data), "-o", str(tmp_path / "context.iso")]) == 0
     result = boot(image.output, new_disk(tmp_path / "d.raw"), repository.cmdline(), tmp_path / "context.log",
-                  context=tmp_path / "context.iso")
+                  ports=repository.ports, context=tmp_path / "context.iso")
     assert result.code == 0, result.serial[-3000:]
     report = result.report
     assert report["context"]["source"] == "ConfigDrive"
@@ -99,8 +100,20 @@ def expect_failure(result, stage: str, cause: str) -> None:
 @pytest.mark.vm
 def test_dead_server_fails_with_a_screen(image: BuildResult, repository: BootRepository, tmp_path: Path, qemu: str) -> None:
     cmdline = repository.cmdline().replace(f":{repository.server.port}/", ":9/")
-    result = boot(image.output, new_disk(tmp_path / "d.raw"), cmdline, tmp_path / "dead.log")
+    result = boot(image.output, new_disk(tmp_path / "d.raw"), cmdline, tmp_path / "dead.log", ports=repository.ports)
     expect_failure(result, "snapshot", "cannot fetch")
+
+
+@pytest.mark.vm
+def test_isolated_guest_cannot_reach_an_unforwarded_port(image: BuildResult, repository: BootRepository,
+                                                         tmp_path: Path, qemu: str) -> None:
+    """A second server of the same repository listens on the host but is not forwarded: were the guest able
+    to reach it, the boot would succeed."""
+    with StratumServer(repository.stratum) as unforwarded:
+        cmdline = repository.cmdline().replace(f":{repository.server.port}/", f":{unforwarded.port}/")
+        result = boot(image.output, new_disk(tmp_path / "d.raw"), cmdline, tmp_path / "isolated.log",
+                      ports=repository.ports)
+        expect_failure(result, "snapshot", "cannot fetch")
 
 
 @pytest.mark.vm
@@ -108,7 +121,8 @@ def test_wrong_key_fails_with_a_screen(repository: BootRepository, tmp_path: Pat
     other = tmp_path / "other-keys"
     generate_repository_keys(FQRN, other)
     wrong = build_boot_image(tmp_path / "wrong-image", other)
-    result = boot(wrong.output, new_disk(tmp_path / "d.raw"), repository.cmdline(), tmp_path / "wrong.log")
+    result = boot(wrong.output, new_disk(tmp_path / "d.raw"), repository.cmdline(), tmp_path / "wrong.log",
+                  ports=repository.ports)
     expect_failure(result, "snapshot", "whitelist signature does not verify")
 
 
@@ -118,7 +132,8 @@ def test_expired_whitelist_fails_with_a_screen(image: BuildResult, tmp_path: Pat
     try:
         resign(str(expired.stratum / FQRN), FQRN, str(expired.keys), days=0)
         fresh_image = build_boot_image(tmp_path / "expired-image", expired.keys)
-        result = boot(fresh_image.output, new_disk(tmp_path / "d.raw"), expired.cmdline(), tmp_path / "expired.log")
+        result = boot(fresh_image.output, new_disk(tmp_path / "d.raw"), expired.cmdline(), tmp_path / "expired.log",
+                      ports=expired.ports)
         expect_failure(result, "snapshot", "whitelist expired")
     finally:
         expired.server.stop()

@@ -19,7 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "launch",
         help="boot an image in QEMU",
         description="Boot a `ucernvm build` image in QEMU: serial console on stdout, user networking "
-                    "(the host is 10.0.2.2 for the guest), virtio disks, an optional context CD-ROM. "
+                    "(the host is 10.0.2.2 for the guest; with --isolated only the --guest-forward services "
+                    "are), virtio disks, an optional context CD-ROM. "
                     "Under TCG the PVH vmlinux is booted, with KVM the bzImage. The exit status is "
                     f"QEMU's ({TIMEOUT_EXIT} after --timeout).",
     )
@@ -41,6 +42,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--timeout", type=float, metavar="S", help="kill QEMU after S seconds")
     parser.add_argument("--net-forward", action="append", default=[], metavar="PROTO:HOSTPORT:GUESTPORT",
                         help="forward 127.0.0.1:HOSTPORT to the guest (repeatable), e.g. tcp:8022:22")
+    parser.add_argument("--isolated", action="store_true",
+                        help="the guest gets a DHCP lease and reaches nothing but its --guest-forward services "
+                             "(no default route, no DNS; the DHCP server moves to 10.0.2.1)")
+    parser.add_argument("--guest-forward", action="append", default=[], metavar="GUEST_IP:PORT=HOST_IP:PORT",
+                        help="relay the guest's TCP connections to GUEST_IP:PORT to HOST_IP:PORT on the host "
+                             "(repeatable), e.g. 10.0.2.2:8000=127.0.0.1:8000 (10.0.2.2 needs --isolated)")
     parser.set_defaults(func=run)
 
 
@@ -61,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
             smp=args.smp,
             accel=args.accel,
             net_forwards=tuple(args.net_forward),
+            isolated=args.isolated,
+            guest_forwards=tuple(args.guest_forward),
             serial_log=args.serial_log,
             interactive=not args.quiet and sys.stdin.isatty(),
         )

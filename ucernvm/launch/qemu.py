@@ -18,16 +18,24 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Protocol, TextIO
 
 from ucernvm.errors import ConfigError, UcernvmError
 from ucernvm.image.tools import find_tool
 from ucernvm.launch.accel import AccelChoice, choose_accel
 from ucernvm.launch.media import check_context, disk_format, qemu_path
+from ucernvm.launch.usernet import netdev
 
 BASE_CMDLINE = "console=ttyS0 panic=-1"
-_FORWARD_RE = re.compile(r"^(tcp|udp):(\d{1,5}):(\d{1,5})$")
 _PRINTK_RE = re.compile(r"^\[\s*(\d+\.\d+)\]")
+
+
+class Echo(Protocol):
+    """Where the console is echoed as it comes (sys.stdout, or a filter in front of it)."""
+
+    def write(self, text: str, /) -> object: ...
+
+    def flush(self) -> object: ...
 
 
 class LaunchError(UcernvmError):
@@ -44,6 +52,8 @@ class LaunchOptions:
     smp: int = 2
     accel: str = "auto"
     net_forwards: tuple[str, ...] = ()  # "tcp:HOSTPORT:GUESTPORT", bound to 127.0.0.1
+    isolated: bool = False  # the guest reaches nothing but its guest_forwards (see usernet.py)
+    guest_forwards: tuple[str, ...] = ()  # "GUEST_IP:PORT=HOST_IP:PORT"
     serial_log: Path | None = None
     interactive: bool = False  # hand our stdin to the guest console
 
@@ -58,7 +68,6 @@ def qemu_command(options: LaunchOptions, accel: str) -> list[str]:
     for needed in (kernel, initrd):
         if not needed.is_file():
             raise ConfigError(f"{needed} does not exist", hint=f"build the image first: ucernvm build -o {image}")
-    netdev = "user,id=net0" + "".join(_hostfwd(spec) for spec in options.net_forwards)
     argv = [
         find_tool("qemu-system-x86_64"),
         "-accel", accel, *(["-cpu", "host"] if accel == "kvm" else []),
@@ -66,7 +75,8 @@ def qemu_command(options: LaunchOptions, accel: str) -> list[str]:
         "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot",
         "-kernel", str(kernel), "-initrd", str(initrd),
         "-append", f"{BASE_CMDLINE} {options.cmdline}".strip(),
-        "-netdev", netdev, "-device", "virtio-net-pci,netdev=net0",
+        "-netdev", netdev(options.net_forwards, options.guest_forwards, options.isolated),
+        "-device", "virtio-net-pci,netdev=net0",
         "-device", "virtio-rng-pci",
     ]
     for number, disk in enumerate(options.disks):
@@ -87,18 +97,10 @@ def _pvh(image: Path) -> bool:
     return bool(json.loads(manifest.read_text()).get("kernel", {}).get("pvh"))
 
 
-def _hostfwd(spec: str) -> str:
-    match = _FORWARD_RE.match(spec)
-    if match is None:
-        raise ConfigError(f"invalid port forward {spec!r}", hint="use PROTO:HOSTPORT:GUESTPORT, e.g. tcp:8022:22")
-    proto, host_port, guest_port = match.groups()
-    return f",hostfwd={proto}:127.0.0.1:{host_port}-:{guest_port}"
-
-
 class Vm:
     """One QEMU run of an image. Use as a context manager, or call start() and stop()."""
 
-    def __init__(self, options: LaunchOptions, echo: TextIO | None = None) -> None:
+    def __init__(self, options: LaunchOptions, echo: Echo | None = None) -> None:
         self.options = options
         self.echo = echo
         self.choice: AccelChoice | None = None

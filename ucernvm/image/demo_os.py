@@ -1,17 +1,25 @@
-"""A tiny operating system for boot tests: a static busybox and a shell script as /sbin/init.
+"""The demo and test operating system: a static busybox and a shell script as /sbin/init.
 
-Published with ``ucernvm publish`` and booted by the image, it proves that the OS's own init ran from
-the snapshot: it prints what it sees (guest uptime, the writable root, the kernel modules, the boot
-report) between markers on the serial console, then shuts down the way systemd does (pivot into
-/run/initramfs and run its /shutdown), which hands the machine back to the loader.
+Published with ``ucernvm publish`` and booted by the image (``ucernvm demo``, the boot tests and the
+boot benchmark), it proves that the OS's own init ran from the snapshot: it prints what it sees (guest
+uptime, the writable root, the kernel modules, the boot report) between markers on the serial console,
+then shuts down the way systemd does (pivot into /run/initramfs and run its /shutdown), which hands the
+machine back to the loader.
 """
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 from pathlib import Path
+from typing import Any
+
+from ucernvm.errors import ConfigError
+from ucernvm.image.elfdeps import elf_info, is_elf
 
 BUSYBOX = Path("/bin/busybox")  # Debian's busybox-static
+_REPORT_RE = re.compile(r"UCERNVM-REPORT-BEGIN\s*\n(.*?)\n\s*UCERNVM-REPORT-END", re.DOTALL)
 APPLETS = (
     "sh", "mount", "umount", "cat", "echo", "ls", "mkdir", "cut", "grep", "wc", "uname", "sync", "sleep",
     "poweroff", "reboot", "pivot_root", "chroot", "insmod", "modprobe", "lsmod", "df", "head", "tail", "stat",
@@ -38,13 +46,30 @@ echo "UCERNVM-OS-SHUTDOWN-FAILED"
 """
 
 
-def make_busybox_os(root: Path, init: str = INIT) -> Path:
+def make_demo_os(root: Path, init: str = INIT) -> Path:
+    """Write the OS tree into *root* (created; existing files are replaced) and return *root*."""
+    if not BUSYBOX.is_file() or not is_elf(BUSYBOX) or elf_info(BUSYBOX).interpreter is not None:
+        raise ConfigError(f"{BUSYBOX} is not a static busybox", hint="apt-get install busybox-static")
     for directory in ("bin", "sbin", "etc", "proc", "sys", "dev", "run", "tmp", "mnt", "var", "root", "lib"):
         (root / directory).mkdir(parents=True, exist_ok=True)
     shutil.copy2(BUSYBOX, root / "bin" / "busybox")
     for applet in APPLETS:
-        (root / "bin" / applet).symlink_to("busybox")
+        link = root / "bin" / applet
+        link.unlink(missing_ok=True)
+        link.symlink_to("busybox")
     (root / "sbin" / "init").write_text(init)
     (root / "sbin" / "init").chmod(0o755)
     (root / "etc" / "os-release").write_text('NAME="ucernvm test OS"\nID=ucernvm-test\n')
     return root
+
+
+def console_marker(serial: str, name: str) -> str | None:
+    """What the OS's init printed after *name* (e.g. ``UCERNVM-OS-INIT``) on the console, if it did."""
+    match = re.search(rf"^{re.escape(name)} (.*)$", serial, re.MULTILINE)
+    return match.group(1).strip() if match else None
+
+
+def console_report(serial: str) -> dict[str, Any] | None:
+    """The boot report (``/run/ucernvm/report.json``) the OS's init printed on the console, if it did."""
+    match = _REPORT_RE.search(serial)
+    return json.loads(match.group(1)) if match else None
