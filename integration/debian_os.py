@@ -212,8 +212,9 @@ def _configure(root: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         path.chmod(mode)
-    tools.run(["systemctl", f"--root={root}", "enable", *ENABLE], what="systemctl enable")
-    tools.run(["systemctl", f"--root={root}", "mask", *MASK], what="systemctl mask")
+    # The root's own systemctl, which needs no systemd on the build host and knows its units.
+    tools.run(["chroot", root, "systemctl", "enable", *ENABLE], what="systemctl enable")
+    tools.run(["chroot", root, "systemctl", "mask", *MASK], what="systemctl mask")
     # Every instance makes its own host keys on its first boot (cloud-init, ed25519 only).
     for key in (root / "etc" / "ssh").glob("ssh_host_*"):
         key.unlink()
