@@ -20,6 +20,17 @@ def run_cli(*args: object, check: bool = False, timeout: float = 300) -> subproc
     return result
 
 
+def fuse_unusable() -> str | None:
+    """Why FUSE file systems cannot be mounted here, or None when they can."""
+    if os.geteuid() != 0:
+        return "mounting FUSE file systems needs root"
+    try:
+        os.close(os.open("/dev/fuse", os.O_RDWR))
+    except OSError as error:
+        return f"/dev/fuse is unusable: {error.strerror}"
+    return None
+
+
 def snapshot_tree(root: Path) -> dict[str, tuple]:
     """What a published tree must read back as: per path its type, mode, content or target, xattrs."""
     result: dict[str, tuple] = {}

@@ -15,22 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from helpers import fuse_unusable
 from ucernvm.client.fuse.kernel import FuseMount, MountOptions, mount
 from ucernvm.client.fuse.memory import MemoryTree
 from ucernvm.client.fuse.operations import ROOT_INO, Attributes
 
 
-def _fuse_unusable() -> str | None:
-    if os.geteuid() != 0:
-        return "mounting FUSE file systems needs root"
-    try:
-        os.close(os.open("/dev/fuse", os.O_RDWR))
-    except OSError as error:
-        return f"/dev/fuse is unusable: {error.strerror}"
-    return None
-
-
-pytestmark = pytest.mark.skipif(_fuse_unusable() is not None, reason=str(_fuse_unusable()))
+pytestmark = pytest.mark.skipif(fuse_unusable() is not None, reason=str(fuse_unusable()))
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BIG = bytes(range(256)) * (3 * 4096 + 7)  # ~3 MiB: several kernel read requests, odd tail

@@ -12,22 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from helpers import run_cli, snapshot_tree
+from helpers import fuse_unusable, run_cli, snapshot_tree
 from test_publish import FQRN, make_tree, publish
 from ucernvm.server import StratumServer
 
 
-def _fuse_usable() -> str | None:
-    if os.geteuid() != 0:
-        return "mounting FUSE needs root"
-    try:
-        os.close(os.open("/dev/fuse", os.O_RDWR))
-    except OSError as error:
-        return f"/dev/fuse is not usable here: {error.strerror}"
-    return None
-
-
-pytestmark = pytest.mark.skipif(_fuse_usable() is not None, reason=str(_fuse_usable()))
+pytestmark = pytest.mark.skipif(fuse_unusable() is not None, reason=str(fuse_unusable()))
 
 DEAD_SERVER = "http://127.0.0.1:9/cvmfs/test.cern.ch"  # the discard port: nothing listens on it
 

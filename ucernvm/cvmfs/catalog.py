@@ -19,6 +19,7 @@ from typing import Any
 
 from ucernvm.cvmfs import xattrs
 from ucernvm.cvmfs.hashing import ContentHash, HashAlgorithm
+from ucernvm.cvmfs.sqlite_db import connect_bytes, properties_and_columns
 from ucernvm.errors import FormatError
 
 SCHEMA = 2.5
@@ -162,13 +163,7 @@ class Catalog:
         self._connection = connection
         self._lock = threading.Lock()
         connection.text_factory = lambda raw: raw.decode("utf-8", "surrogateescape")
-        try:
-            self.properties: dict[str, str] = dict(connection.execute("SELECT key, value FROM properties"))
-            columns = {row[1] for row in connection.execute("PRAGMA table_info(catalog)")}
-        except sqlite3.DatabaseError as error:
-            raise FormatError(f"not a CernVM-FS catalog: {error}") from None
-        if not columns:
-            raise FormatError("not a CernVM-FS catalog: no 'catalog' table")
+        self.properties, columns = properties_and_columns(connection, "catalog", "catalog")
         try:
             self.schema = float(self.properties.get("schema", "1.0"))
         except ValueError:
@@ -189,13 +184,7 @@ class Catalog:
     @classmethod
     def from_bytes(cls, data: bytes, content_hash: ContentHash | None = None) -> Catalog:
         """Open an uncompressed catalog held in memory."""
-        connection = sqlite3.connect(":memory:", check_same_thread=False)
-        try:
-            connection.deserialize(data)
-        except (sqlite3.DatabaseError, MemoryError) as error:  # MemoryError: sqlite's answer to b""
-            connection.close()
-            raise FormatError(f"not a CernVM-FS catalog: {error}") from None
-        return cls(connection, content_hash)
+        return cls(connect_bytes(data, "catalog", check_same_thread=False), content_hash)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], content_hash: ContentHash | None = None) -> Catalog:

@@ -6,6 +6,7 @@ import sqlite3
 from dataclasses import dataclass
 
 from ucernvm.cvmfs.hashing import ContentHash
+from ucernvm.cvmfs.sqlite_db import connect_bytes, properties_and_columns
 from ucernvm.errors import FormatError
 
 SCHEMA = "1.0"
@@ -30,23 +31,12 @@ class History:
 
     def __init__(self, connection: sqlite3.Connection) -> None:
         self._connection = connection
-        try:
-            self.properties: dict[str, str] = dict(connection.execute("SELECT key, value FROM properties"))
-            columns = {row[1] for row in connection.execute("PRAGMA table_info(tags)")}
-        except sqlite3.DatabaseError as error:
-            raise FormatError(f"not a CernVM-FS history database: {error}") from None
-        if not columns:
-            raise FormatError("not a CernVM-FS history database: no 'tags' table")
+        self.properties, columns = properties_and_columns(connection, "tags", "history database")
         self._has_branch = "branch" in columns
 
     @classmethod
     def from_bytes(cls, data: bytes) -> History:
-        connection = sqlite3.connect(":memory:")
-        try:
-            connection.deserialize(data)
-        except (sqlite3.DatabaseError, MemoryError) as error:  # MemoryError: sqlite's answer to b""
-            raise FormatError(f"not a CernVM-FS history database: {error}") from None
-        return cls(connection)
+        return cls(connect_bytes(data, "history database"))
 
     @classmethod
     def create(cls, fqrn: str) -> History:
