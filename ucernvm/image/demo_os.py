@@ -23,6 +23,7 @@ _REPORT_RE = re.compile(r"UCERNVM-REPORT-BEGIN\s*\n(.*?)\n\s*UCERNVM-REPORT-END"
 APPLETS = (
     "sh", "mount", "umount", "cat", "echo", "ls", "mkdir", "cut", "grep", "wc", "uname", "sync", "sleep",
     "poweroff", "reboot", "pivot_root", "chroot", "insmod", "modprobe", "lsmod", "df", "head", "tail", "stat",
+    "dmesg",
 )  # fmt: skip
 
 INIT = r"""#!/bin/sh
@@ -36,7 +37,7 @@ echo "UCERNVM-OS-ROOT $(grep ' / ' /proc/mounts | head -n 1)"
 echo "UCERNVM-OS-LAYERS $(grep -c -e ' /mnt/.rw ' -e ' /mnt/.ro ' /proc/mounts)"
 if [ -d "/lib/modules/$(uname -r)" ]; then echo "UCERNVM-OS-MODULES present"; fi
 echo "UCERNVM-OS-SEED $(cat /var/lib/cloud/seed/nocloud/user-data 2>/dev/null | head -n 1)"
-echo "UCERNVM-OS-DAEMON $(cat /proc/$(cat /run/initramfs/ucernvm.pids)/cmdline | cut -c1-1)"
+echo "UCERNVM-OS-DAEMON $(head -c 1 /proc/$(cat /run/initramfs/ucernvm.pids)/cmdline)"
 echo "UCERNVM-REPORT-BEGIN"
 cat /run/ucernvm/report.json
 echo "UCERNVM-REPORT-END"
