@@ -6,6 +6,7 @@ Run from the repository root: ``python -m pytest integration -m "vm or slow"``.
 from __future__ import annotations
 
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +15,8 @@ import pytest
 from ucernvm.image.builder import BuildOptions, BuildResult, build_image
 
 INTEGRATION_DIR = Path(__file__).resolve().parent
+# The real components the unit tests start (squid, fake metadata services) serve the boot tests too.
+sys.path.insert(0, str(INTEGRATION_DIR.parent / "tests"))
 SMOKE_INIT = "smoke_init:main"
 
 

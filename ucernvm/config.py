@@ -121,6 +121,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("break_stage", "", "open a rescue shell before this stage", kernel=("ucernvm.break",)),
     Setting("context_source", "auto", "user-data source to use without probing (auto: probe in order; none)",
             kernel=("ucernvm.context",)),
+    Setting("metadata", "169.254.169.254:80", "address of the GCE/EC2/OpenStack metadata service",
+            kernel=("ucernvm.metadata",)),
     Setting("network", "dhcp", "dhcp, or static: <address>/<prefix>,<gateway>[,<dns>...] for the first NIC",
             kernel=("ucernvm.net",)),
     Setting("network_timeout", 20.0, "seconds to wait for a DHCP lease", kernel=("ucernvm.net_timeout",), parse=parse_seconds),

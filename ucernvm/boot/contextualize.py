@@ -16,10 +16,8 @@ from ucernvm.boot.state import BootState
 from ucernvm.boot.system import MakeDirs, WriteFile
 from ucernvm.config import build_config, context_values
 from ucernvm.context import glideinwms
-from ucernvm.context.cluster import Retry, pair_cluster
-from ucernvm.context.online import fetch_context
 from ucernvm.context.section import parse_section
-from ucernvm.context.sources import BlockDevice, SourceProbe, SystemMounter, find_user_data
+from ucernvm.context.sources import BlockDevice, MetadataAddresses, SourceProbe, SystemMounter, find_user_data
 from ucernvm.context.userdata import decode, text_parts
 from ucernvm.errors import ContextError
 
@@ -90,6 +88,7 @@ def context_stage(state: BootState) -> None:
         devices=media,
         mounter=SystemMounter(state.system),
         dhcp_server=state.facts.get("network", {}).get("dhcp_server"),
+        addresses=MetadataAddresses(link_local=config.metadata),
         deadline=time.monotonic() + SEARCH_SECONDS,
         log=state.log.info,
         warn=state.warn,
@@ -104,6 +103,8 @@ def context_stage(state: BootState) -> None:
     if state.config.online_pin:
         online_context(state)
     if state.config.cluster_pin and state.user_data is not None:
+        from ucernvm.context.cluster import Retry, pair_cluster  # only cluster members pay for it
+
         pair = pair_cluster(
             state.user_data,
             state.config.cluster_pin,
@@ -124,6 +125,8 @@ def context_stage(state: BootState) -> None:
 
 def online_context(state: BootState) -> None:
     """The CernVM Online context of the PIN becomes the user-data (over any other source's)."""
+    from ucernvm.context.online import fetch_context  # only machines with a PIN pay for it
+
     config = state.config
     try:
         context = fetch_context(config.online_pin, config.online_secret, service_url=config.service_url, cafile=CA_BUNDLE)

@@ -13,7 +13,7 @@ from ucernvm.boot.system import RealSystem
 
 # What the image must carry beyond this module's own imports: the stages' code, imported as they
 # run, and what libraries import only when first used (urllib3 encodes host names with the idna codec).
-IMAGE_MODULES = (*MODULES, "encodings.idna")
+IMAGE_MODULES = (*MODULES, "encodings.idna", "ucernvm.context.online", "ucernvm.context.cluster")
 
 
 def main() -> int:

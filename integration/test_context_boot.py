@@ -1,0 +1,93 @@
+"""Boots whose context or network path comes from outside the image: a real squid proxy, an EC2
+metadata service that requires IMDSv2, and a CernVM Online PIN — each a real server on the host,
+reached by the isolated guest through a forwarded port."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from boot_env import FQRN, GUEST_HOST, BootRepository, boot, build_boot_image, make_repository, new_disk
+from metadata_fakes import Cloud, metadata_server
+from squid import Squid, squid  # noqa: F401 (the session fixture)
+from ucernvm.image.builder import BuildResult
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BootRepository]:
+    repository = make_repository(tmp_path_factory.mktemp("context-repo"))
+    repository.publish("old")
+    repository.publish("new")
+    yield repository
+    repository.server.stop()
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory: pytest.TempPathFactory, repository: BootRepository) -> BuildResult:
+    return build_boot_image(tmp_path_factory.mktemp("context-image") / "image", repository.keys)
+
+
+@pytest.mark.vm
+def test_boot_through_a_real_squid(image: BuildResult, repository: BootRepository, tmp_path: Path, qemu: str,
+                                   squid: Squid) -> None:
+    proxy = squid
+    port = int(proxy.url.rsplit(":", 1)[1])
+    # The guest asks the proxy for the server by its loopback address, which only the host's squid
+    # can reach: every byte of the boot goes through the proxy.
+    cmdline = (f"quiet cvmfs_repos={FQRN} cvmfs_url=http://127.0.0.1:{repository.server.port}/cvmfs/{FQRN} "
+               f"cvmfs_proxy=http://{GUEST_HOST}:{port} ucernvm.panic=poweroff ucernvm.context=none")
+    result = boot(image.output, new_disk(tmp_path / "d.raw"), cmdline, tmp_path / "squid.log", ports=(port,))
+    assert result.code == 0, result.serial[-3000:]
+    report = result.report
+    assert report["transfer"]["proxy"] == f"http://{GUEST_HOST}:{port}"
+    assert result.marker("UCERNVM-OS-INIT") is not None
+    assert f"127.0.0.1:{repository.server.port}/cvmfs/{FQRN}/.cvmfspublished" in proxy.access_log()
+
+
+@pytest.mark.vm
+def test_boot_with_an_ec2_metadata_service_requiring_imdsv2(image: BuildResult, repository: BootRepository,
+                                                           tmp_path: Path, qemu: str) -> None:
+    user_data = b"#cloud-config\nruncmd: []\n[ucernvm-begin]\ncvmfs_tag=old\n[ucernvm-end]\n"
+    cloud = Cloud("ec2", user_data=user_data, imdsv2_required=True)
+    with metadata_server(cloud) as address:
+        port = int(address.rsplit(":", 1)[1])
+        cmdline = repository.cmdline(f"ucernvm.metadata={GUEST_HOST}:{port}")
+        result = boot(image.output, new_disk(tmp_path / "d.raw"), cmdline, tmp_path / "ec2.log",
+                      ports=(*repository.ports, port))
+    assert result.code == 0, result.serial[-3000:]
+    report = result.report
+    assert report["context"]["source"] == "EC2"
+    assert report["snapshot"]["tag"] == "old"  # the [ucernvm-begin] tag from the metadata service
+    assert "/latest/api/token" in cloud.paths()  # the IMDSv2 token came first
+    assert result.marker("UCERNVM-OS-SEED") == "#cloud-config"
+
+
+@pytest.mark.vm
+def test_boot_with_a_cernvm_online_pin(image: BuildResult, repository: BootRepository, tmp_path: Path, qemu: str) -> None:
+    definitions = tmp_path / "online.json"
+    user_data = "#cloud-config\nruncmd: []\n[ucernvm-begin]\ncvmfs_tag=old\n[ucernvm-end]\n"
+    definitions.write_text(json.dumps({"contexts": [{"name": "demo", "user_data": user_data, "pins": ["246802"]}]}))
+    server = subprocess.Popen(
+        [sys.executable, "-m", "ucernvm", "serve", str(repository.stratum), "--port", "0", "--online", str(definitions),
+         "--online-port", "0"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        lines = [server.stdout.readline() for _ in range(2)]  # the stratum line, then the Online API line
+        online = next(line for line in lines if "online" in line.lower() or "api" in line.lower())
+        port = int(online.split("http://", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
+        cmdline = repository.cmdline(f"ucernvm.context=none ucernvm.pin=246802 ucernvm.service_url=http://{GUEST_HOST}:{port}")
+        result = boot(image.output, new_disk(tmp_path / "d.raw"), cmdline, tmp_path / "pin.log",
+                      ports=(*repository.ports, port))
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    assert result.code == 0, result.serial[-3000:]
+    report = result.report
+    assert report["context"]["source"] == "CernVM Online"
+    assert report["snapshot"]["tag"] == "old"
