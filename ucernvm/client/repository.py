@@ -12,17 +12,21 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from functools import cached_property
+from operator import attrgetter
 
 from ucernvm.client.cache import Breadcrumb, ObjectCache
 from ucernvm.client.sources import RepositorySource
 from ucernvm.cvmfs import compression, manifest as manifest_file, whitelist as whitelist_file
-from ucernvm.cvmfs.catalog import Catalog, Chunk, DirectoryEntry, join
+from ucernvm.cvmfs.catalog import Catalog, Chunk, DirectoryEntry, NestedCatalogRef, join
 from ucernvm.cvmfs.hashing import ContentHash, ObjectType
 from ucernvm.cvmfs.history import History, Tag
 from ucernvm.cvmfs.manifest import Manifest, SignedManifest
 from ucernvm.cvmfs.trust import PublicKey, load_certificate
 from ucernvm.cvmfs.whitelist import SignedWhitelist
 from ucernvm.errors import FetchError, FormatError, VerificationError
+
+
+_NAME = attrgetter("name")
 
 
 def normalize_path(path: str) -> str:
@@ -84,6 +88,8 @@ class Repository:
             self.root_hash, self.root_catalog_size = self.manifest.root_hash, self.manifest.root_catalog_size or None
         self._catalogs: dict[str, Catalog] = {}
         self._catalogs_lock = threading.Lock()
+        # Called with each catalog once it is loaded (the mount downloads its nested catalogs ahead).
+        self.catalog_loaded: Callable[[Catalog], None] | None = None
 
     def _signed_files(self) -> tuple[bytes, bytes, bool]:
         """Whitelist and manifest from the servers, or the cached copies when no server answers."""
@@ -179,24 +185,45 @@ class Repository:
         return self.catalog_for("")
 
     def _load_catalog(self, mountpoint: str, content_hash: ContentHash, size: int | None) -> Catalog:
-        with self._catalogs_lock:
-            catalog = self._catalogs.get(mountpoint)
-            if catalog is None:
-                catalog = self._open_catalog(content_hash, size)
-                if catalog.root_prefix not in ("", mountpoint) or (mountpoint and not catalog.root_prefix):
-                    raise VerificationError(
-                        f"catalog {content_hash} is for {catalog.root_prefix or '/'!r}, not {mountpoint or '/'!r}"
-                    )
-                self._catalogs[mountpoint] = catalog
+        catalog = self._catalogs.get(mountpoint)
+        if catalog is not None:
             return catalog
+        # Loaded without holding the lock: lookups in loaded catalogs, and the loads of other
+        # catalogs, do not wait for this download. Threads loading the same catalog share one
+        # download through the cache; all but the first to finish drop their copy.
+        loaded = self._open_catalog(content_hash, size)
+        if loaded.root_prefix not in ("", mountpoint) or (mountpoint and not loaded.root_prefix):
+            raise VerificationError(
+                f"catalog {content_hash} is for {loaded.root_prefix or '/'!r}, not {mountpoint or '/'!r}"
+            )
+        with self._catalogs_lock:
+            catalog = self._catalogs.setdefault(mountpoint, loaded)
+        if catalog is not loaded:
+            loaded.close()
+            if self.cache is not None:
+                self.cache.unpin(content_hash)
+        elif self.catalog_loaded is not None:
+            self.catalog_loaded(catalog)
+        return catalog
 
     def _open_catalog(self, content_hash: ContentHash, size: int | None) -> Catalog:
         if self.cache is None:
             return Catalog.from_bytes(self.fetch(content_hash, ObjectType.CATALOG, size or None), content_hash)
         # Opened in place, as cvmfs does, and pinned: a loaded catalog is never evicted.
         self.cache.pin(content_hash)
-        produce = self._producer(content_hash, ObjectType.CATALOG, size or None, True)
-        return Catalog.open(self.cache.get(content_hash, produce), content_hash)
+        return Catalog.open(self.cache.get(content_hash, self._catalog_producer(content_hash, size)), content_hash)
+
+    def _catalog_producer(self, content_hash: ContentHash, size: int | None) -> Callable[[], bytes]:
+        return self._producer(content_hash, ObjectType.CATALOG, size or None, True)
+
+    def prefetch_catalog(self, reference: NestedCatalogRef) -> None:
+        """Download a nested catalog into the cache, where a later load finds it (needs a cache)."""
+        if self.cache is not None:
+            self.cache.get(reference.content_hash, self._catalog_producer(reference.content_hash, reference.size))
+
+    def loaded_catalogs(self) -> list[Catalog]:
+        with self._catalogs_lock:
+            return list(self._catalogs.values())
 
     def catalog_for(self, path: str) -> Catalog:
         """The deepest catalog responsible for ``path``, loading nested catalogs on the way."""
@@ -220,11 +247,13 @@ class Repository:
     def listdir(self, path: str) -> list[DirectoryEntry]:
         """Visible entries of a directory, sorted by name."""
         path = normalize_path(path)
-        directory = self.entry(path)
-        if not directory.is_directory:
-            raise FetchError(f"{path}: not a directory")
         entries = self.catalog_for(path).listing(path)
-        return sorted((entry for entry in entries if not entry.is_hidden), key=lambda entry: entry.name)
+        # Only an empty listing can be a file's or a missing path's: the lookup is paid there only.
+        if not entries and not self.entry(path).is_directory:
+            raise FetchError(f"{path}: not a directory")
+        visible = [entry for entry in entries if not entry.is_hidden]
+        visible.sort(key=_NAME)
+        return visible
 
     def walk(self, path: str = "") -> Iterator[tuple[str, DirectoryEntry]]:
         """Every entry below ``path`` (depth first, sorted), as ``(absolute path, entry)``."""
