@@ -1,0 +1,339 @@
+"""Benchmark the CernVM-FS client (`ucernvm mount`) against raw HTTP and a local directory; print a table.
+
+One repository is published into a work directory under /var/tmp: ``/big`` holds large files of
+mixed data (half random, half text-like; chunked and compressed by the publisher's defaults) and
+``/tree`` about 100k small files, directories and symlinks with a nested catalog in every top
+directory and in one subdirectory of each. A StratumServer on 127.0.0.1 serves it, first as is,
+then with a delay per request (``--latency``). Each figure is one run against a baseline measured
+in the same run:
+
+- cold read: a fresh cache, mount, ``cat`` every big file to /dev/null; the baseline downloads the
+  same objects with one keep-alive HTTP client (http.client, in its own process) and discards them:
+  the transfer alone, no verification, no decompression;
+- warm read: ``cat`` again through the mount, with the page cache warm (four passes in one
+  ``cat``), and with only the local object cache warm (page cache dropped); the baseline reads
+  the source directory the same ways;
+- tree walk: ``find -printf`` with sizes and modes (an lstat of every entry) on a fresh mount with
+  an empty cache (every catalog fetched), again on the same mount, and on a new mount whose cache
+  holds the catalogs; the baseline walks the source directory with cold and warm kernel caches.
+
+    sudo .venv/bin/python benchmarks/bench_mount.py [--big-files 4] [--big-mib 64] [--entries 100000]
+
+Needs root (FUSE mounts, /proc/sys/vm/drop_caches). ``--work DIR`` keeps the trees and the
+repository in DIR and reuses them on the next run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlsplit
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+FQRN = "bench.cern.ch"
+MIB = 1 << 20
+WORDS = [f"w{index:x}" for index in range(4096)]
+PAGE_CACHE_PASSES = 4
+
+
+# --- the trees --------------------------------------------------------------------------------------
+
+
+def mixed_data(rng: random.Random, size: int) -> bytes:
+    """Alternate MiB of random bytes and of text-like words: some compresses, some does not."""
+    blocks = []
+    for index in range(size // MIB):
+        if index % 2:
+            text = " ".join(rng.choices(WORDS, k=MIB // 4)).encode()
+            blocks.append(text[:MIB])
+        else:
+            blocks.append(rng.randbytes(MIB))
+    return b"".join(blocks)
+
+
+def build_big(root: Path, files: int, mib: int) -> None:
+    root.mkdir(parents=True)
+    rng = random.Random(1)
+    for index in range(files):
+        (root / f"file{index}").write_bytes(mixed_data(rng, mib * MIB))
+
+
+def build_tree(root: Path, entries: int) -> None:
+    """``tNN/mNN/lNN/`` directories of 32 entries (files of 0-1000 bytes and symlinks); every
+    top directory and its first subdirectory are nested catalogs."""
+    per_leaf, leaves_per_mid, mids_per_top = 32, 12, 8
+    tops = max(1, round(entries / (per_leaf * leaves_per_mid * mids_per_top)))
+    for top in range(tops):
+        top_dir = root / f"t{top:02d}"
+        for mid in range(mids_per_top):
+            mid_dir = top_dir / f"m{mid:02d}"
+            for leaf in range(leaves_per_mid):
+                leaf_dir = mid_dir / f"l{leaf:02d}"
+                leaf_dir.mkdir(parents=True)
+                for index in range(per_leaf - 4):
+                    (leaf_dir / f"f{index:02d}").write_bytes(b"%d\n" % index * (index * 37 % 250))
+                for index in range(4):
+                    (leaf_dir / f"s{index}").symlink_to(f"f{index:02d}")
+            if mid == 0:
+                (mid_dir / ".cvmfscatalog").write_bytes(b"")
+        (top_dir / ".cvmfscatalog").write_bytes(b"")
+
+
+def prepare(work: Path, args: argparse.Namespace) -> None:
+    """Source trees, keys and the published repository (kept when they are there already)."""
+    from ucernvm.cvmfs.publisher import Publisher, PublishOptions
+    from ucernvm.cvmfs.signing import generate_repository_keys
+
+    if (work / "stratum" / FQRN / ".cvmfspublished").exists():
+        log(f"reusing the repository in {work}")
+        return
+    started = time.perf_counter()
+    build_big(work / "source" / "big", args.big_files, args.big_mib)
+    build_tree(work / "source" / "tree", args.entries)
+    log(f"trees built in {time.perf_counter() - started:.1f} s")
+    generate_repository_keys(FQRN, work / "keys")
+    result = Publisher(str(work / "stratum" / FQRN), FQRN, str(work / "keys"), PublishOptions()).publish(
+        str(work / "source"))
+    log(f"published {result.files} files, {result.catalogs_written} catalogs in {result.seconds:.1f} s")
+
+
+# --- mounts and caches ---------------------------------------------------------------------------------
+
+
+def drop_caches(level: int) -> None:
+    """1: the page cache; 3: also dentries and inodes (the kernel's view of every tree)."""
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text(f"{level}\n")
+
+
+@contextmanager
+def mounted(url: str, work: Path, cache: Path) -> Iterator[Path]:
+    """``ucernvm mount`` as a user runs it; unmounted, and its daemon gone, whatever happens."""
+    point = work / "mnt"
+    point.mkdir(exist_ok=True)
+    command = [sys.executable, "-m", "ucernvm", "mount", url, str(point), "--name", FQRN,
+               "--key", str(work / "keys" / f"{FQRN}.pub"), "--cache", str(cache)]
+    subprocess.run(command, check=True, cwd=REPO_ROOT, stdout=subprocess.DEVNULL)
+    pid = None
+    try:
+        pid = int(os.getxattr(point, "user.pid"))
+        yield point
+    finally:
+        subprocess.run(["umount", "-l", str(point)], capture_output=True)
+        if pid is not None:
+            wait_gone(pid)
+    errors = (cache / "mount.log").read_text() if (cache / "mount.log").exists() else ""
+    if errors.strip():
+        raise SystemExit(f"the mount daemon reported errors:\n{errors}")
+
+
+def wait_gone(pid: int) -> None:
+    for _ in range(200):
+        if not Path(f"/proc/{pid}").exists():
+            return
+        time.sleep(0.05)
+    os.kill(pid, 15)  # our own daemon, still serving after its mount went away
+
+
+def fresh_cache(work: Path) -> Path:
+    cache = work / "cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    return cache
+
+
+# --- measurements -------------------------------------------------------------------------------------
+
+
+def timed(function: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    function()
+    return time.perf_counter() - started
+
+
+def cat(paths: list[Path]) -> None:
+    subprocess.run(["cat", *map(str, paths)], check=True, stdout=subprocess.DEVNULL)
+
+
+def find_stat(root: Path) -> int:
+    """Entries seen by ``find`` printing each one's type, size and mode (an lstat apiece)."""
+    out = subprocess.run(["find", str(root), "-printf", "%y %s %m\n"], check=True, capture_output=True).stdout
+    return out.count(b"\n")
+
+
+def object_urls(work: Path, base: str) -> list[str]:
+    """The URLs of every object (chunk) of the big files, in reading order."""
+    from ucernvm.client.repository import Repository
+    from ucernvm.client.sources import DirectorySource
+    from ucernvm.cvmfs.hashing import ObjectType
+    from ucernvm.cvmfs.trust import load_master_keys
+
+    repository = Repository(DirectorySource(work / "stratum" / FQRN), FQRN,
+                            load_master_keys(work / "keys" / f"{FQRN}.pub"))
+    urls = []
+    for name, entry in sorted(((entry.name, entry) for entry in repository.listdir("/big")), key=lambda x: x[0]):
+        kind = ObjectType.PARTIAL if entry.is_chunked else ObjectType.FILE
+        urls += [f"{base}/{chunk.content_hash.object_path(kind)}" for chunk in repository.chunks(f"/big/{name}", entry)]
+    return urls
+
+
+def raw_download(url_file: Path) -> int:
+    """GET every URL in turn on one keep-alive connection and discard the bodies (the child's side)."""
+    urls = url_file.read_text().split()
+    first = urlsplit(urls[0])
+    connection = http.client.HTTPConnection(first.hostname, first.port)
+    buffer = memoryview(bytearray(MIB))
+    total = 0
+    for url in urls:
+        connection.request("GET", urlsplit(url).path)
+        response = connection.getresponse()
+        if response.status != 200:
+            raise SystemExit(f"{url}: HTTP {response.status}")
+        while count := response.readinto(buffer):
+            total += count
+    return total
+
+
+def raw_seconds(work: Path, urls: list[str]) -> tuple[float, int]:
+    url_file = work / "urls.txt"
+    url_file.write_text("\n".join(urls) + "\n")
+    started = time.perf_counter()
+    out = subprocess.run([sys.executable, __file__, "--raw", str(url_file)], check=True, capture_output=True)
+    return time.perf_counter() - started, int(out.stdout)
+
+
+# --- the workloads -------------------------------------------------------------------------------------
+
+
+def mount_url(server) -> str:  # type: ignore[no-untyped-def]
+    return f"{server.url}/cvmfs/{FQRN}"
+
+
+def cold_read(work: Path, server, rows: list[tuple], label: str) -> None:  # type: ignore[no-untyped-def]
+    urls = object_urls(work, mount_url(server))
+    raw_s, stored = raw_seconds(work, urls)
+    size = sum(path.stat().st_size for path in (work / "source" / "big").iterdir())
+    with mounted(mount_url(server), work, fresh_cache(work)) as point:
+        files = sorted((point / "big").iterdir())
+        mount_s = timed(lambda: cat(files))
+    log(f"{label} cold read: raw {raw_s:.2f} s ({len(urls)} objects, {stored / MIB:.0f} MiB stored), mount {mount_s:.2f} s")
+    rows.append((f"cold read{label}, {size // MIB} MiB ({len(urls)} objects, {stored / MIB:.0f} MiB "
+                 f"compressed): MB/s", "raw HTTP", size / raw_s / 1e6, size / mount_s / 1e6, "rate"))
+
+
+def warm_read(work: Path, server, rows: list[tuple]) -> None:  # type: ignore[no-untyped-def]
+    local_files = sorted((work / "source" / "big").iterdir())
+    size = sum(path.stat().st_size for path in local_files)
+    with mounted(mount_url(server), work, fresh_cache(work)) as point:
+        files = sorted((point / "big").iterdir())
+        cat(files)  # fills the object cache and the page cache
+        cat(local_files)
+        # From memory a pass takes ~50 ms: four passes in one cat, so that the figure is not noise.
+        mount_s = timed(lambda: cat(files * PAGE_CACHE_PASSES))
+        local_s = timed(lambda: cat(local_files * PAGE_CACHE_PASSES))
+        rows.append((f"warm read, page cache ({PAGE_CACHE_PASSES} passes): MB/s", "local dir",
+                     PAGE_CACHE_PASSES * size / local_s / 1e6, PAGE_CACHE_PASSES * size / mount_s / 1e6, "rate"))
+        drop_caches(1)
+        mount_s = timed(lambda: cat(files))
+        drop_caches(1)
+        local_s = timed(lambda: cat(local_files))
+        rows.append(("warm read, object cache only (page cache dropped): MB/s", "local dir",
+                     size / local_s / 1e6, size / mount_s / 1e6, "rate"))
+
+
+def local_walk(work: Path) -> tuple[float, float]:
+    """``find`` on the source tree with cold kernel caches (dentries, inodes, pages), then again."""
+    root = work / "source" / "tree"
+    drop_caches(3)
+    return timed(lambda: find_stat(root)), timed(lambda: find_stat(root))
+
+
+def tree_walk(work: Path, server, rows: list[tuple], label: str, local: tuple[float, float]) -> None:  # type: ignore[no-untyped-def]
+    local_first_s, local_again_s = local
+    cache = fresh_cache(work)
+    counts = {}
+    with mounted(mount_url(server), work, cache) as point:
+        first_s = timed(lambda: counts.setdefault("mount", find_stat(point / "tree")))
+        again_s = timed(lambda: find_stat(point / "tree"))
+    drop_caches(3)
+    with mounted(mount_url(server), work, cache) as point:
+        cached_s = timed(lambda: find_stat(point / "tree"))
+    entries = counts["mount"]
+    log(f"{label} walk of {entries} entries: first {first_s:.2f} s, again {again_s:.2f} s, cached catalogs {cached_s:.2f} s")
+    rows.append((f"find + lstat{label}, {entries} entries, empty cache: s", "local dir, cold", local_first_s, first_s, "time"))
+    rows.append((f"find + lstat{label}, again on the same mount: s", "local dir, warm", local_again_s, again_s, "time"))
+    rows.append((f"find + lstat{label}, new mount, catalogs cached: s", "local dir, cold", local_first_s, cached_s, "time"))
+
+
+def table(rows: list[tuple]) -> str:
+    lines = ["| workload | baseline | baseline | mount | mount vs baseline |", "|---|---|---|---|---|"]
+    for title, baseline, base_value, value, kind in rows:
+        if kind == "rate":
+            lines.append(f"| {title} | {baseline} | {base_value:,.0f} | {value:,.0f} | {value / base_value:.2f} of it |")
+        else:
+            lines.append(f"| {title} | {baseline} | {base_value:.2f} | {value:.2f} | {value / base_value:.2f}x |")
+    return "\n".join(lines)
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--big-files", type=int, default=4)
+    parser.add_argument("--big-mib", type=int, default=64)
+    parser.add_argument("--entries", type=int, default=100_000)
+    parser.add_argument("--latency", type=float, default=0.02, help="seconds per request in the second pass")
+    parser.add_argument("--work", type=Path, help="keep the trees and the repository here (reused when present)")
+    parser.add_argument("--workloads", default="cold,warm,tree", help="comma-separated: cold, warm, tree")
+    parser.add_argument("--raw", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.raw:
+        print(raw_download(args.raw))
+        return 0
+    if os.geteuid() != 0:
+        log("bench_mount: needs root (FUSE mounts, drop_caches)")
+        return 2
+    from ucernvm.server import StratumServer
+
+    workloads = set(args.workloads.split(","))
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench-mount-", dir="/var/tmp"))
+    work.mkdir(parents=True, exist_ok=True)
+    rows: list[tuple] = []
+    local: tuple[float, float] | None = None
+    try:
+        prepare(work, args)
+        with StratumServer(work / "stratum") as server:
+            for latency in (0.0, args.latency):
+                server.latency = latency
+                label = f", {latency * 1000:g} ms per request" if latency else ""
+                if "cold" in workloads:
+                    cold_read(work, server, rows, label)
+                if "warm" in workloads and not latency:  # served from the cache: no request is made
+                    warm_read(work, server, rows)
+                if "tree" in workloads:
+                    local = local or local_walk(work)
+                    tree_walk(work, server, rows, label, local)
+    finally:
+        subprocess.run(["umount", "-l", str(work / "mnt")], capture_output=True)
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+    print(f"{os.cpu_count()} cores; latency pass: {args.latency * 1000:g} ms per request")
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
