@@ -1,0 +1,90 @@
+"""The mount's file system downloads nested catalogs one level ahead, over real HTTP, and loads
+catalogs from several threads without waiting on each other."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+from test_publish import FQRN, make_tree, publish
+from ucernvm.client.cache import ObjectCache
+from ucernvm.client.fetcher import HttpSource
+from ucernvm.client.filesystem import SnapshotFilesystem
+from ucernvm.client.fuse.operations import ROOT_INO
+from ucernvm.client.repository import Repository
+from ucernvm.cvmfs.trust import load_master_keys
+from ucernvm.server import StratumServer
+
+
+def cached(cache: Path, reference) -> bool:  # type: ignore[no-untyped-def]
+    text = reference.content_hash.hex
+    return (cache / text[:2] / text[2:]).exists()
+
+
+def wait_until(condition, seconds: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_nested_catalogs_are_downloaded_one_level_ahead(tmp_path: Path, keys_dir: Path) -> None:
+    make_tree(tmp_path / "src")
+    publish(tmp_path / "src", tmp_path / "stratum" / FQRN, keys_dir)
+    cache_dir = tmp_path / "cache"
+    with StratumServer(tmp_path / "stratum") as server:
+        source = HttpSource([f"{server.url}/cvmfs/{FQRN}"])
+        repository = Repository(source, FQRN, load_master_keys(keys_dir / f"{FQRN}.pub"), cache=ObjectCache(cache_dir))
+        filesystem = SnapshotFilesystem(repository)
+        (sub,) = repository.root_catalog.nested_catalogs()
+        assert sub.path == "/data/sub" and not cached(cache_dir, sub)
+        cwd = os.getcwd()
+        filesystem.init()  # makes the cache the working directory, as in the daemon
+        try:
+            # Nothing below /data was asked for: the root's nested catalog comes in by itself...
+            assert wait_until(lambda: cached(cache_dir, sub))
+            assert [catalog.content_hash for catalog in repository.loaded_catalogs()] == [repository.root_hash]
+            sub_catalog = repository.catalog_for("/data/sub")
+            (deep,) = sub_catalog.nested_catalogs()
+            # ...and the next level only once its parent is used.
+            assert wait_until(lambda: cached(cache_dir, deep))
+            requests = source.counters.requests
+            data = filesystem.lookup(ROOT_INO, b"data").ino
+            sub_ino = filesystem.lookup(data, b"sub").ino
+            deep_ino = filesystem.lookup(sub_ino, b"deep").ino
+            listing = filesystem.readdir(filesystem.opendir(deep_ino), 0)
+            assert [entry.name for entry in listing] == [b".cvmfscatalog", b"leaf"]
+            assert source.counters.requests == requests  # every catalog came from the cache
+        finally:
+            filesystem.destroy()
+            os.chdir(cwd)
+
+
+def test_threads_loading_one_catalog_share_it(tmp_path: Path, keys_dir: Path) -> None:
+    make_tree(tmp_path / "src")
+    publish(tmp_path / "src", tmp_path / "stratum" / FQRN, keys_dir)
+    with StratumServer(tmp_path / "stratum", latency=0.05) as server:
+        source = HttpSource([f"{server.url}/cvmfs/{FQRN}"])
+        cache = ObjectCache(tmp_path / "cache")
+        repository = Repository(source, FQRN, load_master_keys(keys_dir / f"{FQRN}.pub"), cache=cache)
+        repository.root_catalog  # noqa: B018 - loaded before the race
+        requests = source.counters.requests
+        found: list[object] = []
+        start = threading.Barrier(8)
+
+        def load() -> None:
+            start.wait()
+            found.append(repository.catalog_for("/data/sub/deep"))
+
+        threads = [threading.Thread(target=load) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len({id(catalog) for catalog in found}) == 1
+        assert source.counters.requests - requests == 2  # /data/sub and /data/sub/deep, once each
+        assert repository.lookup("/data/sub/deep/leaf") is not None
