@@ -41,6 +41,7 @@ class FloorRun:
     returncode: int
     accel: str
     host_seconds: float  # QEMU start to exit
+    qemu_cpu_seconds: float  # host CPU time QEMU used: the boot's cost, nearly independent of the host's load
     others_cpu_seconds: float  # host CPU time used meanwhile by other processes: TCG figures depend on it
     console: str
 
@@ -90,29 +91,30 @@ def boot_floor(media: FloorMedia, disk: Path, seed: Path, *, serial_log: Path | 
     """Boot *disk* with *seed* until the guest powers itself off (the test hook does), or *timeout*."""
     options = LaunchOptions(image=media.kernel_dir, disks=(disk, seed), cmdline=FLOOR_CMDLINE,
                             memory=GUEST_MEMORY, serial_log=serial_log)
-    others = OtherCpu()
+    cpu = HostCpu()
     with Vm(options, echo=echo) as vm:
         code = vm.wait(timeout)
-    return FloorRun(read_report(vm.serial), code, vm.accel, vm.exited_after or 0.0, others.seconds(), vm.serial)
+    return FloorRun(read_report(vm.serial), code, vm.accel, vm.exited_after or 0.0, *cpu.used(), vm.serial)
 
 
-class OtherCpu:
-    """CPU seconds the rest of the host uses from now on: all busy time minus this process and its
-    (reaped) children, such as QEMU. On a shared 2-core host it tells a quiet run from a contended one.
+class HostCpu:
+    """Host CPU seconds from now on: used by QEMU (this process's reaped children) and by every other
+    process. Under TCG the guest's pace depends on the second; the first is the boot's own cost.
     """
 
     def __init__(self) -> None:
-        self._start = self._busy() - self._ours()
+        self._busy, self._self, self._children = self._sample()
 
-    def seconds(self) -> float:
-        return round(max(0.0, self._busy() - self._ours() - self._start), 1)
+    def used(self) -> tuple[float, float]:
+        """(QEMU, other processes) seconds since creation; call after QEMU was waited for."""
+        busy, own, children = self._sample()
+        qemu = children - self._children
+        others = busy - self._busy - qemu - (own - self._self)
+        return round(qemu, 1), round(max(0.0, others), 1)
 
     @staticmethod
-    def _busy() -> float:
+    def _sample() -> tuple[float, float, float]:
         ticks = [int(field) for field in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-        return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # without idle and iowait
-
-    @staticmethod
-    def _ours() -> float:
-        return sum(u.ru_utime + u.ru_stime for u in (resource.getrusage(resource.RUSAGE_SELF),
-                                                     resource.getrusage(resource.RUSAGE_CHILDREN)))
+        busy = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+        own, children = (resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+        return busy, own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
