@@ -13,7 +13,6 @@ which it pulls in): the same source files, so there is no second implementation 
 from __future__ import annotations
 
 import shlex
-from importlib import resources
 from pathlib import Path
 
 from ucernvm import __version__
@@ -38,7 +37,7 @@ GETTYS = {
 
 def hook_files(service_url: str = SERVICE_URL) -> dict[str, tuple[bytes, int]]:
     """Path under the new root -> (content, mode) of everything the hook needs."""
-    package = resources.files("ucernvm")
+    package = Path(__file__).resolve().parent.parent  # the ucernvm package: files, never a zip
     script = package.joinpath("context/pin-login.sh").read_text()
     values = {"SERVICE_URL": service_url, "LIB_DIR": f"/{LIB_DIR}", "CONTEXT_DIR": CONTEXT_DIR, "SEED_DIR": SEED_DIR}
     for name, value in values.items():
