@@ -29,6 +29,7 @@ import argparse
 import http.client
 import os
 import random
+import resource
 import shutil
 import subprocess
 import sys
@@ -182,9 +183,10 @@ def object_urls(work: Path, base: str) -> list[str]:
     repository = Repository(DirectorySource(work / "stratum" / FQRN), FQRN,
                             load_master_keys(work / "keys" / f"{FQRN}.pub"))
     urls = []
-    for name, entry in sorted(((entry.name, entry) for entry in repository.listdir("/big")), key=lambda x: x[0]):
+    for entry in repository.listdir("/big"):  # sorted by name, as `cat` reads them
         kind = ObjectType.PARTIAL if entry.is_chunked else ObjectType.FILE
-        urls += [f"{base}/{chunk.content_hash.object_path(kind)}" for chunk in repository.chunks(f"/big/{name}", entry)]
+        chunks = repository.chunks(f"/big/{entry.name}", entry)
+        urls += [f"{base}/{chunk.content_hash.object_path(kind)}" for chunk in chunks]
     return urls
 
 
@@ -205,12 +207,25 @@ def raw_download(url_file: Path) -> int:
     return total
 
 
-def raw_seconds(work: Path, urls: list[str]) -> tuple[float, int]:
+def raw_seconds(work: Path, urls: list[str]) -> tuple[float, float, int]:
+    """Wall and CPU seconds of the raw download, and the bytes it received."""
     url_file = work / "urls.txt"
     url_file.write_text("\n".join(urls) + "\n")
+    cpu = children_cpu()
     started = time.perf_counter()
     out = subprocess.run([sys.executable, __file__, "--raw", str(url_file)], check=True, capture_output=True)
-    return time.perf_counter() - started, int(out.stdout)
+    return time.perf_counter() - started, children_cpu() - cpu, int(out.stdout)
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def daemon_cpu(point: Path) -> float:
+    """User and system CPU seconds of the daemon serving ``point``, so far."""
+    fields = Path(f"/proc/{int(os.getxattr(point, 'user.pid'))}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # --- the workloads -------------------------------------------------------------------------------------
@@ -222,14 +237,17 @@ def mount_url(server) -> str:  # type: ignore[no-untyped-def]
 
 def cold_read(work: Path, server, rows: list[tuple], label: str) -> None:  # type: ignore[no-untyped-def]
     urls = object_urls(work, mount_url(server))
-    raw_s, stored = raw_seconds(work, urls)
+    raw_s, raw_cpu, stored = raw_seconds(work, urls)
     size = sum(path.stat().st_size for path in (work / "source" / "big").iterdir())
     with mounted(mount_url(server), work, fresh_cache(work)) as point:
         files = sorted((point / "big").iterdir())
+        cpu = daemon_cpu(point)
         mount_s = timed(lambda: cat(files))
-    log(f"{label} cold read: raw {raw_s:.2f} s ({len(urls)} objects, {stored / MIB:.0f} MiB stored), mount {mount_s:.2f} s")
+        mount_cpu = daemon_cpu(point) - cpu
+    log(f"cold read{label}: raw {raw_s:.2f} s ({len(urls)} objects, {stored / MIB:.0f} MiB stored), mount {mount_s:.2f} s")
     rows.append((f"cold read{label}, {size // MIB} MiB ({len(urls)} objects, {stored / MIB:.0f} MiB "
                  f"compressed): MB/s", "raw HTTP", size / raw_s / 1e6, size / mount_s / 1e6, "rate"))
+    rows.append((f"cold read{label}: CPU s (raw client; mount daemon)", "raw HTTP", raw_cpu, mount_cpu, "time"))
 
 
 def warm_read(work: Path, server, rows: list[tuple]) -> None:  # type: ignore[no-untyped-def]
@@ -270,7 +288,7 @@ def tree_walk(work: Path, server, rows: list[tuple], label: str, local: tuple[fl
     with mounted(mount_url(server), work, cache) as point:
         cached_s = timed(lambda: find_stat(point / "tree"))
     entries = counts["mount"]
-    log(f"{label} walk of {entries} entries: first {first_s:.2f} s, again {again_s:.2f} s, cached catalogs {cached_s:.2f} s")
+    log(f"walk{label}, {entries} entries: first {first_s:.2f} s, again {again_s:.2f} s, cached catalogs {cached_s:.2f} s")
     rows.append((f"find + lstat{label}, {entries} entries, empty cache: s", "local dir, cold", local_first_s, first_s, "time"))
     rows.append((f"find + lstat{label}, again on the same mount: s", "local dir, warm", local_again_s, again_s, "time"))
     rows.append((f"find + lstat{label}, new mount, catalogs cached: s", "local dir, cold", local_first_s, cached_s, "time"))
