@@ -43,12 +43,13 @@ def expand_variant_symlink(target: str, environment: dict[str, str]) -> str:
 
 
 class _Node:
-    __slots__ = ("path", "entry", "attributes")
+    __slots__ = ("path", "entry", "attributes", "children")
 
     def __init__(self, path: str, entry: DirectoryEntry, attributes: Attributes) -> None:
         self.path = path
         self.entry = entry
         self.attributes = attributes
+        self.children: dict[str, DirectoryEntry] | None = None  # a directory's entries, once looked up
 
 
 class _Directory:
@@ -177,11 +178,16 @@ class SnapshotFilesystem(Operations):
         parent = self._get(parent_ino)
         if not parent.entry.is_directory:
             raise OSError(errno.ENOTDIR, "not a directory")
-        path = f"{parent.path}/{os.fsdecode(name)}"
-        try:
-            entry = self.repository.lookup(path)
-        except UcernvmError as error:
-            raise self._failed(error) from None
+        children = parent.children
+        if children is None:
+            # One query for the whole directory: a program that looks for one name in it (an
+            # interpreter's import path, a shell's PATH) looks for many, most of them missing.
+            try:
+                children = self.repository.children(parent.path)
+            except UcernvmError as error:
+                raise self._failed(error) from None
+            parent.children = children
+        entry = children.get(os.fsdecode(name))
         if entry is None:
             raise OSError(errno.ENOENT, "no such entry")
         return self._children(parent.path, [entry])[0].attributes

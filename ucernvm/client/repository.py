@@ -244,6 +244,11 @@ class Repository:
             raise FetchError(f"{path or '/'}: no such file or directory in {self.fqrn}")
         return found
 
+    def children(self, path: str) -> dict[str, DirectoryEntry]:
+        """Every entry of a directory (hidden ones too), by name."""
+        path = normalize_path(path)
+        return {entry.name: entry for entry in self.catalog_for(path).listing(path)}
+
     def listdir(self, path: str) -> list[DirectoryEntry]:
         """Visible entries of a directory, sorted by name."""
         path = normalize_path(path)

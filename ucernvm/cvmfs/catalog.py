@@ -13,8 +13,10 @@ import sqlite3
 import stat
 import struct
 import threading
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 from ucernvm.cvmfs import xattrs
 from ucernvm.cvmfs.hashing import ContentHash, HashAlgorithm
@@ -22,6 +24,7 @@ from ucernvm.cvmfs.sqlite_db import connect_bytes, properties_and_columns
 from ucernvm.errors import FormatError
 
 SCHEMA = 2.5
+_NO_XATTRS: Mapping[str, bytes] = MappingProxyType({})
 SCHEMA_REVISION = 7
 _SCHEMA_EPSILON = 0.0005
 
@@ -61,9 +64,9 @@ def join(directory: str, name: str) -> str:
     return f"{directory}/{name}"
 
 
-@dataclass(frozen=True, slots=True)
-class DirectoryEntry:
-    """One row of a catalog, decoded."""
+class DirectoryEntry(NamedTuple):
+    """One row of a catalog, decoded (a named tuple: a mount decodes one for every entry it meets, and
+    a frozen dataclass costs several times as much to build)."""
 
     name: str
     mode: int
@@ -76,7 +79,7 @@ class DirectoryEntry:
     content_hash: ContentHash | None = None
     symlink: str = ""
     mtime_ns: int = 0
-    xattrs: dict[str, bytes] = field(default_factory=dict)
+    xattrs: Mapping[str, bytes] = _NO_XATTRS
 
     @property
     def is_directory(self) -> bool:
@@ -281,20 +284,11 @@ class Catalog:
 
 
 def _decode_entry(row: tuple[Any, ...]) -> DirectoryEntry:
+    # Positional and without conversions: SQLite hands back ints, and this runs for every entry a
+    # mount lists or looks up.
     name, mode, size, mtime, flags, uid, gid, hardlinks, digest, symlink, mtime_ns, xattr = row
-    flags = int(flags)
     content_hash = ContentHash(HashAlgorithm.from_catalog_flags(flags), bytes(digest)) if digest else None
     return DirectoryEntry(
-        name=name,
-        mode=int(mode),
-        size=int(size or 0),
-        mtime=int(mtime or 0),
-        flags=flags,
-        uid=int(uid or 0),
-        gid=int(gid or 0),
-        hardlinks=int(hardlinks or 0),
-        content_hash=content_hash,
-        symlink=symlink or "",
-        mtime_ns=int(mtime_ns or 0),
-        xattrs=xattrs.decode(xattr),
+        name, mode, size or 0, mtime or 0, flags, uid or 0, gid or 0, hardlinks or 0, content_hash,
+        symlink or "", mtime_ns or 0, xattrs.decode(xattr) if xattr else _NO_XATTRS,
     )
