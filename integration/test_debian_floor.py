@@ -1,7 +1,7 @@
 """The Debian appliance root and its boot floor: the root booted from a local disk, cold and warm.
 
 The root is built with mmdebstrap on the first run (about two minutes) and reused from the cache
-afterwards; each boot takes 30-60 s under TCG, more on a busy host.
+afterwards; each boot takes 65-135 s under TCG here, depending on the host's load.
 """
 
 from __future__ import annotations
