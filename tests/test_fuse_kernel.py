@@ -45,12 +45,27 @@ class RecordingTree(MemoryTree):
         super().__init__(mtime_ns=MTIME_NS)
         self.lookups: list[bytes] = []
         self.events: list[str] = []
+        self.handles = {"open": 0, "release": 0, "opendir": 0, "releasedir": 0}
 
     def init(self) -> None:
         self.events.append("init")
 
     def destroy(self) -> None:
         self.events.append("destroy")
+
+    def open(self, ino: int, flags: int) -> object:
+        self.handles["open"] += 1
+        return super().open(ino, flags)
+
+    def release(self, handle: object) -> None:
+        self.handles["release"] += 1
+
+    def opendir(self, ino: int) -> object:
+        self.handles["opendir"] += 1
+        return super().opendir(ino)
+
+    def releasedir(self, handle: object) -> None:
+        self.handles["releasedir"] += 1
 
     def lookup(self, parent_ino: int, name: bytes) -> Attributes:
         self.lookups.append(name)
@@ -78,19 +93,25 @@ def _build(tree: MemoryTree) -> dict[str, int]:
     return {"hosts": hosts}
 
 
-@pytest.fixture(params=[True, False], ids=["readdirplus", "readdir"])
+@pytest.fixture(params=[(True, True), (False, True), (True, False)],
+                ids=["readdirplus", "readdir", "open-messages"])
 def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Path, RecordingTree, FuseMount, dict[str, int]]]:
+    readdirplus, zero_message_open = request.param
     tree = RecordingTree()
     inodes = _build(tree)
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
-    fuse = mount(tree, str(mountpoint), MountOptions(threads=3, readdirplus=request.param))
+    fuse = mount(tree, str(mountpoint), MountOptions(threads=3, readdirplus=readdirplus,
+                                                     zero_message_open=zero_message_open))
     fuse.start()
     try:
         yield mountpoint, tree, fuse, inodes
     finally:
         _cleanup(mountpoint)
         assert fuse.join(10), "workers did not stop after the unmount"
+    # Every handle the server opened was given back, whether the kernel sent RELEASE or not.
+    assert tree.handles["open"] == tree.handles["release"]
+    assert tree.handles["opendir"] == tree.handles["releasedir"]
 
 
 def test_reads_bytes_back(served) -> None:
@@ -114,6 +135,18 @@ def test_parallel_readers_get_their_bytes(served) -> None:
 
     with ThreadPoolExecutor(8) as pool:
         assert all(pool.map(read_slice, range(15)))
+
+
+def test_opening_a_file_again_costs_no_request(served) -> None:
+    """Kernels since 4.14 open files without asking the server once it answered OPEN with ENOSYS."""
+    mnt, tree, fuse, _ = served
+    for _ in range(20):
+        assert (mnt / "etc/hosts").read_bytes() == b"127.0.0.1 localhost\n"
+        assert len(os.listdir(mnt / "many")) == 1500
+    if fuse.options.zero_message_open:
+        assert tree.handles["open"] == 1 and tree.handles["opendir"] <= 1  # on the first read/listing only
+    else:
+        assert tree.handles["open"] == 20 and tree.handles["opendir"] == 20
 
 
 def test_attributes(served) -> None:

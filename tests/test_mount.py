@@ -134,7 +134,8 @@ def test_corrupted_everywhere_is_eio_never_wrong_bytes(published, mounts, keys_d
     assert failed.value.errno == errno.EIO
     assert (point / "etc" / "motd").is_symlink()  # the rest of the tree is fine
     assert (point / "bin" / "hello").read_bytes() == (source / "bin" / "hello").read_bytes()
-    assert os.getxattr(point, "user.nioerr") == b"1"
+    # Counted per failed request: the kernel retries a read whose readahead failed.
+    assert int(os.getxattr(point, "user.nioerr")) >= 1
 
 
 def test_tight_cache_quota_still_reads_every_file(published, mounts, keys_dir, tmp_path) -> None:

@@ -24,12 +24,13 @@ import struct
 import sys
 import threading
 
-from ucernvm.client.fuse.operations import Attributes, Operations
+from ucernvm.client.fuse.handles import InodeHandles
+from ucernvm.client.fuse.operations import Attributes, DirEntry, Operations
 from ucernvm.errors import MountError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
     from typing import Any
 
 # --- protocol (include/uapi/linux/fuse.h) -------------------------------------------------------
@@ -84,9 +85,11 @@ MUTATING = frozenset(
 ASYNC_READ = 1 << 0
 DO_READDIRPLUS = 1 << 13
 READDIRPLUS_AUTO = 1 << 14
+NO_OPEN_SUPPORT = 1 << 17  # offered by the kernel: ENOSYS to OPEN stops OPEN and RELEASE
 PARALLEL_DIROPS = 1 << 18
 MAX_PAGES = 1 << 22
 CACHE_SYMLINKS = 1 << 23
+NO_OPENDIR_SUPPORT = 1 << 24  # the same for OPENDIR and RELEASEDIR
 
 # open_out flags
 FOPEN_KEEP_CACHE = 1 << 1
@@ -129,7 +132,7 @@ class MountOptions:
     """How a tree is mounted and served; the defaults suit an immutable tree."""
 
     __slots__ = ("fsname", "subtype", "threads", "cache_timeout", "readdirplus", "read_ahead_kb",
-                 "max_write", "max_background", "allow_other")
+                 "max_write", "max_background", "allow_other", "zero_message_open")
 
     def __init__(
         self,
@@ -142,6 +145,7 @@ class MountOptions:
         max_write: int = 128 * 1024,  # never written to; sizes the request buffer
         max_background: int = 32,  # asynchronous (readahead) requests in flight
         allow_other: bool = True,
+        zero_message_open: bool = True,  # no OPEN/RELEASE round trips where the kernel allows (handles.py)
     ) -> None:
         if threads < 1:
             raise ValueError("threads must be >= 1")
@@ -154,6 +158,7 @@ class MountOptions:
         self.max_write = max_write
         self.max_background = max_background
         self.allow_other = allow_other
+        self.zero_message_open = zero_message_open
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -225,6 +230,11 @@ class FuseMount:
         self._timeout = (seconds, int((options.cache_timeout - seconds) * 1e9))
         self._negative_entry = ENTRY_OUT.pack(0, 0, seconds, 0, self._timeout[1], 0, *_attr(None))
         self._handles: dict[int, Any] = {}
+        # Used once INIT turned OPEN/OPENDIR off: reads and listings then name only the inode.
+        self._file_handles = InodeHandles(lambda ino: ops.open(ino, os.O_RDONLY), ops.release)
+        self._dir_handles = InodeHandles(ops.opendir, ops.releasedir, capacity=128)
+        self._no_open = False
+        self._no_opendir = False
         self._next_handle = itertools.count(1).__next__  # atomic under the GIL
         self._threads: list[threading.Thread] = []
         self._destroy_lock = threading.Lock()
@@ -310,6 +320,8 @@ class FuseMount:
         unmount(self.mountpoint, lazy)
 
     def _finish(self) -> None:
+        self._file_handles.clear()
+        self._dir_handles.clear()
         self._call_destroy()
         if self.fd >= 0:
             os.close(self.fd)
@@ -384,6 +396,9 @@ class FuseMount:
         want = ASYNC_READ | PARALLEL_DIROPS | CACHE_SYMLINKS | MAX_PAGES
         if self.options.readdirplus:
             want |= DO_READDIRPLUS | READDIRPLUS_AUTO
+        if self.options.zero_message_open:
+            self._no_open = bool(flags & NO_OPEN_SUPPORT)
+            self._no_opendir = bool(flags & NO_OPENDIR_SUPPORT)
         self.ops.init()
         self._initialized = True
         reply = INIT_OUT.pack(
@@ -415,13 +430,21 @@ class FuseMount:
         return self._entry(attributes)
 
     def _forget(self, nodeid: int, payload: memoryview) -> None:
-        self.ops.forget(((nodeid, FORGET_IN.unpack_from(payload)[0]),))
+        self._forget_all(((nodeid, FORGET_IN.unpack_from(payload)[0]),))
         return _NO_REPLY
 
     def _batch_forget(self, nodeid: int, payload: memoryview) -> None:
         count = BATCH_FORGET_IN.unpack_from(payload)[0]
-        self.ops.forget(list(FORGET_ONE.iter_unpack(payload[BATCH_FORGET_IN.size : BATCH_FORGET_IN.size + count * FORGET_ONE.size])))
+        self._forget_all(list(FORGET_ONE.iter_unpack(payload[BATCH_FORGET_IN.size : BATCH_FORGET_IN.size + count * FORGET_ONE.size])))
         return _NO_REPLY
+
+    def _forget_all(self, inodes: Sequence[tuple[int, int]]) -> None:
+        # FORGET comes when the kernel evicts the inode: no open file and no listing uses it any more.
+        if self._no_open or self._no_opendir:
+            for ino, _ in inodes:
+                self._file_handles.forget(ino)
+                self._dir_handles.forget(ino)
+        self.ops.forget(inodes)
 
     def _getattr(self, nodeid: int, payload: memoryview) -> bytes:
         seconds, nanoseconds = self._timeout
@@ -431,6 +454,8 @@ class FuseMount:
         return bytes(self.ops.readlink(nodeid))
 
     def _open(self, nodeid: int, payload: memoryview) -> bytes:
+        if self._no_open:
+            raise OSError(errno.ENOSYS, "")  # the kernel opens files on its own from now on
         flags = OPEN_IN.unpack_from(payload)[0]
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
             raise OSError(errno.EROFS, "read-only file system")
@@ -440,7 +465,14 @@ class FuseMount:
 
     def _read(self, nodeid: int, payload: memoryview) -> bytes | memoryview:
         handle, offset, size = READ_IN.unpack_from(payload)[:3]
-        data = self.ops.read(self._handles[handle], offset, size)
+        if handle or not self._no_open:
+            data = self.ops.read(self._handles[handle], offset, size)
+        else:
+            slot = self._file_handles.acquire(nodeid)
+            try:
+                data = self.ops.read(slot.handle, offset, size)
+            finally:
+                self._file_handles.done(slot)
         return data if len(data) <= size else data[:size]  # a longer reply would be refused as a whole
 
     def _release(self, nodeid: int, payload: memoryview) -> bytes:
@@ -453,37 +485,52 @@ class FuseMount:
         return b""
 
     def _opendir(self, nodeid: int, payload: memoryview) -> bytes:
+        if self._no_opendir:
+            raise OSError(errno.ENOSYS, "")
         handle = self._next_handle()
         self._handles[handle] = _DirHandle(self.ops.opendir(nodeid))
         return OPEN_OUT.pack(handle, FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR, 0)
 
-    def _readdir(self, nodeid: int, payload: memoryview) -> bytes:
+    def _listing(self, nodeid: int, payload: memoryview, encode: Callable[[DirEntry], bytes]) -> bytes:
+        """A READDIR(PLUS) reply: as many encoded entries after the offset as fit the kernel's buffer."""
         handle, offset, size = READ_IN.unpack_from(payload)[:3]
+        slot = None
+        if handle or not self._no_opendir:
+            directory = self._handles[handle].handle
+        else:
+            slot = self._dir_handles.acquire(nodeid)
+            directory = slot.handle
         out = bytearray()
-        for entry in self.ops.readdir(self._handles[handle].handle, offset):
-            name = entry.name
-            record = DIRENT.pack(entry.attributes.ino, entry.next_offset, len(name), entry.attributes.mode >> 12 & 0o17) + name
-            record += _PADDING[: -len(record) % 8]
-            if len(out) + len(record) > size:
-                break
-            out += record
+        try:
+            for entry in self.ops.readdir(directory, offset):
+                record = encode(entry)
+                record += _PADDING[: -len(record) % 8]
+                if len(out) + len(record) > size:
+                    break
+                out += record
+        finally:
+            if slot is not None:
+                self._dir_handles.done(slot)
         return bytes(out)
 
+    def _readdir(self, nodeid: int, payload: memoryview) -> bytes:
+        def encode(entry: DirEntry) -> bytes:
+            return DIRENT.pack(entry.attributes.ino, entry.next_offset, len(entry.name),
+                               entry.attributes.mode >> 12 & 0o17) + entry.name
+
+        return self._listing(nodeid, payload, encode)
+
     def _readdirplus(self, nodeid: int, payload: memoryview) -> bytes:
-        handle, offset, size = READ_IN.unpack_from(payload)[:3]
         seconds, nanoseconds = self._timeout
-        out = bytearray()
-        for entry in self.ops.readdir(self._handles[handle].handle, offset):
-            name, a = entry.name, entry.attributes
-            record = DIRENT_PLUS.pack(
+
+        def encode(entry: DirEntry) -> bytes:
+            a = entry.attributes
+            return DIRENT_PLUS.pack(
                 a.ino, 0, seconds, seconds, nanoseconds, nanoseconds, *_attr(a),
-                a.ino, entry.next_offset, len(name), a.mode >> 12 & 0o17,
-            ) + name
-            record += _PADDING[: -len(record) % 8]
-            if len(out) + len(record) > size:
-                break
-            out += record
-        return bytes(out)
+                a.ino, entry.next_offset, len(entry.name), a.mode >> 12 & 0o17,
+            ) + entry.name
+
+        return self._listing(nodeid, payload, encode)
 
     def _statfs(self, nodeid: int, payload: memoryview) -> bytes:
         stats = self.ops.statfs()
