@@ -82,7 +82,7 @@ OK = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
 def test_kept_alive_connection_serves_the_next_request(pool: ConnectionPool) -> None:
     server = ScriptedServer([OK, OK])
     for _ in range(2):
-        response = pool.get(f"{server.url}/cvmfs/x/data/ab/cd", None, {"User-Agent": "cvmfs t"}, 5)
+        response = pool.request("GET", f"{server.url}/cvmfs/x/data/ab/cd", {"User-Agent": "cvmfs t"}, 5)
         assert response.status == 200 and body(response) == b"hello"
     assert server.connections == 1
     assert server.requests[0].startswith(b"GET /cvmfs/x/data/ab/cd HTTP/1.1\r\nHost: 127.0.0.1:")
@@ -93,63 +93,70 @@ def test_chunked_body_with_extensions_and_trailers(pool: ConnectionPool) -> None
     chunked = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
                b"4;name=x\r\nwiki\r\n6\r\npedia \r\nE\r\nin \r\n\r\nchunks.\r\n0\r\nTrailer: t\r\n\r\n")
     server = ScriptedServer([chunked, OK])
-    assert body(pool.get(server.url + "/a", None, {}, 5)) == b"wikipedia in \r\n\r\nchunks."
-    assert body(pool.get(server.url + "/b", None, {}, 5)) == b"hello"
+    assert body(pool.request("GET", server.url + "/a", {}, 5)) == b"wikipedia in \r\n\r\nchunks."
+    assert body(pool.request("GET", server.url + "/b", {}, 5)) == b"hello"
     assert server.connections == 1  # the chunked body was read to its end: the connection is reusable
 
 
 def test_body_until_the_connection_closes(pool: ConnectionPool) -> None:
     server = ScriptedServer([b"HTTP/1.0 200 OK\r\n\r\nall of it", CLOSE])
-    assert body(pool.get(server.url + "/a", None, {}, 5)) == b"all of it"
+    assert body(pool.request("GET", server.url + "/a", {}, 5)) == b"all of it"
 
 
 def test_connection_close_is_not_reused(pool: ConnectionPool) -> None:
     server = ScriptedServer([b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"])
     for _ in range(2):
-        assert body(pool.get(server.url + "/a", None, {}, 5)) == b"ok"
+        assert body(pool.request("GET", server.url + "/a", {}, 5)) == b"ok"
     assert server.connections == 2
 
 
 def test_interim_response_is_skipped_and_204_has_no_body(pool: ConnectionPool) -> None:
     server = ScriptedServer([b"HTTP/1.1 100 Continue\r\n\r\n" + OK, b"HTTP/1.1 204 No Content\r\n\r\n", OK])
-    assert body(pool.get(server.url + "/a", None, {}, 5)) == b"hello"
-    response = pool.get(server.url + "/b", None, {}, 5)
+    assert body(pool.request("GET", server.url + "/a", {}, 5)) == b"hello"
+    response = pool.request("GET", server.url + "/b", {}, 5)
     assert response.status == 204 and body(response) == b""
-    assert body(pool.get(server.url + "/c", None, {}, 5)) == b"hello"
+    assert body(pool.request("GET", server.url + "/c", {}, 5)) == b"hello"
     assert server.connections == 1
 
 
 def test_a_kept_alive_connection_closed_by_the_server_is_replaced(pool: ConnectionPool) -> None:
     server = ScriptedServer([OK, CLOSE], [OK])  # the first connection dies after one answer
-    assert body(pool.get(server.url + "/a", None, {}, 5)) == b"hello"
-    assert body(pool.get(server.url + "/b", None, {}, 5)) == b"hello"
+    assert body(pool.request("GET", server.url + "/a", {}, 5)) == b"hello"
+    assert body(pool.request("GET", server.url + "/b", {}, 5)) == b"hello"
     assert server.connections == 2
 
 
 def test_a_request_dropped_on_a_kept_alive_connection_is_sent_again(pool: ConnectionPool) -> None:
     server = ScriptedServer([OK, DROP], [OK])  # as a server closing an idle connection just then
-    assert body(pool.get(server.url + "/a", None, {}, 5)) == b"hello"
-    assert body(pool.get(server.url + "/b", None, {}, 5)) == b"hello"
+    assert body(pool.request("GET", server.url + "/a", {}, 5)) == b"hello"
+    assert body(pool.request("GET", server.url + "/b", {}, 5)) == b"hello"
     assert server.connections == 2 and len(server.requests) == 3
 
 
 def test_a_new_connection_dropped_is_a_short_transfer(pool: ConnectionPool) -> None:
     server = ScriptedServer([DROP])
     with pytest.raises(HttpFailure) as failure:
-        pool.get(server.url + "/a", None, {}, 5)
+        pool.request("GET", server.url + "/a", {}, 5)
     assert failure.value.kind == "short" and server.connections == 1
 
 
 def test_redirect_comes_back_with_its_location(pool: ConnectionPool) -> None:
     server = ScriptedServer([b"HTTP/1.1 302 Found\r\nLocation: /elsewhere\r\ncontent-length: 0\r\n\r\n"])
-    response = pool.get(server.url + "/a", None, {}, 5)
+    response = pool.request("GET", server.url + "/a", {}, 5)
     assert response.status == 302 and response.headers["Location"] == "/elsewhere"
     assert "LOCATION" in response.headers and response.headers.get("x-none") is None
 
 
+def test_a_put_says_it_has_no_body(pool: ConnectionPool) -> None:
+    server = ScriptedServer([OK])
+    body(pool.request("PUT", server.url + "/latest/api/token", {"X-aws-ec2-metadata-token-ttl-seconds": "60"}, 5))
+    assert server.requests[0].startswith(b"PUT /latest/api/token HTTP/1.1\r\n")
+    assert b"\r\nContent-Length: 0\r\n" in server.requests[0]
+
+
 def test_through_a_proxy_the_target_is_the_absolute_url(pool: ConnectionPool) -> None:
     proxy = ScriptedServer([OK])
-    response = pool.get("http://stratum.example:8000/cvmfs/x/.cvmfspublished", proxy.url, {}, 5)
+    response = pool.request("GET", "http://stratum.example:8000/cvmfs/x/.cvmfspublished", {}, 5, proxy.url)
     assert body(response) == b"hello"
     assert proxy.requests[0].startswith(
         b"GET http://stratum.example:8000/cvmfs/x/.cvmfspublished HTTP/1.1\r\nHost: stratum.example:8000\r\n")
@@ -157,7 +164,7 @@ def test_through_a_proxy_the_target_is_the_absolute_url(pool: ConnectionPool) ->
 
 def test_body_cut_short_is_a_short_transfer(pool: ConnectionPool) -> None:
     server = ScriptedServer([b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this", CLOSE])
-    response = pool.get(server.url + "/a", None, {}, 5)
+    response = pool.request("GET", server.url + "/a", {}, 5)
     with pytest.raises(HttpFailure) as failure:
         body(response)
     assert failure.value.kind == "short"
@@ -168,22 +175,22 @@ def test_body_cut_short_is_a_short_transfer(pool: ConnectionPool) -> None:
 def test_garbage_is_a_short_transfer(pool: ConnectionPool, answer: bytes) -> None:
     server = ScriptedServer([answer])
     with pytest.raises(HttpFailure) as failure:
-        pool.get(server.url + "/a", None, {}, 5)
+        pool.request("GET", server.url + "/a", {}, 5)
     assert failure.value.kind == "short"
 
 
 def test_no_answer_is_slow_and_a_closed_port_is_a_connection_failure(pool: ConnectionPool) -> None:
     silent = socket.create_server(("127.0.0.1", 0))  # accepts (the backlog) but never answers
     with pytest.raises(HttpFailure) as failure:
-        pool.get(f"http://127.0.0.1:{silent.getsockname()[1]}/a", None, {}, 0.3)
+        pool.request("GET", f"http://127.0.0.1:{silent.getsockname()[1]}/a", {}, 0.3)
     assert failure.value.kind == "slow"
     port = silent.getsockname()[1]
     silent.close()
     with pytest.raises(HttpFailure) as failure:
-        pool.get(f"http://127.0.0.1:{port}/a", None, {}, 1)
+        pool.request("GET", f"http://127.0.0.1:{port}/a", {}, 1)
     assert failure.value.kind == "connection"
 
 
 def test_only_plain_http(pool: ConnectionPool) -> None:
     with pytest.raises(ValueError):
-        pool.get("https://127.0.0.1/a", None, {}, 1)
+        pool.request("GET", "https://127.0.0.1/a", {}, 1)

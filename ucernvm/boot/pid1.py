@@ -12,8 +12,9 @@ from ucernvm.boot.state import BootState
 from ucernvm.boot.system import RealSystem
 
 # What the image must carry beyond this module's own imports: the stages' code, imported as they
-# run, and what libraries import only when first used (urllib3 encodes host names with the idna codec).
-IMAGE_MODULES = (*MODULES, "encodings.idna", "ucernvm.context.online", "ucernvm.context.cluster")
+# run, and what is imported only when first used: urllib3 for https servers (plain HTTP does without
+# it), which encodes host names with the idna codec.
+IMAGE_MODULES = (*MODULES, "urllib3", "encodings.idna", "ucernvm.context.online", "ucernvm.context.cluster")
 
 
 def main() -> int:

@@ -5,8 +5,8 @@ what one request costs in CPU: urllib3 on http.client parses every response's he
 email package, ~0.6 ms per object natively against ~0.08 ms for this module, and the boot loader's
 FUSE daemon makes thousands of requests while the OS starts, under emulation 10-20x slower still
 (docs/benchmarks.md). CernVM-FS objects are plain HTTP in practice (their content hash is the
-security), so this covers the requests that count: GET, directly or through an HTTP proxy
-(absolute-form target), bodies framed by Content-Length, chunked encoding or the connection's end,
+security), so this covers the requests that count: GET (and the body-less PUT of a metadata
+service's token), directly or through an HTTP proxy (absolute-form target), bodies framed by Content-Length, chunked encoding or the connection's end,
 redirect responses returned to the caller, a connection reused only when its last body was read
 whole. Failures are raised as ``HttpFailure`` with the kind the fetcher's failover needs.
 """
@@ -127,8 +127,12 @@ class ConnectionPool:
         self._idle: dict[tuple[str, int], list[tuple[socket.socket, BinaryIO]]] = {}
         self._lock = threading.Lock()
 
-    def get(self, url: str, proxy: str | None, headers: dict[str, str], timeout: float) -> Response:
-        """GET ``url`` (``http://``), through the HTTP ``proxy`` if given; a redirect is a response like any."""
+    def request(self, method: str, url: str, headers: dict[str, str], timeout: float,
+                proxy: str | None = None) -> Response:
+        """``method`` (without a body) on ``url`` (``http://``), through the HTTP ``proxy`` if given.
+
+        ``timeout`` bounds the connect and every wait for data; a redirect is a response like any.
+        """
         parts = urlsplit(url)
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"not a plain HTTP URL: {url!r}")
@@ -140,7 +144,8 @@ class ConnectionPool:
             proxy_parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
             address = (proxy_parts.hostname or "", proxy_parts.port or 80)
             target = url.split("#", 1)[0]
-        request = "".join((f"GET {target} HTTP/1.1\r\nHost: {host_header}\r\n",
+        length = "" if method in ("GET", "HEAD") else "Content-Length: 0\r\n"
+        request = "".join((f"{method} {target} HTTP/1.1\r\nHost: {host_header}\r\n{length}",
                            *(f"{name}: {value}\r\n" for name, value in headers.items()), "\r\n")).encode("latin-1")
         for reused in (True, False):
             connection = self._take(address) if reused else None

@@ -6,9 +6,10 @@ what went wrong: a host or a proxy error, and which kind.
 
 Plain-HTTP requests (CernVM-FS's own, directly or through HTTP proxies) go through
 :mod:`ucernvm.client.http11`, which costs an eighth of urllib3's CPU per object. Everything else
-(https) goes through urllib3, used directly rather than through requests: its pool managers are
-thread-safe (the FUSE layer fetches from several threads), it streams the body so a stalled transfer
-can be timed, and on small objects it costs a third of requests' time per request.
+(https) goes through urllib3, imported on its first use only (~60 ms natively, about a second at an
+emulated boot that never needs it), used directly rather than through requests: its pool managers
+are thread-safe (the FUSE layer fetches from several threads), it streams the body so a stalled
+transfer can be timed, and on small objects it costs a third of requests' time per request.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urljoin
 
-import urllib3
-from urllib3 import exceptions as u3
-
 from ucernvm import __version__
 from ucernvm.client import http11
 from ucernvm.cvmfs.hashing import ContentHash
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import urllib3
 
 USER_AGENT = f"cvmfs ucernvm {__version__}"
 DIRECT = "DIRECT"
@@ -124,6 +126,8 @@ class Transfer:
         self._plain = http11.ConnectionPool(POOL_SIZE)
 
     def _pool(self, proxy: str) -> urllib3.PoolManager:
+        import urllib3
+
         with self._lock:
             pool = self._pools.get(proxy)
             if pool is None:
@@ -151,7 +155,9 @@ class Transfer:
                 response = self._request(url, proxy, headers, timeout)
             except http11.HttpFailure as failure:
                 return Attempt(url, proxy, _side(failure.kind, proxy), failure.detail)
-            except u3.HTTPError as error:
+            except Exception as error:
+                if not _from_urllib3(error):
+                    raise
                 return Attempt(url, proxy, *_connect_failure(error, proxy))
             status = response.status
             if status in (301, 302, 303, 307) and self.follow_redirects and response.headers.get("Location"):
@@ -167,10 +173,12 @@ class Transfer:
     def _request(self, url: str, proxy: str, headers: dict[str, str],
                  timeout: float) -> http11.Response | urllib3.BaseHTTPResponse:
         if url.startswith("http://") and (proxy == DIRECT or proxy.startswith("http://")):
-            return self._plain.get(url, None if proxy == DIRECT else proxy, headers, timeout)
+            return self._plain.request("GET", url, headers, timeout, None if proxy == DIRECT else proxy)
+        from urllib3 import Timeout
+
         return self._pool(proxy).urlopen("GET", url, headers=headers, redirect=False, retries=False,
                                          preload_content=False, decode_content=False,
-                                         timeout=urllib3.Timeout(connect=timeout, read=timeout))
+                                         timeout=Timeout(connect=timeout, read=timeout))
 
     def _body(self, url: str, proxy: str, response: http11.Response | urllib3.BaseHTTPResponse, window: float,
               expected: ContentHash | None) -> Attempt:
@@ -199,15 +207,19 @@ class Transfer:
         except _TooSlow as error:
             _discard(response)
             return Attempt(url, proxy, _side("slow", proxy), str(error), received=received)
-        except (u3.ReadTimeoutError, TimeoutError):
+        except TimeoutError:
             _discard(response)
             return Attempt(url, proxy, _side("slow", proxy), f"no data for {window:g} s", received=received)
         except http11.HttpFailure as failure:
             _discard(response)
             return Attempt(url, proxy, _side(failure.kind, proxy), f"transfer cut short: {failure.detail}", received=received)
-        except (u3.ProtocolError, u3.HTTPError, OSError) as error:
-            # urllib3 checks Content-Length: a body that ends early is an IncompleteRead here.
+        except Exception as error:
+            if not (_from_urllib3(error) or isinstance(error, OSError)):
+                raise
             _discard(response)
+            if type(error).__name__ == "ReadTimeoutError":  # urllib3's, not a TimeoutError
+                return Attempt(url, proxy, _side("slow", proxy), f"no data for {window:g} s", received=received)
+            # urllib3 checks Content-Length: a body that ends early is an IncompleteRead here.
             return Attempt(url, proxy, _side("short", proxy), f"transfer cut short: {_reason(error)}", received=received)
         response.release_conn()
         if hasher is not None and hasher.digest() != expected.digest:  # type: ignore[union-attr]
@@ -215,8 +227,14 @@ class Transfer:
         return Attempt(url, proxy, None, data=b"".join(parts), received=received)
 
 
-def _connect_failure(error: u3.HTTPError, proxy: str) -> tuple[Failure, str]:
+def _from_urllib3(error: BaseException) -> bool:
+    return type(error).__module__.startswith("urllib3.")
+
+
+def _connect_failure(error: Exception, proxy: str) -> tuple[Failure, str]:
     """Map urllib3's errors before a response (curl's COULDNT_CONNECT, OPERATION_TIMEDOUT, ...)."""
+    from urllib3 import exceptions as u3  # loaded already: urllib3 raised this
+
     cause = error.original_error if isinstance(error, u3.ProxyError) else error
     # Order matters: NameResolutionError < NewConnectionError < ConnectTimeoutError in urllib3 2.
     if isinstance(cause, u3.NameResolutionError):

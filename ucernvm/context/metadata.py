@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-import urllib3
+from ucernvm.client import http11
 
 from ucernvm.context.found import CLOUDSTACK, EC2, GCE, OPENSTACK, FoundContext, MetaData
 from ucernvm.context.media import META_LIMIT, USER_DATA_LIMIT, clean, decode_base64, json_meta
@@ -92,10 +92,10 @@ class Client:
         self.request_timeout = request_timeout
         self.log = log
         self.warn = warn
-        self.pool = urllib3.HTTPConnectionPool(host[0], host[1], maxsize=1, retries=False)
+        self.pool = http11.ConnectionPool(maxsize=1)
 
     def close(self) -> None:
-        self.pool.close()
+        self.pool.clear()
 
     def request(self, method: str, path: str, headers: dict[str, str] | None = None,
                 limit: int = META_LIMIT) -> Reply | None:
@@ -104,16 +104,15 @@ class Client:
         end = min(self.deadline, start + self.request_timeout)
         if end <= start:
             return None
-        timeout = urllib3.Timeout(connect=end - start, read=end - start)
-        where = f"{method} http://{self.host[0]}:{self.host[1]}{path}"
+        url = f"http://{self.host[0]}:{self.host[1]}{path}"
+        where = f"{method} {url}"
         try:
-            response = self.pool.urlopen(method, path, headers=headers, timeout=timeout, preload_content=False,
-                                         redirect=False, retries=False)
+            response = self.pool.request(method, url, headers or {}, end - start)
             try:
                 chunks = []
                 size = 0
                 while size <= limit and time.monotonic() < end:
-                    chunk = response.read(min(65536, limit + 1 - size))
+                    chunk = response.read1(min(65536, limit + 1 - size))
                     if not chunk:
                         break
                     chunks.append(chunk)
@@ -126,10 +125,13 @@ class Client:
                     return None
             finally:
                 response.release_conn()
-        except (urllib3.exceptions.HTTPError, OSError) as error:
+        except http11.HttpFailure as failure:
+            self.log(f"{where}: {failure.detail}")
+            return None
+        except OSError as error:
             self.log(f"{where}: {type(error).__name__}")
             return None
-        return Reply(response.status, {key.lower(): value for key, value in response.headers.items()}, b"".join(chunks))
+        return Reply(response.status, dict(response.headers), b"".join(chunks))
 
     def get(self, path: str, headers: dict[str, str] | None = None, limit: int = META_LIMIT) -> bytes | None:
         """The body of a 200 reply, else None."""

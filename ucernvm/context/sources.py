@@ -9,7 +9,7 @@ names one source (no probing) or ``none``.
 
 Usage at boot: ``find_user_data(SourceProbe(devices=..., mounter=SystemMounter(system), ...))``, or
 ``scan_media`` before the network comes up and ``ask_network`` after it.
-Only the standard library and urllib3 are imported: this runs as PID 1.
+Only the standard library and the project's own HTTP client are imported: this runs as PID 1.
 """
 
 from __future__ import annotations
