@@ -27,7 +27,7 @@ import json  # noqa: E402
 from boot_env import GUEST_HOST, boot, build_boot_image, new_disk  # noqa: E402
 from debian_guest import GUEST_MEMORY, guest_context, read_report  # noqa: E402
 from debian_os import build_root  # noqa: E402
-from floor import boot_floor, floor_media, fresh_disk, seed_iso  # noqa: E402
+from floor import boot_floor_twice  # noqa: E402
 from ucernvm.cli import main as ucernvm  # noqa: E402
 from ucernvm.cvmfs.publisher import Publisher, PublishOptions  # noqa: E402
 from ucernvm.cvmfs.signing import generate_repository_keys  # noqa: E402
@@ -67,12 +67,10 @@ def main() -> None:
                     accel = result.vm.accel
                     report = read_report(result.serial)
                     rows.append((f"streamed {name}", report.marks if not report.problems() else {}))
-        media = floor_media(root)
         for round_number in range(args.rounds):
-            disk = fresh_disk(media, work / f"floor{round_number}.ext4")
-            seed = seed_iso(work / "seed.iso", context)
-            for name in ("cold", "warm"):
-                run = boot_floor(media, disk, seed)
+            (work / f"floor{round_number}").mkdir()
+            floor = boot_floor_twice(root, work / f"floor{round_number}")
+            for name, run in (("cold", floor.cold), ("warm", floor.warm)):
                 rows.append((f"floor {name}", run.report.marks if not run.report.problems() else {}))
     print(f"accelerator: {accel}; guest seconds since kernel start")
     print("| boot | systemd starts | multi-user.target | cloud-init done |")

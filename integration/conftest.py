@@ -5,12 +5,15 @@ Run from the repository root: ``python -m pytest integration -m "vm or slow"``.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from debian_os import DebianRoot, build_root
+from floor import FloorBoots, boot_floor_twice
 
 from ucernvm.image.builder import BuildOptions, BuildResult, build_image
 
@@ -42,9 +45,30 @@ def smoke_image(tmp_path_factory: pytest.TempPathFactory) -> BuildResult:
     return _build_smoke(tmp_path_factory.mktemp("smoke-image"))
 
 
-@pytest.fixture
-def qemu() -> str:
+def _qemu() -> str:
     path = shutil.which("qemu-system-x86_64")
     if path is None:
         pytest.skip("qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)")
     return path
+
+
+@pytest.fixture
+def qemu() -> str:
+    return _qemu()
+
+
+@pytest.fixture(scope="session")
+def debian_root() -> DebianRoot:
+    """The Debian appliance root, built with mmdebstrap on the first run and cached (debian_os.py)."""
+    if os.geteuid() != 0:
+        pytest.skip("building the Debian root needs root (mmdebstrap --mode=root)")
+    if shutil.which("mmdebstrap") is None:
+        pytest.skip("mmdebstrap is not installed (apt-get install mmdebstrap)")
+    return build_root()
+
+
+@pytest.fixture(scope="session")
+def debian_floor(debian_root: DebianRoot, tmp_path_factory: pytest.TempPathFactory) -> FloorBoots:
+    """The floor of this run, booted once: the streamed boot's time target is relative to it."""
+    _qemu()
+    return boot_floor_twice(debian_root, tmp_path_factory.mktemp("floor"))

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TextIO
 
 import pycdlib
-from debian_guest import GUEST_MEMORY, GuestContext, GuestReport, read_report
+from debian_guest import GUEST_MEMORY, GuestContext, GuestReport, guest_context, read_report
 from debian_os import DebianRoot
 
 from ucernvm.image import tools
@@ -46,6 +46,14 @@ class FloorRun:
     qemu_cpu_seconds: float  # host CPU time QEMU used: the boot's cost, nearly independent of the host's load
     others_cpu_seconds: float  # host CPU time used meanwhile by other processes: TCG figures depend on it
     console: str
+
+
+@dataclass(frozen=True)
+class FloorBoots:
+    """One instance of the floor: its first boot and its second."""
+
+    cold: FloorRun
+    warm: FloorRun
 
 
 def floor_media(root: DebianRoot) -> FloorMedia:
@@ -97,6 +105,16 @@ def boot_floor(media: FloorMedia, disk: Path, seed: Path, *, serial_log: Path | 
     with Vm(options, echo=echo) as vm:
         code = vm.wait(timeout)
     return FloorRun(read_report(vm.serial), code, vm.accel, vm.exited_after or 0.0, *cpu.used(), vm.serial)
+
+
+def boot_floor_twice(root: DebianRoot, work: Path) -> FloorBoots:
+    """A cold boot of a fresh copy of the root disk, then a warm one of the same disk (logs in *work*)."""
+    media = floor_media(root)
+    disk = fresh_disk(media, work / "root.ext4")
+    seed = seed_iso(work / "seed.iso", guest_context())
+    cold = boot_floor(media, disk, seed, serial_log=work / "cold.log")
+    warm = boot_floor(media, disk, seed, serial_log=work / "warm.log")
+    return FloorBoots(cold, warm)
 
 
 class HostCpu:

@@ -7,27 +7,15 @@ afterwards; each boot takes 65-135 s under TCG here, depending on the host's loa
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
 from pathlib import Path
 
 import pytest
-from debian_guest import guest_context
-from debian_os import ENABLE, MASK, DebianRoot, build_root
-from floor import FloorRun, boot_floor, floor_media, fresh_disk, seed_iso
+from debian_os import ENABLE, MASK, DebianRoot
+from floor import FloorBoots, FloorRun
 
 from ucernvm.image.kernel import debian_kernel
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def debian_root() -> DebianRoot:
-    if os.geteuid() != 0:
-        pytest.skip("building the Debian root needs root (mmdebstrap --mode=root)")
-    if shutil.which("mmdebstrap") is None:
-        pytest.skip("mmdebstrap is not installed (apt-get install mmdebstrap)")
-    return build_root()
 
 
 def _sha256(path: Path) -> str:
@@ -60,14 +48,9 @@ def _check_boot(run: FloorRun, which: str) -> None:
 
 
 @pytest.mark.vm
-def test_floor_boot_cold_and_warm(debian_root: DebianRoot, qemu: str, tmp_path: Path,
-                                  capsys: pytest.CaptureFixture[str]) -> None:
-    media = floor_media(debian_root)
-    disk = fresh_disk(media, tmp_path / "root.ext4")
-    seed = seed_iso(tmp_path / "seed.iso", guest_context())
-    cold = boot_floor(media, disk, seed, serial_log=tmp_path / "cold.log")
+def test_floor_boot_cold_and_warm(debian_floor: FloorBoots, capsys: pytest.CaptureFixture[str]) -> None:
+    cold, warm = debian_floor.cold, debian_floor.warm
     _check_boot(cold, "cold")
-    warm = boot_floor(media, disk, seed, serial_log=tmp_path / "warm.log")
     _check_boot(warm, "warm")
 
     with capsys.disabled():
