@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from ucernvm.cvmfs.hashing import ContentHash
 from ucernvm.errors import FormatError, StorageError
 
 BREADCRUMB_PREFIX = "cvmfschecksum."
+TOUCH_INTERVAL = 60.0  # seconds: how stale the eviction order may be for objects in use
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,9 @@ class ObjectCache:
         self._lock = threading.Lock()
         self._pins: dict[str, int] = {}
         self._in_flight: dict[str, threading.Event] = {}
+        # When this process last marked an object used: a file read over and over (every process
+        # maps the same libraries) costs a metadata write once per TOUCH_INTERVAL, not per open.
+        self._touched: dict[str, float] = {}
         self._usage: int | None = None  # bytes in the cache, once counted
         self.hits = 0
         self.misses = 0
@@ -117,6 +122,8 @@ class ObjectCache:
         try:
             data = produce()
             self._store(name, data)
+            with self._lock:
+                self._touched[name] = time.monotonic()
         finally:
             with self._lock:
                 del self._in_flight[key]
@@ -126,17 +133,30 @@ class ObjectCache:
 
     def open(self, content_hash: ContentHash, produce: Callable[[], bytes]) -> int:
         """A read-only descriptor on the cached object: it stays valid even if the object is evicted."""
+        name = self._name(content_hash)
         with self.pinned(content_hash):  # not evicted between get() and open(), even by a tight quota
             self.get(content_hash, produce)
-            return os.open(self._name(content_hash), os.O_RDONLY | os.O_CLOEXEC, dir_fd=self._dir)
+            try:
+                return os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=self._dir)
+            except FileNotFoundError:  # evicted by another process sharing the cache since our last use
+                with self._lock:
+                    self._touched.pop(name, None)
+                self.get(content_hash, produce)
+                return os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=self._dir)
 
     def _touch(self, name: str) -> bool:
-        """Record a use (the mtime orders the eviction); False if the object is not cached."""
+        """Record a use (the mtime orders the eviction); False if the object is not cached.
+
+        Called with the lock held."""
+        now = time.monotonic()
+        if now - self._touched.get(name, -TOUCH_INTERVAL) < TOUCH_INTERVAL:
+            return True
         try:
             os.utime(name, dir_fd=self._dir)
-            return True
         except FileNotFoundError:
             return False
+        self._touched[name] = now
+        return True
 
     def _store(self, name: str, data: bytes) -> None:
         temporary = f"txn/{name.replace('/', '')}.{threading.get_ident()}"
@@ -214,6 +234,7 @@ class ObjectCache:
                     os.unlink(name, dir_fd=self._dir)
                 except OSError:
                     continue
+                self._touched.pop(name, None)
             total -= size
             removed += 1
         with self._lock:
