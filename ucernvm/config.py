@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ucernvm.context.defaults import SERVICE_URL
 from ucernvm.errors import ConfigError
 
 _TRUE = {"1", "yes", "on", "true"}
@@ -103,7 +104,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("glideinwms", True, "detect glideinWMS user-data", context=("useglideinwms",), parse=parse_bool),
     Setting("cluster_pin", "", "CernVM Online cluster pairing PIN", context=("cvm_cluster_pin",)),
     Setting("cluster_master", False, "this VM is the cluster master", context=("cvm_cluster_master",), parse=parse_bool),
-    Setting("service_url", "https://cernvm-online.cern.ch", "CernVM Online service URL",
+    Setting("service_url", SERVICE_URL, "CernVM Online service URL",
             kernel=("ucernvm.service_url",), context=("cvm_service_url",)),
     Setting("cluster_tries", 50, "how often a cluster member asks the service before giving up",
             kernel=("ucernvm.cluster_tries",), parse=parse_count),

@@ -24,7 +24,8 @@ import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ucernvm.context.online import SERVICE_URL, http_request, service_base
+from ucernvm.context.defaults import SERVICE_URL
+from ucernvm.context.online import http_request, service_base
 from ucernvm.errors import ContextError
 
 PLACEHOLDER = b"###MASTER_IP_PLACEHOLDER###"

@@ -17,15 +17,14 @@ from pathlib import Path
 
 from ucernvm import __version__
 from ucernvm.boot.system import MakeDirs, System, WriteFile
-from ucernvm.context.online import SERVICE_URL
-from ucernvm.context.pairing import CONTEXT_DIR, SEED_DIR
+from ucernvm.context.defaults import CONTEXT_DIR, SEED_DIR, SERVICE_URL
 from ucernvm.errors import ContextError
 
 LIB_DIR = "usr/lib/ucernvm"
 HOOK = f"{LIB_DIR}/pin-login"
 # The modules the hook runs, as files of the ucernvm package. The image must carry their .py
 # sources (it compiles the package to .pyc): the OS's Python may be another version.
-BUNDLED_SOURCES = ("errors.py", "context/online.py", "context/pairing.py")
+BUNDLED_SOURCES = ("errors.py", "context/defaults.py", "context/online.py", "context/pairing.py")
 DROP_IN = "ucernvm-pin-login.conf"
 # Debian 12's ExecStart lines (systemd 252), with the login program added.
 GETTYS = {

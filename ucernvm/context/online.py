@@ -30,9 +30,9 @@ import urllib.request
 import uuid as uuidlib
 from dataclasses import dataclass, field
 
+from ucernvm.context.defaults import SERVICE_URL
 from ucernvm.errors import ContextError
 
-SERVICE_URL = "https://cernvm-online.cern.ch"
 CONTEXT_PATH = "/api/context"
 TIMEOUT = 10.0  # the real client's curl --connect-timeout
 MAX_REPLY = 4 * 1024 * 1024  # a rendered context is a few KB; anything this big is not one

@@ -27,11 +27,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from ucernvm.context.online import SERVICE_URL, OnlineContext, fetch_context, needs_secret, normalize_pin
+from ucernvm.context.defaults import CONTEXT_DIR, SEED_DIR, SERVICE_URL
+from ucernvm.context.online import OnlineContext, fetch_context, needs_secret, normalize_pin
 from ucernvm.errors import ContextError, UcernvmError
 
-CONTEXT_DIR = "/mnt/.rw/context"  # the scratch disk's context/ directory, as the OS sees it
-SEED_DIR = "/var/lib/cloud/seed/nocloud"  # NoCloud looks here before nocloud-net
 CLOUD_INIT_STAGES = (
     ("clean", "--logs"),
     ("init",),
