@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -89,19 +90,8 @@ def test_concurrent_first_reads_keep_one_handle_and_release_the_others() -> None
         return files.open(ino)
 
     table = InodeHandles(slow_open, files.release)
-    slots = []
-    lock = threading.Lock()
-
-    def reader() -> None:
-        slot = table.acquire(9)
-        with lock:
-            slots.append(slot)
-
-    threads = [threading.Thread(target=reader) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    with ThreadPoolExecutor(8) as pool:
+        slots = list(pool.map(lambda _: table.acquire(9), range(8)))
     assert files.opened == 8 and len({slot.handle for slot in slots}) == 1
     assert files.open_handles == {slots[0].handle}  # the seven extra handles were released
     for slot in slots:
