@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 from collections.abc import Iterator
@@ -124,6 +125,26 @@ def test_a_kept_alive_connection_closed_by_the_server_is_replaced(pool: Connecti
     assert body(pool.request("GET", server.url + "/a", {}, 5)) == b"hello"
     assert body(pool.request("GET", server.url + "/b", {}, 5)) == b"hello"
     assert server.connections == 2
+
+
+def test_connections_numbered_above_select_s_limit_are_reused(pool: ConnectionPool) -> None:
+    """The FUSE daemon holds many descriptors: a pooled socket may be numbered above 1023."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"the descriptor limit ({hard}) is too low for this test")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    filler = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        server = ScriptedServer([OK, OK])
+        for _ in range(2):
+            assert body(pool.request("GET", server.url + "/a", {}, 5)) == b"hello"
+        assert server.connections == 1
+    finally:
+        for fd in filler:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def test_a_request_dropped_on_a_kept_alive_connection_is_sent_again(pool: ConnectionPool) -> None:

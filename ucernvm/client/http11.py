@@ -196,7 +196,10 @@ class ConnectionPool:
                     return None
                 sock, reader = connections.pop()
             # Readable while idle means closed by the peer (or garbage): not worth a request.
-            if not select.select((sock,), (), (), 0)[0]:
+            # poll, not select: the FUSE daemon holds many descriptors, and select fails above 1023.
+            poller = select.poll()
+            poller.register(sock, select.POLLIN)
+            if not poller.poll(0):
                 return sock, reader
             _close(sock, reader)
 
