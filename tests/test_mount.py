@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 import shutil
 import subprocess
 import threading
@@ -206,3 +207,15 @@ def test_daemon_survives_its_cache_being_moved(published, mounts, keys_dir, tmp_
         run_cli("umount", "--lazy", point)
         subprocess.run(["umount", "-l", str(moved)], capture_output=True)
         subprocess.run(["umount", "-l", str(scratch)], capture_output=True)
+
+
+def test_the_daemon_may_hold_many_descriptors(published, mounts, keys_dir, tmp_path) -> None:
+    """Its per-inode handles keep descriptors open: the daemon raises its limit as cvmfs (CVMFS_NFILES)."""
+    from ucernvm.client.filesystem import NFILES
+
+    _, stratum, server = published
+    point, _ = mounts.mount(f"{server.url}/cvmfs/{FQRN}", keys_dir, tmp_path / "cache")
+    pid = int(os.getxattr(point, "user.pid"))
+    limits = Path(f"/proc/{pid}/limits").read_text()
+    soft = next(line.split()[3] for line in limits.splitlines() if line.startswith("Max open files"))
+    assert soft == "unlimited" or int(soft) >= min(NFILES, resource.getrlimit(resource.RLIMIT_NOFILE)[1])

@@ -15,6 +15,7 @@ import errno
 import itertools
 import os
 import re
+import resource
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +31,9 @@ _VARIANT = re.compile(r"\$\(([^)]*)\)")
 # Nested catalogs downloaded ahead per loaded catalog: every one of an OS tree, a bounded number
 # of a repository with thousands under one directory.
 NESTED_PREFETCH_MAX = 64
+# Descriptors the daemon may hold, as cvmfs's CVMFS_NFILES: the kernel's handles (fuse/handles.py)
+# keep the descriptors of their objects and chunks, far beyond the default soft limit of 1024.
+NFILES = 131072
 
 
 def expand_variant_symlink(target: str, environment: dict[str, str]) -> str:
@@ -98,6 +102,7 @@ class SnapshotFilesystem(Operations):
 
     def init(self) -> None:
         # Threads start here, in the serving process, after any fork.
+        raise_file_limit(NFILES)
         self._pool = ThreadPoolExecutor(max_workers=self._fetch_threads, thread_name_prefix="fetch")
         cache = self.repository.cache
         if cache is not None:
@@ -346,3 +351,20 @@ class SnapshotFilesystem(Operations):
         entries = sum(statistics.get(f"{scope}_{kind}", 0) for scope in ("self", "subtree") for kind in ("regular", "dir", "symlink", "special"))
         size = statistics.get("self_file_size", 0) + statistics.get("subtree_file_size", 0)
         return FsStats(blocks=(size + 4095) // 4096, files=entries)
+
+
+def raise_file_limit(wanted: int) -> None:
+    """Raise RLIMIT_NOFILE towards ``wanted``: the hard limit too where allowed (root), else the soft one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return
+    if hard == resource.RLIM_INFINITY or hard >= wanted:
+        attempts = [(wanted, hard)]
+    else:
+        attempts = [(wanted, wanted), (hard, hard)]  # raising the hard limit takes privilege
+    for limits in attempts:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+            return
+        except (ValueError, OSError):
+            continue
