@@ -191,8 +191,18 @@ def test_body_cut_short_is_a_short_transfer(pool: ConnectionPool) -> None:
     assert failure.value.kind == "short"
 
 
+@pytest.mark.parametrize("size_line", [b"zz", b"-5"])
+def test_a_malformed_chunk_is_a_short_transfer(pool: ConnectionPool, size_line: bytes) -> None:
+    server = ScriptedServer([b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + size_line + b"\r\nabcde\r\n"])
+    response = pool.request("GET", server.url + "/a", {}, 5)
+    with pytest.raises(HttpFailure) as failure:
+        body(response)
+    assert failure.value.kind == "short"
+
+
 @pytest.mark.parametrize("answer", [b"SSH-2.0-OpenSSH_9.2\r\n\r\n", b"HTTP/1.1 200 OK\r\nbroken header\r\n\r\n",
-                                    b"HTTP/1.1 200 OK\r\nContent-Length: many\r\n\r\n"])
+                                    b"HTTP/1.1 200 OK\r\nContent-Length: many\r\n\r\n",
+                                    b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\nx"])
 def test_garbage_is_a_short_transfer(pool: ConnectionPool, answer: bytes) -> None:
     server = ScriptedServer([answer])
     with pytest.raises(HttpFailure) as failure:

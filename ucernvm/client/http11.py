@@ -94,7 +94,9 @@ class Response:
         try:
             size = int(line.split(b";", 1)[0].strip(), 16)
         except ValueError:
-            raise HttpFailure("short", "malformed chunk in the body") from None
+            size = -1
+        if size < 0:
+            raise HttpFailure("short", "malformed chunk in the body")
         if size == 0:  # trailers, then the empty line
             while self._reader.readline(MAX_HEADER_LINE) not in (b"\r\n", b"\n", b""):
                 pass
@@ -248,7 +250,9 @@ class ConnectionPool:
             try:
                 length = int(headers["content-length"])
             except ValueError:
-                raise HttpFailure("short", "malformed Content-Length") from None
+                length = -1
+            if length < 0:
+                raise HttpFailure("short", "malformed Content-Length")
         return Response(self, address, sock, reader, status, headers, length, chunked, reusable)
 
 
