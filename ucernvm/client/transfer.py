@@ -204,23 +204,12 @@ class Transfer:
                     if counted < self.low_speed_limit * (now - start):
                         raise _TooSlow(f"less than {self.low_speed_limit} bytes/s for {now - start:.1f} s")
                     start, counted = now, 0
-        except _TooSlow as error:
-            _discard(response)
-            return Attempt(url, proxy, _side("slow", proxy), str(error), received=received)
-        except TimeoutError:
-            _discard(response)
-            return Attempt(url, proxy, _side("slow", proxy), f"no data for {window:g} s", received=received)
-        except http11.HttpFailure as failure:
-            _discard(response)
-            return Attempt(url, proxy, _side(failure.kind, proxy), f"transfer cut short: {failure.detail}", received=received)
         except Exception as error:
-            if not (_from_urllib3(error) or isinstance(error, OSError)):
+            failure = _body_failure(error, window)
+            if failure is None:
                 raise
             _discard(response)
-            if type(error).__name__ == "ReadTimeoutError":  # urllib3's, not a TimeoutError
-                return Attempt(url, proxy, _side("slow", proxy), f"no data for {window:g} s", received=received)
-            # urllib3 checks Content-Length: a body that ends early is an IncompleteRead here.
-            return Attempt(url, proxy, _side("short", proxy), f"transfer cut short: {_reason(error)}", received=received)
+            return Attempt(url, proxy, _side(failure[0], proxy), failure[1], received=received)
         response.release_conn()
         if hasher is not None and hasher.digest() != expected.digest:  # type: ignore[union-attr]
             return Attempt(url, proxy, Failure.BAD_DATA, "content hash mismatch", received=received)
@@ -229,6 +218,27 @@ class Transfer:
 
 def _from_urllib3(error: BaseException) -> bool:
     return type(error).__module__.startswith("urllib3.")
+
+
+def _body_failure(error: Exception, window: float) -> tuple[str, str] | None:
+    """The kind ("slow" or "short", as ``_side`` takes it) and detail of a body that did not arrive
+    whole; None for an error that is not a transfer's."""
+    if isinstance(error, _TooSlow):
+        return "slow", str(error)
+    if _from_urllib3(error):
+        from urllib3.exceptions import ReadTimeoutError  # loaded already: urllib3 raised this
+
+        timed_out = isinstance(error, ReadTimeoutError)
+    else:
+        timed_out = isinstance(error, TimeoutError)
+    if timed_out:
+        return "slow", f"no data for {window:g} s"
+    if isinstance(error, http11.HttpFailure):
+        return error.kind, f"transfer cut short: {error.detail}"
+    if _from_urllib3(error) or isinstance(error, OSError):
+        # urllib3 checks Content-Length: a body that ends early is an IncompleteRead here.
+        return "short", f"transfer cut short: {_reason(error)}"
+    return None
 
 
 def _connect_failure(error: Exception, proxy: str) -> tuple[Failure, str]:

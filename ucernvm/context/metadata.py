@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from ucernvm.client import http11
-
 from ucernvm.context.found import CLOUDSTACK, EC2, GCE, OPENSTACK, FoundContext, MetaData
 from ucernvm.context.media import META_LIMIT, USER_DATA_LIMIT, clean, decode_base64, json_meta
 
