@@ -67,6 +67,7 @@ def boot_figures(label: str, result: BootResult) -> Figures:
             continue
         # The report is written during the handoff: it ends when the OS's init runs.
         values[f"stage {name}"] = os_init - stage["start"] if name == "handoff" else stage["seconds"]
+    values["of the stages: importing their code"] = sum(stage.get("imports", 0.0) for stage in report["stages"])
     host_os_init = result.vm.line_time("UCERNVM-OS-INIT") or float("nan")
     values |= {
         "/init → OS init (the loader's work)": os_init - run_init_at,

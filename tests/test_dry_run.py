@@ -70,6 +70,9 @@ def test_the_plan_names_the_verified_snapshot(served: Served) -> None:
     assert (snapshot["tag"], snapshot["root_hash"]) == ("v1", served.root_hashes["v1"])
     assert report["servers"]["order"] == [served.url] and report["transfer"]["bytes_fetched"] > 0
     assert [stage["name"] for stage in report["stages"]][-1] == "handoff"
+    # Each stage's code is imported as it runs, and that share of its time is reported apart.
+    assert all(0 <= stage["imports"] <= stage["seconds"] for stage in report["stages"])
+    assert sum(stage["imports"] for stage in report["stages"]) > 0
     plan = "\n".join(report["plan"])
     assert "aux/cvmfs_snapshot" in plan and f"mount {FQRN} with FUSE" in plan and "mount overlay" in plan
     root_dir = Path(report["root"]["lower"]).parent

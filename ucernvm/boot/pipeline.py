@@ -31,11 +31,13 @@ class Stage:
     def modules(self) -> list[str]:
         return [step.partition(":")[0] for step in self.steps if isinstance(step, str)]
 
-    def run(self, state: BootState) -> None:
+    def run(self, state: BootState, record: StageRecord) -> None:
         for step in self.steps:
             if isinstance(step, str):
+                started = uptime()
                 module, _, function = step.partition(":")
                 step = getattr(importlib.import_module(module), function)
+                record.imports += uptime() - started
             step(state)
 
 
@@ -56,7 +58,7 @@ def run_stages(state: BootState, stages: list[Stage], before_stage: Callable[[St
         state.stages.append(record)
         state.log.info(f"{stage.name}: started")
         try:
-            stage.run(state)
+            stage.run(state, record)
         except UcernvmError as error:
             _finish(record, "failed" if stage.critical else "warning", error.message)
             if stage.critical:
@@ -73,7 +75,7 @@ def run_stages(state: BootState, stages: list[Stage], before_stage: Callable[[St
             state.warn(f"{stage.name}: {message}")
             continue
         _finish(record, "ok", "")
-        state.log.info(f"{stage.name}: finished in {record.seconds:.2f} s")
+        state.log.info(f"{stage.name}: finished in {record.seconds:.2f} s (imports {record.imports:.2f} s)")
 
 
 def _finish(record: StageRecord, status: str, message: str) -> None:
@@ -83,9 +85,9 @@ def _finish(record: StageRecord, status: str, message: str) -> None:
 
 
 def timing_table(state: BootState) -> str:
-    lines = [f"{'stage':<10} {'start':>8} {'seconds':>8}  status"]
+    lines = [f"{'stage':<10} {'start':>8} {'seconds':>8} {'imports':>8}  status"]
     for record in state.stages:
-        lines.append(f"{record.name:<10} {record.start:8.2f} {record.seconds:8.2f}  {record.status}")
+        lines.append(f"{record.name:<10} {record.start:8.2f} {record.seconds:8.2f} {record.imports:8.2f}  {record.status}")
     if state.stages:
         total = state.stages[-1].end - state.stages[0].start
         lines.append(f"{'total':<10} {state.stages[0].start:8.2f} {total:8.2f}")

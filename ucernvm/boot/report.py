@@ -25,7 +25,7 @@ def build_report(state: BootState, outcome: str) -> dict[str, Any]:
         "dry_run": state.system.dry_run,
         "stages": [
             {"name": r.name, "start": round(r.start, 3), "end": round(r.end, 3), "seconds": round(r.seconds, 3),
-             "status": r.status, "message": r.message}
+             "imports": round(r.imports, 3), "status": r.status, "message": r.message}
             for r in state.stages
         ],
         "warnings": list(state.warnings),
@@ -53,10 +53,11 @@ def to_json(report: dict[str, Any]) -> str:
 
 
 def render_text(report: dict[str, Any]) -> str:
-    lines = [f"{'stage':<10} {'start':>8} {'end':>8} {'seconds':>8}  status"]
+    lines = [f"{'stage':<10} {'start':>8} {'end':>8} {'seconds':>8} {'imports':>8}  status"]
     for stage in report.get("stages", []):
         lines.append(
-            f"{stage['name']:<10} {stage['start']:8.2f} {stage['end']:8.2f} {stage['seconds']:8.2f}  {stage['status']}"
+            f"{stage['name']:<10} {stage['start']:8.2f} {stage['end']:8.2f} {stage['seconds']:8.2f} "
+            f"{stage.get('imports', 0.0):8.2f}  {stage['status']}"
             + (f" ({stage['message']})" if stage.get("message") else "")
         )
     snapshot = report.get("snapshot", {})

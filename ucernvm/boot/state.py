@@ -18,6 +18,7 @@ class StageRecord:
     end: float = 0.0
     status: str = "running"  # ok, warning, failed, skipped
     message: str = ""
+    imports: float = 0.0  # of the seconds, those spent importing the stage's code (a cost of the image)
 
     @property
     def seconds(self) -> float:
