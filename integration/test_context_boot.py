@@ -1,6 +1,6 @@
-"""Boots whose context or network path comes from outside the image: a real squid proxy, an EC2
-metadata service that requires IMDSv2, and a CernVM Online PIN — each a real server on the host,
-reached by the isolated guest through a forwarded port."""
+"""Boots whose context or network path comes from outside the image: a real squid proxy (given, or
+named by a PAC file), an EC2 metadata service that requires IMDSv2, and a CernVM Online PIN — each a
+real server on the host, reached by the isolated guest through a forwarded port."""
 
 from __future__ import annotations
 
@@ -47,6 +47,30 @@ def test_boot_through_a_real_squid(image: BuildResult, repository: BootRepositor
     assert report["transfer"]["proxy"] == f"http://{GUEST_HOST}:{port}"
     assert result.marker("UCERNVM-OS-INIT") is not None
     assert f"127.0.0.1:{repository.server.port}/cvmfs/{FQRN}/.cvmfspublished" in proxy.access_log()
+
+
+@pytest.mark.vm
+def test_boot_through_the_proxy_a_pac_file_names(image: BuildResult, repository: BootRepository, tmp_path: Path,
+                                                 qemu: str, squid: Squid) -> None:
+    """``cvmfs_proxy=auto``: the image evaluates the PAC file (pacparser) and boots through its proxy."""
+    port = int(squid.url.rsplit(":", 1)[1])
+    pac = repository.stratum / "pac" / "proxy.pac"  # served by the stratum server as /cvmfs/pac/proxy.pac
+    pac.parent.mkdir(exist_ok=True)
+    pac.write_text('function FindProxyForURL(url, host) {\n'
+                   f'  if (shExpMatch(url, "*/cvmfs/{FQRN}/*")) return "PROXY {GUEST_HOST}:{port}";\n'
+                   '  return "DIRECT";\n}\n')
+    cmdline = (f"quiet cvmfs_repos={FQRN} cvmfs_url=http://127.0.0.1:{repository.server.port}/cvmfs/{FQRN} "
+               f"cvmfs_proxy=auto cvmfs_pac_urls=http://{GUEST_HOST}:{repository.server.port}/cvmfs/pac/proxy.pac "
+               "ucernvm.panic=poweroff ucernvm.context=none")
+    result = boot(image.output, new_disk(tmp_path / "d.raw"), cmdline, tmp_path / "pac.log",
+                  ports=(port, repository.server.port))
+    assert result.code == 0, result.serial[-3000:]
+    report = result.report
+    assert report["servers"]["proxy_groups"] == [[f"http://{GUEST_HOST}:{port}"]]
+    assert report["transfer"]["proxy"] == f"http://{GUEST_HOST}:{port}"
+    assert result.marker("UCERNVM-OS-INIT") is not None
+    # As in the squid boot, the server's loopback address is reachable only through the proxy.
+    assert f"127.0.0.1:{repository.server.port}/cvmfs/{FQRN}/.cvmfspublished" in squid.access_log()
 
 
 @pytest.mark.vm

@@ -4,7 +4,6 @@ and a hint, a best-effort failure becomes a warning."""
 from __future__ import annotations
 
 import importlib
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -69,6 +68,8 @@ def run_stages(state: BootState, stages: list[Stage], before_stage: Callable[[St
         except Exception as error:  # a bug: still a clear screen, never a silent hang
             message = f"internal error: {type(error).__name__}: {error}"
             _finish(record, "failed" if stage.critical else "warning", message)
+            import traceback  # only for a bug's report: a boot that works does without it
+
             state.log.error(f"{stage.name}: {message}\n{traceback.format_exc()}")
             if stage.critical:
                 raise BootFailure(stage, message, "this is a bug in ucernvm; the log has the details") from error

@@ -10,7 +10,6 @@ import binascii
 import hashlib
 import io
 import json
-import tarfile
 from dataclasses import dataclass
 
 from ucernvm.boot.state import BootState
@@ -38,6 +37,8 @@ class ExtractTarball:
         return f"extract {self.what} ({len(self.data)} bytes) into {self.target}"
 
     def apply(self) -> list[str]:
+        import tarfile  # only a context with tarballs needs it
+
         try:
             with tarfile.open(fileobj=io.BytesIO(self.data), mode="r:*") as archive:
                 # "tar": absolute paths, '..' and links out of the tree are refused; modes are kept.

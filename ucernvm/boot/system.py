@@ -10,7 +10,6 @@ from __future__ import annotations
 import ctypes
 import os
 import subprocess
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -166,6 +165,8 @@ class DryRunSystem(System):
     dry_run = True
 
     def __init__(self) -> None:
+        import tempfile  # a dry run's alone: PID 1 does without it
+
         super().__init__(tempfile.mkdtemp(prefix="ucernvm-dry-run-"))
 
     def do(self, action: Action) -> Any:

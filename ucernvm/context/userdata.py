@@ -3,8 +3,6 @@ included — the original missed a section inside an encoded part)."""
 
 from __future__ import annotations
 
-import email
-import email.policy
 import gzip
 import zlib
 
@@ -31,6 +29,10 @@ def text_parts(data: bytes) -> list[str]:
     texts = [data.decode("utf-8", "replace")]
     if b"multipart/" not in data[:4096].lower():
         return texts
+    # Imported here: the email package costs a boot that has no multipart user-data ~20 ms natively.
+    import email
+    import email.policy
+
     try:
         message = email.message_from_bytes(data, policy=email.policy.compat32)
     except Exception:  # a broken MIME message is still searched as plain text

@@ -57,18 +57,19 @@ def run(
     return result
 
 
-def stripped(path: Path, how: str = "--strip-unneeded") -> Path:
-    """A copy of ELF file *path* without symbols and debug sections, cached by path, size and mtime.
+def stripped(path: Path, how: Sequence[str] = ("--strip-unneeded",)) -> Path:
+    """A copy of ELF file *path* without symbols and debug sections, cached by path, size, mtime and *how*.
 
     Unstripped builds (pyenv's libpython is 23 MB, 5.7 MB stripped) would dominate the image. Kernel
     modules get ``--strip-debug`` (they need their symbols), which also drops their appended signature.
     """
     real = path.resolve()
     info = real.stat()
-    key = hashlib.sha256(f"{real}\0{info.st_size}\0{info.st_mtime_ns}\0{how}".encode()).hexdigest()[:24]
+    options = " ".join(how)
+    key = hashlib.sha256(f"{real}\0{info.st_size}\0{info.st_mtime_ns}\0{options}".encode()).hexdigest()[:24]
     target = cache_dir("stripped") / f"{key}-{real.name}"
     if not target.exists():
         partial = target.with_name(target.name + ".partial")
-        run(["strip", how, "-o", partial, real], what=f"strip {real.name}")
+        run(["strip", *how, "-o", partial, real], what=f"strip {real.name}")
         partial.replace(target)
     return target
