@@ -26,14 +26,12 @@ import json  # noqa: E402
 
 from boot_env import GUEST_HOST, boot, build_boot_image, new_disk  # noqa: E402
 from debian_guest import GUEST_MEMORY, guest_context, read_report  # noqa: E402
-from debian_os import build_root  # noqa: E402
+from debian_os import FQRN, TAG, build_root  # noqa: E402
 from floor import boot_floor_twice  # noqa: E402
 from ucernvm.cli import main as ucernvm  # noqa: E402
-from ucernvm.cvmfs.publisher import Publisher, PublishOptions  # noqa: E402
 from ucernvm.cvmfs.signing import generate_repository_keys  # noqa: E402
 from ucernvm.server import StratumServer  # noqa: E402
 
-FQRN, TAG = "os.cern.ch", "debian-12"
 MARKS = ("systemd-start", "multi-user", "cloud-final")
 
 
@@ -46,7 +44,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir="/var/tmp") as scratch:
         work = Path(scratch)
         generate_repository_keys(FQRN, work / "keys")
-        Publisher(str(work / "stratum" / FQRN), FQRN, str(work / "keys"), PublishOptions(tag=TAG)).publish(str(root.path))
+        root.publish(work / "stratum", work / "keys")
         image = build_boot_image(work / "image", work / "keys")
         context = guest_context()
         with StratumServer(work / "stratum") as server:

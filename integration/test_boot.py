@@ -52,6 +52,7 @@ def test_boot_twice_on_one_disk(image: BuildResult, repository: BootRepository, 
     assert all(stage["status"] in ("ok", "running") for stage in report["stages"]), report["stages"]
     assert report["snapshot"]["repository"] == FQRN and report["snapshot"]["tag"] == "v1"
     assert report["snapshot"]["pinned"] is False
+    assert report["root"]["xattrs"] is False  # ucernvm.xattrs=auto: the demo OS stores none
     assert first.marker("UCERNVM-OS-BOOTS") == "1"  # the root is writable
     assert "overlay" in first.marker("UCERNVM-OS-ROOT")
     assert first.marker("UCERNVM-OS-LAYERS") == "2"  # /mnt/.rw and /mnt/.ro
@@ -60,11 +61,13 @@ def test_boot_twice_on_one_disk(image: BuildResult, repository: BootRepository, 
     assert "ucernvm: root detached" in first.serial  # the OS's shutdown went through the hand-back
 
     repository.publish("v2")  # a newer snapshot appears; the pinned machine must not move
-    second = boot(image.output, disk, repository.cmdline(), tmp_path / "second.log", ports=repository.ports)
+    second = boot(image.output, disk, repository.cmdline("ucernvm.xattrs=on"), tmp_path / "second.log",
+                  ports=repository.ports)
     print_timings("warm boot", second, capsys)
     assert second.code == 0, second.serial[-3000:]
     again = second.report
     assert again["snapshot"]["pinned"] is True
+    assert again["root"]["xattrs"] is True
     assert again["snapshot"]["root_hash"] == report["snapshot"]["root_hash"]
     assert second.marker("UCERNVM-OS-BOOTS") == "2"  # the writable layer persisted
     assert again["transfer"]["bytes_fetched"] < report["transfer"]["bytes_fetched"]

@@ -27,15 +27,12 @@ import pytest
 
 from boot_env import GUEST_HOST, boot, build_boot_image, new_disk
 from debian_guest import GUEST_MEMORY, GuestContext, guest_context, read_report
-from debian_os import DebianRoot
+from debian_os import FQRN, TAG, DebianRoot
 from floor import FloorBoots
 from ucernvm.cli import main as ucernvm
-from ucernvm.cvmfs.publisher import Publisher, PublishOptions
 from ucernvm.cvmfs.signing import generate_repository_keys
 from ucernvm.server import StratumServer
 
-FQRN = "os.cern.ch"
-TAG = "debian-12"
 TIMEOUT = 900.0
 KVM_TARGET = 30.0  # seconds to multi-user.target, CernVM's promise
 FLOOR_RATIO = {"cold": 1.6, "warm": 1.3}  # the target under TCG: streamed / floor, to multi-user.target
@@ -56,7 +53,7 @@ def streamed(debian_root: DebianRoot, tmp_path_factory: pytest.TempPathFactory) 
     base = tmp_path_factory.mktemp("debian-stream")
     keys, stratum = base / "keys", base / "stratum"
     generate_repository_keys(FQRN, keys)
-    Publisher(str(stratum / FQRN), FQRN, str(keys), PublishOptions(tag=TAG)).publish(str(root.path))
+    root.publish(stratum, keys)
     server = StratumServer(stratum).start()
     yield StreamedOs(root, keys, server)
     server.stop()

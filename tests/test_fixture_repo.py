@@ -137,6 +137,8 @@ def test_fixture_reads_as_described_from_directory(legacy_pristine) -> None:
         DirectorySource(legacy_pristine.repo), legacy_pristine.fqrn, load_master_keys(legacy_pristine.pub), now=legacy_pristine.now
     )
     assert_reads_as_described(repository)
+    # cvmfs_server records extended attributes only with CVMFS_INCLUDE_XATTRS; its counters say so.
+    assert "self_xattr" in repository.root_catalog.statistics() and not repository.stores_xattrs()
 
 
 def test_fixture_reads_as_described_over_http(legacy_pristine, http_url: str) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from helpers import fuse_unusable
-from ucernvm.client.fuse.kernel import FuseMount, MountOptions, mount
+from ucernvm.client.fuse.kernel import GETXATTR, FuseMount, MountOptions, mount
 from ucernvm.client.fuse.memory import MemoryTree
 from ucernvm.client.fuse.operations import ROOT_INO, Attributes
 
@@ -201,6 +201,35 @@ def test_xattrs(served) -> None:
     with pytest.raises(OSError) as raised:
         os.getxattr(mnt / "tool", "user.origin")
     assert raised.value.errno == errno.ENODATA
+
+
+def test_without_xattrs_the_kernel_asks_once_and_then_answers_itself(tmp_path: Path) -> None:
+    tree = RecordingTree()
+    _build(tree)
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    fuse = mount(tree, str(mountpoint), MountOptions(threads=2, xattrs=False))
+    assert GETXATTR not in fuse._handlers  # the server answers ENOSYS; counted here
+    asked = []
+
+    def count_and_refuse(nodeid: int, payload: memoryview) -> bytes:
+        asked.append(nodeid)
+        raise OSError(errno.ENOSYS, "")
+
+    fuse._handlers[GETXATTR] = count_and_refuse
+    fuse.start()
+    try:
+        for _ in range(10):
+            for name in ("user.origin", "security.capability", "trusted.overlay.metacopy"):
+                with pytest.raises(OSError) as raised:
+                    os.getxattr(mountpoint / "etc/hosts", name)
+                assert raised.value.errno == errno.EOPNOTSUPP
+        assert subprocess.run([str(mountpoint / "tool")], capture_output=True).stdout == b"ok\n"  # exec
+        assert (mountpoint / "etc/hosts").read_bytes() == b"127.0.0.1 localhost\n"
+    finally:
+        _cleanup(mountpoint)
+        assert fuse.join(10)
+    assert len(asked) == 1
 
 
 def test_statfs(served) -> None:

@@ -131,6 +131,7 @@ def test_entry_details(tree: Path, tmp_path: Path, keys_dir: Path) -> None:
     assert len({entry.hardlink_group for entry in hard}) == 1 and hard[0].hardlink_group > 0
     assert repository.entry("/etc/variant").symlink == "$(CVMFS_ARCH)/lib"  # kept verbatim
     assert repository.entry("/etc/hostname").xattrs == {"user.origin": b"test suite"}
+    assert repository.stores_xattrs()
     assert repository.entry("/bin/hello").mode & 0o777 == 0o755
     big = repository.entry("/data/big.bin")
     assert big.is_chunked and big.content_hash is None
@@ -144,6 +145,18 @@ def test_entry_details(tree: Path, tmp_path: Path, keys_dir: Path) -> None:
     root_stats = repository.root_catalog.statistics()
     assert root_stats["subtree_nested"] == 1 and root_stats["self_nested"] == 1
     assert root_stats["self_chunked"] == 1 and root_stats["self_symlink"] == 3
+
+
+def test_whether_a_snapshot_stores_xattrs_counts_its_nested_catalogs(tree: Path, tmp_path: Path,
+                                                                     keys_dir: Path) -> None:
+    publish(tree, tmp_path / "without", keys_dir, include_xattrs=False)
+    without = open_repo(tmp_path / "without", keys_dir)
+    assert not without.stores_xattrs() and without.entry("/etc/hostname").xattrs == {}
+    os.removexattr(tree / "etc" / "hostname", "user.origin")
+    os.setxattr(tree / "data" / "sub" / "deep" / "leaf", "user.origin", b"nested")  # in a nested catalog
+    publish(tree, tmp_path / "nested", keys_dir)
+    nested = open_repo(tmp_path / "nested", keys_dir)
+    assert nested.root_catalog.statistics()["self_xattr"] == 0 and nested.stores_xattrs()
 
 
 def test_every_object_is_named_by_its_sha1_and_inflates_with_zlib(tree: Path, tmp_path: Path, keys_dir: Path) -> None:

@@ -94,6 +94,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("tag", "", "named snapshot to boot (empty: the newest revision)",
             kernel=("cvmfs_repository_tag",), context=("cvmfs_tag",)),
     Setting("os_path", "", "directory of the repository that is the OS root", kernel=("cernvm_path",), context=("cernvm_path",)),
+    Setting("xattrs", "auto", "extended attributes on the snapshot's mount: on, off, or auto (on when the snapshot "
+            "stores some); off spares a FUSE request at every lookup and exec, and hides the user.* attributes",
+            kernel=("ucernvm.xattrs",), parse=parse_choice(("auto", "on", "off"))),
     Setting("wait_on_squid", 0.0, "seconds to wait for a proxy to answer before mounting",
             context=("cvmfs_wait_on_squid",), kernel=("ucernvm.wait_on_squid",), parse=parse_seconds),
     Setting("resize_rootfs", True, "on: the scratch partition takes the whole empty disk; off: the first 20 GiB",

@@ -37,15 +37,17 @@ def mark_storage_daemon() -> None:
 class MountRepository:
     """Mount the snapshot with FUSE and leave a daemon serving it; applying returns the daemon's pid."""
 
-    def __init__(self, repository: Repository, target: str, log_path: str) -> None:
-        self.repository, self.target, self.log_path = repository, target, log_path
+    def __init__(self, repository: Repository, target: str, log_path: str, xattrs: bool) -> None:
+        self.repository, self.target, self.log_path, self.xattrs = repository, target, log_path, xattrs
 
     def describe(self) -> str:
-        return f"mount {self.repository.fqrn} with FUSE on {self.target} (daemon marked '@' for systemd)"
+        return (f"mount {self.repository.fqrn} with FUSE on {self.target} (daemon marked '@' for systemd; "
+                f"extended attributes {'on' if self.xattrs else 'off'})")
 
     def apply(self) -> int:
         filesystem = SnapshotFilesystem(self.repository)
-        fuse = mount(filesystem, self.target, MountOptions(fsname=self.repository.fqrn, subtype="cvmfs"))
+        options = MountOptions(fsname=self.repository.fqrn, subtype="cvmfs", xattrs=self.xattrs)
+        fuse = mount(filesystem, self.target, options)
         pid = fuse.fork(log_path=self.log_path, before_serve=mark_storage_daemon)
         os.stat(self.target)  # returns once the daemon answered the kernel
         return pid
@@ -60,7 +62,9 @@ def mount_stage(state: BootState) -> None:
             f"the snapshot has no directory {config.os_path or '/'!r} to boot",
             "set cernvm_path= to the OS directory of the repository",
         )
-    state.fuse_pid = system.do(MountRepository(repository, str(read_only), str(scratch / "cache" / "mount.log")))
+    xattrs = config.xattrs == "on" or (config.xattrs == "auto" and repository.stores_xattrs())
+    log = str(scratch / "cache" / "mount.log")
+    state.fuse_pid = system.do(MountRepository(repository, str(read_only), log, xattrs))
     lower = read_only / config.os_path.strip("/")
     options = f"lowerdir={lower},upperdir={scratch / 'persistent'},workdir={scratch / 'work'}"
     system.do(Mount("overlay", str(new_root), "overlay", options))
@@ -70,4 +74,5 @@ def mount_stage(state: BootState) -> None:
         system.do(Mount(str(layer), str(target), None, flags=MS_MOVE))
     if not system.dry_run:
         state.scratch_moved_to = new_root / "mnt" / ".rw"
-    state.facts["root"] = {"lower": str(lower), "upper": str(scratch / "persistent"), "fuse_pid": state.fuse_pid}
+    state.facts["root"] = {"lower": str(lower), "upper": str(scratch / "persistent"), "fuse_pid": state.fuse_pid,
+                           "xattrs": xattrs}

@@ -184,6 +184,14 @@ class Repository:
     def root_catalog(self) -> Catalog:
         return self.catalog_for("")
 
+    def stores_xattrs(self) -> bool:
+        """Whether any entry of the snapshot has extended attributes (the root catalog's counters count
+        every nested catalog's too); True when a catalog too old to count them cannot tell."""
+        statistics = self.root_catalog.statistics()
+        if "self_xattr" not in statistics:
+            return True
+        return statistics["self_xattr"] + statistics.get("subtree_xattr", 0) > 0
+
     def _load_catalog(self, mountpoint: str, content_hash: ContentHash, size: int | None) -> Catalog:
         catalog = self._catalogs.get(mountpoint)
         if catalog is not None:

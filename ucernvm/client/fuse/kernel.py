@@ -132,7 +132,7 @@ class MountOptions:
     """How a tree is mounted and served; the defaults suit an immutable tree."""
 
     __slots__ = ("fsname", "subtype", "threads", "cache_timeout", "readdirplus", "read_ahead_kb",
-                 "max_write", "max_background", "allow_other", "zero_message_open")
+                 "max_write", "max_background", "allow_other", "zero_message_open", "xattrs")
 
     def __init__(
         self,
@@ -146,6 +146,9 @@ class MountOptions:
         max_background: int = 32,  # asynchronous (readahead) requests in flight
         allow_other: bool = True,
         zero_message_open: bool = True,  # no OPEN/RELEASE round trips where the kernel allows (handles.py)
+        # False: the first GETXATTR (LISTXATTR) is answered ENOSYS, and the kernel answers later ones
+        # itself (EOPNOTSUPP): overlayfs asks one of every lower file it looks up, exec one per program.
+        xattrs: bool = True,
     ) -> None:
         if threads < 1:
             raise ValueError("threads must be >= 1")
@@ -159,6 +162,7 @@ class MountOptions:
         self.max_background = max_background
         self.allow_other = allow_other
         self.zero_message_open = zero_message_open
+        self.xattrs = xattrs
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -256,9 +260,9 @@ class FuseMount:
             READDIRPLUS: self._readdirplus,
             RELEASEDIR: self._release,
             STATFS: self._statfs,
-            GETXATTR: self._getxattr,
-            LISTXATTR: self._listxattr,
         }
+        if options.xattrs:
+            self._handlers |= {GETXATTR: self._getxattr, LISTXATTR: self._listxattr}
 
     # --- running ------------------------------------------------------------------------------
 
