@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import platform
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
+
+from typing import NamedTuple
 
 from ucernvm.boot.report import build_report, render_svg, to_json
 from ucernvm.boot.rescue import rescue_shell
@@ -19,8 +20,7 @@ from ucernvm.errors import MountError
 INIT = "/sbin/init"
 
 
-@dataclass(frozen=True)
-class CopyTree:
+class CopyTree(NamedTuple):
     source: str
     target: str
 
@@ -31,8 +31,7 @@ class CopyTree:
         shutil.copytree(self.source, self.target, symlinks=True, dirs_exist_ok=True)
 
 
-@dataclass(frozen=True)
-class SwitchRoot:
+class SwitchRoot(NamedTuple):
     """Move the kernel file systems into the new root, free the initramfs, and exec the OS's init.
 
     What util-linux's switch_root does; the FUSE daemon keeps running, with everything it needs

@@ -14,8 +14,9 @@ import os
 import platform
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
+
+from typing import NamedTuple
 
 from ucernvm.boot.state import BootState
 from ucernvm.errors import UcernvmError
@@ -31,8 +32,7 @@ MAX_PASSES = 4
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-@dataclass(frozen=True)
-class LoadModule:
+class LoadModule(NamedTuple):
     name: str
     path: str
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass
 from typing import NamedTuple
 
 from ucernvm.boot.net_dhcp import Interface, Lease, StaticRoute, first_lease
@@ -27,8 +26,7 @@ def _refused(action: str, error: OSError) -> NetworkError:
     return NetworkError(f"{action}: {error.strerror or error}")
 
 
-@dataclass(frozen=True)
-class SetLink:
+class SetLink(NamedTuple):
     ifindex: int
     name: str
     mtu: int | None = None
@@ -44,8 +42,7 @@ class SetLink:
             raise _refused(self.describe(), error) from None
 
 
-@dataclass(frozen=True)
-class AddAddress:
+class AddAddress(NamedTuple):
     ifindex: int
     name: str
     address: str
@@ -63,8 +60,7 @@ class AddAddress:
             raise _refused(self.describe(), error) from None
 
 
-@dataclass(frozen=True)
-class AddRoute:
+class AddRoute(NamedTuple):
     ifindex: int
     name: str
     destination: str
@@ -84,8 +80,7 @@ class AddRoute:
             raise _refused(self.describe(), error) from None
 
 
-@dataclass(frozen=True)
-class RequestLease:
+class RequestLease(NamedTuple):
     """DHCP on these NICs at once; applying it answers with the first Lease, or None."""
 
     interfaces: tuple[Interface, ...]
@@ -101,8 +96,7 @@ class RequestLease:
             raise _refused(self.describe(), error) from None
 
 
-@dataclass(frozen=True)
-class SetHostname:
+class SetHostname(NamedTuple):
     name: str
 
     def describe(self) -> str:

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
+
+from typing import NamedTuple
 
 from ucernvm.boot.log import uptime
 from ucernvm.boot.state import BootState, StageRecord
 from ucernvm.errors import UcernvmError
 
 
-@dataclass(frozen=True)
-class Stage:
+class Stage(NamedTuple):
     """A named step; ``steps`` are ``"module:function"`` names, imported when the stage runs (or callables).
 
     Naming instead of importing keeps PID 1's start cheap: each stage's code (and its libraries) is

@@ -10,7 +10,8 @@ import binascii
 import hashlib
 import io
 import json
-from dataclasses import dataclass
+
+from typing import NamedTuple
 
 from ucernvm.boot.state import BootState
 from ucernvm.boot.system import MakeDirs, Run, WriteFile
@@ -27,8 +28,7 @@ _HOOK_SHIMS = (
 )
 
 
-@dataclass(frozen=True)
-class ExtractTarball:
+class ExtractTarball(NamedTuple):
     data: bytes
     target: str
     what: str

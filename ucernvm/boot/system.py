@@ -3,6 +3,10 @@
 Every stage changes the machine only through ``System.do(action)``. ``RealSystem`` applies the action;
 ``DryRunSystem`` records it (and answers with what it would have produced), so the same stage code
 runs as PID 1 in a VM and as ``ucernvm --dry-run`` on a laptop without touching it.
+
+The boot's small immutable records (these actions, the stages, what the context stage found) are named
+tuples rather than frozen dataclasses: a frozen dataclass compiles its generated methods when it is
+defined, ~1 ms natively and 20-30 ms under emulation, for each of the dozens PID 1 imports.
 """
 
 from __future__ import annotations
@@ -10,9 +14,8 @@ from __future__ import annotations
 import ctypes
 import os
 import subprocess
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from ucernvm.errors import MountError, UcernvmError
 
@@ -41,8 +44,7 @@ class Action(Protocol):
     def apply(self) -> Any: ...
 
 
-@dataclass(frozen=True)
-class Mount:
+class Mount(NamedTuple):
     source: str
     target: str
     fstype: str | None
@@ -61,8 +63,7 @@ class Mount:
             raise _errno_error(MountError, self.describe())
 
 
-@dataclass(frozen=True)
-class Unmount:
+class Unmount(NamedTuple):
     target: str
     lazy: bool = False
 
@@ -74,8 +75,7 @@ class Unmount:
             raise _errno_error(MountError, self.describe())
 
 
-@dataclass(frozen=True)
-class MakeDirs:
+class MakeDirs(NamedTuple):
     path: str
     mode: int = 0o755
 
@@ -86,10 +86,9 @@ class MakeDirs:
         os.makedirs(self.path, self.mode, exist_ok=True)
 
 
-@dataclass(frozen=True)
-class WriteFile:
+class WriteFile(NamedTuple):
     path: str
-    data: bytes = field(repr=False)
+    data: bytes
     mode: int = 0o644
 
     def describe(self) -> str:
@@ -103,8 +102,7 @@ class WriteFile:
         os.replace(temporary, self.path)
 
 
-@dataclass(frozen=True)
-class RemoveFile:
+class RemoveFile(NamedTuple):
     path: str
 
     def describe(self) -> str:
@@ -117,11 +115,10 @@ class RemoveFile:
             pass
 
 
-@dataclass(frozen=True)
-class Run:
+class Run(NamedTuple):
     argv: tuple[str, ...]
     timeout: float = 60.0
-    input: bytes | None = field(default=None, repr=False)
+    input: bytes | None = None
 
     def describe(self) -> str:
         return "run " + " ".join(self.argv)

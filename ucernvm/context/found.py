@@ -3,7 +3,7 @@ extras a medium can carry. Plain data, shared by the media reader, the metadata 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 # The exact strings µCernVM wrote to context/source; the OS's .ucernvm_bootstrap enables the matching
 # cloud-init datasource by them. NoCloud is this project's addition (cloud-init's own name for it).
@@ -22,8 +22,7 @@ NETWORK_SOURCES = (GCE, EC2, OPENSTACK, CLOUDSTACK)
 NO_SOURCE = "(none)"  # what µCernVM reports when nothing was found
 
 
-@dataclass(frozen=True)
-class MetaData:
+class MetaData(NamedTuple):
     """The meta-data cloud-init's NoCloud seed needs; empty strings where the source has none."""
 
     instance_id: str = ""
@@ -31,8 +30,7 @@ class MetaData:
     public_keys: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class StaticInterface:
+class StaticInterface(NamedTuple):
     """Static settings of one NIC from OpenNebula's context.sh (ETH<n>_*), validated."""
 
     name: str  # "eth0": OpenNebula's numbering, not necessarily the kernel's; match by mac when given
@@ -43,8 +41,7 @@ class StaticInterface:
     mtu: int | None = None
 
 
-@dataclass(frozen=True)
-class FoundContext:
+class FoundContext(NamedTuple):
     """The result of a search: the source that won and what it carried, plus the extras found on any
     partition. ``source`` is None when only extras were found."""
 

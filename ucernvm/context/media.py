@@ -18,9 +18,10 @@ import re
 import shlex
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass
 from ipaddress import IPv4Interface, ip_address
 from pathlib import Path
+
+from typing import NamedTuple
 
 from ucernvm.context.found import (AZURE, CONFIG_DRIVE, NOCLOUD, OPEN_NEBULA, VSPHERE, FoundContext, MetaData,
                                    StaticInterface)
@@ -35,8 +36,7 @@ CONFIG_TYPES = (*ISO_TYPES, "vfat")
 Warn = Callable[[str], None]
 
 
-@dataclass(frozen=True)
-class BlockDevice:
+class BlockDevice(NamedTuple):
     """A candidate medium: its device node, file system type (blkid's names) and label."""
 
     path: str

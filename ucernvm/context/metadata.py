@@ -15,8 +15,9 @@ import selectors
 import socket
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import urlsplit
+
 
 from ucernvm.client import http11
 from ucernvm.context.found import CLOUDSTACK, EC2, GCE, OPENSTACK, FoundContext, MetaData
@@ -75,8 +76,7 @@ def reachable(hosts: Iterable[Host], timeout: float) -> set[Host]:
     return up
 
 
-@dataclass(frozen=True)
-class Reply:
+class Reply(NamedTuple):
     status: int
     headers: dict[str, str]
     body: bytes

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -126,7 +126,7 @@ def scan_media(probe: SourceProbe) -> FoundContext | None:
     if found is None and not extra and pickup is None:
         return None
     found = found or FoundContext(None)
-    return replace(found, user_data=decode(found.user_data), extra_user_data=extra, pickup=pickup)
+    return found._replace(user_data=decode(found.user_data), extra_user_data=extra, pickup=pickup)
 
 
 def ask_network(probe: SourceProbe, local: FoundContext | None) -> FoundContext | None:
@@ -139,8 +139,8 @@ def ask_network(probe: SourceProbe, local: FoundContext | None) -> FoundContext 
     if found is None:
         return local
     extras = local or FoundContext(None)
-    return replace(found, user_data=decode(found.user_data), extra_user_data=extras.extra_user_data,
-                   pickup=extras.pickup)
+    return found._replace(user_data=decode(found.user_data), extra_user_data=extras.extra_user_data,
+                          pickup=extras.pickup)
 
 
 def _scan_media(probe: SourceProbe, layouts: list[str]) -> tuple[FoundContext | None, bytes, bytes | None]:
