@@ -36,7 +36,9 @@ from ucernvm.server import StratumServer
 TIMEOUT = 900.0
 KVM_TARGET = 30.0  # seconds to multi-user.target, CernVM's promise
 FLOOR_RATIO = {"cold": 1.6, "warm": 1.3}  # the target under TCG: streamed / floor, to multi-user.target
-REGRESSION_RATIO = {"cold": 2.4, "warm": 1.8}  # asserted under TCG; measured here: 1.39-2.07 cold, 1.18-1.77 warm
+# Asserted under TCG. Measured here: 1.39-2.07 cold, 1.18-1.96 warm; the floor moves most with the
+# host (a quiet host boots it to multi-user in 35 s warm, a busy one in 53 s).
+REGRESSION_RATIO = {"cold": 2.4, "warm": 2.2}
 REPORT_CHECK = "grep -q '\"root_hash\"' /run/ucernvm/report.json && echo 'UCERNVM-CHECK ucernvm-report ok' > /dev/console"
 
 
