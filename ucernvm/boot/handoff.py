@@ -6,7 +6,6 @@ import os
 import platform
 import shutil
 from pathlib import Path
-
 from typing import NamedTuple
 
 from ucernvm.boot.report import build_report, render_svg, to_json

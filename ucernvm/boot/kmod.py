@@ -15,7 +15,6 @@ import platform
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-
 from typing import NamedTuple
 
 from ucernvm.boot.state import BootState

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-
 from typing import NamedTuple
 
 from ucernvm.boot.log import uptime

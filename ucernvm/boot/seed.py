@@ -10,7 +10,6 @@ import binascii
 import hashlib
 import io
 import json
-
 from typing import NamedTuple
 
 from ucernvm.boot.state import BootState

@@ -312,14 +312,15 @@ class SnapshotFilesystem(Operations):
         key = os.fsdecode(name)
         if key in node.entry.xattrs:
             return node.entry.xattrs[key]
-        # Asked at every exec (security.capability) and by overlayfs of every lower file it looks up.
-        value = self._magic_xattr(node, key) if key.startswith("user.") else None
+        value = self._magic_xattr(node, key)
         if value is None:
             raise OSError(errno.ENODATA, "no such attribute")
         return value.encode()
 
     def _magic_xattr(self, node: _Node, key: str) -> str | None:
         """cvmfs's informational attributes; not listed, so that copies (overlayfs copy-up) skip them."""
+        if not key.startswith("user."):  # security.capability at every exec, overlayfs's own at every lookup
+            return None
         repository, entry = self.repository, node.entry
         source = repository.source
         values = {

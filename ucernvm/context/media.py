@@ -20,7 +20,6 @@ import stat
 from collections.abc import Callable
 from ipaddress import IPv4Interface, ip_address
 from pathlib import Path
-
 from typing import NamedTuple
 
 from ucernvm.context.found import (AZURE, CONFIG_DRIVE, NOCLOUD, OPEN_NEBULA, VSPHERE, FoundContext, MetaData,
