@@ -49,6 +49,7 @@ def make_tree(root: Path) -> None:
     (root / "data").mkdir()
     (root / "data" / "big.bin").write_bytes(os.urandom(BIG))
     (root / "data" / "ünïcödé name ✓").write_text("non-ASCII\n")
+    (root / "data" / os.fsdecode(b"latin-1 \xe9t\xe9")).write_text("not UTF-8: any bytes are a name\n")
     (root / "data" / "sub").mkdir()
     (root / "data" / "sub" / ".cvmfscatalog").write_bytes(b"")
     (root / "data" / "sub" / "deep").mkdir()

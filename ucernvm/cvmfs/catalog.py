@@ -66,7 +66,9 @@ def join(directory: str, name: str) -> str:
 
 class DirectoryEntry(NamedTuple):
     """One row of a catalog, decoded (a named tuple: a mount decodes one for every entry it meets, and
-    a frozen dataclass costs several times as much to build)."""
+    a frozen dataclass costs several times as much to build). The content hash is kept as the row's
+    raw digest, its algorithm in ``flags``, and made a ContentHash only when asked: a listing needs
+    neither, and building one costs as much as the rest of the entry."""
 
     name: str
     mode: int
@@ -76,7 +78,7 @@ class DirectoryEntry(NamedTuple):
     uid: int
     gid: int
     hardlinks: int = 0
-    content_hash: ContentHash | None = None
+    digest: bytes | None = None
     symlink: str = ""
     mtime_ns: int = 0
     xattrs: Mapping[str, bytes] = _NO_XATTRS
@@ -130,6 +132,10 @@ class DirectoryEntry(NamedTuple):
         return HashAlgorithm.from_catalog_flags(self.flags)
 
     @property
+    def content_hash(self) -> ContentHash | None:
+        return ContentHash(self.hash_algorithm, self.digest) if self.digest else None
+
+    @property
     def linkcount(self) -> int:
         count = self.hardlinks & 0xFFFFFFFF
         return count if count else 1
@@ -167,7 +173,7 @@ class Catalog:
         self.content_hash = content_hash
         self._connection = connection
         self._lock = threading.Lock()
-        connection.text_factory = lambda raw: raw.decode("utf-8", "surrogateescape")
+        connection.text_factory = _file_name  # until the properties are read; then see _query
         self.properties, columns = properties_and_columns(connection, "catalog", "catalog")
         try:
             self.schema = float(self.properties.get("schema", "1.0"))
@@ -181,6 +187,7 @@ class Catalog:
             + ("xattr " if "xattr" in columns else "NULL ")
             + "FROM catalog "
         )
+        connection.text_factory = str
         self._nested: list[NestedCatalogRef] | None = None
         self._has_bind_mountpoints = bool(
             connection.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='bind_mountpoints'").fetchone()
@@ -240,9 +247,20 @@ class Catalog:
     def _query(self, sql: str, parameters: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             try:
-                return self._connection.execute(sql, parameters).fetchall()
+                return self._fetch(sql, parameters)
             except sqlite3.DatabaseError as error:
                 raise FormatError(f"corrupt catalog: {error}") from None
+
+    def _fetch(self, sql: str, parameters: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        try:
+            return self._connection.execute(sql, parameters).fetchall()
+        except sqlite3.OperationalError as error:
+            if not str(error).startswith("Could not decode to UTF-8"):
+                raise
+        # A name that is not UTF-8 (Linux allows any bytes). SQLite decodes text in C and a Python
+        # text_factory costs ~0.5 us a column, so it is set only for a catalog that needs it.
+        self._connection.text_factory = _file_name
+        return self._connection.execute(sql, parameters).fetchall()
 
     def lookup(self, path: str) -> DirectoryEntry | None:
         rows = self._query(self._select + "WHERE md5path_1=? AND md5path_2=?", path_hash(path))
@@ -283,12 +301,16 @@ class Catalog:
         return dict(self._query("SELECT counter, value FROM statistics"))
 
 
+def _file_name(raw: bytes) -> str:
+    """A name as os.fsdecode makes it: bytes that are not UTF-8 survive as surrogates."""
+    return raw.decode("utf-8", "surrogateescape")
+
+
 def _decode_entry(row: tuple[Any, ...]) -> DirectoryEntry:
     # Positional and without conversions: SQLite hands back ints, and this runs for every entry a
     # mount lists or looks up.
     name, mode, size, mtime, flags, uid, gid, hardlinks, digest, symlink, mtime_ns, xattr = row
-    content_hash = ContentHash(HashAlgorithm.from_catalog_flags(flags), bytes(digest)) if digest else None
     return DirectoryEntry(
-        name, mode, size or 0, mtime or 0, flags, uid or 0, gid or 0, hardlinks or 0, content_hash,
+        name, mode, size or 0, mtime or 0, flags, uid or 0, gid or 0, hardlinks or 0, digest,
         symlink or "", mtime_ns or 0, xattrs.decode(xattr) if xattr else _NO_XATTRS,
     )

@@ -90,7 +90,7 @@ class CatalogWriter:
                 *key,
                 *parent,
                 entry.hardlinks,
-                entry.content_hash.digest if entry.content_hash else None,
+                entry.digest,
                 entry.size,
                 entry.mode,
                 entry.mtime,
@@ -141,7 +141,7 @@ def _content(db: sqlite3.Connection) -> tuple[Any, ...]:
     catalog = sorted(
         db.execute(
             "SELECT md5path_1, md5path_2, parent_1, parent_2, hardlinks, hash, size, mode, mtime, "
-            "COALESCE(mtimens, 0), flags, name, symlink, uid, gid, xattr FROM catalog"
+            "COALESCE(mtimens, 0), flags, CAST(name AS BLOB), CAST(symlink AS BLOB), uid, gid, xattr FROM catalog"
         ).fetchall(),
         key=repr,
     )

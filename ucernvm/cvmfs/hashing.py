@@ -33,11 +33,10 @@ class HashAlgorithm(enum.Enum):
 
     @classmethod
     def from_catalog_flags(cls, flags: int) -> HashAlgorithm:
-        number = ((flags >> 8) & 0x7) + 1
-        try:
-            return cls(number)
-        except ValueError:
-            raise FormatError(f"unknown hash algorithm {number} in catalog flags {flags:#x}") from None
+        bits = (flags >> 8) & 0x7
+        if bits < len(_BY_CATALOG_BITS):  # a tuple, not cls(number): a mount asks for every file it opens
+            return _BY_CATALOG_BITS[bits]
+        raise FormatError(f"unknown hash algorithm {bits + 1} in catalog flags {flags:#x}")
 
     @classmethod
     def from_name(cls, name: str) -> HashAlgorithm:
@@ -56,6 +55,7 @@ class HashAlgorithm(enum.Enum):
         return hasher.digest()
 
 
+_BY_CATALOG_BITS = (HashAlgorithm.SHA1, HashAlgorithm.RMD160, HashAlgorithm.SHAKE128)
 _ID_SUFFIX = {HashAlgorithm.SHA1: "", HashAlgorithm.RMD160: "-rmd160", HashAlgorithm.SHAKE128: "-shake128"}
 
 

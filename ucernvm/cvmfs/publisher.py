@@ -341,7 +341,7 @@ class Publisher:
             uid=node.st.st_uid,
             gid=node.st.st_gid,
             hardlinks=hardlinks,
-            content_hash=content_hash,
+            digest=content_hash.digest if content_hash else None,
             symlink=node.symlink,
             xattrs=node.xattrs,
         )
