@@ -16,12 +16,14 @@ import itertools
 import os
 import re
 import resource
+import stat
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from ucernvm import __version__
 from ucernvm.client.fuse.operations import ROOT_INO, Attributes, DirEntry, FsStats, Operations
+from ucernvm.client.listing_ahead import ListingsAhead
 from ucernvm.client.repository import Repository
 from ucernvm.cvmfs.catalog import Catalog, Chunk, DirectoryEntry, Flag, NestedCatalogRef
 from ucernvm.cvmfs.hashing import ObjectType
@@ -47,13 +49,15 @@ def expand_variant_symlink(target: str, environment: dict[str, str]) -> str:
 
 
 class _Node:
-    __slots__ = ("path", "entry", "attributes", "children")
+    __slots__ = ("path", "entry", "attributes", "parent", "children", "listed")
 
-    def __init__(self, path: str, entry: DirectoryEntry, attributes: Attributes) -> None:
+    def __init__(self, path: str, entry: DirectoryEntry, attributes: Attributes, parent: _Node | None) -> None:
         self.path = path
         self.entry = entry
         self.attributes = attributes
+        self.parent = parent
         self.children: dict[str, DirectoryEntry] | None = None  # a directory's entries, once looked up
+        self.listed = False  # the kernel asked for its listing
 
 
 class _Directory:
@@ -94,7 +98,8 @@ class SnapshotFilesystem(Operations):
         self._next_ino = itertools.count(ROOT_INO + 1).__next__
         self._inodes: dict[object, int] = {}
         root = repository.entry("")
-        self._nodes: dict[int, _Node] = {ROOT_INO: _Node("", root, self._attributes(ROOT_INO, root))}
+        self._nodes: dict[int, _Node] = {ROOT_INO: _Node("", root, self._attributes(ROOT_INO, root), None)}
+        self._listings_ahead = ListingsAhead(self._listing_ahead)
         self._environment = dict(os.environ)
         self.io_errors = 0
 
@@ -112,8 +117,10 @@ class SnapshotFilesystem(Operations):
             self.repository.catalog_loaded = self._prefetch_nested
             for catalog in self.repository.loaded_catalogs():
                 self._prefetch_nested(catalog)
+        self._listings_ahead.start()
 
     def destroy(self) -> None:
+        self._listings_ahead.stop()
         for pool in (self._pool, self._catalog_pool):
             if pool is not None:
                 pool.shutdown(wait=False, cancel_futures=True)
@@ -150,10 +157,11 @@ class SnapshotFilesystem(Operations):
             entry.device_number if special else 0,
         )
 
-    def _children(self, directory: str, entries: list[DirectoryEntry]) -> list[_Node]:
+    def _children(self, parent: _Node, entries: list[DirectoryEntry]) -> list[_Node]:
         """The nodes of entries of one directory (one lock for a whole listing)."""
         children = []
         inodes, nodes, attributes = self._inodes, self._nodes, self._attributes
+        directory = parent.path
         with self._lock:
             for entry in entries:
                 path = f"{directory}/{entry.name}"
@@ -163,7 +171,7 @@ class SnapshotFilesystem(Operations):
                 ino = inodes.get(key)
                 if ino is None:
                     ino = inodes[key] = self._next_ino()
-                    node = nodes[ino] = _Node(path, entry, attributes(ino, entry))
+                    node = nodes[ino] = _Node(path, entry, attributes(ino, entry), parent)
                 else:
                     node = nodes[ino]
                 children.append(node)
@@ -199,7 +207,7 @@ class SnapshotFilesystem(Operations):
         entry = children.get(os.fsdecode(name))
         if entry is None:
             raise OSError(errno.ENOENT, "no such entry")
-        return self._children(parent.path, [entry])[0].attributes
+        return self._children(parent, [entry])[0].attributes
 
     def getattr(self, ino: int) -> Attributes:
         return self._get(ino).attributes
@@ -218,15 +226,33 @@ class SnapshotFilesystem(Operations):
 
     def readdir(self, handle: _Directory, offset: int) -> list[DirEntry]:
         if handle.entries is None:  # a race of two readers makes the same listing twice: harmless
-            handle.entries = self._listing(handle.node)
+            handle.entries = self._kernel_listing(handle.node)
         return handle.entries[offset:]
 
+    def _kernel_listing(self, node: _Node) -> list[DirEntry]:
+        """The listing the kernel asked for. A directory listed after its parent, or one whose listing
+        was made ahead, is part of a tree walk: its subdirectories are listed ahead of the walker."""
+        made = self._listings_ahead.take(node)
+        listing = made
+        if listing is None:
+            try:
+                listing = self._listing(node)
+            except UcernvmError as error:
+                raise self._failed(error) from None
+        if made is not None or (node.parent is not None and node.parent.listed):
+            nodes = self._nodes
+            self._listings_ahead.want(
+                nodes[entry.attributes.ino] for entry in listing if stat.S_ISDIR(entry.attributes.mode)
+            )
+        node.listed = True
+        return listing
+
+    def _listing_ahead(self, node: _Node) -> list[DirEntry] | None:
+        return None if node.listed else self._listing(node)
+
     def _listing(self, node: _Node) -> list[DirEntry]:
-        try:
-            entries = self.repository.listdir(node.path)
-        except UcernvmError as error:
-            raise self._failed(error) from None
-        children = self._children(node.path, entries)
+        entries = self.repository.listdir(node.path)
+        children = self._children(node, entries)
         return [DirEntry(os.fsencode(entry.name), child.attributes, index)
                 for index, (entry, child) in enumerate(zip(entries, children), 1)]
 
