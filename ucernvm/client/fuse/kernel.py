@@ -34,7 +34,10 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from typing import Any
 
-GC_THRESHOLD = 100_000  # allocations between collections of the youngest generation, in a serving process
+# How a serving process uses memory (see _tune_memory_for_serving).
+GC_THRESHOLD = 100_000  # allocations between collections of the youngest generation
+MALLOC_KEEP_BYTES = 32 << 20  # above the largest cvmfs chunk (24 MiB)
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt(3) parameters
 
 # --- protocol (include/uapi/linux/fuse.h) -------------------------------------------------------
 
@@ -287,12 +290,7 @@ class FuseMount:
 
     def serve(self) -> None:
         """Serve until the file system is unmounted (the process's work from here on)."""
-        # A file system keeps a few objects for every entry it meets, for the life of the mount. At
-        # the default threshold (700 allocations) the collector rescans that growing heap again and
-        # again: a third of the CPU of a 100k-entry walk. Cycles are still collected, in larger
-        # batches, and what exists now (modules, the catalogs' connections) is never scanned again.
-        gc.freeze()
-        gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
+        _tune_memory_for_serving()
         self.start()
         self.join()
 
@@ -556,6 +554,21 @@ class FuseMount:
     def _listxattr(self, nodeid: int, payload: memoryview) -> bytes:
         size = GETXATTR_IN.unpack_from(payload)[0]
         return _sized(b"".join(name + b"\0" for name in self.ops.listxattr(nodeid)), size)
+
+
+def _tune_memory_for_serving() -> None:
+    # A file system keeps a few objects for every entry it meets, for the life of the mount. At
+    # the default threshold (700 allocations) the collector rescans that growing heap again and
+    # again: a third of the CPU of a 100k-entry walk. Cycles are still collected, in larger
+    # batches, and what exists now (modules, the catalogs' connections) is never scanned again.
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
+    # Every read's reply and every inflated chunk is a fresh buffer of 1 MiB or more, which glibc
+    # maps anew (above its mmap threshold) or takes from a heap whose top it gave back: each of its
+    # pages then faults and is zeroed again, a fifth of a cold read's CPU natively and more under
+    # emulation. Kept in the heap instead, freed buffers serve the next requests.
+    _libc.mallopt(M_MMAP_THRESHOLD, MALLOC_KEEP_BYTES)
+    _libc.mallopt(M_TRIM_THRESHOLD, 2 * MALLOC_KEEP_BYTES)
 
 
 def _attr(a: Attributes | None) -> tuple[int, ...]:
