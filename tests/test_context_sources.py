@@ -9,7 +9,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -515,9 +515,9 @@ def test_media_before_the_network_is_up_then_the_network(tmp_path: Path, media: 
                             addresses=MetadataAddresses(address, closed_port()))
         local = scan_media(probe)
         assert local.source == "OpenNebula" and local.network[0].address == "10.9.8.7/24" and cloud.requests == []
-        without = scan_media(replace(probe, requested="auto", devices=[extra]))
+        without = scan_media(probe._replace(requested="auto", devices=[extra]))
         assert without.source is None and without.extra_user_data == b"# extra\n"
-        found = ask_network(replace(probe, requested="auto"), without)
+        found = ask_network(probe._replace(requested="auto"), without)
     assert found.source == "EC2" and found.user_data == cloud.user_data and found.extra_user_data == b"# extra\n"
     assert ask_network(probe, local) is local and not notes.warnings
 

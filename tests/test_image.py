@@ -6,6 +6,7 @@ import hashlib
 import lzma
 import os
 import shutil
+import site
 import stat
 import struct
 import subprocess
@@ -291,6 +292,27 @@ def test_every_import_the_boot_defers_is_in_the_image() -> None:
     assert "email.policy" in deferred  # the scan finds the deferred imports
     missing = {module: by for module, by in deferred.items() if module not in closure and module not in NOT_IN_THE_IMAGE}
     assert not missing, f"imported inside functions but not packed (add them to IMAGE_MODULES in pid1.py): {missing}"
+
+
+# Modules the boot's own path leaves out: under emulation every import costs 15-20x its native time,
+# and dataclasses brings inspect, ast, dis and tokenize (~19 ms natively) and compiles methods for each
+# class it decorates; the boot's records are named tuples and plain classes.
+NOT_ON_THE_BOOT_PATH = ("dataclasses", "inspect", "ast")
+
+
+def test_the_boot_path_imports_neither_dataclasses_nor_inspect() -> None:
+    import ucernvm
+    from ucernvm.boot.stages import MODULES
+
+    # As the image's interpreter starts: no site module, the package and the site directories on the path.
+    code = ("import importlib, sys; sys.path[:0] = sys.argv[1].split(':'); "
+            "[importlib.import_module(m) for m in sys.argv[2:]]; print(' '.join(sys.modules))")
+    search = ":".join([str(Path(ucernvm.__file__).resolve().parents[1]), *site.getsitepackages()])
+    result = subprocess.run([sys.executable, "-I", "-S", "-c", code, search, "ucernvm.boot.pid1", *MODULES],
+                            capture_output=True, text=True, check=True)
+    loaded = set(result.stdout.split())
+    assert "ucernvm.boot.network" in loaded and "ucernvm.client.fetcher" in loaded  # the whole path was imported
+    assert not loaded & set(NOT_ON_THE_BOOT_PATH)
 
 
 def test_launch_command_boots_pvh_under_tcg(tmp_path: Path) -> None:

@@ -14,7 +14,6 @@ import os
 import struct
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from ucernvm.errors import FormatError, StorageError
@@ -80,20 +79,39 @@ class Partition(NamedTuple):
         return self.start + self.sectors
 
 
-@dataclass
+# A plain class: a generated class costs an import (inspect, ast) and an exec per class at every boot.
 class PartitionTable:
-    kind: str  # "dos" or "gpt", as sfdisk names them
-    disk_sectors: int
-    sector_size: int = 512
-    partitions: list[Partition] = field(default_factory=list)
-    disk_id: str = ""  # MBR: "0x1234abcd"; GPT: the disk GUID
-    first_lba: int = 0  # first and last sector partitions may use
-    last_lba: int = 0
-    entry_count: int = 128  # GPT partition entry array
-    entry_size: int = 128
-    boot_code: bytes = field(default=bytes(440), repr=False)  # kept as found: a boot loader may live there
-    backup_lba: int = 0  # GPT: where the backup header is on the disk now (it stays behind when a disk grows)
-    notes: list[str] = field(default_factory=list)  # what was repaired while reading
+    __slots__ = ("kind", "disk_sectors", "sector_size", "partitions", "disk_id", "first_lba", "last_lba",
+                 "entry_count", "entry_size", "boot_code", "backup_lba", "notes")
+
+    def __init__(
+        self,
+        kind: str,
+        disk_sectors: int,
+        sector_size: int = 512,
+        partitions: list[Partition] | None = None,
+        disk_id: str = "",
+        first_lba: int = 0,
+        last_lba: int = 0,
+        entry_count: int = 128,
+        entry_size: int = 128,
+        boot_code: bytes = bytes(440),
+        backup_lba: int = 0,
+        notes: list[str] | None = None,
+    ) -> None:
+        self.kind = kind  # "dos" or "gpt", as sfdisk names them
+        self.disk_sectors = disk_sectors
+        self.sector_size = sector_size
+        self.partitions: list[Partition] = [] if partitions is None else partitions
+        self.disk_id = disk_id  # MBR: "0x1234abcd"; GPT: the disk GUID
+        self.first_lba = first_lba  # first and last sector partitions may use
+        self.last_lba = last_lba
+        self.entry_count = entry_count  # GPT partition entry array
+        self.entry_size = entry_size
+        self.boot_code = boot_code  # kept as found: a boot loader may live there
+        # GPT: where the backup header is on the disk now (it stays behind when a disk grows)
+        self.backup_lba = backup_lba
+        self.notes: list[str] = [] if notes is None else notes  # what was repaired while reading
 
     @property
     def entry_sectors(self) -> int:

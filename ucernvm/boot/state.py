@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -11,41 +10,68 @@ from ucernvm.boot.system import System
 from ucernvm.config import BootConfig
 
 
-@dataclass
+# Plain classes: a generated class costs an import (inspect, ast) and an exec per class at every boot.
 class StageRecord:
-    name: str
-    start: float  # seconds since the kernel started
-    end: float = 0.0
-    status: str = "running"  # ok, warning, failed, skipped
-    message: str = ""
-    imports: float = 0.0  # of the seconds, those spent importing the stage's code (a cost of the image)
+    __slots__ = ("name", "start", "end", "status", "message", "imports")
+
+    def __init__(self, name: str, start: float, end: float = 0.0, status: str = "running", message: str = "",
+                 imports: float = 0.0) -> None:
+        self.name = name
+        self.start = start  # seconds since the kernel started
+        self.end = end
+        self.status = status  # ok, warning, failed, skipped
+        self.message = message
+        self.imports = imports  # of the seconds, those spent importing the stage's code (a cost of the image)
 
     @property
     def seconds(self) -> float:
         return max(0.0, self.end - self.start)
 
 
-@dataclass
 class BootState:
-    system: System
-    log: BootLog
-    cmdline: str = ""
-    config: Any = field(default_factory=BootConfig)
-    warnings: list[str] = field(default_factory=list)
-    stages: list[StageRecord] = field(default_factory=list)
-    facts: dict[str, Any] = field(default_factory=dict)  # what the boot report shows
+    __slots__ = ("system", "log", "cmdline", "config", "warnings", "stages", "facts", "scratch_device",
+                 "scratch_fresh", "user_data", "context_source", "found_context", "source", "repository",
+                 "fuse_pid", "scratch_moved_to", "keys_dir")
 
-    # results of the stages, for the stages after them
-    scratch_device: str | None = None
-    scratch_fresh: bool = False
-    user_data: bytes | None = None
-    context_source: str = "(none)"
-    found_context: Any = None  # what the context stage's search found (extras, meta-data)
-    source: Any = None  # the HTTP fetcher chosen by the servers stage
-    repository: Any = None
-    fuse_pid: int | None = None
-    scratch_moved_to: Path | None = None  # where the mount stage moved the scratch disk
-    keys_dir: Path | None = None  # trusted master keys; None: the image's /etc/cvmfs/keys
+    def __init__(
+        self,
+        system: System,
+        log: BootLog,
+        cmdline: str = "",
+        config: Any = None,
+        warnings: list[str] | None = None,
+        stages: list[StageRecord] | None = None,
+        facts: dict[str, Any] | None = None,
+        scratch_device: str | None = None,
+        scratch_fresh: bool = False,
+        user_data: bytes | None = None,
+        context_source: str = "(none)",
+        found_context: Any = None,
+        source: Any = None,
+        repository: Any = None,
+        fuse_pid: int | None = None,
+        scratch_moved_to: Path | None = None,
+        keys_dir: Path | None = None,
+    ) -> None:
+        self.system = system
+        self.log = log
+        self.cmdline = cmdline
+        self.config: Any = BootConfig() if config is None else config
+        self.warnings: list[str] = [] if warnings is None else warnings
+        self.stages: list[StageRecord] = [] if stages is None else stages
+        self.facts: dict[str, Any] = {} if facts is None else facts  # what the boot report shows
+
+        # results of the stages, for the stages after them
+        self.scratch_device = scratch_device
+        self.scratch_fresh = scratch_fresh
+        self.user_data = user_data
+        self.context_source = context_source
+        self.found_context = found_context  # what the context stage's search found (extras, meta-data)
+        self.source = source  # the HTTP fetcher chosen by the servers stage
+        self.repository = repository
+        self.fuse_pid = fuse_pid
+        self.scratch_moved_to = scratch_moved_to  # where the mount stage moved the scratch disk
+        self.keys_dir = keys_dir  # trusted master keys; None: the image's /etc/cvmfs/keys
 
     @property
     def scratch(self) -> Path:

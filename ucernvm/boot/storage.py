@@ -16,7 +16,6 @@ import os
 import subprocess
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -57,17 +56,29 @@ class Volume(NamedTuple):
     fs: FileSystem | None
 
 
-@dataclass
+# A plain class: a generated class costs an import (inspect, ast) and an exec per class at every boot.
 class DiskView:
     """What one disk holds, read without changing it."""
 
-    disk: Disk
-    path: str
-    table: PartitionTable | None = None
-    problem: str = ""  # why it cannot be used (unreadable, invalid table)
-    blank: bool = False
-    ephemeral: bool = False  # Amazon's pre-formatted ext3 that holds only lost+found
-    volumes: list[Volume] = field(default_factory=list)
+    __slots__ = ("disk", "path", "table", "problem", "blank", "ephemeral", "volumes")
+
+    def __init__(
+        self,
+        disk: Disk,
+        path: str,
+        table: PartitionTable | None = None,
+        problem: str = "",
+        blank: bool = False,
+        ephemeral: bool = False,
+        volumes: list[Volume] | None = None,
+    ) -> None:
+        self.disk = disk
+        self.path = path
+        self.table = table
+        self.problem = problem  # why it cannot be used (unreadable, invalid table)
+        self.blank = blank
+        self.ephemeral = ephemeral  # Amazon's pre-formatted ext3 that holds only lost+found
+        self.volumes: list[Volume] = [] if volumes is None else volumes
 
     @property
     def writable(self) -> bool:

@@ -21,8 +21,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from ucernvm.cvmfs.hashing import ContentHash
 from ucernvm.errors import FormatError, StorageError
@@ -31,8 +31,7 @@ BREADCRUMB_PREFIX = "cvmfschecksum."
 TOUCH_INTERVAL = 60.0  # seconds: how stale the eviction order may be for objects in use
 
 
-@dataclass(frozen=True)
-class Breadcrumb:
+class Breadcrumb(NamedTuple):
     """The newest manifest this cache has seen for a repository: ``<root hash>T<timestamp>R<revision>``."""
 
     root_hash: str

@@ -20,9 +20,8 @@ import math
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ucernvm.client.proxies import parse_proxy_list
 from ucernvm.cvmfs.hashing import ContentHash
@@ -106,8 +105,7 @@ def _root_hash(key: str, value: str) -> ContentHash | None:
         raise ConfigError(f"{key}: {error.message}", "give the root catalog's hash, e.g. 40 hex digits") from None
 
 
-@dataclass(frozen=True)
-class FetcherConfig:
+class FetcherConfig(NamedTuple):
     """The client settings, with cvmfs's defaults (``mount/default.conf``, ``mountpoint.h``).
 
     Times are seconds; unlike cvmfs (whole seconds), fractions are accepted.

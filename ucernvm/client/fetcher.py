@@ -26,7 +26,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 from ucernvm.client.client_config import FetcherConfig, substitute
@@ -111,8 +111,7 @@ class HostChain:
             return ", ".join(f"[{url}]" if i == self._current else url for i, url in enumerate(self._urls))
 
 
-@dataclass(frozen=True)
-class Counters:
+class Counters(NamedTuple):
     requests: int = 0  # HTTP attempts, retries included
     bytes: int = 0  # body bytes received, failed transfers included
     retries: int = 0  # same-URL retries after a backoff
@@ -121,21 +120,25 @@ class Counters:
     proxy_failovers: int = 0
 
 
-@dataclass
 class _Job:
     """The per-request state of cvmfs's ``JobInfo``."""
 
-    path: str
-    expected: ContentHash | None = None
-    object_type: ObjectType = ObjectType.FILE
-    force_nocache: bool = False
-    absolute: bool = False
-    used_hosts: int = 1
-    used_proxies: int = 1
-    retries: int = 0
-    backoff: float = 0.0
-    nocache: bool = False  # the refetch after a hash mismatch is under way
-    failures: list[Attempt] = field(default_factory=list)
+    __slots__ = ("path", "expected", "object_type", "force_nocache", "absolute", "used_hosts", "used_proxies",
+                 "retries", "backoff", "nocache", "failures")
+
+    def __init__(self, path: str, expected: ContentHash | None = None, object_type: ObjectType = ObjectType.FILE,
+                 force_nocache: bool = False, absolute: bool = False) -> None:
+        self.path = path
+        self.expected = expected
+        self.object_type = object_type
+        self.force_nocache = force_nocache
+        self.absolute = absolute
+        self.used_hosts = 1
+        self.used_proxies = 1
+        self.retries = 0
+        self.backoff = 0.0
+        self.nocache = False  # the refetch after a hash mismatch is under way
+        self.failures: list[Attempt] = []
 
 
 class HttpSource:

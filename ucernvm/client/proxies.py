@@ -21,7 +21,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 from ucernvm.client.transfer import DIRECT
@@ -30,8 +30,7 @@ from ucernvm.errors import ConfigError
 AUTO = "auto"
 
 
-@dataclass(frozen=True)
-class Proxy:
+class Proxy(NamedTuple):
     """One member: ``url`` is ``DIRECT`` or ``http://<address>:<port>``; ``name`` the configured host."""
 
     url: str

@@ -18,7 +18,7 @@ import enum
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import urljoin
 
 from ucernvm import __version__
@@ -79,8 +79,7 @@ def _side(kind: str, proxy: str) -> Failure:
     return host if proxy == DIRECT else via_proxy
 
 
-@dataclass(frozen=True)
-class Attempt:
+class Attempt(NamedTuple):
     """The outcome of one attempt: ``failure`` is None and ``data`` the body on success."""
 
     url: str

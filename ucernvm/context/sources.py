@@ -15,10 +15,9 @@ Only the standard library and the project's own HTTP client are imported: this r
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, NamedTuple, Protocol
 
 from ucernvm.boot.system import MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MakeDirs, Mount, System, Unmount
 from ucernvm.context.found import (CLOUDSTACK, LOCAL_SOURCES, NETWORK_SOURCES, FoundContext)
@@ -64,8 +63,7 @@ class SystemMounter:
         self.system.do(Unmount(str(path)))
 
 
-@dataclass(frozen=True)
-class MetadataAddresses:
+class MetadataAddresses(NamedTuple):
     """Where the metadata services are (``host:port``); tests point them at 127.0.0.1."""
 
     link_local: str = "169.254.169.254:80"  # GCE, EC2, OpenStack
@@ -77,11 +75,7 @@ def _ignore(message: str) -> None:
     pass
 
 
-@dataclass(frozen=True)
-class SourceProbe:
-    """What a search needs. ``requested`` is the kernel option ``ucernvm.context=``: ``auto``, ``none``
-    or a source name (any case). ``deadline`` is a ``time.monotonic()`` value for the whole search."""
-
+class _ProbeFields(NamedTuple):
     requested: str = "auto"
     devices: Sequence[BlockDevice] = ()
     mounter: Mounter | None = None
@@ -93,11 +87,26 @@ class SourceProbe:
     log: Callable[[str], None] = _ignore  # what was tried
     warn: Callable[[str], None] = _ignore  # what was wrong with a source (recorded in the boot report)
 
-    def __post_init__(self) -> None:
-        wanted = self.requested.strip().lower()
+
+class SourceProbe(_ProbeFields):
+    """What a search needs. ``requested`` is the kernel option ``ucernvm.context=``: ``auto``, ``none``
+    or a source name (any case). ``deadline`` is a ``time.monotonic()`` value for the whole search."""
+
+    __slots__ = ()
+
+    # A named tuple cannot define __new__ itself, hence the base class: an unknown name is reported
+    # when a probe is made, also by _replace (which builds through _make).
+    def __new__(cls, *args: Any, **kwargs: Any) -> SourceProbe:
+        probe = super().__new__(cls, *args, **kwargs)
+        wanted = probe.requested.strip().lower()
         if wanted not in ("", "auto", "none") and wanted not in (name.lower() for name in source_names()):
-            self.warn(f"ucernvm.context={self.requested} is not a source ({', '.join(source_names())}, auto or "
-                      "none): trying all of them")
+            probe.warn(f"ucernvm.context={probe.requested} is not a source ({', '.join(source_names())}, auto or "
+                       "none): trying all of them")
+        return probe
+
+    @classmethod
+    def _make(cls, iterable: Iterable[Any]) -> SourceProbe:
+        return cls(*iterable)
 
 
 def source_names() -> tuple[str, ...]:

@@ -13,7 +13,6 @@ import sqlite3
 import stat
 import struct
 import threading
-from dataclasses import dataclass
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -66,7 +65,7 @@ def join(directory: str, name: str) -> str:
 
 class DirectoryEntry(NamedTuple):
     """One row of a catalog, decoded (a named tuple: a mount decodes one for every entry it meets, and
-    a frozen dataclass costs several times as much to build). The content hash is kept as the row's
+    other immutable records cost several times as much to build). The content hash is kept as the row's
     raw digest, its algorithm in ``flags``, and made a ContentHash only when asked: a listing needs
     neither, and building one costs as much as the rest of the entry."""
 
@@ -150,15 +149,13 @@ class DirectoryEntry(NamedTuple):
         return self.size if stat.S_ISCHR(self.mode) or stat.S_ISBLK(self.mode) else 0
 
 
-@dataclass(frozen=True, slots=True)
-class Chunk:
+class Chunk(NamedTuple):
     offset: int
     size: int
     content_hash: ContentHash
 
 
-@dataclass(frozen=True, slots=True)
-class NestedCatalogRef:
+class NestedCatalogRef(NamedTuple):
     """A row of ``nested_catalogs`` (or ``bind_mountpoints``): where a child catalog is mounted."""
 
     path: str

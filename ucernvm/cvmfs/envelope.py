@@ -5,7 +5,7 @@ Layout: ``<text ending in \\n>--\\n<hash of text, hex + algorithm id>\\n<raw sig
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ucernvm.cvmfs.hashing import ContentHash, HashAlgorithm
 from ucernvm.errors import FormatError, VerificationError
@@ -13,8 +13,7 @@ from ucernvm.errors import FormatError, VerificationError
 SEPARATOR = b"\n--\n"
 
 
-@dataclass(frozen=True, slots=True)
-class SignedText:
+class SignedText(NamedTuple):
     text: bytes
     hash_line: bytes
     signature: bytes

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import enum
 import hashlib
-from dataclasses import dataclass
+from collections.abc import Iterable
+from typing import Any, NamedTuple
 
 from ucernvm.errors import FormatError
 
@@ -91,16 +92,26 @@ class ObjectType(enum.Enum):
     MICRO_CATALOG = "L"
 
 
-@dataclass(frozen=True, slots=True)
-class ContentHash:
-    """A content digest together with its algorithm."""
-
+# A named tuple: nothing to import or compile to define it, and this module is imported at every boot.
+# A named tuple cannot override __new__, so the digest size is checked in a subclass.
+class _ContentHashFields(NamedTuple):
     algorithm: HashAlgorithm
     digest: bytes
 
-    def __post_init__(self) -> None:
-        if len(self.digest) != DIGEST_SIZE:
-            raise FormatError(f"a content hash has {DIGEST_SIZE} bytes, not {len(self.digest)}")
+
+class ContentHash(_ContentHashFields):
+    """A content digest together with its algorithm."""
+
+    __slots__ = ()
+
+    def __new__(cls, algorithm: HashAlgorithm, digest: bytes) -> ContentHash:
+        if len(digest) != DIGEST_SIZE:
+            raise FormatError(f"a content hash has {DIGEST_SIZE} bytes, not {len(digest)}")
+        return tuple.__new__(cls, (algorithm, digest))
+
+    @classmethod
+    def _make(cls, iterable: Iterable[Any]) -> ContentHash:
+        return cls(*iterable)  # checked too: _replace builds through _make
 
     @classmethod
     def parse(cls, text: str) -> ContentHash:

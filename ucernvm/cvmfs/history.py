@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ucernvm.cvmfs.hashing import ContentHash
 from ucernvm.cvmfs.sqlite_db import connect_bytes, properties_and_columns
@@ -15,8 +15,8 @@ TRUNK = "trunk"
 TRUNK_PREVIOUS = "trunk-previous"
 
 
-@dataclass(frozen=True, slots=True)
-class Tag:
+# A named tuple: nothing to import or compile to define it, and this module is imported at every boot.
+class Tag(NamedTuple):
     name: str
     root_hash: ContentHash
     revision: int

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ucernvm.cvmfs import trust
 from ucernvm.cvmfs.envelope import SignedText, split_signed
@@ -15,8 +14,8 @@ ROOT_PATH_HASH = "d41d8cd98f00b204e9800998ecf8427e"  # md5(""): the repository r
 DEFAULT_TTL = 240
 
 
-@dataclass(frozen=True)
-class Manifest:
+# Named tuples: nothing to import or compile to define them, and this module is imported at every boot.
+class Manifest(NamedTuple):
     root_hash: ContentHash
     root_catalog_size: int
     revision: int
@@ -106,11 +105,10 @@ class Manifest:
         return ("\n".join(lines) + "\n").encode("ascii")
 
     def replace(self, **changes: object) -> Manifest:
-        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+        return self._replace(**changes)
 
 
-@dataclass(frozen=True)
-class SignedManifest:
+class SignedManifest(NamedTuple):
     """A manifest as fetched: its fields, and the envelope that proves them."""
 
     manifest: Manifest

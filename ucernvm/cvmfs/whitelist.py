@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ucernvm.cvmfs import trust
 from ucernvm.cvmfs.envelope import SignedText, split_signed
@@ -27,8 +27,8 @@ def _parse_time(text: str, what: str) -> datetime.datetime:
         raise FormatError(f"whitelist: {what} {text!r} is not YYYYMMDDHHMMSS") from None
 
 
-@dataclass(frozen=True, slots=True)
-class Fingerprint:
+# Named tuples: nothing to import or compile to define them, and this module is imported at every boot.
+class Fingerprint(NamedTuple):
     algorithm: HashAlgorithm
     text: str  # upper-case, colon-separated, with the algorithm id, as written
 
@@ -46,8 +46,7 @@ class Fingerprint:
         return trust.certificate_fingerprint(certificate, self.algorithm) == self.text
 
 
-@dataclass(frozen=True)
-class Whitelist:
+class Whitelist(NamedTuple):
     created: datetime.datetime
     expires: datetime.datetime
     fqrn: str
@@ -106,8 +105,7 @@ class Whitelist:
         return any(fingerprint.matches(certificate) for fingerprint in self.fingerprints)
 
 
-@dataclass(frozen=True)
-class SignedWhitelist:
+class SignedWhitelist(NamedTuple):
     whitelist: Whitelist
     envelope: SignedText
 

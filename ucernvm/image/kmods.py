@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 _MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.zst", ".ko.gz")
@@ -25,17 +24,30 @@ def modname(path_or_name: str) -> str:
     return name.replace("-", "_")
 
 
-@dataclass
+# A plain class: a generated class costs an import (inspect, ast) and an exec per class at every boot.
 class ModuleIndex:
     """What depmod wrote for one kernel release, keyed by canonical module name."""
 
-    paths: dict[str, str] = field(default_factory=dict)  # name -> path relative to the release dir
-    deps: dict[str, list[str]] = field(default_factory=dict)  # name -> dependency names, as listed
-    softdeps: dict[str, list[str]] = field(default_factory=dict)  # name -> "pre:" names or aliases
-    aliases: dict[str, list[str]] = field(default_factory=dict)  # alias pattern -> module names
-    builtin: set[str] = field(default_factory=set)
-    softdep_lines: dict[str, list[str]] = field(default_factory=dict)  # name -> its raw softdep lines
-    _globs: list[tuple[str, str, list[str]]] | None = field(default=None, repr=False, compare=False)
+    __slots__ = ("paths", "deps", "softdeps", "aliases", "builtin", "softdep_lines", "_globs")
+
+    def __init__(
+        self,
+        paths: dict[str, str] | None = None,
+        deps: dict[str, list[str]] | None = None,
+        softdeps: dict[str, list[str]] | None = None,
+        aliases: dict[str, list[str]] | None = None,
+        builtin: set[str] | None = None,
+        softdep_lines: dict[str, list[str]] | None = None,
+        _globs: list[tuple[str, str, list[str]]] | None = None,
+    ) -> None:
+        self.paths: dict[str, str] = {} if paths is None else paths  # name -> path relative to the release dir
+        self.deps: dict[str, list[str]] = {} if deps is None else deps  # name -> dependency names, as listed
+        self.softdeps: dict[str, list[str]] = {} if softdeps is None else softdeps  # name -> "pre:" names or aliases
+        self.aliases: dict[str, list[str]] = {} if aliases is None else aliases  # alias pattern -> module names
+        self.builtin: set[str] = set() if builtin is None else builtin
+        # name -> its raw softdep lines
+        self.softdep_lines: dict[str, list[str]] = {} if softdep_lines is None else softdep_lines
+        self._globs = _globs
 
     @classmethod
     def load(cls, release_dir: Path) -> ModuleIndex:
