@@ -79,7 +79,6 @@ class Partition(NamedTuple):
         return self.start + self.sectors
 
 
-# A plain class: a generated class costs an import (inspect, ast) and an exec per class at every boot.
 class PartitionTable:
     __slots__ = ("kind", "disk_sectors", "sector_size", "partitions", "disk_id", "first_lba", "last_lba",
                  "entry_count", "entry_size", "boot_code", "backup_lba", "notes")

@@ -10,18 +10,16 @@ from ucernvm.boot.system import System
 from ucernvm.config import BootConfig
 
 
-# Plain classes: a generated class costs an import (inspect, ast) and an exec per class at every boot.
 class StageRecord:
     __slots__ = ("name", "start", "end", "status", "message", "imports")
 
-    def __init__(self, name: str, start: float, end: float = 0.0, status: str = "running", message: str = "",
-                 imports: float = 0.0) -> None:
+    def __init__(self, name: str, start: float) -> None:
         self.name = name
         self.start = start  # seconds since the kernel started
-        self.end = end
-        self.status = status  # ok, warning, failed, skipped
-        self.message = message
-        self.imports = imports  # of the seconds, those spent importing the stage's code (a cost of the image)
+        self.end = 0.0
+        self.status = "running"  # ok, warning, failed, skipped
+        self.message = ""
+        self.imports = 0.0  # of the seconds, those spent importing the stage's code (a cost of the image)
 
     @property
     def seconds(self) -> float:
@@ -33,45 +31,27 @@ class BootState:
                  "scratch_fresh", "user_data", "context_source", "found_context", "source", "repository",
                  "fuse_pid", "scratch_moved_to", "keys_dir")
 
-    def __init__(
-        self,
-        system: System,
-        log: BootLog,
-        cmdline: str = "",
-        config: Any = None,
-        warnings: list[str] | None = None,
-        stages: list[StageRecord] | None = None,
-        facts: dict[str, Any] | None = None,
-        scratch_device: str | None = None,
-        scratch_fresh: bool = False,
-        user_data: bytes | None = None,
-        context_source: str = "(none)",
-        found_context: Any = None,
-        source: Any = None,
-        repository: Any = None,
-        fuse_pid: int | None = None,
-        scratch_moved_to: Path | None = None,
-        keys_dir: Path | None = None,
-    ) -> None:
+    def __init__(self, system: System, log: BootLog, cmdline: str = "", config: Any = None,
+                 keys_dir: Path | None = None) -> None:
         self.system = system
         self.log = log
         self.cmdline = cmdline
         self.config: Any = BootConfig() if config is None else config
-        self.warnings: list[str] = [] if warnings is None else warnings
-        self.stages: list[StageRecord] = [] if stages is None else stages
-        self.facts: dict[str, Any] = {} if facts is None else facts  # what the boot report shows
+        self.keys_dir = keys_dir  # trusted master keys; None: the image's /etc/cvmfs/keys
+        self.warnings: list[str] = []
+        self.stages: list[StageRecord] = []
+        self.facts: dict[str, Any] = {}  # what the boot report shows
 
         # results of the stages, for the stages after them
-        self.scratch_device = scratch_device
-        self.scratch_fresh = scratch_fresh
-        self.user_data = user_data
-        self.context_source = context_source
-        self.found_context = found_context  # what the context stage's search found (extras, meta-data)
-        self.source = source  # the HTTP fetcher chosen by the servers stage
-        self.repository = repository
-        self.fuse_pid = fuse_pid
-        self.scratch_moved_to = scratch_moved_to  # where the mount stage moved the scratch disk
-        self.keys_dir = keys_dir  # trusted master keys; None: the image's /etc/cvmfs/keys
+        self.scratch_device: str | None = None
+        self.scratch_fresh = False
+        self.user_data: bytes | None = None
+        self.context_source = "(none)"
+        self.found_context: Any = None  # what the context stage's search found (extras, meta-data)
+        self.source: Any = None  # the HTTP fetcher chosen by the servers stage
+        self.repository: Any = None
+        self.fuse_pid: int | None = None
+        self.scratch_moved_to: Path | None = None  # where the mount stage moved the scratch disk
 
     @property
     def scratch(self) -> Path:

@@ -56,29 +56,19 @@ class Volume(NamedTuple):
     fs: FileSystem | None
 
 
-# A plain class: a generated class costs an import (inspect, ast) and an exec per class at every boot.
 class DiskView:
     """What one disk holds, read without changing it."""
 
     __slots__ = ("disk", "path", "table", "problem", "blank", "ephemeral", "volumes")
 
-    def __init__(
-        self,
-        disk: Disk,
-        path: str,
-        table: PartitionTable | None = None,
-        problem: str = "",
-        blank: bool = False,
-        ephemeral: bool = False,
-        volumes: list[Volume] | None = None,
-    ) -> None:
+    def __init__(self, disk: Disk, path: str) -> None:
         self.disk = disk
         self.path = path
-        self.table = table
-        self.problem = problem  # why it cannot be used (unreadable, invalid table)
-        self.blank = blank
-        self.ephemeral = ephemeral  # Amazon's pre-formatted ext3 that holds only lost+found
-        self.volumes: list[Volume] = [] if volumes is None else volumes
+        self.table: PartitionTable | None = None
+        self.problem = ""  # why it cannot be used (unreadable, invalid table)
+        self.blank = False
+        self.ephemeral = False  # Amazon's pre-formatted ext3 that holds only lost+found
+        self.volumes: list[Volume] = []
 
     @property
     def writable(self) -> bool:

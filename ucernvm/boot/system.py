@@ -4,9 +4,10 @@ Every stage changes the machine only through ``System.do(action)``. ``RealSystem
 ``DryRunSystem`` records it (and answers with what it would have produced), so the same stage code
 runs as PID 1 in a VM and as ``ucernvm --dry-run`` on a laptop without touching it.
 
-The boot's small immutable records (these actions, the stages, what the context stage found) are named
-tuples rather than frozen dataclasses: a frozen dataclass compiles its generated methods when it is
-defined, ~1 ms natively and 20-30 ms under emulation, for each of the dozens PID 1 imports.
+The records of everything the boot imports (these actions, the stages, the formats and the client's)
+are named tuples, or plain classes where they change: dataclasses would bring inspect, ast, dis and
+tokenize into PID 1 and compile generated methods for each class, ~1 ms natively and 20-30 ms under
+emulation for each of dozens (tests/test_image.py keeps dataclasses off the boot's path).
 """
 
 from __future__ import annotations

@@ -92,7 +92,6 @@ class ObjectType(enum.Enum):
     MICRO_CATALOG = "L"
 
 
-# A named tuple: nothing to import or compile to define it, and this module is imported at every boot.
 # A named tuple cannot override __new__, so the digest size is checked in a subclass.
 class _ContentHashFields(NamedTuple):
     algorithm: HashAlgorithm

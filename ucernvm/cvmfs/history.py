@@ -15,7 +15,6 @@ TRUNK = "trunk"
 TRUNK_PREVIOUS = "trunk-previous"
 
 
-# A named tuple: nothing to import or compile to define it, and this module is imported at every boot.
 class Tag(NamedTuple):
     name: str
     root_hash: ContentHash

@@ -14,7 +14,6 @@ ROOT_PATH_HASH = "d41d8cd98f00b204e9800998ecf8427e"  # md5(""): the repository r
 DEFAULT_TTL = 240
 
 
-# Named tuples: nothing to import or compile to define them, and this module is imported at every boot.
 class Manifest(NamedTuple):
     root_hash: ContentHash
     root_catalog_size: int

@@ -27,7 +27,6 @@ def _parse_time(text: str, what: str) -> datetime.datetime:
         raise FormatError(f"whitelist: {what} {text!r} is not YYYYMMDDHHMMSS") from None
 
 
-# Named tuples: nothing to import or compile to define them, and this module is imported at every boot.
 class Fingerprint(NamedTuple):
     algorithm: HashAlgorithm
     text: str  # upper-case, colon-separated, with the algorithm id, as written

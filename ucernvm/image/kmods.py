@@ -24,30 +24,19 @@ def modname(path_or_name: str) -> str:
     return name.replace("-", "_")
 
 
-# A plain class: a generated class costs an import (inspect, ast) and an exec per class at every boot.
 class ModuleIndex:
     """What depmod wrote for one kernel release, keyed by canonical module name."""
 
     __slots__ = ("paths", "deps", "softdeps", "aliases", "builtin", "softdep_lines", "_globs")
 
-    def __init__(
-        self,
-        paths: dict[str, str] | None = None,
-        deps: dict[str, list[str]] | None = None,
-        softdeps: dict[str, list[str]] | None = None,
-        aliases: dict[str, list[str]] | None = None,
-        builtin: set[str] | None = None,
-        softdep_lines: dict[str, list[str]] | None = None,
-        _globs: list[tuple[str, str, list[str]]] | None = None,
-    ) -> None:
-        self.paths: dict[str, str] = {} if paths is None else paths  # name -> path relative to the release dir
-        self.deps: dict[str, list[str]] = {} if deps is None else deps  # name -> dependency names, as listed
-        self.softdeps: dict[str, list[str]] = {} if softdeps is None else softdeps  # name -> "pre:" names or aliases
-        self.aliases: dict[str, list[str]] = {} if aliases is None else aliases  # alias pattern -> module names
-        self.builtin: set[str] = set() if builtin is None else builtin
-        # name -> its raw softdep lines
-        self.softdep_lines: dict[str, list[str]] = {} if softdep_lines is None else softdep_lines
-        self._globs = _globs
+    def __init__(self) -> None:
+        self.paths: dict[str, str] = {}  # name -> path relative to the release dir
+        self.deps: dict[str, list[str]] = {}  # name -> dependency names, as listed
+        self.softdeps: dict[str, list[str]] = {}  # name -> "pre:" names or aliases
+        self.aliases: dict[str, list[str]] = {}  # alias pattern -> module names
+        self.builtin: set[str] = set()
+        self.softdep_lines: dict[str, list[str]] = {}  # name -> its raw softdep lines
+        self._globs: list[tuple[str, str, list[str]]] | None = None  # the aliases with wildcards, once asked
 
     @classmethod
     def load(cls, release_dir: Path) -> ModuleIndex:
