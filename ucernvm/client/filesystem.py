@@ -1,8 +1,8 @@
 """The CernVM-FS file system: one verified snapshot of a repository, served read-only over FUSE.
 
 Inodes are handed out on first sight and kept for the life of the mount (the tree never changes),
-hard links of one group share one inode, and file contents are read from the cache with ``pread``
-after the object was fetched and verified once. Chunks of large files are fetched ahead of the reader
+hard links of one group share one inode, and file contents are spliced from the cache's files into
+the replies (or read with ``pread``) after the object was fetched and verified once. Chunks of large files are fetched ahead of the reader
 by a pool of threads, so a sequential read keeps several downloads in flight; when a catalog is
 loaded, its nested catalogs are downloaded ahead by another pool, so a walk into them does not wait
 for one round trip per catalog; and once the kernel walks a tree, the listings of the directories it
@@ -307,27 +307,31 @@ class SnapshotFilesystem(Operations):
         except (UcernvmError, OSError):
             pass  # the read that needs the chunk reports the error
 
-    def read(self, handle: _OpenFile, offset: int, size: int) -> bytes:
+    def read_spans(self, handle: _OpenFile, offset: int, size: int) -> list[tuple[int, int, int]]:
+        """The cached objects' (fd, offset, length) holding ``size`` bytes at ``offset``."""
         end = min(offset + size, handle.node.entry.size)
-        if offset >= end:
-            return b""
-        pieces = []
+        spans = []
         index = bisect.bisect_right(handle.offsets, offset) - 1
         try:
             while offset < end:
                 chunk = handle.chunks[index]
                 if len(handle.chunks) > 1:
                     self._read_ahead(handle, index)
-                fd = self._fd(handle, index)
                 wanted = min(end, chunk.offset + chunk.size) - offset
-                data = os.pread(fd, wanted, offset - chunk.offset)
-                if len(data) != wanted:
-                    raise OSError(errno.EIO, "cached object is shorter than its catalog entry")
-                pieces.append(data)
+                spans.append((self._fd(handle, index), offset - chunk.offset, wanted))
                 offset += wanted
                 index += 1
         except UcernvmError as error:
             raise self._failed(error) from None
+        return spans
+
+    def read(self, handle: _OpenFile, offset: int, size: int) -> bytes:
+        pieces = []
+        for fd, at, wanted in self.read_spans(handle, offset, size):
+            data = os.pread(fd, wanted, at)
+            if len(data) != wanted:
+                raise OSError(errno.EIO, "cached object is shorter than its catalog entry")
+            pieces.append(data)
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     def release(self, handle: _OpenFile) -> None:

@@ -27,6 +27,7 @@ import threading
 
 from ucernvm.client.fuse.handles import InodeHandles
 from ucernvm.client.fuse.operations import Attributes, DirEntry, Operations
+from ucernvm.client.fuse.splice import ReplySplicer
 from ucernvm.errors import MountError
 
 TYPE_CHECKING = False
@@ -38,6 +39,10 @@ if TYPE_CHECKING:
 GC_THRESHOLD = 100_000  # allocations between collections of the youngest generation
 MALLOC_KEEP_BYTES = 32 << 20  # above the largest cvmfs chunk (24 MiB)
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt(3) parameters
+
+# Reads this large go out spliced (splice.py): below it, the pipe's extra system calls cost more than
+# the copy saved (a tree of 2 KiB files read 8 % slower spliced; a 256 MiB file 10 % faster).
+SPLICE_MIN_BYTES = 64 << 10
 
 # --- protocol (include/uapi/linux/fuse.h) -------------------------------------------------------
 
@@ -138,7 +143,7 @@ class MountOptions:
     """How a tree is mounted and served; the defaults suit an immutable tree."""
 
     __slots__ = ("fsname", "subtype", "threads", "cache_timeout", "readdirplus", "read_ahead_kb",
-                 "max_write", "max_background", "allow_other", "zero_message_open", "xattrs")
+                 "max_write", "max_background", "allow_other", "zero_message_open", "xattrs", "splice_reads")
 
     def __init__(
         self,
@@ -155,6 +160,7 @@ class MountOptions:
         # False: the first GETXATTR (LISTXATTR) is answered ENOSYS, and the kernel answers later ones
         # itself (EOPNOTSUPP): overlayfs asks one of every lower file it looks up, exec one per program.
         xattrs: bool = True,
+        splice_reads: bool = True,  # reads of operations with read_spans go out spliced (splice.py)
     ) -> None:
         if threads < 1:
             raise ValueError("threads must be >= 1")
@@ -169,6 +175,7 @@ class MountOptions:
         self.allow_other = allow_other
         self.zero_message_open = zero_message_open
         self.xattrs = xattrs
+        self.splice_reads = splice_reads
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -346,6 +353,14 @@ class FuseMount:
         self.ops.destroy()
 
     def _worker(self) -> None:
+        splicer = ReplySplicer.create() if self.options.splice_reads else None
+        try:
+            self._serve_requests(splicer)
+        finally:
+            if splicer is not None:
+                splicer.close()
+
+    def _serve_requests(self, splicer: ReplySplicer | None) -> None:
         fd = self.fd
         buffer = bytearray(self._bufsize)
         view = memoryview(buffer)
@@ -364,7 +379,10 @@ class FuseMount:
             try:
                 if handler is None:
                     raise OSError(errno.EROFS if opcode in MUTATING else errno.ENOSYS, "")
-                reply = handler(nodeid, view[IN_HEADER.size:length])
+                if opcode == READ:  # the one reply that may go out by itself, spliced
+                    reply = self._read(nodeid, view[IN_HEADER.size:length], unique, splicer)
+                else:
+                    reply = handler(nodeid, view[IN_HEADER.size:length])
                 if reply is _NO_REPLY:
                     continue
                 # Two buffers, not header + reply: a read's reply is up to 1 MiB, copied for nothing.
@@ -472,16 +490,26 @@ class FuseMount:
         self._handles[handle] = self.ops.open(nodeid, flags)
         return OPEN_OUT.pack(handle, FOPEN_KEEP_CACHE, 0)
 
-    def _read(self, nodeid: int, payload: memoryview) -> bytes | memoryview:
+    def _read(self, nodeid: int, payload: memoryview, unique: int = 0,
+              splicer: ReplySplicer | None = None) -> bytes | memoryview | None:
         handle, offset, size = READ_IN.unpack_from(payload)[:3]
         if handle or not self._no_open:
-            data = self.ops.read(self._handles[handle], offset, size)
-        else:
-            slot = self._file_handles.acquire(nodeid)
-            try:
-                data = self.ops.read(slot.handle, offset, size)
-            finally:
-                self._file_handles.done(slot)
+            return self._read_from(self._handles[handle], offset, size, unique, splicer)
+        slot = self._file_handles.acquire(nodeid)
+        try:  # the handle's descriptors stay open until the reply is out, spliced or not
+            return self._read_from(slot.handle, offset, size, unique, splicer)
+        finally:
+            self._file_handles.done(slot)
+
+    def _read_from(self, handle: Any, offset: int, size: int, unique: int,
+                   splicer: ReplySplicer | None) -> bytes | memoryview | None:
+        if splicer is not None and size >= SPLICE_MIN_BYTES:
+            spans = self.ops.read_spans(handle, offset, size)
+            if spans:
+                length = OUT_HEADER.size + sum(span[2] for span in spans)
+                if splicer.send(self.fd, OUT_HEADER.pack(length, 0, unique), spans):
+                    return _NO_REPLY
+        data = self.ops.read(handle, offset, size)
         return data if len(data) <= size else data[:size]  # a longer reply would be refused as a whole
 
     def _release(self, nodeid: int, payload: memoryview) -> bytes:

@@ -132,6 +132,14 @@ class MemoryTree(Operations):
             return os.pread(fd, max(0, min(size, length - offset)), offset)
         return memoryview(data)[offset : offset + size]
 
+    def read_spans(self, handle: _Node, offset: int, size: int) -> list[tuple[int, int, int]] | None:
+        data = handle.data
+        if not isinstance(data, tuple):
+            return None  # bytes in memory: read() hands them over as they are
+        fd, length = data
+        wanted = min(size, length - offset)
+        return [(fd, offset, wanted)] if wanted > 0 else []
+
     def opendir(self, ino: int) -> list[DirEntry]:
         listing = self._listings.get(ino)
         if listing is None:

@@ -101,6 +101,14 @@ class Operations:
         """Up to ``size`` bytes at ``offset``; fewer only at the end of the file."""
         raise OSError(errno.ENOSYS, "read")
 
+    def read_spans(self, handle: Any, offset: int, size: int) -> Sequence[tuple[int, int, int]] | None:
+        """Where the bytes ``read`` would return are, as ``(fd, offset, length)`` in files, or None.
+
+        The server splices them into its reply (splice.py) instead of calling ``read``; the
+        descriptors must stay open until ``release`` (or ``forget`` of the inode).
+        """
+        return None
+
     def release(self, handle: Any) -> None:
         """The last file descriptor on ``handle`` was closed."""
 
