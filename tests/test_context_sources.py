@@ -21,7 +21,8 @@ from ucernvm.context.media import (USER_DATA_LIMIT, BlockDevice, UnusableFile, j
                                    parse_context_sh, read_azure, read_config_drive, read_file, read_nocloud,
                                    read_opennebula, read_vsphere, static_network)
 from ucernvm.context.section import parse_section
-from ucernvm.context.sources import MetadataAddresses, SourceProbe, ask_network, find_user_data, scan_media
+from ucernvm.context.sources import (MetadataAddresses, SourceProbe, ask_network, find_static_network,
+                                     find_user_data, scan_media)
 from ucernvm.context.userdata import text_parts
 
 from media_images import Media, ext4_image, iso_image, udf_bridge_image, udf_image, vfat_image
@@ -520,6 +521,30 @@ def test_media_before_the_network_is_up_then_the_network(tmp_path: Path, media: 
         found = ask_network(probe._replace(requested="auto"), without)
     assert found.source == "EC2" and found.user_data == cloud.user_data and found.extra_user_data == b"# extra\n"
     assert ask_network(probe, local) is local and not notes.warnings
+
+
+def test_the_network_stage_mounts_only_media_that_can_hold_context_sh(tmp_path: Path, media: Media, notes: Notes) -> None:
+    context = b"ETH0_IP=10.9.8.7\nETH0_MASK=255.255.255.0\nETH0_GATEWAY=10.9.8.1\n"
+    config_drive = media.attach(iso_image(tmp_path / "cd.iso", config_drive_files()))  # no context.sh on it
+    disk = media.attach(ext4_image(tmp_path / "disk.img", {"context.sh": context}))  # not a context medium
+    one = media.attach(iso_image(tmp_path / "one.iso", {"context.sh": context}))
+    mounted: list[str] = []
+
+    class Recording:
+        def mount(self, device: BlockDevice) -> Path:
+            mounted.append(device.path)
+            return media.mount(device)
+
+        unmount = staticmethod(media.unmount)
+
+    probe = SourceProbe(devices=[config_drive, disk, one], mounter=Recording(), log=notes.logs.append,
+                        warn=notes.warnings.append)
+    found = find_static_network(probe)
+    assert (found.source, found.device) == ("OpenNebula", one.path)
+    assert [(nic.name, nic.address, nic.gateway) for nic in found.network] == [("eth0", "10.9.8.7/24", "10.9.8.1")]
+    assert sorted(mounted) == sorted([config_drive.path, one.path]) and not notes.warnings
+    assert find_static_network(probe._replace(requested="EC2")) is None  # another source named
+    assert find_static_network(probe._replace(requested="none")) is None
 
 
 def test_a_named_network_source_is_asked_alone(notes: Notes) -> None:

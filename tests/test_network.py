@@ -134,6 +134,13 @@ from ucernvm.boot.system import DryRunSystem, RealSystem
 from ucernvm.config import BootConfig
 from ucernvm.errors import UcernvmError
 root, mode, timeout, dry_run = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4] == "dry"
+if len(sys.argv) > 5:  # what an OpenNebula context.sh on a CD says (reading one is tested in test_context_sources)
+    import ucernvm.boot.contextualize as contextualize
+    from ucernvm.context.found import FoundContext, StaticInterface
+    nics = tuple(StaticInterface(name, mac, address, gateway, tuple(dns), mtu)
+                 for name, mac, address, gateway, dns, mtu in json.loads(sys.argv[5]))
+    medium = FoundContext("OpenNebula", network=nics, device="/dev/sr0")
+    contextualize.media_network = lambda state: medium
 state = BootState(system=DryRunSystem() if dry_run else RealSystem(root=root), log=BootLog(console=sys.stderr),
                   config=BootConfig(network=mode, network_timeout=timeout))
 start = time.monotonic()
@@ -142,7 +149,8 @@ try:
     result = {"facts": state.facts}
 except UcernvmError as error:
     result = {"error": type(error).__name__, "message": error.message, "hint": error.hint}
-result.update(seconds=time.monotonic() - start, actions=state.system.actions, hostname=socket.gethostname())
+result.update(seconds=time.monotonic() - start, actions=state.system.actions, hostname=socket.gethostname(),
+              warnings=state.warnings)
 print(json.dumps(result))
 """
 
@@ -195,12 +203,14 @@ class Lab:
             time.sleep(0.05)
         return log
 
-    def run_stage(self, mode: str = "dhcp", timeout: float = 10.0, dry_run: bool = False) -> dict:
+    def run_stage(self, mode: str = "dhcp", timeout: float = 10.0, dry_run: bool = False,
+                  medium: list[tuple] | None = None) -> dict:
+        """The network stage in the client namespace; ``medium``: StaticInterface fields of a context.sh."""
         root = self.tmp_path / "root"
         root.mkdir(exist_ok=True)
         result = subprocess.run(
             ["unshare", "--uts", "ip", "netns", "exec", self.client, sys.executable, "-c", _DRIVER,
-             str(root), mode, str(timeout), "dry" if dry_run else "real"],
+             str(root), mode, str(timeout), "dry" if dry_run else "real", *([json.dumps(medium)] if medium else [])],
             capture_output=True, text=True, cwd=PROJECT, timeout=timeout + 60,
         )  # fmt: skip
         assert result.returncode == 0, result.stderr
@@ -348,6 +358,43 @@ def test_static_configuration(lab: Lab, tmp_path: Path) -> None:
     if shutil.which("ping"):  # the gateway answers: address and routes really work
         subprocess.run(["ip", "netns", "exec", lab.client, "ping", "-c", "1", "-W", "2", "10.77.0.1"], check=True,
                        capture_output=True)  # fmt: skip
+
+
+@needs_lab
+def test_an_opennebula_context_sh_configures_its_nics_instead_of_dhcp(lab: Lab, tmp_path: Path) -> None:
+    peer = lab.namespace("s")
+    lab.wire("eth0", peer, "10.77.0.1/24")
+    lab.wire("eth1", peer, "10.88.0.1/24", mac="02:00:00:00:00:22")
+    medium = [  # ETH0 by MAC (on the second NIC), ETH1 by number: the second NIC too; one default route
+        ("eth0", "02:00:00:00:00:22", "10.88.0.9/24", "10.88.0.1", ["10.88.0.53"], 1400),
+        ("eth1", "", "10.88.1.9/24", "10.88.1.1", ["10.88.0.53", "10.88.1.53"], None),
+    ]
+
+    result = lab.run_stage(medium=medium, timeout=3)  # no DHCP server: a DHCP attempt would fail
+
+    assert "error" not in result, result
+    assert lab.ipv4("eth1") == ["10.88.0.9/24", "10.88.1.9/24"] and lab.ipv4("eth0") == []
+    assert ("default", "10.88.0.1", "eth1") in lab.routes()
+    assert lab.ip("link", "show", "dev", "eth1")[0]["mtu"] == 1400
+    assert (tmp_path / "root/etc/resolv.conf").read_text() == "nameserver 10.88.0.53\nnameserver 10.88.1.53\n"
+    network = result["facts"]["network"]
+    assert (network["mode"], network["source"], network["gateway"]) == (
+        "static", "OpenNebula context.sh on /dev/sr0", "10.88.0.1")
+    assert not any("DHCP" in action for action in result["actions"])
+
+
+@needs_lab
+@needs_dnsmasq
+def test_a_context_sh_naming_no_nic_here_leaves_the_network_to_dhcp(lab: Lab) -> None:
+    server = lab.namespace("s")
+    lab.wire("eth0", server, "10.77.0.1/24", mac=CLIENT_MAC)
+    lab.dnsmasq(server, "eth0", *DHCP_OPTIONS)
+
+    result = lab.run_stage(medium=[("eth0", "02:00:00:00:99:99", "10.99.0.9/24", "10.99.0.1", [], None)])
+
+    assert "error" not in result, result
+    assert result["facts"]["network"]["mode"] == "dhcp" and lab.ipv4("eth0")[0].startswith("10.77.0.")
+    assert any("no NIC for eth0 with MAC 02:00:00:00:99:99" in warning for warning in result["warnings"])
 
 
 @needs_lab

@@ -125,7 +125,8 @@ SETTINGS: tuple[Setting, ...] = (
             kernel=("ucernvm.context",)),
     Setting("metadata", "169.254.169.254:80", "address of the GCE/EC2/OpenStack metadata service",
             kernel=("ucernvm.metadata",)),
-    Setting("network", "dhcp", "dhcp, or static: <address>/<prefix>,<gateway>[,<dns>...] for the first NIC",
+    Setting("network", "dhcp", "dhcp (unless an OpenNebula context.sh on a CD gives static addresses), or "
+            "static: <address>/<prefix>,<gateway>[,<dns>...] for the first NIC",
             kernel=("ucernvm.net",)),
     Setting("network_timeout", 20.0, "seconds to wait for a DHCP lease", kernel=("ucernvm.net_timeout",), parse=parse_seconds),
     Setting("scratch_label", "UROOT", "file system label of the scratch disk", kernel=("ucernvm.scratch_label",)),

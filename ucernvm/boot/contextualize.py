@@ -17,7 +17,9 @@ from ucernvm.boot.system import MakeDirs, WriteFile
 from ucernvm.config import build_config, context_values
 from ucernvm.context import glideinwms
 from ucernvm.context.section import parse_section
-from ucernvm.context.sources import BlockDevice, MetadataAddresses, SourceProbe, SystemMounter, find_user_data
+from ucernvm.context.found import OPEN_NEBULA, FoundContext
+from ucernvm.context.sources import (BlockDevice, MetadataAddresses, SourceProbe, SystemMounter,
+                                     find_static_network, find_user_data)
 from ucernvm.context.userdata import decode, text_parts
 from ucernvm.errors import ContextError
 
@@ -71,6 +73,16 @@ def local_media(state: BootState) -> list[BlockDevice]:
             if found is not None:
                 media.append(BlockDevice(node, found.type, found.label))
     return media
+
+
+def media_network(state: BootState) -> FoundContext | None:
+    """An OpenNebula context.sh on a local medium, for the network stage (µCernVM's one_network), unless
+    ``ucernvm.context=`` names another source or none."""
+    if state.config.context_source.strip().lower() not in ("", "auto", OPEN_NEBULA.lower()):
+        return None
+    probe = SourceProbe(requested=OPEN_NEBULA, devices=local_media(state), mounter=SystemMounter(state.system),
+                        log=state.log.info, warn=state.warn)
+    return find_static_network(probe)
 
 
 def context_stage(state: BootState) -> None:

@@ -1,5 +1,6 @@
-"""The network stage: loopback and every NIC up, DHCP on all NICs at once (or a static address),
-then address, MTU, routes, resolv.conf and hostname from the first lease (µCernVM's 02network).
+"""The network stage: loopback and every NIC up, DHCP on all NICs at once, then address, MTU, routes,
+resolv.conf and hostname from the first lease (µCernVM's 02network). Static settings replace DHCP:
+``ucernvm.net=static:...``, else an OpenNebula context.sh on a CD or vfat medium (µCernVM's one_network).
 
 pyroute2 codes every netlink and DHCP message; ``net_pyroute2`` keeps its package ``__init__`` from
 running, ``net_rtnl`` and ``net_dhcp`` put those messages on plain sockets (see their docstrings for
@@ -18,6 +19,10 @@ from ucernvm.boot.net_rtnl import ARPHRD_ETHER, RTPROT_BOOT, RTPROT_DHCP, Link, 
 from ucernvm.boot.state import BootState
 from ucernvm.boot.system import MakeDirs, WriteFile
 from ucernvm.errors import ConfigError, NetworkError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ucernvm.context.found import FoundContext, StaticInterface
 
 STATIC_HINT = "use ucernvm.net=static:<address>/<prefix>,<gateway>[,<dns>...], e.g. static:10.0.0.5/24,10.0.0.1,10.0.0.2"
 
@@ -223,9 +228,17 @@ def _route_text(route: StaticRoute) -> str:
     return f"{target} via {route.gateway}" if route.gateway else f"{target} on-link"
 
 
+def _configure_address(state: BootState, nic: Link, address: str, prefix: int, gateway: str,
+                       mtu: int | None = None) -> None:
+    if mtu and mtu != nic.mtu:
+        state.system.do(SetLink(nic.ifindex, nic.name, mtu))
+    state.system.do(AddAddress(nic.ifindex, nic.name, address, prefix))
+    if gateway:
+        _add_routes(state, nic, address, prefix, [StaticRoute("0.0.0.0", 0, gateway)], RTPROT_BOOT)
+
+
 def configure_static(state: BootState, nic: Link, static: StaticConfig) -> None:
-    state.system.do(AddAddress(nic.ifindex, nic.name, static.address, static.prefix))
-    _add_routes(state, nic, static.address, static.prefix, [StaticRoute("0.0.0.0", 0, static.gateway)], RTPROT_BOOT)
+    _configure_address(state, nic, static.address, static.prefix, static.gateway)
     if static.dns:
         _write_resolv_conf(state, static.dns, ())
     state.facts["network"] = {
@@ -236,6 +249,52 @@ def configure_static(state: BootState, nic: Link, static: StaticConfig) -> None:
         "dns": list(static.dns),
         "mtu": nic.mtu,
     }
+
+
+def configure_media_network(state: BootState, nics: list[Link], found: FoundContext) -> bool:
+    """OpenNebula's static settings (context.sh's ETH<n>_*) on the NICs they name: by MAC when given,
+    else eth<n> as the n-th NIC. False when none of them names a NIC here: then DHCP runs."""
+    configured: list[tuple[Link, str]] = []
+    gateway = ""
+    dns: list[str] = []
+    for interface in found.network:
+        nic = _nic_of(nics, interface)
+        if nic is None:
+            state.warn(f"context.sh on {found.device}: no NIC for {interface.name}"
+                       + (f" with MAC {interface.mac}" if interface.mac else "") + ": its settings are ignored")
+            continue
+        address, _, prefix = interface.address.partition("/")
+        # One default route, through the first interface with an IPv4 gateway (µCernVM sets eth0's only).
+        route = interface.gateway if not gateway and "." in interface.gateway else ""
+        _configure_address(state, nic, address, int(prefix), route, interface.mtu)
+        gateway = gateway or route
+        dns += interface.dns
+        configured.append((nic, interface.address))
+    if not configured:
+        return False
+    servers = tuple(dict.fromkeys(dns))
+    if servers:
+        _write_resolv_conf(state, servers, ())
+    first, address = configured[0]
+    state.facts["network"] = {
+        "mode": "static",
+        "source": f"OpenNebula context.sh on {found.device}",
+        "interface": first.name,
+        "address": address,
+        "gateway": gateway,
+        "dns": list(servers),
+        "interfaces": [f"{nic.name} {address}" for nic, address in configured],
+    }
+    state.log.info(f"network: static from context.sh on {found.device}: "
+                   + ", ".join(f"{nic.name} {address}" for nic, address in configured))
+    return True
+
+
+def _nic_of(nics: list[Link], interface: StaticInterface) -> Link | None:
+    if interface.mac:
+        return next((nic for nic in nics if nic.mac.lower() == interface.mac), None)
+    number = int(interface.name.removeprefix("eth"))
+    return nics[number] if number < len(nics) else None
 
 
 def host_report(rtnl: Rtnl, links: list[Link]) -> dict:
@@ -290,6 +349,12 @@ def network_stage(state: BootState) -> None:
         if report is not None:
             state.facts["network"]["host"] = report
         return
+    if not state.system.dry_run:
+        from ucernvm.boot.contextualize import media_network  # the next stage's code: imported at boot anyway
+
+        found = media_network(state)
+        if found is not None and found.network and configure_media_network(state, nics, found):
+            return
     interfaces = tuple(Interface(nic.name, nic.mac) for nic in nics)
     request = RequestLease(interfaces, float(state.config.network_timeout))
     lease = state.system.do(request)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 from ucernvm.boot.system import MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MakeDirs, Mount, System, Unmount
-from ucernvm.context.found import (CLOUDSTACK, LOCAL_SOURCES, NETWORK_SOURCES, FoundContext)
+from ucernvm.context.found import (CLOUDSTACK, LOCAL_SOURCES, NETWORK_SOURCES, OPEN_NEBULA, FoundContext)
 from ucernvm.context.media import LAYOUTS, BlockDevice, read_extras
 from ucernvm.context.metadata import LINK_LOCAL_FETCHERS, Client, fetch_cloudstack, parse_host, reachable
 from ucernvm.context.userdata import decode
@@ -34,7 +34,7 @@ NOT_FILE_SYSTEMS = ("", "swap", "jbd")
 READ_ONLY_OPTIONS = {"ext3": "noload", "ext4": "noload", "xfs": "norecovery"}
 
 __all__ = ["BlockDevice", "FoundContext", "MetadataAddresses", "Mounter", "SourceProbe", "SystemMounter",
-           "ask_network", "find_user_data", "scan_media", "source_names"]
+           "ask_network", "find_static_network", "find_user_data", "scan_media", "source_names"]
 
 
 class Mounter(Protocol):
@@ -138,6 +138,15 @@ def scan_media(probe: SourceProbe) -> FoundContext | None:
     return found._replace(user_data=decode(found.user_data), extra_user_data=extra, pickup=pickup)
 
 
+def find_static_network(probe: SourceProbe) -> FoundContext | None:
+    """The first OpenNebula context.sh on a CD or vfat medium, for its static NIC settings: read by the
+    network stage before any DHCP, as µCernVM's one_network. Only media that can hold one are mounted."""
+    if OPEN_NEBULA not in _requested(probe):
+        return None
+    found, _, _ = _scan_media(probe, [OPEN_NEBULA], extras=False)
+    return found
+
+
 def ask_network(probe: SourceProbe, local: FoundContext | None) -> FoundContext | None:
     """``local`` when it has a source; else the metadata services' answer, with ``local``'s extras."""
     wanted = _requested(probe)
@@ -152,21 +161,24 @@ def ask_network(probe: SourceProbe, local: FoundContext | None) -> FoundContext 
                           pickup=extras.pickup)
 
 
-def _scan_media(probe: SourceProbe, layouts: list[str]) -> tuple[FoundContext | None, bytes, bytes | None]:
-    """Mount every partition once: the layouts it may hold, and its extras."""
+def _scan_media(probe: SourceProbe, layouts: list[str], extras: bool = True,
+                ) -> tuple[FoundContext | None, bytes, bytes | None]:
+    """Mount every partition once: the layouts it may hold, and its extras (without ``extras``, only the
+    partitions that may hold one of the layouts)."""
     by_source: dict[str, FoundContext] = {}
-    extras: list[bytes] = []
+    extra_parts: list[bytes] = []
     pickup: bytes | None = None
     if probe.mounter is None:
         return None, b"", None
+    layout_types = {fstype for name in layouts for fstype in LAYOUTS[name][0]}
     for device in sorted(probe.devices, key=lambda device: device.path):
-        if device.fstype in NOT_FILE_SYSTEMS:
+        if device.fstype in NOT_FILE_SYSTEMS or not (extras or device.fstype in layout_types):
             continue
         try:
             root = probe.mounter.mount(device)
         except UcernvmError as error:
             # Only a medium that could hold a context is worth a warning; any partition is mounted for extras.
-            report = probe.warn if any(device.fstype in LAYOUTS[name][0] for name in layouts) else probe.log
+            report = probe.warn if device.fstype in layout_types else probe.log
             report(f"cannot look at {device.path} ({device.fstype}): {error}")
             continue
         try:
@@ -177,10 +189,12 @@ def _scan_media(probe: SourceProbe, layouts: list[str]) -> tuple[FoundContext | 
                     if result is not None:
                         probe.log(f"{name} user-data on {device.path}")
                         by_source[name] = result
+            if not extras:
+                continue
             extra, found_pickup = read_extras(root, _about(probe.warn, device))
             if extra:
                 probe.log(f"extra user-data on {device.path}")
-                extras.append(extra if extra.endswith(b"\n") else extra + b"\n")
+                extra_parts.append(extra if extra.endswith(b"\n") else extra + b"\n")
             if pickup is None and found_pickup is not None:
                 probe.log(f"pickup.tar.gz on {device.path}")
                 pickup = found_pickup
@@ -190,7 +204,7 @@ def _scan_media(probe: SourceProbe, layouts: list[str]) -> tuple[FoundContext | 
             except UcernvmError as error:
                 probe.warn(f"cannot unmount {device.path}: {error}")
     found = next((by_source[name] for name in layouts if name in by_source), None)
-    return found, b"".join(extras), pickup
+    return found, b"".join(extra_parts), pickup
 
 
 def _about(warn: Callable[[str], None], device: BlockDevice) -> Callable[[str], None]:
