@@ -138,3 +138,7 @@ def test_boot_with_an_opennebula_cd_and_its_static_address(image: BuildResult, r
     assert report["network"]["source"].startswith("OpenNebula context.sh on /dev/")
     assert report["context"]["source"] == "OpenNebula"
     assert report["snapshot"]["tag"] == "old"  # fetched over the static address, as the CD's user-data asked
+    # The OS's cloud-init is told to keep that address (and its route and DNS server).
+    (nic,) = json.loads(result.marker("UCERNVM-OS-NETWORK-CONFIG"))["ethernets"].values()
+    assert (nic["addresses"], nic["routes"], nic["nameservers"]) == (
+        ["10.0.2.42/24"], [{"to": "0.0.0.0/0", "via": "10.0.2.2"}], {"addresses": ["10.0.2.3"]})

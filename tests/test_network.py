@@ -23,6 +23,7 @@ import pytest
 
 from ucernvm.boot.net_dhcp import Lease, StaticRoute, classless_routes, domain_search
 from ucernvm.boot.network import lease_routes, on_link, parse_static, resolv_conf
+from ucernvm.boot.seed import network_config
 from ucernvm.errors import ConfigError
 
 from helpers import PROJECT
@@ -353,8 +354,12 @@ def test_static_configuration(lab: Lab, tmp_path: Path) -> None:
     assert lab.ipv4("eth0") == ["10.77.0.9/24"]
     assert ("default", "10.77.0.1", "eth0") in lab.routes()
     assert (tmp_path / "root/etc/resolv.conf").read_text() == "nameserver 10.77.0.53\n"
-    assert result["facts"]["network"] == {"mode": "static", "interface": "eth0", "address": "10.77.0.9/24",
-                                          "gateway": "10.77.0.1", "dns": ["10.77.0.53"], "mtu": 1500}  # fmt: skip
+    mac = lab.ip("link", "show", "dev", "eth0")[0]["address"]
+    assert result["facts"]["network"] == {
+        "mode": "static", "source": "ucernvm.net", "interface": "eth0", "address": "10.77.0.9/24",
+        "gateway": "10.77.0.1", "dns": ["10.77.0.53"], "mtu": 1500,
+        "interfaces": [{"name": "eth0", "mac": mac, "address": "10.77.0.9/24", "gateway": "10.77.0.1", "mtu": 1500}],
+    }  # fmt: skip
     if shutil.which("ping"):  # the gateway answers: address and routes really work
         subprocess.run(["ip", "netns", "exec", lab.client, "ping", "-c", "1", "-W", "2", "10.77.0.1"], check=True,
                        capture_output=True)  # fmt: skip
@@ -381,6 +386,11 @@ def test_an_opennebula_context_sh_configures_its_nics_instead_of_dhcp(lab: Lab, 
     assert (network["mode"], network["source"], network["gateway"]) == (
         "static", "OpenNebula context.sh on /dev/sr0", "10.88.0.1")
     assert not any("DHCP" in action for action in result["actions"])
+    # What the OS's cloud-init gets: the same settings, the NIC matched by its MAC and keeping its name.
+    assert json.loads(network_config(network)) == {"version": 2, "ethernets": {"eth1": {
+        "match": {"macaddress": "02:00:00:00:00:22"}, "set-name": "eth1", "addresses": ["10.88.0.9/24", "10.88.1.9/24"],
+        "mtu": 1400, "routes": [{"to": "0.0.0.0/0", "via": "10.88.0.1"}],
+        "nameservers": {"addresses": ["10.88.0.53", "10.88.1.53"]}}}}  # fmt: skip
 
 
 @needs_lab

@@ -228,65 +228,67 @@ def _route_text(route: StaticRoute) -> str:
     return f"{target} via {route.gateway}" if route.gateway else f"{target} on-link"
 
 
-def _configure_address(state: BootState, nic: Link, address: str, prefix: int, gateway: str,
-                       mtu: int | None = None) -> None:
-    if mtu and mtu != nic.mtu:
-        state.system.do(SetLink(nic.ifindex, nic.name, mtu))
-    state.system.do(AddAddress(nic.ifindex, nic.name, address, prefix))
-    if gateway:
-        _add_routes(state, nic, address, prefix, [StaticRoute("0.0.0.0", 0, gateway)], RTPROT_BOOT)
+class StaticAssignment(NamedTuple):
+    """Static settings for one NIC, from ``ucernvm.net=static:...`` or a context.sh."""
+
+    nic: Link
+    address: str  # "10.0.0.5/24"
+    gateway: str = ""
+    dns: tuple[str, ...] = ()
+    mtu: int | None = None
 
 
-def configure_static(state: BootState, nic: Link, static: StaticConfig) -> None:
-    _configure_address(state, nic, static.address, static.prefix, static.gateway)
-    if static.dns:
-        _write_resolv_conf(state, static.dns, ())
+def configure_static(state: BootState, source: str, assignments: list[StaticAssignment]) -> None:
+    """Addresses, one default route (through the first IPv4 gateway: µCernVM sets eth0's only), MTUs
+    and resolv.conf; the facts list every NIC, for the report and the OS's cloud-init seed."""
+    gateway = ""
+    dns: list[str] = []
+    interfaces = []
+    mtus = {nic.name: nic.mtu for nic, *_ in assignments}
+    for nic, address, wanted_gateway, servers, mtu in assignments:
+        host, _, prefix = address.partition("/")
+        route = wanted_gateway if not gateway and "." in wanted_gateway else ""
+        if mtu and mtu != mtus[nic.name]:
+            state.system.do(SetLink(nic.ifindex, nic.name, mtu))
+            mtus[nic.name] = mtu
+        state.system.do(AddAddress(nic.ifindex, nic.name, host, int(prefix)))
+        if route:
+            _add_routes(state, nic, host, int(prefix), [StaticRoute("0.0.0.0", 0, route)], RTPROT_BOOT)
+        gateway = gateway or route
+        dns += servers
+        interfaces.append({"name": nic.name, "mac": nic.mac, "address": address, "gateway": route,
+                           "mtu": mtus[nic.name]})
+    servers = tuple(dict.fromkeys(dns))
+    if servers:
+        _write_resolv_conf(state, servers, ())
+    first = interfaces[0]
     state.facts["network"] = {
         "mode": "static",
-        "interface": nic.name,
-        "address": f"{static.address}/{static.prefix}",
-        "gateway": static.gateway,
-        "dns": list(static.dns),
-        "mtu": nic.mtu,
+        "source": source,
+        "interface": first["name"],
+        "address": first["address"],
+        "gateway": gateway,
+        "dns": list(servers),
+        "mtu": first["mtu"],
+        "interfaces": interfaces,
     }
+    state.log.info(f"network: static from {source}: " + ", ".join(f"{i['name']} {i['address']}" for i in interfaces))
 
 
 def configure_media_network(state: BootState, nics: list[Link], found: FoundContext) -> bool:
     """OpenNebula's static settings (context.sh's ETH<n>_*) on the NICs they name: by MAC when given,
     else eth<n> as the n-th NIC. False when none of them names a NIC here: then DHCP runs."""
-    configured: list[tuple[Link, str]] = []
-    gateway = ""
-    dns: list[str] = []
+    assignments = []
     for interface in found.network:
         nic = _nic_of(nics, interface)
         if nic is None:
             state.warn(f"context.sh on {found.device}: no NIC for {interface.name}"
                        + (f" with MAC {interface.mac}" if interface.mac else "") + ": its settings are ignored")
             continue
-        address, _, prefix = interface.address.partition("/")
-        # One default route, through the first interface with an IPv4 gateway (µCernVM sets eth0's only).
-        route = interface.gateway if not gateway and "." in interface.gateway else ""
-        _configure_address(state, nic, address, int(prefix), route, interface.mtu)
-        gateway = gateway or route
-        dns += interface.dns
-        configured.append((nic, interface.address))
-    if not configured:
+        assignments.append(StaticAssignment(nic, interface.address, interface.gateway, interface.dns, interface.mtu))
+    if not assignments:
         return False
-    servers = tuple(dict.fromkeys(dns))
-    if servers:
-        _write_resolv_conf(state, servers, ())
-    first, address = configured[0]
-    state.facts["network"] = {
-        "mode": "static",
-        "source": f"OpenNebula context.sh on {found.device}",
-        "interface": first.name,
-        "address": address,
-        "gateway": gateway,
-        "dns": list(servers),
-        "interfaces": [f"{nic.name} {address}" for nic, address in configured],
-    }
-    state.log.info(f"network: static from context.sh on {found.device}: "
-                   + ", ".join(f"{nic.name} {address}" for nic, address in configured))
+    configure_static(state, f"OpenNebula context.sh on {found.device}", assignments)
     return True
 
 
@@ -345,7 +347,8 @@ def network_stage(state: BootState) -> None:
         raise NetworkError("no network interface found",
                            "the image may lack the driver module of the VM's NIC (virtio_net, e1000, ...)")  # fmt: skip
     if static is not None:
-        configure_static(state, nics[0], static)
+        assignment = StaticAssignment(nics[0], f"{static.address}/{static.prefix}", static.gateway, static.dns)
+        configure_static(state, "ucernvm.net", [assignment])
         if report is not None:
             state.facts["network"]["host"] = report
         return

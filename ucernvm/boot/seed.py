@@ -1,7 +1,7 @@
-"""What the OS gets from the context before it starts: cloud-init's NoCloud seed, the
-``cernvm_inject`` and pickup tarballs, the extra user-data, the OS's own ``/.ucernvm_bootstrap`` hook
-and the ``#<PIN>`` login hook. Each piece is best effort: a broken context never keeps the OS from
-booting, it leaves a warning in the report."""
+"""What the OS gets from the context before it starts: cloud-init's NoCloud seed (with the static
+network the loader set up, if any), the ``cernvm_inject`` and pickup tarballs, the extra user-data,
+the OS's own ``/.ucernvm_bootstrap`` hook and the ``#<PIN>`` login hook. Each piece is best effort:
+a broken context never keeps the OS from booting, it leaves a warning in the report."""
 
 from __future__ import annotations
 
@@ -55,8 +55,29 @@ def instance_id(state: BootState) -> str:
     return "ucernvm-" + hashlib.sha256(state.user_data or b"").hexdigest()[:16]
 
 
+def network_config(network: dict) -> bytes | None:
+    """cloud-init's network configuration (version 2) for a static network the loader set up, so that an
+    OS whose cloud-init configures the network keeps the addresses its root is served over; None for
+    DHCP, which the OS does again itself. NICs keep their names (a NIC that is up cannot be renamed)
+    and are matched by MAC. JSON is YAML, and the image carries no YAML library."""
+    if network.get("mode") != "static":
+        return None
+    ethernets: dict[str, dict] = {}
+    for interface in network["interfaces"]:
+        name = interface["name"]
+        config = ethernets.setdefault(name, {"match": {"macaddress": interface["mac"]}, "set-name": name,
+                                             "addresses": [], "mtu": interface["mtu"]})
+        config["addresses"].append(interface["address"])
+        if interface["gateway"]:
+            config["routes"] = [{"to": "0.0.0.0/0", "via": interface["gateway"]}]
+    if network["dns"]:
+        ethernets[network["interface"]]["nameservers"] = {"addresses": network["dns"]}
+    return (json.dumps({"version": 2, "ethernets": ethernets}, indent=1) + "\n").encode()
+
+
 def seed_cloud_init(state: BootState) -> None:
-    if state.user_data is None:
+    network = network_config(state.facts.get("network", {}))
+    if state.user_data is None and network is None:
         return
     seed = state.new_root / NOCLOUD_SEED
     meta = {"instance-id": instance_id(state)}
@@ -66,8 +87,10 @@ def seed_cloud_init(state: BootState) -> None:
     if found is not None and found.meta.public_keys:
         meta["public-keys"] = list(found.meta.public_keys)
     state.system.do(MakeDirs(str(seed)))
-    state.system.do(WriteFile(str(seed / "user-data"), state.user_data, 0o600))
+    state.system.do(WriteFile(str(seed / "user-data"), state.user_data or b"", 0o600))
     state.system.do(WriteFile(str(seed / "meta-data"), (json.dumps(meta, indent=1) + "\n").encode(), 0o600))
+    if network is not None:
+        state.system.do(WriteFile(str(seed / "network-config"), network, 0o600))
     state.facts.setdefault("handoff", {})["cloud_init_seed"] = meta["instance-id"]
 
 
