@@ -94,11 +94,24 @@ def test_boot_with_an_ec2_metadata_service_requiring_imdsv2(image: BuildResult, 
     assert result.marker("UCERNVM-OS-SEED") == "#cloud-config"
 
 
+# An encrypted context's PIN ends in an odd digit and its first 4 digits add up to the salt of the
+# context's UUID (here 1+1+1+1); the image decrypts with the libcrypto it carries for hashlib and ssl.
+ONLINE_CONTEXTS = {
+    "plain": ({"name": "demo", "pins": ["246802"]}, ""),
+    "encrypted": ({"name": "sealed", "secret": "s3cret", "uuid": "1111" + "0" * 28, "pins": ["111103"]},
+                  " ucernvm.pin_secret=s3cret"),
+}
+
+
 @pytest.mark.vm
-def test_boot_with_a_cernvm_online_pin(image: BuildResult, repository: BootRepository, tmp_path: Path, qemu: str) -> None:
+@pytest.mark.parametrize("kind", sorted(ONLINE_CONTEXTS))
+def test_boot_with_a_cernvm_online_pin(image: BuildResult, repository: BootRepository, tmp_path: Path, qemu: str,
+                                       kind: str) -> None:
     definitions = tmp_path / "online.json"
     user_data = "#cloud-config\nruncmd: []\n[ucernvm-begin]\ncvmfs_tag=old\n[ucernvm-end]\n"
-    definitions.write_text(json.dumps({"contexts": [{"name": "demo", "user_data": user_data, "pins": ["246802"]}]}))
+    entry, extra_options = ONLINE_CONTEXTS[kind]
+    pin = entry["pins"][0]
+    definitions.write_text(json.dumps({"contexts": [{**entry, "user_data": user_data}]}))
     server = subprocess.Popen(
         [sys.executable, "-m", "ucernvm", "serve", str(repository.stratum), "--port", "0", "--online", str(definitions),
          "--online-port", "0"],
@@ -108,7 +121,8 @@ def test_boot_with_a_cernvm_online_pin(image: BuildResult, repository: BootRepos
         lines = [server.stdout.readline() for _ in range(2)]  # the stratum line, then the Online API line
         online = next(line for line in lines if "online" in line.lower() or "api" in line.lower())
         port = int(online.split("http://", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
-        cmdline = repository.cmdline(f"ucernvm.context=none ucernvm.pin=246802 ucernvm.service_url=http://{GUEST_HOST}:{port}")
+        cmdline = repository.cmdline(f"ucernvm.context=none ucernvm.pin={pin} ucernvm.service_url=http://{GUEST_HOST}:{port}"
+                                     + extra_options)
         result = boot(image.output, new_disk(tmp_path / "d.raw"), cmdline, tmp_path / "pin.log",
                       ports=(*repository.ports, port))
     finally:
@@ -117,6 +131,7 @@ def test_boot_with_a_cernvm_online_pin(image: BuildResult, repository: BootRepos
     assert result.code == 0, result.serial[-3000:]
     report = result.report
     assert report["context"]["source"] == "CernVM Online"
+    assert report["context"]["online_context"] == entry["name"]
     assert report["snapshot"]["tag"] == "old"
 
 

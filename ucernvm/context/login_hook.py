@@ -6,8 +6,8 @@ every ordinary name to ``/bin/login`` and runs the pairing for ``#<PIN>``, askin
 an encrypted context and then whether to reboot.
 
 The pairing runs the boot loader's own client, copied into the OS next to the hook (the OS need not
-have ucernvm, only ``python3``, which Debian's cloud-init needs anyway, and ``python3-cryptography``,
-which it pulls in): the same source files, so there is no second implementation to keep in step.
+have ucernvm, only ``python3``, which Debian's cloud-init needs anyway, and OpenSSL's libcrypto, which
+Python's ssl module links): the same source files, so there is no second implementation to keep in step.
 """
 
 from __future__ import annotations

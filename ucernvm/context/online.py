@@ -12,8 +12,9 @@ What the real client (``cernvm-online.sh``) and server (``cvmo``) do, byte for b
   ``ROOT_PUBKEY`` (base64), or, for an encrypted context, ``ENCRYPTED:<base64>`` of what
   ``openssl enc -aes-256-cfb8 -md md5 -k <secret>`` writes, around those same lines.
 
-This module must run on its own (standard library, plus ``cryptography`` for encrypted contexts):
-the boot loader copies it, with ``ucernvm/errors.py``, into the booted OS for the ``#<PIN>`` login.
+This module must run on its own (standard library, and for encrypted contexts the libcrypto that
+Python's ssl module links): the boot loader copies it, with ``ucernvm/errors.py``, into the booted OS
+for the ``#<PIN>`` login.
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ def evp_bytes_to_key(password: bytes, salt_bytes: bytes, key_length: int = 32,
                      iv_length: int = 16) -> tuple[bytes, bytes]:
     """OpenSSL's EVP_BytesToKey with MD5 and one iteration (``openssl enc -md md5 -k``).
 
-    Written out because it is these few lines of hashlib: ``cryptography`` offers only modern KDFs.
+    Written out because it is these few lines of hashlib: libraries offer only modern KDFs.
     """
     derived = b""
     block = b""
@@ -115,26 +116,58 @@ def evp_bytes_to_key(password: bytes, salt_bytes: bytes, key_length: int = 32,
     return derived[:key_length], derived[key_length:key_length + iv_length]
 
 
-def _aes_cfb8(key: bytes, iv: bytes, encrypt: bool):  # type: ignore[no-untyped-def]
+def _aes_256_cfb8(key: bytes, iv: bytes, data: bytes, encrypt: bool) -> bytes:
+    """AES-256-CFB8 by OpenSSL's libcrypto, called through ctypes.
+
+    Not through the ``cryptography`` package: its compiled part (14 MB) is larger than the whole boot
+    image, where an encrypted PIN is opened, and that image already holds libcrypto for hashlib and ssl.
+    """
+    import ctypes  # only encrypted contexts need it
+
+    lib = _libcrypto()
+    context = lib.EVP_CIPHER_CTX_new()
+    if not context:
+        raise ContextError("OpenSSL's libcrypto cannot make a cipher context")
     try:
-        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
-    except ImportError:
-        raise ContextError("encrypted CernVM Online contexts need the Python 'cryptography' package",
-                           "install python3-cryptography") from None
-    try:
-        from cryptography.hazmat.decrepit.ciphers.modes import CFB8
-    except ImportError:  # before cryptography 47 (Debian 12 has 38)
-        from cryptography.hazmat.primitives.ciphers.modes import CFB8
-    cipher = Cipher(algorithms.AES(key), CFB8(iv))
-    return cipher.encryptor() if encrypt else cipher.decryptor()
+        out = ctypes.create_string_buffer(len(data) + 32)  # CFB8 is a stream mode: as long as its input
+        written, final = ctypes.c_int(0), ctypes.c_int(0)
+        done = (lib.EVP_CipherInit_ex(context, lib.EVP_aes_256_cfb8(), None, key, iv, int(encrypt)) == 1
+                and lib.EVP_CipherUpdate(context, out, ctypes.byref(written), data, len(data)) == 1
+                and lib.EVP_CipherFinal_ex(context, ctypes.addressof(out) + written.value, ctypes.byref(final)) == 1)
+        if not done:
+            raise ContextError("OpenSSL's libcrypto refused AES-256-CFB8")
+        return out.raw[: written.value + final.value]
+    finally:
+        lib.EVP_CIPHER_CTX_free(context)
+
+
+def _libcrypto():  # type: ignore[no-untyped-def]
+    """The libcrypto that Python's ssl module links (already in the process), with the EVP calls typed."""
+    import ctypes
+
+    for name in ("libcrypto.so.3", "libcrypto.so.1.1"):
+        try:
+            lib = ctypes.CDLL(name)
+            break
+        except OSError:
+            continue
+    else:
+        raise ContextError("encrypted CernVM Online contexts need OpenSSL's libcrypto", "install libssl3")
+    pointer, integer = ctypes.c_void_p, ctypes.c_int
+    lib.EVP_CIPHER_CTX_new.restype = pointer
+    lib.EVP_CIPHER_CTX_free.argtypes = (pointer,)
+    lib.EVP_aes_256_cfb8.restype = pointer
+    lib.EVP_CipherInit_ex.argtypes = (pointer, pointer, pointer, ctypes.c_char_p, ctypes.c_char_p, integer)
+    lib.EVP_CipherUpdate.argtypes = (pointer, pointer, ctypes.POINTER(integer), ctypes.c_char_p, integer)
+    lib.EVP_CipherFinal_ex.argtypes = (pointer, pointer, ctypes.POINTER(integer))
+    return lib
 
 
 def encrypt(plain: bytes, secret: str, salt_bytes: bytes | None = None) -> bytes:
     """``Salted__`` + salt + AES-256-CFB8 ciphertext, as ``openssl enc -aes-256-cfb8 -md md5 -k``."""
     salt_bytes = os.urandom(8) if salt_bytes is None else salt_bytes
     key, iv = evp_bytes_to_key(secret.encode(), salt_bytes)
-    context = _aes_cfb8(key, iv, encrypt=True)
-    return _SALTED + salt_bytes + context.update(plain) + context.finalize()
+    return _SALTED + salt_bytes + _aes_256_cfb8(key, iv, plain, encrypt=True)
 
 
 def decrypt(data: bytes, secret: str) -> bytes:
@@ -143,8 +176,7 @@ def decrypt(data: bytes, secret: str) -> bytes:
         raise ContextError("the encrypted CernVM Online context has no 'Salted__' header",
                            "the service sent something that is not an OpenSSL-encrypted context")
     key, iv = evp_bytes_to_key(secret.encode(), data[8:16])
-    context = _aes_cfb8(key, iv, encrypt=False)
-    return context.update(data[16:]) + context.finalize()
+    return _aes_256_cfb8(key, iv, data[16:], encrypt=False)
 
 
 # --- the reply ----------------------------------------------------------------------------------
