@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import resource
 import shutil
+import signal
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -227,3 +229,24 @@ def test_the_daemon_may_hold_many_descriptors(published, mounts, keys_dir, tmp_p
                   if line.startswith("Max open files"))
     daemon_soft, daemon_hard = (float("inf") if value == "unlimited" else int(value) for value in fields[3:5])
     assert daemon_soft >= min(NFILES, daemon_hard) > 1024
+
+
+def test_sigusr1_writes_the_daemons_statistics_to_its_log(published, mounts, keys_dir, tmp_path) -> None:
+    source, _, server = published
+    cache = tmp_path / "cache"
+    point, _ = mounts.mount(f"{server.url}/cvmfs/{FQRN}", keys_dir, cache)
+    assert (point / "etc" / "hostname").read_bytes() == (source / "etc" / "hostname").read_bytes()
+    assert (point / "data" / "big.bin").read_bytes() == (source / "data" / "big.bin").read_bytes()
+    os.kill(int(os.getxattr(point, "user.pid")), signal.SIGUSR1)
+    log = cache / "mount.log"
+    for _ in range(100):
+        lines = [line for line in log.read_text().splitlines() if "statistics" in line] if log.exists() else []
+        if lines:
+            break
+        threading.Event().wait(0.05)
+    statistics = json.loads(lines[-1].split("statistics ", 1)[1])
+    requests = statistics["requests"]
+    assert requests["lookup"] >= 4 and requests["read"] >= 2 and requests["init"] == 1  # etc, hostname, data, big.bin
+    assert statistics["transfer"]["requests"] >= 3 and statistics["transfer"]["bytes"] > 0
+    assert statistics["cache"]["misses"] >= 2 and statistics["io_errors"] == 0
+    assert os.path.ismount(point) and (point / "etc" / "hostname").exists()  # the daemon serves on

@@ -352,6 +352,17 @@ class SnapshotFilesystem(Operations):
             raise OSError(errno.ENODATA, "no such attribute")
         return value.encode()
 
+    def statistics(self) -> dict[str, object]:
+        repository = self.repository
+        counters = getattr(repository.source, "counters", None)  # an HTTP source's
+        cache = repository.cache
+        return {
+            "inodes": len(self._nodes),
+            "io_errors": self.io_errors,
+            **({"transfer": counters._asdict()} if counters is not None else {}),
+            **({"cache": {"hits": cache.hits, "misses": cache.misses}} if cache is not None else {}),
+        }
+
     def _magic_xattr(self, node: _Node, key: str) -> str | None:
         """cvmfs's informational attributes; not listed, so that copies (overlayfs copy-up) skip them."""
         if not key.startswith("user."):  # security.capability at every exec, overlayfs's own at every lookup

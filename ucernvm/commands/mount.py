@@ -22,7 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Mount one snapshot of a repository read-only at MOUNTPOINT. Every object is verified "
         "before it is served and kept in the cache directory; with every server down, the last verified "
         "revision in the cache is mounted. Returns once the mount is live and leaves a daemon serving it; "
-        "`ucernvm umount MOUNTPOINT` ends it.",
+        "`ucernvm umount MOUNTPOINT` ends it. SIGUSR1 to the daemon (its pid: the user.pid attribute of "
+        "MOUNTPOINT) appends one line of JSON statistics to mount.log: requests by kind, downloads, cache hits.",
     )
     add_source_arguments(parser)
     parser.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing directory")

@@ -21,6 +21,7 @@ import errno
 import gc
 import itertools
 import os
+import signal
 import struct
 import sys
 import threading
@@ -78,7 +79,10 @@ READDIR = 28
 RELEASEDIR = 29
 FSYNCDIR = 30
 CREATE = 35
+INTERRUPT = 36
 DESTROY = 38
+IOCTL = 39
+POLL = 40
 BATCH_FORGET = 42
 FALLOCATE = 43
 READDIRPLUS = 44
@@ -91,6 +95,12 @@ MUTATING = frozenset(
     {SETATTR, SYMLINK, MKNOD, MKDIR, UNLINK, RMDIR, RENAME, LINK, WRITE, SETXATTR, REMOVEXATTR,
      CREATE, FALLOCATE, RENAME2, COPY_FILE_RANGE, TMPFILE}
 )
+
+# Names of the requests a read-only server sees, for its statistics.
+_OPCODE_NAMES = {globals()[name]: name.lower() for name in (
+    "LOOKUP", "FORGET", "GETATTR", "READLINK", "OPEN", "READ", "STATFS", "RELEASE", "GETXATTR", "LISTXATTR",
+    "FLUSH", "INIT", "OPENDIR", "READDIR", "RELEASEDIR", "INTERRUPT", "DESTROY", "IOCTL", "POLL", "BATCH_FORGET",
+    "READDIRPLUS")}
 
 # INIT flags
 ASYNC_READ = 1 << 0
@@ -254,6 +264,7 @@ class FuseMount:
         self._no_opendir = False
         self._next_handle = itertools.count(1).__next__  # atomic under the GIL
         self._threads: list[threading.Thread] = []
+        self._request_counts: list[dict[int, int]] = []  # one per worker: no lock on the hot path
         self._destroy_lock = threading.Lock()
         self._destroyed = False
         self._initialized = False
@@ -296,10 +307,27 @@ class FuseMount:
         return stopped
 
     def serve(self) -> None:
-        """Serve until the file system is unmounted (the process's work from here on)."""
+        """Serve until the file system is unmounted (the process's work from here on). SIGUSR1 writes
+        the statistics to stderr (the daemon's log), as one line of JSON."""
         _tune_memory_for_serving()
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGUSR1, lambda *_: self._report_statistics())
         self.start()
         self.join()
+
+    def statistics(self) -> dict[str, Any]:
+        """Requests answered so far, by kind, and what the file system reports of itself."""
+        requests: dict[str, int] = {}
+        for counts in list(self._request_counts):
+            for opcode, count in list(counts.items()):
+                name = _OPCODE_NAMES.get(opcode, f"opcode {opcode}")
+                requests[name] = requests.get(name, 0) + count
+        return {"requests": dict(sorted(requests.items(), key=lambda item: -item[1])), **self.ops.statistics()}
+
+    def _report_statistics(self) -> None:
+        import json  # only when asked
+
+        _report(f"statistics {json.dumps(self.statistics(), sort_keys=False)}")
 
     def fork(self, log_path: str | None = None, before_serve: Callable[[], None] | None = None) -> int:
         """Serve from a child process, detached from this one's session; returns its pid.
@@ -365,6 +393,8 @@ class FuseMount:
         buffer = bytearray(self._bufsize)
         view = memoryview(buffer)
         handlers = self._handlers
+        counts: dict[int, int] = {}
+        self._request_counts.append(counts)
         while True:
             try:
                 length = os.readv(fd, (buffer,))
@@ -375,6 +405,7 @@ class FuseMount:
                     _report(f"reading /dev/fuse failed: {error}")
                 return
             _, opcode, unique, nodeid = IN_HEADER.unpack_from(buffer)[:4]
+            counts[opcode] = counts.get(opcode, 0) + 1
             handler = handlers.get(opcode)
             try:
                 if handler is None:

@@ -135,3 +135,7 @@ class Operations:
 
     def statfs(self) -> FsStats:
         return FsStats()
+
+    def statistics(self) -> dict[str, Any]:
+        """What the file system reports of itself in the server's statistics (JSON values)."""
+        return {}
