@@ -174,6 +174,28 @@ def test_listings(served) -> None:
     assert walked == 7 + 1 + 2 + 1 + 1500
 
 
+@pytest.mark.parametrize("adaptive", [True, False], ids=["adaptive", "always"])
+def test_listings_carry_attributes_always_unless_adaptive(tmp_path: Path, adaptive: bool) -> None:
+    """The kernel asks for a long listing in several requests; adaptively, only the first carries
+    attributes when nothing was looked up in between, so a stat of every entry then looks most of them up."""
+    tree = RecordingTree()
+    _build(tree)
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    fuse = mount(tree, str(mountpoint), MountOptions(threads=2, adaptive_readdirplus=adaptive))
+    fuse.start()
+    try:
+        names = os.listdir(mountpoint / "many")
+        before = len(tree.lookups)
+        assert all(os.lstat(mountpoint / "many" / name).st_size == len(b"%d" % int(name[6:10])) for name in names)
+        looked_up = len(tree.lookups) - before
+    finally:
+        _cleanup(mountpoint)
+        assert fuse.join(10)
+    assert len(names) == 1500
+    assert (looked_up > 500) if adaptive else (looked_up == 0), looked_up
+
+
 def test_symlinks(served) -> None:
     mnt, *_ = served
     assert os.readlink(mnt / "lib") == "usr/lib"

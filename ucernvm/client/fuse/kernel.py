@@ -152,7 +152,7 @@ _NO_REPLY = None
 class MountOptions:
     """How a tree is mounted and served; the defaults suit an immutable tree."""
 
-    __slots__ = ("fsname", "subtype", "threads", "cache_timeout", "readdirplus", "read_ahead_kb",
+    __slots__ = ("fsname", "subtype", "threads", "cache_timeout", "readdirplus", "adaptive_readdirplus", "read_ahead_kb",
                  "max_write", "max_background", "allow_other", "zero_message_open", "xattrs", "splice_reads")
 
     def __init__(
@@ -162,6 +162,9 @@ class MountOptions:
         threads: int = 4,  # several, so a slow read (a network fetch) does not stall lookups
         cache_timeout: float = 86400.0 * 365,  # entries and attributes never change
         readdirplus: bool = True,  # listings carry attributes: `ls -l` and `find` skip lookups
+        # True: after a listing's first request, the kernel asks for attributes only where lookups followed
+        # (libfuse's default); False: always, which suits a booting OS, that looks up most of what it lists.
+        adaptive_readdirplus: bool = True,
         read_ahead_kb: int | None = 1024,  # None keeps the kernel's default (128 KiB)
         max_write: int = 128 * 1024,  # never written to; sizes the request buffer
         max_background: int = 32,  # asynchronous (readahead) requests in flight
@@ -179,6 +182,7 @@ class MountOptions:
         self.threads = threads
         self.cache_timeout = cache_timeout
         self.readdirplus = readdirplus
+        self.adaptive_readdirplus = adaptive_readdirplus
         self.read_ahead_kb = read_ahead_kb
         self.max_write = max_write
         self.max_background = max_background
@@ -453,7 +457,7 @@ class FuseMount:
             return INIT_OUT.pack(KERNEL_VERSION, KERNEL_MINOR_VERSION, 0, 0, 0, 0, 0, 0, 0, 0, 0)
         want = ASYNC_READ | PARALLEL_DIROPS | CACHE_SYMLINKS | MAX_PAGES
         if self.options.readdirplus:
-            want |= DO_READDIRPLUS | READDIRPLUS_AUTO
+            want |= DO_READDIRPLUS | (READDIRPLUS_AUTO if self.options.adaptive_readdirplus else 0)
         if self.options.zero_message_open:
             self._no_open = bool(flags & NO_OPEN_SUPPORT)
             self._no_opendir = bool(flags & NO_OPENDIR_SUPPORT)
