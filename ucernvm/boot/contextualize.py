@@ -61,18 +61,20 @@ def apply_user_data(state: BootState, user_data: bytes, source: str) -> None:
 
 
 def local_media(state: BootState) -> list[BlockDevice]:
-    """Every disk and partition with a recognisable file system (read-only probing, no mounts)."""
-    media = []
-    for disk in blockdev.list_disks():
-        for name, dev in [(disk.name, disk.dev), *((part.name, part.dev) for part in disk.partitions)]:
-            node = blockdev.device_node(state.system, name, dev)
-            try:
-                found = blockdev.probe_path(node)
-            except OSError:
-                continue
-            if found is not None:
-                media.append(BlockDevice(node, found.type, found.label))
-    return media
+    """Every disk and partition with a recognisable file system (read-only probing, no mounts), probed
+    once: the network stage (OpenNebula's context.sh) and the context stage both look at them."""
+    if state.media is None:
+        state.media = []
+        for disk in blockdev.list_disks():
+            for name, dev in [(disk.name, disk.dev), *((part.name, part.dev) for part in disk.partitions)]:
+                node = blockdev.device_node(state.system, name, dev)
+                try:
+                    found = blockdev.probe_path(node)
+                except OSError:
+                    continue
+                if found is not None:
+                    state.media.append(BlockDevice(node, found.type, found.label))
+    return state.media
 
 
 def media_network(state: BootState) -> FoundContext | None:
