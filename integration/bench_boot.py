@@ -6,6 +6,7 @@ cold boot (empty scratch disk) and a warm one (the second boot on that disk). Th
 natively on this host: ``ucernvm --dry-run`` against the same server, timed with the child's rusage.
 
 Usage: python integration/bench_boot.py [--runs N] [--accel auto|kvm|tcg] [--workdir DIR]
+                                       [--kernel PATH | --kernel-source [PACKAGE]]
 
 Every time is in seconds. Guest times are the guest kernel's clock (0 = kernel start): the kernel's own
 steps come from its log (the OS prints it with dmesg after the measured boot, so the boot stays
@@ -34,10 +35,10 @@ STAGES = ("early", "modules", "network", "context", "storage", "servers", "snaps
 # After the figures are on the console, the OS prints its kernel log (the demo OS runs /test-hook).
 KMSG_HOOK = "dmesg | while read -r line; do echo \"UCERNVM-KMSG $line\"; done\n"
 _KMSG_RE = re.compile(r"^UCERNVM-KMSG \[\s*(\d+\.\d+)\] (.*)$", re.MULTILINE)
-KERNEL_STEPS = (  # (figure, first kernel log line starting with this text); in boot order
-    ("kernel: initramfs unpack starts", "Trying to unpack rootfs image as initramfs"),
-    ("kernel: initramfs unpacked", "Freeing initrd memory"),
-    ("kernel: Run /init", "Run /init as init process"),
+KERNEL_STEPS = (  # (figure, first kernel log line starting with one of these texts); in boot order
+    ("kernel: initramfs unpack starts", ("Trying to unpack rootfs image as initramfs", "Unpacking initramfs")),
+    ("kernel: initramfs unpacked", ("Freeing initrd memory",)),
+    ("kernel: Run /init", ("Run /init as init process",)),
 )
 COUNTS = ("bytes fetched", "requests")
 
@@ -57,8 +58,8 @@ def boot_figures(label: str, result: BootResult) -> Figures:
     os_init = float(result.marker("UCERNVM-OS-INIT") or "nan")
     kmsg = [(float(stamp), text) for stamp, text in _KMSG_RE.findall(result.serial)]
     values: dict[str, float] = {}
-    for figure, prefix in KERNEL_STEPS:
-        values[figure] = next((stamp for stamp, text in kmsg if text.startswith(prefix)), float("nan"))
+    for figure, prefixes in KERNEL_STEPS:
+        values[figure] = next((stamp for stamp, text in kmsg if text.startswith(prefixes)), float("nan"))
     run_init_at = values["kernel: Run /init"]
     values["/init → first stage"] = report["stages"][0]["start"] - run_init_at
     for name in STAGES:
@@ -136,6 +137,10 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=2, help="cold+warm boot pairs (default: %(default)s)")
     parser.add_argument("--accel", default="auto", choices=("auto", "kvm", "tcg"))
     parser.add_argument("--workdir", type=Path, help="keep everything here (default: a temporary directory)")
+    kernel = parser.add_mutually_exclusive_group()
+    kernel.add_argument("--kernel", type=Path, metavar="PATH", help="as `ucernvm build --kernel`")
+    kernel.add_argument("--kernel-source", nargs="?", const="linux-source", metavar="PACKAGE",
+                        help="as `ucernvm build --kernel-source`: the ucernvm kernel, every boot driver built in")
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-boot-") as scratch:
@@ -146,7 +151,8 @@ def main() -> int:
             (repository.os_tree / "test-hook").write_text(KMSG_HOOK)
             repository.publish("bench")
             started = time.monotonic()
-            image = build_boot_image(work / "image", repository.keys)
+            image = build_boot_image(work / "image", repository.keys, kernel=args.kernel,
+                                     kernel_source=args.kernel_source)
             print(f"image built in {time.monotonic() - started:.1f} s: {image.output}", flush=True)
             cmdline = repository.cmdline("ucernvm.context=none")
             columns: list[Figures] = []

@@ -52,12 +52,14 @@ def make_repository(base: Path) -> BootRepository:
     return repository
 
 
-def build_boot_image(output: Path, keys: Path) -> BuildResult:
+def build_boot_image(output: Path, keys: Path, *, kernel: Path | None = None,
+                     kernel_source: str | None = None) -> BuildResult:
+    """The image with *keys*; the kernel is Debian's package unless *kernel* or *kernel_source* is given."""
     public = output.parent / f"{output.name}-keys"
     public.mkdir(parents=True, exist_ok=True)
     for pub in keys.glob("*.pub"):
         (public / pub.name).write_bytes(pub.read_bytes())
-    return build_image(BuildOptions(output=output, keys=public))
+    return build_image(BuildOptions(output=output, keys=public, kernel=kernel, kernel_source=kernel_source))
 
 
 @dataclass

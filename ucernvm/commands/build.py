@@ -9,6 +9,7 @@ from pathlib import Path
 from ucernvm.image.builder import DEFAULT_INIT, BuildOptions, build_image
 from ucernvm.image.compress import COMPRESSORS
 from ucernvm.image.kernel import DEFAULT_PACKAGE
+from ucernvm.image.kernel_source import DEFAULT_SOURCE_PACKAGE
 
 SIZE_GOAL = 20_000_000  # vmlinuz + initrd.img, as the original µCernVM images
 # Size table rows, in the order the image is described; unknown components follow.
@@ -30,6 +31,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="a linux-image .deb, an unpacked package tree, or a bare bzImage (no modules)")
     kernel.add_argument("--kernel-package", default=DEFAULT_PACKAGE, metavar="NAME",
                         help="Debian kernel package to fetch with apt (default: %(default)s)")
+    kernel.add_argument("--kernel-source", nargs="?", const=DEFAULT_SOURCE_PACKAGE, metavar="PACKAGE",
+                        help="build the ucernvm kernel instead: Debian's kernel source (PACKAGE, default "
+                        f"{DEFAULT_SOURCE_PACKAGE}) with initramfs/kernel.config, every boot driver built in, "
+                        "no modules; built once per source version and configuration, then cached")
     parser.add_argument("--keys", type=Path, metavar="DIR",
                         help="repository public keys (*.pub) for /etc/cvmfs/keys (default: initramfs/keys)")
     parser.add_argument("-o", "--output", type=Path, default=Path("image"), metavar="DIR",
@@ -55,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
         output=args.output,
         kernel=args.kernel,
         kernel_package=args.kernel_package,
+        kernel_source=args.kernel_source,
         keys=args.keys,
         init=args.init_module,
         init_paths=tuple(p.resolve() for p in args.init_path),

@@ -38,6 +38,7 @@ from ucernvm.image.kernel import (
     has_pvh_entry,
     kernel_from_path,
 )
+from ucernvm.image.kernel_source import source_kernel
 from ucernvm.image.kmods import ModuleIndex, modname
 from ucernvm.image.pyruntime import Interpreter, PythonPayload, probe_imports, python_payload
 
@@ -58,6 +59,7 @@ class BuildOptions:
     output: Path
     kernel: Path | None = None  # a .deb, an unpacked package tree or a bzImage; else kernel_package
     kernel_package: str = DEFAULT_PACKAGE
+    kernel_source: str | None = None  # a linux-source package to build with inputs/kernel.config instead
     keys: Path | None = None  # default: initramfs/keys
     init: str = DEFAULT_INIT  # "module[:function]" that /init runs
     init_paths: tuple[Path, ...] = ()  # where modules outside the package and site-packages live
@@ -113,7 +115,12 @@ def build_image(options: BuildOptions, progress: Callable[[str], None] = lambda 
 
     progress("kernel")
     t = time.monotonic()
-    kernel = kernel_from_path(options.kernel) if options.kernel else debian_kernel(options.kernel_package)
+    if options.kernel:
+        kernel = kernel_from_path(options.kernel)
+    elif options.kernel_source:
+        kernel = source_kernel(options.inputs / "kernel.config", options.kernel_source, progress)
+    else:
+        kernel = debian_kernel(options.kernel_package)
     vmlinux, pvh = _vmlinux(kernel)
     t = phase("kernel", t)
 

@@ -63,8 +63,8 @@ def debian_kernel(package: str = DEFAULT_PACKAGE) -> Kernel:
     return _kernel_in_tree(root, source=f"{name} {version}")
 
 
-def resolve_package(package: str) -> tuple[str, str]:
-    """(versioned package, candidate version): follows a metapackage to the linux-image it depends on.
+def resolve_package(package: str, family: str = "linux-image-") -> tuple[str, str]:
+    """(versioned package, candidate version): follows a metapackage to the *family* package it depends on.
 
     Each apt-cache call loads the whole package cache (about 1 s), so the answer is remembered
     until the package lists change.
@@ -73,19 +73,20 @@ def resolve_package(package: str) -> tuple[str, str]:
     state = hashlib.sha256(
         "\0".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in lists).encode()
     ).hexdigest()[:24]
-    memo = cache_dir("kernels") / f"resolved-{hashlib.sha256(package.encode()).hexdigest()[:12]}-{state}.json"
+    key = hashlib.sha256(f"{family}{package}".encode()).hexdigest()[:12]
+    memo = cache_dir("kernels") / f"resolved-{key}-{state}.json"
     if memo.exists():
         name, version = json.loads(memo.read_text())
         return name, version
-    resolved = _resolve_with_apt(package)
+    resolved = _resolve_with_apt(package, family)
     memo.write_text(json.dumps(resolved))
     return resolved
 
 
-def _resolve_with_apt(package: str) -> tuple[str, str]:
+def _resolve_with_apt(package: str, family: str) -> tuple[str, str]:
     version = _candidate(package)
     depends = tools.run(["apt-cache", "depends", package], what="apt-cache depends").stdout.decode()
-    for match in re.finditer(r"^\s*Depends:\s*(linux-image-\S+)", depends, re.MULTILINE):
+    for match in re.finditer(rf"^\s*Depends:\s*({re.escape(family)}\S+)", depends, re.MULTILINE):
         target = match.group(1)
         if target != package and not target.startswith("<"):
             return target, _candidate(target)
