@@ -6,7 +6,8 @@ cold boot (empty scratch disk) and a warm one (the second boot on that disk). Th
 natively on this host: ``ucernvm --dry-run`` against the same server, timed with the child's rusage.
 
 Usage: python integration/bench_boot.py [--runs N] [--accel auto|kvm|tcg] [--workdir DIR]
-                                       [--kernel PATH | --kernel-source [PACKAGE]]
+                                       [--kernel PATH | --kernel-source [PACKAGE]] [--compression C]
+                                       [--machine q35|pc]
 
 Every time is in seconds. Guest times are the guest kernel's clock (0 = kernel start): the kernel's own
 steps come from its log (the OS prints it with dmesg after the measured boot, so the boot stays
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from boot_env import FQRN, BootRepository, BootResult, boot, build_boot_image, make_repository, new_disk
+from ucernvm.launch import LaunchOptions
 
 STAGES = ("early", "modules", "network", "context", "storage", "servers", "snapshot", "mount", "handoff")
 # After the figures are on the console, the OS prints its kernel log (the demo OS runs /test-hook).
@@ -141,6 +143,8 @@ def main() -> int:
     kernel.add_argument("--kernel", type=Path, metavar="PATH", help="as `ucernvm build --kernel`")
     kernel.add_argument("--kernel-source", nargs="?", const="linux-source", metavar="PACKAGE",
                         help="as `ucernvm build --kernel-source`: the ucernvm kernel, every boot driver built in")
+    parser.add_argument("--compression", default="zstd", help="as `ucernvm build --compression` (default: %(default)s)")
+    parser.add_argument("--machine", default=LaunchOptions.machine, help="QEMU machine type (default: %(default)s)")
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-boot-") as scratch:
@@ -152,7 +156,7 @@ def main() -> int:
             repository.publish("bench")
             started = time.monotonic()
             image = build_boot_image(work / "image", repository.keys, kernel=args.kernel,
-                                     kernel_source=args.kernel_source)
+                                     kernel_source=args.kernel_source, compression=args.compression)
             print(f"image built in {time.monotonic() - started:.1f} s: {image.output}", flush=True)
             cmdline = repository.cmdline("ucernvm.context=none")
             columns: list[Figures] = []
@@ -164,7 +168,7 @@ def main() -> int:
                 for kind in ("cold", "warm"):
                     label = f"{kind} {run}"
                     result = boot(image.output, disk, cmdline, work / f"{kind}-{run}.log", ports=repository.ports,
-                                  accel=args.accel)
+                                  accel=args.accel, machine=args.machine)
                     columns.append(boot_figures(label, result))
                     accels.add(f"{result.vm.accel} ({result.vm.choice.reason if result.vm.choice else ''})")
                     print(f"{label}: OS init at {columns[-1].values['kernel start → OS init']:.2f} s guest", flush=True)
@@ -175,6 +179,7 @@ def main() -> int:
             repository.server.stop()
     print(f"\naccelerator: {'; '.join(sorted(accels))}")
     print(f"load average (1 min) before {load_before:.2f}, after {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+    print(f"machine: {args.machine}; image: {image.manifest['kernel']['source']}, initramfs {args.compression}")
     print(f"kernel options: {cmdline}\n")
     print(table(columns))
     loader = statistics.fmean(c.values["/init → OS init (the loader's work)"] for c in columns if c.label.startswith("cold"))

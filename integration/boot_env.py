@@ -53,13 +53,14 @@ def make_repository(base: Path) -> BootRepository:
 
 
 def build_boot_image(output: Path, keys: Path, *, kernel: Path | None = None,
-                     kernel_source: str | None = None) -> BuildResult:
+                     kernel_source: str | None = None, compression: str = "zstd") -> BuildResult:
     """The image with *keys*; the kernel is Debian's package unless *kernel* or *kernel_source* is given."""
     public = output.parent / f"{output.name}-keys"
     public.mkdir(parents=True, exist_ok=True)
     for pub in keys.glob("*.pub"):
         (public / pub.name).write_bytes(pub.read_bytes())
-    return build_image(BuildOptions(output=output, keys=public, kernel=kernel, kernel_source=kernel_source))
+    return build_image(BuildOptions(output=output, keys=public, kernel=kernel, kernel_source=kernel_source,
+                                    compression=compression))
 
 
 @dataclass
@@ -79,10 +80,11 @@ class BootResult:
 
 
 def boot(image: Path, disk: Path, cmdline: str, log: Path, *, ports: Sequence[int], timeout: float = 300,
-         context: Path | None = None, accel: str = "auto", memory: int = 1024) -> BootResult:
+         context: Path | None = None, accel: str = "auto", memory: int = 1024,
+         machine: str = LaunchOptions.machine) -> BootResult:
     """Boot isolated: the guest reaches the host's 127.0.0.1:PORT at 10.0.2.2:PORT for *ports*, and nothing else."""
     options = LaunchOptions(image=image, disks=(disk,), context=context, cmdline=cmdline, memory=memory,
-                            serial_log=log, accel=accel, isolated=True, guest_forwards=loopback_forwards(*ports))
+                            machine=machine, serial_log=log, accel=accel, isolated=True, guest_forwards=loopback_forwards(*ports))
     with Vm(options) as vm:
         code = vm.wait(timeout=timeout)
     return BootResult(vm, code, vm.serial)

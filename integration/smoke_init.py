@@ -24,7 +24,7 @@ from pathlib import Path  # noqa: E402
 from ucernvm.image.kmods import ModuleIndex  # noqa: E402
 
 MARKER = "UCERNVM-SMOKE"
-MODULES = ("virtio_pci", "virtio_net", "virtio_blk", "virtio_rng", "ata_piix", "sr_mod", "ext4", "overlay", "fuse",
+MODULES = ("virtio_pci", "virtio_net", "virtio_blk", "virtio_rng", "ahci", "sr_mod", "ext4", "overlay", "fuse",
            "loop", "isofs")
 CONTEXT_FILE = "hello.txt"  # read from the CD-ROM when one is attached
 KMSG_TEXT = "ucernvm-smoke: logging through /dev/kmsg"

@@ -137,6 +137,17 @@ def test_xz_segments_use_crc32_for_the_kernel(tmp_path: Path) -> None:
     assert compress(archive, "digest", "xz")[1]  # the second time it comes from the cache
 
 
+@pytest.mark.skipif(shutil.which("lz4") is None, reason="lz4 is not installed (apt-get install lz4)")
+def test_lz4_segments_use_the_legacy_frame_the_kernel_reads(tmp_path: Path) -> None:
+    archive = tmp_path / "a.cpio"
+    with archive.open("wb") as out:
+        cpio.write(sample_entries(tmp_path), out)
+    packed, _ = compress(archive, "digest", "lz4", use_cache=False)
+    assert packed.read_bytes()[:4] == bytes.fromhex("02214c18")  # lib/decompress_unlz4.c: ARCHIVE_MAGICNUMBER
+    unpacked = subprocess.run(["lz4", "-dc", str(packed)], capture_output=True, check=True).stdout
+    assert unpacked == archive.read_bytes()
+
+
 def test_elf_closure_of_the_running_python_matches_ldd() -> None:
     executable = Path(sys.executable).resolve()
     closure = LibraryResolver().closure([executable])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ucernvm.launch.accel import ACCELS
 from ucernvm.launch.media import create_sparse_disk, parse_size
-from ucernvm.launch.qemu import LaunchError, LaunchOptions, Vm
+from ucernvm.launch.qemu import MACHINES, LaunchError, LaunchOptions, Vm
 
 TIMEOUT_EXIT = 124  # as timeout(1)
 
@@ -37,6 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="do not echo the console on stdout")
     parser.add_argument("--memory", type=int, default=1024, metavar="MB", help="guest RAM (default: %(default)s)")
     parser.add_argument("--smp", type=int, default=2, metavar="N", help="guest CPUs (default: %(default)s)")
+    parser.add_argument("--machine", choices=MACHINES, default=LaunchOptions.machine,
+                        help="QEMU machine type (default: %(default)s; pc is the older i440FX)")
     parser.add_argument("--accel", choices=ACCELS, default="auto",
                         help="auto: KVM if a canary boot works on this host (cached), else TCG")
     parser.add_argument("--timeout", type=float, metavar="S", help="kill QEMU after S seconds")
@@ -66,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
             cmdline=args.cmdline,
             memory=args.memory,
             smp=args.smp,
+            machine=args.machine,
             accel=args.accel,
             net_forwards=tuple(args.net_forward),
             isolated=args.isolated,

@@ -24,6 +24,7 @@ TOOL_PACKAGES = {
     "strip": "binutils",
     "zstd": "zstd",
     "xz": "xz-utils",
+    "lz4": "lz4",
     "qemu-system-x86_64": "qemu-system-x86",
 }
 
