@@ -1,4 +1,6 @@
-"""The boot log: ``[INF]``/``[WRN]``/``[ERR]`` lines on the console and in the kernel log."""
+"""The boot log: ``[INF]``/``[WRN]``/``[ERR]`` lines on the console, kept in memory for the boot's
+``boot.log``; warnings and errors also go to the kernel log, where the OS's journal keeps them. (Not every
+line: the kernel lets a /dev/kmsg writer log 10 lines per 5 s and drops the rest.)"""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import sys
 import time
 from typing import TextIO
 
-_KMSG_LEVEL = {"INF": 6, "WRN": 4, "ERR": 3}
+_KMSG_LEVEL = {"WRN": 4, "ERR": 3}
 
 
 def uptime() -> float:
@@ -16,15 +18,12 @@ def uptime() -> float:
 
 
 class BootLog:
-    def __init__(self, console: TextIO = sys.stdout, kmsg: bool = False) -> None:
+    def __init__(self, console: TextIO = sys.stdout, kmsg: str | None = None) -> None:
         self.console = console
         self.records: list[tuple[float, str, str]] = []
         self._kmsg = -1
-        if kmsg:
-            try:
-                self._kmsg = os.open("/dev/kmsg", os.O_WRONLY | os.O_CLOEXEC)
-            except OSError:
-                self._kmsg = -1
+        # PID 1 starts before devtmpfs is mounted: /dev/kmsg is opened at the first line after that.
+        self._kmsg_path = kmsg
 
     def _write(self, level: str, message: str) -> None:
         self.records.append((uptime(), level, message))
@@ -33,6 +32,13 @@ class BootLog:
             self.console.flush()
         except OSError:
             pass  # a console that went away must not stop the boot
+        if level not in _KMSG_LEVEL:
+            return
+        if self._kmsg_path is not None and self._kmsg < 0:
+            try:
+                self._kmsg = os.open(self._kmsg_path, os.O_WRONLY | os.O_CLOEXEC)
+            except OSError:
+                pass
         if self._kmsg >= 0:
             try:
                 os.write(self._kmsg, f"<{_KMSG_LEVEL[level]}>ucernvm: {message}\n".encode(errors="replace")[:1000])

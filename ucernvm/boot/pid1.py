@@ -20,7 +20,7 @@ IMAGE_MODULES = (*MODULES, "urllib3", "encodings.idna", "pacparser", "email.poli
 
 
 def main() -> int:
-    state = BootState(RealSystem(), BootLog(sys.stdout, kmsg=True))
+    state = BootState(RealSystem(), BootLog(sys.stdout, kmsg="/dev/kmsg"))
     state.log.info("ucernvm boot loader")
 
     def break_point(stage: Stage) -> None:
