@@ -3,22 +3,14 @@ in) boots the demo OS with no modules to load, and shuts it down cleanly."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from boot_env import BootRepository, boot, build_boot_image, make_repository, new_disk
-from test_boot import STAGES, print_timings
+from boot_env import BootRepository, boot, build_boot_image, new_disk
+from test_boot import STAGES, print_timings, repository  # noqa: F401 (repository: the module's fixture)
 from ucernvm.commands.build import SIZE_GOAL
 from ucernvm.image.builder import BuildResult
-
-
-@pytest.fixture(scope="module")
-def repository(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BootRepository]:
-    repository = make_repository(tmp_path_factory.mktemp("kernel-repo"))
-    yield repository
-    repository.server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from ucernvm.errors import ConfigError
 from ucernvm.image.builder import INPUTS_DIR
-from ucernvm.image.kernel_source import dropped_options, fragment_assignments
+from ucernvm.image.kernel_source import dropped_options, fragment_assignments, remove_abandoned_builds
 
 
 def test_the_shipped_fragment_builds_in_what_the_boot_needs() -> None:
@@ -30,3 +33,13 @@ def test_options_that_kconfig_dropped_or_changed_are_named() -> None:
     config = 'CONFIG_A=y\n# CONFIG_B is not set\nCONFIG_C="-y"\nCONFIG_D=64\nCONFIG_E=y\n'
     assert dropped_options(wanted, config) == ['CONFIG_B=y', 'CONFIG_C="-x"']
     assert dropped_options({"CONFIG_A": "y"}, config) == []
+
+
+def test_work_trees_of_dead_builds_are_removed_and_running_ones_kept(tmp_path: Path) -> None:
+    dead = tmp_path / "build-2147483647-abc"  # no such process (above the kernel's pid_max)
+    running = tmp_path / f"build-{os.getpid()}-def"
+    kept = tmp_path / "linux-source-6.1_6.1.192-2-0123456789abcdef"
+    for directory in (dead / "src", running / "src", kept):
+        directory.mkdir(parents=True)
+    remove_abandoned_builds(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([running.name, kept.name])

@@ -38,7 +38,8 @@ def source_kernel(config: Path, package: str = DEFAULT_SOURCE_PACKAGE,
     bzimage = slot / "vmlinuz"
     if not (slot / ".complete").exists():
         progress(f"kernel: building {name} {version} with {config.name} (once; minutes)")
-        with tempfile.TemporaryDirectory(prefix="build-", dir=slot.parent) as work:
+        remove_abandoned_builds(slot.parent)
+        with tempfile.TemporaryDirectory(prefix=f"build-{os.getpid()}-", dir=slot.parent) as work:
             tree = _unpack_source(name, version, Path(work))
             _configure(tree, config, wanted)
             _make(tree, [*_build_identity(tree), "bzImage"], what="the kernel build")
@@ -48,6 +49,14 @@ def source_kernel(config: Path, package: str = DEFAULT_SOURCE_PACKAGE,
         (slot / ".complete").write_text(f"{name} {version} {digest}\n")
     return Kernel(release=bzimage_release(bzimage.read_bytes()), bzimage=bzimage, modules_dir=None,
                   source=f"{name} {version} with {config.name} ({digest})")
+
+
+def remove_abandoned_builds(kernels: Path) -> None:
+    """Delete the work trees (2-3 GB each) of builds whose process is gone, e.g. killed mid-build."""
+    for work in kernels.glob("build-*-*"):
+        pid = work.name.split("-")[1]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def _unpack_source(name: str, version: str, work: Path) -> Path:
