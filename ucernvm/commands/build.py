@@ -34,7 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     kernel.add_argument("--kernel-source", nargs="?", const=DEFAULT_SOURCE_PACKAGE, metavar="PACKAGE",
                         help="build the ucernvm kernel instead: Debian's kernel source (PACKAGE, default "
                         f"{DEFAULT_SOURCE_PACKAGE}) with initramfs/kernel.config, every boot driver built in, "
-                        "no modules; built once per source version and configuration, then cached")
+                        "no modules; built once per source version and configuration, then cached. With "
+                        "--compression lz4 it boots fastest and still fits the 20 MB goal")
     parser.add_argument("--keys", type=Path, metavar="DIR",
                         help="repository public keys (*.pub) for /etc/cvmfs/keys (default: initramfs/keys)")
     parser.add_argument("-o", "--output", type=Path, default=Path("image"), metavar="DIR",
