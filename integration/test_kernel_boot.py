@@ -26,7 +26,7 @@ def test_the_image_has_no_modules_and_fits_the_size_goal(image: BuildResult) -> 
     assert manifest["kernel"]["release"].endswith("-ucernvm")
     assert manifest["kernel_modules"] == []
     assert "kernel-modules" not in manifest["components"]
-    assert manifest["initrd"]["compression"] == "lz4"
+    assert manifest["initrd"]["compression"].split()[0] == "lz4"  # the command that compressed it
     assert manifest["boot_bytes"] <= SIZE_GOAL
 
 
