@@ -31,7 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from boot_env import FQRN, BootRepository, BootResult, boot, build_boot_image, make_repository, new_disk
+from ucernvm.image.compress import COMPRESSORS
+from ucernvm.image.kernel_source import DEFAULT_SOURCE_PACKAGE
 from ucernvm.launch import LaunchOptions
+from ucernvm.launch.qemu import MACHINES
 
 STAGES = ("early", "modules", "network", "context", "storage", "servers", "snapshot", "mount", "handoff")
 # After the figures are on the console, the OS prints its kernel log (the demo OS runs /test-hook).
@@ -141,10 +144,12 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, help="keep everything here (default: a temporary directory)")
     kernel = parser.add_mutually_exclusive_group()
     kernel.add_argument("--kernel", type=Path, metavar="PATH", help="as `ucernvm build --kernel`")
-    kernel.add_argument("--kernel-source", nargs="?", const="linux-source", metavar="PACKAGE",
+    kernel.add_argument("--kernel-source", nargs="?", const=DEFAULT_SOURCE_PACKAGE, metavar="PACKAGE",
                         help="as `ucernvm build --kernel-source`: the ucernvm kernel, every boot driver built in")
-    parser.add_argument("--compression", default="zstd", help="as `ucernvm build --compression` (default: %(default)s)")
-    parser.add_argument("--machine", default=LaunchOptions.machine, help="QEMU machine type (default: %(default)s)")
+    parser.add_argument("--compression", choices=sorted(COMPRESSORS), default="zstd",
+                        help="as `ucernvm build --compression` (default: %(default)s)")
+    parser.add_argument("--machine", choices=MACHINES, default=LaunchOptions.machine,
+                        help="QEMU machine type (default: %(default)s)")
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-boot-") as scratch:

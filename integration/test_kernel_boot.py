@@ -11,6 +11,7 @@ from boot_env import BootRepository, boot, build_boot_image, new_disk
 from test_boot import STAGES, print_timings, repository  # noqa: F401 (repository: the module's fixture)
 from ucernvm.commands.build import SIZE_GOAL
 from ucernvm.image.builder import BuildResult
+from ucernvm.image.kernel_source import DEFAULT_SOURCE_PACKAGE
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +19,7 @@ def image(tmp_path_factory: pytest.TempPathFactory, repository: BootRepository) 
     # The first build on a machine compiles the kernel (about 10-15 min on 2 cores); later ones reuse it.
     # LZ4, the fastest initramfs to unpack, still fits the size goal with this kernel.
     return build_boot_image(tmp_path_factory.mktemp("kernel-image") / "image", repository.keys,
-                            kernel_source="linux-source", compression="lz4")
+                            kernel_source=DEFAULT_SOURCE_PACKAGE, compression="lz4")
 
 
 def test_the_image_has_no_modules_and_fits_the_size_goal(image: BuildResult) -> None:
