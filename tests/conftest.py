@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import datetime
 import shutil
-import tarfile
 from pathlib import Path
 
 import pytest
 
 from ucernvm.cvmfs.signing import generate_repository_keys
+from ucernvm.tarfiles import tarfile
 
 from helpers import PROJECT
 

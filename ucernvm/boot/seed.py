@@ -36,11 +36,12 @@ class ExtractTarball(NamedTuple):
         return f"extract {self.what} ({len(self.data)} bytes) into {self.target}"
 
     def apply(self) -> list[str]:
-        import tarfile  # only a context with tarballs needs it
+        from ucernvm.tarfiles import tarfile  # only a context with tarballs needs it
 
         try:
             with tarfile.open(fileobj=io.BytesIO(self.data), mode="r:*") as archive:
-                # "tar": absolute paths, '..' and links out of the tree are refused; modes are kept.
+                # "tar": absolute names land under the target, '..' and paths through links out of it
+                # are refused; set-user-ID, set-group-ID and group/other write bits are dropped.
                 archive.extractall(self.target, filter="tar")
                 return archive.getnames()
         except (tarfile.TarError, OSError, EOFError) as error:

@@ -12,7 +12,6 @@ import hashlib
 import os
 import re
 import shutil
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from ucernvm.errors import ConfigError
 from ucernvm.image import tools
 from ucernvm.image.cache import cache_dir
 from ucernvm.image.kernel import Kernel, bzimage_release, resolve_package
+from ucernvm.tarfiles import tarfile
 
 DEFAULT_SOURCE_PACKAGE = "linux-source"
 _ASSIGNMENT = re.compile(r"^(CONFIG_[A-Za-z0-9_]+)=(.*)$")
