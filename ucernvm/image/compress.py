@@ -19,9 +19,10 @@ from ucernvm.image.cache import cache_dir
 
 # The kernel's xz decoder only knows CRC32 checks; one thread gives one block whatever the host. Its LZ4
 # decoder reads only the legacy frame format (-l). LZ4 makes a larger image (about 1.45x zstd) that
-# unpacks several times faster, which counts where the CPU is emulated.
+# unpacks several times faster, which counts where the CPU is emulated. zstd gets a 32 MiB window (the
+# kernel's decoder takes up to 128 MiB): 3.5 % smaller than -19's own 8 MiB, unpacking as fast.
 COMPRESSORS: dict[str, list[str]] = {
-    "zstd": ["zstd", "-19", "-T2", "-q", "-c"],
+    "zstd": ["zstd", "-19", "--long=25", "-T2", "-q", "-c"],
     "xz": ["xz", "-9", "--check=crc32", "-T1", "-c"],
     "lz4": ["lz4", "-l", "-12", "-q", "-c"],
 }
