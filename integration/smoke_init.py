@@ -112,6 +112,7 @@ def main() -> int:
 
         records = kmsg_records()
         report["run_init"] = next((t for t, text in records if text.startswith("Run /init")), None)
+        report["crng_ready"] = next((t for t, text in records if text.startswith("random: crng init done")), None)
         report["kmsg_logged"] = any(text == KMSG_TEXT for _, text in records)
 
         tools = {}

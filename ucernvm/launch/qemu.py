@@ -62,6 +62,12 @@ class LaunchOptions:
     interactive: bool = False  # hand our stdin to the guest console
 
 
+# QEMU's default CPU model without RDRAND leaves a kernel that trusts the CPU's generator (Debian's does)
+# with no entropy until its jitter loop or a hardware RNG driver fills the pool, and the first process
+# to read /dev/urandom (the init's interpreter, seeding its hashes) waits for that: 1.2 s under TCG.
+TCG_CPU = "qemu64,+rdrand"
+
+
 def qemu_command(options: LaunchOptions, accel: str) -> list[str]:
     """The qemu-system-x86_64 argv for *options* under *accel* ("kvm" or "tcg")."""
     image = options.image
@@ -74,7 +80,7 @@ def qemu_command(options: LaunchOptions, accel: str) -> list[str]:
             raise ConfigError(f"{needed} does not exist", hint=f"build the image first: ucernvm build -o {image}")
     argv = [
         find_tool("qemu-system-x86_64"),
-        "-machine", options.machine, "-accel", accel, *(["-cpu", "host"] if accel == "kvm" else []),
+        "-machine", options.machine, "-accel", accel, "-cpu", "host" if accel == "kvm" else TCG_CPU,
         "-m", str(options.memory), "-smp", str(options.smp),
         "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot",
         "-kernel", str(kernel), "-initrd", str(initrd),
