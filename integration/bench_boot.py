@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from boot_env import FQRN, BootRepository, BootResult, boot, build_boot_image, make_repository, new_disk
+from ucernvm.image.builder import BuildOptions
 from ucernvm.image.compress import COMPRESSORS
 from ucernvm.image.kernel_source import DEFAULT_SOURCE_PACKAGE
 from ucernvm.launch import LaunchOptions
@@ -146,7 +147,7 @@ def main() -> int:
     kernel.add_argument("--kernel", type=Path, metavar="PATH", help="as `ucernvm build --kernel`")
     kernel.add_argument("--kernel-source", nargs="?", const=DEFAULT_SOURCE_PACKAGE, metavar="PACKAGE",
                         help="as `ucernvm build --kernel-source`: the ucernvm kernel, every boot driver built in")
-    parser.add_argument("--compression", choices=sorted(COMPRESSORS), default="zstd",
+    parser.add_argument("--compression", choices=sorted(COMPRESSORS), default=BuildOptions.compression,
                         help="as `ucernvm build --compression` (default: %(default)s)")
     parser.add_argument("--machine", choices=MACHINES, default=LaunchOptions.machine,
                         help="QEMU machine type (default: %(default)s)")

@@ -53,7 +53,7 @@ def make_repository(base: Path) -> BootRepository:
 
 
 def build_boot_image(output: Path, keys: Path, *, kernel: Path | None = None,
-                     kernel_source: str | None = None, compression: str = "zstd") -> BuildResult:
+                     kernel_source: str | None = None, compression: str = BuildOptions.compression) -> BuildResult:
     """The image with *keys*; the kernel is Debian's package unless *kernel* or *kernel_source* is given."""
     public = output.parent / f"{output.name}-keys"
     public.mkdir(parents=True, exist_ok=True)

@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="repository public keys (*.pub) for /etc/cvmfs/keys (default: initramfs/keys)")
     parser.add_argument("-o", "--output", type=Path, default=Path("image"), metavar="DIR",
                         help="output directory (default: %(default)s)")
-    parser.add_argument("--compression", choices=sorted(COMPRESSORS), default="zstd",
+    parser.add_argument("--compression", choices=sorted(COMPRESSORS), default=BuildOptions.compression,
                         help="initramfs compression (default: %(default)s)")
     parser.add_argument("--signed-modules", action="store_true",
                         help="keep the kernel modules' signatures (needed where the kernel enforces them, e.g. "

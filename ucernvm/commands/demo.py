@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
                   f"root catalog {repository.root_hash}")
         with phase("build the image" + (" (the ucernvm kernel)" if args.kernel_source else " (kernel via apt)")):
             options = BuildOptions(output=image, keys=keys, kernel_source=args.kernel_source,
-                                   compression="lz4" if args.kernel_source else "zstd")
+                                   compression="lz4" if args.kernel_source else BuildOptions.compression)
             built = build_image(options,
                                 progress=lambda step: print(f"  build: {step}", flush=True))
             print(f"wrote {built.output} (only {FQRN}.pub is packed from {keys})")
