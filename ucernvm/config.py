@@ -95,6 +95,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("xattrs", "auto", "extended attributes on the snapshot's mount: on, off, or auto (on when the snapshot "
             "stores some); off spares a FUSE request at every lookup and exec, and hides the user.* attributes",
             kernel=("ucernvm.xattrs",), parse=parse_choice(("auto", "on", "off"))),
+    Setting("prefetch", True, "download the files of the snapshot's prefetch list (<cernvm_path>/.ucernvm_prefetch) "
+            "ahead, in the background, while the OS boots", kernel=("ucernvm.prefetch",), parse=parse_bool),
     Setting("wait_on_squid", 0.0, "seconds to wait for a proxy to answer before mounting",
             context=("cvmfs_wait_on_squid",), kernel=("ucernvm.wait_on_squid",), parse=parse_seconds),
     Setting("resize_rootfs", True, "on: the scratch partition takes the whole empty disk; off: the first 20 GiB",

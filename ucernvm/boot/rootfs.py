@@ -16,7 +16,8 @@ from ucernvm.boot.state import BootState
 from ucernvm.boot.system import MS_MOVE, MakeDirs, Mount
 from ucernvm.client.filesystem import SnapshotFilesystem
 from ucernvm.client.fuse.kernel import MountOptions, mount
-from ucernvm.client.repository import Repository
+from ucernvm.client.prefetch import PREFETCH_LIST
+from ucernvm.client.repository import Repository, normalize_path
 from ucernvm.errors import MountError
 
 DAEMON_MARK = b"@"
@@ -37,15 +38,18 @@ def mark_storage_daemon() -> None:
 class MountRepository:
     """Mount the snapshot with FUSE and leave a daemon serving it; applying returns the daemon's pid."""
 
-    def __init__(self, repository: Repository, target: str, log_path: str, xattrs: bool) -> None:
+    def __init__(self, repository: Repository, target: str, log_path: str, xattrs: bool,
+                 prefetch_list: str | None = None) -> None:
         self.repository, self.target, self.log_path, self.xattrs = repository, target, log_path, xattrs
+        self.prefetch_list = prefetch_list
 
     def describe(self) -> str:
+        prefetch = f"; prefetching the files of {self.prefetch_list}" if self.prefetch_list else ""
         return (f"mount {self.repository.fqrn} with FUSE on {self.target} (daemon marked '@' for systemd; "
-                f"extended attributes {'on' if self.xattrs else 'off'})")
+                f"extended attributes {'on' if self.xattrs else 'off'}{prefetch})")
 
     def apply(self) -> int:
-        filesystem = SnapshotFilesystem(self.repository)
+        filesystem = SnapshotFilesystem(self.repository, prefetch_list=self.prefetch_list)
         # Attributes with every listing: a Debian boot made 14 % fewer lookups (2,076 to 1,789) and 7 % fewer
         # requests in all than with the kernel's adaptive choice.
         options = MountOptions(fsname=self.repository.fqrn, subtype="cvmfs", xattrs=self.xattrs,
@@ -67,7 +71,8 @@ def mount_stage(state: BootState) -> None:
         )
     xattrs = config.xattrs == "on" or (config.xattrs == "auto" and repository.stores_xattrs())
     log = str(scratch / "cache" / "mount.log")
-    state.fuse_pid = system.do(MountRepository(repository, str(read_only), log, xattrs))
+    prefetch_list = _prefetch_list(repository, config.os_path) if config.prefetch else None
+    state.fuse_pid = system.do(MountRepository(repository, str(read_only), log, xattrs, prefetch_list))
     lower = read_only / config.os_path.strip("/")
     options = f"lowerdir={lower},upperdir={scratch / 'persistent'},workdir={scratch / 'work'}"
     system.do(Mount("overlay", str(new_root), "overlay", options))
@@ -78,4 +83,11 @@ def mount_stage(state: BootState) -> None:
     if not system.dry_run:
         state.scratch_moved_to = new_root / "mnt" / ".rw"
     state.facts["root"] = {"lower": str(lower), "upper": str(scratch / "persistent"), "fuse_pid": state.fuse_pid,
-                           "xattrs": xattrs}
+                           "xattrs": xattrs, "prefetch_list": prefetch_list}
+
+
+def _prefetch_list(repository: Repository, os_path: str) -> str | None:
+    """The OS's prefetch list (client/prefetch.py), if its snapshot has one."""
+    path = normalize_path(f"{os_path}/{PREFETCH_LIST}")
+    entry = repository.lookup(path)
+    return path if entry is not None and entry.is_regular else None

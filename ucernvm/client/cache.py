@@ -85,6 +85,11 @@ class ObjectCache:
         os.fchdir(self._dir)
         self._base = "."
 
+    @property
+    def directory_fd(self) -> int:
+        """A descriptor of the cache directory, for files kept beside the objects."""
+        return self._dir
+
     def start_accounting(self) -> None:
         """Count the cached bytes in the background; the quota is enforced from then on.
 
@@ -158,7 +163,8 @@ class ObjectCache:
         return True
 
     def _store(self, name: str, data: bytes) -> None:
-        temporary = f"txn/{name.replace('/', '')}.{threading.get_ident()}"
+        # Unique per process and thread: processes may share a cache, and thread idents repeat across them.
+        temporary = f"txn/{name.replace('/', '')}.{os.getpid()}.{threading.get_ident()}"
         try:
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644, dir_fd=self._dir)
             with os.fdopen(fd, "wb") as handle:

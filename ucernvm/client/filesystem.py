@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from ucernvm import __version__
 from ucernvm.client.fuse.operations import ROOT_INO, Attributes, DirEntry, FsStats, Operations
 from ucernvm.client.listing_ahead import ListingsAhead
+from ucernvm.client.prefetch import Prefetcher, ReadOrder
 from ucernvm.client.repository import Repository
 from ucernvm.cvmfs.catalog import Catalog, Chunk, DirectoryEntry, Flag, NestedCatalogRef
 from ucernvm.cvmfs.hashing import ObjectType
@@ -88,8 +89,10 @@ class _OpenFile:
 
 class SnapshotFilesystem(Operations):
     def __init__(self, repository: Repository, *, fetch_threads: int = 8, readahead_chunks: int = 3,
-                 catalog_threads: int = 4) -> None:
+                 catalog_threads: int = 4, prefetch_list: str | None = None) -> None:
         self.repository = repository
+        self.read_order = ReadOrder()
+        self._prefetcher = Prefetcher(repository, prefetch_list) if prefetch_list else None
         self.readahead_chunks = readahead_chunks
         self._fetch_threads = fetch_threads
         self._catalog_threads = catalog_threads
@@ -118,9 +121,13 @@ class SnapshotFilesystem(Operations):
             self.repository.catalog_loaded = self._prefetch_nested
             for catalog in self.repository.loaded_catalogs():
                 self._prefetch_nested(catalog)
+            if self._prefetcher is not None:
+                self._prefetcher.start()
         self._listings_ahead.start()
 
     def destroy(self) -> None:
+        if self._prefetcher is not None:
+            self._prefetcher.stop()
         self._listings_ahead.stop()
         for pool in (self._pool, self._catalog_pool):
             if pool is not None:
@@ -266,6 +273,7 @@ class SnapshotFilesystem(Operations):
             raise OSError(errno.EISDIR if entry.is_directory else errno.EINVAL, "not a regular file")
         if entry.is_external:
             raise OSError(errno.EIO, "external files are not supported")
+        self.read_order.add(node.path)
         try:
             handle = _OpenFile(node, self.repository.chunks(node.path, entry))
             if len(handle.chunks) > 1:
@@ -359,9 +367,15 @@ class SnapshotFilesystem(Operations):
         return {
             "inodes": len(self._nodes),
             "io_errors": self.io_errors,
+            "files_read": len(self.read_order),
+            **({"prefetch": self._prefetcher.statistics()} if self._prefetcher is not None else {}),
             **({"transfer": counters._asdict()} if counters is not None else {}),
             **({"cache": {"hits": cache.hits, "misses": cache.misses}} if cache is not None else {}),
         }
+
+    def save_records(self) -> None:
+        if self.repository.cache is not None:
+            self.read_order.write(self.repository.cache.directory_fd)
 
     def _magic_xattr(self, node: _Node, key: str) -> str | None:
         """cvmfs's informational attributes; not listed, so that copies (overlayfs copy-up) skip them."""

@@ -23,13 +23,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "before it is served and kept in the cache directory; with every server down, the last verified "
         "revision in the cache is mounted. Returns once the mount is live and leaves a daemon serving it; "
         "`ucernvm umount MOUNTPOINT` ends it. SIGUSR1 to the daemon (its pid: the user.pid attribute of "
-        "MOUNTPOINT) appends one line of JSON statistics to mount.log: requests by kind, downloads, cache hits.",
+        "MOUNTPOINT) appends one line of JSON statistics to mount.log: requests by kind, downloads, cache hits; "
+        "and writes read-order.txt beside it: the files read so far, in order, as a prefetch list.",
     )
     add_source_arguments(parser)
     parser.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing directory")
     parser.add_argument("--cache", default=DEFAULT_CACHE, metavar="DIR", help="cache directory (default: %(default)s)")
     parser.add_argument("--quota", type=int, default=4000, metavar="MB", help="cache size limit in MB (default 4000, 0: none)")
     parser.add_argument("--threads", type=int, default=4, help="threads answering the kernel (default 4)")
+    parser.add_argument("--prefetch", metavar="PATH", help="a prefetch list in the snapshot (e.g. /.ucernvm_prefetch): "
+                        "the files it names are downloaded ahead in the background, in its order")
     parser.add_argument(
         "--foreground", action="store_true", help="serve in this process until unmounted (errors on stderr; "
         "the daemon otherwise appends them to mount.log in the cache directory)"
@@ -46,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     repository = open_repository(args, cache=cache)
     for warning in repository.warnings:
         print(f"ucernvm mount: warning: {warning}", file=sys.stderr)
-    filesystem = SnapshotFilesystem(repository)
+    filesystem = SnapshotFilesystem(repository, prefetch_list=args.prefetch)
     fuse = mount(filesystem, args.mountpoint, MountOptions(fsname=repository.fqrn, subtype="cvmfs", threads=args.threads))
     if args.foreground:
         fuse.serve()

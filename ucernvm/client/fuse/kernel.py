@@ -312,7 +312,8 @@ class FuseMount:
 
     def serve(self) -> None:
         """Serve until the file system is unmounted (the process's work from here on). SIGUSR1 writes
-        the statistics to stderr (the daemon's log), as one line of JSON."""
+        the statistics to stderr (the daemon's log), as one line of JSON, and has the file system save
+        its records (a snapshot's mount: the order files were read in, see client/prefetch.py)."""
         _tune_memory_for_serving()
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGUSR1, lambda *_: self._report_statistics())
@@ -332,6 +333,10 @@ class FuseMount:
         import json  # only when asked
 
         _report(f"statistics {json.dumps(self.statistics(), sort_keys=False)}")
+        try:
+            self.ops.save_records()
+        except OSError as error:
+            _report(f"cannot save the file system's records: {error.strerror}")
 
     def fork(self, log_path: str | None = None, before_serve: Callable[[], None] | None = None) -> int:
         """Serve from a child process, detached from this one's session; returns its pid.

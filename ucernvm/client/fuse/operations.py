@@ -139,3 +139,6 @@ class Operations:
     def statistics(self) -> dict[str, Any]:
         """What the file system reports of itself in the server's statistics (JSON values)."""
         return {}
+
+    def save_records(self) -> None:
+        """Write what the file system records of its use to its own files (asked with the statistics)."""

@@ -1,0 +1,152 @@
+"""Prefetch lists: download ahead the files a boot is known to read, and record what a mount read.
+
+A cold boot of an OS streamed from a snapshot reads about a thousand files for the first time, and
+each first read waits for its download, verification and cache write while the process that wanted it
+stands still. A snapshot may carry the list of those files (``.ucernvm_prefetch`` at the OS root: one
+repository path per line, in the order a boot first read them; ``#`` comments). The mount then
+downloads them in that order with a few background threads while the OS boots, so that most first
+reads find their file cached. Container images that are fetched lazily do the same (eStargz's and
+Nydus's prefetch lists). The list only says what to fetch early: every object is still verified
+against its content hash, and an entry that is missing, not a regular file or fails is skipped (the
+read that needs it, if any, reports the error).
+
+The mount records, in turn, the order in which files were first read (``ReadOrder``); the daemon
+writes it to ``read-order.txt`` in its cache directory when it reports its statistics (SIGUSR1). That
+file, taken after a boot, is the next snapshot's prefetch list.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from ucernvm.client.repository import Repository, normalize_path
+from ucernvm.cvmfs.hashing import ObjectType
+from ucernvm.errors import UcernvmError
+
+PREFETCH_LIST = ".ucernvm_prefetch"
+READ_ORDER_FILE = "read-order.txt"
+MAX_ENTRIES = 100_000  # a boot reads a few thousand files; beyond this a list is not a boot's
+MAX_LIST_BYTES = 16 << 20
+
+
+def parse_prefetch_list(data: bytes) -> list[str]:
+    """The repository paths of a prefetch list, in order; unusable lines are dropped, not fatal."""
+    paths: list[str] = []
+    seen: set[str] = set()
+    for raw in data[:MAX_LIST_BYTES].splitlines():
+        line = raw.strip()
+        if not line or line.startswith(b"#") or b"\0" in line:
+            continue
+        try:
+            path = normalize_path(os.fsdecode(line))
+        except UcernvmError:  # '..'
+            continue
+        if path and path not in seen:
+            seen.add(path)
+            paths.append(path)
+            if len(paths) == MAX_ENTRIES:
+                break
+    return paths
+
+
+class Prefetcher:
+    """Fetch the files of a prefetch list into the repository's cache, in order, in the background.
+
+    ``threads`` downloads run at a time: enough to keep the network busy, few enough that the
+    OS's own reads, served by the mount's workers, are not queued behind them for long."""
+
+    def __init__(self, repository: Repository, list_path: str, threads: int = 2) -> None:
+        self.repository = repository
+        self.list_path = list_path
+        self.threads = threads
+        self.listed = 0
+        self.fetched = 0  # objects fetched or found cached
+        self.skipped = 0  # entries missing, not regular files, or that failed
+        self._counting = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="prefetch", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """True once the whole list was worked through (or the prefetcher was stopped)."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self._thread is None or not self._thread.is_alive()
+
+    def statistics(self) -> dict[str, int]:
+        return {"listed": self.listed, "fetched": self.fetched, "skipped": self.skipped}
+
+    def _run(self) -> None:
+        try:
+            paths = parse_prefetch_list(self.repository.read(self.list_path))
+        except (UcernvmError, OSError):
+            return  # no list, or a broken one: the boot reads on demand as without
+        self.listed = len(paths)
+        slots = threading.BoundedSemaphore(2 * self.threads)  # the walk of the list stays just ahead
+        with ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="prefetch") as pool:
+            for path in paths:
+                if self._stop.is_set():
+                    break
+                try:
+                    entry = self.repository.lookup(path)
+                    if entry is None or not entry.is_regular or entry.is_external:
+                        self._count(fetched=False)
+                        continue
+                    chunks = self.repository.chunks(path, entry)
+                except (UcernvmError, OSError):
+                    self._count(fetched=False)
+                    continue
+                object_type = ObjectType.PARTIAL if entry.is_chunked else ObjectType.FILE
+                for chunk in chunks:
+                    slots.acquire()
+                    future = pool.submit(self._fetch, chunk.content_hash, object_type, chunk.size, entry.is_compressed)
+                    future.add_done_callback(lambda _: slots.release())
+
+    def _fetch(self, *piece: object) -> None:
+        if self._stop.is_set():
+            return
+        try:
+            os.close(self.repository.open_object(*piece))  # type: ignore[arg-type]
+        except (UcernvmError, OSError):
+            self._count(fetched=False)
+        else:
+            self._count(fetched=True)
+
+    def _count(self, fetched: bool) -> None:
+        with self._counting:
+            if fetched:
+                self.fetched += 1
+            else:
+                self.skipped += 1
+
+
+class ReadOrder:
+    """The paths of the files a mount read, each once, in the order of their first read."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, None] = {}  # insertion-ordered; setdefault is atomic for the workers
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def add(self, path: str) -> None:
+        self._seen.setdefault(path, None)
+
+    def text(self) -> str:
+        return "".join(f"{path}\n" for path in list(self._seen))
+
+    def write(self, directory_fd: int, name: str = READ_ORDER_FILE) -> None:
+        """Write the list (as a prefetch list) into a directory, replacing the last one at once."""
+        temporary = f".{name}.{os.getpid()}"
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644, dir_fd=directory_fd)
+        with os.fdopen(fd, "w") as handle:
+            handle.write("# files in the order of their first read (ucernvm); a prefetch list\n" + self.text())
+        os.replace(temporary, name, src_dir_fd=directory_fd, dst_dir_fd=directory_fd)
