@@ -231,7 +231,12 @@ def _check_and_mount(state: BootState, device: str) -> int | None:
 def _mount(state: BootState, device: str) -> None:
     state.system.do(MakeDirs(str(state.scratch)))
     try:
-        state.system.do(Mount(device, str(state.scratch), "ext4"))
+        # noinit_itable: mke2fs leaves the inode tables unwritten (lazy_itable_init) and marks them so in
+        # the checksummed group descriptors, which the kernel and e2fsck honour; without this option the
+        # kernel zeroes them in the background after every mount until done, 320 MB on a 20 GiB disk,
+        # written under the first boot that also downloads the OS (418 MB written instead of 104 MB in a
+        # Debian boot under emulation, 3.5 s more guest CPU in block completions).
+        state.system.do(Mount(device, str(state.scratch), "ext4", "noinit_itable"))
     except MountError as error:
         raise MountError(error.message, f"is the ext4 module loaded? else check the disk: e2fsck -f {device}") from None
 
