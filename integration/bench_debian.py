@@ -1,9 +1,10 @@
 """The real-OS boot time: Debian 12 with systemd and cloud-init, streamed by the image vs the floor.
 
-Usage: sudo .venv/bin/python integration/bench_debian.py [--rounds 1]
+Usage: sudo .venv/bin/python integration/bench_debian.py [--rounds 1] [--no-prefetch]
 
 In one run: the appliance root (integration/debian_os.py, cached) is published as a tagged snapshot and
-served on 127.0.0.1; the image boots it isolated with a context ISO (the same #cloud-config as the floor,
+served on 127.0.0.1 (with its prefetch list, debian_stream.py, unless --no-prefetch); the image boots it
+isolated with a context ISO (the same #cloud-config as the floor,
 plus a ucernvm part choosing the server and the tag), cold (empty scratch disk) and warm (second boot);
 then the floor boots the same root from a local virtio disk with the distribution's own initramfs, cold
 and warm. Prints guest seconds from kernel start to systemd, multi-user.target and cloud-init done, and
@@ -16,21 +17,15 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-from email.mime.multipart import MIMEMultipart
-from email.mime.text import MIMEText
 from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
-import json  # noqa: E402
-
-from boot_env import GUEST_HOST, boot, build_boot_image, new_disk  # noqa: E402
-from debian_guest import GUEST_MEMORY, guest_context, read_report  # noqa: E402
-from debian_os import FQRN, TAG, build_root  # noqa: E402
+from boot_env import build_boot_image, new_disk  # noqa: E402
+from debian_guest import guest_context  # noqa: E402
+from debian_os import build_root  # noqa: E402
+from debian_stream import SCRATCH_SIZE, boot_streamed, context_iso, recorded_prefetch_list, served  # noqa: E402
 from floor import boot_floor_twice  # noqa: E402
-from ucernvm.cli import main as ucernvm  # noqa: E402
-from ucernvm.cvmfs.signing import generate_repository_keys  # noqa: E402
-from ucernvm.server import StratumServer  # noqa: E402
 
 MARKS = ("systemd-start", "multi-user", "cloud-final")
 
@@ -38,33 +33,25 @@ MARKS = ("systemd-start", "multi-user", "cloud-final")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--no-prefetch", action="store_true", help="publish the root without its prefetch list")
     args = parser.parse_args()
     root = build_root(progress=print)
+    prefetch_list = None if args.no_prefetch else recorded_prefetch_list(root)
     rows: list[tuple[str, dict[str, float]]] = []
     with tempfile.TemporaryDirectory(dir="/var/tmp") as scratch:
         work = Path(scratch)
-        generate_repository_keys(FQRN, work / "keys")
-        root.publish(work / "stratum", work / "keys")
-        image = build_boot_image(work / "image", work / "keys")
-        context = guest_context()
-        with StratumServer(work / "stratum") as server:
-            config = json.loads(context.user_data.decode().split("\n", 1)[1])
-            message = MIMEMultipart()
-            message.attach(MIMEText("#cloud-config\n" + json.dumps(config) + "\n", "cloud-config"))
-            section = f"[ucernvm-begin]\ncvmfs_server={GUEST_HOST}:{server.port}\ncvmfs_http_proxy=DIRECT\ncvmfs_tag={TAG}\n[ucernvm-end]\n"
-            message.attach(MIMEText(section, "ucernvm"))
-            (work / "user-data").write_bytes(message.as_bytes())
-            ucernvm(["context", str(work / "user-data"), "-o", str(work / "context.iso")])
-            cmdline = f"quiet cvmfs_repos={FQRN} ucernvm.panic=poweroff systemd.mask=systemd-networkd-wait-online.service"
+        with served(root, work, prefetch_list) as (keys, server):
+            image = build_boot_image(work / "image", keys)
+            iso = context_iso(work / "context.iso", guest_context(), server.port)
             accel = "?"
             for round_number in range(args.rounds):
-                disk = new_disk(work / f"scratch{round_number}.raw", 20 << 30)
+                disk = new_disk(work / f"scratch{round_number}.raw", SCRATCH_SIZE)
                 for name in ("cold", "warm"):
-                    result = boot(image.output, disk, cmdline, work / f"{name}.log", ports=(server.port,),
-                                  context=work / "context.iso", memory=GUEST_MEMORY, timeout=900)
+                    report, result = boot_streamed(image.output, disk, iso, work / f"{name}.log", server)
                     accel = result.vm.accel
-                    report = read_report(result.serial)
                     rows.append((f"streamed {name}", report.marks if not report.problems() else {}))
+                    if report.daemon:
+                        print(f"streamed {name}: daemon {report.daemon}")
         for round_number in range(args.rounds):
             (work / f"floor{round_number}").mkdir()
             floor = boot_floor_twice(root, work / f"floor{round_number}")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from debian_os import DebianRoot, build_root
+from debian_stream import recorded_prefetch_list
 from floor import FloorBoots, boot_floor_twice
 
 from ucernvm.image.builder import BuildOptions, BuildResult, build_image
@@ -65,6 +66,13 @@ def debian_root() -> DebianRoot:
     if shutil.which("mmdebstrap") is None:
         pytest.skip("mmdebstrap is not installed (apt-get install mmdebstrap)")
     return build_root()
+
+
+@pytest.fixture(scope="session")
+def debian_prefetch_list(debian_root: DebianRoot) -> Path:
+    """The root's prefetch list, recorded by a cold streamed boot the first time (debian_stream.py)."""
+    _qemu()
+    return recorded_prefetch_list(debian_root)
 
 
 @pytest.fixture(scope="session")

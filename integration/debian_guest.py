@@ -30,6 +30,8 @@ MARK_ORDER = ("systemd-start", "multi-user.target", "multi-user", "cloud-final")
 _MARK_RE = re.compile(r"UCERNVM-MARK (\S+) (\d+(?:\.\d+)?)")
 _CHECK_RE = re.compile(r"UCERNVM-CHECK (\S+) (ok|fail)")
 _CLOUD_INIT_RE = re.compile(r"UCERNVM-CLOUD-INIT (\{.*\})")
+_DAEMON_RE = re.compile(r"UCERNVM-DAEMON (\{.*\})")
+_READ_RE = re.compile(r"UCERNVM-READ (/.*)")
 HOOK_DONE = "UCERNVM-HOOK done"
 
 
@@ -41,7 +43,9 @@ class GuestContext:
     private_key: bytes  # OpenSSH PEM, for a test that logs in
 
 
-def guest_context(instance_id: str = "ucernvm-test", hostname: str = "ucernvm-test") -> GuestContext:
+def guest_context(instance_id: str = "ucernvm-test", hostname: str = "ucernvm-test", *,
+                  record_read_order: bool = False) -> GuestContext:
+    """The user-data; with ``record_read_order`` the hook also prints the order the mount read files in."""
     key = Ed25519PrivateKey.generate()
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     public_line = f"{public.decode()} ucernvm-test"
@@ -54,7 +58,7 @@ def guest_context(instance_id: str = "ucernvm-test", hostname: str = "ucernvm-te
         }],
         "write_files": [
             {"path": WRITTEN_FILE, "content": WRITTEN_TEXT + "\n"},
-            {"path": HOOK_PATH, "permissions": "0755", "content": check_hook(public_line)},
+            {"path": HOOK_PATH, "permissions": "0755", "content": check_hook(public_line, record_read_order)},
         ],
     }
     # JSON is YAML, so the cloud-config needs no YAML library here.
@@ -63,9 +67,13 @@ def guest_context(instance_id: str = "ucernvm-test", hostname: str = "ucernvm-te
     return GuestContext(user_data.encode(), meta_data.encode(), public_line, private)
 
 
-def check_hook(public_key: str) -> str:
-    """The shell script that checks the guest, reports on stdout (the console) and powers off."""
+def check_hook(public_key: str, record_read_order: bool = False) -> str:
+    """The shell script that checks the guest, reports on stdout (the console) and powers off.
+
+    In a streamed boot it also has the loader's FUSE daemon (the process whose command line starts
+    with '@') report: its statistics line from mount.log and, if asked, its read-order.txt."""
     q = shlex.quote
+    read_order = "sed 's/^/UCERNVM-READ /' /mnt/.rw/cache/read-order.txt" if record_read_order else ":"
     return f"""#!/bin/sh
 check() {{
     name=$1; shift
@@ -81,6 +89,16 @@ check ipv4 sh -c 'ip -4 -o addr show scope global | grep -q " inet "'
 # a module nobody loaded yet: the root carries the running kernel's modules
 check kernel-modules sh -c 'modprobe dummy numdummies=0 && grep -q "^dummy " /proc/modules'
 echo "UCERNVM-CLOUD-INIT $(tr -d '\\n' < /run/cloud-init/result.json)"
+for proc in /proc/[0-9]*; do
+    case "$(tr '\\0' ' ' < $proc/cmdline 2> /dev/null)" in @*) daemon=${{proc#/proc/}};; esac
+done
+if [ -n "$daemon" ]; then
+    rm -f /mnt/.rw/cache/read-order.txt
+    kill -USR1 "$daemon"
+    for _ in 1 2 3 4 5 6 7 8 9 10; do [ -e /mnt/.rw/cache/read-order.txt ] && break; sleep 0.5; done
+    echo "UCERNVM-DAEMON $(grep statistics /mnt/.rw/cache/mount.log | tail -n 1 | grep -o '{{.*}}')"
+    {read_order}
+fi
 echo {q(HOOK_DONE)}
 systemctl --no-block poweroff
 """
@@ -93,6 +111,8 @@ class GuestReport:
     marks: dict[str, float] = field(default_factory=dict)
     checks: dict[str, bool] = field(default_factory=dict)
     cloud_init: dict[str, object] | None = None
+    daemon: dict[str, Any] | None = None  # the streamed boot's FUSE daemon statistics
+    read_order: list[str] = field(default_factory=list)  # the files it read, if recorded
     hook_done: bool = False
 
     @property
@@ -136,6 +156,10 @@ def read_report(console: str) -> GuestReport:
             report.checks.setdefault(match.group(1), match.group(2) == "ok")
         elif match := _CLOUD_INIT_RE.search(line):
             report.cloud_init = json.loads(match.group(1))
+        elif match := _DAEMON_RE.search(line):
+            report.daemon = json.loads(match.group(1))
+        elif match := _READ_RE.search(line):
+            report.read_order.append(match.group(1).rstrip("\r"))
         elif HOOK_DONE in line:
             report.hook_done = True
     return report

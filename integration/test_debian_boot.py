@@ -16,24 +16,19 @@ and cloud-init done for each boot.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from email.mime.multipart import MIMEMultipart
-from email.mime.text import MIMEText
 from pathlib import Path
 
 import pytest
 
-from boot_env import GUEST_HOST, boot, build_boot_image, new_disk
-from debian_guest import GUEST_MEMORY, GuestContext, guest_context, read_report
-from debian_os import FQRN, TAG, DebianRoot
+from boot_env import GUEST_HOST, build_boot_image, new_disk
+from debian_guest import guest_context
+from debian_os import FQRN, DebianRoot
+from debian_stream import SCRATCH_SIZE, boot_streamed, context_iso, served
 from floor import FloorBoots
-from ucernvm.cli import main as ucernvm
-from ucernvm.cvmfs.signing import generate_repository_keys
 from ucernvm.server import StratumServer
 
-TIMEOUT = 900.0
 KVM_TARGET = 30.0  # seconds to multi-user.target, CernVM's promise
 FLOOR_RATIO = {"cold": 1.6, "warm": 1.3}  # the target under TCG: streamed / floor, to multi-user.target
 # Asserted under TCG. Measured here: 1.39-2.07 cold, 1.18-1.96 warm; the floor moves most with the
@@ -50,54 +45,34 @@ class StreamedOs:
 
 
 @pytest.fixture(scope="module")
-def streamed(debian_root: DebianRoot, tmp_path_factory: pytest.TempPathFactory) -> Iterator[StreamedOs]:
-    root = debian_root
-    base = tmp_path_factory.mktemp("debian-stream")
-    keys, stratum = base / "keys", base / "stratum"
-    generate_repository_keys(FQRN, keys)
-    root.publish(stratum, keys)
-    server = StratumServer(stratum).start()
-    yield StreamedOs(root, keys, server)
-    server.stop()
-
-
-def user_data(context: GuestContext, server_port: int) -> bytes:
-    """The guest's #cloud-config and a ucernvm part choosing the server, no proxy, and the tag."""
-    config = json.loads(context.user_data.decode().split("\n", 1)[1])
-    config["runcmd"] = [["sh", "-c", REPORT_CHECK]]
-    message = MIMEMultipart()
-    message.attach(MIMEText("#cloud-config\n" + json.dumps(config, indent=1) + "\n", "cloud-config"))
-    section = (f"[ucernvm-begin]\ncvmfs_server={GUEST_HOST}:{server_port}\n"
-               f"cvmfs_http_proxy=DIRECT\ncvmfs_tag={TAG}\n[ucernvm-end]\n")
-    message.attach(MIMEText(section, "ucernvm"))
-    return message.as_bytes()
+def streamed(debian_root: DebianRoot, debian_prefetch_list: Path,
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[StreamedOs]:
+    with served(debian_root, tmp_path_factory.mktemp("debian-stream"), debian_prefetch_list) as (keys, server):
+        yield StreamedOs(debian_root, keys, server)
 
 
 @pytest.mark.vm
 @pytest.mark.slow
 def test_debian_streamed_boot(streamed: StreamedOs, debian_floor: FloorBoots, tmp_path: Path, qemu: str,
                               capsys: pytest.CaptureFixture[str]) -> None:
-    context = guest_context()
-    (tmp_path / "user-data").write_bytes(user_data(context, streamed.server.port))
-    assert ucernvm(["context", str(tmp_path / "user-data"), "-o", str(tmp_path / "context.iso")]) == 0
+    iso = context_iso(tmp_path / "context.iso", guest_context(), streamed.server.port, runcmd=[REPORT_CHECK])
     image = build_boot_image(tmp_path / "image", streamed.keys)
-    # The isolated test network has no router, so "routable" never comes: systemd's wait for it would
-    # only add its 120 s timeout (words the loader does not know go on to the kernel and systemd).
-    cmdline = (f"quiet cvmfs_repos={FQRN} cvmfs_server=unused.invalid ucernvm.panic=poweroff "
-               "systemd.mask=systemd-networkd-wait-online.service")
-    disk = new_disk(tmp_path / "scratch.raw", 20 << 30)
+    disk = new_disk(tmp_path / "scratch.raw", SCRATCH_SIZE)
 
     runs = {}
     for name in ("cold", "warm"):
-        result = boot(image.output, disk, cmdline, tmp_path / f"{name}.log", ports=(streamed.server.port,),
-                      context=tmp_path / "context.iso", memory=GUEST_MEMORY, timeout=TIMEOUT)
-        guest = read_report(result.serial)
+        guest, result = boot_streamed(image.output, disk, iso, tmp_path / f"{name}.log", streamed.server)
         assert guest.problems() == [], f"{name}: {guest.problems()}\n{result.serial[-4000:]}"
         assert guest.checks.get("ucernvm-report"), "the boot report is not visible in the OS"
         assert result.code == 0, f"{name}: the guest did not power itself off cleanly\n{result.serial[-3000:]}"
         assert "root detached" in result.serial, "systemd did not hand the machine back to the loader"
         runs[name] = (guest, result)
     assert f"servers: http://{GUEST_HOST}:{streamed.server.port}/cvmfs/{FQRN}" in runs["cold"][1].serial
+    # The snapshot's prefetch list was worked through: the cold boot's files came in ahead of its reads.
+    prefetch = (runs["cold"][0].daemon or {}).get("prefetch", {})
+    assert prefetch.get("listed", 0) > 100 and prefetch.get("fetched", 0) > 0.9 * prefetch["listed"], prefetch
+    # ...and the warm boot left the list alone: its files were in the cache already.
+    assert (runs["warm"][0].daemon or {}).get("prefetch", {}).get("done_before"), runs["warm"][0].daemon
 
     accel = runs["cold"][1].vm.accel
     for name in ("cold", "warm"):
@@ -105,6 +80,7 @@ def test_debian_streamed_boot(streamed: StreamedOs, debian_floor: FloorBoots, tm
     floor = {"cold": debian_floor.cold.report.marks, "warm": debian_floor.warm.report.marks}
     with capsys.disabled():
         print(f"\nDebian 12, accel {accel}, guest seconds since kernel start: systemd starts, multi-user, cloud-init done")
+        print(f"  cold boot's prefetch: {prefetch}; downloads: {runs['cold'][0].daemon.get('transfer')}")
         for name in ("cold", "warm"):
             for kind, marks in (("streamed", runs[name][0].marks), ("floor", floor[name])):
                 print(f"  {kind:8} {name}: {marks['systemd-start']:6.2f} {marks['multi-user']:6.2f} "

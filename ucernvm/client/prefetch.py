@@ -8,7 +8,9 @@ downloads them in that order with a few background threads while the OS boots, s
 reads find their file cached. Container images that are fetched lazily do the same (eStargz's and
 Nydus's prefetch lists). The list only says what to fetch early: every object is still verified
 against its content hash, and an entry that is missing, not a regular file or fails is skipped (the
-read that needs it, if any, reports the error).
+read that needs it, if any, reports the error). Once every file of a list was fetched, the cache
+keeps a mark (``prefetched-<the list's content hash>``) and later mounts of it leave that list alone:
+walking it again on a warm boot would only compete with the OS for the daemon's interpreter.
 
 The mount records, in turn, the order in which files were first read (``ReadOrder``); the daemon
 writes it to ``read-order.txt`` in its cache directory when it reports its statistics (SIGUSR1). That
@@ -27,6 +29,8 @@ from ucernvm.errors import UcernvmError
 
 PREFETCH_LIST = ".ucernvm_prefetch"
 READ_ORDER_FILE = "read-order.txt"
+# In the cache directory, per list (by its content hash): every file of it was fetched into this cache.
+DONE_PREFIX = "prefetched-"
 MAX_ENTRIES = 100_000  # a boot reads a few thousand files; beyond this a list is not a boot's
 MAX_LIST_BYTES = 16 << 20
 
@@ -63,7 +67,9 @@ class Prefetcher:
         self.threads = threads
         self.listed = 0
         self.fetched = 0  # objects fetched or found cached
-        self.skipped = 0  # entries missing, not regular files, or that failed
+        self.skipped = 0  # entries missing or not regular files
+        self.failed = 0  # objects that could not be fetched
+        self.done_before = False  # this cache already holds the list's files: not walked again
         self._counting = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -81,15 +87,46 @@ class Prefetcher:
             self._thread.join(timeout)
         return self._thread is None or not self._thread.is_alive()
 
-    def statistics(self) -> dict[str, int]:
-        return {"listed": self.listed, "fetched": self.fetched, "skipped": self.skipped}
+    def statistics(self) -> dict[str, int | bool]:
+        return {"listed": self.listed, "fetched": self.fetched, "skipped": self.skipped, "failed": self.failed,
+                "done_before": self.done_before}
 
     def _run(self) -> None:
         try:
+            entry = self.repository.lookup(self.list_path)
+            if entry is None or entry.content_hash is None:
+                return
+            done = f"{DONE_PREFIX}{entry.content_hash.hex}"
+            if self._cache_has(done):
+                self.done_before = True
+                return
             paths = parse_prefetch_list(self.repository.read(self.list_path))
         except (UcernvmError, OSError):
             return  # no list, or a broken one: the boot reads on demand as without
         self.listed = len(paths)
+        self._walk(paths)
+        if not self._stop.is_set() and not self.failed:
+            self._mark_done(done)
+
+    def _cache_has(self, name: str) -> bool:
+        cache = self.repository.cache
+        if cache is None:
+            return False
+        try:
+            os.stat(name, dir_fd=cache.directory_fd)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def _mark_done(self, name: str) -> None:
+        cache = self.repository.cache
+        if cache is not None:
+            try:
+                os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644, dir_fd=cache.directory_fd))
+            except OSError:
+                pass  # the next mount walks the list again, finding everything cached
+
+    def _walk(self, paths: list[str]) -> None:
         slots = threading.BoundedSemaphore(2 * self.threads)  # the walk of the list stays just ahead
         with ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="prefetch") as pool:
             for path in paths:
@@ -98,11 +135,11 @@ class Prefetcher:
                 try:
                     entry = self.repository.lookup(path)
                     if entry is None or not entry.is_regular or entry.is_external:
-                        self._count(fetched=False)
+                        self._count("skipped")
                         continue
                     chunks = self.repository.chunks(path, entry)
                 except (UcernvmError, OSError):
-                    self._count(fetched=False)
+                    self._count("failed")
                     continue
                 object_type = ObjectType.PARTIAL if entry.is_chunked else ObjectType.FILE
                 for chunk in chunks:
@@ -116,16 +153,13 @@ class Prefetcher:
         try:
             os.close(self.repository.open_object(*piece))  # type: ignore[arg-type]
         except (UcernvmError, OSError):
-            self._count(fetched=False)
+            self._count("failed")
         else:
-            self._count(fetched=True)
+            self._count("fetched")
 
-    def _count(self, fetched: bool) -> None:
+    def _count(self, counter: str) -> None:
         with self._counting:
-            if fetched:
-                self.fetched += 1
-            else:
-                self.skipped += 1
+            setattr(self, counter, getattr(self, counter) + 1)
 
 
 class ReadOrder:
