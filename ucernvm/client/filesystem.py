@@ -5,8 +5,10 @@ hard links of one group share one inode, and file contents are spliced from the 
 the replies (or read with ``pread``) after the object was fetched and verified once. Chunks of large files are fetched ahead of the reader
 by a pool of threads, so a sequential read keeps several downloads in flight; when a catalog is
 loaded, its nested catalogs are downloaded ahead by another pool, so a walk into them does not wait
-for one round trip per catalog; and once the kernel walks a tree, the listings of the directories it
-will list next are made by a background thread while the walker works (listing_ahead.py).
+for one round trip per catalog; once the kernel walks a tree, the listings of the directories it
+will list next are made by a background thread while the walker works (listing_ahead.py); and the
+files of the snapshot's prefetch list, if given, are downloaded ahead of a boot's reads (prefetch.py),
+while the order in which files are first read is recorded for the next such list.
 """
 
 from __future__ import annotations
