@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from ucernvm.client.repository import Repository, normalize_path
@@ -70,6 +71,7 @@ class Prefetcher:
         self.skipped = 0  # entries missing or not regular files
         self.failed = 0  # objects that could not be fetched
         self.done_before = False  # this cache already holds the list's files: not walked again
+        self.seconds: float | None = None  # from the start to the end of the walk, once it ended
         self._counting = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -87,9 +89,9 @@ class Prefetcher:
             self._thread.join(timeout)
         return self._thread is None or not self._thread.is_alive()
 
-    def statistics(self) -> dict[str, int | bool]:
+    def statistics(self) -> dict[str, int | bool | float | None]:
         return {"listed": self.listed, "fetched": self.fetched, "skipped": self.skipped, "failed": self.failed,
-                "done_before": self.done_before}
+                "done_before": self.done_before, "seconds": self.seconds}
 
     def _run(self) -> None:
         try:
@@ -104,7 +106,9 @@ class Prefetcher:
         except (UcernvmError, OSError):
             return  # no list, or a broken one: the boot reads on demand as without
         self.listed = len(paths)
+        started = time.monotonic()
         self._walk(paths)
+        self.seconds = round(time.monotonic() - started, 2)
         if not self._stop.is_set() and not self.failed:
             self._mark_done(done)
 
