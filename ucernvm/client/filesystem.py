@@ -30,7 +30,6 @@ from ucernvm.client.listing_ahead import ListingsAhead
 from ucernvm.client.prefetch import Prefetcher, ReadOrder
 from ucernvm.client.repository import Repository
 from ucernvm.cvmfs.catalog import Catalog, Chunk, DirectoryEntry, Flag, NestedCatalogRef
-from ucernvm.cvmfs.hashing import ObjectType
 from ucernvm.errors import UcernvmError
 
 _VARIANT = re.compile(r"\$\(([^)]*)\)")
@@ -292,8 +291,7 @@ class SnapshotFilesystem(Operations):
             return fd
         chunk = handle.chunks[index]
         entry = handle.node.entry
-        object_type = ObjectType.PARTIAL if entry.is_chunked else ObjectType.FILE
-        fd = self.repository.open_object(chunk.content_hash, object_type, chunk.size, entry.is_compressed)
+        fd = self.repository.open_object(chunk.content_hash, entry.piece_type, chunk.size, entry.is_compressed)
         with handle.lock:
             if index in handle.fds:  # another thread was faster
                 os.close(fd)

@@ -25,7 +25,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from ucernvm.client.repository import Repository, normalize_path
-from ucernvm.cvmfs.hashing import ObjectType
+from ucernvm.cvmfs.catalog import Chunk, DirectoryEntry
 from ucernvm.errors import UcernvmError
 
 PREFETCH_LIST = ".ucernvm_prefetch"
@@ -145,17 +145,16 @@ class Prefetcher:
                 except (UcernvmError, OSError):
                     self._count("failed")
                     continue
-                object_type = ObjectType.PARTIAL if entry.is_chunked else ObjectType.FILE
                 for chunk in chunks:
                     slots.acquire()
-                    future = pool.submit(self._fetch, chunk.content_hash, object_type, chunk.size, entry.is_compressed)
+                    future = pool.submit(self._fetch, entry, chunk)
                     future.add_done_callback(lambda _: slots.release())
 
-    def _fetch(self, *piece: object) -> None:
+    def _fetch(self, entry: DirectoryEntry, chunk: Chunk) -> None:
         if self._stop.is_set():
             return
         try:
-            os.close(self.repository.open_object(*piece))  # type: ignore[arg-type]
+            os.close(self.repository.open_object(chunk.content_hash, entry.piece_type, chunk.size, entry.is_compressed))
         except (UcernvmError, OSError):
             self._count("failed")
         else:

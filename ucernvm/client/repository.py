@@ -299,9 +299,8 @@ class Repository:
             raise FetchError(f"{path}: not a regular file")
         if entry.is_external:
             raise FetchError(f"{path}: external files (stored outside the repository) are not supported")
-        object_type = ObjectType.PARTIAL if entry.is_chunked else ObjectType.FILE
         for chunk in self.chunks(path, entry):
-            yield self.read_piece(chunk, object_type, entry.is_compressed)
+            yield self.read_piece(chunk, entry.piece_type, entry.is_compressed)
 
     def read_piece(self, chunk: Chunk, object_type: ObjectType, compressed: bool) -> bytes:
         return self.fetch(chunk.content_hash, object_type, chunk.size, compressed)

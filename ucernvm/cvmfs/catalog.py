@@ -18,7 +18,7 @@ from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from ucernvm.cvmfs import xattrs
-from ucernvm.cvmfs.hashing import ContentHash, HashAlgorithm
+from ucernvm.cvmfs.hashing import ContentHash, HashAlgorithm, ObjectType
 from ucernvm.cvmfs.sqlite_db import connect_bytes, properties_and_columns
 from ucernvm.errors import FormatError
 
@@ -101,6 +101,11 @@ class DirectoryEntry(NamedTuple):
     @property
     def is_chunked(self) -> bool:
         return bool(self.flags & Flag.CHUNKED)
+
+    @property
+    def piece_type(self) -> ObjectType:
+        """How the objects of this file's content are stored: chunks of it, or the whole file."""
+        return ObjectType.PARTIAL if self.is_chunked else ObjectType.FILE
 
     @property
     def is_nested_mountpoint(self) -> bool:
