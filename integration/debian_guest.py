@@ -32,6 +32,7 @@ _CHECK_RE = re.compile(r"UCERNVM-CHECK (\S+) (ok|fail)")
 _CLOUD_INIT_RE = re.compile(r"UCERNVM-CLOUD-INIT (\{.*\})")
 _DAEMON_RE = re.compile(r"UCERNVM-DAEMON (\{.*\})")
 _READ_RE = re.compile(r"UCERNVM-READ (/.*)")
+_HOST_KEY_RE = re.compile(r"UCERNVM-HOST-KEY (SHA256:\S+)")
 HOOK_DONE = "UCERNVM-HOOK done"
 
 
@@ -89,6 +90,7 @@ check ipv4 sh -c 'ip -4 -o addr show scope global | grep -q " inet "'
 # a module nobody loaded yet: the root carries the running kernel's modules
 check kernel-modules sh -c 'modprobe dummy numdummies=0 && grep -q "^dummy " /proc/modules'
 echo "UCERNVM-CLOUD-INIT $(tr -d '\\n' < /run/cloud-init/result.json)"
+echo "UCERNVM-HOST-KEY $(ssh-keygen -l -E sha256 -f /etc/ssh/ssh_host_ed25519_key.pub | cut -d' ' -f2)"
 for proc in /proc/[0-9]*; do
     case "$(tr '\\0' ' ' < $proc/cmdline 2> /dev/null)" in @*) daemon=${{proc#/proc/}};; esac
 done
@@ -113,6 +115,7 @@ class GuestReport:
     cloud_init: dict[str, object] | None = None
     daemon: dict[str, Any] | None = None  # the streamed boot's FUSE daemon statistics
     read_order: list[str] = field(default_factory=list)  # the files it read, if recorded
+    host_key: str = ""  # the SSH host key's fingerprint: an instance keeps it from boot to boot
     hook_done: bool = False
 
     @property
@@ -158,6 +161,8 @@ def read_report(console: str) -> GuestReport:
             report.cloud_init = json.loads(match.group(1))
         elif match := _DAEMON_RE.search(line):
             report.daemon = json.loads(match.group(1))
+        elif match := _HOST_KEY_RE.search(line):
+            report.host_key = match.group(1)
         elif match := _READ_RE.search(line):
             report.read_order.append(match.group(1).rstrip("\r"))
         elif HOOK_DONE in line:

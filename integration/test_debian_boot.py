@@ -5,7 +5,8 @@ take its CPU from the emulated guest and blur the measurement).
 
 Checked in the guest (debian_guest's hook): cloud-init ran with the user-data (user, SSH key, file),
 the running kernel's modules load, the boot report is visible; the guest powers itself off with
-systemd, through the loader's shutdown hand-back, and the second boot finds the scratch disk clean.
+systemd, through the loader's shutdown hand-back, and the second boot finds the scratch disk clean and
+is the same cloud-init instance (the SSH host key stays).
 The time target, in guest seconds from kernel start to multi-user.target: CernVM's < 30 s where KVM
 runs; under TCG (10-20x slower) relative to the floor booted in the same run (the same root on a local
 disk with the distribution's own initramfs, conftest.debian_floor): FLOOR_RATIO times it, cold and
@@ -69,6 +70,8 @@ def streamed_pair(streamed: StreamedOs, image: Path, iso: Path, work: Path) -> t
         assert "root detached" in result.serial, "systemd did not hand the machine back to the loader"
         assert f"servers: http://{GUEST_HOST}:{streamed.server.port}/cvmfs/{FQRN}" in result.serial
         runs[name], accel = guest, result.vm.accel
+    # The same cloud-init instance on the second boot: its SSH host key stays, its per-instance work is done.
+    assert runs["cold"].host_key and runs["warm"].host_key == runs["cold"].host_key, "a new instance on the warm boot"
     # The snapshot's prefetch list was worked through: the cold boot's files came in ahead of its reads...
     prefetch = (runs["cold"].daemon or {}).get("prefetch", {})
     assert prefetch.get("listed", 0) > 100 and prefetch.get("fetched", 0) > 0.9 * prefetch["listed"], prefetch

@@ -52,6 +52,7 @@ def test_floor_boot_cold_and_warm(debian_floor: FloorBoots, capsys: pytest.Captu
     cold, warm = debian_floor.cold, debian_floor.warm
     _check_boot(cold, "cold")
     _check_boot(warm, "warm")
+    assert cold.report.host_key and warm.report.host_key == cold.report.host_key  # one instance, one host key
 
     with capsys.disabled():
         print(f"\nfloor boot, accel {cold.accel}, guest uptime in s      cold     warm")

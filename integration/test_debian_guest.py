@@ -47,13 +47,14 @@ def test_read_report_from_console() -> None:
         *(f"UCERNVM-CHECK {name} ok" for name in CHECKS if name != "sshd"),
         "UCERNVM-CHECK sshd fail",
         'UCERNVM-CLOUD-INIT { "v1": {  "datasource": "DataSourceNoCloud [seed=/dev/vdb]",  "errors": [] }}',
+        "UCERNVM-HOST-KEY SHA256:yBkRxp4OGWro51+OuYm6Lb+DzBlK7x/mbANYJny79PU\r",
         HOOK_DONE,
     ])
     report = read_report(console)
     assert report.marks == {"systemd-start": 12.17, "multi-user": 30.5}
     assert report.failed_checks == ["sshd"]
     assert report.datasource.startswith("DataSourceNoCloud") and report.cloud_init_errors == []
-    assert report.hook_done
+    assert report.hook_done and report.host_key == "SHA256:yBkRxp4OGWro51+OuYm6Lb+DzBlK7x/mbANYJny79PU"
     assert report.problems() == ["check sshd failed", f"markers missing or out of order: {report.marks}"]
 
 

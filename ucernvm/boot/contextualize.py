@@ -9,7 +9,9 @@ partition overrides. A missing or broken context never stops a boot: it becomes 
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 from ucernvm.boot import blockdev
 from ucernvm.boot.state import BootState
@@ -17,7 +19,7 @@ from ucernvm.boot.system import MakeDirs, WriteFile
 from ucernvm.config import build_config, context_values
 from ucernvm.context import glideinwms
 from ucernvm.context.section import parse_section
-from ucernvm.context.found import OPEN_NEBULA, FoundContext
+from ucernvm.context.found import OPEN_NEBULA, FoundContext, MetaData
 from ucernvm.context.sources import (BlockDevice, MetadataAddresses, SourceProbe, SystemMounter,
                                      find_static_network, find_user_data)
 from ucernvm.context.userdata import decode, text_parts
@@ -25,6 +27,7 @@ from ucernvm.errors import ContextError
 
 SEARCH_SECONDS = 10.0  # every source together; a VM without a context loses under 3 s of it
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+META_DATA = "meta-data"  # in context/: the first boot's meta-data (NoCloud keys, JSON), for later boots
 
 
 def section_of(user_data: bytes) -> tuple[dict[str, str], list[str]]:
@@ -158,6 +161,7 @@ def settle_context(state: BootState) -> None:
     if not state.scratch_fresh and saved.exists():
         source = (directory / "source").read_text().strip() if (directory / "source").exists() else "(saved)"
         apply_user_data(state, saved.read_bytes(), source)
+        state.found_context = FoundContext(source, state.user_data, _saved_meta(state, directory / META_DATA))
         state.facts["context"]["saved"] = True
         return
     system = state.system
@@ -168,6 +172,9 @@ def settle_context(state: BootState) -> None:
         system.do(WriteFile(str(saved), state.user_data, 0o600))
         section, _ = section_of(state.user_data)
         system.do(WriteFile(str(directory / "ucontext"), _ucontext(section), 0o600))
+    if found is not None and found.meta.as_nocloud():
+        meta = json.dumps(found.meta.as_nocloud(), indent=1) + "\n"
+        system.do(WriteFile(str(directory / META_DATA), meta.encode(), 0o600))
     if found is not None and found.extra_user_data:
         section, _ = section_of(decode(found.extra_user_data))
         system.do(WriteFile(str(directory / "extra-ucontext"), _ucontext(section), 0o600))
@@ -176,6 +183,18 @@ def settle_context(state: BootState) -> None:
         system.do(WriteFile(str(directory / "pickup.tar.gz"), found.pickup, 0o600))
     if state.config.cluster_pin:
         system.do(WriteFile(str(directory / "ami-contextualized"), b""))
+
+
+def _saved_meta(state: BootState, path: Path) -> MetaData:
+    """The first boot's meta-data: the same instance-id, so the OS's cloud-init sees the same instance
+    and leaves its per-instance work (host keys, users) done; a damaged file means a new instance."""
+    if not path.exists():
+        return MetaData()
+    try:
+        return MetaData.from_nocloud(json.loads(path.read_bytes()))
+    except (OSError, ValueError) as error:
+        state.warn(f"the saved meta-data {path.name} is unreadable ({error}): cloud-init sees a new instance")
+        return MetaData()
 
 
 def _ucontext(section: dict[str, str]) -> bytes:

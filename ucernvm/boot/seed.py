@@ -81,12 +81,8 @@ def seed_cloud_init(state: BootState) -> None:
     if state.user_data is None and network is None:
         return
     seed = state.new_root / NOCLOUD_SEED
-    meta = {"instance-id": instance_id(state)}
     found = state.found_context
-    if found is not None and found.meta.hostname:
-        meta["local-hostname"] = found.meta.hostname
-    if found is not None and found.meta.public_keys:
-        meta["public-keys"] = list(found.meta.public_keys)
+    meta = {**(found.meta.as_nocloud() if found is not None else {}), "instance-id": instance_id(state)}
     state.system.do(MakeDirs(str(seed)))
     state.system.do(WriteFile(str(seed / "user-data"), state.user_data or b"", 0o600))
     state.system.do(WriteFile(str(seed / "meta-data"), (json.dumps(meta, indent=1) + "\n").encode(), 0o600))

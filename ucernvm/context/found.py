@@ -29,6 +29,26 @@ class MetaData(NamedTuple):
     hostname: str = ""
     public_keys: tuple[str, ...] = ()
 
+    def as_nocloud(self) -> dict[str, object]:
+        """NoCloud's meta-data keys, for those the source had."""
+        document: dict[str, object] = {"instance-id": self.instance_id, "local-hostname": self.hostname,
+                                       "public-keys": list(self.public_keys)}
+        return {key: value for key, value in document.items() if value}
+
+    @classmethod
+    def from_nocloud(cls, document: object) -> MetaData:
+        """The inverse of ``as_nocloud``; what is not a string (or a list of them) is left out."""
+        if not isinstance(document, dict):
+            return cls()
+        keys = document.get("public-keys")
+
+        def text(key: str) -> str:
+            value = document.get(key)
+            return value if isinstance(value, str) else ""
+
+        return cls(text("instance-id"), text("local-hostname"),
+                   tuple(key for key in keys if isinstance(key, str)) if isinstance(keys, list) else ())
+
 
 class StaticInterface(NamedTuple):
     """Static settings of one NIC from OpenNebula's context.sh (ETH<n>_*), validated."""

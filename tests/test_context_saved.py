@@ -1,0 +1,65 @@
+"""The context a first boot found, saved on the scratch disk and brought back on later boots
+(boot/contextualize.py settle_context), as far as the OS's cloud-init sees it: the NoCloud seed a
+second boot writes must name the same instance, or cloud-init makes new SSH host keys and runs every
+per-instance module again."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from ucernvm.boot.contextualize import META_DATA, settle_context
+from ucernvm.boot.log import BootLog
+from ucernvm.boot.seed import NOCLOUD_SEED, seed_cloud_init
+from ucernvm.boot.state import BootState
+from ucernvm.boot.system import System
+from ucernvm.context.found import CONFIG_DRIVE, FoundContext, MetaData
+
+USER_DATA = b"#cloud-config\nruncmd: [true]\n"
+META = MetaData("i-0abc", "worker-1", ("ssh-ed25519 AAAAC3Nza first", "ssh-ed25519 AAAAC3Nzb second"))
+
+
+def boot(machine: Path, found: FoundContext | None, fresh: bool) -> tuple[BootState, dict]:
+    """One boot's context settling and seeding on the machine's directory; the seed's meta-data."""
+    state = BootState(System(str(machine)), BootLog(io.StringIO()))
+    state.scratch_fresh = fresh
+    if found is not None:
+        state.found_context = found
+        state.user_data, state.context_source = found.user_data, found.source_name
+    settle_context(state)
+    seed_cloud_init(state)
+    seed = state.new_root / NOCLOUD_SEED
+    return state, json.loads((seed / "meta-data").read_text())
+
+
+def test_a_later_boot_seeds_the_first_boots_instance(tmp_path: Path) -> None:
+    first, first_meta = boot(tmp_path, FoundContext(CONFIG_DRIVE, USER_DATA, META), fresh=True)
+    assert first_meta == {"instance-id": "i-0abc", "local-hostname": "worker-1", "public-keys": list(META.public_keys)}
+
+    second, second_meta = boot(tmp_path, None, fresh=False)
+    assert second_meta == first_meta
+    assert second.user_data == USER_DATA and second.context_source == CONFIG_DRIVE
+    assert (second.new_root / NOCLOUD_SEED / "user-data").read_bytes() == USER_DATA
+    assert not second.warnings
+
+
+def test_a_source_without_meta_data_keeps_the_user_data_id(tmp_path: Path) -> None:
+    _, first_meta = boot(tmp_path, FoundContext(CONFIG_DRIVE, USER_DATA), fresh=True)
+    assert not (tmp_path / "root.rw/context" / META_DATA).exists()
+    _, second_meta = boot(tmp_path, None, fresh=False)
+    assert first_meta == second_meta and first_meta["instance-id"].startswith("ucernvm-")
+
+
+@pytest.mark.parametrize("damage", [b"\x00\xff not json", b"[1, 2]", b'{"instance-id": 7, "public-keys": "x"}'])
+def test_damaged_saved_meta_data_means_a_new_instance_not_a_failed_boot(tmp_path: Path, damage: bytes) -> None:
+    boot(tmp_path, FoundContext(CONFIG_DRIVE, USER_DATA, META), fresh=True)
+    (tmp_path / "root.rw/context" / META_DATA).write_bytes(damage)
+    second, second_meta = boot(tmp_path, None, fresh=False)
+    assert second_meta == {"instance-id": second_meta["instance-id"]}
+    assert second_meta["instance-id"].startswith("ucernvm-")
+    assert second.user_data == USER_DATA
+    if damage.startswith(b"\x00"):
+        assert any("unreadable" in warning for warning in second.warnings)
