@@ -36,12 +36,12 @@ TIMEOUT = 900.0
 SCRATCH_SIZE = 20 << 30
 
 
-def user_data(context: GuestContext, server_port: int, runcmd: Sequence[str] = ()) -> bytes:
-    """The guest's #cloud-config (plus ``runcmd`` shell commands) and a ucernvm part choosing the
-    server, no proxy, and the tag."""
+def user_data(context: GuestContext, server_port: int, bootcmd: Sequence[str] = ()) -> bytes:
+    """The guest's #cloud-config (plus ``bootcmd`` shell commands, which cloud-init runs at every boot,
+    unlike runcmd: once per instance) and a ucernvm part choosing the server, no proxy, and the tag."""
     config = json.loads(context.user_data.decode().split("\n", 1)[1])
-    if runcmd:
-        config["runcmd"] = [["sh", "-c", command] for command in runcmd]
+    if bootcmd:
+        config["bootcmd"] = [["sh", "-c", command] for command in bootcmd]
     message = MIMEMultipart()
     message.attach(MIMEText("#cloud-config\n" + json.dumps(config, indent=1) + "\n", "cloud-config"))
     section = (f"[ucernvm-begin]\ncvmfs_server={GUEST_HOST}:{server_port}\n"
@@ -50,9 +50,9 @@ def user_data(context: GuestContext, server_port: int, runcmd: Sequence[str] = (
     return message.as_bytes()
 
 
-def context_iso(path: Path, context: GuestContext, server_port: int, runcmd: Sequence[str] = ()) -> Path:
+def context_iso(path: Path, context: GuestContext, server_port: int, bootcmd: Sequence[str] = ()) -> Path:
     user_data_file = path.with_suffix(".user-data")
-    user_data_file.write_bytes(user_data(context, server_port, runcmd))
+    user_data_file.write_bytes(user_data(context, server_port, bootcmd))
     if ucernvm(["context", str(user_data_file), "-o", str(path)]) != 0:
         raise RuntimeError("ucernvm context failed")
     return path

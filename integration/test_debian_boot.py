@@ -84,7 +84,7 @@ def streamed_pair(streamed: StreamedOs, image: Path, iso: Path, work: Path) -> t
 @pytest.mark.slow
 def test_debian_streamed_boot(streamed: StreamedOs, debian_floor: FloorBoots, tmp_path: Path, qemu: str,
                               capsys: pytest.CaptureFixture[str]) -> None:
-    iso = context_iso(tmp_path / "context.iso", guest_context(), streamed.server.port, runcmd=[REPORT_CHECK])
+    iso = context_iso(tmp_path / "context.iso", guest_context(), streamed.server.port, bootcmd=[REPORT_CHECK])
     image = build_boot_image(tmp_path / "image", streamed.keys).output
     first, accel = streamed_pair(streamed, image, iso, tmp_path / "round1")
     streamed_runs = [first]
