@@ -1,9 +1,10 @@
 """The ``modules`` stage: load the drivers of the devices present, and the file systems the boot needs.
 
 No modprobe and no udev: device modaliases are read from sysfs, resolved through the image's
-modules.alias, and each module is loaded with finit_module(2) after its dependencies (modules.dep).
-Loading a bus driver (virtio_pci) makes new devices appear (virtio disks and NICs), so the scan repeats
-until nothing new is found, as a udev coldplug would.
+modules.alias, and each module is loaded with finit_module(2) as soon as its dependencies
+(modules.dep) are loaded. Loading a bus driver (virtio_pci) makes new devices appear (virtio disks and
+NICs), so the devices are scanned again after each module that registered a driver, as a udev coldplug
+would.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import errno
 import os
 import platform
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import NamedTuple
 
@@ -53,36 +55,102 @@ class LoadModule(NamedTuple):
         return time.monotonic() - started
 
 
-def device_aliases(sysfs: str = "/sys") -> set[str]:
-    """The modalias of every device the kernel knows (os.scandir: pathlib's glob is slow under emulation)."""
-    aliases = set()
-    buses = f"{sysfs}/bus"
-    for bus in os.listdir(buses):
-        try:
-            devices = os.listdir(f"{buses}/{bus}/devices")
-        except OSError:
-            continue
-        for device in devices:
+class DeviceScanner:
+    """The modalias of every device the kernel knows, each device read once: later scans read only the
+    devices that appeared since (os.scandir: pathlib's glob is slow under emulation)."""
+
+    def __init__(self, sysfs: str = "/sys") -> None:
+        self.buses = f"{sysfs}/bus"
+        self.seen: set[str] = set()
+
+    def new_aliases(self) -> set[str]:
+        aliases = set()
+        for bus in os.listdir(self.buses):
             try:
-                with open(f"{buses}/{bus}/devices/{device}/modalias", "rb") as handle:
-                    text = handle.read().strip().decode("ascii", "replace")
+                devices = os.listdir(f"{self.buses}/{bus}/devices")
             except OSError:
                 continue
-            if text:
-                aliases.add(text)
-    return aliases
+            for device in devices:
+                path = f"{self.buses}/{bus}/devices/{device}"
+                if path in self.seen:
+                    continue
+                self.seen.add(path)
+                try:
+                    with open(f"{path}/modalias", "rb") as handle:
+                        text = handle.read().strip().decode("ascii", "replace")
+                except OSError:
+                    continue
+                if text:
+                    aliases.add(text)
+        return aliases
 
 
-def waves(order: list[str], index: ModuleIndex) -> list[list[str]]:
-    """Split a load order into groups whose members only need modules of earlier groups."""
-    level: dict[str, int] = {}
-    for name in order:
-        needs = [dep for dep in index.deps.get(name, []) + index.soft_targets(name) if dep in level]
-        level[name] = 1 + max((level[dep] for dep in needs), default=-1)
-    groups: list[list[str]] = [[] for _ in range(max(level.values(), default=-1) + 1)]
-    for name in order:
-        groups[level[name]].append(name)
-    return groups
+class ModuleLoader:
+    """Loads what the devices and the boot need, each module as soon as the ones it needs are in.
+
+    A bus or controller driver (one that registers a driver: virtio_pci, ahci) makes new devices appear
+    (virtio disks and NICs, SCSI CD-ROMs); the devices are scanned again as soon as it is loaded, so their
+    drivers load while slow probes elsewhere (ahci resets its SATA links) still run, as a udev coldplug
+    would, instead of waiting for every module of a pass. ``load`` raises UcernvmError when a module fails.
+    """
+
+    def __init__(self, index: ModuleIndex, load: Callable[[str], None], scan: Callable[[], set[str]],
+                 registers_driver: Callable[[str], bool], workers: int = 8) -> None:
+        self.index, self._load, self._scan, self._registers_driver = index, load, scan, registers_driver
+        self.workers = workers
+        self.loaded: set[str] = set()
+        self.failed: dict[str, str] = {}  # name -> what went wrong
+        self._wanted: set[str] = set()
+
+    def run(self, wanted: Iterable[str]) -> None:
+        self._wanted.update(wanted)
+        in_flight: dict[Future[None], str] = {}
+        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+            for _ in range(MAX_PASSES):  # a last scan may find devices a late probe added
+                self._scan_devices()
+                self._submit_ready(pool, in_flight)
+                if not in_flight:
+                    return
+                while in_flight:
+                    done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                    rescan = False
+                    for future in done:
+                        name = in_flight.pop(future)
+                        error = future.exception()
+                        if error is None:
+                            self.loaded.add(name)
+                            rescan = rescan or self._registers_driver(name)
+                        elif isinstance(error, UcernvmError):
+                            self.failed[name] = error.message
+                        else:
+                            raise error
+                    if rescan:
+                        self._scan_devices()
+                    self._submit_ready(pool, in_flight)
+
+    def _scan_devices(self) -> None:
+        for alias in self._scan():
+            self._wanted.update(self.index.resolve(alias))
+
+    def _submit_ready(self, pool: ThreadPoolExecutor, in_flight: dict[Future[None], str]) -> None:
+        busy = set(in_flight.values())
+        order = self.index.load_order(sorted(self._wanted - self.loaded - self.failed.keys()))
+        planned = set(order)
+        for name in order:
+            if name in self.loaded or name in busy or name in self.failed:
+                continue
+            needs = [dep for dep in self.index.deps.get(name, []) + self.index.soft_targets(name) if dep in planned]
+            broken = [dep for dep in needs if dep in self.failed]
+            if broken:
+                self.failed[name] = f"cannot load kernel module {name}: it needs {', '.join(broken)}, which failed"
+            elif all(dep in self.loaded for dep in needs):
+                in_flight[pool.submit(self._load, name)] = name
+                busy.add(name)
+
+
+def registers_driver(name: str, sysfs: str = "/sys") -> bool:
+    """Whether a loaded module registered a device driver (so new devices may have appeared)."""
+    return os.path.isdir(f"{sysfs}/module/{name}/drivers")
 
 
 def modules_stage(state: BootState) -> None:
@@ -102,34 +170,18 @@ def modules_stage(state: BootState) -> None:
 
     index = ModuleIndex.load(release)
     phase("index")
-    loaded: set[str] = set()
-    failed: list[str] = []
     seconds: dict[str, float] = {}
-    resolved: set[str] = set()
-    wanted = {name for name in REQUIRED + OPTIONAL if index.resolve(name)}
 
     def load(name: str) -> None:
-        try:
-            seconds[name] = state.system.do(LoadModule(name, str(release / index.paths[name])))
-        except UcernvmError as error:
-            if name in REQUIRED:
-                raise
-            failed.append(f"{name}: {error.message}")
+        seconds[name] = state.system.do(LoadModule(name, str(release / index.paths[name])))
 
-    for _ in range(MAX_PASSES):
-        for alias in device_aliases() - resolved:
-            resolved.add(alias)
-            wanted.update(index.resolve(alias))
-        order = [name for name in index.load_order(sorted(wanted - loaded)) if name not in loaded]
-        phase("scan")
-        if not order:
-            break
-        # Modules of one wave load in parallel: a driver's probe (a disk, a NIC) waits on its device.
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            for wave in waves(order, index):
-                list(pool.map(load, wave))
-                loaded.update(wave)
-        phase(f"load {len(order)}")
+    loader = ModuleLoader(index, load, DeviceScanner().new_aliases, registers_driver)
+    loader.run(name for name in REQUIRED + OPTIONAL if index.resolve(name))
+    phase(f"load {len(loader.loaded)}")
+    loaded = loader.loaded
+    broken = [loader.failed[name] for name in REQUIRED if name in loader.failed]
+    if broken:
+        raise UcernvmError("; ".join(broken), "rebuild the image")
     missing = [name for name in REQUIRED if name not in loaded and name not in index.builtin]
     if missing:
         raise UcernvmError(f"kernel modules {', '.join(missing)} are missing from the image", "rebuild the image")
@@ -137,7 +189,7 @@ def modules_stage(state: BootState) -> None:
     state.facts["modules"] = {
         "release": platform.release(),
         "loaded": sorted(loaded),
-        "failed": failed,
+        "failed": sorted(loader.failed.values()),
         "slowest": {name: round(value, 3) for name, value in slowest},
         "phases": phases,
     }

@@ -1,0 +1,126 @@
+"""The modules stage's scheduling (boot/kmod.py ModuleLoader) on a depmod index written by the test: each
+module after the ones it needs, drivers of devices that a bus driver brings up loaded while a slow
+probe elsewhere still runs, failures recorded without stopping the rest. The loads themselves are
+functions that sleep; finit_module itself runs in the QEMU boot tests."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from ucernvm.boot.kmod import DeviceScanner, ModuleLoader
+from ucernvm.errors import UcernvmError
+from ucernvm.image.kmods import ModuleIndex
+
+DEP = """\
+kernel/drivers/virtio/virtio.ko:
+kernel/drivers/virtio/virtio_ring.ko:
+kernel/drivers/virtio/virtio_pci.ko: kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko
+kernel/drivers/net/virtio_net.ko: kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko
+kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko
+kernel/drivers/ata/libata.ko:
+kernel/drivers/ata/ahci.ko: kernel/drivers/ata/libata.ko
+kernel/fs/jbd2/jbd2.ko:
+kernel/fs/ext4/ext4.ko: kernel/fs/jbd2/jbd2.ko
+"""
+ALIAS = """\
+alias pci:v00001AF4d00001000sv*sd*bc*sc*i* virtio_pci
+alias pci:v00008086d00002922sv*sd*bc01sc06i01* ahci
+alias virtio:d00000001v* virtio_net
+alias virtio:d00000002v* virtio_blk
+"""
+PCI_DEVICES = {"pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00", "pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01"}
+VIRTIO_DEVICES = {"virtio:d00000001v00001AF4", "virtio:d00000002v00001AF4"}
+DRIVERS = {"virtio_pci", "ahci", "virtio_net", "virtio_blk"}
+
+
+@pytest.fixture
+def index(tmp_path: Path) -> ModuleIndex:
+    (tmp_path / "modules.dep").write_text(DEP)
+    (tmp_path / "modules.alias").write_text(ALIAS)
+    return ModuleIndex.load(tmp_path)
+
+
+class FakeKernel:
+    """Loads by sleeping; virtio_pci brings up the virtio devices, as the real bus driver does."""
+
+    def __init__(self, seconds: dict[str, float], failing: set[str] = frozenset()) -> None:
+        self.seconds, self.failing = seconds, failing
+        self.devices = set(PCI_DEVICES)
+        self.loaded: list[str] = []
+        self.finished: dict[str, float] = {}
+        self.started: dict[str, float] = {}
+        self.lock = threading.Lock()
+
+    def load(self, name: str) -> None:
+        self.started[name] = time.monotonic()
+        time.sleep(self.seconds.get(name, 0.01))
+        if name in self.failing:
+            raise UcernvmError(f"cannot load kernel module {name}: Exec format error")
+        with self.lock:
+            self.loaded.append(name)
+            if name == "virtio_pci":
+                self.devices |= VIRTIO_DEVICES
+            self.finished[name] = time.monotonic()
+
+    def scan(self) -> set[str]:
+        with self.lock:
+            return set(self.devices)
+
+
+def loader_for(index: ModuleIndex, kernel: FakeKernel) -> ModuleLoader:
+    return ModuleLoader(index, kernel.load, kernel.scan, lambda name: name in DRIVERS)
+
+
+def test_each_module_after_what_it_needs_and_the_new_devices_drivers_too(index: ModuleIndex) -> None:
+    kernel = FakeKernel({})
+    loader = loader_for(index, kernel)
+    loader.run(["ext4"])
+    assert loader.loaded == {"virtio", "virtio_ring", "virtio_pci", "virtio_net", "virtio_blk", "libata", "ahci",
+                             "jbd2", "ext4"} and not loader.failed
+    for name, needs in index.deps.items():
+        for need in needs:
+            assert kernel.finished[need] <= kernel.started[name], f"{name} started before {need} was loaded"
+
+
+def test_a_slow_probe_does_not_hold_up_the_drivers_of_other_new_devices(index: ModuleIndex) -> None:
+    kernel = FakeKernel({"ahci": 0.8, "virtio_pci": 0.05})
+    loader_for(index, kernel).run([])
+    # virtio_pci's devices appeared while ahci was probing: their drivers loaded before ahci finished.
+    assert kernel.finished["virtio_net"] < kernel.finished["ahci"]
+    assert kernel.finished["virtio_blk"] < kernel.finished["ahci"]
+
+
+def test_a_failed_module_and_what_needs_it_are_recorded_and_the_rest_loads(index: ModuleIndex) -> None:
+    kernel = FakeKernel({}, failing={"jbd2"})
+    loader = loader_for(index, kernel)
+    loader.run(["ext4"])
+    assert loader.failed == {"jbd2": "cannot load kernel module jbd2: Exec format error",
+                             "ext4": "cannot load kernel module ext4: it needs jbd2, which failed"}
+    assert "ext4" not in kernel.started  # never tried: it would only fail on unknown symbols
+    assert {"virtio_net", "virtio_blk", "ahci"} <= loader.loaded
+
+
+def test_a_bug_in_loading_is_not_swallowed(index: ModuleIndex) -> None:
+    def load(name: str) -> None:
+        raise RuntimeError("bug")
+
+    with pytest.raises(RuntimeError, match="bug"):
+        ModuleLoader(index, load, lambda: set(PCI_DEVICES), lambda name: False).run([])
+
+
+def test_the_scanner_reads_each_device_once(tmp_path: Path) -> None:
+    def device(bus: str, name: str, alias: str) -> None:
+        (tmp_path / "bus" / bus / "devices" / name).mkdir(parents=True)
+        (tmp_path / "bus" / bus / "devices" / name / "modalias").write_text(alias + "\n")
+
+    device("pci", "0000:00:01.0", "pci:v00001AF4d00001000")
+    (tmp_path / "bus" / "pci" / "devices" / "0000:00:00.0").mkdir()  # no modalias: no driver to look for
+    scanner = DeviceScanner(str(tmp_path))
+    assert scanner.new_aliases() == {"pci:v00001AF4d00001000"}
+    device("virtio", "virtio0", "virtio:d00000001v00001AF4")
+    assert scanner.new_aliases() == {"virtio:d00000001v00001AF4"}
+    assert scanner.new_aliases() == set()
