@@ -97,6 +97,9 @@ SETTINGS: tuple[Setting, ...] = (
             kernel=("ucernvm.xattrs",), parse=parse_choice(("auto", "on", "off"))),
     Setting("prefetch", True, "download the files of the snapshot's prefetch list (<cernvm_path>/.ucernvm_prefetch) "
             "ahead, in the background, while the OS boots", kernel=("ucernvm.prefetch",), parse=parse_bool),
+    Setting("boot_layer", True, "once the prefetch list was fetched, copy its files out of the cache into a layer on the "
+            "scratch disk that later boots of the snapshot read without the FUSE daemon (a snapshot without xattrs)",
+            kernel=("ucernvm.boot_layer",), parse=parse_bool),
     Setting("wait_on_squid", 0.0, "seconds to wait for a proxy to answer before mounting",
             context=("cvmfs_wait_on_squid",), kernel=("ucernvm.wait_on_squid",), parse=parse_seconds),
     Setting("resize_rootfs", True, "on: the scratch partition takes the whole empty disk; off: the first 20 GiB",

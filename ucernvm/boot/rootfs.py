@@ -14,6 +14,7 @@ import os
 
 from ucernvm.boot.state import BootState
 from ucernvm.boot.system import MS_MOVE, MakeDirs, Mount
+from ucernvm.client.boot_layer import find_boot_layer
 from ucernvm.client.filesystem import SnapshotFilesystem
 from ucernvm.client.fuse.kernel import MountOptions, mount
 from ucernvm.client.prefetch import PREFETCH_LIST
@@ -39,17 +40,18 @@ class MountRepository:
     """Mount the snapshot with FUSE and leave a daemon serving it; applying returns the daemon's pid."""
 
     def __init__(self, repository: Repository, target: str, log_path: str, xattrs: bool,
-                 prefetch_list: str | None = None) -> None:
+                 prefetch_list: str | None = None, boot_layer: bool = False) -> None:
         self.repository, self.target, self.log_path, self.xattrs = repository, target, log_path, xattrs
-        self.prefetch_list = prefetch_list
+        self.prefetch_list, self.boot_layer = prefetch_list, boot_layer
 
     def describe(self) -> str:
         prefetch = f"; prefetching the files of {self.prefetch_list}" if self.prefetch_list else ""
+        prefetch += ", then laying them out as the boot layer" if self.prefetch_list and self.boot_layer else ""
         return (f"mount {self.repository.fqrn} with FUSE on {self.target} (daemon marked '@' for systemd; "
                 f"extended attributes {'on' if self.xattrs else 'off'}{prefetch})")
 
     def apply(self) -> int:
-        filesystem = SnapshotFilesystem(self.repository, prefetch_list=self.prefetch_list)
+        filesystem = SnapshotFilesystem(self.repository, prefetch_list=self.prefetch_list, boot_layer=self.boot_layer)
         # Attributes with every listing: a Debian boot made 14 % fewer lookups (2,076 to 1,789) and 7 % fewer
         # requests in all than with the kernel's adaptive choice.
         options = MountOptions(fsname=self.repository.fqrn, subtype="cvmfs", xattrs=self.xattrs,
@@ -72,8 +74,13 @@ def mount_stage(state: BootState) -> None:
     xattrs = config.xattrs == "on" or (config.xattrs == "auto" and repository.stores_xattrs())
     log = str(scratch / "cache" / "mount.log")
     prefetch_list = _prefetch_list(repository, config.os_path) if config.prefetch else None
-    state.fuse_pid = system.do(MountRepository(repository, str(read_only), log, xattrs, prefetch_list))
-    lower = read_only / config.os_path.strip("/")
+    boot_layer = bool(prefetch_list) and config.boot_layer and not xattrs
+    state.fuse_pid = system.do(MountRepository(repository, str(read_only), log, xattrs, prefetch_list, boot_layer))
+    lower = str(read_only / config.os_path.strip("/"))
+    # The boot layer of an earlier boot of this snapshot, above the mount: the kernel reads its files itself.
+    layer = find_boot_layer(str(scratch / "cache"), repository.root_hash.hex, prefetch_list) if boot_layer else None
+    if layer is not None:
+        lower = f"{layer}:{lower}"
     options = f"lowerdir={lower},upperdir={scratch / 'persistent'},workdir={scratch / 'work'}"
     system.do(Mount("overlay", str(new_root), "overlay", options))
     for layer, inside in ((scratch, "mnt/.rw"), (read_only, "mnt/.ro")):
@@ -83,7 +90,7 @@ def mount_stage(state: BootState) -> None:
     if not system.dry_run:
         state.scratch_moved_to = new_root / "mnt" / ".rw"
     state.facts["root"] = {"lower": str(lower), "upper": str(scratch / "persistent"), "fuse_pid": state.fuse_pid,
-                           "xattrs": xattrs, "prefetch_list": prefetch_list}
+                           "xattrs": xattrs, "prefetch_list": prefetch_list, "boot_layer": layer}
 
 
 def _prefetch_list(repository: Repository, os_path: str) -> str | None:

@@ -85,6 +85,10 @@ class ObjectCache:
         os.fchdir(self._dir)
         self._base = "."
 
+    def local_path(self, name: str) -> str:
+        """A path for a file kept beside the objects, valid in this process (relative once entered)."""
+        return f"{self._base}/{name}"
+
     @property
     def directory_fd(self) -> int:
         """A descriptor of the cache directory, for files kept beside the objects."""
@@ -118,7 +122,7 @@ class ObjectCache:
                 if waiting is None:
                     if self._touch(name):
                         self.hits += 1
-                        return f"{self._base}/{name}"
+                        return self.local_path(name)
                     self.misses += 1
                     done = self._in_flight[key] = threading.Event()
                     break
@@ -133,7 +137,7 @@ class ObjectCache:
                 del self._in_flight[key]
             done.set()
         self._account(len(data))
-        return f"{self._base}/{name}"
+        return self.local_path(name)
 
     def open(self, content_hash: ContentHash, produce: Callable[[], bytes]) -> int:
         """A read-only descriptor on the cached object: it stays valid even if the object is evicted."""

@@ -90,10 +90,10 @@ class _OpenFile:
 
 class SnapshotFilesystem(Operations):
     def __init__(self, repository: Repository, *, fetch_threads: int = 8, readahead_chunks: int = 3,
-                 catalog_threads: int = 4, prefetch_list: str | None = None) -> None:
+                 catalog_threads: int = 4, prefetch_list: str | None = None, boot_layer: bool = False) -> None:
         self.repository = repository
         self.read_order = ReadOrder()
-        self._prefetcher = Prefetcher(repository, prefetch_list) if prefetch_list else None
+        self._prefetcher = Prefetcher(repository, prefetch_list, boot_layer=boot_layer) if prefetch_list else None
         self.readahead_chunks = readahead_chunks
         self._fetch_threads = fetch_threads
         self._catalog_threads = catalog_threads

@@ -24,6 +24,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from ucernvm.client.boot_layer import build_boot_layer
 from ucernvm.client.repository import Repository, normalize_path
 from ucernvm.cvmfs.catalog import Chunk, DirectoryEntry
 from ucernvm.errors import UcernvmError
@@ -62,16 +63,18 @@ class Prefetcher:
     ``threads`` downloads run at a time: enough to keep the network busy, few enough that the
     OS's own reads, served by the mount's workers, are not queued behind them for long."""
 
-    def __init__(self, repository: Repository, list_path: str, threads: int = 2) -> None:
+    def __init__(self, repository: Repository, list_path: str, threads: int = 2, boot_layer: bool = False) -> None:
         self.repository = repository
         self.list_path = list_path
         self.threads = threads
+        self.boot_layer = boot_layer  # once fetched, lay the list's files out beside the cache (boot_layer.py)
         self.listed = 0
         self.fetched = 0  # objects fetched or found cached
         self.skipped = 0  # entries missing or not regular files
         self.failed = 0  # objects that could not be fetched
         self.done_before = False  # this cache already holds the list's files: not walked again
         self.seconds: float | None = None  # from the start to the end of the walk, once it ended
+        self.layer: dict[str, object] | None = None  # the boot layer built: files and seconds, or why not
         self._counting = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -90,8 +93,12 @@ class Prefetcher:
         return self._thread is None or not self._thread.is_alive()
 
     def statistics(self) -> dict[str, int | bool | float | None]:
-        return {"listed": self.listed, "fetched": self.fetched, "skipped": self.skipped, "failed": self.failed,
-                "done_before": self.done_before, "seconds": self.seconds}
+        statistics: dict[str, int | bool | float | None | dict[str, object]] = {
+            "listed": self.listed, "fetched": self.fetched, "skipped": self.skipped, "failed": self.failed,
+            "done_before": self.done_before, "seconds": self.seconds}
+        if self.layer is not None:
+            statistics["layer"] = self.layer
+        return statistics
 
     def _run(self) -> None:
         try:
@@ -110,7 +117,21 @@ class Prefetcher:
         self._walk(paths)
         self.seconds = round(time.monotonic() - started, 2)
         if not self._stop.is_set() and not self.failed:
+            if self.boot_layer:
+                self._build_layer(paths)
             self._mark_done(done)
+
+    def _build_layer(self, paths: list[str]) -> None:
+        cache = self.repository.cache
+        if cache is None:
+            return
+        started = time.monotonic()
+        try:
+            files = build_boot_layer(self.repository, self.list_path, paths, cache.local_path("."))
+        except (UcernvmError, OSError) as error:
+            self.layer = {"error": str(error)}  # the mount serves every file, as without a layer
+            return
+        self.layer = {"files": files, "seconds": round(time.monotonic() - started, 2)}
 
     def _cache_has(self, name: str) -> bool:
         cache = self.repository.cache
