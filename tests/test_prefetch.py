@@ -88,6 +88,21 @@ def test_a_list_worked_through_is_not_walked_again(stratum: Path, keys_dir: Path
         assert server.count() == requests
 
 
+def test_a_new_snapshot_with_the_same_list_is_walked_again(stratum: Path, keys_dir: Path, tmp_path: Path) -> None:
+    with StratumServer(stratum) as server:
+        first = Prefetcher(open_over_http(server.url, keys_dir, tmp_path / "cache"), "/" + PREFETCH_LIST)
+        first.start()
+        assert first.wait(timeout=60) and not first.done_before
+        source = stratum.parent / "src"
+        (source / "data" / "sub" / "deep" / "leaf").write_bytes(b"a new leaf\n")  # the list stays as it was
+        publish(source, stratum / FQRN, keys_dir)
+        again = Prefetcher(open_over_http(server.url, keys_dir, tmp_path / "cache"), "/" + PREFETCH_LIST)
+        again.start()
+        assert again.wait(timeout=60)
+        assert not again.done_before and again.fetched > 0 and again.failed == 0
+    assert offline(keys_dir, tmp_path / "cache").read("/data/sub/deep/leaf") == b"a new leaf\n"
+
+
 def test_a_corrupted_object_is_skipped_not_cached(stratum: Path, keys_dir: Path, tmp_path: Path) -> None:
     repository_hash = None
     with FaultServer(stratum) as server:

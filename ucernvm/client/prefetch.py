@@ -9,8 +9,9 @@ reads find their file cached. Container images that are fetched lazily do the sa
 Nydus's prefetch lists). The list only says what to fetch early: every object is still verified
 against its content hash, and an entry that is missing, not a regular file or fails is skipped (the
 read that needs it, if any, reports the error). Once every file of a list was fetched, the cache
-keeps a mark (``prefetched-<the list's content hash>``) and later mounts of it leave that list alone:
-walking it again on a warm boot would only compete with the OS for the daemon's interpreter.
+keeps a mark (``prefetched-<the list's content hash>-<the snapshot's root hash>``) and later mounts of
+that snapshot leave the list alone: walking it again on a warm boot would only compete with the OS for
+the daemon's interpreter. A new snapshot is walked again, even with the same list: its files may differ.
 
 The mount records, in turn, the order in which files were first read (``ReadOrder``); the daemon
 writes it to ``read-order.txt`` in its cache directory when it reports its statistics (SIGUSR1). That
@@ -31,7 +32,7 @@ from ucernvm.errors import UcernvmError
 
 PREFETCH_LIST = ".ucernvm_prefetch"
 READ_ORDER_FILE = "read-order.txt"
-# In the cache directory, per list (by its content hash): every file of it was fetched into this cache.
+# In the cache directory, per list and snapshot: every file of it was fetched into this cache.
 DONE_PREFIX = "prefetched-"
 MAX_ENTRIES = 100_000  # a boot reads a few thousand files; beyond this a list is not a boot's
 MAX_LIST_BYTES = 16 << 20
@@ -105,7 +106,8 @@ class Prefetcher:
             entry = self.repository.lookup(self.list_path)
             if entry is None or entry.content_hash is None:
                 return
-            done = f"{DONE_PREFIX}{entry.content_hash.hex}"
+            # Per list and snapshot: a new snapshot may keep the list and change the files it names.
+            done = f"{DONE_PREFIX}{entry.content_hash.hex}-{self.repository.root_hash.hex}"
             if self._cache_has(done):
                 self.done_before = True
                 return
