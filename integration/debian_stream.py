@@ -87,8 +87,11 @@ def served(root: DebianRoot, work: Path, prefetch_list: Path | None) -> Iterator
         yield keys, server
 
 
-def boot_streamed(image: Path, disk: Path, iso: Path, log: Path, server: StratumServer) -> tuple[GuestReport, BootResult]:
-    result = boot(image, disk, CMDLINE, log, ports=(server.port,), context=iso, memory=GUEST_MEMORY, timeout=TIMEOUT)
+def boot_streamed(image: Path, disk: Path, iso: Path, log: Path, server: StratumServer,
+                  options: str = "") -> tuple[GuestReport, BootResult]:
+    """One boot of the streamed root; ``options``: more kernel command line words."""
+    result = boot(image, disk, f"{CMDLINE} {options}".strip(), log, ports=(server.port,), context=iso,
+                  memory=GUEST_MEMORY, timeout=TIMEOUT)
     return read_report(result.serial), result
 
 
