@@ -9,11 +9,11 @@ systemd, through the loader's shutdown hand-back, and the second boot finds the 
 is the same cloud-init instance (the SSH host key stays).
 The time target, in guest seconds from kernel start to multi-user.target: CernVM's < 30 s where KVM
 runs; under TCG (10-20x slower) relative to the floor booted in the same run (the same root on a local
-disk with the distribution's own initramfs, conftest.debian_floor): FLOOR_RATIO times it, cold and
-warm; asserted is ASSERTED_RATIO (the cold target; warm, a bound above its measured range). This
-host's speed moves between boots, the floor's most of all (45-54 s cold to multi-user in one
-afternoon): while a ratio is over its bound, both are booted again (up to ROUNDS rounds), and the best
-of the rounds' ratios (each a streamed boot over the floor booted next to it) counts. Printed: systemd
+disk with the distribution's own initramfs, conftest.debian_floor): at most FLOOR_RATIO times it,
+cold and warm. This host's speed moves between boots, the floor's most of all (27-49 s warm to
+multi-user in one afternoon): while a ratio is over its target, both are booted again (up to ROUNDS
+rounds), and the best of the rounds' ratios (each a streamed boot over the floor booted next to it)
+counts. Printed: systemd
 start, multi-user and cloud-init done of every boot. The snapshot carries its prefetch list
 (debian_stream.py); the cold boot must have worked it through and laid it out as the boot layer, which
 the warm boot reads instead of the mount.
@@ -36,10 +36,7 @@ from ucernvm.server import StratumServer
 
 KVM_TARGET = 30.0  # seconds to multi-user.target, CernVM's promise
 FLOOR_RATIO = {"cold": 1.6, "warm": 1.3}  # the target under TCG: streamed / floor, to multi-user.target
-# What is asserted under TCG: the cold target, met by 10 of 11 rounds measured (1.24-1.69); warm, a bound
-# above its measured range (1.20-1.41 a round, median ~1.26), which the target is not yet reliably under.
-ASSERTED_RATIO = {"cold": 1.6, "warm": 1.5}
-ROUNDS = 3  # of both boots at most, while a ratio is over its bound: the host's noise moves a round's by ±0.1
+ROUNDS = 3  # of both boots at most, while a ratio is over its target: the host's noise moves a round's by ±0.2
 REPORT_CHECK = "grep -q '\"root_hash\"' /run/ucernvm/report.json && echo 'UCERNVM-CHECK ucernvm-report ok' > /dev/console"
 
 
@@ -103,7 +100,7 @@ def test_debian_streamed_boot(streamed: StreamedOs, debian_floor: FloorBoots, tm
                           for run, floor_run in zip(streamed_runs, floor_runs)) for name in ("cold", "warm")}
 
     def missed() -> bool:
-        return accel != "kvm" and any(ratio > ASSERTED_RATIO[name] for name, ratio in ratios().items())
+        return accel != "kvm" and any(ratio > FLOOR_RATIO[name] for name, ratio in ratios().items())
 
     while missed() and len(streamed_runs) < ROUNDS:
         # A host that ran a boot slow: another round of both; the best round's ratio counts.
@@ -124,11 +121,10 @@ def test_debian_streamed_boot(streamed: StreamedOs, debian_floor: FloorBoots, tm
                     print(f"  round {number} {kind:8} {name}: {marks['systemd-start']:6.2f} {marks['multi-user']:6.2f} "
                           f"{marks['cloud-final']:6.2f}")
         for name, ratio in ratios().items():
-            print(f"  multi-user, streamed / floor, {name}: {ratio:.2f} (target {FLOOR_RATIO[name]}, "
-                  f"asserted at most {ASSERTED_RATIO[name]})")
+            print(f"  multi-user, streamed / floor, {name}: {ratio:.2f} (target {FLOOR_RATIO[name]})")
     for name, ratio in ratios().items():
         if accel == "kvm":
             seconds = streamed_runs[0][name].marks["multi-user"]
             assert seconds < KVM_TARGET, f"{name}: multi-user after {seconds:.1f} s"
         else:
-            assert ratio <= ASSERTED_RATIO[name], f"{name}: {ratio:.2f} x the floor"
+            assert ratio <= FLOOR_RATIO[name], f"{name}: {ratio:.2f} x the floor"
