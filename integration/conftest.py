@@ -8,12 +8,12 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from debian_os import DebianRoot, build_root
-from debian_stream import recorded_prefetch_list
+from debian_stream import StreamedOs, recorded_prefetch_list, served
 from floor import FloorBoots, boot_floor_twice
 
 from ucernvm.image.builder import BuildOptions, BuildResult, build_image
@@ -73,6 +73,14 @@ def debian_prefetch_list(debian_root: DebianRoot) -> Path:
     """The root's prefetch list, recorded by a cold streamed boot the first time (debian_stream.py)."""
     _qemu()
     return recorded_prefetch_list(debian_root)
+
+
+@pytest.fixture(scope="session")
+def debian_streamed(debian_root: DebianRoot, debian_prefetch_list: Path,
+                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[StreamedOs]:
+    """The root published once per run, with its prefetch list, and served on 127.0.0.1."""
+    with served(debian_root, tmp_path_factory.mktemp("debian-stream"), debian_prefetch_list) as (keys, server):
+        yield StreamedOs(debian_root, keys, server)
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ import subprocess
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from pathlib import Path
@@ -75,6 +76,15 @@ def publish(root: DebianRoot, stratum: Path, keys: Path, prefetch_list: Path | N
             root.publish(stratum, keys, tree=merged)
         finally:
             subprocess.run(["umount", str(merged)], check=True)
+
+
+@dataclass
+class StreamedOs:
+    """The root published and served: what the streamed boots of a test run share."""
+
+    root: DebianRoot
+    keys: Path
+    server: StratumServer
 
 
 @contextmanager

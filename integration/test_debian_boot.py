@@ -1,7 +1,8 @@
 """A real OS, streamed: Debian 12 with systemd and cloud-init, published as a tagged snapshot and booted
 by the image with a context ISO made by `ucernvm context` whose ucernvm part chooses the server and the
-tag (the squid and metadata-service paths are test_context_boot's; on this 2-core host a squid would
-take its CPU from the emulated guest and blur the measurement).
+tag (the same user-data from EC2 and CernVM Online: test_debian_context; the squid paths are
+test_context_boot's: on this 2-core host a squid would take its CPU from the emulated guest and blur
+the measurement).
 
 Checked in the guest (debian_guest's hook): cloud-init ran with the user-data (user, SSH key, file),
 the running kernel's modules load, the boot report is visible; the guest powers itself off with
@@ -21,37 +22,20 @@ the warm boot reads instead of the mount.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from boot_env import GUEST_HOST, build_boot_image, new_disk
 from debian_guest import GuestReport, guest_context
-from debian_os import FQRN, DebianRoot
-from debian_stream import SCRATCH_SIZE, boot_streamed, context_iso, served
+from debian_os import FQRN
+from debian_stream import SCRATCH_SIZE, StreamedOs, boot_streamed, context_iso
 from floor import FloorBoots, boot_floor_twice
-from ucernvm.server import StratumServer
 
 KVM_TARGET = 30.0  # seconds to multi-user.target, CernVM's promise
 FLOOR_RATIO = {"cold": 1.6, "warm": 1.3}  # the target under TCG: streamed / floor, to multi-user.target
 ROUNDS = 3  # of both boots at most, while a ratio is over its target: the host's noise moves a round's by ±0.2
 REPORT_CHECK = "grep -q '\"root_hash\"' /run/ucernvm/report.json && echo 'UCERNVM-CHECK ucernvm-report ok' > /dev/console"
-
-
-@dataclass
-class StreamedOs:
-    root: DebianRoot
-    keys: Path
-    server: StratumServer
-
-
-@pytest.fixture(scope="module")
-def streamed(debian_root: DebianRoot, debian_prefetch_list: Path,
-             tmp_path_factory: pytest.TempPathFactory) -> Iterator[StreamedOs]:
-    with served(debian_root, tmp_path_factory.mktemp("debian-stream"), debian_prefetch_list) as (keys, server):
-        yield StreamedOs(debian_root, keys, server)
 
 
 def streamed_pair(streamed: StreamedOs, image: Path, iso: Path, work: Path) -> tuple[dict[str, GuestReport], str]:
@@ -84,11 +68,11 @@ def streamed_pair(streamed: StreamedOs, image: Path, iso: Path, work: Path) -> t
 
 @pytest.mark.vm
 @pytest.mark.slow
-def test_debian_streamed_boot(streamed: StreamedOs, debian_floor: FloorBoots, tmp_path: Path, qemu: str,
+def test_debian_streamed_boot(debian_streamed: StreamedOs, debian_floor: FloorBoots, tmp_path: Path, qemu: str,
                               capsys: pytest.CaptureFixture[str]) -> None:
-    iso = context_iso(tmp_path / "context.iso", guest_context(), streamed.server.port, bootcmd=[REPORT_CHECK])
-    image = build_boot_image(tmp_path / "image", streamed.keys).output
-    first, accel = streamed_pair(streamed, image, iso, tmp_path / "round1")
+    iso = context_iso(tmp_path / "context.iso", guest_context(), debian_streamed.server.port, bootcmd=[REPORT_CHECK])
+    image = build_boot_image(tmp_path / "image", debian_streamed.keys).output
+    first, accel = streamed_pair(debian_streamed, image, iso, tmp_path / "round1")
     streamed_runs = [first]
     floor_runs = [{"cold": debian_floor.cold.report, "warm": debian_floor.warm.report}]
     for name in ("cold", "warm"):
@@ -105,9 +89,9 @@ def test_debian_streamed_boot(streamed: StreamedOs, debian_floor: FloorBoots, tm
     while missed() and len(streamed_runs) < ROUNDS:
         # A host that ran a boot slow: another round of both; the best round's ratio counts.
         number = len(streamed_runs) + 1
-        streamed_runs.append(streamed_pair(streamed, image, iso, tmp_path / f"round{number}")[0])
+        streamed_runs.append(streamed_pair(debian_streamed, image, iso, tmp_path / f"round{number}")[0])
         (tmp_path / f"floor{number}").mkdir()
-        floor = boot_floor_twice(streamed.root, tmp_path / f"floor{number}")
+        floor = boot_floor_twice(debian_streamed.root, tmp_path / f"floor{number}")
         assert floor.cold.report.problems() == [] and floor.warm.report.problems() == [], "the floor failed"
         floor_runs.append({"cold": floor.cold.report, "warm": floor.warm.report})
 
