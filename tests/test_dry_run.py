@@ -75,6 +75,7 @@ def test_the_plan_names_the_verified_snapshot(served: Served) -> None:
     assert sum(stage["imports"] for stage in report["stages"]) > 0
     plan = "\n".join(report["plan"])
     assert "aux/cvmfs_snapshot" in plan and f"mount {FQRN} with FUSE" in plan and "mount overlay" in plan
+    assert report["root"]["boot_layer"] is None  # no earlier boot laid one out
     root_dir = Path(report["root"]["lower"]).parent
     assert not root_dir.exists()  # recorded, not done: nothing is left behind
 

@@ -74,13 +74,13 @@ def mount_stage(state: BootState) -> None:
     xattrs = config.xattrs == "on" or (config.xattrs == "auto" and repository.stores_xattrs())
     log = str(scratch / "cache" / "mount.log")
     prefetch_list = _prefetch_list(repository, config.os_path) if config.prefetch else None
-    boot_layer = bool(prefetch_list) and config.boot_layer and not xattrs
-    state.fuse_pid = system.do(MountRepository(repository, str(read_only), log, xattrs, prefetch_list, boot_layer))
+    use_layer = bool(prefetch_list) and config.boot_layer and not xattrs
+    state.fuse_pid = system.do(MountRepository(repository, str(read_only), log, xattrs, prefetch_list, use_layer))
     lower = str(read_only / config.os_path.strip("/"))
     # The boot layer of an earlier boot of this snapshot, above the mount: the kernel reads its files itself.
-    layer = find_boot_layer(str(scratch / "cache"), repository.root_hash.hex, prefetch_list) if boot_layer else None
-    if layer is not None:
-        lower = f"{layer}:{lower}"
+    boot_layer = find_boot_layer(str(scratch / "cache"), repository.root_hash.hex, prefetch_list) if use_layer else None
+    if boot_layer is not None:
+        lower = f"{boot_layer}:{lower}"
     options = f"lowerdir={lower},upperdir={scratch / 'persistent'},workdir={scratch / 'work'}"
     system.do(Mount("overlay", str(new_root), "overlay", options))
     for layer, inside in ((scratch, "mnt/.rw"), (read_only, "mnt/.ro")):
@@ -90,7 +90,7 @@ def mount_stage(state: BootState) -> None:
     if not system.dry_run:
         state.scratch_moved_to = new_root / "mnt" / ".rw"
     state.facts["root"] = {"lower": str(lower), "upper": str(scratch / "persistent"), "fuse_pid": state.fuse_pid,
-                           "xattrs": xattrs, "prefetch_list": prefetch_list, "boot_layer": layer}
+                           "xattrs": xattrs, "prefetch_list": prefetch_list, "boot_layer": boot_layer}
 
 
 def _prefetch_list(repository: Repository, os_path: str) -> str | None:
