@@ -22,9 +22,13 @@ from metadata_fakes import Cloud, metadata_server
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
 
 
-def boot_with(streamed: StreamedOs, work: Path, options: str, port: int) -> tuple[GuestReport, BootResult]:
+@pytest.fixture(scope="module")
+def image(debian_streamed: StreamedOs, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_boot_image(tmp_path_factory.mktemp("debian-context-image") / "image", debian_streamed.keys).output
+
+
+def boot_with(streamed: StreamedOs, image: Path, work: Path, options: str, port: int) -> tuple[GuestReport, BootResult]:
     """A cold boot with no context medium; ``port``: the context server's, forwarded to the guest."""
-    image = build_boot_image(work / "image", streamed.keys).output
     result = boot(image, new_disk(work / "scratch.raw", SCRATCH_SIZE), f"{CMDLINE} {options}", work / "console.log",
                   ports=(streamed.server.port, port), memory=GUEST_MEMORY, timeout=TIMEOUT)
     guest = read_report(result.serial)
@@ -33,18 +37,19 @@ def boot_with(streamed: StreamedOs, work: Path, options: str, port: int) -> tupl
     return guest, result
 
 
-def test_debian_with_user_data_from_ec2_imdsv2(debian_streamed: StreamedOs, tmp_path: Path, qemu: str) -> None:
+def test_debian_with_user_data_from_ec2_imdsv2(debian_streamed: StreamedOs, image: Path, tmp_path: Path,
+                                               qemu: str) -> None:
     # The instance's own SSH keys stay out of it: the appliance has no default user to give them to.
     cloud = Cloud("ec2", user_data=user_data(guest_context(), debian_streamed.server.port), imdsv2_required=True,
                   public_keys=())
     with metadata_server(cloud) as address:
         port = int(address.rsplit(":", 1)[1])
-        _, result = boot_with(debian_streamed, tmp_path, f"ucernvm.metadata={GUEST_HOST}:{port}", port)
+        _, result = boot_with(debian_streamed, image, tmp_path, f"ucernvm.metadata={GUEST_HOST}:{port}", port)
     assert "/latest/api/token" in cloud.paths()  # the token first: IMDSv1 is refused by this service
     assert "context from EC2" in result.serial
 
 
-def test_debian_with_a_cernvm_online_pin(debian_streamed: StreamedOs, tmp_path: Path, qemu: str) -> None:
+def test_debian_with_a_cernvm_online_pin(debian_streamed: StreamedOs, image: Path, tmp_path: Path, qemu: str) -> None:
     pin = "246802"
     definitions = tmp_path / "online.json"
     context = user_data(guest_context(), debian_streamed.server.port).decode()
@@ -59,7 +64,7 @@ def test_debian_with_a_cernvm_online_pin(debian_streamed: StreamedOs, tmp_path: 
         api = next(line for line in lines if "online" in line.lower() or "api" in line.lower())
         port = int(api.split("http://", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
         options = f"ucernvm.context=none ucernvm.pin={pin} ucernvm.service_url=http://{GUEST_HOST}:{port}"
-        _, result = boot_with(debian_streamed, tmp_path, options, port)
+        _, result = boot_with(debian_streamed, image, tmp_path, options, port)
     finally:
         online.terminate()
         online.wait(timeout=10)

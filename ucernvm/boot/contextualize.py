@@ -172,9 +172,9 @@ def settle_context(state: BootState) -> None:
         system.do(WriteFile(str(saved), state.user_data, 0o600))
         section, _ = section_of(state.user_data)
         system.do(WriteFile(str(directory / "ucontext"), _ucontext(section), 0o600))
-    if found is not None and found.meta.as_nocloud():
-        meta = json.dumps(found.meta.as_nocloud(), indent=1) + "\n"
-        system.do(WriteFile(str(directory / META_DATA), meta.encode(), 0o600))
+    meta = found.meta.as_nocloud() if found is not None else {}
+    if meta:
+        system.do(WriteFile(str(directory / META_DATA), (json.dumps(meta, indent=1) + "\n").encode(), 0o600))
     if found is not None and found.extra_user_data:
         section, _ = section_of(decode(found.extra_user_data))
         system.do(WriteFile(str(directory / "extra-ucontext"), _ucontext(section), 0o600))

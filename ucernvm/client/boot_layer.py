@@ -19,13 +19,22 @@ import hashlib
 import os
 import shutil
 import stat
+from typing import NamedTuple
 
 from ucernvm.client.repository import Repository, normalize_path
-from ucernvm.cvmfs.catalog import DirectoryEntry
+from ucernvm.cvmfs.catalog import Chunk, DirectoryEntry
 from ucernvm.errors import UcernvmError
 
 LAYER_PREFIX = "boot-layer-"
 _PARTIAL = ".partial"
+
+
+class ListedFile(NamedTuple):
+    """A regular file of the prefetch list, as the prefetch looked it up."""
+
+    path: str
+    entry: DirectoryEntry
+    chunks: list[Chunk]
 
 
 def layer_name(root_hash: str, list_path: str) -> str:
@@ -33,9 +42,8 @@ def layer_name(root_hash: str, list_path: str) -> str:
     return LAYER_PREFIX + hashlib.sha1(f"{root_hash}:{normalize_path(list_path)}".encode()).hexdigest()[:20]
 
 
-def build_boot_layer(repository: Repository, list_path: str, paths: list[str], directory: str) -> int:
-    """Build the layer of ``paths`` (repository paths; those under the list's directory count) in
-    ``directory``; returns the number of files in it (0 if it was there already). Raises UcernvmError
+def build_boot_layer(repository: Repository, list_path: str, files: list[ListedFile], directory: str) -> int:
+    """Build the layer of ``files`` (those under the list's directory count) in ``directory``; returns the number of files in it (0 if it was there already). Raises UcernvmError
     (or OSError) when a file cannot be made: the partial layer is then removed and none is used."""
     name = layer_name(repository.root_hash.hex, list_path)
     base = normalize_path(os.path.dirname(normalize_path(list_path)))
@@ -48,12 +56,12 @@ def build_boot_layer(repository: Repository, list_path: str, paths: list[str], d
     shutil.rmtree(partial, ignore_errors=True)
     os.mkdir(partial, 0o700)
     try:
-        files = _LayerWriter(repository, base, partial).write(paths)
+        laid_out = _LayerWriter(repository, base, partial).write(files)
         os.rename(partial, final)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    return files
+    return laid_out
 
 
 def find_boot_layer(directory: str, root_hash: str, list_path: str) -> str | None:
@@ -67,26 +75,24 @@ class _LayerWriter:
         self.repository, self.base, self.target = repository, base, target
         self.directories: set[str] = set()  # relative to the base, "" for the base itself
 
-    def write(self, paths: list[str]) -> int:
-        files = 0
+    def write(self, files: list[ListedFile]) -> int:
+        laid_out = 0
         prefix = self.base + "/" if self.base else "/"
-        for path in paths:
-            if not path.startswith(prefix):
+        for file in files:
+            if not file.path.startswith(prefix) or file.entry.xattrs:
                 continue
-            entry = self.repository.lookup(path)
-            if entry is None or not entry.is_regular or entry.is_external or entry.xattrs:
-                continue
-            relative = path[len(prefix):]
+            relative = file.path[len(prefix):]
             self._directory(os.path.dirname(relative))
-            self._file(path, relative, entry)
-            files += 1
-        # Last, and deepest first: writing into a directory changes its modification time.
-        for relative in sorted(self.directories, key=lambda d: -d.count("/") - (d != "")):
+            self._file(file, relative)
+            laid_out += 1
+        # Last, and each directory after those in it (reverse order puts "a/b" before "a", "a" before ""):
+        # writing into a directory changes its modification time.
+        for relative in sorted(self.directories, reverse=True):
             entry = self.repository.lookup(self.base + ("/" + relative if relative else ""))
             if entry is None or not entry.is_directory:
                 raise UcernvmError(f"{relative or '/'}: no longer a directory of the snapshot")
-            _set_attributes(os.path.join(self.target, relative) if relative else self.target, entry)
-        return files
+            _set_attributes(os.path.join(self.target, relative), entry)
+        return laid_out
 
     def _directory(self, relative: str) -> None:
         if relative in self.directories:
@@ -96,18 +102,19 @@ class _LayerWriter:
             os.mkdir(os.path.join(self.target, relative), 0o700)
         self.directories.add(relative)
 
-    def _file(self, path: str, relative: str, entry: DirectoryEntry) -> None:
+    def _file(self, file: ListedFile, relative: str) -> None:
+        entry = file.entry
         fd = os.open(os.path.join(self.target, relative), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             written = 0
-            for chunk in self.repository.chunks(path, entry):
-                source = self.repository.open_object(chunk.content_hash, entry.piece_type, chunk.size, entry.is_compressed)
+            for chunk in file.chunks:
+                source = self.repository.open_chunk(entry, chunk)
                 try:
                     written += _copy(source, fd, chunk.size)
                 finally:
                     os.close(source)
             if written != entry.size:
-                raise UcernvmError(f"{path}: cached objects hold {written} bytes, the catalog says {entry.size}")
+                raise UcernvmError(f"{file.path}: cached objects hold {written} bytes, the catalog says {entry.size}")
             _set_attributes(fd, entry)
         finally:
             os.close(fd)

@@ -289,9 +289,7 @@ class SnapshotFilesystem(Operations):
         fd = handle.fds.get(index)
         if fd is not None:
             return fd
-        chunk = handle.chunks[index]
-        entry = handle.node.entry
-        fd = self.repository.open_object(chunk.content_hash, entry.piece_type, chunk.size, entry.is_compressed)
+        fd = self.repository.open_chunk(handle.node.entry, handle.chunks[index])
         with handle.lock:
             if index in handle.fds:  # another thread was faster
                 os.close(fd)

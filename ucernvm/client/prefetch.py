@@ -25,7 +25,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from ucernvm.client.boot_layer import build_boot_layer
+from ucernvm.client.boot_layer import ListedFile, build_boot_layer
 from ucernvm.client.repository import Repository, normalize_path
 from ucernvm.cvmfs.catalog import Chunk, DirectoryEntry
 from ucernvm.errors import UcernvmError
@@ -116,24 +116,24 @@ class Prefetcher:
             return  # no list, or a broken one: the boot reads on demand as without
         self.listed = len(paths)
         started = time.monotonic()
-        self._walk(paths)
+        files = self._walk(paths)
         self.seconds = round(time.monotonic() - started, 2)
         if not self._stop.is_set() and not self.failed:
             if self.boot_layer:
-                self._build_layer(paths)
+                self._build_layer(files)
             self._mark_done(done)
 
-    def _build_layer(self, paths: list[str]) -> None:
+    def _build_layer(self, files: list[ListedFile]) -> None:
         cache = self.repository.cache
         if cache is None:
             return
         started = time.monotonic()
         try:
-            files = build_boot_layer(self.repository, self.list_path, paths, cache.local_path("."))
+            laid_out = build_boot_layer(self.repository, self.list_path, files, cache.local_path("."))
         except (UcernvmError, OSError) as error:
             self.layer = {"error": str(error)}  # the mount serves every file, as without a layer
             return
-        self.layer = {"files": files, "seconds": round(time.monotonic() - started, 2)}
+        self.layer = {"files": laid_out, "seconds": round(time.monotonic() - started, 2)}
 
     def _cache_has(self, name: str) -> bool:
         cache = self.repository.cache
@@ -153,7 +153,9 @@ class Prefetcher:
             except OSError:
                 pass  # the next mount walks the list again, finding everything cached
 
-    def _walk(self, paths: list[str]) -> None:
+    def _walk(self, paths: list[str]) -> list[ListedFile]:
+        """Fetch the regular files among ``paths``; returns them, as looked up, for the boot layer."""
+        files: list[ListedFile] = []
         slots = threading.BoundedSemaphore(2 * self.threads)  # the walk of the list stays just ahead
         with ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="prefetch") as pool:
             for path in paths:
@@ -168,16 +170,18 @@ class Prefetcher:
                 except (UcernvmError, OSError):
                     self._count("failed")
                     continue
+                files.append(ListedFile(path, entry, chunks))
                 for chunk in chunks:
                     slots.acquire()
                     future = pool.submit(self._fetch, entry, chunk)
                     future.add_done_callback(lambda _: slots.release())
+        return files
 
     def _fetch(self, entry: DirectoryEntry, chunk: Chunk) -> None:
         if self._stop.is_set():
             return
         try:
-            os.close(self.repository.open_object(chunk.content_hash, entry.piece_type, chunk.size, entry.is_compressed))
+            os.close(self.repository.open_chunk(entry, chunk))
         except (UcernvmError, OSError):
             self._count("failed")
         else:

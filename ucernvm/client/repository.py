@@ -150,11 +150,12 @@ class Repository:
         with os.fdopen(fd, "rb") as handle:
             return handle.read()
 
-    def open_object(self, content_hash: ContentHash, object_type: ObjectType, size: int, compressed: bool) -> int:
-        """A descriptor on the object's cached, verified bytes (needs a cache)."""
+    def open_chunk(self, entry: DirectoryEntry, chunk: Chunk) -> int:
+        """A descriptor on the cached, verified bytes of one of a file's chunks (needs a cache)."""
         if self.cache is None:
             raise FetchError("reading objects as files needs a cache directory")
-        return self.cache.open(content_hash, self._producer(content_hash, object_type, size, compressed))
+        producer = self._producer(chunk.content_hash, entry.piece_type, chunk.size, entry.is_compressed)
+        return self.cache.open(chunk.content_hash, producer)
 
     # -- history -------------------------------------------------------------------------------
 
