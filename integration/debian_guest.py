@@ -23,7 +23,8 @@ USER = "ucvm"
 WRITTEN_FILE = "/etc/ucernvm-test/written-by-cloud-init"
 WRITTEN_TEXT = "written by cloud-init from the NoCloud user-data"
 # Every check the hook makes; a report lacking one of them is incomplete.
-CHECKS = ("user", "ssh-key", "sudo", "written-file", "host-keys-ed25519-only", "sshd", "ipv4", "kernel-modules")
+CHECKS = ("user", "ssh-key", "sudo", "written-file", "host-keys-ed25519-only", "sshd", "ipv4", "kernel-modules",
+          "cloud-init-no-unhandled-parts")
 
 # The markers in the order a boot passes them (debian_os describes each).
 MARK_ORDER = ("systemd-start", "multi-user.target", "multi-user", "cloud-final")
@@ -89,6 +90,8 @@ check sshd systemctl is-active --quiet ssh.service
 check ipv4 sh -c 'ip -4 -o addr show scope global | grep -q " inet "'
 # a module nobody loaded yet: the root carries the running kernel's modules
 check kernel-modules sh -c 'modprobe dummy numdummies=0 && grep -q "^dummy " /proc/modules'
+# the loader's own MIME part (text/ucernvm) is not in the user-data cloud-init got
+check cloud-init-no-unhandled-parts sh -c 'test -s /var/log/cloud-init.log && ! grep -q "Unhandled unknown content-type" /var/log/cloud-init.log'
 echo "UCERNVM-CLOUD-INIT $(tr -d '\\n' < /run/cloud-init/result.json)"
 echo "UCERNVM-HOST-KEY $(ssh-keygen -l -E sha256 -f /etc/ssh/ssh_host_ed25519_key.pub | cut -d' ' -f2)"
 for proc in /proc/[0-9]*; do

@@ -80,6 +80,21 @@ def test_pin_writes_the_user_data_and_a_cloud_init_seed(server: OnlineServer, se
     assert (context / "user-data.previous").read_bytes() == USER_DATA
 
 
+def test_pin_seeds_cloud_init_without_the_loaders_part(root: Path) -> None:
+    section = b"[ucernvm-begin]\ncvmfs_tag=cernvm-system-4.7.1\n[ucernvm-end]\n"
+    user_data = (b"Content-Type: multipart/mixed; boundary=XX\nMIME-Version: 1.0\n\n--XX\n"
+                 b"Content-Type: text/cloud-config\n\n" + USER_DATA + b"--XX\nContent-Type: text/ucernvm\n\n"
+                 + section + b"--XX--\n")
+    service = OnlineService([Context("mime", user_data)])
+    with OnlineServer(service) as mime_server:
+        result = pin_cli(mime_server, root, service.new_pin("mime"))
+    assert result.returncode == 0, result.stderr.decode()
+    assert (root / "mnt/.rw/context/user-data").read_bytes() == user_data  # the loader's copy: whole
+    seeded = seed(root)[0]
+    assert USER_DATA in seeded and b"text/cloud-config" in seeded
+    assert b"ucernvm" not in seeded
+
+
 def test_pin_of_an_encrypted_context(server: OnlineServer, service: OnlineService, root: Path) -> None:
     assert pin_cli(server, root, service.new_pin("secret"), "--secret", SECRET).returncode == 0
     assert seed(root)[0] == b"#cloud-config\nencrypted: yes\n"

@@ -15,6 +15,7 @@ from typing import NamedTuple
 from ucernvm.boot.state import BootState
 from ucernvm.boot.system import MakeDirs, Run, WriteFile
 from ucernvm.context.login_hook import install_login_hook
+from ucernvm.context.userdata import for_cloud_init
 from ucernvm.errors import UcernvmError
 
 NOCLOUD_SEED = "var/lib/cloud/seed/nocloud"
@@ -84,7 +85,7 @@ def seed_cloud_init(state: BootState) -> None:
     found = state.found_context
     meta = {**(found.meta.as_nocloud() if found is not None else {}), "instance-id": instance_id(state)}
     state.system.do(MakeDirs(str(seed)))
-    state.system.do(WriteFile(str(seed / "user-data"), state.user_data or b"", 0o600))
+    state.system.do(WriteFile(str(seed / "user-data"), for_cloud_init(state.user_data or b""), 0o600))
     state.system.do(WriteFile(str(seed / "meta-data"), (json.dumps(meta, indent=1) + "\n").encode(), 0o600))
     if network is not None:
         state.system.do(WriteFile(str(seed / "network-config"), network, 0o600))

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from ucernvm.context.defaults import CONTEXT_DIR, SEED_DIR, SERVICE_URL
 from ucernvm.context.online import OnlineContext, fetch_context, needs_secret, normalize_pin
+from ucernvm.context.userdata import for_cloud_init
 from ucernvm.errors import ContextError, UcernvmError
 
 CLOUD_INIT_STAGES = (
@@ -139,7 +140,7 @@ def install_context(context: OnlineContext, context_dir: Path, seed_dir: Path,
             done.append(f"no {context_dir.parent} (not booted by ucernvm): only the cloud-init seed is written")
         seed_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         meta = meta_data(context, time.time() if now is None else now)
-        _write(seed_dir / "user-data", context.user_data)
+        _write(seed_dir / "user-data", for_cloud_init(context.user_data))
         _write(seed_dir / "meta-data", meta)
     except OSError as error:
         raise ContextError(f"cannot write the context: {error.filename}: {error.strerror}",

@@ -6,6 +6,10 @@ from __future__ import annotations
 import gzip
 import zlib
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from email.message import Message
+
 MAX_USER_DATA = 16 * 1024 * 1024  # EC2's limit is 16 KB, Azure's 64 KB; anything near this is not user-data
 
 
@@ -23,12 +27,13 @@ def decode(data: bytes) -> bytes:
         return data
 
 
-def text_parts(data: bytes) -> list[str]:
-    """The texts the ucernvm section may be in: the whole user-data, and every text part of a MIME
-    multipart message, decoded."""
-    texts = [data.decode("utf-8", "replace")]
+LOADER_PART_TYPE = "text/ucernvm"  # a MIME part that holds only the [ucernvm-begin] section
+
+
+def _multipart(data: bytes) -> Message | None:
+    """The MIME multipart message *data* is, or None (not one, or broken)."""
     if b"multipart/" not in data[:4096].lower():
-        return texts
+        return None
     # Imported here: the email package costs a boot that has no multipart user-data ~20 ms natively.
     import email
     import email.policy
@@ -36,6 +41,16 @@ def text_parts(data: bytes) -> list[str]:
     try:
         message = email.message_from_bytes(data, policy=email.policy.compat32)
     except Exception:  # a broken MIME message is still searched as plain text
+        return None
+    return message if message.is_multipart() else None
+
+
+def text_parts(data: bytes) -> list[str]:
+    """The texts the ucernvm section may be in: the whole user-data, and every text part of a MIME
+    multipart message, decoded."""
+    texts = [data.decode("utf-8", "replace")]
+    message = _multipart(data)
+    if message is None:
         return texts
     for part in message.walk():
         if part.is_multipart() or part.get_content_maintype() != "text":
@@ -47,3 +62,30 @@ def text_parts(data: bytes) -> list[str]:
             except LookupError:  # an unknown charset name
                 texts.insert(0, decode(payload).decode("utf-8", "replace"))
     return texts
+
+
+def for_cloud_init(data: bytes) -> bytes:
+    """The user-data the OS's cloud-init gets: without ``text/ucernvm`` MIME parts, which hold only the
+    loader's settings, applied by then. cloud-init has no handler for them: it logs "Unhandled unknown
+    content-type" on every boot, and from 23.4 on reports the instance as degraded (``cloud-init status``
+    exits 2). Everything else comes through unchanged, and so does user-data without such parts."""
+    if LOADER_PART_TYPE.encode() not in data.lower():
+        return data
+    message = _multipart(data)
+    if message is None or not _drop_loader_parts(message):
+        return data
+    if not any(not part.is_multipart() for part in message.walk()):
+        return b""  # nothing was for cloud-init
+    return message.as_bytes()
+
+
+def _drop_loader_parts(message: Message) -> bool:
+    """Remove the ``text/ucernvm`` parts of a multipart message, nested ones too; whether any were."""
+    parts = message.get_payload()
+    kept = [part for part in parts if part.get_content_type() != LOADER_PART_TYPE]
+    dropped = len(kept) < len(parts)
+    for part in kept:
+        if part.is_multipart():
+            dropped = _drop_loader_parts(part) or dropped
+    message.set_payload(kept)
+    return dropped
