@@ -1,11 +1,17 @@
-"""The object cache on a directory: hits and misses, the eviction order, pins, objects lost behind its back."""
+"""The object cache on a directory: hits and misses, the eviction order, pins, objects lost behind its back,
+a full disk."""
 
 from __future__ import annotations
 
+import errno
 import os
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
-from ucernvm.client.cache import ObjectCache
+import pytest
+
+from ucernvm.client.cache import CacheFull, ObjectCache
 from ucernvm.cvmfs.hashing import ContentHash
 
 
@@ -65,4 +71,58 @@ def test_an_object_removed_behind_the_cache_is_produced_again(tmp_path: Path) ->
     _path(cache, content_hash).unlink()  # as another process's eviction would
     fd = cache.open(content_hash, lambda: calls.append(1) or b"evicted elsewhere")
     assert os.pread(fd, 100, 0) == b"evicted elsewhere" and len(calls) == 2
+    os.close(fd)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB file system of its own, to fill."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs to fill needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], check=True)
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+def fill(disk: Path) -> None:
+    """Take every free byte, as a user's files in the writable layer would."""
+    with open(disk / "user-files", "ab", buffering=0) as handle:
+        try:
+            while True:
+                handle.write(b"u" * 4096)
+        except OSError as error:
+            assert error.errno == errno.ENOSPC
+
+
+def test_a_full_disk_makes_room_by_evicting_what_is_not_in_use(small_disk: Path) -> None:
+    cache = ObjectCache(small_disk / "cache")
+    unused, _ = _object(cache, os.urandom(1 << 20))
+    in_use, _ = _object(cache, os.urandom(1 << 20))
+    fill(small_disk)
+    cache.pin(in_use)
+    data = os.urandom(1 << 20)
+    new, calls = _object(cache, data)
+    assert _path(cache, new).read_bytes() == data and len(calls) == 1
+    assert not _path(cache, unused).exists() and _path(cache, in_use).exists()
+    assert cache.evictions == 1 and not os.listdir(small_disk / "cache" / "txn")
+
+
+def test_a_full_disk_with_nothing_to_evict_hands_back_the_verified_bytes(small_disk: Path) -> None:
+    cache = ObjectCache(small_disk / "cache")
+    in_use, _ = _object(cache, os.urandom(1 << 20))
+    cache.pin(in_use)
+    fill(small_disk)
+    data = os.urandom(1 << 20)
+    with pytest.raises(CacheFull) as raised:
+        cache.open(ContentHash.of(data), lambda: data)
+    assert raised.value.data == data
+    assert "is full" in raised.value.message and "persistent/" in raised.value.hint
+    assert _path(cache, in_use).exists() and not os.listdir(small_disk / "cache" / "txn")
+    (small_disk / "user-files").unlink()  # room again: the same object is cached as usual
+    fd = cache.open(ContentHash.of(data), lambda: data)
+    assert os.pread(fd, len(data) + 1, 0) == data
     os.close(fd)

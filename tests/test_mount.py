@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from helpers import fuse_unusable, run_cli, snapshot_tree
+from test_cache import fill
 from test_publish import FQRN, make_tree, publish
 from ucernvm.server import StratumServer
 
@@ -209,6 +210,42 @@ def test_daemon_survives_its_cache_being_moved(published, mounts, keys_dir, tmp_
         run_cli("umount", "--lazy", point)
         subprocess.run(["umount", "-l", str(moved)], capture_output=True)
         subprocess.run(["umount", "-l", str(scratch)], capture_output=True)
+
+
+def test_a_full_cache_disk_lists_everything_and_reads_again_once_there_is_room(published, mounts, keys_dir,
+                                                                               tmp_path) -> None:
+    """The scratch disk filled up by the writable layer: the mount still comes up and lists the whole
+    snapshot (the verified catalogs are read in memory); a file whose bytes cannot be cached fails with
+    EIO, never with other bytes, and reads as soon as there is room again, without a remount."""
+    source, _, server = published
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(scratch)], check=True)
+    try:
+        (scratch / "cache").mkdir()
+        fill(scratch)
+        point, result = mounts.mount(f"{server.url}/cvmfs/{FQRN}", keys_dir, scratch / "cache")
+        assert b"is full" in result.stderr + result.stdout  # the mount says why it keeps no offline copy
+        assert _listing(point) == _listing(source)
+        leaf = Path("data", "sub", "deep", "leaf")
+        with pytest.raises(OSError) as refused:
+            (point / leaf).read_bytes()
+        assert refused.value.errno == errno.EIO
+        (scratch / "user-files").unlink()
+        assert (point / leaf).read_bytes() == (source / leaf).read_bytes()
+    finally:
+        mounts.unmount_all()
+        subprocess.run(["umount", "-l", str(scratch)], capture_output=True)
+
+
+def _listing(root: Path) -> dict[str, int]:
+    """Every path below root and its mode, without reading a file."""
+    listing = {}
+    for directory, subdirectories, files in os.walk(root):
+        for name in subdirectories + files:
+            path = os.path.join(directory, name)
+            listing[os.path.relpath(path, root)] = os.lstat(path).st_mode
+    return listing
 
 
 def test_the_daemon_may_hold_many_descriptors(published, mounts, keys_dir, tmp_path) -> None:

@@ -12,10 +12,15 @@ breadcrumb ``cvmfschecksum.<fqrn>``, so an older manifest is refused after a new
 Quota: when the cached bytes exceed it, the least recently used objects are removed until half the
 quota is used (as cvmfs); pinned objects (open files, loaded catalogs) are never removed. Use is
 recorded in each file's mtime, so the order survives restarts without a database.
+
+A full disk (the scratch disk's writable layer shares it with the cache) is met the same way: the
+least recently used objects make room for the new one. When nothing can go, CacheFull carries the
+verified bytes, for a caller that can use them without the cache (a catalog, read into memory).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import time
@@ -29,6 +34,16 @@ from ucernvm.errors import FormatError, StorageError
 
 BREADCRUMB_PREFIX = "cvmfschecksum."
 TOUCH_INTERVAL = 60.0  # seconds: how stale the eviction order may be for objects in use
+ROOM_MARGIN = 32 << 20  # bytes freed beyond the object on a full disk, so the next misses fit too
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class CacheFull(StorageError):
+    """The cache's disk has no room for an object, even after evicting what could go."""
+
+    def __init__(self, message: str, hint: str, data: bytes) -> None:
+        super().__init__(message, hint)
+        self.data = data  # the object's verified bytes, for a caller that can do without the cache
 
 
 class Breadcrumb(NamedTuple):
@@ -167,6 +182,26 @@ class ObjectCache:
         return True
 
     def _store(self, name: str, data: bytes) -> None:
+        try:
+            self._write(name, data)
+            return
+        except OSError as error:
+            if error.errno not in _DISK_FULL:
+                raise StorageError(f"cannot write to the cache {self.root}: {error.strerror}",
+                                   "check the scratch disk") from None
+        evicted = self._make_room(len(data))
+        try:
+            self._write(name, data)
+        except OSError as error:
+            if error.errno not in _DISK_FULL:
+                raise StorageError(f"cannot write to the cache {self.root}: {error.strerror}",
+                                   "check the scratch disk") from None
+            raise CacheFull(f"the disk of the cache {self.root} is full ({evicted} cached objects evicted, "
+                            "the rest in use)", "free space on the scratch disk (its persistent/ layer shares "
+                            "the disk) or set a cache quota (CVMFS_QUOTA_LIMIT)", data) from None
+
+    def _write(self, name: str, data: bytes) -> None:
+        """Write to a temporary name and rename into place; nothing is left behind on failure."""
         # Unique per process and thread: processes may share a cache, and thread idents repeat across them.
         temporary = f"txn/{name.replace('/', '')}.{os.getpid()}.{threading.get_ident()}"
         try:
@@ -174,12 +209,17 @@ class ObjectCache:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
             os.replace(temporary, name, src_dir_fd=self._dir, dst_dir_fd=self._dir)
-        except OSError as error:
+        except OSError:
             try:
                 os.unlink(temporary, dir_fd=self._dir)
             except OSError:
                 pass
-            raise StorageError(f"cannot write to the cache {self.root}: {error.strerror}", "check free space") from None
+            raise
+
+    def _make_room(self, size: int) -> int:
+        """Evict the least recently used objects to free ``size`` bytes and a margin; how many went."""
+        cached = sum(length for _, length, _ in self._objects())
+        return self.cleanup(max(0, cached - size - ROOM_MARGIN))
 
     # -- pins -----------------------------------------------------------------------------------
 

@@ -20,12 +20,11 @@ import os
 import re
 import resource
 import stat
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from ucernvm import __version__
-from ucernvm.client.fuse.operations import ROOT_INO, Attributes, DirEntry, FsStats, Operations
+from ucernvm.client.fuse.operations import ROOT_INO, Attributes, DirEntry, FsStats, Operations, report
 from ucernvm.client.listing_ahead import ListingsAhead
 from ucernvm.client.prefetch import Prefetcher, ReadOrder
 from ucernvm.client.repository import Repository
@@ -195,7 +194,7 @@ class SnapshotFilesystem(Operations):
     def _failed(self, error: UcernvmError) -> OSError:
         """A fetch or verification failure becomes EIO: never unverified bytes, never a hang."""
         self.io_errors += 1
-        print(f"ucernvm mount: {error.message}", file=sys.stderr, flush=True)
+        report(f"ucernvm mount: {error.message}")
         return OSError(errno.EIO, error.message)
 
     # -- metadata ----------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from functools import cached_property
 from operator import attrgetter
 
-from ucernvm.client.cache import Breadcrumb, ObjectCache
+from ucernvm.client.cache import Breadcrumb, CacheFull, ObjectCache
 from ucernvm.client.sources import RepositorySource
 from ucernvm.cvmfs import compression, manifest as manifest_file, whitelist as whitelist_file
 from ucernvm.cvmfs.catalog import Catalog, Chunk, DirectoryEntry, NestedCatalogRef, join
@@ -72,8 +72,11 @@ class Repository:
         signed.verify(certificate, fqrn)
         self._check_not_older(signed.manifest)
         if cache is not None and not self.offline:
-            cache.save_named(fqrn, whitelist_file.FILE_NAME, whitelist_data)
-            cache.save_named(fqrn, manifest_file.FILE_NAME, manifest_data)
+            try:
+                cache.save_named(fqrn, whitelist_file.FILE_NAME, whitelist_data)
+                cache.save_named(fqrn, manifest_file.FILE_NAME, manifest_data)
+            except CacheFull as full:
+                self.warnings.append(f"{full.message}: no copy of this revision is kept for offline mounts")
 
         self.whitelist = whitelist.whitelist
         self.manifest: Manifest = signed.manifest
@@ -122,7 +125,10 @@ class Repository:
                 "a stale mirror or a replayed manifest; if the rollback is intended, clear the cache",
             )
         if seen is None or (timestamp, manifest.revision) > (seen.timestamp, seen.revision):
-            self.cache.save_breadcrumb(self.fqrn, Breadcrumb(manifest.root_hash.hex, timestamp, manifest.revision))
+            try:
+                self.cache.save_breadcrumb(self.fqrn, Breadcrumb(manifest.root_hash.hex, timestamp, manifest.revision))
+            except CacheFull as full:  # the last revision recorded still guards against older ones
+                self.warnings.append(f"{full.message}: revision {manifest.revision} is not recorded as seen")
 
     # -- objects -------------------------------------------------------------------------------
 
@@ -146,7 +152,10 @@ class Repository:
         produce = self._producer(content_hash, object_type, expected_size, compressed)
         if self.cache is None:
             return produce()
-        fd = self.cache.open(content_hash, produce)
+        try:
+            fd = self.cache.open(content_hash, produce)
+        except CacheFull as full:
+            return full.data
         with os.fdopen(fd, "rb") as handle:
             return handle.read()
 
@@ -220,7 +229,11 @@ class Repository:
             return Catalog.from_bytes(self.fetch(content_hash, ObjectType.CATALOG, size or None), content_hash)
         # Opened in place, as cvmfs does, and pinned: a loaded catalog is never evicted.
         self.cache.pin(content_hash)
-        return Catalog.open(self.cache.get(content_hash, self._catalog_producer(content_hash, size)), content_hash)
+        try:
+            path = self.cache.get(content_hash, self._catalog_producer(content_hash, size))
+        except CacheFull as full:  # no room on the disk: the verified catalog is read in memory instead
+            return Catalog.from_bytes(full.data, content_hash)
+        return Catalog.open(path, content_hash)
 
     def _catalog_producer(self, content_hash: ContentHash, size: int | None) -> Callable[[], bytes]:
         return self._producer(content_hash, ObjectType.CATALOG, size or None, True)
@@ -228,7 +241,10 @@ class Repository:
     def prefetch_catalog(self, reference: NestedCatalogRef) -> None:
         """Download a nested catalog into the cache, where a later load finds it (needs a cache)."""
         if self.cache is not None:
-            self.cache.get(reference.content_hash, self._catalog_producer(reference.content_hash, reference.size))
+            try:
+                self.cache.get(reference.content_hash, self._catalog_producer(reference.content_hash, reference.size))
+            except CacheFull:
+                pass  # the load downloads it again, into memory
 
     def loaded_catalogs(self) -> list[Catalog]:
         with self._catalogs_lock:

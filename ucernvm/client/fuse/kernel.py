@@ -23,11 +23,10 @@ import itertools
 import os
 import signal
 import struct
-import sys
 import threading
 
 from ucernvm.client.fuse.handles import InodeHandles
-from ucernvm.client.fuse.operations import Attributes, DirEntry, Operations
+from ucernvm.client.fuse.operations import Attributes, DirEntry, Operations, report
 from ucernvm.client.fuse.splice import ReplySplicer
 from ucernvm.errors import MountError
 
@@ -667,9 +666,4 @@ def _sized(value: bytes, size: int) -> bytes:
 
 
 def _report(message: str) -> None:
-    # stderr rather than logging: the daemon must not import more than it needs.
-    try:
-        sys.stderr.write(f"ucernvm fuse: {message}\n")
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        pass
+    report(f"ucernvm fuse: {message}")

@@ -14,6 +14,7 @@ before the mount, never lazily while serving.
 from __future__ import annotations
 
 import errno
+import sys
 from collections import namedtuple
 
 # The FUSE daemon runs inside the initramfs, where every import is paid for at each boot:
@@ -25,6 +26,17 @@ if TYPE_CHECKING:
     from typing import Any
 
 ROOT_INO = 1
+
+
+def report(message: str) -> None:
+    """One line on the daemon's log: its stderr, mount.log beside the cache (stderr rather than logging:
+    the daemon must not import more than it needs). A log that cannot be written, on a full disk, must
+    not become the error of the request being served."""
+    try:
+        sys.stderr.write(message + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
 
 
 class Attributes(namedtuple("Attributes", "ino mode size nlink uid gid mtime_ns rdev", defaults=(0, 1, 0, 0, 0, 0))):
