@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ucernvm.errors import ConfigError
 from ucernvm.image import tools
-from ucernvm.image.cache import cache_dir
+from ucernvm.image.cache import cache_dir, keep_recent, used
 
 # The kernel's xz decoder only knows CRC32 checks; one thread gives one block whatever the host. Its LZ4
 # decoder reads only the legacy frame format (-l). LZ4 makes a larger image (about 1.45x zstd) that
@@ -44,18 +44,11 @@ def compress(source: Path, digest: str, method: str, use_cache: bool = True) -> 
     key = hashlib.sha256(f"{digest}\0{ident}".encode()).hexdigest()[:32]
     cached = cache_dir("segments") / f"{key}.{method}"
     if use_cache and cached.exists():
-        os.utime(cached)
-        return cached, True
+        return used(cached), True
     partial = cached.with_name(cached.name + f".{os.getpid()}.partial")
     with source.open("rb") as stream, partial.open("wb") as out:
         tools.run(COMPRESSORS[method], stdin=stream.fileno(), stdout=out.fileno(), what=f"{method} compression")
     partial.replace(cached)
-    _prune(cached.parent)
+    keep_recent(cached.parent.glob("*.*"), _KEEP)
     return cached, False
 
-
-def _prune(directory: Path) -> None:
-    entries = sorted(directory.glob("*.*"), key=lambda p: p.stat().st_mtime, reverse=True)
-    for old in entries[_KEEP:]:
-        if not old.name.endswith(".partial"):
-            old.unlink(missing_ok=True)

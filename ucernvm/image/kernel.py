@@ -19,10 +19,12 @@ from pathlib import Path
 
 from ucernvm.errors import ConfigError, FetchError
 from ucernvm.image import tools
-from ucernvm.image.cache import cache_dir
+from ucernvm.image.cache import cache_dir, keep_recent, used
 
 DEFAULT_PACKAGE = "linux-image-amd64"
 APT_LISTS = "/var/lib/apt/lists"
+KERNEL_SLOTS_KEPT = 4  # unpacked kernel packages (~400 MB each) and built kernels, most recently used
+RESOLVED_KEPT = 16  # remembered package resolutions
 
 # Magic numbers of the compressors a bzImage payload may use (arch/x86/boot/compressed).
 _XZ_MAGIC = b"\xfd7zXZ\x00"
@@ -60,7 +62,14 @@ def debian_kernel(package: str = DEFAULT_PACKAGE) -> Kernel:
         deb.unlink()  # the unpacked tree is what is reused; the .deb would only double the cache
         _depmod(root)
         (slot / ".complete").write_text(f"{name} {version}\n")
+    kernel_slot_used(slot)
     return _kernel_in_tree(root, source=f"{name} {version}")
+
+
+def kernel_slot_used(slot: Path) -> None:
+    """Mark a kernel's cache slot used and drop the least recently used others (a kernel update
+    leaves its predecessor's ~400 MB behind)."""
+    keep_recent((entry for entry in used(slot).parent.iterdir() if entry.is_dir()), KERNEL_SLOTS_KEPT)
 
 
 def resolve_package(package: str, family: str = "linux-image-") -> tuple[str, str]:
@@ -74,12 +83,13 @@ def resolve_package(package: str, family: str = "linux-image-") -> tuple[str, st
         "\0".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in lists).encode()
     ).hexdigest()[:24]
     key = hashlib.sha256(f"{family}{package}".encode()).hexdigest()[:12]
-    memo = cache_dir("kernels") / f"resolved-{key}-{state}.json"
+    memo = cache_dir("resolved") / f"{key}-{state}.json"
     if memo.exists():
-        name, version = json.loads(memo.read_text())
+        name, version = json.loads(used(memo).read_text())
         return name, version
     resolved = _resolve_with_apt(package, family)
     memo.write_text(json.dumps(resolved))
+    keep_recent(memo.parent.iterdir(), RESOLVED_KEPT)  # one per package lists' state: each apt-get update adds one
     return resolved
 
 
@@ -120,6 +130,7 @@ def kernel_from_path(path: Path) -> Kernel:
             tools.run(["dpkg-deb", "-x", path, root], what="dpkg-deb -x")
             _depmod(root)
             (slot / ".complete").write_text(f"{path}\n")
+        kernel_slot_used(slot)
         return _kernel_in_tree(root, source=str(path))
     return Kernel(release=bzimage_release(path.read_bytes()), bzimage=path, modules_dir=None, source=str(path))
 

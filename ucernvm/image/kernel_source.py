@@ -20,7 +20,7 @@ from typing import Callable
 from ucernvm.errors import ConfigError
 from ucernvm.image import tools
 from ucernvm.image.cache import cache_dir
-from ucernvm.image.kernel import Kernel, bzimage_release, resolve_package
+from ucernvm.image.kernel import Kernel, bzimage_release, kernel_slot_used, resolve_package
 from ucernvm.tarfiles import tarfile
 
 DEFAULT_SOURCE_PACKAGE = "linux-source"
@@ -47,6 +47,7 @@ def source_kernel(config: Path, package: str = DEFAULT_SOURCE_PACKAGE,
             shutil.copyfile(tree / "arch/x86/boot/bzImage", slot / "vmlinuz.partial")
             (slot / "vmlinuz.partial").replace(bzimage)  # a concurrent build finds a whole file or none
         (slot / ".complete").write_text(f"{name} {version} {digest}\n")
+    kernel_slot_used(slot)
     return Kernel(release=bzimage_release(bzimage.read_bytes()), bzimage=bzimage, modules_dir=None,
                   source=f"{name} {version} with {config.name} ({digest})")
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ucernvm.errors import ConfigError, UcernvmError
-from ucernvm.image.cache import cache_dir
+from ucernvm.image.cache import FILES_KEPT, cache_dir, keep_recent, used
 
 # Debian keeps depmod and friends in /usr/sbin, which a non-root PATH often lacks.
 _EXTRA_PATH = ("/usr/sbin", "/sbin")
@@ -69,8 +69,10 @@ def stripped(path: Path, how: Sequence[str] = ("--strip-unneeded",)) -> Path:
     options = " ".join(how)
     key = hashlib.sha256(f"{real}\0{info.st_size}\0{info.st_mtime_ns}\0{options}".encode()).hexdigest()[:24]
     target = cache_dir("stripped") / f"{key}-{real.name}"
-    if not target.exists():
-        partial = target.with_name(target.name + ".partial")
-        run(["strip", *how, "-o", partial, real], what=f"strip {real.name}")
-        partial.replace(target)
+    if target.exists():
+        return used(target)
+    partial = target.with_name(target.name + ".partial")
+    run(["strip", *how, "-o", partial, real], what=f"strip {real.name}")
+    partial.replace(target)
+    keep_recent(target.parent.iterdir(), FILES_KEPT)
     return target
