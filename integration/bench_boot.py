@@ -37,7 +37,7 @@ from ucernvm.image.kernel_source import DEFAULT_SOURCE_PACKAGE
 from ucernvm.launch import LaunchOptions
 from ucernvm.launch.qemu import MACHINES
 
-STAGES = ("early", "modules", "network", "context", "storage", "servers", "snapshot", "mount", "handoff")
+STAGES = ("early", "modules", "network", "clock", "context", "storage", "servers", "snapshot", "mount", "handoff")
 # After the figures are on the console, the OS prints its kernel log (the demo OS runs /test-hook).
 KMSG_HOOK = "dmesg | while read -r line; do echo \"UCERNVM-KMSG $line\"; done\n"
 _KMSG_RE = re.compile(r"^UCERNVM-KMSG \[\s*(\d+\.\d+)\] (.*)$", re.MULTILINE)

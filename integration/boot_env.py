@@ -17,6 +17,9 @@ from ucernvm.server import StratumServer
 
 FQRN = "test.cern.ch"
 GUEST_HOST = HOST_ADDRESS  # where the isolated guest finds the forwarded host services
+# The isolated guest reaches no NTP server (its forwards are TCP): asking one would only cost the clock
+# stage its timeout and a warning. tests/test_clock.py asks a real one.
+NO_NTP = "ucernvm.ntp=off"
 
 
 @dataclass
@@ -38,7 +41,8 @@ class BootRepository:
         Publisher(str(self.stratum / FQRN), FQRN, str(self.keys), PublishOptions(tag=tag)).publish(str(self.os_tree))
 
     def cmdline(self, extra: str = "") -> str:
-        return f"quiet cvmfs_repos={FQRN} cvmfs_url={self.url()} cvmfs_proxy=DIRECT ucernvm.panic=poweroff {extra}".strip()
+        return (f"quiet cvmfs_repos={FQRN} cvmfs_url={self.url()} cvmfs_proxy=DIRECT ucernvm.panic=poweroff {NO_NTP} "
+                f"{extra}").strip()
 
 
 def make_repository(base: Path) -> BootRepository:

@@ -19,7 +19,7 @@ from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from pathlib import Path
 
-from boot_env import GUEST_HOST, BootResult, boot, build_boot_image, new_disk
+from boot_env import GUEST_HOST, NO_NTP, BootResult, boot, build_boot_image, new_disk
 from debian_guest import GUEST_MEMORY, GuestContext, GuestReport, guest_context, read_report
 from debian_os import FQRN, TAG, DebianRoot
 
@@ -31,7 +31,7 @@ from ucernvm.server import StratumServer
 # The isolated test network has no router, so "routable" never comes: systemd's wait for it would
 # only add its 120 s timeout (words the loader does not know go on to the kernel and systemd). The
 # server named here is overridden by the context's.
-CMDLINE = (f"quiet cvmfs_repos={FQRN} cvmfs_server=unused.invalid ucernvm.panic=poweroff "
+CMDLINE = (f"quiet cvmfs_repos={FQRN} cvmfs_server=unused.invalid ucernvm.panic=poweroff {NO_NTP} "
            "systemd.mask=systemd-networkd-wait-online.service")
 TIMEOUT = 900.0
 SCRATCH_SIZE = 20 << 30

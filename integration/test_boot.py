@@ -14,7 +14,7 @@ from ucernvm.cvmfs.signing import generate_repository_keys
 from ucernvm.image.builder import BuildResult
 from ucernvm.server import StratumServer
 
-STAGES = ["early", "modules", "network", "context", "storage", "servers", "snapshot", "mount", "handoff"]
+STAGES = ["early", "modules", "network", "clock", "context", "storage", "servers", "snapshot", "mount", "handoff"]
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from boot_env import FQRN, GUEST_HOST, BootRepository, boot, build_boot_image, make_repository, new_disk
+from boot_env import FQRN, GUEST_HOST, NO_NTP, BootRepository, boot, build_boot_image, make_repository, new_disk
 from metadata_fakes import Cloud, metadata_server
 from squid import Squid, squid  # noqa: F401 (the session fixture)
 from ucernvm.context.iso import write_iso
@@ -43,7 +43,7 @@ def test_boot_through_a_real_squid(image: BuildResult, repository: BootRepositor
     # The guest asks the proxy for the server by its loopback address, which only the host's squid
     # can reach: every byte of the boot goes through the proxy.
     cmdline = (f"quiet cvmfs_repos={FQRN} cvmfs_url=http://127.0.0.1:{repository.server.port}/cvmfs/{FQRN} "
-               f"cvmfs_proxy=http://{GUEST_HOST}:{port} ucernvm.panic=poweroff ucernvm.context=none")
+               f"cvmfs_proxy=http://{GUEST_HOST}:{port} ucernvm.panic=poweroff ucernvm.context=none {NO_NTP}")
     result = boot(image.output, new_disk(tmp_path / "d.raw"), cmdline, tmp_path / "squid.log", ports=(port,))
     assert result.code == 0, result.serial[-3000:]
     report = result.report
@@ -64,7 +64,7 @@ def test_boot_through_the_proxy_a_pac_file_names(image: BuildResult, repository:
                    '  return "DIRECT";\n}\n')
     cmdline = (f"quiet cvmfs_repos={FQRN} cvmfs_url=http://127.0.0.1:{repository.server.port}/cvmfs/{FQRN} "
                f"cvmfs_proxy=auto cvmfs_pac_urls=http://{GUEST_HOST}:{repository.server.port}/cvmfs/pac/proxy.pac "
-               "ucernvm.panic=poweroff ucernvm.context=none")
+               f"ucernvm.panic=poweroff ucernvm.context=none {NO_NTP}")
     result = boot(image.output, new_disk(tmp_path / "d.raw"), cmdline, tmp_path / "pac.log",
                   ports=(port, repository.server.port))
     assert result.code == 0, result.serial[-3000:]

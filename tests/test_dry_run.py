@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from helpers import PROJECT
+from ntp import chronyd
 from ucernvm.cvmfs.publisher import Publisher, PublishOptions
 from ucernvm.cvmfs.signing import generate_repository_keys
 from ucernvm.server import StratumServer
@@ -30,6 +31,7 @@ class Served:
     url: str
     keys: Path
     root_hashes: dict[str, str]  # tag -> root catalog hash
+    ntp: str  # host:port of a real NTP server (the clock stage asks it)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +49,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     publisher = Publisher(str(base / "stratum" / FQRN), FQRN, str(secret), PublishOptions(tag="v2"))
     hashes["v2"] = publisher.publish(str(tree)).root_hash.hex
     with StratumServer(base / "stratum") as server:
-        yield Served(f"http://127.0.0.1:{server.port}/cvmfs/{FQRN}", secret, hashes)
+        for ntp_port in chronyd(base, synchronised=True):
+            yield Served(f"http://127.0.0.1:{server.port}/cvmfs/{FQRN}", secret, hashes, f"127.0.0.1:{ntp_port}")
 
 
 def dry_run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -58,7 +61,8 @@ def dry_run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def cmdline(served: Served, extra: str = "") -> str:
-    return f"cvmfs_repos={FQRN} cvmfs_url={served.url} cvmfs_proxy=DIRECT ucernvm.context=none {extra}".strip()
+    return (f"cvmfs_repos={FQRN} cvmfs_url={served.url} cvmfs_proxy=DIRECT ucernvm.context=none ucernvm.ntp={served.ntp} "
+            f"{extra}").strip()
 
 
 def test_the_plan_names_the_verified_snapshot(served: Served) -> None:
@@ -69,6 +73,7 @@ def test_the_plan_names_the_verified_snapshot(served: Served) -> None:
     snapshot = report["snapshot"]
     assert (snapshot["tag"], snapshot["root_hash"]) == ("v1", served.root_hashes["v1"])
     assert report["servers"]["order"] == [served.url] and report["transfer"]["bytes_fetched"] > 0
+    assert report["clock"]["server"] == served.ntp and report["clock"]["set"] is False  # asked, and in time
     assert [stage["name"] for stage in report["stages"]][-1] == "handoff"
     # Each stage's code is imported as it runs, and that share of its time is reported apart.
     assert all(0 <= stage["imports"] <= stage["seconds"] for stage in report["stages"])

@@ -134,6 +134,10 @@ SETTINGS: tuple[Setting, ...] = (
             "static: <address>/<prefix>,<gateway>[,<dns>...] for the first NIC",
             kernel=("ucernvm.net",)),
     Setting("network_timeout", 20.0, "seconds to wait for a DHCP lease", kernel=("ucernvm.net_timeout",), parse=parse_seconds),
+    Setting("ntp", "pool.ntp.org", "NTP servers (host[:port], ',' separated) that set the clock before any date is "
+            "checked (certificates, the whitelist's expiry); off: leave the clock as it is", kernel=("ucernvm.ntp",)),
+    Setting("ntp_timeout", 2.0, "seconds to wait for an NTP answer (the boot goes on without one)",
+            kernel=("ucernvm.ntp_timeout",), parse=parse_seconds),
     Setting("scratch_label", "UROOT", "file system label of the scratch disk", kernel=("ucernvm.scratch_label",)),
 )  # fmt: skip
 

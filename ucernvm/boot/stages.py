@@ -1,7 +1,8 @@
 """The boot pipeline: the stages in order, with their policy and the hint shown when they fail.
 
 The order is µCernVM's: the network and the context come before the scratch disk, because the context
-decides how a new scratch disk is laid out (resize_rootfs, use_boothd). The storage stage also settles
+decides how a new scratch disk is laid out (resize_rootfs, use_boothd); the clock is set (NTP) right
+after the network, before HTTPS or the whitelist check a date. The storage stage also settles
 the context: the first boot saves it on the new disk, later boots read back what the first one saved.
 """
 
@@ -14,6 +15,7 @@ STAGES = (
     Stage("modules", ("ucernvm.boot.kmod:modules_stage",), hint="the image lacks modules for this kernel; rebuild it"),
     Stage("network", ("ucernvm.boot.network:network_stage",),
           hint="check the VM's network (DHCP) or set ucernvm.net=static:..."),
+    Stage("clock", ("ucernvm.boot.clock:clock_stage",), critical=False),
     Stage("context", ("ucernvm.boot.contextualize:context_stage",), critical=False),
     Stage("storage", ("ucernvm.boot.storage:storage_stage", "ucernvm.boot.contextualize:settle_context"),
           hint="attach an empty disk of at least 20 GB for the scratch file system"),

@@ -149,8 +149,9 @@ def _boot(work: Path, image: Path, port: int, args: argparse.Namespace) -> tuple
     disk.unlink(missing_ok=True)  # an empty disk: a first boot, which picks the newest revision
     create_sparse_disk(disk, DISK_SIZE)
     url = f"http://{HOST_ADDRESS}:{port}/cvmfs/{FQRN}"
+    # The VM reaches nothing but the stratum server: no context to look for, no NTP server to ask.
     cmdline = (f"quiet cvmfs_repos={FQRN} cvmfs_url={url} cvmfs_proxy=DIRECT ucernvm.context=none "
-               "ucernvm.panic=poweroff")
+               "ucernvm.ntp=off ucernvm.panic=poweroff")
     options = LaunchOptions(image=image, disks=(disk,), cmdline=cmdline, accel=args.accel, isolated=True,
                             guest_forwards=loopback_forwards(port), serial_log=work / "console.log")
     print(f"kernel options: {cmdline}\nnetwork: isolated; 10.0.2.2:{port} is the stratum server", flush=True)

@@ -130,8 +130,9 @@ class SignedWhitelist(NamedTuple):
             raise VerificationError("whitelist requires PKCS#7 verification, which is not supported")
         if check_expiry and whitelist.expired_at(now):
             raise VerificationError(
-                f"whitelist expired on {whitelist.expires:%Y-%m-%d %H:%M:%S} UTC",
-                "the repository maintainer must run `ucernvm resign`; to inspect an old snapshot, pass --now",
+                f"whitelist expired on {whitelist.expires:%Y-%m-%d %H:%M:%S} UTC (the time here: {now:%Y-%m-%d %H:%M:%S} UTC)",
+                "if the time here is wrong, set the clock (the boot asks NTP: ucernvm.ntp=); else the repository "
+                "maintainer must run `ucernvm resign`; to inspect an old snapshot, pass --now",
             )
 
     def check_certificate(self, certificate: trust.Certificate) -> None:
