@@ -88,7 +88,7 @@ def test_garbage_a_dead_port_and_silence_leave_the_clock_with_a_warning() -> Non
     servers = f"127.0.0.1:{garbage.getsockname()[1]},127.0.0.1:{free_udp_port()},127.0.0.1:{silent.getsockname()[1]}"
     started = time.monotonic()
     state = boot(servers, timeout="1")
-    assert time.monotonic() - started < 1.8  # one timeout for all, not one per server
+    assert time.monotonic() - started < 2.5  # one timeout for all: one after the other would take 3 s
     assert not state.system.actions and len(state.warnings) == 1
     assert "no NTP server answered within 1 s" in state.warnings[0]
     assert state.facts["clock"]["failed"][f"127.0.0.1:{garbage.getsockname()[1]}"] == "Invalid NTP packet."
