@@ -1,7 +1,8 @@
 """The user-data the OS's cloud-init is seeded with (context/userdata.py for_cloud_init): the loader's
 own ``text/ucernvm`` MIME parts are left out (cloud-init has no handler for them and warns, or from
 23.4 on reports a degraded instance), everything else reaches it as given, and the loader itself still
-reads its section from the whole user-data."""
+reads its section from the whole user-data. A bug in handing over one piece of the context never
+keeps the OS from booting."""
 
 from __future__ import annotations
 
@@ -17,9 +18,11 @@ import pytest
 
 from ucernvm.boot.contextualize import apply_user_data
 from ucernvm.boot.log import BootLog
-from ucernvm.boot.seed import NOCLOUD_SEED, instance_id, seed_cloud_init
+from ucernvm.boot import seed
+from ucernvm.boot.seed import NOCLOUD_SEED, hand_over_context, instance_id, seed_cloud_init
 from ucernvm.boot.state import BootState
 from ucernvm.boot.system import System
+from ucernvm.context.login_hook import HOOK as LOGIN_HOOK
 from ucernvm.context.userdata import for_cloud_init
 
 CLOUD_CONFIG = "#cloud-config\nruncmd:\n - [touch, /run/ran]\n"
@@ -88,3 +91,18 @@ def test_the_seed_leaves_out_the_loader_part_but_the_loader_and_the_instance_kee
     # loader is not taken for a new one.
     assert json.loads((seed / "meta-data").read_text())["instance-id"] == instance_id(state)
     assert state.user_data == data
+
+
+def test_a_bug_in_one_piece_of_the_context_leaves_the_rest_and_the_boot(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The OS boots without the piece that failed, with a warning; the pieces after it are still given."""
+    def broken(data: bytes) -> bytes:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(seed, "for_cloud_init", broken)
+    state = BootState(System(str(tmp_path)), BootLog(io.StringIO()))
+    apply_user_data(state, multipart(MIMEText(CLOUD_CONFIG, "cloud-config")), "test")
+    (state.new_root / "etc" / "systemd").mkdir(parents=True)  # an OS with systemd's gettys
+    hand_over_context(state)
+    assert state.warnings == ["seed_cloud_init failed, the OS boots without it: RuntimeError: a bug"]
+    assert (state.new_root / LOGIN_HOOK).exists()  # the last piece was still installed

@@ -14,10 +14,10 @@ from ucernvm.boot.system import RealSystem
 # What the image must carry beyond this module's own imports: the stages' code, imported as they
 # run, and what is imported only when first used: urllib3 for https servers (plain HTTP does without
 # it), which encodes host names with the idna codec; pacparser for the proxy 'auto'; the email
-# package for multipart user-data; tarfile (with extraction filters) for cernvm_inject; html for the
-# boot report's timeline; ntplib unless ucernvm.ntp=off.
-IMAGE_MODULES = (*MODULES, "urllib3", "encodings.idna", "pacparser", "email.policy", "ucernvm.tarfiles",
-                 "ucernvm.context.online", "ucernvm.context.cluster", "html", "ntplib")
+# package for multipart user-data (and its generator, for the user-data cloud-init gets); tarfile (with
+# extraction filters) for cernvm_inject; html for the boot report's timeline; ntplib unless ucernvm.ntp=off.
+IMAGE_MODULES = (*MODULES, "urllib3", "encodings.idna", "pacparser", "email.policy", "email.generator",
+                 "ucernvm.tarfiles", "ucernvm.context.online", "ucernvm.context.cluster", "html", "ntplib")
 
 
 def main() -> int:

@@ -152,4 +152,10 @@ def login_hook(state: BootState) -> None:
 
 def hand_over_context(state: BootState) -> None:
     for step in (seed_cloud_init, inject, extra_user_data, run_bootstrap_hook, login_hook):
-        step(state)
+        try:
+            step(state)
+        except Exception as error:  # even a bug here: the OS boots without that piece of its context
+            import traceback  # only for a bug's report
+
+            state.log.error(f"{step.__name__}: {traceback.format_exc()}")
+            state.warn(f"{step.__name__} failed, the OS boots without it: {type(error).__name__}: {error}")

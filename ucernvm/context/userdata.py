@@ -4,6 +4,7 @@ included — the original missed a section inside an encoded part)."""
 from __future__ import annotations
 
 import gzip
+import io
 import zlib
 
 TYPE_CHECKING = False
@@ -76,7 +77,12 @@ def for_cloud_init(data: bytes) -> bytes:
         return data
     if not any(not part.is_multipart() for part in message.walk()):
         return b""  # nothing was for cloud-init
-    return message.as_bytes()
+    # Named here, not left to Message.as_bytes, so that the image is known to carry it (tests/test_image.py).
+    from email.generator import BytesGenerator
+
+    out = io.BytesIO()
+    BytesGenerator(out, mangle_from_=False).flatten(message)
+    return out.getvalue()
 
 
 def _drop_loader_parts(message: Message) -> bool:
