@@ -125,6 +125,17 @@ def test_section_inside_base64_mime_part_and_gzip() -> None:
         assert found[0] == {"cvmfs_server": "hepvm.cern.ch"}
 
 
+def test_section_inside_a_single_base64_part_that_names_multipart() -> None:
+    """A single-part MIME message is searched too, when a multipart type is named up front."""
+    import base64
+
+    part = base64.b64encode(b"[ucernvm-begin]\ncvmfs_server=hepvm.cern.ch\n[ucernvm-end]\n").decode()
+    message = ("MIME-Version: 1.0\nX-Origin: one part of a multipart/mixed upload\nContent-Type: text/plain\n"
+               f"Content-Transfer-Encoding: base64\n\n{part}\n").encode()
+    found = [parse_section(text)[0] for text in text_parts(message) if parse_section(text)[0]]
+    assert found == [{"cvmfs_server": "hepvm.cern.ch"}]
+
+
 def test_gzip_bomb_is_left_alone() -> None:
     import gzip
 

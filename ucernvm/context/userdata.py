@@ -31,8 +31,8 @@ def decode(data: bytes) -> bytes:
 LOADER_PART_TYPE = "text/ucernvm"  # a MIME part that holds only the [ucernvm-begin] section
 
 
-def _multipart(data: bytes) -> Message | None:
-    """The MIME multipart message *data* is, or None (not one, or broken)."""
+def _mime(data: bytes) -> Message | None:
+    """The MIME message *data* is, when it names a multipart type up front; else None (or broken)."""
     if b"multipart/" not in data[:4096].lower():
         return None
     # Imported here: the email package costs a boot that has no multipart user-data ~20 ms natively.
@@ -43,14 +43,14 @@ def _multipart(data: bytes) -> Message | None:
         message = email.message_from_bytes(data, policy=email.policy.compat32)
     except Exception:  # a broken MIME message is still searched as plain text
         return None
-    return message if message.is_multipart() else None
+    return message
 
 
 def text_parts(data: bytes) -> list[str]:
     """The texts the ucernvm section may be in: the whole user-data, and every text part of a MIME
     multipart message, decoded."""
     texts = [data.decode("utf-8", "replace")]
-    message = _multipart(data)
+    message = _mime(data)
     if message is None:
         return texts
     for part in message.walk():
@@ -72,8 +72,8 @@ def for_cloud_init(data: bytes) -> bytes:
     exits 2). Everything else comes through unchanged, and so does user-data without such parts."""
     if LOADER_PART_TYPE.encode() not in data.lower():
         return data
-    message = _multipart(data)
-    if message is None or not _drop_loader_parts(message):
+    message = _mime(data)
+    if message is None or not message.is_multipart() or not _drop_loader_parts(message):
         return data
     if not any(not part.is_multipart() for part in message.walk()):
         return b""  # nothing was for cloud-init
