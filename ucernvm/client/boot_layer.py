@@ -43,8 +43,9 @@ def layer_name(root_hash: str, list_path: str) -> str:
 
 
 def build_boot_layer(repository: Repository, list_path: str, files: list[ListedFile], directory: str) -> int:
-    """Build the layer of ``files`` (those under the list's directory count) in ``directory``; returns the number of files in it (0 if it was there already). Raises UcernvmError
-    (or OSError) when a file cannot be made: the partial layer is then removed and none is used."""
+    """Build the layer of ``files`` (those under the list's directory count) in ``directory``; returns the
+    number of files in it (0 if it was there already). Raises UcernvmError (or OSError) when a file
+    cannot be made: the partial layer is then removed and none is used."""
     name = layer_name(repository.root_hash.hex, list_path)
     base = normalize_path(os.path.dirname(normalize_path(list_path)))
     for old in os.listdir(directory):

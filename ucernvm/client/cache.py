@@ -182,23 +182,21 @@ class ObjectCache:
         return True
 
     def _store(self, name: str, data: bytes) -> None:
-        try:
-            self._write(name, data)
-            return
-        except OSError as error:
-            if error.errno not in _DISK_FULL:
-                raise StorageError(f"cannot write to the cache {self.root}: {error.strerror}",
-                                   "check the scratch disk") from None
-        evicted = self._make_room(len(data))
-        try:
-            self._write(name, data)
-        except OSError as error:
-            if error.errno not in _DISK_FULL:
-                raise StorageError(f"cannot write to the cache {self.root}: {error.strerror}",
-                                   "check the scratch disk") from None
-            raise CacheFull(f"the disk of the cache {self.root} is full ({evicted} cached objects evicted, "
-                            "the rest in use)", "free space on the scratch disk (its persistent/ layer shares "
-                            "the disk) or set a cache quota (CVMFS_QUOTA_LIMIT)", data) from None
+        """Store an object; on a full disk, once more after evicting what is not in use."""
+        evicted = None
+        while True:
+            try:
+                self._write(name, data)
+                return
+            except OSError as error:
+                if error.errno not in _DISK_FULL:
+                    raise StorageError(f"cannot write to the cache {self.root}: {error.strerror}",
+                                       "check the scratch disk") from None
+            if evicted is not None:
+                raise CacheFull(f"the disk of the cache {self.root} is full ({evicted} cached objects evicted, "
+                                "the rest in use)", "free space on the scratch disk (its persistent/ layer shares "
+                                "the disk) or set a cache quota (CVMFS_QUOTA_LIMIT)", data)
+            evicted = self._make_room(len(data))
 
     def _write(self, name: str, data: bytes) -> None:
         """Write to a temporary name and rename into place; nothing is left behind on failure."""

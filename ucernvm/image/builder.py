@@ -26,7 +26,7 @@ from pathlib import Path
 import ucernvm
 from ucernvm.errors import ConfigError
 from ucernvm.image import cpio, tools
-from ucernvm.image.cache import FILES_KEPT, cache_dir, keep_recent, used
+from ucernvm.image.cache import FILES_KEPT, cache_dir, cached_file
 from ucernvm.image.compress import COMPRESSORS, compress
 from ucernvm.image.cpio import Entry
 from ucernvm.image.elfdeps import LibraryResolver, elf_info, is_elf
@@ -263,14 +263,9 @@ def _link_or_copy(source: Path, target: Path) -> None:
 
 def _vmlinux(kernel: Kernel) -> tuple[Path, bool]:
     """The ELF kernel of the bzImage (cached by its hash) and whether it has a PVH entry point."""
-    target = cache_dir("vmlinux") / f"{_sha256(kernel.bzimage)[:24]}.elf"
-    if target.exists():
-        used(target)
-    else:
-        partial = target.with_name(target.name + ".partial")
-        partial.write_bytes(extract_vmlinux(kernel.bzimage.read_bytes()))
-        partial.replace(target)
-        keep_recent(target.parent.iterdir(), KERNEL_SLOTS_KEPT)
+    target, _ = cached_file(cache_dir("vmlinux") / f"{_sha256(kernel.bzimage)[:24]}.elf",
+                            lambda partial: partial.write_bytes(extract_vmlinux(kernel.bzimage.read_bytes())),
+                            KERNEL_SLOTS_KEPT)
     return target, has_pvh_entry(target)
 
 
@@ -319,14 +314,8 @@ def _uncompressed_module(path: Path, rel: str) -> tuple[Path, str]:
         return path, rel
     info = path.stat()
     key = hashlib.sha256(f"{path}\0{info.st_size}\0{info.st_mtime_ns}".encode()).hexdigest()[:24]
-    target = cache_dir("modules") / f"{key}-{modname(path.name)}.ko"
-    if target.exists():
-        used(target)
-    else:
-        partial = target.with_name(target.name + ".partial")
-        partial.write_bytes(opener(path))
-        partial.replace(target)  # never a truncated module after a crash
-        keep_recent(target.parent.iterdir(), FILES_KEPT)
+    target, _ = cached_file(cache_dir("modules") / f"{key}-{modname(path.name)}.ko",
+                            lambda partial: partial.write_bytes(opener(path)), FILES_KEPT)
     return target, rel[: -len(path.suffix)]
 
 

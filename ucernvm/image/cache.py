@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 FILES_KEPT = 500  # in the per-file caches (stripped ELF files, uncompressed modules): several images' worth
@@ -30,6 +30,23 @@ def used(entry: Path) -> Path:
     """Record a use of a cache entry (a file or a slot directory): its mtime orders the pruning."""
     os.utime(entry)
     return entry
+
+
+def cached_file(target: Path, make: Callable[[Path], object], keep: int, reuse: bool = True) -> tuple[Path, bool]:
+    """``target`` and whether it was there already; else ``make(partial)`` writes it under a name of
+    this process's own, renamed into place when whole (a crash leaves no truncated entry), and only the
+    ``keep`` most recently used entries of its cache stay."""
+    if reuse and target.exists():
+        return used(target), True
+    partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
+    try:
+        make(partial)
+        partial.replace(target)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    keep_recent(target.parent.iterdir(), keep)
+    return target, False
 
 
 def keep_recent(entries: Iterable[Path], keep: int) -> None:

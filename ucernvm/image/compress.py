@@ -9,13 +9,12 @@ come from the cache. Output is deterministic (fixed levels, fixed thread counts)
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
 from pathlib import Path
 
 from ucernvm.errors import ConfigError
 from ucernvm.image import tools
-from ucernvm.image.cache import cache_dir, keep_recent, used
+from ucernvm.image.cache import cache_dir, cached_file
 
 # The kernel's xz decoder only knows CRC32 checks; one thread gives one block whatever the host. Its LZ4
 # decoder reads only the legacy frame format (-l). LZ4 makes a larger image (about 1.45x zstd) that
@@ -42,13 +41,10 @@ def compress(source: Path, digest: str, method: str, use_cache: bool = True) -> 
     """The compressed form of *source* (whose sha256 is *digest*) and whether it came from the cache."""
     ident = compressor_id(method)
     key = hashlib.sha256(f"{digest}\0{ident}".encode()).hexdigest()[:32]
-    cached = cache_dir("segments") / f"{key}.{method}"
-    if use_cache and cached.exists():
-        return used(cached), True
-    partial = cached.with_name(cached.name + f".{os.getpid()}.partial")
-    with source.open("rb") as stream, partial.open("wb") as out:
-        tools.run(COMPRESSORS[method], stdin=stream.fileno(), stdout=out.fileno(), what=f"{method} compression")
-    partial.replace(cached)
-    keep_recent(cached.parent.glob("*.*"), _KEEP)
-    return cached, False
+
+    def make(partial: Path) -> None:
+        with source.open("rb") as stream, partial.open("wb") as out:
+            tools.run(COMPRESSORS[method], stdin=stream.fileno(), stdout=out.fileno(), what=f"{method} compression")
+
+    return cached_file(cache_dir("segments") / f"{key}.{method}", make, _KEEP, reuse=use_cache)
 

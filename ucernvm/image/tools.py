@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ucernvm.errors import ConfigError, UcernvmError
-from ucernvm.image.cache import FILES_KEPT, cache_dir, keep_recent, used
+from ucernvm.image.cache import FILES_KEPT, cache_dir, cached_file
 
 # Debian keeps depmod and friends in /usr/sbin, which a non-root PATH often lacks.
 _EXTRA_PATH = ("/usr/sbin", "/sbin")
@@ -68,11 +68,7 @@ def stripped(path: Path, how: Sequence[str] = ("--strip-unneeded",)) -> Path:
     info = real.stat()
     options = " ".join(how)
     key = hashlib.sha256(f"{real}\0{info.st_size}\0{info.st_mtime_ns}\0{options}".encode()).hexdigest()[:24]
-    target = cache_dir("stripped") / f"{key}-{real.name}"
-    if target.exists():
-        return used(target)
-    partial = target.with_name(target.name + ".partial")
-    run(["strip", *how, "-o", partial, real], what=f"strip {real.name}")
-    partial.replace(target)
-    keep_recent(target.parent.iterdir(), FILES_KEPT)
+    target, _ = cached_file(cache_dir("stripped") / f"{key}-{real.name}",
+                            lambda partial: run(["strip", *how, "-o", partial, real], what=f"strip {real.name}"),
+                            FILES_KEPT)
     return target
