@@ -147,7 +147,8 @@ def test_a_mount_prefetches_its_list_and_records_what_it_read(stratum: Path, key
             while not (cache / leaf[:2] / leaf[2:]).exists() and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert (cache / leaf[:2] / leaf[2:]).exists()
-            for path in ("bin/hello", "etc/hostname", "data/sub/file", "bin/hello"):
+            latin1 = os.fsdecode(b"data/latin-1 \xe9t\xe9")  # a name that is not UTF-8 goes into the list as is
+            for path in ("bin/hello", "etc/hostname", "data/sub/file", "bin/hello", latin1):
                 (point / path).read_bytes()
             pid = int(os.getxattr(point, "user.pid"))
             os.kill(pid, signal.SIGUSR1)
@@ -156,7 +157,8 @@ def test_a_mount_prefetches_its_list_and_records_what_it_read(stratum: Path, key
             while not order.exists() and time.monotonic() < deadline:
                 time.sleep(0.05)
             paths = parse_prefetch_list(order.read_bytes())
-            assert paths == ["/bin/hello", "/etc/hostname", "/data/sub/file"]
+            assert paths == ["/bin/hello", "/etc/hostname", "/data/sub/file", "/" + latin1]
             assert '"prefetch": {"listed": 7' in (cache / "mount.log").read_text()
+            assert (point / "etc/hostname").read_bytes() == b"cernvm\n"  # the daemon serves on
         finally:
             run_cli("umount", point)

@@ -204,13 +204,15 @@ class ReadOrder:
     def add(self, path: str) -> None:
         self._seen.setdefault(path, None)
 
-    def text(self) -> str:
-        return "".join(f"{path}\n" for path in list(self._seen))
+    def data(self) -> bytes:
+        """The list's lines: each path's own bytes (names need not be UTF-8); a name with a newline, which a
+        line cannot hold, is left out."""
+        return b"".join(os.fsencode(path) + b"\n" for path in list(self._seen) if "\n" not in path)
 
     def write(self, directory_fd: int, name: str = READ_ORDER_FILE) -> None:
         """Write the list (as a prefetch list) into a directory, replacing the last one at once."""
         temporary = f".{name}.{os.getpid()}"
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644, dir_fd=directory_fd)
-        with os.fdopen(fd, "w") as handle:
-            handle.write("# files in the order of their first read (ucernvm); a prefetch list\n" + self.text())
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(b"# files in the order of their first read (ucernvm); a prefetch list\n" + self.data())
         os.replace(temporary, name, src_dir_fd=directory_fd, dst_dir_fd=directory_fd)
