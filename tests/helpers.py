@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -48,3 +52,21 @@ def snapshot_tree(root: Path) -> dict[str, tuple]:
             else:
                 result[relative] = ("special", st.st_mode, st.st_rdev)
     return result
+
+
+def daemon_statistics(mountpoint: Path, cache: Path) -> dict[str, Any]:
+    """The statistics a `ucernvm mount` daemon appends to mount.log on SIGUSR1 (its latest line)."""
+    log = cache / "mount.log"
+    seen = len(_statistics_lines(log))
+    os.kill(int(os.getxattr(mountpoint, "user.pid")), signal.SIGUSR1)
+    for _ in range(200):
+        lines = _statistics_lines(log)
+        if len(lines) > seen:
+            return json.loads(lines[-1].split("statistics ", 1)[1])
+        time.sleep(0.05)
+    raise AssertionError(f"the daemon wrote no statistics to {log}")
+
+
+def _statistics_lines(log: Path) -> list[str]:
+    return [line for line in log.read_text().splitlines() if "statistics " in line] if log.exists() else []
+

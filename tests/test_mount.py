@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import errno
-import json
 import os
 import resource
 import shutil
-import signal
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -15,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import fuse_unusable, run_cli, snapshot_tree
+from helpers import daemon_statistics, fuse_unusable, run_cli, snapshot_tree
 from test_cache import fill
 from test_publish import FQRN, make_tree, publish
 from ucernvm.server import StratumServer
@@ -274,14 +272,7 @@ def test_sigusr1_writes_the_daemons_statistics_to_its_log(published, mounts, key
     point, _ = mounts.mount(f"{server.url}/cvmfs/{FQRN}", keys_dir, cache)
     assert (point / "etc" / "hostname").read_bytes() == (source / "etc" / "hostname").read_bytes()
     assert (point / "data" / "big.bin").read_bytes() == (source / "data" / "big.bin").read_bytes()
-    os.kill(int(os.getxattr(point, "user.pid")), signal.SIGUSR1)
-    log = cache / "mount.log"
-    for _ in range(100):
-        lines = [line for line in log.read_text().splitlines() if "statistics" in line] if log.exists() else []
-        if lines:
-            break
-        threading.Event().wait(0.05)
-    statistics = json.loads(lines[-1].split("statistics ", 1)[1])
+    statistics = daemon_statistics(point, cache)
     requests = statistics["requests"]
     assert requests["lookup"] >= 4 and requests["read"] >= 2 and requests["init"] == 1  # etc, hostname, data, big.bin
     assert statistics["transfer"]["requests"] >= 3 and statistics["transfer"]["bytes"] > 0

@@ -88,6 +88,8 @@ class _OpenFile:
 
 
 class SnapshotFilesystem(Operations):
+    has_backing_files = True  # the cached object of a file stored whole (backing_fd)
+
     def __init__(self, repository: Repository, *, fetch_threads: int = 8, readahead_chunks: int = 3,
                  catalog_threads: int = 4, prefetch_list: str | None = None, boot_layer: bool = False) -> None:
         self.repository = repository
@@ -329,6 +331,10 @@ class SnapshotFilesystem(Operations):
         except UcernvmError as error:
             raise self._failed(error) from None
         return spans
+
+    def backing_fd(self, handle: _OpenFile) -> int | None:
+        """The cached object of a file stored whole (open fetched and verified it); a chunked file has none."""
+        return handle.fds.get(0) if len(handle.chunks) == 1 else None
 
     def read(self, handle: _OpenFile, offset: int, size: int) -> bytes:
         pieces = []

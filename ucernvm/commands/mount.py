@@ -33,6 +33,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--threads", type=int, default=4, help="threads answering the kernel (default 4)")
     parser.add_argument("--prefetch", metavar="PATH", help="a prefetch list in the snapshot (e.g. /.ucernvm_prefetch): "
                         "the files it names are downloaded ahead in the background, in its order")
+    parser.add_argument("--passthrough", action="store_true",
+                        help="where the kernel offers FUSE passthrough (Linux 6.9+, as root), it reads the cached "
+                        "object of a file stored whole (up to the publisher's minimum chunk size) itself, without "
+                        "the daemon: reads of files not in the page cache run at the cache disk's speed, but every "
+                        "open(2) then costs a request (default: off; opens are free, reads ask the daemon)")
     parser.add_argument(
         "--foreground", action="store_true", help="serve in this process until unmounted (errors on stderr; "
         "the daemon otherwise appends them to mount.log in the cache directory)"
@@ -50,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
     for warning in repository.warnings:
         print(f"ucernvm mount: warning: {warning}", file=sys.stderr)
     filesystem = SnapshotFilesystem(repository, prefetch_list=args.prefetch)
-    fuse = mount(filesystem, args.mountpoint, MountOptions(fsname=repository.fqrn, subtype="cvmfs", threads=args.threads))
+    options = MountOptions(fsname=repository.fqrn, subtype="cvmfs", threads=args.threads, passthrough=args.passthrough)
+    fuse = mount(filesystem, args.mountpoint, options)
     if args.foreground:
         fuse.serve()
         return 0

@@ -11,7 +11,7 @@ and the server only uses its descriptor, so it survives the mount being moved or
 The server stops when the file system is unmounted (the kernel then fails reads with ENODEV).
 
 Structure layouts and constants are those of the kernel's include/uapi/linux/fuse.h (protocol
-7.38); only the read-only subset is answered, every write is refused with EROFS.
+7.40); only the read-only subset is answered, every write is refused with EROFS.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import threading
 
 from ucernvm.client.fuse.handles import InodeHandles
 from ucernvm.client.fuse.operations import Attributes, DirEntry, Operations, report
+from ucernvm.client.fuse.passthrough import BackingFiles
 from ucernvm.client.fuse.splice import ReplySplicer
 from ucernvm.errors import MountError
 
@@ -47,7 +48,7 @@ SPLICE_MIN_BYTES = 64 << 10
 # --- protocol (include/uapi/linux/fuse.h) -------------------------------------------------------
 
 KERNEL_VERSION = 7
-KERNEL_MINOR_VERSION = 38
+KERNEL_MINOR_VERSION = 40
 
 LOOKUP = 1
 FORGET = 2
@@ -110,17 +111,22 @@ PARALLEL_DIROPS = 1 << 18
 MAX_PAGES = 1 << 22
 CACHE_SYMLINKS = 1 << 23
 NO_OPENDIR_SUPPORT = 1 << 24  # the same for OPENDIR and RELEASEDIR
+INIT_EXT = 1 << 30  # the flags go on in flags2 (init_in and init_out)
+PASSTHROUGH = 1 << 37  # in flags2: files may be read by the kernel from a backing file (passthrough.py)
+MAX_STACK_DEPTH = 1  # the backing files' file system is not stacked; an overlayfs may still go on top
 
 # open_out flags
 FOPEN_KEEP_CACHE = 1 << 1
 FOPEN_CACHE_DIR = 1 << 3
+FOPEN_PASSTHROUGH = 1 << 7
 
 IN_HEADER = struct.Struct("=IIQQIIIHH")  # len, opcode, unique, nodeid, uid, gid, pid, total_extlen, padding
 OUT_HEADER = struct.Struct("=IiQ")  # len, error, unique
 INIT_IN = struct.Struct("=IIII")  # major, minor, max_readahead, flags
+INIT_IN_FLAGS2 = struct.Struct("=16xI")  # from 7.36 on
 # major, minor, max_readahead, flags, max_background, congestion_threshold, max_write, time_gran,
-# max_pages, map_alignment, flags2, unused[7]
-INIT_OUT = struct.Struct("=IIIIHHIIHHI28x")
+# max_pages, map_alignment, flags2, max_stack_depth, unused[6]
+INIT_OUT = struct.Struct("=IIIIHHIIHHII24x")
 COMPAT_INIT_OUT_SIZE = 8  # before 7.5
 COMPAT_22_INIT_OUT_SIZE = 24  # before 7.23
 _ATTR = "QQQQQQIIIIIIIIII"  # ino size blocks atime mtime ctime {a,m,c}timensec mode nlink uid gid rdev blksize flags
@@ -130,7 +136,7 @@ FORGET_IN = struct.Struct("=Q")
 BATCH_FORGET_IN = struct.Struct("=II")  # count, dummy; then count x FORGET_ONE
 FORGET_ONE = struct.Struct("=QQ")  # nodeid, nlookup
 OPEN_IN = struct.Struct("=II")  # flags, open_flags
-OPEN_OUT = struct.Struct("=QII")  # fh, open_flags, padding
+OPEN_OUT = struct.Struct("=QIi")  # fh, open_flags, backing_id
 READ_IN = struct.Struct("=QQIIQII")  # fh offset size read_flags lock_owner flags padding
 RELEASE_IN = struct.Struct("=QIIQ")  # fh flags release_flags lock_owner
 GETXATTR_IN = struct.Struct("=II")  # size padding; then the NUL-terminated name
@@ -152,7 +158,8 @@ class MountOptions:
     """How a tree is mounted and served; the defaults suit an immutable tree."""
 
     __slots__ = ("fsname", "subtype", "threads", "cache_timeout", "readdirplus", "adaptive_readdirplus", "read_ahead_kb",
-                 "max_write", "max_background", "allow_other", "zero_message_open", "xattrs", "splice_reads")
+                 "max_write", "max_background", "allow_other", "zero_message_open", "xattrs", "splice_reads",
+                 "passthrough")
 
     def __init__(
         self,
@@ -173,6 +180,11 @@ class MountOptions:
         # itself (EOPNOTSUPP): overlayfs asks one of every lower file it looks up, exec one per program.
         xattrs: bool = True,
         splice_reads: bool = True,  # reads of operations with read_spans go out spliced (splice.py)
+        # Files with a backing file (Operations.backing_fd) are read by the kernel itself where it offers
+        # passthrough (passthrough.py); OPEN and RELEASE then come for every file, zero_message_open or not:
+        # reads from the disk gain, opens of files in the page cache lose (a round trip each, where
+        # zero-message opens cost none), so the trade is the user's.
+        passthrough: bool = False,
     ) -> None:
         if threads < 1:
             raise ValueError("threads must be >= 1")
@@ -189,6 +201,7 @@ class MountOptions:
         self.zero_message_open = zero_message_open
         self.xattrs = xattrs
         self.splice_reads = splice_reads
+        self.passthrough = passthrough
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -265,6 +278,9 @@ class FuseMount:
         self._dir_handles = InodeHandles(ops.opendir, ops.releasedir, capacity=128)
         self._no_open = False
         self._no_opendir = False
+        self._no_open_offered = False
+        self._backing: BackingFiles | None = None  # while passthrough is on
+        self._passthrough_status = "off"
         self._next_handle = itertools.count(1).__next__  # atomic under the GIL
         self._threads: list[threading.Thread] = []
         self._request_counts: list[dict[int, int]] = []  # one per worker: no lock on the hot path
@@ -326,7 +342,10 @@ class FuseMount:
             for opcode, count in list(counts.items()):
                 name = _OPCODE_NAMES.get(opcode, f"opcode {opcode}")
                 requests[name] = requests.get(name, 0) + count
-        return {"requests": dict(sorted(requests.items(), key=lambda item: -item[1])), **self.ops.statistics()}
+        passthrough = {"status": self._passthrough_status,
+                       "opens": self._backing.opens if self._backing is not None else 0}
+        return {"requests": dict(sorted(requests.items(), key=lambda item: -item[1])), "passthrough": passthrough,
+                **self.ops.statistics()}
 
     def _report_statistics(self) -> None:
         import json  # only when asked
@@ -336,6 +355,8 @@ class FuseMount:
             self.ops.save_records()
         except OSError as error:
             _report(f"cannot save the file system's records: {error.strerror}")
+        except Exception as error:  # a bug there must not stop the server (this runs in its main thread)
+            _report(f"cannot save the file system's records: {error!r}")
 
     def fork(self, log_path: str | None = None, before_serve: Callable[[], None] | None = None) -> int:
         """Serve from a child process, detached from this one's session; returns its pid.
@@ -462,15 +483,27 @@ class FuseMount:
         want = ASYNC_READ | PARALLEL_DIROPS | CACHE_SYMLINKS | MAX_PAGES
         if self.options.readdirplus:
             want |= DO_READDIRPLUS | (READDIRPLUS_AUTO if self.options.adaptive_readdirplus else 0)
+        if flags & INIT_EXT and len(payload) >= INIT_IN_FLAGS2.size:
+            flags |= INIT_IN_FLAGS2.unpack_from(payload)[0] << 32
         if self.options.zero_message_open:
-            self._no_open = bool(flags & NO_OPEN_SUPPORT)
+            self._no_open_offered = bool(flags & NO_OPEN_SUPPORT)
             self._no_opendir = bool(flags & NO_OPENDIR_SUPPORT)
+        passthrough = self.options.passthrough and self.ops.has_backing_files
+        if passthrough and flags & PASSTHROUGH:
+            want |= INIT_EXT | PASSTHROUGH  # and OPEN must come: it is where a file gets its backing file
+            self._backing = BackingFiles(self.fd)
+            self._passthrough_status = "on"
+        else:
+            self._no_open = self._no_open_offered
+            self._passthrough_status = "not offered by the kernel" if passthrough else "off"
         self.ops.init()
         self._initialized = True
+        granted = flags & want
         reply = INIT_OUT.pack(
-            KERNEL_VERSION, KERNEL_MINOR_VERSION, max_readahead, flags & want,
+            KERNEL_VERSION, KERNEL_MINOR_VERSION, max_readahead, granted & 0xFFFFFFFF,
             self.options.max_background, self.options.max_background * 3 // 4,
-            self.options.max_write, 1, 256, 0, 0,  # time_gran 1 ns; max_pages 256 (1 MiB requests)
+            self.options.max_write, 1, 256, 0,  # time_gran 1 ns; max_pages 256 (1 MiB requests)
+            granted >> 32, MAX_STACK_DEPTH if granted & PASSTHROUGH else 0,
         )
         if minor < 5:
             return reply[:COMPAT_INIT_OUT_SIZE]
@@ -526,8 +559,36 @@ class FuseMount:
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
             raise OSError(errno.EROFS, "read-only file system")
         handle = self._next_handle()
-        self._handles[handle] = self.ops.open(nodeid, flags)
+        opened = self.ops.open(nodeid, flags)
+        backing_id = self._backing_id(nodeid, opened)
+        if backing_id is not None:
+            self.ops.release(opened)  # the kernel holds the backing file from here on
+            self._handles[handle] = _Passthrough(nodeid)
+            return OPEN_OUT.pack(handle, FOPEN_PASSTHROUGH, backing_id)  # the kernel allows no cache flag with it
+        self._handles[handle] = opened
         return OPEN_OUT.pack(handle, FOPEN_KEEP_CACHE, 0)
+
+    def _backing_id(self, nodeid: int, opened: Any) -> int | None:
+        """The backing id the kernel is to read ``nodeid`` from, or None to serve its reads here."""
+        backing = self._backing
+        if backing is None:
+            return None
+        try:
+            return backing.open(nodeid, lambda: self.ops.backing_fd(opened))
+        except OSError as error:
+            self._passthrough_refused(backing, error)
+            return None
+
+    def _passthrough_refused(self, backing: BackingFiles, error: OSError) -> None:
+        """Without CAP_SYS_ADMIN, or with the cache on a stacked file system (ELOOP), the kernel refuses every
+        backing file: the mount goes on without passthrough, and without OPEN where the kernel allows."""
+        if not backing.accepting:
+            return
+        backing.accepting = False  # inodes open with a backing file keep it until released
+        self._passthrough_status = f"refused by the kernel: {os.strerror(error.errno or errno.EIO)}"
+        _report(f"passthrough {self._passthrough_status}; the daemon serves every read")
+        if not backing.opens:
+            self._no_open = self._no_open_offered
 
     def _read(self, nodeid: int, payload: memoryview, unique: int = 0,
               splicer: ReplySplicer | None = None) -> bytes | memoryview | None:
@@ -554,7 +615,9 @@ class FuseMount:
     def _release(self, nodeid: int, payload: memoryview) -> bytes:
         handle = self._handles.pop(RELEASE_IN.unpack_from(payload)[0], None)
         if handle is not None:
-            if isinstance(handle, _DirHandle):
+            if isinstance(handle, _Passthrough):
+                self._backing.release(handle.ino)  # type: ignore[union-attr]
+            elif isinstance(handle, _DirHandle):
                 self.ops.releasedir(handle.handle)
             else:
                 self.ops.release(handle)
@@ -654,6 +717,15 @@ class _DirHandle:
 
     def __init__(self, handle: Any) -> None:
         self.handle = handle
+
+
+class _Passthrough:
+    """Marks a file the kernel reads from its backing file (the handle table has no handle of ours for it)."""
+
+    __slots__ = ("ino",)
+
+    def __init__(self, ino: int) -> None:
+        self.ino = ino
 
 
 def _sized(value: bytes, size: int) -> bytes:

@@ -83,6 +83,10 @@ class Operations:
     rest describe a tree without symlinks, xattrs or per-handle state.
     """
 
+    # True when ``backing_fd`` may name a file: where the kernel offers passthrough, the server then takes
+    # OPEN and RELEASE for every file (instead of a zero-message open) to hand over the backing files.
+    has_backing_files = False
+
     def init(self) -> None:
         """Called once when the kernel connection is established, before any other call."""
 
@@ -118,6 +122,14 @@ class Operations:
 
         The server splices them into its reply (splice.py) instead of calling ``read``; the
         descriptors must stay open until ``release`` (or ``forget`` of the inode).
+        """
+        return None
+
+    def backing_fd(self, handle: Any) -> int | None:
+        """A descriptor of a regular file holding exactly the bytes of ``handle``'s file, or None.
+
+        Where the kernel offers passthrough, it then reads the file from there itself (passthrough.py);
+        ``handle`` is released right after, the kernel keeps its own reference to that file.
         """
         return None
 
