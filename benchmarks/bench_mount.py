@@ -1,7 +1,8 @@
 """Benchmark the CernVM-FS client (`ucernvm mount`) against raw HTTP and a local directory; print a table.
 
 One repository is published into a work directory under /var/tmp: ``/big`` holds large files of
-mixed data (half random, half text-like; chunked and compressed by the publisher's defaults) and
+mixed data (half random, half text-like; chunked and compressed by the publisher's defaults),
+``/whole`` files of the same data small enough to be stored whole (3 MiB, below the minimum chunk size) and
 ``/tree`` about 100k small files, directories and symlinks with a nested catalog in every top
 directory and in one subdirectory of each. A StratumServer on 127.0.0.1 serves it, first as is,
 then with a delay per request (``--latency``). Each figure is one run against a baseline measured
@@ -13,11 +14,15 @@ in the same run:
 - warm read: ``cat`` again through the mount, with the page cache warm (four passes in one
   ``cat``), and with only the local object cache warm (page cache dropped); the baseline reads
   the source directory the same ways;
+- files stored whole: the cold and warm reads of ``/whole``, by the default mount and by one with
+  ``--passthrough``, and the cost of an open(2) + read + close of a small file in the page cache
+  (Python, three passes over 2,000 files of ``/tree``), where passthrough adds OPEN and RELEASE;
 - tree walk: ``find -printf`` with sizes and modes (an lstat of every entry) on a fresh mount with
   an empty cache (every catalog fetched), again on the same mount, and on a new mount whose cache
   holds the catalogs; the baseline walks the source directory with cold and warm kernel caches.
 
-    sudo .venv/bin/python benchmarks/bench_mount.py [--big-files 4] [--big-mib 64] [--entries 100000]
+    sudo .venv/bin/python benchmarks/bench_mount.py [--big-files 4] [--big-mib 64] [--whole-mib 240]
+                                                   [--entries 100000] [--workloads cold,warm,whole,tree]
 
 Needs root (FUSE mounts, /proc/sys/vm/drop_caches). ``--work DIR`` keeps the trees and the
 repository in DIR and reuses them on the next run.
@@ -47,6 +52,8 @@ FQRN = "bench.cern.ch"
 MIB = 1 << 20
 WORDS = [f"w{index:x}" for index in range(4096)]
 PAGE_CACHE_PASSES = 4
+WHOLE_FILE_MIB = 3  # below the publisher's minimum chunk size (4 MiB): one object per file
+OPEN_FILES, OPEN_PASSES = 2000, 3
 
 
 # --- the trees --------------------------------------------------------------------------------------
@@ -69,6 +76,13 @@ def build_big(root: Path, files: int, mib: int) -> None:
     rng = random.Random(1)
     for index in range(files):
         (root / f"file{index}").write_bytes(mixed_data(rng, mib * MIB))
+
+
+def build_whole(root: Path, mib: int) -> None:
+    root.mkdir(parents=True)
+    rng = random.Random(2)
+    for index in range(max(1, mib // WHOLE_FILE_MIB)):
+        (root / f"file{index:03d}").write_bytes(mixed_data(rng, WHOLE_FILE_MIB * MIB))
 
 
 def build_tree(root: Path, entries: int) -> None:
@@ -97,14 +111,20 @@ def prepare(work: Path, args: argparse.Namespace) -> None:
     from ucernvm.cvmfs.publisher import Publisher, PublishOptions
     from ucernvm.cvmfs.signing import generate_repository_keys
 
-    if (work / "stratum" / FQRN / ".cvmfspublished").exists():
+    source = work / "source"
+    builders = {"big": lambda: build_big(source / "big", args.big_files, args.big_mib),
+                "whole": lambda: build_whole(source / "whole", args.whole_mib),
+                "tree": lambda: build_tree(source / "tree", args.entries)}
+    missing = [name for name in builders if not (source / name).exists()]
+    if not missing and (work / "stratum" / FQRN / ".cvmfspublished").exists():
         log(f"reusing the repository in {work}")
         return
     started = time.perf_counter()
-    build_big(work / "source" / "big", args.big_files, args.big_mib)
-    build_tree(work / "source" / "tree", args.entries)
-    log(f"trees built in {time.perf_counter() - started:.1f} s")
-    generate_repository_keys(FQRN, work / "keys")
+    for name in missing:
+        builders[name]()
+    log(f"trees built in {time.perf_counter() - started:.1f} s: {', '.join(missing)}")
+    if not (work / "keys").exists():
+        generate_repository_keys(FQRN, work / "keys")
     result = Publisher(str(work / "stratum" / FQRN), FQRN, str(work / "keys"), PublishOptions()).publish(
         str(work / "source"))
     log(f"published {result.files} files, {result.catalogs_written} catalogs in {result.seconds:.1f} s")
@@ -120,12 +140,12 @@ def drop_caches(level: int) -> None:
 
 
 @contextmanager
-def mounted(url: str, work: Path, cache: Path) -> Iterator[Path]:
+def mounted(url: str, work: Path, cache: Path, *options: str) -> Iterator[Path]:
     """``ucernvm mount`` as a user runs it; unmounted, and its daemon gone, whatever happens."""
     point = work / "mnt"
     point.mkdir(exist_ok=True)
     command = [sys.executable, "-m", "ucernvm", "mount", url, str(point), "--name", FQRN,
-               "--key", str(work / "keys" / f"{FQRN}.pub"), "--cache", str(cache)]
+               "--key", str(work / "keys" / f"{FQRN}.pub"), "--cache", str(cache), *options]
     subprocess.run(command, check=True, cwd=REPO_ROOT, stdout=subprocess.DEVNULL)
     pid = None
     try:
@@ -173,8 +193,8 @@ def find_stat(root: Path) -> int:
     return out.count(b"\n")
 
 
-def object_urls(work: Path, base: str) -> list[str]:
-    """The URLs of every object (chunk) of the big files, in reading order."""
+def object_urls(work: Path, base: str, directory: str) -> list[str]:
+    """The URLs of every object (chunk) of the files in ``directory``, in reading order."""
     from ucernvm.client.repository import Repository
     from ucernvm.client.sources import DirectorySource
     from ucernvm.cvmfs.hashing import ObjectType
@@ -183,9 +203,9 @@ def object_urls(work: Path, base: str) -> list[str]:
     repository = Repository(DirectorySource(work / "stratum" / FQRN), FQRN,
                             load_master_keys(work / "keys" / f"{FQRN}.pub"))
     urls = []
-    for entry in repository.listdir("/big"):  # sorted by name, as `cat` reads them
+    for entry in repository.listdir(f"/{directory}"):  # sorted by name, as `cat` reads them
         kind = ObjectType.PARTIAL if entry.is_chunked else ObjectType.FILE
-        chunks = repository.chunks(f"/big/{entry.name}", entry)
+        chunks = repository.chunks(f"/{directory}/{entry.name}", entry)
         urls += [f"{base}/{chunk.content_hash.object_path(kind)}" for chunk in chunks]
     return urls
 
@@ -235,39 +255,66 @@ def mount_url(server) -> str:  # type: ignore[no-untyped-def]
     return f"{server.url}/cvmfs/{FQRN}"
 
 
-def cold_read(work: Path, server, rows: list[tuple], label: str) -> None:  # type: ignore[no-untyped-def]
-    urls = object_urls(work, mount_url(server))
+def cold_read(work: Path, server, rows: list[tuple], label: str, directory: str = "big",  # type: ignore[no-untyped-def]
+              options: tuple[str, ...] = ()) -> None:
+    urls = object_urls(work, mount_url(server), directory)
     raw_s, raw_cpu, stored = raw_seconds(work, urls)
-    size = sum(path.stat().st_size for path in (work / "source" / "big").iterdir())
-    with mounted(mount_url(server), work, fresh_cache(work)) as point:
-        files = sorted((point / "big").iterdir())
+    size = sum(path.stat().st_size for path in (work / "source" / directory).iterdir())
+    with mounted(mount_url(server), work, fresh_cache(work), *options) as point:
+        files = sorted((point / directory).iterdir())
         cpu = daemon_cpu(point)
         mount_s = timed(lambda: cat(files))
         mount_cpu = daemon_cpu(point) - cpu
+    label += files_label(directory, options)
     log(f"cold read{label}: raw {raw_s:.2f} s ({len(urls)} objects, {stored / MIB:.0f} MiB stored), mount {mount_s:.2f} s")
     rows.append((f"cold read{label}, {size // MIB} MiB ({len(urls)} objects, {stored / MIB:.0f} MiB "
                  f"compressed): MB/s", "raw HTTP", size / raw_s / 1e6, size / mount_s / 1e6, "rate"))
     rows.append((f"cold read{label}: CPU s (raw client; mount daemon)", "raw HTTP", raw_cpu, mount_cpu, "time"))
 
 
-def warm_read(work: Path, server, rows: list[tuple]) -> None:  # type: ignore[no-untyped-def]
-    local_files = sorted((work / "source" / "big").iterdir())
+def warm_read(work: Path, server, rows: list[tuple], directory: str = "big",  # type: ignore[no-untyped-def]
+              options: tuple[str, ...] = ()) -> None:
+    local_files = sorted((work / "source" / directory).iterdir())
     size = sum(path.stat().st_size for path in local_files)
-    with mounted(mount_url(server), work, fresh_cache(work)) as point:
-        files = sorted((point / "big").iterdir())
+    label = files_label(directory, options)
+    with mounted(mount_url(server), work, fresh_cache(work), *options) as point:
+        files = sorted((point / directory).iterdir())
         cat(files)  # fills the object cache and the page cache
         cat(local_files)
         # From memory a pass takes ~50 ms: four passes in one cat, so that the figure is not noise.
         mount_s = timed(lambda: cat(files * PAGE_CACHE_PASSES))
         local_s = timed(lambda: cat(local_files * PAGE_CACHE_PASSES))
-        rows.append((f"warm read, page cache ({PAGE_CACHE_PASSES} passes): MB/s", "local dir",
+        rows.append((f"warm read{label}, page cache ({PAGE_CACHE_PASSES} passes): MB/s", "local dir",
                      PAGE_CACHE_PASSES * size / local_s / 1e6, PAGE_CACHE_PASSES * size / mount_s / 1e6, "rate"))
         drop_caches(1)
         mount_s = timed(lambda: cat(files))
         drop_caches(1)
         local_s = timed(lambda: cat(local_files))
-        rows.append(("warm read, object cache only (page cache dropped): MB/s", "local dir",
+        rows.append((f"warm read{label}, object cache only (page cache dropped): MB/s", "local dir",
                      size / local_s / 1e6, size / mount_s / 1e6, "rate"))
+
+
+def files_label(directory: str, options: tuple[str, ...]) -> str:
+    return (", files stored whole" if directory == "whole" else "") + "".join(f", {option}" for option in options)
+
+
+def open_cost(work: Path, server, rows: list[tuple], options: tuple[str, ...]) -> None:  # type: ignore[no-untyped-def]
+    """An open(2), read and close of a small file in the page cache, in microseconds."""
+    def opens(root: Path) -> float:
+        paths = sorted(root.glob("tree/t00/*/*/f*"))[:OPEN_FILES]
+        for path in paths:  # into the page cache (and the mount's object cache)
+            path.read_bytes()
+        started = time.perf_counter()
+        for _ in range(OPEN_PASSES):
+            for path in paths:
+                with open(path, "rb") as file:
+                    file.read()
+        return (time.perf_counter() - started) / (OPEN_PASSES * len(paths)) * 1e6
+
+    with mounted(mount_url(server), work, fresh_cache(work), *options) as point:
+        mount_us = opens(point)
+    rows.append((f"open + read + close of a small file, page cache{files_label('', options)}: us", "local dir",
+                 opens(work / "source"), mount_us, "time"))
 
 
 def local_walk(work: Path) -> tuple[float, float]:
@@ -312,10 +359,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--big-files", type=int, default=4)
     parser.add_argument("--big-mib", type=int, default=64)
+    parser.add_argument("--whole-mib", type=int, default=240, help=f"MiB of files of {WHOLE_FILE_MIB} MiB, stored whole")
     parser.add_argument("--entries", type=int, default=100_000)
     parser.add_argument("--latency", type=float, default=0.02, help="seconds per request in the second pass")
     parser.add_argument("--work", type=Path, help="keep the trees and the repository here (reused when present)")
-    parser.add_argument("--workloads", default="cold,warm,tree", help="comma-separated: cold, warm, tree")
+    parser.add_argument("--workloads", default="cold,warm,whole,tree", help="comma-separated: cold, warm, whole, tree")
     parser.add_argument("--raw", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.raw:
@@ -341,6 +389,11 @@ def main() -> int:
                     cold_read(work, server, rows, label)
                 if "warm" in workloads and not latency:  # served from the cache: no request is made
                     warm_read(work, server, rows)
+                if "whole" in workloads and not latency:
+                    for options in ((), ("--passthrough",)):
+                        cold_read(work, server, rows, label, "whole", options)
+                        warm_read(work, server, rows, "whole", options)
+                        open_cost(work, server, rows, options)
                 if "tree" in workloads:
                     local = local or local_walk(work)
                     tree_walk(work, server, rows, label, local)
