@@ -93,6 +93,61 @@ def test_context_iso_sets_the_tag(image: BuildResult, repository: BootRepository
     assert result.marker("UCERNVM-OS-SEED") == "#cloud-config"  # cloud-init's NoCloud seed is in the OS
 
 
+# The OS of the first snapshot changes a file of the snapshot, adds a user and a file of its own, and asks
+# for the second snapshot as cernvm-update does; the second snapshot's OS reports what it finds.
+PREPARE_MOVE_HOOK = """
+echo "tool 1, patched" > /usr/bin/tool
+echo "alice:x:1000:1000::/home/alice:/bin/sh" >> /etc/passwd
+mkdir -p /home/alice && echo "alice's notes" > /home/alice/notes
+echo rebase-b > /mnt/.rw/aux/cvmfs_force_tag
+echo "UCERNVM-REBASE-ASKED yes"
+"""
+REPORT_MOVE_HOOK = """
+echo "UCERNVM-REBASE-TOOL $(cat /usr/bin/tool)"
+echo "UCERNVM-REBASE-ASIDE $(cat /mnt/.rw/aux/rebase-*/usr/bin/tool)"
+echo "UCERNVM-REBASE-NOTES $(cat /home/alice/notes)"
+echo "UCERNVM-REBASE-USERS $(cut -d: -f1 /etc/passwd | busybox tr '\\n' ' ')"
+busybox sed 's/^/UCERNVM-REBASE-LOG /' /mnt/.rw/aux/rebase-*.log
+"""
+
+
+@pytest.mark.vm
+def test_a_move_to_another_tag_rebases_the_writable_layer(image: BuildResult, repository: BootRepository,
+                                                          tmp_path: Path, qemu: str) -> None:
+    """After aux/cvmfs_force_tag the next boot moves to that tag and rebases what the OS changed: the new
+    snapshot's version of a file the OS had modified shows (the modified copy is kept aside on the scratch
+    disk), the user's own files and the accounts stay, and the snapshot's new user is added."""
+    tree = repository.os_tree
+    (tree / "usr" / "bin").mkdir(parents=True, exist_ok=True)
+    added = (tree / "usr" / "bin" / "tool", tree / "etc" / "passwd", tree / "test-hook")
+    try:
+        for contents, tag in ((("tool 1\n", "root:x:0:0:root:/root:/bin/sh\n", PREPARE_MOVE_HOOK), "rebase-a"),
+                              (("tool 2\n", "root:x:0:0:root:/root:/bin/sh\nnewsvc:x:999:999::/:/bin/false\n",
+                                REPORT_MOVE_HOOK), "rebase-b")):
+            for path, text in zip(added, contents):
+                path.write_text(text)
+            repository.publish(tag)
+    finally:
+        for path in added:
+            path.unlink(missing_ok=True)
+        repository.publish("without-rebase-files")  # the other tests boot the plain demo OS
+    disk = new_disk(tmp_path / "d.raw")
+    cmdline = repository.cmdline("cvmfs_repository_tag=rebase-a")
+    first = boot(image.output, disk, cmdline, tmp_path / "first.log", ports=repository.ports)
+    assert first.code == 0 and first.marker("UCERNVM-REBASE-ASKED") == "yes", first.serial[-3000:]
+    assert first.report["snapshot"]["tag"] == "rebase-a" and "rebase" not in first.report
+    second = boot(image.output, disk, cmdline, tmp_path / "second.log", ports=repository.ports)
+    assert second.code == 0 and second.marker("UCERNVM-OS-INIT") is not None, second.serial[-3000:]
+    report = second.report
+    assert report["snapshot"]["tag"] == "rebase-b" and report["snapshot"]["pinned"] is False
+    assert report["rebase"] == {"restored": 0, "set_aside": 1, "preserved": 1, "accounts_added": 1}
+    assert second.marker("UCERNVM-REBASE-TOOL") == "tool 2"
+    assert second.marker("UCERNVM-REBASE-ASIDE") == "tool 1, patched"
+    assert second.marker("UCERNVM-REBASE-NOTES") == "alice's notes"
+    assert second.marker("UCERNVM-REBASE-USERS") == "root alice newsvc"
+    assert second.marker("UCERNVM-OS-BOOTS") == "2"  # /var stays the machine's
+
+
 def expect_failure(result, stage: str, cause: str) -> None:
     assert result.code == 0, f"QEMU did not exit by a guest power-off:\n{result.serial[-3000:]}"
     assert f"the boot failed in stage '{stage}'" in result.serial, result.serial[-3000:]

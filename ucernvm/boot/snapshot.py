@@ -2,8 +2,9 @@
 
 As µCernVM: the tag comes from the settings (kernel < context); a snapshot pinned on the scratch disk
 (``aux/cvmfs_snapshot``: root hash, then tag) wins on every later boot, and ``aux/cvmfs_force_tag`` moves
-the machine to another tag once. Unlike the original, a snapshot older than the newest one this disk
-has booted is refused unless forced, and the force file is consumed.
+the machine to another tag once, rebasing the writable layer onto it (rebase.py). Unlike the original,
+a snapshot older than the newest one this disk has booted is refused unless forced, and the force file
+is consumed.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import os
 from pathlib import Path
 
+from ucernvm.boot.rebase import rebase_if_moved
 from ucernvm.boot.state import BootState
 from ucernvm.boot.system import MakeDirs, RemoveFile, WriteFile
 from ucernvm.client.cache import ObjectCache
@@ -97,6 +99,7 @@ def snapshot_stage(state: BootState) -> None:
         )
     state.repository = repository
     label = repository.tag.name if repository.tag else (tag or _tag_of(repository))
+    rebase_if_moved(state, pinned_hash.hex if pinned_hash is not None else None)
     if root_hash is None or forced:
         system.do(MakeDirs(str(scratch / "aux")))
         system.do(WriteFile(str(scratch / PIN_FILE), f"{repository.root_hash}\n{label}\n".encode()))

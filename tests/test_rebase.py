@@ -1,0 +1,151 @@
+"""Rebasing the writable layer onto a new snapshot: a real layer (overlayfs whiteouts and an opaque
+directory) against a real published repository."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from test_publish import open_repo, publish
+from ucernvm.boot.rebase import Rebase, merge_accounts, plan_rebase, secret_lines
+from ucernvm.client.repository import normalize_path
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="overlayfs whiteouts and trusted.* attributes need root")
+
+SNAPSHOT = {  # the new snapshot's OS tree
+    "etc/hostname": b"new-default\n",
+    "etc/passwd": b"root:x:0:0:root:/root:/bin/sh\nnewsvc:x:999:999::/nonexistent:/bin/false\n"
+                  b"clash:x:1000:1000::/home/clash:/bin/sh\n",
+    "etc/group": b"root:x:0:\nadm:x:4:syslog\nnewsvc:x:999:\n",
+    "etc/shadow": b"root:*:19000:0:99999:7:::\nnewsvc:!:19000::::::\nclash:!:19000::::::\n",
+    "etc/gshadow": b"root:*::\nadm:*::syslog\nnewsvc:!::\n",
+    "usr/bin/tool": b"tool 2\n",
+    "usr/share/doc/readme": b"new readme\n",
+    "var/lib/dpkg/status": b"Package: tool\nVersion: 2\n",
+    "root/.profile": b"# new profile\n",
+    "opt/app/config": b"upstream config\n",
+}
+
+
+def whiteout(path: Path) -> None:
+    os.mknod(path, stat.S_IFCHR | 0o000, os.makedev(0, 0))
+
+
+@pytest.fixture
+def snapshot(tmp_path: Path, keys_dir: Path):  # type: ignore[no-untyped-def]
+    source = tmp_path / "snapshot"
+    for name, data in SNAPSHOT.items():
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        (source / name).write_bytes(data)
+    (source / "usr/lib").mkdir(parents=True)
+    (source / "usr/lib/libx.so").symlink_to("libx.so.2")
+    publish(source, tmp_path / "repo", keys_dir)
+    return open_repo(tmp_path / "repo", keys_dir)
+
+
+@pytest.fixture
+def upper(tmp_path: Path) -> Path:
+    """What an OS wrote on top of the snapshot it booted before."""
+    upper = tmp_path / "persistent"
+    files = {
+        "etc/hostname": b"my-machine\n",
+        "etc/passwd": b"root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\n",
+        "etc/group": b"root:x:0:\nadm:x:4:alice\nalice:x:1000:\n",
+        "etc/shadow": b"root:$6$secret:19000:0:99999:7:::\nalice:$6$hers:19000:0:99999:7:::\n",
+        "etc/gshadow": b"root:*::\nadm:*::alice\nalice:!::\n",
+        "usr/bin/tool": b"tool 1, patched by hand\n",
+        "var/lib/dpkg/status": b"Package: tool\nVersion: 1\n",
+        "var/log/boot.log": b"booted\n",
+        "root/.profile": b"# my profile\n",
+        "home/alice/notes": b"my notes\n",
+        "opt/app/config": b"my config\n",
+    }
+    for name, data in files.items():
+        (upper / name).parent.mkdir(parents=True, exist_ok=True)
+        (upper / name).write_bytes(data)
+    (upper / "usr/lib").mkdir()
+    (upper / "usr/lib/libx.so").symlink_to("libx.so.1")
+    (upper / "usr/share/doc").mkdir(parents=True)
+    whiteout(upper / "usr/share/doc/readme")  # the old OS deleted it; the new snapshot has it
+    whiteout(upper / "usr/share/doc/obsolete")  # deleted, and the new snapshot has none: stays
+    os.setxattr(upper / "opt/app", "trusted.overlay.opaque", b"y")
+    (upper / "etc/shadow").chmod(0o640)
+    return upper
+
+
+def lookup_in(repository):  # type: ignore[no-untyped-def]
+    return lambda relative: repository.lookup(normalize_path(relative))
+
+
+def test_the_plan_follows_the_rules(snapshot, upper: Path) -> None:
+    plan = plan_rebase(upper, lookup_in(snapshot))
+    assert plan.restore == ["usr/share/doc/readme"]
+    assert sorted(plan.set_aside) == ["usr/bin/tool", "usr/lib/libx.so", "var/lib/dpkg/status"]
+    assert sorted(plan.preserved) == ["etc/group", "etc/gshadow", "etc/hostname", "etc/passwd", "etc/shadow",
+                                      "root/.profile"]
+    assert plan.kept == ["opt/app: opaque directory (the OS replaced it whole)"]
+
+
+def test_applying_it_moves_aside_restores_and_merges_the_accounts(snapshot, upper: Path, tmp_path: Path) -> None:
+    plan = plan_rebase(upper, lookup_in(snapshot))
+
+    def read_snapshot(relative: str) -> bytes | None:
+        entry = snapshot.lookup(normalize_path(relative))
+        return snapshot.read(normalize_path(relative)) if entry is not None and entry.is_regular else None
+
+    aside, log = tmp_path / "aux/rebase-1", tmp_path / "aux/rebase-1.log"
+    log.parent.mkdir()
+    result = Rebase(str(upper), plan, str(aside), str(log), read_snapshot).apply()
+    assert result == {"restored": 1, "set_aside": 3, "preserved": 6, "accounts_added": 2}
+    # the new snapshot's versions show through; the user's bytes are kept aside, never deleted
+    assert not (upper / "usr/bin/tool").exists() and (aside / "usr/bin/tool").read_bytes() == b"tool 1, patched by hand\n"
+    assert os.readlink(aside / "usr/lib/libx.so") == "libx.so.1" and not (upper / "usr/lib/libx.so").is_symlink()
+    assert (aside / "var/lib/dpkg/status").read_bytes() == b"Package: tool\nVersion: 1\n"
+    assert not os.path.lexists(upper / "usr/share/doc/readme")
+    assert stat.S_ISCHR(os.lstat(upper / "usr/share/doc/obsolete").st_mode)
+    # the machine's own: configuration, state, home, and the directory the OS replaced whole
+    assert (upper / "etc/hostname").read_bytes() == b"my-machine\n"
+    assert (upper / "root/.profile").read_bytes() == b"# my profile\n"
+    assert (upper / "var/log/boot.log").read_bytes() == b"booted\n"
+    assert (upper / "home/alice/notes").read_bytes() == b"my notes\n"
+    assert (upper / "opt/app/config").read_bytes() == b"my config\n"
+    # the new system user and group are there; the one whose uid alice has is not
+    passwd = (upper / "etc/passwd").read_text()
+    assert "alice:x:1000" in passwd and "newsvc:x:999" in passwd and "clash" not in passwd
+    assert (upper / "etc/group").read_text().splitlines() == ["root:x:0:", "adm:x:4:alice,syslog", "alice:x:1000:",
+                                                             "newsvc:x:999:"]
+    shadow = (upper / "etc/shadow").read_text()
+    assert "root:$6$secret" in shadow and "alice:$6$hers" in shadow and "newsvc:!" in shadow and "clash" not in shadow
+    assert stat.S_IMODE((upper / "etc/shadow").stat().st_mode) == 0o640
+    assert "newsvc:!::" in (upper / "etc/gshadow").read_text()
+    text = log.read_text()
+    for line in ("restore usr/share/doc/readme", "rebase usr/bin/tool", "preserve etc/hostname",
+                 "keep opt/app: opaque directory", "account etc/passwd: added newsvc",
+                 "account etc/passwd: left out clash: ID 1000 is taken on this machine"):
+        assert line in text
+
+
+def test_a_second_rebase_of_the_same_layer_changes_nothing_more(snapshot, upper: Path, tmp_path: Path) -> None:
+    """A boot cut short rebases again: what is done is not found again, the accounts are not added twice."""
+    def read_snapshot(relative: str) -> bytes | None:
+        return SNAPSHOT.get(relative)
+
+    for round in (1, 2):
+        plan = plan_rebase(upper, lookup_in(snapshot))
+        (tmp_path / "aux").mkdir(exist_ok=True)
+        result = Rebase(str(upper), plan, str(tmp_path / f"aux/r{round}"), str(tmp_path / f"aux/r{round}.log"),
+                        read_snapshot).apply()
+    assert result == {"restored": 0, "set_aside": 0, "preserved": 6, "accounts_added": 0}
+    assert (upper / "etc/passwd").read_text().count("newsvc") == 1
+    assert (upper / "etc/group").read_text().count("syslog") == 1
+
+
+def test_account_merging_keeps_lines_it_does_not_understand() -> None:
+    merged, added, skipped = merge_accounts(b"root:x:0:0::/root:/bin/sh\n+@netgroup\n# comment\n",
+                                            b"root:x:0:0::/root:/bin/sh\nbin:x:2:2::/bin:/bin/false\n", members=False)
+    assert merged == b"root:x:0:0::/root:/bin/sh\n+@netgroup\n# comment\nbin:x:2:2::/bin:/bin/false\n"
+    assert added == ["bin"] and skipped == []
+    assert secret_lines(b"root:*:1::::::", b"root:*:1::::::\nbin:*:1::::::\n", ["bin"]) == b"root:*:1::::::\nbin:*:1::::::\n"

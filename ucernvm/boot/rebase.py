@@ -1,0 +1,243 @@
+"""Rebase: the writable layer of a machine that moves to another snapshot (µCernVM's 15rebase).
+
+``persistent/`` holds what the OS changed on top of the snapshot it booted. After a move to another
+snapshot (``aux/cvmfs_force_tag``) those changes would hide the new snapshot's versions of the same
+files, so before the root is assembled each entry of the layer that the new snapshot also has is
+settled, with µCernVM's rules:
+
+- a whiteout (a file the OS deleted) of a path the new snapshot has is removed: the new file shows;
+- a file or symlink under /etc, /var or /root is the machine's configuration and state: it stays,
+  except the package databases (/var/lib/rpm, /var/lib/dpkg), which must describe the new snapshot;
+- any other file or symlink the snapshot also has goes, so that the new version shows. Where µCernVM
+  deletes it, it is moved to ``aux/rebase-<time>/`` on the scratch disk: a rebase never destroys a
+  user's bytes.
+
+Entries only the layer has (a user's files) are never touched, nor anything below an opaque directory
+(the OS replaced the whole directory: none of the snapshot's entries show there). The accounts
+(passwd, group, shadow, gshadow) the layer keeps under /etc get the snapshot's new users and groups,
+so that the new OS's services find theirs; an entry whose name or ID the machine already uses is
+left out. Every decision is a line of ``aux/rebase-<time>.log``.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
+
+from ucernvm.client.repository import normalize_path
+from ucernvm.cvmfs.catalog import DirectoryEntry
+
+if TYPE_CHECKING:
+    from ucernvm.boot.state import BootState
+
+PRESERVED = ("etc", "var", "root")  # µCernVM's: the machine's configuration and state
+FOLLOW_SNAPSHOT = ("var/lib/rpm", "var/lib/dpkg")  # package databases describe the files of the snapshot
+OPAQUE_XATTR = "trusted.overlay.opaque"
+# (accounts, the file of their secret lines, whether a line lists members) for users and groups
+ACCOUNT_FILES = (("etc/passwd", "etc/shadow", False), ("etc/group", "etc/gshadow", True))
+ID_FIELD = 2  # uid in passwd, gid in group
+
+Lookup = Callable[[str], "DirectoryEntry | None"]  # a path below the OS directory -> its snapshot entry
+
+
+def rebase_if_moved(state: BootState, previous_root_hash: str | None) -> None:
+    """Rebase ``persistent/`` when this boot's snapshot is not the one the layer was made on (a move with
+    aux/cvmfs_force_tag, or a lost pin). Runs before the new pin is written: a boot cut short in the
+    middle rebases again (each step is a single rename or unlink, and done steps are not found again)."""
+    repository, os_path = state.repository, state.config.os_path
+    upper = state.scratch / "persistent"
+    if previous_root_hash == repository.root_hash.hex or not upper.is_dir() or not any(upper.iterdir()):
+        return
+
+    def lookup(relative: str) -> DirectoryEntry | None:
+        return repository.lookup(normalize_path(f"{os_path}/{relative}"))
+
+    def read_snapshot(relative: str) -> bytes | None:
+        entry = lookup(relative)
+        return repository.read(normalize_path(f"{os_path}/{relative}")) if entry is not None and entry.is_regular else None
+
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    aux = state.scratch / "aux"
+    plan = plan_rebase(upper, lookup)
+    result = state.system.do(Rebase(str(upper), plan, str(aux / f"rebase-{stamp}"), str(aux / f"rebase-{stamp}.log"),
+                                    read_snapshot))
+    state.facts["rebase"] = result or {"planned": True}
+    state.log.info(f"rebased the writable layer onto the new snapshot: {len(plan.restore)} whiteouts removed, "
+                   f"{len(plan.set_aside)} files moved to aux/rebase-{stamp}/, {len(plan.preserved)} kept")
+
+
+class RebasePlan(NamedTuple):
+    restore: list[str]  # whiteouts to remove (relative paths in the layer)
+    set_aside: list[str]  # files and symlinks to move out of the layer
+    preserved: list[str]  # kept on purpose
+    kept: list[str]  # left alone, with why: "path: reason"
+
+    @property
+    def empty(self) -> bool:
+        return not (self.restore or self.set_aside)
+
+
+def plan_rebase(upper: Path, lookup: Lookup) -> RebasePlan:
+    """What rebasing ``upper`` onto the snapshot that ``lookup`` describes would do (nothing is changed)."""
+    plan = RebasePlan([], [], [], [])
+    _plan_directory(upper, "", lookup, plan)
+    return plan
+
+
+def _plan_directory(upper: Path, relative: str, lookup: Lookup, plan: RebasePlan) -> None:
+    try:
+        names = sorted(os.listdir(upper / relative if relative else upper))
+    except OSError as error:
+        plan.kept.append(f"{relative or '/'}: cannot be listed ({error.strerror})")
+        return
+    for name in names:
+        path = f"{relative}/{name}" if relative else name
+        st = os.lstat(upper / path)
+        entry = lookup(path)
+        if entry is None:
+            continue  # only the layer has it: the machine's own
+        if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+            plan.restore.append(path)
+        elif stat.S_ISDIR(st.st_mode):
+            if _opaque(upper / path):
+                plan.kept.append(f"{path}: opaque directory (the OS replaced it whole)")
+            elif entry.is_directory:
+                _plan_directory(upper, path, lookup, plan)
+            else:
+                plan.kept.append(f"{path}: a directory here, not in the snapshot")
+        elif stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
+            if entry.is_directory:
+                plan.kept.append(f"{path}: a directory in the snapshot")
+            elif _preserved(path):
+                plan.preserved.append(path)
+            else:
+                plan.set_aside.append(path)
+
+
+def _preserved(path: str) -> bool:
+    def under(prefix: str) -> bool:
+        return path == prefix or path.startswith(prefix + "/")
+
+    return any(under(prefix) for prefix in PRESERVED) and not any(under(prefix) for prefix in FOLLOW_SNAPSHOT)
+
+
+def _opaque(directory: Path) -> bool:
+    try:
+        return os.getxattr(directory, OPAQUE_XATTR, follow_symlinks=False) == b"y"
+    except OSError:
+        return False
+
+
+def merge_accounts(ours: bytes, theirs: bytes, members: bool) -> tuple[bytes, list[str], list[str]]:
+    """``ours`` (passwd or group lines) with the entries of ``theirs`` whose name and ID are both new, and,
+    for groups (``members``) present in both, the members ``theirs`` adds. Returns the text, the names
+    added, and what was left out, with why."""
+    lines = ours.decode("utf-8", "surrogateescape").splitlines()
+    names = {line.split(":", 1)[0]: index for index, line in enumerate(lines) if ":" in line}
+    ids = {fields[ID_FIELD] for fields in (line.split(":") for line in lines) if len(fields) > ID_FIELD}
+    added, skipped = [], []
+    for line in theirs.decode("utf-8", "surrogateescape").splitlines():
+        fields = line.split(":")
+        if len(fields) <= ID_FIELD or not fields[0] or line.startswith("#"):
+            continue
+        name = fields[0]
+        if name in names:
+            if members and len(fields) == 4:
+                lines[names[name]] = _with_members(lines[names[name]], fields[3])
+            continue
+        if fields[ID_FIELD] in ids:
+            skipped.append(f"{name}: ID {fields[ID_FIELD]} is taken on this machine")
+            continue
+        lines.append(line)
+        names[name] = len(lines) - 1
+        ids.add(fields[ID_FIELD])
+        added.append(name)
+    return ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape"), added, skipped
+
+
+def _with_members(line: str, members: str) -> str:
+    fields = line.split(":")
+    if len(fields) != 4:
+        return line
+    current = [member for member in fields[3].split(",") if member]
+    new = [member for member in members.split(",") if member and member not in current]
+    fields[3] = ",".join(current + new)
+    return ":".join(fields)
+
+
+def secret_lines(ours: bytes, theirs: bytes, names: list[str]) -> bytes:
+    """``ours`` (shadow or gshadow) with the lines ``theirs`` has for the ``names`` just added."""
+    present = {line.split(b":", 1)[0] for line in ours.splitlines()}
+    wanted = {os.fsencode(name) for name in names} - present
+    extra = [line for line in theirs.splitlines() if line.split(b":", 1)[0] in wanted]
+    if not extra:
+        return ours
+    return ours + (b"" if not ours or ours.endswith(b"\n") else b"\n") + b"\n".join(extra) + b"\n"
+
+
+class Rebase(NamedTuple):
+    """Apply a plan to the layer ``upper``; set-aside files go below ``aside``, the decisions to ``log``.
+
+    ``read_snapshot`` gives the new snapshot's bytes of an account file (None when it has none)."""
+
+    upper: str
+    plan: RebasePlan
+    aside: str
+    log: str
+    read_snapshot: Callable[[str], bytes | None]
+
+    def describe(self) -> str:
+        return (f"rebase {self.upper} onto the new snapshot: {len(self.plan.restore)} whiteouts removed, "
+                f"{len(self.plan.set_aside)} files moved to {self.aside}, {len(self.plan.preserved)} kept under "
+                f"/etc, /var, /root; accounts merged (log: {self.log})")
+
+    def apply(self) -> dict[str, int]:
+        upper, lines = Path(self.upper), [f"rebase of {Path(self.upper).name}/ onto a new snapshot"]
+        for path in self.plan.restore:
+            os.unlink(upper / path)
+            lines.append(f"restore {path}")
+        for path in self.plan.set_aside:
+            target = Path(self.aside) / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(upper / path, target)
+            lines.append(f"rebase {path} (moved to {Path(self.aside).name}/{path})")
+        lines += [f"preserve {path}" for path in self.plan.preserved]
+        lines += [f"keep {reason}" for reason in self.plan.kept]
+        added = self._merge_accounts(upper, lines)
+        with open(self.log, "w", encoding="utf-8", errors="surrogateescape") as log:
+            log.write("\n".join(lines) + "\n")
+        return {"restored": len(self.plan.restore), "set_aside": len(self.plan.set_aside),
+                "preserved": len(self.plan.preserved), "accounts_added": added}
+
+    def _merge_accounts(self, upper: Path, lines: list[str]) -> int:
+        added_in_all = 0
+        for accounts, secrets, members in ACCOUNT_FILES:
+            ours, theirs = upper / accounts, self.read_snapshot(accounts)
+            if not ours.is_file() or theirs is None:
+                continue  # the layer does not hide the snapshot's file
+            merged, added, skipped = merge_accounts(ours.read_bytes(), theirs, members)
+            _replace(ours, merged)
+            lines += [f"account {accounts}: added {name}" for name in added]
+            lines += [f"account {accounts}: left out {reason}" for reason in skipped]
+            their_secrets = self.read_snapshot(secrets)
+            if added and (upper / secrets).is_file() and their_secrets is not None:
+                _replace(upper / secrets, secret_lines((upper / secrets).read_bytes(), their_secrets, added))
+            added_in_all += len(added)
+        return added_in_all
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """Write ``data`` over ``path`` at once, keeping its mode and owner (shadow files are secret)."""
+    st = path.stat()
+    temporary = path.with_name(f".{path.name}.rebase-{os.getpid()}")
+    with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as handle:
+        handle.write(data)
+        os.fchown(handle.fileno(), st.st_uid, st.st_gid)
+        os.fchmod(handle.fileno(), stat.S_IMODE(st.st_mode))
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
