@@ -85,10 +85,11 @@ class BootResult:
 
 def boot(image: Path, disk: Path, cmdline: str, log: Path, *, ports: Sequence[int], timeout: float = 300,
          context: Path | None = None, accel: str = "auto", memory: int = 1024,
-         machine: str = LaunchOptions.machine) -> BootResult:
+         machine: str = LaunchOptions.machine, clock_base: str | None = None) -> BootResult:
     """Boot isolated: the guest reaches the host's 127.0.0.1:PORT at 10.0.2.2:PORT for *ports*, and nothing else."""
     options = LaunchOptions(image=image, disks=(disk,), context=context, cmdline=cmdline, memory=memory,
-                            machine=machine, serial_log=log, accel=accel, isolated=True, guest_forwards=loopback_forwards(*ports))
+                            machine=machine, serial_log=log, accel=accel, isolated=True, guest_forwards=loopback_forwards(*ports),
+                            clock_base=clock_base)
     with Vm(options) as vm:
         code = vm.wait(timeout=timeout)
     return BootResult(vm, code, vm.serial)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -146,6 +147,22 @@ def test_a_move_to_another_tag_rebases_the_writable_layer(image: BuildResult, re
     assert second.marker("UCERNVM-REBASE-NOTES") == "alice's notes"
     assert second.marker("UCERNVM-REBASE-USERS") == "root alice newsvc"
     assert second.marker("UCERNVM-OS-BOOTS") == "2"  # /var stays the machine's
+
+
+@pytest.mark.vm
+def test_a_clock_a_day_behind_is_set_forward_by_the_servers_date(image: BuildResult, repository: BootRepository,
+                                                                  tmp_path: Path, qemu: str) -> None:
+    """The VM powers on a day in the past and no NTP server answers (the isolated guest reaches none): the
+    first server's Date sets the clock forward before the snapshot is verified, and the OS runs in the present."""
+    behind = time.gmtime(time.time() - 86400)
+    cmdline = repository.cmdline("ucernvm.ntp=10.0.2.2:123 ucernvm.ntp_timeout=0.5")  # the last ntp= counts
+    result = boot(image.output, new_disk(tmp_path / "d.raw"), cmdline, tmp_path / "clock.log", ports=repository.ports,
+                  clock_base=time.strftime("%Y-%m-%dT%H:%M:%S", behind))
+    assert result.code == 0, result.serial[-3000:]
+    clock = result.report["clock"]
+    assert clock["set"] is True and abs(clock["offset"] - 86400) < 120, clock
+    assert clock["date_of"].startswith(repository.url())
+    assert abs(int(result.marker("UCERNVM-OS-DATE") or 0) - time.time()) < 300  # SetClock was applied
 
 
 def expect_failure(result, stage: str, cause: str) -> None:

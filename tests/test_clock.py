@@ -5,6 +5,7 @@ off is a process under libfaketime's LD_PRELOAD."""
 
 from __future__ import annotations
 
+import email.utils
 import io
 import json
 import socket
@@ -19,12 +20,16 @@ import pytest
 
 from helpers import PROJECT
 from ntp import chronyd, free_udp_port
-from ucernvm.boot.clock import clock_stage, parse_servers
+from test_publish import FQRN, publish
+from ucernvm.boot.clock import clock_stage, date_offset, parse_servers
+from ucernvm.boot.servers import servers_stage
 from ucernvm.boot.log import BootLog
 from ucernvm.boot.state import BootState
 from ucernvm.boot.system import DryRunSystem
+from ucernvm.client.fetcher import ServerDate
 from ucernvm.config import build_config
 from ucernvm.errors import ConfigError
+from ucernvm.server import StratumServer
 
 FAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
 
@@ -70,7 +75,7 @@ def test_the_first_synchronised_answer_counts(ntp_server: int, unsynchronised_nt
 def test_an_unsynchronised_server_is_not_believed(unsynchronised_ntp_server: int) -> None:
     state = boot(f"127.0.0.1:{unsynchronised_ntp_server}")
     assert not state.system.actions
-    assert "not synchronised" in state.warnings[0] and "the clock stays at" in state.warnings[0]
+    assert "not synchronised" in state.warnings[0] and "the clock reads" in state.warnings[0]
 
 
 def test_garbage_a_dead_port_and_silence_leave_the_clock_with_a_warning() -> None:
@@ -123,3 +128,75 @@ def test_a_clock_three_hours_behind_is_set_forward(ntp_server: int) -> None:
     assert seen["now"] < time.time() - 3 * 3600 + 60  # the process did live three hours back
     assert abs(seen["facts"]["offset"] - 3 * 3600) < 5 and seen["facts"]["set"] is True
     assert seen["actions"] == [f"set the clock forward by {seen['facts']['offset']:.1f} s (NTP server 127.0.0.1:{ntp_server})"]
+
+
+# --- without NTP: a server's Date ------------------------------------------------------------------
+
+
+def test_a_date_and_its_age_give_the_servers_clock() -> None:
+    now = time.monotonic()
+    in_time = ServerDate("http://s", email.utils.formatdate(time.time(), usegmt=True), "", now)
+    assert abs(date_offset(in_time, now)) < 1.5
+    three_hours_on = ServerDate("http://s", email.utils.formatdate(time.time() + 3 * 3600, usegmt=True), "", now - 2)
+    assert abs(date_offset(three_hours_on, now) - (3 * 3600 + 2)) < 1.5  # and 2 s since it came
+    kept_by_a_proxy = ServerDate("http://s", email.utils.formatdate(time.time() - 600, usegmt=True), "600", now)
+    assert abs(date_offset(kept_by_a_proxy, now)) < 1.5
+    assert date_offset(ServerDate("http://s", "yesterday", "", now), now) is None
+
+
+@pytest.fixture
+def stratum(tmp_path: Path, keys_dir: Path) -> Iterator[str]:
+    tree = tmp_path / "tree"
+    (tree / "etc").mkdir(parents=True)
+    (tree / "etc" / "hostname").write_text("cernvm\n")
+    publish(tree, tmp_path / "stratum" / FQRN, keys_dir)
+    with StratumServer(tmp_path / "stratum") as server:
+        yield f"{server.url}/cvmfs/@fqrn@"
+
+
+def boot_offset(skew: str, ntp_port: int, server_url: str) -> dict:
+    """The clock and servers stages in a process whose clock is ``skew`` off (libfaketime), NTP dead."""
+    script = (
+        "import io, json\n"
+        "from ucernvm.boot.clock import clock_stage\n"
+        "from ucernvm.boot.servers import servers_stage\n"
+        "from ucernvm.boot.log import BootLog\n"
+        "from ucernvm.boot.state import BootState\n"
+        "from ucernvm.boot.system import DryRunSystem\n"
+        "from ucernvm.config import build_config\n"
+        f"config, _ = build_config({{'ntp': '127.0.0.1:{ntp_port}', 'ntp_timeout': '0.5', 'repository': '{FQRN}',\n"
+        f"                           'server_url': '{server_url}', 'proxy': 'DIRECT'}})\n"
+        "state = BootState(DryRunSystem(), BootLog(io.StringIO()), config=config)\n"
+        "clock_stage(state)\n"
+        "servers_stage(state)\n"
+        "print(json.dumps({'facts': state.facts['clock'], 'actions': state.system.actions, 'warnings': state.warnings}))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=PROJECT, timeout=60,
+                            env={"LD_PRELOAD": FAKETIME, "FAKETIME": skew, "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.mark.skipif(not Path(FAKETIME).exists(), reason="libfaketime is not installed (apt-get install faketime)")
+def test_without_ntp_a_clock_behind_the_servers_date_is_set_forward(stratum: str) -> None:
+    seen = boot_offset("-3h", free_udp_port(), stratum)
+    facts = seen["facts"]
+    assert abs(facts["offset"] - 3 * 3600) < 5 and facts["set"] is True
+    assert facts["date_of"].startswith(stratum.replace("@fqrn@", FQRN))
+    assert seen["actions"] == [f"set the clock forward by {facts['offset']:.1f} s (the Date of {facts['date_of']})"]
+
+
+@pytest.mark.skipif(not Path(FAKETIME).exists(), reason="libfaketime is not installed (apt-get install faketime)")
+def test_without_ntp_a_clock_ahead_of_the_servers_date_is_not_set_back(stratum: str) -> None:
+    """A Date is not signed: believed, a clock set back would make an expired whitelist valid again."""
+    seen = boot_offset("+3h", free_udp_port(), stratum)
+    assert seen["actions"] == [] and seen["facts"]["set"] is False and abs(seen["facts"]["offset"] + 3 * 3600) < 5
+    assert any("ahead of the Date" in warning and "not set back" in warning for warning in seen["warnings"])
+
+
+def test_with_ntp_in_time_no_date_is_asked(ntp_server: int, stratum: str) -> None:
+    config, _ = build_config({"ntp": f"127.0.0.1:{ntp_server}", "repository": FQRN, "server_url": stratum, "proxy": "DIRECT"})
+    state = BootState(DryRunSystem(), BootLog(io.StringIO()), config=config)
+    clock_stage(state)
+    servers_stage(state)
+    assert "date_of" not in state.facts["clock"] and state.source.counters.requests == 0

@@ -8,6 +8,11 @@ synchronised server sets the clock if it is more than a second off. Best effort,
 no answer within ``ucernvm.ntp_timeout`` leaves the clock as it is, with a warning. ntplib codes the
 SNTP exchange; each server is asked in a thread, because resolving its name has no timeout of its own
 and a site that blocks DNS or NTP must not hold up the boot for longer than the stage's.
+
+Where no NTP server answered, the servers stage asks the first Stratum 1 for its manifest and reads the
+response's Date (and Age, when a proxy kept it), as htpdate does: a clock more than a minute behind it
+is moved forward. Never back: a Date is not signed, and a clock set back would make an expired
+whitelist look valid again (set forward, the worst is a valid one that looks expired: a failed boot).
 """
 
 from __future__ import annotations
@@ -20,18 +25,23 @@ from typing import NamedTuple
 from ucernvm.boot.state import BootState
 from ucernvm.errors import ConfigError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ucernvm.client.fetcher import ServerDate
+
 TOLERANCE = 1.0  # seconds of offset left alone
+DATE_TOLERANCE = 60.0  # a Date has whole seconds and crossed a network, maybe a proxy
 NTP_PORT = 123
 _OFF = {"", "off", "none", "no", "0"}
 
 
 class SetClock(NamedTuple):
     offset: float  # seconds to add to the clock
-    server: str
+    source: str  # whose time: "NTP server HOST", "the Date of URL"
 
     def describe(self) -> str:
         direction = "forward" if self.offset > 0 else "back"
-        return f"set the clock {direction} by {abs(self.offset):.1f} s (NTP server {self.server})"
+        return f"set the clock {direction} by {abs(self.offset):.1f} s ({self.source})"
 
     def apply(self) -> None:
         time.clock_settime(time.CLOCK_REALTIME, time.time() + self.offset)
@@ -108,16 +118,54 @@ def clock_stage(state: BootState) -> None:
         silent = len(servers) - len(failed)
         state.warn(f"clock: no NTP server answered within {state.config.ntp_timeout:g} s"
                    + "".join(f"; {a.server}: {a.problem}" for a in failed)
-                   + (f"; {silent} silent" if silent else "") + f"; the clock stays at {_utc(time.time())}")
+                   + (f"; {silent} silent" if silent else "") + f"; the clock reads {_utc(time.time())}")
         return
     assert answer.offset is not None
     facts.update(server=answer.server, offset=round(answer.offset, 3), set=abs(answer.offset) > TOLERANCE)
     if facts["set"]:
         corrected = time.time() + answer.offset
-        state.system.do(SetClock(answer.offset, answer.server))
+        state.system.do(SetClock(answer.offset, f"NTP server {answer.server}"))
         state.log.info(f"clock: was {answer.offset:+.1f} s off, now {_utc(corrected)}")
     else:
         state.log.info(f"clock: {answer.offset:+.3f} s from {answer.server}")
+
+
+def date_offset(date: ServerDate, now: float) -> float | None:
+    """Seconds to add to this machine's clock to match the server's: its Date, plus the Age a proxy gave,
+    plus the time since the response came (``now`` and ``date.received`` are monotonic); None if unreadable."""
+    from datetime import timezone
+    from email.utils import parsedate_to_datetime  # only when NTP gave nothing
+
+    try:
+        sent = parsedate_to_datetime(date.date)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if sent.tzinfo is None:  # "-0000": UTC without saying so
+        sent = sent.replace(tzinfo=timezone.utc)
+    age = int(date.age) if date.age.strip().isdigit() else 0
+    return sent.timestamp() + age + (now - date.received) - time.time()
+
+
+def set_clock_from_date(state: BootState, date: ServerDate | None) -> None:
+    """After NTP gave no answer: move the clock forward to a server's Date when more than a minute behind."""
+    facts = state.facts.setdefault("clock", {})
+    offset = None if date is None else date_offset(date, time.monotonic())
+    if date is None or offset is None:
+        state.warn("clock: no server sent a usable Date either; the clock stays as it is")
+        return
+    facts.update(date_of=date.url, offset=round(offset, 1), set=offset > DATE_TOLERANCE)
+    if offset > DATE_TOLERANCE:
+        corrected = time.time() + offset
+        state.system.do(SetClock(offset, f"the Date of {date.url}"))
+        state.log.info(f"clock: {offset:.0f} s behind the Date of {date.url}; now {_utc(corrected)}")
+    elif offset < -DATE_TOLERANCE:
+        state.warn(f"clock: {-offset:.0f} s ahead of the Date of {date.url}; not set back on an unsigned header "
+                   "(set ucernvm.ntp= to a reachable NTP server)")
+
+
+def ntp_gave_no_answer(state: BootState) -> bool:
+    clock = state.facts.get("clock")
+    return clock is not None and "server" not in clock
 
 
 def _utc(seconds: float) -> str:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import time
 
+from ucernvm.boot.clock import ntp_gave_no_answer, set_clock_from_date
 from ucernvm.boot.state import BootState
 from ucernvm.client.client_config import FetcherConfig
-from ucernvm.client.fetcher import HttpSource
+from ucernvm.client.fetcher import HttpSource, ServerDate
 from ucernvm.config import server_urls, validate
 from ucernvm.cvmfs import manifest
 from ucernvm.errors import FetchError
@@ -43,11 +44,23 @@ def servers_stage(state: BootState) -> None:
     source = HttpSource.from_config(fetcher_config(config), config.repository)
     if config.wait_on_squid:
         wait_for_proxy(state, source, config.wait_on_squid)
+    if ntp_gave_no_answer(state):
+        set_clock_from_date(state, server_date(source))
     state.source = source
     groups = [" | ".join(group) for group in source.proxy_groups]
     state.facts["servers"] = {"order": source.hosts, "proxy_groups": source.proxy_groups}
     state.log.info(f"servers: {', '.join(source.hosts)}")
     state.log.info(f"proxies: {'; '.join(groups)}")
+
+
+def server_date(source: HttpSource) -> ServerDate | None:
+    """The Date of the first server's fresh manifest (of its last response, if one came already)."""
+    if source.last_date is None:
+        try:
+            source.fetch_named(manifest.FILE_NAME)
+        except FetchError:
+            return None  # the snapshot stage reports the servers' state
+    return source.last_date
 
 
 def wait_for_proxy(state: BootState, source: HttpSource, seconds: float) -> None:

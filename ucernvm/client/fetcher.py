@@ -43,6 +43,15 @@ GEO_MAX_ATTEMPTS = 3  # cvmfs asks at most three random servers for the geo orde
 PROXY_SEPARATOR = "+PXYSEP+"
 
 
+class ServerDate(NamedTuple):
+    """A server's clock as a response told it: its Date and Age headers, and when (``clock()``) it came."""
+
+    url: str
+    date: str
+    age: str
+    received: float
+
+
 def validate_geo_reply(reply: str, expected: int) -> list[int] | None:
     """The 0-based order in a geo API reply such as ``"2,1,3\\n"``, or None if it is not a
     permutation of 1..expected (cvmfs's ``ValidateGeoReply``, character rules included)."""
@@ -160,6 +169,7 @@ class HttpSource:
         self.fqrn = fqrn
         self.description = ";".join(urls)
         self.uuid = str(uuid.uuid4())  # the geo API's cache key when there is no proxy, as cvmfs's UUID
+        self._clock = clock
         self._hosts = HostChain(urls, config.host_reset_after, clock)
         self._transfer = Transfer(config.low_speed_limit, config.follow_redirects, clock)
         proxies = resolve_proxy_description(config.http_proxy, config.pac_urls, urls, self._fetch_pac)
@@ -170,6 +180,7 @@ class HttpSource:
                                    config.proxy_reset_after, clock=clock)
         self._lock = threading.Lock()
         self._requests = self._bytes = self._retries = self._nocache_retries = 0
+        self.last_date: ServerDate | None = None  # of the last successful response that had one
 
     @classmethod
     def from_config(cls, config: FetcherConfig, fqrn: str) -> HttpSource:
@@ -240,6 +251,8 @@ class HttpSource:
                 self._requests += 1
                 self._bytes += attempt.received
             if attempt.failure is None:
+                if attempt.date:
+                    self.last_date = ServerDate(attempt.url, attempt.date, attempt.age, self._clock())
                 return attempt.data
             job.failures.append(attempt)
             same_url = self._same_url_retry(job, attempt.failure)

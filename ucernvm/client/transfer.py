@@ -88,6 +88,8 @@ class Attempt(NamedTuple):
     detail: str = ""
     data: bytes = b""
     received: int = 0  # bytes of body that came in, also on failure
+    date: str = ""  # the response's Date and Age headers (a server's clock: see boot/clock.py)
+    age: str = ""
 
 
 def classify_status(status: int, headers: Mapping[str, str], proxy: str) -> Failure:
@@ -214,7 +216,8 @@ class Transfer:
         response.release_conn()
         if hasher is not None and hasher.digest() != expected.digest:  # type: ignore[union-attr]
             return Attempt(url, proxy, Failure.BAD_DATA, "content hash mismatch", received=received)
-        return Attempt(url, proxy, None, data=b"".join(parts), received=received)
+        return Attempt(url, proxy, None, data=b"".join(parts), received=received,
+                       date=response.headers.get("Date", ""), age=response.headers.get("Age", ""))
 
 
 def _from_urllib3(error: BaseException) -> bool:

@@ -23,7 +23,7 @@ _REPORT_RE = re.compile(r"UCERNVM-REPORT-BEGIN\s*\n(.*?)\n\s*UCERNVM-REPORT-END"
 APPLETS = (
     "sh", "mount", "umount", "cat", "echo", "ls", "mkdir", "cut", "grep", "wc", "uname", "sync", "sleep",
     "poweroff", "reboot", "pivot_root", "chroot", "insmod", "modprobe", "lsmod", "df", "head", "tail", "stat",
-    "dmesg",
+    "dmesg", "date",
 )  # fmt: skip
 
 INIT = r"""#!/bin/sh
@@ -31,6 +31,7 @@ INIT = r"""#!/bin/sh
 export PATH=/bin:/sbin
 mount -t proc proc /proc 2>/dev/null
 echo "UCERNVM-OS-INIT $(cut -d' ' -f1 /proc/uptime)"
+echo "UCERNVM-OS-DATE $(date -u +%s)"
 echo "booted $(cut -d' ' -f1 /proc/uptime)" >> /var/boot-history
 echo "UCERNVM-OS-BOOTS $(wc -l < /var/boot-history)"
 echo "UCERNVM-OS-ROOT $(grep ' / ' /proc/mounts | head -n 1)"

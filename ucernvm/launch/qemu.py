@@ -60,6 +60,7 @@ class LaunchOptions:
     guest_forwards: tuple[str, ...] = ()  # "GUEST_IP:PORT=HOST_IP:PORT"
     serial_log: Path | None = None
     interactive: bool = False  # hand our stdin to the guest console
+    clock_base: str | None = None  # the guest's clock at power-on, UTC "YYYY-MM-DDTHH:MM:SS" (default: now)
 
 
 # QEMU's default CPU model without RDRAND leaves a kernel that trusts the CPU's generator (Debian's does)
@@ -89,6 +90,8 @@ def qemu_command(options: LaunchOptions, accel: str) -> list[str]:
         "-device", "virtio-net-pci,netdev=net0",
         "-device", "virtio-rng-pci",
     ]
+    if options.clock_base:
+        argv += ["-rtc", f"base={options.clock_base}"]
     for number, disk in enumerate(options.disks):
         if not disk.is_file():
             raise ConfigError(f"disk {disk} does not exist", hint="pass --disk-size to create it")
