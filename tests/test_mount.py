@@ -150,6 +150,13 @@ def test_tight_cache_quota_still_reads_every_file(published, mounts, keys_dir, t
         subprocess.run(["sh", "-c", "echo 3 > /proc/sys/vm/drop_caches"], check=False)
     cached = sum(path.stat().st_size for path in cache.glob("??/*"))
     assert cached < 20_000_000, cached
+    # What the next mount needs with every server gone (catalogs, the certificate) outlived the evictions.
+    url = f"{server.url}/cvmfs/{FQRN}"
+    run_cli("umount", point, check=True)
+    server.stop()
+    again, result = mounts.mount(url, keys_dir, cache)
+    assert b"offline" in result.stderr
+    assert _listing(again) == _listing(source)
 
 
 def test_many_parallel_readers(published, mounts, keys_dir, tmp_path) -> None:

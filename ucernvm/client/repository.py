@@ -67,7 +67,7 @@ class Repository:
         signed = _parse(SignedManifest.parse, manifest_data, "manifest")
         if signed.manifest.certificate is None:
             raise VerificationError("the manifest names no certificate (X line)")
-        certificate = load_certificate(self.fetch(signed.manifest.certificate, ObjectType.CERTIFICATE))
+        certificate = load_certificate(self._fetch_kept(signed.manifest.certificate, ObjectType.CERTIFICATE))
         whitelist.check_certificate(certificate)
         signed.verify(certificate, fqrn)
         self._check_not_older(signed.manifest)
@@ -159,6 +159,14 @@ class Repository:
         with os.fdopen(fd, "rb") as handle:
             return handle.read()
 
+    def _fetch_kept(self, content_hash: ContentHash, object_type: ObjectType) -> bytes:
+        """An object every mount of this revision needs (the certificate, the history): pinned for the
+        repository's life, as its loaded catalogs are, so that the quota never evicts what a mount with
+        every server down needs next time."""
+        if self.cache is not None:
+            self.cache.pin(content_hash)
+        return self.fetch(content_hash, object_type)
+
     def open_chunk(self, entry: DirectoryEntry, chunk: Chunk) -> int:
         """A descriptor on the cached, verified bytes of one of a file's chunks (needs a cache)."""
         if self.cache is None:
@@ -172,7 +180,7 @@ class Repository:
     def history(self) -> History | None:
         if self.manifest.history is None:
             return None
-        return History.from_bytes(self.fetch(self.manifest.history, ObjectType.HISTORY))
+        return History.from_bytes(self._fetch_kept(self.manifest.history, ObjectType.HISTORY))
 
     def tags(self) -> list[Tag]:
         return self.history.tags() if self.history else []
