@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from ucernvm import __version__
 from ucernvm.client.fuse.operations import ROOT_INO, Attributes, DirEntry, FsStats, Operations, report
 from ucernvm.client.listing_ahead import ListingsAhead
+from ucernvm.client.pinning import Pinner
 from ucernvm.client.prefetch import Prefetcher, ReadOrder
 from ucernvm.client.repository import Repository
 from ucernvm.cvmfs.catalog import Catalog, Chunk, DirectoryEntry, Flag, NestedCatalogRef
@@ -91,10 +92,12 @@ class SnapshotFilesystem(Operations):
     has_backing_files = True  # the cached object of a file stored whole (backing_fd)
 
     def __init__(self, repository: Repository, *, fetch_threads: int = 8, readahead_chunks: int = 3,
-                 catalog_threads: int = 4, prefetch_list: str | None = None, boot_layer: bool = False) -> None:
+                 catalog_threads: int = 4, prefetch_list: str | None = None, boot_layer: bool = False,
+                 pin_list: str | None = None, os_root: str = "") -> None:
         self.repository = repository
         self.read_order = ReadOrder()
         self._prefetcher = Prefetcher(repository, prefetch_list, boot_layer=boot_layer) if prefetch_list else None
+        self._pinner = Pinner(repository, pin_list, os_root) if pin_list else None
         self.readahead_chunks = readahead_chunks
         self._fetch_threads = fetch_threads
         self._catalog_threads = catalog_threads
@@ -125,11 +128,15 @@ class SnapshotFilesystem(Operations):
                 self._prefetch_nested(catalog)
             if self._prefetcher is not None:
                 self._prefetcher.start()
+            if self._pinner is not None:
+                self._pinner.start()
         self._listings_ahead.start()
 
     def destroy(self) -> None:
         if self._prefetcher is not None:
             self._prefetcher.stop()
+        if self._pinner is not None:
+            self._pinner.stop()
         self._listings_ahead.stop()
         for pool in (self._pool, self._catalog_pool):
             if pool is not None:
@@ -372,6 +379,7 @@ class SnapshotFilesystem(Operations):
             "io_errors": self.io_errors,
             "files_read": len(self.read_order),
             **({"prefetch": self._prefetcher.statistics()} if self._prefetcher is not None else {}),
+            **({"pinned": self._pinner.statistics()} if self._pinner is not None else {}),
             **({"transfer": counters._asdict()} if counters is not None else {}),
             **({"cache": {"hits": cache.hits, "misses": cache.misses}} if cache is not None else {}),
         }

@@ -33,6 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--threads", type=int, default=4, help="threads answering the kernel (default 4)")
     parser.add_argument("--prefetch", metavar="PATH", help="a prefetch list in the snapshot (e.g. /.ucernvm_prefetch): "
                         "the files it names are downloaded ahead in the background, in its order")
+    parser.add_argument("--pin", metavar="PATH", help="a pin list in the snapshot (e.g. /.ucernvm_pinfiles): the files "
+                        "it names (symlinks followed) are downloaded in the background and kept in the cache while "
+                        "mounted, whatever the quota evicts (pinned bytes stop at half the quota)")
     parser.add_argument("--passthrough", action="store_true",
                         help="where the kernel offers FUSE passthrough (Linux 6.9+, as root), it reads the cached "
                         "object of a file stored whole (up to the publisher's minimum chunk size) itself, without "
@@ -54,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     repository = open_repository(args, cache=cache)
     for warning in repository.warnings:
         print(f"ucernvm mount: warning: {warning}", file=sys.stderr)
-    filesystem = SnapshotFilesystem(repository, prefetch_list=args.prefetch)
+    filesystem = SnapshotFilesystem(repository, prefetch_list=args.prefetch, pin_list=args.pin)
     options = MountOptions(fsname=repository.fqrn, subtype="cvmfs", threads=args.threads, passthrough=args.passthrough)
     fuse = mount(filesystem, args.mountpoint, options)
     if args.foreground:
