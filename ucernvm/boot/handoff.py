@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import platform
 import shutil
 from pathlib import Path
 from typing import NamedTuple
@@ -90,7 +89,7 @@ def handoff_stage(state: BootState) -> None:
         system.do(MakeDirs(str(target.parent)))
         system.do(WriteFile(str(target), resolv.read_bytes()))
 
-    release = platform.release()
+    release = os.uname().release
     modules = Path("/lib/modules") / release
     if modules.is_dir() and not (new_root / "lib" / "modules" / release).exists():
         system.do(CopyTree(str(modules), str(new_root / "lib" / "modules" / release)))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import platform
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -45,7 +44,7 @@ class LoadModule(NamedTuple):
         started = time.monotonic()
         fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            number = _SYS_FINIT_MODULE[platform.machine()]
+            number = _SYS_FINIT_MODULE[os.uname().machine]
             if _libc.syscall(number, fd, b"", 0) != 0:
                 code = ctypes.get_errno()
                 if code != errno.EEXIST:
@@ -154,10 +153,10 @@ def registers_driver(name: str, sysfs: str = "/sys") -> bool:
 
 
 def modules_stage(state: BootState) -> None:
-    release = Path("/lib/modules") / platform.release()
+    release = Path("/lib/modules") / os.uname().release
     if state.system.dry_run or not (release / "modules.dep").exists():
-        state.log.info(f"no kernel modules for {platform.release()} here: nothing to load")
-        state.facts["modules"] = {"loaded": [], "release": platform.release()}
+        state.log.info(f"no kernel modules for {os.uname().release} here: nothing to load")
+        state.facts["modules"] = {"loaded": [], "release": os.uname().release}
         return
     clock = time.monotonic()
     phases: list[tuple[str, float]] = []
@@ -187,7 +186,7 @@ def modules_stage(state: BootState) -> None:
         raise UcernvmError(f"kernel modules {', '.join(missing)} are missing from the image", "rebuild the image")
     slowest = sorted(seconds.items(), key=lambda item: -item[1])[:5]
     state.facts["modules"] = {
-        "release": platform.release(),
+        "release": os.uname().release,
         "loaded": sorted(loaded),
         "failed": sorted(loader.failed.values()),
         "slowest": {name: round(value, 3) for name, value in slowest},

@@ -24,8 +24,8 @@ import logging
 import random
 import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
+from functools import cached_property
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
@@ -168,7 +168,6 @@ class HttpSource:
                 raise ConfigError(f"not an HTTP URL: {url!r}")
         self.fqrn = fqrn
         self.description = ";".join(urls)
-        self.uuid = str(uuid.uuid4())  # the geo API's cache key when there is no proxy, as cvmfs's UUID
         self._clock = clock
         self._hosts = HostChain(urls, config.host_reset_after, clock)
         self._transfer = Transfer(config.low_speed_limit, config.follow_redirects, clock)
@@ -203,6 +202,14 @@ class HttpSource:
 
     def fetch_object(self, content_hash: ContentHash, object_type: ObjectType) -> bytes:
         return self._fetch(_Job(content_hash.object_path(object_type), content_hash, object_type))
+
+    @cached_property
+    def uuid(self) -> str:
+        """The geo API's cache key when there is no proxy, as cvmfs's UUID (uuid is imported only for the geo
+        API: it imports platform, ~30 ms under emulation, which a boot with one server does without)."""
+        import uuid
+
+        return str(uuid.uuid4())
 
     # -- observability -------------------------------------------------------------------------
 
