@@ -42,6 +42,7 @@ def snapshot(tmp_path: Path, keys_dir: Path):  # type: ignore[no-untyped-def]
         (source / name).write_bytes(data)
     (source / "usr/lib").mkdir(parents=True)
     (source / "usr/lib/libx.so").symlink_to("libx.so.2")
+    (source / "usr/sbin").symlink_to("bin")  # merged: what was a directory is a symlink now
     publish(source, tmp_path / "repo", keys_dir)
     return open_repo(tmp_path / "repo", keys_dir)
 
@@ -68,6 +69,8 @@ def upper(tmp_path: Path) -> Path:
         (upper / name).write_bytes(data)
     (upper / "usr/lib").mkdir()
     (upper / "usr/lib/libx.so").symlink_to("libx.so.1")
+    (upper / "usr/sbin").mkdir()
+    (upper / "usr/sbin/daemon").write_bytes(b"patched daemon\n")
     (upper / "usr/share/doc").mkdir(parents=True)
     whiteout(upper / "usr/share/doc/readme")  # the old OS deleted it; the new snapshot has it
     whiteout(upper / "usr/share/doc/obsolete")  # deleted, and the new snapshot has none: stays
@@ -83,7 +86,7 @@ def lookup_in(repository):  # type: ignore[no-untyped-def]
 def test_the_plan_follows_the_rules(snapshot, upper: Path) -> None:
     plan = plan_rebase(upper, lookup_in(snapshot))
     assert plan.restore == ["usr/share/doc/readme"]
-    assert sorted(plan.set_aside) == ["usr/bin/tool", "usr/lib/libx.so", "var/lib/dpkg/status"]
+    assert sorted(plan.set_aside) == ["usr/bin/tool", "usr/lib/libx.so", "usr/sbin", "var/lib/dpkg/status"]
     assert sorted(plan.preserved) == ["etc/group", "etc/gshadow", "etc/hostname", "etc/passwd", "etc/shadow",
                                       "root/.profile"]
     assert plan.kept == ["opt/app: opaque directory (the OS replaced it whole)"]
@@ -99,11 +102,12 @@ def test_applying_it_moves_aside_restores_and_merges_the_accounts(snapshot, uppe
     aside, log = tmp_path / "aux/rebase-1", tmp_path / "aux/rebase-1.log"
     log.parent.mkdir()
     result = Rebase(str(upper), plan, str(aside), str(log), read_snapshot).apply()
-    assert result == {"restored": 1, "set_aside": 3, "preserved": 6, "accounts_added": 2}
+    assert result == {"restored": 1, "set_aside": 4, "preserved": 6, "accounts_added": 2}
     # the new snapshot's versions show through; the user's bytes are kept aside, never deleted
     assert not (upper / "usr/bin/tool").exists() and (aside / "usr/bin/tool").read_bytes() == b"tool 1, patched by hand\n"
     assert os.readlink(aside / "usr/lib/libx.so") == "libx.so.1" and not (upper / "usr/lib/libx.so").is_symlink()
     assert (aside / "var/lib/dpkg/status").read_bytes() == b"Package: tool\nVersion: 1\n"
+    assert (aside / "usr/sbin/daemon").read_bytes() == b"patched daemon\n" and not (upper / "usr/sbin").exists()
     assert not os.path.lexists(upper / "usr/share/doc/readme")
     assert stat.S_ISCHR(os.lstat(upper / "usr/share/doc/obsolete").st_mode)
     # the machine's own: configuration, state, home, and the directory the OS replaced whole

@@ -8,9 +8,10 @@ settled, with µCernVM's rules:
 - a whiteout (a file the OS deleted) of a path the new snapshot has is removed: the new file shows;
 - a file or symlink under /etc, /var or /root is the machine's configuration and state: it stays,
   except the package databases (/var/lib/rpm, /var/lib/dpkg), which must describe the new snapshot;
-- any other file or symlink the snapshot also has goes, so that the new version shows. Where µCernVM
-  deletes it, it is moved to ``aux/rebase-<time>/`` on the scratch disk: a rebase never destroys a
-  user's bytes.
+- any other file or symlink the snapshot also has goes, so that the new version shows, and so does a
+  directory where the snapshot now has something else (a symlink: /bin in a merged /usr), or the
+  reverse. Where µCernVM deletes it, it is moved to ``aux/rebase-<time>/`` on the scratch disk: a rebase
+  never destroys a user's bytes.
 
 Entries only the layer has (a user's files) are never touched, nor anything below an opaque directory
 (the OS replaced the whole directory: none of the snapshot's entries show there). The accounts
@@ -76,10 +77,6 @@ class RebasePlan(NamedTuple):
     preserved: list[str]  # kept on purpose
     kept: list[str]  # left alone, with why: "path: reason"
 
-    @property
-    def empty(self) -> bool:
-        return not (self.restore or self.set_aside)
-
 
 def plan_rebase(upper: Path, lookup: Lookup) -> RebasePlan:
     """What rebasing ``upper`` onto the snapshot that ``lookup`` describes would do (nothing is changed)."""
@@ -100,22 +97,21 @@ def _plan_directory(upper: Path, relative: str, lookup: Lookup, plan: RebasePlan
         entry = lookup(path)
         if entry is None:
             continue  # only the layer has it: the machine's own
+        directory = stat.S_ISDIR(st.st_mode)
         if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
             plan.restore.append(path)
-        elif stat.S_ISDIR(st.st_mode):
-            if _opaque(upper / path):
-                plan.kept.append(f"{path}: opaque directory (the OS replaced it whole)")
-            elif entry.is_directory:
-                _plan_directory(upper, path, lookup, plan)
-            else:
-                plan.kept.append(f"{path}: a directory here, not in the snapshot")
-        elif stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
-            if entry.is_directory:
-                plan.kept.append(f"{path}: a directory in the snapshot")
-            elif _preserved(path):
-                plan.preserved.append(path)
-            else:
-                plan.set_aside.append(path)
+        elif directory and _opaque(upper / path):
+            plan.kept.append(f"{path}: opaque directory (the OS replaced it whole)")
+        elif directory and entry.is_directory:
+            _plan_directory(upper, path, lookup, plan)
+        elif _preserved(path):
+            plan.preserved.append(path)
+        elif directory or stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
+            # A file over a file, or one kind over another (a directory where the snapshot now has a
+            # symlink, as /bin in a merged /usr): the layer's entry would hide the snapshot's whole.
+            plan.set_aside.append(path)
+        else:
+            plan.kept.append(f"{path}: a special file")
 
 
 def _preserved(path: str) -> bool:

@@ -44,11 +44,6 @@ class Pinner:
     def stop(self) -> None:
         self._stop.set()
 
-    def wait(self, timeout: float | None = None) -> bool:
-        if self._thread is not None:
-            self._thread.join(timeout)
-        return self._thread is None or not self._thread.is_alive()
-
     def statistics(self) -> dict[str, int]:
         return {"listed": self.listed, "pinned": self.pinned, "bytes": self.pinned_bytes, "skipped": self.skipped,
                 "over_limit": self.over_limit}

@@ -46,9 +46,6 @@ class BackingFiles:
         self.accepting = True  # False once the kernel refused one: no new inode gets a backing file
         self.opens = 0
 
-    def __len__(self) -> int:
-        return len(self._ids)
-
     def open(self, ino: int, backing_fd: Callable[[], int | None]) -> int | None:
         """The backing id of an open of ``ino``: the inode's own while it has one, else one registered for
         the file ``backing_fd()`` names (None: the file has none, or registering stopped); OSError when the
