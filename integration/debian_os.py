@@ -30,11 +30,12 @@ from pathlib import Path
 
 from ucernvm.cvmfs.publisher import Publisher, PublishOptions
 from ucernvm.image import tools
-from ucernvm.image.cache import cache_dir
+from ucernvm.image.cache import cache_dir, keep_recent, used
 from ucernvm.image.kernel import DEFAULT_PACKAGE, resolve_package
 
 FQRN, TAG = "os.cern.ch", "debian-12"  # the repository and tag the root is published as
 RECIPE_VERSION = 1  # bump when the build steps change in a way the recipe below does not show
+ROOTS_KEPT = 2  # recipe slots kept in the cache (the current one and the one before)
 
 SUITE = "bookworm"
 MIRRORS = (
@@ -193,6 +194,9 @@ def build_root(kernel_package: str = DEFAULT_PACKAGE, progress: Callable[[str], 
         info = RootInfo(key, round(time.monotonic() - started, 1), **_measure(building))
         building.rename(root)
         info_file.write_text(json.dumps(asdict(info), indent=2) + "\n")
+    used(slot)
+    # A recipe change (a new kernel version, a package) builds a new 750 MB root: the older ones go.
+    keep_recent((entry for entry in slot.parent.iterdir() if entry.name != "debs"), ROOTS_KEPT)
     return DebianRoot(root, name.removeprefix("linux-image-"), RootInfo(**json.loads(info_file.read_text())))
 
 
