@@ -153,3 +153,32 @@ def test_account_merging_keeps_lines_it_does_not_understand() -> None:
     assert merged == b"root:x:0:0::/root:/bin/sh\n+@netgroup\n# comment\nbin:x:2:2::/bin:/bin/false\n"
     assert added == ["bin"] and skipped == []
     assert secret_lines(b"root:*:1::::::", b"root:*:1::::::\nbin:*:1::::::\n", ["bin"]) == b"root:*:1::::::\nbin:*:1::::::\n"
+
+
+def test_a_rebase_that_cannot_finish_is_a_warning_and_the_boot_goes_on(snapshot, upper: Path, tmp_path: Path) -> None:
+    """The boot's step: a file where the rebase keeps what it moves aside stops it (ENOTDIR); the snapshot
+    stage warns, the log says how far it got, and the boot goes on rather than failing at every boot."""
+    import io
+
+    from ucernvm.boot.log import BootLog
+    from ucernvm.boot.rebase import rebase_if_moved
+    from ucernvm.boot.state import BootState
+    from ucernvm.boot.system import RealSystem
+
+    state = BootState(RealSystem(str(tmp_path / "machine")), BootLog(io.StringIO()))
+    state.repository = snapshot
+    scratch = state.scratch
+    scratch.mkdir(parents=True)
+    upper.rename(scratch / "persistent")
+    (scratch / "aux").mkdir()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("time.strftime", lambda *_: "T")
+        (scratch / "aux" / "rebase-T").write_text("in the way")  # the directory for moved files cannot be made
+        rebase_if_moved(state, "0" * 40)
+    assert "Not a directory" in state.facts["rebase"]["error"]
+    assert "rebase of the writable layer stopped" in state.warnings[0]
+    log = (scratch / "aux" / "rebase-T.log").read_text()
+    assert "restore usr/share/doc/readme" in log and "stopped:" in log
+    assert (scratch / "persistent" / "usr/bin/tool").exists()  # nothing half-moved: the file is where it was
+    rebase_if_moved(state, snapshot.root_hash.hex)  # the same snapshot: nothing to do
+    assert len(state.warnings) == 1

@@ -64,8 +64,15 @@ def rebase_if_moved(state: BootState, previous_root_hash: str | None) -> None:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     aux = state.scratch / "aux"
     plan = plan_rebase(upper, lookup)
-    result = state.system.do(Rebase(str(upper), plan, str(aux / f"rebase-{stamp}"), str(aux / f"rebase-{stamp}.log"),
-                                    read_snapshot))
+    try:
+        result = state.system.do(Rebase(str(upper), plan, str(aux / f"rebase-{stamp}"),
+                                        str(aux / f"rebase-{stamp}.log"), read_snapshot))
+    except OSError as error:
+        # The new snapshot boots all the same, under a layer that may still hide some of its files: a
+        # rebase that cannot finish must not keep the machine from booting (it would fail at every boot).
+        state.facts["rebase"] = {"error": str(error)}
+        state.warn(f"rebase of the writable layer stopped: {error}; see aux/rebase-{stamp}.log")
+        return
     state.facts["rebase"] = result or {"planned": True}
     state.log.info(f"rebased the writable layer onto the new snapshot: {len(plan.restore)} whiteouts removed, "
                    f"{len(plan.set_aside)} files moved to aux/rebase-{stamp}/, {len(plan.preserved)} kept")
@@ -192,20 +199,26 @@ class Rebase(NamedTuple):
                 f"/etc, /var, /root; accounts merged (log: {self.log})")
 
     def apply(self) -> dict[str, int]:
+        """The counts of what was done; OSError at the first step that fails, whose log says how far it got."""
         upper, lines = Path(self.upper), [f"rebase of {Path(self.upper).name}/ onto a new snapshot"]
-        for path in self.plan.restore:
-            os.unlink(upper / path)
-            lines.append(f"restore {path}")
-        for path in self.plan.set_aside:
-            target = Path(self.aside) / path
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.rename(upper / path, target)
-            lines.append(f"rebase {path} (moved to {Path(self.aside).name}/{path})")
-        lines += [f"preserve {path}" for path in self.plan.preserved]
-        lines += [f"keep {reason}" for reason in self.plan.kept]
-        added = self._merge_accounts(upper, lines)
-        with open(self.log, "w", encoding="utf-8", errors="surrogateescape") as log:
-            log.write("\n".join(lines) + "\n")
+        try:
+            for path in self.plan.restore:
+                os.unlink(upper / path)
+                lines.append(f"restore {path}")
+            for path in self.plan.set_aside:
+                target = Path(self.aside) / path
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.rename(upper / path, target)
+                lines.append(f"rebase {path} (moved to {Path(self.aside).name}/{path})")
+            lines += [f"preserve {path}" for path in self.plan.preserved]
+            lines += [f"keep {reason}" for reason in self.plan.kept]
+            added = self._merge_accounts(upper, lines)
+        except OSError as error:
+            lines.append(f"stopped: {error}")
+            raise
+        finally:
+            with open(self.log, "w", encoding="utf-8", errors="surrogateescape") as log:
+                log.write("\n".join(lines) + "\n")
         return {"restored": len(self.plan.restore), "set_aside": len(self.plan.set_aside),
                 "preserved": len(self.plan.preserved), "accounts_added": added}
 
