@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from ucernvm.client.repository import normalize_path
 from ucernvm.cvmfs.catalog import DirectoryEntry
+from ucernvm.errors import UcernvmError
 
 if TYPE_CHECKING:
     from ucernvm.boot.state import BootState
@@ -63,11 +64,11 @@ def rebase_if_moved(state: BootState, previous_root_hash: str | None) -> None:
 
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     aux = state.scratch / "aux"
-    plan = plan_rebase(upper, lookup)
     try:
+        plan = plan_rebase(upper, lookup)
         result = state.system.do(Rebase(str(upper), plan, str(aux / f"rebase-{stamp}"),
                                         str(aux / f"rebase-{stamp}.log"), read_snapshot))
-    except OSError as error:
+    except (OSError, UcernvmError) as error:
         # The new snapshot boots all the same, under a layer that may still hide some of its files: a
         # rebase that cannot finish must not keep the machine from booting (it would fail at every boot).
         state.facts["rebase"] = {"error": str(error)}
@@ -213,7 +214,7 @@ class Rebase(NamedTuple):
             lines += [f"preserve {path}" for path in self.plan.preserved]
             lines += [f"keep {reason}" for reason in self.plan.kept]
             added = self._merge_accounts(upper, lines)
-        except OSError as error:
+        except (OSError, UcernvmError) as error:
             lines.append(f"stopped: {error}")
             raise
         finally:
