@@ -25,6 +25,7 @@ import hashlib
 import os
 import re
 import ssl
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -264,12 +265,24 @@ def http_request(url: str, method: str = "GET", data: bytes | None = None,
             status, body = error.code, error.read(limit + 1)
     except (urllib.error.URLError, OSError, ValueError) as error:
         reason = getattr(error, "reason", error)
-        raise ContextError(f"cannot reach {_origin(url)}: {reason}",
-                           "check the network and the service URL") from None
+        raise ContextError(f"cannot reach {_origin(url)}: {reason}", _unreachable_hint(reason)) from None
     if len(body) > limit:
         raise ContextError(f"the reply of {_origin(url)} is larger than {limit} bytes",
                            "check the service URL: this is not a CernVM Online service")
     return status, body
+
+
+# OpenSSL's verify codes of a certificate outside its dates (X509_V_ERR_CERT_NOT_YET_VALID, _HAS_EXPIRED)
+_CERTIFICATE_DATES = (9, 10)
+
+
+def _unreachable_hint(reason: object) -> str:
+    if isinstance(reason, ssl.SSLCertVerificationError) and reason.verify_code in _CERTIFICATE_DATES:
+        # At boot a clock far off is the likelier cause: NTP blocked, and the servers' Date not read yet.
+        now = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+        return (f"the certificate's dates are checked against this machine's clock, which reads {now}: "
+                "if that is wrong, set ucernvm.ntp= to an NTP server the machine reaches")
+    return "check the network and the service URL"
 
 
 def _origin(url: str) -> str:
