@@ -153,10 +153,11 @@ def registers_driver(name: str, sysfs: str = "/sys") -> bool:
 
 
 def modules_stage(state: BootState) -> None:
-    release = Path("/lib/modules") / os.uname().release
+    release_name = os.uname().release
+    release = Path("/lib/modules") / release_name
     if state.system.dry_run or not (release / "modules.dep").exists():
-        state.log.info(f"no kernel modules for {os.uname().release} here: nothing to load")
-        state.facts["modules"] = {"loaded": [], "release": os.uname().release}
+        state.log.info(f"no kernel modules for {release_name} here: nothing to load")
+        state.facts["modules"] = {"loaded": [], "release": release_name}
         return
     clock = time.monotonic()
     phases: list[tuple[str, float]] = []
@@ -186,7 +187,7 @@ def modules_stage(state: BootState) -> None:
         raise UcernvmError(f"kernel modules {', '.join(missing)} are missing from the image", "rebuild the image")
     slowest = sorted(seconds.items(), key=lambda item: -item[1])[:5]
     state.facts["modules"] = {
-        "release": os.uname().release,
+        "release": release_name,
         "loaded": sorted(loaded),
         "failed": sorted(loader.failed.values()),
         "slowest": {name: round(value, 3) for name, value in slowest},

@@ -11,10 +11,9 @@ a list larger than the cache cannot leave the OS's own reads without room; what 
 from __future__ import annotations
 
 import os
-import threading
 from collections import deque
 
-from ucernvm.client.prefetch import parse_prefetch_list
+from ucernvm.client.prefetch import BackgroundWalk, parse_prefetch_list
 from ucernvm.client.repository import Repository, normalize_path
 from ucernvm.errors import UcernvmError
 
@@ -22,10 +21,13 @@ PIN_LIST = ".ucernvm_pinfiles"
 MAX_SYMLINKS = 40  # followed in one path, as the kernel's limit
 
 
-class Pinner:
+class Pinner(BackgroundWalk):
     """Fetch and pin the files of a pin list, in a background thread, until stopped."""
 
+    thread_name = "pin"
+
     def __init__(self, repository: Repository, list_path: str, os_root: str = "") -> None:
+        super().__init__()
         self.repository = repository
         self.list_path = list_path
         self.os_root = os_root  # the repository directory the list's absolute paths are in
@@ -34,15 +36,6 @@ class Pinner:
         self.pinned_bytes = 0
         self.skipped = 0  # missing, not regular files, or failing to download
         self.over_limit = 0  # left out: they would take the pinned bytes over half the quota
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="pin", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
 
     def statistics(self) -> dict[str, int]:
         return {"listed": self.listed, "pinned": self.pinned, "bytes": self.pinned_bytes, "skipped": self.skipped,

@@ -58,13 +58,42 @@ def parse_prefetch_list(data: bytes) -> list[str]:
     return paths
 
 
-class Prefetcher:
+class BackgroundWalk:
+    """A walk through a list in a thread of its own (``_run``), which checks ``_stop`` between files."""
+
+    thread_name = "walk"
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """True once the whole list was worked through (or the walk was stopped)."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self._thread is None or not self._thread.is_alive()
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
+class Prefetcher(BackgroundWalk):
     """Fetch the files of a prefetch list into the repository's cache, in order, in the background.
 
     ``threads`` downloads run at a time: enough to keep the network busy, few enough that the
     OS's own reads, served by the mount's workers, are not queued behind them for long."""
 
+    thread_name = "prefetch"
+
     def __init__(self, repository: Repository, list_path: str, threads: int = 2, boot_layer: bool = False) -> None:
+        super().__init__()
         self.repository = repository
         self.list_path = list_path
         self.threads = threads
@@ -77,21 +106,6 @@ class Prefetcher:
         self.seconds: float | None = None  # from the start to the end of the walk, once it ended
         self.layer: dict[str, object] | None = None  # the boot layer built: files and seconds, or why not
         self._counting = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="prefetch", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """True once the whole list was worked through (or the prefetcher was stopped)."""
-        if self._thread is not None:
-            self._thread.join(timeout)
-        return self._thread is None or not self._thread.is_alive()
 
     def statistics(self) -> dict[str, int | bool | float | None]:
         statistics: dict[str, int | bool | float | None | dict[str, object]] = {
