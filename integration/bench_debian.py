@@ -1,6 +1,6 @@
 """The real-OS boot time: Debian 12 with systemd and cloud-init, streamed by the image vs the floor.
 
-Usage: sudo .venv/bin/python integration/bench_debian.py [--rounds 1] [--no-prefetch] [--layer-ab N]
+Usage: sudo .venv/bin/python integration/bench_debian.py [--rounds 1] [--no-prefetch] [--layer-ab N] [--cold-ab N]
 
 In one run: the appliance root (integration/debian_os.py, cached) is published as a tagged snapshot and
 served on 127.0.0.1 (with its prefetch list, debian_stream.py, unless --no-prefetch); the image boots it
@@ -13,6 +13,8 @@ streamed boot ≤ 1.6x the floor cold and ≤ 1.3x warm.
 
 ``--layer-ab N`` measures the boot layer instead: one cold boot, then N pairs of warm boots, each from a
 copy of the cold boot's disk, with the layer on and off (``ucernvm.boot_layer=off``) in alternating order.
+``--cold-ab N``: what building the layer costs the cold boot that builds it: N pairs of cold boots, each
+on an empty disk, with the layer on and off in alternating order.
 """
 
 from __future__ import annotations
@@ -39,11 +41,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--no-prefetch", action="store_true", help="publish the root without its prefetch list")
     parser.add_argument("--layer-ab", type=int, metavar="N", help="N pairs of warm boots, boot layer on and off")
+    parser.add_argument("--cold-ab", type=int, metavar="N", help="N pairs of cold boots, boot layer on and off")
     args = parser.parse_args()
     root = build_root(progress=print)
     prefetch_list = None if args.no_prefetch else recorded_prefetch_list(root)
-    if args.layer_ab:
-        layer_ab(root, prefetch_list, args.layer_ab)
+    if args.layer_ab or args.cold_ab:
+        layer_ab(root, prefetch_list, args.layer_ab or args.cold_ab, "warm" if args.layer_ab else "cold")
         return
     rows: list[tuple[str, dict[str, float]]] = []
     with tempfile.TemporaryDirectory(dir="/var/tmp") as scratch:
@@ -77,7 +80,8 @@ def main() -> None:
         print(f"multi-user, streamed / floor, {kind}: {ratio:.2f} (target <= {target})")
 
 
-def layer_ab(root: DebianRoot, prefetch_list: Path | None, pairs: int) -> None:
+def layer_ab(root: DebianRoot, prefetch_list: Path | None, pairs: int, kind: str) -> None:
+    """Pairs of ``kind`` boots with the boot layer on and off; warm ones from copies of one cold boot's disk."""
     print("| boot | systemd starts | multi-user.target | cloud-init done | requests to the daemon | of them READ |")
     print("|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory(dir="/var/tmp") as scratch:
@@ -86,13 +90,16 @@ def layer_ab(root: DebianRoot, prefetch_list: Path | None, pairs: int) -> None:
             image = build_boot_image(work / "image", keys).output
             iso = context_iso(work / "context.iso", guest_context(), server.port)
             cold = new_disk(work / "cold.raw", SCRATCH_SIZE)
-            boots = [("cold", cold, "")]
+            boots = [("cold", cold, "")] if kind == "warm" else []
             for pair in range(pairs):
                 order = ("on", "off") if pair % 2 == 0 else ("off", "on")
-                boots += [(f"warm, boot layer {mode}", work / "warm.raw", "ucernvm.boot_layer=off" if mode == "off" else "")
-                          for mode in order]
+                boots += [(f"{kind}, boot layer {mode}", work / f"{kind}.raw",
+                           "ucernvm.boot_layer=off" if mode == "off" else "") for mode in order]
             for name, disk, options in boots:
-                if disk != cold:
+                if kind == "cold":
+                    disk.unlink(missing_ok=True)
+                    new_disk(disk, SCRATCH_SIZE)
+                elif disk != cold:
                     subprocess.run(["cp", "--sparse=always", str(cold), str(disk)], check=True)
                 report, _ = boot_streamed(image, disk, iso, work / "boot.log", server, options)
                 requests = (report.daemon or {}).get("requests", {})

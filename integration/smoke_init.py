@@ -105,6 +105,8 @@ def main() -> int:
         in_proc = {line.split()[0] for line in Path("/proc/modules").read_text().splitlines()}
         report["proc_modules"] = sorted(in_proc)
         report["eth0"] = Path("/sys/class/net/eth0").exists()
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+        report["cpu_flags"] = flags.partition(":")[2].split()
         report["block"] = wait_for_block_devices(("vda", "sr0"), timeout=10.0)
         if "sr0" in report["block"]:
             mount("/dev/sr0", "/mnt/cd", "iso9660", 1)  # MS_RDONLY

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Callable
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -27,20 +28,26 @@ def make_context_iso(path: Path, text: str) -> Path:
     return path
 
 
-@pytest.mark.vm
-def test_smoke_image_boots_and_powers_off(smoke_image: BuildResult, qemu: str, tmp_path: Path,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
+def smoke_boot(image: Path, work: Path, cpu: str | None = None) -> tuple[Vm, int, dict[str, Any]]:
+    """Boot the smoke image; the VM, its exit code and the init's report."""
     options = LaunchOptions(
-        image=smoke_image.output,
-        disks=(create_sparse_disk(tmp_path / "scratch.raw", 64 << 20),),
-        context=make_context_iso(tmp_path / "context.iso", CONTEXT_TEXT),
+        image=image,
+        disks=(create_sparse_disk(work / "scratch.raw", 64 << 20),),
+        context=make_context_iso(work / "context.iso", CONTEXT_TEXT),
         memory=512,
-        serial_log=tmp_path / "serial.log",
+        serial_log=work / "serial.log",
+        cpu=cpu,
     )
     with Vm(options) as vm:
         match = vm.wait_for(r"UCERNVM-SMOKE (\{.*\})$", timeout=300)
         code = vm.wait(timeout=60)
-    report = json.loads(match.group(1))
+    return vm, code, json.loads(match.group(1))
+
+
+@pytest.mark.vm
+def test_smoke_image_boots_and_powers_off(smoke_image: BuildResult, qemu: str, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    vm, code, report = smoke_boot(smoke_image.output, tmp_path)
     assert vm.choice is not None
 
     with capsys.disabled():
@@ -62,6 +69,9 @@ def test_smoke_image_boots_and_powers_off(smoke_image: BuildResult, qemu: str, t
     # The kernel's random generator was ready before the init ran, so the interpreter, which reads
     # /dev/urandom to seed its hashes, did not wait for entropy (the launcher's CPU has RDRAND).
     assert report["crng_ready"] is not None and report["crng_ready"] < run_init
+    assert "rdrand" in report["cpu_flags"]
+    if vm.accel == "tcg":
+        assert "sse4_2" not in report["cpu_flags"], "the default TCG CPU is x86-64-v1 (qemu64)"
     assert set(report["loaded"]) <= set(report["proc_modules"])
     assert {"virtio_net", "virtio_blk", "ext4", "overlay", "fuse", "loop", "isofs", "sr_mod"} <= set(report["loaded"])
     assert report["eth0"]
@@ -69,6 +79,16 @@ def test_smoke_image_boots_and_powers_off(smoke_image: BuildResult, qemu: str, t
     assert report["context_text"] == CONTEXT_TEXT
     assert report["tools"] == {"/usr/bin/sh": True, "/usr/sbin/mke2fs": True}
     assert "UCERNVM-SMOKE" in (tmp_path / "serial.log").read_text()
+
+
+@pytest.mark.vm
+def test_a_chosen_cpu_model_is_the_guests(smoke_image: BuildResult, qemu: str, tmp_path: Path) -> None:
+    """`ucernvm launch --cpu`: an x86-64-v2 model, as the EL9 family needs, under any accelerator."""
+    vm, code, report = smoke_boot(smoke_image.output, tmp_path, cpu="Nehalem,+rdrand")
+    assert report["ok"], report.get("error")
+    assert vm.argv[vm.argv.index("-cpu") + 1] == "Nehalem,+rdrand"
+    assert {"sse4_2", "popcnt", "ssse3", "cx16", "rdrand"} <= set(report["cpu_flags"]), report["cpu_flags"]
+    assert code == 0, vm.stderr
 
 
 @pytest.mark.slow

@@ -343,8 +343,12 @@ def test_launch_command_boots_pvh_under_tcg(tmp_path: Path) -> None:
     assert "user,id=net0,hostfwd=tcp:127.0.0.1:8022-:22" in argv
     assert f"file={tmp_path}/disk,,1.raw,if=none,id=disk0,format=raw" in argv
     assert "-no-reboot" in argv
+    assert argv[argv.index("-cpu") + 1] == "qemu64,+rdrand"
     kvm = qemu_command(options, "kvm")
     assert kvm[kvm.index("-kernel") + 1] == str(image / "vmlinuz")
+    assert kvm[kvm.index("-cpu") + 1] == "host"
+    chosen = qemu_command(LaunchOptions(image=image, cpu="Nehalem,+rdrand"), "kvm")
+    assert chosen[chosen.index("-cpu") + 1] == "Nehalem,+rdrand"
     with pytest.raises(ConfigError, match="port forward"):
         qemu_command(LaunchOptions(image=image, net_forwards=("8022:22",)), "tcg")
     with pytest.raises(ConfigError, match="ISO"):

@@ -39,6 +39,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--smp", type=int, default=2, metavar="N", help="guest CPUs (default: %(default)s)")
     parser.add_argument("--machine", choices=MACHINES, default=LaunchOptions.machine,
                         help="QEMU machine type (default: %(default)s; pc is the older i440FX)")
+    parser.add_argument("--cpu", metavar="MODEL",
+                        help="QEMU CPU model (default: the host's under KVM; under TCG qemu64 with RDRAND, "
+                        "x86-64-v1: an OS that needs x86-64-v2, such as the EL9 family, wants Nehalem,+rdrand)")
     parser.add_argument("--accel", choices=ACCELS, default="auto",
                         help="auto: KVM if a canary boot works on this host (cached), else TCG")
     parser.add_argument("--timeout", type=float, metavar="S", help="kill QEMU after S seconds")
@@ -69,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
             memory=args.memory,
             smp=args.smp,
             machine=args.machine,
+            cpu=args.cpu,
             accel=args.accel,
             net_forwards=tuple(args.net_forward),
             isolated=args.isolated,

@@ -61,11 +61,14 @@ class LaunchOptions:
     serial_log: Path | None = None
     interactive: bool = False  # hand our stdin to the guest console
     clock_base: str | None = None  # the guest's clock at power-on, UTC "YYYY-MM-DDTHH:MM:SS" (default: now)
+    cpu: str | None = None  # QEMU CPU model (default: the host's under KVM, TCG_CPU under TCG)
 
 
 # QEMU's default CPU model without RDRAND leaves a kernel that trusts the CPU's generator (Debian's does)
 # with no entropy until its jitter loop or a hardware RNG driver fills the pool, and the first process
 # to read /dev/urandom (the init's interpreter, seeding its hashes) waits for that: 1.2 s under TCG.
+# Still x86-64-v1: an OS built for v2 (the EL9 family) needs `--cpu Nehalem,+rdrand` or later, on
+# which the loader itself boots slower under TCG (docs/benchmarks.md, "Boot").
 TCG_CPU = "qemu64,+rdrand"
 
 
@@ -81,7 +84,8 @@ def qemu_command(options: LaunchOptions, accel: str) -> list[str]:
             raise ConfigError(f"{needed} does not exist", hint=f"build the image first: ucernvm build -o {image}")
     argv = [
         find_tool("qemu-system-x86_64"),
-        "-machine", options.machine, "-accel", accel, "-cpu", "host" if accel == "kvm" else TCG_CPU,
+        "-machine", options.machine, "-accel", accel,
+        "-cpu", options.cpu or ("host" if accel == "kvm" else TCG_CPU),
         "-m", str(options.memory), "-smp", str(options.smp),
         "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot",
         "-kernel", str(kernel), "-initrd", str(initrd),
