@@ -162,14 +162,14 @@ class DebianRoot:
         """Where derived artefacts of this root (floor disk, kernel files) are kept."""
         return self.path.parent
 
-    def publish(self, stratum: Path, keys: Path, tree: Path | None = None) -> None:
+    def publish(self, stratum: Path, keys: Path, root_files: tuple[tuple[str, str], ...] = ()) -> None:
         """The root as snapshot TAG of FQRN in *stratum* (signed with *keys*), published as cvmfs_server
         does by default: without extended attributes. The root's only ones are journald's ACLs on
         /var/log/journal, which systemd-tmpfiles sets again at every boot; a snapshot without any is
         mounted without xattr support (ucernvm.xattrs=auto), which spares the daemon a request at every
-        lookup overlayfs makes and every exec. ``tree``: the root as seen through an overlay that adds files."""
-        options = PublishOptions(tag=TAG, include_xattrs=False)
-        Publisher(str(stratum / FQRN), FQRN, str(keys), options).publish(str(tree or self.path))
+        lookup overlayfs makes and every exec. ``root_files``: (name, local file) added at the root."""
+        options = PublishOptions(tag=TAG, include_xattrs=False, root_files=root_files)
+        Publisher(str(stratum / FQRN), FQRN, str(keys), options).publish(str(self.path))
 
 
 def build_root(kernel_package: str = DEFAULT_PACKAGE, progress: Callable[[str], None] = lambda _: None) -> DebianRoot:

@@ -10,7 +10,6 @@ the list-less snapshot and cached beside the root (``prefetch.list`` in its cach
 from __future__ import annotations
 
 import json
-import subprocess
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -60,22 +59,9 @@ def context_iso(path: Path, context: GuestContext, server_port: int, bootcmd: Se
 
 
 def publish(root: DebianRoot, stratum: Path, keys: Path, prefetch_list: Path | None) -> None:
-    """The root as snapshot TAG, with ``prefetch_list`` as its /.ucernvm_prefetch if given. The root
-    is shared and read-only: the list joins it in a read-only overlay for the publisher's walk."""
-    if prefetch_list is None:
-        root.publish(stratum, keys)
-        return
-    with tempfile.TemporaryDirectory(prefix="ucernvm-prefetch-") as tmp:
-        extra, merged = Path(tmp) / "extra", Path(tmp) / "merged"
-        extra.mkdir()
-        merged.mkdir()
-        (extra / PREFETCH_LIST).write_bytes(prefetch_list.read_bytes())
-        subprocess.run(["mount", "-t", "overlay", "overlay", "-o", f"lowerdir={extra}:{root.path}", str(merged)],
-                       check=True)
-        try:
-            root.publish(stratum, keys, tree=merged)
-        finally:
-            subprocess.run(["umount", str(merged)], check=True)
+    """The root as snapshot TAG, with ``prefetch_list`` as its /.ucernvm_prefetch if given (as
+    `ucernvm publish --prefetch-list` does; the shared root itself stays as it is)."""
+    root.publish(stratum, keys, ((PREFETCH_LIST, str(prefetch_list)),) if prefetch_list else ())
 
 
 @dataclass

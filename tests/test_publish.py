@@ -16,6 +16,7 @@ import pytest
 
 from helpers import PROJECT, run_cli, snapshot_tree
 from ucernvm.client.fetcher import HttpSource
+from ucernvm.client.prefetch import PREFETCH_LIST, parse_prefetch_list
 from ucernvm.client.repository import Repository
 from ucernvm.client.sources import DirectorySource
 from ucernvm.cvmfs.chunking import ChunkingParams
@@ -279,3 +280,43 @@ def test_publish_rejects_bad_input(tree: Path, tmp_path: Path, keys_dir: Path) -
         Publisher(str(tmp_path / "r4"), FQRN, str(mismatched))
     result = run_cli("publish", tree, "--repo", tmp_path / "r5", "--name", FQRN, "--keys", keys_dir, "--chunk-sizes", "9,8,7")
     assert result.returncode == 2 and b"invalid chunk sizes" in result.stderr
+
+
+def test_a_prefetch_list_is_published_at_the_root_without_touching_the_source(tree: Path, tmp_path: Path,
+                                                                               keys_dir: Path) -> None:
+    """`publish --prefetch-list FILE`: the list becomes the snapshot's /.ucernvm_prefetch (root's, 0644), the
+    tree's own file of that name is replaced, the source is left as it was, and the summary counts the
+    listed paths the tree lacks."""
+    (tree / PREFETCH_LIST).write_text("/an/old/list\n")
+    before = snapshot_tree(tree)
+    listing = tmp_path / "read-order.txt"
+    listing.write_bytes(b"/bin/hello\n/etc/hostname\n/etc/not-there\n" + os.fsencode("/data/ünïcödé name ✓") + b"\n")
+    repo = tmp_path / "repo"
+    result = run_cli("publish", tree, "--repo", repo, "--name", FQRN, "--keys", keys_dir, "--prefetch-list", listing,
+                     check=True)
+    assert b"prefetch list /.ucernvm_prefetch: 4 paths, 1 not in the tree (skipped at boot), the first: /etc/not-there" \
+        in result.stdout
+    assert snapshot_tree(tree) == before
+    repository = open_repo(repo, keys_dir)
+    entry = repository.lookup("/" + PREFETCH_LIST)
+    assert entry is not None and entry.is_regular
+    assert (stat.S_IMODE(entry.mode), entry.uid, entry.gid) == (0o644, 0, 0)
+    assert repository.read("/" + PREFETCH_LIST) == listing.read_bytes()
+    assert parse_prefetch_list(repository.read("/" + PREFETCH_LIST))[:2] == ["/bin/hello", "/etc/hostname"]
+    published = read_back(repository)
+    del published["/" + PREFETCH_LIST], before["/" + PREFETCH_LIST]
+    assert published == before, "the rest of the tree is published as it is"
+
+
+def test_a_prefetch_list_that_names_nothing_of_the_tree_is_refused(tree: Path, tmp_path: Path, keys_dir: Path) -> None:
+    repo = tmp_path / "repo"
+    for content in (b"", b"/no/such/file\n# a comment\n/nor/this\n"):
+        listing = tmp_path / "list"
+        listing.write_bytes(content)
+        result = run_cli("publish", tree, "--repo", repo, "--name", FQRN, "--keys", keys_dir, "--prefetch-list", listing)
+        assert result.returncode != 0
+        assert b"names no file of" in result.stderr and b"/usr/bin/bash" in result.stderr
+    missing = run_cli("publish", tree, "--repo", repo, "--name", FQRN, "--keys", keys_dir,
+                      "--prefetch-list", tmp_path / "absent")
+    assert missing.returncode != 0 and b"cannot read the prefetch list" in missing.stderr
+    assert not (repo / ".cvmfspublished").exists(), "nothing is published from a refused list"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -50,6 +51,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--workers", type=int, default=None, metavar="N", help="parallel workers (default: CPUs)")
     parser.add_argument("--rehash", action="store_true", help="read every file even if it looks unchanged")
     parser.add_argument("--no-xattrs", action="store_true", help="do not record extended attributes")
+    parser.add_argument("--prefetch-list", metavar="FILE",
+                        help="publish FILE as /.ucernvm_prefetch, the snapshot's prefetch list: the files a boot "
+                        "downloads ahead, in order (one repository path per line; a booted machine writes the "
+                        "order it read files in to /mnt/.rw/cache/read-order.txt at SIGUSR1 to its mount daemon)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     parser.set_defaults(func=run)
 
@@ -89,7 +94,33 @@ class ProgressBar:
         sys.stderr.flush()
 
 
+def check_prefetch_list(list_file: str, source: str) -> str:
+    """How many of the list's paths the tree has; a list none of whose paths it has is a ConfigError."""
+    from ucernvm.client.prefetch import PREFETCH_LIST, parse_prefetch_list  # the mount's code: not at every start
+
+    try:
+        with open(list_file, "rb") as handle:
+            paths = parse_prefetch_list(handle.read())
+    except OSError as error:
+        raise ConfigError(f"cannot read the prefetch list {list_file}: {error.strerror}") from None
+    missing = [path for path in paths if not os.path.lexists(os.path.join(source, path.lstrip("/")))]
+    if not paths or len(missing) == len(paths):
+        raise ConfigError(f"the prefetch list {list_file} names no file of {source}",
+                          "it holds repository paths, one per line, such as /usr/bin/bash")
+    note = f"prefetch list /{PREFETCH_LIST}: {len(paths)} paths"
+    if missing:
+        note += f", {len(missing)} not in the tree (skipped at boot), the first: {missing[0]}"
+    return note
+
+
 def run(args: argparse.Namespace) -> int:
+    root_files: tuple[tuple[str, str], ...] = ()
+    prefetch_note = None
+    if args.prefetch_list:
+        from ucernvm.client.prefetch import PREFETCH_LIST
+
+        prefetch_note = check_prefetch_list(args.prefetch_list, args.source)
+        root_files = ((PREFETCH_LIST, args.prefetch_list),)
     try:
         algorithm = HashAlgorithm.from_name(args.hash)
     except FormatError as error:
@@ -102,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers or PublishOptions().workers,
         rehash=args.rehash,
         include_xattrs=not args.no_xattrs,
+        root_files=root_files,
     )
     progress = ProgressBar() if sys.stderr.isatty() and not args.quiet else None
     result = Publisher(args.repo, args.name, args.keys, options, progress).publish(args.source)
@@ -115,6 +147,8 @@ def run(args: argparse.Namespace) -> int:
             f"({result.bytes_written / MiB:.1f} MiB) and {result.catalogs_written} catalogs written, "
             f"{result.catalogs_reused} catalogs reused"
         )
+        if prefetch_note:
+            print(prefetch_note)
         if result.whitelist_created:
             print("whitelist created (30 days; renew with `ucernvm resign`)")
     return 0

@@ -31,7 +31,7 @@ from ucernvm.cvmfs.hashing import ContentHash, ObjectType
 from ucernvm.cvmfs.history import TRUNK, TRUNK_PREVIOUS, History, Tag
 from ucernvm.cvmfs.ingest import FileContent, Ingester, IngestOptions
 from ucernvm.cvmfs.manifest import Manifest
-from ucernvm.cvmfs.source_tree import SourceNode, scan
+from ucernvm.cvmfs.source_tree import SourceNode, add_root_file, scan
 from ucernvm.cvmfs.storage import RepositoryStorage
 from ucernvm.cvmfs.whitelist import SignedWhitelist, new_whitelist
 from ucernvm.errors import ConfigError, UcernvmError, VerificationError
@@ -48,6 +48,7 @@ class PublishOptions:
     workers: int = os.cpu_count() or 1
     rehash: bool = False  # read every file even when size and mtime match the previous revision
     include_xattrs: bool = True
+    root_files: tuple[tuple[str, str], ...] = ()  # (name, local file): added at the tree's root, see add_root_file
     whitelist_days: int = whitelist_file.DEFAULT_VALIDITY_DAYS
 
 
@@ -138,6 +139,8 @@ class Publisher:
             self.previous = self._open_previous()
             whitelist_bytes = None if self.previous else self._new_whitelist_bytes()
             tree = scan(source_dir, self.options.include_xattrs)
+            for name, local_path in self.options.root_files:
+                add_root_file(tree, name, local_path)
             contents, reused = self._ingest_files(tree)
             self._contents = contents
             revision = self.previous.manifest.revision + 1 if self.previous else 1

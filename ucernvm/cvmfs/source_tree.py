@@ -69,6 +69,23 @@ def scan(root: str, include_xattrs: bool = True) -> SourceNode:
     return node
 
 
+def add_root_file(tree: SourceNode, name: str, local_path: str) -> None:
+    """Put the file ``local_path`` into the published tree as ``/name``, replacing whatever the source has
+    there: owned by root, mode 0644, with its own content and modification time."""
+    try:
+        st = os.stat(local_path)
+    except OSError as error:
+        raise ConfigError(f"cannot read {local_path}: {error.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(f"{local_path} is not a regular file")
+    fields = list(st)
+    fields[0], fields[3], fields[4], fields[5] = stat.S_IFREG | 0o644, 1, 0, 0  # mode, links, owner, group
+    st = os.stat_result(fields, {"st_mtime": st.st_mtime, "st_mtime_ns": st.st_mtime_ns, "st_rdev": 0})
+    children = [child for child in tree.children if child.name != name]
+    children.append(SourceNode(name, join(tree.path, name), local_path, st))
+    tree.children = sorted(children, key=lambda child: os.fsencode(child.name))
+
+
 def _scan_children(directory: SourceNode, include_xattrs: bool) -> None:
     try:
         with os.scandir(directory.fs_path) as iterator:
