@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,7 @@ from ucernvm.boot.seed import network_config
 from ucernvm.errors import ConfigError
 
 from helpers import PROJECT
+from ntp import chronyd
 
 CLIENT_MAC = "02:00:00:00:00:11"
 _names = itertools.count()
@@ -127,7 +129,7 @@ needs_lab = pytest.mark.skipif(_lab_unavailable() is not None, reason=str(_lab_u
 needs_dnsmasq = pytest.mark.skipif(shutil.which("dnsmasq") is None, reason="dnsmasq is not installed (apt-get install dnsmasq-base)")
 
 _DRIVER = """
-import json, socket, sys, time
+import json, os, socket, sys, time
 from ucernvm.boot.log import BootLog
 from ucernvm.boot.network import network_stage
 from ucernvm.boot.state import BootState
@@ -142,11 +144,16 @@ if len(sys.argv) > 5:  # what an OpenNebula context.sh on a CD says (reading one
                  for name, mac, address, gateway, dns, mtu in json.loads(sys.argv[5]))
     medium = FoundContext("OpenNebula", network=nics, device="/dev/sr0")
     contextualize.media_network = lambda state: medium
+ntp = os.environ.get("LAB_NTP")  # then the clock stage too, recording (never setting the host's clock)
 state = BootState(system=DryRunSystem() if dry_run else RealSystem(root=root), log=BootLog(console=sys.stderr),
-                  config=BootConfig(network=mode, network_timeout=timeout))
+                  config=BootConfig(network=mode, network_timeout=timeout, ntp=ntp or "off"))
 start = time.monotonic()
 try:
     network_stage(state)
+    if ntp:
+        from ucernvm.boot.clock import clock_stage
+        state.system = DryRunSystem()
+        clock_stage(state)
     result = {"facts": state.facts}
 except UcernvmError as error:
     result = {"error": type(error).__name__, "message": error.message, "hint": error.hint}
@@ -205,14 +212,16 @@ class Lab:
         return log
 
     def run_stage(self, mode: str = "dhcp", timeout: float = 10.0, dry_run: bool = False,
-                  medium: list[tuple] | None = None) -> dict:
-        """The network stage in the client namespace; ``medium``: StaticInterface fields of a context.sh."""
+                  medium: list[tuple] | None = None, ntp: str | None = None) -> dict:
+        """The network stage in the client namespace; ``medium``: StaticInterface fields of a context.sh;
+        ``ntp``: then the clock stage with this ucernvm.ntp, recording what it would set."""
         root = self.tmp_path / "root"
         root.mkdir(exist_ok=True)
         result = subprocess.run(
             ["unshare", "--uts", "ip", "netns", "exec", self.client, sys.executable, "-c", _DRIVER,
              str(root), mode, str(timeout), "dry" if dry_run else "real", *([json.dumps(medium)] if medium else [])],
             capture_output=True, text=True, cwd=PROJECT, timeout=timeout + 60,
+            env={**os.environ, "LAB_NTP": ntp or ""},
         )  # fmt: skip
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout)
@@ -258,6 +267,7 @@ DHCP_OPTIONS = (
     "--dhcp-option=option:mtu,1400",
     # RFC 3442: with option 121 the router option (10.77.0.1) is ignored, the default route is 121's
     "--dhcp-option=option:classless-static-route,10.99.0.0/16,10.77.0.254,0.0.0.0/0,10.77.0.3",
+    "--dhcp-option=option:ntp-server,10.77.0.1,10.77.0.2",
     f"--dhcp-host={CLIENT_MAC},client-one",
 )
 
@@ -290,6 +300,24 @@ def test_dhcp_lease_configures_the_client(lab: Lab, tmp_path: Path) -> None:
     assert facts["mtu"] == 1400 and facts["lease_time"] == 3600 and facts["hostname"] == "client-one"
     assert 0 <= facts["seconds_to_lease"] < 10
     assert "10.99.0.0/16 via 10.77.0.254" in facts["routes"]
+    assert facts["ntp"] == ["10.77.0.1", "10.77.0.2"]
+
+
+@needs_lab
+@needs_dnsmasq
+def test_the_clock_asks_the_ntp_server_the_lease_names(lab: Lab, tmp_path: Path) -> None:
+    """A site that blocks NTP to the outside names its own server in the lease (option 42): the clock
+    stage asks it along with ucernvm.ntp's, here a silent address, and takes its answer."""
+    server = lab.namespace("s")
+    lab.wire("eth0", server, "10.77.0.1/24")
+    lab.dnsmasq(server, "eth0", "--dhcp-range=10.77.0.50,10.77.0.99,255.255.255.0,1h",
+                "--dhcp-option=option:ntp-server,10.77.0.1")  # fmt: skip
+    with contextmanager(chronyd)(tmp_path, synchronised=True, namespace=server, address="10.77.0.1"):
+        result = lab.run_stage(timeout=10, ntp="10.77.0.9")
+    assert "error" not in result, result
+    assert result["facts"]["network"]["ntp"] == ["10.77.0.1"]
+    clock = result["facts"]["clock"]
+    assert clock["server"] == "10.77.0.1" and abs(clock["offset"]) < 1, clock
 
 
 @needs_lab

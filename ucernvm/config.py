@@ -135,8 +135,9 @@ SETTINGS: tuple[Setting, ...] = (
             kernel=("ucernvm.net",)),
     Setting("network_timeout", 20.0, "seconds to wait for a DHCP lease", kernel=("ucernvm.net_timeout",), parse=parse_seconds),
     Setting("ntp", "pool.ntp.org", "NTP servers (host[:port], ',' separated) that set the clock before any date is "
-            "checked (certificates, the whitelist's expiry); without an answer, a clock more than a minute behind the "
-            "first server's HTTP Date is moved forward to it; off: leave the clock as it is", kernel=("ucernvm.ntp",)),
+            "checked (certificates, the whitelist's expiry), asked together with those the DHCP lease names (option 42); "
+            "without an answer, a clock more than a minute behind the first server's HTTP Date is moved forward to "
+            "it; off: leave the clock as it is (and ask no server)", kernel=("ucernvm.ntp",)),
     Setting("ntp_timeout", 2.0, "seconds to wait for an NTP answer (the boot goes on without one)",
             kernel=("ucernvm.ntp_timeout",), parse=parse_seconds),
     Setting("scratch_label", "UROOT", "file system label of the scratch disk", kernel=("ucernvm.scratch_label",)),

@@ -3,10 +3,10 @@
 Dates are checked right after: HTTPS certificates (context sources, servers) and the expiry of the
 repository's whitelist. A VM's clock can start wrong — VirtualBox keeps the RTC in local time, a
 restored snapshot keeps its old time — and a whitelist would then look expired, or not yet expired.
-The servers (``ucernvm.ntp``, pool.ntp.org as µCernVM) are asked at once; the first answer from a
-synchronised server sets the clock if it is more than a second off. Best effort, like the original:
-no answer within ``ucernvm.ntp_timeout`` leaves the clock as it is, with a warning. ntplib codes the
-SNTP exchange; each server is asked in a thread, because resolving its name has no timeout of its own
+The servers (``ucernvm.ntp``, pool.ntp.org as µCernVM, and those the DHCP lease names) are asked at
+once; the first answer from a synchronised server sets the clock if it is more than a second off.
+Best effort, like the original: no answer within ``ucernvm.ntp_timeout`` leaves the clock as it is,
+with a warning. ntplib codes the SNTP exchange; each server is asked in a thread, because resolving its name has no timeout of its own
 and a site that blocks DNS or NTP must not hold up the boot for longer than the stage's.
 
 Where no NTP server answered, the servers stage asks the first Stratum 1 for its manifest and reads the
@@ -112,6 +112,12 @@ def clock_stage(state: BootState) -> None:
     if not servers:
         state.log.info("clock: ucernvm.ntp=off, the clock is left as it is")
         return
+    # The site's own servers from the DHCP lease first (as chrony and systemd-timesyncd take them): a site
+    # that blocks NTP to the outside names its own there.
+    site = [(address, NTP_PORT) for address in state.facts.get("network", {}).get("ntp", ())]
+    if site:
+        servers = site + [server for server in servers if server not in site]
+        state.log.info("clock: NTP servers of the DHCP lease: " + ", ".join(address for address, _ in site))
     answer, failed = first_answer(servers, float(state.config.ntp_timeout))
     facts = state.facts["clock"] = {"failed": {a.server: a.problem for a in failed}}
     if answer is None:

@@ -37,6 +37,7 @@ PARAMETERS = (
     Option.SUBNET_MASK, Option.ROUTER, Option.NAME_SERVER, Option.HOST_NAME, Option.DOMAIN_NAME,
     Option.INTERFACE_MTU, Option.BROADCAST_ADDRESS, Option.LEASE_TIME, Option.SERVER_ID,
     Option.RENEWAL_TIME, Option.REBINDING_TIME, Option.DOMAIN_SEARCH, Option.CLASSLESS_STATIC_ROUTE,
+    Option.NTP_SERVERS,
 )  # fmt: skip
 
 # Kernel filter: IPv4 (the socket's protocol) + UDP, not a fragment, destination port 68.
@@ -83,6 +84,7 @@ class Lease(NamedTuple):
     routes: tuple[StaticRoute, ...] = ()  # option 121
     hostname: str = ""
     broadcast: str | None = None
+    ntp: tuple[str, ...] = ()  # option 42: the site's NTP servers, which the clock stage asks too
     seconds: float = 0.0  # from the first DISCOVER to the ACK
 
 
@@ -249,6 +251,7 @@ class _Exchange:
             routes=classless_routes(bytes(options.get("classless_static_route", ()))),
             hostname=options.get("host_name", ""),
             broadcast=options.get("broadcast_address"),
+            ntp=tuple(options.get("ntp_servers", ())),
             seconds=now - self.started,
         )
 

@@ -218,6 +218,7 @@ def configure_lease(state: BootState, nic: Link, lease: Lease) -> None:
         "seconds_to_lease": round(lease.seconds, 3),
         "dhcp_server": lease.server_id,
         "hostname": lease.hostname,
+        "ntp": list(lease.ntp),
     }
     state.log.info(f"network: {nic.name} {lease.address}/{lease.prefix} from DHCP server {lease.server_id} "
                    f"in {lease.seconds:.2f} s")  # fmt: skip
