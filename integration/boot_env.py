@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +94,18 @@ def boot(image: Path, disk: Path, cmdline: str, log: Path, *, ports: Sequence[in
     with Vm(options) as vm:
         code = vm.wait(timeout=timeout)
     return BootResult(vm, code, vm.serial)
+
+
+def power_cut(image: Path, disk: Path, cmdline: str, log: Path, *, ports: Sequence[int], at: str,
+              timeout: float = 300) -> re.Match[str]:
+    """Boot as ``boot`` does and switch the machine off (QEMU ends, no shutdown in the guest) as soon as the
+    console shows the pattern ``at``; returns its match."""
+    options = LaunchOptions(image=image, disks=(disk,), cmdline=cmdline, serial_log=log, isolated=True,
+                            guest_forwards=loopback_forwards(*ports))
+    with Vm(options) as vm:
+        match = vm.wait_for(at, timeout=timeout)
+        vm.stop()
+    return match
 
 
 def new_disk(path: Path, size: int = 4 << 30) -> Path:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from boot_env import FQRN, BootRepository, boot, build_boot_image, make_repository, new_disk
+from boot_env import FQRN, BootRepository, boot, build_boot_image, make_repository, new_disk, power_cut
 from ucernvm.cli import main as ucernvm
 from ucernvm.cvmfs.publisher import resign
 from ucernvm.cvmfs.signing import generate_repository_keys
@@ -75,6 +75,22 @@ def test_boot_twice_on_one_disk(image: BuildResult, repository: BootRepository, 
     assert again["cache"]["hits"] > 0
     assert again["storage"]["fresh"] is False
     assert again["storage"].get("fsck", "clean") == "clean", again["storage"]
+
+
+@pytest.mark.vm
+def test_a_power_cut_right_after_the_first_boot_keeps_the_pin(image: BuildResult, repository: BootRepository,
+                                                              tmp_path: Path, qemu: str) -> None:
+    """The machine is switched off the moment its first boot has chosen the snapshot, long before the scratch
+    disk's file system would commit on its own; a newer revision appears; the next boot keeps the pin."""
+    disk = new_disk(tmp_path / "scratch.raw")
+    chosen = power_cut(image.output, disk, repository.cmdline(), tmp_path / "cut.log", ports=repository.ports,
+                       at=r"snapshot: \S+ revision (\d+) ([0-9a-f]{40})")
+    repository.publish("after-the-power-cut")
+    result = boot(image.output, disk, repository.cmdline(), tmp_path / "next.log", ports=repository.ports)
+    assert result.code == 0, result.serial[-3000:]
+    snapshot = result.report["snapshot"]
+    assert snapshot["pinned"] is True, snapshot
+    assert (snapshot["revision"], snapshot["root_hash"]) == (int(chosen.group(1)), chosen.group(2))
 
 
 @pytest.mark.vm

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ucernvm.boot.rebase import rebase_if_moved
 from ucernvm.boot.state import BootState
-from ucernvm.boot.system import MakeDirs, RemoveFile, WriteFile
+from ucernvm.boot.system import MakeDirs, RemoveFile, Sync, WriteFile
 from ucernvm.client.cache import ObjectCache
 from ucernvm.client.repository import Repository
 from ucernvm.cvmfs.hashing import ContentHash
@@ -100,14 +100,22 @@ def snapshot_stage(state: BootState) -> None:
     state.repository = repository
     label = repository.tag.name if repository.tag else (tag or _tag_of(repository))
     rebase_if_moved(state, pinned_hash.hex if pinned_hash is not None else None)
+    wrote = []
     if root_hash is None or forced:
         system.do(MakeDirs(str(scratch / "aux")))
         system.do(WriteFile(str(scratch / PIN_FILE), f"{repository.root_hash}\n{label}\n".encode()))
+        wrote.append("the pin")
     if forced:
         system.do(RemoveFile(str(scratch / FORCE_FILE)))
     if not newest or revision > newest["revision"]:
         record = {"revision": revision, "root_hash": repository.root_hash.hex, "tag": label}
         system.do(WriteFile(str(scratch / NEWEST_FILE), json.dumps(record).encode()))
+        wrote.append("the newest revision booted")
+    if wrote:
+        # A machine switched off right after its first boot must boot the same snapshot next time and still
+        # refuse older ones; the file system's own commit comes seconds later. (Also flushes the context that
+        # a first boot saved in the storage stage.)
+        system.do(Sync(" and ".join(wrote) + " on the scratch disk"))
     state.facts["snapshot"] = {
         "repository": repository.fqrn,
         "revision": revision,

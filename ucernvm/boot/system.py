@@ -116,6 +116,18 @@ class RemoveFile(NamedTuple):
             pass
 
 
+class Sync(NamedTuple):
+    """Flush every file system's written data to its disk (sync(2)): what must survive a power cut."""
+
+    what: str
+
+    def describe(self) -> str:
+        return f"flush to disk: {self.what}"
+
+    def apply(self) -> None:
+        os.sync()
+
+
 class Run(NamedTuple):
     argv: tuple[str, ...]
     timeout: float = 60.0
