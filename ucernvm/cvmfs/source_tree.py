@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ucernvm.cvmfs.catalog import join
@@ -58,12 +59,7 @@ def read_xattrs(fs_path: str) -> dict[str, bytes]:
 
 def scan(root: str, include_xattrs: bool = True) -> SourceNode:
     """The whole tree below ``root``, children sorted by name; symlinks are never followed."""
-    try:
-        st = os.lstat(root)
-    except OSError as error:
-        raise ConfigError(f"cannot read the source directory {root}: {error.strerror}") from None
-    if not stat.S_ISDIR(st.st_mode):
-        raise ConfigError(f"the source {root} is not a directory")
+    st = _stat(root, "the source", stat.S_ISDIR, "a directory", follow_symlinks=False)
     node = SourceNode("", "", root, st, xattrs=read_xattrs(root) if include_xattrs else {}, is_catalog_root=True)
     _scan_children(node, include_xattrs)
     return node
@@ -72,18 +68,24 @@ def scan(root: str, include_xattrs: bool = True) -> SourceNode:
 def add_root_file(tree: SourceNode, name: str, local_path: str) -> None:
     """Put the file ``local_path`` into the published tree as ``/name``, replacing whatever the source has
     there: owned by root, mode 0644, with its own content and modification time."""
-    try:
-        st = os.stat(local_path)
-    except OSError as error:
-        raise ConfigError(f"cannot read {local_path}: {error.strerror}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise ConfigError(f"{local_path} is not a regular file")
+    st = _stat(local_path, "the file", stat.S_ISREG, "a regular file", follow_symlinks=True)
     fields = list(st)
     fields[0], fields[3], fields[4], fields[5] = stat.S_IFREG | 0o644, 1, 0, 0  # mode, links, owner, group
     st = os.stat_result(fields, {"st_mtime": st.st_mtime, "st_mtime_ns": st.st_mtime_ns, "st_rdev": 0})
     children = [child for child in tree.children if child.name != name]
     children.append(SourceNode(name, join(tree.path, name), local_path, st))
     tree.children = sorted(children, key=lambda child: os.fsencode(child.name))
+
+
+def _stat(path: str, role: str, is_kind: Callable[[int], bool], kind: str, follow_symlinks: bool) -> os.stat_result:
+    """``path``'s status; a ConfigError naming it by its ``role`` when it cannot be read or is not ``kind``."""
+    try:
+        st = os.stat(path, follow_symlinks=follow_symlinks)
+    except OSError as error:
+        raise ConfigError(f"cannot read {role} {path}: {error.strerror}") from None
+    if not is_kind(st.st_mode):
+        raise ConfigError(f"{role} {path} is not {kind}")
+    return st
 
 
 def _scan_children(directory: SourceNode, include_xattrs: bool) -> None:
