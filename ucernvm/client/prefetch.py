@@ -195,7 +195,7 @@ class Prefetcher(BackgroundWalk):
         if self._stop.is_set():
             return
         try:
-            os.close(self.repository.open_chunk(entry, chunk))
+            self.repository.cache_chunk(entry, chunk)
         except (UcernvmError, OSError):
             self._count("failed")
         else:
