@@ -10,6 +10,7 @@ a list larger than the cache cannot leave the OS's own reads without room; what 
 
 from __future__ import annotations
 
+import os
 from collections import deque
 
 from ucernvm.client.prefetch import BackgroundWalk, parse_prefetch_list
@@ -70,7 +71,7 @@ class Pinner(BackgroundWalk):
         assert cache is not None
         for chunk in self.repository.chunks(path, entry):  # type: ignore[arg-type]
             cache.pin(chunk.content_hash)  # first: the object cannot go between its download and its pin
-            self.repository.cache_chunk(entry, chunk)
+            os.close(self.repository.open_chunk(entry, chunk))
         self.pinned += 1
         self.pinned_bytes += entry.size
 

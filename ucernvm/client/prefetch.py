@@ -195,7 +195,7 @@ class Prefetcher(BackgroundWalk):
         if self._stop.is_set():
             return
         try:
-            self.repository.cache_chunk(entry, chunk)
+            os.close(self.repository.open_chunk(entry, chunk))
         except (UcernvmError, OSError):
             self._count("failed")
         else:

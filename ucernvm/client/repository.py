@@ -169,20 +169,10 @@ class Repository:
 
     def open_chunk(self, entry: DirectoryEntry, chunk: Chunk) -> int:
         """A descriptor on the cached, verified bytes of one of a file's chunks (needs a cache)."""
-        return self._chunk_cache().open(chunk.content_hash, self._chunk_producer(entry, chunk))
-
-    def cache_chunk(self, entry: DirectoryEntry, chunk: Chunk) -> None:
-        """Download and verify one of a file's chunks into the cache unless it is there (a prefetch, a pin):
-        no descriptor to open and close."""
-        self._chunk_cache().get(chunk.content_hash, self._chunk_producer(entry, chunk))
-
-    def _chunk_cache(self) -> ObjectCache:
         if self.cache is None:
             raise FetchError("reading objects as files needs a cache directory")
-        return self.cache
-
-    def _chunk_producer(self, entry: DirectoryEntry, chunk: Chunk) -> Callable[[], bytes]:
-        return self._producer(chunk.content_hash, entry.piece_type, chunk.size, entry.is_compressed)
+        producer = self._producer(chunk.content_hash, entry.piece_type, chunk.size, entry.is_compressed)
+        return self.cache.open(chunk.content_hash, producer)
 
     # -- history -------------------------------------------------------------------------------
 
