@@ -94,8 +94,9 @@ class ProgressBar:
         sys.stderr.flush()
 
 
-def check_prefetch_list(list_file: str, source: str) -> str:
-    """How many of the list's paths the tree has; a list none of whose paths it has is a ConfigError."""
+def prefetch_list_file(list_file: str, source: str) -> tuple[tuple[str, str], str]:
+    """The list as a file of the snapshot's root (its name there, ``list_file``) and a summary line of how many
+    of its paths the tree has; a list none of whose paths it has is a ConfigError."""
     from ucernvm.client.prefetch import PREFETCH_LIST, parse_prefetch_list  # the mount's code: not at every start
 
     try:
@@ -110,17 +111,15 @@ def check_prefetch_list(list_file: str, source: str) -> str:
     note = f"prefetch list /{PREFETCH_LIST}: {len(paths)} paths"
     if missing:
         note += f", {len(missing)} not in the tree (skipped at boot), the first: {missing[0]}"
-    return note
+    return (PREFETCH_LIST, list_file), note
 
 
 def run(args: argparse.Namespace) -> int:
     root_files: tuple[tuple[str, str], ...] = ()
     prefetch_note = None
     if args.prefetch_list:
-        from ucernvm.client.prefetch import PREFETCH_LIST
-
-        prefetch_note = check_prefetch_list(args.prefetch_list, args.source)
-        root_files = ((PREFETCH_LIST, args.prefetch_list),)
+        root_file, prefetch_note = prefetch_list_file(args.prefetch_list, args.source)
+        root_files = (root_file,)
     try:
         algorithm = HashAlgorithm.from_name(args.hash)
     except FormatError as error:
