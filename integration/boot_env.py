@@ -6,6 +6,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ucernvm.cvmfs.publisher import Publisher, PublishOptions
 from ucernvm.cvmfs.signing import generate_repository_keys
@@ -88,9 +89,8 @@ def boot(image: Path, disk: Path, cmdline: str, log: Path, *, ports: Sequence[in
          context: Path | None = None, accel: str = "auto", memory: int = 1024,
          machine: str = LaunchOptions.machine, clock_base: str | None = None) -> BootResult:
     """Boot isolated: the guest reaches the host's 127.0.0.1:PORT at 10.0.2.2:PORT for *ports*, and nothing else."""
-    options = LaunchOptions(image=image, disks=(disk,), context=context, cmdline=cmdline, memory=memory,
-                            machine=machine, serial_log=log, accel=accel, isolated=True, guest_forwards=loopback_forwards(*ports),
-                            clock_base=clock_base)
+    options = isolated(image, disk, cmdline, log, ports, context=context, memory=memory, machine=machine, accel=accel,
+                       clock_base=clock_base)
     with Vm(options) as vm:
         code = vm.wait(timeout=timeout)
     return BootResult(vm, code, vm.serial)
@@ -100,12 +100,16 @@ def power_cut(image: Path, disk: Path, cmdline: str, log: Path, *, ports: Sequen
               timeout: float = 300) -> re.Match[str]:
     """Boot as ``boot`` does and switch the machine off (QEMU ends, no shutdown in the guest) as soon as the
     console shows the pattern ``at``; returns its match."""
-    options = LaunchOptions(image=image, disks=(disk,), cmdline=cmdline, serial_log=log, isolated=True,
-                            guest_forwards=loopback_forwards(*ports))
-    with Vm(options) as vm:
+    with Vm(isolated(image, disk, cmdline, log, ports)) as vm:
         match = vm.wait_for(at, timeout=timeout)
         vm.stop()
     return match
+
+
+def isolated(image: Path, disk: Path, cmdline: str, log: Path, ports: Sequence[int], **options: Any) -> LaunchOptions:
+    """The options of a boot whose guest reaches only the host's 127.0.0.1 ports *ports* (at 10.0.2.2)."""
+    return LaunchOptions(image=image, disks=(disk,), cmdline=cmdline, serial_log=log, isolated=True,
+                         guest_forwards=loopback_forwards(*ports), **options)
 
 
 def new_disk(path: Path, size: int = 4 << 30) -> Path:

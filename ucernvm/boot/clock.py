@@ -6,8 +6,9 @@ restored snapshot keeps its old time — and a whitelist would then look expired
 The servers (``ucernvm.ntp``, pool.ntp.org as µCernVM, and those the DHCP lease names) are asked at
 once; the first answer from a synchronised server sets the clock if it is more than a second off.
 Best effort, like the original: no answer within ``ucernvm.ntp_timeout`` leaves the clock as it is,
-with a warning. ntplib codes the SNTP exchange; each server is asked in a thread, because resolving its name has no timeout of its own
-and a site that blocks DNS or NTP must not hold up the boot for longer than the stage's.
+with a warning. ntplib codes the SNTP exchange; each server is asked in a thread, because resolving its
+name has no timeout of its own and a site that blocks DNS or NTP must not hold up the boot for longer
+than the stage's.
 
 Where no NTP server answered, the servers stage asks the first Stratum 1 for its manifest and reads the
 response's Date (and Age, when a proxy kept it), as htpdate does: a clock more than a minute behind it
