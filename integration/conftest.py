@@ -16,6 +16,7 @@ from debian_os import DebianRoot, build_root
 from debian_stream import StreamedOs, recorded_prefetch_list, served
 from floor import FloorBoots, boot_floor_twice
 
+from ucernvm.errors import UcernvmError
 from ucernvm.image.builder import BuildOptions, BuildResult, build_image
 
 INTEGRATION_DIR = Path(__file__).resolve().parent
@@ -27,6 +28,16 @@ SMOKE_INIT = "smoke_init:main"
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "vm: boots a real image in QEMU (slow; needs qemu-system-x86_64)")
     config.addinivalue_line("markers", "slow: builds complete images (kernel via apt, compression)")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failure's hint (for a VM that hung: its last console lines) shown with the failure, where the
+    exception's text alone has only the message."""
+    outcome = yield
+    error = call.excinfo.value if call.excinfo is not None else None
+    if isinstance(error, UcernvmError) and error.hint:
+        outcome.get_result().sections.append(("hint", error.hint))
 
 
 def _build_smoke(output: Path, use_cache: bool = True) -> BuildResult:
