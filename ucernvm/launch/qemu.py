@@ -29,6 +29,30 @@ from ucernvm.launch.usernet import netdev
 BASE_CMDLINE = "console=ttyS0 panic=-1"
 MACHINES = ("q35", "pc")
 _PRINTK_RE = re.compile(r"^\[\s*(\d+\.\d+)\]")
+# The first line of the guest kernel's report of a lockup, stall or crash: where a hung guest's console
+# is read from, since its last lines only repeat the watchdog's complaint.
+_KERNEL_TROUBLE_RE = re.compile(r"^\[\s*\d+\.\d+\] (?:watchdog: BUG|BUG:|Oops|Kernel panic|rcu: INFO:)", re.M)
+TROUBLE_LINES = 80
+
+
+def console_hint(serial: str, stderr: str = "", lines: int = 15) -> str:
+    """What to show of a guest that failed or hung: the kernel's first report of trouble (a lockup's
+    or an oops's backtrace), if any, then the console's last *lines*, and QEMU's last complaint."""
+    console = serial.strip()
+    every = console.split("\n")
+    last = max(0, len(every) - lines)
+    text = ""
+    trouble = _KERNEL_TROUBLE_RE.search(console)
+    if trouble is not None:
+        first = console.count("\n", 0, trouble.start())
+        text = "the guest kernel reported trouble:\n" + "\n".join(every[first:first + TROUBLE_LINES]) + "\n"
+        last = max(last, first + TROUBLE_LINES)
+    if console and last < len(every):
+        text += "last console lines:\n" + "\n".join(every[last:])
+    text = text.rstrip("\n") or "no console output"
+    if stderr.strip():
+        text += "\nQEMU: " + stderr.strip().splitlines()[-1]
+    return text
 
 
 class Echo(Protocol):
@@ -289,9 +313,5 @@ class Vm:
         with self._changed:
             self._changed.notify_all()
 
-    def _tail(self, lines: int = 15) -> str:
-        serial = self.serial.strip().splitlines()[-lines:]
-        text = "last console lines:\n" + "\n".join(serial) if serial else "no console output"
-        if self.stderr.strip():
-            text += "\nQEMU: " + self.stderr.strip().splitlines()[-1]
-        return text
+    def _tail(self) -> str:
+        return console_hint(self.serial, self.stderr)
