@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -101,3 +106,45 @@ def test_build_is_reproducible(smoke_image: BuildResult, build_smoke: Callable[.
     assert not any(s["from_cache"] for s in second["segments"])
     assert again.initrd.read_bytes() == smoke_image.initrd.read_bytes()
     assert again.manifest["components"] == smoke_image.manifest["components"]
+
+
+def _qemu_child(pid: int) -> int | None:
+    """The QEMU process among *pid*'s children, if it has started."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            if Path(f"/proc/{child}/comm").read_text().startswith("qemu-system"):
+                return int(child)
+    return None
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.vm
+def test_a_killed_launcher_leaves_no_vm_behind(smoke_image: BuildResult, qemu: str, tmp_path: Path) -> None:
+    # A guest that never ends by itself: no init in the initramfs, and the kernel waits for a root disk.
+    never_ends = "rdinit=/none root=/dev/nonexistent rootwait"
+    launcher = subprocess.Popen([sys.executable, "-m", "ucernvm", "launch", "--image", str(smoke_image.output),
+                                 "--accel", "tcg", "--memory", "256", "--cmdline", never_ends, "-q"],
+                                stdout=subprocess.DEVNULL)
+    vm = None
+    try:
+        deadline = time.monotonic() + 60
+        while (vm := _qemu_child(launcher.pid)) is None:
+            assert launcher.poll() is None and time.monotonic() < deadline, "the launcher started no QEMU"
+            time.sleep(0.05)
+        launcher.kill()  # SIGKILL: the launcher cleans nothing up
+        launcher.wait()
+        deadline = time.monotonic() + 10
+        while _running(vm) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _running(vm), f"QEMU (pid {vm}) still runs after its launcher was killed"
+    finally:
+        launcher.kill()
+        if vm is not None and _running(vm):
+            os.kill(vm, signal.SIGKILL)

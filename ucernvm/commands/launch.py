@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "(the host is 10.0.2.2 for the guest; with --isolated only the --guest-forward services "
                     "are), virtio disks, an optional context CD-ROM. "
                     "Under TCG the PVH vmlinux is booted, with KVM the bzImage. The exit status is "
-                    f"QEMU's ({TIMEOUT_EXIT} after --timeout).",
+                    f"QEMU's ({TIMEOUT_EXIT} after --timeout). QEMU ends with the launcher, even one that is killed.",
     )
     parser.add_argument("--image", type=Path, required=True, metavar="DIR", help="a `ucernvm build` output")
     parser.add_argument("--disk", type=Path, action="append", default=[], metavar="PATH",
