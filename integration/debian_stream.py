@@ -29,8 +29,11 @@ from ucernvm.server import StratumServer
 
 # The isolated test network has no router, so "routable" never comes: systemd's wait for it would
 # only add its 120 s timeout (words the loader does not know go on to the kernel and systemd). The
-# server named here is overridden by the context's.
-CMDLINE = (f"quiet cvmfs_repos={FQRN} cvmfs_server=unused.invalid ucernvm.panic=poweroff {NO_NTP} "
+# server named here is overridden by the context's. A kernel lockup (a CPU stuck in the kernel for 20 s)
+# prints every CPU's backtrace and panics, which ends the VM at once with the traces on the console
+# (loglevel=5 lets the backtraces past quiet), instead of a guest that hangs until the timeout.
+LOCKUP_PANIC = "loglevel=5 softlockup_panic=1 softlockup_all_cpu_backtrace=1"
+CMDLINE = (f"quiet {LOCKUP_PANIC} cvmfs_repos={FQRN} cvmfs_server=unused.invalid ucernvm.panic=poweroff {NO_NTP} "
            "systemd.mask=systemd-networkd-wait-online.service")
 TIMEOUT = 900.0
 SCRATCH_SIZE = 20 << 30
