@@ -58,7 +58,7 @@ class Figures:
 
 def boot_figures(label: str, result: BootResult) -> Figures:
     if result.code != 0 or result.marker("UCERNVM-OS-INIT") is None:
-        raise SystemExit(f"{label}: the boot failed (QEMU exit {result.code}):\n{result.serial[-3000:]}")
+        raise SystemExit(f"{label}: the boot failed (QEMU exit {result.code}):\n{result.tail}")
     report = result.report
     stages = {stage["name"]: stage for stage in report["stages"]}
     os_init = float(result.marker("UCERNVM-OS-INIT") or "nan")

@@ -14,6 +14,7 @@ from ucernvm.image.builder import BuildOptions, BuildResult, build_image
 from ucernvm.image.demo_os import console_marker, console_report, make_demo_os
 from ucernvm.launch import LaunchOptions, Vm
 from ucernvm.launch.media import create_sparse_disk
+from ucernvm.launch.qemu import console_hint
 from ucernvm.launch.usernet import HOST_ADDRESS, loopback_forwards
 from ucernvm.server import StratumServer
 
@@ -79,9 +80,14 @@ class BootResult:
         return console_marker(self.serial, name)
 
     @property
+    def tail(self) -> str:
+        """What a failed check shows of the console: the guest kernel's report of trouble, if any, then the end."""
+        return console_hint(self.serial, lines=50)
+
+    @property
     def report(self) -> dict:
         report = console_report(self.serial)
-        assert report is not None, f"no boot report on the console:\n{self.serial[-3000:]}"
+        assert report is not None, f"no boot report on the console:\n{self.tail}"
         return report
 
 

@@ -110,7 +110,7 @@ def recorded_prefetch_list(root: DebianRoot, progress: Callable[[str], None] = p
                                            work / "record.log", server)
     if report.problems() or len(report.read_order) < 100:
         raise RuntimeError(f"recording the prefetch list failed: {report.problems()} "
-                           f"({len(report.read_order)} files)\n{result.serial[-3000:]}")
+                           f"({len(report.read_order)} files)\n{result.tail}")
     partial = cached.with_suffix(".partial")
     partial.write_text("# the files a cold boot of this root read, in order (ucernvm mount's read-order.txt)\n"
                        + "".join(f"{path}\n" for path in report.read_order))

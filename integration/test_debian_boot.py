@@ -46,9 +46,9 @@ def streamed_pair(streamed: StreamedOs, image: Path, iso: Path, work: Path) -> t
     runs = {}
     for name in ("cold", "warm"):
         guest, result = boot_streamed(image, disk, iso, work / f"{name}.log", streamed.server)
-        assert guest.problems() == [], f"{name}: {guest.problems()}\n{result.serial[-4000:]}"
+        assert guest.problems() == [], f"{name}: {guest.problems()}\n{result.tail}"
         assert guest.checks.get("ucernvm-report"), "the boot report is not visible in the OS"
-        assert result.code == 0, f"{name}: the guest did not power itself off cleanly\n{result.serial[-3000:]}"
+        assert result.code == 0, f"{name}: the guest did not power itself off cleanly\n{result.tail}"
         assert "root detached" in result.serial, "systemd did not hand the machine back to the loader"
         assert f"servers: http://{GUEST_HOST}:{streamed.server.port}/cvmfs/{FQRN}" in result.serial
         runs[name], accel = guest, result.vm.accel

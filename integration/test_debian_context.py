@@ -32,8 +32,8 @@ def boot_with(streamed: StreamedOs, image: Path, work: Path, options: str, port:
     result = boot(image, new_disk(work / "scratch.raw", SCRATCH_SIZE), f"{CMDLINE} {options}", work / "console.log",
                   ports=(streamed.server.port, port), memory=GUEST_MEMORY, timeout=TIMEOUT)
     guest = read_report(result.serial)
-    assert guest.problems() == [], f"{guest.problems()}\n{result.serial[-4000:]}"
-    assert result.code == 0, f"the guest did not power itself off cleanly\n{result.serial[-3000:]}"
+    assert guest.problems() == [], f"{guest.problems()}\n{result.tail}"
+    assert result.code == 0, f"the guest did not power itself off cleanly\n{result.tail}"
     return guest, result
 
 
