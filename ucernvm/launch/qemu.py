@@ -40,12 +40,15 @@ TROUBLE_LINES = 80
 PR_SET_PDEATHSIG = 1
 
 
-def _ends_with_its_parent() -> Callable[[], None]:
+def _ends_with_its_parent() -> Callable[[], None] | None:
     """What QEMU's child runs before exec: the kernel sends QEMU SIGTERM (it then flushes its disks and
     exits) when the thread that started it ends, so a launcher or test run that is killed, even by
     SIGKILL, leaves no VM running. prctl(2) has no wrapper in the standard library: ctypes, resolved
-    here, before the fork."""
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    here, before the fork. None where there is no prctl (not Linux)."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except AttributeError:
+        return None
     parent = os.getpid()
 
     def request() -> None:
