@@ -35,9 +35,7 @@ _PRINTK_RE = re.compile(r"^\[\s*(\d+\.\d+)\]")
 # is read from, since its last lines only repeat the watchdog's complaint.
 _KERNEL_TROUBLE_RE = re.compile(r"^\[\s*\d+\.\d+\] (?:watchdog: BUG|BUG:|Oops|Kernel panic|rcu: INFO:)", re.M)
 TROUBLE_LINES = 80
-
-
-PR_SET_PDEATHSIG = 1
+PR_SET_PDEATHSIG = 1  # prctl(2)'s request for a signal when the parent ends
 
 
 def _ends_with_its_parent() -> Callable[[], None] | None:
