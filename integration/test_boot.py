@@ -62,8 +62,9 @@ def test_boot_twice_on_one_disk(image: BuildResult, repository: BootRepository, 
     assert "ucernvm: root detached" in first.serial  # the OS's shutdown went through the hand-back
 
     repository.publish("v2")  # a newer snapshot appears; the pinned machine must not move
-    second = boot(image.output, disk, repository.cmdline("ucernvm.xattrs=on"), tmp_path / "second.log",
-                  ports=repository.ports)
+    # fuse.max_user_bgreq: a module parameter on the kernel command line reaches the module the boot loads
+    second = boot(image.output, disk, repository.cmdline("ucernvm.xattrs=on fuse.max_user_bgreq=77"),
+                  tmp_path / "second.log", ports=repository.ports)
     print_timings("warm boot", second, capsys)
     assert second.code == 0, second.tail
     again = second.report
@@ -75,6 +76,8 @@ def test_boot_twice_on_one_disk(image: BuildResult, repository: BootRepository, 
     assert again["cache"]["hits"] > 0
     assert again["storage"]["fresh"] is False
     assert again["storage"].get("fsck", "clean") == "clean", again["storage"]
+    assert first.marker("UCERNVM-OS-FUSE-BGREQ") != "77"
+    assert second.marker("UCERNVM-OS-FUSE-BGREQ") == "77", again["modules"]
 
 
 @pytest.mark.vm

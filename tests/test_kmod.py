@@ -1,7 +1,8 @@
 """The modules stage's scheduling (boot/kmod.py ModuleLoader) on a depmod index written by the test: each
 module after the ones it needs, drivers of devices that a bus driver brings up loaded while a slow
-probe elsewhere still runs, failures recorded without stopping the rest. The loads themselves are
-functions that sleep; finit_module itself runs in the QEMU boot tests."""
+probe elsewhere still runs, failures recorded without stopping the rest; module parameters read from the
+kernel command line as modprobe reads them. The loads themselves are functions that sleep; finit_module
+itself, and a parameter from the command line reaching a loaded module, run in the QEMU boot tests."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ucernvm.boot.kmod import DeviceScanner, ModuleLoader
+from ucernvm.boot.kmod import DeviceScanner, ModuleLoader, cmdline_options
 from ucernvm.errors import UcernvmError
 from ucernvm.image.kmods import ModuleIndex
 
@@ -124,3 +125,15 @@ def test_the_scanner_reads_each_device_once(tmp_path: Path) -> None:
     device("virtio", "virtio0", "virtio:d00000001v00001AF4")
     assert scanner.new_aliases() == {"virtio:d00000001v00001AF4"}
     assert scanner.new_aliases() == set()
+
+
+def test_module_parameters_come_from_the_command_line_as_modprobe_reads_them() -> None:
+    cmdline = ('console=ttyS0 root=/dev/vda1 libata.force=nodbdelay virtio-net.napi_tx=1 quiet '
+               'libata.noacpi ucernvm.panic=poweroff dyndbg.x="file a b" libata.dma=0 .x=1 y.=2')
+    assert cmdline_options(cmdline) == {
+        "libata": "force=nodbdelay noacpi dma=0",  # in their order, a bare flag as given
+        "virtio_net": "napi_tx=1",  # the module's name with underscores, as the kernel knows it
+        "ucernvm": "panic=poweroff",  # the stage passes only those of modules it loads
+        "dyndbg": 'x="file a b"',  # quoted again: the kernel splits the parameters at spaces
+    }
+    assert cmdline_options("") == {}

@@ -2,7 +2,8 @@
 
 No modprobe and no udev: device modaliases are read from sysfs, resolved through the image's
 modules.alias, and each module is loaded with finit_module(2) as soon as its dependencies
-(modules.dep) are loaded. Loading a bus driver (virtio_pci) makes new devices appear (virtio disks and
+(modules.dep) are loaded, with the parameters the kernel command line sets for it (``libata.force=...``),
+which the kernel applies itself only to built-in code and leaves to modprobe otherwise. Loading a bus driver (virtio_pci) makes new devices appear (virtio disks and
 NICs), so the devices are scanned again after each module that registered a driver, as a udev coldplug
 would.
 """
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ucernvm.boot.state import BootState
+from ucernvm.config import split_cmdline
 from ucernvm.errors import UcernvmError
 from ucernvm.image.kmods import ModuleIndex
 
@@ -35,9 +37,10 @@ _libc = ctypes.CDLL(None, use_errno=True)
 class LoadModule(NamedTuple):
     name: str
     path: str
+    options: str = ""  # "param=value ..." as finit_module(2) takes them
 
     def describe(self) -> str:
-        return f"load kernel module {self.name}"
+        return f"load kernel module {self.name}" + (f" with {self.options}" if self.options else "")
 
     def apply(self) -> float:
         """Load the module; returns the seconds its initialisation took."""
@@ -45,7 +48,7 @@ class LoadModule(NamedTuple):
         fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             number = _SYS_FINIT_MODULE[os.uname().machine]
-            if _libc.syscall(number, fd, b"", 0) != 0:
+            if _libc.syscall(number, fd, self.options.encode(), 0) != 0:
                 code = ctypes.get_errno()
                 if code != errno.EEXIST:
                     raise UcernvmError(f"cannot load kernel module {self.name}: {os.strerror(code)}")
@@ -147,6 +150,22 @@ class ModuleLoader:
                 busy.add(name)
 
 
+def cmdline_options(cmdline: str) -> dict[str, str]:
+    """The module parameters a kernel command line sets (``module.param[=value]``), by module name, as
+    modprobe reads them from /proc/cmdline: a module's dashes are underscores, a value with spaces is
+    quoted again for the kernel's parser, and a module's parameters keep their order."""
+    options: dict[str, list[str]] = {}
+    for word in split_cmdline(cmdline):
+        key, equals, value = word.partition("=")
+        module, dot, param = key.partition(".")
+        if not (dot and module and param):
+            continue
+        if " " in value:
+            value = f'"{value}"'
+        options.setdefault(module.replace("-", "_"), []).append(f"{param}={value}" if equals else param)
+    return {module: " ".join(params) for module, params in options.items()}
+
+
 def registers_driver(name: str, sysfs: str = "/sys") -> bool:
     """Whether a loaded module registered a device driver (so new devices may have appeared)."""
     return os.path.isdir(f"{sysfs}/module/{name}/drivers")
@@ -169,11 +188,12 @@ def modules_stage(state: BootState) -> None:
         clock = now
 
     index = ModuleIndex.load(release)
+    options = {name: value for name, value in cmdline_options(state.cmdline).items() if name in index.paths}
     phase("index")
     seconds: dict[str, float] = {}
 
     def load(name: str) -> None:
-        seconds[name] = state.system.do(LoadModule(name, str(release / index.paths[name])))
+        seconds[name] = state.system.do(LoadModule(name, str(release / index.paths[name]), options.get(name, "")))
 
     loader = ModuleLoader(index, load, DeviceScanner().new_aliases, registers_driver)
     loader.run(name for name in REQUIRED + OPTIONAL if index.resolve(name))
@@ -191,6 +211,7 @@ def modules_stage(state: BootState) -> None:
         "loaded": sorted(loaded),
         "failed": sorted(loader.failed.values()),
         "slowest": {name: round(value, 3) for name, value in slowest},
+        "options": {name: value for name, value in options.items() if name in loaded},
         "phases": phases,
     }
     state.log.info(f"loaded {len(loaded)} kernel modules; slowest: " + ", ".join(f"{n} {v:.2f} s" for n, v in slowest))

@@ -38,6 +38,7 @@ echo "UCERNVM-OS-ROOT $(grep ' / ' /proc/mounts | head -n 1)"
 echo "UCERNVM-OS-LAYERS $(grep -c -e ' /mnt/.rw ' -e ' /mnt/.ro ' /proc/mounts)"
 echo "UCERNVM-OS-KERNEL $(uname -r)"
 if [ -d "/lib/modules/$(uname -r)" ]; then echo "UCERNVM-OS-MODULES present"; fi
+echo "UCERNVM-OS-FUSE-BGREQ $(cat /sys/module/fuse/parameters/max_user_bgreq 2>/dev/null)"
 echo "UCERNVM-OS-SEED $(cat /var/lib/cloud/seed/nocloud/user-data 2>/dev/null | head -n 1)"
 echo "UCERNVM-OS-NETWORK-CONFIG $(tr -d ' \n' < /var/lib/cloud/seed/nocloud/network-config 2>/dev/null)"
 echo "UCERNVM-OS-DAEMON $(head -c 1 /proc/$(cat /run/initramfs/ucernvm.pids)/cmdline)"
