@@ -339,7 +339,7 @@ def test_launch_command_boots_pvh_under_tcg(tmp_path: Path) -> None:
     options = LaunchOptions(image=image, disks=(disk,), cmdline="quiet ucernvm.x=1", net_forwards=("tcp:8022:22",))
     argv = qemu_command(options, "tcg")
     assert argv[argv.index("-kernel") + 1] == str(image / "vmlinux")
-    assert argv[argv.index("-append") + 1] == "console=ttyS0 panic=-1 quiet ucernvm.x=1"
+    assert argv[argv.index("-append") + 1] == "console=ttyS0 panic=-1 libata.force=nodbdelay quiet ucernvm.x=1"
     assert "user,id=net0,hostfwd=tcp:127.0.0.1:8022-:22" in argv
     assert f"file={tmp_path}/disk,,1.raw,if=none,id=disk0,format=raw" in argv
     assert "-no-reboot" in argv

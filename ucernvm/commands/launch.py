@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ucernvm.launch.accel import ACCELS
 from ucernvm.launch.media import create_sparse_disk, parse_size
-from ucernvm.launch.qemu import MACHINES, LaunchError, LaunchOptions, Vm
+from ucernvm.launch.qemu import BASE_CMDLINE, MACHINES, LaunchError, LaunchOptions, Vm
 
 TIMEOUT_EXIT = 124  # as timeout(1)
 
@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "without --disk, a temporary disk deleted afterwards")
     parser.add_argument("--context", type=Path, metavar="ISO", help="context ISO image, attached as a CD-ROM")
     parser.add_argument("--cmdline", default="quiet",
-                        help="kernel parameters after 'console=ttyS0 panic=-1' (default: %(default)s)")
+                        help=f"kernel parameters after '{BASE_CMDLINE}' (default: %(default)s)")
     parser.add_argument("--serial-log", type=Path, metavar="FILE", help="also write the console to FILE")
     parser.add_argument("-q", "--quiet", action="store_true", help="do not echo the console on stdout")
     parser.add_argument("--memory", type=int, default=1024, metavar="MB", help="guest RAM (default: %(default)s)")
