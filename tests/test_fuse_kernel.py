@@ -386,3 +386,20 @@ def _alive(pid: int) -> bool:
             return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_a_daemon_forked_from_the_boot_collects_cycles_again() -> None:
+    # The boot's PID 1 runs with the collector off (initramfs/init.template); the FUSE daemon it forks
+    # serves for the life of the VM and must collect its garbage.
+    script = textwrap.dedent(
+        """
+        import gc
+        gc.disable()
+        from ucernvm.client.fuse.kernel import _tune_memory_for_serving
+        _tune_memory_for_serving()
+        print(gc.isenabled())
+        """
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=30)
+    assert result.stdout.strip() == "True", result.stderr

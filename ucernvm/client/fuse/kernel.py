@@ -691,6 +691,8 @@ def _tune_memory_for_serving() -> None:
     # the default threshold (700 allocations) the collector rescans that growing heap again and
     # again: a third of the CPU of a 100k-entry walk. Cycles are still collected, in larger
     # batches, and what exists now (modules, the catalogs' connections) is never scanned again.
+    # (The boot's PID 1, which forks the daemon, runs with the collector off.)
+    gc.enable()
     gc.freeze()
     gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
     # Every read's reply and every inflated chunk is a fresh buffer of 1 MiB or more, which glibc
