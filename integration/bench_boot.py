@@ -86,7 +86,7 @@ def boot_figures(label: str, result: BootResult) -> Figures:
     }
     modules = report.get("modules", {})
     notes = [f"snapshot {report['snapshot'].get('tag')}; slowest modules: {modules.get('slowest')}; "
-             f"module phases: {modules.get('phases')}"]
+             f"module phases: {modules.get('phases')}; slowest actions: {report.get('slowest_actions')}"]
     return Figures(label, values, notes)
 
 

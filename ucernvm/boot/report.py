@@ -28,6 +28,7 @@ def build_report(state: BootState, outcome: str) -> dict[str, Any]:
             for r in state.stages
         ],
         "warnings": list(state.warnings),
+        "slowest_actions": [[action, round(seconds, 3)] for action, seconds in state.system.slowest()],
         "context_source": state.context_source,
         **state.facts,
     }

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import os
 import subprocess
+import time
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
@@ -156,13 +157,23 @@ class System:
         # Where the boot's own directories live: "/" as PID 1, a scratch directory in a dry run.
         self.root = Path(root)
         self.actions: list[str] = []
+        self.timings: list[tuple[str, float]] = []  # (action, seconds) of the actions applied
 
     def path(self, absolute: str) -> Path:
         return self.root / absolute.lstrip("/")
 
     def do(self, action: Action) -> Any:
-        self.actions.append(action.describe())
-        return action.apply()
+        description = action.describe()
+        self.actions.append(description)
+        started = time.monotonic()
+        try:
+            return action.apply()
+        finally:
+            self.timings.append((description, time.monotonic() - started))
+
+    def slowest(self, count: int = 10) -> list[tuple[str, float]]:
+        """The *count* longest actions, longest first: where a stage's time went besides its code."""
+        return sorted(self.timings, key=lambda timing: -timing[1])[:count]
 
 
 class RealSystem(System):
