@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -135,6 +136,9 @@ def test_empty_disk_becomes_the_scratch_disk(rig: Rig) -> None:
     facts = state.facts["storage"]
     assert facts["fresh"] and facts["device"] == state.scratch_device and facts["free"] > 200 * MIB
     assert "empty disk" in facts["created"]
+    header = subprocess.run(["dumpe2fs", "-h", state.scratch_device], capture_output=True, text=True, check=True).stdout
+    assert re.search(r"^Maximum mount count:\s+-1$", header, re.M), header  # never checked for its mount count
+    assert re.search(r"^Check interval:\s+0 ", header, re.M), header  # nor for its age
 
 
 def test_second_boot_reuses_the_scratch_disk(rig: Rig) -> None:
