@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ucernvm.boot.kmod import DeviceScanner, ModuleLoader, cmdline_options
+from ucernvm.boot.kmod import DeviceScanner, ModuleLoader, cmdline_blacklist, cmdline_options
 from ucernvm.errors import UcernvmError
 from ucernvm.image.kmods import ModuleIndex
 
@@ -137,3 +137,15 @@ def test_module_parameters_come_from_the_command_line_as_modprobe_reads_them() -
         "dyndbg": 'x="file a b"',  # quoted again: the kernel splits the parameters at spaces
     }
     assert cmdline_options("") == {}
+
+
+def test_a_blacklisted_module_drives_no_device_but_loads_when_asked_for(index: ModuleIndex) -> None:
+    options = cmdline_options("quiet modprobe.blacklist=virtio-net,jbd2 libata.force=nodbdelay")
+    blacklist = cmdline_blacklist(options)
+    assert blacklist == {"virtio_net", "jbd2"}
+    kernel = FakeKernel({})
+    loader = ModuleLoader(index, kernel.load, kernel.scan, lambda name: name in DRIVERS, blacklist=blacklist)
+    loader.run(["ext4"])
+    assert "virtio_net" not in kernel.started  # its device is there, but it is nobody's driver now
+    assert {"virtio_blk", "ahci", "jbd2", "ext4"} <= loader.loaded  # jbd2: ext4, asked for by name, needs it
+    assert cmdline_blacklist(cmdline_options("modprobe.blacklist=")) == frozenset()

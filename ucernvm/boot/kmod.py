@@ -2,10 +2,11 @@
 
 No modprobe and no udev: device modaliases are read from sysfs, resolved through the image's
 modules.alias, and each module is loaded with finit_module(2) as soon as its dependencies
-(modules.dep) are loaded, with the parameters the kernel command line sets for it (``libata.force=...``),
-which the kernel applies itself only to built-in code and leaves to modprobe otherwise. Loading a bus driver (virtio_pci) makes new devices appear (virtio disks and
+(modules.dep) are loaded. Loading a bus driver (virtio_pci) makes new devices appear (virtio disks and
 NICs), so the devices are scanned again after each module that registered a driver, as a udev coldplug
-would.
+would. The kernel command line is read as modprobe reads it: a module gets the parameters set for it
+there (``libata.force=...``; the kernel applies those itself only to built-in code), and no device gets
+a module that ``modprobe.blacklist=`` names as its driver.
 """
 
 from __future__ import annotations
@@ -97,9 +98,11 @@ class ModuleLoader:
     """
 
     def __init__(self, index: ModuleIndex, load: Callable[[str], None], scan: Callable[[], set[str]],
-                 registers_driver: Callable[[str], bool], workers: int = 8) -> None:
+                 registers_driver: Callable[[str], bool], workers: int = 8,
+                 blacklist: frozenset[str] = frozenset()) -> None:
         self.index, self._load, self._scan, self._registers_driver = index, load, scan, registers_driver
         self.workers = workers
+        self.blacklist = blacklist  # never loaded for a device; a module asked for by name still is
         self.loaded: set[str] = set()
         self.failed: dict[str, str] = {}  # name -> what went wrong
         self._wanted: set[str] = set()
@@ -132,7 +135,7 @@ class ModuleLoader:
 
     def _scan_devices(self) -> None:
         for alias in self._scan():
-            self._wanted.update(self.index.resolve(alias))
+            self._wanted.update(name for name in self.index.resolve(alias) if name not in self.blacklist)
 
     def _submit_ready(self, pool: ThreadPoolExecutor, in_flight: dict[Future[None], str]) -> None:
         busy = set(in_flight.values())
@@ -166,6 +169,17 @@ def cmdline_options(cmdline: str) -> dict[str, str]:
     return {module: " ".join(params) for module, params in options.items()}
 
 
+def cmdline_blacklist(options: dict[str, str]) -> frozenset[str]:
+    """The modules ``modprobe.blacklist=a,b`` names (in *options*, from cmdline_options): as modprobe
+    does, no device gets them as its driver, and a module asked for by name still loads."""
+    names: set[str] = set()
+    for option in split_cmdline(options.get("modprobe", "")):
+        key, _, value = option.partition("=")
+        if key == "blacklist":
+            names.update(name.replace("-", "_") for name in value.split(",") if name)
+    return frozenset(names)
+
+
 def registers_driver(name: str, sysfs: str = "/sys") -> bool:
     """Whether a loaded module registered a device driver (so new devices may have appeared)."""
     return os.path.isdir(f"{sysfs}/module/{name}/drivers")
@@ -188,14 +202,16 @@ def modules_stage(state: BootState) -> None:
         clock = now
 
     index = ModuleIndex.load(release)
-    options = {name: value for name, value in cmdline_options(state.cmdline).items() if name in index.paths}
+    all_options = cmdline_options(state.cmdline)
+    options = {name: value for name, value in all_options.items() if name in index.paths}
+    blacklist = cmdline_blacklist(all_options)
     phase("index")
     seconds: dict[str, float] = {}
 
     def load(name: str) -> None:
         seconds[name] = state.system.do(LoadModule(name, str(release / index.paths[name]), options.get(name, "")))
 
-    loader = ModuleLoader(index, load, DeviceScanner().new_aliases, registers_driver)
+    loader = ModuleLoader(index, load, DeviceScanner().new_aliases, registers_driver, blacklist=blacklist)
     loader.run(name for name in REQUIRED + OPTIONAL if index.resolve(name))
     phase(f"load {len(loader.loaded)}")
     loaded = loader.loaded
@@ -212,6 +228,7 @@ def modules_stage(state: BootState) -> None:
         "failed": sorted(loader.failed.values()),
         "slowest": {name: round(value, 3) for name, value in slowest},
         "options": {name: value for name, value in options.items() if name in loaded},
+        "blacklisted": sorted(blacklist),
         "phases": phases,
     }
     state.log.info(f"loaded {len(loaded)} kernel modules; slowest: " + ", ".join(f"{n} {v:.2f} s" for n, v in slowest))
