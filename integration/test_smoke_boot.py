@@ -109,11 +109,17 @@ def test_build_is_reproducible(smoke_image: BuildResult, build_smoke: Callable[.
 
 
 def _qemu_child(pid: int) -> int | None:
-    """The QEMU process among *pid*'s children, if it has started."""
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            if Path(f"/proc/{child}/comm").read_text().startswith("qemu-system"):
-                return int(child)
+    """The QEMU process among *pid*'s children, if it has started (found by parent in /proc/*/stat,
+    which every kernel has, unlike /proc/*/task/*/children)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command, _, rest = (entry / "stat").read_text().partition("(")[2].rpartition(")")
+        except FileNotFoundError:
+            continue  # ended meanwhile
+        if int(rest.split()[1]) == pid and command.startswith("qemu-system"):
+            return int(entry.name)
     return None
 
 
