@@ -63,3 +63,18 @@ def test_damaged_saved_meta_data_means_a_new_instance_not_a_failed_boot(tmp_path
     assert second.user_data == USER_DATA
     if damage.startswith(b"\x00"):
         assert any("unreadable" in warning for warning in second.warnings)
+
+
+def test_a_later_boot_of_a_machine_without_context_writes_nothing(tmp_path: Path) -> None:
+    def settle(fresh: bool) -> BootState:
+        state = BootState(System(str(tmp_path)), BootLog(io.StringIO()))
+        state.scratch_fresh = fresh
+        settle_context(state)
+        return state
+
+    settle(fresh=True)
+    source = tmp_path / "root.rw/context/source"
+    assert source.read_text() == "(none)\n"
+    second = settle(fresh=False)
+    assert second.system.actions == [] and not second.warnings
+    assert source.read_text() == "(none)\n"

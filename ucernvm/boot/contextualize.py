@@ -166,6 +166,8 @@ def settle_context(state: BootState) -> None:
         return
     system = state.system
     found = state.found_context
+    if not state.scratch_fresh and state.user_data is None and found is None:
+        return  # a later boot of a first one that had no context: its record stands, unwritten again
     system.do(MakeDirs(str(directory)))
     system.do(WriteFile(str(directory / "source"), f"{state.context_source}\n".encode()))
     if state.user_data is not None:
