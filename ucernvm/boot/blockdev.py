@@ -252,6 +252,37 @@ def _probe_ext(read: Reader) -> FileSystem | None:
     return FileSystem(kind, _text(block[120:136]))
 
 
+_EXT_VALID_FS, _EXT_ERROR_FS = 0x1, 0x2  # s_state
+_EXT_INCOMPAT_RECOVER = 0x4  # the journal holds transactions to replay
+
+
+def ext_check_reason(read: Reader, now: float) -> str | None:
+    """Why ``e2fsck -p`` has work on the ext file system *read* returns, or None when its superblock
+    says the check would only find it clean: unmounted cleanly (valid, no errors, no journal to replay,
+    no orphan inodes) and no check due by mount count or age. These are e2fsck's own reasons to check."""
+    block = read(1024, 1024)
+    if len(block) < 1024 or struct.unpack_from("<H", block, 56)[0] != _EXT_MAGIC:
+        return "no ext superblock"
+    mounts, max_mounts, _, state = struct.unpack_from("<HhHH", block, 52)
+    last_check, interval = struct.unpack_from("<II", block, 64)
+    incompat = struct.unpack_from("<I", block, 96)[0]
+    last_orphan = struct.unpack_from("<I", block, 232)[0]
+    error_count = struct.unpack_from("<I", block, 404)[0]
+    if state & _EXT_ERROR_FS or error_count:
+        return "errors are recorded in it"
+    if not state & _EXT_VALID_FS:
+        return "it was not cleanly unmounted"
+    if incompat & _EXT_INCOMPAT_RECOVER:
+        return "its journal has transactions to replay"
+    if last_orphan:
+        return "it has orphan inodes to release"
+    if 0 < max_mounts <= mounts:
+        return f"it was mounted {mounts} times since its last check"
+    if interval and not last_check <= now < last_check + interval:
+        return "its check interval has passed"
+    return None
+
+
 def _probe_iso9660(read: Reader) -> FileSystem | None:
     descriptor = read(32768, 2048)  # the primary volume descriptor (ECMA-119 sector 16)
     if descriptor[1:6] != b"CD001" or descriptor[0] != 1:

@@ -25,6 +25,7 @@ from ucernvm.boot.blockdev import (
     FileSystem,
     KernelPartitionChange,
     device_node,
+    ext_check_reason,
     ext_root_names,
     is_blank,
     list_disks,
@@ -137,9 +138,7 @@ def storage_stage(
     try:
         target = _find(state, views, sysfs, devdir)
         if target is not None:
-            code = _check_and_mount(state, target.device)
-            if code is not None:  # None: a dry run did not check
-                facts["fsck"] = "clean" if code == 0 else f"repaired (e2fsck exit code {code})"
+            facts["fsck"] = _check_and_mount(state, target.device)
         else:
             target = _create(state, views, sysfs, devdir, facts)
     except StorageError as error:
@@ -220,12 +219,30 @@ def _find(state: BootState, views: list[DiskView], sysfs: str, devdir: str) -> T
     return Target(view, volume.number, device)
 
 
-def _check_and_mount(state: BootState, device: str) -> int | None:
-    code = state.system.do(CheckFileSystem(device))
-    if code:
-        state.log.warn(f"e2fsck repaired the file system on {device} (exit code {code})")
+def _check_and_mount(state: BootState, device: str) -> str:
+    """Check the scratch file system when its superblock says e2fsck has work, and mount it; what the
+    check found. (A clean one is left alone: under emulation, starting e2fsck only for it to report
+    "clean" cost 0.1-0.2 s of every later boot.)"""
+    try:
+        with DeviceReader(device) as reader:
+            reason = ext_check_reason(reader.reader(), time.time())
+    except OSError as error:
+        reason = f"its superblock cannot be read ({error.strerror})"
+    if reason is None:
+        state.log.info(f"{device} was unmounted cleanly: no check needed")
+        outcome = "clean"
+    else:
+        state.log.info(f"checking {device}: {reason}")
+        code = state.system.do(CheckFileSystem(device))
+        if code is None:
+            outcome = f"to be checked: {reason}"  # a dry run
+        elif code:
+            state.log.warn(f"e2fsck repaired the file system on {device} (exit code {code})")
+            outcome = f"repaired (e2fsck exit code {code}; {reason})"
+        else:
+            outcome = f"checked, clean ({reason})"
     _mount(state, device)
-    return code
+    return outcome
 
 
 def _mount(state: BootState, device: str) -> None:
