@@ -7,6 +7,7 @@ import errno
 import os
 import subprocess
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -126,3 +127,16 @@ def test_a_full_disk_with_nothing_to_evict_hands_back_the_verified_bytes(small_d
     fd = cache.open(ContentHash.of(data), lambda: data)
     assert os.pread(fd, len(data) + 1, 0) == data
     os.close(fd)
+
+
+def test_fan_out_directories_appear_with_their_first_objects_even_under_contention(tmp_path: Path) -> None:
+    cache = ObjectCache(tmp_path / "cache")
+    assert sorted(os.listdir(cache.root)) == ["txn"]  # nothing made ahead of use
+    blobs = [f"object {index}".encode() for index in range(400)]  # several per fan-out directory
+    caches = [cache, ObjectCache(tmp_path / "cache")]  # a second process's view of the same directory
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        hashes = list(pool.map(lambda item: _object(caches[item[0] % 2], item[1])[0], enumerate(blobs)))
+    for content_hash, data in zip(hashes, blobs):
+        assert _path(cache, content_hash).read_bytes() == data
+    assert set(os.listdir(cache.root)) == {"txn"} | {content_hash.hex[:2] for content_hash in hashes}
+    assert os.listdir(cache.root / "txn") == []

@@ -74,8 +74,9 @@ class ObjectCache:
         self.root = Path(directory)
         self.quota = quota_bytes
         try:
-            for subdirectory in [f"{index:02x}" for index in range(256)] + ["txn"]:
-                (self.root / subdirectory).mkdir(parents=True, exist_ok=True)
+            # The 256 fan-out directories (00/ to ff/) are made as objects arrive: making or finding all
+            # of them at every start cost a boot under emulation 0.1 s of system calls.
+            (self.root / "txn").mkdir(parents=True, exist_ok=True)
             self._dir = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as error:
             raise StorageError(f"cannot create the cache in {self.root}: {error.strerror}") from None
@@ -206,7 +207,14 @@ class ObjectCache:
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644, dir_fd=self._dir)
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
-            os.replace(temporary, name, src_dir_fd=self._dir, dst_dir_fd=self._dir)
+            try:
+                os.replace(temporary, name, src_dir_fd=self._dir, dst_dir_fd=self._dir)
+            except FileNotFoundError:  # the first object of its fan-out directory
+                try:
+                    os.mkdir(name.partition("/")[0], dir_fd=self._dir)
+                except FileExistsError:
+                    pass  # another thread or process made it meanwhile
+                os.replace(temporary, name, src_dir_fd=self._dir, dst_dir_fd=self._dir)
         except OSError:
             try:
                 os.unlink(temporary, dir_fd=self._dir)
