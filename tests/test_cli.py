@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
-from helpers import run_cli
-from ucernvm.cli import command_modules
+from helpers import PROJECT, run_cli
+from ucernvm.cli import command_modules, needed_commands
 
 
 def test_every_command_has_help() -> None:
@@ -51,3 +54,16 @@ def test_bad_input_is_one_clear_line(legacy_pristine, tmp_path, args: list[str],
     assert message in result.stderr, result.stderr
     assert b"Traceback" not in result.stderr
     assert result.stderr.startswith(b"ucernvm: error: ")
+
+
+def test_a_command_loads_only_its_own_module_and_the_overall_help_lists_all() -> None:
+    script = ("import sys; from ucernvm.cli import main; code = main(['options']); "
+              "print(sorted(m for m in sys.modules if m.startswith('ucernvm.commands.')), 'numpy' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=PROJECT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "['ucernvm.commands.options'] False"
+    assert needed_commands(["--dry-run", "--cmdline", "quiet"]) == []
+    assert needed_commands(["--keys", "k", "mount", "demo", "/mnt"]) == ["mount"]  # the first one named
+    for overall in (["--help"], ["--dry-run", "--help"], ["frobnicate"]):
+        assert needed_commands(overall) == command_modules()
+    assert all(name.encode() in run_cli("--help").stdout for name in command_modules())

@@ -30,7 +30,20 @@ def command_modules() -> list[str]:
     return sorted(names, key=lambda name: (rank.get(name, len(rank)), name))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def needed_commands(argv: Sequence[str]) -> list[str]:
+    """The subcommand modules that parsing *argv* needs: the one it names, none for a dry run, else all
+    (for the overall help and the list of choices). Each module imports what its command uses (numpy,
+    cryptography, ELF parsing): all of them took 0.4 s of every start."""
+    names = command_modules()
+    named = [token for token in argv if token in names]
+    if named:
+        return named[:1]
+    asks_help = "-h" in argv or "--help" in argv
+    return [] if "--dry-run" in argv and not asks_help else names
+
+
+def build_parser(names: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser with the subcommands *names* (default: all)."""
     parser = argparse.ArgumentParser(
         prog="ucernvm",
         description="Boot, publish, serve and inspect CernVM-FS operating-system snapshots.",
@@ -45,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="master public keys, as the image's /etc/cvmfs/keys (default: %(default)s)")
     dry.add_argument("--json", action="store_true", help="print the report as JSON")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for name in command_modules():
+    for name in command_modules() if names is None else names:
         importlib.import_module(f"ucernvm.commands.{name}").register(subparsers)
     return parser
 
@@ -60,7 +73,8 @@ def run_dry_run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(needed_commands(argv))
     args = parser.parse_args(argv)
     if args.dry_run and not hasattr(args, "func"):
         args.func = run_dry_run
