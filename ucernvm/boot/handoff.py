@@ -101,11 +101,11 @@ def handoff_stage(state: BootState) -> None:
     install_shutdown_handback(state)
     hand_over_context(state)
     report = build_report(state, "switching root")
+    files = {"report.json": to_json(report), "timeline.svg": render_svg(report), "boot.log": state.log.text()}
     for directory in (run / "ucernvm", state.scratch / "ulogs"):
         system.do(MakeDirs(str(directory)))
-        system.do(WriteFile(str(directory / "report.json"), to_json(report).encode()))
-        system.do(WriteFile(str(directory / "timeline.svg"), render_svg(report).encode()))
-        system.do(WriteFile(str(directory / "boot.log"), state.log.text().encode()))
+        for name, text in files.items():
+            system.do(WriteFile(str(directory / name), text.encode()))
 
     if config.debug or config.ssh:
         rescue_shell(state, "cvmdebug: the new root is assembled at /root; exit the shell to boot it")
