@@ -19,7 +19,7 @@ from email.mime.text import MIMEText
 from pathlib import Path
 
 from boot_env import GUEST_HOST, NO_NTP, BootResult, boot, build_boot_image, new_disk
-from debian_guest import GUEST_MEMORY, GuestContext, GuestReport, guest_context, read_report
+from debian_guest import GUEST_KERNEL_OPTIONS, GUEST_MEMORY, GuestContext, GuestReport, guest_context, read_report
 from debian_os import FQRN, TAG, DebianRoot
 
 from ucernvm.cli import main as ucernvm
@@ -33,7 +33,7 @@ from ucernvm.server import StratumServer
 # prints every CPU's backtrace and panics, which ends the VM at once with the traces on the console
 # (loglevel=5 lets the backtraces past quiet), instead of a guest that hangs until the timeout.
 LOCKUP_PANIC = "loglevel=5 softlockup_panic=1 softlockup_all_cpu_backtrace=1"
-CMDLINE = (f"quiet {LOCKUP_PANIC} cvmfs_repos={FQRN} cvmfs_server=unused.invalid ucernvm.panic=poweroff {NO_NTP} "
+CMDLINE = (f"quiet {LOCKUP_PANIC} {GUEST_KERNEL_OPTIONS} cvmfs_repos={FQRN} cvmfs_server=unused.invalid ucernvm.panic=poweroff {NO_NTP} "
            "systemd.mask=systemd-networkd-wait-online.service")
 TIMEOUT = 900.0
 SCRATCH_SIZE = 20 << 30

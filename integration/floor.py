@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TextIO
 
 import pycdlib
-from debian_guest import GUEST_MEMORY, GuestContext, GuestReport, guest_context, read_report
+from debian_guest import GUEST_KERNEL_OPTIONS, GUEST_MEMORY, GuestContext, GuestReport, guest_context, read_report
 from debian_os import DebianRoot
 
 from ucernvm.image import tools
@@ -27,7 +27,8 @@ from ucernvm.launch import LaunchOptions, Vm
 
 # The guest is isolated (it may reach nothing, not even the host), as the streamed boots: that network
 # has no router, so systemd's wait for a routable link would only add its timeout, on both sides.
-FLOOR_CMDLINE = "root=/dev/vda rw rootfstype=ext4 quiet systemd.mask=systemd-networkd-wait-online.service"
+FLOOR_CMDLINE = ("root=/dev/vda rw rootfstype=ext4 quiet systemd.mask=systemd-networkd-wait-online.service "
+                 f"{GUEST_KERNEL_OPTIONS}")
 BOOT_TIMEOUT = 300.0  # cold boots took 75-135 s here under TCG, depending on the host's load
 
 
