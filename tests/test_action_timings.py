@@ -11,7 +11,7 @@ from typing import NamedTuple
 import pytest
 
 from ucernvm.boot.log import BootLog
-from ucernvm.boot.report import build_report
+from ucernvm.boot.report import build_report, render_text
 from ucernvm.boot.state import BootState
 from ucernvm.boot.system import DryRunSystem, RealSystem, Run, WriteFile
 from ucernvm.errors import UcernvmError
@@ -35,12 +35,15 @@ def test_the_report_names_the_slowest_actions_first(tmp_path: Path) -> None:
     with pytest.raises(UcernvmError):
         state.system.do(Run(("sh", "-c", "sleep 0.1; exit 3")))  # a failed action took its time too
 
-    slowest = build_report(state, "switching root")["slowest_actions"]
+    report = build_report(state, "switching root")
+    slowest = report["slowest_actions"]
     assert [action for action, _ in slowest] == [
         "wait 0.2 s", "run sh -c sleep 0.1; exit 3", "wait 0.05 s", f"write {tmp_path / 'a'} (1 bytes)"]
     seconds = [value for _, value in slowest]
     assert seconds[0] >= 0.2 and seconds[1] >= 0.1 and seconds[2] >= 0.05
     assert len(RealSystem().slowest()) == 0
+    shown = [line for line in render_text(report).splitlines() if line.startswith("slow:")]  # `ucernvm report`
+    assert [line.split(" s  ", 1)[1] for line in shown] == [action for action, _ in slowest]
 
 
 def test_a_dry_run_times_nothing_it_did_not_do() -> None:

@@ -75,6 +75,8 @@ def render_text(report: dict[str, Any]) -> str:
     cache = report.get("cache", {})
     if cache:
         lines.append(f"cache: {cache.get('hits')} hits, {cache.get('misses')} misses")
+    slowest = report.get("slowest_actions", [])[:5]
+    lines += [f"slow: {seconds:6.2f} s  {action}" for action, seconds in slowest]
     lines += [f"warning: {warning}" for warning in report.get("warnings", [])]
     lines.append(f"outcome: {report.get('outcome')}")
     return "\n".join(lines) + "\n"
