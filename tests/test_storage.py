@@ -159,6 +159,8 @@ def test_second_boot_reuses_the_scratch_disk(rig: Rig) -> None:
 @pytest.mark.parametrize("requests, reason", [
     (["ssv state 0"], "it was not cleanly unmounted"),
     (["feature needs_recovery"], "its journal has transactions to replay"),
+    (["feature orphan_present"], "it has orphan inodes to release"),
+    (["ssv last_orphan 11"], "it has orphan inodes to release"),
     (["ssv max_mnt_count 3", "ssv mnt_count 5"], "it was mounted 5 times since its last check"),
     (["ssv checkinterval 86400", "ssv lastcheck 20200101"], "its check interval has passed"),
 ])  # fmt: skip

@@ -254,6 +254,7 @@ def _probe_ext(read: Reader) -> FileSystem | None:
 
 _EXT_VALID_FS, _EXT_ERROR_FS = 0x1, 0x2  # s_state
 _EXT_INCOMPAT_RECOVER = 0x4  # the journal holds transactions to replay
+_EXT_RO_COMPAT_ORPHAN_PRESENT = 0x10000  # the orphan file lists inodes to release
 
 
 def ext_check_reason(read: Reader, now: float) -> str | None:
@@ -265,7 +266,7 @@ def ext_check_reason(read: Reader, now: float) -> str | None:
         return "no ext superblock"
     mounts, max_mounts, _, state = struct.unpack_from("<HhHH", block, 52)
     last_check, interval = struct.unpack_from("<II", block, 64)
-    incompat = struct.unpack_from("<I", block, 96)[0]
+    incompat, ro_compat = struct.unpack_from("<II", block, 96)
     last_orphan = struct.unpack_from("<I", block, 232)[0]
     error_count = struct.unpack_from("<I", block, 404)[0]
     if state & _EXT_ERROR_FS or error_count:
@@ -274,7 +275,7 @@ def ext_check_reason(read: Reader, now: float) -> str | None:
         return "it was not cleanly unmounted"
     if incompat & _EXT_INCOMPAT_RECOVER:
         return "its journal has transactions to replay"
-    if last_orphan:
+    if last_orphan or ro_compat & _EXT_RO_COMPAT_ORPHAN_PRESENT:
         return "it has orphan inodes to release"
     if 0 < max_mounts <= mounts:
         return f"it was mounted {mounts} times since its last check"
