@@ -238,9 +238,17 @@ _EXT3_RO_COMPAT = 0x1 | 0x2 | 0x4  # sparse_super, large_file, btree_dir
 _EXT_INCOMPAT_JOURNAL_DEV = 0x8
 
 
-def _probe_ext(read: Reader) -> FileSystem | None:
+def _ext_superblock(read: Reader) -> bytes | None:
+    """The ext2/3/4 superblock at the start of the data *read* returns, or None."""
     block = read(1024, 1024)
     if len(block) < 1024 or struct.unpack_from("<H", block, 56)[0] != _EXT_MAGIC:
+        return None
+    return block
+
+
+def _probe_ext(read: Reader) -> FileSystem | None:
+    block = _ext_superblock(read)
+    if block is None:
         return None
     compat, incompat, ro_compat = struct.unpack_from("<III", block, 92)
     if incompat & _EXT_INCOMPAT_JOURNAL_DEV:
@@ -261,8 +269,8 @@ def ext_check_reason(read: Reader, now: float) -> str | None:
     """Why ``e2fsck -p`` has work on the ext file system *read* returns, or None when its superblock
     says the check would only find it clean: unmounted cleanly (valid, no errors, no journal to replay,
     no orphan inodes) and no check due by mount count or age. These are e2fsck's own reasons to check."""
-    block = read(1024, 1024)
-    if len(block) < 1024 or struct.unpack_from("<H", block, 56)[0] != _EXT_MAGIC:
+    block = _ext_superblock(read)
+    if block is None:
         return "no ext superblock"
     mounts, max_mounts, _, state = struct.unpack_from("<HhHH", block, 52)
     last_check, interval = struct.unpack_from("<II", block, 64)
