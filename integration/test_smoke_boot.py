@@ -108,27 +108,28 @@ def test_build_is_reproducible(smoke_image: BuildResult, build_smoke: Callable[.
     assert again.manifest["components"] == smoke_image.manifest["components"]
 
 
+def _stat(pid: int | str) -> tuple[str, list[str]] | None:
+    """A process's command name and the fields of /proc/<pid>/stat after it; None once it is gone."""
+    try:
+        command, _, rest = Path(f"/proc/{pid}/stat").read_text().partition("(")[2].rpartition(")")
+    except FileNotFoundError:
+        return None
+    return command, rest.split()
+
+
 def _qemu_child(pid: int) -> int | None:
     """The QEMU process among *pid*'s children, if it has started (found by parent in /proc/*/stat,
     which every kernel has, unlike /proc/*/task/*/children)."""
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            command, _, rest = (entry / "stat").read_text().partition("(")[2].rpartition(")")
-        except FileNotFoundError:
-            continue  # ended meanwhile
-        if int(rest.split()[1]) == pid and command.startswith("qemu-system"):
+        stat = _stat(entry.name) if entry.name.isdigit() else None
+        if stat is not None and int(stat[1][1]) == pid and stat[0].startswith("qemu-system"):
             return int(entry.name)
     return None
 
 
 def _running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except FileNotFoundError:
-        return False
-    return state not in ("Z", "X")
+    stat = _stat(pid)
+    return stat is not None and stat[1][0] not in ("Z", "X")
 
 
 @pytest.mark.vm
