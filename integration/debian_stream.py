@@ -33,8 +33,8 @@ from ucernvm.server import StratumServer
 # prints every CPU's backtrace and panics, which ends the VM at once with the traces on the console
 # (loglevel=5 lets the backtraces past quiet), instead of a guest that hangs until the timeout.
 LOCKUP_PANIC = "loglevel=5 softlockup_panic=1 softlockup_all_cpu_backtrace=1"
-CMDLINE = (f"quiet {LOCKUP_PANIC} {GUEST_KERNEL_OPTIONS} cvmfs_repos={FQRN} cvmfs_server=unused.invalid ucernvm.panic=poweroff {NO_NTP} "
-           "systemd.mask=systemd-networkd-wait-online.service")
+CMDLINE = (f"quiet {LOCKUP_PANIC} {GUEST_KERNEL_OPTIONS} cvmfs_repos={FQRN} cvmfs_server=unused.invalid "
+           f"ucernvm.panic=poweroff {NO_NTP} systemd.mask=systemd-networkd-wait-online.service")
 TIMEOUT = 900.0
 SCRATCH_SIZE = 20 << 30
 
