@@ -76,6 +76,11 @@ def test_boot_twice_on_one_disk(image: BuildResult, repository: BootRepository, 
     assert again["cache"]["hits"] > 0
     assert again["storage"]["fresh"] is False
     assert again["storage"].get("fsck", "clean") == "clean", again["storage"]
+    # The network came up in a child process while the scratch disk was mounted (the context saved
+    # on the first boot needs no metadata service), and the servers stage started after both.
+    stages = {stage["name"]: stage for stage in again["stages"]}
+    assert stages["storage"]["start"] < stages["network"]["end"] <= stages["servers"]["start"], again["stages"]
+    assert again["background"]["stages"] == "network, clock"
     assert first.marker("UCERNVM-OS-FUSE-BGREQ") != "77"
     assert second.marker("UCERNVM-OS-FUSE-BGREQ") == "77", again["modules"]
 

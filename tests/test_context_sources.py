@@ -259,6 +259,13 @@ def test_config_drive_iso(tmp_path: Path, media: Media, notes: Notes) -> None:
     assert found.device == device.path and not notes.warnings
 
 
+def test_a_local_source_never_waits_for_the_network(tmp_path: Path, media: Media, notes: Notes) -> None:
+    device = media.attach(iso_image(tmp_path / "cd.iso", config_drive_files(), "config-2"))
+    waits: list[str] = []
+    found = search(notes, [device], media, network=lambda: waits.append("network") or None)
+    assert found is not None and found.source == "ConfigDrive" and waits == []
+
+
 def test_config_drive_on_vfat_with_gzip_user_data(tmp_path: Path, media: Media, notes: Notes) -> None:
     device = media.attach(vfat_image(tmp_path / "cd.img", config_drive_files(gzip.compress(SECTION)), "CONFIG-2"))
     found = search(notes, [device], media)
@@ -474,6 +481,25 @@ def test_cloudstack_on_the_dhcp_server(notes: Notes) -> None:
         addresses = MetadataAddresses(link_local=closed_port(), cloudstack=closed_port(), dhcp_port=int(port))
         found = search(notes, addresses=addresses, dhcp_server=host)
     assert found.source == "CloudStack" and found.meta.public_keys == (KEY,)
+
+
+def test_the_dhcp_server_is_named_once_the_network_is_up(notes: Notes) -> None:
+    """The network stage may still be running: the search waits for it before the first request, takes
+    the DHCP server it found (CloudStack's router), and the wait does not count against the deadline."""
+    cloud = Cloud("cloudstack", public_keys=(KEY,))
+    waits: list[float] = []
+
+    def network() -> str:
+        time.sleep(0.3)
+        waits.append(time.monotonic())
+        return host
+
+    with metadata_server(cloud) as address:
+        host, port = address.split(":")
+        addresses = MetadataAddresses(link_local=closed_port(), cloudstack=closed_port(), dhcp_port=int(port))
+        found = search(notes, addresses=addresses, network=network, deadline=time.monotonic() + 0.2)
+    assert found is not None and found.source == "CloudStack" and found.meta.public_keys == (KEY,)
+    assert len(waits) == 1
 
 
 def test_gzip_and_mime_user_data_over_http(notes: Notes) -> None:

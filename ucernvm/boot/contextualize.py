@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from ucernvm.boot import blockdev
+from ucernvm.boot.pipeline import wait_for_background
 from ucernvm.boot.state import BootState
 from ucernvm.boot.system import MakeDirs, WriteFile
 from ucernvm.config import build_config, context_values
@@ -82,11 +83,13 @@ def local_media(state: BootState) -> list[BlockDevice]:
 
 def media_network(state: BootState) -> FoundContext | None:
     """An OpenNebula context.sh on a local medium, for the network stage (µCernVM's one_network), unless
-    ``ucernvm.context=`` names another source or none."""
+    ``ucernvm.context=`` names another source or none. Its own mount point: the context stage may be
+    searching the same media at the same time (background.py)."""
     if state.config.context_source.strip().lower() not in ("", "auto", OPEN_NEBULA.lower()):
         return None
-    probe = SourceProbe(requested=OPEN_NEBULA, devices=local_media(state), mounter=SystemMounter(state.system),
-                        log=state.log.info, warn=state.warn)
+    mounter = SystemMounter(state.system, "/run/ucernvm/network-media")
+    probe = SourceProbe(requested=OPEN_NEBULA, devices=local_media(state), mounter=mounter, log=state.log.info,
+                        warn=state.warn)
     return find_static_network(probe)
 
 
@@ -100,11 +103,16 @@ def context_stage(state: BootState) -> None:
         state.facts["context"] = {"source": "(saved on the first boot)"}
         state.log.info(f"{config.scratch_label} exists: the context saved on the first boot applies")
         return
+
+    def network() -> str | None:  # the network stage may still run (background.py)
+        wait_for_background(state)
+        return state.facts.get("network", {}).get("dhcp_server")
+
     probe = SourceProbe(
         requested=config.context_source,
         devices=media,
         mounter=SystemMounter(state.system),
-        dhcp_server=state.facts.get("network", {}).get("dhcp_server"),
+        network=network,
         addresses=MetadataAddresses(link_local=config.metadata),
         deadline=time.monotonic() + SEARCH_SECONDS,
         log=state.log.info,
@@ -118,8 +126,10 @@ def context_stage(state: BootState) -> None:
         section, _ = section_of(decode(found.extra_user_data))
         apply_section(state, section, "extra user-data")
     if state.config.online_pin:
+        wait_for_background(state)
         online_context(state)
     if state.config.cluster_pin and state.user_data is not None:
+        wait_for_background(state)
         from ucernvm.context.cluster import Retry, pair_cluster  # only cluster members pay for it
 
         pair = pair_cluster(

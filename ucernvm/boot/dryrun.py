@@ -34,11 +34,11 @@ def dry_run(cmdline: str, user_data: bytes | None, keys_dir: Path | None, as_jso
         failure = error
     finally:
         shutil.rmtree(system.root, ignore_errors=True)
-    outcome = f"would fail in {failure.stage.name}" if failure else "would boot"
+    outcome = f"would fail in {failure.stage}" if failure else "would boot"
     report = build_report(state, outcome)
     report["plan"] = system.actions
     if failure is not None:
-        report["failure"] = {"stage": failure.stage.name, "error": failure.message, "hint": failure.hint}
+        report["failure"] = {"stage": failure.stage, "error": failure.message, "hint": failure.hint}
     if as_json:
         print(json.dumps(report, indent=2, default=str))
     else:

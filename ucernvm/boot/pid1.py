@@ -30,11 +30,11 @@ def main() -> int:
 
     try:
         run_stages(state, list(STAGES), before_stage=break_point)
-        failure = BootFailure(STAGES[-1], "the OS's init did not start", "")
+        failure = BootFailure(STAGES[-1].name, "the OS's init did not start", "")
     except BootFailure as error:
         failure = error
     print(failure_screen(state, failure), flush=True)
-    where = save_logs(state, f"failed in {failure.stage.name}")
+    where = save_logs(state, f"failed in {failure.stage}")
     if where:
         state.log.info(f"the log and status.json are in {where} on the scratch disk")
     panic(state)

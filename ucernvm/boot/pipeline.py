@@ -4,9 +4,11 @@ and a hint, a best-effort failure becomes a warning."""
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Callable
 from typing import NamedTuple
 
+from ucernvm.boot import background
 from ucernvm.boot.log import uptime
 from ucernvm.boot.state import BootState, StageRecord
 from ucernvm.errors import UcernvmError
@@ -24,6 +26,10 @@ class Stage(NamedTuple):
     steps: tuple[str | Callable[[BootState], None], ...]
     critical: bool = True
     hint: str = ""  # what to try when this stage fails without a more specific hint
+    # Run in a child process alongside the stages after it (a real boot; consecutive ones share one
+    # child, in order): see background.py. A stage after it waits for it unless ``alongside``.
+    background: bool = False
+    alongside: bool = False  # may run while background stages do; waits for them where it needs them
 
     @property
     def modules(self) -> list[str]:
@@ -40,42 +46,119 @@ class Stage(NamedTuple):
 
 
 class BootFailure(Exception):
-    def __init__(self, stage: Stage, message: str, hint: str) -> None:
+    def __init__(self, stage: str, message: str, hint: str) -> None:
         super().__init__(message)
-        self.stage = stage
+        self.stage = stage  # the name of the stage that failed
         self.message = message
         self.hint = hint
 
 
 def run_stages(state: BootState, stages: list[Stage], before_stage: Callable[[Stage], None] | None = None) -> None:
     """Run every stage; raise BootFailure at the first critical one that fails."""
-    for stage in stages:
+    # Sequential where a break point may open a shell on the console, or where nothing runs for real.
+    concurrent = not state.system.dry_run and not state.config.break_stage
+    index = 0
+    try:
+        while index < len(stages):
+            stage = stages[index]
+            if stage.background and concurrent and state.background is None:
+                group = [stage]
+                while index + len(group) < len(stages) and stages[index + len(group)].background:
+                    group.append(stages[index + len(group)])
+                _start_background(state, group, before_stage)
+                index += len(group)
+                continue
+            if state.background is not None and not stage.alongside:
+                _import_ahead(state, stages[index:])
+                wait_for_background(state)
+            if before_stage is not None:
+                before_stage(stage)
+            record = StageRecord(stage.name, uptime())
+            state.stages.append(record)
+            run_stage(state, stage, record)
+            index += 1
+        wait_for_background(state)
+    except BootFailure as failure:
+        if state.background is not None:
+            state.background.cancel(f"stopped: {failure.stage} failed")
+            state.background = None
+        raise
+
+
+def run_stage(state: BootState, stage: Stage, record: StageRecord) -> None:
+    """One stage, timed and logged; BootFailure when it is critical and fails."""
+    state.log.info(f"{stage.name}: started")
+    try:
+        stage.run(state, record)
+    except BootFailure as failure:  # a background stage this one waited for failed
+        _finish(record, "stopped", f"{failure.stage} failed")
+        raise
+    except UcernvmError as error:
+        _finish(record, "failed" if stage.critical else "warning", error.message)
+        if stage.critical:
+            state.log.error(f"{stage.name}: failed after {record.seconds:.2f} s: {error.message}")
+            raise BootFailure(stage.name, error.message, error.hint or stage.hint) from error
+        state.warn(f"{stage.name}: {error.message}")
+        return
+    except Exception as error:  # a bug: still a clear screen, never a silent hang
+        message = f"internal error: {type(error).__name__}: {error}"
+        _finish(record, "failed" if stage.critical else "warning", message)
+        import traceback  # only for a bug's report: a boot that works does without it
+
+        state.log.error(f"{stage.name}: {message}\n{traceback.format_exc()}")
+        if stage.critical:
+            raise BootFailure(stage.name, message, "this is a bug in ucernvm; the log has the details") from error
+        state.warn(f"{stage.name}: {message}")
+        return
+    _finish(record, "ok", "")
+    state.log.info(f"{stage.name}: finished in {record.seconds:.2f} s (imports {record.imports:.2f} s)")
+
+
+def _start_background(state: BootState, group: list[Stage], before_stage: Callable[[Stage], None] | None) -> None:
+    records = []
+    for stage in group:
         if before_stage is not None:
             before_stage(stage)
-        record = StageRecord(stage.name, uptime())
-        state.stages.append(record)
-        state.log.info(f"{stage.name}: started")
-        try:
-            stage.run(state, record)
-        except UcernvmError as error:
-            _finish(record, "failed" if stage.critical else "warning", error.message)
-            if stage.critical:
-                state.log.error(f"{stage.name}: failed after {record.seconds:.2f} s: {error.message}")
-                raise BootFailure(stage, error.message, error.hint or stage.hint) from error
-            state.warn(f"{stage.name}: {error.message}")
-            continue
-        except Exception as error:  # a bug: still a clear screen, never a silent hang
-            message = f"internal error: {type(error).__name__}: {error}"
-            _finish(record, "failed" if stage.critical else "warning", message)
-            import traceback  # only for a bug's report: a boot that works does without it
+        records.append(StageRecord(stage.name, uptime()))
+    state.stages.extend(records)
 
-            state.log.error(f"{stage.name}: {message}\n{traceback.format_exc()}")
-            if stage.critical:
-                raise BootFailure(stage, message, "this is a bug in ucernvm; the log has the details") from error
-            state.warn(f"{stage.name}: {message}")
-            continue
-        _finish(record, "ok", "")
-        state.log.info(f"{stage.name}: finished in {record.seconds:.2f} s (imports {record.imports:.2f} s)")
+    def work() -> background.Failure | None:
+        for index, (stage, record) in enumerate(zip(group, records)):
+            record.start = uptime()
+            try:
+                run_stage(state, stage, record)
+            except BootFailure as failure:
+                for later in records[index + 1:]:
+                    _finish(later, "skipped", f"{failure.stage} failed")
+                return failure.stage, failure.message, failure.hint
+        return None
+
+    state.background = background.start(state, records, work)
+    state.log.info(f"{', '.join(stage.name for stage in group)}: running alongside the next stages")
+
+
+def _import_ahead(state: BootState, stages: list[Stage]) -> None:
+    """While the background stages still run, import the code of the stages to come (needed anyway)."""
+    if state.background.done():
+        return
+    started = uptime()
+    modules = [module for stage in stages for module in stage.modules if module not in sys.modules]
+    for module in modules:
+        importlib.import_module(module)
+    state.facts.setdefault("background", {})["imported_ahead"] = {"modules": modules, "seconds": round(uptime() - started, 3)}
+
+
+def wait_for_background(state: BootState) -> None:
+    """Wait for the stages running in the background and take their results; BootFailure if one of
+    them failed (for a stage that needs their network, before it uses it)."""
+    running, state.background = state.background, None
+    if running is None:
+        return
+    started = uptime()
+    failure = running.join(state)
+    state.facts.setdefault("background", {}).update(stages=running.names, waited=round(uptime() - started, 3))
+    if failure is not None:
+        raise BootFailure(*failure)
 
 
 def _finish(record: StageRecord, status: str, message: str) -> None:

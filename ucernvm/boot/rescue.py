@@ -37,7 +37,7 @@ def failure_screen(state: BootState, failure: BootFailure) -> str:
     rule = "=" * 72
     lines = [
         rule,
-        f" ucernvm: the boot failed in stage '{failure.stage.name}'",
+        f" ucernvm: the boot failed in stage '{failure.stage}'",
         f"   error: {failure.message}",
     ]
     if failure.hint:

@@ -29,7 +29,7 @@ class StageRecord:
 class BootState:
     __slots__ = ("system", "log", "cmdline", "config", "warnings", "stages", "facts", "scratch_device",
                  "scratch_fresh", "user_data", "context_source", "found_context", "source", "repository",
-                 "fuse_pid", "scratch_moved_to", "keys_dir", "media")
+                 "fuse_pid", "scratch_moved_to", "keys_dir", "media", "background")
 
     def __init__(self, system: System, log: BootLog, cmdline: str = "", config: Any = None,
                  keys_dir: Path | None = None) -> None:
@@ -53,6 +53,7 @@ class BootState:
         self.fuse_pid: int | None = None
         self.scratch_moved_to: Path | None = None  # where the mount stage moved the scratch disk
         self.media: list[Any] | None = None  # local disks' file systems, probed once before the storage stage
+        self.background: Any = None  # the stages running in a child process (background.Background), if any
 
     @property
     def scratch(self) -> Path:

@@ -81,6 +81,9 @@ class _ProbeFields(NamedTuple):
     mounter: Mounter | None = None
     dhcp_server: str | None = None
     deadline: float | None = None
+    # Where the network may still be coming up: called before the first request to a metadata service,
+    # waits for it and answers the DHCP server's address (None: dhcp_server stands); not counted in deadline.
+    network: Callable[[], str | None] | None = None
     addresses: MetadataAddresses = MetadataAddresses()
     probe_timeout: float = PROBE_TIMEOUT
     request_timeout: float = REQUEST_TIMEOUT
@@ -153,7 +156,12 @@ def ask_network(probe: SourceProbe, local: FoundContext | None) -> FoundContext 
     if (local is not None and local.source is not None) or not any(name in NETWORK_SOURCES for name in wanted):
         return local
     deadline = probe.deadline if probe.deadline is not None else time.monotonic() + DEFAULT_BUDGET
-    found = _ask_network(probe, wanted, deadline)
+    dhcp_server = probe.dhcp_server
+    if probe.network is not None:
+        started = time.monotonic()
+        dhcp_server = probe.network() or dhcp_server
+        deadline += time.monotonic() - started
+    found = _ask_network(probe, wanted, deadline, dhcp_server)
     if found is None:
         return local
     extras = local or FoundContext(None)
@@ -211,13 +219,14 @@ def _about(warn: Callable[[str], None], device: BlockDevice) -> Callable[[str], 
     return lambda message: warn(f"{device.path}: {message}")
 
 
-def _ask_network(probe: SourceProbe, wanted: tuple[str, ...], deadline: float) -> FoundContext | None:
+def _ask_network(probe: SourceProbe, wanted: tuple[str, ...], deadline: float, dhcp_server: str | None,
+                 ) -> FoundContext | None:
     addresses = probe.addresses
     try:
         link_local = parse_host(addresses.link_local)
         routers = [parse_host(addresses.cloudstack)]
-        if probe.dhcp_server:
-            routers.append(parse_host(probe.dhcp_server, addresses.dhcp_port))
+        if dhcp_server:
+            routers.append(parse_host(dhcp_server, addresses.dhcp_port))
     except ValueError as error:
         probe.warn(f"metadata address: {error}")
         return None
