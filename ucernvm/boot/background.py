@@ -14,7 +14,6 @@ A thread would not do: the stages' work is Python, one interpreter at a time (me
 
 from __future__ import annotations
 
-import json
 import os
 import select
 import signal
@@ -58,6 +57,8 @@ class Background:
             for record in self.records:
                 _set(record, end=record.start, status="failed", message=message)
             return self.records[0].name, message, "this is a bug in ucernvm; the log has the details"
+        import json  # here and in the child: PID 1 starts without it (imported by later stages anyway)
+
         report = json.loads(b"".join(chunks))
         for record, values in zip(self.records, report["records"]):
             _set(record, **values)
@@ -96,6 +97,8 @@ def start(state: BootState, records: list[StageRecord], work: Callable[[], Failu
         os.close(writer)
         return Background(records, pid, reader)
     try:  # the child: never returns into the parent's pipeline
+        import json
+
         os.close(reader)
         report = memoryview(json.dumps(_run(state, records, work)).encode())
         while report:  # blocks while the pipe is full, until the parent joins
@@ -121,4 +124,6 @@ def _run(state: BootState, records: list[StageRecord], work: Callable[[], Failur
 
 
 def _canonical(value: object) -> str:
+    import json
+
     return json.dumps(value, sort_keys=True, default=str)

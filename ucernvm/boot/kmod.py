@@ -16,7 +16,6 @@ import errno
 import os
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import NamedTuple
 
@@ -24,6 +23,10 @@ from ucernvm.boot.state import BootState
 from ucernvm.config import split_cmdline
 from ucernvm.errors import UcernvmError
 from ucernvm.image.kmods import ModuleIndex
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from concurrent.futures import Future, ThreadPoolExecutor
 
 _SYS_FINIT_MODULE = {"x86_64": 313, "aarch64": 273}
 # Always needed: the scratch disk, the writable layer, the repository mount, and the entropy source
@@ -109,10 +112,16 @@ class ModuleLoader:
 
     def run(self, wanted: Iterable[str]) -> None:
         self._wanted.update(wanted)
+        self._scan_devices()
+        if not self.index.load_order(sorted(self._wanted - self.loaded - self.failed.keys())):
+            return  # every driver is built into the kernel: no threads, nor their imports (0.1 s emulated)
+        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
         in_flight: dict[Future[None], str] = {}
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
-            for _ in range(MAX_PASSES):  # a last scan may find devices a late probe added
-                self._scan_devices()
+            for scan in range(MAX_PASSES):  # a last scan may find devices a late probe added
+                if scan:
+                    self._scan_devices()
                 self._submit_ready(pool, in_flight)
                 if not in_flight:
                     return

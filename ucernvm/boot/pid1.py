@@ -6,7 +6,6 @@ import sys
 
 from ucernvm.boot.log import BootLog
 from ucernvm.boot.pipeline import BootFailure, Stage, run_stages
-from ucernvm.boot.rescue import failure_screen, panic, rescue_shell, save_logs
 from ucernvm.boot.stages import MODULES, STAGES
 from ucernvm.boot.state import BootState
 from ucernvm.boot.system import RealSystem
@@ -15,8 +14,10 @@ from ucernvm.boot.system import RealSystem
 # run, and what is imported only when first used: urllib3 for https servers (plain HTTP does without
 # it), which encodes host names with the idna codec; pacparser for the proxy 'auto'; the email
 # package for multipart user-data (and its generator, for the user-data cloud-init gets); tarfile (with
-# extraction filters) for cernvm_inject; html for the boot report's timeline; ntplib unless ucernvm.ntp=off.
-IMAGE_MODULES = (*MODULES, "urllib3", "encodings.idna", "pacparser", "email.policy", "email.generator",
+# extraction filters) for cernvm_inject; html for the boot report's timeline; ntplib unless ucernvm.ntp=off;
+# the rescue shell and failure screen, imported when a break point or a failure needs them (a boot
+# that works imports them with the handoff stage's code, while the network comes up).
+IMAGE_MODULES = (*MODULES, "ucernvm.boot.rescue", "urllib3", "encodings.idna", "pacparser", "email.policy", "email.generator",
                  "ucernvm.tarfiles", "ucernvm.context.online", "ucernvm.context.cluster", "html", "ntplib")
 
 
@@ -26,6 +27,8 @@ def main() -> int:
 
     def break_point(stage: Stage) -> None:
         if state.config.break_stage == stage.name:
+            from ucernvm.boot.rescue import rescue_shell
+
             rescue_shell(state, f"ucernvm.break={stage.name}: exit the shell to continue the boot")
 
     try:
@@ -33,6 +36,8 @@ def main() -> int:
         failure = BootFailure(STAGES[-1].name, "the OS's init did not start", "")
     except BootFailure as error:
         failure = error
+    from ucernvm.boot.rescue import failure_screen, panic, save_logs
+
     print(failure_screen(state, failure), flush=True)
     where = save_logs(state, f"failed in {failure.stage}")
     if where:
