@@ -82,11 +82,9 @@ def local_media(state: BootState) -> list[BlockDevice]:
 
 
 def media_network(state: BootState) -> FoundContext | None:
-    """An OpenNebula context.sh on a local medium, for the network stage (µCernVM's one_network), unless
-    ``ucernvm.context=`` names another source or none. Its own mount point: the context stage may be
-    searching the same media at the same time (background.py)."""
-    if state.config.context_source.strip().lower() not in ("", "auto", OPEN_NEBULA.lower()):
-        return None
+    """An OpenNebula context.sh on a local medium, for the network stage (µCernVM's one_network) where
+    ``ucernvm.context=`` allows one (network.may_have_media_network). Its own mount point: the context
+    stage may be searching the same media at the same time (background.py)."""
     mounter = SystemMounter(state.system, "/run/ucernvm/network-media")
     probe = SourceProbe(requested=OPEN_NEBULA, devices=local_media(state), mounter=mounter, log=state.log.info,
                         warn=state.warn)

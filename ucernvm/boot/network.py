@@ -18,6 +18,7 @@ from ucernvm.boot.net_dhcp import Interface, Lease, StaticRoute, first_lease
 from ucernvm.boot.net_rtnl import ARPHRD_ETHER, RTPROT_BOOT, RTPROT_DHCP, Link, Rtnl
 from ucernvm.boot.state import BootState
 from ucernvm.boot.system import MakeDirs, WriteFile
+from ucernvm.context.found import OPEN_NEBULA
 from ucernvm.errors import ConfigError, NetworkError
 
 TYPE_CHECKING = False
@@ -300,6 +301,11 @@ def _nic_of(nics: list[Link], interface: StaticInterface) -> Link | None:
     return nics[number] if number < len(nics) else None
 
 
+def may_have_media_network(context_source: str) -> bool:
+    """Whether ``ucernvm.context=`` lets an OpenNebula context.sh set the network: auto, or OpenNebula."""
+    return context_source.strip().lower() in ("", "auto", OPEN_NEBULA.lower())
+
+
 def host_report(rtnl: Rtnl, links: list[Link]) -> dict:
     """The host's network as it is (read-only): what a dry run shows instead of a lease."""
     names = {link.ifindex: link.name for link in links}
@@ -353,8 +359,8 @@ def network_stage(state: BootState) -> None:
         if report is not None:
             state.facts["network"]["host"] = report
         return
-    if not state.system.dry_run:
-        from ucernvm.boot.contextualize import media_network  # the next stage's code: imported at boot anyway
+    if not state.system.dry_run and may_have_media_network(state.config.context_source):
+        from ucernvm.boot.contextualize import media_network  # the context stage's code (0.2 s emulated)
 
         found = media_network(state)
         if found is not None and found.network and configure_media_network(state, nics, found):
