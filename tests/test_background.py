@@ -180,3 +180,27 @@ def test_runs_in_order_in_one_process_without_a_real_boot_or_with_a_break_point(
     state = boot_state(DryRunSystem()) if how == "dry run" else boot_state(break_stage="servers")
     run_stages(state, [Stage("network", (network,), background=True), Stage("servers", (lambda state: None,))])
     assert state.facts["network"] == os.getpid() and "background" not in state.facts
+
+
+def test_a_stage_whose_code_is_missing_fails_with_its_screen_not_while_imported_ahead() -> None:
+    state = boot_state()
+    with pytest.raises(BootFailure) as failure:
+        run_stages(state, [Stage("network", (lambda state: time.sleep(1),), background=True),
+                           Stage("servers", ("ucernvm.boot.no_such_module:stage",))])
+    assert failure.value.stage == "servers"
+    assert "ModuleNotFoundError" in failure.value.message and "ucernvm.boot.no_such_module" in failure.value.message
+    assert [record.status for record in state.stages] == ["ok", "failed"]
+
+
+def test_without_a_new_process_the_stages_run_in_turn(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse() -> int:
+        raise OSError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(os, "fork", refuse)
+    state = boot_state()
+    run_stages(state, [Stage("network", (lambda state: state.facts.update(network=os.getpid()),), background=True),
+                       Stage("servers", (lambda state: None,))])
+    assert state.facts["network"] == os.getpid()
+    assert [(record.name, record.status) for record in state.stages] == [("network", "ok"), ("servers", "ok")]
+    assert state.warnings == ["network: cannot run alongside the next stages (Resource temporarily unavailable): "
+                              "running them in turn"]

@@ -50,16 +50,17 @@ class Background:
             chunks.append(chunk)
         os.close(self._reader)
         _, status = os.waitpid(self.pid, 0)
-        if not chunks:
+        import json  # here and in the child: PID 1 starts without it (imported by later stages anyway)
+
+        try:
+            report = json.loads(b"".join(chunks))
+        except ValueError:
             cause = (f"killed by signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status)
                      else f"exit status {os.waitstatus_to_exitcode(status)}")
             message = f"the process of the {self.names} stage ended without a result ({cause})"
             for record in self.records:
                 _set(record, end=record.start, status="failed", message=message)
             return self.records[0].name, message, "this is a bug in ucernvm; the log has the details"
-        import json  # here and in the child: PID 1 starts without it (imported by later stages anyway)
-
-        report = json.loads(b"".join(chunks))
         for record, values in zip(self.records, report["records"]):
             _set(record, **values)
         state.facts.update(report["facts"])

@@ -65,9 +65,10 @@ def run_stages(state: BootState, stages: list[Stage], before_stage: Callable[[St
                 group = [stage]
                 while index + len(group) < len(stages) and stages[index + len(group)].background:
                     group.append(stages[index + len(group)])
-                _start_background(state, group, before_stage)
-                index += len(group)
-                continue
+                if _start_background(state, group, before_stage):
+                    index += len(group)
+                    continue
+                concurrent = False
             if state.background is not None and not stage.alongside:
                 _import_ahead(state, stages[index:])
                 wait_for_background(state)
@@ -114,7 +115,8 @@ def run_stage(state: BootState, stage: Stage, record: StageRecord) -> None:
     state.log.info(f"{stage.name}: finished in {record.seconds:.2f} s (imports {record.imports:.2f} s)")
 
 
-def _start_background(state: BootState, group: list[Stage], before_stage: Callable[[Stage], None] | None) -> None:
+def _start_background(state: BootState, group: list[Stage], before_stage: Callable[[Stage], None] | None) -> bool:
+    """Fork for *group*; False (the stages then run in turn) where the kernel refuses a new process."""
     records = []
     for stage in group:
         if before_stage is not None:
@@ -133,8 +135,15 @@ def _start_background(state: BootState, group: list[Stage], before_stage: Callab
                 return failure.stage, failure.message, failure.hint
         return None
 
-    state.background = background.start(state, records, work)
-    state.log.info(f"{', '.join(stage.name for stage in group)}: running alongside the next stages")
+    names = ", ".join(stage.name for stage in group)
+    try:
+        state.background = background.start(state, records, work)
+    except OSError as error:
+        del state.stages[-len(records):]
+        state.warn(f"{names}: cannot run alongside the next stages ({error.strerror or error}): running them in turn")
+        return False
+    state.log.info(f"{names}: running alongside the next stages")
+    return True
 
 
 def _import_ahead(state: BootState, stages: list[Stage]) -> None:
@@ -142,9 +151,13 @@ def _import_ahead(state: BootState, stages: list[Stage]) -> None:
     if state.background.done():
         return
     started = uptime()
-    modules = [module for stage in stages for module in stage.modules if module not in sys.modules]
-    for module in modules:
-        importlib.import_module(module)
+    modules = []
+    for module in dict.fromkeys(module for stage in stages for module in stage.modules if module not in sys.modules):
+        try:
+            importlib.import_module(module)
+        except Exception:  # the stage that needs it reports the error, with its screen, when it runs
+            break
+        modules.append(module)
     state.facts.setdefault("background", {})["imported_ahead"] = {"modules": modules, "seconds": round(uptime() - started, 3)}
 
 
