@@ -57,7 +57,8 @@ class Background:
         except ValueError:
             cause = (f"killed by signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status)
                      else f"exit status {os.waitstatus_to_exitcode(status)}")
-            message = f"the process of the {self.names} stage ended without a result ({cause})"
+            stages = "stages" if len(self.records) > 1 else "stage"
+            message = f"the process of the {self.names} {stages} ended without a result ({cause})"
             for record in self.records:
                 _set(record, end=record.start, status="failed", message=message)
             return self.records[0].name, message, "this is a bug in ucernvm; the log has the details"
@@ -97,15 +98,21 @@ def start(state: BootState, records: list[StageRecord], work: Callable[[], Failu
     if pid:
         os.close(writer)
         return Background(records, pid, reader)
+    status = 1
     try:  # the child: never returns into the parent's pipeline
         import json
 
         os.close(reader)
-        report = memoryview(json.dumps(_run(state, records, work)).encode())
+        report = memoryview(json.dumps(_run(state, records, work), default=str).encode())
         while report:  # blocks while the pipe is full, until the parent joins
             report = report[os.write(writer, report):]
+        status = 0
+    except BaseException:  # a bug: the parent reports the stage as failed, the console shows why
+        import traceback
+
+        traceback.print_exc()
     finally:
-        os._exit(0)
+        os._exit(status)
 
 
 def _run(state: BootState, records: list[StageRecord], work: Callable[[], Failure | None]) -> dict:
