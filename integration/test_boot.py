@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -201,6 +203,24 @@ def test_dead_server_fails_with_a_screen(image: BuildResult, repository: BootRep
     cmdline = repository.cmdline().replace(f":{repository.server.port}/", ":9/")
     result = boot(image.output, new_disk(tmp_path / "d.raw"), cmdline, tmp_path / "dead.log", ports=repository.ports)
     expect_failure(result, "snapshot", "cannot fetch")
+
+
+@pytest.mark.vm
+def test_a_network_failure_in_the_background_stops_the_boot_with_its_screen(
+        image: BuildResult, repository: BootRepository, tmp_path: Path, qemu: str) -> None:
+    """The network stage runs in a child process while the storage stage goes on: its failure still gets
+    the network's screen, and the log lands on the scratch disk, which was mounted meanwhile."""
+    disk = new_disk(tmp_path / "d.raw")
+    result = boot(image.output, disk, repository.cmdline("ucernvm.context=none ucernvm.net=static:10.0.2.15/99,10.0.2.2"),
+                  tmp_path / "network.log", ports=repository.ports)
+    expect_failure(result, "network", "is not static:<address>/<prefix>")
+    saved = subprocess.run(["debugfs", "-R", "cat /ulogs/status.json", f"{disk}?offset={1 << 20}"],
+                           capture_output=True, check=True).stdout
+    status = json.loads(saved)
+    assert status["outcome"] == "failed in network"
+    stages = {stage["name"]: stage["status"] for stage in status["stages"]}
+    assert stages["network"] == "failed" and stages["clock"] == "skipped" and stages["storage"] == "ok", stages
+    assert "servers" not in stages
 
 
 @pytest.mark.vm
