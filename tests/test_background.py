@@ -174,11 +174,16 @@ def test_the_code_of_the_stages_to_come_is_imported_while_waiting(tmp_path: Path
 
 @pytest.mark.parametrize("how", ["dry run", "break point"])
 def test_runs_in_order_in_one_process_without_a_real_boot_or_with_a_break_point(how: str) -> None:
+    def early(state: BootState) -> None:  # as the early stage, which reads the kernel command line
+        if how == "break point":
+            state.config = BootConfig(break_stage="servers")
+
     def network(state: BootState) -> None:
         state.facts["network"] = os.getpid()
 
-    state = boot_state(DryRunSystem()) if how == "dry run" else boot_state(break_stage="servers")
-    run_stages(state, [Stage("network", (network,), background=True), Stage("servers", (lambda state: None,))])
+    state = boot_state(DryRunSystem()) if how == "dry run" else boot_state()
+    run_stages(state, [Stage("early", (early,)), Stage("network", (network,), background=True),
+                       Stage("servers", (lambda state: None,))])
     assert state.facts["network"] == os.getpid() and "background" not in state.facts
 
 

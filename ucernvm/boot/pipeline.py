@@ -55,20 +55,19 @@ class BootFailure(Exception):
 
 def run_stages(state: BootState, stages: list[Stage], before_stage: Callable[[Stage], None] | None = None) -> None:
     """Run every stage; raise BootFailure at the first critical one that fails."""
-    # Sequential where a break point may open a shell on the console, or where nothing runs for real.
-    concurrent = not state.system.dry_run and not state.config.break_stage
+    may_fork = True  # until the kernel refuses a new process
     index = 0
     try:
         while index < len(stages):
             stage = stages[index]
-            if stage.background and concurrent and state.background is None:
+            if stage.background and may_fork and state.background is None and _concurrent(state):
                 group = [stage]
                 while index + len(group) < len(stages) and stages[index + len(group)].background:
                     group.append(stages[index + len(group)])
                 if _start_background(state, group, before_stage):
                     index += len(group)
                     continue
-                concurrent = False
+                may_fork = False
             if state.background is not None and not stage.alongside:
                 _import_ahead(state, stages[index:])
                 wait_for_background(state)
@@ -84,6 +83,12 @@ def run_stages(state: BootState, stages: list[Stage], before_stage: Callable[[St
             state.background.cancel(f"stopped: {failure.stage} failed")
             state.background = None
         raise
+
+
+def _concurrent(state: BootState) -> bool:
+    """Whether background stages may run in a child: not where a break point may open a shell on the
+    console (the settings are known once the early stage has read the command line), nor in a dry run."""
+    return not state.system.dry_run and not state.config.break_stage
 
 
 def run_stage(state: BootState, stage: Stage, record: StageRecord) -> None:
