@@ -78,9 +78,9 @@ def run_stages(state: BootState, stages: list[Stage], before_stage: Callable[[St
             run_stage(state, stage, record)
             index += 1
         wait_for_background(state)
-    except BootFailure as failure:
+    except BaseException as error:
         if state.background is not None:
-            state.background.cancel(f"stopped: {failure.stage} failed")
+            state.background.cancel(f"stopped: {error.stage} failed" if isinstance(error, BootFailure) else "stopped")
             state.background = None
         raise
 
