@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from ucernvm.client.prefetch import PREFETCH_LIST
 from ucernvm.errors import ConfigError
 from ucernvm.image.elfdeps import elf_info, is_elf
 
@@ -50,6 +51,11 @@ cd /run/initramfs && mkdir -p oldroot && pivot_root . oldroot && exec chroot . /
 echo "UCERNVM-OS-SHUTDOWN-FAILED"
 """
 
+# What its boot reads, in order, as a snapshot of a real OS lists it (client/prefetch.py; a real list is a
+# cold boot's read-order.txt): a cold boot downloads busybox while the loader hands over, a later one
+# reads both from the boot layer on the scratch disk instead of through the mount.
+PREFETCH = "# the files the boot reads, in order\nsbin/init\nbin/busybox\n"
+
 
 def make_demo_os(root: Path, init: str = INIT) -> Path:
     """Write the OS tree into *root* (created; existing files are replaced) and return *root*."""
@@ -65,6 +71,7 @@ def make_demo_os(root: Path, init: str = INIT) -> Path:
     (root / "sbin" / "init").write_text(init)
     (root / "sbin" / "init").chmod(0o755)
     (root / "etc" / "os-release").write_text('NAME="ucernvm test OS"\nID=ucernvm-test\n')
+    (root / PREFETCH_LIST).write_text(PREFETCH)
     return root
 
 
