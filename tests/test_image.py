@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from media_images import iso_image
+
 from ucernvm.errors import ConfigError
 from ucernvm.image import cpio
 from ucernvm.image.compress import compress
@@ -344,6 +346,9 @@ def test_launch_command_boots_pvh_under_tcg(tmp_path: Path) -> None:
     assert f"file={tmp_path}/disk,,1.raw,if=none,id=disk0,format=raw" in argv
     assert "-no-reboot" in argv
     assert argv[argv.index("-cpu") + 1] == "qemu64,+rdrand"
+    assert argv[argv.index("-machine") + 1] == "q35,sata=off"  # virtio disks; the context CD-ROM needs SATA
+    with_cdrom = qemu_command(LaunchOptions(image=image, context=iso_image(tmp_path / "context.iso", {"user-data": b""})), "tcg")
+    assert with_cdrom[with_cdrom.index("-machine") + 1] == "q35" and "media=cdrom" in ",".join(with_cdrom)
     kvm = qemu_command(options, "kvm")
     assert kvm[kvm.index("-kernel") + 1] == str(image / "vmlinuz")
     assert kvm[kvm.index("-cpu") + 1] == "host"

@@ -38,7 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--memory", type=int, default=1024, metavar="MB", help="guest RAM (default: %(default)s)")
     parser.add_argument("--smp", type=int, default=2, metavar="N", help="guest CPUs (default: %(default)s)")
     parser.add_argument("--machine", choices=MACHINES, default=LaunchOptions.machine,
-                        help="QEMU machine type (default: %(default)s; pc is the older i440FX)")
+                        help="QEMU machine type (default: %(default)s, without its SATA controller unless --context "
+                        "needs it for the CD-ROM; pc is the older i440FX)")
     parser.add_argument("--cpu", metavar="MODEL",
                         help="QEMU CPU model (default: the host's under KVM; under TCG qemu64 with RDRAND, "
                         "x86-64-v1: an OS that needs x86-64-v2, such as the EL9 family, wants Nehalem,+rdrand)")
