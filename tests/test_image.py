@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import lzma
 import os
 import shutil
@@ -244,7 +245,7 @@ def test_pyc_files_are_reproducible_and_import_without_source(tmp_path: Path) ->
 
 
 def test_python_runtime_runs_in_a_chroot(tmp_path: Path) -> None:
-    """The trimmed interpreter, its zip and libraries, unpacked alone, import the init module."""
+    """The trimmed interpreter, its modules and libraries, unpacked alone, import the init module."""
     if os.geteuid() != 0:
         pytest.skip("chroot needs root")
     from ucernvm.image.builder import INPUTS_DIR, layout_entries, python_entries
@@ -252,8 +253,9 @@ def test_python_runtime_runs_in_a_chroot(tmp_path: Path) -> None:
     init_dir = tmp_path / "init"
     init_dir.mkdir()
     (init_dir / "tiny_init.py").write_text(
-        "import json, ctypes\nfrom ucernvm.image.kmods import ModuleIndex\n"
-        "def main():\n    print(json.dumps({'ok': ctypes.sizeof(ctypes.c_long)}))\n    return 0\n"
+        "import json, ctypes, sys\nfrom ucernvm.image.kmods import ModuleIndex\n"
+        "def main():\n    print(json.dumps({'ok': ctypes.sizeof(ctypes.c_long), 'json': json.__file__, 'prefix': sys.prefix}))\n"
+        "    return 0\n"
     )
     entries, python = python_entries("tiny_init:main", [init_dir], [], INPUTS_DIR, tmp_path / "staging", 0)
     assert "json" in python.modules and "ucernvm.image.kmods" in python.modules
@@ -268,7 +270,10 @@ def test_python_runtime_runs_in_a_chroot(tmp_path: Path) -> None:
     result = subprocess.run([find_tool("chroot"), str(root), "/init"], capture_output=True, text=True, env={},
                             check=False)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == '{"ok": 8}'
+    # The standard library as sourceless .pyc files, found from the prefix their os.pyc marks (no zip).
+    lib = f"/usr/lib/python{python.interpreter.version}"
+    assert json.loads(result.stdout) == {"ok": 8, "json": f"{lib}/json/__init__.pyc", "prefix": "/usr"}
+    assert not (root / lib.lstrip("/") / "json" / "__init__.py").exists() and not list(root.rglob("*.zip"))
 
 
 # Imports the boot defers that the image leaves out on purpose, each with what happens instead.

@@ -13,7 +13,7 @@ from ucernvm.image.kernel_source import DEFAULT_SOURCE_PACKAGE
 
 SIZE_GOAL = 20_000_000  # vmlinuz + initrd.img, as the original µCernVM images
 # Size table rows, in the order the image is described; unknown components follow.
-_ROWS = ("kernel", "python", "stdlib-zip", "extensions", "third-party", "shared-libs", "kernel-modules",
+_ROWS = ("kernel", "python", "stdlib", "extensions", "third-party", "shared-libs", "kernel-modules",
          "busybox", "storage-tools", "keys", "ca-certs", "ucernvm", "init")
 
 

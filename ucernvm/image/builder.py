@@ -186,7 +186,6 @@ def build_image(options: BuildOptions, progress: Callable[[str], None] = lambda 
             "executable": str(python.interpreter.executable),
             "version": python.interpreter.version,
             "optimize": options.optimize,
-            "zip_bytes_by_origin": dict(sorted(python.zip_bytes.items())),
             "modules": python.modules,
         },
         "kernel_modules": load_order,

@@ -2,12 +2,13 @@
 
 The import closure comes from a probe: the target interpreter, started clean (``-I -S``, as the
 /init shebang starts it), imports the init module and the declared extra modules, then reports
-``sys.modules`` and the shared objects it has mapped. Pure-Python modules of the standard library
-and of pure-Python third-party packages become one stored (uncompressed: the initramfs compressor
-does better on the whole) zip of hash-based .pyc files, ``/usr/lib/pythonXY.zip``, which is also the
-landmark that lets Python find its prefix (/usr). Extension modules, third-party packages that carry
-extension modules, the ``ucernvm`` package and the init's own modules go under
-``/usr/lib/pythonX.Y/`` as files: that directory is on ``sys.path`` of an isolated interpreter too.
+``sys.modules`` and the shared objects it has mapped. Every module goes under ``/usr/lib/pythonX.Y/``
+as a file, where an isolated interpreter looks (``os.pyc`` there is the landmark that lets Python find
+its prefix, /usr): pure-Python modules of the standard library and of third-party packages as
+sourceless hash-based .pyc files, extension modules under ``lib-dynload/`` or beside their package, and
+the ``ucernvm`` package with its sources. Not a zip: Python 3.11's zipimport reads and unmarshals a
+module's code twice (once to name its file, once to run it), and under emulation the boot's imports
+ran 20 % faster from files (benchmarks/bench_boot_imports.py).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,10 +85,6 @@ class Interpreter:
         return f"usr/bin/python{self.version}"
 
     @property
-    def image_zip(self) -> str:
-        return f"usr/lib/python{self.version.replace('.', '')}.zip"
-
-    @property
     def image_lib(self) -> str:
         return f"usr/lib/python{self.version}"
 
@@ -147,7 +143,6 @@ class PythonPayload:
     elf_roots: list[Path] = field(default_factory=list)
     mapped_libraries: list[Path] = field(default_factory=list)
     modules: list[str] = field(default_factory=list)  # every module in the closure
-    zip_bytes: dict[str, int] = field(default_factory=dict)  # "stdlib" / distribution -> bytes in the zip
 
 
 def _under(path: Path, roots: Iterable[Path]) -> Path | None:
@@ -167,7 +162,7 @@ def python_payload(
     staging: Path,
     optimize: int,
 ) -> PythonPayload:
-    """Classify the probed closure into zip members and files; compile everything to .pyc."""
+    """Place the probed closure's files in the image; compile every module to .pyc."""
     payload = PythonPayload(interpreter, modules=sorted(m.name for m in closure.modules))
     lib = interpreter.image_lib
     site_dirs = [p.resolve() for p in interpreter.site_dirs]
@@ -176,22 +171,8 @@ def python_payload(
     init_roots = [p.resolve() for p in init_paths]
     roots = [stdlib, dynload, *site_dirs, *init_roots]
 
-    zip_members: dict[str, tuple[Path, str]] = {}  # arcname -> (source, group)
     files: dict[str, tuple[Path, str]] = {}  # image path -> (source, component)
     loaded_files: set[Path] = set()
-
-    # A third-party top-level package with an extension module (or a namespace package) stays as
-    # files: a package's __path__ is either in the zip or in a directory, never both.
-    as_files: set[str] = set()
-    for module in closure.modules:
-        source = module.source
-        if module.name.split(".")[0] == package_dir.name:
-            continue
-        if source is None and module.package and module.path:
-            as_files.add(module.name.split(".")[0])
-        elif source is not None and source.suffix == ".so" and _under(source.resolve(), site_dirs):
-            as_files.add(module.name.split(".")[0])
-
     for module in closure.modules:
         source = module.source
         if source is None or module.name.split(".")[0] == package_dir.name:
@@ -204,28 +185,19 @@ def python_payload(
                 f"module {module.name} comes from {source}, outside the stdlib, site-packages and init paths"
             )
         rel = real.relative_to(root).as_posix()
-        top = module.name.split(".")[0]
         if real.suffix == ".so":
             target = f"{lib}/lib-dynload/{rel}" if root == dynload else f"{lib}/{rel}"
             files[target] = (real, "extensions")
             payload.elf_roots.append(real)
         elif root in init_roots:
             files[f"{lib}/{rel}"] = (real, "init")
-        elif root == stdlib:
-            zip_members[rel] = (real, "stdlib")
-        elif top in as_files:
-            files[f"{lib}/{rel}"] = (real, "third-party")
         else:
-            zip_members[rel] = (real, top)
+            files[f"{lib}/{rel}"] = (real, "stdlib" if root == stdlib else "third-party")
         if module.package and root in site_dirs:
             # Data files next to a third-party package's modules (certificates, tables...).
             for data in sorted(real.parent.iterdir()):
                 if data.is_file() and data.suffix not in _CODE_SUFFIXES:
-                    data_rel = data.relative_to(root).as_posix()
-                    if top in as_files:
-                        files[f"{lib}/{data_rel}"] = (data, "third-party")
-                    else:
-                        zip_members[data_rel] = (data, top)
+                    files[f"{lib}/{data.relative_to(root).as_posix()}"] = (data, "third-party")
 
     for source in sorted(package_dir.rglob("*")):
         if source.is_file() and "__pycache__" not in source.parts and source.suffix != ".pyc":
@@ -239,26 +211,9 @@ def python_payload(
     ]
 
     compiled = staging / "pyc"
-    jobs: list[tuple[Path, Path, str]] = []
-    for arcname, (source, _group) in zip_members.items():
-        if source.suffix == ".py":
-            jobs.append((source, compiled / "zip" / (arcname + "c"), f"/{interpreter.image_zip}/{arcname}"))
-    for target, (source, _component) in files.items():
-        if source.suffix == ".py":
-            jobs.append((source, compiled / "files" / (target + "c"), f"/{target}"))
+    jobs = [(source, compiled / (target + "c"), f"/{target}")
+            for target, (source, _component) in files.items() if source.suffix == ".py"]
     compile_files(jobs, optimize)
-
-    zip_path = staging / "python.zip"
-    with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_STORED) as archive:
-        for arcname, (source, group) in sorted(zip_members.items()):
-            is_code = source.suffix == ".py"
-            name = arcname + "c" if is_code else arcname
-            data = (compiled / "zip" / name).read_bytes() if is_code else source.read_bytes()
-            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
-            info.external_attr = 0o644 << 16
-            archive.writestr(info, data)
-            payload.zip_bytes[group] = payload.zip_bytes.get(group, 0) + len(data)
-    payload.entries.append(Entry.file(interpreter.image_zip, zip_path, "stdlib-zip"))
 
     for target, (source, component) in sorted(files.items()):
         if source.suffix == ".py" and component == "ucernvm":
@@ -268,9 +223,9 @@ def python_payload(
             directory, _, name = target.rpartition("/")
             cached = f"{directory}/__pycache__/{name[:-3]}.{sys.implementation.cache_tag}.pyc"
             payload.entries.append(Entry.file(target, source, component))
-            payload.entries.append(Entry.file(cached, compiled / "files" / (target + "c"), component))
+            payload.entries.append(Entry.file(cached, compiled / (target + "c"), component))
         elif source.suffix == ".py":
-            payload.entries.append(Entry.file(target + "c", compiled / "files" / (target + "c"), component))
+            payload.entries.append(Entry.file(target + "c", compiled / (target + "c"), component))
         elif source.suffix == ".so":
             payload.entries.append(Entry.file(target, source, component, perm=0o755))
         else:
