@@ -89,7 +89,7 @@ def snapshot_stage(state: BootState) -> None:
     for warning in repository.warnings:
         state.warn(warning)
     if root_hash is not None and tag:
-        repository.tag = repository.history.find(tag) if repository.history else None
+        repository.tag_name = tag  # the pin's; its history database stays closed (a sqlite file to load)
     revision = repository.revision
     newest = _newest_booted(scratch)
     if newest and revision < newest["revision"] and not forced:
@@ -98,7 +98,7 @@ def snapshot_stage(state: BootState) -> None:
             "to roll back on purpose, write the tag to aux/cvmfs_force_tag on the scratch disk",
         )
     state.repository = repository
-    label = repository.tag.name if repository.tag else (tag or _tag_of(repository))
+    label = tag or _tag_of(repository)
     rebase_if_moved(state, pinned_hash.hex if pinned_hash is not None else None)
     wrote = []
     if root_hash is None or forced:

@@ -398,7 +398,7 @@ class SnapshotFilesystem(Operations):
             "user.fqrn": lambda: repository.fqrn,
             "user.revision": lambda: str(repository.revision),
             "user.root_hash": lambda: repository.root_hash.hex,
-            "user.tag": lambda: repository.tag.name if repository.tag else "",
+            "user.tag": lambda: repository.tag_name,
             "user.host": lambda: str(getattr(source, "current_host", source.description)),
             "user.proxy": lambda: str(getattr(source, "current_proxy", "DIRECT")),
             "user.version": lambda: __version__,

@@ -81,6 +81,7 @@ class Repository:
         self.whitelist = whitelist.whitelist
         self.manifest: Manifest = signed.manifest
         self.tag: Tag | None = None
+        self.tag_name = tag or ""  # what the snapshot was chosen by (a pinned boot's pin names one too)
         if root_hash is not None:
             self.root_hash = root_hash
             self.root_catalog_size: int | None = None

@@ -7,8 +7,8 @@ as a file, where an isolated interpreter looks (``os.pyc`` there is the landmark
 its prefix, /usr): pure-Python modules of the standard library and of third-party packages as
 sourceless hash-based .pyc files, extension modules under ``lib-dynload/`` or beside their package, and
 the ``ucernvm`` package with its sources. Not a zip: Python 3.11's zipimport reads and unmarshals a
-module's code twice (once to name its file, once to run it), and under emulation the boot's imports
-ran 20 % faster from files (benchmarks/bench_boot_imports.py).
+module's code twice (once to name its file, once to run it); from files, a TCG boot's imports took 0.3-0.5 s
+less (docs/benchmarks.md, "Boot").
 """
 
 from __future__ import annotations
