@@ -74,12 +74,11 @@ def boot_figures(label: str, result: BootResult) -> Figures:
             continue
         # The report is written during the handoff: it ends when the OS's init runs.
         values[f"stage {name}"] = os_init - stage["start"] if name == "handoff" else stage["seconds"]
-    # PID 1 imports the code of the stages to come while other processes work (the background stages,
-    # mke2fs): ahead of those stages, within the time of the stage it waits in.
+    # PID 1 imports the code of the stages after the background ones while those run (ahead of them).
     background = report.get("background", {})
-    ahead = sum(entry["seconds"] for entry in report.get("imported_ahead", []))
+    ahead = background.get("imported_ahead", {}).get("seconds", 0.0)
     values["of the stages: importing their code"] = sum(stage.get("imports", 0.0) for stage in report["stages"]) + ahead
-    values["of which imported ahead, while other processes worked"] = ahead
+    values["of which imported ahead, alongside the background stages"] = ahead
     values["PID 1 waiting for the background stages, after that"] = background.get("waited", float("nan"))
     host_os_init = result.vm.line_time("UCERNVM-OS-INIT") or float("nan")
     values |= {

@@ -53,16 +53,6 @@ def test_a_dry_run_times_nothing_it_did_not_do() -> None:
     assert build_report(state, "dry run")["slowest_actions"] == []
 
 
-def test_a_program_runs_while_the_boot_does_other_work(tmp_path: Path) -> None:
-    flag = tmp_path / "imported"
-    # The program ends only once the work meanwhile is done: run in turn, it would time out.
-    program = ("sh", "-c", f"while [ ! -e {flag} ]; do sleep 0.01; done; echo ready")
-    action = Run(program, timeout=30, meanwhile=flag.touch)
-    result = RealSystem().do(action)
-    assert result.stdout == b"ready\n" and result.returncode == 0
-    assert action.describe().endswith("(importing the next stages' code meanwhile)")
-
-
 def test_a_program_gets_its_input_and_is_killed_at_its_timeout() -> None:
     assert RealSystem().do(Run(("cat",), input=b"user-data")).stdout == b"user-data"
     started = time.monotonic()

@@ -168,28 +168,8 @@ def test_the_code_of_the_stages_to_come_is_imported_while_waiting(tmp_path: Path
     run_stages(state, [Stage("network", (lambda state: time.sleep(1),), background=True),
                        Stage("later", ("later_stage_code:run",))])
     assert state.facts["later"] is True
-    assert [(entry["while"], entry["modules"]) for entry in state.facts["imported_ahead"]] == [
-        ("the network stages ran", ["later_stage_code"])]
+    assert state.facts["background"]["imported_ahead"]["modules"] == ["later_stage_code"]
     assert state.stages[1].imports < 0.05  # imported before the stage started, while the network ran
-
-
-def test_a_stage_may_import_the_code_of_the_stages_after_it_while_it_waits(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (tmp_path / "third_stage_code.py").write_text("def run(state):\n    state.facts['third'] = True\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "third_stage_code", raising=False)
-
-    def storage(state: BootState) -> None:  # as the storage stage while mke2fs runs
-        state.ahead("mke2fs ran")
-        state.facts["imported_during_storage"] = "third_stage_code" in sys.modules
-
-    state = boot_state(DryRunSystem())
-    run_stages(state, [Stage("storage", (storage,)), Stage("servers", (lambda state: None,)),
-                       Stage("third", ("third_stage_code:run",))])
-    assert state.facts["imported_during_storage"] is True and state.facts["third"] is True
-    assert [(entry["while"], entry["modules"]) for entry in state.facts["imported_ahead"]] == [
-        ("mke2fs ran", ["third_stage_code"])]
-    assert state.stages[2].imports < 0.05
 
 
 @pytest.mark.parametrize("how", ["dry run", "break point"])

@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -66,11 +65,10 @@ class Rig:
         self.backing[device] = backing
         return device
 
-    def boot(self, devices: list[str], system: System | None = None, then: tuple[Stage, ...] = (),
-             **settings: object) -> BootState:
+    def boot(self, devices: list[str], system: System | None = None, **settings: object) -> BootState:
         state = BootState(system or RealSystem(str(self.root)), BootLog(io.StringIO()), config=BootConfig(**settings))
         stage = functools.partial(storage_stage, devices=[Path(device).name for device in devices])
-        run_stages(state, [Stage("storage", (stage,)), *then])
+        run_stages(state, [Stage("storage", (stage,))])
         return state
 
     def dry_system(self) -> DryRunSystem:
@@ -141,23 +139,6 @@ def test_empty_disk_becomes_the_scratch_disk(rig: Rig) -> None:
     header = subprocess.run(["dumpe2fs", "-h", state.scratch_device], capture_output=True, text=True, check=True).stdout
     assert re.search(r"^Maximum mount count:\s+-1$", header, re.M), header  # never checked for its mount count
     assert re.search(r"^Check interval:\s+0 ", header, re.M), header  # nor for its age
-
-
-def test_the_next_stages_code_is_imported_while_mke2fs_runs(rig: Rig, tmp_path: Path,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    # The next stage's module notes, as it is imported, which programs this process is running.
-    (tmp_path / "next_stage_code.py").write_text(
-        "import os\nfrom pathlib import Path\n"
-        "CHILDREN = [Path(f'/proc/{pid}/comm').read_text().strip() for pid in os.listdir('/proc') if pid.isdigit()\n"
-        "            and Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[1] == str(os.getpid())]\n"
-        "def run(state):\n    pass\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "next_stage_code", raising=False)
-    device = rig.attach(rig.disk("empty", 128 * MIB))
-    state = rig.boot([device], then=(Stage("next", ("next_stage_code:run",)),))
-    assert state.scratch_fresh and state.stages[1].imports < 0.05
-    assert sys.modules["next_stage_code"].CHILDREN == ["mke2fs"]
-    assert [entry["while"] for entry in state.facts["imported_ahead"]] == ["mke2fs ran"]
 
 
 def test_second_boot_reuses_the_scratch_disk(rig: Rig) -> None:
@@ -330,8 +311,7 @@ def test_dry_run_writes_nothing(rig: Rig) -> None:
     plan = "\n".join(system.actions)
     assert f"write partition table MBR [1: 1.0 MiB+63.0 MiB] on {device} after wiping its first and last MiB" in plan
     assert f"add kernel partition 1 of {device}" in plan
-    assert (f"run mke2fs -q -F -t ext4 -L UROOT -E lazy_itable_init=1,lazy_journal_init=1 {device}p1"
-            " (importing the next stages' code meanwhile)") in plan
+    assert f"run mke2fs -q -F -t ext4 -L UROOT -E lazy_itable_init=1,lazy_journal_init=1 {device}p1" in plan
     assert f"mount ext4 {device}p1 on {state.scratch}" in plan
     assert all((state.scratch / name).is_dir() for name in LAYOUT)  # later stages can use the directory
     assert str(state.scratch).startswith(str(system.root)) and not os.path.ismount(state.scratch)

@@ -3,7 +3,6 @@ and a hint, a best-effort failure becomes a warning."""
 
 from __future__ import annotations
 
-import functools
 import importlib
 import sys
 from collections.abc import Callable
@@ -70,14 +69,12 @@ def run_stages(state: BootState, stages: list[Stage], before_stage: Callable[[St
                     continue
                 may_fork = False
             if state.background is not None and not stage.alongside:
-                if not state.background.done():
-                    _import_ahead(state, stages[index:], f"the {state.background.names} stages ran")
+                _import_ahead(state, stages[index:])
                 wait_for_background(state)
             if before_stage is not None:
                 before_stage(stage)
             record = StageRecord(stage.name, uptime())
             state.stages.append(record)
-            state.ahead = functools.partial(_import_ahead, state, stages[index + 1:])
             run_stage(state, stage, record)
             index += 1
         wait_for_background(state)
@@ -154,9 +151,10 @@ def _start_background(state: BootState, group: list[Stage], before_stage: Callab
     return True
 
 
-def _import_ahead(state: BootState, stages: list[Stage], why: str) -> None:
-    """While another process works (*why*), import the code of the stages to come (needed anyway): under
-    emulation PID 1's imports are most of its work, and the VM has a second CPU."""
+def _import_ahead(state: BootState, stages: list[Stage]) -> None:
+    """While the background stages still run, import the code of the stages to come (needed anyway)."""
+    if state.background.done():
+        return
     started = uptime()
     modules = []
     for module in dict.fromkeys(module for stage in stages for module in stage.modules if module not in sys.modules):
@@ -165,9 +163,7 @@ def _import_ahead(state: BootState, stages: list[Stage], why: str) -> None:
         except Exception:  # the stage that needs it reports the error, with its screen, when it runs
             break
         modules.append(module)
-    if modules:
-        state.facts.setdefault("imported_ahead", []).append(
-            {"while": why, "modules": modules, "seconds": round(uptime() - started, 3)})
+    state.facts.setdefault("background", {})["imported_ahead"] = {"modules": modules, "seconds": round(uptime() - started, 3)}
 
 
 def wait_for_background(state: BootState) -> None:

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ucernvm.boot.log import BootLog
 from ucernvm.boot.system import System
 from ucernvm.config import BootConfig
-
-
-def _nothing_ahead(_while: str) -> None:
-    pass
 
 
 class StageRecord:
@@ -34,7 +29,7 @@ class StageRecord:
 class BootState:
     __slots__ = ("system", "log", "cmdline", "config", "warnings", "stages", "facts", "scratch_device",
                  "scratch_fresh", "user_data", "context_source", "found_context", "source", "repository",
-                 "fuse_pid", "scratch_moved_to", "keys_dir", "media", "background", "ahead")
+                 "fuse_pid", "scratch_moved_to", "keys_dir", "media", "background")
 
     def __init__(self, system: System, log: BootLog, cmdline: str = "", config: Any = None,
                  keys_dir: Path | None = None) -> None:
@@ -59,9 +54,6 @@ class BootState:
         self.scratch_moved_to: Path | None = None  # where the mount stage moved the scratch disk
         self.media: list[Any] | None = None  # local disks' file systems, probed once before the storage stage
         self.background: Any = None  # the stages running in a child process (background.Background), if any
-        # Import the code of the stages to come, while this process would wait for another one (say why):
-        # the runner sets it for each stage (pipeline.py); a stage calls it before such a wait.
-        self.ahead: Callable[[str], None] = _nothing_ahead
 
     @property
     def scratch(self) -> Path:

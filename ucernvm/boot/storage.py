@@ -15,7 +15,7 @@ import copy
 import os
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -294,8 +294,7 @@ def _create(state: BootState, views: list[DiskView], sysfs: str, devdir: str, fa
     label = config.scratch_label
     # No periodic checks by mount count or age (µCernVM runs `tune2fs -c0 -i0` after mke2fs): the
     # mke2fs.conf the image carries leaves them off (enable_periodic_fsck), so no second tool is run.
-    _tool(state, ("mke2fs", "-q", "-F", "-t", "ext4", "-L", label, "-E", "lazy_itable_init=1,lazy_journal_init=1", device),
-          meanwhile=lambda: state.ahead("mke2fs ran"))
+    _tool(state, ("mke2fs", "-q", "-F", "-t", "ext4", "-L", label, "-E", "lazy_itable_init=1,lazy_journal_init=1", device))
     _mount(state, device)
     state.scratch_fresh = True
     facts["created"] = f"{plan.what}: partition {plan.numbers[0]} ({device}) formatted as ext4 labelled {label}"
@@ -384,9 +383,9 @@ def _attach(state: BootState, view: DiskView, number: int, start: int, size: int
     return device_node(system, known.name, known.dev, devdir)
 
 
-def _tool(state: BootState, argv: tuple[str, ...], meanwhile: Callable[[], None] | None = None) -> None:
+def _tool(state: BootState, argv: tuple[str, ...]) -> None:
     try:
-        state.system.do(Run(argv, timeout=TOOL_TIMEOUT, meanwhile=meanwhile))
+        state.system.do(Run(argv, timeout=TOOL_TIMEOUT))
     except UcernvmError as error:
         raise StorageError(error.message, "the image must carry e2fsprogs; if it does, the disk may be failing") from None
 

@@ -16,7 +16,6 @@ import ctypes
 import os
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
@@ -134,26 +133,13 @@ class Run(NamedTuple):
     argv: tuple[str, ...]
     timeout: float = 60.0
     input: bytes | None = None
-    # Work for this process while the program runs (it has a CPU of its own): the boot imports the code
-    # of the stages to come meanwhile (BootState.ahead). The timeout counts from when that work is done.
-    meanwhile: Callable[[], None] | None = None
 
     def describe(self) -> str:
-        return "run " + " ".join(self.argv) + (" (importing the next stages' code meanwhile)" if self.meanwhile else "")
+        return "run " + " ".join(self.argv)
 
     def apply(self) -> subprocess.CompletedProcess[bytes]:
         try:
-            with subprocess.Popen(self.argv, stdin=subprocess.DEVNULL if self.input is None else subprocess.PIPE,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
-                if self.meanwhile is not None:
-                    self.meanwhile()
-                try:
-                    stdout, stderr = process.communicate(self.input, timeout=self.timeout)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
-                    raise
-            result = subprocess.CompletedProcess(self.argv, process.returncode, stdout, stderr)
+            result = subprocess.run(self.argv, input=self.input, capture_output=True, timeout=self.timeout)
         except (OSError, subprocess.TimeoutExpired) as error:
             raise UcernvmError(f"{self.describe()}: {error}") from None
         if result.returncode != 0:
