@@ -479,7 +479,7 @@ def test_cloudstack_on_the_dhcp_server(notes: Notes) -> None:
     with metadata_server(cloud) as address:
         host, port = address.split(":")
         addresses = MetadataAddresses(link_local=closed_port(), cloudstack=closed_port(), dhcp_port=int(port))
-        found = search(notes, addresses=addresses, dhcp_server=host)
+        found = search(notes, addresses=addresses, network=lambda: host)
     assert found.source == "CloudStack" and found.meta.public_keys == (KEY,)
 
 
@@ -596,7 +596,7 @@ def test_no_context_anywhere_returns_at_once(notes: Notes) -> None:
 
 def test_unreachable_metadata_costs_the_probe_once(notes: Notes) -> None:
     with black_hole() as link_local, black_hole() as router:
-        found, seconds = timed(network_search, notes, link_local, router, dhcp_server="127.0.0.1")
+        found, seconds = timed(network_search, notes, link_local, router, network=lambda: "127.0.0.1")
     assert found is None
     assert 1.9 < seconds < 3.0  # one 2 s parallel probe, whatever the number of addresses
 

@@ -79,10 +79,10 @@ class _ProbeFields(NamedTuple):
     requested: str = "auto"
     devices: Sequence[BlockDevice] = ()
     mounter: Mounter | None = None
-    dhcp_server: str | None = None
     deadline: float | None = None
-    # Where the network may still be coming up: called before the first request to a metadata service,
-    # waits for it and answers the DHCP server's address (None: dhcp_server stands); not counted in deadline.
+    # The network, which may still be coming up: called before the first request to a metadata service,
+    # waits for it and answers the DHCP server's address, if any (CloudStack's router); the wait is not
+    # counted in the deadline.
     network: Callable[[], str | None] | None = None
     addresses: MetadataAddresses = MetadataAddresses()
     probe_timeout: float = PROBE_TIMEOUT
@@ -156,10 +156,10 @@ def ask_network(probe: SourceProbe, local: FoundContext | None) -> FoundContext 
     if (local is not None and local.source is not None) or not any(name in NETWORK_SOURCES for name in wanted):
         return local
     deadline = probe.deadline if probe.deadline is not None else time.monotonic() + DEFAULT_BUDGET
-    dhcp_server = probe.dhcp_server
+    dhcp_server = None
     if probe.network is not None:
         started = time.monotonic()
-        dhcp_server = probe.network() or dhcp_server
+        dhcp_server = probe.network()
         deadline += time.monotonic() - started
     found = _ask_network(probe, wanted, deadline, dhcp_server)
     if found is None:
