@@ -21,7 +21,7 @@ import pytest
 from ucernvm.boot.blockdev import probe_path
 from ucernvm.boot.system import RealSystem
 from ucernvm.context.iso import write_iso
-from ucernvm.context.media import BlockDevice
+from ucernvm.context.found import BlockDevice
 from ucernvm.context.sources import SystemMounter
 from ucernvm.errors import MountError
 

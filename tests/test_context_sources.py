@@ -16,8 +16,8 @@ import pytest
 import urllib3
 
 from ucernvm.context import glideinwms
-from ucernvm.context.found import FoundContext, MetaData
-from ucernvm.context.media import (USER_DATA_LIMIT, BlockDevice, UnusableFile, json_meta, nocloud_meta,
+from ucernvm.context.found import BlockDevice, FoundContext, MetaData
+from ucernvm.context.media import (USER_DATA_LIMIT, UnusableFile, json_meta, nocloud_meta,
                                    parse_context_sh, read_azure, read_config_drive, read_file, read_nocloud,
                                    read_opennebula, read_vsphere, static_network)
 from ucernvm.context.section import parse_section

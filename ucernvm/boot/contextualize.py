@@ -18,11 +18,8 @@ from ucernvm.boot.pipeline import wait_for_background
 from ucernvm.boot.state import BootState
 from ucernvm.boot.system import MakeDirs, WriteFile
 from ucernvm.config import build_config, context_values
-from ucernvm.context import glideinwms
 from ucernvm.context.section import parse_section
-from ucernvm.context.found import OPEN_NEBULA, FoundContext, MetaData
-from ucernvm.context.sources import (BlockDevice, MetadataAddresses, SourceProbe, SystemMounter,
-                                     find_static_network, find_user_data)
+from ucernvm.context.found import OPEN_NEBULA, BlockDevice, FoundContext, MetaData
 from ucernvm.context.userdata import decode, text_parts
 from ucernvm.errors import ContextError
 
@@ -55,6 +52,8 @@ def apply_user_data(state: BootState, user_data: bytes, source: str) -> None:
     for warning in warnings:
         state.warn(warning)
     if state.config.glideinwms:
+        from ucernvm.context import glideinwms  # only boots with user-data pay for its patterns
+
         implied = glideinwms.detect(state.user_data)
         if implied:
             state.log.info(f"glideinWMS user-data: {', '.join(sorted(implied))} from it")
@@ -85,6 +84,8 @@ def media_network(state: BootState) -> FoundContext | None:
     """An OpenNebula context.sh on a local medium, for the network stage (µCernVM's one_network) where
     ``ucernvm.context=`` allows one (network.may_have_media_network). Its own mount point: the context
     stage may be searching the same media at the same time (background.py)."""
+    from ucernvm.context.sources import SourceProbe, SystemMounter, find_static_network
+
     mounter = SystemMounter(state.system, "/run/ucernvm/network-media")
     probe = SourceProbe(requested=OPEN_NEBULA, devices=local_media(state), mounter=mounter, log=state.log.info,
                         warn=state.warn)
@@ -101,6 +102,8 @@ def context_stage(state: BootState) -> None:
         state.facts["context"] = {"source": "(saved on the first boot)"}
         state.log.info(f"{config.scratch_label} exists: the context saved on the first boot applies")
         return
+    # Only a first boot searches: later ones (above) do without the search's code and its imports.
+    from ucernvm.context.sources import MetadataAddresses, SourceProbe, SystemMounter, find_user_data
 
     def network() -> str | None:  # the network stage may still run (background.py)
         wait_for_background(state)

@@ -22,6 +22,14 @@ NETWORK_SOURCES = (GCE, EC2, OPENSTACK, CLOUDSTACK)
 NO_SOURCE = "(none)"  # what µCernVM reports when nothing was found
 
 
+class BlockDevice(NamedTuple):
+    """A candidate medium: its device node, file system type (blkid's names) and label."""
+
+    path: str
+    fstype: str
+    label: str = ""
+
+
 class MetaData(NamedTuple):
     """The meta-data cloud-init's NoCloud seed needs; empty strings where the source has none."""
 

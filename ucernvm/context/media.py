@@ -20,9 +20,8 @@ import stat
 from collections.abc import Callable
 from ipaddress import IPv4Interface, ip_address
 from pathlib import Path
-from typing import NamedTuple
 
-from ucernvm.context.found import (AZURE, CONFIG_DRIVE, NOCLOUD, OPEN_NEBULA, VSPHERE, FoundContext, MetaData,
+from ucernvm.context.found import (AZURE, CONFIG_DRIVE, NOCLOUD, OPEN_NEBULA, VSPHERE, BlockDevice, FoundContext, MetaData,
                                    StaticInterface)
 
 USER_DATA_LIMIT = 4 << 20  # clouds cap user-data at 16-256 KB; cernvm-launch at ~150 KB
@@ -33,14 +32,6 @@ ISO_TYPES = ("iso9660", "udf")  # an ISO with a UDF bridge is reported as udf, a
 CONFIG_TYPES = (*ISO_TYPES, "vfat")
 
 Warn = Callable[[str], None]
-
-
-class BlockDevice(NamedTuple):
-    """A candidate medium: its device node, file system type (blkid's names) and label."""
-
-    path: str
-    fstype: str
-    label: str = ""
 
 
 class UnusableFile(Exception):

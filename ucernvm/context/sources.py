@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 from ucernvm.boot.system import MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MakeDirs, Mount, System, Unmount
-from ucernvm.context.found import (CLOUDSTACK, LOCAL_SOURCES, NETWORK_SOURCES, OPEN_NEBULA, FoundContext)
-from ucernvm.context.media import LAYOUTS, BlockDevice, read_extras
+from ucernvm.context.found import (CLOUDSTACK, LOCAL_SOURCES, NETWORK_SOURCES, OPEN_NEBULA, BlockDevice, FoundContext)
+from ucernvm.context.media import LAYOUTS, read_extras
 from ucernvm.context.metadata import LINK_LOCAL_FETCHERS, Client, fetch_cloudstack, parse_host, reachable
 from ucernvm.context.userdata import decode
 from ucernvm.errors import UcernvmError
