@@ -61,6 +61,7 @@ def test_boot_twice_on_one_disk(image: BuildResult, repository: BootRepository, 
     assert first.marker("UCERNVM-OS-LAYERS") == "2"  # /mnt/.rw and /mnt/.ro
     assert first.marker("UCERNVM-OS-MODULES") == "present"
     assert first.marker("UCERNVM-OS-DAEMON") == "@"
+    assert first.marker("UCERNVM-OS-OLD-ROOT") == ""  # the initramfs freed, as seen from the daemon's (old) root
     assert "ucernvm: root detached" in first.serial  # the OS's shutdown went through the hand-back
 
     repository.publish("v2")  # a newer snapshot appears; the pinned machine must not move

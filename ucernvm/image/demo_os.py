@@ -42,7 +42,11 @@ if [ -d "/lib/modules/$(uname -r)" ]; then echo "UCERNVM-OS-MODULES present"; fi
 echo "UCERNVM-OS-FUSE-BGREQ $(cat /sys/module/fuse/parameters/max_user_bgreq 2>/dev/null)"
 echo "UCERNVM-OS-SEED $(cat /var/lib/cloud/seed/nocloud/user-data 2>/dev/null | head -n 1)"
 echo "UCERNVM-OS-NETWORK-CONFIG $(tr -d ' \n' < /var/lib/cloud/seed/nocloud/network-config 2>/dev/null)"
-echo "UCERNVM-OS-DAEMON $(head -c 1 /proc/$(cat /run/initramfs/ucernvm.pids)/cmdline)"
+daemon=$(cat /run/initramfs/ucernvm.pids)
+echo "UCERNVM-OS-DAEMON $(head -c 1 /proc/$daemon/cmdline)"
+# The initramfs, seen through the daemon's root (the old one), once the loader's child has emptied it
+for i in 1 2 3 4 5 6 7 8 9 10; do [ -e /proc/$daemon/root/usr ] || break; sleep 0.5; done
+echo "UCERNVM-OS-OLD-ROOT $(ls -A /proc/$daemon/root | tr '\n' ' ')"
 echo "UCERNVM-REPORT-BEGIN"
 cat /run/ucernvm/report.json
 echo "UCERNVM-REPORT-END"
