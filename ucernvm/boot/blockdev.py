@@ -72,8 +72,9 @@ def read_disk(sysfs: Path | str, name: str) -> Disk | None:
     if not dev:
         return None
     partitions = []
+    # A partition's directory is named after its disk (vda1, nvme0n1p1): the other ~25 entries need no look.
     for entry in sorted(base.iterdir()):
-        if (entry / "partition").is_file():
+        if entry.name.startswith(name) and (entry / "partition").is_file():
             partitions.append(KernelPartition(entry.name, _number(entry / "partition"),
                                               _number(entry / "start") * SYSFS_SECTOR,
                                               _number(entry / "size") * SYSFS_SECTOR, _read(entry / "dev")))

@@ -374,12 +374,13 @@ def _attach(state: BootState, view: DiskView, number: int, start: int, size: int
                            "reboot so that the kernel reads the new partition table")
     if known is None or known.size != size:
         system.do(KernelPartitionChange(view.path, number, start, size, resize=known is not None))
+        if not system.dry_run:
+            current = read_disk(sysfs, view.disk.name)  # what the kernel made of it
+            known = current.partition(number) if current else None
+            if known is None:
+                raise StorageError(f"the kernel did not create partition {number} of {view.path}")
     if system.dry_run:
         return str(Path(devdir) / (known.name if known else partition_node_name(view.disk.name, number)))
-    current = read_disk(sysfs, view.disk.name)
-    known = current.partition(number) if current else None
-    if known is None:
-        raise StorageError(f"the kernel did not create partition {number} of {view.path}")
     return device_node(system, known.name, known.dev, devdir)
 
 
