@@ -18,7 +18,6 @@ import pytest
 
 from media_images import iso_image
 
-from ucernvm.boot.import_index import ImportIndex
 from ucernvm.errors import ConfigError
 from ucernvm.image import cpio
 from ucernvm.image.compress import compress
@@ -27,7 +26,6 @@ from ucernvm.image.elfdeps import LibraryResolver, elf_info
 from ucernvm.image.kernel import bzimage_release, extract_vmlinux
 from ucernvm.image.kmods import ModuleIndex, modname
 from ucernvm.image.pyc import compile_files
-from ucernvm.image.pyruntime import import_index
 from ucernvm.image.tools import find_tool
 from ucernvm.launch.media import create_sparse_disk, parse_size
 from ucernvm.launch.qemu import LaunchOptions, qemu_command
@@ -255,15 +253,8 @@ def test_python_runtime_runs_in_a_chroot(tmp_path: Path) -> None:
     init_dir = tmp_path / "init"
     init_dir.mkdir()
     (init_dir / "tiny_init.py").write_text(
-        "import sys\nfrom importlib.machinery import PathFinder\n"
-        "searched = []  # what Python's own path finder was asked for, after the image's index\n"
-        "search = PathFinder.find_spec\n"
-        "PathFinder.find_spec = lambda name, *args: searched.append(name) or search(name, *args)\n"
-        "import json, ctypes\nfrom ucernvm.image.kmods import ModuleIndex\n"
-        "def main():\n"
-        "    print(json.dumps({'ok': ctypes.sizeof(ctypes.c_long), 'json': json.__file__, 'prefix': sys.prefix,\n"
-        "                      'finder': type(sys.meta_path[0]).__name__, 'searched': searched,\n"
-        "                      'kmods': sys.modules['ucernvm.image.kmods'].__cached__}))\n"
+        "import json, ctypes, sys\nfrom ucernvm.image.kmods import ModuleIndex\n"
+        "def main():\n    print(json.dumps({'ok': ctypes.sizeof(ctypes.c_long), 'json': json.__file__, 'prefix': sys.prefix}))\n"
         "    return 0\n"
     )
     entries, python = python_entries("tiny_init:main", [init_dir], [], INPUTS_DIR, tmp_path / "staging", 0)
@@ -279,41 +270,10 @@ def test_python_runtime_runs_in_a_chroot(tmp_path: Path) -> None:
     result = subprocess.run([find_tool("chroot"), str(root), "/init"], capture_output=True, text=True, env={},
                             check=False)
     assert result.returncode == 0, result.stderr
-    # The standard library as sourceless .pyc files, found from the prefix their os.pyc marks (no zip),
-    # every module through the import index (boot/import_index.py), none by a search of the path.
+    # The standard library as sourceless .pyc files, found from the prefix their os.pyc marks (no zip).
     lib = f"/usr/lib/python{python.interpreter.version}"
-    tag = sys.implementation.cache_tag
-    report = json.loads(result.stdout)
-    searched = report.pop("searched")  # only what no image has: Windows modules tried on any system
-    assert not set(searched) & set(python.modules), searched
-    assert report == {"ok": 8, "json": f"{lib}/json/__init__.pyc", "prefix": "/usr", "finder": "ImportIndex",
-                      "kmods": f"{lib}/ucernvm/image/__pycache__/kmods.{tag}.pyc"}
+    assert json.loads(result.stdout) == {"ok": 8, "json": f"{lib}/json/__init__.pyc", "prefix": "/usr"}
     assert not (root / lib.lstrip("/") / "json" / "__init__.py").exists() and not list(root.rglob("*.zip"))
-
-
-def test_import_index_names_every_module_file() -> None:
-    lib = "usr/lib/python3.11"
-    paths = [f"{lib}/os.pyc", f"{lib}/json/__init__.pyc", f"{lib}/json/decoder.pyc",
-             f"{lib}/lib-dynload/_json.cpython-311-x86_64-linux-gnu.so", f"{lib}/isal/igzip_lib.cpython-311-x86_64-linux-gnu.so",
-             f"{lib}/ucernvm/__init__.py", f"{lib}/ucernvm/__pycache__/__init__.cpython-311.pyc", f"{lib}/ucernvm/boot/log.py",
-             f"{lib}/certifi/cacert.pem", f"{lib}/isal/py.typed", "usr/bin/python3.11", "etc/os.pyc"]
-    lines = import_index(paths, lib).decode().splitlines()
-    assert lines == [
-        "_json /usr/lib/python3.11/lib-dynload/_json.cpython-311-x86_64-linux-gnu.so",
-        "isal.igzip_lib /usr/lib/python3.11/isal/igzip_lib.cpython-311-x86_64-linux-gnu.so",
-        "json /usr/lib/python3.11/json/__init__.pyc",
-        "json.decoder /usr/lib/python3.11/json/decoder.pyc",
-        "os /usr/lib/python3.11/os.pyc",
-        "ucernvm /usr/lib/python3.11/ucernvm/__init__.py",
-        "ucernvm.boot.log /usr/lib/python3.11/ucernvm/boot/log.py",
-    ]
-    finder = ImportIndex(dict(line.split(" ", 1) for line in lines))
-    package = finder.find_spec("json")
-    assert package.submodule_search_locations == ["/usr/lib/python3.11/json"] and package.has_location
-    assert type(finder.find_spec("_json").loader).__name__ == "ExtensionFileLoader"
-    assert type(finder.find_spec("ucernvm.boot.log").loader).__name__ == "SourceFileLoader"
-    assert finder.find_spec("ucernvm.boot.log").submodule_search_locations is None
-    assert finder.find_spec("nt") is None  # not in the image: Python's own finders go on
 
 
 # Imports the boot defers that the image leaves out on purpose, each with what happens instead.

@@ -24,7 +24,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ucernvm.boot.import_index import INDEX_NAME, LOADERS
 from ucernvm.errors import ConfigError
 from ucernvm.image.cpio import Entry
 from ucernvm.image.pyc import compile_files
@@ -231,27 +230,7 @@ def python_payload(
             payload.entries.append(Entry.file(target, source, component, perm=0o755))
         else:
             payload.entries.append(Entry.file(target, source, component))
-    index = import_index([entry.path for entry in payload.entries], lib)
-    payload.entries.append(Entry.blob(f"{lib}/{INDEX_NAME}", index, "python"))
     payload.entries.append(Entry.file(interpreter.image_executable, interpreter.executable, "python", perm=0o755))
     payload.elf_roots.append(interpreter.executable)
     return payload
-
-
-def import_index(paths: Iterable[str], lib: str) -> bytes:
-    """The image's import index (boot/import_index.py): "module /file" for every module file among
-    *paths* (image paths), the source of a module that has one (its bytecode is in __pycache__)."""
-    files = {}
-    for path in paths:
-        relative = path.removeprefix(f"{lib}/")
-        if relative == path or "__pycache__/" in relative:
-            continue
-        directory, _, filename = relative.removeprefix("lib-dynload/").rpartition("/")
-        stem, _, suffix = filename.partition(".")
-        if f".{suffix.rpartition('.')[2]}" not in LOADERS:
-            continue  # data: certificates, tables, type markers
-        parts = [*directory.split("/"), stem] if directory else [stem]
-        name = ".".join(parts[:-1] if stem == "__init__" else parts)
-        files[name] = f"/{path}"
-    return "".join(f"{name} {path}\n" for name, path in sorted(files.items())).encode()
 
