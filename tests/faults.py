@@ -11,6 +11,7 @@ injected per URL substring, optionally for a number of requests only::
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -19,9 +20,10 @@ from urllib.parse import urlsplit
 
 @dataclass(frozen=True)
 class Fault:
-    kind: str  # status, hang, stall, trickle, truncate, redirect, corrupt
+    kind: str  # status, hang, stall, trickle, truncate, redirect, corrupt, wait
     status: int = 200
     headers: tuple[tuple[str, str], ...] = ()
+    other: str = ""  # wait: the request that must arrive too
 
     @classmethod
     def status_code(cls, code: int, **headers: str) -> Fault:
@@ -56,6 +58,12 @@ class Fault:
     def corrupt(cls) -> Fault:
         """The right length with one byte changed."""
         return cls("corrupt")
+
+    @classmethod
+    def wait_for(cls, other: str) -> Fault:
+        """Answer once a request for ``other`` has arrived too (503 after 5 s without one): shows that
+        a client asks for both at the same time."""
+        return cls("wait", other=other)
 
 
 @dataclass(frozen=True)
@@ -172,6 +180,14 @@ class _Handler(BaseHTTPRequestHandler):
         elif fault.kind == "hang":
             owner._stopping.wait(30)
             self.close_connection = True
+        elif fault.kind == "wait":
+            deadline = time.monotonic() + 5
+            while not owner.count(fault.other) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            if owner.count(fault.other) and body is not None:
+                self._answer(200, body, self._cache_headers())
+            else:
+                self._answer(503, b"the other request did not come\n")
         elif fault.kind == "corrupt":
             data = bytearray(body or b"x")
             data[len(data) // 2] ^= 0xFF

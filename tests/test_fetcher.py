@@ -119,6 +119,17 @@ def test_repository_reads_through_the_fetcher(published: Published) -> None:
         assert src.current_host == repo_url(server)
 
 
+def test_repository_asks_for_whitelist_and_manifest_together(published: Published, servers) -> None:
+    """One round trip of waiting, not two: the server answers each of the two only once the other's
+    request has arrived as well (a client asking in turn gets 503s)."""
+    one, _ = servers
+    one.inject(".cvmfspublished", Fault.wait_for(".cvmfswhitelist"))
+    one.inject(".cvmfswhitelist", Fault.wait_for(".cvmfspublished"))
+    repository = Repository(HttpSource([repo_url(one)]), FQRN, load_master_keys(published.keys / f"{FQRN}.pub"))
+    assert repository.read("/etc/hostname") == b"cernvm\n"
+    assert one.count(".cvmfspublished") == one.count(".cvmfswhitelist") == 1  # each answered the first time
+
+
 def test_request_headers_as_cvmfs(published: Published, servers) -> None:
     one, _ = servers
     src = HttpSource([repo_url(one)])
