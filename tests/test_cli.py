@@ -27,7 +27,7 @@ def test_no_command_prints_usage_and_fails() -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["repo", "ls", "http://127.0.0.1:9/cvmfs/dead.cern.ch", "--key", "{pub}"], b"cannot fetch .cvmfswhitelist from any server"),
+        (["repo", "ls", "http://127.0.0.1:9/cvmfs/dead.cern.ch", "--key", "{pub}"], b"cannot fetch .cvmfspublished from any server"),
         (["repo", "ls", "/nonexistent/repo", "--key", "{pub}"], b"is not a CernVM-FS repository"),
         (["repo", "ls", "{repo}", "--key", "/nonexistent.pub"], b"does not exist"),
         (["repo", "ls", "{repo}", "--key", "{repo}/.cvmfspublished"], b"is not a PEM public key"),
