@@ -276,6 +276,19 @@ def test_python_runtime_runs_in_a_chroot(tmp_path: Path) -> None:
     assert not (root / lib.lstrip("/") / "json" / "__init__.py").exists() and not list(root.rglob("*.zip"))
 
 
+def test_modules_left_out_of_the_image_are_missing_for_the_probe() -> None:
+    """shutil copes without bz2 and lzma, which the boot never uses: the builder's probe finds them
+    missing, as the image will, so neither they nor their extension modules are packed."""
+    from ucernvm.image.builder import INPUTS_DIR, _list_file
+    from ucernvm.image.pyruntime import Interpreter, probe_imports
+
+    left_out = _list_file(INPUTS_DIR / "python-modules-left-out.txt")
+    assert {"bz2", "lzma"} <= set(left_out)
+    packed = {m.name for m in probe_imports(Interpreter.current(), ["shutil"], [], left_out=left_out).modules}
+    assert "shutil" in packed and not packed & {"bz2", "lzma", "_bz2", "_lzma"}
+    assert {"bz2", "lzma"} <= {m.name for m in probe_imports(Interpreter.current(), ["shutil"], []).modules}
+
+
 # Imports the boot defers that the image leaves out on purpose, each with what happens instead.
 NOT_IN_THE_IMAGE = {
     # encrypted CernVM Online contexts: the context stage reports that cryptography is missing
@@ -296,7 +309,9 @@ def test_every_import_the_boot_defers_is_in_the_image() -> None:
 
     package = Path(ucernvm.__file__).resolve().parent
     extra = _list_file(INPUTS_DIR / "python-modules.txt")
-    closure = {m.name for m in probe_imports(Interpreter.current(), ["ucernvm.boot.pid1", *extra], [package.parent]).modules}
+    left_out = _list_file(INPUTS_DIR / "python-modules-left-out.txt")
+    closure = {m.name for m in probe_imports(Interpreter.current(), ["ucernvm.boot.pid1", *extra], [package.parent],
+                                             left_out=left_out).modules}
     deferred = {}
     for name in sorted(n for n in closure if n.split(".")[0] == "ucernvm"):
         path = package.parent / (name.replace(".", "/") + ".py")

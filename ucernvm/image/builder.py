@@ -221,7 +221,8 @@ def python_entries(
     interpreter = Interpreter.current()
     package_dir = Path(ucernvm.__file__).resolve().parent
     extra = [*_list_file(inputs / "python-modules.txt"), *extra_modules]
-    probe = probe_imports(interpreter, [module, *extra], [package_dir.parent, *init_paths])
+    probe = probe_imports(interpreter, [module, *extra], [package_dir.parent, *init_paths],
+                          left_out=_list_file(inputs / "python-modules-left-out.txt"))
     python = python_payload(interpreter, probe, package_dir, init_paths, staging, optimize)
     entries = [*python.entries, *library_entries(python.elf_roots, python.mapped_libraries)]
     shim = (inputs / "init.template").read_text().format(

@@ -30,8 +30,19 @@ from ucernvm.image.pyc import compile_files
 
 _PROBE = r"""
 import sys
-out, paths, *names = sys.argv[1:]
+out, paths, left_out, *names = sys.argv[1:]
 sys.path.extend(p for p in paths.split(":") if p)
+
+
+class LeftOut:  # as the image will be: these modules are not there
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name in left_out.split(","):
+            raise ModuleNotFoundError(f"No module named {name!r} (left out of the image)", name=name)
+        return None
+
+
+sys.meta_path.insert(0, LeftOut)
 for name in names:
     __import__(name)
     for extra in getattr(sys.modules[name], "IMAGE_MODULES", ()):
@@ -112,13 +123,16 @@ class Probe:
     mapped: list[Path]
 
 
-def probe_imports(interpreter: Interpreter, modules: Sequence[str], paths: Sequence[Path]) -> Probe:
-    """Import *modules* in a clean child of *interpreter* and report what got loaded."""
+def probe_imports(interpreter: Interpreter, modules: Sequence[str], paths: Sequence[Path],
+                  left_out: Sequence[str] = ()) -> Probe:
+    """Import *modules* in a clean child of *interpreter* and report what got loaded; importing one of
+    *left_out* fails there, as it will in the image (for imports whose importer copes without)."""
     search = [*(str(p) for p in paths), *(str(p) for p in interpreter.site_dirs)]
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         # The image has no locale variables; the kernel passes HOME and TERM to init.
         result = subprocess.run(
-            [str(interpreter.executable), "-I", "-S", "-c", _PROBE, out.name, ":".join(search), *modules],
+            [str(interpreter.executable), "-I", "-S", "-c", _PROBE, out.name, ":".join(search), ",".join(left_out),
+             *modules],
             capture_output=True, env={"HOME": "/", "TERM": "linux"}, check=False,
         )
         if result.returncode != 0:
