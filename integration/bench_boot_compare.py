@@ -54,7 +54,8 @@ def run_round(checkout: Path, bench_args: list[str], log: Path) -> dict[str, dic
     )
     log.write_text(result.stdout + result.stderr)
     if result.returncode != 0:
-        raise RuntimeError(f"{checkout.name}: bench_boot.py failed ({result.returncode}), see {log}")
+        tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
+        raise RuntimeError(f"{checkout.name}: bench_boot.py failed ({result.returncode}):\n{tail}")
     columns = parse_table(result.stdout)
     return {kind: columns[f"{kind} 1"] for kind in KINDS}
 
