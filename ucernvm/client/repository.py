@@ -81,14 +81,13 @@ class Repository:
 
         self.whitelist = whitelist.whitelist
         self.manifest: Manifest = signed.manifest
-        self.tag: Tag | None = None
         self.tag_name = tag or ""  # what the snapshot was chosen by (a pinned boot's pin names one too)
         if root_hash is not None:
             self.root_hash = root_hash
             self.root_catalog_size: int | None = None
         elif tag is not None:
-            self.tag = self.find_tag(tag)
-            self.root_hash, self.root_catalog_size = self.tag.root_hash, self.tag.size or None
+            chosen = self.find_tag(tag)
+            self.root_hash, self.root_catalog_size = chosen.root_hash, chosen.size or None
         else:
             self.root_hash, self.root_catalog_size = self.manifest.root_hash, self.manifest.root_catalog_size or None
         self._catalogs: dict[str, Catalog] = {}
