@@ -32,12 +32,13 @@ _PROBE = r"""
 import sys
 out, paths, left_out, *names = sys.argv[1:]
 sys.path.extend(p for p in paths.split(":") if p)
+left_out = set(left_out.split(",")) - {""}
 
 
 class LeftOut:  # as the image will be: these modules are not there
     @staticmethod
     def find_spec(name, path=None, target=None):
-        if name in left_out.split(","):
+        if name in left_out:
             raise ModuleNotFoundError(f"No module named {name!r} (left out of the image)", name=name)
         return None
 
