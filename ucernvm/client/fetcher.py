@@ -20,7 +20,6 @@ Nothing is returned that failed its content hash: corrupt everywhere is a Verifi
 
 from __future__ import annotations
 
-import logging
 import random
 import threading
 import time
@@ -30,6 +29,7 @@ from typing import NamedTuple
 from urllib.parse import urlsplit
 
 from ucernvm.client.client_config import FetcherConfig, substitute
+from ucernvm.client.lazylog import LazyLogger
 from ucernvm.client.pac import resolve_proxy_description
 from ucernvm.client.proxies import Proxy, ProxyChain, parse_proxy_list
 from ucernvm.client.sources import corrupt_object_error
@@ -37,7 +37,7 @@ from ucernvm.client.transfer import DIRECT, Attempt, Failure, Transfer
 from ucernvm.cvmfs.hashing import ContentHash, ObjectType
 from ucernvm.errors import ConfigError, FetchError, UcernvmError
 
-log = logging.getLogger(__name__)
+log = LazyLogger(__name__)
 
 GEO_MAX_ATTEMPTS = 3  # cvmfs asks at most three random servers for the geo order
 PROXY_SEPARATOR = "+PXYSEP+"

@@ -21,7 +21,8 @@ import re
 import resource
 import stat
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from typing import Any
 
 from ucernvm import __version__
 from ucernvm.client.fuse.operations import ROOT_INO, Attributes, DirEntry, FsStats, Operations, report
@@ -88,6 +89,33 @@ class _OpenFile:
         self.lock = threading.Lock()
 
 
+class _LazyPool:
+    """A thread pool made on its first task: concurrent.futures imports logging (see lazylog.py), which
+    a boot's PID 1, whose code the daemon forks from, would otherwise import before it is needed, if at all."""
+
+    def __init__(self, workers: int, name: str) -> None:
+        self._workers, self._name = workers, name
+        self._executor: Any = None  # a ThreadPoolExecutor once there was a task
+        self._closed = False
+        self._lock = threading.Lock()
+
+    def submit(self, function: Callable[..., object], *args: object) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            if self._executor is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._executor = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix=self._name)
+            self._executor.submit(function, *args)
+
+    def shutdown(self) -> None:
+        with self._lock:
+            self._closed = True
+            if self._executor is not None:
+                self._executor.shutdown(wait=False, cancel_futures=True)
+
+
 class SnapshotFilesystem(Operations):
     has_backing_files = True  # the cached object of a file stored whole (backing_fd)
 
@@ -101,8 +129,8 @@ class SnapshotFilesystem(Operations):
         self.readahead_chunks = readahead_chunks
         self._fetch_threads = fetch_threads
         self._catalog_threads = catalog_threads
-        self._pool: ThreadPoolExecutor | None = None
-        self._catalog_pool: ThreadPoolExecutor | None = None
+        self._pool: _LazyPool | None = None
+        self._catalog_pool: _LazyPool | None = None
         self._lock = threading.Lock()
         self._next_ino = itertools.count(ROOT_INO + 1).__next__
         self._inodes: dict[object, int] = {}
@@ -117,12 +145,12 @@ class SnapshotFilesystem(Operations):
     def init(self) -> None:
         # Threads start here, in the serving process, after any fork.
         raise_file_limit(NFILES)
-        self._pool = ThreadPoolExecutor(max_workers=self._fetch_threads, thread_name_prefix="fetch")
+        self._pool = _LazyPool(self._fetch_threads, "fetch")
         cache = self.repository.cache
         if cache is not None:
             cache.enter()  # relative paths from here on: the daemon survives the cache being moved
             cache.start_accounting()
-            self._catalog_pool = ThreadPoolExecutor(max_workers=self._catalog_threads, thread_name_prefix="catalog")
+            self._catalog_pool = _LazyPool(self._catalog_threads, "catalog")
             self.repository.catalog_loaded = self._prefetch_nested
             for catalog in self.repository.loaded_catalogs():
                 self._prefetch_nested(catalog)
@@ -140,7 +168,7 @@ class SnapshotFilesystem(Operations):
         self._listings_ahead.stop()
         for pool in (self._pool, self._catalog_pool):
             if pool is not None:
-                pool.shutdown(wait=False, cancel_futures=True)
+                pool.shutdown()
 
     def _prefetch_nested(self, catalog: Catalog) -> None:
         """Download the nested catalogs of a catalog just loaded, in the background: a walk goes on

@@ -10,19 +10,19 @@ pypac pulls in requests and a 17 MB engine and takes ~200 ms), and its answer
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from urllib.parse import urlsplit
 
+from ucernvm.client.lazylog import LazyLogger
 from ucernvm.client.proxies import AUTO
 from ucernvm.client.transfer import DIRECT
 from ucernvm.errors import ConfigError, UcernvmError
 
 AUTO_PAC_URL = "http://wpad/wpad.dat"
 
-log = logging.getLogger(__name__)
+log = LazyLogger(__name__)
 # pacparser keeps one JavaScript context for the whole process.
 _engine_lock = threading.Lock()
 

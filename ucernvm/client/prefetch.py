@@ -23,7 +23,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 from ucernvm.client.boot_layer import ListedFile, build_boot_layer
 from ucernvm.client.repository import Repository, normalize_path
@@ -170,6 +169,9 @@ class Prefetcher(BackgroundWalk):
     def _walk(self, paths: list[str]) -> list[ListedFile]:
         """Fetch the regular files among ``paths``; returns them, as looked up, for the boot layer."""
         files: list[ListedFile] = []
+        # Imported in the walk's thread: see _LazyPool in filesystem.py.
+        from concurrent.futures import ThreadPoolExecutor
+
         slots = threading.BoundedSemaphore(2 * self.threads)  # the walk of the list stays just ahead
         with ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="prefetch") as pool:
             for path in paths:

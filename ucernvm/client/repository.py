@@ -11,9 +11,9 @@ import datetime
 import os
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from operator import attrgetter
+from typing import Generic, TypeVar
 
 from ucernvm.client.cache import Breadcrumb, CacheFull, ObjectCache
 from ucernvm.client.sources import RepositorySource
@@ -28,6 +28,7 @@ from ucernvm.errors import FetchError, FormatError, VerificationError
 
 
 _NAME = attrgetter("name")
+T = TypeVar("T")
 
 
 def normalize_path(path: str) -> str:
@@ -100,13 +101,13 @@ class Repository:
 
         The two are fetched side by side: a mount (and every boot) waits for one round trip to the
         servers instead of two."""
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="whitelist") as pool:
-            pending = pool.submit(self.source.fetch_named, whitelist_file.FILE_NAME)
-            try:
-                manifest = self.source.fetch_named(manifest_file.FILE_NAME)
-                return pending.result(), manifest, False
-            except FetchError as failure:
-                error = failure
+        pending = _InThread(lambda: self.source.fetch_named(whitelist_file.FILE_NAME), "whitelist")
+        try:
+            manifest = self.source.fetch_named(manifest_file.FILE_NAME)
+            return pending.result(), manifest, False
+        except FetchError as failure:
+            error = failure
+        pending.wait()
         if self.cache is None:
             raise error
         whitelist = self.cache.load_named(self.fqrn, whitelist_file.FILE_NAME)
@@ -336,6 +337,34 @@ class Repository:
 
     def read(self, path: str) -> bytes:
         return b"".join(self.iter_content(path))
+
+
+class _InThread(Generic[T]):
+    """A call run in a thread of its own; ``result()`` waits for it and returns or raises what it did.
+
+    concurrent.futures would do, but it imports logging, which the boot does without (see lazylog.py)."""
+
+    def __init__(self, call: Callable[[], T], name: str) -> None:
+        self._call = call
+        self._value: T | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._value = self._call()
+        except BaseException as error:  # handed to the caller of result()
+            self._error = error
+
+    def wait(self) -> None:
+        self._thread.join()
+
+    def result(self) -> T:
+        self.wait()
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[return-value]
 
 
 def _parse(parser, data: bytes, what: str):  # type: ignore[no-untyped-def]
