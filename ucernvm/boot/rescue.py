@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import subprocess
 import time
 
 from ucernvm.boot.pipeline import BootFailure
@@ -22,6 +21,8 @@ def rescue_shell(state: BootState, reason: str) -> None:
     if state.system.dry_run:
         state.system.actions.append(f"open a rescue shell ({reason})")
         return
+    import subprocess  # see Run in system.py
+
     for argv in _SHELLS:
         if os.path.exists(argv[0]):
             env = dict(os.environ, PS1="(ucernvm) ", HOME="/")

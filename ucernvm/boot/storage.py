@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import os
-import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -102,6 +101,8 @@ class CheckFileSystem(NamedTuple):
         return f"check file system {self.device} (e2fsck -p{'f' if self.force else ''})"
 
     def apply(self) -> int:
+        import subprocess  # see Run in system.py
+
         argv = ("e2fsck", "-pf" if self.force else "-p", self.device)
         try:
             result = subprocess.run(argv, capture_output=True, timeout=TOOL_TIMEOUT, stdin=subprocess.DEVNULL)
