@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import subprocess
+import sys
 import zlib
 
 import pytest
@@ -15,6 +19,7 @@ from ucernvm.cvmfs.history import History
 from ucernvm.cvmfs.manifest import Manifest, SignedManifest
 from ucernvm.cvmfs.whitelist import Fingerprint, Whitelist
 from ucernvm.errors import FormatError
+from tests.helpers import PROJECT
 
 SHA1_HEX = "6ed3d49a5c64f21f36936ab350d49aaf57585b9a"
 
@@ -47,6 +52,35 @@ def test_hash_algorithms_digest_20_bytes() -> None:
     assert ContentHash.of(b"", HashAlgorithm.SHAKE128).hex == "7f9c2ba4e88f827d616045507605853ed73b8093-shake128"
     assert ContentHash.of(b"", HashAlgorithm.RMD160).hex == "9c1185a5c5e9fc54612808977ee8f548b2258d31-rmd160"
     assert HashAlgorithm.from_catalog_flags(512 | 4) is HashAlgorithm.SHAKE128
+
+
+def test_small_inputs_are_hashed_without_loading_openssl() -> None:
+    """A later boot hashes only small things (a certificate, signed lines, path keys): the interpreter's
+    own implementations do, and OpenSSL's libcrypto is loaded for the first input in bulk only. Both
+    give the same digests."""
+    program = (
+        "import json, sys\n"
+        "from ucernvm.cvmfs.catalog import path_hash\n"
+        "from ucernvm.cvmfs.hashing import SMALL, HashAlgorithm\n"
+        "data = bytes(range(256)) * (SMALL // 256)\n"
+        "small = {f'{a.name}:{n}': a.digest(data[:n]).hex() for a in (HashAlgorithm.SHA1, HashAlgorithm.SHAKE128)"
+        " for n in (0, 1000, SMALL)}\n"
+        "keys = path_hash('/usr/bin/bash')\n"
+        "assert '_hashlib' not in sys.modules, 'a small input loaded OpenSSL'\n"
+        "bulk = HashAlgorithm.SHA1.hasher()\n"
+        "bulk.update(data + data)\n"
+        "print(json.dumps({'small': small, 'keys': keys, 'bulk': bulk.digest().hex(),"
+        " 'openssl': '_hashlib' in sys.modules}))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, cwd=PROJECT)
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout)
+    data = bytes(range(256)) * 256
+    for size in (0, 1000, len(data)):
+        assert seen["small"][f"SHA1:{size}"] == hashlib.sha1(data[:size]).hexdigest()
+        assert seen["small"][f"SHAKE128:{size}"] == hashlib.shake_128(data[:size]).hexdigest(20)
+    assert tuple(seen["keys"]) == path_hash("/usr/bin/bash")
+    assert seen["openssl"] is True and seen["bulk"] == hashlib.sha1(data + data).hexdigest()
 
 
 def test_empty_file_object_is_the_cvmfs_one() -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import io
 import json
 from typing import NamedTuple
@@ -16,6 +15,7 @@ from ucernvm.boot.state import BootState
 from ucernvm.boot.system import MakeDirs, Run, WriteFile
 from ucernvm.context.login_hook import install_login_hook
 from ucernvm.context.userdata import for_cloud_init
+from ucernvm.cvmfs.hashing import sha256
 from ucernvm.errors import UcernvmError
 
 NOCLOUD_SEED = "var/lib/cloud/seed/nocloud"
@@ -54,7 +54,7 @@ def instance_id(state: BootState) -> str:
     found = state.found_context
     if found is not None and found.meta.instance_id:
         return found.meta.instance_id
-    return "ucernvm-" + hashlib.sha256(state.user_data or b"").hexdigest()[:16]
+    return "ucernvm-" + sha256(state.user_data or b"").hexdigest()[:16]
 
 
 def network_config(network: dict) -> bytes | None:

@@ -15,7 +15,6 @@ have none (the layer's files would lack them).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import stat
@@ -23,6 +22,7 @@ from typing import NamedTuple
 
 from ucernvm.client.repository import Repository, normalize_path
 from ucernvm.cvmfs.catalog import Chunk, DirectoryEntry
+from ucernvm.cvmfs.hashing import sha1
 from ucernvm.errors import UcernvmError
 
 LAYER_PREFIX = "boot-layer-"
@@ -39,7 +39,7 @@ class ListedFile(NamedTuple):
 
 def layer_name(root_hash: str, list_path: str) -> str:
     """The layer's directory name: one per snapshot (its root catalog hash) and prefetch list."""
-    return LAYER_PREFIX + hashlib.sha1(f"{root_hash}:{normalize_path(list_path)}".encode()).hexdigest()[:20]
+    return LAYER_PREFIX + sha1(f"{root_hash}:{normalize_path(list_path)}".encode()).hexdigest()[:20]
 
 
 def build_boot_layer(repository: Repository, list_path: str, files: list[ListedFile], directory: str) -> int:

@@ -7,7 +7,6 @@ catalog, listed with its content hash in ``nested_catalogs``.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sqlite3
 import stat
@@ -18,7 +17,7 @@ from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from ucernvm.cvmfs import xattrs
-from ucernvm.cvmfs.hashing import ContentHash, HashAlgorithm, ObjectType
+from ucernvm.cvmfs.hashing import ContentHash, HashAlgorithm, ObjectType, md5
 from ucernvm.cvmfs.sqlite_db import connect_bytes, properties_and_columns
 from ucernvm.errors import FormatError
 
@@ -52,7 +51,7 @@ COMPRESSION_NONE = 1
 
 def path_hash(path: str) -> tuple[int, int]:
     """The md5path pair of an absolute path (``""`` is the root, no trailing slash)."""
-    return struct.unpack("<qq", hashlib.md5(os.fsencode(path)).digest())
+    return struct.unpack("<qq", md5(os.fsencode(path)).digest())
 
 
 def parent_path(path: str) -> str:
