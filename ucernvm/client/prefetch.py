@@ -21,6 +21,7 @@ file, taken after a boot, is the next snapshot's prefetch list.
 from __future__ import annotations
 
 import os
+import queue
 import threading
 import time
 
@@ -167,13 +168,18 @@ class Prefetcher(BackgroundWalk):
                 pass  # the next mount walks the list again, finding everything cached
 
     def _walk(self, paths: list[str]) -> list[ListedFile]:
-        """Fetch the regular files among ``paths``; returns them, as looked up, for the boot layer."""
-        files: list[ListedFile] = []
-        # Imported in the walk's thread: see _LazyPool in filesystem.py.
-        from concurrent.futures import ThreadPoolExecutor
+        """Fetch the regular files among ``paths``; returns them, as looked up, for the boot layer.
 
-        slots = threading.BoundedSemaphore(2 * self.threads)  # the walk of the list stays just ahead
-        with ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="prefetch") as pool:
+        ``threads`` workers fetch the chunks the walk hands them, which stays at most two per worker ahead.
+        Plain threads and a queue: concurrent.futures would bring logging into a first boot's daemon
+        while the boot loader reads through the mount (see lazylog.py)."""
+        files: list[ListedFile] = []
+        ahead: queue.Queue[tuple[DirectoryEntry, Chunk] | None] = queue.Queue(maxsize=2 * self.threads)
+        workers = [threading.Thread(target=self._fetch_from, args=(ahead,), name=f"prefetch-{number}", daemon=True)
+                   for number in range(self.threads)]
+        for worker in workers:
+            worker.start()
+        try:
             for path in paths:
                 if self._stop.is_set():
                     break
@@ -188,10 +194,20 @@ class Prefetcher(BackgroundWalk):
                     continue
                 files.append(ListedFile(path, entry, chunks))
                 for chunk in chunks:
-                    slots.acquire()
-                    future = pool.submit(self._fetch, entry, chunk)
-                    future.add_done_callback(lambda _: slots.release())
+                    ahead.put((entry, chunk))
+        finally:
+            for _ in workers:
+                ahead.put(None)
+            for worker in workers:
+                worker.join()
         return files
+
+    def _fetch_from(self, ahead: queue.Queue[tuple[DirectoryEntry, Chunk] | None]) -> None:
+        while (work := ahead.get()) is not None:
+            try:
+                self._fetch(*work)
+            except Exception:  # a bug: counted, and the worker goes on so that the walk cannot stall
+                self._count("failed")
 
     def _fetch(self, entry: DirectoryEntry, chunk: Chunk) -> None:
         if self._stop.is_set():
