@@ -11,10 +11,11 @@ from __future__ import annotations
 import shlex
 from collections import namedtuple
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 from ucernvm.context.defaults import SERVICE_URL
 from ucernvm.errors import ConfigError
+from ucernvm.records import NamedTuple
 
 _TRUE = {"1", "yes", "on", "true"}
 _FALSE = {"0", "no", "off", "false"}

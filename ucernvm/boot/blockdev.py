@@ -15,11 +15,11 @@ import os
 import stat
 import struct
 from collections.abc import Callable, Iterable
-from typing import NamedTuple
 from pathlib import Path
 
 from ucernvm.boot.system import System
 from ucernvm.errors import StorageError
+from ucernvm.records import NamedTuple
 
 SYSFS_SECTOR = 512  # sysfs counts sizes and starts in 512-byte units, whatever the device's sector size
 PROBE_BYTES = 1 << 20  # a disk whose first MiB is all zeros holds nothing

@@ -21,10 +21,10 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from typing import NamedTuple
 
 from ucernvm.boot.state import BootState
 from ucernvm.errors import ConfigError
+from ucernvm.records import NamedTuple
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -6,7 +6,6 @@ import os
 import shutil
 import stat
 from pathlib import Path
-from typing import NamedTuple
 
 from ucernvm.boot.report import build_report, render_svg, to_json
 from ucernvm.boot.rescue import rescue_shell
@@ -15,6 +14,7 @@ from ucernvm.boot.shutdown import install_shutdown_handback
 from ucernvm.boot.state import BootState
 from ucernvm.boot.system import MS_MOVE, MS_NODEV, MS_NOSUID, MakeDirs, Mount, Unmount, WriteFile
 from ucernvm.errors import MountError
+from ucernvm.records import NamedTuple
 
 INIT = "/sbin/init"
 

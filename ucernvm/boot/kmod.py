@@ -17,12 +17,12 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import NamedTuple
 
 from ucernvm.boot.state import BootState
 from ucernvm.config import split_cmdline
 from ucernvm.errors import UcernvmError
 from ucernvm.image.kmods import ModuleIndex
+from ucernvm.records import NamedTuple
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -15,9 +15,9 @@ import selectors
 import socket
 import struct
 import time
-from typing import NamedTuple
 
 from ucernvm.boot import net_pyroute2
+from ucernvm.records import NamedTuple
 
 net_pyroute2.load()
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 import socket
 import struct
-from typing import Any, NamedTuple
+from typing import Any
 
 from ucernvm.boot import net_pyroute2
+from ucernvm.records import NamedTuple
 
 net_pyroute2.load()
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import NamedTuple
 
 from ucernvm.boot.net_dhcp import Interface, Lease, StaticRoute, first_lease
 from ucernvm.boot.net_rtnl import ARPHRD_ETHER, RTPROT_BOOT, RTPROT_DHCP, Link, Rtnl
@@ -20,6 +19,7 @@ from ucernvm.boot.state import BootState
 from ucernvm.boot.system import MakeDirs, WriteFile
 from ucernvm.context.found import OPEN_NEBULA
 from ucernvm.errors import ConfigError, NetworkError
+from ucernvm.records import NamedTuple
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -14,9 +14,9 @@ import os
 import struct
 import zlib
 from collections.abc import Callable
-from typing import NamedTuple
 
 from ucernvm.errors import FormatError, StorageError
+from ucernvm.records import NamedTuple
 
 MIB = 1 << 20
 LINUX_MBR_TYPE = "83"

@@ -6,12 +6,12 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Callable
-from typing import NamedTuple
 
 from ucernvm.boot import background
 from ucernvm.boot.log import uptime
 from ucernvm.boot.state import BootState, StageRecord
 from ucernvm.errors import UcernvmError
+from ucernvm.records import NamedTuple
 
 
 class Stage(NamedTuple):

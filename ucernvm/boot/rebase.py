@@ -27,11 +27,12 @@ import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 from ucernvm.client.repository import normalize_path
 from ucernvm.cvmfs.catalog import DirectoryEntry
 from ucernvm.errors import UcernvmError
+from ucernvm.records import NamedTuple
 
 if TYPE_CHECKING:
     from ucernvm.boot.state import BootState

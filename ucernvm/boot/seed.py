@@ -9,7 +9,6 @@ import base64
 import binascii
 import io
 import json
-from typing import NamedTuple
 
 from ucernvm.boot.state import BootState
 from ucernvm.boot.system import MakeDirs, Run, WriteFile
@@ -17,6 +16,7 @@ from ucernvm.context.login_hook import install_login_hook
 from ucernvm.context.userdata import for_cloud_init
 from ucernvm.cvmfs.hashing import sha256
 from ucernvm.errors import UcernvmError
+from ucernvm.records import NamedTuple
 
 NOCLOUD_SEED = "var/lib/cloud/seed/nocloud"
 BOOTSTRAP = ".ucernvm_bootstrap"

@@ -16,7 +16,7 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from ucernvm.boot.blockdev import (
     DeviceReader,
@@ -36,6 +36,7 @@ from ucernvm.boot.partition import MIB, Partition, PartitionTable, WriteTable, h
 from ucernvm.boot.state import BootState
 from ucernvm.boot.system import MakeDirs, Mount, Run, Unmount
 from ucernvm.errors import FormatError, MountError, StorageError, UcernvmError
+from ucernvm.records import NamedTuple
 
 # The scratch disk's directories (µCernVM's, plus work/ that overlayfs needs on the same file system).
 LAYOUT = ("persistent", "work", "cache", "aux", "context", "ulogs", "cvmfs")

@@ -16,9 +16,10 @@ import ctypes
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ucernvm.errors import MountError, UcernvmError
+from ucernvm.records import NamedTuple
 
 if TYPE_CHECKING:
     import subprocess

@@ -18,12 +18,12 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-from typing import NamedTuple
 
 from ucernvm.client.repository import Repository, normalize_path
 from ucernvm.cvmfs.catalog import Chunk, DirectoryEntry
 from ucernvm.cvmfs.hashing import sha1
 from ucernvm.errors import UcernvmError
+from ucernvm.records import NamedTuple
 
 LAYER_PREFIX = "boot-layer-"
 _PARTIAL = ".partial"

@@ -27,10 +27,10 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NamedTuple
 
 from ucernvm.cvmfs.hashing import ContentHash
 from ucernvm.errors import FormatError, StorageError
+from ucernvm.records import NamedTuple
 
 BREADCRUMB_PREFIX = "cvmfschecksum."
 TOUCH_INTERVAL = 60.0  # seconds: how stale the eviction order may be for objects in use

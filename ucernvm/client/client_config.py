@@ -21,11 +21,12 @@ import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from ucernvm.client.proxies import parse_proxy_list
 from ucernvm.cvmfs.hashing import ContentHash
 from ucernvm.errors import ConfigError, FormatError
+from ucernvm.records import NamedTuple
 
 DEFAULT_CONFIG_DIR = Path("/etc/cvmfs")
 

@@ -25,7 +25,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from functools import cached_property
-from typing import NamedTuple
 from urllib.parse import urlsplit
 
 from ucernvm.client.client_config import FetcherConfig, substitute
@@ -36,6 +35,7 @@ from ucernvm.client.sources import corrupt_object_error
 from ucernvm.client.transfer import DIRECT, Attempt, Failure, Transfer
 from ucernvm.cvmfs.hashing import ContentHash, ObjectType
 from ucernvm.errors import ConfigError, FetchError, UcernvmError
+from ucernvm.records import NamedTuple
 
 log = LazyLogger(__name__)
 

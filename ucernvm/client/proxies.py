@@ -21,11 +21,11 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
 from urllib.parse import urlsplit
 
 from ucernvm.client.transfer import DIRECT
 from ucernvm.errors import ConfigError
+from ucernvm.records import NamedTuple
 
 AUTO = "auto"
 

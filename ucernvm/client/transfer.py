@@ -18,12 +18,12 @@ import enum
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import NamedTuple
 from urllib.parse import urljoin
 
 from ucernvm import __version__
 from ucernvm.client import http11
 from ucernvm.cvmfs.hashing import ContentHash
+from ucernvm.records import NamedTuple
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -3,7 +3,7 @@ extras a medium can carry. Plain data, shared by the media reader, the metadata 
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from ucernvm.records import NamedTuple
 
 # The exact strings µCernVM wrote to context/source; the OS's .ucernvm_bootstrap enables the matching
 # cloud-init datasource by them. NoCloud is this project's addition (cloud-init's own name for it).

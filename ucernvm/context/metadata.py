@@ -15,12 +15,12 @@ import selectors
 import socket
 import time
 from collections.abc import Callable, Iterable
-from typing import NamedTuple
 from urllib.parse import urlsplit
 
 from ucernvm.client import http11
 from ucernvm.context.found import CLOUDSTACK, EC2, GCE, OPENSTACK, FoundContext, MetaData
 from ucernvm.context.media import META_LIMIT, USER_DATA_LIMIT, clean, decode_base64, json_meta
+from ucernvm.records import NamedTuple
 
 GCE_HEADERS = {"Metadata-Flavor": "Google", "X-Google-Metadata-Request": "True"}  # current and legacy
 EC2_TOKEN_PATH = "/latest/api/token"

@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
 from ucernvm.boot.system import MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MakeDirs, Mount, System, Unmount
 from ucernvm.context.found import (CLOUDSTACK, LOCAL_SOURCES, NETWORK_SOURCES, OPEN_NEBULA, BlockDevice, FoundContext)
@@ -25,6 +25,7 @@ from ucernvm.context.media import LAYOUTS, read_extras
 from ucernvm.context.metadata import LINK_LOCAL_FETCHERS, Client, fetch_cloudstack, parse_host, reachable
 from ucernvm.context.userdata import decode
 from ucernvm.errors import UcernvmError
+from ucernvm.records import NamedTuple
 
 DEFAULT_BUDGET = 15.0  # seconds for everything, when the caller gives no deadline
 PROBE_TIMEOUT = 2.0  # µCernVM's portprobe budget

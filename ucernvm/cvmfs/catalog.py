@@ -14,12 +14,13 @@ import struct
 import threading
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, NamedTuple
+from typing import Any
 
 from ucernvm.cvmfs import xattrs
 from ucernvm.cvmfs.hashing import ContentHash, HashAlgorithm, ObjectType, md5
 from ucernvm.cvmfs.sqlite_db import connect_bytes, properties_and_columns
 from ucernvm.errors import FormatError
+from ucernvm.records import NamedTuple
 
 SCHEMA = 2.5
 _NO_XATTRS: Mapping[str, bytes] = MappingProxyType({})

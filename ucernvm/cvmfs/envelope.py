@@ -5,10 +5,10 @@ Layout: ``<text ending in \\n>--\\n<hash of text, hex + algorithm id>\\n<raw sig
 
 from __future__ import annotations
 
-from typing import NamedTuple
 
 from ucernvm.cvmfs.hashing import ContentHash, HashAlgorithm
 from ucernvm.errors import FormatError, VerificationError
+from ucernvm.records import NamedTuple
 
 SEPARATOR = b"\n--\n"
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 import enum
 import sys
 from collections.abc import Iterable
-from typing import Any, NamedTuple
+from typing import Any
 
 from ucernvm.errors import FormatError
+from ucernvm.records import NamedTuple
 
 # Small inputs (certificates, signed lines, a catalog's path keys, names) are hashed by the interpreter's
 # built-in modules unless OpenSSL's (hashlib) are loaded already; data in bulk always by OpenSSL's, 8x

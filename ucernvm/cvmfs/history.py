@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import sqlite3
-from typing import NamedTuple
 
 from ucernvm.cvmfs.hashing import ContentHash
 from ucernvm.cvmfs.sqlite_db import connect_bytes, properties_and_columns
 from ucernvm.errors import FormatError
+from ucernvm.records import NamedTuple
 
 SCHEMA = "1.0"
 SCHEMA_REVISION = 3

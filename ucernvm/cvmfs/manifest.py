@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
 
 from ucernvm.cvmfs import trust
 from ucernvm.cvmfs.envelope import SignedText, split_signed
 from ucernvm.cvmfs.hashing import ContentHash
 from ucernvm.errors import FormatError, VerificationError
+from ucernvm.records import NamedTuple
 
 FILE_NAME = ".cvmfspublished"
 ROOT_PATH_HASH = "d41d8cd98f00b204e9800998ecf8427e"  # md5(""): the repository root's path hash

@@ -15,10 +15,10 @@ import binascii
 import os
 import re
 from pathlib import Path
-from typing import NamedTuple
 
 from ucernvm.cvmfs.hashing import HashAlgorithm
 from ucernvm.errors import ConfigError, FormatError
+from ucernvm.records import NamedTuple
 
 _PEM = re.compile(rb"-----BEGIN ([A-Z ]+)-----\s*(.*?)\s*-----END \1-----", re.DOTALL)
 _RSA_ENCRYPTION = bytes.fromhex("2a864886f70d010101")  # OID 1.2.840.113549.1.1.1

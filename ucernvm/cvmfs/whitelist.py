@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import datetime
 import re
-from typing import NamedTuple
 
 from ucernvm.cvmfs import trust
 from ucernvm.cvmfs.envelope import SignedText, split_signed
 from ucernvm.cvmfs.hashing import HashAlgorithm
 from ucernvm.errors import FormatError, VerificationError
+from ucernvm.records import NamedTuple
 
 FILE_NAME = ".cvmfswhitelist"
 DEFAULT_VALIDITY_DAYS = 30
