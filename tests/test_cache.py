@@ -140,3 +140,13 @@ def test_fan_out_directories_appear_with_their_first_objects_even_under_contenti
         assert _path(cache, content_hash).read_bytes() == data
     assert set(os.listdir(cache.root)) == {"txn"} | {content_hash.hex[:2] for content_hash in hashes}
     assert os.listdir(cache.root / "txn") == []
+
+
+def test_a_signed_file_is_rewritten_only_when_it_changed(tmp_path: Path) -> None:
+    cache = ObjectCache(tmp_path / "cache")
+    cache.save_named("test.cern.ch", ".cvmfspublished", b"revision 1")
+    kept = (tmp_path / "cache" / ".cvmfspublished.test.cern.ch").stat().st_ino
+    cache.save_named("test.cern.ch", ".cvmfspublished", b"revision 1")  # every later mount finds the same
+    assert (tmp_path / "cache" / ".cvmfspublished.test.cern.ch").stat().st_ino == kept
+    cache.save_named("test.cern.ch", ".cvmfspublished", b"revision 2")
+    assert cache.load_named("test.cern.ch", ".cvmfspublished") == b"revision 2"

@@ -319,7 +319,8 @@ class ObjectCache:
 
     def save_named(self, fqrn: str, name: str, data: bytes) -> None:
         """Keep a verified signed file (manifest, whitelist) for offline mounts."""
-        self._store(f"{name}.{fqrn}", data)
+        if self.load_named(fqrn, name) != data:  # most mounts and boots find the copy they would write
+            self._store(f"{name}.{fqrn}", data)
 
     def load_named(self, fqrn: str, name: str) -> bytes | None:
         try:
