@@ -22,7 +22,7 @@ import resource
 import stat
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ucernvm import __version__
 from ucernvm.client.fuse.operations import ROOT_INO, Attributes, DirEntry, FsStats, Operations, report
@@ -32,6 +32,9 @@ from ucernvm.client.prefetch import Prefetcher, ReadOrder
 from ucernvm.client.repository import Repository
 from ucernvm.cvmfs.catalog import Catalog, Chunk, DirectoryEntry, Flag, NestedCatalogRef
 from ucernvm.errors import UcernvmError
+
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
 
 _VARIANT = re.compile(r"\$\(([^)]*)\)")
 # Nested catalogs downloaded ahead per loaded catalog: every one of an OS tree, a bounded number
@@ -95,7 +98,7 @@ class _LazyPool:
 
     def __init__(self, workers: int, name: str) -> None:
         self._workers, self._name = workers, name
-        self._executor: Any = None  # a ThreadPoolExecutor once there was a task
+        self._executor: ThreadPoolExecutor | None = None  # made with the first task
         self._closed = False
         self._lock = threading.Lock()
 
