@@ -14,10 +14,11 @@ from typing import Any
 from ucernvm.errors import FormatError
 from ucernvm.records import NamedTuple
 
-# Small inputs (certificates, signed lines, a catalog's path keys, names) are hashed by the interpreter's
-# built-in modules unless OpenSSL's (hashlib) are loaded already; data in bulk always by OpenSSL's, 8x
-# faster on SHA-1. Loading OpenSSL's 4.7 MB libcrypto costs a TCG boot 0.06-0.1 s in each process that
-# does, and a later boot hashes nothing in bulk. The built-in MD5 is the faster one on path keys.
+# Inputs up to SMALL (certificates, signed lines, a catalog's path keys, names, small objects) are hashed
+# by the interpreter's built-in modules unless OpenSSL's (hashlib) are loaded already; larger ones by
+# OpenSSL's, 8x faster on SHA-1. Loading OpenSSL's 4.7 MB libcrypto costs a TCG boot 0.06-0.1 s in each
+# process that does, and a later boot's loader hashes nothing larger. The built-in MD5 is the faster one
+# on path keys.
 try:
     from _md5 import md5
     from _sha1 import sha1
@@ -62,46 +63,24 @@ class HashAlgorithm(enum.Enum):
         except KeyError:
             raise FormatError(f"unknown hash algorithm {name!r} (use sha1, rmd160 or shake128)") from None
 
-    def hasher(self, size: int | None = None) -> Hasher:
-        """A hasher for ``size`` bytes to come (None: not known, possibly many)."""
-        return Hasher(self, size)
-
     def digest(self, data: bytes | memoryview) -> bytes:
-        hasher = self.hasher(len(data))
-        hasher.update(data)
-        return hasher.digest()
+        """The 20-byte digest of ``data`` (SHAKE-128's truncated to 160 bits)."""
+        if len(data) <= SMALL and self in _BUILT_IN and "_hashlib" not in sys.modules:
+            hashed = _BUILT_IN[self](data)
+        else:
+            import hashlib
+
+            try:
+                hashed = hashlib.new(_OPENSSL_NAME[self], data)
+            except ValueError:
+                raise FormatError(f"this Python's hashlib cannot compute {self.name}") from None
+        return hashed.digest(DIGEST_SIZE) if self is HashAlgorithm.SHAKE128 else hashed.digest()
 
 
 _BY_CATALOG_BITS = (HashAlgorithm.SHA1, HashAlgorithm.RMD160, HashAlgorithm.SHAKE128)
 _ID_SUFFIX = {HashAlgorithm.SHA1: "", HashAlgorithm.RMD160: "-rmd160", HashAlgorithm.SHAKE128: "-shake128"}
-
-
 _BUILT_IN: dict[HashAlgorithm, Any] = {HashAlgorithm.SHA1: sha1, HashAlgorithm.SHAKE128: shake_128}
 _OPENSSL_NAME = {HashAlgorithm.SHA1: "sha1", HashAlgorithm.RMD160: "ripemd160", HashAlgorithm.SHAKE128: "shake_128"}
-
-
-class Hasher:
-    """Incremental hashing with a 20-byte digest for every algorithm (SHAKE-128 truncated to 160 bits)."""
-
-    def __init__(self, algorithm: HashAlgorithm, size: int | None = None) -> None:
-        self.algorithm = algorithm
-        if size is not None and size <= SMALL and algorithm in _BUILT_IN and "_hashlib" not in sys.modules:
-            self._impl = _BUILT_IN[algorithm]()
-            return
-        import hashlib
-
-        try:
-            self._impl = hashlib.new(_OPENSSL_NAME[algorithm])
-        except ValueError:
-            raise FormatError(f"this Python's hashlib cannot compute {algorithm.name}") from None
-
-    def update(self, data: bytes | memoryview) -> None:
-        self._impl.update(data)
-
-    def digest(self) -> bytes:
-        if self.algorithm is HashAlgorithm.SHAKE128:
-            return self._impl.digest(DIGEST_SIZE)  # type: ignore[call-arg]
-        return self._impl.digest()
 
 
 class ObjectType(enum.Enum):
