@@ -174,6 +174,24 @@ def test_the_code_of_the_stages_to_come_is_imported_while_waiting(tmp_path: Path
     assert state.stages[1].imports < 0.05  # imported before the stage started, while the network ran
 
 
+def test_steps_ahead_run_while_waiting_and_their_failures_are_left_to_the_stage(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "later_stage_ahead.py").write_text(
+        "import os\n"
+        "def prepare(state):\n    state.facts['prepared_in'] = os.getpid()\n"
+        "def broken(state):\n    raise OSError('not yet')\n"
+        "def run(state):\n    state.facts['ran'] = True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "later_stage_ahead", raising=False)
+    state = boot_state()
+    run_stages(state, [Stage("network", (lambda state: time.sleep(1),), background=True),
+                       Stage("later", ("later_stage_ahead:run",),
+                             ahead=("later_stage_ahead:broken", "later_stage_ahead:prepare"))])
+    assert state.facts["prepared_in"] == os.getpid() and state.facts["ran"] is True  # in PID 1, before the stage
+    assert state.facts["background"]["done_ahead"]["steps"] == ["later_stage_ahead:prepare"]
+    assert [record.status for record in state.stages] == ["ok", "ok"]
+
+
 @pytest.mark.parametrize("how", ["dry run", "break point"])
 def test_runs_in_order_in_one_process_without_a_real_boot_or_with_a_break_point(how: str) -> None:
     def early(state: BootState) -> None:  # as the early stage, which reads the kernel command line

@@ -67,6 +67,10 @@ def test_small_inputs_are_hashed_without_loading_openssl() -> None:
         " for n in (0, 1000, SMALL)}\n"
         "keys = path_hash('/usr/bin/bash')\n"
         "assert '_hashlib' not in sys.modules, 'a small input loaded OpenSSL'\n"
+        "from types import SimpleNamespace\n"
+        "from ucernvm.boot.snapshot import load_bulk_hashes\n"
+        "load_bulk_hashes(SimpleNamespace(scratch_fresh=False))  # a later boot\n"
+        "assert '_hashlib' not in sys.modules, 'a later boot loaded OpenSSL ahead'\n"
         "bulk = HashAlgorithm.SHA1.digest(data + data)\n"
         "print(json.dumps({'small': small, 'keys': keys, 'bulk': bulk.hex(),"
         " 'openssl': '_hashlib' in sys.modules}))\n"
@@ -80,6 +84,14 @@ def test_small_inputs_are_hashed_without_loading_openssl() -> None:
         assert seen["small"][f"SHAKE128:{size}"] == hashlib.shake_128(data[:size]).hexdigest(20)
     assert tuple(seen["keys"]) == path_hash("/usr/bin/bash")
     assert seen["openssl"] is True and seen["bulk"] == hashlib.sha1(data + data).hexdigest()
+
+
+def test_a_first_boot_loads_openssl_ahead_for_its_downloads() -> None:
+    program = ("import sys\nfrom types import SimpleNamespace\nfrom ucernvm.boot.snapshot import load_bulk_hashes\n"
+               "load_bulk_hashes(SimpleNamespace(scratch_fresh=True))\nprint('_hashlib' in sys.modules)\n")
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, cwd=PROJECT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "True"
 
 
 def test_empty_file_object_is_the_cvmfs_one() -> None:

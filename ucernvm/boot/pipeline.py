@@ -30,6 +30,9 @@ class Stage(NamedTuple):
     # child, in order): see background.py. A stage after it waits for it unless ``alongside``.
     background: bool = False
     alongside: bool = False  # may run while background stages do; waits for them where it needs them
+    # Steps that save this stage time later, run while PID 1 would otherwise wait for background stages
+    # (after the stages' code is imported); best effort: what fails here the stage meets again itself.
+    ahead: tuple[str, ...] = ()
 
     @property
     def modules(self) -> list[str]:
@@ -152,7 +155,8 @@ def _start_background(state: BootState, group: list[Stage], before_stage: Callab
 
 
 def _import_ahead(state: BootState, stages: list[Stage]) -> None:
-    """While the background stages still run, import the code of the stages to come (needed anyway)."""
+    """While the background stages still run, import the code of the stages to come (needed anyway),
+    then run their ``ahead`` steps."""
     if state.background.done():
         return
     started = uptime()
@@ -163,7 +167,18 @@ def _import_ahead(state: BootState, stages: list[Stage]) -> None:
         except Exception:  # the stage that needs it reports the error, with its screen, when it runs
             break
         modules.append(module)
-    state.facts.setdefault("background", {})["imported_ahead"] = {"modules": modules, "seconds": round(uptime() - started, 3)}
+    facts = state.facts.setdefault("background", {})
+    facts["imported_ahead"] = {"modules": modules, "seconds": round(uptime() - started, 3)}
+    started, done = uptime(), []
+    for step in (step for stage in stages for step in stage.ahead):
+        module, _, function = step.partition(":")
+        try:
+            getattr(importlib.import_module(module), function)(state)
+        except Exception:  # the stage it prepares meets the cause again, and reports it
+            continue
+        done.append(step)
+    if done:
+        facts["done_ahead"] = {"steps": done, "seconds": round(uptime() - started, 3)}
 
 
 def wait_for_background(state: BootState) -> None:

@@ -64,6 +64,14 @@ def read_pin(scratch: Path) -> tuple[ContentHash | None, str]:
         return None, ""
 
 
+def load_bulk_hashes(state: BootState) -> None:
+    """A first boot downloads the OS's files, which OpenSSL's hashes verify (cvmfs/hashing.py): its 4.7 MB
+    libcrypto is loaded while the network comes up, not later in this stage or, in the FUSE daemon that
+    inherits what this process loaded, while PID 1 hands over to the OS. A later boot hashes nothing large."""
+    if state.scratch_fresh:
+        import hashlib  # noqa: F401
+
+
 def snapshot_stage(state: BootState) -> None:
     config, scratch, system = state.config, state.scratch, state.system
     tag = config.tag or None

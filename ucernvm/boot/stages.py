@@ -25,7 +25,8 @@ STAGES = (
           hint="attach an empty disk of at least 20 GB for the scratch file system", alongside=True),
     Stage("servers", ("ucernvm.boot.servers:servers_stage",), hint="check cvmfs_server= / cvmfs_url= and cvmfs_proxy="),
     Stage("snapshot", ("ucernvm.boot.snapshot:snapshot_stage",),
-          hint="check the servers, the repository keys in the image and the tag"),
+          hint="check the servers, the repository keys in the image and the tag",
+          ahead=("ucernvm.boot.snapshot:load_bulk_hashes",)),
     Stage("mount", ("ucernvm.boot.rootfs:mount_stage",), hint="check cernvm_path= and the scratch disk"),
     Stage("handoff", ("ucernvm.boot.handoff:handoff_stage",), hint="the OS in the snapshot cannot be started"),
 )  # fmt: skip
