@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import select
-import signal
 import sys
 from collections.abc import Callable
 
@@ -73,6 +72,8 @@ class Background:
 
     def cancel(self, why: str) -> None:
         """End the child (PID 1 failed elsewhere and shows its failure screen instead)."""
+        import signal  # here, not before the fork: its enums are built at import, and the child needs none
+
         try:
             os.kill(self.pid, signal.SIGKILL)
         except ProcessLookupError:
