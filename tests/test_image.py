@@ -329,15 +329,9 @@ def test_every_import_the_boot_defers_is_in_the_image() -> None:
     assert not missing, f"imported inside functions but not packed (add them to IMAGE_MODULES in pid1.py): {missing}"
     # A name can load more modules than its module does: concurrent.futures loads its .thread module only
     # when ThreadPoolExecutor is asked for.
-    wanted = [name for name in names if name.partition(":")[0] not in NOT_IN_THE_IMAGE]
-    code = ("import sys; sys.path[:0] = sys.argv[1].split(':'); "
-            "[exec(f'from {m} import {n}') for m, _, n in (w.partition(':') for w in sys.argv[2:])]; "
-            "print(' '.join(sys.modules))")
-    search = ":".join([str(package.parent), *site.getsitepackages()])
-    result = subprocess.run([sys.executable, "-I", "-S", "-c", code, search, *wanted], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
+    loaded = _modules_loaded_by([name for name in names if name.partition(":")[0] not in NOT_IN_THE_IMAGE])
     # (Here bz2 and lzma load, with their extensions, where the image has neither.)
-    unpacked = {m for m in set(result.stdout.split()) - closure if m.lstrip("_").split(".")[0] not in left_out}
+    unpacked = {m for m in loaded - closure if m.lstrip("_").split(".")[0] not in left_out}
     assert not unpacked, f"loaded by names imported inside functions but not packed (add them to IMAGE_MODULES): {unpacked}"
 
 
@@ -357,16 +351,19 @@ NOT_ON_THE_BOOT_PATH = ("dataclasses", "inspect", "ast", "multiprocessing", "pic
 NOT_IN_PID_1 = ("logging", "concurrent.futures", "subprocess", "locale", "_hashlib")
 
 
-def _modules_loaded_by(modules: list[str]) -> set[str]:
-    """What importing ``modules`` loads, in an interpreter started as the image starts it: no site
-    module, the package and the site directories on the path."""
+def _modules_loaded_by(imports: list[str]) -> set[str]:
+    """What ``imports`` load ("module", or "module:name" for ``from module import name``), in an
+    interpreter started as the image starts it: no site module, the package and the site directories on
+    the path."""
     import ucernvm
 
-    code = ("import importlib, sys; sys.path[:0] = sys.argv[1].split(':'); "
-            "[importlib.import_module(m) for m in sys.argv[2:]]; print(' '.join(sys.modules))")
+    code = ("import sys; sys.path[:0] = sys.argv[1].split(':'); "
+            "[exec(f'from {m} import {n}' if n else f'import {m}') "
+            "for m, _, n in (i.partition(':') for i in sys.argv[2:])]; "
+            "print(' '.join(sys.modules))")
     search = ":".join([str(Path(ucernvm.__file__).resolve().parents[1]), *site.getsitepackages()])
-    result = subprocess.run([sys.executable, "-I", "-S", "-c", code, search, *modules],
-                            capture_output=True, text=True, check=True)
+    result = subprocess.run([sys.executable, "-I", "-S", "-c", code, search, *imports], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
     return set(result.stdout.split())
 
 
