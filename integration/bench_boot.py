@@ -30,7 +30,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from boot_env import FQRN, BootRepository, BootResult, boot, build_boot_image, make_repository, new_disk
+from boot_env import (BOOT_TIME_GOAL, FQRN, BootRepository, BootResult, boot, build_boot_image, make_repository,
+                      new_disk)
 from ucernvm.image.builder import BuildOptions
 from ucernvm.image.compress import COMPRESSORS
 from ucernvm.image.kernel_source import DEFAULT_SOURCE_PACKAGE
@@ -197,6 +198,10 @@ def main() -> int:
     native_cpu = statistics.fmean(c.values["host: process CPU (user+sys)"] for c in columns if c.label.startswith("native"))
     print(f"\ncold /init → OS init {loader:.2f} s in the guest against {native_cpu:.2f} s of CPU for the same "
           f"pipeline natively (with interpreter start-up): {loader / native_cpu:.1f}x")
+    for kind, goal in BOOT_TIME_GOAL.items():
+        times = [c.values["kernel start → OS init"] for c in columns if c.label.startswith(kind)]
+        met = sum(seconds <= goal for seconds in times)
+        print(f"{kind}: kernel start → OS init within the {goal:.0f} s goal in {met} of {len(times)} boots")
     for column in columns:
         for note in column.notes:
             print(f"{column.label}: {note}")

@@ -1,5 +1,5 @@
 """The ucernvm kernel (``ucernvm build --kernel-source``: Debian's kernel source, every boot driver built
-in) boots the demo OS with no modules to load, and shuts it down cleanly."""
+in) boots the demo OS with no modules to load, shuts it down cleanly, and boots within the time goal."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from boot_env import BootRepository, boot, build_boot_image, new_disk
+from boot_env import BOOT_TIME_GOAL, BootRepository, boot, build_boot_image, new_disk
 from test_boot import STAGES, print_timings, repository  # noqa: F401 (repository: the module's fixture)
 from ucernvm.commands.build import SIZE_GOAL
 from ucernvm.image.builder import BuildResult
@@ -55,3 +55,28 @@ def test_the_ucernvm_kernel_boots_and_shuts_down_cleanly(image: BuildResult, rep
     assert second.marker("UCERNVM-OS-BOOTS") == "2"
     assert again["storage"]["fresh"] is False
     assert again["storage"].get("fsck", "clean") == "clean", again["storage"]
+
+
+@pytest.mark.vm
+def test_the_boot_meets_its_time_goal(image: BuildResult, repository: BootRepository, tmp_path: Path,
+                                      qemu: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Kernel start → the OS's init, in the guest's seconds, cold and warm, within BOOT_TIME_GOAL, with the
+    boot tests' own kernel options (the context search included). The guest's clock runs with the host's,
+    so a host busy with other work slows a boot: when a pair misses, one more pair is booted on a new disk
+    and the faster boot of each kind counts."""
+    best: dict[str, float] = {}
+    for attempt in (1, 2):
+        disk = new_disk(tmp_path / f"scratch-{attempt}.raw")
+        for kind in BOOT_TIME_GOAL:
+            result = boot(image.output, disk, repository.cmdline(), tmp_path / f"{kind}-{attempt}.log",
+                          ports=repository.ports)
+            assert result.code == 0, result.tail
+            seconds = float(result.marker("UCERNVM-OS-INIT") or "nan")
+            with capsys.disabled():
+                print(f"\n{kind} boot {attempt}: accel {result.vm.accel}; OS init at {seconds:.2f} s guest "
+                      f"(goal {BOOT_TIME_GOAL[kind]:.1f} s)")
+            best[kind] = min(best.get(kind, seconds), seconds)
+        if all(best[kind] <= goal for kind, goal in BOOT_TIME_GOAL.items()):
+            break
+    missed = {kind: seconds for kind, seconds in best.items() if not seconds <= BOOT_TIME_GOAL[kind]}
+    assert not missed, f"kernel start → OS init over the goal {BOOT_TIME_GOAL} (best of two boots): {missed}"
