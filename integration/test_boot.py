@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from boot_env import FQRN, BootRepository, boot, build_boot_image, make_repository, new_disk, power_cut
+from boot_env import (FQRN, GUEST_HOST, BootRepository, boot, build_boot_image, make_repository, new_disk,
+                      power_cut)
 from ucernvm.cli import main as ucernvm
 from ucernvm.cvmfs.publisher import resign
 from ucernvm.cvmfs.signing import generate_repository_keys
 from ucernvm.image.builder import BuildResult
+from ucernvm.image.demo_os import console_marker, console_report
 from ucernvm.server import StratumServer
 
 STAGES = ["early", "modules", "network", "clock", "context", "storage", "servers", "snapshot", "mount", "handoff"]
@@ -119,6 +122,28 @@ def test_context_iso_sets_the_tag(image: BuildResult, repository: BootRepository
     assert report["context"]["ucernvm_keys"] == ["cvmfs_tag"]
     assert report["snapshot"]["tag"] == "v1" and report["snapshot"]["revision"] == 1
     assert result.marker("UCERNVM-OS-SEED") == "#cloud-config"  # cloud-init's NoCloud seed is in the OS
+
+
+@pytest.mark.vm
+def test_launch_makes_a_context_cd_of_user_data(image: BuildResult, repository: BootRepository,
+                                                tmp_path: Path, qemu: str) -> None:
+    """`ucernvm launch --context USER_DATA`, as a user runs it: the launcher writes the ISO, the boot reads it."""
+    user_data = tmp_path / "user-data"
+    user_data.write_text("#cloud-config\nruncmd: []\n[ucernvm-begin]\ncvmfs_tag=v1\n[ucernvm-end]\n")
+    log = tmp_path / "launch.log"
+    port = repository.server.port
+    launched = subprocess.run(
+        [sys.executable, "-m", "ucernvm", "launch", "--image", str(image.output), "--disk-size", "4G",
+         "--context", str(user_data), "--cmdline", repository.cmdline(), "--isolated",
+         "--guest-forward", f"{GUEST_HOST}:{port}=127.0.0.1:{port}", "--serial-log", str(log), "-q",
+         "--timeout", "300"],
+        capture_output=True, text=True, timeout=400)
+    assert launched.returncode == 0, launched.stderr + log.read_text()[-3000:]
+    assert f"context {user_data} (" in launched.stderr  # the launcher said what it attached
+    report = console_report(log.read_text())
+    assert report["context"]["source"] == "ConfigDrive" and report["context"]["ucernvm_keys"] == ["cvmfs_tag"]
+    assert report["snapshot"]["tag"] == "v1"
+    assert console_marker(log.read_text(), "UCERNVM-OS-SEED") == "#cloud-config"
 
 
 # The OS of the first snapshot changes a file of the snapshot, adds a user and a file of its own, and asks

@@ -186,6 +186,19 @@ def test_command_errors_are_one_line(name: str, data: bytes, options: list[str],
     assert b"Traceback" not in result.stderr and not (tmp_path / "ctx.iso").exists()
 
 
+@pytest.mark.parametrize("name,data,message", [
+    ("bad.context", b"\xff\xfe\x00", "UTF-8"),
+    ("big", b"x" * ((4 << 20) + 1), "at most"),
+])
+def test_launch_checks_user_data_as_the_context_command_does(name: str, data: bytes, message: str,
+                                                             tmp_path: Path) -> None:
+    """``ucernvm launch --context USER_DATA`` makes the ISO itself: bad user-data stops it before QEMU."""
+    (tmp_path / name).write_bytes(data)
+    result = run_cli("launch", "--image", tmp_path / "no-image", "--context", tmp_path / name, "-q")
+    assert result.returncode != 0 and message in result.stderr.decode()
+    assert b"Traceback" not in result.stderr and b"QEMU" not in result.stderr
+
+
 def test_missing_user_data_file(tmp_path: Path) -> None:
     result = run_cli("context", tmp_path / "nothing", "-o", tmp_path / "ctx.iso")
     assert result.returncode == 2 and b"cannot read user-data" in result.stderr and b"Traceback" not in result.stderr

@@ -6,10 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from ucernvm.context.contextfile import convert_context_file
 from ucernvm.context.found import MetaData
-from ucernvm.context.iso import ISO_LAYOUTS, write_context_iso
-from ucernvm.context.media import USER_DATA_LIMIT, clean
+from ucernvm.context.iso import ISO_LAYOUTS, read_user_data, write_context_iso
+from ucernvm.context.media import clean
 from ucernvm.errors import ConfigError
 
 
@@ -46,14 +45,9 @@ def _field(value: str, what: str, limit: int = 255) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    user_data = _read(args.user_data, "user-data")
-    if args.user_data.endswith(".context"):
-        user_data, warnings = convert_context_file(user_data)
-        for warning in warnings:
-            print(f"ucernvm: warning: {warning}", file=sys.stderr)
-    if len(user_data) > USER_DATA_LIMIT:
-        raise ConfigError(f"{args.user_data} has {len(user_data)} bytes: the boot loader reads at most "
-                          f"{USER_DATA_LIMIT}", "compress it with gzip")
+    user_data, warnings = read_user_data(Path(args.user_data))
+    for warning in warnings:
+        print(f"ucernvm: warning: {warning}", file=sys.stderr)
     keys = []
     for key_file in args.ssh_key:
         text = _read(key_file, "SSH key").decode("utf-8", "replace")

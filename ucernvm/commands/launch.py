@@ -1,4 +1,4 @@
-"""``ucernvm launch``: boot an image in QEMU with disks, a context ISO and user networking."""
+"""``ucernvm launch``: boot an image in QEMU with disks, a context CD and user networking."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 from ucernvm.launch.accel import ACCELS
-from ucernvm.launch.media import create_sparse_disk, parse_size
+from ucernvm.launch.media import create_sparse_disk, is_iso9660, parse_size
 from ucernvm.launch.qemu import BASE_CMDLINE, MACHINES, LaunchError, LaunchOptions, Vm
 
 TIMEOUT_EXIT = 124  # as timeout(1)
@@ -30,7 +30,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--disk-size", metavar="SIZE",
                         help="create missing --disk files as sparse raw disks of SIZE (e.g. 20G); "
                              "without --disk, a temporary disk deleted afterwards")
-    parser.add_argument("--context", type=Path, metavar="ISO", help="context ISO image, attached as a CD-ROM")
+    parser.add_argument("--context", type=Path, metavar="USER_DATA|ISO",
+                        help="user-data (a public-contexts .context file is converted), written to a context ISO "
+                        "in the cernvm-launch layout as `ucernvm context` writes it, or such an ISO; attached as a "
+                        "CD-ROM")
     parser.add_argument("--cmdline", default="quiet",
                         help=f"kernel parameters after '{BASE_CMDLINE}' (default: %(default)s)")
     parser.add_argument("--serial-log", type=Path, metavar="FILE", help="also write the console to FILE")
@@ -68,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         options = LaunchOptions(
             image=args.image,
             disks=tuple(disks),
-            context=args.context,
+            context=_context_iso(args.context, Path(scratch)),
             cmdline=args.cmdline,
             memory=args.memory,
             smp=args.smp,
@@ -92,3 +95,20 @@ def run(args: argparse.Namespace) -> int:
         if code != 0 and vm.stderr.strip():
             print(f"ucernvm: launch: QEMU exited {code}: {vm.stderr.strip().splitlines()[-1]}", file=sys.stderr)
         return code
+
+
+def _context_iso(context: Path | None, scratch: Path) -> Path | None:
+    """The ISO to attach for ``--context``: the file itself if it is one, else one made of its user-data (as
+    cernvm-launch makes one of the user-data it is given)."""
+    if context is None or not context.is_file() or is_iso9660(context):
+        return context  # the launcher's checks name a missing file
+    from ucernvm.context.iso import read_user_data, write_context_iso  # pycdlib: only when an ISO is made
+
+    user_data, warnings = read_user_data(context)
+    for warning in warnings:
+        print(f"ucernvm: launch: warning: {warning}", file=sys.stderr)
+    iso = scratch / "context.iso"
+    label = write_context_iso(iso, user_data)
+    print(f"ucernvm: launch: context {context} ({len(user_data)} bytes of user-data) on a CD labelled {label}",
+          file=sys.stderr)
+    return iso

@@ -14,8 +14,10 @@ import re
 import uuid
 from pathlib import Path
 
+from ucernvm.context.contextfile import convert_context_file
 from ucernvm.context.found import MetaData
-from ucernvm.errors import ContextError
+from ucernvm.context.media import USER_DATA_LIMIT
+from ucernvm.errors import ConfigError, ContextError
 
 ISO_LAYOUTS = ("cernvm-launch", "config-drive", "nocloud")
 README = b"""Context for a CernVM virtual machine (ucernvm context).
@@ -100,3 +102,19 @@ def write_context_iso(path: Path, user_data: bytes, layout: str = "cernvm-launch
     label, files = context_files(user_data, layout, meta or MetaData())
     write_iso(path, label, files)
     return label
+
+
+def read_user_data(source: Path) -> tuple[bytes, list[str]]:
+    """The user-data of the file *source* for a context ISO, with warnings: a public-contexts ``.context``
+    file is checked and converted; more than the boot loader reads is refused."""
+    try:
+        user_data = source.read_bytes()
+    except OSError as error:
+        raise ConfigError(f"cannot read user-data {source}: {error.strerror}") from None
+    warnings: list[str] = []
+    if source.suffix == ".context":
+        user_data, warnings = convert_context_file(user_data)
+    if len(user_data) > USER_DATA_LIMIT:
+        raise ConfigError(f"{source} has {len(user_data)} bytes: the boot loader reads at most {USER_DATA_LIMIT}",
+                          "compress it with gzip")
+    return user_data, warnings

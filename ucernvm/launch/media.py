@@ -39,7 +39,7 @@ def is_iso9660(path: Path) -> bool:
 
 
 def check_context(path: Path) -> Path:
-    """The context must already be an ISO image (user-data files are made into ISOs elsewhere)."""
+    """The context must already be an ISO image (`ucernvm launch` makes one of a user-data file)."""
     if not path.is_file():
         raise ConfigError(f"context {path} does not exist")
     if not is_iso9660(path):
