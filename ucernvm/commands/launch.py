@@ -7,6 +7,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ucernvm.context.iso import read_user_data, write_context_iso
 from ucernvm.launch.accel import ACCELS
 from ucernvm.launch.media import create_sparse_disk, is_iso9660, parse_size
 from ucernvm.launch.qemu import BASE_CMDLINE, MACHINES, LaunchError, LaunchOptions, Vm
@@ -102,8 +103,6 @@ def _context_iso(context: Path | None, scratch: Path) -> Path | None:
     cernvm-launch makes one of the user-data it is given)."""
     if context is None or not context.is_file() or is_iso9660(context):
         return context  # the launcher's checks name a missing file
-    from ucernvm.context.iso import read_user_data, write_context_iso  # pycdlib: only when an ISO is made
-
     user_data, warnings = read_user_data(context)
     for warning in warnings:
         print(f"ucernvm: launch: warning: {warning}", file=sys.stderr)
