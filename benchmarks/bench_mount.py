@@ -25,7 +25,8 @@ in the same run:
                                                    [--entries 100000] [--workloads cold,warm,whole,tree]
 
 Needs root (FUSE mounts, /proc/sys/vm/drop_caches). ``--work DIR`` keeps the trees and the
-repository in DIR and reuses them on the next run.
+repository in DIR and reuses them on the next run. The last line says whether the machine hands its
+free memory back to its hypervisor (free page reporting), which makes a cold read's new pages dear.
 """
 
 from __future__ import annotations
@@ -137,6 +138,21 @@ def drop_caches(level: int) -> None:
     """1: the page cache; 3: also dentries and inodes (the kernel's view of every tree)."""
     os.sync()
     Path("/proc/sys/vm/drop_caches").write_text(f"{level}\n")
+
+
+VIRTIO_BALLOON_F_REPORTING = 5  # the feature bit of free page reporting (virtio spec, 5.5.3)
+
+
+def free_page_reporting() -> str:
+    """Whether this virtual machine hands its free memory back to the hypervisor (virtio-balloon free
+    page reporting). Then a page the guest frees and uses again some seconds later costs a fault in the
+    hypervisor: the mount's new page-cache pages pay it, raw HTTP, which keeps nothing, does not."""
+    features = Path("/sys/bus/virtio/drivers/virtio_balloon").glob("virtio*/features")
+    if not any(path.read_text()[VIRTIO_BALLOON_F_REPORTING:][:1] == "1" for path in features):
+        return "free page reporting: off"
+    delay = Path("/sys/module/page_reporting/parameters/min_free_ms")  # where the kernel lets it be delayed
+    after = f", after pages are free for {delay.read_text().strip()} ms" if delay.exists() else ""
+    return f"free page reporting: on{after}"
 
 
 @contextmanager
@@ -401,7 +417,7 @@ def main() -> int:
         subprocess.run(["umount", "-l", str(work / "mnt")], capture_output=True)
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
-    print(f"{os.cpu_count()} cores; latency pass: {args.latency * 1000:g} ms per request")
+    print(f"{os.cpu_count()} cores; latency pass: {args.latency * 1000:g} ms per request; {free_page_reporting()}")
     print(table(rows))
     return 0
 
