@@ -9,8 +9,8 @@ then with a delay per request (``--latency``). Each figure is one run against a 
 in the same run:
 
 - cold read: a fresh cache, mount, ``cat`` every big file to /dev/null; the baseline downloads the
-  same objects with one keep-alive HTTP client (http.client, in its own process) and discards them:
-  the transfer alone, no verification, no decompression;
+  same objects with one keep-alive HTTP client (http.client, in its own process, timed from its first
+  request to its last byte) and discards them: the transfer alone, no verification, no decompression;
 - warm read: ``cat`` again through the mount, with the page cache warm (four passes in one
   ``cat``), and with only the local object cache warm (page cache dropped); the baseline reads
   the source directory the same ways;
@@ -226,13 +226,16 @@ def object_urls(work: Path, base: str, directory: str) -> list[str]:
     return urls
 
 
-def raw_download(url_file: Path) -> int:
-    """GET every URL in turn on one keep-alive connection and discard the bodies (the child's side)."""
+def raw_download(url_file: Path) -> str:
+    """GET every URL in turn on one keep-alive connection and discard the bodies (the child's side):
+    its wall and CPU seconds from the first request to the last byte (the interpreter's start and
+    imports are no part of a download), and the bytes received."""
     urls = url_file.read_text().split()
     first = urlsplit(urls[0])
-    connection = http.client.HTTPConnection(first.hostname, first.port)
     buffer = memoryview(bytearray(MIB))
     total = 0
+    cpu, started = own_cpu(), time.perf_counter()
+    connection = http.client.HTTPConnection(first.hostname, first.port)
     for url in urls:
         connection.request("GET", urlsplit(url).path)
         response = connection.getresponse()
@@ -240,21 +243,20 @@ def raw_download(url_file: Path) -> int:
             raise SystemExit(f"{url}: HTTP {response.status}")
         while count := response.readinto(buffer):
             total += count
-    return total
+    return f"{time.perf_counter() - started} {own_cpu() - cpu} {total}"
 
 
 def raw_seconds(work: Path, urls: list[str]) -> tuple[float, float, int]:
     """Wall and CPU seconds of the raw download, and the bytes it received."""
     url_file = work / "urls.txt"
     url_file.write_text("\n".join(urls) + "\n")
-    cpu = children_cpu()
-    started = time.perf_counter()
     out = subprocess.run([sys.executable, __file__, "--raw", str(url_file)], check=True, capture_output=True)
-    return time.perf_counter() - started, children_cpu() - cpu, int(out.stdout)
+    wall, cpu, received = out.stdout.split()
+    return float(wall), float(cpu), int(received)
 
 
-def children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+def own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
 
 
