@@ -11,6 +11,8 @@ in the same run:
 - cold read: a fresh cache, mount, ``cat`` every big file to /dev/null; the baseline downloads the
   same objects with one keep-alive HTTP client (http.client, in its own process, timed from its first
   request to its last byte) and discards them: the transfer alone, no verification, no decompression;
+  a second row sets the daemon's CPU against the format's floor: checking the same objects against
+  their content hashes and inflating them, in one thread, what every client has to do;
 - warm read: ``cat`` again through the mount, with the page cache warm (four passes in one
   ``cat``), and with only the local object cache warm (page cache dropped); the baseline reads
   the source directory the same ways;
@@ -255,6 +257,26 @@ def raw_seconds(work: Path, urls: list[str]) -> tuple[float, float, int]:
     return float(wall), float(cpu), int(received)
 
 
+def format_floor_cpu(work: Path, urls: list[str]) -> float:
+    """CPU seconds of what any client must do with these objects before it may serve them: check each
+    against its content hash and inflate it (one thread, the stored files read beforehand)."""
+    from ucernvm.cvmfs.compression import decompress
+    from ucernvm.cvmfs.hashing import ContentHash
+
+    root = work / "stratum" / FQRN
+    objects = []
+    for url in urls:
+        path = url.split(f"/cvmfs/{FQRN}/", 1)[1]
+        digest = path.removeprefix("data/").replace("/", "")[:40]
+        objects.append((ContentHash.parse(digest), (root / path).read_bytes()))
+    cpu = own_cpu()
+    for content_hash, stored in objects:
+        if not content_hash.matches(stored):
+            raise SystemExit(f"{content_hash} does not match its object")
+        decompress(stored)
+    return own_cpu() - cpu
+
+
 def own_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -288,6 +310,9 @@ def cold_read(work: Path, server, rows: list[tuple], label: str, directory: str 
     rows.append((f"cold read{label}, {size // MIB} MiB ({len(urls)} objects, {stored / MIB:.0f} MiB "
                  f"compressed): MB/s", "raw HTTP", size / raw_s / 1e6, size / mount_s / 1e6, "rate"))
     rows.append((f"cold read{label}: CPU s (raw client; mount daemon)", "raw HTTP", raw_cpu, mount_cpu, "time"))
+    if not server.latency:  # the floor does not change with the server's latency
+        rows.append((f"cold read{label}: CPU s (hash check and inflate of the objects, one thread; mount daemon)",
+                     "format's floor", format_floor_cpu(work, urls), mount_cpu, "time"))
 
 
 def warm_read(work: Path, server, rows: list[tuple], directory: str = "big",  # type: ignore[no-untyped-def]
