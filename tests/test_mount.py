@@ -84,6 +84,36 @@ def test_mount_through_a_dead_then_a_live_server_reads_everything(published, mou
     assert refused.value.errno == errno.EROFS
 
 
+def test_monitoring_attributes_report_the_mount_in_cvmfs_terms(published, mounts, keys_dir, tmp_path) -> None:
+    """The attributes cvmfs_config stat and site probes read: loaded catalogs, downloads, bytes and
+    speed, cache hit rate, timeouts, uptime and expiry."""
+    source, _, server = published
+    url, cache = f"{server.url}/cvmfs/{FQRN}", tmp_path / "cache"
+    point, _ = mounts.mount(url, keys_dir, cache, "-o", "CVMFS_TIMEOUT=7", "-o", "CVMFS_TIMEOUT_DIRECT=9")
+
+    def attribute(mountpoint: Path, name: str) -> str:
+        return os.getxattr(mountpoint, name).decode()
+
+    at_mount = int(attribute(point, "user.ndownload"))  # whitelist, manifest, certificate, root catalog
+    assert at_mount >= 4 and attribute(point, "user.nclg") == "1"
+    assert read_tree(point) == snapshot_tree(source)
+    assert int(attribute(point, "user.ndownload")) > at_mount
+    assert attribute(point, "user.nclg") == "3"  # with /data/sub and /data/sub/deep, loaded by the walk
+    transfers = daemon_statistics(point, cache)["transfer"]
+    assert attribute(point, "user.rx") == str(transfers["bytes"] // 1024)
+    assert int(attribute(point, "user.speed")) == int(transfers["bytes"] / 1024 / transfers["seconds"])
+    assert float(attribute(point, "user.hitrate")) < 100  # every object came from the server
+    assert (attribute(point, "user.timeout"), attribute(point, "user.timeout_direct")) == ("7", "9")
+    assert attribute(point, "user.uptime") == "0"
+    assert attribute(point, "user.expires") == "never (fixed root catalog)"
+    run_cli("umount", point, check=True)
+
+    again, _ = mounts.mount(url, keys_dir, cache)
+    assert read_tree(again) == snapshot_tree(source)
+    assert attribute(again, "user.hitrate") == "100.000"  # every object from the cache
+    assert attribute(again, "user.timeout_direct") == "10"  # cvmfs's default
+
+
 def test_all_servers_gone_remount_from_cache(published, mounts, keys_dir, tmp_path) -> None:
     source, stratum, server = published
     cache = tmp_path / "cache"

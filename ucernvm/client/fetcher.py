@@ -127,6 +127,8 @@ class Counters(NamedTuple):
     nocache_retries: int = 0  # refetches after a content hash mismatch
     host_failovers: int = 0
     proxy_failovers: int = 0
+    downloads: int = 0  # requests that brought their object or file, verified
+    seconds: float = 0.0  # spent in transfers, failed ones included (with ``bytes``, the speed)
 
 
 class _Job:
@@ -178,7 +180,8 @@ class HttpSource:
         self._proxies = ProxyChain(parse_proxy_list(proxies), parse_proxy_list(config.fallback_proxy, "CVMFS_FALLBACK_PROXY"),
                                    config.proxy_reset_after, clock=clock)
         self._lock = threading.Lock()
-        self._requests = self._bytes = self._retries = self._nocache_retries = 0
+        self._requests = self._bytes = self._retries = self._nocache_retries = self._downloads = 0
+        self._seconds = 0.0
         self.last_date: ServerDate | None = None  # of the last successful response that had one
 
     @classmethod
@@ -233,7 +236,7 @@ class HttpSource:
     def counters(self) -> Counters:
         with self._lock:
             return Counters(self._requests, self._bytes, self._retries, self._nocache_retries,
-                            self._hosts.failovers, self._proxies.failovers)
+                            self._hosts.failovers, self._proxies.failovers, self._downloads, self._seconds)
 
     def describe(self) -> str:
         c = self.counters
@@ -252,11 +255,14 @@ class HttpSource:
         while True:
             url = job.path if job.absolute else f"{host}/{job.path}"
             timeout = self.config.timeout_direct if proxy.url == DIRECT else self.config.timeout
+            started = self._clock()
             attempt = self._transfer.get(url, proxy.url, timeout, nocache=job.force_nocache or job.nocache,
                                          expected=job.expected)
             with self._lock:
                 self._requests += 1
                 self._bytes += attempt.received
+                self._seconds += self._clock() - started
+                self._downloads += attempt.failure is None
             if attempt.failure is None:
                 if attempt.date:
                     self.last_date = ServerDate(attempt.url, attempt.date, attempt.age, self._clock())

@@ -21,6 +21,7 @@ import re
 import resource
 import stat
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -43,6 +44,7 @@ NESTED_PREFETCH_MAX = 64
 # Descriptors the daemon may hold, as cvmfs's CVMFS_NFILES: the kernel's handles (fuse/handles.py)
 # keep the descriptors of their objects and chunks, far beyond the default soft limit of 1024.
 NFILES = 131072
+_TRANSFER_XATTRS = frozenset({"user.ndownload", "user.rx", "user.speed", "user.timeout", "user.timeout_direct"})
 
 
 def expand_variant_symlink(target: str, environment: dict[str, str]) -> str:
@@ -142,6 +144,7 @@ class SnapshotFilesystem(Operations):
         self._listings_ahead = ListingsAhead(self._listing_ahead)
         self._environment = dict(os.environ)
         self.io_errors = 0
+        self._mounted_at = time.monotonic()
 
     # -- life cycle ------------------------------------------------------------------------------
 
@@ -423,9 +426,11 @@ class SnapshotFilesystem(Operations):
         """cvmfs's informational attributes; not listed, so that copies (overlayfs copy-up) skip them."""
         if not key.startswith("user."):  # security.capability at every exec, overlayfs's own at every lookup
             return None
+        if key in _TRANSFER_XATTRS:
+            return self._transfer_xattr(key)
         repository, entry = self.repository, node.entry
         source = repository.source
-        values = {
+        values: dict[str, Callable[[], str]] = {
             "user.fqrn": lambda: repository.fqrn,
             "user.revision": lambda: str(repository.revision),
             "user.root_hash": lambda: repository.root_hash.hex,
@@ -436,7 +441,14 @@ class SnapshotFilesystem(Operations):
             "user.pid": lambda: str(os.getpid()),
             "user.nioerr": lambda: str(self.io_errors),
             "user.offline": lambda: "1" if repository.offline else "0",
+            # What cvmfs_config stat and site probes read, in cvmfs's units (minutes, percent).
+            "user.uptime": lambda: str(int((time.monotonic() - self._mounted_at) // 60)),
+            "user.expires": lambda: "never (fixed root catalog)",  # a mount serves one snapshot for its life
+            "user.nclg": lambda: str(len(repository.loaded_catalogs())),
         }
+        cache = repository.cache
+        if cache is not None:
+            values["user.hitrate"] = lambda: f"{100 * cache.hits / max(1, cache.hits + cache.misses):.3f}"
         if entry.is_regular:
             values["user.compression"] = lambda: "zlib" if entry.is_compressed else "none"
             values["user.chunks"] = lambda: str(len(repository.chunks(node.path, entry)))
@@ -446,6 +458,20 @@ class SnapshotFilesystem(Operations):
             values["user.rawlink"] = lambda: entry.symlink
         produce = values.get(key)
         return produce() if produce else None
+
+    def _transfer_xattr(self, key: str) -> str | None:
+        """cvmfs's transfer figures, in its units (KiB, KiB/s, seconds): an HTTP source has them."""
+        source = self.repository.source
+        counters, config = getattr(source, "counters", None), getattr(source, "config", None)
+        if counters is None or config is None:
+            return None
+        return {
+            "user.ndownload": str(counters.downloads),
+            "user.rx": str(counters.bytes // 1024),
+            "user.speed": str(int(counters.bytes / 1024 / counters.seconds) if counters.seconds else 0),
+            "user.timeout": f"{config.timeout:g}",
+            "user.timeout_direct": f"{config.timeout_direct:g}",
+        }[key]
 
     def listxattr(self, ino: int) -> list[bytes]:
         return [os.fsencode(name) for name in self._get(ino).entry.xattrs]
