@@ -106,6 +106,15 @@ def test_monitoring_attributes_report_the_mount_in_cvmfs_terms(published, mounts
     assert (attribute(point, "user.timeout"), attribute(point, "user.timeout_direct")) == ("7", "9")
     assert attribute(point, "user.uptime") == "0"
     assert attribute(point, "user.expires") == "never (fixed root catalog)"
+
+    header, row = run_cli("stat", point, check=True).stdout.decode().splitlines()  # as cvmfs_config stat
+    state = dict(zip(header.split(), row.split(), strict=True))
+    assert (state["FQRN"], state["REVISION"], state["EXPIRES(M)"], state["NOCATALOGS"]) == (FQRN, "1", "never", "3")
+    assert state["PID"] == attribute(point, "user.pid") and int(state["MEM(K)"]) > 0
+    assert (state["HOST"], state["PROXY"], state["ONLINE"]) == (url, "DIRECT", "1")
+    assert state["RX(K)"] == attribute(point, "user.rx") and state["NOIOERR"] == "0"
+    refused = run_cli("stat", tmp_path)
+    assert refused.returncode == 2 and f"{tmp_path} is not mounted by `ucernvm mount`" in refused.stderr.decode()
     run_cli("umount", point, check=True)
 
     again, _ = mounts.mount(url, keys_dir, cache)
