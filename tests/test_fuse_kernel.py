@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import fuse_unusable
+from helpers import fuse_unusable, run_cli
 from ucernvm.client.fuse.kernel import GETXATTR, FuseMount, MountOptions, mount
 from ucernvm.client.fuse.memory import MemoryTree
 from ucernvm.client.fuse.operations import ROOT_INO, Attributes
@@ -250,6 +250,8 @@ def test_without_xattrs_the_kernel_asks_once_and_then_answers_itself(tmp_path: P
         # until a vfork'd child has exec'd, and this program is served by this process's own threads.
         assert subprocess.run(["/bin/sh", "-c", str(mountpoint / "tool")], capture_output=True).stdout == b"ok\n"
         assert (mountpoint / "etc/hosts").read_bytes() == b"127.0.0.1 localhost\n"
+        refused = run_cli("stat", mountpoint)  # `ucernvm stat` says why it can tell nothing
+        assert refused.returncode == 2 and b"answers no extended attributes" in refused.stderr
     finally:
         _cleanup(mountpoint)
         assert fuse.join(10)

@@ -63,8 +63,11 @@ def mount_state(path: str) -> dict[str, str]:
     try:
         os.getxattr(path, "user.fqrn")
     except OSError as error:
-        if error.errno in (errno.ENODATA, errno.ENOTSUP):
+        if error.errno == errno.ENODATA:
             raise ConfigError(f"{path} is not mounted by `ucernvm mount`", "give the mount point of a snapshot") from None
+        if error.errno == errno.ENOTSUP:
+            raise ConfigError(f"{path} answers no extended attributes: not a ucernvm mount, or one with them off",
+                              "a boot turns them off for a snapshot that stores none; ucernvm.xattrs=on keeps them") from None
         raise ConfigError(f"cannot read {path}: {error.strerror}") from None
     row = {column: _attribute(path, name) for column, name in COLUMNS.items() if name}
     row["MEM(K)"] = _resident_kib(row["PID"])
