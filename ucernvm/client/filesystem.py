@@ -37,6 +37,9 @@ from ucernvm.errors import UcernvmError
 if TYPE_CHECKING:
     from concurrent.futures import ThreadPoolExecutor
 
+    from ucernvm.client.client_config import FetcherConfig
+    from ucernvm.client.fetcher import Counters
+
 _VARIANT = re.compile(r"\$\(([^)]*)\)")
 # Nested catalogs downloaded ahead per loaded catalog: every one of an OS tree, a bounded number
 # of a repository with thousands under one directory.
@@ -44,7 +47,14 @@ NESTED_PREFETCH_MAX = 64
 # Descriptors the daemon may hold, as cvmfs's CVMFS_NFILES: the kernel's handles (fuse/handles.py)
 # keep the descriptors of their objects and chunks, far beyond the default soft limit of 1024.
 NFILES = 131072
-_TRANSFER_XATTRS = frozenset({"user.ndownload", "user.rx", "user.speed", "user.timeout", "user.timeout_direct"})
+# cvmfs's transfer attributes, in its units (KiB, KiB/s, seconds), from an HTTP source's counters and settings.
+_TRANSFER_XATTRS: dict[str, Callable[[Counters, FetcherConfig], str]] = {
+    "user.ndownload": lambda counters, _: str(counters.downloads),
+    "user.rx": lambda counters, _: str(counters.bytes // 1024),
+    "user.speed": lambda counters, _: str(int(counters.bytes / 1024 / counters.seconds) if counters.seconds else 0),
+    "user.timeout": lambda _, config: f"{config.timeout:g}",
+    "user.timeout_direct": lambda _, config: f"{config.timeout_direct:g}",
+}
 
 
 def expand_variant_symlink(target: str, environment: dict[str, str]) -> str:
@@ -426,10 +436,12 @@ class SnapshotFilesystem(Operations):
         """cvmfs's informational attributes; not listed, so that copies (overlayfs copy-up) skip them."""
         if not key.startswith("user."):  # security.capability at every exec, overlayfs's own at every lookup
             return None
-        if key in _TRANSFER_XATTRS:
-            return self._transfer_xattr(key)
         repository, entry = self.repository, node.entry
         source = repository.source
+        transfer = _TRANSFER_XATTRS.get(key)
+        if transfer is not None:
+            counters, config = getattr(source, "counters", None), getattr(source, "config", None)
+            return None if counters is None or config is None else transfer(counters, config)
         values: dict[str, Callable[[], str]] = {
             "user.fqrn": lambda: repository.fqrn,
             "user.revision": lambda: str(repository.revision),
@@ -458,20 +470,6 @@ class SnapshotFilesystem(Operations):
             values["user.rawlink"] = lambda: entry.symlink
         produce = values.get(key)
         return produce() if produce else None
-
-    def _transfer_xattr(self, key: str) -> str | None:
-        """cvmfs's transfer figures, in its units (KiB, KiB/s, seconds): an HTTP source has them."""
-        source = self.repository.source
-        counters, config = getattr(source, "counters", None), getattr(source, "config", None)
-        if counters is None or config is None:
-            return None
-        return {
-            "user.ndownload": str(counters.downloads),
-            "user.rx": str(counters.bytes // 1024),
-            "user.speed": str(int(counters.bytes / 1024 / counters.seconds) if counters.seconds else 0),
-            "user.timeout": f"{config.timeout:g}",
-            "user.timeout_direct": f"{config.timeout_direct:g}",
-        }[key]
 
     def listxattr(self, ino: int) -> list[bytes]:
         return [os.fsencode(name) for name in self._get(ino).entry.xattrs]
