@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
 def mount_state(path: str) -> dict[str, str]:
     """The columns of one mount; ConfigError when ``path`` is not a ucernvm mount."""
     try:
-        os.getxattr(path, "user.fqrn")
+        fqrn = os.getxattr(path, "user.fqrn").decode()
     except OSError as error:
         if error.errno == errno.ENODATA:
             raise ConfigError(f"{path} is not mounted by `ucernvm mount`", "give the mount point of a snapshot") from None
@@ -69,7 +69,8 @@ def mount_state(path: str) -> dict[str, str]:
             raise ConfigError(f"{path} answers no extended attributes: not a ucernvm mount, or one with them off",
                               "a boot turns them off for a snapshot that stores none; ucernvm.xattrs=on keeps them") from None
         raise ConfigError(f"cannot read {path}: {error.strerror}") from None
-    row = {column: _attribute(path, name) for column, name in COLUMNS.items() if name}
+    row = {column: _attribute(path, name) for column, name in COLUMNS.items() if name and column != "FQRN"}
+    row["FQRN"] = fqrn
     row["MEM(K)"] = _resident_kib(row["PID"])
     row["EXPIRES(M)"] = row["EXPIRES(M)"].split()[0]  # "never (fixed root catalog)": one column
     row["ONLINE"] = {"0": "1", "1": "0"}.get(row["ONLINE"], "-")
