@@ -46,7 +46,11 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from ucernvm.cvmfs.hashing import ContentHash
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
@@ -211,8 +215,9 @@ def find_stat(root: Path) -> int:
     return out.count(b"\n")
 
 
-def object_urls(work: Path, base: str, directory: str) -> list[str]:
-    """The URLs of every object (chunk) of the files in ``directory``, in reading order."""
+def stored_objects(work: Path, directory: str) -> list[tuple[ContentHash, str]]:
+    """Every object (chunk) of the files in ``directory``, in reading order: its content hash and its path
+    in the repository."""
     from ucernvm.client.repository import Repository
     from ucernvm.client.sources import DirectorySource
     from ucernvm.cvmfs.hashing import ObjectType
@@ -220,12 +225,12 @@ def object_urls(work: Path, base: str, directory: str) -> list[str]:
 
     repository = Repository(DirectorySource(work / "stratum" / FQRN), FQRN,
                             load_master_keys(work / "keys" / f"{FQRN}.pub"))
-    urls = []
+    objects = []
     for entry in repository.listdir(f"/{directory}"):  # sorted by name, as `cat` reads them
         kind = ObjectType.PARTIAL if entry.is_chunked else ObjectType.FILE
         chunks = repository.chunks(f"/{directory}/{entry.name}", entry)
-        urls += [f"{base}/{chunk.content_hash.object_path(kind)}" for chunk in chunks]
-    return urls
+        objects += [(chunk.content_hash, chunk.content_hash.object_path(kind)) for chunk in chunks]
+    return objects
 
 
 def raw_download(url_file: Path) -> str:
@@ -257,18 +262,15 @@ def raw_seconds(work: Path, urls: list[str]) -> tuple[float, float, int]:
     return float(wall), float(cpu), int(received)
 
 
-def format_floor_cpu(work: Path, urls: list[str]) -> float:
+def format_floor_cpu(work: Path, objects: list[tuple[ContentHash, str]]) -> float:
     """CPU seconds of what any client must do with these objects before it may serve them: check each
     against its content hash and inflate it (one thread; each stored file read just before, so that its
     bytes are in the CPU's caches as a received body is; the reads are not counted)."""
     from ucernvm.cvmfs.compression import decompress
-    from ucernvm.cvmfs.hashing import ContentHash
 
     root = work / "stratum" / FQRN
     total = 0.0
-    for url in urls:
-        path = url.split(f"/cvmfs/{FQRN}/", 1)[1]
-        content_hash = ContentHash.parse(path.removeprefix("data/").replace("/", "")[:40])
+    for content_hash, path in objects:
         stored = (root / path).read_bytes()
         cpu = own_cpu()
         if not content_hash.matches(stored):
@@ -298,7 +300,8 @@ def mount_url(server) -> str:  # type: ignore[no-untyped-def]
 
 def cold_read(work: Path, server, rows: list[tuple], label: str, directory: str = "big",  # type: ignore[no-untyped-def]
               options: tuple[str, ...] = ()) -> None:
-    urls = object_urls(work, mount_url(server), directory)
+    objects = stored_objects(work, directory)
+    urls = [f"{mount_url(server)}/{path}" for _, path in objects]
     raw_s, raw_cpu, stored = raw_seconds(work, urls)
     size = sum(path.stat().st_size for path in (work / "source" / directory).iterdir())
     with mounted(mount_url(server), work, fresh_cache(work), *options) as point:
@@ -313,7 +316,7 @@ def cold_read(work: Path, server, rows: list[tuple], label: str, directory: str 
     rows.append((f"cold read{label}: CPU s (raw client; mount daemon)", "raw HTTP", raw_cpu, mount_cpu, "time"))
     if not server.latency:  # the floor does not change with the server's latency
         rows.append((f"cold read{label}: CPU s (hash check and inflate of the objects, one thread; mount daemon)",
-                     "format's floor", format_floor_cpu(work, urls), mount_cpu, "time"))
+                     "format's floor", format_floor_cpu(work, objects), mount_cpu, "time"))
 
 
 def warm_read(work: Path, server, rows: list[tuple], directory: str = "big",  # type: ignore[no-untyped-def]
