@@ -12,7 +12,8 @@ in the same run:
   same objects with one keep-alive HTTP client (http.client, in its own process, timed from its first
   request to its last byte) and discards them: the transfer alone, no verification, no decompression;
   a second row sets the daemon's CPU against the format's floor: checking the same objects against
-  their content hashes and inflating them, in one thread, what every client has to do;
+  their content hashes and inflating them, in one thread and in the pieces a download brings, what
+  every client has to do;
 - warm read: ``cat`` again through the mount, with the page cache warm (four passes in one
   ``cat``), and with only the local object cache warm (page cache dropped); the baseline reads
   the source directory the same ways;
@@ -264,20 +265,39 @@ def raw_seconds(work: Path, urls: list[str]) -> tuple[float, float, int]:
 
 def format_floor_cpu(work: Path, objects: list[tuple[ContentHash, str]]) -> float:
     """CPU seconds of what any client must do with these objects before it may serve them: check each
-    against its content hash and inflate it (one thread; each stored file read just before, so that its
-    bytes are in the CPU's caches as a received body is; the reads are not counted)."""
-    from ucernvm.cvmfs.compression import decompress
+    against its content hash and inflate it, in the mount's 1 MiB pieces as they would arrive (one
+    thread; the inflated bytes go nowhere; each object read just before, so that its bytes are in the
+    CPU's caches as a received body is; the reads are not counted)."""
+    from ucernvm.client.sinks import Checked, Inflating
+    from ucernvm.client.transfer import READ_SIZE
 
     root = work / "stratum" / FQRN
     total = 0.0
     for content_hash, path in objects:
         stored = (root / path).read_bytes()
+        pieces = [stored[start:start + READ_SIZE] for start in range(0, len(stored), READ_SIZE)]
         cpu = own_cpu()
-        if not content_hash.matches(stored):
+        body = Checked(Inflating(_Nowhere()), content_hash)
+        for piece in pieces:
+            body.write(piece)
+        if not body.matches():
             raise SystemExit(f"{content_hash} does not match its object")
-        decompress(stored)
+        body.finish()
         total += own_cpu() - cpu
     return total
+
+
+class _Nowhere:
+    """A sink that drops what it is given (the floor counts no cache)."""
+
+    def write(self, piece: bytes) -> None:
+        pass
+
+    def restart(self) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
 
 
 def own_cpu() -> float:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from ucernvm.client.cache import CacheFull, ObjectCache
+from ucernvm.client.sinks import Sink
 from ucernvm.cvmfs.hashing import ContentHash
 
 
@@ -20,11 +21,11 @@ def _object(cache: ObjectCache, data: bytes) -> tuple[ContentHash, list[int]]:
     content_hash = ContentHash.of(data)
     calls: list[int] = []
 
-    def produce() -> bytes:
+    def fill(out: Sink) -> None:
         calls.append(1)
-        return data
+        out.write(data)
 
-    os.close(cache.open(content_hash, produce))
+    os.close(cache.open(content_hash, fill))
     return content_hash, calls
 
 
@@ -36,7 +37,7 @@ def test_a_miss_is_produced_once_then_hits(tmp_path: Path) -> None:
     cache = ObjectCache(tmp_path / "cache")
     content_hash, calls = _object(cache, b"bytes")
     for _ in range(3):
-        fd = cache.open(content_hash, lambda: b"never asked")
+        fd = cache.open(content_hash, lambda out: out.write(b"never asked"))
         assert os.pread(fd, 10, 0) == b"bytes"
         os.close(fd)
     assert (cache.hits, cache.misses, len(calls)) == (3, 1, 1)
@@ -59,10 +60,10 @@ def test_repeated_use_marks_an_object_once_per_interval(tmp_path: Path) -> None:
     content_hash, _ = _object(cache, b"library")
     os.utime(_path(cache, content_hash), (1e9, 1e9))
     other = ObjectCache(tmp_path / "cache")  # another process: it has not used the object yet
-    os.close(other.open(content_hash, lambda: b"never asked"))
+    os.close(other.open(content_hash, lambda out: out.write(b"never asked")))
     assert _path(cache, content_hash).stat().st_mtime > 1e9  # its first use moved it up
     os.utime(_path(cache, content_hash), (1e9, 1e9))
-    os.close(other.open(content_hash, lambda: b"never asked"))
+    os.close(other.open(content_hash, lambda out: out.write(b"never asked")))
     assert _path(cache, content_hash).stat().st_mtime == 1e9  # used again at once: no metadata write
 
 
@@ -70,7 +71,7 @@ def test_an_object_removed_behind_the_cache_is_produced_again(tmp_path: Path) ->
     cache = ObjectCache(tmp_path / "cache")
     content_hash, calls = _object(cache, b"evicted elsewhere")
     _path(cache, content_hash).unlink()  # as another process's eviction would
-    fd = cache.open(content_hash, lambda: calls.append(1) or b"evicted elsewhere")
+    fd = cache.open(content_hash, lambda out: calls.append(1) or out.write(b"evicted elsewhere"))
     assert os.pread(fd, 100, 0) == b"evicted elsewhere" and len(calls) == 2
     os.close(fd)
 
@@ -112,21 +113,71 @@ def test_a_full_disk_makes_room_by_evicting_what_is_not_in_use(small_disk: Path)
     assert cache.evictions == 1 and not os.listdir(small_disk / "cache" / "txn")
 
 
-def test_a_full_disk_with_nothing_to_evict_hands_back_the_verified_bytes(small_disk: Path) -> None:
+def test_a_full_disk_with_nothing_to_evict_is_cache_full_and_keeps_nothing(small_disk: Path) -> None:
     cache = ObjectCache(small_disk / "cache")
     in_use, _ = _object(cache, os.urandom(1 << 20))
     cache.pin(in_use)
     fill(small_disk)
     data = os.urandom(1 << 20)
     with pytest.raises(CacheFull) as raised:
-        cache.open(ContentHash.of(data), lambda: data)
-    assert raised.value.data == data
+        cache.open(ContentHash.of(data), lambda out: out.write(data))
     assert "is full" in raised.value.message and "persistent/" in raised.value.hint
     assert _path(cache, in_use).exists() and not os.listdir(small_disk / "cache" / "txn")
+    assert not _path(cache, ContentHash.of(data)).exists()
     (small_disk / "user-files").unlink()  # room again: the same object is cached as usual
-    fd = cache.open(ContentHash.of(data), lambda: data)
+    fd = cache.open(ContentHash.of(data), lambda out: out.write(data))
     assert os.pread(fd, len(data) + 1, 0) == data
     os.close(fd)
+
+
+def test_an_object_arriving_in_pieces_makes_room_while_it_arrives(small_disk: Path) -> None:
+    cache = ObjectCache(small_disk / "cache")
+    old = [_object(cache, os.urandom(1 << 20))[0] for _ in range(3)]
+    for age, content_hash in enumerate(old):
+        os.utime(_path(cache, content_hash), (1e9 + age, 1e9 + age))
+    data = os.urandom(3 << 20)  # more than the disk has left: the old objects go when its pieces meet a full disk
+
+    def in_pieces(out: Sink) -> None:
+        for start in range(0, len(data), 256 << 10):
+            out.write(data[start:start + (256 << 10)])
+
+    fd = cache.open(ContentHash.of(data), in_pieces)
+    assert os.pread(fd, len(data) + 1, 0) == data
+    os.close(fd)
+    assert cache.evictions == 3 and not any(_path(cache, content_hash).exists() for content_hash in old)
+
+
+def test_a_download_that_fails_half_way_leaves_nothing(tmp_path: Path) -> None:
+    cache = ObjectCache(tmp_path / "cache")
+    data = b"x" * 1000
+
+    def broken(out: Sink) -> None:
+        out.write(data[:500])
+        raise OSError("the connection dropped")
+
+    with pytest.raises(OSError, match="dropped"):
+        cache.open(ContentHash.of(data), broken)
+    assert not os.listdir(cache.root / "txn") and not _path(cache, ContentHash.of(data)).exists()
+
+    def restarted(out: Sink) -> None:  # a first attempt cut short, then a whole one
+        out.write(b"half of a bad copy")
+        out.restart()
+        out.write(data)
+
+    fd = cache.open(ContentHash.of(data), restarted)
+    assert os.pread(fd, 2000, 0) == data
+    os.close(fd)
+
+
+def test_downloads_of_processes_that_are_gone_are_removed(tmp_path: Path) -> None:
+    cache = ObjectCache(tmp_path / "cache")
+    ended = subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True, check=True)
+    txn = cache.root / "txn"
+    (txn / f"ab12.{int(ended.stdout)}.140000").write_bytes(b"left by a killed daemon")
+    (txn / f"cd34.{os.getpid()}.140001").write_bytes(b"in progress here")
+    (txn / "publish.lock").write_bytes(b"not a download")
+    assert cache.remove_abandoned_downloads() == 1
+    assert sorted(os.listdir(txn)) == [f"cd34.{os.getpid()}.140001", "publish.lock"]
 
 
 def test_fan_out_directories_appear_with_their_first_objects_even_under_contention(tmp_path: Path) -> None:

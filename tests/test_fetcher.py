@@ -22,6 +22,7 @@ from squid import Squid, squid  # noqa: F401  (fixture)
 from ucernvm.client.client_config import FetcherConfig
 from ucernvm.client.fetcher import HttpSource, validate_geo_reply
 from ucernvm.client.repository import Repository
+from ucernvm.client.sinks import Memory
 from ucernvm.cvmfs.hashing import ContentHash, ObjectType
 from ucernvm.cvmfs.publisher import Publisher, PublishOptions
 from ucernvm.cvmfs.trust import load_master_keys
@@ -88,7 +89,10 @@ def source(urls: list[str], **settings: object) -> HttpSource:
 
 
 def fetch(src: HttpSource, obj: StoredObject) -> bytes:
-    return src.fetch_object(obj.content_hash, obj.object_type)
+    """The object's stored bytes as the fetcher streams them, every failed attempt's pieces forgotten."""
+    body = Memory()
+    src.fetch_object(obj.content_hash, obj.object_type, body)
+    return body.value()
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pytest
 
 from ucernvm.cvmfs import xattrs
 from ucernvm.cvmfs.catalog import Catalog, path_hash
-from ucernvm.cvmfs.compression import Compression, decompress
+from ucernvm.cvmfs.compression import Compression
 from ucernvm.cvmfs.envelope import split_signed
 from ucernvm.cvmfs.hashing import ContentHash, HashAlgorithm, ObjectType
 from ucernvm.cvmfs.history import History
@@ -114,24 +114,6 @@ def test_fixture_objects_recompress_byte_for_byte(legacy_pristine) -> None:
 def test_every_encoder_inflates_with_plain_zlib(compression: Compression) -> None:
     data = b"CernVM-FS " * 10000 + bytes(range(256))
     assert zlib.decompress(compression.compress(data)) == data
-
-
-@pytest.mark.parametrize(
-    ("data", "message"),
-    [
-        (zlib.compress(b"hello" * 100)[:-5], "truncated"),
-        (zlib.compress(b"hello") + b"junk", "trailing"),
-        (b"\x00\x01garbage", "does not decompress"),
-    ],
-)
-def test_decompress_rejects_damaged_objects(data: bytes, message: str) -> None:
-    with pytest.raises(FormatError, match=message):
-        decompress(data)
-
-
-def test_decompress_checks_expected_size() -> None:
-    with pytest.raises(FormatError, match="expected 4"):
-        decompress(zlib.compress(b"abc"), 4)
 
 
 def test_manifest_round_trip_of_fixture(legacy_pristine) -> None:

@@ -1,9 +1,10 @@
 """The local cache: verified objects, decompressed, in a content-addressed directory.
 
 Layout (as cvmfs's posix cache): ``XX/<rest of hex><algorithm id>`` holds the *decompressed* bytes of
-an object (the type suffix is dropped), ``txn/`` holds downloads in progress. An object enters the cache only after its stored bytes matched
-their hash (the source checks that), is written to ``txn/`` and renamed into place, so the cache never
-holds a partial or unverified object, whatever happens to the process or the machine.
+an object (the type suffix is dropped), ``txn/`` holds downloads in progress. An object is written to
+``txn/`` while it arrives and renamed into place only once its stored bytes matched their hash (the
+source checks that), so the cache never holds a partial or unverified object, whatever happens to the
+process or the machine; what a killed process left in ``txn/`` is removed by the next one.
 
 The cache also keeps, per repository, the last verified whitelist, manifest and certificate (a mount
 with every server down uses them: offline mode) and the newest manifest's timestamp and revision, the
@@ -14,8 +15,8 @@ quota is used (as cvmfs); pinned objects (open files, loaded catalogs) are never
 recorded in each file's mtime, so the order survives restarts without a database.
 
 A full disk (the scratch disk's writable layer shares it with the cache) is met the same way: the
-least recently used objects make room for the new one. When nothing can go, CacheFull carries the
-verified bytes, for a caller that can use them without the cache (a catalog, read into memory).
+least recently used objects make room for the new one. When nothing can go, CacheFull: a caller that
+can do without the cache fetches the object into memory instead (a catalog).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ucernvm.client.sinks import Sink
 from ucernvm.cvmfs.hashing import ContentHash
 from ucernvm.errors import FormatError, StorageError
 from ucernvm.records import NamedTuple
@@ -40,10 +42,6 @@ _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 class CacheFull(StorageError):
     """The cache's disk has no room for an object, even after evicting what could go."""
-
-    def __init__(self, message: str, hint: str, data: bytes) -> None:
-        super().__init__(message, hint)
-        self.data = data  # the object's verified bytes, for a caller that can do without the cache
 
 
 class Breadcrumb(NamedTuple):
@@ -111,12 +109,38 @@ class ObjectCache:
         return self._dir
 
     def start_accounting(self) -> None:
-        """Count the cached bytes in the background; the quota is enforced from then on.
+        """In the background: remove the downloads that killed processes left in ``txn/``, then count the
+        cached bytes; the quota is enforced from then on.
 
         Explicit, so that a process that forks (the FUSE daemon) starts the thread after the fork.
         """
-        if self.quota is not None:
-            threading.Thread(target=self._count_usage, name="cache-usage", daemon=True).start()
+        threading.Thread(target=self._count_usage, name="cache-usage", daemon=True).start()
+
+    def remove_abandoned_downloads(self) -> int:
+        """Remove the files in ``txn/`` of processes that no longer run; how many went.
+
+        A download's file is named ``<object>.<pid>.<thread>``; a process is asked after by signal 0,
+        which works without /proc (the boot loader's daemon runs under switch_root without it).
+        """
+        removed = 0
+        try:
+            fd = os.open("txn", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self._dir)
+        except OSError:
+            return 0
+        try:
+            names = os.listdir(fd)
+        finally:
+            os.close(fd)
+        for name in names:
+            parts = name.split(".")
+            if len(parts) != 3 or not parts[1].isdigit() or _running(int(parts[1])):
+                continue
+            try:
+                os.unlink(f"txn/{name}", dir_fd=self._dir)
+                removed += 1
+            except OSError:
+                pass  # gone meanwhile
+        return removed
 
     # -- objects --------------------------------------------------------------------------------
 
@@ -125,8 +149,9 @@ class ObjectCache:
         text = content_hash.hex
         return f"{text[:2]}/{text[2:]}"
 
-    def get(self, content_hash: ContentHash, produce: Callable[[], bytes]) -> str:
-        """A path of the object's cached bytes; ``produce`` supplies verified bytes on a miss.
+    def get(self, content_hash: ContentHash, fill: Callable[[Sink], None]) -> str:
+        """A path of the object's cached bytes; on a miss ``fill`` writes them to a sink and returns
+        once they are verified (it raises otherwise, and nothing is kept).
 
         Concurrent callers for the same object wait for one download instead of starting their own.
         """
@@ -144,28 +169,27 @@ class ObjectCache:
                     break
             waiting.wait()
         try:
-            data = produce()
-            self._store(name, data)
+            size = self._store(name, fill)
             with self._lock:
                 self._touched[name] = time.monotonic()
         finally:
             with self._lock:
                 del self._in_flight[key]
             done.set()
-        self._account(len(data))
+        self._account(size)
         return self.local_path(name)
 
-    def open(self, content_hash: ContentHash, produce: Callable[[], bytes]) -> int:
+    def open(self, content_hash: ContentHash, fill: Callable[[Sink], None]) -> int:
         """A read-only descriptor on the cached object: it stays valid even if the object is evicted."""
         name = self._name(content_hash)
         with self.pinned(content_hash):  # not evicted between get() and open(), even by a tight quota
-            self.get(content_hash, produce)
+            self.get(content_hash, fill)
             try:
                 return os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=self._dir)
             except FileNotFoundError:  # evicted by another process sharing the cache since our last use
                 with self._lock:
                     self._touched.pop(name, None)
-                self.get(content_hash, produce)
+                self.get(content_hash, fill)
                 return os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=self._dir)
 
     def _touch(self, name: str) -> bool:
@@ -182,31 +206,28 @@ class ObjectCache:
         self._touched[name] = now
         return True
 
-    def _store(self, name: str, data: bytes) -> None:
-        """Store an object; on a full disk, once more after evicting what is not in use."""
-        evicted = None
-        while True:
-            try:
-                self._write(name, data)
-                return
-            except OSError as error:
-                if error.errno not in _DISK_FULL:
-                    raise StorageError(f"cannot write to the cache {self.root}: {error.strerror}",
-                                       "check the scratch disk") from None
-            if evicted is not None:
-                raise CacheFull(f"the disk of the cache {self.root} is full ({evicted} cached objects evicted, "
-                                "the rest in use)", "free space on the scratch disk (its persistent/ layer shares "
-                                "the disk) or set a cache quota (CVMFS_QUOTA_LIMIT)", data)
-            evicted = self._make_room(len(data))
+    def _store(self, name: str, fill: Callable[[Sink], None]) -> int:
+        """Write what ``fill`` gives to a temporary name and rename it into place; its size.
 
-    def _write(self, name: str, data: bytes) -> None:
-        """Write to a temporary name and rename into place; nothing is left behind on failure."""
+        Nothing is left behind when ``fill`` or the disk fails."""
         # Unique per process and thread: processes may share a cache, and thread idents repeat across them.
         temporary = f"txn/{name.replace('/', '')}.{os.getpid()}.{threading.get_ident()}"
+        staging = _Staging(self, temporary)
         try:
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644, dir_fd=self._dir)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
+            fill(staging)
+            staging.close()
+            self._move_into_place(temporary, name)
+        except BaseException:
+            staging.close()
+            try:
+                os.unlink(temporary, dir_fd=self._dir)
+            except OSError:
+                pass
+            raise
+        return staging.size
+
+    def _move_into_place(self, temporary: str, name: str) -> None:
+        try:
             try:
                 os.replace(temporary, name, src_dir_fd=self._dir, dst_dir_fd=self._dir)
             except FileNotFoundError:  # the first object of its fan-out directory
@@ -215,12 +236,16 @@ class ObjectCache:
                 except FileExistsError:
                     pass  # another thread or process made it meanwhile
                 os.replace(temporary, name, src_dir_fd=self._dir, dst_dir_fd=self._dir)
-        except OSError:
-            try:
-                os.unlink(temporary, dir_fd=self._dir)
-            except OSError:
-                pass
-            raise
+        except OSError as error:
+            raise self._write_error(error) from None
+
+    def _write_error(self, error: OSError) -> StorageError:
+        return StorageError(f"cannot write to the cache {self.root}: {error.strerror}", "check the scratch disk")
+
+    def _full(self, evicted: int) -> CacheFull:
+        return CacheFull(f"the disk of the cache {self.root} is full ({evicted} cached objects evicted, the rest in use)",
+                         "free space on the scratch disk (its persistent/ layer shares the disk) or set a cache quota "
+                         "(CVMFS_QUOTA_LIMIT)")
 
     def _make_room(self, size: int) -> int:
         """Evict the least recently used objects to free ``size`` bytes and a margin; how many went."""
@@ -256,6 +281,9 @@ class ObjectCache:
         return self._usage
 
     def _count_usage(self) -> None:
+        self.remove_abandoned_downloads()
+        if self.quota is None:
+            return
         total = sum(size for _, size, _ in self._objects())
         with self._lock:
             # Objects stored while counting may be counted twice: an overestimate only cleans early.
@@ -320,7 +348,7 @@ class ObjectCache:
     def save_named(self, fqrn: str, name: str, data: bytes) -> None:
         """Keep a verified signed file (manifest, whitelist) for offline mounts."""
         if self.load_named(fqrn, name) != data:  # most mounts and boots find the copy they would write
-            self._store(f"{name}.{fqrn}", data)
+            self._store(f"{name}.{fqrn}", lambda out: out.write(data))
 
     def load_named(self, fqrn: str, name: str) -> bytes | None:
         try:
@@ -336,3 +364,69 @@ class ObjectCache:
 
     def save_breadcrumb(self, fqrn: str, breadcrumb: Breadcrumb) -> None:
         self.save_named(fqrn, BREADCRUMB_PREFIX.rstrip("."), str(breadcrumb).encode("ascii"))
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's
+    return True
+
+
+class _Staging:
+    """An object's file in ``txn/`` while its bytes arrive (a :class:`Sink`); the cache renames it into place.
+
+    A full disk is met by evicting what is not in use, as often as that frees something; then CacheFull.
+    """
+
+    def __init__(self, cache: ObjectCache, name: str) -> None:
+        self._cache = cache
+        self._fd = -1
+        self.size = 0
+        self.evicted = 0
+        while self._fd < 0:
+            try:
+                self._fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644,
+                                   dir_fd=cache.directory_fd)
+            except OSError as error:
+                self._disk_full(error, 0)
+
+    def write(self, piece: bytes) -> None:
+        view = memoryview(piece)
+        while view:
+            try:
+                written = os.write(self._fd, view)
+            except OSError as error:
+                self._disk_full(error, len(view))
+                continue
+            view = view[written:]
+            self.size += written
+
+    def _disk_full(self, error: OSError, size: int) -> None:
+        """Make room after ``error`` if it says the disk is full; raise it (as the cache's) otherwise."""
+        if error.errno not in _DISK_FULL:
+            self.close()
+            raise self._cache._write_error(error) from None
+        evicted = self._cache._make_room(size)
+        if not evicted:
+            raise self._cache._full(self.evicted)
+        self.evicted += evicted
+
+    def restart(self) -> None:
+        os.ftruncate(self._fd, 0)
+        os.lseek(self._fd, 0, os.SEEK_SET)
+        self.size = 0
+
+    def finish(self) -> None:
+        pass
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            try:
+                os.close(fd)
+            except OSError as error:  # a write the file system reports only now (NFS)
+                raise self._cache._write_error(error) from None

@@ -15,7 +15,8 @@ current proxy to the current server; on failure, per the failure's class (see
 - a server error moves on to the next server, each server at most once per request; the first
   server is used again ``CVMFS_HOST_RESET_AFTER`` seconds after it was left.
 
-Nothing is returned that failed its content hash: corrupt everywhere is a VerificationError.
+Bodies stream into a sink (:mod:`ucernvm.client.sinks`), which starts over with each attempt and is
+finished only by one whose body matched its content hash: corrupt everywhere is a VerificationError.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from ucernvm.client.client_config import FetcherConfig, substitute
 from ucernvm.client.lazylog import LazyLogger
 from ucernvm.client.pac import resolve_proxy_description
 from ucernvm.client.proxies import Proxy, ProxyChain, parse_proxy_list
+from ucernvm.client.sinks import Checked, Memory, Sink
 from ucernvm.client.sources import corrupt_object_error
 from ucernvm.client.transfer import DIRECT, Attempt, Failure, Transfer
 from ucernvm.cvmfs.hashing import ContentHash, ObjectType
@@ -201,10 +203,10 @@ class HttpSource:
 
     def fetch_named(self, name: str) -> bytes:
         # Manifests and whitelists change: every cache on the way is asked for a fresh copy.
-        return self._fetch(_Job(name, force_nocache=True))
+        return self._fetch_bytes(_Job(name, force_nocache=True))
 
-    def fetch_object(self, content_hash: ContentHash, object_type: ObjectType) -> bytes:
-        return self._fetch(_Job(content_hash.object_path(object_type), content_hash, object_type))
+    def fetch_object(self, content_hash: ContentHash, object_type: ObjectType, sink: Sink) -> None:
+        self._fetch(_Job(content_hash.object_path(object_type), content_hash, object_type), sink)
 
     @cached_property
     def uuid(self) -> str:
@@ -249,15 +251,20 @@ class HttpSource:
 
     # -- the request loop ----------------------------------------------------------------------
 
-    def _fetch(self, job: _Job) -> bytes:
+    def _fetch_bytes(self, job: _Job) -> bytes:
+        body = Memory()
+        self._fetch(job, body)
+        return body.value()
+
+    def _fetch(self, job: _Job, sink: Sink) -> None:
         host_index, host = self._hosts.current()
         proxy = self._proxies.current()
         while True:
             url = job.path if job.absolute else f"{host}/{job.path}"
             timeout = self.config.timeout_direct if proxy.url == DIRECT else self.config.timeout
             started = self._clock()
-            attempt = self._transfer.get(url, proxy.url, timeout, nocache=job.force_nocache or job.nocache,
-                                         expected=job.expected)
+            body = Checked(sink, job.expected)
+            attempt = self._transfer.get(url, proxy.url, timeout, body, nocache=job.force_nocache or job.nocache)
             with self._lock:
                 self._requests += 1
                 self._bytes += attempt.received
@@ -266,7 +273,10 @@ class HttpSource:
             if attempt.failure is None:
                 if attempt.date:
                     self.last_date = ServerDate(attempt.url, attempt.date, attempt.age, self._clock())
-                return attempt.data
+                body.finish()
+                return
+            if body.written:
+                sink.restart()
             job.failures.append(attempt)
             same_url = self._same_url_retry(job, attempt.failure)
             failure = self._next_step(job, attempt.failure, same_url)
@@ -342,10 +352,11 @@ class HttpSource:
 
     def _fetch_pac(self, url: str) -> bytes:
         """A PAC file, fetched DIRECT (the proxies are not known yet), one attempt."""
-        attempt = self._transfer.get(url, DIRECT, self.config.timeout_direct)
+        body = Memory()
+        attempt = self._transfer.get(url, DIRECT, self.config.timeout_direct, Checked(body, None))
         if attempt.failure is not None:
             raise FetchError(f"{url}: {attempt.detail or attempt.failure.value}")
-        return attempt.data
+        return body.value()
 
     def geosort(self) -> bool:
         """Order the servers (and fallback proxy groups) nearest first by the geo API of up to three
@@ -364,7 +375,7 @@ class HttpSource:
         for base in random.sample(hosts, min(GEO_MAX_ATTEMPTS, len(hosts))):
             url = f"{base}/api/v1.0/geo/{caching}/{','.join(names)}"
             try:
-                reply = self._fetch(_Job(url, absolute=True))
+                reply = self._fetch_bytes(_Job(url, absolute=True))
             except FetchError as error:
                 log.warning("geo API request failed: %s", error.message)
                 continue

@@ -16,8 +16,9 @@ from operator import attrgetter
 from typing import Generic, TypeVar
 
 from ucernvm.client.cache import Breadcrumb, CacheFull, ObjectCache
+from ucernvm.client.sinks import Inflating, Memory, Sink, Sized
 from ucernvm.client.sources import RepositorySource
-from ucernvm.cvmfs import compression, manifest as manifest_file, whitelist as whitelist_file
+from ucernvm.cvmfs import manifest as manifest_file, whitelist as whitelist_file
 from ucernvm.cvmfs.catalog import Catalog, Chunk, DirectoryEntry, NestedCatalogRef, join
 from ucernvm.cvmfs.hashing import ContentHash, ObjectType
 from ucernvm.cvmfs.history import History, Tag
@@ -137,30 +138,34 @@ class Repository:
 
     # -- objects -------------------------------------------------------------------------------
 
-    def _producer(
+    def _filler(
         self, content_hash: ContentHash, object_type: ObjectType, size: int | None, compressed: bool
-    ) -> Callable[[], bytes]:
-        def produce() -> bytes:
-            stored = self.source.fetch_object(content_hash, object_type)
-            if compressed:
-                return compression.decompress(stored, size)
-            if size is not None and len(stored) != size:
-                raise FormatError(f"object {content_hash} has {len(stored)} bytes, expected {size}")
-            return stored
+    ) -> Callable[[Sink], None]:
+        """What writes an object's verified bytes, inflated (``size`` of them, if given), to a sink."""
+        def fill(out: Sink) -> None:
+            try:
+                self.source.fetch_object(content_hash, object_type, Inflating(out, size) if compressed else Sized(out, size))
+            except FormatError as error:
+                raise FormatError(f"{error.message} ({content_hash.object_path(object_type)})", error.hint) from None
 
-        return produce
+        return fill
+
+    def _fetch_into_memory(self, fill: Callable[[Sink], None]) -> bytes:
+        out = Memory()
+        fill(out)
+        return out.value()
 
     def fetch(
         self, content_hash: ContentHash, object_type: ObjectType, expected_size: int | None = None, compressed: bool = True
     ) -> bytes:
         """An object's verified, decompressed bytes (through the cache when there is one)."""
-        produce = self._producer(content_hash, object_type, expected_size, compressed)
+        fill = self._filler(content_hash, object_type, expected_size, compressed)
         if self.cache is None:
-            return produce()
+            return self._fetch_into_memory(fill)
         try:
-            fd = self.cache.open(content_hash, produce)
-        except CacheFull as full:
-            return full.data
+            fd = self.cache.open(content_hash, fill)
+        except CacheFull:  # no room on the disk: fetched again, into memory
+            return self._fetch_into_memory(fill)
         with os.fdopen(fd, "rb") as handle:
             return handle.read()
 
@@ -176,8 +181,8 @@ class Repository:
         """A descriptor on the cached, verified bytes of one of a file's chunks (needs a cache)."""
         if self.cache is None:
             raise FetchError("reading objects as files needs a cache directory")
-        producer = self._producer(chunk.content_hash, entry.piece_type, chunk.size, entry.is_compressed)
-        return self.cache.open(chunk.content_hash, producer)
+        fill = self._filler(chunk.content_hash, entry.piece_type, chunk.size, entry.is_compressed)
+        return self.cache.open(chunk.content_hash, fill)
 
     # -- history -------------------------------------------------------------------------------
 
@@ -242,20 +247,21 @@ class Repository:
             return Catalog.from_bytes(self.fetch(content_hash, ObjectType.CATALOG, size or None), content_hash)
         # Opened in place, as cvmfs does, and pinned: a loaded catalog is never evicted.
         self.cache.pin(content_hash)
+        fill = self._catalog_filler(content_hash, size)
         try:
-            path = self.cache.get(content_hash, self._catalog_producer(content_hash, size))
-        except CacheFull as full:  # no room on the disk: the verified catalog is read in memory instead
-            return Catalog.from_bytes(full.data, content_hash)
+            path = self.cache.get(content_hash, fill)
+        except CacheFull:  # no room on the disk: the catalog is fetched again, into memory
+            return Catalog.from_bytes(self._fetch_into_memory(fill), content_hash)
         return Catalog.open(path, content_hash)
 
-    def _catalog_producer(self, content_hash: ContentHash, size: int | None) -> Callable[[], bytes]:
-        return self._producer(content_hash, ObjectType.CATALOG, size or None, True)
+    def _catalog_filler(self, content_hash: ContentHash, size: int | None) -> Callable[[Sink], None]:
+        return self._filler(content_hash, ObjectType.CATALOG, size or None, True)
 
     def prefetch_catalog(self, reference: NestedCatalogRef) -> None:
         """Download a nested catalog into the cache, where a later load finds it (needs a cache)."""
         if self.cache is not None:
             try:
-                self.cache.get(reference.content_hash, self._catalog_producer(reference.content_hash, reference.size))
+                self.cache.get(reference.content_hash, self._catalog_filler(reference.content_hash, reference.size))
             except CacheFull:
                 pass  # the load downloads it again, into memory
 

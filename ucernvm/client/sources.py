@@ -2,7 +2,7 @@
 
 A source hands out two kinds of data: the repository's named files (``.cvmfspublished``,
 ``.cvmfswhitelist``; verified later by their signatures) and content-addressed objects, which a source
-returns only after checking them against their content hash.
+streams into a sink and finishes only once they matched their content hash.
 """
 
 from __future__ import annotations
@@ -12,8 +12,11 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
 
+from ucernvm.client.sinks import Checked, Sink
 from ucernvm.cvmfs.hashing import ContentHash, ObjectType
 from ucernvm.errors import ConfigError, FetchError, VerificationError
+
+PIECE_SIZE = 1 << 20  # bytes read from a local object at a time, as a download's pieces
 
 
 class RepositorySource(Protocol):
@@ -22,8 +25,9 @@ class RepositorySource(Protocol):
     def fetch_named(self, name: str) -> bytes:
         """A file at the repository root, e.g. ``.cvmfspublished``."""
 
-    def fetch_object(self, content_hash: ContentHash, object_type: ObjectType) -> bytes:
-        """The stored (compressed) bytes of an object, verified against ``content_hash``."""
+    def fetch_object(self, content_hash: ContentHash, object_type: ObjectType, sink: Sink) -> None:
+        """The stored (compressed) bytes of an object into ``sink``, finished once they matched
+        ``content_hash`` (else an error, the sink unfinished)."""
 
 
 def corrupt_object_error(content_hash: ContentHash, object_type: ObjectType, where: str) -> VerificationError:
@@ -48,15 +52,18 @@ class DirectorySource:
         except FileNotFoundError:
             raise FetchError(f"{name} is missing in {self.root}") from None
 
-    def fetch_object(self, content_hash: ContentHash, object_type: ObjectType) -> bytes:
+    def fetch_object(self, content_hash: ContentHash, object_type: ObjectType, sink: Sink) -> None:
         path = content_hash.object_path(object_type)
+        body = Checked(sink, content_hash)
         try:
-            data = (self.root / path).read_bytes()
+            with open(self.root / path, "rb", buffering=0) as stored:
+                while piece := stored.read(PIECE_SIZE):
+                    body.write(piece)
         except FileNotFoundError:
             raise FetchError(f"object {path} is missing in {self.root}", "the repository is incomplete") from None
-        if not content_hash.matches(data):
+        if not body.matches():
             raise corrupt_object_error(content_hash, object_type, str(self.root))
-        return data
+        body.finish()
 
 
 def fqrn_from_source(text: str) -> str | None:

@@ -22,7 +22,7 @@ from urllib.parse import urljoin
 
 from ucernvm import __version__
 from ucernvm.client import http11
-from ucernvm.cvmfs.hashing import ContentHash
+from ucernvm.client.sinks import Checked
 from ucernvm.records import NamedTuple
 
 TYPE_CHECKING = False
@@ -33,7 +33,7 @@ USER_AGENT = f"cvmfs ucernvm {__version__}"
 DIRECT = "DIRECT"
 MAX_REDIRECTS = 4  # curl's CURLOPT_MAXREDIRS as cvmfs sets it
 # The most one read of a body takes: each read returns what has arrived, and every read is a turn of
-# the loop below (hashing, the low-speed check); 64 KiB reads cost a large object 27 % more CPU.
+# the loop below (hashing, inflating, the low-speed check); 64 KiB reads cost a large object 27 % more CPU.
 READ_SIZE = 1 << 20
 POOL_SIZE = 8  # idle connections kept per server and proxy; more are opened when needed
 
@@ -80,13 +80,12 @@ def _side(kind: str, proxy: str) -> Failure:
 
 
 class Attempt(NamedTuple):
-    """The outcome of one attempt: ``failure`` is None and ``data`` the body on success."""
+    """The outcome of one attempt: ``failure`` is None when the whole body went to the sink and matched."""
 
     url: str
     proxy: str
     failure: Failure | None
     detail: str = ""
-    data: bytes = b""
     received: int = 0  # bytes of body that came in, also on failure
     date: str = ""  # the response's Date and Age headers (a server's clock: see boot/clock.py)
     age: str = ""
@@ -148,10 +147,9 @@ class Transfer:
             pool.clear()
         self._plain.clear()
 
-    def get(self, url: str, proxy: str, timeout: float, *, nocache: bool = False,
-            expected: ContentHash | None = None) -> Attempt:
-        """GET ``url``; ``timeout`` is both the connect timeout and the low-speed window (as curl's
-        CONNECTTIMEOUT and LOW_SPEED_TIME in cvmfs); ``expected`` is checked over the body."""
+    def get(self, url: str, proxy: str, timeout: float, body: Checked, *, nocache: bool = False) -> Attempt:
+        """GET ``url`` into ``body``; ``timeout`` is both the connect timeout and the low-speed window
+        (as curl's CONNECTTIMEOUT and LOW_SPEED_TIME in cvmfs)."""
         headers = request_headers(nocache)
         for _ in range(MAX_REDIRECTS + 1):
             try:
@@ -170,7 +168,7 @@ class Transfer:
             if status // 100 != 2:
                 _discard(response)
                 return Attempt(url, proxy, classify_status(status, response.headers, proxy), f"HTTP {status}")
-            return self._body(url, proxy, response, timeout, expected)
+            return self._body(url, proxy, response, timeout, body)
         return Attempt(url, proxy, Failure.HOST_CONNECTION, f"more than {MAX_REDIRECTS} redirects")
 
     def _request(self, url: str, proxy: str, headers: dict[str, str],
@@ -184,11 +182,10 @@ class Transfer:
                                          timeout=Timeout(connect=timeout, read=timeout))
 
     def _body(self, url: str, proxy: str, response: http11.Response | urllib3.BaseHTTPResponse, window: float,
-              expected: ContentHash | None) -> Attempt:
-        """Read the body, aborting when it stalls: a read that waits longer than ``window`` (the
-        socket timeout) or less than ``low_speed_limit`` bytes/s over a ``window`` (curl's
-        LOW_SPEED_LIMIT/LOW_SPEED_TIME)."""
-        parts: list[bytes] = []
+              body: Checked) -> Attempt:
+        """Read the body into ``body``, aborting when it stalls: a read that waits longer than ``window``
+        (the socket timeout) or less than ``low_speed_limit`` bytes/s over a ``window`` (curl's
+        LOW_SPEED_LIMIT/LOW_SPEED_TIME). An error of the sink (a full disk) ends the transfer and is raised."""
         received = 0
         start, counted = self._clock(), 0
         try:
@@ -196,8 +193,8 @@ class Transfer:
                 chunk = response.read1(READ_SIZE)
                 if not chunk:
                     break
-                parts.append(chunk)
                 received += len(chunk)
+                body.write(chunk)
                 counted += len(chunk)
                 now = self._clock()
                 if now - start >= window:
@@ -205,17 +202,15 @@ class Transfer:
                         raise _TooSlow(f"less than {self.low_speed_limit} bytes/s for {now - start:.1f} s")
                     start, counted = now, 0
         except Exception as error:
+            _discard(response)
             failure = _body_failure(error, window)
             if failure is None:
                 raise
-            _discard(response)
             return Attempt(url, proxy, _side(failure[0], proxy), failure[1], received=received)
         response.release_conn()
-        data = b"".join(parts)
-        # Hashed whole, its size known: a small object does without loading OpenSSL (cvmfs/hashing.py).
-        if expected is not None and not expected.matches(data):
+        if not body.matches():
             return Attempt(url, proxy, Failure.BAD_DATA, "content hash mismatch", received=received)
-        return Attempt(url, proxy, None, data=data, received=received,
+        return Attempt(url, proxy, None, received=received,
                        date=response.headers.get("Date", ""), age=response.headers.get("Age", ""))
 
 

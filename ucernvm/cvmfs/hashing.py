@@ -65,15 +65,23 @@ class HashAlgorithm(enum.Enum):
 
     def digest(self, data: bytes | memoryview) -> bytes:
         """The 20-byte digest of ``data`` (SHAKE-128's truncated to 160 bits)."""
-        if len(data) <= SMALL and self in _BUILT_IN and "_hashlib" not in sys.modules:
-            hashed = _BUILT_IN[self](data)
-        else:
-            import hashlib
+        hashed = self.new(len(data))
+        hashed.update(data)
+        return self.digest_of(hashed)
 
-            try:
-                hashed = hashlib.new(_OPENSSL_NAME[self], data)
-            except ValueError:
-                raise FormatError(f"this Python's hashlib cannot compute {self.name}") from None
+    def new(self, size: int | None = None) -> Any:
+        """An incremental hash for ``size`` bytes (None: unknown, maybe large); ``digest_of`` ends it."""
+        if size is not None and size <= SMALL and self in _BUILT_IN and "_hashlib" not in sys.modules:
+            return _BUILT_IN[self]()
+        import hashlib
+
+        try:
+            return hashlib.new(_OPENSSL_NAME[self])
+        except ValueError:
+            raise FormatError(f"this Python's hashlib cannot compute {self.name}") from None
+
+    def digest_of(self, hashed: Any) -> bytes:
+        """The 20-byte digest of what ``hashed`` (from ``new``) was given."""
         return hashed.digest(DIGEST_SIZE) if self is HashAlgorithm.SHAKE128 else hashed.digest()
 
 

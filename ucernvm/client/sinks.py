@@ -1,0 +1,182 @@
+"""Where a download's bytes go while they arrive: inflated, sized and hashed piece by piece.
+
+A source feeds an object's stored bytes to a sink as they come off the wire (or the disk) instead of
+holding the whole object first, as cvmfs does: memory stays bounded by a piece whatever the object's
+size, and each piece is hashed, inflated and written while it is still in the CPU's caches. Nothing
+unverified is used: :class:`Checked` tells at the end whether the stored bytes matched their content
+hash, and the cache moves an object's file into place only then (:mod:`ucernvm.client.cache`).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from isal import isal_zlib
+
+from ucernvm.cvmfs.hashing import ContentHash
+from ucernvm.errors import FormatError
+
+# The most one inflate step produces: bounds memory (a stream that inflates a thousandfold is met a
+# block at a time), and a block is still in the CPU's caches when it is written.
+INFLATE_BLOCK = 1 << 20
+
+
+class Sink(Protocol):
+    def write(self, piece: bytes) -> None:
+        """The next piece of the bytes."""
+
+    def restart(self) -> None:
+        """Forget everything written: the download starts over (from another server, say)."""
+
+    def finish(self) -> None:
+        """Every piece was written: check that they make a whole (a FormatError if not)."""
+
+
+class Memory:
+    """Bytes kept in memory, for what is small or used whole (manifests, certificates, catalogs on a full disk)."""
+
+    def __init__(self) -> None:
+        self._pieces: list[bytes] = []
+
+    def write(self, piece: bytes) -> None:
+        self._pieces.append(piece)
+
+    def restart(self) -> None:
+        self._pieces.clear()
+
+    def finish(self) -> None:
+        pass
+
+    def value(self) -> bytes:
+        return self._pieces[0] if len(self._pieces) == 1 else b"".join(self._pieces)
+
+
+class Inflating:
+    """A zlib stream inflated into ``out``; with ``size`` given, exactly that many bytes.
+
+    A stream that inflates to more than ``size`` is refused as soon as it does, before it fills memory
+    or a disk; one that is cut short or followed by other bytes is refused at ``finish``.
+    """
+
+    def __init__(self, out: Sink, size: int | None = None) -> None:
+        self._out = out
+        self._size = size
+        self._inflater = isal_zlib.decompressobj()  # ISA-L: 2-2.5x zlib's speed on the same streams
+        self._produced = 0
+
+    def write(self, piece: bytes) -> None:
+        try:
+            while piece:
+                plain = self._inflater.decompress(piece, INFLATE_BLOCK)
+                self._deliver(plain)
+                piece = self._inflater.unconsumed_tail
+        except isal_zlib.error as error:
+            raise FormatError(f"object does not decompress: {error}") from None
+
+    def _deliver(self, plain: bytes) -> None:
+        if not plain:
+            return
+        self._produced += len(plain)
+        if self._size is not None and self._produced > self._size:
+            raise FormatError(f"object decompresses to more than the {self._size} bytes expected")
+        self._out.write(plain)
+
+    def restart(self) -> None:
+        self._inflater = isal_zlib.decompressobj()
+        self._produced = 0
+        self._out.restart()
+
+    def finish(self) -> None:
+        try:
+            self._deliver(self._inflater.flush())
+        except isal_zlib.error as error:
+            raise FormatError(f"object does not decompress: {error}") from None
+        if not self._inflater.eof:
+            raise FormatError("object is truncated: the zlib stream does not end")
+        if self._inflater.unused_data:
+            raise FormatError("object has trailing bytes after its zlib stream")
+        if self._size is not None and self._produced != self._size:
+            raise FormatError(f"object decompresses to {self._produced} bytes, expected {self._size}")
+        self._out.finish()
+
+
+class Sized:
+    """Bytes stored as they are (a file published uncompressed) passed on to ``out``; ``size`` of them."""
+
+    def __init__(self, out: Sink, size: int | None = None) -> None:
+        self._out = out
+        self._size = size
+        self._written = 0
+
+    def write(self, piece: bytes) -> None:
+        self._written += len(piece)
+        if self._size is not None and self._written > self._size:
+            raise FormatError(f"object has more than the {self._size} bytes expected")
+        self._out.write(piece)
+
+    def restart(self) -> None:
+        self._written = 0
+        self._out.restart()
+
+    def finish(self) -> None:
+        if self._size is not None and self._written != self._size:
+            raise FormatError(f"object has {self._written} bytes, expected {self._size}")
+        self._out.finish()
+
+
+class Checked:
+    """The stored bytes of one attempt, hashed on their way to ``sink``.
+
+    ``matches`` gives the hash's verdict once the body is in (always True without an expected hash). A
+    piece the sink refuses as malformed (it does not inflate) is held against the hash's verdict: a
+    body that does not match its hash is bad data from that server, to be fetched elsewhere, while one
+    that does is an object published broken, which ``finish`` reports as it is.
+    """
+
+    __slots__ = ("_sink", "_expected", "_hashed", "_first", "_error", "written")
+
+    def __init__(self, sink: Sink, expected: ContentHash | None) -> None:
+        self._sink = sink
+        self._expected = expected
+        self._hashed = None
+        self._first: bytes | None = None
+        self._error: FormatError | None = None
+        self.written = 0
+
+    def write(self, piece: bytes) -> None:
+        self.written += len(piece)
+        if self._expected is not None:
+            self._hash(piece)
+        if self._error is None:
+            try:
+                self._sink.write(piece)
+            except FormatError as error:
+                self._error = error
+
+    def _hash(self, piece: bytes) -> None:
+        # A small object comes in one piece: it is hashed once whole, by the interpreter's own SHA-1
+        # (see cvmfs/hashing.py), instead of loading OpenSSL's for it.
+        if self._hashed is None:
+            if self._first is None:
+                self._first = piece
+                return
+            self._hashed = self._expected.algorithm.new()  # type: ignore[union-attr]
+            self._hashed.update(self._first)
+            self._first = None
+        self._hashed.update(piece)
+
+    def matches(self) -> bool:
+        if self._expected is None:
+            return True
+        if self._hashed is None:
+            return self._expected.matches(self._first or b"")
+        return self._expected.algorithm.digest_of(self._hashed) == self._expected.digest
+
+    def finish(self) -> None:
+        """The body matched its hash: the sink's verdict on it as a whole."""
+        if self._error is not None:
+            raise self._error
+        self._sink.finish()
+
+
+__all__ = ["Checked", "Inflating", "Memory", "Sink", "Sized"]
