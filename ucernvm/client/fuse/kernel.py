@@ -695,10 +695,10 @@ def _tune_memory_for_serving() -> None:
     gc.enable()
     gc.freeze()
     gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
-    # Every read's reply and every inflated chunk is a fresh buffer of 1 MiB or more, which glibc
-    # maps anew (above its mmap threshold) or takes from a heap whose top it gave back: each of its
-    # pages then faults and is zeroed again, a fifth of a cold read's CPU natively and more under
-    # emulation. Kept in the heap instead, freed buffers serve the next requests.
+    # Every read's reply, every piece of a download and every block it inflates to is a fresh buffer
+    # of up to 1 MiB, which glibc maps anew (above its mmap threshold) or takes from a heap whose top
+    # it gave back: each of its pages then faults and is zeroed again, a fifth of a cold read's CPU
+    # natively and more under emulation. Kept in the heap instead, freed buffers serve the next requests.
     _libc.mallopt(M_MMAP_THRESHOLD, MALLOC_KEEP_BYTES)
     _libc.mallopt(M_TRIM_THRESHOLD, 2 * MALLOC_KEEP_BYTES)
 
