@@ -77,15 +77,31 @@ def test_a_reply_larger_than_the_pipe_is_left_to_the_caller(tmp_path: Path, spli
     assert (tmp_path / "out").read_bytes() == HEADER + DATA[:PAGE]
 
 
+def test_a_read_of_data_pages_fits_the_pipe_however_it_is_aligned(tmp_path: Path, splicer: ReplySplicer) -> None:
+    """The largest READ the mount asks for, unaligned and across two chunks' files, is one message."""
+    first, second = _file(tmp_path / "first", DATA[:PAGE * 300]), _file(tmp_path / "second", DATA[PAGE * 300:])
+    out = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT)
+    length = splicer.data_pages * PAGE
+    start = PAGE * 300 - length // 2 - 7  # the read starts mid-page in the first file, ends mid-page in the second
+    try:
+        assert splicer.send(out, HEADER, [(first, start, PAGE * 300 - start), (second, 0, length - (PAGE * 300 - start))])
+    finally:
+        for fd in (first, second, out):
+            os.close(fd)
+    assert (tmp_path / "out").read_bytes() == HEADER + DATA[start:start + length]
+
+
 # --- through a FUSE mount ---------------------------------------------------------------------------
 
 class CountingTree(MemoryTree):
     def __init__(self) -> None:
         super().__init__()
-        self.calls = {"read": 0, "read_spans": 0}
+        self.calls = {"read": 0, "read_spans": 0, "not spliced": 0}
 
     def read(self, handle, offset: int, size: int):  # type: ignore[no-untyped-def]
         self.calls["read"] += 1
+        if size >= SPLICE_MIN_BYTES and super().read_spans(handle, offset, size):
+            self.calls["not spliced"] += 1  # a read of a local file large enough to splice that was not
         return super().read(handle, offset, size)
 
     def read_spans(self, handle, offset: int, size: int):  # type: ignore[no-untyped-def]
@@ -127,8 +143,8 @@ def test_reads_through_the_mount_return_the_files_bytes(mounted: tuple[Path, Cou
     with open(mnt / "big", "rb", buffering=0) as handle:
         assert os.pread(handle.fileno(), 300_000, 2_000_001) == DATA[2_000_001:2_300_001]
         assert os.pread(handle.fileno(), 100, len(DATA) - 10) == DATA[-10:]
-    if spliced:  # the 1 MiB requests of big went out spliced; read() served the small ones
-        assert tree.calls["read_spans"] >= len(DATA) >> 20
+    if spliced:  # the large requests of big went out spliced (all of them); read() served the small ones
+        assert tree.calls["read_spans"] >= len(DATA) >> 20 and tree.calls["not spliced"] == 0
     else:
         assert tree.calls["read_spans"] == 0
         assert tree.calls["read"] >= len(DATA) >> 20
@@ -148,5 +164,5 @@ def test_a_backing_file_cut_short_is_eio_and_other_files_still_read(mounted: tup
         os.close(fd)
         buffer.close()
     assert raised.value.errno == errno.EIO
-    assert tree.calls == {"read": 0, "read_spans": 1}
+    assert tree.calls == {"read": 0, "read_spans": 1, "not spliced": 0}
     assert (mnt / "big").read_bytes() == DATA

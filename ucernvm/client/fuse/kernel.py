@@ -45,6 +45,9 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt(3) parameters
 # the copy saved (a tree of 2 KiB files read 8 % slower spliced; a 256 MiB file 10 % faster).
 SPLICE_MIN_BYTES = 64 << 10
 
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+MAX_READ_PAGES = (1 << 20) // PAGE_SIZE  # the largest READ asked for: 1 MiB
+
 # --- protocol (include/uapi/linux/fuse.h) -------------------------------------------------------
 
 KERNEL_VERSION = 7
@@ -269,6 +272,7 @@ class FuseMount:
         self.options = options
         self.device = _mount_device(mountpoint)
         self._bufsize = max(FUSE_MIN_READ_BUFFER, options.max_write + 8192)
+        self.read_pages = self._largest_read_pages()
         seconds = int(options.cache_timeout)
         self._timeout = (seconds, int((options.cache_timeout - seconds) * 1e9))
         self._negative_entry = ENTRY_OUT.pack(0, 0, seconds, 0, self._timeout[1], 0, *_attr(None))
@@ -461,13 +465,29 @@ class FuseMount:
                 if error.errno not in (errno.ENOENT, errno.ENODEV):  # interrupted, or unmounted
                     _report(f"replying to request {opcode} failed: {error}")
 
+    def _largest_read_pages(self) -> int:
+        """Pages of the largest READ to ask for: 1 MiB, or what a spliced reply carries if that is less
+        (a pipe of the default 1 MiB: 253 pages), so that full-size reads are spliced too."""
+        splicer = ReplySplicer.create() if self.options.splice_reads else None
+        if splicer is None:
+            return MAX_READ_PAGES
+        try:
+            return min(MAX_READ_PAGES, splicer.data_pages)
+        finally:
+            splicer.close()
+
     def _tune_readahead(self) -> None:
-        """Raise the readahead window past the kernel's offer, which INIT can only shrink."""
+        """Raise the readahead window past the kernel's offer, which INIT can only shrink; to a whole
+        number of the largest READs, so that a window does not end in a sliver of a request."""
         if self.options.read_ahead_kb is None or self.device is None:
             return
+        read_kb = self.read_pages * PAGE_SIZE // 1024
+        window_kb = self.options.read_ahead_kb
+        if window_kb > read_kb:
+            window_kb -= window_kb % read_kb
         try:
             with open(f"/sys/class/bdi/{self.device}/read_ahead_kb", "w") as knob:
-                knob.write(str(self.options.read_ahead_kb))
+                knob.write(str(window_kb))
         except OSError:
             pass  # no /sys (early boot): the default window still works
 
@@ -502,7 +522,7 @@ class FuseMount:
         reply = INIT_OUT.pack(
             KERNEL_VERSION, KERNEL_MINOR_VERSION, max_readahead, granted & 0xFFFFFFFF,
             self.options.max_background, self.options.max_background * 3 // 4,
-            self.options.max_write, 1, 256, 0,  # time_gran 1 ns; max_pages 256 (1 MiB requests)
+            self.options.max_write, 1, self.read_pages, 0,  # time_gran 1 ns; max_pages: the largest READ
             granted >> 32, MAX_STACK_DEPTH if granted & PASSTHROUGH else 0,
         )
         if minor < 5:

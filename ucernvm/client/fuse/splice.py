@@ -6,7 +6,9 @@ the request's pages) and allocates the buffer; ``splice(2)`` moves references to
 into a pipe and the pipe into /dev/fuse, where the kernel copies them once (what libfuse does for
 ``fuse_reply_data`` with a file descriptor). Each worker thread owns one ``ReplySplicer``: its pipe
 holds one message at a time. A reply that does not fit the pipe, or a pipe that fills up, is left to
-the caller's ``pread`` path: ``send`` returns False before anything reached the kernel.
+the caller's ``pread`` path: ``send`` returns False before anything reached the kernel. The mount
+asks the kernel for reads no larger than a pipe carries (``data_pages``): where pipes stay at the
+default 1 MiB, a 1 MiB read would never fit (its header takes a slot of its own).
 """
 
 from __future__ import annotations
@@ -21,8 +23,11 @@ if TYPE_CHECKING:
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 # A 1 MiB read plus its header, from spans that need not start on a page: 260 page-sized slots.
-# Beyond fs.pipe-max-size (1 MiB) only with CAP_SYS_RESOURCE; a smaller pipe still serves smaller reads.
+# Beyond fs.pipe-max-size (1 MiB) only with CAP_SYS_RESOURCE; a smaller pipe serves smaller reads.
 PIPE_BYTES = 2 << 20
+# Slots a message takes beyond its data's pages: the header, and the partial first and last pages of
+# the spans of a read that crosses from one chunk into the next (chunks are larger than any read).
+OVERHEAD_SLOTS = 3
 
 Span = tuple[int, int, int]  # (file descriptor, offset in it, length)
 
@@ -39,6 +44,11 @@ class ReplySplicer:
     def create(cls) -> ReplySplicer | None:
         """A splicer, or None where the platform has no splice(2)."""
         return cls() if hasattr(os, "splice") else None
+
+    @property
+    def data_pages(self) -> int:
+        """The pages of file data one message carries whatever their alignment (in up to two spans)."""
+        return self._slots - OVERHEAD_SLOTS
 
     def send(self, fuse_fd: int, header: bytes, spans: Sequence[Span]) -> bool:
         """Send ``header`` followed by the bytes of ``spans`` as one message to ``fuse_fd``.
