@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 @dataclass(frozen=True)
 class Fault:
-    kind: str  # status, hang, stall, trickle, truncate, redirect, corrupt, wait
+    kind: str  # status, hang, stall, trickle, truncate, redirect, corrupt, garbage, wait
     status: int = 200
     headers: tuple[tuple[str, str], ...] = ()
     other: str = ""  # wait: the request that must arrive too
@@ -58,6 +58,11 @@ class Fault:
     def corrupt(cls) -> Fault:
         """The right length with one byte changed."""
         return cls("corrupt")
+
+    @classmethod
+    def garbage(cls) -> Fault:
+        """The right length, every byte of it 0xFF: not a zlib stream from its first byte on."""
+        return cls("garbage")
 
     @classmethod
     def wait_for(cls, other: str) -> Fault:
@@ -192,6 +197,8 @@ class _Handler(BaseHTTPRequestHandler):
             data = bytearray(body or b"x")
             data[len(data) // 2] ^= 0xFF
             self._answer(200, bytes(data), self._cache_headers())
+        elif fault.kind == "garbage":
+            self._answer(200, b"\xff" * len(body or b"x"), self._cache_headers())
         else:
             self._partial(fault.kind, fault.status, body or b"x" * 4096)
 

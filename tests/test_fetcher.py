@@ -20,6 +20,7 @@ from faults import Fault, FaultServer
 from helpers import run_cli
 from squid import Squid, squid  # noqa: F401  (fixture)
 from ucernvm.client.client_config import FetcherConfig
+from ucernvm.client import fetcher
 from ucernvm.client.fetcher import HttpSource, validate_geo_reply
 from ucernvm.client.repository import Repository
 from ucernvm.client.sinks import Memory
@@ -246,6 +247,16 @@ def test_all_servers_down(published: Published) -> None:
         fetch(src, published.files[0])
     # the same-URL retry budget is per request (cvmfs's JobInfo), spent on the first server
     assert (src.counters.requests, src.counters.retries) == (3, 1)
+
+
+def test_a_named_file_without_end_is_refused(published: Published, servers, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A manifest larger than any real one (here: than 100 bytes) is not read on into memory."""
+    monkeypatch.setattr(fetcher, "MAX_NAMED_BYTES", 100)
+    one, two = servers
+    src = source([repo_url(one), repo_url(two)])
+    with pytest.raises(FetchError, match="more than the 100 bytes"):
+        src.fetch_named(".cvmfspublished")
+    assert one.count(".cvmfspublished") == two.count(".cvmfspublished") == 2  # refetched without caches, then the next
 
 
 # --- redirects ------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from ucernvm.cvmfs.hashing import ContentHash, ObjectType
 from ucernvm.cvmfs.ingest import IngestOptions
 from ucernvm.cvmfs.publisher import Publisher, PublishOptions
 from ucernvm.cvmfs.trust import load_master_keys
-from ucernvm.errors import FormatError
+from ucernvm.errors import FormatError, VerificationError
 from ucernvm.server import StratumServer
 
 FQRN = "test.cern.ch"
@@ -167,18 +167,48 @@ def test_stored_as_is_is_sized() -> None:
         sized.write(b"cd")
 
 
-def test_a_body_that_does_not_inflate_is_judged_by_its_hash() -> None:
-    """Garbage that fails its hash is bad data (another server may have it right); garbage that matches
-    its hash was published so, and says why it cannot be used."""
-    garbage = b"\x00\x01 not a zlib stream"
-    mismatched = Checked(Inflating(Memory()), ContentHash.of(b"the real object"))
-    mismatched.write(garbage)  # the inflate error waits for the hash's verdict
-    assert not mismatched.matches()
-    matching = Checked(Inflating(Memory()), ContentHash.of(garbage))
-    matching.write(garbage)
-    assert matching.matches()
+def test_a_body_that_does_not_inflate_is_refused_at_once() -> None:
+    """Its first piece already fails: the rest of it cannot mend it, and is not waited for."""
+    plain = os.urandom(1000)
+    garbage = b"\xff" * 100
+    body = Checked(Inflating(Memory(), len(plain)), ContentHash.of(zlib.compress(plain)))
     with pytest.raises(FormatError, match="does not decompress"):
-        matching.finish()
+        body.write(garbage)
+
+
+def test_without_a_size_nothing_is_inflated_before_the_hash_matched() -> None:
+    """A stream of unknown size could inflate without bound: it is held until ``finish``, which only a
+    body that matched its hash reaches."""
+    bomb = zlib.compress(bytes(64 << 20))
+    out = Memory()
+    inflating = Inflating(out, None)
+    body = Checked(inflating, ContentHash.of(b"something else"))
+    body.write(bomb)
+    assert out.value() == b"" and not body.matches()  # not inflated: refused unopened
+    held = Inflating(Memory(), None)
+    held.write(zlib.compress(b"a catalog"))
+    held.finish()
+
+
+def test_a_named_file_larger_than_its_limit_is_refused() -> None:
+    body = Memory(limit=10)
+    body.write(b"0123456789")
+    with pytest.raises(FormatError, match="more than the 10 bytes"):
+        body.write(b"!")
+
+
+def test_an_object_that_does_not_inflate_on_any_server_says_so(
+        stored_whole: Path, keys_dir: Path, tmp_path: Path) -> None:
+    cache = ObjectCache(tmp_path / "cache")
+    with FaultServer(stored_whole) as one, FaultServer(stored_whole) as two:
+        repository = _repository([f"{one.url}/cvmfs/{FQRN}", f"{two.url}/cvmfs/{FQRN}"], keys_dir, cache)
+        big = repository.entry("/big").content_hash.object_path()  # the catalogs are in: the faults hit only big
+        for server in (one, two):
+            server.inject(big, Fault.garbage())
+        with pytest.raises(VerificationError, match=r"is corrupt \(object does not decompress"):
+            _open_big(repository)
+        assert [server.count(big) for server in (one, two)] == [2, 2]  # each once more without caches
+    assert not os.listdir(cache.root / "txn")
 
 
 def test_a_small_object_is_checked_without_loading_openssl() -> None:

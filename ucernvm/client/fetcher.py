@@ -7,9 +7,10 @@ current proxy to the current server; on failure, per the failure's class (see
 - transfer errors (connect, timeout, short transfer) are retried on the same URL up to
   ``CVMFS_MAX_RETRIES`` times after a backoff (random in [0, BACKOFF_INIT], doubled each time,
   capped at BACKOFF_MAX; seconds in the configuration, as cvmfs's ``* 1000`` ms);
-- data that does not match its content hash is fetched once more with ``no-cache`` headers (so a
-  proxy fetches it anew); a second mismatch is a server error. The hash covers the stored
-  (compressed) bytes, so it also catches what cvmfs sees as a zlib error, a truncated stream;
+- data that does not match its content hash, or does not inflate (as it arrives, see
+  :mod:`ucernvm.client.sinks`), is fetched once more with ``no-cache`` headers (so a proxy fetches it
+  anew); a second failure is a server error. The hash covers the stored (compressed) bytes, so it
+  also catches a truncated stream;
 - a proxy error burns the proxy (:class:`ProxyChain`); when every proxy failed for this request,
   the proxies are reset and the next server is tried;
 - a server error moves on to the next server, each server at most once per request; the first
@@ -34,7 +35,7 @@ from ucernvm.client.pac import resolve_proxy_description
 from ucernvm.client.proxies import Proxy, ProxyChain, parse_proxy_list
 from ucernvm.client.sinks import Checked, Memory, Sink
 from ucernvm.client.sources import corrupt_object_error
-from ucernvm.client.transfer import DIRECT, Attempt, Failure, Transfer
+from ucernvm.client.transfer import DIRECT, HASH_MISMATCH, Attempt, Failure, Transfer
 from ucernvm.cvmfs.hashing import ContentHash, ObjectType
 from ucernvm.errors import ConfigError, FetchError, UcernvmError
 from ucernvm.records import NamedTuple
@@ -42,6 +43,9 @@ from ucernvm.records import NamedTuple
 log = LazyLogger(__name__)
 
 GEO_MAX_ATTEMPTS = 3  # cvmfs asks at most three random servers for the geo order
+# The most a file fetched into memory by name may have (manifest, whitelist, geo reply, PAC file; each a
+# few KiB): a server that sends without end is refused instead of filling the memory of a booting VM.
+MAX_NAMED_BYTES = 16 << 20
 PROXY_SEPARATOR = "+PXYSEP+"
 
 
@@ -252,7 +256,7 @@ class HttpSource:
     # -- the request loop ----------------------------------------------------------------------
 
     def _fetch_bytes(self, job: _Job) -> bytes:
-        body = Memory()
+        body = Memory(MAX_NAMED_BYTES)
         self._fetch(job, body)
         return body.value()
 
@@ -341,7 +345,8 @@ class HttpSource:
         corrupt = [a for a in job.failures if a.failure is Failure.BAD_DATA]
         if corrupt and job.expected is not None:
             where = ", ".join(dict.fromkeys(a.url.rsplit("/data/", 1)[0] for a in corrupt))
-            return corrupt_object_error(job.expected, job.object_type, where)
+            reasons = "; ".join(dict.fromkeys(a.detail for a in corrupt if a.detail != HASH_MISMATCH))
+            return corrupt_object_error(job.expected, job.object_type, where, reasons)
         details = "; ".join(
             f"{a.url}{'' if a.proxy == DIRECT else f' via {a.proxy}'}: {a.detail or a.failure.value}"  # type: ignore[union-attr]
             for a in job.failures[-8:])
@@ -352,7 +357,7 @@ class HttpSource:
 
     def _fetch_pac(self, url: str) -> bytes:
         """A PAC file, fetched DIRECT (the proxies are not known yet), one attempt."""
-        body = Memory()
+        body = Memory(MAX_NAMED_BYTES)
         attempt = self._transfer.get(url, DIRECT, self.config.timeout_direct, Checked(body, None))
         if attempt.failure is not None:
             raise FetchError(f"{url}: {attempt.detail or attempt.failure.value}")

@@ -4,7 +4,9 @@ A source feeds an object's stored bytes to a sink as they come off the wire (or 
 holding the whole object first, as cvmfs does: memory stays bounded by a piece whatever the object's
 size, and each piece is hashed, inflated and written while it is still in the CPU's caches. Nothing
 unverified is used: :class:`Checked` tells at the end whether the stored bytes matched their content
-hash, and the cache moves an object's file into place only then (:mod:`ucernvm.client.cache`).
+hash, and the cache moves an object's file into place only then (:mod:`ucernvm.client.cache`). A
+download's pieces are inflated before that verdict, as cvmfs does, but never beyond the size the
+(verified) catalog gives: a hostile server can make the client inflate no more than a good one would.
 """
 
 from __future__ import annotations
@@ -33,16 +35,22 @@ class Sink(Protocol):
 
 
 class Memory:
-    """Bytes kept in memory, for what is small or used whole (manifests, certificates, catalogs on a full disk)."""
+    """Bytes kept in memory (manifests, certificates, a catalog on a full disk); at most ``limit`` of them."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int | None = None) -> None:
         self._pieces: list[bytes] = []
+        self._limit = limit
+        self._size = 0
 
     def write(self, piece: bytes) -> None:
+        self._size += len(piece)
+        if self._limit is not None and self._size > self._limit:
+            raise FormatError(f"more than the {self._limit} bytes such a file may have")
         self._pieces.append(piece)
 
     def restart(self) -> None:
         self._pieces.clear()
+        self._size = 0
 
     def finish(self) -> None:
         pass
@@ -52,10 +60,12 @@ class Memory:
 
 
 class Inflating:
-    """A zlib stream inflated into ``out``; with ``size`` given, exactly that many bytes.
+    """A zlib stream inflated into ``out``, ``size`` bytes of it, as its pieces arrive.
 
     A stream that inflates to more than ``size`` is refused as soon as it does, before it fills memory
-    or a disk; one that is cut short or followed by other bytes is refused at ``finish``.
+    or a disk; one that is cut short or followed by other bytes is refused at ``finish``. Without a
+    size nothing bounds the stream, so it is held and inflated at ``finish``, which comes only once its
+    hash matched: an unverified stream never inflates without bound.
     """
 
     def __init__(self, out: Sink, size: int | None = None) -> None:
@@ -63,12 +73,18 @@ class Inflating:
         self._size = size
         self._inflater = isal_zlib.decompressobj()  # ISA-L: 2-2.5x zlib's speed on the same streams
         self._produced = 0
+        self._held: list[bytes] = []
 
     def write(self, piece: bytes) -> None:
+        if self._size is None:
+            self._held.append(piece)
+        else:
+            self._inflate(piece)
+
+    def _inflate(self, piece: bytes) -> None:
         try:
             while piece:
-                plain = self._inflater.decompress(piece, INFLATE_BLOCK)
-                self._deliver(plain)
+                self._deliver(self._inflater.decompress(piece, INFLATE_BLOCK))
                 piece = self._inflater.unconsumed_tail
         except isal_zlib.error as error:
             raise FormatError(f"object does not decompress: {error}") from None
@@ -84,9 +100,13 @@ class Inflating:
     def restart(self) -> None:
         self._inflater = isal_zlib.decompressobj()
         self._produced = 0
+        self._held.clear()
         self._out.restart()
 
     def finish(self) -> None:
+        for piece in self._held:
+            self._inflate(piece)
+        self._held.clear()
         try:
             self._deliver(self._inflater.flush())
         except isal_zlib.error as error:
@@ -125,33 +145,28 @@ class Sized:
 
 
 class Checked:
-    """The stored bytes of one attempt, hashed on their way to ``sink``.
+    """A download's body, hashed on its way to ``sink``.
 
-    ``matches`` gives the hash's verdict once the body is in (always True without an expected hash). A
-    piece the sink refuses as malformed (it does not inflate) is held against the hash's verdict: a
-    body that does not match its hash is bad data from that server, to be fetched elsewhere, while one
-    that does is an object published broken, which ``finish`` reports as it is.
+    ``matches`` gives the hash's verdict once the body is in (always True without an expected hash);
+    ``finish`` is for a body that matched. A piece the sink refuses (FormatError: it does not inflate,
+    or inflates past its size) makes the body bad data as a wrong hash does, at once: the rest of it
+    cannot make it good, and is not read.
     """
 
-    __slots__ = ("_sink", "_expected", "_hashed", "_first", "_error", "written")
+    __slots__ = ("_sink", "_expected", "_hashed", "_first", "written")
 
     def __init__(self, sink: Sink, expected: ContentHash | None) -> None:
         self._sink = sink
         self._expected = expected
         self._hashed = None
         self._first: bytes | None = None
-        self._error: FormatError | None = None
         self.written = 0
 
     def write(self, piece: bytes) -> None:
         self.written += len(piece)
         if self._expected is not None:
             self._hash(piece)
-        if self._error is None:
-            try:
-                self._sink.write(piece)
-            except FormatError as error:
-                self._error = error
+        self._sink.write(piece)
 
     def _hash(self, piece: bytes) -> None:
         # A small object comes in one piece: it is hashed once whole, by the interpreter's own SHA-1
@@ -173,9 +188,6 @@ class Checked:
         return self._expected.algorithm.digest_of(self._hashed) == self._expected.digest
 
     def finish(self) -> None:
-        """The body matched its hash: the sink's verdict on it as a whole."""
-        if self._error is not None:
-            raise self._error
         self._sink.finish()
 
 

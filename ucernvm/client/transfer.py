@@ -23,6 +23,7 @@ from urllib.parse import urljoin
 from ucernvm import __version__
 from ucernvm.client import http11
 from ucernvm.client.sinks import Checked
+from ucernvm.errors import FormatError
 from ucernvm.records import NamedTuple
 
 TYPE_CHECKING = False
@@ -36,6 +37,7 @@ MAX_REDIRECTS = 4  # curl's CURLOPT_MAXREDIRS as cvmfs sets it
 # the loop below (hashing, inflating, the low-speed check); 64 KiB reads cost a large object 27 % more CPU.
 READ_SIZE = 1 << 20
 POOL_SIZE = 8  # idle connections kept per server and proxy; more are opened when needed
+HASH_MISMATCH = "content hash mismatch"  # the detail of a body that failed its hash (others say why it failed)
 
 
 class Failure(enum.Enum):
@@ -51,7 +53,7 @@ class Failure(enum.Enum):
     PROXY_CONNECTION = "cannot connect to the proxy"
     PROXY_TOO_SLOW = "the proxy timed out"
     PROXY_SHORT_TRANSFER = "short transfer from the proxy"
-    BAD_DATA = "the data does not match its content hash"
+    BAD_DATA = "the data does not match its content hash, or does not inflate"
     HOST_AFTER_PROXY = "every proxy failed"
     OTHER = "unexpected error"
 
@@ -185,7 +187,8 @@ class Transfer:
               body: Checked) -> Attempt:
         """Read the body into ``body``, aborting when it stalls: a read that waits longer than ``window``
         (the socket timeout) or less than ``low_speed_limit`` bytes/s over a ``window`` (curl's
-        LOW_SPEED_LIMIT/LOW_SPEED_TIME). An error of the sink (a full disk) ends the transfer and is raised."""
+        LOW_SPEED_LIMIT/LOW_SPEED_TIME). A body the sink refuses as malformed is bad data at once; any
+        other error of the sink (a full disk) ends the transfer and is raised."""
         received = 0
         start, counted = self._clock(), 0
         try:
@@ -201,6 +204,9 @@ class Transfer:
                     if counted < self.low_speed_limit * (now - start):
                         raise _TooSlow(f"less than {self.low_speed_limit} bytes/s for {now - start:.1f} s")
                     start, counted = now, 0
+        except FormatError as error:  # does not inflate, or past its size: the rest cannot mend it
+            _discard(response)
+            return Attempt(url, proxy, Failure.BAD_DATA, error.message, received=received)
         except Exception as error:
             _discard(response)
             failure = _body_failure(error, window)
@@ -209,7 +215,7 @@ class Transfer:
             return Attempt(url, proxy, _side(failure[0], proxy), failure[1], received=received)
         response.release_conn()
         if not body.matches():
-            return Attempt(url, proxy, Failure.BAD_DATA, "content hash mismatch", received=received)
+            return Attempt(url, proxy, Failure.BAD_DATA, HASH_MISMATCH, received=received)
         return Attempt(url, proxy, None, received=received,
                        date=response.headers.get("Date", ""), age=response.headers.get("Age", ""))
 
