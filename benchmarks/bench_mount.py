@@ -47,7 +47,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
@@ -216,9 +216,14 @@ def find_stat(root: Path) -> int:
     return out.count(b"\n")
 
 
-def stored_objects(work: Path, directory: str) -> list[tuple[ContentHash, str]]:
-    """Every object (chunk) of the files in ``directory``, in reading order: its content hash and its path
-    in the repository."""
+class StoredObject(NamedTuple):
+    content_hash: ContentHash
+    path: str  # in the repository
+    size: int  # inflated
+
+
+def stored_objects(work: Path, directory: str) -> list[StoredObject]:
+    """Every object (chunk) of the files in ``directory``, in reading order."""
     from ucernvm.client.repository import Repository
     from ucernvm.client.sources import DirectorySource
     from ucernvm.cvmfs.hashing import ObjectType
@@ -230,7 +235,8 @@ def stored_objects(work: Path, directory: str) -> list[tuple[ContentHash, str]]:
     for entry in repository.listdir(f"/{directory}"):  # sorted by name, as `cat` reads them
         kind = ObjectType.PARTIAL if entry.is_chunked else ObjectType.FILE
         chunks = repository.chunks(f"/{directory}/{entry.name}", entry)
-        objects += [(chunk.content_hash, chunk.content_hash.object_path(kind)) for chunk in chunks]
+        objects += [StoredObject(chunk.content_hash, chunk.content_hash.object_path(kind), chunk.size)
+                    for chunk in chunks]
     return objects
 
 
@@ -263,7 +269,7 @@ def raw_seconds(work: Path, urls: list[str]) -> tuple[float, float, int]:
     return float(wall), float(cpu), int(received)
 
 
-def format_floor_cpu(work: Path, objects: list[tuple[ContentHash, str]]) -> float:
+def format_floor_cpu(work: Path, objects: list[StoredObject]) -> float:
     """CPU seconds of what any client must do with these objects before it may serve them: check each
     against its content hash and inflate it, in the mount's 1 MiB pieces as they would arrive (one
     thread; the inflated bytes go nowhere; each object read just before, so that its bytes are in the
@@ -273,11 +279,11 @@ def format_floor_cpu(work: Path, objects: list[tuple[ContentHash, str]]) -> floa
 
     root = work / "stratum" / FQRN
     total = 0.0
-    for content_hash, path in objects:
+    for content_hash, path, size in objects:
         stored = (root / path).read_bytes()
         pieces = [stored[start:start + READ_SIZE] for start in range(0, len(stored), READ_SIZE)]
         cpu = own_cpu()
-        body = Checked(Inflating(_Nowhere()), content_hash)
+        body = Checked(Inflating(_Nowhere(), size), content_hash)
         for piece in pieces:
             body.write(piece)
         if not body.matches():
@@ -321,7 +327,7 @@ def mount_url(server) -> str:  # type: ignore[no-untyped-def]
 def cold_read(work: Path, server, rows: list[tuple], label: str, directory: str = "big",  # type: ignore[no-untyped-def]
               options: tuple[str, ...] = ()) -> None:
     objects = stored_objects(work, directory)
-    urls = [f"{mount_url(server)}/{path}" for _, path in objects]
+    urls = [f"{mount_url(server)}/{stored.path}" for stored in objects]
     raw_s, raw_cpu, stored = raw_seconds(work, urls)
     size = sum(path.stat().st_size for path in (work / "source" / directory).iterdir())
     with mounted(mount_url(server), work, fresh_cache(work), *options) as point:
