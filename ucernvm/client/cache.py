@@ -86,6 +86,8 @@ class ObjectCache:
         # maps the same libraries) costs a metadata write once per TOUCH_INTERVAL, not per open.
         self._touched: dict[str, float] = {}
         self._usage: int | None = None  # bytes in the cache, once counted
+        self._stored_while_counting = 0
+        self._cleanups: list[float] = []  # when (time.time()) evictions ran, for the last day's count
         self.hits = 0
         self.misses = 0
         self.evictions = 0
@@ -110,7 +112,7 @@ class ObjectCache:
 
     def start_accounting(self) -> None:
         """In the background: remove the downloads that killed processes left in ``txn/``, then count the
-        cached bytes; the quota is enforced from then on.
+        cached bytes (``usage``); the quota is enforced from then on.
 
         Explicit, so that a process that forks (the FUSE daemon) starts the thread after the fork.
         """
@@ -282,17 +284,18 @@ class ObjectCache:
 
     def _count_usage(self) -> None:
         self.remove_abandoned_downloads()
-        if self.quota is None:
-            return
         total = sum(size for _, size, _ in self._objects())
         with self._lock:
-            # Objects stored while counting may be counted twice: an overestimate only cleans early.
-            self._usage = total + (self._usage or 0)
+            # Objects stored while counting may be counted twice: an overestimate only cleans early,
+            # where one missed (stored in a directory already counted) would never be evicted.
+            self._usage = total + self._stored_while_counting
         self._cleanup_if_needed()
 
     def _account(self, added: int) -> None:
         with self._lock:
-            if self._usage is not None:
+            if self._usage is None:
+                self._stored_while_counting += added
+            else:
                 self._usage += added
         self._cleanup_if_needed()
 
@@ -323,7 +326,15 @@ class ObjectCache:
         with self._lock:
             self._usage = total
             self.evictions += removed
+            if removed:
+                now = time.time()
+                self._cleanups = [at for at in self._cleanups if at > now - 86400] + [now]
         return removed
+
+    def cleanups_since(self, when: float) -> int:
+        """How many times objects were evicted since ``when`` (seconds since the epoch; kept for a day)."""
+        with self._lock:
+            return sum(at > when for at in self._cleanups)
 
     def _objects(self) -> Iterator[tuple[str, int, float]]:
         for index in range(256):
