@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -52,6 +53,8 @@ def test_eviction_removes_the_least_recently_used_and_spares_pins(tmp_path: Path
         os.utime(_path(cache, content_hash), (1e9 - age, 1e9 - age))
     cache.pin(pinned)
     assert cache.cleanup(2000) == 1  # the oldest unpinned one goes; the pinned one stays, however old
+    assert cache.cleanups_since(time.time() - 60) == 1 and cache.cleanup(2000) == 0
+    assert cache.cleanups_since(time.time() - 60) == 1  # a run that evicts nothing is no cleanup
     assert not _path(cache, old).exists() and _path(cache, pinned).exists() and _path(cache, new).exists()
 
 

@@ -8,6 +8,7 @@ import resource
 import shutil
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -106,6 +107,16 @@ def test_monitoring_attributes_report_the_mount_in_cvmfs_terms(published, mounts
     assert (attribute(point, "user.timeout"), attribute(point, "user.timeout_direct")) == ("7", "9")
     assert attribute(point, "user.uptime") == "0"
     assert attribute(point, "user.expires") == "never (fixed root catalog)"
+    # Files the daemon opened for its readers: at most one per open(2), fewer where the kernel opens
+    # without asking (zero-message open: an inode once, an empty file never); held while in use.
+    files = [path for path in source.rglob("*") if path.is_file() and not path.is_symlink()]
+    opened, held = int(attribute(point, "user.nopen")), int(attribute(point, "user.usedfd"))
+    assert 0 < opened <= len(files) and 0 <= held <= opened
+    assert int(attribute(point, "user.maxfd")) >= 1024 and attribute(point, "user.timestamp_last_ioerr") == "0"
+    cached = sum(path.stat().st_size for path in cache.glob("??/*"))
+    assert int(attribute(point, "user.cache_use")) >= cached // 1024  # counted at the mount, then each download
+    assert attribute(point, "user.cache_max") == str(4000 * 10**6 // 1024)  # --quota's default, 4000 MB
+    assert attribute(point, "user.ncleanup24") == "0"
 
     header, row = run_cli("stat", point, check=True).stdout.decode().splitlines()  # as cvmfs_config stat
     state = dict(zip(header.split(), row.split(), strict=True))
@@ -113,6 +124,8 @@ def test_monitoring_attributes_report_the_mount_in_cvmfs_terms(published, mounts
     assert state["PID"] == attribute(point, "user.pid") and int(state["MEM(K)"]) > 0
     assert (state["HOST"], state["PROXY"], state["ONLINE"]) == (url, "DIRECT", "1")
     assert state["RX(K)"] == attribute(point, "user.rx") and state["NOIOERR"] == "0"
+    assert (state["NOFDUSE"], state["NOOPEN"]) == (str(held), str(opened))
+    assert state["CACHEMAX(K)"] == attribute(point, "user.cache_max")
     refused = run_cli("stat", tmp_path)
     assert refused.returncode == 2 and f"{tmp_path} is not mounted by `ucernvm mount`" in refused.stderr.decode()
     run_cli("umount", point, check=True)
@@ -177,6 +190,7 @@ def test_corrupted_everywhere_is_eio_never_wrong_bytes(published, mounts, keys_d
     assert (point / "bin" / "hello").read_bytes() == (source / "bin" / "hello").read_bytes()
     # Counted per failed request: the kernel retries a read whose readahead failed.
     assert int(os.getxattr(point, "user.nioerr")) >= 1
+    assert time.time() - 60 < int(os.getxattr(point, "user.timestamp_last_ioerr")) <= time.time()
 
 
 def test_tight_cache_quota_still_reads_every_file(published, mounts, keys_dir, tmp_path) -> None:

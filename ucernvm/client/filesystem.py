@@ -154,6 +154,9 @@ class SnapshotFilesystem(Operations):
         self._listings_ahead = ListingsAhead(self._listing_ahead)
         self._environment = dict(os.environ)
         self.io_errors = 0
+        self._last_io_error = 0  # when (seconds since the epoch), 0: never
+        self._opens = 0  # OPENs answered
+        self._open_files = 0  # of them not released yet
         self._mounted_at = time.monotonic()
 
     # -- life cycle ------------------------------------------------------------------------------
@@ -247,6 +250,7 @@ class SnapshotFilesystem(Operations):
     def _failed(self, error: UcernvmError) -> OSError:
         """A fetch or verification failure becomes EIO: never unverified bytes, never a hang."""
         self.io_errors += 1
+        self._last_io_error = int(time.time())
         report(f"ucernvm mount: {error.message}")
         return OSError(errno.EIO, error.message)
 
@@ -335,6 +339,9 @@ class SnapshotFilesystem(Operations):
                 self._fd(handle, 0)  # fetch now: open() fails, not a later read, if the object is bad
         except UcernvmError as error:
             raise self._failed(error) from None
+        with self._lock:
+            self._opens += 1
+            self._open_files += 1
         return handle
 
     def _fd(self, handle: _OpenFile, index: int) -> int:
@@ -401,6 +408,8 @@ class SnapshotFilesystem(Operations):
             fds, handle.fds = handle.fds, {}
         for fd in fds.values():
             os.close(fd)
+        with self._lock:
+            self._open_files -= 1
 
     # -- attributes of the file system -----------------------------------------------------------------
 
@@ -457,10 +466,19 @@ class SnapshotFilesystem(Operations):
             "user.uptime": lambda: str(int((time.monotonic() - self._mounted_at) // 60)),
             "user.expires": lambda: "never (fixed root catalog)",  # a mount serves one snapshot for its life
             "user.nclg": lambda: str(len(repository.loaded_catalogs())),
+            "user.nopen": lambda: str(self._opens),
+            "user.usedfd": lambda: str(self._open_files),  # files open by the mount's users
+            "user.maxfd": lambda: str(resource.getrlimit(resource.RLIMIT_NOFILE)[0]),  # raised at init
+            "user.timestamp_last_ioerr": lambda: str(self._last_io_error),
         }
         cache = repository.cache
         if cache is not None:
             values["user.hitrate"] = lambda: f"{100 * cache.hits / max(1, cache.hits + cache.misses):.3f}"
+            values["user.ncleanup24"] = lambda: str(cache.cleanups_since(time.time() - 86400))
+            # ucernvm's own (cvmfs_config stat asks cvmfs_talk, a socket ucernvm has no need of): KiB
+            # cached, once counted after the mount (else -), and the quota (-1: none, as CVMFS_QUOTA_LIMIT).
+            values["user.cache_use"] = lambda: "-" if cache.usage is None else str(cache.usage // 1024)
+            values["user.cache_max"] = lambda: "-1" if cache.quota is None else str(cache.quota // 1024)
         if entry.is_regular:
             values["user.compression"] = lambda: "zlib" if entry.is_compressed else "none"
             values["user.chunks"] = lambda: str(len(repository.chunks(node.path, entry)))

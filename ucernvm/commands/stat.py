@@ -23,7 +23,12 @@ COLUMNS = {
     "REVISION": "user.revision",
     "EXPIRES(M)": "user.expires",
     "NOCATALOGS": "user.nclg",
+    "CACHEUSE(K)": "user.cache_use",
+    "CACHEMAX(K)": "user.cache_max",
+    "NOFDUSE": "user.usedfd",
+    "NOFDMAX": "user.maxfd",
     "NOIOERR": "user.nioerr",
+    "NOOPEN": "user.nopen",
     "HITRATE(%)": "user.hitrate",
     "RX(K)": "user.rx",
     "SPEED(K/S)": "user.speed",
@@ -38,9 +43,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "stat",
         help="show the state of running mounts (as cvmfs_config stat)",
         description="For each MOUNTPOINT mounted by `ucernvm mount`, print cvmfs_config stat's columns: "
-        "version, daemon pid, uptime, memory, revision, expiry, loaded catalogs, I/O errors, cache hit "
-        "rate, bytes received, download speed, server, proxy, online. A value the mount does not know "
-        "(no HTTP source: no transfers) is '-'.",
+        "version, daemon pid, uptime, memory, revision, expiry, loaded catalogs, cache use and quota (-1: "
+        "none), open files and the most there may be, I/O errors, files opened, cache hit rate, bytes "
+        "received, download speed, server, proxy, online. A value the mount does not know (no HTTP source: "
+        "no transfers; no cache) is '-'.",
     )
     parser.add_argument("mountpoints", nargs="+", metavar="MOUNTPOINT")
     parser.add_argument("--json", action="store_true", help="one object per mount, keyed by column")
