@@ -18,8 +18,10 @@ in the same run:
   ``cat``), and with only the local object cache warm (page cache dropped); the baseline reads
   the source directory the same ways;
 - files stored whole: the cold and warm reads of ``/whole``, by the default mount and by one with
-  ``--passthrough``, and the cost of an open(2) + read + close of a small file in the page cache
-  (Python, three passes over 2,000 files of ``/tree``), where passthrough adds OPEN and RELEASE;
+  ``--passthrough``, and the cost of an open + read + close of a small file in the page cache
+  (three passes over 2,000 files of ``/tree``; with the system calls alone, and with Python's
+  ``open()``, whose isatty() is an ioctl FUSE forwards to the daemon), where passthrough adds OPEN
+  and RELEASE;
 - tree walk: ``find -printf`` with sizes and modes (an lstat of every entry) on a fresh mount with
   an empty cache (every catalog fetched), again on the same mount, and on a new mount whose cache
   holds the catalogs; the baseline walks the source directory with cold and warm kernel caches.
@@ -372,22 +374,32 @@ def files_label(directory: str, options: tuple[str, ...]) -> str:
 
 
 def open_cost(work: Path, server, rows: list[tuple], options: tuple[str, ...]) -> None:  # type: ignore[no-untyped-def]
-    """An open(2), read and close of a small file in the page cache, in microseconds."""
-    def opens(root: Path) -> float:
+    """An open, read and close of a small file in the page cache, in microseconds: with the system calls
+    alone, and with Python's open(), which also asks isatty(): an ioctl FUSE sends to the daemon every
+    time, where a local file system answers it by itself."""
+    def opens(root: Path, python_open: bool) -> float:
         paths = sorted(root.glob("tree/t00/*/*/f*"))[:OPEN_FILES]
         for path in paths:  # into the page cache (and the mount's object cache)
             path.read_bytes()
         started = time.perf_counter()
         for _ in range(OPEN_PASSES):
             for path in paths:
-                with open(path, "rb") as file:
-                    file.read()
+                if python_open:
+                    with open(path, "rb") as file:
+                        file.read()
+                else:
+                    fd = os.open(path, os.O_RDONLY)
+                    os.read(fd, 1 << 16)
+                    os.close(fd)
         return (time.perf_counter() - started) / (OPEN_PASSES * len(paths)) * 1e6
 
     with mounted(mount_url(server), work, fresh_cache(work), *options) as point:
-        mount_us = opens(point)
-    rows.append((f"open + read + close of a small file, page cache{files_label('', options)}: us", "local dir",
-                 opens(work / "source"), mount_us, "time"))
+        mount_us = {python_open: opens(point, python_open) for python_open in (False, True)}
+    label = files_label("", options)
+    rows.append((f"open(2) + read + close of a small file, page cache{label}: us", "local dir",
+                 opens(work / "source", False), mount_us[False], "time"))
+    rows.append((f"Python open() + read + close of a small file, page cache{label}: us", "local dir",
+                 opens(work / "source", True), mount_us[True], "time"))
 
 
 def local_walk(work: Path) -> tuple[float, float]:
