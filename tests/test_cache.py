@@ -4,6 +4,7 @@ a full disk."""
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import subprocess
 import time
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ucernvm.client.cache import CacheFull, ObjectCache
+from ucernvm.client.cache import ABANDONED_AFTER, CacheFull, ObjectCache
 from ucernvm.client.sinks import Sink
 from ucernvm.cvmfs.hashing import ContentHash
 
@@ -172,15 +173,23 @@ def test_a_download_that_fails_half_way_leaves_nothing(tmp_path: Path) -> None:
     os.close(fd)
 
 
-def test_downloads_of_processes_that_are_gone_are_removed(tmp_path: Path) -> None:
+def test_downloads_no_process_holds_are_removed(tmp_path: Path) -> None:
     cache = ObjectCache(tmp_path / "cache")
-    ended = subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True, check=True)
     txn = cache.root / "txn"
-    (txn / f"ab12.{int(ended.stdout)}.140000").write_bytes(b"left by a killed daemon")
-    (txn / f"cd34.{os.getpid()}.140001").write_bytes(b"in progress here")
-    (txn / "publish.lock").write_bytes(b"not a download")
-    assert cache.remove_abandoned_downloads() == 1
-    assert sorted(os.listdir(txn)) == [f"cd34.{os.getpid()}.140001", "publish.lock"]
+    old = time.time() - 2 * ABANDONED_AFTER
+    for name in ("ab12.4242.140000", "cd34.4243.140001", "ef56.4244.140002", "publish.lock"):
+        (txn / name).write_bytes(b"some pieces of an object")
+        if name != "ef56.4244.140002":
+            os.utime(txn / name, (old, old))
+    in_progress = os.open(txn / "cd34.4243.140001", os.O_RDONLY)  # as a download under way holds its file
+    fcntl.flock(in_progress, fcntl.LOCK_EX)
+    try:
+        assert cache.remove_abandoned_downloads() == 1
+    finally:
+        os.close(in_progress)
+    # Gone: the one no one holds. Kept: the one held, the one too young to tell, what is no download.
+    assert sorted(os.listdir(txn)) == ["cd34.4243.140001", "ef56.4244.140002", "publish.lock"]
+    assert cache.remove_abandoned_downloads() == 1  # released by its download's end
 
 
 def test_fan_out_directories_appear_with_their_first_objects_even_under_contention(tmp_path: Path) -> None:

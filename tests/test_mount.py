@@ -17,6 +17,7 @@ import pytest
 from helpers import daemon_statistics, fuse_unusable, run_cli, snapshot_tree
 from test_cache import fill
 from test_publish import FQRN, make_tree, publish
+from ucernvm.client.cache import ABANDONED_AFTER
 from ucernvm.server import StratumServer
 
 
@@ -191,6 +192,42 @@ def test_corrupted_everywhere_is_eio_never_wrong_bytes(published, mounts, keys_d
     # Counted per failed request: the kernel retries a read whose readahead failed.
     assert int(os.getxattr(point, "user.nioerr")) >= 1
     assert time.time() - 60 < int(os.getxattr(point, "user.timestamp_last_ioerr")) <= time.time()
+
+
+def test_a_download_cut_off_by_a_killed_daemon_is_removed_by_the_next_mount(published, mounts, keys_dir, tmp_path) -> None:
+    """An object's file sits in the cache's txn/ while it arrives; a daemon killed meanwhile (a VM powered
+    off) leaves it there, and the next mount of the cache removes it and reads the file whole."""
+    source, stratum, server = published
+    from faults import Fault, FaultServer
+    from ucernvm.client.repository import Repository
+    from ucernvm.client.sources import DirectorySource
+    from ucernvm.cvmfs.trust import load_master_keys
+
+    entry = Repository(DirectorySource(stratum / FQRN), FQRN, load_master_keys(keys_dir)).entry("/bin/hello")
+    cache, txn = tmp_path / "cache", tmp_path / "cache" / "txn"
+    with FaultServer(stratum) as hanging:
+        hanging.inject(entry.content_hash.object_path(), Fault.hang())
+        point, _ = mounts.mount(f"{hanging.url}/cvmfs/{FQRN}", keys_dir, cache)
+        daemon = int(os.getxattr(point, "user.pid"))
+        reader = subprocess.Popen(["cat", str(point / "bin" / "hello")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while not os.listdir(txn) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        left = os.listdir(txn)
+        assert left and left[0].split(".")[1] == str(daemon)  # the download under way: <object>.<pid>.<thread>
+        os.kill(daemon, 9)
+        reader.wait(10)
+        subprocess.run(["umount", "-l", str(point)], check=True)
+    assert os.listdir(txn) == left  # nothing removed it: the daemon was gone at once
+    powered_off = time.time() - 2 * ABANDONED_AFTER  # the VM comes back a while later
+    os.utime(txn / left[0], (powered_off, powered_off))
+
+    again, _ = mounts.mount(f"{server.url}/cvmfs/{FQRN}", keys_dir, cache)
+    deadline = time.monotonic() + 10
+    while os.listdir(txn) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not os.listdir(txn)
+    assert (again / "bin" / "hello").read_bytes() == (source / "bin" / "hello").read_bytes()
 
 
 def test_tight_cache_quota_still_reads_every_file(published, mounts, keys_dir, tmp_path) -> None:

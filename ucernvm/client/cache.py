@@ -22,6 +22,7 @@ can do without the cache fetches the object into memory instead (a catalog).
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import threading
 import time
@@ -38,6 +39,7 @@ BREADCRUMB_PREFIX = "cvmfschecksum."
 TOUCH_INTERVAL = 60.0  # seconds: how stale the eviction order may be for objects in use
 ROOM_MARGIN = 32 << 20  # bytes freed beyond the object on a full disk, so the next misses fit too
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+ABANDONED_AFTER = 60.0  # seconds without a write before an unlocked download's file in txn/ is removed
 
 
 class CacheFull(StorageError):
@@ -119,10 +121,11 @@ class ObjectCache:
         threading.Thread(target=self._count_usage, name="cache-usage", daemon=True).start()
 
     def remove_abandoned_downloads(self) -> int:
-        """Remove the files in ``txn/`` of processes that no longer run; how many went.
+        """Remove the files in ``txn/`` that no download holds any more; how many went.
 
-        A download's file is named ``<object>.<pid>.<thread>``; a process is asked after by signal 0,
-        which works without /proc (the boot loader's daemon runs under switch_root without it).
+        A download holds a lock on its file (``_Staging``), which the kernel drops when the process
+        ends, however it ends (and a killed process's pid may live on as a zombie, or be reused). A file
+        younger than ABANDONED_AFTER is left alone: its download may not have locked it yet.
         """
         removed = 0
         try:
@@ -134,14 +137,22 @@ class ObjectCache:
         finally:
             os.close(fd)
         for name in names:
-            parts = name.split(".")
-            if len(parts) != 3 or not parts[1].isdigit() or _running(int(parts[1])):
+            if name.count(".") != 2:  # not a download's <object>.<pid>.<thread>
                 continue
             try:
+                fd = os.open(f"txn/{name}", os.O_RDONLY | os.O_CLOEXEC, dir_fd=self._dir)
+            except OSError:
+                continue  # finished or removed meanwhile
+            try:
+                if time.time() - os.fstat(fd).st_mtime < ABANDONED_AFTER:
+                    continue
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 os.unlink(f"txn/{name}", dir_fd=self._dir)
                 removed += 1
             except OSError:
-                pass  # gone meanwhile
+                continue  # held by a download under way (BlockingIOError), or gone meanwhile
+            finally:
+                os.close(fd)
         return removed
 
     # -- objects --------------------------------------------------------------------------------
@@ -377,16 +388,6 @@ class ObjectCache:
         self.save_named(fqrn, BREADCRUMB_PREFIX.rstrip("."), str(breadcrumb).encode("ascii"))
 
 
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's
-    return True
-
-
 class _Staging:
     """An object's file in ``txn/`` while its bytes arrive (a :class:`Sink`); the cache renames it into place.
 
@@ -404,6 +405,7 @@ class _Staging:
                                    dir_fd=cache.directory_fd)
             except OSError as error:
                 self._disk_full(error, 0)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)  # "in use" to remove_abandoned_downloads, until closed
 
     def write(self, piece: bytes) -> None:
         view = memoryview(piece)
