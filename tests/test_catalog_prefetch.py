@@ -1,5 +1,5 @@
-"""The mount's file system downloads nested catalogs one level ahead, over real HTTP, and loads
-catalogs from several threads without waiting on each other."""
+"""The mount's file system downloads nested catalogs two levels ahead, a bounded number of them, over
+real HTTP, and loads catalogs from several threads without waiting on each other."""
 
 from __future__ import annotations
 
@@ -10,10 +10,13 @@ from pathlib import Path
 
 from test_publish import FQRN, make_tree, publish
 from ucernvm.client.cache import ObjectCache
+from ucernvm.client.catalogs_ahead import CatalogsAhead
 from ucernvm.client.fetcher import HttpSource
 from ucernvm.client.filesystem import SnapshotFilesystem
 from ucernvm.client.fuse.operations import ROOT_INO
 from ucernvm.client.repository import Repository
+from ucernvm.client.sources import DirectorySource
+from ucernvm.cvmfs.catalog import Catalog
 from ucernvm.cvmfs.trust import load_master_keys
 from ucernvm.server import StratumServer
 
@@ -32,7 +35,7 @@ def wait_until(condition, seconds: float = 10.0) -> bool:  # type: ignore[no-unt
     return True
 
 
-def test_nested_catalogs_are_downloaded_one_level_ahead(tmp_path: Path, keys_dir: Path) -> None:
+def test_nested_catalogs_are_downloaded_two_levels_ahead(tmp_path: Path, keys_dir: Path) -> None:
     make_tree(tmp_path / "src")
     publish(tmp_path / "src", tmp_path / "stratum" / FQRN, keys_dir)
     cache_dir = tmp_path / "cache"
@@ -41,17 +44,16 @@ def test_nested_catalogs_are_downloaded_one_level_ahead(tmp_path: Path, keys_dir
         repository = Repository(source, FQRN, load_master_keys(keys_dir / f"{FQRN}.pub"), cache=ObjectCache(cache_dir))
         filesystem = SnapshotFilesystem(repository)
         (sub,) = repository.root_catalog.nested_catalogs()
-        assert sub.path == "/data/sub" and not cached(cache_dir, sub)
+        (deep,) = Repository(DirectorySource(tmp_path / "stratum" / FQRN), FQRN,
+                             load_master_keys(keys_dir / f"{FQRN}.pub")).catalog_for("/data/sub").nested_catalogs()
+        assert sub.path == "/data/sub" and not cached(cache_dir, sub) and not cached(cache_dir, deep)
         cwd = os.getcwd()
         filesystem.init()  # makes the cache the working directory, as in the daemon
         try:
-            # Nothing below /data was asked for: the root's nested catalog comes in by itself...
-            assert wait_until(lambda: cached(cache_dir, sub))
+            # Nothing below /data was asked for: the root's nested catalog and its own come in by themselves,
+            assert wait_until(lambda: cached(cache_dir, sub) and cached(cache_dir, deep))
+            # downloaded, not loaded.
             assert [catalog.content_hash for catalog in repository.loaded_catalogs()] == [repository.root_hash]
-            sub_catalog = repository.catalog_for("/data/sub")
-            (deep,) = sub_catalog.nested_catalogs()
-            # ...and the next level only once its parent is used.
-            assert wait_until(lambda: cached(cache_dir, deep))
             requests = source.counters.requests
             data = filesystem.lookup(ROOT_INO, b"data").ino
             sub_ino = filesystem.lookup(data, b"sub").ino
@@ -88,3 +90,22 @@ def test_threads_loading_one_catalog_share_it(tmp_path: Path, keys_dir: Path) ->
         assert len({id(catalog) for catalog in found}) == 1
         assert source.counters.requests - requests == 2  # /data/sub and /data/sub/deep, once each
         assert repository.lookup("/data/sub/deep/leaf") is not None
+
+
+def test_no_more_than_the_budget_waits_ahead_of_use(tmp_path: Path, keys_dir: Path) -> None:
+    """With room for one catalog ahead, /data/sub's nested catalog waits until /data/sub is loaded."""
+    make_tree(tmp_path / "src")
+    publish(tmp_path / "src", tmp_path / "stratum" / FQRN, keys_dir)
+    cache_dir = tmp_path / "cache"
+    with StratumServer(tmp_path / "stratum") as server:
+        source = HttpSource([f"{server.url}/cvmfs/{FQRN}"])
+        repository = Repository(source, FQRN, load_master_keys(keys_dir / f"{FQRN}.pub"), cache=ObjectCache(cache_dir))
+        ahead = CatalogsAhead(repository, lambda function, *args: function(*args), budget=1)  # at once, in turn
+        (sub,) = repository.root_catalog.nested_catalogs()
+        ahead.loaded(repository.root_catalog)
+        assert cached(cache_dir, sub)
+        (deep,) = Catalog.open(cache_dir / sub.content_hash.hex[:2] / sub.content_hash.hex[2:]).nested_catalogs()
+        assert not cached(cache_dir, deep)  # the budget is spent on /data/sub
+        repository.catalog_loaded = ahead.loaded
+        repository.catalog_for("/data/sub")  # used now: its place ahead goes to the next one
+        assert cached(cache_dir, deep)

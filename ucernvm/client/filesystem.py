@@ -26,12 +26,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ucernvm import __version__
+from ucernvm.client.catalogs_ahead import CatalogsAhead
 from ucernvm.client.fuse.operations import ROOT_INO, Attributes, DirEntry, FsStats, Operations, report
 from ucernvm.client.listing_ahead import ListingsAhead
 from ucernvm.client.pinning import Pinner
 from ucernvm.client.prefetch import Prefetcher, ReadOrder
 from ucernvm.client.repository import Repository
-from ucernvm.cvmfs.catalog import Catalog, Chunk, DirectoryEntry, Flag, NestedCatalogRef
+from ucernvm.cvmfs.catalog import Chunk, DirectoryEntry, Flag
 from ucernvm.errors import UcernvmError
 
 if TYPE_CHECKING:
@@ -41,9 +42,6 @@ if TYPE_CHECKING:
     from ucernvm.client.fetcher import Counters
 
 _VARIANT = re.compile(r"\$\(([^)]*)\)")
-# Nested catalogs downloaded ahead per loaded catalog: every one of an OS tree, a bounded number
-# of a repository with thousands under one directory.
-NESTED_PREFETCH_MAX = 64
 # Descriptors the daemon may hold, as cvmfs's CVMFS_NFILES: the kernel's handles (fuse/handles.py)
 # keep the descriptors of their objects and chunks, far beyond the default soft limit of 1024.
 NFILES = 131072
@@ -170,9 +168,10 @@ class SnapshotFilesystem(Operations):
             cache.enter()  # relative paths from here on: the daemon survives the cache being moved
             cache.start_accounting()
             self._catalog_pool = _LazyPool(self._catalog_threads, "catalog")
-            self.repository.catalog_loaded = self._prefetch_nested
+            catalogs_ahead = CatalogsAhead(self.repository, self._catalog_pool.submit)
+            self.repository.catalog_loaded = catalogs_ahead.loaded
             for catalog in self.repository.loaded_catalogs():
-                self._prefetch_nested(catalog)
+                catalogs_ahead.loaded(catalog)
             if self._prefetcher is not None:
                 self._prefetcher.start()
             if self._pinner is not None:
@@ -188,20 +187,6 @@ class SnapshotFilesystem(Operations):
         for pool in (self._pool, self._catalog_pool):
             if pool is not None:
                 pool.shutdown()
-
-    def _prefetch_nested(self, catalog: Catalog) -> None:
-        """Download the nested catalogs of a catalog just loaded, in the background: a walk goes on
-        into them. Only downloaded, not opened, so this stays one level ahead of what is used."""
-        if self._catalog_pool is None:
-            return
-        for reference in catalog.nested_catalogs()[:NESTED_PREFETCH_MAX]:
-            self._catalog_pool.submit(self._prefetch_catalog, reference)
-
-    def _prefetch_catalog(self, reference: NestedCatalogRef) -> None:
-        try:
-            self.repository.prefetch_catalog(reference)
-        except (UcernvmError, OSError):
-            pass  # the lookup that needs the catalog reports the error
 
     # -- inodes ------------------------------------------------------------------------------------
 

@@ -257,13 +257,15 @@ class Repository:
     def _catalog_filler(self, content_hash: ContentHash, size: int | None) -> Callable[[Sink], None]:
         return self._filler(content_hash, ObjectType.CATALOG, size or None, True)
 
-    def prefetch_catalog(self, reference: NestedCatalogRef) -> None:
-        """Download a nested catalog into the cache, where a later load finds it (needs a cache)."""
-        if self.cache is not None:
-            try:
-                self.cache.get(reference.content_hash, self._catalog_filler(reference.content_hash, reference.size))
-            except CacheFull:
-                pass  # the load downloads it again, into memory
+    def prefetch_catalog(self, reference: NestedCatalogRef) -> str | None:
+        """Download a nested catalog into the cache, where a later load finds it; its path there (None
+        without a cache, or when the disk is full: the load downloads it again, into memory)."""
+        if self.cache is None:
+            return None
+        try:
+            return self.cache.get(reference.content_hash, self._catalog_filler(reference.content_hash, reference.size))
+        except CacheFull:
+            return None
 
     def loaded_catalogs(self) -> list[Catalog]:
         with self._catalogs_lock:
