@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from test_publish import FQRN, make_tree, publish
@@ -35,13 +37,19 @@ def wait_until(condition, seconds: float = 10.0) -> bool:  # type: ignore[no-unt
     return True
 
 
-def test_nested_catalogs_are_downloaded_two_levels_ahead(tmp_path: Path, keys_dir: Path) -> None:
+@contextmanager
+def served(tmp_path: Path, keys_dir: Path) -> Iterator[tuple[HttpSource, Repository, Path]]:
+    """The test tree published, served over HTTP and opened with an empty cache (its directory too)."""
     make_tree(tmp_path / "src")
     publish(tmp_path / "src", tmp_path / "stratum" / FQRN, keys_dir)
     cache_dir = tmp_path / "cache"
     with StratumServer(tmp_path / "stratum") as server:
         source = HttpSource([f"{server.url}/cvmfs/{FQRN}"])
-        repository = Repository(source, FQRN, load_master_keys(keys_dir / f"{FQRN}.pub"), cache=ObjectCache(cache_dir))
+        yield source, Repository(source, FQRN, load_master_keys(keys_dir / f"{FQRN}.pub"), cache=ObjectCache(cache_dir)), cache_dir
+
+
+def test_nested_catalogs_are_downloaded_two_levels_ahead(tmp_path: Path, keys_dir: Path) -> None:
+    with served(tmp_path, keys_dir) as (source, repository, cache_dir):
         filesystem = SnapshotFilesystem(repository)
         (sub,) = repository.root_catalog.nested_catalogs()
         (deep,) = Repository(DirectorySource(tmp_path / "stratum" / FQRN), FQRN,
@@ -94,12 +102,7 @@ def test_threads_loading_one_catalog_share_it(tmp_path: Path, keys_dir: Path) ->
 
 def test_no_more_than_the_budget_waits_ahead_of_use(tmp_path: Path, keys_dir: Path) -> None:
     """With room for one catalog ahead, /data/sub's nested catalog waits until /data/sub is loaded."""
-    make_tree(tmp_path / "src")
-    publish(tmp_path / "src", tmp_path / "stratum" / FQRN, keys_dir)
-    cache_dir = tmp_path / "cache"
-    with StratumServer(tmp_path / "stratum") as server:
-        source = HttpSource([f"{server.url}/cvmfs/{FQRN}"])
-        repository = Repository(source, FQRN, load_master_keys(keys_dir / f"{FQRN}.pub"), cache=ObjectCache(cache_dir))
+    with served(tmp_path, keys_dir) as (_, repository, cache_dir):
         ahead = CatalogsAhead(repository, lambda function, *args: function(*args), budget=1)  # at once, in turn
         (sub,) = repository.root_catalog.nested_catalogs()
         ahead.loaded(repository.root_catalog)
