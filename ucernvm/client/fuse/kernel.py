@@ -28,7 +28,7 @@ import threading
 from ucernvm.client.fuse.handles import InodeHandles
 from ucernvm.client.fuse.operations import Attributes, DirEntry, Operations, report
 from ucernvm.client.fuse.passthrough import BackingFiles
-from ucernvm.client.fuse.splice import ReplySplicer
+from ucernvm.client.fuse.splice import PAGE, ReplySplicer
 from ucernvm.errors import MountError
 
 TYPE_CHECKING = False
@@ -45,8 +45,7 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt(3) parameters
 # the copy saved (a tree of 2 KiB files read 8 % slower spliced; a 256 MiB file 10 % faster).
 SPLICE_MIN_BYTES = 64 << 10
 
-PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
-MAX_READ_PAGES = (1 << 20) // PAGE_SIZE  # the largest READ asked for: 1 MiB
+MAX_READ_PAGES = (1 << 20) // PAGE  # the largest READ asked for: 1 MiB
 
 # --- protocol (include/uapi/linux/fuse.h) -------------------------------------------------------
 
@@ -481,7 +480,7 @@ class FuseMount:
         number of the largest READs, so that a window does not end in a sliver of a request."""
         if self.options.read_ahead_kb is None or self.device is None:
             return
-        read_kb = self.read_pages * PAGE_SIZE // 1024
+        read_kb = self.read_pages * PAGE // 1024
         window_kb = self.options.read_ahead_kb
         if window_kb > read_kb:
             window_kb -= window_kb % read_kb
