@@ -276,14 +276,13 @@ def format_floor_cpu(work: Path, objects: list[StoredObject]) -> float:
     against its content hash and inflate it, in the mount's 1 MiB pieces as they would arrive (one
     thread; the inflated bytes go nowhere; each object read just before, so that its bytes are in the
     CPU's caches as a received body is; the reads are not counted)."""
-    from ucernvm.client.sinks import Checked, Inflating
-    from ucernvm.client.transfer import READ_SIZE
+    from ucernvm.client.sinks import PIECE_SIZE, Checked, Inflating
 
     root = work / "stratum" / FQRN
     total = 0.0
     for content_hash, path, size in objects:
         stored = (root / path).read_bytes()
-        pieces = [stored[start:start + READ_SIZE] for start in range(0, len(stored), READ_SIZE)]
+        pieces = [stored[start:start + PIECE_SIZE] for start in range(0, len(stored), PIECE_SIZE)]
         cpu = own_cpu()
         body = Checked(Inflating(_Nowhere(), size), content_hash)
         for piece in pieces:

@@ -18,6 +18,10 @@ from isal import isal_zlib
 from ucernvm.cvmfs.hashing import ContentHash
 from ucernvm.errors import FormatError
 
+# The most a source hands a sink at once, a read off the socket or the disk: each piece is a turn of
+# the source's loop (hashing, inflating, the low-speed check); 64 KiB pieces cost a large download
+# 27 % more CPU.
+PIECE_SIZE = 1 << 20
 # The most one inflate step produces: bounds memory (a stream that inflates a thousandfold is met a
 # block at a time), and a block is still in the CPU's caches when it is written.
 INFLATE_BLOCK = 1 << 20
@@ -191,4 +195,4 @@ class Checked:
         self._sink.finish()
 
 
-__all__ = ["Checked", "Inflating", "Memory", "Sink", "Sized"]
+__all__ = ["INFLATE_BLOCK", "PIECE_SIZE", "Checked", "Inflating", "Memory", "Sink", "Sized"]

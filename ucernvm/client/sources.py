@@ -12,11 +12,9 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
 
-from ucernvm.client.sinks import Sink
+from ucernvm.client.sinks import PIECE_SIZE, Sink
 from ucernvm.cvmfs.hashing import ContentHash, ObjectType
 from ucernvm.errors import ConfigError, FetchError, VerificationError
-
-PIECE_SIZE = 1 << 20  # bytes read from a local object at a time, as a download's pieces
 
 
 class RepositorySource(Protocol):

@@ -22,7 +22,7 @@ from urllib.parse import urljoin
 
 from ucernvm import __version__
 from ucernvm.client import http11
-from ucernvm.client.sinks import Checked
+from ucernvm.client.sinks import PIECE_SIZE, Checked
 from ucernvm.errors import FormatError
 from ucernvm.records import NamedTuple
 
@@ -33,9 +33,6 @@ if TYPE_CHECKING:
 USER_AGENT = f"cvmfs ucernvm {__version__}"
 DIRECT = "DIRECT"
 MAX_REDIRECTS = 4  # curl's CURLOPT_MAXREDIRS as cvmfs sets it
-# The most one read of a body takes: each read returns what has arrived, and every read is a turn of
-# the loop below (hashing, inflating, the low-speed check); 64 KiB reads cost a large object 27 % more CPU.
-READ_SIZE = 1 << 20
 POOL_SIZE = 8  # idle connections kept per server and proxy; more are opened when needed
 HASH_MISMATCH = "content hash mismatch"  # the detail of a body that failed its hash (others say why it failed)
 
@@ -193,7 +190,7 @@ class Transfer:
         start, counted = self._clock(), 0
         try:
             while True:
-                chunk = response.read1(READ_SIZE)
+                chunk = response.read1(PIECE_SIZE)  # what has arrived, up to a piece
                 if not chunk:
                     break
                 received += len(chunk)
