@@ -421,7 +421,6 @@ class _Staging:
     def _disk_full(self, error: OSError, size: int) -> None:
         """Make room after ``error`` if it says the disk is full; raise it (as the cache's) otherwise."""
         if error.errno not in _DISK_FULL:
-            self.close()
             raise self._cache._write_error(error) from None
         evicted = self._cache._make_room(size)
         if not evicted:
