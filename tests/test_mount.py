@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
+import re
 import resource
 import shutil
 import subprocess
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +19,7 @@ import pytest
 
 from helpers import daemon_statistics, fuse_unusable, run_cli, snapshot_tree
 from test_cache import fill
-from test_publish import FQRN, make_tree, publish
+from test_publish import BIG, FQRN, make_tree, publish
 from ucernvm.client.cache import ABANDONED_AFTER
 from ucernvm.server import StratumServer
 
@@ -135,6 +138,55 @@ def test_monitoring_attributes_report_the_mount_in_cvmfs_terms(published, mounts
     assert read_tree(again) == snapshot_tree(source)
     assert attribute(again, "user.hitrate") == "100.000"  # every object from the cache
     assert attribute(again, "user.timeout_direct") == "10"  # cvmfs's default
+
+
+def test_cvmfs_attributes_name_the_servers_catalogs_chunks_and_cached_copies(published, mounts, keys_dir, tmp_path) -> None:
+    """host_list, logbuffer, lhash, chunk_list, catalog_counters and repo_counters, in cvmfs's formats."""
+    source, stratum, server = published
+    live = f"{server.url}/cvmfs/{FQRN}"
+    point, _ = mounts.mount(f"{DEAD_SERVER};{live}", keys_dir, tmp_path / "cache")
+
+    def attribute(path: str, name: str) -> str:
+        return os.getxattr(point / path, name).decode()
+
+    # The dead server failed first: the live one is in use, the dead one is next in turn; the switch was logged.
+    assert attribute("", "user.host_list") == f"{live};{DEAD_SERVER}"
+    log = attribute("", "user.logbuffer")
+    assert re.match(r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC\] ", log)
+    assert f"switching server from {DEAD_SERVER} to {live}" in log
+
+    # lhash hashes the cached copy anew: the inflated bytes, not the stored object user.hash names.
+    hostname = "etc/hostname"
+    assert attribute(hostname, "user.lhash") == "Not in cache"
+    assert (point / hostname).read_bytes() == b"cernvm\n"
+    assert attribute(hostname, "user.lhash") == hashlib.sha1(b"cernvm\n").hexdigest() != attribute(hostname, "user.hash")
+    assert attribute(hostname, "user.chunk_list") == f"hash,offset,size\n{attribute(hostname, 'user.hash')},0,7\n"
+    assert (attribute(hostname, "user.external_file"), attribute(hostname, "user.direct_io")) == ("0", "0")
+
+    # A chunked file's list covers it, and each chunk's object inflates to that piece of the file.
+    header, *rows = attribute("data/big.bin", "user.chunk_list").splitlines()
+    chunks = [(digest, int(offset), int(size)) for digest, offset, size in (row.split(",") for row in rows)]
+    assert header == "hash,offset,size" and len(chunks) == int(attribute("data/big.bin", "user.chunks")) > 1
+    assert [offset for _, offset, _ in chunks] == [sum(size for *_, size in chunks[:i]) for i in range(len(chunks))]
+    big = (source / "data" / "big.bin").read_bytes()
+    assert sum(size for *_, size in chunks) == len(big) == BIG
+    for digest, offset, size in chunks:
+        stored = (stratum / FQRN / "data" / digest[:2] / f"{digest[2:]}P").read_bytes()
+        assert zlib.decompress(stored) == big[offset:offset + size]
+
+    # Counters: the whole tree's from the root catalog, a nested catalog's own for what it holds.
+    entries = [path for path in source.rglob("*")]
+    regular = sum(1 for path in entries if path.is_file() and not path.is_symlink())
+    symlinks = sum(1 for path in entries if path.is_symlink())
+    totals = dict(line.split(",") for line in attribute("", "user.repo_counters").splitlines())
+    assert list(totals) == sorted(totals) and (totals["regular"], totals["symlink"]) == (str(regular), str(symlinks))
+    assert (totals["nested"], totals["chunked"], totals["chunks"]) == ("2", "1", str(len(chunks)))
+    root_lines = attribute("etc", "user.catalog_counters").splitlines()
+    assert root_lines[:2] == [f"catalog_hash: {attribute('', 'user.root_hash')}", "catalog_mountpoint: "]
+    assert dict(line.split(",") for line in root_lines[2:]) == totals
+    deep = attribute("data/sub/deep/leaf", "user.catalog_counters").splitlines()
+    assert deep[0] != root_lines[0] and deep[1] == "catalog_mountpoint: /data/sub/deep"
+    assert dict(line.split(",") for line in deep[2:])["regular"] == "2"  # leaf and .cvmfscatalog
 
 
 def test_all_servers_gone_remount_from_cache(published, mounts, keys_dir, tmp_path) -> None:

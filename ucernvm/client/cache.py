@@ -205,6 +205,13 @@ class ObjectCache:
                 self.get(content_hash, fill)
                 return os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=self._dir)
 
+    def open_cached(self, content_hash: ContentHash) -> int | None:
+        """A read-only descriptor on the object if it is cached now (nothing is fetched), else None."""
+        try:
+            return os.open(self._name(content_hash), os.O_RDONLY | os.O_CLOEXEC, dir_fd=self._dir)
+        except FileNotFoundError:
+            return None
+
     def _touch(self, name: str) -> bool:
         """Record a use (the mtime orders the eviction); False if the object is not cached.
 

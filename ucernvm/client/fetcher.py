@@ -94,6 +94,12 @@ class HostChain:
     def selected(self) -> str:
         return self._urls[self._current]
 
+    @property
+    def in_turn(self) -> list[str]:
+        """The servers in the order failovers go through them: the one in use first."""
+        with self._lock:
+            return self._urls[self._current:] + self._urls[:self._current]
+
     def current(self) -> tuple[int, str]:
         """Index and URL of the server for the next request, back to the first one when due."""
         with self._lock:
@@ -233,6 +239,10 @@ class HttpSource:
     @property
     def hosts(self) -> list[str]:
         return self._hosts.urls
+
+    @property
+    def hosts_in_turn(self) -> list[str]:
+        return self._hosts.in_turn
 
     @property
     def proxy_groups(self) -> list[list[str]]:

@@ -26,13 +26,16 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ucernvm import __version__
+from ucernvm.client import logbuffer
 from ucernvm.client.catalogs_ahead import CatalogsAhead
 from ucernvm.client.fuse.operations import ROOT_INO, Attributes, DirEntry, FsStats, Operations, report
 from ucernvm.client.listing_ahead import ListingsAhead
 from ucernvm.client.pinning import Pinner
 from ucernvm.client.prefetch import Prefetcher, ReadOrder
 from ucernvm.client.repository import Repository
-from ucernvm.cvmfs.catalog import Chunk, DirectoryEntry, Flag
+from ucernvm.client.sinks import PIECE_SIZE
+from ucernvm.cvmfs.catalog import Catalog, Chunk, DirectoryEntry, Flag
+from ucernvm.cvmfs.hashing import ContentHash
 from ucernvm.errors import UcernvmError
 
 if TYPE_CHECKING:
@@ -236,6 +239,7 @@ class SnapshotFilesystem(Operations):
         """A fetch or verification failure becomes EIO: never unverified bytes, never a hang."""
         self.io_errors += 1
         self._last_io_error = int(time.time())
+        logbuffer.remember(error.message)
         report(f"ucernvm mount: {error.message}")
         return OSError(errno.EIO, error.message)
 
@@ -442,6 +446,7 @@ class SnapshotFilesystem(Operations):
             "user.root_hash": lambda: repository.root_hash.hex,
             "user.tag": lambda: repository.tag_name,
             "user.host": lambda: str(getattr(source, "current_host", source.description)),
+            "user.host_list": lambda: ";".join(getattr(source, "hosts_in_turn", [source.description])),
             "user.proxy": lambda: str(getattr(source, "current_proxy", "DIRECT")),
             "user.version": lambda: __version__,
             "user.pid": lambda: str(os.getpid()),
@@ -455,6 +460,9 @@ class SnapshotFilesystem(Operations):
             "user.usedfd": lambda: str(self._open_files),  # files open by the mount's users
             "user.maxfd": lambda: str(resource.getrlimit(resource.RLIMIT_NOFILE)[0]),  # raised at init
             "user.timestamp_last_ioerr": lambda: str(self._last_io_error),
+            "user.logbuffer": logbuffer.recent,
+            "user.repo_counters": lambda: _counters_csv(repository.root_catalog),
+            "user.catalog_counters": lambda: self._catalog_counters(node),
         }
         cache = repository.cache
         if cache is not None:
@@ -467,12 +475,35 @@ class SnapshotFilesystem(Operations):
         if entry.is_regular:
             values["user.compression"] = lambda: "zlib" if entry.is_compressed else "none"
             values["user.chunks"] = lambda: str(len(repository.chunks(node.path, entry)))
+            values["user.chunk_list"] = lambda: "hash,offset,size\n" + "".join(
+                f"{chunk.content_hash.hex},{chunk.offset},{chunk.size}\n" for chunk in repository.chunks(node.path, entry)
+            )
+            values["user.external_file"] = lambda: "1" if entry.is_external else "0"
+            values["user.direct_io"] = lambda: "1" if entry.flags & Flag.DIRECT_IO else "0"
             if entry.content_hash is not None:
                 values["user.hash"] = lambda: entry.content_hash.hex  # type: ignore[union-attr]
+                values["user.lhash"] = lambda: self._cached_copy_hash(entry)
         if entry.is_symlink:
             values["user.rawlink"] = lambda: entry.symlink
         produce = values.get(key)
         return produce() if produce else None
+
+    def _catalog_counters(self, node: _Node) -> str:
+        """cvmfs's ``catalog_counters``: the counters of the catalog that holds ``node``, and which one it is."""
+        mountpoint, catalog = self.repository.hosting_catalog(node.path)
+        content_hash = catalog.content_hash.hex if catalog.content_hash is not None else ""
+        return f"catalog_hash: {content_hash}\ncatalog_mountpoint: {mountpoint}\n" + _counters_csv(catalog)
+
+    def _cached_copy_hash(self, entry: DirectoryEntry) -> str:
+        """cvmfs's ``lhash``: the hash of the file's copy in the cache, computed anew (of its inflated bytes,
+        so it differs from ``user.hash`` for a compressed file), or "Not in cache"."""
+        cache, content_hash = self.repository.cache, entry.content_hash
+        fd = cache.open_cached(content_hash) if cache is not None and content_hash is not None else None
+        if fd is None:
+            return "Not in cache"
+        algorithm = content_hash.algorithm  # type: ignore[union-attr]
+        with open(fd, "rb", buffering=0) as stored:
+            return ContentHash(algorithm, algorithm.digest_of_file(stored, PIECE_SIZE)).hex
 
     def listxattr(self, ino: int) -> list[bytes]:
         return [os.fsencode(name) for name in self._get(ino).entry.xattrs]
@@ -482,6 +513,11 @@ class SnapshotFilesystem(Operations):
         entries = sum(statistics.get(f"{scope}_{kind}", 0) for scope in ("self", "subtree") for kind in ("regular", "dir", "symlink", "special"))
         size = statistics.get("self_file_size", 0) + statistics.get("subtree_file_size", 0)
         return FsStats(blocks=(size + 4095) // 4096, files=entries)
+
+
+def _counters_csv(catalog: Catalog) -> str:
+    """A catalog tree's counters, one ``name,value`` line each, by name (cvmfs's ``repo_counters`` form)."""
+    return "".join(f"{name},{value}\n" for name, value in sorted(catalog.tree_counters().items()))
 
 
 def raise_file_limit(wanted: int) -> None:

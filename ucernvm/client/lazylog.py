@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ucernvm.client import logbuffer
+
 if TYPE_CHECKING:
     import logging
 
@@ -32,4 +34,5 @@ class LazyLogger:
         self.logger.info(message, *args)
 
     def warning(self, message: str, *args: Any) -> None:
+        logbuffer.remember(message % args if args else message)
         self.logger.warning(message, *args)

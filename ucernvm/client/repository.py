@@ -273,11 +273,16 @@ class Repository:
 
     def catalog_for(self, path: str) -> Catalog:
         """The deepest catalog responsible for ``path``, loading nested catalogs on the way."""
-        catalog = self._load_catalog("", self.root_hash, self.root_catalog_size)
+        return self.hosting_catalog(path)[1]
+
+    def hosting_catalog(self, path: str) -> tuple[str, Catalog]:
+        """The mountpoint (``""`` for the root) and the catalog of :meth:`catalog_for`."""
+        mountpoint, catalog = "", self._load_catalog("", self.root_hash, self.root_catalog_size)
         while True:
             reference = catalog.nested_catalog_for(path)
             if reference is None:
-                return catalog
+                return mountpoint, catalog
+            mountpoint = reference.path
             catalog = self._load_catalog(reference.path, reference.content_hash, reference.size)
 
     def lookup(self, path: str) -> DirectoryEntry | None:

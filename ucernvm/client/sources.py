@@ -60,10 +60,7 @@ class DirectorySource:
         except FileNotFoundError:
             raise FetchError(f"object {path} is missing in {self.root}", "the repository is incomplete") from None
         with stored:
-            hashed = content_hash.algorithm.new(os.fstat(stored.fileno()).st_size)
-            while piece := stored.read(PIECE_SIZE):
-                hashed.update(piece)
-            if content_hash.algorithm.digest_of(hashed) != content_hash.digest:
+            if content_hash.algorithm.digest_of_file(stored, PIECE_SIZE) != content_hash.digest:
                 raise corrupt_object_error(content_hash, object_type, str(self.root))
             stored.seek(0)
             while piece := stored.read(PIECE_SIZE):

@@ -302,6 +302,16 @@ class Catalog:
     def statistics(self) -> dict[str, int]:
         return dict(self._query("SELECT counter, value FROM statistics"))
 
+    def tree_counters(self) -> dict[str, int]:
+        """Each counter of the tree this catalog roots (its own entries and its nested catalogs'), by
+        name without the ``self_``/``subtree_`` prefix, as cvmfs totals them for ``repo_counters``."""
+        totals: dict[str, int] = {}
+        for counter, value in self.statistics().items():
+            scope, _, name = counter.partition("_")
+            if scope in ("self", "subtree") and name:
+                totals[name] = totals.get(name, 0) + (value or 0)
+        return totals
+
 
 def _file_name(raw: bytes) -> str:
     """A name as os.fsdecode makes it: bytes that are not UTF-8 survive as surrogates."""

@@ -7,9 +7,10 @@ A hash is written as lower-case hex followed by the algorithm id (``""`` for SHA
 from __future__ import annotations
 
 import enum
+import os
 import sys
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, BinaryIO
 
 from ucernvm.errors import FormatError
 from ucernvm.records import NamedTuple
@@ -83,6 +84,13 @@ class HashAlgorithm(enum.Enum):
     def digest_of(self, hashed: Any) -> bytes:
         """The 20-byte digest of what ``hashed`` (from ``new``) was given."""
         return hashed.digest(DIGEST_SIZE) if self is HashAlgorithm.SHAKE128 else hashed.digest()
+
+    def digest_of_file(self, stored: BinaryIO, piece_size: int) -> bytes:
+        """The digest of an open file's bytes from its position on, read ``piece_size`` at a time."""
+        hashed = self.new(os.fstat(stored.fileno()).st_size)
+        while piece := stored.read(piece_size):
+            hashed.update(piece)
+        return self.digest_of(hashed)
 
 
 _BY_CATALOG_BITS = (HashAlgorithm.SHA1, HashAlgorithm.RMD160, HashAlgorithm.SHAKE128)
