@@ -25,7 +25,7 @@ from ucernvm.cvmfs.hashing import ContentHash
 from ucernvm.cvmfs.ingest import IngestOptions
 from ucernvm.cvmfs.publisher import Publisher, PublishOptions
 from ucernvm.cvmfs.trust import load_master_keys
-from ucernvm.errors import ConfigError
+from ucernvm.errors import ConfigError, FormatError
 from ucernvm.server import StratumServer
 
 FQRN = "test.cern.ch"
@@ -147,6 +147,29 @@ def test_entry_details(tree: Path, tmp_path: Path, keys_dir: Path) -> None:
     root_stats = repository.root_catalog.statistics()
     assert root_stats["subtree_nested"] == 1 and root_stats["self_nested"] == 1
     assert root_stats["self_chunked"] == 1 and root_stats["self_symlink"] == 3
+
+
+@pytest.mark.parametrize("change", ["gap", "overlap", "short", "long"])
+def test_a_chunk_list_that_does_not_cover_its_file_is_refused(tree: Path, tmp_path: Path, keys_dir: Path,
+                                                              monkeypatch: pytest.MonkeyPatch, change: str) -> None:
+    """A signed catalog with chunks that leave a hole, overlap, or end before or after the file (a broken
+    publisher's): reading it would return bytes the file does not have, so it is a format error."""
+    repo = tmp_path / "repo"
+    publish(tree, repo, keys_dir)
+    repository = open_repo(repo, keys_dir)
+    big = repository.entry("/data/big.bin")
+    chunks = repository.chunks("/data/big.bin", big)
+    first, second, *rest = chunks
+    broken = {
+        "gap": [first, second._replace(offset=second.offset + 1), *rest],
+        "overlap": [first, second._replace(offset=second.offset - 1), *rest],
+        "short": chunks[:-1],
+        "long": [*chunks, chunks[-1]._replace(offset=big.size)],
+    }[change]
+    catalog = repository.catalog_for("/data/big.bin")
+    monkeypatch.setattr(catalog, "chunks", lambda path, algorithm: broken)
+    with pytest.raises(FormatError, match="/data/big.bin: the chunk list does not cover the file"):
+        repository.chunks("/data/big.bin", big)
 
 
 def test_whether_a_snapshot_stores_xattrs_counts_its_nested_catalogs(tree: Path, tmp_path: Path,

@@ -328,11 +328,15 @@ class Repository:
                 raise FormatError(f"{path}: regular file without a content hash")
             return [Chunk(0, entry.size, entry.content_hash)]
         chunks = self.catalog_for(path).chunks(path, entry.hash_algorithm)
-        if sum(chunk.size for chunk in chunks) != entry.size or any(
-            chunk.offset != sum(c.size for c in chunks[:i]) for i, chunk in enumerate(chunks)
-        ):
-            raise FormatError(f"{path}: the chunk list does not cover the file")
-        return chunks
+        covered = 0  # each chunk starts where the one before ended, and the last ends with the file
+        for chunk in chunks:
+            if chunk.offset != covered:
+                break
+            covered += chunk.size
+        else:
+            if covered == entry.size:
+                return chunks
+        raise FormatError(f"{path}: the chunk list does not cover the file")
 
     def iter_content(self, path: str) -> Iterator[bytes]:
         """The bytes of a regular file, piece by piece, each verified before it is yielded."""
