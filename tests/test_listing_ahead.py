@@ -87,9 +87,9 @@ class ListingLog:
         self.calls: list[tuple[str, str]] = []
         listdir = repository.listdir
 
-        def logged(path: str):  # type: ignore[no-untyped-def]
+        def logged(path: str, **options):  # type: ignore[no-untyped-def]
             self.calls.append((path, threading.current_thread().name))
-            return listdir(path)
+            return listdir(path, **options)
 
         repository.listdir = logged  # type: ignore[method-assign]
 

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import bisect
 import errno
-import itertools
 import os
 import re
 import resource
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from ucernvm import __version__
@@ -76,8 +75,44 @@ class _Node:
         self.entry = entry
         self.attributes = attributes
         self.parent = parent
-        self.children: dict[str, DirectoryEntry] | None = None  # a directory's entries, once looked up
+        self.children: _Children | None = None  # a directory's entries, once listed or looked in
         self.listed = False  # the kernel asked for its listing
+
+
+class _Children:
+    """A directory's entries in listing order, numbered from one block of inode numbers: entry ``i`` is
+    inode ``base + i``, except that a hard link has the inode of its group's first entry (cvmfs keeps a
+    group in one directory). The number of an entry is fixed once its directory is first listed or
+    looked in, and its node is made only when the kernel uses it: a walk lists every entry, opens few."""
+
+    __slots__ = ("entries", "base", "_links", "_positions")
+
+    def __init__(self, entries: list[DirectoryEntry], base: int) -> None:
+        self.entries = entries
+        self.base = base
+        self._links: dict[int, int] = {}  # position of a hard link -> position of its group's first entry
+        firsts: dict[int, int] = {}
+        for position, entry in enumerate(entries):
+            group = entry.hardlinks >> 32
+            if group and not entry.flags & Flag.DIR:
+                first = firsts.setdefault(group, position)
+                if first != position:
+                    self._links[position] = first
+        self._positions: dict[str, int] | None = None  # name -> position, made for the first lookup
+
+    def ino(self, position: int) -> int:
+        return self.base + self._links.get(position, position)
+
+    def inos(self) -> Sequence[int]:
+        """The inode of each entry, in order."""
+        if not self._links:
+            return range(self.base, self.base + len(self.entries))
+        return [self.ino(position) for position in range(len(self.entries))]
+
+    def position(self, name: str) -> int | None:
+        if self._positions is None:  # two threads may both make it: the same dict
+            self._positions = {entry.name: position for position, entry in enumerate(self.entries)}
+        return self._positions.get(name)
 
 
 class _Directory:
@@ -148,8 +183,9 @@ class SnapshotFilesystem(Operations):
         self._pool: _LazyPool | None = None
         self._catalog_pool: _LazyPool | None = None
         self._lock = threading.Lock()
-        self._next_ino = itertools.count(ROOT_INO + 1).__next__
-        self._inodes: dict[object, int] = {}
+        self._last_ino = ROOT_INO  # inode numbers are handed out in blocks, one per directory (_Children)
+        self._blocks: list[int] = []  # the first inode of each block, ascending
+        self._block_owners: list[tuple[_Node, _Children]] = []  # the directory each block numbers the entries of
         root = repository.entry("")
         self._nodes: dict[int, _Node] = {ROOT_INO: _Node("", root, self._attributes(ROOT_INO, root), None)}
         self._listings_ahead = ListingsAhead(self._listing_ahead)
@@ -209,31 +245,46 @@ class SnapshotFilesystem(Operations):
             entry.device_number if special else 0,
         )
 
-    def _children(self, parent: _Node, entries: list[DirectoryEntry]) -> list[_Node]:
-        """The nodes of entries of one directory (one lock for a whole listing)."""
-        children = []
-        inodes, nodes, attributes = self._inodes, self._nodes, self._attributes
-        directory = parent.path
-        with self._lock:
-            for entry in entries:
-                path = f"{directory}/{entry.name}"
-                # Hard links live in one directory in cvmfs, so (directory, group) names the inode.
-                group = entry.hardlinks >> 32
-                key: object = (directory, group) if group and not entry.flags & Flag.DIR else path
-                ino = inodes.get(key)
-                if ino is None:
-                    ino = inodes[key] = self._next_ino()
-                    node = nodes[ino] = _Node(path, entry, attributes(ino, entry), parent)
-                else:
-                    node = nodes[ino]
-                children.append(node)
+    def _children_of(self, directory: _Node) -> _Children:
+        """The directory's entries, numbered (one query for the whole directory: a program that looks
+        for one name in it, an interpreter's import path, a shell's PATH, looks for many)."""
+        children = directory.children
+        if children is None:
+            entries = self.repository.listdir(directory.path, hidden=True)
+            with self._lock:
+                children = directory.children
+                if children is None:  # else another thread numbered them meanwhile
+                    children = directory.children = _Children(entries, self._last_ino + 1)
+                    if entries:
+                        self._last_ino += len(entries)
+                        self._blocks.append(children.base)
+                        self._block_owners.append((directory, children))
         return children
 
     def _get(self, ino: int) -> _Node:
         try:
             return self._nodes[ino]
         except KeyError:
-            raise OSError(errno.ESTALE, "unknown inode") from None
+            pass
+        with self._lock:
+            node = self._nodes.get(ino) or self._make_node(ino)
+        if node is None:
+            raise OSError(errno.ESTALE, "unknown inode")
+        return node
+
+    def _make_node(self, ino: int) -> _Node | None:
+        """The node of an inode a listing or a lookup numbered, made at its first use (None: no such
+        number was handed out). Called with the lock held."""
+        block = bisect.bisect_right(self._blocks, ino) - 1
+        if block < 0:
+            return None
+        directory, children = self._block_owners[block]
+        position = ino - children.base
+        if position >= len(children.entries) or children.ino(position) != ino:  # past the block, or a hard link's
+            return None
+        entry = children.entries[position]
+        node = self._nodes[ino] = _Node(f"{directory.path}/{entry.name}", entry, self._attributes(ino, entry), directory)
+        return node
 
     def _failed(self, error: UcernvmError) -> OSError:
         """A fetch or verification failure becomes EIO: never unverified bytes, never a hang."""
@@ -249,19 +300,14 @@ class SnapshotFilesystem(Operations):
         parent = self._get(parent_ino)
         if not parent.entry.is_directory:
             raise OSError(errno.ENOTDIR, "not a directory")
-        children = parent.children
-        if children is None:
-            # One query for the whole directory: a program that looks for one name in it (an
-            # interpreter's import path, a shell's PATH) looks for many, most of them missing.
-            try:
-                children = self.repository.children(parent.path)
-            except UcernvmError as error:
-                raise self._failed(error) from None
-            parent.children = children
-        entry = children.get(os.fsdecode(name))
-        if entry is None:
+        try:
+            children = self._children_of(parent)
+        except UcernvmError as error:
+            raise self._failed(error) from None
+        position = children.position(os.fsdecode(name))
+        if position is None:
             raise OSError(errno.ENOENT, "no such entry")
-        return self._children(parent, [entry])[0].attributes
+        return self._attributes(children.ino(position), children.entries[position])
 
     def getattr(self, ino: int) -> Attributes:
         return self._get(ino).attributes
@@ -294,9 +340,8 @@ class SnapshotFilesystem(Operations):
             except UcernvmError as error:
                 raise self._failed(error) from None
         if made is not None or (node.parent is not None and node.parent.listed):
-            nodes = self._nodes
             self._listings_ahead.want(
-                nodes[entry.attributes.ino] for entry in listing if stat.S_ISDIR(entry.attributes.mode)
+                [self._get(entry.attributes.ino) for entry in listing if stat.S_ISDIR(entry.attributes.mode)]
             )
         node.listed = True
         return listing
@@ -305,10 +350,11 @@ class SnapshotFilesystem(Operations):
         return None if node.listed else self._listing(node)
 
     def _listing(self, node: _Node) -> list[DirEntry]:
-        entries = self.repository.listdir(node.path)
-        children = self._children(node, entries)
-        return [DirEntry(os.fsencode(entry.name), child.attributes, index)
-                for index, (entry, child) in enumerate(zip(entries, children), 1)]
+        children = self._children_of(node)
+        attributes = self._attributes
+        visible = ((ino, entry) for ino, entry in zip(children.inos(), children.entries) if not entry.flags & Flag.HIDDEN)
+        return [DirEntry(os.fsencode(entry.name), attributes(ino, entry), offset)
+                for offset, (ino, entry) in enumerate(visible, 1)]
 
     # -- contents ------------------------------------------------------------------------------------
 
@@ -417,7 +463,7 @@ class SnapshotFilesystem(Operations):
         counters = getattr(repository.source, "counters", None)  # an HTTP source's
         cache = repository.cache
         return {
-            "inodes": len(self._nodes),
+            "inodes": self._last_ino,  # numbers handed out (a node is made for those the kernel used)
             "io_errors": self.io_errors,
             "files_read": len(self.read_order),
             **({"prefetch": self._prefetcher.statistics()} if self._prefetcher is not None else {}),

@@ -295,21 +295,18 @@ class Repository:
             raise FetchError(f"{path or '/'}: no such file or directory in {self.fqrn}")
         return found
 
-    def children(self, path: str) -> dict[str, DirectoryEntry]:
-        """Every entry of a directory (hidden ones too), by name."""
-        path = normalize_path(path)
-        return {entry.name: entry for entry in self.catalog_for(path).listing(path)}
-
-    def listdir(self, path: str) -> list[DirectoryEntry]:
-        """Visible entries of a directory, sorted by name."""
+    def listdir(self, path: str, *, hidden: bool = False) -> list[DirectoryEntry]:
+        """The entries of a directory, sorted by name: the visible ones, or with ``hidden`` all of them
+        (a hidden entry is not listed but can be looked up)."""
         path = normalize_path(path)
         entries = self.catalog_for(path).listing(path)
         # Only an empty listing can be a file's or a missing path's: the lookup is paid there only.
         if not entries and not self.entry(path).is_directory:
             raise FetchError(f"{path}: not a directory")
-        visible = [entry for entry in entries if not entry.is_hidden]
-        visible.sort(key=_NAME)
-        return visible
+        if not hidden:
+            entries = [entry for entry in entries if not entry.is_hidden]
+        entries.sort(key=_NAME)
+        return entries
 
     def walk(self, path: str = "") -> Iterator[tuple[str, DirectoryEntry]]:
         """Every entry below ``path`` (depth first, sorted), as ``(absolute path, entry)``."""
