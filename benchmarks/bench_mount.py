@@ -26,10 +26,13 @@ in the same run:
   an empty cache (every catalog fetched), again on the same mount, and on a new mount whose cache
   holds the catalogs; the baseline walks the source directory with cold and warm kernel caches. A
   second row sets the daemon's CPU in the last walk against the CPU of ``find`` on the local directory
-  (mostly the kernel walking ext4).
+  (mostly the kernel walking ext4). The local and the mount's walks are alternated ``--walk-pairs``
+  times (default 3) and each row shows the pair with the median ratio: this host's speed drifts by
+  tens of percent within minutes, a pair's two walks share it.
 
     sudo .venv/bin/python benchmarks/bench_mount.py [--big-files 4] [--big-mib 64] [--whole-mib 240]
                                                    [--entries 100000] [--workloads cold,warm,whole,tree]
+                                                   [--walk-pairs 3]
 
 Needs root (FUSE mounts, /proc/sys/vm/drop_caches). ``--work DIR`` keeps the trees and the
 repository in DIR and reuses them on the next run. The last line says whether the machine hands its
@@ -408,19 +411,27 @@ def open_cost(work: Path, server, rows: list[tuple], options: tuple[str, ...]) -
                  opens(work / "source", True), mount_us[True], "time"))
 
 
-def local_walk(work: Path) -> tuple[float, float, float]:
-    """``find`` on the source tree with cold kernel caches (dentries, inodes, pages), then again; and the
-    CPU seconds of the first ``find`` (the kernel's work walking ext4 is its system time)."""
+class WalkPair(NamedTuple):
+    """One walk of the local directory and, right after it, the mount's walks (adjacent in time, so a
+    host that changes speed within a run moves both)."""
+
+    entries: int
+    local_first_s: float  # cold kernel caches (dentries, inodes, pages)
+    local_again_s: float
+    local_cpu: float  # of the first find: mostly the kernel walking ext4 (its system time)
+    first_s: float  # fresh mount, empty cache: every catalog fetched
+    again_s: float  # the same mount again
+    cached_s: float  # a new mount, the catalogs in its cache
+    cached_cpu: float  # the daemon's, in that walk
+
+
+def walk_pair(work: Path, server) -> WalkPair:  # type: ignore[no-untyped-def]
     root = work / "source" / "tree"
     drop_caches(3)
     cpu = children_cpu()
-    first_s = timed(lambda: find_stat(root))
-    first_cpu = children_cpu() - cpu
-    return first_s, timed(lambda: find_stat(root)), first_cpu
-
-
-def tree_walk(work: Path, server, rows: list[tuple], label: str, local: tuple[float, float, float]) -> None:  # type: ignore[no-untyped-def]
-    local_first_s, local_again_s, local_cpu = local
+    local_first_s = timed(lambda: find_stat(root))
+    local_cpu = children_cpu() - cpu
+    local_again_s = timed(lambda: find_stat(root))
     cache = fresh_cache(work)
     counts = {}
     with mounted(mount_url(server), work, cache) as point:
@@ -431,14 +442,30 @@ def tree_walk(work: Path, server, rows: list[tuple], label: str, local: tuple[fl
         cpu = daemon_cpu(point)
         cached_s = timed(lambda: find_stat(point / "tree"))
         cached_cpu = daemon_cpu(point) - cpu
-    entries = counts["mount"]
-    log(f"walk{label}, {entries} entries: first {first_s:.2f} s, again {again_s:.2f} s, cached catalogs {cached_s:.2f} s "
-        f"(daemon CPU {cached_cpu:.2f} s)")
-    rows.append((f"find + lstat{label}, {entries} entries, empty cache: s", "local dir, cold", local_first_s, first_s, "time"))
-    rows.append((f"find + lstat{label}, again on the same mount: s", "local dir, warm", local_again_s, again_s, "time"))
-    rows.append((f"find + lstat{label}, new mount, catalogs cached: s", "local dir, cold", local_first_s, cached_s, "time"))
-    rows.append((f"find + lstat{label}, new mount, catalogs cached: CPU s (find on the local dir; mount daemon)",
-                 "local dir, cold", local_cpu, cached_cpu, "time"))
+    return WalkPair(counts["mount"], local_first_s, local_again_s, local_cpu, first_s, again_s, cached_s, cached_cpu)
+
+
+def tree_walk(work: Path, server, rows: list[tuple], label: str, pairs: int) -> None:  # type: ignore[no-untyped-def]
+    measured = []
+    for _ in range(pairs):
+        pair = walk_pair(work, server)
+        log(f"walk{label}, {pair.entries} entries: local {pair.local_first_s:.2f} s; mount first {pair.first_s:.2f} s, "
+            f"again {pair.again_s:.2f} s, cached catalogs {pair.cached_s:.2f} s (daemon CPU {pair.cached_cpu:.2f} s)")
+        measured.append(pair)
+    of = f" (the median of {pairs} pairs)" if pairs > 1 else ""
+
+    def median_pair(title: str, baseline: str, base: str, mount: str) -> None:
+        """The pair whose ratio is the median: its two figures and that ratio."""
+        ranked = sorted(measured, key=lambda pair: getattr(pair, mount) / getattr(pair, base))
+        chosen = ranked[len(ranked) // 2]
+        rows.append((f"{title}{of}", baseline, getattr(chosen, base), getattr(chosen, mount), "time"))
+
+    entries = measured[0].entries
+    median_pair(f"find + lstat{label}, {entries} entries, empty cache: s", "local dir, cold", "local_first_s", "first_s")
+    median_pair(f"find + lstat{label}, again on the same mount: s", "local dir, warm", "local_again_s", "again_s")
+    median_pair(f"find + lstat{label}, new mount, catalogs cached: s", "local dir, cold", "local_first_s", "cached_s")
+    median_pair(f"find + lstat{label}, new mount, catalogs cached: CPU s (find on the local dir; mount daemon)",
+                "local dir, cold", "local_cpu", "cached_cpu")
 
 
 def table(rows: list[tuple]) -> str:
@@ -464,6 +491,8 @@ def main() -> int:
     parser.add_argument("--latency", type=float, default=0.02, help="seconds per request in the second pass")
     parser.add_argument("--work", type=Path, help="keep the trees and the repository here (reused when present)")
     parser.add_argument("--workloads", default="cold,warm,whole,tree", help="comma-separated: cold, warm, whole, tree")
+    parser.add_argument("--walk-pairs", type=int, default=3,
+                        help="local and mount walks alternated this many times; each row reports the median pair")
     parser.add_argument("--raw", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.raw:
@@ -478,7 +507,6 @@ def main() -> int:
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-mount-", dir="/var/tmp"))
     work.mkdir(parents=True, exist_ok=True)
     rows: list[tuple] = []
-    local: tuple[float, float, float] | None = None
     try:
         prepare(work, args)
         with StratumServer(work / "stratum") as server:
@@ -495,8 +523,7 @@ def main() -> int:
                         warm_read(work, server, rows, "whole", options)
                         open_cost(work, server, rows, options)
                 if "tree" in workloads:
-                    local = local or local_walk(work)
-                    tree_walk(work, server, rows, label, local)
+                    tree_walk(work, server, rows, label, args.walk_pairs)
     finally:
         subprocess.run(["umount", "-l", str(work / "mnt")], capture_output=True)
         if args.work is None:
