@@ -434,6 +434,7 @@ def walk_pair(work: Path, server) -> WalkPair:  # type: ignore[no-untyped-def]
     local_again_s = timed(lambda: find_stat(root))
     cache = fresh_cache(work)
     counts = {}
+    drop_caches(3)  # as for the local walk: the kernel's caches empty, the memory they held free
     with mounted(mount_url(server), work, cache) as point:
         first_s = timed(lambda: counts.setdefault("mount", find_stat(point / "tree")))
         again_s = timed(lambda: find_stat(point / "tree"))
