@@ -12,7 +12,7 @@ import sqlite3
 import stat
 import struct
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -64,10 +64,10 @@ def join(directory: str, name: str) -> str:
 
 
 class DirectoryEntry(NamedTuple):
-    """One row of a catalog, decoded (a named tuple: a mount decodes one for every entry it meets, and
-    other immutable records cost several times as much to build). The content hash is kept as the row's
-    raw digest, its algorithm in ``flags``, and made a ContentHash only when asked: a listing needs
-    neither, and building one costs as much as the rest of the entry."""
+    """One row of a catalog (a named tuple made straight from the row: a mount makes one for every entry
+    it meets, and other immutable records cost several times as much to build). The content hash is kept
+    as the row's raw digest, its algorithm in ``flags``, and the extended attributes as the row's blob:
+    each is decoded only when asked for, which a listing never does."""
 
     name: str
     mode: int
@@ -80,7 +80,12 @@ class DirectoryEntry(NamedTuple):
     digest: bytes | None = None
     symlink: str = ""
     mtime_ns: int = 0
-    xattrs: Mapping[str, bytes] = _NO_XATTRS
+    xattr: bytes | None = None  # the catalog's blob (xattrs.py)
+
+    @property
+    def xattrs(self) -> Mapping[str, bytes]:
+        """The extended attributes, decoded from the blob at each call."""
+        return xattrs.decode(self.xattr) if self.xattr else _NO_XATTRS
 
     @property
     def is_directory(self) -> bool:
@@ -183,9 +188,12 @@ class Catalog:
             raise FormatError(f"catalog has a malformed schema {self.properties['schema']!r}") from None
         if not 2.0 - _SCHEMA_EPSILON < self.schema < SCHEMA + _SCHEMA_EPSILON:
             raise FormatError(f"catalog schema {self.schema} is not supported (need 2.x up to {SCHEMA})")
+        # The columns of a DirectoryEntry in its order, NULLs made its defaults by SQLite (in C, where
+        # a test in Python for every column of every row cost as much as building the entry).
         self._select = (
-            "SELECT name, mode, size, mtime, flags, uid, gid, hardlinks, hash, symlink, "
-            + ("mtimens, " if "mtimens" in columns else "NULL, ")
+            "SELECT name, mode, ifnull(size, 0), ifnull(mtime, 0), flags, ifnull(uid, 0), ifnull(gid, 0), "
+            "ifnull(hardlinks, 0), hash, ifnull(symlink, ''), "
+            + ("ifnull(mtimens, 0), " if "mtimens" in columns else "0, ")
             + ("xattr " if "xattr" in columns else "NULL ")
             + "FROM catalog "
         )
@@ -266,17 +274,17 @@ class Catalog:
 
     def lookup(self, path: str) -> DirectoryEntry | None:
         rows = self._query(self._select + "WHERE md5path_1=? AND md5path_2=?", path_hash(path))
-        return _decode_entry(rows[0]) if rows else None
+        return _entry_of_row(rows[0]) if rows else None
 
     def listing(self, path: str) -> list[DirectoryEntry]:
         """The entries of a directory (the directory's own path, not a name), in stored order."""
         rows = self._query(self._select + "WHERE parent_1=? AND parent_2=?", path_hash(path))
-        return [_decode_entry(row) for row in rows]
+        return [_entry_of_row(row) for row in rows]
 
     def entries(self) -> list[tuple[tuple[int, int], tuple[int, int], DirectoryEntry]]:
         """Every row with its path and parent hashes (for comparison and traversal)."""
         select = self._select.replace("SELECT ", "SELECT md5path_1, md5path_2, parent_1, parent_2, ", 1)
-        return [((r[0], r[1]), (r[2], r[3]), _decode_entry(r[4:])) for r in self._query(select)]
+        return [((r[0], r[1]), (r[2], r[3]), _entry_of_row(r[4:])) for r in self._query(select)]
 
     def chunks(self, path: str, algorithm: HashAlgorithm) -> list[Chunk]:
         rows = self._query(
@@ -318,11 +326,4 @@ def _file_name(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
 
-def _decode_entry(row: tuple[Any, ...]) -> DirectoryEntry:
-    # Positional and without conversions: SQLite hands back ints, and this runs for every entry a
-    # mount lists or looks up.
-    name, mode, size, mtime, flags, uid, gid, hardlinks, digest, symlink, mtime_ns, xattr = row
-    return DirectoryEntry(
-        name, mode, size or 0, mtime or 0, flags, uid or 0, gid or 0, hardlinks or 0, digest,
-        symlink or "", mtime_ns or 0, xattrs.decode(xattr) if xattr else _NO_XATTRS,
-    )
+_entry_of_row: Callable[[Iterable[Any]], DirectoryEntry] = DirectoryEntry._make  # a row of Catalog._select

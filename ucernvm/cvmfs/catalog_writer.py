@@ -8,7 +8,6 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
-from ucernvm.cvmfs import xattrs
 from ucernvm.cvmfs.catalog import SCHEMA, SCHEMA_REVISION, Catalog, Chunk, DirectoryEntry, parent_path, path_hash
 from ucernvm.cvmfs.hashing import ContentHash
 
@@ -60,7 +59,7 @@ class Counters(Counter[str]):
             if entry.is_external:
                 self["external"] += 1
                 self["external_file_size"] += entry.size
-        if entry.xattrs:
+        if entry.xattr:
             self["xattr"] += 1
 
 
@@ -100,7 +99,7 @@ class CatalogWriter:
                 os.fsencode(entry.symlink),
                 entry.uid,
                 entry.gid,
-                xattrs.encode(entry.xattrs),
+                entry.xattr,
             ),
         )
         if chunk_list:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ucernvm.client.repository import Repository
 from ucernvm.client.sources import DirectorySource
-from ucernvm.cvmfs import manifest as manifest_file, signing, trust, whitelist as whitelist_file
+from ucernvm.cvmfs import manifest as manifest_file, signing, trust, whitelist as whitelist_file, xattrs
 from ucernvm.cvmfs.catalog import COMPRESSION_NONE, COMPRESSION_SHIFT, Catalog, DirectoryEntry, Flag, parent_path
 from ucernvm.cvmfs.catalog_writer import CatalogWriter, Counters
 from ucernvm.cvmfs.compression import Compression
@@ -346,7 +346,7 @@ class Publisher:
             hardlinks=hardlinks,
             digest=content_hash.digest if content_hash else None,
             symlink=node.symlink,
-            xattrs=node.xattrs,
+            xattr=xattrs.encode(node.xattrs),
         )
 
     # -- history ---------------------------------------------------------------------------------
