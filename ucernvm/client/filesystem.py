@@ -67,6 +67,9 @@ def expand_variant_symlink(target: str, environment: dict[str, str]) -> str:
     return _VARIANT.sub(value, target)
 
 
+_new_tuple = tuple.__new__  # a record from its fields, without its Python-level constructor
+
+
 class _Node:
     __slots__ = ("path", "entry", "attributes", "parent", "children", "listed")
 
@@ -231,19 +234,12 @@ class SnapshotFilesystem(Operations):
 
     @staticmethod
     def _attributes(ino: int, entry: DirectoryEntry) -> Attributes:
-        # Positional and with the flags tested here: made for every listed entry, and keywords or
-        # the entry's properties cost as much again.
-        special = entry.flags & Flag.SPECIAL
-        return Attributes(
-            ino,
-            entry.mode,
-            0 if special else entry.size,
-            entry.hardlinks & 0xFFFFFFFF or 1,
-            entry.uid,
-            entry.gid,
-            entry.mtime * 1_000_000_000 + entry.mtime_ns,
-            entry.device_number if special else 0,
-        )
+        # The tuple made directly from the entry's unpacked fields: made for every listed entry, where
+        # keywords, properties or the record's own constructor cost as much again.
+        _, mode, size, mtime, flags, uid, gid, hardlinks, _, _, mtime_ns, _ = entry
+        special = flags & Flag.SPECIAL
+        return _new_tuple(Attributes, (ino, mode, 0 if special else size, hardlinks & 0xFFFFFFFF or 1, uid, gid,
+                                       mtime * 1_000_000_000 + mtime_ns, entry.device_number if special else 0))
 
     def _children_of(self, directory: _Node) -> _Children:
         """The directory's entries, numbered (one query for the whole directory: a program that looks
@@ -352,9 +348,12 @@ class SnapshotFilesystem(Operations):
     def _listing(self, node: _Node) -> list[DirEntry]:
         children = self._children_of(node)
         attributes = self._attributes
-        visible = ((ino, entry) for ino, entry in zip(children.inos(), children.entries) if not entry.flags & Flag.HIDDEN)
-        return [DirEntry(os.fsencode(entry.name), attributes(ino, entry), offset)
-                for offset, (ino, entry) in enumerate(visible, 1)]
+        listing: list[DirEntry] = []
+        for ino, entry in zip(children.inos(), children.entries):
+            if not entry.flags & Flag.HIDDEN:  # names as os.fsencode makes them, without its checks
+                name = entry.name.encode("utf-8", "surrogateescape")
+                listing.append(_new_tuple(DirEntry, (name, attributes(ino, entry), len(listing) + 1)))
+        return listing
 
     # -- contents ------------------------------------------------------------------------------------
 
