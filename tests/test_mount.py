@@ -149,6 +149,12 @@ def test_cvmfs_attributes_name_the_servers_catalogs_chunks_and_cached_copies(pub
     def attribute(path: str, name: str) -> str:
         return os.getxattr(point / path, name).decode()
 
+    # The master keys the mount verifies with: every *.pub of --key's directory, as PEM.
+    assert attribute("", "user.pubkeys") == "".join(path.read_text() for path in sorted(keys_dir.glob("*.pub")))
+    assert attribute("", "user.inode_max") == "1"  # the root's, until its entries are numbered
+    listed = os.listdir(point)
+    assert int(attribute("", "user.inode_max")) == 1 + len(listed)
+
     # The dead server failed first: the live one is in use, the dead one is next in turn; the switch was logged.
     assert attribute("", "user.host_list") == f"{live};{DEAD_SERVER}"
     log = attribute("", "user.logbuffer")

@@ -23,6 +23,8 @@ def test_keys_and_certificates_parse_like_cryptography(keys: dict) -> None:
     assert trust.load_master_keys(keys["pub"]) == [trust.PublicKey(numbers.n, numbers.e)]
     pkcs1 = master.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.PKCS1)
     assert trust.load_public_key(pkcs1) == trust.PublicKey(numbers.n, numbers.e)
+    spki = master.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    assert trust.load_public_key(pkcs1).pem().encode() == spki  # written back as OpenSSL writes it
     certificate = trust.load_certificate(keys["crt"].read_bytes())
     signer = signing.load_private_key(keys["key"]).public_key().public_numbers()
     assert certificate.public_key == trust.PublicKey(signer.n, signer.e)

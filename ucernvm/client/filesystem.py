@@ -506,6 +506,8 @@ class SnapshotFilesystem(Operations):
             "user.maxfd": lambda: str(resource.getrlimit(resource.RLIMIT_NOFILE)[0]),  # raised at init
             "user.timestamp_last_ioerr": lambda: str(self._last_io_error),
             "user.logbuffer": logbuffer.recent,
+            "user.pubkeys": lambda: "".join(key.pem() for key in repository.master_keys),
+            "user.inode_max": lambda: str(self._last_ino),  # the highest inode number handed out so far
             "user.repo_counters": lambda: _counters_csv(repository.root_catalog),
             "user.catalog_counters": lambda: self._catalog_counters(node),
         }

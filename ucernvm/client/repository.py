@@ -56,6 +56,7 @@ class Repository:
     ) -> None:
         self.source = source
         self.fqrn = fqrn
+        self.master_keys = master_keys
         self.cache = cache
         self.warnings: list[str] = []
         now = now or datetime.datetime.now(datetime.timezone.utc)

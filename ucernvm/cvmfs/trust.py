@@ -34,6 +34,14 @@ class PublicKey(NamedTuple):
     def size(self) -> int:
         return (self.modulus.bit_length() + 7) // 8
 
+    def pem(self) -> str:
+        """The key as a PEM ``PUBLIC KEY`` (X.509 SubjectPublicKeyInfo), as cvmfs and OpenSSL write it."""
+        rsa_key = _der(0x30, _der_integer(self.modulus) + _der_integer(self.exponent))
+        info = _der(0x30, _der(0x30, _der(0x06, _RSA_ENCRYPTION) + _der(0x05, b"")) + _der(0x03, b"\0" + rsa_key))
+        text = base64.b64encode(info).decode()
+        lines = [text[start:start + 64] for start in range(0, len(text), 64)]
+        return "-----BEGIN PUBLIC KEY-----\n" + "\n".join(lines) + "\n-----END PUBLIC KEY-----\n"
+
 
 class Certificate(NamedTuple):
     der: bytes
@@ -56,6 +64,20 @@ def _read(data: bytes, offset: int, tag: int) -> tuple[bytes, int]:
     if end > len(data):
         raise FormatError("malformed DER: element runs past the end")
     return data[start:end], end
+
+
+def _der(tag: int, content: bytes) -> bytes:
+    """One DER element (the inverse of _read)."""
+    length = len(content)
+    if length < 0x80:
+        return bytes([tag, length]) + content
+    size = (length.bit_length() + 7) // 8
+    return bytes([tag, 0x80 | size]) + length.to_bytes(size, "big") + content
+
+
+def _der_integer(value: int) -> bytes:
+    """A positive INTEGER: big-endian, with a leading zero byte where the top bit is set."""
+    return _der(0x02, value.to_bytes(value.bit_length() // 8 + 1, "big"))
 
 
 def _skip(data: bytes, offset: int) -> int:
