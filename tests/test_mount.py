@@ -151,6 +151,7 @@ def test_cvmfs_attributes_name_the_servers_catalogs_chunks_and_cached_copies(pub
 
     # The master keys the mount verifies with: every *.pub of --key's directory, as PEM.
     assert attribute("", "user.pubkeys") == "".join(path.read_text() for path in sorted(keys_dir.glob("*.pub")))
+    assert attribute("", "user.repo_metainfo") == "metainfo not available"  # published without any
     assert attribute("", "user.inode_max") == "1"  # the root's, until its entries are numbered
     listed = os.listdir(point)
     assert int(attribute("", "user.inode_max")) == 1 + len(listed)
@@ -193,6 +194,16 @@ def test_cvmfs_attributes_name_the_servers_catalogs_chunks_and_cached_copies(pub
     deep = attribute("data/sub/deep/leaf", "user.catalog_counters").splitlines()
     assert deep[0] != root_lines[0] and deep[1] == "catalog_mountpoint: /data/sub/deep"
     assert dict(line.split(",") for line in deep[2:])["regular"] == "2"  # leaf and .cvmfscatalog
+
+
+def test_the_repository_meta_info_is_read_through_the_mount(tmp_path, keys_dir, mounts) -> None:
+    source, stratum, info = tmp_path / "src", tmp_path / "stratum", b'{"administrator": "Ada", "email": "ada@example.org"}'
+    make_tree(source)
+    os.unlink(source / "etc" / "variant")
+    publish(source, stratum / FQRN, keys_dir, meta_info=info)
+    with StratumServer(stratum) as server:
+        point, _ = mounts.mount(f"{server.url}/cvmfs/{FQRN}", keys_dir, tmp_path / "cache")
+        assert os.getxattr(point, "user.repo_metainfo") == info
 
 
 def test_all_servers_gone_remount_from_cache(published, mounts, keys_dir, tmp_path) -> None:

@@ -21,7 +21,7 @@ from ucernvm.client.repository import Repository
 from ucernvm.client.sources import DirectorySource
 from ucernvm.cvmfs.chunking import ChunkingParams
 from ucernvm.cvmfs.compression import Compression
-from ucernvm.cvmfs.hashing import ContentHash
+from ucernvm.cvmfs.hashing import ContentHash, ObjectType
 from ucernvm.cvmfs.ingest import IngestOptions
 from ucernvm.cvmfs.publisher import Publisher, PublishOptions
 from ucernvm.cvmfs.trust import load_master_keys
@@ -303,6 +303,42 @@ def test_publish_rejects_bad_input(tree: Path, tmp_path: Path, keys_dir: Path) -
         Publisher(str(tmp_path / "r4"), FQRN, str(mismatched))
     result = run_cli("publish", tree, "--repo", tmp_path / "r5", "--name", FQRN, "--keys", keys_dir, "--chunk-sizes", "9,8,7")
     assert result.returncode == 2 and b"invalid chunk sizes" in result.stderr
+
+
+def test_meta_info_is_published_kept_by_later_revisions_and_replaced(tree: Path, tmp_path: Path, keys_dir: Path) -> None:
+    """As cvmfs_server update-repoinfo: a JSON object stored as a zlib object with the M suffix, named by the
+    manifest's M line; a revision published without one keeps the one before."""
+    repo, info = tmp_path / "repo", tmp_path / "info.json"
+    info.write_text('{"administrator": "Ada", "email": "ada@example.org", "recommended-stratum1s": []}\n')
+    run_cli("publish", tree, "--repo", repo, "--name", FQRN, "--keys", keys_dir, "--meta-info", info, check=True)
+    first = open_repo(repo, keys_dir)
+    assert first.meta_info() == info.read_bytes() and first.manifest.metainfo is not None
+    stored = repo / first.manifest.metainfo.object_path(ObjectType.METAINFO)
+    assert stored.name.endswith("M") and zlib.decompress(stored.read_bytes()) == info.read_bytes()
+    assert b"\nM" + first.manifest.metainfo.hex.encode() + b"\n" in (repo / ".cvmfspublished").read_bytes()
+    publish(tree, repo, keys_dir)
+    assert open_repo(repo, keys_dir).meta_info() == info.read_bytes()  # kept
+    publish(tree, repo, keys_dir, meta_info=b'{"administrator": "Grace"}')
+    assert open_repo(repo, keys_dir).meta_info() == b'{"administrator": "Grace"}'
+    publish(tree, tmp_path / "none", keys_dir)
+    assert open_repo(tmp_path / "none", keys_dir).meta_info() is None
+
+
+@pytest.mark.parametrize(("meta_info", "message"), [
+    (b"administrator: Ada", "is not JSON"),
+    (b'["a list"]', "must be a JSON object"),
+    (b'{"custom": "' + b"x" * 70_000 + b'"}', "clients read at most 65536"),
+])
+def test_meta_info_that_no_client_could_show_is_refused_before_anything_is_written(
+        tree: Path, tmp_path: Path, keys_dir: Path, meta_info: bytes, message: str) -> None:
+    info = tmp_path / "info"
+    info.write_bytes(meta_info)
+    refused = run_cli("publish", tree, "--repo", tmp_path / "repo", "--name", FQRN, "--keys", keys_dir, "--meta-info", info)
+    assert refused.returncode == 2 and message.encode() in refused.stderr
+    assert not (tmp_path / "repo" / ".cvmfspublished").exists()
+    missing = run_cli("publish", tree, "--repo", tmp_path / "repo", "--name", FQRN, "--keys", keys_dir,
+                      "--meta-info", tmp_path / "nowhere.json")
+    assert missing.returncode == 2 and b"cannot read the meta-info file" in missing.stderr
 
 
 def test_a_prefetch_list_is_published_at_the_root_without_touching_the_source(tree: Path, tmp_path: Path,

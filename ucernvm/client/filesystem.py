@@ -35,6 +35,7 @@ from ucernvm.client.repository import Repository
 from ucernvm.client.sinks import PIECE_SIZE
 from ucernvm.cvmfs.catalog import Catalog, Chunk, DirectoryEntry, Flag
 from ucernvm.cvmfs.hashing import ContentHash
+from ucernvm.cvmfs.manifest import META_INFO_MAX
 from ucernvm.errors import UcernvmError
 
 if TYPE_CHECKING:
@@ -508,6 +509,7 @@ class SnapshotFilesystem(Operations):
             "user.logbuffer": logbuffer.recent,
             "user.pubkeys": lambda: "".join(key.pem() for key in repository.master_keys),
             "user.inode_max": lambda: str(self._last_ino),  # the highest inode number handed out so far
+            "user.repo_metainfo": self._meta_info,
             "user.repo_counters": lambda: _counters_csv(repository.root_catalog),
             "user.catalog_counters": lambda: self._catalog_counters(node),
         }
@@ -534,6 +536,18 @@ class SnapshotFilesystem(Operations):
             values["user.rawlink"] = lambda: entry.symlink
         produce = values.get(key)
         return produce() if produce else None
+
+    def _meta_info(self) -> str:
+        """cvmfs's ``repo_metainfo``: the repository's meta-info JSON, or why there is none."""
+        try:
+            meta_info = self.repository.meta_info()
+        except UcernvmError as error:
+            raise self._failed(error) from None
+        if meta_info is None:
+            return "metainfo not available"
+        if len(meta_info) > META_INFO_MAX:
+            return "Failed to open: metadata file is too big"
+        return meta_info.decode("utf-8", "replace")
 
     def _catalog_counters(self, node: _Node) -> str:
         """cvmfs's ``catalog_counters``: the counters of the catalog that holds ``node``, and which one it is."""

@@ -185,6 +185,12 @@ class Repository:
         fill = self._filler(chunk.content_hash, entry.piece_type, chunk.size, entry.is_compressed)
         return self.cache.open(chunk.content_hash, fill)
 
+    def meta_info(self) -> bytes | None:
+        """The repository's meta-info JSON (manifest M), verified; None where it has none."""
+        if self.manifest.metainfo is None:
+            return None
+        return self.fetch(self.manifest.metainfo, ObjectType.METAINFO)
+
     # -- history -------------------------------------------------------------------------------
 
     @cached_property

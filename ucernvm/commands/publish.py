@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 
 from ucernvm.cvmfs.chunking import ChunkingParams
 from ucernvm.cvmfs.compression import Compression
@@ -55,6 +56,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="publish FILE as /.ucernvm_prefetch, the snapshot's prefetch list: the files a boot "
                         "downloads ahead, in order (one repository path per line; a booted machine writes the "
                         "order it read files in to /mnt/.rw/cache/read-order.txt at SIGUSR1 to its mount daemon)")
+    parser.add_argument("--meta-info", metavar="FILE",
+                        help="the repository's meta-info, a JSON object as cvmfs_server update-repoinfo takes "
+                        "(administrator, email, organisation, description, url, recommended-stratum0, "
+                        "recommended-stratum1s, custom); later revisions keep it until another is given")
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     parser.set_defaults(func=run)
 
@@ -114,6 +119,13 @@ def prefetch_list_file(list_file: str, source: str) -> tuple[tuple[str, str], st
     return (PREFETCH_LIST, list_file), note
 
 
+def read_meta_info(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as error:
+        raise ConfigError(f"cannot read the meta-info file {path}: {error.strerror}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     root_files: tuple[tuple[str, str], ...] = ()
     prefetch_note = None
@@ -133,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
         rehash=args.rehash,
         include_xattrs=not args.no_xattrs,
         root_files=root_files,
+        meta_info=read_meta_info(args.meta_info) if args.meta_info else None,
     )
     progress = ProgressBar() if sys.stderr.isatty() and not args.quiet else None
     result = Publisher(args.repo, args.name, args.keys, options, progress).publish(args.source)

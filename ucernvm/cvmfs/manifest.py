@@ -14,6 +14,9 @@ ROOT_PATH_HASH = "d41d8cd98f00b204e9800998ecf8427e"  # md5(""): the repository r
 DEFAULT_TTL = 240
 
 
+META_INFO_MAX = 65536  # bytes of the meta-info object (manifest M) that cvmfs clients read
+
+
 class Manifest(NamedTuple):
     root_hash: ContentHash
     root_catalog_size: int

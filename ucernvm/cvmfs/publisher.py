@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import fcntl
+import json
 import os
 import stat
 import time
@@ -30,7 +31,7 @@ from ucernvm.cvmfs.compression import Compression
 from ucernvm.cvmfs.hashing import ContentHash, ObjectType
 from ucernvm.cvmfs.history import TRUNK, TRUNK_PREVIOUS, History, Tag
 from ucernvm.cvmfs.ingest import FileContent, Ingester, IngestOptions
-from ucernvm.cvmfs.manifest import Manifest
+from ucernvm.cvmfs.manifest import META_INFO_MAX, Manifest
 from ucernvm.cvmfs.source_tree import SourceNode, add_root_file, scan
 from ucernvm.cvmfs.storage import RepositoryStorage
 from ucernvm.cvmfs.whitelist import SignedWhitelist, new_whitelist
@@ -50,6 +51,9 @@ class PublishOptions:
     include_xattrs: bool = True
     root_files: tuple[tuple[str, str], ...] = ()  # (name, local file): added at the tree's root, see add_root_file
     whitelist_days: int = whitelist_file.DEFAULT_VALIDITY_DAYS
+    # The repository's meta-info, a JSON object (as cvmfs_server update-repoinfo stores it); None keeps
+    # the previous revision's.
+    meta_info: bytes | None = None
 
 
 @dataclass
@@ -133,6 +137,8 @@ class Publisher:
     def publish(self, source_dir: str) -> PublishResult:
         started = time.monotonic()
         now = int(time.time())
+        if self.options.meta_info is not None:
+            check_meta_info(self.options.meta_info)
         self.storage.create_layout()
         self.ingester = Ingester(self.storage, self.options.ingest, self.options.workers)
         with _publish_lock(self.storage), self.ingester:
@@ -150,6 +156,10 @@ class Publisher:
             root = self._build_catalog(tree)
             history_hash, tag_names = self._write_history(root, revision, now)
             certificate_hash = self.ingester.store(self.keys.certificate_pem, ObjectType.CERTIFICATE)
+            if self.options.meta_info is not None:
+                meta_info_hash = self.ingester.store(self.options.meta_info, ObjectType.METAINFO)
+            else:
+                meta_info_hash = self.previous.manifest.metainfo if self.previous else None
             manifest = Manifest(
                 root_hash=root.content_hash,
                 root_catalog_size=root.size,
@@ -159,6 +169,7 @@ class Publisher:
                 certificate=certificate_hash,
                 history=history_hash,
                 timestamp=now,
+                metainfo=meta_info_hash,
             )
             self.storage.sync()
             if whitelist_bytes is not None:
@@ -369,6 +380,20 @@ class Publisher:
         names.append(tag)
         history.set_previous_revision(previous.manifest.history if previous else None)
         return self.ingester.store(history.to_bytes(), ObjectType.HISTORY), names
+
+
+def check_meta_info(data: bytes) -> None:
+    """Refuse what no client could show: meta-info that is not a JSON object, or is larger than cvmfs
+    clients read (64 KiB)."""
+    if len(data) > META_INFO_MAX:
+        raise ConfigError(f"the meta-info is {len(data)} bytes; clients read at most {META_INFO_MAX}")
+    try:
+        parsed = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ConfigError(f"the meta-info is not JSON: {error}",
+                          'write a JSON object, e.g. {"administrator": "...", "email": "..."}') from None
+    if not isinstance(parsed, dict):
+        raise ConfigError("the meta-info must be a JSON object", 'e.g. {"administrator": "...", "email": "..."}')
 
 
 def make_whitelist(fqrn: str, certificate: trust.Certificate, masterkey_path: Path, days: int) -> bytes:
