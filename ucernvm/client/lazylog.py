@@ -34,5 +34,9 @@ class LazyLogger:
         self.logger.info(message, *args)
 
     def warning(self, message: str, *args: Any) -> None:
-        logbuffer.remember(message % args if args else message)
+        try:
+            text = message % args if args else message
+        except (TypeError, ValueError):  # logging reports a bad format itself; the warning must still be kept
+            text = message
+        logbuffer.remember(text)
         self.logger.warning(message, *args)
