@@ -316,6 +316,9 @@ def test_meta_info_is_published_kept_by_later_revisions_and_replaced(tree: Path,
     stored = repo / first.manifest.metainfo.object_path(ObjectType.METAINFO)
     assert stored.name.endswith("M") and zlib.decompress(stored.read_bytes()) == info.read_bytes()
     assert b"\nM" + first.manifest.metainfo.hex.encode() + b"\n" in (repo / ".cvmfspublished").read_bytes()
+    verified = run_cli("repo", "verify", repo, "--name", FQRN, "--key", keys_dir / f"{FQRN}.pub", check=True)
+    assert b'meta-info:      {"administrator": "Ada", "email": "ada@example.org", "recommended-stratum1s": []}\nOK' \
+        in verified.stdout
     publish(tree, repo, keys_dir)
     assert open_repo(repo, keys_dir).meta_info() == info.read_bytes()  # kept
     publish(tree, repo, keys_dir, meta_info=b'{"administrator": "Grace"}')

@@ -113,6 +113,8 @@ def run_verify(args: argparse.Namespace) -> int:
     print(f"catalogs:       {catalogs} verified")
     print(f"whitelist:      expires {repository.whitelist.expires:%Y-%m-%dT%H:%M:%SZ}")
     print(f"tags:           {', '.join(tag.name for tag in repository.tags()) or '(none)'}")
+    meta_info = repository.meta_info()  # verified like every object: its hash is in the signed manifest
+    print(f"meta-info:      {' '.join(meta_info.decode('utf-8', 'replace').split()) if meta_info else '(none)'}")
     print("OK")
     return 0
 
