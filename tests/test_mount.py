@@ -188,6 +188,9 @@ def test_cvmfs_attributes_name_the_servers_catalogs_chunks_and_cached_copies(pub
     totals = dict(line.split(",") for line in attribute("", "user.repo_counters").splitlines())
     assert list(totals) == sorted(totals) and (totals["regular"], totals["symlink"]) == (str(regular), str(symlinks))
     assert (totals["nested"], totals["chunked"], totals["chunks"]) == ("2", "1", str(len(chunks)))
+    stats = os.statvfs(point)  # statfs counts the same tree: its entries, and its files' bytes in 4 KiB blocks
+    assert stats.f_files == sum(int(totals[kind]) for kind in ("regular", "dir", "symlink", "special"))
+    assert stats.f_blocks == (int(totals["file_size"]) + 4095) // 4096 and int(totals["file_size"]) >= len(big)
     root_lines = attribute("etc", "user.catalog_counters").splitlines()
     assert root_lines[:2] == [f"catalog_hash: {attribute('', 'user.root_hash')}", "catalog_mountpoint: "]
     assert dict(line.split(",") for line in root_lines[2:]) == totals

@@ -570,10 +570,9 @@ class SnapshotFilesystem(Operations):
         return [os.fsencode(name) for name in self._get(ino).entry.xattrs]
 
     def statfs(self) -> FsStats:
-        statistics = self.repository.root_catalog.statistics()
-        entries = sum(statistics.get(f"{scope}_{kind}", 0) for scope in ("self", "subtree") for kind in ("regular", "dir", "symlink", "special"))
-        size = statistics.get("self_file_size", 0) + statistics.get("subtree_file_size", 0)
-        return FsStats(blocks=(size + 4095) // 4096, files=entries)
+        totals = self.repository.root_catalog.tree_counters()
+        entries = sum(totals.get(kind, 0) for kind in ("regular", "dir", "symlink", "special"))
+        return FsStats(blocks=(totals.get("file_size", 0) + 4095) // 4096, files=entries)
 
 
 def _counters_csv(catalog: Catalog) -> str:
