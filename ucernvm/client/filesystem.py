@@ -33,7 +33,7 @@ from ucernvm.client.pinning import Pinner
 from ucernvm.client.prefetch import Prefetcher, ReadOrder
 from ucernvm.client.repository import Repository
 from ucernvm.client.sinks import PIECE_SIZE
-from ucernvm.cvmfs.catalog import Catalog, Chunk, DirectoryEntry, Flag
+from ucernvm.cvmfs.catalog import Catalog, Chunk, DirectoryEntry, Flag, join
 from ucernvm.cvmfs.hashing import ContentHash
 from ucernvm.cvmfs.manifest import META_INFO_MAX
 from ucernvm.errors import UcernvmError
@@ -280,7 +280,7 @@ class SnapshotFilesystem(Operations):
         if position >= len(children.entries) or children.ino(position) != ino:  # past the block, or a hard link's
             return None
         entry = children.entries[position]
-        node = self._nodes[ino] = _Node(f"{directory.path}/{entry.name}", entry, self._attributes(ino, entry), directory)
+        node = self._nodes[ino] = _Node(join(directory.path, entry.name), entry, self._attributes(ino, entry), directory)
         return node
 
     def _failed(self, error: UcernvmError) -> OSError:
