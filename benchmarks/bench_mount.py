@@ -312,13 +312,9 @@ class _Nowhere:
         pass
 
 
-def own_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+def own_cpu(who: int = resource.RUSAGE_SELF) -> float:
+    """User and system CPU seconds of this process so far (RUSAGE_CHILDREN: of its waited-for children)."""
+    usage = resource.getrusage(who)
     return usage.ru_utime + usage.ru_stime
 
 
@@ -428,9 +424,9 @@ class WalkPair(NamedTuple):
 def walk_pair(work: Path, server) -> WalkPair:  # type: ignore[no-untyped-def]
     root = work / "source" / "tree"
     drop_caches(3)
-    cpu = children_cpu()
+    cpu = own_cpu(resource.RUSAGE_CHILDREN)
     local_first_s = timed(lambda: find_stat(root))
-    local_cpu = children_cpu() - cpu
+    local_cpu = own_cpu(resource.RUSAGE_CHILDREN) - cpu
     local_again_s = timed(lambda: find_stat(root))
     cache = fresh_cache(work)
     counts = {}
