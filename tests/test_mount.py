@@ -55,14 +55,19 @@ def mounts(tmp_path: Path) -> Iterator[Mounts]:
     mounts.unmount_all()
 
 
-@pytest.fixture
-def published(tmp_path: Path, keys_dir: Path) -> Iterator[tuple[Path, Path, StratumServer]]:
-    """A published tree (without variant symlinks, which the client expands) and a server for it."""
-    source = tmp_path / "src"
+def publish_tree(tmp_path: Path, keys_dir: Path, **options) -> tuple[Path, Path]:  # type: ignore[no-untyped-def]
+    """The test tree (without variant symlinks, which the client expands), published: (source, stratum)."""
+    source, stratum = tmp_path / "src", tmp_path / "stratum"
     make_tree(source)
     os.unlink(source / "etc" / "variant")
-    stratum = tmp_path / "stratum"
-    publish(source, stratum / FQRN, keys_dir, tag="v1")
+    publish(source, stratum / FQRN, keys_dir, **options)
+    return source, stratum
+
+
+@pytest.fixture
+def published(tmp_path: Path, keys_dir: Path) -> Iterator[tuple[Path, Path, StratumServer]]:
+    """A published tree and a server for it."""
+    source, stratum = publish_tree(tmp_path, keys_dir, tag="v1")
     with StratumServer(stratum) as server:
         yield source, stratum, server
 
@@ -200,10 +205,8 @@ def test_cvmfs_attributes_name_the_servers_catalogs_chunks_and_cached_copies(pub
 
 
 def test_the_repository_meta_info_is_read_through_the_mount(tmp_path, keys_dir, mounts) -> None:
-    source, stratum, info = tmp_path / "src", tmp_path / "stratum", b'{"administrator": "Ada", "email": "ada@example.org"}'
-    make_tree(source)
-    os.unlink(source / "etc" / "variant")
-    publish(source, stratum / FQRN, keys_dir, meta_info=info)
+    info = b'{"administrator": "Ada", "email": "ada@example.org"}'
+    _, stratum = publish_tree(tmp_path, keys_dir, meta_info=info)
     with StratumServer(stratum) as server:
         point, _ = mounts.mount(f"{server.url}/cvmfs/{FQRN}", keys_dir, tmp_path / "cache")
         assert os.getxattr(point, "user.repo_metainfo") == info
