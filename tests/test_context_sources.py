@@ -228,6 +228,22 @@ def test_opennebula_context_sh(tmp_path: Path, notes: Notes) -> None:
     assert (found.source, found.user_data) == ("OpenNebula", b"") and notes.warned("not base64")
 
 
+def test_opennebula_user_data_as_cloud_init_reads_it(tmp_path: Path, notes: Notes) -> None:
+    """OpenNebula's own USER_DATA (plain, or base64 with USERDATA_ENCODING) and SSH_KEY, as cloud-init's
+    OpenNebula datasource reads them; µCernVM's EC2_USER_DATA comes first."""
+    plain = tree(tmp_path / "plain", {"context.sh": b"USER_DATA='#cloud-config\nruncmd: [ls]\n'\n"
+                                                    b"SSH_KEY='" + KEY.encode() + b"'\n"})
+    found = read_opennebula(plain, DEVICE, notes.warnings.append)
+    assert (found.user_data, found.meta.public_keys) == (b"#cloud-config\nruncmd: [ls]\n", (KEY,))
+    encoded = base64.b64encode(SECTION).decode()
+    for name, encoding in [("USERDATA", "USERDATA_ENCODING"), ("USER_DATA", "USER_DATA_ENCODING")]:
+        root = tree(tmp_path / name, {"context.sh": f"{name}='{encoded}'\n{encoding}='base64'\n".encode()})
+        assert read_opennebula(root, DEVICE, notes.warnings.append).user_data == SECTION
+    both = tree(tmp_path / "both", {"context.sh": f"EC2_USER_DATA='{encoded}'\nUSER_DATA='other'\n".encode()})
+    assert read_opennebula(both, DEVICE, notes.warnings.append).user_data == SECTION
+    assert not notes.warnings
+
+
 def test_vsphere_azure_and_nocloud_trees(tmp_path: Path, notes: Notes) -> None:
     assert read_vsphere(tree(tmp_path / "vs", {"user-data.txt": b"vs"}), DEVICE, ignore).user_data == b"vs"
     udf = BlockDevice("/dev/sr1", "udf", "")

@@ -273,15 +273,31 @@ def read_config_drive(root: Path, device: BlockDevice, warn: Warn) -> FoundConte
 
 
 def read_opennebula(root: Path, device: BlockDevice, warn: Warn) -> FoundContext | None:
-    """context.sh with EC2_USER_DATA (base64) and static network values (OpenNebula, cernvm-launch)."""
+    """context.sh with EC2_USER_DATA (base64; µCernVM's, cernvm-launch's) or else OpenNebula's own
+    USER_DATA, and static network values."""
     data = _read(root, "context.sh", 2 * USER_DATA_LIMIT, warn)
     if data is None:
         return None
     variables = parse_context_sh(data.decode("utf-8", "replace"))
-    user_data = decode_base64(variables.get("EC2_USER_DATA", ""), "context.sh EC2_USER_DATA", warn)
     meta = MetaData(hostname=clean(variables.get("SET_HOSTNAME") or variables.get("HOSTNAME")),
-                    public_keys=_keys(variables.get("SSH_PUBLIC_KEY", "").splitlines()))
-    return FoundContext(OPEN_NEBULA, user_data, meta, static_network(variables, warn), device=device.path)
+                    public_keys=_keys((variables.get("SSH_KEY") or variables.get("SSH_PUBLIC_KEY", "")).splitlines()))
+    return FoundContext(OPEN_NEBULA, _opennebula_user_data(variables, warn), meta, static_network(variables, warn),
+                        device=device.path)
+
+
+def _opennebula_user_data(variables: dict[str, str], warn: Warn) -> bytes:
+    """EC2_USER_DATA, else USER_DATA or USERDATA as cloud-init's OpenNebula datasource reads them (base64 only
+    when USERDATA_ENCODING or USER_DATA_ENCODING says so): the OS's cloud-init is seeded with what is found
+    here instead of reading context.sh itself, so an OpenNebula template's user-data must not be lost."""
+    if "EC2_USER_DATA" in variables:
+        return decode_base64(variables["EC2_USER_DATA"], "context.sh EC2_USER_DATA", warn)
+    name = next((name for name in ("USER_DATA", "USERDATA") if name in variables), None)
+    if name is None:
+        return b""
+    encoding = variables.get("USERDATA_ENCODING", variables.get("USER_DATA_ENCODING", ""))
+    if encoding == "base64":
+        return decode_base64(variables[name], f"context.sh {name}", warn)
+    return variables[name].encode()
 
 
 def read_vsphere(root: Path, device: BlockDevice, warn: Warn) -> FoundContext | None:
