@@ -20,7 +20,7 @@ from ucernvm.boot.system import MakeDirs, WriteFile
 from ucernvm.config import build_config, context_values
 from ucernvm.context.section import parse_section
 from ucernvm.context.found import OPEN_NEBULA, BlockDevice, FoundContext, MetaData
-from ucernvm.context.userdata import decode, text_parts
+from ucernvm.context.userdata import MAX_USER_DATA, decode, is_packed, text_parts
 from ucernvm.errors import ContextError
 
 SEARCH_SECONDS = 10.0  # every source together; a VM without a context loses under 3 s of it
@@ -48,6 +48,9 @@ def apply_user_data(state: BootState, user_data: bytes, source: str) -> None:
     """Make ``user_data`` this boot's user-data and read its ucernvm section (context over kernel)."""
     state.user_data = decode(user_data)
     state.context_source = source
+    if is_packed(state.user_data):
+        state.warn(f"the user-data from {source} is gzip that cannot be unpacked (truncated, damaged, or over "
+                   f"{MAX_USER_DATA >> 20} MB unpacked): its [ucernvm-begin] settings are not read")
     section, warnings = section_of(state.user_data)
     for warning in warnings:
         state.warn(warning)

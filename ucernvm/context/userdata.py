@@ -14,18 +14,25 @@ if TYPE_CHECKING:
 MAX_USER_DATA = 16 * 1024 * 1024  # EC2's limit is 16 KB, Azure's 64 KB; anything near this is not user-data
 
 
+GZIP_MAGIC = b"\x1f\x8b"
+
+
 def decode(data: bytes) -> bytes:
-    """Gunzip if it is gzip (at most ``MAX_USER_DATA`` inflated bytes), else return it unchanged."""
-    if data[:2] != b"\x1f\x8b":
+    """Gunzip if it is gzip, all members of it as ``gzip -d`` and cloud-init do; else, and when it cannot
+    be unpacked whole (truncated, damaged, more than ``MAX_USER_DATA`` bytes inflated), unchanged."""
+    if data[:2] != GZIP_MAGIC:
         return data
     try:
-        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        plain = inflater.decompress(data, MAX_USER_DATA)
-        if inflater.unconsumed_tail:
-            return data  # a gzip bomb or a huge payload: leave it to the OS
-        return plain
-    except (zlib.error, gzip.BadGzipFile):
+        with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
+            plain = stream.read(MAX_USER_DATA + 1)
+    except (OSError, EOFError, zlib.error):  # truncated: EOFError; damaged: BadGzipFile or zlib.error
         return data
+    return data if len(plain) > MAX_USER_DATA else plain  # a gzip bomb or a huge payload: left to the OS
+
+
+def is_packed(data: bytes) -> bool:
+    """Whether ``decode`` left gzip data as it came, because it cannot be unpacked."""
+    return data[:2] == GZIP_MAGIC
 
 
 LOADER_PART_TYPE = "text/ucernvm"  # a MIME part that holds only the [ucernvm-begin] section
