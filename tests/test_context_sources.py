@@ -15,15 +15,14 @@ from pathlib import Path
 import pytest
 import urllib3
 
+from ucernvm.boot.contextualize import section_of
 from ucernvm.context import glideinwms
 from ucernvm.context.found import BlockDevice, FoundContext, MetaData
 from ucernvm.context.media import (USER_DATA_LIMIT, UnusableFile, json_meta, nocloud_meta,
                                    parse_context_sh, read_azure, read_config_drive, read_file, read_nocloud,
                                    read_opennebula, read_vsphere, static_network)
-from ucernvm.context.section import parse_section
 from ucernvm.context.sources import (MetadataAddresses, SourceProbe, ask_network, find_static_network,
                                      find_user_data, scan_media)
-from ucernvm.context.userdata import text_parts
 
 from media_images import Media, ext4_image, iso_image, udf_bridge_image, udf_image, vfat_image
 from metadata_fakes import Cloud, black_hole, closed_port, metadata_server
@@ -527,7 +526,7 @@ def test_gzip_and_mime_user_data_over_http(notes: Notes) -> None:
     with metadata_server(Cloud("ec2", user_data=mime)) as address:
         found = network_search(notes, address)
     assert found.user_data == mime
-    assert parse_section(text_parts(found.user_data)[0])[0] == {"cvmfs_branch": "cernvm-sl7.cern.ch"}
+    assert section_of(found.user_data)[0] == {"cvmfs_branch": "cernvm-sl7.cern.ch"}
 
 
 def test_garbage_over_http(notes: Notes) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import gzip
 import io
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
 from pathlib import Path
 
 from ucernvm.boot.contextualize import apply_user_data
@@ -39,3 +41,16 @@ def test_truncated_gzip_is_reported_not_half_read(tmp_path: Path) -> None:
     assert state.user_data == whole[: len(whole) - 40]
     assert state.config.tag == BootConfig().tag
     assert len(state.warnings) == 1 and "gzip" in state.warnings[0]
+
+
+def test_the_first_section_in_the_user_data_counts_also_across_mime_parts(tmp_path: Path) -> None:
+    """µCernVM reads the first [ucernvm-begin] block of the user-data; a later part's block (here an
+    example in a shell script) does not override it."""
+    first = MIMEText(SECTION.decode(), "ucernvm", "utf-8")  # utf-8: base64, read only once decoded
+    example = MIMEText("#!/bin/sh\ncat > /tmp/example <<EOF\n[ucernvm-begin]\ncvmfs_tag=example\n[ucernvm-end]\nEOF\n",
+                       "x-shellscript")
+    message = MIMEMultipart()
+    message.attach(first)
+    message.attach(example)
+    state = boot_with(tmp_path, message.as_bytes())
+    assert state.config.tag == "cernvm-system-4.7.1" and state.warnings == []

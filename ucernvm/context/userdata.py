@@ -54,22 +54,24 @@ def _mime(data: bytes) -> Message | None:
 
 
 def text_parts(data: bytes) -> list[str]:
-    """The texts the ucernvm section may be in: the whole user-data, and every text part of a MIME
-    multipart message, decoded."""
-    texts = [data.decode("utf-8", "replace")]
+    """The texts the ucernvm section may be in, in the order it is looked for: every text part of a MIME
+    multipart message, decoded, in the message's order (the first section of the user-data counts), then
+    the whole user-data."""
+    whole = data.decode("utf-8", "replace")
     message = _mime(data)
     if message is None:
-        return texts
+        return [whole]
+    texts = []
     for part in message.walk():
         if part.is_multipart() or part.get_content_maintype() != "text":
             continue
         payload = part.get_payload(decode=True)
         if isinstance(payload, bytes):
             try:
-                texts.insert(0, decode(payload).decode(part.get_content_charset() or "utf-8", "replace"))
+                texts.append(decode(payload).decode(part.get_content_charset() or "utf-8", "replace"))
             except LookupError:  # an unknown charset name
-                texts.insert(0, decode(payload).decode("utf-8", "replace"))
-    return texts
+                texts.append(decode(payload).decode("utf-8", "replace"))
+    return [*texts, whole]
 
 
 def for_cloud_init(data: bytes) -> bytes:
