@@ -54,3 +54,10 @@ def test_the_first_section_in_the_user_data_counts_also_across_mime_parts(tmp_pa
     message.attach(example)
     state = boot_with(tmp_path, message.as_bytes())
     assert state.config.tag == "cernvm-system-4.7.1" and state.warnings == []
+
+
+def test_a_byte_order_mark_before_the_section_is_no_obstacle(tmp_path: Path) -> None:
+    """Editors on Windows start UTF-8 files with a byte order mark; the section on the first line counts."""
+    for data in (b"\xef\xbb\xbf" + SECTION, b"\xef\xbb\xbf" + SECTION.replace(b"\n", b"\r\n")):
+        state = boot_with(tmp_path, data)
+        assert state.config.tag == "cernvm-system-4.7.1" and state.warnings == []

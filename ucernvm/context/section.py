@@ -2,7 +2,7 @@
 
 Compatible with µCernVM's parser (first block only, ``key=value`` split at the first '=', key case
 ignored, yes/no booleans handled by the settings table) and robust where it was not: CR-LF line ends,
-indented markers and one level of quotes are accepted, and values are never given to a shell.
+a leading byte order mark, indented markers and one level of quotes are accepted, and values are never given to a shell.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ MAX_VALUE = 64 * 1024  # cernvm_inject carries a base64 tarball; anything longer
 
 def parse_section(text: str) -> tuple[dict[str, str], list[str]]:
     """The first section's keys and values, and warnings; a malformed section yields no keys."""
+    text = text.removeprefix("\ufeff")  # the byte order mark Windows editors start UTF-8 files with
     lines = [line.strip() for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n")]
     try:
         start = lines.index(BEGIN)
