@@ -78,3 +78,24 @@ def test_a_later_boot_of_a_machine_without_context_writes_nothing(tmp_path: Path
     second = settle(fresh=False)
     assert second.system.actions == [] and not second.warnings
     assert source.read_text() == "(none)\n"
+
+
+
+def test_a_damaged_saved_source_name_is_a_warning_not_a_failed_boot(tmp_path: Path) -> None:
+    boot(tmp_path, FoundContext(CONFIG_DRIVE, USER_DATA, META), fresh=True)
+    (tmp_path / "root.rw/context/source").write_bytes(b"\xff\xfe\x00 not text\n")
+    second, second_meta = boot(tmp_path, None, fresh=False)
+    assert second.user_data == USER_DATA and second_meta["instance-id"] == "i-0abc"  # still the first boot's
+    assert second.context_source == "(saved)"
+    assert len(second.warnings) == 1 and "saved source name" in second.warnings[0]
+
+
+def test_unreadable_saved_user_data_is_a_warning_not_a_failed_boot(tmp_path: Path) -> None:
+    boot(tmp_path, FoundContext(CONFIG_DRIVE, USER_DATA, META), fresh=True)
+    saved = tmp_path / "root.rw/context/user-data"
+    saved.unlink()
+    saved.mkdir()  # a read error
+    state = BootState(System(str(tmp_path)), BootLog(io.StringIO()))
+    settle_context(state)
+    assert state.user_data is None
+    assert len(state.warnings) == 1 and "saved user-data is unreadable" in state.warnings[0]

@@ -173,9 +173,14 @@ def settle_context(state: BootState) -> None:
     directory = state.scratch / "context"
     saved = directory / "user-data"
     if not state.scratch_fresh and saved.exists():
-        source = (directory / "source").read_text().strip() if (directory / "source").exists() else "(saved)"
-        apply_user_data(state, saved.read_bytes(), source)
-        state.found_context = FoundContext(source, state.user_data, _saved_meta(state, directory / META_DATA))
+        try:
+            user_data = saved.read_bytes()
+        except OSError as error:  # a damaged scratch disk must not stop the boot the storage stage is part of
+            state.warn(f"the saved user-data is unreadable ({error.strerror}): this boot has no context")
+            return
+        apply_user_data(state, user_data, _saved_source(state, directory / "source"))
+        meta = _saved_meta(state, directory / META_DATA)
+        state.found_context = FoundContext(state.context_source, state.user_data, meta)
         state.facts["context"]["saved"] = True
         return
     system = state.system
@@ -199,6 +204,20 @@ def settle_context(state: BootState) -> None:
         system.do(WriteFile(str(directory / "pickup.tar.gz"), found.pickup, 0o600))
     if state.config.cluster_pin:
         system.do(WriteFile(str(directory / "ami-contextualized"), b""))
+
+
+def _saved_source(state: BootState, path: Path) -> str:
+    """The first boot's source name (the OS's bootstrap hook keys on it); "(saved)" when there is none."""
+    if not path.exists():
+        return "(saved)"
+    try:
+        name = path.read_bytes().decode("utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        name = ""
+    if not name or not name.isprintable() or len(name) > 64:
+        state.warn(f"the saved source name {path.name} is damaged: the context's source is given as (saved)")
+        return "(saved)"
+    return name
 
 
 def _saved_meta(state: BootState, path: Path) -> MetaData:
