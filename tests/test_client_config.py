@@ -134,7 +134,8 @@ def test_typed_values() -> None:
      ("CVMFS_LOW_SPEED_LIMIT", "1.5"), ("CVMFS_MAX_RETRIES", "-2"), ("CVMFS_BACKOFF_INIT", "nan"),
      ("CVMFS_BACKOFF_MAX", "inf"), ("CVMFS_PROXY_RESET_AFTER", "5m"), ("CVMFS_HOST_RESET_AFTER", ""),
      ("CVMFS_FOLLOW_REDIRECTS", "2"), ("CVMFS_MAX_SERVERS", "all"), ("CVMFS_QUOTA_LIMIT", "-5"),
-     ("CVMFS_ROOT_HASH", "xyz")],
+     ("CVMFS_ROOT_HASH", "xyz"), ("CVMFS_SERVER_URL", "http://s1:8000/cvmfs/x;http://s2:port/cvmfs/x"),
+     ("CVMFS_SERVER_URL", "http://[2001:db8::1/cvmfs/x"), ("CVMFS_SERVER_URL", "http:///cvmfs/x")],
 )
 def test_invalid_values_name_their_key(key: str, value: str) -> None:
     with pytest.raises(ConfigError, match=key):

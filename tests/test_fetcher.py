@@ -581,6 +581,16 @@ def test_constructor_checks_urls() -> None:
         HttpSource.from_config(FetcherConfig(), FQRN)
 
 
+@pytest.mark.parametrize("bad", ["http://127.0.0.1:abc/cvmfs/@fqrn@", "http://127.0.0.1:99999/cvmfs/@fqrn@",
+                                 "http://[::1/cvmfs/@fqrn@", "http:///cvmfs/@fqrn@"])
+def test_malformed_server_url_is_a_config_error_before_any_request(bad: str) -> None:
+    """Not a traceback once the failover reaches it: the setting and the URL are named at once."""
+    with pytest.raises(ConfigError, match=r"CVMFS_SERVER_URL: bad server URL 'http://"):
+        HttpSource.from_config(FetcherConfig(server_urls=(dead_url(), bad), **FAST), FQRN)  # type: ignore[arg-type]
+    ipv6 = HttpSource.from_config(FetcherConfig(server_urls=("http://[::1]:8000/cvmfs/@fqrn@/",)), FQRN)
+    assert ipv6.hosts == [f"http://[::1]:8000/cvmfs/{FQRN}"]
+
+
 # --- the repo command -----------------------------------------------------------------------------
 
 

@@ -22,6 +22,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from ucernvm.client.proxies import parse_proxy_list
 from ucernvm.cvmfs.hashing import ContentHash
@@ -53,12 +54,24 @@ def _list(separator: str) -> Callable[[str, str], tuple[str, ...]]:
     return parse
 
 
+def check_server_url(url: str, key: str = "CVMFS_SERVER_URL") -> str:
+    """``url`` without a trailing slash, once it is an http(s) URL with a host and a port that is a
+    number: a malformed one would only fail, obscurely, when the failover reaches it."""
+    try:
+        parts = urlsplit(url)  # raises on an unclosed "[" of an IPv6 address
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            problem = "not an HTTP URL with a host"
+        else:  # .port raises on a port that is not a number in 0..65535
+            problem = "port 0" if parts.port == 0 else ""
+    except ValueError as error:
+        problem = str(error)
+    if problem:
+        raise ConfigError(f"{key}: bad server URL {url!r}: {problem}", "servers are http://host[:port]/cvmfs/@fqrn@")
+    return url.rstrip("/")
+
+
 def _server_urls(key: str, value: str) -> tuple[str, ...]:
-    urls = _list(";")(key, value)
-    for url in urls:
-        if not url.startswith(("http://", "https://")):
-            raise ConfigError(f"{key}: not an HTTP URL: {url!r}", "servers are http://host[:port]/cvmfs/@fqrn@")
-    return tuple(url.rstrip("/") for url in urls)
+    return tuple(check_server_url(url, key) for url in _list(";")(key, value))
 
 
 def _proxies(key: str, value: str) -> str:

@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from functools import cached_property
 from urllib.parse import urlsplit
 
-from ucernvm.client.client_config import FetcherConfig, substitute
+from ucernvm.client.client_config import FetcherConfig, check_server_url, substitute
 from ucernvm.client.lazylog import LazyLogger
 from ucernvm.client.pac import resolve_proxy_description
 from ucernvm.client.proxies import Proxy, ProxyChain, parse_proxy_list
@@ -174,12 +174,9 @@ class HttpSource:
     def __init__(self, urls: Sequence[str], config: FetcherConfig | None = None, *, fqrn: str = "",
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config = config or FetcherConfig()
-        urls = [substitute(url, fqrn).rstrip("/") for url in urls]
+        urls = [check_server_url(substitute(url, fqrn)) for url in urls]
         if not urls:
             raise ConfigError("no server URL given", "set CVMFS_SERVER_URL or give http://host/cvmfs/<fqrn>")
-        for url in urls:
-            if not url.startswith(("http://", "https://")):
-                raise ConfigError(f"not an HTTP URL: {url!r}")
         self.fqrn = fqrn
         self.description = ";".join(urls)
         self._clock = clock
