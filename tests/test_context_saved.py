@@ -99,3 +99,21 @@ def test_unreadable_saved_user_data_is_a_warning_not_a_failed_boot(tmp_path: Pat
     settle_context(state)
     assert state.user_data is None
     assert len(state.warnings) == 1 and "saved user-data is unreadable" in state.warnings[0]
+
+
+EXTRA = b"[ucernvm-begin]\ncvmfs_tag=cernvm-system-4.7.1\n[ucernvm-end]\n"
+
+
+@pytest.mark.parametrize("first", [FoundContext(CONFIG_DRIVE, USER_DATA + b"[ucernvm-begin]\ncvmfs_tag=other\n"
+                                                b"[ucernvm-end]\n", META, extra_user_data=EXTRA),
+                                   FoundContext(None, extra_user_data=EXTRA)], ids=["with-user-data", "extras-only"])
+def test_the_extra_user_data_settings_hold_on_later_boots(tmp_path: Path, first: FoundContext) -> None:
+    """Extra user-data baked into an image overrides the user-data's settings on every boot, as µCernVM
+    sourced its saved extra-ucontext on every boot, not on the first one only."""
+    state = BootState(System(str(tmp_path)), BootLog(io.StringIO()))
+    state.scratch_fresh, state.found_context = True, first
+    state.user_data = first.user_data if first.source else None
+    settle_context(state)
+    second = BootState(System(str(tmp_path)), BootLog(io.StringIO()))
+    settle_context(second)
+    assert second.config.tag == "cernvm-system-4.7.1" and not second.warnings

@@ -66,6 +66,12 @@ def apply_user_data(state: BootState, user_data: bytes, source: str) -> None:
     state.log.info(f"context from {source}: {len(state.user_data)} bytes, ucernvm keys: {', '.join(sorted(section)) or 'none'}")
 
 
+def apply_extra_user_data(state: BootState, extra: bytes) -> None:
+    """The extra user-data's ucernvm section, over the user-data's."""
+    section, _ = section_of(decode(extra))
+    apply_section(state, section, "extra user-data")
+
+
 def local_media(state: BootState) -> list[BlockDevice]:
     """Every disk and partition with a recognisable file system (read-only probing, no mounts), probed
     once: the network stage (OpenNebula's context.sh) and the context stage both look at them."""
@@ -127,8 +133,7 @@ def context_stage(state: BootState) -> None:
     if found is not None and found.source is not None:
         apply_user_data(state, found.user_data, found.source_name)
     if found is not None and found.extra_user_data:
-        section, _ = section_of(decode(found.extra_user_data))
-        apply_section(state, section, "extra user-data")
+        apply_extra_user_data(state, found.extra_user_data)
     if state.config.online_pin:
         wait_for_background(state)
         online_context(state)
@@ -182,11 +187,13 @@ def settle_context(state: BootState) -> None:
         meta = _saved_meta(state, directory / META_DATA)
         state.found_context = FoundContext(state.context_source, state.user_data, meta)
         state.facts["context"]["saved"] = True
+        _restore_extra_user_data(state, directory / "extra-user-data")
         return
     system = state.system
     found = state.found_context
     if not state.scratch_fresh and state.user_data is None and found is None:
-        return  # a later boot of a first one that had no context: its record stands, unwritten again
+        _restore_extra_user_data(state, directory / "extra-user-data")
+        return  # a later boot of a first one that had no user-data: its record stands, unwritten again
     system.do(MakeDirs(str(directory)))
     system.do(WriteFile(str(directory / "source"), f"{state.context_source}\n".encode()))
     if state.user_data is not None:
@@ -204,6 +211,18 @@ def settle_context(state: BootState) -> None:
         system.do(WriteFile(str(directory / "pickup.tar.gz"), found.pickup, 0o600))
     if state.config.cluster_pin:
         system.do(WriteFile(str(directory / "ami-contextualized"), b""))
+
+
+def _restore_extra_user_data(state: BootState, path: Path) -> None:
+    """The first boot's extra user-data overrides on every boot, as µCernVM's saved extra-ucontext did."""
+    if not path.exists():
+        return
+    try:
+        extra = path.read_bytes()
+    except OSError as error:
+        state.warn(f"the saved extra user-data is unreadable ({error.strerror}): its settings do not apply")
+        return
+    apply_extra_user_data(state, extra)
 
 
 def _saved_source(state: BootState, path: Path) -> str:
