@@ -10,7 +10,7 @@ from faults import FaultServer
 from ucernvm.client.client_config import FetcherConfig
 from ucernvm.client.fetcher import HttpSource
 from ucernvm.client.pac import AUTO_PAC_URL, auto_proxies, evaluate_pac, pac_result_to_proxies, resolve_proxy_description
-from ucernvm.errors import FetchError
+from ucernvm.errors import ConfigError, FetchError
 
 SERVER = "http://127.0.0.1:8000/cvmfs/test.cern.ch"
 
@@ -135,3 +135,24 @@ def test_auto_without_any_answer_is_an_error(pac_server: FaultServer) -> None:
     config = FetcherConfig(server_urls=(SERVER,), http_proxy="auto", pac_urls=(f"{pac_server.url}/missing.pac",))
     with pytest.raises(FetchError, match="no proxy found"):
         HttpSource.from_config(config, "test.cern.ch")
+
+
+def test_pac_proxy_without_port_is_skipped_and_direct_used(tmp_path: Path) -> None:
+    """A site's PAC file naming a proxy without its port leaves the other answers usable."""
+    with FaultServer(tmp_path) as origin:
+        (tmp_path / "noport.pac").write_text(
+            'function FindProxyForURL(url, host) { return "PROXY 127.0.0.1; PROXY; DIRECT"; }\n')
+        (tmp_path / "test.cern.ch").mkdir()
+        (tmp_path / "test.cern.ch" / ".cvmfswhitelist").write_bytes(b"whitelist")
+        config = FetcherConfig(server_urls=(f"{origin.url}/cvmfs/@fqrn@",), http_proxy="auto",
+                               pac_urls=(f"{origin.url}/noport.pac",))
+        src = HttpSource.from_config(config, "test.cern.ch")
+        assert src.proxy_groups == [["DIRECT"]]
+        assert src.fetch_named(".cvmfswhitelist") == b"whitelist"
+
+
+def test_unusable_http_proxy_variable_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1")
+    with pytest.raises(ConfigError) as error:
+        HttpSource.from_config(FetcherConfig(server_urls=(SERVER,), http_proxy="auto;DIRECT"), "test.cern.ch")
+    assert error.value.message.startswith("http_proxy") and "'http://127.0.0.1'" in error.value.message

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from urllib.parse import urlsplit
 
 from ucernvm.client.lazylog import LazyLogger
-from ucernvm.client.proxies import AUTO
+from ucernvm.client.proxies import AUTO, normalize_member, parse_proxy_list
 from ucernvm.client.transfer import DIRECT
 from ucernvm.errors import ConfigError, UcernvmError
 
@@ -30,15 +30,21 @@ _engine_lock = threading.Lock()
 def pac_result_to_proxies(result: str) -> str:
     """``PROXY h:p; DIRECT`` (a FindProxyForURL answer) as cvmfs proxy groups ``h:p;DIRECT``.
 
-    SOCKS and unknown entries are skipped; an empty answer means DIRECT (``PacProxy2Cvmfs``).
+    SOCKS and unknown entries are skipped; an empty answer means DIRECT (``PacProxy2Cvmfs``). So is a
+    proxy the client cannot use (``PROXY squid``, no port): the site's file must not make the
+    configuration fail, and the DIRECT or other proxies it gives still work.
     """
     if not result.strip():
         return DIRECT
     groups = []
-    for entry in result.split(";"):
-        entry = "".join(entry.split())
+    for written in result.split(";"):
+        entry = "".join(written.split())
         if entry.upper().startswith("PROXY"):
-            groups.append(entry[5:])
+            try:
+                normalize_member(entry[5:])
+                groups.append(entry[5:])
+            except ConfigError:
+                log.warning("PAC entry %r skipped: a proxy is host:port", written.strip())
         elif entry == DIRECT:
             groups.append(DIRECT)
         elif entry:
@@ -76,6 +82,7 @@ def auto_proxies(pac_urls: Sequence[str], server_urls: Sequence[str], fetch: Cal
                  environ: Mapping[str, str] = os.environ) -> str:
     """What one ``auto`` group stands for ("" when nothing was found)."""
     if environ.get("http_proxy"):
+        parse_proxy_list(environ["http_proxy"], "http_proxy (which CVMFS_HTTP_PROXY=auto uses)")
         return environ["http_proxy"]
     for pac_url in pac_urls:
         url = AUTO_PAC_URL if pac_url == AUTO else pac_url
