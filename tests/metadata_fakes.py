@@ -41,6 +41,7 @@ class Cloud:
     tokens: bool = True  # ec2: the token API exists
     openstack_api: bool = True  # openstack: False leaves only the EC2-compatible tree
     gce_base64: bool = False  # gce: user-data only as base64 in cvm-user-data (amiconfig's attribute)
+    gce_encoding: str = ""  # gce: user-data-encoding; "base64": user-data is given in base64 (cloud-init's)
     meta_json: bytes | None = None  # openstack: meta_data.json as given (garbage tests)
     delay: float = 0.0  # seconds before each reply
     instance_id: str = "i-0123456789abcdef0"
@@ -139,8 +140,12 @@ class _Handler(BaseHTTPRequestHandler):
         if cloud.user_data is not None:
             if cloud.gce_base64:
                 items["attributes/cvm-user-data"] = base64.b64encode(cloud.user_data)
+            elif cloud.gce_encoding == "base64":
+                items["attributes/user-data"] = base64.b64encode(cloud.user_data)
             else:
                 items["attributes/user-data"] = cloud.user_data
+            if cloud.gce_encoding:
+                items["attributes/user-data-encoding"] = cloud.gce_encoding.encode()
         if not cloud.meta:
             items = {key: value for key, value in items.items() if key.startswith("attributes/") and "user-data" in key}
         value = items.get(path.removeprefix("/computeMetadata/v1/instance/"))

@@ -470,6 +470,17 @@ def test_gce_base64_cvm_user_data(notes: Notes) -> None:
     assert (found.source, found.user_data) == ("GCE", SECTION)
 
 
+def test_gce_user_data_encoding_base64(notes: Notes) -> None:
+    """cloud-init's GCE datasource decodes user-data that user-data-encoding says is base64 (the way to
+    give GCE binary user-data such as gzip); the loader, which seeds the OS's cloud-init, does too."""
+    with metadata_server(Cloud("gce", user_data=gzip.compress(SECTION), gce_encoding="base64")) as address:
+        found = network_search(notes, address)
+    assert (found.source, found.user_data) == ("GCE", SECTION) and not notes.warnings
+    with metadata_server(Cloud("gce", user_data=SECTION, gce_encoding="rot13")) as address:
+        found = network_search(notes, address)
+    assert found.user_data == SECTION and notes.warned("user-data-encoding")
+
+
 def test_openstack_api_then_its_ec2_tree(notes: Notes) -> None:
     cloud = Cloud("openstack")
     with metadata_server(cloud) as address:

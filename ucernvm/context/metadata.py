@@ -149,7 +149,8 @@ def _key_lines(body: bytes | None) -> list[str]:
 
 
 def fetch_gce(client: Client) -> FoundContext | None:
-    """``instance/attributes/user-data`` (µCernVM), else ``cvm-user-data`` in base64 (amiconfig's);
+    """``instance/attributes/user-data`` (µCernVM; in base64 when ``user-data-encoding`` says so, as
+    cloud-init reads it), else ``cvm-user-data`` in base64 (amiconfig's);
     meta-data check ``instance/id``. Replies must carry ``Metadata-Flavor: Google``, as GCE's do,
     so that a server answering 200 to anything is not taken for GCE."""
     base = "/computeMetadata/v1/instance"
@@ -162,7 +163,9 @@ def fetch_gce(client: Client) -> FoundContext | None:
     google, user_data = get("attributes/user-data", USER_DATA_LIMIT)
     if not google:
         return None
-    if user_data is None:
+    if user_data is not None:
+        user_data = _gce_decoded(user_data, get("attributes/user-data-encoding")[1], client.warn)
+    else:
         _, encoded = get("attributes/cvm-user-data", USER_DATA_LIMIT)
         if encoded is not None:
             user_data = decode_base64(encoded.decode("ascii", "replace"), "GCE cvm-user-data", client.warn)
@@ -173,6 +176,17 @@ def fetch_gce(client: Client) -> FoundContext | None:
     keys = [line.partition(":")[2] for line in _key_lines(get("attributes/ssh-keys")[1])]  # "user:key"
     meta = MetaData(_text(instance_id), _text(hostname), tuple(filter(None, (clean(key, 16384) for key in keys))))
     return FoundContext(GCE, user_data or b"", meta)
+
+
+def _gce_decoded(user_data: bytes, encoding: bytes | None, warn: Log) -> bytes:
+    """user-data as cloud-init's GCE datasource reads it: base64-decoded when ``user-data-encoding`` says
+    ``base64`` (GCE's way to carry binary user-data, such as gzip); the OS's cloud-init is seeded with it."""
+    name = (encoding or b"").decode("ascii", "replace").strip()
+    if name == "base64":
+        return decode_base64(user_data.decode("ascii", "replace"), "GCE user-data (user-data-encoding base64)", warn)
+    if name:
+        warn(f"GCE user-data-encoding {clean(name)!r} is unknown: the user-data is taken as it is")
+    return user_data
 
 
 # ------------------------------------------------------------------------------------- EC2 style
