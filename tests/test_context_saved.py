@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,23 @@ def test_the_extra_user_data_settings_hold_on_later_boots(tmp_path: Path, first:
     second = BootState(System(str(tmp_path)), BootLog(io.StringIO()))
     settle_context(second)
     assert second.config.tag == "cernvm-system-4.7.1" and not second.warnings
+
+
+def test_the_ucontext_file_gives_the_os_the_values_as_written(tmp_path: Path) -> None:
+    """The OS's S05cvmfs-config.sh appends the ``_UCONTEXT_CVMFS_HTTP_PROXY=`` line, prefix cut, to
+    /etc/cvmfs/site.conf, which is read by a shell: ``;`` and ``|`` in a proxy list (CernVM Online writes
+    it in double quotes, which the boot loader reads through) must not split it, nor ``$`` run anything."""
+    proxy = "http://a.example:3128|http://b.example:3128;DIRECT"
+    pac = 'http://wpad.example/wpad.dat?a=1&b="$(touch pwned)"`id`\\'
+    user_data = f'[ucernvm-begin]\ncvmfs_http_proxy="{proxy}"\ncvmfs_pac_urls={pac}\n[ucernvm-end]\n'.encode()
+    state = BootState(System(str(tmp_path)), BootLog(io.StringIO()))
+    state.scratch_fresh, state.user_data = True, user_data
+    settle_context(state)
+    ucontext = (tmp_path / "root.rw/context/ucontext").read_text()
+    site_conf = tmp_path / "site.conf"
+    site_conf.write_text("".join(line.removeprefix("_UCONTEXT_") + "\n" for line in ucontext.splitlines()
+                                 if line.startswith(("_UCONTEXT_CVMFS_HTTP_PROXY=", "_UCONTEXT_CVMFS_PAC_URLS="))))
+    shell = subprocess.run(["sh", "-c", '. "$1"; printf "%s\\n%s\\n" "$CVMFS_HTTP_PROXY" "$CVMFS_PAC_URLS"', "sh",
+                            str(site_conf)], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert shell.stdout.splitlines() == [proxy, pac] and shell.stderr == ""
+    assert not (tmp_path / "pwned").exists()

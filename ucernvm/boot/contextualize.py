@@ -252,5 +252,12 @@ def _saved_meta(state: BootState, path: Path) -> MetaData:
 
 
 def _ucontext(section: dict[str, str]) -> bytes:
-    """µCernVM's ``_UCONTEXT_<KEY>=<value>`` lines, which the OS's own scripts grep."""
-    return "".join(f"_UCONTEXT_{key.upper()}={value}\n" for key, value in section.items()).encode()
+    """µCernVM's ``_UCONTEXT_<KEY>=<value>`` lines, which the OS's own scripts grep and pass to a shell
+    (S05cvmfs-config.sh appends the proxy lines to /etc/cvmfs/site.conf): each value in double quotes,
+    as CernVM Online writes them, so that ``;`` and ``|`` in a proxy list neither end nor pipe it."""
+    return "".join(f"_UCONTEXT_{key.upper()}={_shell_quoted(value)}\n" for key, value in section.items()).encode()
+
+
+def _shell_quoted(value: str) -> str:
+    """``value`` in shell double quotes: nothing in it expands or runs."""
+    return '"' + "".join(f"\\{character}" if character in '\\"$`' else character for character in value) + '"'
