@@ -5,6 +5,7 @@ per-instance module again."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ucernvm.boot.contextualize import META_DATA, settle_context
+from ucernvm.boot.contextualize import META_DATA, apply_user_data, settle_context
 from ucernvm.boot.log import BootLog
 from ucernvm.boot.seed import NOCLOUD_SEED, seed_cloud_init
 from ucernvm.boot.state import BootState
@@ -138,3 +139,17 @@ def test_the_ucontext_file_gives_the_os_the_values_as_written(tmp_path: Path) ->
                             str(site_conf)], cwd=tmp_path, capture_output=True, text=True, check=True)
     assert shell.stdout.splitlines() == [proxy, pac] and shell.stderr == ""
     assert not (tmp_path / "pwned").exists()
+
+
+def test_the_ucontext_file_carries_what_glideinwms_user_data_implies(tmp_path: Path) -> None:
+    """µCernVM appended the proxy it found in glideinWMS user-data to ucontext, from where the OS's
+    cvmfs configuration takes it: the OS's CernVM-FS uses the glidein's squid too, not auto;DIRECT."""
+    ini = "[glidein_startup]\nargs=-v std -param_CERNVM_CMS_PROXY http.colon,//squid.dot,example.colon,3128\n"
+    user_data = base64.b64encode(ini.encode()) + b"####-cluster 1234 -subcluster 0####\n"
+    state = BootState(System(str(tmp_path)), BootLog(io.StringIO()))
+    state.scratch_fresh = True
+    apply_user_data(state, user_data, "EC2")
+    assert state.config.proxy == "http://squid.example:3128"
+    settle_context(state)
+    ucontext = (tmp_path / "root.rw/context/ucontext").read_text()
+    assert ucontext == '_UCONTEXT_CVMFS_HTTP_PROXY="http://squid.example:3128"\n'

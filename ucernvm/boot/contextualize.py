@@ -54,16 +54,22 @@ def apply_user_data(state: BootState, user_data: bytes, source: str) -> None:
     section, warnings = section_of(state.user_data)
     for warning in warnings:
         state.warn(warning)
-    if state.config.glideinwms:
-        from ucernvm.context import glideinwms  # only boots with user-data pay for its patterns
-
-        implied = glideinwms.detect(state.user_data)
-        if implied:
-            state.log.info(f"glideinWMS user-data: {', '.join(sorted(implied))} from it")
-            section = {**implied, **section}
+    implied = _glideinwms_settings(state, state.user_data)
+    if implied:
+        state.log.info(f"glideinWMS user-data: {', '.join(sorted(implied))} from it")
+        section = {**implied, **section}
     apply_section(state, section, source)
     state.facts["context"] = {"source": source, "bytes": len(state.user_data), "ucernvm_keys": sorted(section)}
     state.log.info(f"context from {source}: {len(state.user_data)} bytes, ucernvm keys: {', '.join(sorted(section)) or 'none'}")
+
+
+def _glideinwms_settings(state: BootState, user_data: bytes) -> dict[str, str]:
+    """The settings glideinWMS user-data implies (µCernVM's glideinwms_detect), unless useglideinWMS=off."""
+    if not state.config.glideinwms:
+        return {}
+    from ucernvm.context import glideinwms  # only boots with user-data pay for its patterns
+
+    return glideinwms.detect(user_data) or {}
 
 
 def apply_extra_user_data(state: BootState, extra: bytes) -> None:
@@ -199,6 +205,8 @@ def settle_context(state: BootState) -> None:
     if state.user_data is not None:
         system.do(WriteFile(str(saved), state.user_data, 0o600))
         section, _ = section_of(state.user_data)
+        # As µCernVM, with what glideinWMS user-data implies: the OS's cvmfs configuration reads it there.
+        section = {**_glideinwms_settings(state, state.user_data), **section}
         system.do(WriteFile(str(directory / "ucontext"), _ucontext(section), 0o600))
     meta = found.meta.as_nocloud() if found is not None else {}
     if meta:
