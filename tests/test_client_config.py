@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -84,15 +85,56 @@ def test_bash_style_values() -> None:
         "CVMFS_F=$HOME/x\n"
         "CVMFS_EMPTY=\n"
         "  CVMFS_INDENTED=yes\n"
-        "if [ -n \"$X\" ]; then\n  CVMFS_IN_IF=1\nfi\n"
         "not an assignment\n",
         HOME="/root",
     )
     assert values == {
         "CVMFS_A": "plain", "CVMFS_B": "single $quoted # kept", "CVMFS_C": 'double plain plain "q" $x',
         "CVMFS_D": "a bcd", "CVMFS_E": "fallback", "CVMFS_F": "/root/x", "CVMFS_EMPTY": "",
-        "CVMFS_INDENTED": "yes", "CVMFS_IN_IF": "1",
+        "CVMFS_INDENTED": "yes",
     }
+
+
+def test_if_blocks_choose_the_assignments_as_the_shell_does(tmp_path: Path) -> None:
+    """cvmfs's own domain.d/cern.ch.conf picks its servers with an if; default.local steers it."""
+    etc = tmp_path / "etc"
+    write(etc / "domain.d" / "cern.ch.conf",
+          'if [ "$CVMFS_CONFIG_REPO_DEFAULT_ENV" != "" ]; then\n  return\nfi\n'
+          '# Stratum 1 servers for the cern.ch domain.\n'
+          'if [ "$CVMFS_USE_OPENHTC" = "yes" ]; then\n  CVMFS_SERVER_URL="http://cdn.example/cvmfs/@fqrn@"\n'
+          'else\n  CVMFS_SERVER_URL="http://s1.example/cvmfs/@fqrn@"\nfi\nCVMFS_USE_GEOAPI=yes\n')
+    assert load_config(FQRN, config_dir=etc).server_urls == (f"http://s1.example/cvmfs/{FQRN}",)
+    write(etc / "default.local", "CVMFS_USE_OPENHTC=yes\n")
+    config = load_config(FQRN, config_dir=etc)
+    assert config.server_urls == (f"http://cdn.example/cvmfs/{FQRN}",) and config.use_geoapi
+
+
+def test_if_elif_else_nesting_and_conditions() -> None:
+    values = parsed(
+        "CVMFS_N=2\n"
+        'if [ "$CVMFS_N" -gt 3 ] || [ -z "$UNSET" ] && ! [ "$CVMFS_N" != 2 ]\nthen\n  CVMFS_A=then\n'
+        "elif true; then\n  CVMFS_A=elif\nelse\n  CVMFS_A=else\nfi\n"
+        "if false; then\n  if true; then\n    CVMFS_B=inner\n  fi\n"
+        "elif test $CVMFS_N -le 1; then\n  CVMFS_B=elif\nelse  # comment\n  CVMFS_B=else\nfi;\n"
+        "if [ -n $UNSET ]; then\n  CVMFS_C=unquoted-empty-is-no-word\nfi\n"
+        "if [ $UNSET = x ]; then\n  CVMFS_D=x\nfi\n",
+        UNSET="",
+    )
+    assert values == {"CVMFS_N": "2", "CVMFS_A": "then", "CVMFS_B": "else", "CVMFS_C": "unquoted-empty-is-no-word"}
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [('if [ "$(hostname)" = x ]; then\nfi', ":2: command substitution"),
+     ("if grep -q x /etc/hosts; then\nfi", ":2: condition 'grep -q x /etc/hosts' is not understood"),
+     ("if [ -f /etc/x ]; then\nfi", ":2: condition"), ("if [ a = a ] | [ b ]; then\nfi", ":2: condition"),
+     ("if [ a = a ]; then CVMFS_A=1; fi", ":2: put what follows 'then'"), ("fi", ":2: 'fi' without 'if'"),
+     ("else", ":2: 'else' without 'if'"), ("if true\nCVMFS_A=1\nfi", ":3: 'then' expected"),
+     ("if true; then\nCVMFS_A=1", ": the 'if' at test.conf:2 has no 'fi'")],
+)
+def test_malformed_if_blocks_name_file_and_line(text: str, problem: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(f"test.conf{problem}")):
+        parsed(f"# first\n{text}\n")
 
 
 @pytest.mark.parametrize(

@@ -7,11 +7,15 @@ explicitly, then ``-o KEY=value`` overrides (taken literally). In values, ``@fqr
 repository name and ``@org@`` its first label. The result is one frozen :class:`FetcherConfig`,
 every value checked; a bad one is a ConfigError that names its key.
 
-cvmfs sources these files with bash. A boot image has no shell, so the assignments are parsed
+cvmfs sources these files with a shell. A boot image has no shell, so the assignments are parsed
 here (hand-written: shlex knows quotes but not ``$VAR`` expansion): ``[export|readonly] KEY=word``
 with single and double quotes, backslashes, ``#`` comments and ``$VAR``, ``${VAR}``,
-``${VAR:-default}``. Lines that are not assignments (``if``/``fi``, functions) are skipped, as
-cvmfs's own fast parser does, so an assignment inside an ``if`` always applies.
+``${VAR:-default}``. ``if``/``elif``/``else``/``fi`` blocks choose which assignments apply, as the
+shell does: cvmfs's own ``domain.d`` files pick their servers that way (``CVMFS_USE_OPENHTC``,
+``CVMFS_USE_CDN``). Their conditions are ``[ ... ]`` or ``test`` (string and integer comparisons,
+``-z``, ``-n``, ``!``), ``true``, ``false``, joined by ``&&`` and ``||``; any other condition is a
+ConfigError naming the file and line. Other lines that are not assignments (functions, ``. file``)
+are skipped.
 """
 
 from __future__ import annotations
@@ -206,12 +210,19 @@ def default_files(config_dir: str | os.PathLike[str], fqrn: str) -> list[Path]:
 def parse_text(text: str, values: dict[str, str], source: str = "<text>",
                environ: Mapping[str, str] = os.environ) -> None:
     """Apply the assignments in ``text`` to ``values``; ``$VAR`` sees earlier values, then ``environ``."""
+
+    def lookup(name: str) -> str:
+        return values.get(name, environ.get(name, ""))
+
+    blocks = _Blocks()
     for number, line in enumerate(text.splitlines(), 1):
-        match = _ASSIGNMENT.match(line)
-        if match is None:
-            continue
         where = f"{source}:{number}"
-        values[match[1]] = _ShellWord(match[2], lambda name: values.get(name, environ.get(name, "")), where).parse()
+        if blocks.step(line, lookup, where):
+            continue
+        match = _ASSIGNMENT.match(line)
+        if match is not None and blocks.active:
+            values[match[1]] = _ShellWord(match[2], lookup, where).parse()
+    blocks.close(source)
 
 
 def parse_option(text: str) -> tuple[str, str]:
@@ -245,13 +256,172 @@ def _read(path: Path) -> str:
         raise ConfigError(f"cannot read configuration file {path}: {error.strerror}") from None
 
 
+class _Blocks:
+    """The ``if`` blocks open at a line of a file, and whether the branch being read applies."""
+
+    _KEYWORDS = ("if", "elif", "else", "fi", "then")
+
+    def __init__(self) -> None:
+        # Per open block: (this branch applies, a branch of the block applied already, where it began).
+        self._stack: list[tuple[bool, bool, str]] = []
+        self._then_due = ""  # where an "if"/"elif" without "; then" was: its "then" line comes next
+
+    @property
+    def active(self) -> bool:
+        return all(applies for applies, _, _ in self._stack)
+
+    def step(self, line: str, lookup: Callable[[str], str], where: str) -> bool:
+        """Follow ``line`` if it is a keyword line (True); an unexpected line is a ConfigError."""
+        keyword, rest = [*line.split(None, 1), "", ""][:2]
+        keyword = keyword.rstrip(";")
+        if self._then_due and keyword != "then" and line.strip() and not line.lstrip().startswith("#"):
+            raise ConfigError(f"{where}: 'then' expected after the condition at {self._then_due}", _SHELL_HINT)
+        if keyword not in self._KEYWORDS:
+            return False
+        if keyword in ("if", "elif"):
+            words = _ShellWord(rest, lookup, where).words()
+            then = words[-2:] == [";", "then"]
+            if "then" in words and not then:
+                raise ConfigError(f"{where}: put what follows 'then' on a line of its own", _SHELL_HINT)
+            condition = words[:-2] if then else words[:-1] if words[-1:] == [";"] else words
+            self._then_due = "" if then else where
+            if keyword == "if":
+                outer = self.active
+                self._stack.append((outer and _condition(condition, where), not outer, where))
+            else:
+                _, done, start = self._open(keyword, where)
+                self._stack[-1] = (not done and _condition(condition, where), done, start)
+        elif keyword == "then":
+            if not self._then_due:
+                raise ConfigError(f"{where}: 'then' without 'if'", _SHELL_HINT)
+            self._then_due = ""
+        elif keyword == "else":
+            _, done, start = self._open(keyword, where)
+            self._stack[-1] = (not done, True, start)
+        else:
+            self._open(keyword, where)
+            self._stack.pop()
+        if rest.strip() and keyword in ("else", "fi", "then") and not rest.lstrip().startswith("#"):
+            raise ConfigError(f"{where}: put what follows '{keyword}' on a line of its own", _SHELL_HINT)
+        return True
+
+    def _open(self, keyword: str, where: str) -> tuple[bool, bool, str]:
+        if not self._stack:
+            raise ConfigError(f"{where}: '{keyword}' without 'if'", _SHELL_HINT)
+        applies, done, start = self._stack[-1]
+        return applies, done or applies, start
+
+    def close(self, source: str) -> None:
+        if self._stack or self._then_due:
+            raise ConfigError(f"{source}: the 'if' at {self._then_due or self._stack[-1][2]} has no 'fi'", _SHELL_HINT)
+
+
+def _condition(words: list[str | None], where: str) -> bool:
+    """An ``if`` condition: commands joined by ``&&``/``||`` (of equal precedence, from the left)."""
+    result, joiner = True, "&&"
+    command: list[str | None] = []
+    for word in [*words, "&&"]:  # the added "&&" ends the last command
+        if word not in ("&&", "||"):
+            command.append(word)
+            continue
+        if (joiner == "&&") == result:  # the shell runs a command after && on success, after || on failure
+            result = _command(command, where)
+        joiner, command = word, []
+    return result
+
+
+def _command(words: list[str | None], where: str) -> bool:
+    negate = words[:1] == ["!"]
+    command = words[1:] if negate else words
+    strings = [word for word in command if word is not None]
+    result: bool | None = None
+    if len(strings) == len(command):  # no pipe nor redirection
+        if strings in (["true"], ["false"]):
+            result = strings == ["true"]
+        elif strings[:1] == ["["] and strings[-1:] == ["]"]:
+            result = _test(strings[1:-1])
+        elif strings[:1] == ["test"]:
+            result = _test(strings[1:])
+    if result is None:
+        shown = " ".join(word or "|" for word in command)
+        raise ConfigError(f"{where}: condition {shown!r} is not understood",
+                          "conditions are [ ... ] or test with = != -z -n -eq -ne -lt -le -gt -ge, true, false")
+    return result != negate
+
+
+def _test(args: list[str]) -> bool | None:
+    """``test``'s answer for string and integer comparisons (POSIX's rules by number of arguments);
+    None for what is valid but not handled here (file tests, ``-a``, ``-o``). A malformed expression
+    (``[ $UNSET = x ]`` is ``[ = x ]``) is false: the shell's test fails then, with an error nobody sees."""
+    if len(args) < 2:
+        return bool(args and args[0])
+    if len(args) == 3 and args[1] in _BINARY_TESTS:
+        return _BINARY_TESTS[args[1]](args[0], args[2])
+    if args[0] == "!" and len(args) <= 4:
+        inner = _test(args[1:])
+        return None if inner is None else not inner
+    if len(args) == 2 and args[0] in ("-z", "-n"):
+        return (args[1] == "") == (args[0] == "-z")
+    if len(args) == 2:
+        return None if args[0] in _FILE_TESTS else False
+    if len(args) == 3:
+        return None if args[1] in ("-a", "-o", "-nt", "-ot", "-ef") else False
+    return None
+
+
+def _integers(compare: Callable[[int, int], bool]) -> Callable[[str, str], bool]:
+    """An integer comparison; false for a side that is not an integer (test fails then)."""
+    return lambda a, b: all(re.fullmatch(r"\s*-?\d+\s*", side) for side in (a, b)) and compare(int(a), int(b))
+
+
+_BINARY_TESTS: dict[str, Callable[[str, str], bool]] = {
+    "=": str.__eq__, "==": str.__eq__, "!=": str.__ne__,
+    "-eq": _integers(int.__eq__), "-ne": _integers(int.__ne__), "-lt": _integers(int.__lt__),
+    "-le": _integers(int.__le__), "-gt": _integers(int.__gt__), "-ge": _integers(int.__ge__),
+}
+_FILE_TESTS = frozenset("-b -c -d -e -f -g -h -k -p -r -s -t -u -w -x -G -L -N -O -S".split())
+_SHELL_HINT = "configuration files hold KEY=value lines, bash-style"
+
+
 class _ShellWord:
-    """The value of one shell word: quotes removed, backslashes and ``$`` expansions applied."""
+    """Shell words: quotes removed, backslashes and ``$`` expansions applied."""
 
     def __init__(self, text: str, lookup: Callable[[str], str], where: str) -> None:
         self.text, self.lookup, self.where, self.i = text, lookup, where, 0
 
+    def words(self) -> list[str | None]:
+        """The words of a command line up to its comment; the operators ``;``, ``&&``, ``||`` as
+        themselves, any other (``|``, ``&``, ``<``, ``>``) as None. An empty unquoted word (``$UNSET``)
+        is no word at all, as in the shell."""
+        found: list[str | None] = []
+        text = self.text
+        while True:
+            while self.i < len(text) and text[self.i] in " \t":
+                self.i += 1
+            if self.i == len(text) or text[self.i] == "#":
+                return found
+            operator = next((op for op in (";", "&&", "||") if text.startswith(op, self.i)), None)
+            if operator is None and text[self.i] in _WORD_END:
+                self.i += 1
+                found.append(None)
+            elif operator is not None:
+                self.i += len(operator)
+                found.append(operator)
+            else:
+                start = self.i
+                word = self.word()
+                if word or any(quote in text[start:self.i] for quote in "'\""):
+                    found.append(word)
+
     def parse(self) -> str:
+        """One word, the value of an assignment; only a comment or ``;`` may follow it."""
+        word = self.word()
+        rest = self.text[self.i:].strip()
+        if rest and not rest.startswith(("#", ";")):
+            self._fail(f"unexpected {rest[:20]!r} after the value (quote values with spaces)")
+        return word
+
+    def word(self) -> str:
         out: list[str] = []
         text = self.text
         while self.i < len(text) and text[self.i] not in _WORD_END:
@@ -272,9 +442,6 @@ class _ShellWord:
             else:
                 out.append(char)
                 self.i += 1
-        rest = text[self.i:].strip()
-        if rest and not rest.startswith(("#", ";")):
-            self._fail(f"unexpected {rest[:20]!r} after the value (quote values with spaces)")
         return "".join(out)
 
     def _double_quoted(self) -> str:
@@ -318,4 +485,4 @@ class _ShellWord:
         return self.lookup(match[0])
 
     def _fail(self, problem: str) -> Any:
-        raise ConfigError(f"{self.where}: {problem}", "configuration files hold KEY=value lines, bash-style")
+        raise ConfigError(f"{self.where}: {problem}", _SHELL_HINT)
