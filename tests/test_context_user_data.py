@@ -10,6 +10,8 @@ from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from pathlib import Path
 
+import pytest
+
 from ucernvm.boot.contextualize import apply_user_data
 from ucernvm.boot.log import BootLog
 from ucernvm.boot.state import BootState
@@ -61,3 +63,13 @@ def test_a_byte_order_mark_before_the_section_is_no_obstacle(tmp_path: Path) -> 
     for data in (b"\xef\xbb\xbf" + SECTION, b"\xef\xbb\xbf" + SECTION.replace(b"\n", b"\r\n")):
         state = boot_with(tmp_path, data)
         assert state.config.tag == "cernvm-system-4.7.1" and state.warnings == []
+
+
+@pytest.mark.parametrize("charset", ["undefined", "idna", "punycode", "no-such-charset"])
+def test_a_part_with_an_unusable_charset_is_read_as_utf8(tmp_path: Path, charset: str) -> None:
+    """A charset name that names no text codec, or one that refuses the bytes, must not fail the stage
+    that reads the user-data (on later boots the storage stage, which a boot cannot do without)."""
+    data = (f'Content-Type: multipart/mixed; boundary="XX"\nMIME-Version: 1.0\n\n--XX\n'
+            f"Content-Type: text/ucernvm; charset={charset}\n\n").encode() + SECTION + b"caf\xc3\xa9\n--XX--\n"
+    state = boot_with(tmp_path, data)
+    assert state.config.tag == "cernvm-system-4.7.1" and state.warnings == []
