@@ -65,7 +65,7 @@ def test_a_byte_order_mark_before_the_section_is_no_obstacle(tmp_path: Path) -> 
         assert state.config.tag == "cernvm-system-4.7.1" and state.warnings == []
 
 
-@pytest.mark.parametrize("charset", ["undefined", "idna", "punycode", "no-such-charset"])
+@pytest.mark.parametrize("charset", ["undefined", "idna", "punycode", "no-such-charset", '"\x00utf-8"'])
 def test_a_part_with_an_unusable_charset_is_read_as_utf8(tmp_path: Path, charset: str) -> None:
     """A charset name that names no text codec, or one that refuses the bytes, must not fail the stage
     that reads the user-data (on later boots the storage stage, which a boot cannot do without)."""

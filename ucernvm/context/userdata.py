@@ -69,7 +69,7 @@ def text_parts(data: bytes) -> list[str]:
         if isinstance(payload, bytes):
             try:
                 texts.append(decode(payload).decode(part.get_content_charset() or "utf-8", "replace"))
-            except (LookupError, UnicodeError):  # a charset that is unknown, no text codec, or refuses the bytes
+            except (LookupError, ValueError):  # a charset unknown, no text codec, refusing the bytes, or with a NUL
                 texts.append(decode(payload).decode("utf-8", "replace"))
     return [*texts, whole]
 
