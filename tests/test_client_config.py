@@ -141,7 +141,10 @@ def test_malformed_if_blocks_name_file_and_line(text: str, problem: str) -> None
     ("line", "problem"),
     [("CVMFS_A='open", "unterminated single quote"), ('CVMFS_A="open', "unterminated double quote"),
      ("CVMFS_A=$(hostname)", "command substitution"), ("CVMFS_A=${X", "unterminated"),
-     ("CVMFS_A=${X/y/z}", "unsupported expansion"), ("CVMFS_A=two words", "after the value")],
+     ("CVMFS_A=${X/y/z}", "unsupported expansion"), ("CVMFS_A=two words", "after the value"),
+     ("CVMFS_A=`hostname`", "command substitution `...`"), ('CVMFS_A="x-`hostname`"', "command substitution `...`"),
+     ('CVMFS_HTTP_PROXY = "http://squid:3128"', "spaces around '=' make no assignment of CVMFS_HTTP_PROXY"),
+     ("export CVMFS_QUOTA_LIMIT =20000", "spaces around '=' make no assignment of CVMFS_QUOTA_LIMIT")],
 )
 def test_malformed_lines_name_file_and_line(line: str, problem: str) -> None:
     with pytest.raises(ConfigError, match=f"test.conf:2: .*{problem}"):

@@ -36,6 +36,8 @@ from ucernvm.records import NamedTuple
 DEFAULT_CONFIG_DIR = Path("/etc/cvmfs")
 
 _ASSIGNMENT = re.compile(r"^\s*(?:(?:export|readonly)\s+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
+# "KEY = value": the shell runs KEY as a command and sets nothing, cvmfs keeps the earlier value.
+_SPACED_ASSIGNMENT = re.compile(r"^\s*(?:(?:export|readonly)\s+)?([A-Za-z_][A-Za-z0-9_]*)\s+=")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _WORD_END = " \t;&|<>"
 
@@ -219,9 +221,14 @@ def parse_text(text: str, values: dict[str, str], source: str = "<text>",
         where = f"{source}:{number}"
         if blocks.step(line, lookup, where):
             continue
+        if not blocks.active:
+            continue
         match = _ASSIGNMENT.match(line)
-        if match is not None and blocks.active:
+        if match is not None:
             values[match[1]] = _ShellWord(match[2], lookup, where).parse()
+        elif spaced := _SPACED_ASSIGNMENT.match(line):
+            raise ConfigError(f"{where}: spaces around '=' make no assignment of {spaced[1]}",
+                              f"write {spaced[1]}=value, without spaces")
     blocks.close(source)
 
 
@@ -439,6 +446,8 @@ class _ShellWord:
                 self.i += 2
             elif char == "$":
                 out.append(self._expansion())
+            elif char == "`":
+                self._fail("command substitution `...` is not supported")
             else:
                 out.append(char)
                 self.i += 1
@@ -458,6 +467,8 @@ class _ShellWord:
                 self.i += 2
             elif char == "$":
                 out.append(self._expansion())
+            elif char == "`":
+                self._fail("command substitution `...` is not supported")
             else:
                 out.append(char)
                 self.i += 1
