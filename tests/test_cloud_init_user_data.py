@@ -106,3 +106,17 @@ def test_a_bug_in_one_piece_of_the_context_leaves_the_rest_and_the_boot(tmp_path
     hand_over_context(state)
     assert state.warnings == ["seed_cloud_init failed, the OS boots without it: RuntimeError: a bug"]
     assert (state.new_root / LOGIN_HOOK).exists()  # the last piece was still installed
+
+
+
+@pytest.mark.parametrize("broken_part", [
+    b"Content-Type: multipart/mixed\n\ncaf\xc3\xa9\n",  # no boundary, and UTF-8 in what is taken for a preamble
+    b"Content-Type: text/x-shellscript\x1dContent-Transfer-Encoding: 7bit\n\n" + SCRIPT.encode(),
+], ids=["multipart-without-boundary", "control-character-in-a-header"])
+def test_user_data_that_cannot_be_written_back_reaches_cloud_init_as_given(broken_part: bytes) -> None:
+    """Where the message, the loader's part left out, cannot be written out again, cloud-init gets the
+    user-data as it came rather than none at all."""
+    data = (b'Content-Type: multipart/mixed; boundary="XX"\nMIME-Version: 1.0\n\n--XX\nContent-Type: text/cloud-config\n\n'
+            + CLOUD_CONFIG.encode() + b"--XX\nContent-Type: text/ucernvm\n\n" + SECTION.encode() + b"--XX\n"
+            + broken_part + b"--XX--\n")
+    assert for_cloud_init(data) == data

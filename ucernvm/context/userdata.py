@@ -78,7 +78,8 @@ def for_cloud_init(data: bytes) -> bytes:
     """The user-data the OS's cloud-init gets: without ``text/ucernvm`` MIME parts, which hold only the
     loader's settings, applied by then. cloud-init has no handler for them: it logs "Unhandled unknown
     content-type" on every boot, and from 23.4 on reports the instance as degraded (``cloud-init status``
-    exits 2). Everything else comes through unchanged, and so does user-data without such parts."""
+    exits 2). Everything else comes through unchanged, and so does user-data without such parts, or that
+    cannot be written out again without them."""
     if LOADER_PART_TYPE.encode() not in data.lower():
         return data
     message = _mime(data)
@@ -87,10 +88,14 @@ def for_cloud_init(data: bytes) -> bytes:
     if not any(not part.is_multipart() for part in message.walk()):
         return b""  # nothing was for cloud-init
     # Named here, not left to Message.as_bytes, so that the image is known to carry it (tests/test_image.py).
+    from email.errors import MessageError
     from email.generator import BytesGenerator
 
     out = io.BytesIO()
-    BytesGenerator(out, mangle_from_=False).flatten(message)
+    try:
+        BytesGenerator(out, mangle_from_=False).flatten(message)
+    except (MessageError, ValueError):  # parsed leniently but not writable back: cloud-init gets it as it came
+        return data
     return out.getvalue()
 
 
