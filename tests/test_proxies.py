@@ -7,10 +7,13 @@ import threading
 
 import pytest
 
+from ucernvm.client.client_config import FetcherConfig, load_config
+from ucernvm.client.fetcher import HttpSource
 from ucernvm.client.proxies import Proxy, ProxyChain, expand_member, parse_proxy_list, resolve_addresses
 from ucernvm.errors import ConfigError
 
 A, B, C = "http://127.0.0.1:3128", "http://127.0.0.2:3128", "http://127.0.0.3:3128"
+SETTING_FIELDS = {"CVMFS_HTTP_PROXY": "http_proxy", "CVMFS_FALLBACK_PROXY": "fallback_proxy"}
 
 
 class Clock:
@@ -156,3 +159,14 @@ def test_concurrent_failures_keep_the_chain_consistent() -> None:
 def test_describe_marks_the_member_in_use() -> None:
     proxies = chain(f"{A};DIRECT")
     assert proxies.describe() == f"[{A}]; DIRECT"
+
+
+@pytest.mark.parametrize(("key", "text"), [("CVMFS_HTTP_PROXY", f"auto|{A};DIRECT"),
+                                           ("CVMFS_FALLBACK_PROXY", "auto"), ("CVMFS_FALLBACK_PROXY", f"{A};auto")])
+def test_auto_only_as_a_group_of_its_own_of_the_http_proxy(key: str, text: str) -> None:
+    """Anywhere else "auto" would be taken for a proxy's name, and a request through it fail without failover."""
+    with pytest.raises(ConfigError, match=f"{key}: 'auto' is a proxy group of its own"):
+        load_config("test.cern.ch", config_dir=None,
+                    overrides={"CVMFS_SERVER_URL": "http://127.0.0.1:8000/cvmfs/@fqrn@", key: text})
+    with pytest.raises(ConfigError, match=f"{key}: 'auto' is a proxy group of its own"):
+        HttpSource(["http://127.0.0.1:8000/cvmfs/test.cern.ch"], FetcherConfig(**{SETTING_FIELDS[key]: text}))

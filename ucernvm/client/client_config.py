@@ -81,7 +81,7 @@ def _server_urls(key: str, value: str) -> tuple[str, ...]:
 
 
 def _proxies(key: str, value: str) -> str:
-    parse_proxy_list(value, key)  # checks every member; the text is kept ("auto" is resolved later)
+    parse_proxy_list(value, key, key == "CVMFS_HTTP_PROXY")  # checks every member; the text is kept (for "auto")
     return value.strip()
 
 

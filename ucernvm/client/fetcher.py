@@ -182,12 +182,14 @@ class HttpSource:
         self._clock = clock
         self._hosts = HostChain(urls, config.host_reset_after, clock)
         self._transfer = Transfer(config.low_speed_limit, config.follow_redirects, clock)
+        parse_proxy_list(config.http_proxy)  # checked before any PAC file is fetched
+        fallback = parse_proxy_list(config.fallback_proxy, "CVMFS_FALLBACK_PROXY", allow_auto=False)
         proxies = resolve_proxy_description(config.http_proxy, config.pac_urls, urls, self._fetch_pac)
         if config.http_proxy and not proxies:
             raise FetchError(f"no proxy found for CVMFS_HTTP_PROXY={config.http_proxy!r}",
                              "no PAC file in CVMFS_PAC_URLS answered; add DIRECT or a proxy as a fallback group")
-        self._proxies = ProxyChain(parse_proxy_list(proxies), parse_proxy_list(config.fallback_proxy, "CVMFS_FALLBACK_PROXY"),
-                                   config.proxy_reset_after, clock=clock)
+        self._proxies = ProxyChain(parse_proxy_list(proxies, allow_auto=False), fallback, config.proxy_reset_after,
+                                   clock=clock)
         self._lock = threading.Lock()
         self._requests = self._bytes = self._retries = self._nocache_retries = self._downloads = 0
         self._seconds = 0.0

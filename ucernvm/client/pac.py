@@ -82,7 +82,7 @@ def auto_proxies(pac_urls: Sequence[str], server_urls: Sequence[str], fetch: Cal
                  environ: Mapping[str, str] = os.environ) -> str:
     """What one ``auto`` group stands for ("" when nothing was found)."""
     if environ.get("http_proxy"):
-        parse_proxy_list(environ["http_proxy"], "http_proxy (which CVMFS_HTTP_PROXY=auto uses)")
+        parse_proxy_list(environ["http_proxy"], "http_proxy (which CVMFS_HTTP_PROXY=auto uses)", allow_auto=False)
         return environ["http_proxy"]
     for pac_url in pac_urls:
         url = AUTO_PAC_URL if pac_url == AUTO else pac_url

@@ -55,11 +55,18 @@ def normalize_member(text: str, key: str = "CVMFS_HTTP_PROXY") -> str:
     return url.rstrip("/")
 
 
-def parse_proxy_list(text: str, key: str = "CVMFS_HTTP_PROXY") -> list[list[str]]:
-    """Groups (``;``) of members (``|``); empty groups are dropped."""
+def parse_proxy_list(text: str, key: str = "CVMFS_HTTP_PROXY", allow_auto: bool = True) -> list[list[str]]:
+    """Groups (``;``) of members (``|``); empty groups are dropped.
+
+    ``auto`` stands for a whole group, where ``allow_auto`` (cvmfs resolves only such groups of
+    CVMFS_HTTP_PROXY): anywhere else it would be taken for a proxy's name.
+    """
     groups = []
     for group in text.split(";"):
         members = [normalize_member(member.strip(), key) for member in group.split("|") if member.strip()]
+        if AUTO in members and (len(members) > 1 or not allow_auto):
+            raise ConfigError(f"{key}: 'auto' is a proxy group of its own, of CVMFS_HTTP_PROXY only",
+                              "e.g. CVMFS_HTTP_PROXY='auto;DIRECT': the PAC files of CVMFS_PAC_URLS name the proxies")
         if members:
             groups.append(members)
     return groups
