@@ -8,9 +8,13 @@ import hashlib
 import json
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -272,6 +276,44 @@ def test_http_errors_and_unreachable_services(server: OnlineServer) -> None:
     server.stop()
     with pytest.raises(ContextError, match=f"cannot reach http://127.0.0.1:{port}"):
         fetch_context("123456", service_url=f"127.0.0.1:{port}", machine="vm")  # no scheme: http, as curl
+
+
+@contextmanager
+def raw_service(reply: bytes) -> Iterator[str]:
+    """A TCP server on 127.0.0.1 that answers one connection with ``reply`` and closes it; yields its URL."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def answer() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(65536)
+            connection.sendall(reply)
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        listener.close()
+        thread.join(5)
+
+
+NOT_REPLIES = {
+    "not http": (b"SSH-2.0-OpenSSH_9.2\r\n", "did not answer in HTTP"),
+    "endless header": (b"HTTP/1.1 200 OK\r\nX: " + b"a" * 70000 + b"\r\n\r\n", "did not answer in HTTP"),
+    "cut off": (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nEC2_USER_DATA=aGVsbG8K\n", "cut off"),
+    "cut off chunk": (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n40\r\nEC2_USER_DATA=aGVsbG8K\n",
+                      "cut off"),
+}
+
+
+@pytest.mark.parametrize("case", NOT_REPLIES)
+def test_a_service_that_does_not_answer_in_http_is_a_clear_error(case: str) -> None:
+    """What a wrong port or a broken connection gives is a ContextError, which the boot reports and the
+    cluster pairing retries, never another exception, and a cut-off reply is never taken for a context."""
+    reply, message = NOT_REPLIES[case]
+    with raw_service(reply) as url, pytest.raises(ContextError, match=message):
+        fetch_context("123456", service_url=url, machine="vm", version="test")
 
 
 # --- the service's PINs and definitions ---------------------------------------------------------

@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import http.client
 import os
 import re
 import ssl
@@ -259,16 +260,23 @@ def http_request(url: str, method: str = "GET", data: bytes | None = None,
     tls = ssl.create_default_context(cafile=cafile) if url.startswith("https:") else None
     try:
         with urllib.request.urlopen(request, timeout=timeout, context=tls) as response:
-            status, body = response.status, response.read(limit + 1)
+            status, body, missing = response.status, response.read(limit + 1), response.length
     except urllib.error.HTTPError as error:
         with error:
-            status, body = error.code, error.read(limit + 1)
+            status, body, missing = error.code, error.read(limit + 1), getattr(error, "length", None)
+    except http.client.IncompleteRead:  # a chunked reply that ends early
+        status, body, missing = 0, b"", 1
+    except http.client.HTTPException as error:  # a port that speaks something else, or endless headers
+        raise ContextError(f"{_origin(url)} did not answer in HTTP ({type(error).__name__}: {str(error)[:80]})",
+                           "check the service URL and its port") from None
     except (urllib.error.URLError, OSError, ValueError) as error:
         reason = getattr(error, "reason", error)
         raise ContextError(f"cannot reach {_origin(url)}: {reason}", _unreachable_hint(reason)) from None
     if len(body) > limit:
         raise ContextError(f"the reply of {_origin(url)} is larger than {limit} bytes",
                            "check the service URL: this is not a CernVM Online service")
+    if missing:  # bytes of the Content-Length (or of a chunk) never came: half a context is not one
+        raise ContextError(f"the reply of {_origin(url)} was cut off", "check the network, or try again later")
     return status, body
 
 
