@@ -123,6 +123,23 @@ def test_if_elif_else_nesting_and_conditions() -> None:
     assert values == {"CVMFS_N": "2", "CVMFS_A": "then", "CVMFS_B": "else", "CVMFS_C": "unquoted-empty-is-no-word"}
 
 
+def test_parameter_expansions_of_the_shell() -> None:
+    """``${VAR:=default}`` as cvmfs's older domain.d files wrote their server lists, and its kin."""
+    values = parsed(
+        'CVMFS_SERVER_URL=${CERN_S1:="http://s1/cvmfs/@fqrn@;http://s2/cvmfs/@fqrn@"}\n'
+        'CVMFS_A="$CERN_S1"\n'
+        "CVMFS_EMPTY=\n"
+        "CVMFS_B=${CVMFS_EMPTY-unset}/${CVMFS_EMPTY:-empty}/${CVMFS_EMPTY+set}/${CVMFS_EMPTY:+nonempty}/"
+        "${NONE-unset}/${NONE+set}\n"
+        "CVMFS_C=${CVMFS_EMPTY:=filled}-$CVMFS_EMPTY-${NONE:-'$HOME' \"$CVMFS_A\"}\n",
+        HOME="/root",
+    )
+    servers = "http://s1/cvmfs/@fqrn@;http://s2/cvmfs/@fqrn@"
+    assert values["CVMFS_SERVER_URL"] == values["CVMFS_A"] == servers
+    assert values["CVMFS_B"] == "/empty/set//unset/"
+    assert values["CVMFS_C"] == f"filled-filled-$HOME {servers}" and values["CVMFS_EMPTY"] == "filled"
+
+
 @pytest.mark.parametrize(
     ("text", "problem"),
     [('if [ "$(hostname)" = x ]; then\nfi', ":2: command substitution"),

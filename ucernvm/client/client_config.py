@@ -10,7 +10,7 @@ every value checked; a bad one is a ConfigError that names its key.
 cvmfs sources these files with a shell. A boot image has no shell, so the assignments are parsed
 here (hand-written: shlex knows quotes but not ``$VAR`` expansion): ``[export|readonly] KEY=word``
 with single and double quotes, backslashes, ``#`` comments and ``$VAR``, ``${VAR}``,
-``${VAR:-default}``. ``if``/``elif``/``else``/``fi`` blocks choose which assignments apply, as the
+``${VAR:-word}``, ``${VAR:=word}``, ``${VAR:+word}`` (and each without ``:``). ``if``/``elif``/``else``/``fi`` blocks choose which assignments apply, as the
 shell does: cvmfs's own ``domain.d`` files pick their servers that way (``CVMFS_USE_OPENHTC``,
 ``CVMFS_USE_CDN``). Their conditions are ``[ ... ]`` or ``test`` (string and integer comparisons,
 ``-z``, ``-n``, ``!``), ``true``, ``false``, joined by ``&&`` and ``||``; any other condition is a
@@ -23,7 +23,8 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections import ChainMap
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -39,6 +40,7 @@ _ASSIGNMENT = re.compile(r"^\s*(?:(?:export|readonly)\s+)?([A-Za-z_][A-Za-z0-9_]
 # "KEY = value": the shell runs KEY as a command and sets nothing, cvmfs keeps the earlier value.
 _SPACED_ASSIGNMENT = re.compile(r"^\s*(?:(?:export|readonly)\s+)?([A-Za-z_][A-Za-z0-9_]*)\s+=")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_BRACED = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-=+])(.*))?", re.DOTALL)
 _WORD_END = " \t;&|<>"
 
 
@@ -212,20 +214,17 @@ def default_files(config_dir: str | os.PathLike[str], fqrn: str) -> list[Path]:
 def parse_text(text: str, values: dict[str, str], source: str = "<text>",
                environ: Mapping[str, str] = os.environ) -> None:
     """Apply the assignments in ``text`` to ``values``; ``$VAR`` sees earlier values, then ``environ``."""
-
-    def lookup(name: str) -> str:
-        return values.get(name, environ.get(name, ""))
-
+    scope = ChainMap(values, dict(environ))  # ${VAR:=default} assigns into values
     blocks = _Blocks()
     for number, line in enumerate(text.splitlines(), 1):
         where = f"{source}:{number}"
-        if blocks.step(line, lookup, where):
+        if blocks.step(line, scope, where):
             continue
         if not blocks.active:
             continue
         match = _ASSIGNMENT.match(line)
         if match is not None:
-            values[match[1]] = _ShellWord(match[2], lookup, where).parse()
+            values[match[1]] = _ShellWord(match[2], scope, where).parse()
         elif spaced := _SPACED_ASSIGNMENT.match(line):
             raise ConfigError(f"{where}: spaces around '=' make no assignment of {spaced[1]}",
                               f"write {spaced[1]}=value, without spaces")
@@ -277,7 +276,7 @@ class _Blocks:
     def active(self) -> bool:
         return all(applies for applies, _, _ in self._stack)
 
-    def step(self, line: str, lookup: Callable[[str], str], where: str) -> bool:
+    def step(self, line: str, scope: MutableMapping[str, str], where: str) -> bool:
         """Follow ``line`` if it is a keyword line (True); an unexpected line is a ConfigError."""
         keyword, rest = [*line.split(None, 1), "", ""][:2]
         keyword = keyword.rstrip(";")
@@ -286,7 +285,7 @@ class _Blocks:
         if keyword not in self._KEYWORDS:
             return False
         if keyword in ("if", "elif"):
-            words = _ShellWord(rest, lookup, where).words()
+            words = _ShellWord(rest, scope, where).words()
             then = words[-2:] == [";", "then"]
             if "then" in words and not then:
                 raise ConfigError(f"{where}: put what follows 'then' on a line of its own", _SHELL_HINT)
@@ -393,8 +392,8 @@ _SHELL_HINT = "configuration files hold KEY=value lines, bash-style"
 class _ShellWord:
     """Shell words: quotes removed, backslashes and ``$`` expansions applied."""
 
-    def __init__(self, text: str, lookup: Callable[[str], str], where: str) -> None:
-        self.text, self.lookup, self.where, self.i = text, lookup, where, 0
+    def __init__(self, text: str, scope: MutableMapping[str, str], where: str) -> None:
+        self.text, self.scope, self.where, self.i = text, scope, where, 0
 
     def words(self) -> list[str | None]:
         """The words of a command line up to its comment; the operators ``;``, ``&&``, ``||`` as
@@ -428,10 +427,10 @@ class _ShellWord:
             self._fail(f"unexpected {rest[:20]!r} after the value (quote values with spaces)")
         return word
 
-    def word(self) -> str:
+    def word(self, stop: str = _WORD_END) -> str:
         out: list[str] = []
         text = self.text
-        while self.i < len(text) and text[self.i] not in _WORD_END:
+        while self.i < len(text) and text[self.i] not in stop:
             char = text[self.i]
             if char == "'":
                 end = text.find("'", self.i + 1)
@@ -483,17 +482,37 @@ class _ShellWord:
                 self._fail("unterminated ${")
             inner = text[self.i + 1:end]
             self.i = end + 1
-            name, default_sep, default = inner.partition(":-")
-            if not _NAME.fullmatch(name):
+            braced = _BRACED.fullmatch(inner)
+            if braced is None:
                 self._fail(f"unsupported expansion ${{{inner}}}")
-            return (self.lookup(name) or default) if default_sep else self.lookup(name)
+            return self._braced(*braced.groups())
         match = _NAME.match(text, self.i)
         if match is None:
             if text.startswith("(", self.i):
                 self._fail("command substitution $(...) is not supported")
             return "$"
         self.i = match.end()
-        return self.lookup(match[0])
+        return self.scope.get(match[0], "")
+
+    def _braced(self, name: str, operator: str | None, word: str) -> str:
+        """``${NAME}`` and the shell's ``${NAME-word}``, ``=``, ``+``: word when NAME is unset (``-``),
+        then also assigned to it (``=``), or when it is set (``+``); with ``:``, empty counts as unset."""
+        value = self.scope.get(name)
+        if operator is None:
+            return value or ""
+        missing = value is None or (operator[0] == ":" and not value)
+        if operator[-1] == "+":
+            return "" if missing else self._word(word)
+        if not missing:
+            return value or ""
+        value = self._word(word)
+        if operator[-1] == "=":
+            self.scope[name] = value
+        return value
+
+    def _word(self, text: str) -> str:
+        """The word of a ``${NAME-word}``: quotes and expansions as in a value, blanks kept."""
+        return _ShellWord(text, self.scope, self.where).word(stop="")
 
     def _fail(self, problem: str) -> Any:
         raise ConfigError(f"{self.where}: {problem}", _SHELL_HINT)
