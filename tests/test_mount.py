@@ -352,13 +352,30 @@ def test_mount_at_a_tag_and_umount_ends_the_daemon(published, mounts, keys_dir, 
     assert (point / "etc" / "hostname").read_text() == "cernvm\n"
     assert os.getxattr(point, "user.tag") == b"v1"
     pid = int(os.getxattr(point, "user.pid"))
-    run_cli("umount", point, check=True)
+    (tmp_path / "link").symlink_to(point)
+    run_cli("umount", tmp_path / "link", check=True)
     for _ in range(100):
         if not Path(f"/proc/{pid}").exists():
             break
         threading.Event().wait(0.05)
     assert not Path(f"/proc/{pid}").exists(), "the daemon still runs after umount"
     assert not os.path.ismount(point)
+
+
+def test_umount_leaves_alone_what_is_not_a_mounted_snapshot(tmp_path) -> None:
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    result = run_cli("umount", plain)
+    assert result.returncode == 1 and b"is not a mount point" in result.stderr
+    other = tmp_path / "other"
+    other.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(other)], check=True)
+    try:
+        result = run_cli("umount", other)
+        assert result.returncode == 1 and b"holds a tmpfs file system" in result.stderr
+        assert os.path.ismount(other)
+    finally:
+        subprocess.run(["umount", "-l", str(other)], capture_output=True)
 
 
 def test_daemon_survives_its_cache_being_moved(published, mounts, keys_dir, tmp_path) -> None:

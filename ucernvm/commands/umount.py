@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 
-from ucernvm.client.fuse.kernel import unmount
+from ucernvm.client.fuse.kernel import mounted_file_system, unmount
+from ucernvm.errors import MountError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -12,7 +14,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "umount",
         help="unmount a snapshot mounted by `ucernvm mount`",
         description="Unmount MOUNTPOINT; the FUSE daemon serving it stops. With --lazy the mount is detached "
-        "even while files are open.",
+        "even while files are open. Only a FUSE file system is unmounted, as fusermount -u does: anything "
+        "else mounted there is left alone.",
     )
     parser.add_argument("mountpoint", metavar="MOUNTPOINT")
     parser.add_argument("--lazy", action="store_true", help="detach now, even if busy")
@@ -20,5 +23,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    unmount(args.mountpoint, lazy=args.lazy)
+    # mountinfo names mount points without symlinks; realpath copes with a mount whose daemon is gone.
+    path = os.path.realpath(args.mountpoint)
+    mounted = mounted_file_system(path)
+    if mounted is None:
+        raise MountError(f"{args.mountpoint} is not a mount point")
+    file_system_type = mounted[1]
+    if file_system_type.split(".", 1)[0] != "fuse":
+        raise MountError(f"{path} holds a {file_system_type} file system, not a snapshot mounted by ucernvm",
+                         hint="umount(8) unmounts other file systems")
+    unmount(path, lazy=args.lazy)
     return 0

@@ -241,24 +241,26 @@ def unmount(mountpoint: str, lazy: bool = True) -> None:
         raise MountError(f"cannot unmount {mountpoint}: {os.strerror(code)}")
 
 
-def _mount_device(mountpoint: str) -> str | None:
-    """``major:minor`` of the file system mounted last at ``mountpoint``, from mountinfo.
+def mounted_file_system(mountpoint: str) -> tuple[str, str] | None:
+    """``(major:minor, type)`` of the file system mounted last at ``mountpoint`` (an absolute path
+    without symlinks), from mountinfo; a snapshot's type is ``fuse.cvmfs``.
 
-    Read there because stat() on the mount would wait for INIT, which nobody serves yet.
+    Read there because stat() on a FUSE mount would wait for INIT, which nobody may serve yet.
     """
     escaped = mountpoint
     for char, code in (("\\", "\\134"), (" ", "\\040"), ("\t", "\\011"), ("\n", "\\012")):
         escaped = escaped.replace(char, code)
-    device = None
+    found = None
     try:
         with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as lines:
             for line in lines:
-                fields = line.split(" ", 5)
+                mount_fields, _, file_system_fields = line.partition(" - ")  # spaces in paths are escaped
+                fields = mount_fields.split(" ", 5)
                 if fields[4] == escaped:
-                    device = fields[2]
+                    found = fields[2], file_system_fields.split(" ", 1)[0]
     except OSError:
         return None
-    return device
+    return found
 
 
 class FuseMount:
@@ -269,7 +271,8 @@ class FuseMount:
         self.fd = fd
         self.mountpoint = mountpoint
         self.options = options
-        self.device = _mount_device(mountpoint)
+        mounted = mounted_file_system(mountpoint)
+        self.device = mounted[0] if mounted is not None else None
         self._bufsize = max(FUSE_MIN_READ_BUFFER, options.max_write + 8192)
         self.read_pages = self._largest_read_pages()
         seconds = int(options.cache_timeout)
