@@ -181,16 +181,21 @@ class _Server(ThreadingHTTPServer):
     cloud: Cloud
 
 
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
 @contextmanager
-def metadata_server(cloud: Cloud) -> Iterator[str]:
-    """Serve ``cloud`` on 127.0.0.1; yields ``"127.0.0.1:<port>"``."""
+def metadata_server(cloud: Cloud, host: str = "127.0.0.1") -> Iterator[str]:
+    """Serve ``cloud`` on ``host`` (127.0.0.1, or ::1 as an IPv6 metadata address); yields ``"<host>:<port>"``
+    (``"[::1]:<port>"``)."""
     assert cloud.kind in KINDS
-    server = _Server(("127.0.0.1", 0), _Handler)
+    server = (_Server6 if ":" in host else _Server)((host, 0), _Handler)
     server.cloud = cloud
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
-        yield f"127.0.0.1:{server.server_address[1]}"
+        yield f"[{host}]:{server.server_address[1]}" if ":" in host else f"{host}:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()

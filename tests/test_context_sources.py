@@ -7,6 +7,7 @@ import base64
 import gzip
 import json
 import os
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -450,6 +451,24 @@ def test_meta_data_without_user_data_counts_as_found(kind: str, source: str, not
 def test_nothing_at_all_is_not_found(kind: str, notes: Notes) -> None:
     with metadata_server(Cloud(kind, user_data=None, meta=False)) as address:
         assert network_search(notes, address, address) is None
+
+
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 on the loopback interface")
+def test_an_ipv6_metadata_address(notes: Notes) -> None:
+    """EC2's IPv6-only instances have their metadata at [fd00:ec2::254] (ucernvm.metadata=[...]:80)."""
+    cloud = Cloud("ec2")
+    with metadata_server(cloud, "::1") as address:
+        found = network_search(notes, address)
+    assert found is not None and (found.source, found.user_data) == ("EC2", cloud.user_data)
 
 
 def test_gce_needs_and_sends_the_flavor_header(notes: Notes) -> None:

@@ -102,7 +102,8 @@ class Client:
         end = min(self.deadline, start + self.request_timeout)
         if end <= start:
             return None
-        url = f"http://{self.host[0]}:{self.host[1]}{path}"
+        name = f"[{self.host[0]}]" if ":" in self.host[0] else self.host[0]  # an IPv6 address: [fd00:ec2::254]
+        url = f"http://{name}:{self.host[1]}{path}"
         where = f"{method} {url}"
         try:
             response = self.pool.request(method, url, headers or {}, end - start)
