@@ -55,7 +55,8 @@ def test_a_source_without_meta_data_keeps_the_user_data_id(tmp_path: Path) -> No
     assert first_meta == second_meta and first_meta["instance-id"].startswith("ucernvm-")
 
 
-@pytest.mark.parametrize("damage", [b"\x00\xff not json", b"[1, 2]", b'{"instance-id": 7, "public-keys": "x"}'])
+@pytest.mark.parametrize("damage", [b"\x00\xff not json", b"[1, 2]", b'{"instance-id": 7, "public-keys": "x"}',
+                                    b"[" * 100000])
 def test_damaged_saved_meta_data_means_a_new_instance_not_a_failed_boot(tmp_path: Path, damage: bytes) -> None:
     boot(tmp_path, FoundContext(CONFIG_DRIVE, USER_DATA, META), fresh=True)
     (tmp_path / "root.rw/context" / META_DATA).write_bytes(damage)

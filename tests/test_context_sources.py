@@ -174,7 +174,8 @@ def test_json_meta_survives_garbage(notes: Notes) -> None:
     assert json_meta(b"\x00\xff\xfe", "m", notes.warnings.append) is None
     assert json_meta(b'{"uuid": ["x"], "hostname": "evil\\nhost: x"}', "m", ignore) == MetaData()
     assert json_meta(json.dumps({"hostname": "h" * 300}).encode(), "m", ignore) == MetaData()
-    assert len(notes.warnings) == 3
+    assert json_meta(b"[" * 100000, "m", notes.warnings.append) is None  # deeper than the parser goes
+    assert len(notes.warnings) == 4
 
 
 def test_nocloud_meta_data_yaml_and_json() -> None:

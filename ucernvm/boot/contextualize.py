@@ -254,8 +254,8 @@ def _saved_meta(state: BootState, path: Path) -> MetaData:
         return MetaData()
     try:
         return MetaData.from_nocloud(json.loads(path.read_bytes()))
-    except (OSError, ValueError) as error:
-        state.warn(f"the saved meta-data {path.name} is unreadable ({error}): cloud-init sees a new instance")
+    except (OSError, ValueError, RecursionError) as error:  # RecursionError: nested deeper than the parser goes
+        state.warn(f"the saved meta-data {path.name} is unreadable ({str(error)[:80]}): cloud-init sees a new instance")
         return MetaData()
 
 

@@ -119,8 +119,8 @@ def json_meta(data: bytes, what: str, warn: Warn) -> MetaData | None:
     """OpenStack's meta_data.json (uuid, hostname, public_keys); None when it is not a JSON object."""
     try:
         document = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as error:
-        warn(f"{what} is not JSON ({error}): ignored")
+    except (ValueError, RecursionError) as error:  # RecursionError: nested deeper than the parser goes
+        warn(f"{what} is not JSON ({str(error)[:80]}): ignored")
         return None
     if not isinstance(document, dict):
         warn(f"{what} is not a JSON object: ignored")
