@@ -36,6 +36,7 @@ def test_no_command_prints_usage_and_fails() -> None:
         (["repo", "ls", "{repo}", "--key", "{pub}", "--now", "{now}", "--tag", "v9"], b"has no tag 'v9'"),
         (["repo", "ls", "{repo}", "--key", "{pub}", "--now", "{now}", "--root-hash", "xyz"], b"malformed content hash"),
         (["repo", "ls", "ftp://example/x", "--key", "{pub}"], b"not an HTTP URL"),
+        (["repo", "ls", "http://127.0.0.1:9/cvmfs/@fqrn@", "--key", "{pub}"], b"cannot tell the repository name"),
         (["serve", "/nonexistent", "--port", "99999"], b"is not a TCP port"),
         (["keygen", "x.cern.ch", "--keys", "{keys}"], b"already exist"),
     ],

@@ -69,11 +69,12 @@ class DirectorySource:
 
 
 def fqrn_from_source(text: str) -> str | None:
-    """The repository name a source spelling implies: the last component of ``.../cvmfs/<fqrn>``."""
+    """The repository name a source spelling implies: the last component of ``.../cvmfs/<fqrn>``; None
+    where that is a placeholder (``@fqrn@``, as CVMFS_SERVER_URL spells it), which only a name fills."""
     first = text.split(";")[0].strip().rstrip("/")
     path = urlsplit(first).path if "://" in first else first
     name = os.path.basename(path.rstrip("/"))
-    return name or None
+    return name if name and "@" not in name else None
 
 
 def open_source(text: str) -> RepositorySource:
