@@ -73,3 +73,13 @@ def test_a_part_with_an_unusable_charset_is_read_as_utf8(tmp_path: Path, charset
             f"Content-Type: text/ucernvm; charset={charset}\n\n").encode() + SECTION + b"caf\xc3\xa9\n--XX--\n"
     state = boot_with(tmp_path, data)
     assert state.config.tag == "cernvm-system-4.7.1" and state.warnings == []
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be"])
+def test_utf16_user_data_is_reported(tmp_path: Path, encoding: str) -> None:
+    """Windows PowerShell's '>' writes UTF-16: neither the loader nor cloud-init reads that, so the report
+    says so instead of the context silently doing nothing."""
+    data = ("\ufeff" + SECTION.decode()).encode(encoding)
+    state = boot_with(tmp_path, data)
+    assert state.user_data == data and state.config.tag == BootConfig().tag
+    assert len(state.warnings) == 1 and "UTF-16" in state.warnings[0]

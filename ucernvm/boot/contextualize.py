@@ -25,6 +25,7 @@ from ucernvm.errors import ContextError
 
 SEARCH_SECONDS = 10.0  # every source together; a VM without a context loses under 3 s of it
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+UTF16_MARKS = (b"\xff\xfe", b"\xfe\xff")  # the byte order marks a UTF-16 file starts with
 META_DATA = "meta-data"  # in context/: the first boot's meta-data (NoCloud keys, JSON), for later boots
 
 
@@ -51,6 +52,9 @@ def apply_user_data(state: BootState, user_data: bytes, source: str) -> None:
     if is_packed(state.user_data):
         state.warn(f"the user-data from {source} is gzip that cannot be unpacked (truncated, damaged, or over "
                    f"{MAX_USER_DATA >> 20} MB unpacked): its [ucernvm-begin] settings are not read")
+    elif state.user_data[:2] in UTF16_MARKS:
+        state.warn(f"the user-data from {source} is UTF-16 text (as Windows PowerShell's '>' writes it), which "
+                   "neither this boot loader nor cloud-init reads: save it as UTF-8")
     section, warnings = section_of(state.user_data)
     for warning in warnings:
         state.warn(warning)
