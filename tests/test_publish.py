@@ -184,6 +184,17 @@ def test_whether_a_snapshot_stores_xattrs_counts_its_nested_catalogs(tree: Path,
     assert nested.root_catalog.statistics()["self_xattr"] == 0 and nested.stores_xattrs()
 
 
+def test_an_extended_attribute_too_long_for_the_catalog_is_left_out(tree: Path, tmp_path: Path,
+                                                                    keys_dir: Path) -> None:
+    """As cvmfs_server: a value longer than the blob's one-byte length (a long ACL, an IMA signature) is
+    not published, and the file's other attributes are."""
+    os.setxattr(tree / "etc" / "hostname", "user.long", b"x" * 256)
+    os.setxattr(tree / "etc" / "hostname", "user.longest", b"y" * 255)
+    publish(tree, tmp_path / "repo", keys_dir)
+    entry = open_repo(tmp_path / "repo", keys_dir).entry("/etc/hostname")
+    assert entry.xattrs == {"user.origin": b"test suite", "user.longest": b"y" * 255}
+
+
 def test_every_object_is_named_by_its_sha1_and_inflates_with_zlib(tree: Path, tmp_path: Path, keys_dir: Path) -> None:
     repo = tmp_path / "repo"
     publish(tree, repo, keys_dir)
