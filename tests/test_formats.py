@@ -170,7 +170,7 @@ def test_whitelist_of_fixture(legacy_pristine) -> None:
         (b"20151021115513\nE2015112011551\nNx\n" + b":".join([b"AA"] * 20) + b"\n", "not YYYYMMDDHHMMSS"),
         (b"20151021115513\nE20151120115513\nx\nAA\n", "repository name"),
         (b"20151021115513\nE20151120115513\nNx\n--\n", "no certificate fingerprint"),
-        (b"20151021115513\nE20151120115513\nNx\nAA:BB\n", "malformed certificate fingerprint"),
+        (b"20151021115513\nE20151120115513\nNx\nAA:BB\n", "no certificate fingerprint"),
         (b"20151021115513\nE20151120115513\nNx\nVpkcs7\n\n", "no certificate fingerprint"),
     ],
 )
@@ -183,6 +183,8 @@ def test_whitelist_fingerprint_comments_and_algorithms() -> None:
     pairs = ":".join(["0A"] * 20)
     assert Fingerprint.parse(pairs + " # signing key 2025").text == pairs
     assert Fingerprint.parse(pairs.lower() + "-shake128").algorithm is HashAlgorithm.SHAKE128
+    assert Fingerprint.parse("0a" * 20 + "#no space before the comment").text == pairs
+    assert Fingerprint.parse("# a comment line") is None and Fingerprint.parse("AA:BB") is None
 
 
 def test_xattr_blob_round_trip_and_damage() -> None:

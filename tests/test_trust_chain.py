@@ -11,10 +11,11 @@ import pytest
 from helpers import run_cli
 from ucernvm.client.repository import Repository
 from ucernvm.client.sources import DirectorySource
-from ucernvm.cvmfs.envelope import split_signed
+from ucernvm.cvmfs.envelope import seal, split_signed
+from ucernvm.cvmfs.hashing import HashAlgorithm
 from ucernvm.cvmfs.manifest import Manifest
-from ucernvm.cvmfs.signing import generate_repository_keys, load_private_key, sign_manifest, sign_whitelist
-from ucernvm.cvmfs.trust import load_certificate, load_master_keys
+from ucernvm.cvmfs.signing import generate_repository_keys, load_private_key, sign_manifest, sign_raw, sign_whitelist
+from ucernvm.cvmfs.trust import certificate_fingerprint, load_certificate, load_master_keys
 from ucernvm.cvmfs.whitelist import Whitelist, new_whitelist
 from ucernvm.errors import VerificationError
 
@@ -99,6 +100,23 @@ def test_resigned_whitelist_is_accepted(legacy) -> None:
     result = run_cli("repo", "verify", legacy.repo, "--key", legacy.pub)
     assert result.returncode == 0, result.stderr
     assert Whitelist.parse(split_signed((legacy.repo / ".cvmfswhitelist").read_bytes(), "w").text).fqrn == legacy.fqrn
+
+
+def write_whitelist(legacy, lines: list[bytes]) -> None:
+    """A whitelist of these lines, dated around the fixture's time and signed with its master key."""
+    master = load_private_key(legacy.keys / f"{legacy.fqrn}.masterkey")
+    head = [b"20151021115513", b"E20151120115513", b"N" + legacy.fqrn.encode()]
+    hash_line, unsigned = seal(b"\n".join(head + lines) + b"\n", HashAlgorithm.SHA1)
+    (legacy.repo / ".cvmfswhitelist").write_bytes(unsigned + sign_raw(master, hash_line))
+
+
+def test_whitelist_lines_that_cvmfs_passes_over_are_passed_over(legacy) -> None:
+    """cvmfs reads a fingerprint up to a space, tab or '#', without its colons, in any case, and skips a line
+    that makes no hash: a whitelist written by hand that way verifies."""
+    fingerprint = certificate_fingerprint(load_certificate((legacy.keys / f"{legacy.fqrn}.crt").read_bytes()))
+    write_whitelist(legacy, [b"# release managers' certificate, renewed 2015", b"",
+                             fingerprint.replace(":", "").lower().encode() + b"\t# the current one"])
+    assert open_legacy(legacy).revision == 2
 
 
 def test_corrupted_object_is_never_output(legacy) -> None:

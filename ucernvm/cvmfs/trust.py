@@ -178,9 +178,14 @@ def load_certificate(pem: bytes) -> Certificate:
 
 
 def certificate_fingerprint(certificate: Certificate, algorithm: HashAlgorithm = HashAlgorithm.SHA1) -> str:
-    """The whitelist spelling: upper-case hex pairs joined by colons, plus ``-SHAKE128`` etc."""
-    digest = algorithm.digest(certificate.der).hex().upper()
-    return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2)) + algorithm.id_suffix.upper()
+    """The whitelist spelling of the certificate's hash (see ``fingerprint_text``)."""
+    return fingerprint_text(algorithm, algorithm.digest(certificate.der))
+
+
+def fingerprint_text(algorithm: HashAlgorithm, digest: bytes) -> str:
+    """Upper-case hex pairs joined by colons, plus ``-SHAKE128`` etc."""
+    text = digest.hex().upper()
+    return ":".join(text[i : i + 2] for i in range(0, len(text), 2)) + algorithm.id_suffix.upper()
 
 
 def _recover(key: PublicKey, signature: bytes) -> bytes | None:

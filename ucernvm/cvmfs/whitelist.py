@@ -7,14 +7,13 @@ import re
 
 from ucernvm.cvmfs import trust
 from ucernvm.cvmfs.envelope import SignedText, split_signed
-from ucernvm.cvmfs.hashing import HashAlgorithm
+from ucernvm.cvmfs.hashing import ContentHash, HashAlgorithm
 from ucernvm.errors import FormatError, VerificationError
 from ucernvm.records import NamedTuple
 
 FILE_NAME = ".cvmfswhitelist"
 DEFAULT_VALIDITY_DAYS = 30
 _TIMESTAMP = "%Y%m%d%H%M%S"
-_FINGERPRINT = re.compile(r"^([0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){19})(-[A-Za-z0-9]+)?$")
 
 
 def _parse_time(text: str, what: str) -> datetime.datetime:
@@ -29,17 +28,19 @@ def _parse_time(text: str, what: str) -> datetime.datetime:
 
 class Fingerprint(NamedTuple):
     algorithm: HashAlgorithm
-    text: str  # upper-case, colon-separated, with the algorithm id, as written
+    text: str  # upper-case, colon-separated, with the algorithm id (trust.fingerprint_text)
 
     @classmethod
-    def parse(cls, line: str) -> Fingerprint:
-        # cvmfs stops reading a fingerprint at a space, tab or '#': the rest is a comment.
-        token = re.split(r"[ \t#]", line, maxsplit=1)[0]
-        match = _FINGERPRINT.match(token)
-        if not match:
-            raise FormatError(f"whitelist: malformed certificate fingerprint {line!r}")
-        algorithm = HashAlgorithm.from_name(match.group(2)[1:]) if match.group(2) else HashAlgorithm.SHA1
-        return cls(algorithm, token.upper())
+    def parse(cls, line: str) -> Fingerprint | None:
+        """A fingerprint line read as cvmfs's ``MkFromFingerprint`` reads it: up to a space, tab or '#' (the
+        rest is a comment), colons left out, in any case. None for a line that makes no hash, which cvmfs
+        passes over (a comment line, a stray word)."""
+        token = re.split(r"[ \t#]", line, maxsplit=1)[0].replace(":", "").lower()
+        try:
+            content_hash = ContentHash.parse(token)
+        except FormatError:
+            return None
+        return cls(content_hash.algorithm, trust.fingerprint_text(content_hash.algorithm, content_hash.digest))
 
     def matches(self, certificate: trust.Certificate) -> bool:
         return trust.certificate_fingerprint(certificate, self.algorithm) == self.text
@@ -76,8 +77,8 @@ class Whitelist(NamedTuple):
                 pkcs7 = True
             elif line == "Wcachain":
                 ca_chain = True
-            elif line:
-                fingerprints.append(Fingerprint.parse(line))
+            elif (fingerprint := Fingerprint.parse(line)) is not None:
+                fingerprints.append(fingerprint)
         if not fingerprints:
             raise FormatError("whitelist: lists no certificate fingerprint")
         return cls(
