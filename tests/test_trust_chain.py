@@ -119,6 +119,16 @@ def test_whitelist_lines_that_cvmfs_passes_over_are_passed_over(legacy) -> None:
     assert open_legacy(legacy).revision == 2
 
 
+def test_whitelist_requiring_a_ca_chain_is_refused(legacy) -> None:
+    """'Wcachain' makes cvmfs check the certificate against trusted CAs, which this reader cannot do."""
+    fingerprint = certificate_fingerprint(load_certificate((legacy.keys / f"{legacy.fqrn}.crt").read_bytes()))
+    write_whitelist(legacy, [fingerprint.encode()])
+    assert open_legacy(legacy).revision == 2
+    write_whitelist(legacy, [b"Wcachain", fingerprint.encode()])
+    with pytest.raises(VerificationError, match="CA chain"):
+        open_legacy(legacy)
+
+
 def test_corrupted_object_is_never_output(legacy) -> None:
     path = legacy.repo / FOO_OBJECT
     stored = bytearray(path.read_bytes())

@@ -129,6 +129,8 @@ class SignedWhitelist(NamedTuple):
             raise VerificationError(f"whitelist is for repository {whitelist.fqrn!r}, not {fqrn!r}")
         if whitelist.pkcs7:
             raise VerificationError("whitelist requires PKCS#7 verification, which is not supported")
+        if whitelist.ca_chain:  # cvmfs then checks the certificate against trusted CAs, which this reader cannot
+            raise VerificationError("whitelist requires the certificate's CA chain to be verified, which is not supported")
         if check_expiry and whitelist.expired_at(now):
             raise VerificationError(
                 f"whitelist expired on {whitelist.expires:%Y-%m-%d %H:%M:%S} UTC (the time here: {now:%Y-%m-%d %H:%M:%S} UTC)",
