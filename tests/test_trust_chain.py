@@ -73,6 +73,16 @@ def test_manifest_for_another_repository_is_refused(legacy) -> None:
         open_legacy(legacy)
 
 
+def test_manifest_naming_no_repository_is_refused(legacy) -> None:
+    """Signed with the repository key but without its N line: cvmfs refuses it, since the certificate may sign
+    other repositories' manifests too."""
+    path = legacy.repo / ".cvmfspublished"
+    manifest = Manifest.parse(split_signed(path.read_bytes(), "manifest").text).replace(fqrn=None)
+    path.write_bytes(sign_manifest(manifest, load_private_key(legacy.keys / f"{legacy.fqrn}.key")))
+    with pytest.raises(VerificationError, match="manifest names no repository"):
+        open_legacy(legacy)
+
+
 def test_whitelist_for_another_repository_is_refused(legacy) -> None:
     certificate = load_certificate((legacy.keys / f"{legacy.fqrn}.crt").read_bytes())
     master = load_private_key(legacy.keys / f"{legacy.fqrn}.masterkey")

@@ -124,7 +124,9 @@ class SignedManifest(NamedTuple):
     def verify(self, certificate: trust.Certificate, fqrn: str) -> None:
         """Check name, root path hash, the hash line and the certificate's signature over it."""
         manifest = self.manifest
-        if manifest.fqrn is not None and manifest.fqrn != fqrn:
+        if manifest.fqrn is None:  # as cvmfs: else a manifest could be replayed under another repository's name
+            raise VerificationError(f"manifest names no repository (N line), so it cannot be {fqrn!r}'s")
+        if manifest.fqrn != fqrn:
             raise VerificationError(f"manifest is for repository {manifest.fqrn!r}, not {fqrn!r}")
         if manifest.root_path_hash != ROOT_PATH_HASH:
             raise VerificationError(f"manifest has an invalid root path hash {manifest.root_path_hash!r}")
