@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 import subprocess
 import sys
 import zlib
@@ -208,6 +209,22 @@ def test_path_hash_of_root_matches_cvmfs() -> None:
 def test_catalog_rejects_garbage(data: bytes) -> None:
     with pytest.raises(FormatError):
         Catalog.from_bytes(data)
+
+
+@pytest.mark.parametrize(("schema", "readable"), [
+    ("2.5", True), ("2.4", True), ("2.3", False), ("2.0", False), ("2.6", False), ("1.0", False),
+])
+def test_catalog_schemas_are_those_cvmfs_reads(legacy_pristine, schema: str, readable: bool) -> None:
+    stored = (legacy_pristine.repo / "data/6e/d3d49a5c64f21f36936ab350d49aaf57585b9aC").read_bytes()
+    database = sqlite3.connect(":memory:")
+    database.deserialize(zlib.decompress(stored))
+    database.execute("UPDATE properties SET value=? WHERE key='schema'", (schema,))
+    database.commit()
+    if readable:
+        assert Catalog.from_bytes(database.serialize()).lookup("/foo").size == 4
+    else:
+        with pytest.raises(FormatError, match=f"catalog schema {schema} is not supported"):
+            Catalog.from_bytes(database.serialize())
 
 
 def test_history_of_fixture(legacy_pristine) -> None:

@@ -26,6 +26,7 @@ SCHEMA = 2.5
 _NO_XATTRS: Mapping[str, bytes] = MappingProxyType({})
 SCHEMA_REVISION = 7
 _SCHEMA_EPSILON = 0.0005
+_READABLE_SCHEMAS = (2.4, SCHEMA)
 
 
 class Flag:
@@ -186,8 +187,10 @@ class Catalog:
             self.schema = float(self.properties.get("schema", "1.0"))
         except ValueError:
             raise FormatError(f"catalog has a malformed schema {self.properties['schema']!r}") from None
-        if not 2.0 - _SCHEMA_EPSILON < self.schema < SCHEMA + _SCHEMA_EPSILON:
-            raise FormatError(f"catalog schema {self.schema} is not supported (need 2.x up to {SCHEMA})")
+        # cvmfs's CheckSchemaCompatibility: of the 2.x schemas only 2.4 and 2.5 (1.x, read-only in cvmfs,
+        # has other columns and is not read here).
+        if not any(abs(self.schema - schema) < _SCHEMA_EPSILON for schema in _READABLE_SCHEMAS):
+            raise FormatError(f"catalog schema {self.schema} is not supported (cvmfs reads 2.4 and {SCHEMA})")
         # The columns of a DirectoryEntry in its order, NULLs made its defaults by SQLite (in C, where
         # a test in Python for every column of every row cost as much as building the entry).
         self._select = (
