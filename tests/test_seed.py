@@ -1,15 +1,22 @@
-"""``cernvm_inject`` and pickup tarballs (boot/seed.py ExtractTarball): real archives, extracted into a
-directory that stands for the new root; hostile ones are refused and write nothing outside it."""
+"""What the OS gets from the context (boot/seed.py): ``cernvm_inject`` and pickup tarballs, real
+archives extracted into a directory that stands for the new root (hostile ones are refused and write
+nothing outside it), and the OS's bootstrap hook with glideinWMS user-data."""
 
 from __future__ import annotations
 
+import base64
 import io
+import shutil
 import stat
 from pathlib import Path
 
 import pytest
 
-from ucernvm.boot.seed import ExtractTarball
+from ucernvm.boot.contextualize import apply_user_data
+from ucernvm.boot.log import BootLog
+from ucernvm.boot.seed import BOOTSTRAP, BUSYBOX, GLIDEINWMS_USER_DATA, ExtractTarball, hand_over_context
+from ucernvm.boot.state import BootState
+from ucernvm.boot.system import System
 from ucernvm.errors import UcernvmError
 from ucernvm.tarfiles import tarfile
 
@@ -81,3 +88,44 @@ def test_garbage_is_a_clear_error(layout: tuple[Path, Path], data: bytes) -> Non
     root, _ = layout
     with pytest.raises(UcernvmError, match="pickup.tar.gz cannot be extracted"):
         ExtractTarball(data, str(root), "pickup.tar.gz").apply()
+
+
+GLIDEIN_USER_DATA = base64.b64encode(
+    b"[glidein_startup]\nargs=-v std -param_CERNVM_CMS_PROXY http.colon,//squid.dot,example.colon,3128\n"
+) + b"####-cluster 1234 -subcluster 0####\n"
+
+
+def _booted(machine: Path, user_data: bytes, first_boot: bool) -> BootState:
+    """A boot's context applied on ``machine`` (the loader's root), the image's busybox linked in."""
+    busybox = machine / BUSYBOX.lstrip("/")
+    if not busybox.exists():
+        busybox.parent.mkdir(parents=True)
+        busybox.symlink_to(shutil.which("busybox") or "/bin/busybox")
+    state = BootState(System(str(machine)), BootLog(io.StringIO()))
+    state.scratch_fresh = first_boot
+    apply_user_data(state, user_data, "EC2")
+    state.new_root.mkdir(parents=True, exist_ok=True)
+    return state
+
+
+@pytest.mark.skipif(shutil.which("busybox") is None, reason="busybox is not installed (apt install busybox)")
+def test_the_os_hook_runs_with_the_new_root_and_finds_glideinwms_user_data_on_the_first_boot(tmp_path: Path) -> None:
+    """µCernVM sourced the OS's /.ucernvm_bootstrap with the new root, UCONTEXT_SRC and its logging
+    functions, and left glideinWMS user-data at /glideinwms-user-data, its own root, for the hook to
+    start the pilot with; later boots leave it out, as the pilot is set up in the OS by then."""
+    state = _booted(tmp_path, GLIDEIN_USER_DATA, first_boot=True)
+    (state.new_root / BOOTSTRAP).write_text('log_info "from $UCONTEXT_SRC"\necho "$UCONTEXT_SRC" > "$1/hook-ran"\n')
+    hand_over_context(state)
+    assert (tmp_path / GLIDEINWMS_USER_DATA.lstrip("/")).read_bytes() == GLIDEIN_USER_DATA
+    assert (state.new_root / "hook-ran").read_text() == "EC2\n"
+    assert "[INF] from EC2" in state.log.text()
+    assert not state.warnings
+
+    (tmp_path / GLIDEINWMS_USER_DATA.lstrip("/")).unlink()
+    hand_over_context(_booted(tmp_path, GLIDEIN_USER_DATA, first_boot=False))
+    assert not (tmp_path / GLIDEINWMS_USER_DATA.lstrip("/")).exists()
+
+
+def test_other_user_data_is_not_left_for_the_glideinwms_pilot(tmp_path: Path) -> None:
+    hand_over_context(_booted(tmp_path, b"#cloud-config\nruncmd: [true]\n", first_boot=True))
+    assert not (tmp_path / GLIDEINWMS_USER_DATA.lstrip("/")).exists()

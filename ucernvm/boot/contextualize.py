@@ -63,7 +63,8 @@ def apply_user_data(state: BootState, user_data: bytes, source: str) -> None:
         state.log.info(f"glideinWMS user-data: {', '.join(sorted(implied))} from it")
         section = {**implied, **section}
     apply_section(state, section, source)
-    state.facts["context"] = {"source": source, "bytes": len(state.user_data), "ucernvm_keys": sorted(section)}
+    state.facts["context"] = {"source": source, "bytes": len(state.user_data), "ucernvm_keys": sorted(section),
+                              "glideinwms": bool(implied)}
     state.log.info(f"context from {source}: {len(state.user_data)} bytes, ucernvm keys: {', '.join(sorted(section)) or 'none'}")
 
 

@@ -1,7 +1,8 @@
 """What the OS gets from the context before it starts: cloud-init's NoCloud seed (with the static
 network the loader set up, if any), the ``cernvm_inject`` and pickup tarballs, the extra user-data,
-the OS's own ``/.ucernvm_bootstrap`` hook and the ``#<PIN>`` login hook. Each piece is best effort:
-a broken context never keeps the OS from booting, it leaves a warning in the report."""
+glideinWMS user-data for the OS's own ``/.ucernvm_bootstrap`` hook, which runs then, and the ``#<PIN>``
+login hook. Each piece is best effort: a broken context never keeps the OS from booting, it leaves a
+warning in the report."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from ucernvm.records import NamedTuple
 
 NOCLOUD_SEED = "var/lib/cloud/seed/nocloud"
 BOOTSTRAP = ".ucernvm_bootstrap"
+# Where µCernVM left glideinWMS user-data, in its own root: the OS hook starts the glidein pilot with it.
+GLIDEINWMS_USER_DATA = "/glideinwms-user-data"
 BUSYBOX = "/usr/bin/busybox"
 # µCernVM sourced the OS hook in its own shell, where these logging functions existed.
 _HOOK_SHIMS = (
@@ -122,6 +125,12 @@ def extra_user_data(state: BootState) -> None:
         state.system.do(WriteFile(str(target), saved.read_bytes(), 0o600))
 
 
+def glideinwms_user_data(state: BootState) -> None:
+    """On the first boot, as µCernVM: later boots find the pilot the hook set up in the OS."""
+    if state.scratch_fresh and state.user_data and state.facts.get("context", {}).get("glideinwms"):
+        state.system.do(WriteFile(str(state.system.path(GLIDEINWMS_USER_DATA)), state.user_data, 0o600))
+
+
 def run_bootstrap_hook(state: BootState) -> None:
     """The OS's ``/.ucernvm_bootstrap <root>``, run with the image's busybox shell as µCernVM did."""
     hook = state.new_root / BOOTSTRAP
@@ -151,7 +160,7 @@ def login_hook(state: BootState) -> None:
 
 
 def hand_over_context(state: BootState) -> None:
-    for step in (seed_cloud_init, inject, extra_user_data, run_bootstrap_hook, login_hook):
+    for step in (seed_cloud_init, inject, extra_user_data, glideinwms_user_data, run_bootstrap_hook, login_hook):
         try:
             step(state)
         except Exception as error:  # even a bug here: the OS boots without that piece of its context
