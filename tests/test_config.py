@@ -40,6 +40,14 @@ def test_precedence_defaults_kernel_context() -> None:
     assert server_urls(config) == ["http://k1/cvmfs/cernvm-prod.cern.ch"]
 
 
+def test_the_public_contexts_cvmfs_path_selects_the_os_tree_unless_cernvm_path_is_given() -> None:
+    section, _ = parse_section("[ucernvm-begin]\ncvmfs_branch=cernvm-sl7.cern.ch\ncvmfs_path=cvm4\n[ucernvm-end]\n")
+    values, warnings = context_values(section)
+    assert build_config(values)[0].os_path == "cvm4" and not warnings
+    for both in ({"cernvm_path": "cvm3", "cvmfs_path": "cvm4"}, {"cvmfs_path": "cvm4", "cernvm_path": "cvm3"}):
+        assert build_config(context_values(both)[0])[0].os_path == "cvm3"
+
+
 def test_cdn_replaces_servers_and_both_separators_work() -> None:
     config, _ = build_config({"cdn": "a.openhtc.io,b.openhtc.io;c.openhtc.io"})
     assert server_urls(config) == [f"http://{h}.openhtc.io/cvmfs/cernvm-prod.cern.ch" for h in "abc"]

@@ -92,7 +92,9 @@ SETTINGS: tuple[Setting, ...] = (
             kernel=("cvmfs_pac_urls",), context=("cvmfs_pac_urls",)),
     Setting("tag", "", "named snapshot to boot (empty: the newest revision)",
             kernel=("cvmfs_repository_tag",), context=("cvmfs_tag",)),
-    Setting("os_path", "", "directory of the repository that is the OS root", kernel=("cernvm_path",), context=("cernvm_path",)),
+    # cvmfs_path: the public contexts' spelling, which µCernVM passed over (cernvm_path wins where both are).
+    Setting("os_path", "", "directory of the repository that is the OS root", kernel=("cernvm_path",),
+            context=("cernvm_path", "cvmfs_path")),
     Setting("xattrs", "auto", "extended attributes on the snapshot's mount: on, off, or auto (on when the snapshot "
             "stores some); off spares a FUSE request at every lookup and exec, and hides the user.* attributes",
             kernel=("ucernvm.xattrs",), parse=parse_choice(("auto", "on", "off"))),
@@ -129,7 +131,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("break_stage", "", "open a rescue shell before this stage", kernel=("ucernvm.break",)),
     Setting("context_source", "auto", "user-data source to use without probing (auto: probe in order; none)",
             kernel=("ucernvm.context",)),
-    Setting("metadata", "169.254.169.254:80", "address of the GCE/EC2/OpenStack metadata service",
+    Setting("metadata", "169.254.169.254:80", "address of the GCE/EC2/OpenStack metadata service (IPv6 in brackets: "
+            "[fd00:ec2::254]:80)",
             kernel=("ucernvm.metadata",)),
     Setting("network", "dhcp", "dhcp (unless an OpenNebula context.sh on a CD gives static addresses), or "
             "static: <address>/<prefix>,<gateway>[,<dns>...] for the first NIC",
@@ -184,7 +187,7 @@ def context_values(section: Mapping[str, str]) -> tuple[dict[str, str], list[str
         setting = _BY_CONTEXT.get(key.lower())
         if setting is None:
             warnings.append(f"unknown [ucernvm] key {key!r} ignored")
-        else:
+        elif key.lower() == setting.context[0] or setting.name not in values:  # an alias never overrides
             values[setting.name] = value
     # As µCernVM: contextualizing the proxy or the servers turns the CDN off, unless it is named too.
     if ("proxy" in values or "servers" in values) and "cdn" not in values:
