@@ -195,6 +195,20 @@ def test_an_extended_attribute_too_long_for_the_catalog_is_left_out(tree: Path, 
     assert entry.xattrs == {"user.origin": b"test suite", "user.longest": b"y" * 255}
 
 
+def test_modification_times_are_published_to_the_nanosecond(tree: Path, tmp_path: Path, keys_dir: Path) -> None:
+    """A time just before a full second (which the float st_mtime rounds up to it) and one before 1970 (which
+    int() truncates towards zero) are stored as the seconds and nanoseconds of the time itself."""
+    os.utime(tree / "etc" / "hostname", ns=(0, 1_700_000_000_999_999_999))
+    os.utime(tree / "bin" / "hello", ns=(0, -1_500_000_000))
+    publish(tree, tmp_path / "repo", keys_dir)
+    repository = open_repo(tmp_path / "repo", keys_dir)
+    assert (repository.entry("/etc/hostname").mtime, repository.entry("/etc/hostname").mtime_ns) == \
+        (1_700_000_000, 999_999_999)
+    assert (repository.entry("/bin/hello").mtime, repository.entry("/bin/hello").mtime_ns) == (-2, 500_000_000)
+    again = publish(tree, tmp_path / "repo", keys_dir)
+    assert again.files_reused == again.files, "unchanged files are recognised as such"
+
+
 def test_every_object_is_named_by_its_sha1_and_inflates_with_zlib(tree: Path, tmp_path: Path, keys_dir: Path) -> None:
     repo = tmp_path / "repo"
     publish(tree, repo, keys_dir)

@@ -250,8 +250,7 @@ class Publisher:
             entry is None
             or not entry.is_regular
             or entry.size != node.st.st_size
-            or entry.mtime != int(node.st.st_mtime)
-            or entry.mtime_ns != node.st.st_mtime_ns % 1_000_000_000
+            or (entry.mtime, entry.mtime_ns) != node.mtime
             or entry.is_compressed != (self.options.ingest.compression is not Compression.NONE)
             or entry.hash_algorithm is not self.options.ingest.algorithm
         ):
@@ -345,12 +344,13 @@ class Publisher:
     def _entry(
         node: SourceNode, flags: int, size: int, hardlinks: int, content_hash: ContentHash | None = None
     ) -> DirectoryEntry:
+        mtime, mtime_ns = node.mtime
         return DirectoryEntry(
             name=node.name,
             mode=node.st.st_mode,
             size=size,
-            mtime=int(node.st.st_mtime),
-            mtime_ns=node.st.st_mtime_ns % 1_000_000_000,
+            mtime=mtime,
+            mtime_ns=mtime_ns,
             flags=int(flags),
             uid=node.st.st_uid,
             gid=node.st.st_gid,

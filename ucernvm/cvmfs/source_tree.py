@@ -40,6 +40,14 @@ class SourceNode:
         return stat.S_ISLNK(self.st.st_mode)
 
     @property
+    def mtime(self) -> tuple[int, int]:
+        """Seconds and nanoseconds, as the catalog's ``mtime`` and ``mtimens`` hold them: from the exact
+        ``st_mtime_ns`` (the float ``st_mtime`` rounds a time just before a second up to it, and truncates
+        one before 1970 towards zero)."""
+        seconds, nanoseconds = divmod(self.st.st_mtime_ns, 1_000_000_000)
+        return seconds, nanoseconds
+
+    @property
     def inode_key(self) -> tuple[int, int]:
         return self.st.st_dev, self.st.st_ino
 
