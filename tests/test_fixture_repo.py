@@ -141,6 +141,20 @@ def test_fixture_reads_as_described_from_directory(legacy_pristine) -> None:
     assert "self_xattr" in repository.root_catalog.statistics() and not repository.stores_xattrs()
 
 
+def test_fixture_catalog_properties(legacy_pristine) -> None:
+    """Each catalog's revision, modification time and previous version, including the 64 zeros that
+    cvmfs_server 2.1 wrote for "no previous version" into a new nested catalog."""
+    repository = Repository(
+        DirectorySource(legacy_pristine.repo), legacy_pristine.fqrn, load_master_keys(legacy_pristine.pub), now=legacy_pristine.now
+    )
+    root, nested = repository.root_catalog, repository.catalog_for("/needs_migration")
+    assert (root.schema, root.schema_revision, root.revision, root.last_modified) == (2.5, 2, 2, 1445428515)
+    assert root.previous_revision is not None and root.previous_revision.hex == "e6ceff5bfeded1ddc5d21dd0ce32aca99013e31e"
+    assert (root.root_prefix, root.ttl) == ("", 240)
+    assert nested.properties["previous_revision"] == "0" * 64 and nested.previous_revision is None
+    assert (nested.revision, nested.root_prefix) == (1, "/needs_migration")
+
+
 def test_fixture_reads_as_described_over_http(legacy_pristine, http_url: str) -> None:
     repository = Repository(
         HttpSource([http_url]), legacy_pristine.fqrn, load_master_keys(legacy_pristine.keys), now=legacy_pristine.now

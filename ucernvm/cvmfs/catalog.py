@@ -248,8 +248,13 @@ class Catalog:
 
     @property
     def previous_revision(self) -> ContentHash | None:
-        text = self.properties.get("previous_revision")
-        return ContentHash.parse(text) if text else None
+        """The hash of this catalog's previous version; None for none. cvmfs reads a value that is no hash
+        as its null hash, "none": cvmfs_server 2.1 wrote 64 zeros into a new nested catalog."""
+        try:
+            previous = ContentHash.parse(self.properties.get("previous_revision", ""))
+        except FormatError:
+            return None
+        return previous if any(previous.digest) else None
 
     @property
     def ttl(self) -> int:
