@@ -23,7 +23,7 @@ from ucernvm.cvmfs.chunking import ChunkingParams
 from ucernvm.cvmfs.compression import Compression
 from ucernvm.cvmfs.hashing import ContentHash, ObjectType
 from ucernvm.cvmfs.ingest import IngestOptions
-from ucernvm.cvmfs.publisher import Publisher, PublishOptions
+from ucernvm.cvmfs.publisher import Publisher, PublishOptions, resign
 from ucernvm.cvmfs.trust import load_master_keys
 from ucernvm.errors import ConfigError, FormatError
 from ucernvm.server import StratumServer
@@ -252,6 +252,24 @@ def test_incremental_republish_writes_only_what_changed(tree: Path, tmp_path: Pa
     (tree / "etc" / "hostname").write_text("only in the root catalog\n")
     result = publish(tree, repo, keys_dir)
     assert result.catalogs_written == 1 and result.catalogs_reused == 2  # /data/sub and /data/sub/deep
+
+
+def test_a_revision_published_over_a_cvmfs_server_repository(legacy, tmp_path: Path) -> None:
+    """The next revision of the repository cvmfs_server wrote (catalog schema revision 2): a nested catalog
+    at a mountpoint it had too is written anew, in this layout, and the whole tree reads back."""
+    repo = str(legacy.repo)
+    resign(repo, legacy.fqrn, str(legacy.keys))
+    source = tmp_path / "src"
+    (source / "needs_migration").mkdir(parents=True)
+    (source / "needs_migration" / ".cvmfscatalog").write_bytes(b"")
+    (source / "needs_migration" / "foo").write_bytes(b"foo\n")
+    (source / "new").write_bytes(b"new\n")
+    result = Publisher(repo, legacy.fqrn, str(legacy.keys)).publish(str(source))
+    assert (result.revision, result.catalogs_written, result.catalogs_reused) == (3, 2, 0)
+    repository = Repository(DirectorySource(legacy.repo), legacy.fqrn, load_master_keys(legacy.pub))
+    assert read_back(repository) == snapshot_tree(source)
+    assert repository.catalog_for("/needs_migration").schema_revision == 7
+    assert repository.find_tag("trunk-previous").revision == 2
 
 
 def test_interrupted_publish_leaves_the_previous_revision(tree: Path, tmp_path: Path, keys_dir: Path) -> None:

@@ -117,7 +117,10 @@ class CatalogWriter:
         self.subtree_counters.update(child_subtree)
 
     def same_content_as(self, previous: Catalog) -> bool:
-        """True if ``previous`` holds exactly these rows, so it can be reused instead of rewritten."""
+        """True if ``previous`` holds exactly these rows, so it can be reused instead of rewritten. A catalog
+        of an older layout (as cvmfs_server 2.1 wrote, without ``mtimens``) is rewritten in this one."""
+        if previous.schema_revision != SCHEMA_REVISION:
+            return False
         return _content(self._db) == _content(previous.connection)
 
     def finish(self, revision: int, last_modified: int, previous_revision: ContentHash | None) -> bytes:
@@ -147,7 +150,5 @@ def _content(db: sqlite3.Connection) -> tuple[Any, ...]:
     chunks = sorted(db.execute("SELECT * FROM chunks").fetchall(), key=repr)
     nested = sorted(db.execute("SELECT path, sha1, size FROM nested_catalogs").fetchall())
     properties = {k: v for k, v in db.execute("SELECT key, value FROM properties") if k not in _VOLATILE_PROPERTIES}
-    properties.pop("schema_revision", None)
-    properties.pop("schema", None)
     properties.setdefault("TTL", "240")
     return catalog, chunks, nested, properties
