@@ -205,7 +205,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _cache_headers(self) -> tuple[tuple[str, str], ...]:
         """What the stratum server (and cvmfs_server's Apache) says: objects are immutable."""
         name = urlsplit(self.path).path.rpartition("/")[2]
-        return (("Cache-Control", "max-age=61" if name.startswith(".cvmfs") else "public, max-age=259200"),)
+        return (("Cache-Control", "max-age=61" if name.startswith(".cvmfs") else "max-age=259200"),)
 
     def _file(self) -> bytes | None:
         path = urlsplit(self.path).path

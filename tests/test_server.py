@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from email.utils import parsedate_to_datetime
 from ipaddress import ip_address
 from pathlib import Path
 
@@ -90,6 +91,13 @@ def get(server: StratumServer, path: str, method: str = "GET",
         connection.close()
 
 
+def expires_in(response: http.client.HTTPResponse) -> int:
+    """Seconds from the response's Date to its Expires header (Apache's mod_expires sends both)."""
+    expires, date = response.getheader("Expires"), response.getheader("Date")
+    assert expires and date, "no Expires or Date header"
+    return int((parsedate_to_datetime(expires) - parsedate_to_datetime(date)).total_seconds())
+
+
 def raw(server: StratumServer, request: bytes) -> bytes:
     """Send bytes exactly as given (no client-side path normalisation); read until close."""
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
@@ -111,6 +119,7 @@ def test_cvmfs_files_expire_after_61_seconds(server, tree, name):
     assert body == tree[1][name]
     assert response.getheader("Content-Type") == "application/x-cvmfs"
     assert response.getheader("Cache-Control") == "max-age=61"
+    assert expires_in(response) == 61
     assert response.getheader("ETag") is None and response.getheader("Last-Modified") is None
 
 
@@ -120,7 +129,9 @@ def test_data_objects_are_cached_for_three_days(server, tree):
     assert response.status == 200
     assert body == tree[1][name]
     assert response.getheader("Content-Type") == "application/octet-stream"
-    assert response.getheader("Cache-Control") == "public, max-age=259200"
+    # mod_expires' form, which cvmfs's own server test reads with sed 's/^max-age=\([0-9]*\)$/\1/'
+    assert response.getheader("Cache-Control") == "max-age=259200"
+    assert expires_in(response) == 259200
     assert response.getheader("Accept-Ranges") == "bytes"
     assert response.getheader("Date")
 
@@ -130,6 +141,15 @@ def test_json_is_short_lived(server):
     assert body == b'{"administrator": "test"}'
     assert response.getheader("Content-Type") == "application/json"
     assert response.getheader("Cache-Control") == "max-age=61"
+    assert expires_in(response) == 61
+
+
+def test_expires_comes_with_heads_and_ranges_but_not_with_errors(server):
+    name = f"/cvmfs/{REPO}/data/00/0000000000000000000000000000000000000001"
+    assert expires_in(get(server, name, method="HEAD")[0]) == 259200
+    assert expires_in(get(server, name, headers={"Range": "bytes=0-9"})[0]) == 259200
+    missing, _ = get(server, f"/cvmfs/{REPO}/data/00/missing")
+    assert missing.getheader("Expires") is None and missing.getheader("Cache-Control") is None
 
 
 def test_large_and_empty_objects(server, tree):

@@ -1,10 +1,11 @@
 """A Stratum 1 server: repository files under ``ROOT/<fqrn>/`` at ``/cvmfs/<fqrn>/``, plus geo API.
 
 It mirrors what ``cvmfs_server`` configures Apache to do: ``.cvmfs*`` files (manifest,
-whitelist, reflog, ...) and ``*.json`` are ``max-age=61`` so proxies revalidate them quickly,
-everything else (the content-addressed ``data/`` objects) is immutable and cached for three days;
-no ETag or Last-Modified. HTTP/1.1 keep-alive, HEAD and single byte ranges are supported; only
-GET and HEAD are allowed; one thread per connection.
+whitelist, reflog, ...) and ``*.json`` expire after 61 s so proxies revalidate them quickly,
+everything else (the content-addressed ``data/`` objects) is immutable and cached for three days,
+both as mod_expires says it (``Cache-Control: max-age=N`` and ``Expires``); no ETag or
+Last-Modified, and If-Modified-Since is ignored (always a full answer). HTTP/1.1 keep-alive, HEAD
+and single byte ranges are supported; only GET and HEAD are allowed; one thread per connection.
 
 Safety: a request never leaves ``ROOT``. ``.``/``..`` segments (also percent-encoded) are refused,
 and the file actually opened is checked to lie under ``ROOT`` after symlinks, so a symlink
@@ -286,15 +287,14 @@ class _Handler(StreamRequestHandler):
         try:
             name = relative.rpartition("/")[2]
             if name.startswith(".cvmfs"):
-                headers = [("Content-Type", "application/x-cvmfs"),
-                           ("Cache-Control", f"max-age={SHORT_MAX_AGE}")]
+                content_type, max_age = "application/x-cvmfs", SHORT_MAX_AGE
             elif name.endswith(".json"):
-                headers = [("Content-Type", "application/json"),
-                           ("Cache-Control", f"max-age={SHORT_MAX_AGE}")]
+                content_type, max_age = "application/json", SHORT_MAX_AGE
             else:
-                headers = [("Content-Type", "application/octet-stream"),
-                           ("Cache-Control", f"public, max-age={OBJECT_MAX_AGE}")]
-            headers.append(("Accept-Ranges", "bytes"))
+                content_type, max_age = "application/octet-stream", OBJECT_MAX_AGE
+            # What mod_expires sends ("access plus N seconds"): both headers, for HTTP/1.0 caches too.
+            headers = [("Content-Type", content_type), ("Cache-Control", f"max-age={max_age}"),
+                       ("Expires", _http_date(max_age)), ("Accept-Ranges", "bytes")]
             status, offset, length = self._range(size)
             if status == HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE:
                 self._send_text(status, "Range Not Satisfiable\n",
@@ -423,13 +423,14 @@ class _Handler(StreamRequestHandler):
                          f"{status.value} {length}\n")
 
 
-_date_cache: tuple[int, str] = (0, "")
+_date_cache: dict[int, tuple[int, str]] = {}  # seconds ahead -> (second, its HTTP date)
 
 
-def _http_date() -> str:
-    """The Date header value, formatted once per second (it is on every response)."""
-    global _date_cache
+def _http_date(ahead: int = 0) -> str:
+    """An HTTP date *ahead* seconds from now (Date, Expires), formatted once per second: it is on
+    every response."""
     now = int(time.time())
-    if _date_cache[0] != now:
-        _date_cache = (now, formatdate(now, usegmt=True))
-    return _date_cache[1]
+    cached = _date_cache.get(ahead)
+    if cached is None or cached[0] != now:
+        cached = _date_cache[ahead] = (now, formatdate(now + ahead, usegmt=True))
+    return cached[1]
