@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -270,6 +271,19 @@ def test_a_revision_published_over_a_cvmfs_server_repository(legacy, tmp_path: P
     assert read_back(repository) == snapshot_tree(source)
     assert repository.catalog_for("/needs_migration").schema_revision == 7
     assert repository.find_tag("trunk-previous").revision == 2
+
+
+def test_revisions_published_within_a_second_keep_a_generic_tag_each(tree: Path, tmp_path: Path, keys_dir: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """cvmfs names the automatic tag to the millisecond: generic-YYYY-MM-DDThh:mm:ss.sssZ."""
+    clock = iter(range(1_700_000_000_100_000_000, 1_700_000_000_900_000_000, 1_000_000))
+    monkeypatch.setattr(time, "time", lambda: next(clock) / 1e9)
+    monkeypatch.setattr(time, "time_ns", lambda: next(clock))
+    publish(tree, tmp_path / "repo", keys_dir)
+    publish(tree, tmp_path / "repo", keys_dir)
+    generic = {tag.name: tag.revision for tag in open_repo(tmp_path / "repo", keys_dir).tags() if tag.name.startswith("generic-")}
+    assert sorted(generic.values()) == [1, 2]
+    assert all(re.fullmatch(r"generic-2023-11-14T22:13:20\.[1-8]\d\dZ", name) for name in generic), generic
 
 
 def test_interrupted_publish_leaves_the_previous_revision(tree: Path, tmp_path: Path, keys_dir: Path) -> None:

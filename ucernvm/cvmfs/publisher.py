@@ -136,7 +136,8 @@ class Publisher:
 
     def publish(self, source_dir: str) -> PublishResult:
         started = time.monotonic()
-        now = int(time.time())
+        now_ns = time.time_ns()
+        now = now_ns // 1_000_000_000
         if self.options.meta_info is not None:
             check_meta_info(self.options.meta_info)
         self.storage.create_layout()
@@ -154,7 +155,7 @@ class Publisher:
             self._now = now
             self._catalog_stats: Counter[str] = Counter()
             root = self._build_catalog(tree)
-            history_hash, tag_names = self._write_history(root, revision, now)
+            history_hash, tag_names = self._write_history(root, revision, now_ns)
             certificate_hash = self.ingester.store(self.keys.certificate_pem, ObjectType.CERTIFICATE)
             if self.options.meta_info is not None:
                 meta_info_hash = self.ingester.store(self.options.meta_info, ObjectType.METAINFO)
@@ -362,7 +363,8 @@ class Publisher:
 
     # -- history ---------------------------------------------------------------------------------
 
-    def _write_history(self, root: _BuiltCatalog, revision: int, now: int) -> tuple[ContentHash, list[str]]:
+    def _write_history(self, root: _BuiltCatalog, revision: int, now_ns: int) -> tuple[ContentHash, list[str]]:
+        now = now_ns // 1_000_000_000
         previous = self.previous
         history = previous.history if previous and previous.history else History.create(self.fqrn)
         if previous is not None:
@@ -371,15 +373,21 @@ class Publisher:
                 history.insert(Tag(TRUNK_PREVIOUS, old_trunk.root_hash, old_trunk.revision, old_trunk.timestamp, "default undo target", old_trunk.size))
         names = [TRUNK]
         history.insert(Tag(TRUNK, root.content_hash, revision, now, "current HEAD", root.size))
-        tag = self.options.tag or "generic-" + datetime.datetime.fromtimestamp(now, datetime.timezone.utc).strftime(
-            "%Y-%m-%dT%H:%M:%SZ"
-        )
+        tag = self.options.tag or generic_tag_name(now_ns)
         if tag in (TRUNK, TRUNK_PREVIOUS):
             raise ConfigError(f"the tag name {tag!r} is reserved")
         history.insert(Tag(tag, root.content_hash, revision, now, self.options.description, root.size))
         names.append(tag)
         history.set_previous_revision(previous.manifest.history if previous else None)
         return self.ingester.store(history.to_bytes(), ObjectType.HISTORY), names
+
+
+def generic_tag_name(now_ns: int) -> str:
+    """cvmfs's automatic tag name, ``generic-YYYY-MM-DDThh:mm:ss.sssZ``: to the millisecond, so that a
+    revision published in the same second as the one before keeps a tag of its own."""
+    seconds, nanoseconds = divmod(now_ns, 1_000_000_000)
+    moment = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
+    return f"generic-{moment:%Y-%m-%dT%H:%M:%S}.{nanoseconds // 1_000_000:03d}Z"
 
 
 def check_meta_info(data: bytes) -> None:
