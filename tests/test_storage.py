@@ -350,3 +350,33 @@ def test_uroot_on_a_whole_disk_is_used_and_grown(rig: Rig) -> None:
     resized = state.facts["storage"]["resized"]
     assert resized["partition_gained"] == 0 and resized["after"] > 1.8 * resized["before"]
     assert_scratch(state)
+
+
+def test_an_empty_partition_becomes_the_scratch_file_system(rig: Rig) -> None:
+    """As µCernVM: a disk partitioned but never formatted (a cloud's ephemeral disk, or one partitioned by
+    hand) gets the scratch file system in its partition; its table is kept as it is."""
+    device = rig.attach(rig.disk("partitioned", GIB, "label: dos\nstart=2048, type=83\n"))
+    table = sfdisk_json(device)
+    state = rig.boot([device])
+    assert_scratch(state)
+    assert state.scratch_fresh and state.scratch_device == f"{device}p1"
+    assert "empty partition 1" in state.facts["storage"]["created"]
+    assert sfdisk_json(device) == table
+    [device] = rig.reboot([device])
+    again = rig.boot([device])
+    assert not again.scratch_fresh and again.scratch_device == f"{device}p1"
+
+
+def test_a_partition_that_is_not_empty_or_not_for_data_is_not_formatted(rig: Rig) -> None:
+    swap = rig.disk("swap", 64 * MIB, "label: dos\nstart=2048, type=82\n")  # blank, but made for swap
+    small = rig.disk("small", 64 * MIB, "label: dos\nstart=2048, type=83\n")  # blank, but too small
+    used = rig.disk("used", 64 * MIB, "label: dos\nstart=2048, type=83\n")
+    with used.open("r+b") as handle:
+        handle.seek(MIB + 512)
+        handle.write(b"LABELONE\x01\x00\x00\x00 LVM2 001")  # a physical volume
+    devices = [rig.attach(path) for path in (swap, small, used)]
+    before = [digest(device) for device in devices]
+    with pytest.raises(BootFailure) as failure:
+        rig.boot(devices)
+    assert "no empty disk and no free space" in failure.value.message
+    assert [digest(device) for device in devices] == before

@@ -2,8 +2,9 @@
 
 The scratch file system is the ext4 labelled ``UROOT`` (``scratch_label``); whether it exists decides
 first boot versus later boots, as in µCernVM. On first boot it goes on an empty disk (case A; Amazon's
-pre-formatted ext3 ephemeral disk holding only lost+found counts as empty) or, when there is none or
-``use_boothd`` is set, into the free space of the boot disk (case B, MBR or GPT). Disks are read with
+pre-formatted ext3 ephemeral disk holding only lost+found counts as empty), else into an empty Linux
+partition that a disk already has, else (also when ``use_boothd`` is set and there is no such
+partition) into the free space of the boot disk (case B, MBR or GPT). Disks are read with
 the sysfs/superblock code of ``blockdev`` and partitioned with ``partition``; only the e2fsprogs tools
 run as programs. Every change goes through ``state.system``, so a dry run probes the real disks
 read-only and records the plan without writing.
@@ -32,7 +33,17 @@ from ucernvm.boot.blockdev import (
     probe,
     read_disk,
 )
-from ucernvm.boot.partition import MIB, Partition, PartitionTable, WriteTable, human, new_table, read_table
+from ucernvm.boot.partition import (
+    LINUX_GPT_TYPE,
+    LINUX_MBR_TYPE,
+    MIB,
+    Partition,
+    PartitionTable,
+    WriteTable,
+    human,
+    new_table,
+    read_table,
+)
 from ucernvm.boot.state import BootState
 from ucernvm.boot.system import MakeDirs, Mount, Run, Unmount
 from ucernvm.errors import FormatError, MountError, StorageError, UcernvmError
@@ -274,6 +285,7 @@ class _Plan(NamedTuple):
     numbers: list[int]  # the scratch partition first, then a spare one (resize_rootfs=off)
     wipe: bool
     what: str
+    write: bool = True  # False: the partition exists already, the disk's table stays as it is
 
 
 def _create(state: BootState, views: list[DiskView], sysfs: str, devdir: str, facts: dict[str, Any]) -> Target:
@@ -281,13 +293,16 @@ def _create(state: BootState, views: list[DiskView], sysfs: str, devdir: str, fa
     rejected: dict[str, str] = {}  # why each disk cannot take the scratch file system (first reason wins)
     plan = None if config.use_boothd else _plan_empty_disk(views, config.resize_rootfs, rejected)
     if plan is None:
+        plan = _plan_empty_partition(views, rejected)
+    if plan is None:
         plan = _plan_free_space(views, config.resize_rootfs, rejected)
     if plan is None:
         seen = "; ".join(f"{name}: {reason}" for name, reason in rejected.items()) or "no disks found"
         raise StorageError(f"no empty disk and no free space for the scratch file system ({seen})", NO_SPACE_HINT)
     view, table = plan.view, plan.table
     state.log.info(f"{plan.what}: {table.describe()}")
-    state.system.do(WriteTable(view.path, table, wipe=plan.wipe))
+    if plan.write:
+        state.system.do(WriteTable(view.path, table, wipe=plan.wipe))
     devices = []
     for number in plan.numbers:
         part, sector = table.partition(number), table.sector_size
@@ -324,6 +339,35 @@ def _plan_empty_disk(views: list[DiskView], resize_rootfs: bool, rejected: dict[
         what = "Amazon's pre-formatted ephemeral disk" if view.ephemeral else "empty disk"
         return _Plan(view, table, _add_partitions(table, region, resize_rootfs), True,
                      f"scratch on {what} {view.path} ({human(disk.size)})")
+    return None
+
+
+def _plan_empty_partition(views: list[DiskView], rejected: dict[str, str]) -> _Plan | None:
+    """µCernVM's "first empty partition": a Linux data partition of a disk partitioned but never formatted
+    (a cloud's ephemeral disk, one partitioned by hand) that holds nothing, its first MiB zeros. Other
+    partition types (swap, EFI, BIOS boot) and anything with a signature are never formatted."""
+    for view in views:
+        if view.table is None or not view.writable:
+            continue
+        probed = {volume.number: volume.fs for volume in view.volumes}
+        sector = view.table.sector_size
+        for part in view.table.partitions:
+            if part.type.upper() not in (LINUX_MBR_TYPE, LINUX_GPT_TYPE) or probed.get(part.number) is not None:
+                continue
+            size = part.sectors * sector
+            try:
+                with DeviceReader(view.path) as device:
+                    blank = is_blank(device.reader(part.start * sector), size)
+            except OSError as error:
+                rejected.setdefault(view.disk.name, f"partition {part.number} cannot be read: {error.strerror}")
+                continue
+            if not blank:
+                continue
+            if size < MIN_FREE:
+                rejected.setdefault(view.disk.name, f"partition {part.number} is empty but only {human(size)}")
+                continue
+            return _Plan(view, view.table, [part.number], False,
+                         f"scratch in empty partition {part.number} of {view.path} ({human(size)})", write=False)
     return None
 
 
