@@ -202,3 +202,13 @@ def test_launch_checks_user_data_as_the_context_command_does(name: str, data: by
 def test_missing_user_data_file(tmp_path: Path) -> None:
     result = run_cli("context", tmp_path / "nothing", "-o", tmp_path / "ctx.iso")
     assert result.returncode == 2 and b"cannot read user-data" in result.stderr and b"Traceback" not in result.stderr
+
+
+def test_a_context_iso_given_as_user_data_is_refused(tmp_path: Path) -> None:
+    """An ISO is not user-data: wrapping it in another ISO would hand the guest the image's bytes."""
+    (tmp_path / "user-data").write_bytes(b"#cloud-config\n")
+    run_cli("context", tmp_path / "user-data", "-o", tmp_path / "ctx.iso", check=True)
+    result = run_cli("context", tmp_path / "ctx.iso", "-o", tmp_path / "again.iso")
+    assert result.returncode == 2 and b"Traceback" not in result.stderr
+    assert b"is already an ISO 9660 image" in result.stderr and b"launch --context" in result.stderr
+    assert not (tmp_path / "again.iso").exists()

@@ -20,6 +20,7 @@ from ucernvm.context.media import USER_DATA_LIMIT
 from ucernvm.errors import ConfigError, ContextError
 
 ISO_LAYOUTS = ("cernvm-launch", "config-drive", "nocloud")
+ISO_MAGIC_END = 0x8006  # "CD001" of the first volume descriptor ends here (ISO 9660 / ECMA-119)
 README = b"""Context for a CernVM virtual machine (ucernvm context).
 ec2/latest and openstack/latest hold the same user-data and meta-data.
 """
@@ -104,6 +105,11 @@ def write_context_iso(path: Path, user_data: bytes, layout: str = "cernvm-launch
     return label
 
 
+def starts_iso9660(head: bytes) -> bool:
+    """Whether *head* (at least the first ISO_MAGIC_END bytes of a file) starts an ISO 9660 image."""
+    return head[ISO_MAGIC_END - 5:ISO_MAGIC_END] == b"CD001"
+
+
 def read_user_data(source: Path) -> tuple[bytes, list[str]]:
     """The user-data of the file *source* for a context ISO, with warnings: a public-contexts ``.context``
     file is checked and converted; more than the boot loader reads is refused."""
@@ -111,6 +117,9 @@ def read_user_data(source: Path) -> tuple[bytes, list[str]]:
         user_data = source.read_bytes()
     except OSError as error:
         raise ConfigError(f"cannot read user-data {source}: {error.strerror}") from None
+    if starts_iso9660(user_data):
+        raise ConfigError(f"{source} is already an ISO 9660 image, not user-data",
+                          f"attach it as it is: ucernvm launch --context {source}")
     warnings: list[str] = []
     if source.suffix == ".context":
         user_data, warnings = convert_context_file(user_data)

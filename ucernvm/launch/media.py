@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from ucernvm.context.iso import ISO_MAGIC_END, starts_iso9660
 from ucernvm.errors import ConfigError
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-_ISO_MAGIC_OFFSET = 0x8001  # "CD001" of the first volume descriptor (ISO 9660 / ECMA-119)
 
 
 def parse_size(text: str) -> int:
@@ -34,8 +34,7 @@ def disk_format(path: Path) -> str:
 
 def is_iso9660(path: Path) -> bool:
     with path.open("rb") as stream:
-        stream.seek(_ISO_MAGIC_OFFSET)
-        return stream.read(5) == b"CD001"
+        return starts_iso9660(stream.read(ISO_MAGIC_END))
 
 
 def check_context(path: Path) -> Path:
