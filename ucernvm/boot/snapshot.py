@@ -51,17 +51,53 @@ def cache_quota(scratch: Path) -> int:
     return 2000 * MB if size > 4000 * MB else size // 2
 
 
-def read_pin(scratch: Path) -> tuple[ContentHash | None, str]:
-    try:
-        lines = [line.strip() for line in (scratch / PIN_FILE).read_text().splitlines() if line.strip()]
-    except OSError:
-        return None, ""
-    if not lines:
+def read_pin(state: BootState) -> tuple[ContentHash | None, str]:
+    """The pinned snapshot (``aux/cvmfs_snapshot``: root hash, then tag). A pin file that holds no root hash
+    (cut short by a power cut, a disk error) is reported and counts as none: the boot then chooses
+    afresh and rebases the writable layer, as after a lost pin."""
+    lines = _scratch_lines(state, PIN_FILE)
+    if lines is None:
         return None, ""
     try:
         return ContentHash.parse(lines[0]), (lines[-1] if len(lines) > 1 else "")
-    except FormatError:
+    except (FormatError, IndexError):
+        state.warn(f"{PIN_FILE} on the scratch disk holds no pinned snapshot ({_shown(lines)}): "
+                   "choosing the snapshot afresh, as on a first boot")
         return None, ""
+
+
+def read_forced_tag(state: BootState) -> str | None:
+    """The tag of ``aux/cvmfs_force_tag``; a file that holds no tag name is reported and removed, and the
+    pinned snapshot boots (the OS writes the file to move the machine: garbage must not stop every boot)."""
+    lines = _scratch_lines(state, FORCE_FILE)
+    if lines is None:
+        return None
+    if len(lines) == 1 and lines[0].isprintable() and " " not in lines[0]:
+        return lines[0]
+    state.warn(f"{FORCE_FILE} on the scratch disk holds no tag name ({_shown(lines)}): removed, the machine "
+               "stays on its snapshot")
+    state.system.do(RemoveFile(str(state.scratch / FORCE_FILE)))
+    return None
+
+
+def _scratch_lines(state: BootState, name: str) -> list[str] | None:
+    """The non-blank lines of a small text file on the scratch disk, None without the file; a file that is
+    unreadable or not text gives no lines."""
+    try:
+        data = (state.scratch / name).read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        state.warn(f"cannot read {name} on the scratch disk: {error.strerror}")
+        return []
+    try:
+        return [line.strip() for line in data.decode().splitlines() if line.strip()]
+    except UnicodeDecodeError:
+        return []
+
+
+def _shown(lines: list[str]) -> str:
+    return repr("\n".join(lines)[:80]) if lines else "empty, or not text"
 
 
 def load_bulk_hashes(state: BootState) -> None:
@@ -75,12 +111,8 @@ def load_bulk_hashes(state: BootState) -> None:
 def snapshot_stage(state: BootState) -> None:
     config, scratch, system = state.config, state.scratch, state.system
     tag = config.tag or None
-    pinned_hash, pinned_tag = read_pin(scratch)
-    forced = None
-    try:
-        forced = (scratch / FORCE_FILE).read_text().strip() or None
-    except OSError:
-        pass
+    pinned_hash, pinned_tag = read_pin(state)
+    forced = read_forced_tag(state)
     root_hash = None
     if forced:
         tag = forced

@@ -1,0 +1,81 @@
+"""The snapshot stage against a real stratum server: which snapshot a machine boots, given what its scratch
+disk holds (the pin, aux/cvmfs_force_tag), and what it leaves there."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from test_publish import FQRN, publish
+from ucernvm.boot.log import BootLog
+from ucernvm.boot.pipeline import Stage, run_stages
+from ucernvm.boot.snapshot import FORCE_FILE, PIN_FILE, snapshot_stage
+from ucernvm.boot.servers import servers_stage
+from ucernvm.boot.state import BootState
+from ucernvm.boot.system import RealSystem
+from ucernvm.config import BootConfig
+from ucernvm.server import StratumServer
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory, keys_dir: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    """A repository with the tags v1 and v2 (the newest): its URL and the root hash of each tag."""
+    base = tmp_path_factory.mktemp("snapshot")
+    tree = base / "os"
+    (tree / "sbin").mkdir(parents=True)
+    (tree / "sbin" / "init").write_text("#!/bin/sh\n")
+    hashes = {}
+    for tag in ("v1", "v2"):
+        (tree / "etc").mkdir(exist_ok=True)
+        (tree / "etc" / "release").write_text(f"{tag}\n")
+        hashes[tag] = publish(tree, base / "stratum" / FQRN, keys_dir, tag=tag).root_hash.hex
+    with StratumServer(base / "stratum") as server:
+        yield f"http://127.0.0.1:{server.port}/cvmfs/{FQRN}", hashes
+
+
+def boot(tmp_path: Path, keys_dir: Path, url: str, **settings: object) -> BootState:
+    config = BootConfig(repository=FQRN, server_url=url, proxy="DIRECT", **settings)
+    state = BootState(RealSystem(str(tmp_path / "root")), BootLog(io.StringIO()), config=config, keys_dir=keys_dir)
+    for name in ("aux", "cache", "persistent"):
+        (state.scratch / name).mkdir(parents=True, exist_ok=True)
+    run_stages(state, [Stage("servers", (servers_stage,)), Stage("snapshot", (snapshot_stage,))])
+    return state
+
+
+def pin(state: BootState) -> list[str]:
+    return (state.scratch / PIN_FILE).read_text().splitlines()
+
+
+def test_the_first_boot_pins_and_later_boots_keep_the_pin(tmp_path: Path, keys_dir: Path, served) -> None:
+    url, hashes = served
+    first = boot(tmp_path, keys_dir, url, tag="v1")
+    assert pin(first) == [hashes["v1"], "v1"]
+    later = boot(tmp_path, keys_dir, url)  # the newest is v2: the pin wins
+    assert later.facts["snapshot"]["root_hash"] == hashes["v1"] and later.facts["snapshot"]["pinned"]
+    assert not later.warnings
+
+
+@pytest.mark.parametrize("content", [b"", b"\n", b"not a hash\nv1\n", b"\xff\xfe\x00\x9c garbage\n", bytes(64)])
+def test_a_damaged_pin_is_reported_and_replaced(tmp_path: Path, keys_dir: Path, served, content: bytes) -> None:
+    url, hashes = served
+    scratch = tmp_path / "root" / "root.rw"
+    (scratch / "aux").mkdir(parents=True)
+    (scratch / PIN_FILE).write_bytes(content)
+    state = boot(tmp_path, keys_dir, url)
+    assert state.facts["snapshot"]["root_hash"] == hashes["v2"] and not state.facts["snapshot"]["pinned"]
+    assert any("aux/cvmfs_snapshot" in warning and "no pinned snapshot" in warning for warning in state.warnings)
+    assert pin(state) == [hashes["v2"], "v2"]
+
+
+def test_a_damaged_force_file_is_reported_and_the_pin_boots(tmp_path: Path, keys_dir: Path, served) -> None:
+    url, hashes = served
+    boot(tmp_path, keys_dir, url, tag="v1")
+    scratch = tmp_path / "root" / "root.rw"
+    (scratch / FORCE_FILE).write_bytes(b"\xff\xfe garbage\x00\n")
+    state = boot(tmp_path, keys_dir, url)
+    assert state.facts["snapshot"]["root_hash"] == hashes["v1"] and state.facts["snapshot"]["pinned"]
+    assert any("aux/cvmfs_force_tag" in warning for warning in state.warnings)
+    assert not (scratch / FORCE_FILE).exists()
