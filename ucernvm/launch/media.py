@@ -9,22 +9,40 @@ from ucernvm.context.iso import ISO_MAGIC_END, starts_iso9660
 from ucernvm.errors import ConfigError
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+MAX_FILE_SIZE = 1 << 63  # off_t: no file can be this large
 
 
 def parse_size(text: str) -> int:
     """Bytes in "20G", "512M", "1048576" (binary units, optional trailing B or iB)."""
     match = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
-    if match is None or int(match.group(1)) == 0:
+    size = 0 if match is None else int(match.group(1)) * _UNITS[match.group(2).upper()]
+    if not 0 < size < MAX_FILE_SIZE:
         raise ConfigError(f"invalid size {text!r}", hint="use a positive number with K, M, G or T, e.g. 20G")
-    return int(match.group(1)) * _UNITS[match.group(2).upper()]
+    return size
 
 
 def create_sparse_disk(path: Path, size: int) -> Path:
     """A raw disk of *size* bytes that takes no space until written; an existing file is kept."""
-    if not path.exists():
+    if path.exists():
+        return path
+    try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("wb") as disk:
             disk.truncate(size)
+    except OSError as error:
+        if path.is_file():
+            path.unlink()  # created, but not to its size (larger than the file system allows)
+        where = f"{error.filename}: " if error.filename and error.filename != str(path) else ""
+        raise ConfigError(f"cannot create disk {path} of {size} bytes: {where}{error.strerror or error}") from None
+    return path
+
+
+def check_disk(path: Path) -> Path:
+    """A disk image file or a block device (a raw disk for QEMU)."""
+    if not path.exists():
+        raise ConfigError(f"disk {path} does not exist", hint="pass --disk-size to create it")
+    if not (path.is_file() or path.is_block_device()):
+        raise ConfigError(f"disk {path} is not a disk image file or a block device")
     return path
 
 
@@ -39,8 +57,10 @@ def is_iso9660(path: Path) -> bool:
 
 def check_context(path: Path) -> Path:
     """The context must already be an ISO image (`ucernvm launch` makes one of a user-data file)."""
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError(f"context {path} does not exist")
+    if not path.is_file():
+        raise ConfigError(f"context {path} is not a file", hint="pass a context ISO or a user-data file")
     if not is_iso9660(path):
         raise ConfigError(f"context {path} is not an ISO 9660 image", hint="pass a context ISO (.iso)")
     return path

@@ -25,7 +25,7 @@ from typing import Protocol, TextIO
 from ucernvm.errors import ConfigError, UcernvmError
 from ucernvm.image.tools import find_tool
 from ucernvm.launch.accel import AccelChoice, choose_accel
-from ucernvm.launch.media import check_context, disk_format, qemu_path
+from ucernvm.launch.media import check_context, check_disk, disk_format, qemu_path
 from ucernvm.launch.usernet import netdev
 
 # libata.force=nodbdelay: before it reads a SATA link's state, libata waits 200 ms for the PHY to settle
@@ -146,9 +146,7 @@ def qemu_command(options: LaunchOptions, accel: str) -> list[str]:
     if options.clock_base:
         argv += ["-rtc", f"base={options.clock_base}"]
     for number, disk in enumerate(options.disks):
-        if not disk.is_file():
-            raise ConfigError(f"disk {disk} does not exist", hint="pass --disk-size to create it")
-        argv += ["-drive", f"file={qemu_path(disk)},if=none,id=disk{number},format={disk_format(disk)}",
+        argv += ["-drive", f"file={qemu_path(check_disk(disk))},if=none,id=disk{number},format={disk_format(disk)}",
                  "-device", f"virtio-blk-pci,drive=disk{number}"]
     if options.context is not None:
         argv += ["-drive", f"file={qemu_path(check_context(options.context))},if=ide,index=2,media=cdrom,"
@@ -193,7 +191,11 @@ class Vm:
         self.choice = choose_accel(self.options.accel, self.options.image / "vmlinuz")
         self.argv = qemu_command(self.options, self.choice.accel)
         if self.options.serial_log is not None:
-            self._log = self.options.serial_log.open("w", encoding="utf-8")
+            try:
+                self._log = self.options.serial_log.open("w", encoding="utf-8")
+            except OSError as error:
+                raise ConfigError(f"cannot write the serial log {self.options.serial_log}: "
+                                  f"{error.strerror or error}") from None
         self._started = time.monotonic()
         self._process = subprocess.Popen(
             self.argv,

@@ -1,0 +1,63 @@
+"""``ucernvm launch`` as a user runs it, with a stand-in QEMU on PATH: bad input is one clear line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import PROJECT
+
+# Writes its pid, then waits like a running VM until it is signalled.
+FAKE_QEMU = """#!/bin/sh
+echo $$ > "$FAKE_QEMU_PID"
+exec sleep 300
+"""
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    """PATH with the stand-in QEMU first, and TMPDIR private to the test."""
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    (tools / "qemu-system-x86_64").write_text(FAKE_QEMU)
+    (tools / "qemu-system-x86_64").chmod(0o755)
+    (tmp_path / "tmp").mkdir()
+    return {**os.environ, "PATH": f"{tools}:{os.environ['PATH']}", "TMPDIR": str(tmp_path / "tmp"),
+            "FAKE_QEMU_PID": str(tmp_path / "qemu.pid")}
+
+
+@pytest.fixture
+def image(tmp_path: Path) -> Path:
+    image = tmp_path / "image"
+    image.mkdir()
+    for name in ("vmlinuz", "initrd.img"):
+        (image / name).write_bytes(b"x")
+    return image
+
+
+def launch(env: dict[str, str], *args: object) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "ucernvm", "launch", "--accel", "tcg", "-q", *map(str, args)],
+                            cwd=PROJECT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--disk-size", "99999999T"], "invalid size"),
+    (["--disk", "{file}/scratch.raw", "--disk-size", "1G"], "cannot create disk"),
+    (["--disk", "{tmp}"], "is not a disk image"),
+    (["--context", "{tmp}"], "is not a file"),
+    (["--serial-log", "{tmp}/missing/console.log"], "cannot write the serial log"),
+])  # fmt: skip
+def test_bad_input_is_one_clear_line(env: dict[str, str], image: Path, tmp_path: Path, args: list[str],
+                                     message: str) -> None:
+    (tmp_path / "file").write_bytes(b"")
+    process = launch(env, "--image", image, *[arg.format(file=tmp_path / "file", tmp=tmp_path) for arg in args])
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 2, stderr
+    assert stderr.startswith(b"ucernvm: error: ") and message.encode() in stderr
+    assert b"Traceback" not in stderr
+    assert not (tmp_path / "qemu.pid").exists()  # refused before QEMU started
