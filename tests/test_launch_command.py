@@ -1,8 +1,10 @@
-"""``ucernvm launch`` as a user runs it, with a stand-in QEMU on PATH: bad input is one clear line."""
+"""``ucernvm launch`` as a user runs it, with a stand-in QEMU on PATH: bad input is one clear line, and a
+launcher that is told to stop takes its VM and its temporary files with it."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -61,3 +63,23 @@ def test_bad_input_is_one_clear_line(env: dict[str, str], image: Path, tmp_path:
     assert stderr.startswith(b"ucernvm: error: ") and message.encode() in stderr
     assert b"Traceback" not in stderr
     assert not (tmp_path / "qemu.pid").exists()  # refused before QEMU started
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_stopped_launcher_stops_qemu_and_removes_its_temporary_files(env: dict[str, str], image: Path,
+                                                                       tmp_path: Path, signum: int) -> None:
+    (tmp_path / "user-data").write_bytes(b"#cloud-config\n")
+    process = launch(env, "--image", image, "--disk-size", "1G", "--context", tmp_path / "user-data")
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "qemu.pid").exists() or not (tmp_path / "qemu.pid").read_text().strip():
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.05)
+    qemu = int((tmp_path / "qemu.pid").read_text())
+    assert len(list((tmp_path / "tmp").glob("*/scratch.raw"))) == 1
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 128 + signum, stderr
+    assert b"Traceback" not in stderr
+    with pytest.raises(ProcessLookupError):
+        os.kill(qemu, 0)
+    assert list((tmp_path / "tmp").iterdir()) == []  # the scratch disk and the context ISO are gone

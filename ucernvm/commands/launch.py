@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -62,6 +63,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Killed by a signal's default action, the launcher would leave its temporary disk and context ISO
+    # behind (QEMU itself ends with it in any case): an exit unwinds, stopping QEMU and removing them.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _exit_on_signal)
     with tempfile.TemporaryDirectory(prefix="ucernvm-launch-") as scratch:
         disks = list(args.disk)
         if args.disk_size:
@@ -96,6 +101,10 @@ def run(args: argparse.Namespace) -> int:
         if code != 0 and vm.stderr.strip():
             print(f"ucernvm: launch: QEMU exited {code}: {vm.stderr.strip().splitlines()[-1]}", file=sys.stderr)
         return code
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)  # the shell's status for a process ended by the signal
 
 
 def _context_iso(context: Path | None, scratch: Path) -> Path | None:
