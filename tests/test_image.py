@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import lzma
 import os
@@ -20,6 +21,7 @@ from media_images import iso_image
 
 from ucernvm.errors import ConfigError
 from ucernvm.image import cpio
+from ucernvm.image.builder import BuildOptions, build_image
 from ucernvm.image.compress import compress
 from ucernvm.image.cpio import Entry
 from ucernvm.image.elfdeps import LibraryResolver, elf_info
@@ -97,6 +99,17 @@ def test_cpio_round_trip_with_gnu_cpio(tmp_path: Path) -> None:
     assert {(h["uid"], h["gid"], h["mtime"]) for h in headers.values()} == {(0, 0, 1234567890)}
     assert (headers["dev/null"]["rdevmajor"], headers["dev/null"]["rdevminor"]) == (1, 3)
     assert stat.S_ISCHR(headers["dev/null"]["mode"])
+
+
+def test_values_a_newc_header_cannot_hold_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """newc fields are 8 hex digits: a ninth would shift every later field and corrupt the archive."""
+    with pytest.raises(ValueError, match="mtime 4294967296"):
+        cpio.write(sample_entries(tmp_path), io.BytesIO(), mtime=1 << 32)
+    cpio.write(sample_entries(tmp_path), io.BytesIO(), mtime=(1 << 32) - 1)  # 2106-02-07, the last one
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", str(1 << 32))
+    with pytest.raises(ConfigError, match="SOURCE_DATE_EPOCH=4294967296 is after"):
+        build_image(BuildOptions(output=tmp_path / "image"))
+    assert not (tmp_path / "image").exists()
 
 
 def test_cpio_refuses_two_different_entries_for_one_path(tmp_path: Path) -> None:

@@ -112,6 +112,8 @@ def build_image(options: BuildOptions, progress: Callable[[str], None] = lambda 
         if not text.isdigit():
             raise ConfigError(f"SOURCE_DATE_EPOCH={text!r} is not a number of seconds")
         epoch = int(text)
+    if epoch > cpio.MAX_MTIME:
+        raise ConfigError(f"SOURCE_DATE_EPOCH={epoch!r} is after 2106-02-07, the last time a cpio archive holds")
     options.output.mkdir(parents=True, exist_ok=True)
 
     progress("kernel")

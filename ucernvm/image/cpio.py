@@ -15,6 +15,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 _TRAILER = "TRAILER!!!"
+_FIELDS = ("ino", "mode", "uid", "gid", "nlink", "mtime", "filesize", "devmajor", "devminor", "rdevmajor",
+           "rdevminor", "namesize", "check")
+_FIELD_MAX = 0xFFFFFFFF  # newc: every field is 8 hex digits (files end at 4 GiB)
+MAX_MTIME = _FIELD_MAX  # 2106-02-07 06:28:15 UTC
 _CHUNK = 1 << 20
 
 
@@ -112,6 +116,9 @@ def _header(out: BinaryIO, name: str, ino: int, mode: int, nlink: int, mtime: in
             rdev: tuple[int, int]) -> int:
     encoded = name.encode() + b"\0"
     fields = (ino, mode, 0, 0, nlink, mtime, size, 0, 0, rdev[0], rdev[1], len(encoded), 0)
+    for field, value in zip(_FIELDS, fields):
+        if not 0 <= value <= _FIELD_MAX:  # a ninth digit would shift every later field
+            raise ValueError(f"/{name}: {field} {value} does not fit a newc header (8 hex digits)")
     header = b"070701" + b"".join(b"%08X" % value for value in fields)
     return _padded(out, header + encoded)
 
