@@ -10,7 +10,7 @@ from pathlib import Path
 from ucernvm.boot.report import build_report, render_svg, to_json
 from ucernvm.boot.rescue import rescue_shell
 from ucernvm.boot.seed import hand_over_context
-from ucernvm.boot.shutdown import install_shutdown_handback
+from ucernvm.boot.shutdown import ON_SCRATCH, install_shutdown_handback
 from ucernvm.boot.state import BootState
 from ucernvm.boot.system import MS_MOVE, MS_NODEV, MS_NOSUID, MakeDirs, Mount, Unmount, WriteFile
 from ucernvm.errors import MountError
@@ -106,22 +106,32 @@ def _free_initramfs() -> None:
             pass  # a mount point, or not empty
 
 
+def _report_files(state: BootState) -> dict[str, bytes]:
+    report = build_report(state, "switching root")
+    texts = {"report.json": to_json(report), "timeline.svg": render_svg(report), "boot.log": state.log.text()}
+    return {name: text.encode() for name, text in texts.items()}
+
+
 def handoff_stage(state: BootState) -> None:
     system, new_root, config = state.system, state.new_root, state.config
     init = new_root / INIT.lstrip("/")
     if not system.dry_run and not os.path.lexists(init):
         raise MountError(f"the snapshot has no {INIT} in {config.os_path or '/'}", "check cernvm_path=")
 
+    # The OS's root writes to the scratch disk, which a user may have filled: what goes there now is
+    # reported where it cannot be written, and the OS still starts (its own network setup writes
+    # resolv.conf again; the disk can be cleaned up from it).
     resolv = system.path("/etc/resolv.conf")
     target = new_root / "etc" / "resolv.conf"
     if resolv.exists() and not target.is_symlink():
-        system.do(MakeDirs(str(target.parent)))
-        system.do(WriteFile(str(target), resolv.read_bytes()))
+        state.do_or_warn(f"/etc/resolv.conf {ON_SCRATCH}", MakeDirs(str(target.parent)),
+                         WriteFile(str(target), resolv.read_bytes()))
 
     release = os.uname().release
     modules = Path("/lib/modules") / release
     if modules.is_dir() and not (new_root / "lib" / "modules" / release).exists():
-        system.do(CopyTree(str(modules), str(new_root / "lib" / "modules" / release)))
+        state.do_or_warn(f"the kernel modules of {release} {ON_SCRATCH}",
+                         CopyTree(str(modules), str(new_root / "lib" / "modules" / release)))
 
     # /run is a tmpfs before systemd starts, so the report survives its mounting of /run.
     run = new_root / "run"
@@ -129,12 +139,14 @@ def handoff_stage(state: BootState) -> None:
     system.do(Mount("tmpfs", str(run), "tmpfs", "mode=0755", MS_NOSUID | MS_NODEV))
     install_shutdown_handback(state)
     hand_over_context(state)
-    report = build_report(state, "switching root")
-    files = {"report.json": to_json(report), "timeline.svg": render_svg(report), "boot.log": state.log.text()}
-    for directory in (run / "ucernvm", state.scratch / "ulogs"):
-        system.do(MakeDirs(str(directory)))
-        for name, text in files.items():
-            system.do(WriteFile(str(directory / name), text.encode()))
+    files = _report_files(state)
+    saved = state.scratch / "ulogs"
+    if not state.do_or_warn(f"the boot report in {saved.name}/ on the scratch disk", MakeDirs(str(saved)),
+                            *(WriteFile(str(saved / name), data) for name, data in files.items())):
+        files = _report_files(state)  # with that warning
+    system.do(MakeDirs(str(run / "ucernvm")))
+    for name, data in files.items():
+        system.do(WriteFile(str(run / "ucernvm" / name), data))
 
     if config.debug or config.ssh:
         rescue_shell(state, "cvmdebug: the new root is assembled at /root; exit the shell to boot it")

@@ -14,6 +14,7 @@ from ucernvm.boot.state import BootState
 from ucernvm.boot.system import MS_NODEV, MS_NOSUID, MakeDirs, Mount, WriteFile
 
 BUSYBOX = "/usr/bin/busybox"
+ON_SCRATCH = "for the OS (its writable layer on the scratch disk)"  # where the new root's writes go
 
 SHUTDOWN_SCRIPT = """#!/bin/busybox sh
 # ucernvm: systemd-shutdown runs this after pivoting into /run/initramfs; the OS root is /oldroot.
@@ -53,5 +54,6 @@ def install_shutdown_handback(state: BootState) -> None:
     system.do(WriteFile(str(directory / "shutdown"), SHUTDOWN_SCRIPT.encode(), 0o755))
     pids = f"{state.fuse_pid}\n" if state.fuse_pid else ""
     system.do(WriteFile(str(directory / "ucernvm.pids"), pids.encode()))
-    # µCernVM's file for the OS's own halt scripts: the processes they must not kill.
-    system.do(WriteFile(str(new_root / ".cvmfs_pids"), pids.encode()))
+    # µCernVM's file for the OS's own halt scripts (not systemd's): the processes they must not kill.
+    state.do_or_warn(f"/.cvmfs_pids {ON_SCRATCH}",
+                     WriteFile(str(new_root / ".cvmfs_pids"), pids.encode()))

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ucernvm.boot.log import BootLog
-from ucernvm.boot.system import System
+from ucernvm.boot.system import Action, System
 from ucernvm.config import BootConfig
 
 
@@ -73,3 +73,14 @@ class BootState:
     def warn(self, message: str) -> None:
         self.warnings.append(message)
         self.log.warn(message)
+
+    def do_or_warn(self, what: str, *actions: Action) -> bool:
+        """Apply *actions* (writes the OS can do without); where one fails for want of space or a failing
+        disk, a warning naming *what* instead of a failed boot. Whether all were applied."""
+        try:
+            for action in actions:
+                self.system.do(action)
+        except OSError as error:
+            self.warn(f"{what} not written: {error.strerror or error}")
+            return False
+        return True

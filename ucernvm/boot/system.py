@@ -101,10 +101,18 @@ class WriteFile(NamedTuple):
 
     def apply(self) -> None:
         temporary = f"{self.path}.tmp-{os.getpid()}"
-        with open(temporary, "wb") as handle:
-            handle.write(self.data)
-        os.chmod(temporary, self.mode)
-        os.replace(temporary, self.path)
+        try:
+            with open(temporary, "wb") as handle:
+                handle.write(self.data)
+            os.chmod(temporary, self.mode)
+            os.replace(temporary, self.path)
+        except OSError:
+            # A full or failing disk: no half-written file is left beside the one that stays as it was.
+            try:
+                os.unlink(temporary)
+            except OSError:
+                pass
+            raise
 
 
 class RemoveFile(NamedTuple):

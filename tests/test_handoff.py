@@ -1,0 +1,90 @@
+"""The handoff stage on a real overlay root whose scratch disk is full: the OS still gets the machine."""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ucernvm.boot.handoff import SwitchRoot, handoff_stage
+from ucernvm.boot.log import BootLog
+from ucernvm.boot.pipeline import Stage, run_stages
+from ucernvm.boot.state import BootState
+from ucernvm.boot.system import Action, RealSystem
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="tmpfs and overlay mounts need root")
+
+
+class NoSwitch(RealSystem):
+    """Does everything but the switch of the test's own root."""
+
+    def do(self, action: Action) -> Any:
+        if isinstance(action, SwitchRoot):
+            self.actions.append(action.describe())
+            return None
+        return super().do(action)
+
+
+def mount(*argv: str) -> None:
+    subprocess.run(["mount", *argv], check=True, capture_output=True)
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Iterator[Path]:
+    """The loader's root: a 1 MiB scratch disk on /root.rw, the OS root an overlay of a tree on it."""
+    base = tmp_path / "initramfs"
+    lower = tmp_path / "os"
+    for directory in ("sbin", "etc", "run", "mnt", f"lib/modules/{os.uname().release}"):
+        (lower / directory).mkdir(parents=True)
+    (lower / "sbin" / "init").write_text("#!/bin/sh\n")
+    (base / "etc").mkdir(parents=True)
+    (base / "etc" / "resolv.conf").write_text("nameserver 10.0.2.3\n")
+    scratch, new_root = base / "root.rw", base / "root"
+    scratch.mkdir()
+    new_root.mkdir()
+    try:
+        mount("-t", "tmpfs", "-o", "size=1m", "tmpfs", str(scratch))
+        for name in ("persistent", "work", "ulogs"):
+            (scratch / name).mkdir()
+        mount("-t", "overlay", "-o", f"lowerdir={lower},upperdir={scratch}/persistent,workdir={scratch}/work",
+              "overlay", str(new_root))
+        yield base
+    finally:
+        with open("/proc/self/mounts") as mounts:
+            targets = [line.split()[1] for line in mounts if line.split()[1].startswith(str(base))]
+        for target in reversed(targets):
+            subprocess.run(["umount", target], check=False, capture_output=True)
+
+
+def fill(directory: Path) -> None:
+    with open(directory / "filler", "wb") as handle:
+        try:
+            while True:
+                handle.write(bytes(1 << 16))
+                handle.flush()
+        except OSError as error:
+            assert error.errno == errno.ENOSPC
+
+
+def test_a_full_scratch_disk_is_reported_and_the_os_still_starts(root: Path) -> None:
+    system = NoSwitch(str(root))
+    state = BootState(system, BootLog(io.StringIO()))
+    state.scratch_device = "/dev/vdb1"
+    fill(state.scratch / "persistent")
+    run_stages(state, [Stage("handoff", (handoff_stage,))])
+    assert system.actions[-1] == f"switch root to {root / 'root'} and run /sbin/init"
+    assert [record.status for record in state.stages] == ["ok"]
+    report = json.loads((root / "root" / "run" / "ucernvm" / "report.json").read_text())
+    full = [warning for warning in report["warnings"] if "No space left on device" in warning]
+    assert full and all("scratch disk" in warning for warning in full), report["warnings"]
+    assert any("resolv.conf" in warning for warning in full) and any("ulogs" in warning for warning in full)
+    # nothing half-written is left behind in the OS
+    assert not [path for path in (root / "root.rw" / "persistent").rglob("*.tmp-*")]
+    assert (root / "root" / "run" / "initramfs" / "shutdown").is_file()
