@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from ucernvm.boot.contextualize import META_DATA, apply_user_data, settle_context
+from ucernvm.boot.contextualize import META_DATA, apply_user_data, online_context, settle_context
 from ucernvm.boot.log import BootLog
 from ucernvm.boot.seed import NOCLOUD_SEED, seed_cloud_init
 from ucernvm.boot.state import BootState
 from ucernvm.boot.system import System
 from ucernvm.context.found import CONFIG_DRIVE, FoundContext, MetaData
+from ucernvm.server.online import Context, OnlineServer, OnlineService
 
 USER_DATA = b"#cloud-config\nruncmd: [true]\n"
 META = MetaData("i-0abc", "worker-1", ("ssh-ed25519 AAAAC3Nza first", "ssh-ed25519 AAAAC3Nzb second"))
@@ -154,3 +155,30 @@ def test_the_ucontext_file_carries_what_glideinwms_user_data_implies(tmp_path: P
     settle_context(state)
     ucontext = (tmp_path / "root.rw/context/ucontext").read_text()
     assert ucontext == '_UCONTEXT_CVMFS_HTTP_PROXY="http://squid.example:3128"\n'
+
+
+def test_a_cernvm_online_context_keeps_the_settings_of_the_user_data_it_replaced(tmp_path: Path) -> None:
+    """The proxy given next to the PIN took the first boot to the servers; later boots need it as much,
+    under what the online context sets itself (here the tag)."""
+    online = b"#cloud-config\nhostname: paired\n[ucernvm-begin]\ncvmfs_tag=v2\n[ucernvm-end]\n"
+    service = OnlineService([Context("paired", online)])
+    pin = service.new_pin("paired")
+    given = f"[ucernvm-begin]\ncvm_online_pin={pin}\ncvmfs_http_proxy=http://squid.example:3128\n[ucernvm-end]\n".encode()
+    first = BootState(System(str(tmp_path)), BootLog(io.StringIO()))
+    first.scratch_fresh = True
+    first.found_context = FoundContext(CONFIG_DRIVE, given)
+    apply_user_data(first, given, CONFIG_DRIVE)
+    with OnlineServer(service) as server:
+        first.config = first.config._replace(service_url=server.url)
+        online_context(first)
+    assert first.user_data == online and first.context_source == "CernVM Online"
+    assert (first.config.proxy, first.config.tag) == ("http://squid.example:3128", "v2")
+    settle_context(first)
+    ucontext = (tmp_path / "root.rw/context/ucontext").read_text().splitlines()
+    assert '_UCONTEXT_CVMFS_HTTP_PROXY="http://squid.example:3128"' in ucontext and '_UCONTEXT_CVMFS_TAG="v2"' in ucontext
+
+    later = BootState(System(str(tmp_path)), BootLog(io.StringIO()))
+    settle_context(later)
+    assert later.user_data == online and later.context_source == "CernVM Online"
+    assert (later.config.proxy, later.config.tag) == ("http://squid.example:3128", "v2")
+    assert not later.warnings

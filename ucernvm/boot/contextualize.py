@@ -27,6 +27,9 @@ SEARCH_SECONDS = 10.0  # every source together; a VM without a context loses und
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 UTF16_MARKS = (b"\xff\xfe", b"\xfe\xff")  # the byte order marks a UTF-16 file starts with
 META_DATA = "meta-data"  # in context/: the first boot's meta-data (NoCloud keys, JSON), for later boots
+# In context/: the user-data a CernVM Online context replaced; its settings (say, the proxy it came with)
+# apply under the online context's on every boot, as on the first.
+BEFORE_PIN = "user-data-before-pin"
 
 
 def section_of(user_data: bytes) -> tuple[dict[str, str], list[str]]:
@@ -194,6 +197,7 @@ def settle_context(state: BootState) -> None:
         except OSError as error:  # a damaged scratch disk must not stop the boot the storage stage is part of
             state.warn(f"the saved user-data is unreadable ({error.strerror}): this boot has no context")
             return
+        _restore_user_data_before_pin(state, directory / BEFORE_PIN)
         apply_user_data(state, user_data, _saved_source(state, directory / "source"))
         meta = _saved_meta(state, directory / META_DATA)
         state.found_context = FoundContext(state.context_source, state.user_data, meta)
@@ -209,9 +213,11 @@ def settle_context(state: BootState) -> None:
     system.do(WriteFile(str(directory / "source"), f"{state.context_source}\n".encode()))
     if state.user_data is not None:
         system.do(WriteFile(str(saved), state.user_data, 0o600))
-        section, _ = section_of(state.user_data)
-        # As µCernVM, with what glideinWMS user-data implies: the OS's cvmfs configuration reads it there.
-        section = {**_glideinwms_settings(state, state.user_data), **section}
+        section = _ucernvm_settings(state, state.user_data)
+        before_pin = _user_data_before_pin(state)
+        if before_pin is not None:
+            system.do(WriteFile(str(directory / BEFORE_PIN), before_pin, 0o600))
+            section = {**_ucernvm_settings(state, before_pin), **section}
         system.do(WriteFile(str(directory / "ucontext"), _ucontext(section), 0o600))
     meta = found.meta.as_nocloud() if found is not None else {}
     if meta:
@@ -224,6 +230,31 @@ def settle_context(state: BootState) -> None:
         system.do(WriteFile(str(directory / "pickup.tar.gz"), found.pickup, 0o600))
     if state.config.cluster_pin:
         system.do(WriteFile(str(directory / "ami-contextualized"), b""))
+
+
+def _ucernvm_settings(state: BootState, user_data: bytes) -> dict[str, str]:
+    """As µCernVM saved them in ucontext, for the OS's cvmfs configuration too: the [ucernvm] section
+    over what glideinWMS user-data implies."""
+    return {**_glideinwms_settings(state, user_data), **section_of(user_data)[0]}
+
+
+def _user_data_before_pin(state: BootState) -> bytes | None:
+    """The first boot's user-data from its source, if a CernVM Online context replaced it."""
+    found = state.found_context
+    if "online_context" not in state.facts.get("context", {}) or found is None or found.user_data is None:
+        return None
+    return decode(found.user_data)
+
+
+def _restore_user_data_before_pin(state: BootState, path: Path) -> None:
+    if not path.exists():
+        return
+    try:
+        before_pin = path.read_bytes()
+    except OSError as error:
+        state.warn(f"the saved {path.name} is unreadable ({error.strerror}): only the online context's settings apply")
+        return
+    apply_section(state, _ucernvm_settings(state, before_pin), "the user-data the CernVM Online context replaced")
 
 
 def _restore_extra_user_data(state: BootState, path: Path) -> None:
