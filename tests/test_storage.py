@@ -380,3 +380,21 @@ def test_a_partition_that_is_not_empty_or_not_for_data_is_not_formatted(rig: Rig
         rig.boot(devices)
     assert "no empty disk and no free space" in failure.value.message
     assert [digest(device) for device in devices] == before
+
+
+def test_a_full_scratch_disk_is_named_in_the_report(rig: Rig) -> None:
+    device = rig.attach(rig.disk("empty", 64 * MIB))
+    first = rig.boot([device])
+    assert not first.warnings
+    with open(first.scratch / "persistent" / "filler", "wb") as handle:  # what a user's program left
+        try:
+            while True:
+                handle.write(bytes(1 << 20))
+                handle.flush()
+        except OSError:
+            pass
+    [device] = rig.reboot([device])
+    state = rig.boot([device])
+    assert_scratch(state)
+    [warning] = state.warnings
+    assert warning.startswith(f"the scratch disk {device}p1 is full: ") and "/mnt/.rw/persistent" in warning

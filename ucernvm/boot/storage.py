@@ -56,6 +56,7 @@ CAPPED_SIZE = 20 << 30  # the scratch partition's size with resize_rootfs=off
 MIN_FREE = 750 * MIB  # case B: free space needed on the boot disk, after FREE_MARGIN
 FREE_MARGIN = 20 * MIB
 MIN_SCRATCH = 16 * MIB  # below this, ext4 with a journal hardly fits
+FULL_BELOW = 50 * MIB  # free space (or 5 % of a small disk) below which the disk is reported full
 DISK_WAIT = 5.0  # seconds to wait for a first disk to appear (SCSI and NVMe scans are asynchronous)
 TOOL_TIMEOUT = 900.0  # e2fsck -f and resize2fs on a large disk take a while
 NO_SPACE_HINT = "attach an empty disk of at least 20 GB (it becomes the scratch disk), or free 750 MiB on the boot disk"
@@ -168,6 +169,11 @@ def storage_stage(
         stats = os.statvfs(state.scratch)
         facts.update(size=stats.f_blocks * stats.f_frsize, free=stats.f_bavail * stats.f_frsize)
         state.log.info(f"scratch: {target.device} on {state.scratch}, {human(facts['free'])} free of {human(facts['size'])}")
+        if facts["free"] < min(FULL_BELOW, facts["size"] // 20):
+            # The boot goes on (the cache makes room for itself, the loader's own writes are warnings),
+            # but the OS is likely to fail: said first in the report, not left to a failed write later.
+            state.warn(f"the scratch disk {target.device} is full: {human(facts['free'])} free of "
+                       f"{human(facts['size'])}; the OS may fail to write (what it wrote is under /mnt/.rw/persistent)")
 
 
 def _wait_for_disks(sysfs: str, devices: Sequence[str] | None, wait: bool) -> list[Disk]:
