@@ -6,13 +6,19 @@ itself, and a parameter from the command line reaching a loaded module, run in t
 
 from __future__ import annotations
 
+import io
+import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from ucernvm.boot.kmod import DeviceScanner, ModuleLoader, cmdline_blacklist, cmdline_options
+from ucernvm.boot.kmod import DeviceScanner, LoadModule, ModuleLoader, cmdline_blacklist, cmdline_options, modules_stage
+from ucernvm.boot.log import BootLog
+from ucernvm.boot.state import BootState
+from ucernvm.boot.system import Action, RealSystem
 from ucernvm.errors import UcernvmError
 from ucernvm.image.kmods import ModuleIndex
 
@@ -149,3 +155,34 @@ def test_a_blacklisted_module_drives_no_device_but_loads_when_asked_for(index: M
     assert "virtio_net" not in kernel.started  # its device is there, but it is nobody's driver now
     assert {"virtio_blk", "ahci", "jbd2", "ext4"} <= loader.loaded  # jbd2: ext4, asked for by name, needs it
     assert cmdline_blacklist(cmdline_options("modprobe.blacklist=")) == frozenset()
+
+
+class FailingLoads(RealSystem):
+    """finit_module as a kernel that refuses some modules (no module is loaded into the test's kernel)."""
+
+    def __init__(self, refused: set[str]) -> None:
+        super().__init__()
+        self.refused = refused
+
+    def do(self, action: Action) -> Any:
+        if not isinstance(action, LoadModule):
+            return super().do(action)
+        self.actions.append(action.describe())
+        if action.name in self.refused:
+            raise UcernvmError(f"cannot load kernel module {action.name}: Exec format error")
+        return 0.0
+
+
+def test_a_driver_that_fails_to_load_is_a_warning_of_the_boot(tmp_path: Path) -> None:
+    release = tmp_path / "modules" / os.uname().release
+    release.mkdir(parents=True)
+    (release / "modules.dep").write_text(DEP + "kernel/fs/overlayfs/overlay.ko:\nkernel/fs/fuse/fuse.ko:\n")
+    (release / "modules.alias").write_text(ALIAS)
+    sysfs = tmp_path / "sys"
+    for number, alias in enumerate(sorted(VIRTIO_DEVICES)):  # a virtio NIC and disk, their bus driver built in
+        (sysfs / "bus" / "virtio" / "devices" / f"virtio{number}").mkdir(parents=True)
+        (sysfs / "bus" / "virtio" / "devices" / f"virtio{number}" / "modalias").write_text(alias + "\n")
+    state = BootState(FailingLoads({"virtio_net"}), BootLog(io.StringIO()))
+    modules_stage(state, modules=str(tmp_path / "modules"), sysfs=str(sysfs))
+    assert "virtio_net" not in state.facts["modules"]["loaded"] and "virtio_blk" in state.facts["modules"]["loaded"]
+    assert state.warnings == ["modules: cannot load kernel module virtio_net: Exec format error"]

@@ -194,9 +194,9 @@ def registers_driver(name: str, sysfs: str = "/sys") -> bool:
     return os.path.isdir(f"{sysfs}/module/{name}/drivers")
 
 
-def modules_stage(state: BootState) -> None:
+def modules_stage(state: BootState, modules: str = "/lib/modules", sysfs: str = "/sys") -> None:
     release_name = os.uname().release
-    release = Path("/lib/modules") / release_name
+    release = Path(modules) / release_name
     if state.system.dry_run or not (release / "modules.dep").exists():
         state.log.info(f"no kernel modules for {release_name} here: nothing to load")
         state.facts["modules"] = {"loaded": [], "release": release_name}
@@ -220,7 +220,8 @@ def modules_stage(state: BootState) -> None:
     def load(name: str) -> None:
         seconds[name] = state.system.do(LoadModule(name, str(release / index.paths[name]), options.get(name, "")))
 
-    loader = ModuleLoader(index, load, DeviceScanner().new_aliases, registers_driver, blacklist=blacklist)
+    loader = ModuleLoader(index, load, DeviceScanner(sysfs).new_aliases, lambda name: registers_driver(name, sysfs),
+                          blacklist=blacklist)
     loader.run(name for name in REQUIRED + OPTIONAL if index.resolve(name))
     phase(f"load {len(loader.loaded)}")
     loaded = loader.loaded
@@ -230,6 +231,8 @@ def modules_stage(state: BootState) -> None:
     missing = [name for name in REQUIRED if name not in loaded and name not in index.builtin]
     if missing:
         raise UcernvmError(f"kernel modules {', '.join(missing)} are missing from the image", "rebuild the image")
+    for name in sorted(loader.failed):  # a device's driver: its disk or NIC is missing, which later stages meet
+        state.warn(f"modules: {loader.failed[name]}")
     slowest = sorted(seconds.items(), key=lambda item: -item[1])[:5]
     state.facts["modules"] = {
         "release": release_name,
