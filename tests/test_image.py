@@ -241,6 +241,23 @@ def test_vmlinux_extraction_follows_the_boot_header() -> None:
         extract_vmlinux(b"\0" * 1024)
 
 
+def test_a_damaged_bzimage_is_a_clear_error() -> None:
+    elf = b"\x7fELF" + os.urandom(20000)  # random: the compressed payload is as long as the ELF
+    image = fake_bzimage(elf, "6.1.0-test-amd64")
+    with pytest.raises(ConfigError, match="cut short"):
+        extract_vmlinux(image[:len(image) // 2])
+    corrupt = bytearray(image)
+    corrupt[len(image) // 2:len(image) // 2 + 64] = bytes(64)
+    with pytest.raises(ConfigError, match="does not decompress"):
+        extract_vmlinux(bytes(corrupt))
+    # A payload that ends before its stream does (the header's length is wrong) is no ELF kernel either.
+    header_end = 2 * 512 + 16
+    short = bytearray(image)
+    struct.pack_into("<I", short, 0x24C, (len(image) - header_end) // 2)
+    with pytest.raises(ConfigError, match="does not decompress"):
+        extract_vmlinux(bytes(short))
+
+
 def test_pyc_files_are_reproducible_and_import_without_source(tmp_path: Path) -> None:
     source = tmp_path / "src" / "sample.py"
     source.parent.mkdir()

@@ -188,18 +188,30 @@ def extract_vmlinux(bzimage: bytes) -> bytes:
     setup_sects, payload_offset, payload_length = _setup_header(bzimage)
     start = (setup_sects + 1) * 512 + payload_offset
     payload = bzimage[start : start + payload_length]
-    if payload.startswith(_XZ_MAGIC):
-        # The kernel build appends the uncompressed size after the xz stream; the decoder stops before it.
-        elf = lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(payload)
-    elif payload.startswith(_GZIP_MAGIC):
-        elf = zlib.decompressobj(wbits=31).decompress(payload)
-    elif payload.startswith(_ZSTD_MAGIC):
-        proc = subprocess.run([tools.find_tool("zstd"), "-dcq"], input=payload, capture_output=True, check=False)
-        elf = proc.stdout
-    elif payload.startswith(_LZMA_MAGIC):
-        elf = lzma.LZMADecompressor(format=lzma.FORMAT_ALONE).decompress(payload)
-    else:
-        raise ConfigError(f"unsupported bzImage payload compression (magic {payload[:6].hex()})")
+    if len(payload) < payload_length:
+        raise ConfigError(f"the bzImage is cut short: its payload ends at byte {start + payload_length}, "
+                          f"the file at {len(bzimage)}")
+    # The decoders stop at the end of the stream (the kernel build appends the uncompressed size after
+    # it) and return what they have for a stream that ends early: only a stream's end proves it whole.
+    complete = True
+    try:
+        if payload.startswith(_XZ_MAGIC) or payload.startswith(_LZMA_MAGIC):
+            decoder = lzma.LZMADecompressor(format=lzma.FORMAT_XZ if payload.startswith(_XZ_MAGIC) else
+                                            lzma.FORMAT_ALONE)
+            elf, complete = decoder.decompress(payload), decoder.eof
+        elif payload.startswith(_GZIP_MAGIC):
+            inflater = zlib.decompressobj(wbits=31)
+            elf, complete = inflater.decompress(payload), inflater.eof
+        elif payload.startswith(_ZSTD_MAGIC):
+            proc = subprocess.run([tools.find_tool("zstd"), "-dcq"], input=payload, capture_output=True,
+                                  check=False)
+            elf, complete = proc.stdout, proc.returncode == 0
+        else:
+            raise ConfigError(f"unsupported bzImage payload compression (magic {payload[:6].hex()})")
+    except (lzma.LZMAError, zlib.error) as error:
+        raise ConfigError(f"the bzImage payload does not decompress: {error}") from None
+    if not complete:
+        raise ConfigError("the bzImage payload does not decompress: the compressed stream ends early")
     if not elf.startswith(b"\x7fELF"):
         raise ConfigError("the bzImage payload did not decompress to an ELF kernel")
     return elf
