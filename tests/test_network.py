@@ -337,6 +337,27 @@ def test_a_slash_32_lease_gets_a_host_route_to_its_router(lab: Lab) -> None:
 
 
 @needs_lab
+@needs_dnsmasq
+def test_a_lease_without_router_or_dns_server_is_a_warning(lab: Lab, tmp_path: Path) -> None:
+    server = lab.namespace("s")
+    lab.wire("eth0", server, "10.77.0.1/24")
+    lab.dnsmasq(server, "eth0", "--dhcp-range=10.77.0.50,10.77.0.99,255.255.255.0,1h",
+                "--dhcp-option=3", "--dhcp-option=6")  # empty: no router, no DNS server sent
+
+    result = lab.run_stage(timeout=10)
+
+    assert "error" not in result, result
+    facts = result["facts"]["network"]
+    assert facts["gateway"] == "" and facts["dns"] == []
+    assert result["warnings"] == [
+        "network: the DHCP lease of eth0 names no router: only 10.77.0.0/24 is reachable",
+        "network: the DHCP lease of eth0 names no DNS server: host names (of servers, proxies, NTP) cannot be "
+        "resolved",
+    ]
+    assert not (tmp_path / "root/etc/resolv.conf").exists()
+
+
+@needs_lab
 def test_no_dhcp_server_fails_within_the_timeout(lab: Lab, tmp_path: Path) -> None:
     silent = lab.namespace("s")
     lab.wire("eth0", silent, "10.77.0.1/24")

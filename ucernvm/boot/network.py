@@ -149,9 +149,17 @@ def _number(address: str) -> int:
     return int.from_bytes(socket.inet_aton(address), "big")
 
 
+def _mask(prefix: int) -> int:
+    return (0xFFFFFFFF << (32 - prefix)) & 0xFFFFFFFF
+
+
 def on_link(address: str, prefix: int, gateway: str) -> bool:
-    mask = (0xFFFFFFFF << (32 - prefix)) & 0xFFFFFFFF
-    return (_number(address) ^ _number(gateway)) & mask == 0
+    return (_number(address) ^ _number(gateway)) & _mask(prefix) == 0
+
+
+def subnet(address: str, prefix: int) -> str:
+    """The network an address is in, as ``10.0.0.0/24``."""
+    return f"{socket.inet_ntoa((_number(address) & _mask(prefix)).to_bytes(4, 'big'))}/{prefix}"
 
 
 def lease_routes(lease: Lease) -> list[StaticRoute]:
@@ -201,6 +209,14 @@ def configure_lease(state: BootState, nic: Link, lease: Lease) -> None:
     state.system.do(AddAddress(nic.ifindex, nic.name, lease.address, lease.prefix, lease.broadcast))
     routes = lease_routes(lease)
     _add_routes(state, nic, lease.address, lease.prefix, routes, RTPROT_DHCP)
+    # A lease may leave these out (a network meant for something else); what then fails later (a server
+    # name that does not resolve, a server out of reach) has its cause named in the report.
+    if not any(route.prefix == 0 for route in routes):
+        reached = [subnet(lease.address, lease.prefix)] + [f"{route.destination}/{route.prefix}" for route in routes]
+        state.warn(f"network: the DHCP lease of {nic.name} names no router: only {', '.join(reached)} is reachable")
+    if not lease.dns:
+        state.warn(f"network: the DHCP lease of {nic.name} names no DNS server: host names (of servers, proxies, NTP) "
+                   "cannot be resolved")
     search = _search_domains(lease)
     if lease.dns or search:
         _write_resolv_conf(state, lease.dns, search)
