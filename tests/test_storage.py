@@ -398,3 +398,32 @@ def test_a_full_scratch_disk_is_named_in_the_report(rig: Rig) -> None:
     assert_scratch(state)
     [warning] = state.warnings
     assert warning.startswith(f"the scratch disk {device}p1 is full: ") and "/mnt/.rw/persistent" in warning
+
+
+def test_a_resize_that_fails_is_a_warning_and_the_boot_goes_on(rig: Rig, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """As µCernVM: the scratch disk is mounted again as it was and the request is dropped, instead of a
+    machine that fails the same way at every boot."""
+    backing = rig.disk("empty", 256 * MIB)
+    device = rig.attach(backing)
+    first = rig.boot([device])
+    (first.scratch / "persistent" / "kept").write_text("data")
+    (first.scratch / "aux" / "resize").touch()
+    before = os.statvfs(first.scratch).f_blocks
+    rig.unmount()
+    os.truncate(backing, 512 * MIB)
+    subprocess.run(["losetup", "-c", device], check=True)
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    (tools / "resize2fs").write_text("#!/bin/sh\necho 'resize2fs: Filesystem has unsupported feature(s)' >&2\nexit 1\n")
+    (tools / "resize2fs").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tools}:{os.environ['PATH']}")
+
+    state = rig.boot([device])
+    assert_scratch(state)
+    assert (state.scratch / "persistent" / "kept").read_text() == "data"
+    assert os.statvfs(state.scratch).f_blocks == before
+    assert not (state.scratch / "aux" / "resize").exists()
+    [warning] = state.warnings
+    assert warning.startswith("aux/resize: the scratch file system was not grown: resize2fs failed (1): ")
+    assert "unsupported feature" in state.facts["storage"]["resized"]["error"]

@@ -447,28 +447,44 @@ def _tool(state: BootState, argv: tuple[str, ...]) -> None:
 
 
 def _grow_on_request(state: BootState, target: Target, sysfs: str, devdir: str) -> dict[str, Any] | None:
-    """aux/resize (touched by the OS): grow the partition to the end of its disk, then the file system."""
+    """aux/resize (touched by the OS): grow the partition to the end of its disk, then the file system.
+
+    As µCernVM: where growing fails, the file system is mounted again as it was and the request is
+    dropped, with a warning (a machine must not fail the same way at every boot); only a file system
+    that e2fsck cannot repair stops the boot, as at any other boot."""
     flag = state.scratch / "aux" / "resize"
     if not flag.exists():
         return None
     system = state.system
     before = _fs_size(state)
-    grown = None if target.number is None else _grown_partition(target.view, target.number, sysfs)
     system.do(Unmount(str(state.scratch)))
-    if grown is not None:
-        table, part, _ = grown
-        system.do(WriteTable(target.view.path, table))
-        size = table.sector_size
-        _attach(state, target.view, part.number, part.start * size, part.sectors * size, sysfs, devdir)
-    system.do(CheckFileSystem(target.device, force=True))
-    _tool(state, ("resize2fs", target.device))
+    system.do(CheckFileSystem(target.device, force=True))  # resize2fs wants a file system just checked
+    try:
+        gained = _grow(state, target, sysfs, devdir)
+    except UcernvmError as error:
+        state.warn(f"aux/resize: the scratch file system was not grown: {error.message}")
+        outcome: dict[str, Any] = {"error": error.message}
+    else:
+        outcome = {"partition_gained": gained, "before": before}
     _mount(state, target.device)
     system.do(RemoveFile(str(flag)))
-    after = _fs_size(state)
-    gained = grown[2] if grown else 0
-    state.log.info(f"aux/resize: partition {target.device} grew by {human(gained)}, "
-                   f"file system {human(before)} -> {human(after)}")
-    return {"partition_gained": gained, "before": before, "after": after}
+    if "error" not in outcome:
+        outcome["after"] = _fs_size(state)
+        state.log.info(f"aux/resize: partition {target.device} grew by {human(gained)}, "
+                       f"file system {human(before)} -> {human(outcome['after'])}")
+    return outcome
+
+
+def _grow(state: BootState, target: Target, sysfs: str, devdir: str) -> int:
+    """Grow the unmounted scratch partition (if it can) and its file system; the bytes the partition gained."""
+    grown = None if target.number is None else _grown_partition(target.view, target.number, sysfs)
+    if grown is not None:
+        table, part, _ = grown
+        state.system.do(WriteTable(target.view.path, table))
+        size = table.sector_size
+        _attach(state, target.view, part.number, part.start * size, part.sectors * size, sysfs, devdir)
+    _tool(state, ("resize2fs", target.device))
+    return grown[2] if grown else 0
 
 
 def _grown_partition(view: DiskView, number: int, sysfs: str) -> tuple[PartitionTable, Partition, int] | None:
