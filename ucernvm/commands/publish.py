@@ -60,6 +60,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="the repository's meta-info, a JSON object as cvmfs_server update-repoinfo takes "
                         "(administrator, email, organisation, description, url, recommended-stratum0, "
                         "recommended-stratum1s, custom); later revisions keep it until another is given")
+    parser.add_argument("--virtual-dir", action=argparse.BooleanOptionalAction, default=None,
+                        help="keep /.cvmfs/snapshots/<tag>, every earlier tag's snapshot in a hidden directory, "
+                        "as cvmfs_server's CVMFS_VIRTUAL_DIR=true (the source tree may then have no /.cvmfs); "
+                        "later revisions keep it until --no-virtual-dir removes it")
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     parser.set_defaults(func=run)
 
@@ -146,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
         include_xattrs=not args.no_xattrs,
         root_files=root_files,
         meta_info=read_meta_info(args.meta_info) if args.meta_info else None,
+        virtual_dir=args.virtual_dir,
     )
     progress = ProgressBar() if sys.stderr.isatty() and not args.quiet else None
     result = Publisher(args.repo, args.name, args.keys, options, progress).publish(args.source)

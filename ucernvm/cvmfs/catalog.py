@@ -167,11 +167,13 @@ class Chunk(NamedTuple):
 
 
 class NestedCatalogRef(NamedTuple):
-    """A row of ``nested_catalogs`` (or ``bind_mountpoints``): where a child catalog is mounted."""
+    """A row of ``nested_catalogs`` or, with ``bind``, of ``bind_mountpoints``: where a child catalog is
+    mounted. A bind mountpoint (``/.cvmfs/snapshots/<tag>``) mounts another snapshot's root catalog."""
 
     path: str
     content_hash: ContentHash
     size: int
+    bind: bool = False
 
 
 class Catalog:
@@ -302,10 +304,12 @@ class Catalog:
 
     def nested_catalogs(self) -> list[NestedCatalogRef]:
         if self._nested is None:  # asked on every path resolution; a catalog never changes
-            rows = self._query("SELECT path, sha1, size FROM nested_catalogs")
-            if self._has_bind_mountpoints:
-                rows += self._query("SELECT path, sha1, size FROM bind_mountpoints")
-            self._nested = [NestedCatalogRef(path, ContentHash.parse(digest), size or 0) for path, digest, size in rows]
+            tables = ("nested_catalogs", "bind_mountpoints") if self._has_bind_mountpoints else ("nested_catalogs",)
+            self._nested = [
+                NestedCatalogRef(path, ContentHash.parse(digest), size or 0, table == "bind_mountpoints")
+                for table in tables
+                for path, digest, size in self._query(f"SELECT path, sha1, size FROM {table}")
+            ]
         return self._nested
 
     def nested_catalog_for(self, path: str) -> NestedCatalogRef | None:

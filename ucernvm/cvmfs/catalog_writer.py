@@ -116,6 +116,11 @@ class CatalogWriter:
         self.subtree_counters.update(child_self)
         self.subtree_counters.update(child_subtree)
 
+    def add_bind_mountpoint(self, path: str, content_hash: ContentHash, size: int) -> None:
+        """Mount another snapshot's root catalog at ``path`` (its directory row is added separately). As cvmfs
+        does, the bound tree is not counted: it is no part of this snapshot."""
+        self._db.execute("INSERT INTO bind_mountpoints VALUES (?,?,?)", (path, content_hash.hex, size))
+
     def same_content_as(self, previous: Catalog) -> bool:
         """True if ``previous`` holds exactly these rows, so it can be reused instead of rewritten. A catalog
         of an older layout (as cvmfs_server 2.1 wrote, without ``mtimens``) is rewritten in this one."""
@@ -149,6 +154,7 @@ def _content(db: sqlite3.Connection) -> tuple[Any, ...]:
     )
     chunks = sorted(db.execute("SELECT * FROM chunks").fetchall(), key=repr)
     nested = sorted(db.execute("SELECT path, sha1, size FROM nested_catalogs").fetchall())
+    bound = sorted(db.execute("SELECT path, sha1, size FROM bind_mountpoints").fetchall())
     properties = {k: v for k, v in db.execute("SELECT key, value FROM properties") if k not in _VOLATILE_PROPERTIES}
     properties.setdefault("TTL", "240")
-    return catalog, chunks, nested, properties
+    return catalog, chunks, nested, bound, properties

@@ -32,12 +32,15 @@ from ucernvm.cvmfs.hashing import ContentHash, ObjectType
 from ucernvm.cvmfs.history import TRUNK, TRUNK_PREVIOUS, History, Tag
 from ucernvm.cvmfs.ingest import FileContent, Ingester, IngestOptions
 from ucernvm.cvmfs.manifest import META_INFO_MAX, Manifest
-from ucernvm.cvmfs.source_tree import SourceNode, add_root_file, scan
+from ucernvm.cvmfs.source_tree import CATALOG_MARKER, SourceNode, add_root_file, scan
 from ucernvm.cvmfs.storage import RepositoryStorage
 from ucernvm.cvmfs.whitelist import SignedWhitelist, new_whitelist
 from ucernvm.errors import ConfigError, UcernvmError, VerificationError
 
 DIRECTORY_SIZE = 4096  # what cvmfs records for every directory
+VIRTUAL_DIR = "/.cvmfs"  # cvmfs_server's CVMFS_VIRTUAL_DIR (catalog_virtual.cc)
+SNAPSHOTS = VIRTUAL_DIR + "/snapshots"
+VIRTUAL_DIR_SIZE = 97  # what cvmfs records for /.cvmfs and /.cvmfs/snapshots
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,8 @@ class PublishOptions:
     # The repository's meta-info, a JSON object (as cvmfs_server update-repoinfo stores it); None keeps
     # the previous revision's.
     meta_info: bytes | None = None
+    # /.cvmfs/snapshots/<tag> (cvmfs_server's CVMFS_VIRTUAL_DIR); None keeps what the previous revision has.
+    virtual_dir: bool | None = None
 
 
 @dataclass
@@ -148,6 +153,7 @@ class Publisher:
             tree = scan(source_dir, self.options.include_xattrs)
             for name, local_path in self.options.root_files:
                 add_root_file(tree, name, local_path)
+            self._virtual_dir = self._wants_virtual_dir(tree)
             contents, reused = self._ingest_files(tree)
             self._contents = contents
             revision = self.previous.manifest.revision + 1 if self.previous else 1
@@ -216,6 +222,20 @@ class Publisher:
             )
         return make_whitelist(self.fqrn, self.keys.certificate, self.keys.masterkey_path, self.options.whitelist_days)
 
+    def _wants_virtual_dir(self, tree: SourceNode) -> bool:
+        """Whether this revision has /.cvmfs/snapshots: as asked, else as the previous revision (as its
+        meta-info is kept). A /.cvmfs of the source tree is refused rather than mixed with the virtual one."""
+        wanted = self.options.virtual_dir
+        if wanted is None:
+            entry = self.previous.root_catalog.lookup(VIRTUAL_DIR) if self.previous else None
+            wanted = entry is not None and entry.is_hidden and entry.is_nested_mountpoint
+        if wanted and any(child.path == VIRTUAL_DIR for child in tree.children):
+            raise ConfigError(
+                f"the source tree has a {VIRTUAL_DIR} directory, where the virtual directory of snapshots goes",
+                f"rename or remove {tree.fs_path}{VIRTUAL_DIR}, or publish with --no-virtual-dir",
+            )
+        return wanted
+
     # -- file contents ---------------------------------------------------------------------------
 
     def _ingest_files(self, tree: SourceNode) -> tuple[dict[tuple[int, int], FileContent], int]:
@@ -266,7 +286,14 @@ class Publisher:
         flags = Flag.DIR | (Flag.NESTED_ROOT if root.path else 0)
         writer.add(root.path, self._directory_entry(root, flags))
         self._add_children(writer, root, [0])
-        previous = self._previous_catalog(root.path) if root.path else None
+        if not root.path and self._virtual_dir:
+            self._add_virtual_dir(writer)
+        return self._finish_catalog(writer)
+
+    def _finish_catalog(self, writer: CatalogWriter) -> _BuiltCatalog:
+        """Store the catalog, or reuse the previous revision's if it says the same."""
+        mountpoint = writer.root_path
+        previous = self._previous_catalog(mountpoint) if mountpoint else None
         if previous is not None and writer.same_content_as(previous[0]):
             catalog, size = previous
             self._catalog_stats["reused"] += 1
@@ -278,7 +305,7 @@ class Publisher:
                 Counters.from_statistics(statistics, "subtree_"),
             )
         catalog_revision = previous[0].revision + 1 if previous else self._revision
-        previous_hash = previous[0].content_hash if previous else (self.previous.root_hash if self.previous and not root.path else None)
+        previous_hash = previous[0].content_hash if previous else (self.previous.root_hash if self.previous and not mountpoint else None)
         data = writer.finish(catalog_revision, self._now, previous_hash)
         content_hash = self.ingester.store(data, ObjectType.CATALOG)
         self._catalog_stats["written"] += 1
@@ -299,14 +326,69 @@ class Publisher:
         for child in directory.children:
             if child.is_directory and child.is_catalog_root:
                 built = self._build_catalog(child)
-                writer.add(child.path, self._directory_entry(child, Flag.DIR | Flag.NESTED_MOUNTPOINT))
-                writer.add_nested(child.path, built.content_hash, built.size, built.self_counters, built.subtree_counters)
+                _add_nested(writer, child.path, self._directory_entry(child, Flag.DIR | Flag.NESTED_MOUNTPOINT), built)
             elif child.is_directory:
                 writer.add(child.path, self._directory_entry(child, Flag.DIR))
                 self._add_children(writer, child, next_group)
             else:
                 entry, content = self._leaf_entry(child, groups.get(child.inode_key, 1))
                 writer.add(child.path, entry, content.chunks if content else ())
+
+    def _add_virtual_dir(self, root: CatalogWriter) -> None:
+        """/.cvmfs as cvmfs_server makes it with CVMFS_VIRTUAL_DIR=true: a hidden nested catalog holding
+        snapshots/<tag> for every tag but trunk and trunk-previous, each a bind mountpoint on the tag's root
+        catalog. The tags are the previous revision's (cvmfs tags a revision after writing its catalogs,
+        so a tag appears from the next revision on). Made anew at each publish: a tag gone is gone here."""
+        previous = self._previous_catalog(VIRTUAL_DIR)
+        previous_catalog = previous[0] if previous else None
+        # Created once, as cvmfs creates them: their times stay.
+        created = previous_catalog.lookup(VIRTUAL_DIR) if previous_catalog else None
+        mtime = created.mtime if created else self._now
+        directory = DirectoryEntry(
+            VIRTUAL_DIR[1:], stat.S_IFDIR | 0o555, VIRTUAL_DIR_SIZE, mtime, Flag.DIR | Flag.HIDDEN, 0, 0, hardlinks=2
+        )
+        writer = CatalogWriter(VIRTUAL_DIR, self.options.ttl)
+        writer.add(VIRTUAL_DIR, directory._replace(flags=directory.flags | Flag.NESTED_ROOT))
+        compress = self.options.ingest.compression is not Compression.NONE
+        marker = FileContent(0, self.ingester.store(b"", ObjectType.FILE, compress), (), compress)
+        writer.add(
+            f"{VIRTUAL_DIR}/{CATALOG_MARKER}",
+            DirectoryEntry(CATALOG_MARKER, stat.S_IFREG | 0o444, 0, mtime, self._file_flags(marker), 0, 0, 1,
+                           marker.content_hash.digest),  # type: ignore[union-attr]
+        )
+        writer.add(SNAPSHOTS, directory._replace(name=SNAPSHOTS.rsplit("/", 1)[1], flags=Flag.DIR))
+        for path, entry, content_hash, size in self._snapshots(previous_catalog):
+            writer.add(path, entry)
+            writer.add_bind_mountpoint(path, content_hash, size)
+        _add_nested(root, VIRTUAL_DIR, directory._replace(flags=directory.flags | Flag.NESTED_MOUNTPOINT),
+                    self._finish_catalog(writer))
+
+    def _snapshots(self, previous: Catalog | None) -> Iterator[tuple[str, DirectoryEntry, ContentHash, int]]:
+        """Path, directory entry, root catalog hash and size of each tag's snapshot directory: the previous
+        revision's where its tag still names the same root catalog, else made from that catalog's root entry."""
+        if self.previous is None:
+            return
+        kept_entries = {entry.name: entry for entry in previous.listing(SNAPSHOTS)} if previous else {}
+        kept = {ref.path: ref for ref in previous.nested_catalogs() if ref.bind} if previous else {}
+        for tag in self.previous.tags():
+            if tag.name in (TRUNK, TRUNK_PREVIOUS) or "/" in tag.name or tag.name in ("", ".", ".."):
+                continue  # the head itself, or a name that cannot name a directory
+            path = f"{SNAPSHOTS}/{tag.name}"
+            reference = kept.get(path)
+            if reference is not None and reference.content_hash == tag.root_hash and tag.name in kept_entries:
+                yield path, kept_entries[tag.name], tag.root_hash, reference.size
+                continue
+            data = self.previous.fetch(tag.root_hash, ObjectType.CATALOG, tag.size or None)
+            catalog = Catalog.from_bytes(data, tag.root_hash)
+            try:
+                root = catalog.lookup("") if not catalog.root_prefix else None
+            finally:
+                catalog.close()
+            if root is None:
+                raise VerificationError(f"the root catalog {tag.root_hash} of tag {tag.name!r} is no root catalog")
+            # cvmfs copies the snapshot's root directory, without its extended attributes.
+            entry = root._replace(name=tag.name, flags=Flag.DIR | Flag.BIND_MOUNTPOINT, hardlinks=2, xattr=None)
+            yield path, entry, tag.root_hash, len(data)
 
     @staticmethod
     def _hardlink_groups(directory: SourceNode, next_group: list[int]) -> dict[tuple[int, int], int]:
@@ -331,15 +413,17 @@ class Publisher:
     def _leaf_entry(self, node: SourceNode, hardlinks: int) -> tuple[DirectoryEntry, FileContent | None]:
         if node.is_regular:
             content = self._contents[node.inode_key]
-            flags = Flag.FILE | self.options.ingest.algorithm.catalog_flag_bits
-            flags |= Flag.CHUNKED if content.chunks else 0
-            flags |= 0 if content.compressed else COMPRESSION_NONE << COMPRESSION_SHIFT
-            return self._entry(node, flags, content.size, hardlinks, content.content_hash), content
+            return self._entry(node, self._file_flags(content), content.size, hardlinks, content.content_hash), content
         if node.is_symlink:
             size = len(os.fsencode(node.symlink))
             return self._entry(node, Flag.FILE | Flag.LINK, size, hardlinks), None
         device = node.st.st_rdev if stat.S_ISCHR(node.st.st_mode) or stat.S_ISBLK(node.st.st_mode) else 0
         return self._entry(node, Flag.FILE | Flag.SPECIAL, device, hardlinks), None
+
+    def _file_flags(self, content: FileContent) -> int:
+        flags = Flag.FILE | self.options.ingest.algorithm.catalog_flag_bits
+        flags |= Flag.CHUNKED if content.chunks else 0
+        return flags | (0 if content.compressed else COMPRESSION_NONE << COMPRESSION_SHIFT)
 
     @staticmethod
     def _entry(
@@ -408,6 +492,12 @@ def make_whitelist(fqrn: str, certificate: trust.Certificate, masterkey_path: Pa
     master = signing.load_private_key(masterkey_path)
     now = datetime.datetime.now(datetime.timezone.utc)
     return signing.sign_whitelist(new_whitelist(fqrn, [certificate], now, days), master)
+
+
+def _add_nested(writer: CatalogWriter, path: str, mountpoint: DirectoryEntry, built: _BuiltCatalog) -> None:
+    """The mountpoint's row and the reference to the child catalog mounted there."""
+    writer.add(path, mountpoint)
+    writer.add_nested(path, built.content_hash, built.size, built.self_counters, built.subtree_counters)
 
 
 def _walk(node: SourceNode) -> Iterator[SourceNode]:

@@ -1,0 +1,115 @@
+"""`publish --virtual-dir`: /.cvmfs/snapshots/<tag>, as cvmfs_server writes it with CVMFS_VIRTUAL_DIR=true."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from helpers import run_cli, snapshot_tree
+from test_publish import FQRN, make_tree, open_repo, publish
+from ucernvm.cvmfs.catalog import Flag
+from ucernvm.errors import ConfigError
+
+TAGS = ("v1", "v2", "v3")
+
+
+def change_tree(source: Path, tag: str) -> None:
+    """What each tag changes: a file of the root catalog and one of a nested catalog, and a nested catalog
+    of its own."""
+    (source / "etc" / "hostname").write_text(f"host at {tag}\n")
+    (source / "data" / "sub" / "file").write_text(f"nested catalog file at {tag}\n")
+    (source / "opt" / tag).mkdir(parents=True)
+    (source / "opt" / tag / ".cvmfscatalog").write_bytes(b"")
+    (source / "opt" / tag / "only-here").write_bytes(tag.encode() * 1000)
+
+
+def publish_tags(base: Path, keys_dir: Path) -> tuple[Path, dict[str, dict[str, tuple]]]:
+    """The test tree published at v1, v2 and v3, the virtual directory asked for at v1 only (later revisions
+    keep it): the repository (``base/stratum/FQRN``, as a stratum server serves it) and the source tree as
+    it was at each tag."""
+    source, repo = base / "src", base / "stratum" / FQRN
+    make_tree(source)
+    os.unlink(source / "etc" / "variant")  # a variant symlink reads back expanded through a mount
+    trees = {}
+    for tag in TAGS:
+        change_tree(source, tag)
+        trees[tag] = snapshot_tree(source)
+        publish(source, repo, keys_dir, tag=tag, virtual_dir=True if tag == "v1" else None)
+    return repo, trees
+
+
+@pytest.fixture(scope="module")
+def tagged(tmp_path_factory: pytest.TempPathFactory, keys_dir: Path) -> tuple[Path, dict[str, dict[str, tuple]]]:
+    """Published once for the module; tests must not modify it."""
+    return publish_tags(tmp_path_factory.mktemp("tagged"), keys_dir)
+
+
+def test_the_virtual_directory_has_the_rows_cvmfs_writes(tagged, keys_dir: Path) -> None:
+    """A hidden nested catalog /.cvmfs (.cvmfscatalog, snapshots/), snapshots/<tag> flagged as bind mountpoint
+    with a bind_mountpoints row naming the tag's root catalog and its size; tags from the revision before."""
+    repo, _ = tagged
+    repository = open_repo(repo, keys_dir)
+    mountpoint = repository.root_catalog.lookup("/.cvmfs")
+    assert mountpoint is not None and mountpoint.flags == Flag.DIR | Flag.NESTED_MOUNTPOINT | Flag.HIDDEN
+    assert (mountpoint.mode, mountpoint.size, mountpoint.uid, mountpoint.gid) == (stat.S_IFDIR | 0o555, 97, 0, 0)
+    virtual = repository.catalog_for("/.cvmfs")
+    assert virtual.root_prefix == "/.cvmfs"
+    assert virtual.lookup("/.cvmfs").flags == Flag.DIR | Flag.NESTED_ROOT | Flag.HIDDEN
+    marker = virtual.lookup("/.cvmfs/.cvmfscatalog")
+    assert marker.is_regular and (marker.mode, marker.size) == (stat.S_IFREG | 0o444, 0)
+    assert repository.read("/.cvmfs/.cvmfscatalog") == b""
+    snapshots = virtual.listing("/.cvmfs/snapshots")
+    assert sorted(entry.name for entry in snapshots) == ["v1", "v2"]  # v3 names this revision: from the next one on
+    assert {entry.flags for entry in snapshots} == {Flag.DIR | Flag.BIND_MOUNTPOINT}
+    v1_root, v1 = open_repo(repo, keys_dir, tag="v1").entry(""), next(entry for entry in snapshots if entry.name == "v1")
+    assert (v1.mode, v1.mtime, v1.uid, v1.linkcount) == (v1_root.mode, v1_root.mtime, v1_root.uid, 2)  # as cvmfs copies it
+    bound = {reference.path: reference for reference in virtual.nested_catalogs()}
+    assert all(reference.bind for reference in bound.values()) and sorted(bound) == [
+        "/.cvmfs/snapshots/v1", "/.cvmfs/snapshots/v2"]
+    for name in ("v1", "v2"):
+        tag = repository.find_tag(name)
+        assert (bound[f"/.cvmfs/snapshots/{name}"].content_hash, bound[f"/.cvmfs/snapshots/{name}"].size) == (
+            tag.root_hash, tag.size)
+    assert virtual.statistics()["self_nested"] == 0  # a snapshot is no part of this one
+    assert repository.root_catalog.statistics()["self_nested"] == 5  # /data/sub, /opt/v1..v3 and /.cvmfs
+    assert ".cvmfs" not in [entry.name for entry in repository.listdir("")]
+    assert ".cvmfs" in [entry.name for entry in repository.listdir("", hidden=True)]
+
+
+def test_the_virtual_directory_follows_the_tags_until_it_is_turned_off(tmp_path: Path, keys_dir: Path) -> None:
+    """Remade at each publish: automatic tags too, a tag moved to a later revision follows it; kept by a
+    publish that does not say, removed by --no-virtual-dir."""
+    source, repo = tmp_path / "src", tmp_path / "repo"
+    (source / "etc").mkdir(parents=True)
+    (source / "etc" / "hostname").write_text("first\n")
+    publish(source, repo, keys_dir)  # an automatic generic-* tag
+    run_cli("publish", source, "--repo", repo, "--name", FQRN, "--keys", keys_dir, "--tag", "moving",
+            "--virtual-dir", check=True)
+    for _ in range(2):  # "moving" moved to the revision before at each
+        publish(source, repo, keys_dir, tag="moving")
+        repository = open_repo(repo, keys_dir)
+        snapshots = {reference.path.rsplit("/", 1)[1]: reference.content_hash
+                     for reference in repository.catalog_for("/.cvmfs").nested_catalogs()}
+        generic = next(tag for tag in repository.tags() if tag.name.startswith("generic-"))
+        assert snapshots == {generic.name: generic.root_hash, "moving": repository.find_tag("trunk-previous").root_hash}
+    publish(source, repo, keys_dir, virtual_dir=False)
+    assert open_repo(repo, keys_dir).lookup("/.cvmfs") is None
+    publish(source, repo, keys_dir)
+    assert open_repo(repo, keys_dir).lookup("/.cvmfs") is None
+
+
+def test_a_source_tree_with_its_own_cvmfs_directory_is_refused_with_the_virtual_directory(tmp_path: Path,
+                                                                                          keys_dir: Path) -> None:
+    source, repo = tmp_path / "src", tmp_path / "repo"
+    (source / ".cvmfs").mkdir(parents=True)
+    (source / ".cvmfs" / "mine").write_text("a user's file\n")
+    refused = run_cli("publish", source, "--repo", repo, "--name", FQRN, "--keys", keys_dir, "--virtual-dir")
+    assert refused.returncode == 2 and b"the source tree has a /.cvmfs directory" in refused.stderr
+    assert b"--no-virtual-dir" in refused.stderr and not (repo / ".cvmfspublished").exists()
+    publish(source, repo, keys_dir)  # without the virtual directory it is a directory like any other
+    assert open_repo(repo, keys_dir).read("/.cvmfs/mine") == b"a user's file\n"
+    with pytest.raises(ConfigError, match="the source tree has a /.cvmfs directory"):
+        publish(source, repo, keys_dir, virtual_dir=True)
