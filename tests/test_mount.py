@@ -19,8 +19,10 @@ import pytest
 
 from helpers import daemon_statistics, fuse_unusable, run_cli, snapshot_tree
 from test_cache import fill
-from test_publish import BIG, FQRN, make_tree, publish
+from test_publish import BIG, FQRN, make_tree, open_repo, publish
+from test_virtual_dir import publish_tags
 from ucernvm.client.cache import ABANDONED_AFTER
+from ucernvm.cvmfs.hashing import ObjectType
 from ucernvm.server import StratumServer
 
 
@@ -74,6 +76,14 @@ def published(tmp_path: Path, keys_dir: Path) -> Iterator[tuple[Path, Path, Stra
 
 def read_tree(root: Path) -> dict[str, tuple]:
     return snapshot_tree(root)
+
+
+@pytest.fixture
+def tagged(tmp_path: Path, keys_dir: Path) -> Iterator[tuple[Path, dict[str, dict[str, tuple]], StratumServer]]:
+    """Tags v1, v2 and v3 published with the virtual directory (test_virtual_dir.publish_tags), served."""
+    repo, trees = publish_tags(tmp_path, keys_dir)
+    with StratumServer(repo.parent) as server:
+        yield repo, trees, server
 
 
 def test_mount_through_a_dead_then_a_live_server_reads_everything(published, mounts, keys_dir, tmp_path) -> None:
@@ -267,6 +277,48 @@ def test_corrupted_everywhere_is_eio_never_wrong_bytes(published, mounts, keys_d
     # Counted per failed request: the kernel retries a read whose readahead failed.
     assert int(os.getxattr(point, "user.nioerr")) >= 1
     assert time.time() - 60 < int(os.getxattr(point, "user.timestamp_last_ioerr")) <= time.time()
+
+
+def test_every_snapshot_of_the_virtual_directory_reads_as_at_its_tag(tagged, mounts, keys_dir, tmp_path) -> None:
+    """/.cvmfs is hidden but there; below /.cvmfs/snapshots/<tag> every file is the tag's, nested catalogs
+    and chunked files too; a snapshot's attributes name the tag's catalogs and the mount's root."""
+    repo, trees, server = tagged
+    point, _ = mounts.mount(f"{server.url}/cvmfs/{FQRN}", keys_dir, tmp_path / "cache")
+    assert ".cvmfs" not in os.listdir(point) and sorted(os.listdir(point / ".cvmfs")) == [".cvmfscatalog", "snapshots"]
+    assert sorted(os.listdir(point / ".cvmfs" / "snapshots")) == ["v1", "v2"]
+    for tag in ("v1", "v2"):
+        assert read_tree(point / ".cvmfs" / "snapshots" / tag) == trees[tag], tag
+    assert read_tree(point) == trees["v3"]
+
+    def attribute(path: str, name: str) -> str:
+        return os.getxattr(point / path, name).decode()
+
+    v1 = open_repo(repo, keys_dir, tag="v1")
+    top = attribute(".cvmfs/snapshots/v1/etc", "user.catalog_counters").splitlines()
+    assert top[:2] == [f"catalog_hash: {v1.root_hash.hex}", "catalog_mountpoint: /.cvmfs/snapshots/v1"]
+    assert dict(line.split(",") for line in top[2:]) == {
+        name: str(value) for name, value in v1.root_catalog.tree_counters().items()}
+    nested = attribute(".cvmfs/snapshots/v1/data/sub/file", "user.catalog_counters").splitlines()
+    assert nested[:2] == [f"catalog_hash: {v1.catalog_for('/data/sub').content_hash.hex}",
+                          "catalog_mountpoint: /.cvmfs/snapshots/v1/data/sub"]
+    # The mount's own snapshot, wherever it is asked.
+    assert attribute(".cvmfs/snapshots/v1/etc", "user.root_hash") == open_repo(repo, keys_dir).root_hash.hex
+    assert attribute(".cvmfs/snapshots/v1/etc/hostname", "user.hash") == v1.entry("/etc/hostname").content_hash.hex
+
+
+def test_a_snapshot_whose_root_catalog_does_not_match_its_bind_mountpoint_is_eio(tagged, mounts, keys_dir,
+                                                                                 tmp_path) -> None:
+    repo, trees, server = tagged
+    repository = open_repo(repo, keys_dir)
+    v1, v2 = (repository.find_tag(tag).root_hash.object_path(ObjectType.CATALOG) for tag in ("v1", "v2"))
+    (repo / v1).write_bytes((repo / v2).read_bytes())  # another snapshot's catalog, under v1's name
+    point, _ = mounts.mount(f"{server.url}/cvmfs/{FQRN}", keys_dir, tmp_path / "cache")
+    for reading in (lambda: os.listdir(point / ".cvmfs" / "snapshots" / "v1"),
+                    lambda: (point / ".cvmfs" / "snapshots" / "v1" / "etc" / "hostname").read_bytes()):
+        with pytest.raises(OSError) as failed:
+            reading()
+        assert failed.value.errno == errno.EIO
+    assert read_tree(point / ".cvmfs" / "snapshots" / "v2") == trees["v2"]
 
 
 def test_a_download_cut_off_by_a_killed_daemon_is_removed_by_the_next_mount(published, mounts, keys_dir, tmp_path) -> None:

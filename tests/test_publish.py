@@ -72,17 +72,19 @@ def open_repo(repo: Path, keys: Path, **kwargs) -> Repository:
     return Repository(DirectorySource(repo), FQRN, load_master_keys(keys / f"{FQRN}.pub"), **kwargs)
 
 
-def read_back(repository: Repository) -> dict[str, tuple]:
+def read_back(repository: Repository, base: str = "") -> dict[str, tuple]:
+    """The tree below ``base`` as snapshot_tree describes a source tree, by path relative to ``base``."""
     result: dict[str, tuple] = {}
-    for path, entry in repository.walk():
+    for path, entry in repository.walk(base):
+        relative = path[len(base):]
         if entry.is_symlink:
-            result[path] = ("link", entry.mode, entry.symlink)
+            result[relative] = ("link", entry.mode, entry.symlink)
         elif entry.is_directory:
-            result[path] = ("dir", entry.mode)
+            result[relative] = ("dir", entry.mode)
         elif entry.is_regular:
-            result[path] = ("file", entry.mode, repository.read(path))
+            result[relative] = ("file", entry.mode, repository.read(path))
         else:
-            result[path] = ("special", entry.mode, entry.device_number)
+            result[relative] = ("special", entry.mode, entry.device_number)
     return result
 
 

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 from pathlib import Path
 
 import pytest
 
 from helpers import run_cli, snapshot_tree
-from test_publish import FQRN, make_tree, open_repo, publish
+from test_publish import FQRN, make_tree, open_repo, publish, read_back
 from ucernvm.cvmfs.catalog import Flag
-from ucernvm.errors import ConfigError
+from ucernvm.cvmfs.hashing import ObjectType
+from ucernvm.cvmfs.publisher import Publisher
+from ucernvm.errors import ConfigError, VerificationError
 
 TAGS = ("v1", "v2", "v3")
 
@@ -113,3 +116,73 @@ def test_a_source_tree_with_its_own_cvmfs_directory_is_refused_with_the_virtual_
     assert open_repo(repo, keys_dir).read("/.cvmfs/mine") == b"a user's file\n"
     with pytest.raises(ConfigError, match="the source tree has a /.cvmfs directory"):
         publish(source, repo, keys_dir, virtual_dir=True)
+
+
+def test_every_file_of_a_snapshot_reads_as_it_was_at_its_tag(tagged, keys_dir: Path) -> None:
+    """Below /.cvmfs/snapshots/<tag> the tag's catalogs key their rows by the path in the tag's tree, and
+    name its nested catalogs so: read through them, every file (chunked, in nested catalogs) is the tag's."""
+    repo, trees = tagged
+    repository = open_repo(repo, keys_dir)
+    for tag in ("v1", "v2"):
+        assert read_back(repository, f"/.cvmfs/snapshots/{tag}") == trees[tag], tag
+    assert read_back(repository) == trees["v3"], "the head, whose walk does not enter the hidden /.cvmfs"
+    snapshot = repository.entry("/.cvmfs/snapshots/v1")
+    assert snapshot.is_directory and snapshot.name == "v1"
+    mountpoint, catalog = repository.hosting_catalog("/.cvmfs/snapshots/v1/data/sub/file")
+    v1 = open_repo(repo, keys_dir, tag="v1")
+    assert (mountpoint, catalog.content_hash) == ("/.cvmfs/snapshots/v1/data/sub", v1.catalog_for("/data/sub").content_hash)
+    assert repository.lookup("/.cvmfs/snapshots/v1/opt/v2") is None and repository.lookup("/.cvmfs/snapshots/v3") is None
+    url = str(repo)
+    key = keys_dir / f"{FQRN}.pub"
+    assert run_cli("repo", "cat", url, "/.cvmfs/snapshots/v1/opt/v1/only-here", "--key", key, check=True).stdout == \
+        b"v1" * 1000
+    listed = run_cli("repo", "ls", url, "/.cvmfs/snapshots/v2/data/sub", "--key", key, check=True).stdout.decode()
+    assert sorted(listed.split()) == sorted(path.rsplit("/", 1)[1] for path in trees["v2"]
+                                            if path.startswith("/data/sub/") and path.count("/") == 3)
+    assert run_cli("repo", "ls", url, "/", "--key", key, check=True).stdout.split().count(b".cvmfs") == 0
+
+
+def test_verify_counts_the_snapshots_without_descending_into_them(tagged, keys_dir: Path) -> None:
+    repo, _ = tagged
+    verified = run_cli("repo", "verify", repo, "--name", FQRN, "--key", keys_dir / f"{FQRN}.pub", check=True).stdout
+    # The root, /data/sub, /data/sub/deep, /opt/v1..v3 and /.cvmfs: the head's catalogs only.
+    assert b"catalogs:       7 verified\nsnapshots:      2 in /.cvmfs/snapshots" in verified
+
+
+def test_a_snapshot_whose_catalog_does_not_match_its_bind_mountpoint_is_refused(tagged, tmp_path: Path,
+                                                                                 keys_dir: Path) -> None:
+    """The object a bind_mountpoints row names replaced by another snapshot's root catalog: refused as any
+    catalog whose bytes do not match its hash, never read as the other snapshot."""
+    pristine, _ = tagged
+    repo = tmp_path / "repo"
+    shutil.copytree(pristine, repo)
+    repository = open_repo(repo, keys_dir)
+    v1, v2 = (repository.find_tag(tag).root_hash.object_path(ObjectType.CATALOG) for tag in ("v1", "v2"))
+    (repo / v1).write_bytes((repo / v2).read_bytes())
+    with pytest.raises(VerificationError, match="does not match its content hash"):
+        open_repo(repo, keys_dir).read("/.cvmfs/snapshots/v1/etc/hostname")
+    assert open_repo(repo, keys_dir).read("/.cvmfs/snapshots/v2/etc/hostname") == b"host at v2\n"
+
+
+def test_a_bind_mountpoint_on_a_catalog_that_is_no_root_catalog_is_refused(tmp_path: Path, keys_dir: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A signed revision whose snapshot is bound to a nested catalog (a broken publisher's): that catalog's
+    rows are keyed by paths below its own root prefix, so it is refused rather than read wrongly."""
+    source, repo = tmp_path / "src", tmp_path / "repo"
+    (source / "sub").mkdir(parents=True)
+    (source / "sub" / ".cvmfscatalog").write_bytes(b"")
+    (source / "sub" / "file").write_text("nested\n")
+    publish(source, repo, keys_dir, tag="v1", virtual_dir=True)
+    nested = next(iter(open_repo(repo, keys_dir).root_catalog.nested_catalogs()))
+    snapshots = Publisher._snapshots
+
+    def bound_to_the_nested_catalog(self: Publisher, previous: object) -> object:
+        for path, entry, _, _ in snapshots(self, previous):
+            yield path, entry, nested.content_hash, nested.size
+
+    monkeypatch.setattr(Publisher, "_snapshots", bound_to_the_nested_catalog)
+    publish(source, repo, keys_dir, tag="v2")
+    repository = open_repo(repo, keys_dir)
+    assert [entry.name for entry in repository.listdir("/.cvmfs/snapshots")] == ["v1"]
+    with pytest.raises(VerificationError, match="mounted at /.cvmfs/snapshots/v1 is for '/sub', not '/'"):
+        repository.listdir("/.cvmfs/snapshots/v1")

@@ -44,6 +44,8 @@ class CatalogsAhead:
 
     def _want(self, references: list[NestedCatalogRef], deeper: int) -> None:
         for reference in references:
+            if reference.bind:  # a tag's snapshot (/.cvmfs/snapshots): its catalog comes when it is entered
+                continue
             with self._lock:
                 if len(self._ahead) >= self._budget:
                     return

@@ -227,7 +227,10 @@ class Repository:
             return True
         return statistics["self_xattr"] + statistics.get("subtree_xattr", 0) > 0
 
-    def _load_catalog(self, mountpoint: str, content_hash: ContentHash, size: int | None) -> Catalog:
+    def _load_catalog(self, mountpoint: str, content_hash: ContentHash, size: int | None, root_prefix: str) -> Catalog:
+        """The catalog mounted at ``mountpoint``, which must be the one for ``root_prefix`` (its path in the
+        snapshot it belongs to: ``""`` for a root catalog, the head's or, bound below /.cvmfs/snapshots,
+        a tag's)."""
         catalog = self._catalogs.get(mountpoint)
         if catalog is not None:
             return catalog
@@ -235,9 +238,11 @@ class Repository:
         # catalogs, do not wait for this download. Threads loading the same catalog share one
         # download through the cache; all but the first to finish drop their copy.
         loaded = self._open_catalog(content_hash, size)
-        if loaded.root_prefix not in ("", mountpoint) or (mountpoint and not loaded.root_prefix):
+        if loaded.root_prefix != root_prefix:
+            loaded.close()
             raise VerificationError(
-                f"catalog {content_hash} is for {loaded.root_prefix or '/'!r}, not {mountpoint or '/'!r}"
+                f"catalog {content_hash} mounted at {mountpoint or '/'} is for {loaded.root_prefix or '/'!r}, "
+                f"not {root_prefix or '/'!r}"
             )
         with self._catalogs_lock:
             catalog = self._catalogs.setdefault(mountpoint, loaded)
@@ -284,17 +289,37 @@ class Repository:
 
     def hosting_catalog(self, path: str) -> tuple[str, Catalog]:
         """The mountpoint (``""`` for the root) and the catalog of :meth:`catalog_for`."""
-        mountpoint, catalog = "", self._load_catalog("", self.root_hash, self.root_catalog_size)
+        mountpoint, catalog, _ = self._resolve(path)
+        return mountpoint, catalog
+
+    def _resolve(self, path: str) -> tuple[str, Catalog, str]:
+        """The mountpoint and catalog of :meth:`hosting_catalog`, and ``path`` as that catalog keys it.
+
+        A catalog keys its rows by their path in its own snapshot: below a bind mountpoint (the
+        /.cvmfs/snapshots/<tag> of a virtual directory) a tag's catalogs key ``<mountpoint>/a`` as ``/a``
+        and name their nested catalogs so too (cvmfs's Catalog::NormalizePath and PlantPath)."""
+        mountpoint, catalog = "", self._load_catalog("", self.root_hash, self.root_catalog_size, "")
+        inner = path
         while True:
-            reference = catalog.nested_catalog_for(path)
+            reference = catalog.nested_catalog_for(inner)
             if reference is None:
-                return mountpoint, catalog
-            mountpoint = reference.path
-            catalog = self._load_catalog(reference.path, reference.content_hash, reference.size)
+                return mountpoint, catalog, inner
+            prefix = catalog.root_prefix
+            if not reference.path.startswith(prefix + "/"):
+                raise VerificationError(f"catalog {catalog.content_hash} for {prefix or '/'!r} mounts {reference.path!r}")
+            mountpoint += reference.path[len(prefix):]
+            catalog = self._load_catalog(
+                mountpoint, reference.content_hash, reference.size, "" if reference.bind else reference.path
+            )
+            inner = catalog.root_prefix + path[len(mountpoint):]
 
     def lookup(self, path: str) -> DirectoryEntry | None:
         path = normalize_path(path)
-        return self.catalog_for(path).lookup(path)
+        _, catalog, inner = self._resolve(path)
+        entry = catalog.lookup(inner)
+        if entry is not None and path and not inner:  # a bind mountpoint: the bound snapshot's root entry
+            return entry._replace(name=path.rsplit("/", 1)[1])
+        return entry
 
     def entry(self, path: str) -> DirectoryEntry:
         found = self.lookup(path)
@@ -306,7 +331,8 @@ class Repository:
         """The entries of a directory, sorted by name: the visible ones, or with ``hidden`` all of them
         (a hidden entry is not listed but can be looked up)."""
         path = normalize_path(path)
-        entries = self.catalog_for(path).listing(path)
+        _, catalog, inner = self._resolve(path)
+        entries = catalog.listing(inner)
         # Only an empty listing can be a file's or a missing path's: the lookup is paid there only.
         if not entries and not self.entry(path).is_directory:
             raise FetchError(f"{path}: not a directory")
@@ -331,7 +357,8 @@ class Repository:
             if entry.content_hash is None:
                 raise FormatError(f"{path}: regular file without a content hash")
             return [Chunk(0, entry.size, entry.content_hash)]
-        chunks = self.catalog_for(path).chunks(path, entry.hash_algorithm)
+        _, catalog, inner = self._resolve(path)
+        chunks = catalog.chunks(inner, entry.hash_algorithm)
         covered = 0  # each chunk starts where the one before ended, and the last ends with the file
         for chunk in chunks:
             if chunk.offset != covered:

@@ -97,13 +97,16 @@ def _utc(epoch: int) -> str:
 
 def run_verify(args: argparse.Namespace) -> int:
     repository = open_repository(args)
-    catalogs = 0
-    pending = [("", repository.root_catalog)]
+    catalogs = snapshots = 0
+    pending = [repository.root_catalog]
     while pending:  # load every nested catalog, each verified against the hash its parent lists
-        mountpoint, catalog = pending.pop()
+        catalog = pending.pop()
         catalogs += 1
         for reference in catalog.nested_catalogs():
-            pending.append((reference.path, repository.catalog_for(reference.path)))
+            if reference.bind:  # /.cvmfs/snapshots/<tag>: another revision's tree, verified as it is read
+                snapshots += 1
+            else:
+                pending.append(repository.catalog_for(reference.path))
     manifest = repository.manifest
     print(f"name:           {repository.fqrn}")
     print(f"revision:       {repository.revision}")
@@ -111,6 +114,8 @@ def run_verify(args: argparse.Namespace) -> int:
         print(f"published:      {_utc(manifest.timestamp)}")
     print(f"root catalog:   {repository.root_hash}")
     print(f"catalogs:       {catalogs} verified")
+    if snapshots:
+        print(f"snapshots:      {snapshots} in /.cvmfs/snapshots (earlier tags, not descended into)")
     print(f"whitelist:      expires {repository.whitelist.expires:%Y-%m-%dT%H:%M:%SZ}")
     print(f"tags:           {', '.join(tag.name for tag in repository.tags()) or '(none)'}")
     meta_info = repository.meta_info()  # verified like every object: its hash is in the signed manifest
