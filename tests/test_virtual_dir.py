@@ -102,6 +102,8 @@ def test_the_virtual_directory_follows_the_tags_until_it_is_turned_off(tmp_path:
     assert open_repo(repo, keys_dir).lookup("/.cvmfs") is None
     publish(source, repo, keys_dir)
     assert open_repo(repo, keys_dir).lookup("/.cvmfs") is None
+    verified = run_cli("repo", "verify", repo, "--name", FQRN, "--key", keys_dir / f"{FQRN}.pub", check=True).stdout
+    assert b"catalogs:       1 verified\nwhitelist:" in verified, "as a repository that never had one"
 
 
 def test_a_source_tree_with_its_own_cvmfs_directory_is_refused_with_the_virtual_directory(tmp_path: Path,
@@ -134,8 +136,13 @@ def test_every_file_of_a_snapshot_reads_as_it_was_at_its_tag(tagged, keys_dir: P
     assert repository.lookup("/.cvmfs/snapshots/v1/opt/v2") is None and repository.lookup("/.cvmfs/snapshots/v3") is None
     url = str(repo)
     key = keys_dir / f"{FQRN}.pub"
-    assert run_cli("repo", "cat", url, "/.cvmfs/snapshots/v1/opt/v1/only-here", "--key", key, check=True).stdout == \
-        b"v1" * 1000
+    for tag in ("v1", "v2"):
+        base = f"/.cvmfs/snapshots/{tag}"
+        listed = run_cli("repo", "ls", "-R", url, base, "--key", key, check=True).stdout.splitlines()
+        assert sorted(os.fsdecode(line)[len(base):] for line in listed) == sorted(trees[tag]), tag
+        for path in ("/etc/hostname", "/data/sub/file", "/data/big.bin"):  # root catalog, nested, chunked
+            read = run_cli("repo", "cat", url, base + path, "--key", key, check=True).stdout
+            assert ("file", read) == trees[tag][path][::2], (tag, path)
     listed = run_cli("repo", "ls", url, "/.cvmfs/snapshots/v2/data/sub", "--key", key, check=True).stdout.decode()
     assert sorted(listed.split()) == sorted(path.rsplit("/", 1)[1] for path in trees["v2"]
                                             if path.startswith("/data/sub/") and path.count("/") == 3)
