@@ -229,3 +229,34 @@ def test_without_a_new_process_the_stages_run_in_turn(monkeypatch: pytest.Monkey
     assert [(record.name, record.status) for record in state.stages] == [("network", "ok"), ("servers", "ok")]
     assert state.warnings == ["network: cannot run alongside the next stages (Resource temporarily unavailable): "
                               "running them in turn"]
+
+
+def test_a_network_failure_lets_the_boot_go_on_and_is_named_where_a_later_stage_fails() -> None:
+    """As the real pipeline's network stage (not critical): the stages after it run, and the screen of
+    the stage that then fails names the network's failure after its own."""
+    from ucernvm.boot.rescue import failure_screen
+    from ucernvm.boot.stages import STAGES
+
+    (network_policy,) = [stage for stage in STAGES if stage.name == "network"]
+
+    def network(state: BootState) -> None:
+        raise NetworkError("no network interface found")
+
+    def snapshot(state: BootState) -> None:
+        raise NetworkError("cannot fetch .cvmfspublished from any server: Network is unreachable", "check the servers")
+
+    ran: list[str] = []
+    state = boot_state()
+    stages = [Stage("network", (network,), critical=network_policy.critical, background=True),
+              Stage("storage", (lambda state: ran.append("storage"),), alongside=True),
+              Stage("servers", (lambda state: ran.append("servers"),)),
+              Stage("snapshot", (snapshot,))]
+    with pytest.raises(BootFailure) as failure:
+        run_stages(state, stages)
+    assert failure.value.stage == "snapshot" and ran == ["storage", "servers"]
+    assert state.warnings == ["network: no network interface found"]
+    screen = failure_screen(state, failure.value).splitlines()
+    assert screen[1:5] == [" ucernvm: the boot failed in stage 'snapshot'",
+                           "   error: cannot fetch .cvmfspublished from any server: Network is unreachable",
+                           "   hint:  check the servers",
+                           "   after: network: no network interface found"]

@@ -43,6 +43,8 @@ def failure_screen(state: BootState, failure: BootFailure) -> str:
     ]
     if failure.hint:
         lines.append(f"   hint:  {failure.hint}")
+    # What went wrong before, and was let pass, is often the cause: a network without a lease, say.
+    lines += [f"   after: {record.name}: {record.message}" for record in state.stages if record.status == "warning"]
     lines.append(rule)
     return "\n".join(lines)
 

@@ -7,7 +7,7 @@ the context: the first boot saves it on the new disk, later boots read back what
 
 In a real boot the network and the clock run in a child process (background.py) while the context and
 the storage stages go on: those wait for the network only where they use it (a metadata service, a
-CernVM Online PIN); the servers stage and every one after it need it.
+CernVM Online PIN); the servers stage and every one after it need it, or the cache of an earlier boot.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from ucernvm.boot.pipeline import Stage
 STAGES = (
     Stage("early", ("ucernvm.boot.early:early_stage",), hint="the kernel lacks proc, sysfs or devtmpfs support"),
     Stage("modules", ("ucernvm.boot.kmod:modules_stage",), hint="the image lacks modules for this kernel; rebuild it"),
-    Stage("network", ("ucernvm.boot.network:network_stage",),
-          hint="check the VM's network (DHCP) or set ucernvm.net=static:...", background=True),
+    # Not critical, as in µCernVM: a later boot of a pinned snapshot starts from its cache without a
+    # network (offline); a first one stops where it needs a server, its screen naming this failure.
+    Stage("network", ("ucernvm.boot.network:network_stage",), critical=False, background=True),
     Stage("clock", ("ucernvm.boot.clock:clock_stage",), critical=False, background=True),
     Stage("context", ("ucernvm.boot.contextualize:context_stage",), critical=False, alongside=True),
     Stage("storage", ("ucernvm.boot.storage:storage_stage", "ucernvm.boot.contextualize:settle_context"),
