@@ -68,7 +68,10 @@ def test_the_virtual_directory_has_the_rows_cvmfs_writes(tagged, keys_dir: Path)
     assert sorted(entry.name for entry in snapshots) == ["v1", "v2"]  # v3 names this revision: from the next one on
     assert {entry.flags for entry in snapshots} == {Flag.DIR | Flag.BIND_MOUNTPOINT}
     v1_root, v1 = open_repo(repo, keys_dir, tag="v1").entry(""), next(entry for entry in snapshots if entry.name == "v1")
-    assert (v1.mode, v1.mtime, v1.uid, v1.linkcount) == (v1_root.mode, v1_root.mtime, v1_root.uid, 2)  # as cvmfs copies it
+    assert (v1.mode, v1.mtime, v1.uid, v1.linkcount) == (v1_root.mode, v1_root.mtime, v1_root.uid, v1_root.linkcount)
+    # Link counts: 2 and one per subdirectory, /.cvmfs counted in the root's.
+    assert (mountpoint.linkcount, virtual.lookup("/.cvmfs/snapshots").linkcount) == (3, 4)
+    assert repository.entry("").linkcount == 2 + sum(entry.is_directory for entry in repository.listdir("", hidden=True))
     bound = {reference.path: reference for reference in virtual.nested_catalogs()}
     assert all(reference.bind for reference in bound.values()) and sorted(bound) == [
         "/.cvmfs/snapshots/v1", "/.cvmfs/snapshots/v2"]

@@ -284,9 +284,10 @@ class Publisher:
     def _build_catalog(self, root: SourceNode) -> _BuiltCatalog:
         writer = CatalogWriter(root.path, self.options.ttl)
         flags = Flag.DIR | (Flag.NESTED_ROOT if root.path else 0)
-        writer.add(root.path, self._directory_entry(root, flags))
+        virtual_dir = self._virtual_dir and not root.path
+        writer.add(root.path, self._directory_entry(root, flags, int(virtual_dir)))  # /.cvmfs is a subdirectory
         self._add_children(writer, root, [0])
-        if not root.path and self._virtual_dir:
+        if virtual_dir:
             self._add_virtual_dir(writer)
         return self._finish_catalog(writer)
 
@@ -344,8 +345,9 @@ class Publisher:
         # Created once, as cvmfs creates them: their times stay.
         created = previous_catalog.lookup(VIRTUAL_DIR) if previous_catalog else None
         mtime = created.mtime if created else self._now
+        # Link counts as cvmfs's AddDirectory keeps them: 2 and one per subdirectory (/.cvmfs has snapshots).
         directory = DirectoryEntry(
-            VIRTUAL_DIR[1:], stat.S_IFDIR | 0o555, VIRTUAL_DIR_SIZE, mtime, Flag.DIR | Flag.HIDDEN, 0, 0, hardlinks=2
+            VIRTUAL_DIR[1:], stat.S_IFDIR | 0o555, VIRTUAL_DIR_SIZE, mtime, Flag.DIR | Flag.HIDDEN, 0, 0, hardlinks=3
         )
         writer = CatalogWriter(VIRTUAL_DIR, self.options.ttl)
         writer.add(VIRTUAL_DIR, directory._replace(flags=directory.flags | Flag.NESTED_ROOT))
@@ -356,8 +358,10 @@ class Publisher:
             DirectoryEntry(CATALOG_MARKER, stat.S_IFREG | 0o444, 0, mtime, self._file_flags(marker), 0, 0, 1,
                            marker.content_hash.digest),  # type: ignore[union-attr]
         )
-        writer.add(SNAPSHOTS, directory._replace(name=SNAPSHOTS.rsplit("/", 1)[1], flags=Flag.DIR))
-        for path, entry, content_hash, size in self._snapshots(previous_catalog):
+        snapshots = list(self._snapshots(previous_catalog))
+        writer.add(SNAPSHOTS, directory._replace(name=SNAPSHOTS.rsplit("/", 1)[1], flags=Flag.DIR,
+                                                 hardlinks=2 + len(snapshots)))
+        for path, entry, content_hash, size in snapshots:
             writer.add(path, entry)
             writer.add_bind_mountpoint(path, content_hash, size)
         _add_nested(root, VIRTUAL_DIR, directory._replace(flags=directory.flags | Flag.NESTED_MOUNTPOINT),
@@ -386,8 +390,8 @@ class Publisher:
                 catalog.close()
             if root is None:
                 raise VerificationError(f"the root catalog {tag.root_hash} of tag {tag.name!r} is no root catalog")
-            # cvmfs copies the snapshot's root directory, without its extended attributes.
-            entry = root._replace(name=tag.name, flags=Flag.DIR | Flag.BIND_MOUNTPOINT, hardlinks=2, xattr=None)
+            # cvmfs copies the snapshot's root directory (its link count too), without its extended attributes.
+            entry = root._replace(name=tag.name, flags=Flag.DIR | Flag.BIND_MOUNTPOINT, xattr=None)
             yield path, entry, tag.root_hash, len(data)
 
     @staticmethod
@@ -406,8 +410,8 @@ class Publisher:
                 hardlinks[key] = (next_group[0] << 32) | names[key]
         return hardlinks
 
-    def _directory_entry(self, node: SourceNode, flags: int) -> DirectoryEntry:
-        subdirectories = sum(1 for child in node.children if child.is_directory)
+    def _directory_entry(self, node: SourceNode, flags: int, added_subdirectories: int = 0) -> DirectoryEntry:
+        subdirectories = sum(1 for child in node.children if child.is_directory) + added_subdirectories
         return self._entry(node, flags, size=DIRECTORY_SIZE, hardlinks=2 + subdirectories)
 
     def _leaf_entry(self, node: SourceNode, hardlinks: int) -> tuple[DirectoryEntry, FileContent | None]:
