@@ -79,3 +79,29 @@ def test_a_damaged_force_file_is_reported_and_the_pin_boots(tmp_path: Path, keys
     assert state.facts["snapshot"]["root_hash"] == hashes["v1"] and state.facts["snapshot"]["pinned"]
     assert any("aux/cvmfs_force_tag" in warning for warning in state.warnings)
     assert not (scratch / FORCE_FILE).exists()
+
+
+def test_a_forced_tag_the_repository_lacks_is_reported_and_the_pin_boots(tmp_path: Path, keys_dir: Path,
+                                                                           served) -> None:
+    """A typo in the tag the OS asked to move to must not stop every boot: the pinned, verified snapshot
+    boots, the warning says why, and the file stays for the next boot (a tag may be published later)."""
+    url, hashes = served
+    boot(tmp_path, keys_dir, url, tag="v1")
+    scratch = tmp_path / "root" / "root.rw"
+    (scratch / FORCE_FILE).write_text("v9\n")
+    state = boot(tmp_path, keys_dir, url)
+    assert state.facts["snapshot"]["root_hash"] == hashes["v1"] and state.facts["snapshot"]["pinned"]
+    assert pin(state) == [hashes["v1"], "v1"]
+    (warning,) = state.warnings
+    assert "aux/cvmfs_force_tag asks for tag v9" in warning and "has no tag 'v9'" in warning
+    assert (scratch / FORCE_FILE).read_text() == "v9\n"
+
+
+def test_a_forced_tag_moves_the_machine_and_is_removed(tmp_path: Path, keys_dir: Path, served) -> None:
+    url, hashes = served
+    boot(tmp_path, keys_dir, url, tag="v1")
+    scratch = tmp_path / "root" / "root.rw"
+    (scratch / FORCE_FILE).write_text("v2\n")
+    state = boot(tmp_path, keys_dir, url)
+    assert state.facts["snapshot"]["root_hash"] == hashes["v2"] and pin(state) == [hashes["v2"], "v2"]
+    assert not (scratch / FORCE_FILE).exists() and not state.warnings

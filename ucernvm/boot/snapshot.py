@@ -20,7 +20,7 @@ from ucernvm.client.cache import ObjectCache
 from ucernvm.client.repository import Repository
 from ucernvm.cvmfs.hashing import ContentHash
 from ucernvm.cvmfs.trust import load_master_keys
-from ucernvm.errors import ConfigError, FormatError, VerificationError
+from ucernvm.errors import ConfigError, FetchError, FormatError, VerificationError
 
 KEYS_DIR = "/etc/cvmfs/keys"
 PIN_FILE = "aux/cvmfs_snapshot"
@@ -122,10 +122,22 @@ def snapshot_stage(state: BootState) -> None:
         state.log.info(f"pinned snapshot {pinned_hash} ({pinned_tag or 'untagged'})")
 
     cache = ObjectCache(scratch / "cache", cache_quota(scratch))
-    repository = Repository(
-        state.source, config.repository, trusted_keys(state, config.repository), tag=None if root_hash else tag,
-        root_hash=root_hash, cache=cache,
-    )
+    keys = trusted_keys(state, config.repository)
+
+    def open_snapshot(tag: str | None, root_hash: ContentHash | None) -> Repository:
+        return Repository(state.source, config.repository, keys, tag=None if root_hash else tag, root_hash=root_hash,
+                          cache=cache)
+
+    try:
+        repository = open_snapshot(tag, root_hash)
+    except FetchError as error:
+        if not forced or pinned_hash is None:
+            raise
+        # A tag the repository lacks, or no server to ask: the verified pinned snapshot still boots.
+        state.warn(f"{FORCE_FILE} asks for tag {forced}: {error.message}; the machine stays on its pinned snapshot "
+                   "(the file is kept for the next boot)")
+        forced, root_hash, tag = None, pinned_hash, pinned_tag or config.tag or None
+        repository = open_snapshot(tag, root_hash)
     for warning in repository.warnings:
         state.warn(warning)
     if root_hash is not None and tag:
