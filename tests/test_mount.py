@@ -237,6 +237,27 @@ def test_all_servers_gone_remount_from_cache(published, mounts, keys_dir, tmp_pa
     assert os.getxattr(again, "user.offline") == b"1"
 
 
+def test_variant_symlinks_are_expanded_and_sized_as_their_target(tmp_path, keys_dir, mounts, monkeypatch) -> None:
+    """A symlink's size is the length of what readlink returns (as cvmfs's), also once ``$(VAR)`` was
+    expanded from the daemon's environment: programs size their buffer from lstat."""
+    source = tmp_path / "src"
+    make_tree(source)  # etc/variant -> $(CVMFS_ARCH)/lib
+    (source / "etc" / "unset").symlink_to("$(UCERNVM_TEST_UNSET:-/opt/default)/bin")
+    publish(source, tmp_path / "stratum" / FQRN, keys_dir)
+    monkeypatch.setenv("CVMFS_ARCH", "a-rather-long-architecture-name")  # inherited by the daemon
+    monkeypatch.delenv("UCERNVM_TEST_UNSET", raising=False)
+    with StratumServer(tmp_path / "stratum") as server:
+        point, _ = mounts.mount(f"{server.url}/cvmfs/{FQRN}", keys_dir, tmp_path / "cache")
+        expected = {"variant": "a-rather-long-architecture-name/lib", "unset": "/opt/default/bin",
+                    "motd": "hostname"}
+        for name, target in expected.items():
+            link = point / "etc" / name
+            assert os.readlink(link) == target
+            assert os.lstat(link).st_size == len(target), name
+        listed = {entry.name: entry.stat(follow_symlinks=False).st_size for entry in os.scandir(point / "etc")}
+        assert listed["variant"] == len(expected["variant"])
+
+
 def test_older_manifest_after_a_newer_one_is_refused(tmp_path, keys_dir, mounts) -> None:
     source = tmp_path / "src"
     make_tree(source)

@@ -68,6 +68,8 @@ def expand_variant_symlink(target: str, environment: dict[str, str]) -> str:
     return _VARIANT.sub(value, target)
 
 
+# Entries whose catalog size is not their stat size: a device's is its number, a symlink's its target's length.
+_SIZED_ELSEWHERE = Flag.SPECIAL | Flag.LINK
 _new_tuple = tuple.__new__  # a record from its fields, without its Python-level constructor
 
 
@@ -190,10 +192,10 @@ class SnapshotFilesystem(Operations):
         self._last_ino = ROOT_INO  # inode numbers are handed out in blocks, one per directory (_Children)
         self._blocks: list[int] = []  # the first inode of each block, ascending
         self._block_owners: list[tuple[_Node, _Children]] = []  # the directory each block numbers the entries of
+        self._environment = dict(os.environ)
         root = repository.entry("")
         self._nodes: dict[int, _Node] = {ROOT_INO: _Node("", root, self._attributes(ROOT_INO, root), None)}
         self._listings_ahead = ListingsAhead(self._listing_ahead)
-        self._environment = dict(os.environ)
         self.io_errors = 0
         self._last_io_error = 0  # when (seconds since the epoch), 0: never
         self._opens = 0  # OPENs answered
@@ -233,14 +235,21 @@ class SnapshotFilesystem(Operations):
 
     # -- inodes ------------------------------------------------------------------------------------
 
-    @staticmethod
-    def _attributes(ino: int, entry: DirectoryEntry) -> Attributes:
+    def _attributes(self, ino: int, entry: DirectoryEntry) -> Attributes:
         # The tuple made directly from the entry's unpacked fields: made for every listed entry, where
         # keywords, properties or the record's own constructor cost as much again.
         _, mode, size, mtime, flags, uid, gid, hardlinks, _, _, mtime_ns, _ = entry
-        special = flags & Flag.SPECIAL
-        return _new_tuple(Attributes, (ino, mode, 0 if special else size, hardlinks & 0xFFFFFFFF or 1, uid, gid,
-                                       mtime * 1_000_000_000 + mtime_ns, entry.device_number if special else 0))
+        rdev = 0
+        if flags & _SIZED_ELSEWHERE:
+            if flags & Flag.SPECIAL:
+                size, rdev = 0, entry.device_number
+            else:  # the length of what readlink returns, as cvmfs's: programs size their buffer by it
+                size = len(self._link_target(entry))
+        return _new_tuple(Attributes, (ino, mode, size, hardlinks & 0xFFFFFFFF or 1, uid, gid,
+                                       mtime * 1_000_000_000 + mtime_ns, rdev))
+
+    def _link_target(self, entry: DirectoryEntry) -> bytes:
+        return os.fsencode(expand_variant_symlink(entry.symlink, self._environment))
 
     def _children_of(self, directory: _Node) -> _Children:
         """The directory's entries, numbered (one query for the whole directory: a program that looks
@@ -313,7 +322,7 @@ class SnapshotFilesystem(Operations):
         entry = self._get(ino).entry
         if not entry.is_symlink:
             raise OSError(errno.EINVAL, "not a symlink")
-        return os.fsencode(expand_variant_symlink(entry.symlink, self._environment))
+        return self._link_target(entry)
 
     def opendir(self, ino: int) -> _Directory:
         node = self._get(ino)
