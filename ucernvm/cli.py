@@ -56,7 +56,8 @@ def build_parser(names: Sequence[str] | None = None) -> argparse.ArgumentParser:
     dry.add_argument("--user-data", metavar="FILE", help="user-data to contextualize with")
     dry.add_argument("--keys", metavar="DIR", default="/etc/cvmfs/keys",
                      help="master public keys, as the image's /etc/cvmfs/keys (default: %(default)s)")
-    dry.add_argument("--json", action="store_true", help="print the report as JSON")
+    dry.add_argument("--json", action="store_true",
+                     help="print the boot report (with the plan) as JSON instead of the plan and timing table")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
     for name in command_modules() if names is None else names:
         importlib.import_module(f"ucernvm.commands.{name}").register(subparsers)

@@ -21,9 +21,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "build",
         help="build the boot image (kernel + initramfs)",
-        description="Build the boot image: the kernel (Debian's linux-image-amd64 via apt, cached), "
+        description="Build the boot image: the kernel (by default Debian's linux-image-amd64 via apt, cached), "
                     "and an initramfs holding the running Python trimmed to the init's imports, the "
                     "ucernvm package, kernel modules, busybox, e2fsprogs, keys and CA certificates. "
+                    "Writes vmlinuz, vmlinux (the ELF that `ucernvm launch` boots under TCG), initrd.img and "
+                    "manifest.json, and prints their sizes. "
                     "Same inputs give the same bytes (SOURCE_DATE_EPOCH sets the file times).",
     )
     kernel = parser.add_mutually_exclusive_group()

@@ -28,11 +28,14 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--now", type=float, metavar="EPOCH", help="verify as of this Unix time (whitelist expiry)")
     parser.add_argument("--tag", metavar="TAG", help="read this named snapshot instead of the newest revision")
     parser.add_argument("--root-hash", metavar="HASH", help="read the snapshot with this root catalog hash")
-    parser.add_argument("--proxy", metavar="PROXIES", help="HTTP proxies as CVMFS_HTTP_PROXY, e.g. 'http://squid:3128;DIRECT'")
+    parser.add_argument("--proxy", metavar="PROXIES",
+                        help="HTTP proxies as CVMFS_HTTP_PROXY, e.g. 'http://squid:3128;DIRECT' (an HTTP SOURCE only)")
     parser.add_argument("-o", dest="options", action="append", default=[], metavar="KEY=VALUE",
-                        help="a cvmfs client setting, e.g. CVMFS_TIMEOUT=10 (repeatable; SOURCE sets CVMFS_SERVER_URL)")
+                        help="a cvmfs client setting, e.g. CVMFS_TIMEOUT=10 (repeatable; SOURCE sets CVMFS_SERVER_URL; "
+                        "an HTTP SOURCE only)")
     parser.add_argument("--config", action="append", default=[], metavar="FILE",
-                        help="a cvmfs-style KEY=value configuration file (repeatable, before -o)")
+                        help="a cvmfs client configuration file, KEY=value lines read as /bin/sh reads them "
+                        "(repeatable, before -o; an HTTP SOURCE only)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -47,12 +50,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         parents=[common],
         help="check the whole trust chain and every catalog",
         description="Check the whitelist (signature, expiry, name), the certificate fingerprint, the manifest "
-        "signature and every catalog's content hash; print the repository's state.",
+        "signature and every catalog's content hash (the earlier tags under /.cvmfs/snapshots are counted, not "
+        "descended into); print the repository's revision, publication time, whitelist expiry, tags and meta-info.",
     )
     verify.set_defaults(func=run_verify)
 
     listing = actions.add_parser("ls", parents=[common], help="list a directory", description="List a directory.")
-    listing.add_argument("path", nargs="?", default="/", metavar="PATH")
+    listing.add_argument("path", nargs="?", default="/", metavar="PATH", help="a path in the snapshot (default: /)")
     listing.add_argument("-R", "--recursive", action="store_true", help="list subdirectories recursively")
     listing.add_argument("-l", "--long", action="store_true", help="mode, links, size, mtime and link target")
     listing.set_defaults(func=run_ls)
@@ -60,10 +64,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cat = actions.add_parser(
         "cat", parents=[common], help="write a file's verified bytes to stdout", description="Print a file."
     )
-    cat.add_argument("path", metavar="PATH")
+    cat.add_argument("path", metavar="PATH", help="a file in the snapshot")
     cat.set_defaults(func=run_cat)
 
-    tags = actions.add_parser("tags", parents=[common], help="list the named snapshots", description="List tags.")
+    tags = actions.add_parser(
+        "tags", parents=[common], help="list the named snapshots",
+        description="List the named snapshots, one a line: name, revision, time, root catalog hash, description "
+        "(tab-separated).",
+    )
     tags.set_defaults(func=run_tags)
 
 

@@ -14,8 +14,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "report",
         help="render a boot report as a timing table and an SVG timeline",
-        description="Print the stages, snapshot, server, proxy and cache figures of a boot report "
-        "(report.json from /run/ucernvm in the booted OS, or ulogs/ on the scratch disk) and write its timeline.",
+        description="Print the stages, snapshot, server, proxy and cache figures, the slowest actions, the "
+        "warnings and the outcome of a boot report (report.json from /run/ucernvm in the booted OS, or ulogs/ on "
+        "the scratch disk) and write its timeline as SVG.",
     )
     parser.add_argument("file", metavar="FILE", help="report.json")
     parser.add_argument("--svg", metavar="OUT", help="where to write the timeline (default: FILE with .svg)")
