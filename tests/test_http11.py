@@ -154,6 +154,13 @@ def test_a_request_dropped_on_a_kept_alive_connection_is_sent_again(pool: Connec
     assert server.connections == 2 and len(server.requests) == 3
 
 
+def test_a_body_longer_than_its_content_length_does_not_spoil_the_next_request(pool: ConnectionPool) -> None:
+    server = ScriptedServer([OK + b" and more", OK], [OK, OK])  # what follows the body is not the next answer
+    for _ in range(3):
+        assert body(pool.request("GET", server.url + "/a", {}, 5)) == b"hello"
+    assert server.connections == 2
+
+
 def test_a_new_connection_dropped_is_a_short_transfer(pool: ConnectionPool) -> None:
     server = ScriptedServer([DROP])
     with pytest.raises(HttpFailure) as failure:

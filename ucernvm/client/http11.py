@@ -158,10 +158,10 @@ class ConnectionPool:
                 sock.settimeout(timeout)
                 sock.sendall(request)
                 return self._response(address, sock, reader)
-            except _Dropped:
+            except _Dropped as dropped:
                 _close(sock, reader)
                 if not reused:
-                    raise HttpFailure("short", "the connection closed without a response") from None
+                    raise HttpFailure("short", str(dropped)) from None
             except TimeoutError:
                 _close(sock, reader)
                 raise HttpFailure("slow", f"no response for {timeout:g} s") from None
@@ -223,11 +223,13 @@ class ConnectionPool:
         while True:
             line = reader.readline(MAX_HEADER_LINE)
             if not line:
-                raise _Dropped()
+                raise _Dropped("the connection closed without a response")
             version, _, rest = line.partition(b" ")
             code = rest[:3]
             if not version.startswith(b"HTTP/1.") or not code.isdigit():
-                raise HttpFailure("short", f"not an HTTP response: {line[:40]!r}")
+                # On a kept-alive connection, what a server sent past the last body's end (as curl, which then
+                # closes it): the request goes again on a new connection.
+                raise _Dropped(f"not an HTTP response: {line[:40]!r}")
             status = int(code)
             headers = Headers()
             for _ in range(MAX_HEADERS + 1):
@@ -257,7 +259,7 @@ class ConnectionPool:
 
 
 class _Dropped(Exception):
-    """The connection ended before a status line."""
+    """The connection ended, or gave something else, before a status line."""
 
 
 def _close(sock: socket.socket, reader: BinaryIO) -> None:
