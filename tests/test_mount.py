@@ -9,6 +9,7 @@ import re
 import resource
 import shutil
 import subprocess
+import sys
 import threading
 import time
 import zlib
@@ -258,24 +259,31 @@ def test_variant_symlinks_are_expanded_and_sized_as_their_target(tmp_path, keys_
         assert listed["variant"] == len(expected["variant"])
 
 
-def test_older_manifest_after_a_newer_one_is_refused(tmp_path, keys_dir, mounts) -> None:
+def test_older_manifest_after_a_newer_one_keeps_the_newer_revision(tmp_path, keys_dir, mounts) -> None:
+    """As cvmfs: a server that offers an older revision than the cache has seen (a stale mirror, a
+    replayed manifest) never rolls the mount back; the newest revision seen stays in use, from the cache's
+    verified copies, and its objects come from whichever server has them."""
     source = tmp_path / "src"
     make_tree(source)
     repo = tmp_path / "stratum" / FQRN
     publish(source, repo, keys_dir)
-    old_manifest = (repo / ".cvmfspublished").read_bytes()
+    mirror = tmp_path / "mirror"
+    shutil.copytree(repo.parent, mirror)  # a Stratum 1 that stays at revision 1
     (source / "etc" / "hostname").write_text("newer\n")
+    (source / "etc" / "added").write_text("only in revision 2\n")
     publish(source, repo, keys_dir)
     cache = tmp_path / "cache"
-    with StratumServer(tmp_path / "stratum") as server:
-        url = f"{server.url}/cvmfs/{FQRN}"
+    with StratumServer(tmp_path / "stratum") as server, StratumServer(mirror) as stale:
+        url, stale_url = f"{server.url}/cvmfs/{FQRN}", f"{stale.url}/cvmfs/{FQRN}"
         point, _ = mounts.mount(url, keys_dir, cache)
         assert (point / "etc" / "hostname").read_text() == "newer\n"
-        (repo / ".cvmfspublished").write_bytes(old_manifest)  # a replay of a correctly signed, older manifest
-        _, result = mounts.mount(url, keys_dir, cache, check=False)
-        assert result.returncode != 0
-        assert b"older than revision 2" in result.stderr and b"Traceback" not in result.stderr
-        _, fresh = mounts.mount(url, keys_dir, tmp_path / "fresh-cache")  # a cache that never saw revision 2
+        run_cli("umount", point, check=True)
+        again, result = mounts.mount(f"{stale_url};{url}", keys_dir, cache)
+        assert b"revision 2" in result.stdout and b"older than revision 2" in result.stderr
+        assert (again / "etc" / "hostname").read_text() == "newer\n"
+        assert (again / "etc" / "added").read_text() == "only in revision 2\n"  # from the server that has it
+        assert os.getxattr(again, "user.revision") == b"2"
+        _, fresh = mounts.mount(stale_url, keys_dir, tmp_path / "fresh-cache")  # a cache that never saw revision 2
         assert b"revision 1" in fresh.stdout
 
 
@@ -433,6 +441,23 @@ def test_mount_at_a_tag_and_umount_ends_the_daemon(published, mounts, keys_dir, 
         threading.Event().wait(0.05)
     assert not Path(f"/proc/{pid}").exists(), "the daemon still runs after umount"
     assert not os.path.ismount(point)
+
+
+def test_a_mount_with_relative_paths_serves_from_the_cache_it_named(published, keys_dir, tmp_path) -> None:
+    """The daemon leaves the directory it was started in: a relative --cache and mount point still name
+    the directories they named there."""
+    source, _, server = published
+    (tmp_path / "mnt").mkdir()
+    try:
+        result = subprocess.run([sys.executable, "-m", "ucernvm", "mount", f"{server.url}/cvmfs/{FQRN}", "mnt",
+                                 "--name", FQRN, "--key", str(keys_dir), "--cache", "cache"],
+                                cwd=tmp_path, capture_output=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert (tmp_path / "mnt" / "etc" / "hostname").read_bytes() == (source / "etc" / "hostname").read_bytes()
+        assert (tmp_path / "cache" / "mount.log").exists() and any((tmp_path / "cache").glob("??/*"))
+        run_cli("umount", tmp_path / "mnt", check=True)
+    finally:
+        subprocess.run(["umount", "-l", str(tmp_path / "mnt")], capture_output=True)
 
 
 def test_umount_leaves_alone_what_is_not_a_mounted_snapshot(tmp_path) -> None:

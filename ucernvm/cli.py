@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from ucernvm import __version__, commands
-from ucernvm.errors import UcernvmError
+from ucernvm.errors import ConfigError, UcernvmError
 
 # The order `ucernvm --help` lists the subcommands in; a module in ucernvm.commands that is not named
 # here is listed after these, alphabetically.
@@ -69,7 +69,10 @@ def run_dry_run(args: argparse.Namespace) -> int:
 
     from ucernvm.boot.dryrun import dry_run
 
-    user_data = Path(args.user_data).read_bytes() if args.user_data else None
+    try:
+        user_data = Path(args.user_data).read_bytes() if args.user_data else None
+    except OSError as error:
+        raise ConfigError(f"cannot read the user-data {args.user_data}: {error.strerror}") from None
     return dry_run(args.cmdline, user_data, Path(args.keys), args.json)
 
 

@@ -53,6 +53,10 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"mount point {args.mountpoint} is not a directory")
     if args.quota < 0:
         raise ConfigError("--quota must not be negative")
+    if args.threads < 1:
+        raise ConfigError("--threads must be at least 1")
+    # The daemon leaves this directory (its cwd is / or the cache): relative paths would name others.
+    args.cache, args.mountpoint = os.path.abspath(args.cache), os.path.abspath(args.mountpoint)
     cache = ObjectCache(args.cache, args.quota * 1_000_000 if args.quota else None)
     repository = open_repository(args, cache=cache)
     for warning in repository.warnings:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ucernvm.cvmfs.publisher import resign
+from ucernvm.errors import ConfigError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,6 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.days < 1:
+        raise ConfigError("--days must be at least 1: a whitelist that has expired already is refused by every client")
     whitelist = resign(args.repo, args.name, args.keys, args.days).whitelist
     print(f"whitelist of {whitelist.fqrn} renewed, expires {whitelist.expires:%Y-%m-%dT%H:%M:%SZ}")
     return 0
