@@ -62,19 +62,19 @@ class Repository:
         now = now or datetime.datetime.now(datetime.timezone.utc)
 
         whitelist_data, manifest_data, self.offline = self._signed_files()
-        whitelist = _parse(SignedWhitelist.parse, whitelist_data, "whitelist")
-        # Offline, the copies were verified when they were fetched; an expiry since then must not
-        # stop a machine from booting what it already booted.
-        whitelist.verify(master_keys, fqrn, now, check_expiry=not self.offline)
-        if self.offline and whitelist.whitelist.expired_at(now):
-            self.warnings.append("offline with an expired whitelist: using the cached, verified revision")
-        signed = _parse(SignedManifest.parse, manifest_data, "manifest")
-        if signed.manifest.certificate is None:
-            raise VerificationError("the manifest names no certificate (X line)")
-        certificate = load_certificate(self._fetch_kept(signed.manifest.certificate, ObjectType.CERTIFICATE))
-        whitelist.check_certificate(certificate)
-        signed.verify(certificate, fqrn)
-        self._check_not_older(signed.manifest)
+        whitelist, signed = self._verify(whitelist_data, manifest_data, now)
+        try:
+            self._check_not_older(signed.manifest)
+        except VerificationError as older:
+            # As cvmfs: a server behind the newest revision seen (a stale mirror, a replay) leaves that one
+            # in use, from the cache's verified copies; only without them is the mount refused.
+            cached = None if self.offline or cache is None else self._cached_signed_files()
+            if cached is None:
+                raise
+            self.offline = True
+            self.warnings.append(f"{older.message}: using the newest revision seen, from the cache")
+            whitelist, signed = self._verify(*cached, now)
+            self._check_not_older(signed.manifest)
         if cache is not None and not self.offline:
             try:
                 cache.save_named(fqrn, whitelist_file.FILE_NAME, whitelist_data)
@@ -98,6 +98,30 @@ class Repository:
         # Called with each catalog once it is loaded (the mount downloads its nested catalogs ahead).
         self.catalog_loaded: Callable[[Catalog], None] | None = None
 
+    def _verify(self, whitelist_data: bytes, manifest_data: bytes,
+                now: datetime.datetime) -> tuple[SignedWhitelist, SignedManifest]:
+        """The whitelist and the manifest, verified (the whitelist's expiry only when online)."""
+        whitelist = _parse(SignedWhitelist.parse, whitelist_data, "whitelist")
+        # Offline, the copies were verified when they were fetched; an expiry since then must not
+        # stop a machine from booting what it already booted.
+        whitelist.verify(self.master_keys, self.fqrn, now, check_expiry=not self.offline)
+        if self.offline and whitelist.whitelist.expired_at(now):
+            self.warnings.append("offline with an expired whitelist: using the cached, verified revision")
+        signed = _parse(SignedManifest.parse, manifest_data, "manifest")
+        if signed.manifest.certificate is None:
+            raise VerificationError("the manifest names no certificate (X line)")
+        certificate = load_certificate(self._fetch_kept(signed.manifest.certificate, ObjectType.CERTIFICATE))
+        whitelist.check_certificate(certificate)
+        signed.verify(certificate, self.fqrn)
+        return whitelist, signed
+
+    def _cached_signed_files(self) -> tuple[bytes, bytes] | None:
+        """The whitelist and manifest the cache kept of the last revision verified online, if it has both."""
+        assert self.cache is not None
+        whitelist = self.cache.load_named(self.fqrn, whitelist_file.FILE_NAME)
+        manifest = self.cache.load_named(self.fqrn, manifest_file.FILE_NAME)
+        return None if whitelist is None or manifest is None else (whitelist, manifest)
+
     def _signed_files(self) -> tuple[bytes, bytes, bool]:
         """Whitelist and manifest from the servers, or the cached copies when no server answers.
 
@@ -112,12 +136,11 @@ class Repository:
         pending.wait()
         if self.cache is None:
             raise error
-        whitelist = self.cache.load_named(self.fqrn, whitelist_file.FILE_NAME)
-        manifest = self.cache.load_named(self.fqrn, manifest_file.FILE_NAME)
-        if whitelist is None or manifest is None:
+        cached = self._cached_signed_files()
+        if cached is None:
             raise FetchError(error.message, "no server answered and the cache holds no earlier revision") from None
         self.warnings.append(f"offline: {error.message}; using the cached revision")
-        return whitelist, manifest, True
+        return *cached, True
 
     def _check_not_older(self, manifest: Manifest) -> None:
         """Refuse a manifest older than one this cache has already seen (a replay or a stale mirror)."""
