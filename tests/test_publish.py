@@ -441,3 +441,24 @@ def test_a_prefetch_list_that_names_nothing_of_the_tree_is_refused(tree: Path, t
                       "--prefetch-list", tmp_path / "absent")
     assert missing.returncode != 0 and b"cannot read the prefetch list" in missing.stderr
     assert not (repo / ".cvmfspublished").exists(), "nothing is published from a refused list"
+
+
+def test_a_tag_name_in_use_is_refused_before_anything_is_written(tree: Path, tmp_path: Path, keys_dir: Path) -> None:
+    """As cvmfs_server publish -a: a tag names one revision for good; publishing with a name in use (or with a
+    space, which cvmfs tag names never have) fails before any object is written, and the tag stays where it
+    was."""
+    repo = tmp_path / "repo"
+    run_cli("publish", tree, "--repo", repo, "--name", FQRN, "--keys", keys_dir, "--tag", "v1", check=True)
+    manifest = (repo / ".cvmfspublished").read_bytes()
+    objects = sorted((repo / "data").glob("??/*"))
+    (tree / "etc" / "hostname").write_text("changed\n")
+    for tag, message in [("v1", b"the tag name 'v1' is already in use (revision 1)"), ("v 2", b"has a space")]:
+        refused = run_cli("publish", tree, "--repo", repo, "--name", FQRN, "--keys", keys_dir, "--tag", tag)
+        assert refused.returncode == 2 and message in refused.stderr and b"Traceback" not in refused.stderr
+    assert (repo / ".cvmfspublished").read_bytes() == manifest
+    assert sorted((repo / "data").glob("??/*")) == objects
+    assert open_repo(repo, keys_dir, tag="v1").read("/etc/hostname") == b"cernvm\n"
+    run_cli("publish", tree, "--repo", repo, "--name", FQRN, "--keys", keys_dir, "--tag", "v2", check=True)
+    tags = {tag.name: tag.revision for tag in open_repo(repo, keys_dir).tags()}
+    assert (tags["v1"], tags["v2"]) == (1, 2)
+    assert open_repo(repo, keys_dir, tag="v2").read("/etc/hostname") == b"changed\n"

@@ -35,7 +35,6 @@ from ucernvm.launch.usernet import HOST_ADDRESS, loopback_forwards
 from ucernvm.server import StratumServer
 
 FQRN = "demo.cern.ch"
-TAG = "demo"
 DISK_SIZE = 4 << 30
 BOOT_TIMEOUT = 600.0  # seconds; a TCG boot on a loaded two-core machine takes about a minute
 
@@ -115,12 +114,14 @@ def run(args: argparse.Namespace) -> int:
         make_demo_os(tree)
         print(f"keys in {keys}; OS tree in {tree}")
     with phase("publish"):
-        result = Publisher(str(stratum / FQRN), FQRN, str(keys), PublishOptions(tag=TAG)).publish(str(tree))
-        print(f"published {FQRN} revision {result.revision} tagged {TAG!r} ({result.files} files) into {stratum}")
+        # Tagged automatically (generic-<time>): a tag names one revision for good, and each run publishes anew.
+        result = Publisher(str(stratum / FQRN), FQRN, str(keys), PublishOptions()).publish(str(tree))
+        tag = result.tags[-1]
+        print(f"published {FQRN} revision {result.revision} tagged {tag!r} ({result.files} files) into {stratum}")
     with StratumServer(stratum, port=args.port) as server:
         url = f"{server.url}/cvmfs/{FQRN}"
         with phase("serve and verify over HTTP"):
-            repository = Repository(HttpSource([url]), FQRN, load_master_keys(keys / f"{FQRN}.pub"), tag=TAG)
+            repository = Repository(HttpSource([url]), FQRN, load_master_keys(keys / f"{FQRN}.pub"), tag=tag)
             print(f"serving {stratum} on {server.url}; verified revision {repository.revision}, "
                   f"root catalog {repository.root_hash}")
         with phase("build the image" + (" (the ucernvm kernel)" if args.kernel_source else " (kernel via apt)")):

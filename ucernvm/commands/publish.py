@@ -32,7 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--repo", required=True, metavar="REPO_DIR", help="the repository directory")
     parser.add_argument("--name", required=True, metavar="FQRN", help="repository name, e.g. cernvm-prod.cern.ch")
     parser.add_argument("--keys", required=True, metavar="DIR", help="directory with FQRN.key, .crt, .pub (and .masterkey)")
-    parser.add_argument("--tag", metavar="TAG", help="name this snapshot (default: generic-<UTC time>)")
+    parser.add_argument("--tag", metavar="TAG",
+                        help="name this snapshot with a name not in use yet (default: generic-<UTC time>)")
     parser.add_argument("--description", default="", help="description stored with the tag")
     parser.add_argument("--ttl", type=int, default=240, metavar="SECONDS", help="catalog time-to-live (default 240)")
     parser.add_argument(

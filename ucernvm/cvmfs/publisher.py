@@ -149,6 +149,7 @@ class Publisher:
         self.ingester = Ingester(self.storage, self.options.ingest, self.options.workers)
         with _publish_lock(self.storage), self.ingester:
             self.previous = self._open_previous()
+            self._check_tag()
             whitelist_bytes = None if self.previous else self._new_whitelist_bytes()
             tree = scan(source_dir, self.options.include_xattrs)
             for name, local_path in self.options.root_files:
@@ -213,6 +214,22 @@ class Publisher:
                 f"the repository's current revision does not verify: {error.message}",
                 "if the whitelist expired or the certificate changed, run `ucernvm resign` first",
             ) from None
+
+    def _check_tag(self) -> None:
+        """Refuse, before anything is written, a tag name cvmfs_server publish -a refuses: one in use (a tag
+        names one revision for good; cvmfs moves a tag only when asked to, with cvmfs_server tag -h), one with
+        a space, or one of the tags it keeps itself."""
+        tag = self.options.tag
+        if tag is None:
+            return
+        if tag in (TRUNK, TRUNK_PREVIOUS):
+            raise ConfigError(f"the tag name {tag!r} is reserved")
+        if " " in tag:
+            raise ConfigError(f"the tag name {tag!r} has a space", "cvmfs tag names have no spaces")
+        existing = self.previous.history.find(tag) if self.previous and self.previous.history else None
+        if existing is not None:
+            raise ConfigError(f"the tag name {tag!r} is already in use (revision {existing.revision})",
+                              "choose another name; `ucernvm repo verify` lists the tags")
 
     def _new_whitelist_bytes(self) -> bytes:
         if not self.keys.masterkey_path.exists():
@@ -462,8 +479,6 @@ class Publisher:
         names = [TRUNK]
         history.insert(Tag(TRUNK, root.content_hash, revision, now, "current HEAD", root.size))
         tag = self.options.tag or generic_tag_name(now_ns)
-        if tag in (TRUNK, TRUNK_PREVIOUS):
-            raise ConfigError(f"the tag name {tag!r} is reserved")
         history.insert(Tag(tag, root.content_hash, revision, now, self.options.description, root.size))
         names.append(tag)
         history.set_previous_revision(previous.manifest.history if previous else None)
