@@ -25,7 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Turn SRC_DIR into a new signed revision of the repository in REPO_DIR (created on the "
         "first publish; it is what a web server exposes as /cvmfs/<fqrn>/). Unchanged files (same size and "
         "mtime as in the previous revision) and unchanged nested catalogs are reused, not rewritten. A "
-        "directory holding a .cvmfscatalog file becomes a nested catalog. The new revision becomes visible "
+        "directory holding a .cvmfscatalog file becomes a nested catalog, and so does one the patterns of "
+        "SRC_DIR/.cvmfsdirtab select (it gets an empty .cvmfscatalog, as with cvmfs_server). The new revision becomes visible "
         "atomically when its manifest is renamed into place.",
     )
     parser.add_argument("source", metavar="SRC_DIR", help="the directory tree to publish")

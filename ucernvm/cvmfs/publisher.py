@@ -25,14 +25,15 @@ from pathlib import Path
 from ucernvm.client.repository import Repository
 from ucernvm.client.sources import DirectorySource
 from ucernvm.cvmfs import manifest as manifest_file, signing, trust, whitelist as whitelist_file, xattrs
-from ucernvm.cvmfs.catalog import COMPRESSION_NONE, COMPRESSION_SHIFT, Catalog, DirectoryEntry, Flag, parent_path
+from ucernvm.cvmfs.catalog import COMPRESSION_NONE, COMPRESSION_SHIFT, Catalog, DirectoryEntry, Flag, join, parent_path
 from ucernvm.cvmfs.catalog_writer import CatalogWriter, Counters
 from ucernvm.cvmfs.compression import Compression
+from ucernvm.cvmfs.dirtab import read_dirtab
 from ucernvm.cvmfs.hashing import ContentHash, ObjectType
 from ucernvm.cvmfs.history import TRUNK, TRUNK_PREVIOUS, History, Tag
 from ucernvm.cvmfs.ingest import FileContent, Ingester, IngestOptions
 from ucernvm.cvmfs.manifest import META_INFO_MAX, Manifest
-from ucernvm.cvmfs.source_tree import CATALOG_MARKER, SourceNode, add_root_file, scan
+from ucernvm.cvmfs.source_tree import CATALOG_MARKER, SourceNode, add_catalog_marker, add_root_file, scan
 from ucernvm.cvmfs.storage import RepositoryStorage
 from ucernvm.cvmfs.whitelist import SignedWhitelist, new_whitelist
 from ucernvm.errors import ConfigError, UcernvmError, VerificationError
@@ -154,6 +155,7 @@ class Publisher:
             tree = scan(source_dir, self.options.include_xattrs)
             for name, local_path in self.options.root_files:
                 add_root_file(tree, name, local_path)
+            self._apply_dirtab(tree, now_ns)
             self._virtual_dir = self._wants_virtual_dir(tree)
             contents, reused = self._ingest_files(tree)
             self._contents = contents
@@ -252,6 +254,17 @@ class Publisher:
                 f"rename or remove {tree.fs_path}{VIRTUAL_DIR}, or publish with --no-virtual-dir",
             )
         return wanted
+
+    def _apply_dirtab(self, tree: SourceNode, now_ns: int) -> None:
+        """A .cvmfscatalog in every directory the tree's /.cvmfsdirtab selects, as cvmfs_server publish adds
+        before it syncs. cvmfs keeps such a file in the repository; here the source is the whole tree, so the
+        marker is derived anew at each publish: one the dirtab made before keeps its time (and its catalog can
+        be reused), and a directory the dirtab stops selecting is merged back into its parent's catalog."""
+        dirtab = read_dirtab(tree)
+        for directory in dirtab.select(tree) if dirtab else ():
+            previous = self.previous.lookup(join(directory.path, CATALOG_MARKER)) if self.previous else None
+            mtime_ns = previous.mtime * 1_000_000_000 + previous.mtime_ns if previous else now_ns
+            add_catalog_marker(directory, mtime_ns)
 
     # -- file contents ---------------------------------------------------------------------------
 

@@ -91,6 +91,22 @@ def add_root_file(tree: SourceNode, name: str, local_path: str) -> None:
     tree.children = sorted(children, key=lambda child: os.fsencode(child.name))
 
 
+def add_catalog_marker(directory: SourceNode, mtime_ns: int) -> None:
+    """Make ``directory`` a nested catalog as ``cvmfs_server`` does for a directory its dirtab selects: it
+    creates an empty ``.cvmfscatalog`` there (the publishing user's, mode 0644), unless one is there, and the
+    published tree holds it. Here it goes into the published tree only; the source is left as it is."""
+    if any(child.name == CATALOG_MARKER for child in directory.children):
+        return
+    fields = [stat.S_IFREG | 0o644, 0, 0, 1, os.getuid(), os.getgid(), 0, 0, 0, 0]
+    seconds = mtime_ns / 1e9
+    st = os.stat_result(fields, {"st_mtime": seconds, "st_mtime_ns": mtime_ns, "st_rdev": 0})
+    # An empty file to read: /dev/null reads as one. Its inode key (0, 0) is shared by every marker, so the
+    # empty content is stored once.
+    directory.children.append(SourceNode(CATALOG_MARKER, join(directory.path, CATALOG_MARKER), os.devnull, st))
+    directory.children.sort(key=lambda child: os.fsencode(child.name))
+    directory.is_catalog_root = True
+
+
 def _stat(path: str, role: str, is_kind: Callable[[int], bool], kind: str, follow_symlinks: bool) -> os.stat_result:
     """``path``'s status; a ConfigError naming it by its ``role`` when it cannot be read or is not ``kind``."""
     try:

@@ -1,0 +1,177 @@
+"""`.cvmfsdirtab`: nested catalogs for the directories its patterns select, as cvmfs_server publish makes them."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from helpers import fuse_unusable, run_cli, snapshot_tree
+from test_mount import Mounts
+from test_publish import FQRN, open_repo, publish, read_back
+from ucernvm.client.repository import Repository
+from ucernvm.cvmfs.dirtab import Dirtab
+from ucernvm.cvmfs.source_tree import scan
+from ucernvm.server import StratumServer
+
+# The example of cvmfs's documentation ("Managing Nested Catalogs with .cvmfsdirtab"), and what it selects.
+DOCUMENTED = b"""# Nested catalogs for every platform
+/software/*
+# Nested catalogs for every version
+/software/*/*
+! */common
+/grid-certificates
+"""
+DOCUMENTED_CATALOGS = [
+    "/grid-certificates",
+    "/software/i686",
+    "/software/i686/1.0",
+    "/software/i686/2.0",
+    "/software/x86_64",
+    "/software/x86_64/1.0",
+]
+
+
+def make_software_tree(root: Path, dirtab: bytes = DOCUMENTED) -> None:
+    """The repository of cvmfs's example, a file in every directory, plus what the example does not show."""
+    for directory in ("software/i686/1.0", "software/i686/2.0", "software/i686/common", "software/x86_64/1.0",
+                      "software/x86_64/common", "grid-certificates", "docs", "manual/sub"):
+        (root / directory).mkdir(parents=True, exist_ok=True)
+        (root / directory / "README").write_text(f"this is /{directory}\n")
+    (root / "software" / "i686" / "1.0" / "lib.so").write_bytes(os.urandom(70_000))
+    (root / "software" / "x86_64" / "common" / ".cvmfscatalog").write_bytes(b"")  # excluded, yet made by hand
+    (root / "manual" / ".cvmfscatalog").write_bytes(b"")
+    (root / "software" / "notes.txt").write_text("a file: never a nested catalog\n")
+    (root / ".cvmfsdirtab").write_bytes(dirtab)
+
+
+def mountpoints(repository: Repository) -> list[str]:
+    """Every nested catalog of the snapshot by its mountpoint, each checked to be mounted where it says."""
+    found, pending = [], [repository.root_catalog]
+    while pending:
+        for reference in pending.pop().nested_catalogs():
+            catalog = repository.catalog_for(reference.path)
+            assert catalog.root_prefix == reference.path
+            found.append(reference.path)
+            pending.append(catalog)
+    return sorted(found)
+
+
+def with_markers(tree: dict[str, tuple], directories: list[str]) -> dict[str, tuple]:
+    """The source tree as published: an empty .cvmfscatalog of mode 0644 in each of ``directories`` that
+    lacks one."""
+    markers = {f"{directory}/.cvmfscatalog": ("file", stat.S_IFREG | 0o644, b"") for directory in directories}
+    return dict(sorted((markers | tree).items()))
+
+
+@pytest.fixture
+def software(tmp_path: Path) -> Path:
+    make_software_tree(tmp_path / "src")
+    return tmp_path / "src"
+
+
+def select(source: Path, dirtab: bytes) -> list[str]:
+    return sorted(node.path for node in Dirtab.parse(dirtab, "dirtab").select(scan(str(source))))
+
+
+def test_the_documented_example_makes_the_documented_catalogs(software: Path, tmp_path: Path,
+                                                             keys_dir: Path) -> None:
+    """The catalogs the example creates, plus the ones made by hand (one where the dirtab excludes it); every
+    file reads back exactly, the dirtab among them; each selected directory holds an empty .cvmfscatalog of
+    the publishing user; the source is left as it was."""
+    before = snapshot_tree(software)
+    repo = tmp_path / "repo"
+    run_cli("publish", software, "--repo", repo, "--name", FQRN, "--keys", keys_dir, check=True)
+    assert snapshot_tree(software) == before
+    repository = open_repo(repo, keys_dir)
+    assert mountpoints(repository) == sorted(DOCUMENTED_CATALOGS + ["/manual", "/software/x86_64/common"])
+    assert read_back(repository) == with_markers(before, DOCUMENTED_CATALOGS)
+    assert repository.read("/.cvmfsdirtab") == DOCUMENTED
+    marker = repository.entry("/software/i686/1.0/.cvmfscatalog")
+    assert (marker.uid, marker.gid) == (os.getuid(), os.getgid())
+    assert repository.catalog_for("/software/i686/1.0/lib.so").root_prefix == "/software/i686/1.0"
+    verified = run_cli("repo", "verify", repo, "--name", FQRN, "--key", keys_dir / f"{FQRN}.pub", check=True)
+    assert b"catalogs:       9 verified" in verified.stdout
+
+
+def test_patterns_match_as_cvmfs_globs_them(software: Path) -> None:
+    """A wildcard matches hidden names too (glob's GLOB_PERIOD), never a file or a symlink; ? is one
+    character; \\ escapes a wildcard; [...] is a bracket expression; an exclusion's * spans slashes and a
+    relative exclusion matches the end of a path."""
+    (software / "software" / ".hidden").mkdir()
+    (software / "software" / "a*b").mkdir()
+    (software / "software" / "link").symlink_to("i686")
+    assert select(software, b"/software/*\n") == [
+        "/software/.hidden", "/software/a*b", "/software/i686", "/software/x86_64"]
+    assert select(software, b"/software/????\n") == ["/software/i686"]
+    assert select(software, b"/software/a\\*b\n") == ["/software/a*b"]
+    assert select(software, b"/software/[ix]*\n") == ["/software/i686", "/software/x86_64"]
+    assert select(software, b"/software/[!ix.]*\n") == ["/software/a*b"]
+    assert select(software, b"  /software/*/*  \n!/software/*\n") == []
+    assert select(software, b"/software/*/*\n!/software/*6\n") == select(software, b"/software/*/*\n")
+    assert select(software, b"/software/*/*\n! 1.0\n") == select(software, b"/software/*/*\n")
+    assert select(software, b"/software/*/*\n!*/i686/*\n") == ["/software/x86_64/1.0", "/software/x86_64/common"]
+    assert select(software, b"/software//i686/\n/software/i686\n\n\t# indented comment\n") == ["/software/i686"]
+    assert select(software, b"/no/such/dir\n") == []
+
+
+@pytest.mark.parametrize(("content", "line", "message"), [
+    (b"/docs\nsoftware/*\n", 2, "starts with /"),
+    (b"# only a slash\n/\n", 2, "names no directory"),
+    (b"/software/\\x\n", 1, "can follow a \\"),
+    (b"/docs\n/software/*\n\n! /software/*\n", 4, "contradicts line 2"),
+])
+def test_a_malformed_dirtab_is_refused_naming_its_line(software: Path, tmp_path: Path, keys_dir: Path,
+                                                       content: bytes, line: int, message: str) -> None:
+    (software / ".cvmfsdirtab").write_bytes(content)
+    repo = tmp_path / "repo"
+    refused = run_cli("publish", software, "--repo", repo, "--name", FQRN, "--keys", keys_dir)
+    assert refused.returncode == 2 and b"Traceback" not in refused.stderr
+    assert f"error: {software}/.cvmfsdirtab, line {line}: ".encode() in refused.stderr
+    assert message.encode() in refused.stderr
+    assert not (repo / ".cvmfspublished").exists()
+
+
+def test_a_second_publish_follows_the_changed_dirtab_and_tree(software: Path, tmp_path: Path,
+                                                             keys_dir: Path) -> None:
+    """A new version directory becomes a catalog; a directory the dirtab stops selecting is merged back into
+    its parent's catalog (its files stay); a marker the dirtab made before keeps its time, so a catalog
+    whose directory did not change is reused."""
+    repo = tmp_path / "repo"
+    publish(software, repo, keys_dir)
+    first = open_repo(repo, keys_dir)
+    (software / "software" / "x86_64" / "2.0").mkdir()
+    (software / "software" / "x86_64" / "2.0" / "README").write_text("new version\n")
+    (software / ".cvmfsdirtab").write_bytes(DOCUMENTED.replace(b"/grid-certificates\n", b"/docs\n"))
+    result = publish(software, repo, keys_dir)
+    second = open_repo(repo, keys_dir)
+    selected = sorted(set(DOCUMENTED_CATALOGS) - {"/grid-certificates"} | {"/docs", "/software/x86_64/2.0"})
+    assert mountpoints(second) == sorted(selected + ["/manual", "/software/x86_64/common"])
+    assert read_back(second) == with_markers(snapshot_tree(software), selected)
+    assert second.catalog_for("/grid-certificates/README").root_prefix == ""
+    unchanged = "/software/i686/1.0"
+    assert second.entry(f"{unchanged}/.cvmfscatalog").mtime == first.entry(f"{unchanged}/.cvmfscatalog").mtime
+    assert second.catalog_for(unchanged).content_hash == first.catalog_for(unchanged).content_hash
+    # Written: the root, /docs, /software/x86_64 (a new subdirectory) and /software/x86_64/2.0; the other
+    # six are reused.
+    assert (result.catalogs_written, result.catalogs_reused) == (4, 6)
+
+
+@pytest.mark.skipif(fuse_unusable() is not None, reason=str(fuse_unusable()))
+def test_a_mount_reads_every_file_from_the_catalog_the_dirtab_made(software: Path, tmp_path: Path,
+                                                                   keys_dir: Path) -> None:
+    stratum = tmp_path / "stratum"
+    publish(software, stratum / FQRN, keys_dir)
+    mounts = Mounts(tmp_path)
+    try:
+        with StratumServer(stratum) as server:
+            point, _ = mounts.mount(f"{server.url}/cvmfs/{FQRN}", keys_dir, tmp_path / "cache")
+            assert snapshot_tree(point) == with_markers(snapshot_tree(software), DOCUMENTED_CATALOGS)
+            for path, mountpoint in [("software/i686/1.0/lib.so", "/software/i686/1.0"), ("software/notes.txt", ""),
+                                     ("software/i686/common/README", "/software/i686")]:
+                counters = os.getxattr(point / path, "user.catalog_counters").decode().splitlines()
+                assert counters[1] == f"catalog_mountpoint: {mountpoint}", path
+    finally:
+        mounts.unmount_all()
