@@ -238,6 +238,26 @@ def test_all_servers_gone_remount_from_cache(published, mounts, keys_dir, tmp_pa
     assert os.getxattr(again, "user.offline") == b"1"
 
 
+def test_the_quota_tag_and_root_hash_of_the_configuration_apply(tagged, mounts, keys_dir, tmp_path) -> None:
+    """CVMFS_QUOTA_LIMIT (MB, -1: none), CVMFS_REPOSITORY_TAG and CVMFS_ROOT_HASH given as -o or in a
+    --config file are what the mount uses; its own options (--quota, --tag, --root-hash) come first."""
+    repo, trees, server = tagged
+    url = f"{server.url}/cvmfs/{FQRN}"
+    config = tmp_path / "site.conf"
+    config.write_text("CVMFS_QUOTA_LIMIT=7\nCVMFS_REPOSITORY_TAG=v1\n")
+    point, result = mounts.mount(url, keys_dir, tmp_path / "cache", "--config", config)
+    assert os.getxattr(point, "user.cache_max") == str(7 * 10**6 // 1024).encode()
+    assert os.getxattr(point, "user.tag") == b"v1" and b"revision 1 " in result.stdout
+    point, _ = mounts.mount(url, keys_dir, tmp_path / "cache", "--config", config, "-o", "CVMFS_QUOTA_LIMIT=-1",
+                            "--tag", "v2")
+    assert os.getxattr(point, "user.cache_max") == b"-1" and os.getxattr(point, "user.tag") == b"v2"
+    point, _ = mounts.mount(url, keys_dir, tmp_path / "cache", "--config", config, "--quota", "9")
+    assert os.getxattr(point, "user.cache_max") == str(9 * 10**6 // 1024).encode()
+    v2 = os.getxattr(mounts.points[1], "user.root_hash").decode()
+    point, result = mounts.mount(url, keys_dir, tmp_path / "cache", "-o", f"CVMFS_ROOT_HASH={v2}")
+    assert os.getxattr(point, "user.root_hash").decode() == v2
+
+
 def test_variant_symlinks_are_expanded_and_sized_as_their_target(tmp_path, keys_dir, mounts, monkeypatch) -> None:
     """A symlink's size is the length of what readlink returns (as cvmfs's), also once ``$(VAR)`` was
     expanded from the daemon's environment: programs size their buffer from lstat."""

@@ -15,6 +15,10 @@ from ucernvm.cvmfs.hashing import ContentHash
 from ucernvm.cvmfs.trust import load_master_keys
 from ucernvm.errors import ConfigError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ucernvm.client.client_config import FetcherConfig
+
 
 def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     """SOURCE and the trust options, shared by ``repo`` and ``mount``."""
@@ -75,28 +79,47 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tags.set_defaults(func=run_tags)
 
 
-def open_repository(args: argparse.Namespace, cache: ObjectCache | None = None) -> Repository:
+def repository_name(args: argparse.Namespace) -> str:
     fqrn = args.name or fqrn_from_source(args.source)
     if not fqrn:
         raise ConfigError(f"cannot tell the repository name from {args.source!r}", "pass --name FQRN")
+    return fqrn
+
+
+def source_config(args: argparse.Namespace) -> FetcherConfig | None:
+    """The cvmfs client settings of an HTTP SOURCE (--config files, then -o, --proxy and SOURCE itself);
+    None for a local directory."""
+    if "://" not in args.source:
+        if args.proxy is not None or args.options or args.config:
+            raise ConfigError("--proxy, -o and --config apply to HTTP sources only")
+        return None
+    # Imported here: the HTTP stack costs ~0.15 s, which every other subcommand would pay.
+    from ucernvm.client.client_config import load_config, parse_option
+
+    overrides = dict(parse_option(option) for option in args.options)
+    overrides["CVMFS_SERVER_URL"] = args.source
+    if args.proxy is not None:
+        overrides["CVMFS_HTTP_PROXY"] = args.proxy
+    return load_config(repository_name(args), config_dir=None, files=args.config, overrides=overrides)
+
+
+def open_repository(args: argparse.Namespace, cache: ObjectCache | None = None,
+                    config: FetcherConfig | None = None) -> Repository:
+    """The repository SOURCE names, as ``config`` (source_config's, made here when not given) sets it up."""
+    fqrn = repository_name(args)
     now = datetime.datetime.fromtimestamp(args.now, datetime.timezone.utc) if args.now is not None else None
-    root_hash = ContentHash.parse(args.root_hash) if args.root_hash else None
+    tag, root_hash = args.tag, ContentHash.parse(args.root_hash) if args.root_hash else None
+    config = config or source_config(args)
     source: RepositorySource
-    if "://" in args.source:
-        # Imported here: the HTTP stack costs ~0.15 s, which every other subcommand would pay.
-        from ucernvm.client.client_config import load_config, parse_option
+    if config is not None:
         from ucernvm.client.fetcher import HttpSource
 
-        overrides = dict(parse_option(option) for option in args.options)
-        overrides["CVMFS_SERVER_URL"] = args.source
-        if args.proxy is not None:
-            overrides["CVMFS_HTTP_PROXY"] = args.proxy
-        source = HttpSource.from_config(load_config(fqrn, config_dir=None, files=args.config, overrides=overrides), fqrn)
-    elif args.proxy is not None or args.options or args.config:
-        raise ConfigError("--proxy, -o and --config apply to HTTP sources only")
+        source = HttpSource.from_config(config, fqrn)
+        if tag is None and root_hash is None:  # the snapshot as cvmfs's configuration names it, unless the command does
+            tag, root_hash = config.repository_tag, config.root_hash
     else:
         source = open_source(args.source)
-    return Repository(source, fqrn, load_master_keys(args.key), now=now, tag=args.tag, root_hash=root_hash, cache=cache)
+    return Repository(source, fqrn, load_master_keys(args.key), now=now, tag=tag, root_hash=root_hash, cache=cache)
 
 
 def _utc(epoch: int) -> str:
