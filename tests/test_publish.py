@@ -336,7 +336,7 @@ def test_full_disk_is_a_clear_error_and_loses_nothing(tree: Path, tmp_path: Path
 def test_expired_whitelist_blocks_publishing_until_resign(tree: Path, tmp_path: Path, keys_dir: Path) -> None:
     repo = tmp_path / "repo"
     run_cli("publish", tree, "--repo", repo, "--name", FQRN, "--keys", keys_dir, check=True)
-    run_cli("resign", "--repo", repo, "--name", FQRN, "--keys", keys_dir, "--days", "0", check=True)
+    resign(str(repo), FQRN, str(keys_dir), 0)  # expires at once (the command refuses such a whitelist)
     refused = run_cli("publish", tree, "--repo", repo, "--name", FQRN, "--keys", keys_dir)
     assert refused.returncode != 0 and b"whitelist expired" in refused.stderr and b"ucernvm resign" in refused.stderr
     renewed = run_cli("resign", "--repo", repo, "--name", FQRN, "--keys", keys_dir, check=True)
