@@ -80,6 +80,20 @@ def test_an_object_removed_behind_the_cache_is_produced_again(tmp_path: Path) ->
     os.close(fd)
 
 
+def test_a_cache_emptied_while_in_use_takes_new_objects(tmp_path: Path) -> None:
+    """Everything removed from the cache directory (txn/ too) by hand while it is in use: what is fetched
+    next is kept again, as on a new cache, instead of every download failing until the next mount."""
+    cache = ObjectCache(tmp_path / "cache")
+    content_hash, calls = _object(cache, b"before")
+    for entry in cache.root.iterdir():
+        subprocess.run(["rm", "-rf", str(entry)], check=True)
+    fresh, _ = _object(cache, b"after")
+    assert _path(cache, fresh).read_bytes() == b"after"
+    fd = cache.open(content_hash, lambda out: calls.append(1) or out.write(b"before"))
+    assert os.pread(fd, 100, 0) == b"before" and len(calls) == 2
+    os.close(fd)
+
+
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 4 MiB file system of its own, to fill."""

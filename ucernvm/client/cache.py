@@ -410,6 +410,13 @@ class _Staging:
             try:
                 self._fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644,
                                    dir_fd=cache.directory_fd)
+            except FileNotFoundError:  # txn/ was removed with the rest of the cache's contents: made anew
+                try:
+                    os.mkdir(name.partition("/")[0], dir_fd=cache.directory_fd)
+                except FileExistsError:
+                    pass  # another thread made it meanwhile
+                except OSError as error:
+                    self._disk_full(error, 0)
             except OSError as error:
                 self._disk_full(error, 0)
         fcntl.flock(self._fd, fcntl.LOCK_EX)  # "in use" to remove_abandoned_downloads, until closed
