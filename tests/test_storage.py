@@ -224,18 +224,25 @@ def test_free_space_on_the_boot_disk(rig: Rig, kind: str, use_boothd: bool) -> N
     assert probe_path(device, MIB) == FileSystem("ext2", BOOT_LABEL)
 
 
-@pytest.mark.parametrize("layout", ["empty-mbr", "boot-gpt"])
-def test_aux_resize_grows_partition_and_file_system(rig: Rig, layout: str) -> None:
-    backing = rig.disk("empty", 256 * MIB) if layout == "empty-mbr" else boot_disk(rig, "gpt", GIB)
-    device = rig.attach(backing)
+def _grown_after_a_resize_request(rig: Rig, backing: Path, device: str, size: int) -> int:
+    """A first boot that leaves a file and asks for a resize (aux/resize), then the disk grown to ``size``
+    under the unmounted file system; the file system's blocks before."""
     first = rig.boot([device])
     (first.scratch / "persistent" / "kept").write_text("data")
     (first.scratch / "aux" / "resize").touch()
     before = os.statvfs(first.scratch).f_blocks
     rig.unmount()
-    size = 512 * MIB if layout == "empty-mbr" else 1536 * MIB
     os.truncate(backing, size)
     subprocess.run(["losetup", "-c", device], check=True)
+    return before
+
+
+@pytest.mark.parametrize("layout", ["empty-mbr", "boot-gpt"])
+def test_aux_resize_grows_partition_and_file_system(rig: Rig, layout: str) -> None:
+    backing = rig.disk("empty", 256 * MIB) if layout == "empty-mbr" else boot_disk(rig, "gpt", GIB)
+    device = rig.attach(backing)
+    size = 512 * MIB if layout == "empty-mbr" else 1536 * MIB
+    before = _grown_after_a_resize_request(rig, backing, device, size)
 
     state = rig.boot([device])
     assert_scratch(state)
@@ -406,13 +413,7 @@ def test_a_resize_that_fails_is_a_warning_and_the_boot_goes_on(rig: Rig, tmp_pat
     machine that fails the same way at every boot."""
     backing = rig.disk("empty", 256 * MIB)
     device = rig.attach(backing)
-    first = rig.boot([device])
-    (first.scratch / "persistent" / "kept").write_text("data")
-    (first.scratch / "aux" / "resize").touch()
-    before = os.statvfs(first.scratch).f_blocks
-    rig.unmount()
-    os.truncate(backing, 512 * MIB)
-    subprocess.run(["losetup", "-c", device], check=True)
+    before = _grown_after_a_resize_request(rig, backing, device, 512 * MIB)
     tools = tmp_path / "bin"
     tools.mkdir()
     (tools / "resize2fs").write_text("#!/bin/sh\necho 'resize2fs: Filesystem has unsupported feature(s)' >&2\nexit 1\n")

@@ -247,26 +247,27 @@ def _user_data_before_pin(state: BootState) -> bytes | None:
 
 
 def _restore_user_data_before_pin(state: BootState, path: Path) -> None:
-    if not path.exists():
-        return
-    try:
-        before_pin = path.read_bytes()
-    except OSError as error:
-        state.warn(f"the saved {path.name} is unreadable ({error.strerror}): only the online context's settings apply")
-        return
-    apply_section(state, _ucernvm_settings(state, before_pin), "the user-data the CernVM Online context replaced")
+    before_pin = _read_saved(state, path, "only the online context's settings apply")
+    if before_pin is not None:
+        apply_section(state, _ucernvm_settings(state, before_pin), "the user-data the CernVM Online context replaced")
 
 
 def _restore_extra_user_data(state: BootState, path: Path) -> None:
     """The first boot's extra user-data overrides on every boot, as µCernVM's saved extra-ucontext did."""
+    extra = _read_saved(state, path, "its settings do not apply")
+    if extra is not None:
+        apply_extra_user_data(state, extra)
+
+
+def _read_saved(state: BootState, path: Path, if_unreadable: str) -> bytes | None:
+    """A file the first boot saved in context/; None without it, or (with a warning) when it is unreadable."""
     if not path.exists():
-        return
+        return None
     try:
-        extra = path.read_bytes()
+        return path.read_bytes()
     except OSError as error:
-        state.warn(f"the saved extra user-data is unreadable ({error.strerror}): its settings do not apply")
-        return
-    apply_extra_user_data(state, extra)
+        state.warn(f"the saved {path.name} is unreadable ({error.strerror}): {if_unreadable}")
+        return None
 
 
 def _saved_source(state: BootState, path: Path) -> str:
