@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -35,6 +36,7 @@ from ucernvm.launch.usernet import HOST_ADDRESS, loopback_forwards
 from ucernvm.server import StratumServer
 
 FQRN = "demo.cern.ch"
+TAG = "demo"
 DISK_SIZE = 4 << 30
 BOOT_TIMEOUT = 600.0  # seconds; a TCG boot on a loaded two-core machine takes about a minute
 
@@ -114,14 +116,14 @@ def run(args: argparse.Namespace) -> int:
         make_demo_os(tree)
         print(f"keys in {keys}; OS tree in {tree}")
     with phase("publish"):
-        # Tagged automatically (generic-<time>): a tag names one revision for good, and each run publishes anew.
-        result = Publisher(str(stratum / FQRN), FQRN, str(keys), PublishOptions()).publish(str(tree))
-        tag = result.tags[-1]
-        print(f"published {FQRN} revision {result.revision} tagged {tag!r} ({result.files} files) into {stratum}")
+        # A new repository each run: a tag names one revision for good, and the demo's is always "demo".
+        shutil.rmtree(stratum / FQRN, ignore_errors=True)
+        result = Publisher(str(stratum / FQRN), FQRN, str(keys), PublishOptions(tag=TAG)).publish(str(tree))
+        print(f"published {FQRN} revision {result.revision} tagged {TAG!r} ({result.files} files) into {stratum}")
     with StratumServer(stratum, port=args.port) as server:
         url = f"{server.url}/cvmfs/{FQRN}"
         with phase("serve and verify over HTTP"):
-            repository = Repository(HttpSource([url]), FQRN, load_master_keys(keys / f"{FQRN}.pub"), tag=tag)
+            repository = Repository(HttpSource([url]), FQRN, load_master_keys(keys / f"{FQRN}.pub"), tag=TAG)
             print(f"serving {stratum} on {server.url}; verified revision {repository.revision}, "
                   f"root catalog {repository.root_hash}")
         with phase("build the image" + (" (the ucernvm kernel)" if args.kernel_source else " (kernel via apt)")):
