@@ -193,7 +193,6 @@ def extract_vmlinux(bzimage: bytes) -> bytes:
                           f"the file at {len(bzimage)}")
     # The decoders stop at the end of the stream (the kernel build appends the uncompressed size after
     # it) and return what they have for a stream that ends early: only a stream's end proves it whole.
-    complete = True
     try:
         if payload.startswith(_XZ_MAGIC) or payload.startswith(_LZMA_MAGIC):
             decoder = lzma.LZMADecompressor(format=lzma.FORMAT_XZ if payload.startswith(_XZ_MAGIC) else
