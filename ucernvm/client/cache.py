@@ -251,10 +251,7 @@ class ObjectCache:
             try:
                 os.replace(temporary, name, src_dir_fd=self._dir, dst_dir_fd=self._dir)
             except FileNotFoundError:  # the first object of its fan-out directory
-                try:
-                    os.mkdir(name.partition("/")[0], dir_fd=self._dir)
-                except FileExistsError:
-                    pass  # another thread or process made it meanwhile
+                _make_top_directory(name, self._dir)
                 os.replace(temporary, name, src_dir_fd=self._dir, dst_dir_fd=self._dir)
         except OSError as error:
             raise self._write_error(error) from None
@@ -395,6 +392,14 @@ class ObjectCache:
         self.save_named(fqrn, BREADCRUMB_PREFIX.rstrip("."), str(breadcrumb).encode("ascii"))
 
 
+def _make_top_directory(name: str, directory_fd: int) -> None:
+    """The directory of the cache that ``name`` goes in (``txn/``, a fan-out directory), made if missing."""
+    try:
+        os.mkdir(name.partition("/")[0], dir_fd=directory_fd)
+    except FileExistsError:
+        pass  # another thread or process made it meanwhile
+
+
 class _Staging:
     """An object's file in ``txn/`` while its bytes arrive (a :class:`Sink`); the cache renames it into place.
 
@@ -412,9 +417,7 @@ class _Staging:
                                    dir_fd=cache.directory_fd)
             except FileNotFoundError:  # txn/ was removed with the rest of the cache's contents: made anew
                 try:
-                    os.mkdir(name.partition("/")[0], dir_fd=cache.directory_fd)
-                except FileExistsError:
-                    pass  # another thread made it meanwhile
+                    _make_top_directory(name, cache.directory_fd)
                 except OSError as error:
                     self._disk_full(error, 0)
             except OSError as error:
