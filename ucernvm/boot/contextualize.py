@@ -192,17 +192,7 @@ def settle_context(state: BootState) -> None:
     directory = state.scratch / "context"
     saved = directory / "user-data"
     if not state.scratch_fresh and saved.exists():
-        try:
-            user_data = saved.read_bytes()
-        except OSError as error:  # a damaged scratch disk must not stop the boot the storage stage is part of
-            state.warn(f"the saved user-data is unreadable ({error.strerror}): this boot has no context")
-            return
-        _restore_user_data_before_pin(state, directory / BEFORE_PIN)
-        apply_user_data(state, user_data, _saved_source(state, directory / "source"))
-        meta = _saved_meta(state, directory / META_DATA)
-        state.found_context = FoundContext(state.context_source, state.user_data, meta)
-        state.facts["context"]["saved"] = True
-        _restore_extra_user_data(state, directory / "extra-user-data")
+        _restore_context(state, directory)
         return
     system = state.system
     found = state.found_context
@@ -230,6 +220,20 @@ def settle_context(state: BootState) -> None:
         system.do(WriteFile(str(directory / "pickup.tar.gz"), found.pickup, 0o600))
     if state.config.cluster_pin:
         system.do(WriteFile(str(directory / "ami-contextualized"), b""))
+
+
+def _restore_context(state: BootState, directory: Path) -> None:
+    """A later boot's context: what the first boot saved in ``directory``."""
+    # A damaged scratch disk must not stop the boot the storage stage is part of.
+    user_data = _read_saved(state, directory / "user-data", "this boot has no context")
+    if user_data is None:
+        return
+    _restore_user_data_before_pin(state, directory / BEFORE_PIN)
+    apply_user_data(state, user_data, _saved_source(state, directory / "source"))
+    meta = _saved_meta(state, directory / META_DATA)
+    state.found_context = FoundContext(state.context_source, state.user_data, meta)
+    state.facts["context"]["saved"] = True
+    _restore_extra_user_data(state, directory / "extra-user-data")
 
 
 def _ucernvm_settings(state: BootState, user_data: bytes) -> dict[str, str]:
