@@ -10,9 +10,9 @@ every value checked; a bad one is a ConfigError that names its key.
 cvmfs sources these files with a shell. A boot image has no shell, so the assignments are parsed
 here (hand-written: shlex knows quotes but not ``$VAR`` expansion): ``[export|readonly] KEY=word``
 with single and double quotes, backslashes, ``#`` comments and ``$VAR``, ``${VAR}``,
-``${VAR:-word}``, ``${VAR:=word}``, ``${VAR:+word}`` (and each without ``:``). ``if``/``elif``/``else``/``fi`` blocks choose which assignments apply, as the
-shell does: cvmfs's own ``domain.d`` files pick their servers that way (``CVMFS_USE_OPENHTC``,
-``CVMFS_USE_CDN``). Their conditions are ``[ ... ]`` or ``test`` (string and integer comparisons,
+``${VAR:-word}``, ``${VAR:=word}``, ``${VAR:+word}`` (and each without ``:``).
+``if``/``elif``/``else``/``fi`` blocks choose which assignments apply, as the shell does: cvmfs's
+own ``domain.d`` files pick their servers that way (``CVMFS_USE_OPENHTC``, ``CVMFS_USE_CDN``). Their conditions are ``[ ... ]`` or ``test`` (string and integer comparisons,
 ``-z``, ``-n``, ``!``), ``true``, ``false``, joined by ``&&`` and ``||``; any other condition is a
 ConfigError naming the file and line. Other lines that are not assignments (functions, ``. file``)
 are skipped.
@@ -83,7 +83,8 @@ def _server_urls(key: str, value: str) -> tuple[str, ...]:
 
 
 def _proxies(key: str, value: str) -> str:
-    parse_proxy_list(value, key, key == "CVMFS_HTTP_PROXY")  # checks every member; the text is kept (for "auto")
+    # Checks every member; the text is kept (for "auto", which only CVMFS_HTTP_PROXY may hold).
+    parse_proxy_list(value, key, allow_auto=key == "CVMFS_HTTP_PROXY")
     return value.strip()
 
 
@@ -485,7 +486,8 @@ class _ShellWord:
             braced = _BRACED.fullmatch(inner)
             if braced is None:
                 self._fail(f"unsupported expansion ${{{inner}}}")
-            return self._braced(*braced.groups())
+            name, operator, word = braced.groups()
+            return self._braced(name, operator, word or "")
         match = _NAME.match(text, self.i)
         if match is None:
             if text.startswith("(", self.i):
