@@ -12,10 +12,10 @@ here (hand-written: shlex knows quotes but not ``$VAR`` expansion): ``[export|re
 with single and double quotes, backslashes, ``#`` comments and ``$VAR``, ``${VAR}``,
 ``${VAR:-word}``, ``${VAR:=word}``, ``${VAR:+word}`` (and each without ``:``).
 ``if``/``elif``/``else``/``fi`` blocks choose which assignments apply, as the shell does: cvmfs's
-own ``domain.d`` files pick their servers that way (``CVMFS_USE_OPENHTC``, ``CVMFS_USE_CDN``). Their conditions are ``[ ... ]`` or ``test`` (string and integer comparisons,
-``-z``, ``-n``, ``!``), ``true``, ``false``, joined by ``&&`` and ``||``; any other condition is a
-ConfigError naming the file and line. Other lines that are not assignments (functions, ``. file``)
-are skipped.
+own ``domain.d`` files pick their servers that way (``CVMFS_USE_OPENHTC``, ``CVMFS_USE_CDN``).
+Their conditions are ``[ ... ]`` or ``test`` (string and integer comparisons, ``-z``, ``-n``,
+``!``), ``true``, ``false``, joined by ``&&`` and ``||``; any other condition is a ConfigError
+naming the file and line. Other lines that are not assignments (functions, ``. file``) are skipped.
 """
 
 from __future__ import annotations
