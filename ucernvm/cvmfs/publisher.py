@@ -371,9 +371,9 @@ class Publisher:
         catalog. The tags are the previous revision's (cvmfs tags a revision after writing its catalogs,
         so a tag appears from the next revision on). Made anew at each publish: a tag gone is gone here."""
         previous = self._previous_catalog(VIRTUAL_DIR)
-        previous_catalog = previous[0] if previous else None
+        previous_virtual_dir = previous[0] if previous else None
         # Created once, as cvmfs creates them: their times stay.
-        created = previous_catalog.lookup(VIRTUAL_DIR) if previous_catalog else None
+        created = previous_virtual_dir.lookup(VIRTUAL_DIR) if previous_virtual_dir else None
         mtime = created.mtime if created else self._now
         # Link counts as cvmfs's AddDirectory keeps them: 2 and one per subdirectory (/.cvmfs has snapshots).
         directory = DirectoryEntry(
@@ -388,7 +388,7 @@ class Publisher:
             DirectoryEntry(CATALOG_MARKER, stat.S_IFREG | 0o444, 0, mtime, self._file_flags(marker), 0, 0, 1,
                            marker.content_hash.digest),  # type: ignore[union-attr]
         )
-        snapshots = list(self._snapshots(previous_catalog))
+        snapshots = list(self._snapshots(previous_virtual_dir))
         writer.add(SNAPSHOTS, directory._replace(name=SNAPSHOTS.rsplit("/", 1)[1], flags=Flag.DIR,
                                                  hardlinks=2 + len(snapshots)))
         for path, entry, content_hash, size in snapshots:
@@ -397,13 +397,17 @@ class Publisher:
         _add_nested(root, VIRTUAL_DIR, directory._replace(flags=directory.flags | Flag.NESTED_MOUNTPOINT),
                     self._finish_catalog(writer))
 
-    def _snapshots(self, previous: Catalog | None) -> Iterator[tuple[str, DirectoryEntry, ContentHash, int]]:
+    def _snapshots(
+        self, previous_virtual_dir: Catalog | None
+    ) -> Iterator[tuple[str, DirectoryEntry, ContentHash, int]]:
         """Path, directory entry, root catalog hash and size of each tag's snapshot directory: the previous
         revision's where its tag still names the same root catalog, else made from that catalog's root entry."""
         if self.previous is None:
             return
-        kept_entries = {entry.name: entry for entry in previous.listing(SNAPSHOTS)} if previous else {}
-        kept = {ref.path: ref for ref in previous.nested_catalogs() if ref.bind} if previous else {}
+        kept_entries = ({entry.name: entry for entry in previous_virtual_dir.listing(SNAPSHOTS)}
+                        if previous_virtual_dir else {})
+        kept = ({ref.path: ref for ref in previous_virtual_dir.nested_catalogs() if ref.bind}
+                if previous_virtual_dir else {})
         for tag in self.previous.tags():
             if tag.name in (TRUNK, TRUNK_PREVIOUS) or "/" in tag.name or tag.name in ("", ".", ".."):
                 continue  # the head itself, or a name that cannot name a directory
