@@ -129,7 +129,7 @@ def test_a_malformed_dirtab_is_refused_naming_its_line(software: Path, tmp_path:
     repo = tmp_path / "repo"
     refused = run_cli("publish", software, "--repo", repo, "--name", FQRN, "--keys", keys_dir)
     assert refused.returncode == 2 and b"Traceback" not in refused.stderr
-    assert f"error: {software}/.cvmfsdirtab, line {line}: ".encode() in refused.stderr
+    assert f"error: {software}/.cvmfsdirtab:{line}: ".encode() in refused.stderr
     assert message.encode() in refused.stderr
     assert not (repo / ".cvmfspublished").exists()
 

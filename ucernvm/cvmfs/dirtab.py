@@ -70,13 +70,13 @@ class Dirtab:
             try:
                 rule = _parse_line(line)
             except ValueError as error:
-                raise ConfigError(f"{where}, line {number}: {line.strip()!r}: {error}",
+                raise ConfigError(f"{where}:{number}: {line.strip()!r}: {error}",
                                   "see the .cvmfsdirtab section of the cvmfs documentation") from None
             if rule is None:
                 continue
             opposite = lines.get(Rule(rule.elements, rule.absolute, not rule.exclude))
             if opposite is not None:
-                raise ConfigError(f"{where}, line {number}: {line.strip()!r} contradicts line {opposite}",
+                raise ConfigError(f"{where}:{number}: {line.strip()!r} contradicts line {opposite}",
                                   "a pattern cannot both add and exclude the same directories")
             lines.setdefault(rule, number)
             rules.append(rule)
