@@ -39,7 +39,7 @@ def test_no_command_prints_usage_and_fails() -> None:
         (["repo", "ls", "http://127.0.0.1:9/cvmfs/@fqrn@", "--key", "{pub}"], b"cannot tell the repository name"),
         (["serve", "/nonexistent", "--port", "99999"], b"is not a TCP port"),
         (["keygen", "x.cern.ch", "--keys", "{keys}"], b"already exist"),
-        (["--dry-run", "--user-data", "/nonexistent/user-data"], b"cannot read the user-data /nonexistent/user-data"),
+        (["--dry-run", "--user-data", "/nonexistent/user-data"], b"cannot read user-data /nonexistent/user-data"),
         (["resign", "--repo", "{repo}", "--name", "x.cern.ch", "--keys", "{keys}", "--days", "-1"],
          b"--days must be at least 1"),
         (["mount", "{repo}", "/tmp", "--key", "{pub}", "--threads", "0"], b"--threads must be at least 1"),

@@ -72,7 +72,7 @@ def run_dry_run(args: argparse.Namespace) -> int:
     try:
         user_data = Path(args.user_data).read_bytes() if args.user_data else None
     except OSError as error:
-        raise ConfigError(f"cannot read the user-data {args.user_data}: {error.strerror}") from None
+        raise ConfigError(f"cannot read user-data {args.user_data}: {error.strerror}") from None
     return dry_run(args.cmdline, user_data, Path(args.keys), args.json)
 
 
