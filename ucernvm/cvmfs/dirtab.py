@@ -64,7 +64,7 @@ class Dirtab:
         """The rules of a dirtab's bytes; a ConfigError naming ``where`` and the line for the first bad one
         (cvmfs refuses the whole file, and with it the publish)."""
         rules: list[Rule] = []
-        lines: dict[Rule, int] = {}
+        first_line: dict[Rule, int] = {}
         for number, raw in enumerate(data.split(b"\n"), 1):
             line = raw.decode("utf-8", "surrogateescape")
             try:
@@ -74,11 +74,11 @@ class Dirtab:
                                   "see the .cvmfsdirtab section of the cvmfs documentation") from None
             if rule is None:
                 continue
-            opposite = lines.get(Rule(rule.elements, rule.absolute, not rule.exclude))
+            opposite = first_line.get(Rule(rule.elements, rule.absolute, not rule.exclude))
             if opposite is not None:
                 raise ConfigError(f"{where}:{number}: {line.strip()!r} contradicts line {opposite}",
                                   "a pattern cannot both add and exclude the same directories")
-            lines.setdefault(rule, number)
+            first_line.setdefault(rule, number)
             rules.append(rule)
         return cls(rules)
 
