@@ -105,3 +105,17 @@ def test_a_forced_tag_moves_the_machine_and_is_removed(tmp_path: Path, keys_dir:
     state = boot(tmp_path, keys_dir, url)
     assert state.facts["snapshot"]["root_hash"] == hashes["v2"] and pin(state) == [hashes["v2"], "v2"]
     assert not (scratch / FORCE_FILE).exists() and not state.warnings
+
+
+def test_a_force_file_the_disk_cannot_read_is_reported_and_left_alone(tmp_path: Path, keys_dir: Path, served) -> None:
+    """A failing disk (here: a directory where the file should be, which read(2) refuses too): one warning,
+    the pinned snapshot boots, and nothing more is asked of that disk."""
+    url, hashes = served
+    boot(tmp_path, keys_dir, url, tag="v1")
+    scratch = tmp_path / "root" / "root.rw"
+    (scratch / FORCE_FILE).mkdir()
+    state = boot(tmp_path, keys_dir, url)
+    assert state.facts["snapshot"]["root_hash"] == hashes["v1"] and state.facts["snapshot"]["pinned"]
+    (warning,) = state.warnings
+    assert warning.startswith("cannot read aux/cvmfs_force_tag on the scratch disk (Is a directory): the machine stays")
+    assert (scratch / FORCE_FILE).is_dir()

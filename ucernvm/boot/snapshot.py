@@ -55,7 +55,7 @@ def read_pin(state: BootState) -> tuple[ContentHash | None, str]:
     """The pinned snapshot (``aux/cvmfs_snapshot``: root hash, then tag). A pin file that holds no root hash
     (cut short by a power cut, a disk error) is reported and counts as none: the boot then chooses
     afresh and rebases the writable layer, as after a lost pin."""
-    lines = _scratch_lines(state, PIN_FILE)
+    lines = _scratch_lines(state, PIN_FILE, "choosing the snapshot afresh, as on a first boot")
     if lines is None:
         return None, ""
     try:
@@ -69,7 +69,7 @@ def read_pin(state: BootState) -> tuple[ContentHash | None, str]:
 def read_forced_tag(state: BootState) -> str | None:
     """The tag of ``aux/cvmfs_force_tag``; a file that holds no tag name is reported and removed, and the
     pinned snapshot boots (the OS writes the file to move the machine: garbage must not stop every boot)."""
-    lines = _scratch_lines(state, FORCE_FILE)
+    lines = _scratch_lines(state, FORCE_FILE, "the machine stays on its snapshot")
     if lines is None:
         return None
     if len(lines) == 1 and lines[0].isprintable() and " " not in lines[0]:
@@ -80,16 +80,17 @@ def read_forced_tag(state: BootState) -> str | None:
     return None
 
 
-def _scratch_lines(state: BootState, name: str) -> list[str] | None:
-    """The non-blank lines of a small text file on the scratch disk, None without the file; a file that is
-    unreadable or not text gives no lines."""
+def _scratch_lines(state: BootState, name: str, if_unreadable: str) -> list[str] | None:
+    """The non-blank lines of a small text file on the scratch disk; None without the file, or (with a
+    warning) when a failing disk cannot read it: nothing more is asked of that disk; a file that is not
+    text gives no lines."""
     try:
         data = (state.scratch / name).read_bytes()
     except FileNotFoundError:
         return None
     except OSError as error:
-        state.warn(f"cannot read {name} on the scratch disk: {error.strerror}")
-        return []
+        state.warn(f"cannot read {name} on the scratch disk ({error.strerror}): {if_unreadable}")
+        return None
     try:
         return [line.strip() for line in data.decode().splitlines() if line.strip()]
     except UnicodeDecodeError:
