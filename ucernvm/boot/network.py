@@ -213,7 +213,8 @@ def configure_lease(state: BootState, nic: Link, lease: Lease) -> None:
     # name that does not resolve, a server out of reach) has its cause named in the report.
     if not any(route.prefix == 0 for route in routes):
         reached = [subnet(lease.address, lease.prefix)] + [f"{route.destination}/{route.prefix}" for route in routes]
-        state.warn(f"network: the DHCP lease of {nic.name} names no router: only {', '.join(reached)} is reachable")
+        state.warn(f"network: the DHCP lease of {nic.name} names no router: only {', '.join(reached)} "
+                   f"{'is' if len(reached) == 1 else 'are'} reachable")
     if not lease.dns:
         state.warn(f"network: the DHCP lease of {nic.name} names no DNS server: host names (of servers, proxies, NTP) "
                    "cannot be resolved")

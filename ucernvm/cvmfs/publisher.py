@@ -231,7 +231,7 @@ class Publisher:
         existing = self.previous.history.find(tag) if self.previous and self.previous.history else None
         if existing is not None:
             raise ConfigError(f"the tag name {tag!r} is already in use (revision {existing.revision})",
-                              "choose another name; `ucernvm repo verify` lists the tags")
+                              "choose another name; `ucernvm repo tags` lists them")
 
     def _new_whitelist_bytes(self) -> bytes:
         if not self.keys.masterkey_path.exists():
