@@ -146,15 +146,14 @@ class Counters(NamedTuple):
 class _Job:
     """The per-request state of cvmfs's ``JobInfo``."""
 
-    __slots__ = ("path", "expected", "object_type", "force_nocache", "absolute", "used_hosts", "used_proxies",
-                 "retries", "backoff", "nocache", "failures")
+    __slots__ = ("path", "expected", "object_type", "absolute", "used_hosts", "used_proxies", "retries",
+                 "backoff", "nocache", "failures")
 
     def __init__(self, path: str, expected: ContentHash | None = None, object_type: ObjectType = ObjectType.FILE,
-                 force_nocache: bool = False, absolute: bool = False) -> None:
+                 absolute: bool = False) -> None:
         self.path = path
         self.expected = expected
         self.object_type = object_type
-        self.force_nocache = force_nocache
         self.absolute = absolute
         self.used_hosts = 1
         self.used_proxies = 1
@@ -211,8 +210,9 @@ class HttpSource:
     # -- RepositorySource ----------------------------------------------------------------------
 
     def fetch_named(self, name: str) -> bytes:
-        # Manifests and whitelists change: every cache on the way is asked for a fresh copy.
-        return self._fetch_bytes(_Job(name, force_nocache=True))
+        # Asked for as cvmfs asks (manifest_fetch.cc, whitelist.cc): a site's squid may answer from its copy
+        # for the max-age the server sets (61 s), which spares the Stratum 1 a request from every client.
+        return self._fetch_bytes(_Job(name))
 
     def fetch_object(self, content_hash: ContentHash, object_type: ObjectType, sink: Sink) -> None:
         self._fetch(_Job(content_hash.object_path(object_type), content_hash, object_type), sink)
@@ -277,7 +277,7 @@ class HttpSource:
             timeout = self.config.timeout_direct if proxy.url == DIRECT else self.config.timeout
             started = self._clock()
             body = Checked(sink, job.expected)
-            attempt = self._transfer.get(url, proxy.url, timeout, body, nocache=job.force_nocache or job.nocache)
+            attempt = self._transfer.get(url, proxy.url, timeout, body, nocache=job.nocache)
             with self._lock:
                 self._requests += 1
                 self._bytes += attempt.received
