@@ -10,11 +10,27 @@ from pathlib import Path
 import pytest
 
 from test_listing_ahead import filesystem_of_tree
+from ucernvm.client.filesystem import DOTS
 from ucernvm.client.fuse.operations import ROOT_INO
 
 
 def listed(filesystem, ino: int) -> dict[bytes, int]:  # type: ignore[no-untyped-def]
-    return {entry.name: entry.attributes.ino for entry in filesystem.readdir(filesystem.opendir(ino), 0)}
+    """The entries of a listing after "." and ".."."""
+    return {entry.name: entry.attributes.ino for entry in filesystem.readdir(filesystem.opendir(ino), 0)[DOTS:]}
+
+
+def test_a_listing_starts_with_the_directory_and_its_parent(tmp_path: Path, keys_dir: Path) -> None:
+    filesystem, _ = filesystem_of_tree(tmp_path, keys_dir)
+    try:
+        etc = filesystem.lookup(ROOT_INO, b"etc").ino
+        for directory, parent in ((ROOT_INO, ROOT_INO), (etc, ROOT_INO)):
+            dot, dotdot, first = filesystem.readdir(filesystem.opendir(directory), 0)[:3]
+            assert (dot.name, dot.attributes.ino, dot.next_offset) == (b".", directory, 1)
+            assert (dotdot.name, dotdot.attributes.ino, dotdot.next_offset) == (b"..", parent, 2)
+            assert first.next_offset == 3 and first.name not in (b".", b"..")
+            assert filesystem.readdir(filesystem.opendir(directory), 2)[0] == first  # the offset after ".."
+    finally:
+        filesystem.destroy()
 
 
 def test_an_entry_has_one_inode_whether_looked_up_or_listed_first(tmp_path: Path, keys_dir: Path) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from test_catalog_prefetch import wait_until
 from test_publish import FQRN, make_tree, publish
-from ucernvm.client.filesystem import SnapshotFilesystem
+from ucernvm.client.filesystem import DOTS, SnapshotFilesystem
 from ucernvm.client.fuse.operations import ROOT_INO
 from ucernvm.client.listing_ahead import ListingsAhead
 from ucernvm.client.repository import Repository
@@ -110,7 +110,10 @@ def filesystem_of_tree(tmp_path: Path, keys_dir: Path) -> tuple[SnapshotFilesyst
 
 
 def names(filesystem: SnapshotFilesystem, ino: int) -> list[bytes]:
-    return [entry.name for entry in filesystem.readdir(filesystem.opendir(ino), 0)]
+    """The names a listing holds after "." and ".."."""
+    listing = filesystem.readdir(filesystem.opendir(ino), 0)
+    assert [entry.name for entry in listing[:DOTS]] == [b".", b".."]
+    return [entry.name for entry in listing[DOTS:]]
 
 
 def test_a_walk_has_its_subdirectories_listed_ahead(tmp_path: Path, keys_dir: Path) -> None:

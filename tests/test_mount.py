@@ -480,6 +480,33 @@ def test_a_mount_with_relative_paths_serves_from_the_cache_it_named(published, k
         subprocess.run(["umount", "-l", str(tmp_path / "mnt")], capture_output=True)
 
 
+def test_a_listing_holds_dot_and_dotdot_also_through_an_overlay(published, mounts, keys_dir, tmp_path) -> None:
+    """As on cvmfs and a local disk: a booted OS sees the snapshot through overlayfs, which passes a lower
+    directory's listing on as it is (`ls -a /usr/bin` there shows "." and ".." only if the mount lists them)."""
+    _, _, server = published
+    point, _ = mounts.mount(f"{server.url}/cvmfs/{FQRN}", keys_dir, tmp_path / "cache")
+
+    def listing(directory: Path) -> list[tuple[int, str]]:
+        lines = subprocess.run(["ls", "-a1i", str(directory)], capture_output=True, text=True, check=True).stdout
+        return [(int(ino), name) for ino, name in (line.split(None, 1) for line in lines.splitlines())]
+
+    (dot, dotdot, *rest) = listing(point / "etc")
+    assert dot == (os.stat(point / "etc").st_ino, ".") and dotdot == (os.stat(point).st_ino, "..")
+    assert sorted(name for _, name in rest) == sorted(os.listdir(point / "etc"))
+    layers = {name: tmp_path / name for name in ("upper", "work", "merged")}
+    for directory in layers.values():
+        directory.mkdir()
+    options = f"lowerdir={point},upperdir={layers['upper']},workdir={layers['work']}"
+    mounted = subprocess.run(["mount", "-t", "overlay", "overlay", "-o", options, str(layers["merged"])],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"overlayfs cannot be mounted here: {mounted.stderr.decode().strip()}")
+    try:
+        assert [name for _, name in listing(layers["merged"] / "etc")][:2] == [".", ".."]
+    finally:
+        subprocess.run(["umount", str(layers["merged"])], check=True)
+
+
 def test_umount_leaves_alone_what_is_not_a_mounted_snapshot(tmp_path) -> None:
     plain = tmp_path / "plain"
     plain.mkdir()

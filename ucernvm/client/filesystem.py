@@ -48,6 +48,7 @@ _VARIANT = re.compile(r"\$\(([^)]*)\)")
 # Descriptors the daemon may hold, as cvmfs's CVMFS_NFILES: the kernel's handles (fuse/handles.py)
 # keep the descriptors of their objects and chunks, far beyond the default soft limit of 1024.
 NFILES = 131072
+DOTS = 2  # a listing starts with "." and ".."
 # cvmfs's transfer attributes, in its units (KiB, KiB/s, seconds), from an HTTP source's counters and settings.
 _TRANSFER_XATTRS: dict[str, Callable[[Counters, FetcherConfig], str]] = {
     "user.ndownload": lambda counters, _: str(counters.downloads),
@@ -347,7 +348,7 @@ class SnapshotFilesystem(Operations):
                 raise self._failed(error) from None
         if made is not None or (node.parent is not None and node.parent.listed):
             self._listings_ahead.want(
-                [self._get(entry.attributes.ino) for entry in listing if stat.S_ISDIR(entry.attributes.mode)]
+                [self._get(entry.attributes.ino) for entry in listing[DOTS:] if stat.S_ISDIR(entry.attributes.mode)]
             )
         node.listed = True
         return listing
@@ -358,7 +359,10 @@ class SnapshotFilesystem(Operations):
     def _listing(self, node: _Node) -> list[DirEntry]:
         children = self._children_of(node)
         attributes = self._attributes
-        listing: list[DirEntry] = []
+        # "." and "..", as cvmfs and local file systems list them: overlayfs passes a lower directory's
+        # listing on as it is, so a booted OS's `ls -a /usr/bin` shows them only if this does.
+        listing: list[DirEntry] = [_new_tuple(DirEntry, (b".", node.attributes, 1)),
+                                   _new_tuple(DirEntry, (b"..", (node.parent or node).attributes, 2))]
         for ino, entry in zip(children.inos(), children.entries):
             if not entry.flags & Flag.HIDDEN:  # names as os.fsencode makes them, without its checks
                 name = entry.name.encode("utf-8", "surrogateescape")
