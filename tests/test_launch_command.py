@@ -83,3 +83,21 @@ def test_a_stopped_launcher_stops_qemu_and_removes_its_temporary_files(env: dict
     with pytest.raises(ProcessLookupError):
         os.kill(qemu, 0)
     assert list((tmp_path / "tmp").iterdir()) == []  # the scratch disk and the context ISO are gone
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--image", "{tmp}/missing"], "does not exist"),
+    (["--context", "{tmp}/missing.iso"], "does not exist"),
+    (["--net-forward", "tcp:22"], "invalid port forward"),
+    (["--disk", "{tmp}/new.qcow2"], "cannot create a qcow2 disk"),
+    (["--disk", "{tmp}/missing/other.raw"], "cannot create disk"),
+    (["--serial-log", "{tmp}/missing/console.log"], "cannot write the serial log"),
+])  # fmt: skip
+def test_a_refused_launch_creates_no_disk(env: dict[str, str], image: Path, tmp_path: Path, args: list[str],
+                                          message: str) -> None:
+    (tmp_path / "missing").write_bytes(b"")  # a file where a directory is wanted
+    process = launch(env, "--image", image, "--disk", tmp_path / "new.raw", "--disk-size", "1G",
+                     *[arg.format(tmp=tmp_path) for arg in args])
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 2 and message.encode() in stderr, stderr
+    assert not list(tmp_path.glob("new.*")) and not list(tmp_path.glob("*/*.raw"))

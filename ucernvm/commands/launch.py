@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ucernvm.context.iso import read_user_data, write_context_iso
 from ucernvm.launch.accel import ACCELS
-from ucernvm.launch.media import create_sparse_disk, is_iso9660, parse_size
+from ucernvm.launch.media import is_iso9660, parse_size
 from ucernvm.launch.qemu import BASE_CMDLINE, MACHINES, LaunchError, LaunchOptions, Vm
 
 TIMEOUT_EXIT = 124  # as timeout(1)
@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--disk", type=Path, action="append", default=[], metavar="PATH",
                         help="a disk image attached as virtio-blk (repeatable; raw, or qcow2 by suffix)")
     parser.add_argument("--disk-size", metavar="SIZE",
-                        help="create missing --disk files as sparse raw disks of SIZE (e.g. 20G); "
+                        help="create missing --disk files as sparse raw disks of SIZE (e.g. 20G) once the rest was checked; "
                              "without --disk, a temporary disk deleted afterwards")
     parser.add_argument("--context", type=Path, metavar="USER_DATA|ISO",
                         help="user-data (a public-contexts .context file is converted), written to a context ISO "
@@ -68,15 +68,12 @@ def run(args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _exit_on_signal)
     with tempfile.TemporaryDirectory(prefix="ucernvm-launch-") as scratch:
-        disks = list(args.disk)
-        if args.disk_size:
-            size = parse_size(args.disk_size)
-            disks = disks or [Path(scratch) / "scratch.raw"]
-            for disk in disks:
-                create_sparse_disk(disk, size)
+        disk_size = parse_size(args.disk_size) if args.disk_size else None
+        disks = args.disk or ([Path(scratch) / "scratch.raw"] if disk_size else [])
         options = LaunchOptions(
             image=args.image,
             disks=tuple(disks),
+            disk_size=disk_size,
             context=_context_iso(args.context, Path(scratch)),
             cmdline=args.cmdline,
             memory=args.memory,

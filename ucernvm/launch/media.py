@@ -37,10 +37,29 @@ def create_sparse_disk(path: Path, size: int) -> Path:
     return path
 
 
-def check_disk(path: Path) -> Path:
-    """A disk image file or a block device (a raw disk for QEMU)."""
+def create_disks(paths: tuple[Path, ...], size: int) -> None:
+    """The missing disks among *paths* made as sparse raw disks; none is left if one cannot be made."""
+    created: list[Path] = []
+    try:
+        for path in paths:
+            if not path.exists():
+                created.append(create_sparse_disk(path, size))
+    except ConfigError:
+        for path in created:
+            path.unlink()
+        raise
+
+
+def check_disk(path: Path, creatable: bool = False) -> Path:
+    """A disk image file or a block device (a raw disk for QEMU); with *creatable*, also a missing raw disk,
+    which create_disks makes."""
     if not path.exists():
-        raise ConfigError(f"disk {path} does not exist", hint="pass --disk-size to create it")
+        if not creatable:
+            raise ConfigError(f"disk {path} does not exist", hint="pass --disk-size to create it")
+        if disk_format(path) != "raw":  # a sparse file is a raw disk: QEMU would refuse it as qcow2
+            raise ConfigError(f"cannot create a qcow2 disk {path}",
+                              hint=f"make it with qemu-img create -f qcow2 {path} SIZE, or name a .raw disk")
+        return path
     if not (path.is_file() or path.is_block_device()):
         raise ConfigError(f"disk {path} is not a disk image file or a block device")
     return path

@@ -25,7 +25,7 @@ from typing import Protocol, TextIO
 from ucernvm.errors import ConfigError, UcernvmError
 from ucernvm.image.tools import find_tool
 from ucernvm.launch.accel import AccelChoice, choose_accel
-from ucernvm.launch.media import check_context, check_disk, disk_format, qemu_path
+from ucernvm.launch.media import check_context, check_disk, create_disks, disk_format, qemu_path
 from ucernvm.launch.usernet import netdev
 
 # libata.force=nodbdelay: before it reads a SATA link's state, libata waits 200 ms for the PHY to settle
@@ -111,6 +111,8 @@ class LaunchOptions:
     interactive: bool = False  # hand our stdin to the guest console
     clock_base: str | None = None  # the guest's clock at power-on, UTC "YYYY-MM-DDTHH:MM:SS" (default: now)
     cpu: str | None = None  # QEMU CPU model (default: the host's under KVM, TCG_CPU under TCG)
+    # Bytes of the missing disks, made sparse once everything else was checked, just before QEMU starts.
+    disk_size: int | None = None
 
 
 # QEMU's default CPU model without RDRAND leaves a kernel that trusts the CPU's generator (Debian's does)
@@ -145,9 +147,10 @@ def qemu_command(options: LaunchOptions, accel: str) -> list[str]:
     ]
     if options.clock_base:
         argv += ["-rtc", f"base={options.clock_base}"]
+    creatable = options.disk_size is not None
     for number, disk in enumerate(options.disks):
-        argv += ["-drive", f"file={qemu_path(check_disk(disk))},if=none,id=disk{number},format={disk_format(disk)}",
-                 "-device", f"virtio-blk-pci,drive=disk{number}"]
+        drive = f"file={qemu_path(check_disk(disk, creatable))},if=none,id=disk{number},format={disk_format(disk)}"
+        argv += ["-drive", drive, "-device", f"virtio-blk-pci,drive=disk{number}"]
     if options.context is not None:
         argv += ["-drive", f"file={qemu_path(check_context(options.context))},if=ide,index=2,media=cdrom,"
                            "readonly=on,format=raw"]
@@ -196,6 +199,12 @@ class Vm:
             except OSError as error:
                 raise ConfigError(f"cannot write the serial log {self.options.serial_log}: "
                                   f"{error.strerror or error}") from None
+        if self.options.disk_size is not None:
+            try:
+                create_disks(self.options.disks, self.options.disk_size)
+            except ConfigError:
+                self._close_log()
+                raise
         self._started = time.monotonic()
         self._process = subprocess.Popen(
             self.argv,
@@ -257,6 +266,9 @@ class Vm:
             self.exited_after = time.monotonic() - self._started
         for reader in self._readers:
             reader.join(5)
+        self._close_log()
+
+    def _close_log(self) -> None:
         if self._log is not None:
             self._log.close()
             self._log = None
