@@ -83,3 +83,21 @@ def test_utf16_user_data_is_reported(tmp_path: Path, encoding: str) -> None:
     state = boot_with(tmp_path, data)
     assert state.user_data == data and state.config.tag == BootConfig().tag
     assert len(state.warnings) == 1 and "UTF-16" in state.warnings[0]
+
+
+def test_comments_in_the_section_are_read_as_the_shell_that_sourced_it_did(tmp_path: Path) -> None:
+    """µCernVM sourced the section as ``_UCONTEXT_KEY=value`` lines: a ``#`` starting a word outside
+    quotes begins a comment, a ``#`` inside a word or in quotes is part of the value."""
+    section = (b"[ucernvm-begin]\n"
+               b"# cvmfs_tag=commented-out\n"
+               b"cvmfs_tag=cernvm-system-4.7.1 # pinned for the workshop\n"
+               b'cvmfs_http_proxy="http://squid:3128;DIRECT"\t# the site squid\n'
+               b'cvmfs_pac_urls="http://wpad/wpad.dat # not a comment"\n'
+               b"cernvm_path=cvm4#x\n"
+               b"resize_rootfs=off # keep 20 GiB\n"
+               b"[ucernvm-end]\n")
+    state = boot_with(tmp_path, section)
+    config = state.config
+    assert (config.tag, config.proxy, config.os_path) == ("cernvm-system-4.7.1", "http://squid:3128;DIRECT", "cvm4#x")
+    assert config.pac_urls == "http://wpad/wpad.dat # not a comment"
+    assert config.resize_rootfs is False and state.warnings == []

@@ -3,6 +3,8 @@
 Compatible with µCernVM's parser (first block only, ``key=value`` split at the first '=', key case
 ignored, yes/no booleans handled by the settings table) and robust where it was not: CR-LF line ends,
 a leading byte order mark, indented markers and one level of quotes are accepted, and values are never given to a shell.
+µCernVM sourced the section as shell assignments, so a ``#`` line is no setting and `` # …`` after a
+value (outside quotes) is a comment; a ``#`` inside a word, as in ``key=a#b``, is not.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ def parse_section(text: str) -> tuple[dict[str, str], list[str]]:
         if not line or line.startswith("#"):
             continue
         key, equals, value = line.partition("=")
-        key, value = key.strip(), _unquote(value.strip())
+        key, value = key.strip(), _unquote(_uncomment(value).strip())
         if not equals or not key or not key.replace("_", "").replace("-", "").isalnum():
             warnings.append(f"line {number} of the {BEGIN} section is not key=value: ignored")
             continue
@@ -39,6 +41,19 @@ def parse_section(text: str) -> tuple[dict[str, str], list[str]]:
             continue
         values[key.lower()] = value
     return values, warnings
+
+
+def _uncomment(value: str) -> str:
+    """The value without a trailing comment: a '#' that starts a word outside quotes, as the shell reads it."""
+    quote = ""
+    for index, char in enumerate(value):
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "\"'":
+            quote = char
+        elif char == "#" and index > 0 and value[index - 1] in " \t":
+            return value[:index]
+    return value
 
 
 def _unquote(value: str) -> str:
