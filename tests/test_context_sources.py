@@ -682,9 +682,18 @@ def test_glideinwms_proxy_and_pac_urls() -> None:
     assert glideinwms.detect(glidein_user_data("-v std", tail="####-cluster 1 -subcluster 2")) == {}
 
 
+def test_glideinwms_user_data_of_at_most_one_line_end() -> None:
+    """µCernVM's test is ``wc -l`` <= 1, which counts line ends: a second line without its own end passes,
+    as the documentation's "no more than two lines" says, wherever the glidein line is."""
+    line = glidein_user_data("-param_CERNVM_CMS_PROXY DIRECT").rstrip(b"\n")
+    for data in (line, line + b"\n", line + b"\r\n", line + b"\nsecond line", b"first line\n" + line):
+        assert glideinwms.detect(data) == {"cvmfs_http_proxy": "DIRECT"}, data
+
+
 def test_glideinwms_not_recognised() -> None:
     assert glideinwms.detect(SECTION) is None
     assert glideinwms.detect(glidein_user_data("-v") + b"second line\n") is None
+    assert glideinwms.detect(b"\n" + glidein_user_data("-v") + b"\n") is None  # `wc -l` counts 3
     assert glideinwms.detect(b"!!!notbase64####-cluster 1 -subcluster 0####") is None
     assert glideinwms.detect(b"QUJD####-cluster x -subcluster 0####") is None
     assert glideinwms.detect(b"\x00\xff" * 100) is None

@@ -25,8 +25,9 @@ def unescape(text: str) -> str:
 
 def detect(user_data: bytes) -> dict[str, str] | None:
     """The ucernvm settings a glideinWMS user-data implies (possibly none), or None when it is not one."""
-    lines = user_data.strip().splitlines()
-    match = _LINE.fullmatch(lines[0]) if len(lines) == 1 else None  # µCernVM: one line only
+    if user_data.count(b"\n") > 1:  # µCernVM's `wc -l` <= 1: a second line only if nothing ends it
+        return None
+    match = next(filter(None, (_LINE.fullmatch(line.strip()) for line in user_data.split(b"\n"))), None)
     if match is None:
         return None
     try:
