@@ -462,3 +462,22 @@ def test_a_tag_name_in_use_is_refused_before_anything_is_written(tree: Path, tmp
     tags = {tag.name: tag.revision for tag in open_repo(repo, keys_dir).tags()}
     assert (tags["v1"], tags["v2"]) == (1, 2)
     assert open_repo(repo, keys_dir, tag="v2").read("/etc/hostname") == b"changed\n"
+
+
+def test_a_new_nested_catalog_counts_its_own_revisions_from_one(tree: Path, tmp_path: Path, keys_dir: Path) -> None:
+    """As cvmfs_server: a catalog made in a later revision starts its own count (created at 0, counted up
+    once when committed) with the null hash as its previous revision; a changed one counts on from its own,
+    whatever the repository's revision."""
+    repo = tmp_path / "repo"
+    publish(tree, repo, keys_dir)
+    first_sub = open_repo(repo, keys_dir).catalog_for("/data/sub").content_hash
+    (tree / "etc" / ".cvmfscatalog").write_bytes(b"")
+    (tree / "data" / "sub" / "file").write_text("changed\n")
+    publish(tree, repo, keys_dir)
+    repository = open_repo(repo, keys_dir)
+    assert repository.root_catalog.revision == 2
+    new = repository.catalog_for("/etc")
+    assert new.revision == 1
+    assert new.properties["previous_revision"] == "0" * 40
+    changed = repository.catalog_for("/data/sub")
+    assert (changed.revision, changed.previous_revision) == (2, first_sub)

@@ -29,7 +29,7 @@ from ucernvm.cvmfs.catalog import COMPRESSION_NONE, COMPRESSION_SHIFT, Catalog, 
 from ucernvm.cvmfs.catalog_writer import CatalogWriter, Counters
 from ucernvm.cvmfs.compression import Compression
 from ucernvm.cvmfs.dirtab import read_dirtab
-from ucernvm.cvmfs.hashing import ContentHash, ObjectType
+from ucernvm.cvmfs.hashing import DIGEST_SIZE, ContentHash, ObjectType
 from ucernvm.cvmfs.history import TRUNK, TRUNK_PREVIOUS, History, Tag
 from ucernvm.cvmfs.ingest import FileContent, Ingester, IngestOptions
 from ucernvm.cvmfs.manifest import META_INFO_MAX, Manifest
@@ -335,12 +335,21 @@ class Publisher:
                 Counters.from_statistics(statistics, "self_"),
                 Counters.from_statistics(statistics, "subtree_"),
             )
-        catalog_revision = previous[0].revision + 1 if previous else self._revision
-        previous_hash = previous[0].content_hash if previous else (self.previous.root_hash if self.previous and not mountpoint else None)
+        catalog_revision, previous_hash = self._catalog_lineage(mountpoint, previous[0] if previous else None)
         data = writer.finish(catalog_revision, self._now, previous_hash)
         content_hash = self.ingester.store(data, ObjectType.CATALOG)
         self._catalog_stats["written"] += 1
         return _BuiltCatalog(content_hash, len(data), writer.self_counters, writer.subtree_counters)
+
+    def _catalog_lineage(self, mountpoint: str, previous: Catalog | None) -> tuple[int, ContentHash | None]:
+        """The revision and previous revision a catalog is written with. The root's are the repository's. A
+        nested catalog counts its own: cvmfs creates a new one at revision 0, referenced by the null hash in
+        its parent until it is stored, and counts up once at each commit of it."""
+        if not mountpoint:
+            return self._revision, self.previous.root_hash if self.previous else None
+        if previous is None:
+            return 1, ContentHash(self.options.ingest.algorithm, bytes(DIGEST_SIZE))
+        return previous.revision + 1, previous.content_hash
 
     def _previous_catalog(self, mountpoint: str) -> tuple[Catalog, int] | None:
         """The previous revision's catalog mounted at ``mountpoint``, with its uncompressed size."""
