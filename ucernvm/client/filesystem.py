@@ -583,9 +583,26 @@ class SnapshotFilesystem(Operations):
         return [os.fsencode(name) for name in self._get(ino).entry.xattrs]
 
     def statfs(self) -> FsStats:
+        """The cache's size and use, as cvmfs reports them, so that df on a mount shows how full the cache is;
+        the files are the snapshot's entries."""
         totals = self.repository.root_catalog.tree_counters()
         entries = sum(totals.get(kind, 0) for kind in ("regular", "dir", "symlink", "special"))
-        return FsStats(blocks=(totals.get("file_size", 0) + 4095) // 4096, files=entries)
+        cache = self.repository.cache
+        return _cache_stats(cache.usage, cache.quota, entries) if cache is not None else FsStats(files=entries)
+
+
+def _cache_stats(usage: int | None, quota: int | None, files: int) -> FsStats:
+    """The quota as the size and the cached bytes as used (the rest free); without a quota, the cached bytes
+    as the size and nothing free (cvmfs's answer for a cache of unknown capacity); before the cached bytes
+    are counted, no size at all (its answer for a cache whose use it cannot tell)."""
+    block = FsStats().block_size
+    if usage is None:
+        return FsStats(files=files)
+    used = -(-usage // block)  # a block partly used is not free
+    if quota is None:
+        return FsStats(blocks=used, files=files)
+    blocks = quota // block
+    return FsStats(blocks=blocks, files=files, free=max(0, blocks - used))  # use passes the quota until cleaned
 
 
 def _counters_csv(catalog: Catalog) -> str:

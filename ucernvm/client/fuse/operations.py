@@ -57,14 +57,15 @@ class Attributes(namedtuple("Attributes", "ino mode size nlink uid gid mtime_ns 
     rdev: int
 
 
-class FsStats(namedtuple("FsStats", "blocks files block_size name_max", defaults=(0, 0, 4096, 255))):
-    """What ``statfs`` reports: sizes in ``block_size`` units, nothing free (read-only)."""
+class FsStats(namedtuple("FsStats", "blocks files block_size name_max free", defaults=(0, 0, 4096, 255, 0))):
+    """What ``statfs`` reports: sizes in ``block_size`` units; ``free`` blocks are free and available alike."""
 
     __slots__ = ()
     blocks: int
     files: int
     block_size: int
     name_max: int
+    free: int
 
 
 class DirEntry(namedtuple("DirEntry", "name attributes next_offset")):
