@@ -36,12 +36,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--tag", metavar="TAG",
                         help="name this snapshot with a name not in use yet (default: generic-<UTC time>)")
     parser.add_argument("--description", default="", help="description stored with the tag")
-    parser.add_argument("--ttl", type=int, default=240, metavar="SECONDS", help="catalog time-to-live (default 240)")
+    parser.add_argument("--ttl", type=int, default=240, metavar="SECONDS",
+                        help="catalog time-to-live (default: %(default)s)")
     parser.add_argument(
         "--chunk-sizes",
         default="4194304,8388608,16777216",
         metavar="MIN,AVG,MAX",
-        help="content-defined chunking of large files, in bytes (default the cvmfs sizes); 'off' disables it",
+        help="content-defined chunking of large files, in bytes (default: %(default)s, the cvmfs sizes); 'off' "
+        "disables it",
     )
     parser.add_argument(
         "--compression",
@@ -50,7 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="zlib encoder for file data: fast (ISA-L, default), cvmfs (zlib level 6, as cvmfs_server), "
         "or none (store file data uncompressed); every reader inflates all of them with plain zlib",
     )
-    parser.add_argument("--hash", default="sha1", choices=["sha1", "rmd160", "shake128"], help="content hash algorithm")
+    parser.add_argument("--hash", default="sha1", choices=["sha1", "rmd160", "shake128"],
+                        help="content hash algorithm (default: %(default)s, as cvmfs_server)")
     parser.add_argument("--workers", type=int, default=None, metavar="N", help="parallel workers (default: CPUs)")
     parser.add_argument("--rehash", action="store_true", help="read every file even if it looks unchanged")
     parser.add_argument("--no-xattrs", action="store_true", help="do not record extended attributes")
@@ -65,7 +68,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--virtual-dir", action=argparse.BooleanOptionalAction, default=None,
                         help="keep /.cvmfs/snapshots/<tag>, every earlier tag's snapshot in a hidden directory, "
                         "as cvmfs_server's CVMFS_VIRTUAL_DIR=true (the source tree may then have no /.cvmfs); "
-                        "later revisions keep it until --no-virtual-dir removes it")
+                        "later revisions keep it until --no-virtual-dir removes it (default: as the previous "
+                        "revision; a new repository has none)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     parser.set_defaults(func=run)
 
