@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -73,9 +74,23 @@ def test_layouts() -> None:
     assert context_files(b"u", "config-drive", meta)[0] == "config-2"
     label, files = context_files(b"u", "nocloud", MetaData())
     assert label == "cidata" and sorted(files) == ["meta-data", "user-data"]
-    assert files["meta-data"].startswith(b'instance-id: "') and len(files["meta-data"]) > 20  # a fresh UUID
+    assert files["meta-data"].startswith(b'instance-id: "') and len(files["meta-data"]) > 20  # a made UUID
     with pytest.raises(ContextError, match="unknown context layout"):
         context_files(b"u", "floppy", meta)
+
+
+def test_the_instance_id_is_made_from_the_context() -> None:
+    def made_id(user_data: bytes, meta: MetaData = MetaData()) -> str:
+        return json.loads(context_files(user_data, "config-drive", meta)[1]["openstack/latest/meta_data.json"])["uuid"]
+
+    first = made_id(b"u")
+    assert str(uuid.UUID(first)) == first  # OpenStack's meta-data has a UUID here
+    assert made_id(b"u") == first  # booted again with the same context, cloud-init sees the same instance
+    assert made_id(b"u2") != first and made_id(b"u", MetaData(hostname="vm")) != first
+    assert made_id(b"u", MetaData(public_keys=(KEY,))) != first
+    assert made_id(b"u", MetaData("iid")) == "iid"
+    nocloud = context_files(b"u", "nocloud", MetaData())[1]["meta-data"]
+    assert nocloud == f'instance-id: "{first}"\n'.encode()  # the same id in every layout
 
 
 @pytest.mark.parametrize("layout,source,label", [("cernvm-launch", "ConfigDrive", "CONFIG-2"),

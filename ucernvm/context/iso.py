@@ -8,6 +8,7 @@ that every reader sees the real names. pycdlib is imported only here, never at b
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
@@ -20,15 +21,25 @@ from ucernvm.context.media import USER_DATA_LIMIT
 from ucernvm.errors import ConfigError, ContextError
 
 ISO_LAYOUTS = ("cernvm-launch", "config-drive", "nocloud")
+CERNVM_LAUNCH_UUID = uuid.UUID("83679162-1378-4288-a2d4-70e13ec132aa")  # its ISOs' id; our ids' namespace
 ISO_MAGIC_END = 0x8006  # "CD001" of the first volume descriptor ends here (ISO 9660 / ECMA-119)
 README = b"""Context for a CernVM virtual machine (ucernvm context).
 ec2/latest and openstack/latest hold the same user-data and meta-data.
 """
 
 
+def made_instance_id(user_data: bytes, meta: MetaData) -> str:
+    """A UUID made from the context. cloud-init runs its per-instance modules (host keys, users, runcmd) once
+    per instance id: a VM booted again with the same context is the same instance, one given new user-data,
+    a new host name or new keys a new one. (cernvm-launch writes one fixed UUID into every ISO, so a VM
+    given new user-data on the same disk would not run them again.)"""
+    context = json.dumps([hashlib.sha256(user_data).hexdigest(), meta.hostname, list(meta.public_keys)])
+    return str(uuid.uuid5(CERNVM_LAUNCH_UUID, context))
+
+
 def context_files(user_data: bytes, layout: str, meta: MetaData) -> tuple[str, dict[str, bytes]]:
     """The volume label and the files (path -> bytes) of a context ISO."""
-    instance_id = meta.instance_id or str(uuid.uuid4())
+    instance_id = meta.instance_id or made_instance_id(user_data, meta)
     if layout == "nocloud":
         lines = [f"instance-id: {json.dumps(instance_id)}"]  # a JSON string is a YAML double-quoted scalar
         if meta.hostname:
