@@ -135,7 +135,7 @@ def test_monitoring_attributes_report_the_mount_in_cvmfs_terms(published, mounts
     assert int(attribute(point, "user.maxfd")) >= 1024 and attribute(point, "user.timestamp_last_ioerr") == "0"
     cached = sum(path.stat().st_size for path in cache.glob("??/*"))
     assert int(attribute(point, "user.cache_use")) >= cached // 1024  # counted at the mount, then each download
-    assert attribute(point, "user.cache_max") == str(4000 * 10**6 // 1024)  # --quota's default, 4000 MB
+    assert attribute(point, "user.cache_max") == str(4000 * 1024)  # --quota's default, 4000 MiB
     assert attribute(point, "user.ncleanup24") == "0"
 
     header, row = run_cli("stat", point, check=True).stdout.decode().splitlines()  # as cvmfs_config stat
@@ -220,7 +220,7 @@ def test_statfs_and_df_report_how_full_the_cache_is(published, mounts, keys_dir,
     the cached bytes are the size and nothing is free."""
     source, _, server = published
     url = f"{server.url}/cvmfs/{FQRN}"
-    for quota, size in (("50", 50 * 10**6), ("0", None)):
+    for quota, size in (("50", 50 << 20), ("0", None)):  # MiB, as cvmfs counts them
         cache = tmp_path / f"cache-{quota}"
         point, _ = mounts.mount(url, keys_dir, cache, "--quota", quota)
         assert read_tree(point) == snapshot_tree(source)
@@ -234,7 +234,7 @@ def test_statfs_and_df_report_how_full_the_cache_is(published, mounts, keys_dir,
         used = -(-cached // stats.f_frsize)
         blocks = used if size is None else size // stats.f_frsize
         assert (stats.f_blocks, stats.f_bfree, stats.f_bavail) == (blocks, blocks - used, blocks - used)
-        assert BIG < cached < 50 * 10**6  # the whole tree, nothing evicted
+        assert BIG < cached < 50 << 20  # the whole tree, nothing evicted
         df = subprocess.run(["df", f"-B{stats.f_frsize}", "--output=size,used,avail", point],
                             capture_output=True, text=True, check=True).stdout.splitlines()[1]
         assert [int(value) for value in df.split()] == [blocks, used, blocks - used]
@@ -272,20 +272,20 @@ def test_all_servers_gone_remount_from_cache(published, mounts, keys_dir, tmp_pa
 
 
 def test_the_quota_tag_and_root_hash_of_the_configuration_apply(tagged, mounts, keys_dir, tmp_path) -> None:
-    """CVMFS_QUOTA_LIMIT (MB, -1: none), CVMFS_REPOSITORY_TAG and CVMFS_ROOT_HASH given as -o or in a
+    """CVMFS_QUOTA_LIMIT (MiB, -1: none), CVMFS_REPOSITORY_TAG and CVMFS_ROOT_HASH given as -o or in a
     --config file are what the mount uses; its own options (--quota, --tag, --root-hash) come first."""
     repo, trees, server = tagged
     url = f"{server.url}/cvmfs/{FQRN}"
     config = tmp_path / "site.conf"
     config.write_text("CVMFS_QUOTA_LIMIT=7\nCVMFS_REPOSITORY_TAG=v1\n")
     point, result = mounts.mount(url, keys_dir, tmp_path / "cache", "--config", config)
-    assert os.getxattr(point, "user.cache_max") == str(7 * 10**6 // 1024).encode()
+    assert os.getxattr(point, "user.cache_max") == str(7 * 1024).encode()
     assert os.getxattr(point, "user.tag") == b"v1" and b"revision 1 " in result.stdout
     point, _ = mounts.mount(url, keys_dir, tmp_path / "cache", "--config", config, "-o", "CVMFS_QUOTA_LIMIT=-1",
                             "--tag", "v2")
     assert os.getxattr(point, "user.cache_max") == b"-1" and os.getxattr(point, "user.tag") == b"v2"
     point, _ = mounts.mount(url, keys_dir, tmp_path / "cache", "--config", config, "--quota", "9")
-    assert os.getxattr(point, "user.cache_max") == str(9 * 10**6 // 1024).encode()
+    assert os.getxattr(point, "user.cache_max") == str(9 * 1024).encode()
     v2 = os.getxattr(mounts.points[1], "user.root_hash").decode()
     point, result = mounts.mount(url, keys_dir, tmp_path / "cache", "-o", f"CVMFS_ROOT_HASH={v2}")
     assert os.getxattr(point, "user.root_hash").decode() == v2
@@ -442,7 +442,7 @@ def test_a_download_cut_off_by_a_killed_daemon_is_removed_by_the_next_mount(publ
 def test_tight_cache_quota_still_reads_every_file(published, mounts, keys_dir, tmp_path) -> None:
     source, _, server = published
     cache = tmp_path / "cache"
-    # 1 MB: far less than the 26 MB file and the rest of the tree.
+    # 1 MiB: far less than the 26 MB file and the rest of the tree.
     point, _ = mounts.mount(f"{server.url}/cvmfs/{FQRN}", keys_dir, cache, "--quota", "1")
     for _ in range(2):
         assert read_tree(point) == snapshot_tree(source)

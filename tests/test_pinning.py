@@ -63,7 +63,7 @@ def test_pinned_files_stay_cached_and_readable_with_every_server_gone(published,
                       "skipped": 2, "over_limit": 0}  # the missing file and the directory
     unpinned = Path("data/sub/file")
     assert (point / unpinned).read_bytes() == (source / unpinned).read_bytes()
-    # 26 MB through a 1 MB cache: everything that is not pinned (or open) is evicted on the way.
+    # 26 MB through a 1 MiB cache: everything that is not pinned (or open) is evicted on the way.
     assert (point / "data/big.bin").read_bytes() == (source / "data/big.bin").read_bytes()
 
     def cached(path: Path) -> bool:

@@ -6,14 +6,14 @@ import argparse
 import os
 import sys
 
-from ucernvm.client.cache import ObjectCache
+from ucernvm.client.cache import MIB, ObjectCache
 from ucernvm.client.filesystem import SnapshotFilesystem
 from ucernvm.client.fuse.kernel import MountOptions, mount
 from ucernvm.commands.repo import add_source_arguments, open_repository, source_config
 from ucernvm.errors import ConfigError
 
 DEFAULT_CACHE = "/var/lib/ucernvm/cache"
-DEFAULT_QUOTA = 4000  # MB, as cvmfs's CVMFS_QUOTA_LIMIT
+DEFAULT_QUOTA = 4000  # MiB, as cvmfs's CVMFS_QUOTA_LIMIT
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,8 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_source_arguments(parser)
     parser.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing directory")
     parser.add_argument("--cache", default=DEFAULT_CACHE, metavar="DIR", help="cache directory (default: %(default)s)")
-    parser.add_argument("--quota", type=int, metavar="MB",
-                        help="cache size limit in MB (default: CVMFS_QUOTA_LIMIT, else 4000; 0: none)")
+    parser.add_argument("--quota", type=int, metavar="MIB",
+                        help="cache size limit in MiB of 2^20 bytes, as cvmfs counts CVMFS_QUOTA_LIMIT (default: "
+                        "CVMFS_QUOTA_LIMIT, else 4000; 0: none)")
     parser.add_argument("--threads", type=int, default=4, help="threads answering the kernel (default 4)")
     parser.add_argument("--prefetch", metavar="PATH", help="a prefetch list in the snapshot (e.g. /.ucernvm_prefetch): "
                         "the files it names are downloaded ahead in the background, in its order")
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     args.cache, args.mountpoint = os.path.abspath(args.cache), os.path.abspath(args.mountpoint)
     config = source_config(args)
     quota = args.quota if args.quota is not None else config.quota_limit if config is not None else DEFAULT_QUOTA
-    cache = ObjectCache(args.cache, quota * 1_000_000 if quota > 0 else None)  # CVMFS_QUOTA_LIMIT=-1: none
+    cache = ObjectCache(args.cache, quota * MIB if quota > 0 else None)  # CVMFS_QUOTA_LIMIT=-1: none
     repository = open_repository(args, cache=cache, config=config)
     for warning in repository.warnings:
         print(f"ucernvm mount: warning: {warning}", file=sys.stderr)
