@@ -37,6 +37,7 @@ from ucernvm.records import NamedTuple
 
 BREADCRUMB_PREFIX = "cvmfschecksum."
 MIB = 1 << 20  # the unit of a quota (CVMFS_QUOTA_LIMIT): cvmfs multiplies it by 1024 * 1024
+DEFAULT_QUOTA = 4000  # MiB, cvmfs's default CVMFS_QUOTA_LIMIT
 TOUCH_INTERVAL = 60.0  # seconds: how stale the eviction order may be for objects in use
 ROOM_MARGIN = 32 << 20  # bytes freed beyond the object on a full disk, so the next misses fit too
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)

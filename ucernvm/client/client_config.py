@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from ucernvm.client.cache import DEFAULT_QUOTA
 from ucernvm.client.proxies import parse_proxy_list
 from ucernvm.cvmfs.hashing import ContentHash
 from ucernvm.errors import ConfigError, FormatError
@@ -150,7 +151,7 @@ class FetcherConfig(NamedTuple):
     follow_redirects: bool = False
     max_servers: int = 0
     cache_base: str = "/var/lib/cvmfs"
-    quota_limit: int = 4000
+    quota_limit: int = DEFAULT_QUOTA  # MiB; -1: none
     keys_dir: str = "/etc/cvmfs/keys"
     public_key: tuple[str, ...] = ()
     repository_tag: str | None = None

@@ -6,14 +6,13 @@ import argparse
 import os
 import sys
 
-from ucernvm.client.cache import MIB, ObjectCache
+from ucernvm.client.cache import DEFAULT_QUOTA, MIB, ObjectCache
 from ucernvm.client.filesystem import SnapshotFilesystem
 from ucernvm.client.fuse.kernel import MountOptions, mount
 from ucernvm.commands.repo import add_source_arguments, open_repository, source_config
 from ucernvm.errors import ConfigError
 
 DEFAULT_CACHE = "/var/lib/ucernvm/cache"
-DEFAULT_QUOTA = 4000  # MiB, as cvmfs's CVMFS_QUOTA_LIMIT
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -32,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--cache", default=DEFAULT_CACHE, metavar="DIR", help="cache directory (default: %(default)s)")
     parser.add_argument("--quota", type=int, metavar="MIB",
                         help="cache size limit in MiB of 2^20 bytes, as cvmfs counts CVMFS_QUOTA_LIMIT (default: "
-                        "CVMFS_QUOTA_LIMIT, else 4000; 0: none)")
+                        f"CVMFS_QUOTA_LIMIT, else {DEFAULT_QUOTA}; 0: none)")
     parser.add_argument("--threads", type=int, default=4, help="threads answering the kernel (default 4)")
     parser.add_argument("--prefetch", metavar="PATH", help="a prefetch list in the snapshot (e.g. /.ucernvm_prefetch): "
                         "the files it names are downloaded ahead in the background, in its order")
