@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
@@ -72,3 +73,15 @@ def test_a_command_loads_only_its_own_module_and_the_overall_help_lists_all() ->
     for overall in (["--help"], ["--dry-run", "--help"], ["frobnicate"]):
         assert needed_commands(overall) == command_modules()
     assert all(name.encode() in run_cli("--help").stdout for name in command_modules())
+
+
+def test_resign_needs_only_the_master_key_and_the_certificate(legacy, tmp_path) -> None:
+    """As cvmfs_server resign: the repository's own key may live on the publishing machine, apart from the
+    master key."""
+    keys = tmp_path / "master-only"
+    keys.mkdir()
+    for suffix in ("masterkey", "crt"):
+        shutil.copy(legacy.keys / f"{legacy.fqrn}.{suffix}", keys)
+    run_cli("resign", "--repo", legacy.repo, "--name", legacy.fqrn, "--keys", keys, check=True)
+    result = run_cli("repo", "verify", legacy.repo, "--key", legacy.pub)
+    assert result.returncode == 0, result.stderr

@@ -18,7 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--repo", required=True, metavar="REPO_DIR", help="the repository directory")
     parser.add_argument("--name", required=True, metavar="FQRN", help="repository name")
     parser.add_argument("--keys", required=True, metavar="DIR",
-                        help="directory with FQRN.masterkey, FQRN.crt and FQRN.key (which must match the certificate)")
+                        help="directory with FQRN.masterkey and FQRN.crt (FQRN.key, which publishing signs with, "
+                        "is not needed)")
     parser.add_argument("--days", type=int, default=30, help="validity in days (default 30)")
     parser.set_defaults(func=run)
 

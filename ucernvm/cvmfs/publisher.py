@@ -100,16 +100,20 @@ class _Keys:
     def __init__(self, keys_dir: str, fqrn: str) -> None:
         paths = signing.key_paths(keys_dir, fqrn)
         self.signing_key = signing.load_private_key(paths["key"])
-        try:
-            self.certificate_pem = paths["crt"].read_bytes()
-        except FileNotFoundError:
-            raise ConfigError(f"certificate {paths['crt']} does not exist", "create keys with `ucernvm keygen`") from None
+        self.certificate_pem = _read_certificate(paths["crt"])
         self.certificate = trust.load_certificate(self.certificate_pem)
         numbers = self.signing_key.public_key().public_numbers()
         if self.certificate.public_key != trust.PublicKey(numbers.n, numbers.e):
             raise ConfigError(f"{paths['key']} is not the private key of {paths['crt']}")
         self.master_public = trust.load_master_keys(paths["pub"]) if paths["pub"].exists() else []
         self.masterkey_path = paths["masterkey"]
+
+
+def _read_certificate(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"certificate {path} does not exist", "create keys with `ucernvm keygen`") from None
 
 
 @contextmanager
@@ -552,11 +556,13 @@ def _walk(node: SourceNode) -> Iterator[SourceNode]:
 
 
 def resign(repo_dir: str, fqrn: str, keys_dir: str, days: int = whitelist_file.DEFAULT_VALIDITY_DAYS) -> SignedWhitelist:
-    """Write a fresh whitelist for the repository's certificate, valid for ``days``."""
+    """Write a fresh whitelist for the repository's certificate, valid for ``days``: as cvmfs_server resign,
+    with the master key and the certificate alone (the repository's key may be kept elsewhere)."""
     storage = RepositoryStorage(repo_dir)
     if storage.read_named(manifest_file.FILE_NAME) is None:
         raise ConfigError(f"{repo_dir} is not a repository (no .cvmfspublished)")
-    keys = _Keys(keys_dir, fqrn)
-    data = make_whitelist(fqrn, keys.certificate, keys.masterkey_path, days)
+    paths = signing.key_paths(keys_dir, fqrn)
+    certificate = trust.load_certificate(_read_certificate(paths["crt"]))
+    data = make_whitelist(fqrn, certificate, paths["masterkey"], days)
     storage.put_named(whitelist_file.FILE_NAME, data)
     return SignedWhitelist.parse(data)
