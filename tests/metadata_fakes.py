@@ -42,6 +42,7 @@ class Cloud:
     openstack_api: bool = True  # openstack: False leaves only the EC2-compatible tree
     gce_base64: bool = False  # gce: user-data only as base64 in cvm-user-data (amiconfig's attribute)
     gce_encoding: str = ""  # gce: user-data-encoding; "base64": user-data is given in base64 (cloud-init's)
+    gce_ssh_keys: str | None = None  # gce: the ssh-keys attribute as given; None: "cloudinit:<key>" lines
     meta_json: bytes | None = None  # openstack: meta_data.json as given (garbage tests)
     delay: float = 0.0  # seconds before each reply
     instance_id: str = "i-0123456789abcdef0"
@@ -135,8 +136,11 @@ class _Handler(BaseHTTPRequestHandler):
         if headers.get("metadata-flavor") != "Google" and headers.get("x-google-metadata-request") != "True":
             return 403, b"Missing Metadata-Flavor:Google header.", flavor
         items = {"id": cloud.instance_id.encode(), "hostname": cloud.hostname.encode()}
-        if cloud.public_keys:
-            items["attributes/ssh-keys"] = "\n".join(f"fake:{key}" for key in cloud.public_keys).encode()
+        ssh_keys = cloud.gce_ssh_keys
+        if ssh_keys is None:
+            ssh_keys = "\n".join(f"cloudinit:{key}" for key in cloud.public_keys)
+        if ssh_keys:
+            items["attributes/ssh-keys"] = ssh_keys.encode()
         if cloud.user_data is not None:
             if cloud.gce_base64:
                 items["attributes/cvm-user-data"] = base64.b64encode(cloud.user_data)

@@ -484,6 +484,19 @@ def test_gce_needs_and_sends_the_flavor_header(notes: Notes) -> None:
                for _, _, headers in cloud.requests[1:])
 
 
+def test_gce_ssh_keys_for_other_users_are_left_out(notes: Notes) -> None:
+    """cloud-init's GCE datasource gives the OS's default user only the keys named ``cloudinit`` (or
+    for that user, whose name only the OS knows); keys for other accounts are not its to install."""
+    wanted = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIForCloudInit ops@site"
+    keys = (f"alice:ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQForAlice alice@laptop\n"
+            f"cloudinit:{wanted}\n"
+            f"no colon at all\n"
+            f"bob:ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIForBob google-ssh {{\"userName\":\"bob\"}}\n")
+    with metadata_server(Cloud("gce", gce_ssh_keys=keys)) as address:
+        found = network_search(notes, address)
+    assert found.source == "GCE" and found.meta.public_keys == (wanted,)
+
+
 def test_gce_base64_cvm_user_data(notes: Notes) -> None:
     with metadata_server(Cloud("gce", user_data=SECTION, gce_base64=True)) as address:
         found = network_search(notes, address)

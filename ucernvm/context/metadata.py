@@ -23,6 +23,7 @@ from ucernvm.context.media import META_LIMIT, USER_DATA_LIMIT, clean, decode_bas
 from ucernvm.records import NamedTuple
 
 GCE_HEADERS = {"Metadata-Flavor": "Google", "X-Google-Metadata-Request": "True"}  # current and legacy
+GCE_KEY_USER = "cloudinit"  # the ssh-keys user name cloud-init takes as the default user's
 EC2_TOKEN_PATH = "/latest/api/token"
 EC2_TOKEN_TTL = "X-aws-ec2-metadata-token-ttl-seconds"
 EC2_TOKEN = "X-aws-ec2-metadata-token"
@@ -174,9 +175,20 @@ def fetch_gce(client: Client) -> FoundContext | None:
     if user_data is None and instance_id is None:
         return None
     hostname = get("hostname")[1]
-    keys = [line.partition(":")[2] for line in _key_lines(get("attributes/ssh-keys")[1])]  # "user:key"
+    keys = _gce_keys(_key_lines(get("attributes/ssh-keys")[1]), client.log)
     meta = MetaData(_text(instance_id), _text(hostname), tuple(filter(None, (clean(key, 16384) for key in keys))))
     return FoundContext(GCE, user_data or b"", meta)
+
+
+def _gce_keys(lines: list[str], log: Log) -> list[str]:
+    """The keys of ``user:key`` lines that cloud-init's GCE datasource gives the OS's default user: those
+    for ``cloudinit``. It also takes those named for the default user, but that name is in the OS's
+    cloud-init configuration, which the context is read before; keys for any other account never
+    belonged to the default user."""
+    keys = [key for user, colon, key in (line.partition(":") for line in lines) if colon and user == GCE_KEY_USER]
+    if len(keys) < len(lines):
+        log(f"GCE ssh-keys: {len(lines) - len(keys)} not for {GCE_KEY_USER!r} left out, as cloud-init leaves them")
+    return keys
 
 
 def _gce_decoded(user_data: bytes, encoding: bytes | None, warn: Log) -> bytes:
