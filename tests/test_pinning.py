@@ -28,6 +28,10 @@ def published(tmp_path: Path, keys_dir: Path) -> Iterator[tuple[Path, Path, Stra
     os.unlink(source / "etc" / "variant")
     (source / "lib").mkdir()
     (source / "lib" / "hello-link").symlink_to("/bin/../bin/hello")  # absolute: from the OS root
+    (source / "opt" / "x86_64").mkdir(parents=True)
+    (source / "opt" / "x86_64" / "tool").write_text("x86_64\n")
+    (source / "lib" / "tool").symlink_to("/opt/$(UCERNVM_PIN_ARCH)/tool")  # variant symlinks, expanded
+    (source / "lib" / "hello-default").symlink_to("../$(UCERNVM_PIN_UNSET:-bin)/hello")
     (source / PIN_LIST).write_text("# what the OS needs without a network\n" + "".join(f"/{path}\n" for path in PINNED)
                                    + "/no/such/file\n/etc\n")
     (source / "big.pinfiles").write_text("/data/big.bin\n/etc/hostname\n")  # 26 MB: more than half of 1 MB
@@ -39,9 +43,11 @@ def published(tmp_path: Path, keys_dir: Path) -> Iterator[tuple[Path, Path, Stra
 
 def test_symlinks_are_followed_inside_the_os_tree(published, keys_dir: Path, tmp_path: Path) -> None:
     repository = open_repo(tmp_path / "stratum" / FQRN, keys_dir)
-    pinner = Pinner(repository, "/" + PIN_LIST)
+    pinner = Pinner(repository, "/" + PIN_LIST, {"UCERNVM_PIN_ARCH": "x86_64"})
     for path, target in PINNED.items():
         assert pinner.resolve("/" + path) == "/" + target
+    assert pinner.resolve("/lib/tool") == "/opt/x86_64/tool"  # as the mount expands them
+    assert pinner.resolve("/lib/hello-default") == "/bin/hello"
     assert pinner.resolve("/data/sub/../sub/./file") == "/data/sub/file"
     assert pinner.resolve("/no/such/file") is None
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import bisect
 import errno
 import os
-import re
 import resource
 import stat
 import threading
@@ -33,6 +32,7 @@ from ucernvm.client.pinning import Pinner
 from ucernvm.client.prefetch import Prefetcher, ReadOrder
 from ucernvm.client.repository import Repository
 from ucernvm.client.sinks import PIECE_SIZE
+from ucernvm.client.variant_symlinks import expand_variant_symlink
 from ucernvm.cvmfs.catalog import Catalog, Chunk, DirectoryEntry, Flag, join
 from ucernvm.cvmfs.hashing import ContentHash
 from ucernvm.cvmfs.manifest import META_INFO_MAX
@@ -44,7 +44,6 @@ if TYPE_CHECKING:
     from ucernvm.client.client_config import FetcherConfig
     from ucernvm.client.fetcher import Counters
 
-_VARIANT = re.compile(r"\$\(([^)]*)\)")
 # Descriptors the daemon may hold, as cvmfs's CVMFS_NFILES: the kernel's handles (fuse/handles.py)
 # keep the descriptors of their objects and chunks, far beyond the default soft limit of 1024.
 NFILES = 131072
@@ -57,16 +56,6 @@ _TRANSFER_XATTRS: dict[str, Callable[[Counters, FetcherConfig], str]] = {
     "user.timeout": lambda _, config: f"{config.timeout:g}",
     "user.timeout_direct": lambda _, config: f"{config.timeout_direct:g}",
 }
-
-
-def expand_variant_symlink(target: str, environment: dict[str, str]) -> str:
-    """cvmfs's variant symlinks: ``$(VAR)`` and ``$(VAR:-default)`` from the daemon's environment."""
-
-    def value(match: re.Match[str]) -> str:
-        name, _, default = match.group(1).partition(":-")
-        return environment.get(name, default)
-
-    return _VARIANT.sub(value, target)
 
 
 # Entries whose catalog size is not their stat size: a device's is its number, a symlink's its target's length.
@@ -183,7 +172,8 @@ class SnapshotFilesystem(Operations):
         self.repository = repository
         self.read_order = ReadOrder()
         self._prefetcher = Prefetcher(repository, prefetch_list, boot_layer=boot_layer) if prefetch_list else None
-        self._pinner = Pinner(repository, pin_list, os_root) if pin_list else None
+        self._environment = dict(os.environ)  # what variant symlinks expand from
+        self._pinner = Pinner(repository, pin_list, self._environment, os_root) if pin_list else None
         self.readahead_chunks = readahead_chunks
         self._fetch_threads = fetch_threads
         self._catalog_threads = catalog_threads
@@ -193,7 +183,6 @@ class SnapshotFilesystem(Operations):
         self._last_ino = ROOT_INO  # inode numbers are handed out in blocks, one per directory (_Children)
         self._blocks: list[int] = []  # the first inode of each block, ascending
         self._block_owners: list[tuple[_Node, _Children]] = []  # the directory each block numbers the entries of
-        self._environment = dict(os.environ)
         root = repository.entry("")
         self._nodes: dict[int, _Node] = {ROOT_INO: _Node("", root, self._attributes(ROOT_INO, root), None)}
         self._listings_ahead = ListingsAhead(self._listing_ahead)

@@ -3,7 +3,8 @@
 A snapshot's OS may list at its root, in ``.ucernvm_pinfiles``, files that must never leave the cache:
 shells, coreutils, network scripts, libc (cernvm-config's list), one absolute path of the OS per line,
 ``#`` comments. The mount downloads them in the background, one after the other (they are not what the
-boot waits for), following symlinks inside the OS tree as the OS would, and pins their objects for its
+boot waits for), following symlinks inside the OS tree as the OS would (variant symlinks expanded as the
+mount expands them), and pins their objects for its
 whole life: the cache's quota evicts every other object first. Pinned bytes stop at half the quota, so
 a list larger than the cache cannot leave the OS's own reads without room; what is left out is counted.
 """
@@ -12,9 +13,11 @@ from __future__ import annotations
 
 import os
 from collections import deque
+from collections.abc import Mapping
 
 from ucernvm.client.prefetch import BackgroundWalk, parse_prefetch_list
 from ucernvm.client.repository import Repository, normalize_path
+from ucernvm.client.variant_symlinks import expand_variant_symlink
 from ucernvm.errors import UcernvmError
 
 PIN_LIST = ".ucernvm_pinfiles"
@@ -26,10 +29,12 @@ class Pinner(BackgroundWalk):
 
     thread_name = "pin"
 
-    def __init__(self, repository: Repository, list_path: str, os_root: str = "") -> None:
+    def __init__(self, repository: Repository, list_path: str, environment: Mapping[str, str],
+                 os_root: str = "") -> None:
         super().__init__()
         self.repository = repository
         self.list_path = list_path
+        self.environment = environment  # what the mount expands variant symlinks from
         self.os_root = os_root  # the repository directory the list's absolute paths are in
         self.listed = 0
         self.pinned = 0  # files whose every object is cached and pinned
@@ -96,9 +101,10 @@ class Pinner(BackgroundWalk):
                 links += 1
                 if links > MAX_SYMLINKS:
                     return None
-                if entry.symlink.startswith("/"):
+                target = expand_variant_symlink(entry.symlink, self.environment)
+                if target.startswith("/"):
                     resolved = []
-                parts.extendleft(reversed([piece for piece in entry.symlink.split("/") if piece]))
+                parts.extendleft(reversed([piece for piece in target.split("/") if piece]))
                 continue
             resolved.append(part)
         return self._in_tree(resolved)
