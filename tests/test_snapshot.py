@@ -4,11 +4,15 @@ disk holds (the pin, aux/cvmfs_force_tag), and what it leaves there."""
 from __future__ import annotations
 
 import io
+import os
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from test_cache import fill
 from test_publish import FQRN, publish
 from ucernvm.boot.log import BootLog
 from ucernvm.boot.pipeline import Stage, run_stages
@@ -119,3 +123,43 @@ def test_a_force_file_the_disk_cannot_read_is_reported_and_left_alone(tmp_path: 
     (warning,) = state.warnings
     assert warning.startswith("cannot read aux/cvmfs_force_tag on the scratch disk (Is a directory): the machine stays")
     assert (scratch / FORCE_FILE).is_dir()
+
+
+@pytest.fixture
+def small_scratch(tmp_path: Path) -> Iterator[Path]:
+    """The scratch disk a 2 MiB file system of its own, to fill."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs to fill needs root")
+    scratch = tmp_path / "root" / "root.rw"
+    scratch.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(scratch)], check=True)
+    try:
+        yield scratch
+    finally:
+        subprocess.run(["umount", "-l", str(scratch)], check=True)
+
+
+def test_a_forced_move_on_a_full_disk_boots_the_forced_tag_without_a_pin(tmp_path: Path, keys_dir: Path, served,
+                                                                           small_scratch: Path) -> None:
+    """The forced snapshot boots (verified, the writable layer rebased onto it) and the warning says so; the
+    old pin and the force file stay, so that the next boot with room moves again and pins it."""
+    url, hashes = served
+    boot(tmp_path, keys_dir, url, tag="v1")
+    (small_scratch / FORCE_FILE).write_text("v2\n")
+    shutil.rmtree(small_scratch / "cache")  # nothing the cache could evict to make room
+    fill(small_scratch / "persistent")
+    state = boot(tmp_path, keys_dir, url)
+    assert [record.status for record in state.stages] == ["ok", "ok"]
+    assert state.facts["snapshot"]["root_hash"] == hashes["v2"] and not state.facts["snapshot"]["pinned"]
+    *cache, rebase, warning = state.warnings  # each of them what the full disk costs
+    assert cache and all("the disk of the cache" in line and "is full" in line for line in cache)
+    assert rebase.startswith("rebase of the writable layer stopped: [Errno 28] No space left on device")
+    assert warning == (f"{PIN_FILE} not written on the scratch disk (No space left on device): this boot runs snapshot "
+                       f"revision {state.facts['snapshot']['revision']} {hashes['v2']} (v2) without a pin; "
+                       f"{FORCE_FILE} is kept, so the next boot moves to it again")
+    assert pin(state) == [hashes["v1"], "v1"] and (small_scratch / FORCE_FILE).read_text() == "v2\n"
+
+    (small_scratch / "persistent" / "user-files").unlink()
+    later = boot(tmp_path, keys_dir, url)
+    assert later.facts["snapshot"]["root_hash"] == hashes["v2"] and pin(later) == [hashes["v2"], "v2"]
+    assert not (small_scratch / FORCE_FILE).exists() and not later.warnings

@@ -110,7 +110,7 @@ def load_bulk_hashes(state: BootState) -> None:
 
 
 def snapshot_stage(state: BootState) -> None:
-    config, scratch, system = state.config, state.scratch, state.system
+    config, scratch = state.config, state.scratch
     tag = config.tag or None
     pinned_hash, pinned_tag = read_pin(state)
     forced = read_forced_tag(state)
@@ -153,22 +153,7 @@ def snapshot_stage(state: BootState) -> None:
     state.repository = repository
     label = tag or _tag_of(repository)
     rebase_if_moved(state, pinned_hash.hex if pinned_hash is not None else None)
-    wrote = []
-    if root_hash is None or forced:
-        system.do(MakeDirs(str(scratch / "aux")))
-        system.do(WriteFile(str(scratch / PIN_FILE), f"{repository.root_hash}\n{label}\n".encode()))
-        wrote.append("the pin")
-    if forced:
-        system.do(RemoveFile(str(scratch / FORCE_FILE)))
-    if not newest or revision > newest["revision"]:
-        record = {"revision": revision, "root_hash": repository.root_hash.hex, "tag": label}
-        system.do(WriteFile(str(scratch / NEWEST_FILE), json.dumps(record).encode()))
-        wrote.append("the newest revision booted")
-    if wrote:
-        # A machine switched off right after its first boot must boot the same snapshot next time and still
-        # refuse older ones; the file system's own commit comes seconds later. (Also flushes the context that
-        # a first boot saved in the storage stage.)
-        system.do(Sync(" and ".join(wrote) + " on the scratch disk"))
+    _record_boot(state, label, root_hash is None or bool(forced), bool(forced), newest)
     state.facts["snapshot"] = {
         "repository": repository.fqrn,
         "revision": revision,
@@ -179,6 +164,52 @@ def snapshot_stage(state: BootState) -> None:
         "offline": repository.offline,
     }
     state.log.info(f"snapshot: {repository.fqrn} revision {revision} {repository.root_hash} ({label or 'untagged'})")
+
+
+def _record_boot(state: BootState, label: str, pin: bool, forced: bool, newest: dict | None) -> None:
+    """Pin the snapshot booted (when *pin*: a first boot, a lost pin, a move), consume the force file, and
+    record the newest revision booted, flushed to the disk at once."""
+    repository, scratch, system = state.repository, state.scratch, state.system
+    wrote = []
+    if pin:
+        if not _write_pin(state, label, forced):
+            return  # a full or failing disk: nothing more is asked of it this boot
+        wrote.append("the pin")
+        if forced:
+            system.do(RemoveFile(str(scratch / FORCE_FILE)))
+    if not newest or repository.revision > newest["revision"]:
+        record = {"revision": repository.revision, "root_hash": repository.root_hash.hex, "tag": label}
+        if state.do_or_warn(f"{NEWEST_FILE} (the newest revision booted) on the scratch disk",
+                            WriteFile(str(scratch / NEWEST_FILE), json.dumps(record).encode())):
+            wrote.append("the newest revision booted")
+    if wrote:
+        # A machine switched off right after its first boot must boot the same snapshot next time and still
+        # refuse older ones; the file system's own commit comes seconds later. (Also flushes the context that
+        # a first boot saved in the storage stage.)
+        system.do(Sync(" and ".join(wrote) + " on the scratch disk"))
+
+
+def _write_pin(state: BootState, label: str, forced: bool) -> bool:
+    """Write ``aux/cvmfs_snapshot``; where a full or failing disk refuses it, a warning that says which
+    snapshot boots without it and what the next boot does. Whether it was written.
+
+    The snapshot chosen still boots, as in µCernVM, which writes the pin once the new snapshot is mounted
+    and boots it whether or not the write succeeds: it is verified, and the writable layer was rebased onto
+    it already; the old pin's snapshot under that layer would show again files the OS had deleted. The
+    old pin stays whole (the write replaces it only when complete) and so does the force file: the next
+    boot moves again, finds the layer rebased, and pins the snapshot where there is room."""
+    repository, scratch = state.repository, state.scratch
+    try:
+        state.system.do(MakeDirs(str(scratch / "aux")))
+        state.system.do(WriteFile(str(scratch / PIN_FILE), f"{repository.root_hash}\n{label}\n".encode()))
+    except OSError as error:
+        booted = f"revision {repository.revision} {repository.root_hash} ({label or 'untagged'})"
+        after = (f"{FORCE_FILE} is kept, so the next boot moves to it again" if forced
+                 else "the next boot chooses its snapshot afresh")
+        state.warn(f"{PIN_FILE} not written on the scratch disk ({error.strerror or error}): this boot runs "
+                   f"snapshot {booted} without a pin; {after}")
+        return False
+    return True
 
 
 def _tag_of(repository: Repository) -> str:
