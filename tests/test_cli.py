@@ -85,3 +85,11 @@ def test_resign_needs_only_the_master_key_and_the_certificate(legacy, tmp_path) 
     run_cli("resign", "--repo", legacy.repo, "--name", legacy.fqrn, "--keys", keys, check=True)
     result = run_cli("repo", "verify", legacy.repo, "--key", legacy.pub)
     assert result.returncode == 0, result.stderr
+
+
+def test_repo_ls_takes_the_path_before_or_after_the_options(legacy_pristine) -> None:
+    source, key, now = legacy_pristine.repo, legacy_pristine.pub, int(legacy_pristine.now.timestamp())
+    before = run_cli("repo", "ls", source, "/needs_migration", "--key", key, "--now", now, check=True).stdout
+    after = run_cli("repo", "ls", source, "--key", key, "--now", now, "/needs_migration", check=True).stdout
+    root = run_cli("repo", "ls", source, "--key", key, "--now", now, check=True).stdout
+    assert before == after != root

@@ -6,6 +6,7 @@ import argparse
 import datetime
 import stat
 import sys
+from collections.abc import Sequence
 
 from ucernvm.client.cache import ObjectCache
 from ucernvm.client.repository import Repository, normalize_path
@@ -42,12 +43,30 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
                         "(repeatable, before -o; an HTTP SOURCE only)")
 
 
+class _IntermixedParser(argparse.ArgumentParser):
+    """Positionals before, between or after the options. argparse (3.11) matches SOURCE and the optional
+    PATH of ``ls`` in one go, PATH taking nothing when options follow SOURCE, and then refuses a PATH
+    written after the options."""
+
+    _intermixing = False
+
+    def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                         namespace: argparse.Namespace | None = None) -> tuple[argparse.Namespace, list[str]]:
+        if self._intermixing:  # the two passes of the intermixed parse itself
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     common = argparse.ArgumentParser(add_help=False)
     add_source_arguments(common)
 
     parser = subparsers.add_parser("repo", help="verify, list and read a repository", description=__doc__)
-    actions = parser.add_subparsers(title="actions", metavar="ACTION", required=True)
+    actions = parser.add_subparsers(title="actions", metavar="ACTION", required=True, parser_class=_IntermixedParser)
 
     verify = actions.add_parser(
         "verify",
