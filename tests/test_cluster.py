@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import http.client
 import json
+import socket
 import threading
 import time
 
@@ -119,6 +121,47 @@ def test_unknown_clusters_methods_and_paths(server: OnlineServer, clock: Clock, 
     pin = service.add_cluster()
     clock.now += 24 * 3600 + 1  # clusters expire after 24 hours
     assert api(server, "GET", f"clusters/{pin}")[0] == 404
+
+
+def test_a_chunked_body_is_read_whole(server: OnlineServer, service: OnlineService) -> None:
+    """HTTP/1.1 clients that do not know a body's length in advance send it in chunks; the service reads
+    them (size lines with extensions, trailers) and the connection serves the next request too."""
+    pin = service.add_cluster()
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        pieces = [b'{"key": "master_ip", ', b'"value": "10.0.0.5"}']
+        connection.request("POST", f"/api/v1/clusters/{pin}/keys", iter(pieces),
+                           {"Content-Type": "application/json"}, encode_chunked=True)
+        reply = connection.getresponse()
+        assert (reply.status, json.loads(reply.read())) == (201, {"key": "master_ip", "value": "10.0.0.5"})
+        raw = (f"PATCH /api/v1/clusters/{pin}/keys/master_ip HTTP/1.1\r\nHost: x\r\n"
+               "Transfer-Encoding: chunked\r\n\r\n"
+               '6;note=x\r\n{"valu\r\nf\r\ne": "10.0.0.7"}\r\n0\r\nX-Trailer: 1\r\n\r\n').encode()
+        connection.sock.sendall(raw)
+        reply = http.client.HTTPResponse(connection.sock)
+        reply.begin()
+        assert (reply.status, reply.read()) == (200, b"master_ip: 10.0.0.7")
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("coding, chunks, status", [
+    ("chunked", b"zz\r\n{}\r\n0\r\n\r\n", 400),  # not a hexadecimal size
+    ("chunked", b"0x2\r\n{}\r\n0\r\n\r\n", 400),
+    ("chunked", b"2\r\n{}XX0\r\n\r\n", 400),  # a chunk longer than its size
+    ("chunked", b"10001\r\n", 413),  # more than the service takes
+    ("gzip, chunked", b"2\r\n{}\r\n0\r\n\r\n", 501),
+])
+def test_a_bad_or_oversized_chunked_body_is_refused(server: OnlineServer, service: OnlineService,
+                                                      coding: str, chunks: bytes, status: int) -> None:
+    pin = service.add_cluster()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(f"POST /api/v1/clusters/{pin}/keys HTTP/1.1\r\nHost: x\r\n"
+                     f"Transfer-Encoding: {coding}\r\n\r\n".encode() + chunks)
+        reply = http.client.HTTPResponse(sock)
+        reply.begin()
+        assert reply.status == status and reply.getheader("Connection") == "close"
+    assert service.clusters("GET", f"/api/v1/clusters/{pin}/keys", b"", "")[2] == b"[]"
 
 
 # --- pairing ------------------------------------------------------------------------------------

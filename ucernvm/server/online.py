@@ -17,6 +17,8 @@ It answers as the real service does (``cernvm-online``: ``cvmo/vm/views.py``, ``
   an unknown cluster, 400 for a bad body); ``GET``/``PUT``/``PATCH``/``DELETE
   clusters/<pin>/keys/<key>``, answered as ``text/plain`` ``"<key>: <value>"`` unless the client
   accepts only JSON. Clusters expire after 24 hours, as documented.
+- Request bodies (up to 64 KiB) come with a ``Content-Length`` or in chunks
+  (``Transfer-Encoding: chunked``); a malformed one is answered 400 and ends the connection.
 
 Definitions file (JSON; paths relative to it)::
 
@@ -46,7 +48,7 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from ucernvm.context.online import checksum, encrypt, needs_secret, salt
@@ -58,7 +60,10 @@ CONTEXT_PATHS = ("/api/context", "/api/fetch", "/vm/api/context", "/vm/api/fetch
 CLUSTER_PIN_CHARS = "abcdefghijklmnopqrstuvwxyz1234567890"
 CLUSTER_PIN_LENGTH = 12
 MAX_BODY = 64 * 1024
+MAX_LINE = 1024  # a chunk size or trailer line
+MAX_TRAILERS = 32
 
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,8})[ \t]*(?:;.*)?")
 _CLUSTERS = re.compile(r"^/api/v1/clusters(?:/([a-z0-9]{12})(/keys(?:/([a-zA-Z0-9_-]+))?)?)?$")
 _NAMESPACE = uuidlib.UUID("6f1d2a34-8c4e-4b7a-9a51-0c3e5d7f9b20")  # names -> stable context UUIDs
 _random = random.SystemRandom()
@@ -409,6 +414,29 @@ def _wants_json(accept: str) -> bool:
 # --- HTTP ---------------------------------------------------------------------------------------
 
 
+def _read_chunked(stream: BinaryIO) -> bytes | Reply:
+    """A chunked body: hexadecimal size lines (extensions after ';' ignored), each chunk ended by CRLF,
+    a zero size, then trailer lines up to an empty one."""
+    body = bytearray()
+    while True:
+        size = _CHUNK_SIZE.fullmatch(stream.readline(MAX_LINE).rstrip(b"\r\n"))
+        if size is None:
+            return _text(400, "Bad Request\n")
+        length = int(size.group(1), 16)
+        if length == 0:
+            break
+        if len(body) + length > MAX_BODY:
+            return _text(413, "Request Entity Too Large\n")
+        chunk = stream.read(length)
+        if len(chunk) < length or stream.read(2) != b"\r\n":
+            return _text(400, "Bad Request\n")
+        body += chunk
+    for _ in range(MAX_TRAILERS):
+        if stream.readline(MAX_LINE).rstrip(b"\r\n") == b"":
+            return bytes(body)
+    return _text(400, "Bad Request\n")
+
+
 class OnlineServer:
     """Serves an :class:`OnlineService` over HTTP from a background thread.
 
@@ -494,15 +522,11 @@ class _Handler(BaseHTTPRequestHandler):
         service = self.server.online.service
         split = urlsplit(self.path)
         path = unquote(split.path)
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            length = -1
-        if not 0 <= length <= MAX_BODY:
-            self.close_connection = True  # the body is not read: the connection cannot be reused
-            self._send(_text(413, "Request Entity Too Large\n") if length > 0 else _text(400, "Bad Request\n"))
+        body = self._body()
+        if not isinstance(body, bytes):
+            self.close_connection = True  # the body was not read to its end: the connection cannot be reused
+            self._send(body)
             return
-        body = self.rfile.read(length) if length > 0 else b""
         if path in CONTEXT_PATHS and self.command == "GET":
             query = {name: values[-1] for name, values in parse_qs(split.query, keep_blank_values=True).items()}
             forwarded = self.headers.get("X-Forwarded-For")
@@ -523,6 +547,22 @@ class _Handler(BaseHTTPRequestHandler):
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
 
+    def _body(self) -> bytes | Reply:
+        """The request's body, by its chunks (which take precedence) or its Content-Length; an error reply
+        when it is malformed or larger than the service takes."""
+        coding = self.headers.get("Transfer-Encoding")
+        if coding is not None:
+            if coding.strip().lower() != "chunked":  # gzip and the like: not the service's to undo
+                return _text(501, "Not Implemented\n")
+            return _read_chunked(self.rfile)
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if not 0 <= length <= MAX_BODY:
+            return _text(413, "Request Entity Too Large\n") if length > 0 else _text(400, "Bad Request\n")
+        return self.rfile.read(length) if length > 0 else b""
+
     def _send(self, reply: Reply) -> None:
         status, content_type, body = reply
         self.send_response(status, HTTPStatus(status).phrase)
@@ -530,6 +570,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         # uncache_response: the answers change with every claim.
         self.send_header("Cache-Control", "no-cache, no-store, must-revalidate, max-age=0")
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(body)
 
