@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from helpers import PROJECT, run_cli
-from ucernvm.cli import command_modules, needed_commands
+from ucernvm.cli import command_modules, main, needed_commands
 
 
 def test_every_command_has_help() -> None:
@@ -93,3 +93,19 @@ def test_repo_ls_takes_the_path_before_or_after_the_options(legacy_pristine) -> 
     after = run_cli("repo", "ls", source, "--key", key, "--now", now, "/needs_migration", check=True).stdout
     root = run_cli("repo", "ls", source, "--key", key, "--now", now, check=True).stdout
     assert before == after != root
+
+
+@pytest.mark.parametrize("file_system_type,unmounted", [
+    ("fuse.cvmfs", True), ("fuse", True), ("fuseblk", True), ("fuseblk.ntfs", True),
+    ("fusectl", False), ("ext4", False),
+])  # fmt: skip
+def test_umount_takes_the_fuse_mounts_fusermount_takes(monkeypatch, capsys, file_system_type: str,
+                                                       unmounted: bool) -> None:
+    from ucernvm.commands import umount
+
+    calls: list[str] = []
+    monkeypatch.setattr(umount, "mounted_file_system", lambda path: ("0:42", file_system_type))
+    monkeypatch.setattr(umount, "unmount", lambda path, lazy: calls.append(path))
+    code = main(["umount", "/mnt/x"])
+    assert (code, calls) == ((0, ["/mnt/x"]) if unmounted else (1, []))
+    assert unmounted or f"holds a {file_system_type} file system" in capsys.readouterr().err

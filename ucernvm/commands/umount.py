@@ -8,6 +8,9 @@ import os
 from ucernvm.client.fuse.kernel import mounted_file_system, unmount
 from ucernvm.errors import MountError
 
+# What fusermount -u unmounts: fuse and fuseblk mounts, with a subtype (fuse.cvmfs, fuseblk.ntfs) or without.
+FUSE_TYPES = ("fuse", "fuseblk")
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -29,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     if mounted is None:
         raise MountError(f"{args.mountpoint} is not a mount point")
     file_system_type = mounted[1]
-    if file_system_type.split(".", 1)[0] != "fuse":
+    if file_system_type.split(".", 1)[0] not in FUSE_TYPES:
         raise MountError(f"{path} holds a {file_system_type} file system, not a snapshot mounted by ucernvm",
                          hint="umount(8) unmounts other file systems")
     unmount(path, lazy=args.lazy)
