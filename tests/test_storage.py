@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import io
@@ -10,12 +11,15 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from ucernvm.boot import storage
 from ucernvm.boot.blockdev import FileSystem, probe_path
 from ucernvm.boot.log import BootLog
+from ucernvm.boot.partition import read_table
 from ucernvm.boot.pipeline import BootFailure, Stage, run_stages
 from ucernvm.boot.state import BootState
 from ucernvm.boot.storage import BOOT_LABEL, LAYOUT, storage_stage
@@ -407,24 +411,44 @@ def test_a_full_scratch_disk_is_named_in_the_report(rig: Rig) -> None:
     assert warning.startswith(f"the scratch disk {device}p1 is full: ") and "/mnt/.rw/persistent" in warning
 
 
-def test_a_resize_that_fails_is_a_warning_and_the_boot_goes_on(rig: Rig, tmp_path: Path,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    """As µCernVM: the scratch disk is mounted again as it was and the request is dropped, instead of a
-    machine that fails the same way at every boot."""
-    backing = rig.disk("empty", 256 * MIB)
-    device = rig.attach(backing)
-    before = _grown_after_a_resize_request(rig, backing, device, 512 * MIB)
+def _failing_resize2fs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, device: str) -> str:
+    """A resize2fs that refuses the file system; the error the boot reports."""
     tools = tmp_path / "bin"
     tools.mkdir()
     (tools / "resize2fs").write_text("#!/bin/sh\necho 'resize2fs: Filesystem has unsupported feature(s)' >&2\nexit 1\n")
     (tools / "resize2fs").chmod(0o755)
     monkeypatch.setenv("PATH", f"{tools}:{os.environ['PATH']}")
+    return "resize2fs failed (1): resize2fs: Filesystem has unsupported feature(s)"
+
+
+def _unreadable_partition_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, device: str) -> str:
+    """A disk that fails the resize's read of its partition table; the error the boot reports."""
+    calls = []
+
+    def failing(*args: object, **kwargs: object) -> object:  # the survey reads it, the resize meets a failing disk
+        calls.append(args)
+        if len(calls) > 1:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return read_table(*args, **kwargs)
+
+    monkeypatch.setattr(storage, "read_table", failing)
+    return f"cannot read the partition table of {device}: Input/output error"
+
+
+@pytest.mark.parametrize("fault", [_failing_resize2fs, _unreadable_partition_table])
+def test_a_resize_that_fails_is_a_warning_and_the_boot_goes_on(rig: Rig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                fault: Callable[..., str]) -> None:
+    """As µCernVM: the scratch disk is mounted again as it was and the request is dropped, instead of a
+    machine that fails the same way at every boot."""
+    backing = rig.disk("empty", 256 * MIB)
+    device = rig.attach(backing)
+    before = _grown_after_a_resize_request(rig, backing, device, 512 * MIB)
+    error = fault(tmp_path, monkeypatch, device)
 
     state = rig.boot([device])
     assert_scratch(state)
     assert (state.scratch / "persistent" / "kept").read_text() == "data"
     assert os.statvfs(state.scratch).f_blocks == before
     assert not (state.scratch / "aux" / "resize").exists()
-    [warning] = state.warnings
-    assert warning.startswith("aux/resize: the scratch file system was not grown: resize2fs failed (1): ")
-    assert "unsupported feature" in state.facts["storage"]["resized"]["error"]
+    assert state.warnings == [f"aux/resize: the scratch file system was not grown: {error}"]
+    assert state.facts["storage"]["resized"]["error"] == error

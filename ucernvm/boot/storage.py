@@ -491,8 +491,11 @@ def _grown_partition(view: DiskView, number: int, sysfs: str) -> tuple[Partition
     """The disk's table with partition *number* grown up to the end of the disk (a GPT's backup moved
     there first), the partition, and the bytes it gained; None if the table needs no change."""
     disk = read_disk(sysfs, view.disk.name) or view.disk
-    with DeviceReader(view.path) as device:
-        table = read_table(device.reader(), disk.size, disk.sector_size, view.path)
+    try:
+        with DeviceReader(view.path) as device:
+            table = read_table(device.reader(), disk.size, disk.sector_size, view.path)
+    except OSError as error:  # a failing disk: the resize is dropped, as when the table cannot be written
+        raise StorageError(f"cannot read the partition table of {view.path}: {error.strerror}") from None
     if table is None:
         raise StorageError(f"{view.path} lost its partition table")
     moved = table.relocate_backup()
