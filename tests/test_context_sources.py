@@ -245,6 +245,20 @@ def test_opennebula_user_data_as_cloud_init_reads_it(tmp_path: Path, notes: Note
     assert not notes.warnings
 
 
+@pytest.mark.parametrize("variables, hostname", [
+    ("SET_HOSTNAME='set'\nHOSTNAME='plain'\nETH0_IP='10.1.2.3'\n", "set"),
+    ("HOSTNAME='plain'\nPUBLIC_IP='192.0.2.7'\nETH0_IP='10.1.2.3'\n", "plain"),
+    ("IP_PUBLIC='192.0.2.8'\nETH0_IP='10.1.2.3'\n", "192.0.2.8"),
+    ("ETH0_IP='10.1.2.3'\n", "10.1.2.3"),  # most templates: addresses, no name
+    ("SET_HOSTNAME=''\nETH0_IP='10.1.2.3'\n", ""),  # the first variable present counts, empty or not
+])
+def test_opennebula_hostname_as_cloud_init_picks_it(tmp_path: Path, variables: str, hostname: str) -> None:
+    """cloud-init's OpenNebula datasource names the machine by the first of SET_HOSTNAME, HOSTNAME,
+    PUBLIC_IP, IP_PUBLIC and ETH0_IP in context.sh; the seed the OS's cloud-init gets instead says the same."""
+    found = read_opennebula(tree(tmp_path / "one", {"context.sh": variables.encode()}), DEVICE, ignore)
+    assert found.meta.hostname == hostname
+
+
 def test_vsphere_azure_and_nocloud_trees(tmp_path: Path, notes: Notes) -> None:
     assert read_vsphere(tree(tmp_path / "vs", {"user-data.txt": b"vs"}), DEVICE, ignore).user_data == b"vs"
     udf = BlockDevice("/dev/sr1", "udf", "")

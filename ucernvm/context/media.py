@@ -170,6 +170,8 @@ def _yaml_scalar(text: str) -> str:
 # ------------------------------------------------------------------------------------- context.sh
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# cloud-init's OpenNebula datasource names the machine by the first of these that context.sh sets.
+HOSTNAME_VARIABLES = ("SET_HOSTNAME", "HOSTNAME", "PUBLIC_IP", "IP_PUBLIC", "ETH0_IP")
 _DECLARATIONS = {"export", "readonly", "declare", "local", "typeset"}
 
 
@@ -279,7 +281,7 @@ def read_opennebula(root: Path, device: BlockDevice, warn: Warn) -> FoundContext
     if data is None:
         return None
     variables = parse_context_sh(data.decode("utf-8", "replace"))
-    meta = MetaData(hostname=clean(variables.get("SET_HOSTNAME") or variables.get("HOSTNAME")),
+    meta = MetaData(hostname=clean(next((variables[name] for name in HOSTNAME_VARIABLES if name in variables), "")),
                     public_keys=_keys((variables.get("SSH_KEY") or variables.get("SSH_PUBLIC_KEY", "")).splitlines()))
     return FoundContext(OPEN_NEBULA, _opennebula_user_data(variables, warn), meta, static_network(variables, warn),
                         device=device.path)
