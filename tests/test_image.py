@@ -103,13 +103,23 @@ def test_cpio_round_trip_with_gnu_cpio(tmp_path: Path) -> None:
 
 def test_values_a_newc_header_cannot_hold_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """newc fields are 8 hex digits: a ninth would shift every later field and corrupt the archive."""
-    with pytest.raises(ValueError, match="mtime 4294967296"):
+    with pytest.raises(ConfigError, match="mtime 4294967296"):
         cpio.write(sample_entries(tmp_path), io.BytesIO(), mtime=1 << 32)
     cpio.write(sample_entries(tmp_path), io.BytesIO(), mtime=(1 << 32) - 1)  # 2106-02-07, the last one
     monkeypatch.setenv("SOURCE_DATE_EPOCH", str(1 << 32))
     with pytest.raises(ConfigError, match="SOURCE_DATE_EPOCH=4294967296 is after"):
         build_image(BuildOptions(output=tmp_path / "image"))
     assert not (tmp_path / "image").exists()
+
+
+def test_a_file_of_4_gib_is_refused_by_its_names(tmp_path: Path) -> None:
+    big = tmp_path / "big.so"
+    with big.open("wb") as sparse:
+        sparse.truncate(1 << 32)
+    with pytest.raises(ConfigError) as refused:
+        cpio.write([Entry.file("usr/lib/big.so", big, "libraries")], io.BytesIO())
+    assert refused.value.message == (f"/usr/lib/big.so (from {big}) has 4294967296 bytes: "
+                                     "an initramfs's cpio (newc) archive holds files under 4 GiB")
 
 
 def test_cpio_refuses_two_different_entries_for_one_path(tmp_path: Path) -> None:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from ucernvm.errors import ConfigError
+
 _TRAILER = "TRAILER!!!"
 _FIELDS = ("ino", "mode", "uid", "gid", "nlink", "mtime", "filesize", "devmajor", "devminor", "rdevmajor",
            "rdevminor", "namesize", "check")
@@ -101,7 +103,7 @@ def write(entries: Iterable[Entry], out: BinaryIO, mtime: int = 0) -> int:
     written = 0
     for ino, entry in enumerate(normalize(entries), start=1):
         nlink = 2 if stat.S_ISDIR(entry.mode) else 1
-        written += _header(out, entry.path, ino, entry.mode, nlink, mtime, entry.size, entry.rdev)
+        written += _header(out, entry.path, ino, entry.mode, nlink, mtime, entry.size, entry.rdev, entry.source)
         if stat.S_ISLNK(entry.mode):
             written += _padded(out, entry.target.encode())
         elif entry.data is not None:
@@ -113,14 +115,22 @@ def write(entries: Iterable[Entry], out: BinaryIO, mtime: int = 0) -> int:
 
 
 def _header(out: BinaryIO, name: str, ino: int, mode: int, nlink: int, mtime: int, size: int,
-            rdev: tuple[int, int]) -> int:
+            rdev: tuple[int, int], source: Path | None = None) -> int:
     encoded = name.encode() + b"\0"
     fields = (ino, mode, 0, 0, nlink, mtime, size, 0, 0, rdev[0], rdev[1], len(encoded), 0)
     for field, value in zip(_FIELDS, fields):
         if not 0 <= value <= _FIELD_MAX:  # a ninth digit would shift every later field
-            raise ValueError(f"/{name}: {field} {value} does not fit a newc header (8 hex digits)")
+            raise ConfigError(_unfit(name, source, field, value))
     header = b"070701" + b"".join(b"%08X" % value for value in fields)
     return _padded(out, header + encoded)
+
+
+def _unfit(name: str, source: Path | None, field: str, value: int) -> str:
+    """What a header field that cannot hold *value* means to the one building the image."""
+    what = f"/{name}" + (f" (from {source})" if source is not None else "")
+    if field == "filesize":
+        return f"{what} has {value} bytes: an initramfs's cpio (newc) archive holds files under 4 GiB"
+    return f"{what}: {field} {value} does not fit a cpio (newc) header (8 hex digits)"
 
 
 def _padded(out: BinaryIO, data: bytes) -> int:
