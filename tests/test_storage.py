@@ -313,6 +313,26 @@ def test_unrepairable_scratch_file_system_stops_the_boot(rig: Rig) -> None:
     assert f"e2fsck -f {device}p1" in failure.value.hint
 
 
+@pytest.mark.parametrize("whole", [False, True])
+def test_a_scratch_disk_attached_read_only_stops_the_boot_with_why(rig: Rig, whole: bool) -> None:
+    """Not the hint for a mount that fails for want of the ext4 module: the disk is fine, only read-only."""
+    backing = rig.disk("scratch", 64 * MIB)
+    if whole:
+        subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-L", "UROOT", str(backing)], check=True)
+    else:
+        device = rig.attach(backing)
+        rig.boot([device])
+        rig.unmount()
+        rig.detach(device)
+    device = rig.attach(backing, read_only=True)
+    node = device if whole else f"{device}p1"
+    with pytest.raises(BootFailure) as failure:
+        rig.boot([device])
+    assert failure.value.message == f"the scratch file system UROOT is on {node}, a read-only device"
+    assert failure.value.hint == "attach its disk read-write: the scratch disk is written at every boot"
+    assert not os.path.ismount(rig.root / "root.rw")
+
+
 def test_dry_run_writes_nothing(rig: Rig) -> None:
     device = rig.attach(rig.disk("empty", 64 * MIB))
     before = digest(device)

@@ -182,6 +182,9 @@ class FileSystem(NamedTuple):
     label: str = ""
 
 
+_BLKROGET = 0x125E
+
+
 class DeviceReader:
     """Reads a disk read-only; the page cache is dropped first so that what other nodes of the same
     disk (its partitions) wrote is seen."""
@@ -196,6 +199,16 @@ class DeviceReader:
 
     def reader(self, base: int = 0) -> Reader:
         return lambda offset, length: os.pread(self.fd, length, base + offset)
+
+    @property
+    def read_only(self) -> bool:
+        """Whether the kernel refuses writes to the device (BLKROGET: the disk, or this partition, set
+        read-only, as a write-protected disk or one a hypervisor attached read-only); False for a file."""
+        try:
+            flag = fcntl.ioctl(self.fd, _BLKROGET, bytes(4))
+        except OSError:
+            return False
+        return struct.unpack("i", flag)[0] != 0
 
     def close(self) -> None:
         os.close(self.fd)

@@ -244,6 +244,9 @@ def _check_and_mount(state: BootState, device: str) -> str:
     "clean" cost 0.1-0.2 s of every later boot.)"""
     try:
         with DeviceReader(device) as reader:
+            if reader.read_only:  # e2fsck and the mount would fail, with errors that do not say why
+                raise StorageError(f"the scratch file system {state.config.scratch_label} is on {device}, a read-only "
+                                   "device", "attach its disk read-write: the scratch disk is written at every boot")
             reason = ext_check_reason(reader.reader(), time.time())
     except OSError as error:
         reason = f"its superblock cannot be read ({error.strerror})"
