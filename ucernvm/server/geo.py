@@ -39,8 +39,9 @@ Location = object  # opaque to the sorter: whatever a Locator returns and compar
 PROXY_SEPARATOR = "+PXYSEP+"
 MAX_ENTRIES = 100  # each name may cost a resolver thread; real clients send about ten
 
-# Characters allowed in server names, as cvmfs_geo.py ("paranoia", plus ':' for IPv6 literals).
-_NAME_CHARS = re.compile(r"^[0-9A-Za-z.:\[\]-]{1,256}$")
+# Characters allowed in server names, as cvmfs_geo.py ("paranoia", plus ':' for IPv6 literals). An empty
+# name, as a trailing comma makes, is one that cannot be located: it goes last, as there.
+_NAME_CHARS = re.compile(r"^[0-9A-Za-z.:\[\]-]{0,256}$")
 _HOST_LABEL = re.compile(r"^[0-9A-Za-z]([0-9A-Za-z-]{0,61}[0-9A-Za-z])?$")
 # The cvmfs client sends its UUID as the caching string when it has no proxy: never worth a lookup.
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
