@@ -123,6 +123,34 @@ def test_if_elif_else_nesting_and_conditions() -> None:
     assert values == {"CVMFS_N": "2", "CVMFS_A": "then", "CVMFS_B": "else", "CVMFS_C": "unquoted-empty-is-no-word"}
 
 
+def test_return_ends_the_reading_of_its_file_as_in_a_sourced_one(tmp_path: Path) -> None:
+    assert parsed("CVMFS_A=1\nreturn\nCVMFS_B=2\nif grep -q x /etc/hosts; then\nfi\n") == {"CVMFS_A": "1"}
+    assert parsed("if false; then\n  return\nfi\nCVMFS_B=2\n") == {"CVMFS_B": "2"}
+    assert parsed("if true; then\n  if true; then\n    return 1;\n  fi\n  CVMFS_B=2\nelse\n  CVMFS_C=3\nfi\n"
+                  "CVMFS_D=4\n") == {}
+    guarded = '[ "$CVMFS_FQRN" = atlas.cern.ch ] || return  # only for atlas\nCVMFS_B=2\n'
+    assert parsed(guarded, CVMFS_FQRN="atlas.cern.ch") == {"CVMFS_B": "2"}
+    assert parsed(guarded, CVMFS_FQRN="lhcb.cern.ch") == {}
+    assert parsed("[ -z \"$X\" ] && return 0\nCVMFS_B=2\n", X="") == {}
+    assert parsed("echo return\nCVMFS_B=2\n") == {"CVMFS_B": "2"}  # an argument, not the command
+    first = write(tmp_path / "first.conf", "CVMFS_TIMEOUT=3\nreturn\nCVMFS_TIMEOUT=4\n")
+    second = write(tmp_path / "second.conf", "CVMFS_TIMEOUT_DIRECT=6\n")
+    config = load_config(FQRN, config_dir=None, files=[first, second])  # the next file is read as ever
+    assert (config.timeout, config.timeout_direct) == (3, 6)
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [("if true; then\n  return\n", ": the 'if' at test.conf:2 has no 'fi'"),
+     ("return to sender", ":2: only a status may follow 'return'"),
+     ("[ a = a ] && return 0 1", ":2: only a status may follow 'return'"),
+     ("[ -f /etc/x ] || return", ":2: condition")],
+)
+def test_a_malformed_return_names_file_and_line(text: str, problem: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(f"test.conf{problem}")):
+        parsed(f"# first\n{text}\n")
+
+
 def test_parameter_expansions_of_the_shell() -> None:
     """``${VAR:=default}`` as cvmfs's older domain.d files wrote their server lists, and its kin."""
     values = parsed(

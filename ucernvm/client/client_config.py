@@ -15,7 +15,9 @@ with single and double quotes, backslashes, ``#`` comments and ``$VAR``, ``${VAR
 own ``domain.d`` files pick their servers that way (``CVMFS_USE_OPENHTC``, ``CVMFS_USE_CDN``).
 Their conditions are ``[ ... ]`` or ``test`` (string and integer comparisons, ``-z``, ``-n``,
 ``!``), ``true``, ``false``, joined by ``&&`` and ``||``; any other condition is a ConfigError
-naming the file and line. Other lines that are not assignments (functions, ``. file``) are skipped.
+naming the file and line. ``return``, alone or after such a condition and ``&&`` or ``||``, ends the
+reading of its file, as it ends a sourced one (cvmfs's own ``domain.d`` files return early so). Other lines
+that are not assignments (functions, ``. file``) are skipped.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ _SPACED_ASSIGNMENT = re.compile(r"^\s*(?:(?:export|readonly)\s+)?([A-Za-z_][A-Za
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _BRACED = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-=+])(.*))?", re.DOTALL)
 _WORD_END = " \t;&|<>"
+_RETURN = re.compile(r"(?:^\s*|&&\s*|\|\|\s*)return(?:[\s;]|$)")  # where return may be a command
 
 
 # --- values -------------------------------------------------------------------------------------
@@ -220,9 +223,12 @@ def parse_text(text: str, values: dict[str, str], source: str = "<text>",
     blocks = _Blocks()
     for number, line in enumerate(text.splitlines(), 1):
         where = f"{source}:{number}"
-        if blocks.step(line, scope, where):
+        if blocks.finished:
+            break
+        if blocks.step(line, scope, where) or not blocks.active:
             continue
-        if not blocks.active:
+        if _returns(line, scope, where):
+            blocks.returned = True
             continue
         match = _ASSIGNMENT.match(line)
         if match is not None:
@@ -264,6 +270,23 @@ def _read(path: Path) -> str:
         raise ConfigError(f"cannot read configuration file {path}: {error.strerror}") from None
 
 
+def _returns(line: str, scope: MutableMapping[str, str], where: str) -> bool:
+    """Whether ``line`` runs ``return``: alone, or after a condition and ``&&`` or ``||`` (``[ ... ] || return``)."""
+    if not _RETURN.search(line):
+        return False
+    words = _ShellWord(line, scope, where).words()
+    at = next((i for i, word in enumerate(words) if word == "return" and (i == 0 or words[i - 1] in ("&&", "||"))),
+              None)
+    if at is None:
+        return False  # "return" as an argument
+    status = words[at + 1:]
+    if status[-1:] == [";"]:
+        status.pop()
+    if len(status) > 1 or not all(word and word.isdigit() for word in status):
+        raise ConfigError(f"{where}: only a status may follow 'return'", _SHELL_HINT)
+    return at == 0 or _condition(words[:at - 1], where) == (words[at - 1] == "&&")
+
+
 class _Blocks:
     """The ``if`` blocks open at a line of a file, and whether the branch being read applies."""
 
@@ -273,10 +296,18 @@ class _Blocks:
         # Per open block: (this branch applies, a branch of the block applied already, where it began).
         self._stack: list[tuple[bool, bool, str]] = []
         self._then_due = ""  # where an "if"/"elif" without "; then" was: its "then" line comes next
+        # A return was run: nothing applies from there on. The shell reads the blocks around it to their
+        # "fi" before it runs them, so they are still followed (and a missing "fi" is still an error).
+        self.returned = False
 
     @property
     def active(self) -> bool:
-        return all(applies for applies, _, _ in self._stack)
+        return not self.returned and all(applies for applies, _, _ in self._stack)
+
+    @property
+    def finished(self) -> bool:
+        """A return was run, and every block around it is closed: the rest of the file is not read."""
+        return self.returned and not self._stack and not self._then_due
 
     def step(self, line: str, scope: MutableMapping[str, str], where: str) -> bool:
         """Follow ``line`` if it is a keyword line (True); an unexpected line is a ConfigError."""
