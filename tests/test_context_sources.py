@@ -216,6 +216,15 @@ def test_config_drive_layouts(tmp_path: Path, notes: Notes) -> None:
     assert read_config_drive(tree(tmp_path / "other", {"readme": b"x"}), DEVICE, ignore) is None
 
 
+def test_openstack_display_name_is_no_host_name() -> None:
+    """cloud-init takes an OpenStack machine's host name from meta_data.json's ``hostname`` only; ``name``
+    is what the dashboard shows ("Analysis VM #2"), not a name a system can take."""
+    meta = json.dumps({"uuid": "u-1", "name": "Analysis VM #2", "hostname": "analysis-vm-2"}).encode()
+    assert json_meta(meta, "meta_data.json", ignore).hostname == "analysis-vm-2"
+    meta = json.dumps({"uuid": "u-1", "name": "Analysis VM #2"}).encode()
+    assert json_meta(meta, "meta_data.json", ignore) == MetaData("u-1")
+
+
 def test_opennebula_context_sh(tmp_path: Path, notes: Notes) -> None:
     context = (f"EC2_USER_DATA=\"{base64.b64encode(SECTION).decode()}\"\n"
                "ONE_CONTEXT_PATH=\"/var/lib/amiconfig\"\n"

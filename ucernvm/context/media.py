@@ -127,7 +127,7 @@ def json_meta(data: bytes, what: str, warn: Warn) -> MetaData | None:
         return None
     return MetaData(
         instance_id=clean(document.get("uuid") or document.get("instance-id")),
-        hostname=clean(document.get("hostname") or document.get("local-hostname") or document.get("name")),
+        hostname=clean(document.get("hostname") or document.get("local-hostname")),
         public_keys=_keys(document.get("public_keys") or document.get("public-keys") or ()),
     )
 
