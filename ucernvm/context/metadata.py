@@ -174,9 +174,9 @@ def fetch_gce(client: Client) -> FoundContext | None:
     _, instance_id = get("id")
     if user_data is None and instance_id is None:
         return None
-    hostname = get("hostname")[1]
+    hostname = _text(get("hostname")[1]).split(".")[0]  # cloud-init's GCE datasource: the short name
     keys = _gce_keys(_key_lines(get("attributes/ssh-keys")[1]), client.log)
-    meta = MetaData(_text(instance_id), _text(hostname), tuple(filter(None, (clean(key, 16384) for key in keys))))
+    meta = MetaData(_text(instance_id), hostname, tuple(filter(None, (clean(key, 16384) for key in keys))))
     return FoundContext(GCE, user_data or b"", meta)
 
 
