@@ -122,6 +122,27 @@ def test_a_file_of_4_gib_is_refused_by_its_names(tmp_path: Path) -> None:
                                      "an initramfs's cpio (newc) archive holds files under 4 GiB")
 
 
+def test_a_failed_initramfs_leaves_no_partial_file(tmp_path: Path) -> None:
+    """The build stops at a file the cpio archive cannot hold, and the output keeps no half-written initrd."""
+    inputs = tmp_path / "inputs"
+    (inputs / "keys").mkdir(parents=True)
+    shutil.copyfile(Path(__file__).parent.parent / "initramfs" / "init.template", inputs / "init.template")
+    for listing in ("modules.txt", "python-modules.txt", "python-modules-left-out.txt"):
+        (inputs / listing).write_text("")
+    big = tmp_path / "big.dat"
+    with big.open("wb") as sparse:
+        sparse.truncate(1 << 32)
+    (inputs / "tools.txt").write_text(f"file usr/share/big.dat {big} data some-package\n")
+    (tmp_path / "tiny_init.py").write_text("def main():\n    return 0\n")
+    kernel = tmp_path / "bzImage"
+    kernel.write_bytes(fake_bzimage(Path(find_tool("true")).read_bytes(), "6.1.0-test-amd64"))  # any ELF
+    output = tmp_path / "image"
+    with pytest.raises(ConfigError, match="has 4294967296 bytes"):
+        build_image(BuildOptions(output=output, kernel=kernel, inputs=inputs, init="tiny_init:main",
+                                 init_paths=(tmp_path,)))
+    assert list(output.iterdir()) == []
+
+
 def test_cpio_refuses_two_different_entries_for_one_path(tmp_path: Path) -> None:
     same = [Entry.blob("etc/a", b"1", "x"), Entry.blob("etc/a", b"1", "y")]
     assert [e.path for e in cpio.normalize(same)] == ["etc", "etc/a"]

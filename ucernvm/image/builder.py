@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import ucernvm
 from ucernvm.errors import ConfigError
@@ -150,22 +151,14 @@ def build_image(options: BuildOptions, progress: Callable[[str], None] = lambda 
         t = phase("tools", t)
 
         progress(f"cpio + {options.compression}")
-        segments = []
-        with (options.output / "initrd.img.partial").open("wb") as initrd:
-            for name, members in (
-                ("runtime", [e for e in entries if e.component not in APP_COMPONENTS]),
-                ("app", [e for e in entries if e.component in APP_COMPONENTS]),
-            ):
-                archive = staging / f"{name}.cpio"
-                with archive.open("wb") as out:
-                    size = cpio.write(members, out, mtime=epoch)
-                digest = _sha256(archive)
-                packed, cached = compress(archive, digest, options.compression, options.use_cache)
-                with packed.open("rb") as stream:
-                    shutil.copyfileobj(stream, initrd)
-                segments.append({"name": name, "cpio_bytes": size, "cpio_sha256": digest,
-                                 "compressed_bytes": packed.stat().st_size, "from_cache": cached})
-        (options.output / "initrd.img.partial").replace(options.output / "initrd.img")
+        partial = options.output / "initrd.img.partial"
+        try:
+            with partial.open("wb") as initrd:
+                segments = _write_segments(entries, initrd, staging, epoch, options)
+            partial.replace(options.output / "initrd.img")
+        except BaseException:  # a file the archive cannot hold, a compressor failing, Ctrl-C
+            partial.unlink(missing_ok=True)
+            raise
         packed_files = [e for e in cpio.normalize(entries) if stat.S_ISREG(e.mode)]
         components = _components(packed_files, kernel.bzimage.stat().st_size)
         files = sorted(([e.path, e.component, e.size] for e in packed_files), key=lambda row: (-row[2], row[0]))
@@ -205,6 +198,26 @@ def build_image(options: BuildOptions, progress: Callable[[str], None] = lambda 
     }
     (options.output / "manifest.json").write_text(json.dumps(result.manifest, indent=2) + "\n")
     return result
+
+
+def _write_segments(entries: Sequence[Entry], initrd: BinaryIO, staging: Path, epoch: int,
+                    options: BuildOptions) -> list[dict[str, object]]:
+    """Write the runtime and app segments, each a compressed cpio archive, to *initrd*; what each holds."""
+    segments: list[dict[str, object]] = []
+    for name, members in (
+        ("runtime", [e for e in entries if e.component not in APP_COMPONENTS]),
+        ("app", [e for e in entries if e.component in APP_COMPONENTS]),
+    ):
+        archive = staging / f"{name}.cpio"
+        with archive.open("wb") as out:
+            size = cpio.write(members, out, mtime=epoch)
+        digest = _sha256(archive)
+        packed, cached = compress(archive, digest, options.compression, options.use_cache)
+        with packed.open("rb") as stream:
+            shutil.copyfileobj(stream, initrd)
+        segments.append({"name": name, "cpio_bytes": size, "cpio_sha256": digest,
+                         "compressed_bytes": packed.stat().st_size, "from_cache": cached})
+    return segments
 
 
 def python_entries(
