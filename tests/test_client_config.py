@@ -123,6 +123,36 @@ def test_if_elif_else_nesting_and_conditions() -> None:
     assert values == {"CVMFS_N": "2", "CVMFS_A": "then", "CVMFS_B": "else", "CVMFS_C": "unquoted-empty-is-no-word"}
 
 
+def test_quoted_values_span_lines_as_the_shell_reads_them(tmp_path: Path) -> None:
+    conf = write(tmp_path / "site.conf",
+                 'CVMFS_SERVER_URL="http://s1/cvmfs/@fqrn@;\n    http://s2/cvmfs/@fqrn@"  # two servers\n'
+                 "CVMFS_TIMEOUT=3\n")
+    config = load_config(FQRN, config_dir=None, files=[conf])
+    assert config.server_urls == (f"http://s1/cvmfs/{FQRN}", f"http://s2/cvmfs/{FQRN}") and config.timeout == 3
+    values = parsed(
+        "# don't: a comment's quote opens nothing\n"
+        "CVMFS_A='one\nif true; then\n# kept'\n"
+        'if false; then\n  CVMFS_B="x\nfi\n"\nfi\n'  # the quoted "fi" closes no block
+        "CVMFS_C=a\\\nb\n"
+        'CVMFS_D="a \\\nb"\n'
+        "CVMFS_E='a\\\nb'\n"
+        "CVMFS_F=x#y \\\n\n"
+    )
+    assert values == {"CVMFS_A": "one\nif true; then\n# kept", "CVMFS_C": "ab", "CVMFS_D": "a b",
+                      "CVMFS_E": "a\\\nb", "CVMFS_F": "x#y"}
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [("CVMFS_A='x\ny'\nCVMFS_B=two words", ":4: unexpected 'words'"),
+     ('CVMFS_A="open\nCVMFS_B=1\nif true; then', ":2: unterminated double quote: the file ends before it is closed"),
+     ("if false; then\n  CVMFS_A='open\nfi", ":3: unterminated single quote")],
+)
+def test_a_quote_spanning_lines_leaves_the_lines_named_right(text: str, problem: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(f"test.conf{problem}")):
+        parsed(f"# first\n{text}\n")
+
+
 def test_return_ends_the_reading_of_its_file_as_in_a_sourced_one(tmp_path: Path) -> None:
     assert parsed("CVMFS_A=1\nreturn\nCVMFS_B=2\nif grep -q x /etc/hosts; then\nfi\n") == {"CVMFS_A": "1"}
     assert parsed("if false; then\n  return\nfi\nCVMFS_B=2\n") == {"CVMFS_B": "2"}

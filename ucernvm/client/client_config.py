@@ -9,8 +9,9 @@ every value checked; a bad one is a ConfigError that names its key.
 
 cvmfs sources these files with a shell. A boot image has no shell, so the assignments are parsed
 here (hand-written: shlex knows quotes but not ``$VAR`` expansion): ``[export|readonly] KEY=word``
-with single and double quotes, backslashes, ``#`` comments and ``$VAR``, ``${VAR}``,
-``${VAR:-word}``, ``${VAR:=word}``, ``${VAR:+word}`` (and each without ``:``).
+with single and double quotes (a quoted value may span lines), backslashes (one ending a line joins
+the next one to it), ``#`` comments and ``$VAR``, ``${VAR}``, ``${VAR:-word}``, ``${VAR:=word}``,
+``${VAR:+word}`` (and each without ``:``).
 ``if``/``elif``/``else``/``fi`` blocks choose which assignments apply, as the shell does: cvmfs's
 own ``domain.d`` files pick their servers that way (``CVMFS_USE_OPENHTC``, ``CVMFS_USE_CDN``).
 Their conditions are ``[ ... ]`` or ``test`` (string and integer comparisons, ``-z``, ``-n``,
@@ -26,7 +27,7 @@ import math
 import os
 import re
 from collections import ChainMap
-from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -39,12 +40,13 @@ from ucernvm.records import NamedTuple
 
 DEFAULT_CONFIG_DIR = Path("/etc/cvmfs")
 
-_ASSIGNMENT = re.compile(r"^\s*(?:(?:export|readonly)\s+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
+_ASSIGNMENT = re.compile(r"^\s*(?:(?:export|readonly)\s+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)$", re.DOTALL)
 # "KEY = value": the shell runs KEY as a command and sets nothing, cvmfs keeps the earlier value.
 _SPACED_ASSIGNMENT = re.compile(r"^\s*(?:(?:export|readonly)\s+)?([A-Za-z_][A-Za-z0-9_]*)\s+=")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _BRACED = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-=+])(.*))?", re.DOTALL)
 _WORD_END = " \t;&|<>"
+_QUOTES = {"'": "single", '"': "double"}
 _RETURN = re.compile(r"(?:^\s*|&&\s*|\|\|\s*)return(?:[\s;]|$)")  # where return may be a command
 
 
@@ -221,8 +223,7 @@ def parse_text(text: str, values: dict[str, str], source: str = "<text>",
     """Apply the assignments in ``text`` to ``values``; ``$VAR`` sees earlier values, then ``environ``."""
     scope = ChainMap(values, dict(environ))  # ${VAR:=default} assigns into values
     blocks = _Blocks()
-    for number, line in enumerate(text.splitlines(), 1):
-        where = f"{source}:{number}"
+    for where, line in _logical_lines(text, source):
         if blocks.finished:
             break
         if blocks.step(line, scope, where) or not blocks.active:
@@ -237,6 +238,55 @@ def parse_text(text: str, values: dict[str, str], source: str = "<text>",
             raise ConfigError(f"{where}: spaces around '=' make no assignment of {spaced[1]}",
                               f"write {spaced[1]}=value, without spaces")
     blocks.close(source)
+
+
+def _logical_lines(text: str, source: str) -> Iterator[tuple[str, str]]:
+    """The lines of ``text`` as the shell reads them, each with the FILE:LINE it starts at.
+
+    A quote left open at the end of a line goes on over the next ones, its value holding their newlines,
+    as the shell reads it: a site may write a long server or proxy list so, and cvmfs, which has the shell
+    read its files, takes it. Read line by line instead, such a value would be cut short, or in a branch
+    not taken its other lines read as lines of their own (a "fi" among them closing the block). A quote the
+    file never closes is an error naming the line it opened on, where the shell's would name the file's end.
+    A backslash ending a line outside single quotes joins the next line to it, both removed.
+    """
+    lines = text.splitlines()
+    number = 0
+    while number < len(lines):
+        start, line = number, lines[number]
+        number += 1
+        while (end := _line_end(line)) and number < len(lines):
+            line = (line[:-1] if end == "\\" else line + "\n") + lines[number]
+            number += 1
+        where = f"{source}:{start + 1}"
+        if end in _QUOTES:
+            raise ConfigError(f"{where}: unterminated {_QUOTES[end]} quote: the file ends before it is closed",
+                              _SHELL_HINT)
+        yield where, line
+
+
+def _line_end(line: str) -> str | None:
+    """How ``line`` goes on to the next one: in a quote (``'`` or ``"``), after a backslash, or not at all."""
+    quote = ""
+    word_start = True  # where "#" begins a comment
+    i = 0
+    while i < len(line):
+        char = line[i]
+        if quote == "'":
+            quote = "" if char == "'" else quote
+        elif char == "\\":
+            if i == len(line) - 1:
+                return char
+            i += 1  # the character it escapes
+        elif quote:
+            quote = "" if char == '"' else quote
+        elif char in _QUOTES:
+            quote = char
+        elif char == "#" and word_start:
+            return None
+        word_start = not quote and char in " \t;&|<>()"
+        i += 1
+    return quote or None
 
 
 def parse_option(text: str) -> tuple[str, str]:
