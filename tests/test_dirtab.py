@@ -175,3 +175,27 @@ def test_a_mount_reads_every_file_from_the_catalog_the_dirtab_made(software: Pat
                 assert counters[1] == f"catalog_mountpoint: {mountpoint}", path
     finally:
         mounts.unmount_all()
+
+
+def test_bracket_expressions_take_classes_as_fnmatch_does(software: Path) -> None:
+    """POSIX classes, equivalence classes and collating symbols in brackets, in the forms of glob(7), as the
+    C locale defines them. fnmatch tries the members in order and gives up at an unknown class: the members
+    before it still match, a negated expression then matches nothing."""
+    for name in ("v2", "V3", "_9", "x-y", "11"):
+        (software / "software" / name).mkdir()
+    assert select(software, b"/software/[[:digit:]]*\n") == ["/software/11"]
+    assert select(software, b"/software/[![:digit:]]*\n") == [
+        "/software/V3", "/software/_9", "/software/i686", "/software/v2", "/software/x-y", "/software/x86_64"]
+    assert select(software, b"/software/[[:upper:][:digit:]]?\n") == ["/software/11", "/software/V3"]
+    assert select(software, b"/software/[[:alpha:]][[:digit:]]\n") == ["/software/V3", "/software/v2"]
+    assert select(software, b"/software/[[:alnum:]_][[:alnum:]]\n") == [
+        "/software/11", "/software/V3", "/software/_9", "/software/v2"]
+    assert select(software, b"/software/*[[:punct:]]*\n") == ["/software/_9", "/software/x-y", "/software/x86_64"]
+    assert select(software, b"/software/*/[[:digit:]].[[:digit:]]\n") == [
+        "/software/i686/1.0", "/software/i686/2.0", "/software/x86_64/1.0"]
+    assert select(software, b"/software/x[[.-.]]y\n") == select(software, b"/software/x[[=-=]]y\n") == [
+        "/software/x-y"]
+    assert select(software, b"/software/[[:lower:]][[:xdigit:]]*\n") == [
+        "/software/i686", "/software/v2", "/software/x86_64"]
+    assert select(software, b"/software/[[:bogus:]]*\n") == select(software, b"/software/[![:bogus:]]*\n") == []
+    assert select(software, b"/software/[v[:bogus:]V]?\n") == ["/software/v2"]

@@ -5,7 +5,8 @@ pattern a line, ``#`` comment lines, blank lines ignored. A pattern is a path fr
 names may hold ``*`` (any run of characters) and ``?`` (one character); ``\\`` escapes ``*``, ``?`` and
 itself. A line starting with ``!`` excludes what its pattern matches; there ``*`` also spans slashes, and
 the pattern may be relative (``! */common``). cvmfs finds the directories with ``glob(3)``, ``GLOB_PERIOD``
-set, so a wildcard matches hidden names too, and a bracket expression ``[...]`` works as in the shell.
+set, so a wildcard matches hidden names too, and a bracket expression ``[...]`` works as fnmatch(3) reads
+it: with ranges, and classes (``[[:digit:]]``) as the C locale defines them.
 """
 
 from __future__ import annotations
@@ -166,8 +167,7 @@ def _relaxed_regex(token: str | Wildcard) -> str:
 
 
 def _glob_regex(pattern: str) -> str:
-    """A regular expression for one name glob(3) pattern: \\ escapes, *, ?, and [...] (negated by ! or ^, ]
-    first is literal, an unclosed [ is literal)."""
+    """A regular expression for one name glob(3) pattern: \\ escapes, *, ?, and [...] as fnmatch(3) reads it."""
     out: list[str] = []
     i = 0
     while i < len(pattern):
@@ -188,20 +188,111 @@ def _glob_regex(pattern: str) -> str:
     return "".join(out)
 
 
+# The character classes of a bracket expression, as the C locale defines them.
+_CLASSES = {
+    "alnum": "0-9A-Za-z", "alpha": "A-Za-z", "blank": " \\t", "cntrl": "\\x00-\\x1f\\x7f", "digit": "0-9",
+    "graph": "!-~", "lower": "a-z", "print": " -~", "punct": "!-/:-@\\[-`{-~", "space": " \\t\\n\\r\\f\\v",
+    "upper": "A-Z", "xdigit": "0-9A-Fa-f",
+}  # fmt: skip
+_NEVER = "(?!)"  # the expression of what matches nothing
+
+
+class _Member(enum.Enum):
+    CHAR = "char"  # may start a range a-z
+    COLLATING = "collating"  # [.a.]: followed by - it starts a range, or is nothing
+    EQUIVALENCE = "equivalence"  # [=a=]: never starts a range
+    CLASS = "class"  # [:alpha:]
+    INVALID = "invalid"  # an unknown class or a longer collating name
+
+
+class _Unterminated(Exception):
+    """A ``[.`` without its ``.]``: fnmatch(3) then matches the name pattern with nothing."""
+
+
 def _bracket(pattern: str, start: int) -> tuple[str, int] | None:
-    """The character class of a bracket expression whose ``[`` is just before ``start``, and the index after
-    its ``]``; None if it is not closed."""
-    i = start
-    negate = i < len(pattern) and pattern[i] in "!^"
-    i += int(negate)
+    """The regular expression of a bracket expression whose ``[`` is just before ``start``, and the index
+    after its ``]``; None when it is not closed and its ``[`` is an ordinary character. As glibc's fnmatch
+    reads it: ``!`` or ``^`` negates, a ``]`` first is a member, ``\\`` escapes, ``a-z`` is a range of
+    character codes (none when reversed), ``[:alpha:]`` a class, ``[=a=]`` and ``[.a.]`` the character
+    itself. fnmatch tries the members in order and gives up at an invalid one: the members before it still
+    match, a negated expression then matches nothing."""
+    negate = pattern[start:start + 1] in ("!", "^")
+    i = start + int(negate)
     members: list[str] = []
-    while i < len(pattern) and (pattern[i] != "]" or not members):
-        escaped = pattern[i] == "\\" and i + 1 < len(pattern)
-        i += int(escaped)
-        char = pattern[i]
-        is_range = char == "-" and not escaped and bool(members) and i + 1 < len(pattern) and pattern[i + 1] != "]"
-        members.append("-" if is_range else re.escape(char))
-        i += 1
+    valid = True
+    try:
+        while i < len(pattern) and (pattern[i] != "]" or i == start + int(negate)):
+            kind, member, i = _bracket_member(pattern, i)
+            expression, i = _member_expression(pattern, kind, member, i) if valid else (None, i)
+            valid = expression is not None
+            members.append(expression or "")
+    except _Unterminated:
+        return _NEVER, len(pattern)
+    member_set = "[" + "".join(members) + "]" if any(members) else _NEVER
     if i >= len(pattern):
-        return None
-    return "[" + ("^" if negate else "") + "".join(members) + "]", i + 1
+        # fnmatch gives up on a name whose character is a member; to others the [ is an ordinary character.
+        return None if valid and not re.fullmatch(member_set, "[") else (_NEVER, i)
+    if not negate:
+        return member_set, i + 1
+    return ("[^" + member_set[1:] if any(members) else ".") if valid else _NEVER, i + 1
+
+
+def _member_expression(pattern: str, kind: _Member, member: str, i: int) -> tuple[str | None, int]:
+    """A member's part of the character set (None for an invalid one), and the index after it and the
+    range it may start."""
+    if kind is _Member.INVALID:
+        return None, i
+    if kind is _Member.CLASS:
+        return _CLASSES[member], i
+    dash = pattern[i:i + 1] == "-"
+    if kind is _Member.CHAR:
+        starts_range = dash and pattern[i + 1:i + 2] not in ("", "]")
+    else:  # fnmatch only asks that something follow the - of a [.a.]; an [=a=] starts no range
+        starts_range = kind is _Member.COLLATING and dash and i + 1 < len(pattern)
+    if not starts_range:
+        return re.escape(member), i
+    if pattern[i + 1] == "]":
+        return "", i  # an [.a.] before -] is no member, and the - is one
+    end, i = _range_end(pattern, i + 1)
+    if end is None:
+        return None, i
+    return (f"{re.escape(member)}-{re.escape(end)}" if member <= end else ""), i
+
+
+def _bracket_member(pattern: str, i: int) -> tuple[_Member, str, int]:
+    """The member at ``i``, its text (a character or a class name), and the index after it."""
+    char = pattern[i]
+    if char == "\\" and i + 1 < len(pattern):
+        return _Member.CHAR, pattern[i + 1], i + 2
+    opener = pattern[i:i + 2]
+    if opener == "[:":
+        end = pattern.find(":]", i + 2)
+        if end < 0 or not re.fullmatch("[a-y]*", name := pattern[i + 2:end]):
+            return _Member.CHAR, char, i + 1  # no class name: an ordinary [
+        return (_Member.CLASS if name in _CLASSES else _Member.INVALID), name, end + 2
+    if opener == "[=":
+        if pattern[i + 3:i + 5] != "=]":
+            return _Member.CHAR, char, i + 1
+        return _Member.EQUIVALENCE, pattern[i + 2], i + 5
+    if opener == "[.":
+        symbol, end = _collating_symbol(pattern, i)
+        return (_Member.INVALID, "", end) if symbol is None else (_Member.COLLATING, symbol, end)
+    return _Member.CHAR, char, i + 1
+
+
+def _range_end(pattern: str, i: int) -> tuple[str | None, int]:
+    """The character that ends a range, at ``i`` (None for none fnmatch accepts), and the index after it."""
+    if pattern[i] == "\\" and i + 1 < len(pattern):
+        return pattern[i + 1], i + 2
+    if pattern[i:i + 2] == "[.":
+        return _collating_symbol(pattern, i)
+    return pattern[i], i + 1
+
+
+def _collating_symbol(pattern: str, i: int) -> tuple[str | None, int]:
+    """``[.c.]`` at ``i``, and the index after it; None for a longer name, which the C locale does not
+    define."""
+    end = pattern.find(".]", i + 2)
+    if end < 0:
+        raise _Unterminated
+    return (pattern[i + 2] if end == i + 3 else None), end + 2
