@@ -13,13 +13,14 @@ import stat
 import struct
 import subprocess
 import sys
-from pathlib import Path
+from pathlib import Path, PosixPath
+from typing import Any
 
 import pytest
 
 from media_images import iso_image
 
-from ucernvm.errors import ConfigError
+from ucernvm.errors import ConfigError, UcernvmError
 from ucernvm.image import cpio
 from ucernvm.image.builder import BuildOptions, build_image
 from ucernvm.image.compress import compress
@@ -120,6 +121,35 @@ def test_a_file_of_4_gib_is_refused_by_its_names(tmp_path: Path) -> None:
         cpio.write([Entry.file("usr/lib/big.so", big, "libraries")], io.BytesIO())
     assert refused.value.message == (f"/usr/lib/big.so (from {big}) has 4294967296 bytes: "
                                      "an initramfs's cpio (newc) archive holds files under 4 GiB")
+
+
+class ShrinkingPath(PosixPath):
+    """A file that something truncates right after the archive first stat()s it."""
+
+    def stat(self, *args: Any, **kwargs: Any) -> os.stat_result:
+        result = super().stat(*args, **kwargs)
+        os.truncate(self, 3)
+        return result
+
+
+class ShrinkingOnOpenPath(PosixPath):
+    """A file that something truncates as the archive opens it to copy."""
+
+    def open(self, *args: Any, **kwargs: Any) -> Any:
+        os.truncate(self, 3)
+        return super().open(*args, **kwargs)
+
+
+@pytest.mark.parametrize("shrinking", [ShrinkingPath, ShrinkingOnOpenPath])
+def test_a_file_that_changes_size_while_archived_is_a_one_line_error(tmp_path: Path, shrinking: type[Path]) -> None:
+    """Whenever it changes after its header is written, the archive would be broken: it is refused."""
+    source = tmp_path / "payload.bin"
+    source.write_bytes(b"0123456789")
+    with pytest.raises(UcernvmError) as changed:
+        cpio.write([Entry.file("usr/lib/payload.bin", shrinking(source), "libraries")], io.BytesIO())
+    assert changed.value.message == (f"/usr/lib/payload.bin (from {source}) changed size while being archived: "
+                                     "10 bytes when its header was written, 3 read")
+    assert "\n" not in changed.value.message and changed.value.hint
 
 
 def test_a_failed_initramfs_leaves_no_partial_file(tmp_path: Path) -> None:

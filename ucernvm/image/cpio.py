@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from ucernvm.errors import ConfigError
+from ucernvm.errors import ConfigError, UcernvmError
 
 _TRAILER = "TRAILER!!!"
 _FIELDS = ("ino", "mode", "uid", "gid", "nlink", "mtime", "filesize", "devmajor", "devminor", "rdevmajor",
@@ -103,13 +103,14 @@ def write(entries: Iterable[Entry], out: BinaryIO, mtime: int = 0) -> int:
     written = 0
     for ino, entry in enumerate(normalize(entries), start=1):
         nlink = 2 if stat.S_ISDIR(entry.mode) else 1
-        written += _header(out, entry.path, ino, entry.mode, nlink, mtime, entry.size, entry.rdev, entry.source)
+        size = entry.size  # one stat: the copy must match what the header says
+        written += _header(out, entry.path, ino, entry.mode, nlink, mtime, size, entry.rdev, entry.source)
         if stat.S_ISLNK(entry.mode):
             written += _padded(out, entry.target.encode())
         elif entry.data is not None:
             written += _padded(out, entry.data)
         elif entry.source is not None:
-            written += _copy(out, entry.source, entry.size)
+            written += _copy(out, entry, size)
     written += _header(out, _TRAILER, 0, 0, 1, 0, 0, (0, 0))
     return written
 
@@ -127,10 +128,15 @@ def _header(out: BinaryIO, name: str, ino: int, mode: int, nlink: int, mtime: in
 
 def _unfit(name: str, source: Path | None, field: str, value: int) -> str:
     """What a header field that cannot hold *value* means to the one building the image."""
-    what = f"/{name}" + (f" (from {source})" if source is not None else "")
+    what = _described(name, source)
     if field == "filesize":
         return f"{what} has {value} bytes: an initramfs's cpio (newc) archive holds files under 4 GiB"
     return f"{what}: {field} {value} does not fit a cpio (newc) header (8 hex digits)"
+
+
+def _described(name: str, source: Path | None) -> str:
+    """An entry by its path in the image and, for a host file, on the host."""
+    return f"/{name}" + (f" (from {source})" if source is not None else "")
 
 
 def _padded(out: BinaryIO, data: bytes) -> int:
@@ -140,13 +146,16 @@ def _padded(out: BinaryIO, data: bytes) -> int:
     return len(data) + pad
 
 
-def _copy(out: BinaryIO, source: Path, size: int) -> int:
+def _copy(out: BinaryIO, entry: Entry, size: int) -> int:
+    assert entry.source is not None
     copied = 0
-    with source.open("rb") as stream:
+    with entry.source.open("rb") as stream:
         while chunk := stream.read(_CHUNK):
             out.write(chunk)
             copied += len(chunk)
-    if copied != size:
-        raise ValueError(f"{source} changed size while being archived")
+    if copied != size:  # the header's size no longer fits: the archive is broken from here on
+        raise UcernvmError(f"{_described(entry.path, entry.source)} changed size while being archived: "
+                           f"{size} bytes when its header was written, {copied} read",
+                           hint="something wrote to it during the build: build again once it is done")
     out.write(b"\0" * (-copied % 4))
     return copied + (-copied % 4)
