@@ -43,6 +43,7 @@ class Cloud:
     gce_base64: bool = False  # gce: user-data only as base64 in cvm-user-data (amiconfig's attribute)
     gce_encoding: str = ""  # gce: user-data-encoding; "base64": user-data is given in base64 (cloud-init's)
     gce_ssh_keys: str | None = None  # gce: the ssh-keys attribute as given; None: "cloudinit:<key>" lines
+    gce_more: dict[str, str] = field(default_factory=dict)  # gce: more items, e.g. "project/attributes/ssh-keys"
     meta_json: bytes | None = None  # openstack: meta_data.json as given (garbage tests)
     delay: float = 0.0  # seconds before each reply
     instance_id: str = "i-0123456789abcdef0"
@@ -135,24 +136,26 @@ class _Handler(BaseHTTPRequestHandler):
         flavor = {"Metadata-Flavor": "Google"}
         if headers.get("metadata-flavor") != "Google" and headers.get("x-google-metadata-request") != "True":
             return 403, b"Missing Metadata-Flavor:Google header.", flavor
-        items = {"id": cloud.instance_id.encode(), "hostname": cloud.hostname.encode()}
+        items = {"instance/id": cloud.instance_id.encode(), "instance/hostname": cloud.hostname.encode()}
         ssh_keys = cloud.gce_ssh_keys
         if ssh_keys is None:
             ssh_keys = "\n".join(f"cloudinit:{key}" for key in cloud.public_keys)
         if ssh_keys:
-            items["attributes/ssh-keys"] = ssh_keys.encode()
+            items["instance/attributes/ssh-keys"] = ssh_keys.encode()
+        items.update({item: value.encode() for item, value in cloud.gce_more.items()})
         if cloud.user_data is not None:
             if cloud.gce_base64:
-                items["attributes/cvm-user-data"] = base64.b64encode(cloud.user_data)
+                items["instance/attributes/cvm-user-data"] = base64.b64encode(cloud.user_data)
             elif cloud.gce_encoding == "base64":
-                items["attributes/user-data"] = base64.b64encode(cloud.user_data)
+                items["instance/attributes/user-data"] = base64.b64encode(cloud.user_data)
             else:
-                items["attributes/user-data"] = cloud.user_data
+                items["instance/attributes/user-data"] = cloud.user_data
             if cloud.gce_encoding:
-                items["attributes/user-data-encoding"] = cloud.gce_encoding.encode()
+                items["instance/attributes/user-data-encoding"] = cloud.gce_encoding.encode()
         if not cloud.meta:
-            items = {key: value for key, value in items.items() if key.startswith("attributes/") and "user-data" in key}
-        value = items.get(path.removeprefix("/computeMetadata/v1/instance/"))
+            items = {key: value for key, value in items.items() if key.startswith("instance/attributes/")
+                     and "user-data" in key}
+        value = items.get(path.removeprefix("/computeMetadata/v1/"))
         return (200, value, flavor) if value is not None else (404, b"", flavor)
 
     # ---------------------------------------------------------------------------------------- OpenStack

@@ -522,6 +522,27 @@ def test_gce_ssh_keys_for_other_users_are_left_out(notes: Notes) -> None:
     assert found.source == "GCE" and found.meta.public_keys == (wanted,)
 
 
+PROJECT_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIForTheProject ops@site"
+LEGACY_KEY = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQLegacy ops@site"
+
+
+@pytest.mark.parametrize("more, keys", [
+    ({"project/attributes/ssh-keys": f"cloudinit:{PROJECT_KEY}"}, (KEY, PROJECT_KEY)),
+    ({"project/attributes/sshKeys": f"cloudinit:{PROJECT_KEY}"}, (KEY, PROJECT_KEY)),
+    ({"project/attributes/ssh-keys": f"cloudinit:{PROJECT_KEY}",
+      "instance/attributes/block-project-ssh-keys": "TRUE"}, (KEY,)),
+    ({"project/attributes/ssh-keys": f"cloudinit:{PROJECT_KEY}",
+      "instance/attributes/sshKeys": f"cloudinit:{LEGACY_KEY}"}, (LEGACY_KEY, KEY)),
+])
+def test_gce_project_ssh_keys_as_cloud_init_reads_them(notes: Notes, more: dict[str, str],
+                                                       keys: tuple[str, ...]) -> None:
+    """cloud-init's GCE datasource takes the project's keys (most users put theirs there) after the
+    instance's, unless the instance sets block-project-ssh-keys or has the legacy sshKeys attribute."""
+    with metadata_server(Cloud("gce", public_keys=(KEY,), gce_more=more)) as address:
+        found = network_search(notes, address)
+    assert found.source == "GCE" and found.meta.public_keys == keys
+
+
 def test_gce_base64_cvm_user_data(notes: Notes) -> None:
     with metadata_server(Cloud("gce", user_data=SECTION, gce_base64=True)) as address:
         found = network_search(notes, address)

@@ -155,29 +155,37 @@ def fetch_gce(client: Client) -> FoundContext | None:
     cloud-init reads it), else ``cvm-user-data`` in base64 (amiconfig's);
     meta-data check ``instance/id``. Replies must carry ``Metadata-Flavor: Google``, as GCE's do,
     so that a server answering 200 to anything is not taken for GCE."""
-    base = "/computeMetadata/v1/instance"
-
     def get(path: str, limit: int = META_LIMIT) -> tuple[bool, bytes | None]:
-        reply = client.request("GET", f"{base}/{path}", GCE_HEADERS, limit)
+        reply = client.request("GET", f"/computeMetadata/v1/{path}", GCE_HEADERS, limit)
         google = reply is not None and reply.headers.get("metadata-flavor", "").lower() == "google"
         return google, reply.body if google and reply is not None and reply.status == 200 else None
 
-    google, user_data = get("attributes/user-data", USER_DATA_LIMIT)
+    google, user_data = get("instance/attributes/user-data", USER_DATA_LIMIT)
     if not google:
         return None
     if user_data is not None:
-        user_data = _gce_decoded(user_data, get("attributes/user-data-encoding")[1], client.warn)
+        user_data = _gce_decoded(user_data, get("instance/attributes/user-data-encoding")[1], client.warn)
     else:
-        _, encoded = get("attributes/cvm-user-data", USER_DATA_LIMIT)
+        _, encoded = get("instance/attributes/cvm-user-data", USER_DATA_LIMIT)
         if encoded is not None:
             user_data = decode_base64(encoded.decode("ascii", "replace"), "GCE cvm-user-data", client.warn)
-    _, instance_id = get("id")
+    _, instance_id = get("instance/id")
     if user_data is None and instance_id is None:
         return None
-    hostname = _text(get("hostname")[1]).split(".")[0]  # cloud-init's GCE datasource: the short name
-    keys = _gce_keys(_key_lines(get("attributes/ssh-keys")[1]), client.log)
+    hostname = _text(get("instance/hostname")[1]).split(".")[0]  # cloud-init's GCE datasource: the short name
+    keys = _gce_keys(_gce_key_lines(lambda path: get(path)[1]), client.log)
     meta = MetaData(_text(instance_id), hostname, tuple(filter(None, (clean(key, 16384) for key in keys))))
     return FoundContext(GCE, user_data or b"", meta)
+
+
+def _gce_key_lines(get: Callable[[str], bytes | None]) -> list[str]:
+    """The ``user:key`` lines cloud-init's GCE datasource reads: the instance's ``sshKeys`` (legacy) and
+    ``ssh-keys``, then the project's, unless the instance blocks them or has legacy ``sshKeys``."""
+    legacy = _key_lines(get("instance/attributes/sshKeys"))
+    lines = legacy + _key_lines(get("instance/attributes/ssh-keys"))
+    if not legacy and _text(get("instance/attributes/block-project-ssh-keys")).lower() != "true":
+        lines += _key_lines(get("project/attributes/ssh-keys")) + _key_lines(get("project/attributes/sshKeys"))
+    return lines
 
 
 def _gce_keys(lines: list[str], log: Log) -> list[str]:
