@@ -140,6 +140,7 @@ def test_empty_disk_becomes_the_scratch_disk(rig: Rig) -> None:
     facts = state.facts["storage"]
     assert facts["fresh"] and facts["device"] == state.scratch_device and facts["free"] > 200 * MIB
     assert "empty disk" in facts["created"]
+    assert not (state.scratch / "aux" / "safety").exists()  # no reserve of 50 MiB on a disk under 1000 MiB
     header = subprocess.run(["dumpe2fs", "-h", state.scratch_device], capture_output=True, text=True, check=True).stdout
     assert re.search(r"^Maximum mount count:\s+-1$", header, re.M), header  # never checked for its mount count
     assert re.search(r"^Check interval:\s+0 ", header, re.M), header  # nor for its age
@@ -429,6 +430,33 @@ def test_a_full_scratch_disk_is_named_in_the_report(rig: Rig) -> None:
     assert_scratch(state)
     [warning] = state.warnings
     assert warning.startswith(f"the scratch disk {device}p1 is full: ") and "/mnt/.rw/persistent" in warning
+
+
+def test_a_scratch_disk_keeps_a_reserve_that_a_full_disk_gets_back(rig: Rig) -> None:
+    """As µCernVM: aux/safety/ holds 50 MiB and 127 inodes; found full, the disk gets them back so that the boot
+    can write its state, and a later boot with room keeps them in reserve again."""
+    device = rig.attach(rig.disk("large", 2 * GIB))
+    first = rig.boot([device])
+    safety = first.scratch / "aux" / "safety"
+    spacers = [f"inode_spacer{number}" for number in range(1, 128)]
+    assert sorted(path.name for path in safety.iterdir()) == sorted(["50m", *spacers])
+    assert (safety / "50m").stat().st_blocks * 512 >= 50 * MIB  # allocated, not written
+    assert not first.warnings and first.facts["storage"]["free"] > GIB
+    stats = os.statvfs(first.scratch)
+    with open(first.scratch / "persistent" / "filler", "wb") as filler:  # what a user's program left
+        os.posix_fallocate(filler.fileno(), 0, stats.f_bavail * stats.f_frsize - 8 * MIB)
+
+    [device] = rig.reboot([device])
+    full = rig.boot([device])
+    assert not (full.scratch / "aux" / "safety").exists() and full.facts["storage"]["free"] > 50 * MIB
+    [warning] = full.warnings
+    assert warning.startswith(f"the scratch disk {device}p1 is full: ")
+    assert "after giving back the 50.0 MiB kept in reserve in aux/safety/; the OS may fail to write" in warning
+
+    (full.scratch / "persistent" / "filler").unlink()
+    [device] = rig.reboot([device])
+    again = rig.boot([device])
+    assert (again.scratch / "aux" / "safety" / "50m").is_file() and not again.warnings
 
 
 def _failing_resize2fs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, device: str) -> str:

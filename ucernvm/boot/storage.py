@@ -57,6 +57,9 @@ MIN_FREE = 750 * MIB  # case B: free space needed on the boot disk, after FREE_M
 FREE_MARGIN = 20 * MIB
 MIN_SCRATCH = 16 * MIB  # below this, ext4 with a journal hardly fits
 FULL_BELOW = 50 * MIB  # free space (or 5 % of a small disk) below which the disk is reported full
+SAFETY = "aux/safety"  # µCernVM's room kept in reserve, given back when the disk is found full
+SAFETY_BYTES = 50 * MIB  # its file 50m; it is kept on disks of 20 times that and more
+INODE_SPACERS = 127  # and its empty files inode_spacer1..127
 DISK_WAIT = 5.0  # seconds to wait for a first disk to appear (SCSI and NVMe scans are asynchronous)
 TOOL_TIMEOUT = 900.0  # e2fsck -f and resize2fs on a large disk take a while
 NO_SPACE_HINT = "attach an empty disk of at least 20 GB (it becomes the scratch disk), or free 750 MiB on the boot disk"
@@ -140,6 +143,50 @@ class RemoveFile(NamedTuple):
         Path(self.path).unlink(missing_ok=True)
 
 
+class KeepRoom(NamedTuple):
+    """µCernVM's ``aux/safety/``: a file of 50 MiB (allocated, not written: fallocate is instant where
+    µCernVM's dd wrote zeros) and 127 empty files, whose blocks and inodes a full disk can be given back.
+    Made under a temporary name, so that a half-made one is never taken for whole."""
+
+    directory: str
+
+    def describe(self) -> str:
+        return f"keep {human(SAFETY_BYTES)} and {INODE_SPACERS} inodes in reserve in {self.directory}"
+
+    def apply(self) -> None:
+        import shutil  # only where the reserve is made or given back
+
+        temporary = f"{self.directory}.tmp"
+        shutil.rmtree(temporary, ignore_errors=True)  # what a boot cut short left
+        try:
+            os.mkdir(temporary)
+            for number in range(1, INODE_SPACERS + 1):
+                os.close(os.open(f"{temporary}/inode_spacer{number}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            fd = os.open(f"{temporary}/50m", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, SAFETY_BYTES)
+            finally:
+                os.close(fd)
+            os.rename(temporary, self.directory)
+        except OSError:
+            shutil.rmtree(temporary, ignore_errors=True)
+            raise
+
+
+class ReleaseRoom(NamedTuple):
+    """Give back the reserve of ``aux/safety/`` (a later boot with room keeps one again)."""
+
+    directory: str
+
+    def describe(self) -> str:
+        return f"give back the room kept in reserve in {self.directory}"
+
+    def apply(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.directory)
+
+
 def storage_stage(
     state: BootState, devices: Sequence[str] | None = None, sysfs: str = "/sys", devdir: str = "/dev"
 ) -> None:
@@ -166,14 +213,41 @@ def storage_stage(
     state.scratch_device = target.device
     facts.update(device=target.device, disk=target.view.path, fresh=state.scratch_fresh)
     if not system.dry_run:
-        stats = os.statvfs(state.scratch)
-        facts.update(size=stats.f_blocks * stats.f_frsize, free=stats.f_bavail * stats.f_frsize)
-        state.log.info(f"scratch: {target.device} on {state.scratch}, {human(facts['free'])} free of {human(facts['size'])}")
-        if facts["free"] < min(FULL_BELOW, facts["size"] // 20):
-            # The boot goes on (the cache makes room for itself, the loader's own writes are warnings),
-            # but the OS is likely to fail: said first in the report, not left to a failed write later.
-            state.warn(f"the scratch disk {target.device} is full: {human(facts['free'])} free of "
-                       f"{human(facts['size'])}; the OS may fail to write (what it wrote is under /mnt/.rw/persistent)")
+        _mind_the_room(state, target.device, facts)
+
+
+def _mind_the_room(state: BootState, device: str, facts: dict[str, Any]) -> None:
+    """Report the scratch disk's size and free space; a full one is named in the report, and given back
+    the reserve of ``aux/safety/`` so that the boot can write its state (the pin, the context, the logs).
+    As µCernVM, the reserve is made where there is none, here only where it leaves the disk room."""
+    safety = state.scratch / SAFETY
+    size, free = _room(state)
+    full_below = min(FULL_BELOW, size // 20)
+    released = ""
+    if free < full_below and os.path.isdir(safety):  # os.path: False where a failing disk cannot answer
+        try:
+            state.system.do(ReleaseRoom(str(safety)))
+        except OSError as error:
+            state.warn(f"the reserve {SAFETY}/ on the scratch disk cannot be given back: {error.strerror or error}")
+        else:
+            released = f", after giving back the {human(SAFETY_BYTES)} kept in reserve in {SAFETY}/"
+            size, free = _room(state)
+    elif not os.path.lexists(safety) and size >= 20 * SAFETY_BYTES and free - SAFETY_BYTES >= full_below:
+        if state.do_or_warn(f"the reserve {SAFETY}/", KeepRoom(str(safety))):
+            size, free = _room(state)
+    facts.update(size=size, free=free)
+    state.log.info(f"scratch: {device} on {state.scratch}, {human(free)} free of {human(size)}")
+    if free < full_below or released:
+        # The boot goes on (the cache makes room for itself, the loader's own writes are warnings),
+        # but the OS is likely to fail: said first in the report, not left to a failed write later.
+        state.warn(f"the scratch disk {device} is full: {human(free)} free of {human(size)}{released}; the OS may "
+                   "fail to write (what it wrote is under /mnt/.rw/persistent)")
+
+
+def _room(state: BootState) -> tuple[int, int]:
+    """The scratch file system's size and the bytes free for its files."""
+    stats = os.statvfs(state.scratch)
+    return stats.f_blocks * stats.f_frsize, stats.f_bavail * stats.f_frsize
 
 
 def _wait_for_disks(sysfs: str, devices: Sequence[str] | None, wait: bool) -> list[Disk]:
@@ -459,7 +533,7 @@ def _grow_on_request(state: BootState, target: Target, sysfs: str, devdir: str) 
     if not flag.exists():
         return None
     system = state.system
-    before = _fs_size(state)
+    before = _room(state)[0]
     system.do(Unmount(str(state.scratch)))
     system.do(CheckFileSystem(target.device, force=True))  # resize2fs wants a file system just checked
     try:
@@ -472,7 +546,7 @@ def _grow_on_request(state: BootState, target: Target, sysfs: str, devdir: str) 
     _mount(state, target.device)
     system.do(RemoveFile(str(flag)))
     if "error" not in outcome:
-        outcome["after"] = _fs_size(state)
+        outcome["after"] = _room(state)[0]
         state.log.info(f"aux/resize: partition {target.device} grew by {human(gained)}, "
                        f"file system {human(before)} -> {human(outcome['after'])}")
     return outcome
@@ -506,8 +580,3 @@ def _grown_partition(view: DiskView, number: int, sysfs: str) -> tuple[Partition
     if not (moved or gained):
         return None
     return table, table.partition(number), gained * table.sector_size
-
-
-def _fs_size(state: BootState) -> int:
-    stats = os.statvfs(state.scratch)
-    return stats.f_blocks * stats.f_frsize
