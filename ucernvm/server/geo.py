@@ -39,8 +39,9 @@ Location = object  # opaque to the sorter: whatever a Locator returns and compar
 PROXY_SEPARATOR = "+PXYSEP+"
 MAX_ENTRIES = 100  # each name may cost a resolver thread; real clients send about ten
 
-# Characters allowed in server names, as cvmfs_geo.py ("paranoia", plus ':' for IPv6 literals). An empty
-# name, as a trailing comma makes, is one that cannot be located: it goes last, as there.
+# Characters of a name worth locating, as cvmfs_geo.py's ("paranoia", ':' for IPv6 literals, brackets
+# around them). Any other name, or an empty one as a trailing comma makes, cannot be located: it goes
+# last, as there.
 _NAME_CHARS = re.compile(r"^[0-9A-Za-z.:\[\]-]{0,256}$")
 _HOST_LABEL = re.compile(r"^[0-9A-Za-z]([0-9A-Za-z-]{0,61}[0-9A-Za-z])?$")
 # The cvmfs client sends its UUID as the caching string when it has no proxy: never worth a lookup.
@@ -254,7 +255,7 @@ def _done_event() -> threading.Event:
 
 
 def parse_request(path_info: str) -> tuple[str, list[str]]:
-    """Split ``<caching-string>/<h1>,<h2>,...`` and check the entries; raise GeoRequestError."""
+    """Split ``<caching-string>/<h1>,<h2>,...`` and check their number; raise GeoRequestError."""
     caching_string, slash, server_list = path_info.partition("/")
     if not slash:
         raise GeoRequestError("no slash in geo path")
@@ -263,9 +264,6 @@ def parse_request(path_info: str) -> tuple[str, list[str]]:
         raise GeoRequestError(f"more than {MAX_ENTRIES} servers")
     if servers.count(PROXY_SEPARATOR) > 1:
         raise GeoRequestError("more than one proxy separator")
-    for server in servers:
-        if server != PROXY_SEPARATOR and not _NAME_CHARS.match(server):
-            raise GeoRequestError(f"malformed server name {server[:64]!r}")
     return caching_string, servers
 
 
@@ -282,9 +280,7 @@ class GeoSorter:
 
     def answer(self, path_info: str, remote_addr: str, forwarded_for: str | None = None) -> str:
         caching_string, servers = parse_request(path_info)
-        names = [s for s in servers if s != PROXY_SEPARATOR]
-        if _NAME_CHARS.match(caching_string):
-            names.append(caching_string)
+        names = [name for name in [*servers, caching_string] if _NAME_CHARS.match(name)]  # not +PXYSEP+
         addresses = self.resolver.resolve(names)
         locations = {name: self.locator.locate(found) for name, found in addresses.items()}
 
