@@ -227,6 +227,18 @@ def test_a_machine_of_another_owner_is_not_authorized(server: OnlineServer, serv
     assert service.pin_status(pin) == "error"
 
 
+def test_a_context_id_moves_a_machine_to_the_contexts_owner(server: OnlineServer, service: OnlineService) -> None:
+    """The cloud variant (contextualization_key=<context id>) is the owner's own launch: the service
+    registers the machine to the context's owner, whoever paired it before, and never answers
+    not-authorized to it."""
+    fetch(server, service.new_pin("Démo context!"), machine="vm-9")
+    context = service.context("other owner")
+    query = {"uuid": "vm-9", "ver": "1", "context_id": context.uuid, "checksum": checksum(context.uuid, "")}
+    status, body = http_request(f"{server.url}/api/context?{urllib.parse.urlencode(query)}")
+    assert status == 200 and parse_reply(body).user_data == context.user_data
+    assert service.machines["vm-9"]["owner"] == "someone else"
+
+
 def test_the_invalid_request_token(server: OnlineServer, service: OnlineService) -> None:
     service.replies["222222"] = b"invalid-request\n"
     with pytest.raises(ContextError, match=r"rejected the request \(invalid-request\)"):

@@ -7,7 +7,8 @@ It answers as the real service does (``cernvm-online``: ``cvmo/vm/views.py``, ``
   never cached: ``not-found`` for a PIN that is unknown, older than 5 minutes or used already,
   ``invalid-checksum`` for a wrong secret (the PIN stays usable), ``not-authorized`` for a machine
   that another owner paired before, else the rendered context (``ENCRYPTED:...`` when it has a
-  secret). A PIN pairs one machine.
+  secret). A PIN pairs one machine. A ``context_id`` is never not-authorized: the machine is
+  registered to the context's owner.
 - PINs are made like ``gen_pin``: for an encrypted context the first 4 digits add up to the salt of
   the context's UUID, and the last digit is odd; otherwise random digits and an even last digit.
   ``GET /vm/pair/<context name or uuid>`` hands out a new one (``text/plain``; the real page needs
@@ -289,9 +290,8 @@ class OnlineService:
             if context.key and context.key != given:
                 return _text(200, "invalid-checksum")
             known = self.machines.get(machine)
-            if known is not None and known["owner"] != context.owner:
-                if claim is not None:
-                    claim.status = "E"
+            if claim is not None and known is not None and known["owner"] != context.owner:
+                claim.status = "E"  # a PIN of another account: a hijack (a context ID is the owner's own)
                 return _text(200, "not-authorized")
             if claim is not None:
                 claim.status = "C"
