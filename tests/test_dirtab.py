@@ -112,7 +112,8 @@ def test_patterns_match_as_cvmfs_globs_them(software: Path) -> None:
     assert select(software, b"  /software/*/*  \n!/software/*\n") == []
     assert select(software, b"/software/*/*\n!/software/*6\n") == select(software, b"/software/*/*\n")
     assert select(software, b"/software/*/*\n! 1.0\n") == select(software, b"/software/*/*\n")
-    assert select(software, b"/software/*/*\n!*/i686/*\n") == ["/software/x86_64/1.0", "/software/x86_64/common"]
+    assert select(software, b"/software/*/*\n!*/i686/*\n!*/link/*\n") == [
+        "/software/x86_64/1.0", "/software/x86_64/common"]
     assert select(software, b"/software//i686/\n/software/i686\n\n\t# indented comment\n") == ["/software/i686"]
     assert select(software, b"/no/such/dir\n") == []
 
@@ -199,3 +200,27 @@ def test_bracket_expressions_take_classes_as_fnmatch_does(software: Path) -> Non
         "/software/i686", "/software/v2", "/software/x86_64"]
     assert select(software, b"/software/[[:bogus:]]*\n") == select(software, b"/software/[![:bogus:]]*\n") == []
     assert select(software, b"/software/[v[:bogus:]V]?\n") == ["/software/v2"]
+
+
+def test_a_pattern_goes_down_symlinks_to_directories_of_the_tree(software: Path, tmp_path: Path,
+                                                                 keys_dir: Path) -> None:
+    """As cvmfs's glob: a symlink to a directory of the repository is followed on the way down, and the
+    directory it leads to becomes the catalog; an exclusion matches the path the pattern found. A symlink
+    as the last name is no catalog, nor is one leading out of the tree followed."""
+    (software / "software" / "i386").symlink_to("i686")
+    (software / "software" / "arch").symlink_to(software / "software" / "x86_64")  # absolute, into the tree
+    (tmp_path / "elsewhere" / "9.0").mkdir(parents=True)
+    (software / "software" / "outside").symlink_to(tmp_path / "elsewhere")
+    (software / "software" / "to-file").symlink_to("notes.txt")
+    i686 = ["/software/i686/1.0", "/software/i686/2.0", "/software/i686/common"]
+    assert select(software, b"/software/i386/*\n") == i686
+    assert select(software, b"/software/arch/*\n") == ["/software/x86_64/1.0", "/software/x86_64/common"]
+    assert select(software, b"/software/i386/*\n! /software/i686/common\n") == i686
+    assert select(software, b"/software/i386/*\n! /software/i386/common\n") == i686[:2]
+    assert select(software, b"/software/*/9.0\n/software/to-file/*\n/software/i386\n") == []
+    (software / ".cvmfsdirtab").write_bytes(b"/software/i386/[12].0\n")
+    repo = tmp_path / "repo"
+    publish(software, repo, keys_dir)
+    repository = open_repo(repo, keys_dir)
+    assert mountpoints(repository) == sorted(i686[:2] + ["/manual", "/software/x86_64/common"])
+    assert read_back(repository) == with_markers(snapshot_tree(software), i686[:2])

@@ -6,16 +6,19 @@ names may hold ``*`` (any run of characters) and ``?`` (one character); ``\\`` e
 itself. A line starting with ``!`` excludes what its pattern matches; there ``*`` also spans slashes, and
 the pattern may be relative (``! */common``). cvmfs finds the directories with ``glob(3)``, ``GLOB_PERIOD``
 set, so a wildcard matches hidden names too, and a bracket expression ``[...]`` works as fnmatch(3) reads
-it: with ranges, and classes (``[[:digit:]]``) as the C locale defines them.
+it: with ranges, and classes (``[[:digit:]]``) as the C locale defines them. glob goes down symlinks to
+directories of the repository; cvmfs makes no catalog at a symlink itself.
 """
 
 from __future__ import annotations
 
 import enum
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from ucernvm.cvmfs.catalog import join
 from ucernvm.cvmfs.source_tree import SourceNode
 from ucernvm.errors import ConfigError
 
@@ -39,16 +42,24 @@ class Rule:
     absolute: bool
     exclude: bool
 
-    def glob(self, root: SourceNode) -> Iterator[SourceNode]:
-        """The directories the pattern names below ``root``, as glob(3) finds them (symlinks not followed)."""
+    def glob(self, root: SourceNode) -> Iterator[tuple[str, SourceNode]]:
+        """The directories the pattern names below ``root`` as cvmfs's glob(3) finds them: each by the path
+        it was found at and its node. A symlink to a directory of the tree is followed on the way down, as
+        glob opens it; the last name must be a directory itself (cvmfs skips a symlink there: a symlink
+        cannot hold a nested catalog)."""
         names = [re.compile(_glob_regex(_glob_string(element)), re.DOTALL) for element in self.elements]
 
-        def descend(directory: SourceNode, depth: int) -> Iterator[SourceNode]:
+        def descend(path: str, directory: SourceNode, depth: int) -> Iterator[tuple[str, SourceNode]]:
+            last = depth + 1 == len(names)
             for child in directory.children:
-                if child.is_directory and names[depth].fullmatch(child.name):
-                    yield from descend(child, depth + 1) if depth + 1 < len(names) else (child,)
+                if not names[depth].fullmatch(child.name):
+                    continue
+                if last and child.is_directory:
+                    yield join(path, child.name), child
+                elif not last and (target := _followed(root, child)) is not None:
+                    yield from descend(join(path, child.name), target, depth + 1)
 
-        return descend(root, 0)
+        return descend("", root, 0)
 
     def excludes(self, path: str) -> bool:
         """cvmfs's relaxed match of an exclusion: ``*`` spans slashes, a trailing slash is allowed."""
@@ -89,10 +100,30 @@ class Dirtab:
         found: dict[str, SourceNode] = {}
         for rule in self.rules:
             if not rule.exclude:
-                for directory in rule.glob(tree):
-                    if not any(exclusion.excludes(directory.path) for exclusion in exclusions):
+                for path, directory in rule.glob(tree):
+                    if not any(exclusion.excludes(path) for exclusion in exclusions):
                         found.setdefault(directory.path, directory)
         return list(found.values())
+
+
+def _followed(root: SourceNode, node: SourceNode) -> SourceNode | None:
+    """The directory of the tree below ``root`` that glob opens at ``node``: itself, or a symlink's target
+    (cvmfs's directory functions for glob refuse one outside the repository)."""
+    if node.is_directory:
+        return node
+    if not node.is_symlink:
+        return None
+    top = os.path.realpath(root.fs_path)
+    target = os.path.realpath(node.fs_path)
+    if target != top and not target.startswith(top.rstrip("/") + "/"):
+        return None
+    directory = root
+    for name in os.path.relpath(target, top).split("/") if target != top else ():
+        found = next((child for child in directory.children if child.name == name and child.is_directory), None)
+        if found is None:
+            return None  # not a directory, or gone since the scan
+        directory = found
+    return directory
 
 
 def read_dirtab(tree: SourceNode) -> Dirtab | None:
