@@ -268,6 +268,16 @@ def test_opennebula_hostname_as_cloud_init_picks_it(tmp_path: Path, variables: s
     assert found.meta.hostname == hostname
 
 
+def test_opennebula_ssh_keys_as_cloud_init_reads_them(tmp_path: Path) -> None:
+    """SSH_KEY when context.sh sets it, even empty, else SSH_PUBLIC_KEY; '#' lines are no keys."""
+    variables = f"SSH_KEY=''\nSSH_PUBLIC_KEY='{KEY}'\n"
+    found = read_opennebula(tree(tmp_path / "empty", {"context.sh": variables.encode()}), DEVICE, ignore)
+    assert found.meta.public_keys == ()
+    variables = f"SSH_PUBLIC_KEY='# the operators\n{KEY}\n\n#{KEY}'\n"
+    found = read_opennebula(tree(tmp_path / "comments", {"context.sh": variables.encode()}), DEVICE, ignore)
+    assert found.meta.public_keys == (KEY,)
+
+
 def test_vsphere_azure_and_nocloud_trees(tmp_path: Path, notes: Notes) -> None:
     assert read_vsphere(tree(tmp_path / "vs", {"user-data.txt": b"vs"}), DEVICE, ignore).user_data == b"vs"
     udf = BlockDevice("/dev/sr1", "udf", "")

@@ -282,9 +282,16 @@ def read_opennebula(root: Path, device: BlockDevice, warn: Warn) -> FoundContext
         return None
     variables = parse_context_sh(data.decode("utf-8", "replace"))
     meta = MetaData(hostname=clean(next((variables[name] for name in HOSTNAME_VARIABLES if name in variables), "")),
-                    public_keys=_keys((variables.get("SSH_KEY") or variables.get("SSH_PUBLIC_KEY", "")).splitlines()))
+                    public_keys=_opennebula_keys(variables))
     return FoundContext(OPEN_NEBULA, _opennebula_user_data(variables, warn), meta, static_network(variables, warn),
                         device=device.path)
+
+
+def _opennebula_keys(variables: dict[str, str]) -> tuple[str, ...]:
+    """SSH_KEY when context.sh sets it (even empty), else SSH_PUBLIC_KEY, one key a line and '#' lines
+    left out, as cloud-init's OpenNebula datasource reads them."""
+    lines = variables.get("SSH_KEY" if "SSH_KEY" in variables else "SSH_PUBLIC_KEY", "").splitlines()
+    return _keys([line for line in lines if not line.startswith("#")])
 
 
 def _opennebula_user_data(variables: dict[str, str], warn: Warn) -> bytes:
