@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -77,3 +78,27 @@ def test_garbage_certificates_are_format_errors(der: bytes) -> None:
     pem = b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(der) + b"-----END CERTIFICATE-----\n"
     with pytest.raises(FormatError):
         trust.load_certificate(pem)
+
+
+def test_resign_refuses_a_certificate_other_than_the_one_the_manifest_names(legacy, tmp_path) -> None:
+    """A certificate re-issued for the same key would sign alike, but clients look the fingerprint of the
+    manifest's own (its X line) up in the whitelist: a whitelist of the other makes them all refuse."""
+    from ucernvm.cvmfs.publisher import resign
+
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    shutil.copy(legacy.keys / f"{legacy.fqrn}.masterkey", keys)
+    reissued = signing.make_certificate(legacy.fqrn, signing.load_private_key(legacy.keys / f"{legacy.fqrn}.key"))
+    (keys / f"{legacy.fqrn}.crt").write_bytes(reissued.public_bytes(serialization.Encoding.PEM))
+    whitelist = legacy.repo / ".cvmfswhitelist"
+    before = whitelist.read_bytes()
+    with pytest.raises(ConfigError) as refused:
+        resign(str(legacy.repo), legacy.fqrn, str(keys))
+    named = trust.certificate_fingerprint(trust.load_certificate((legacy.keys / f"{legacy.fqrn}.crt").read_bytes()))
+    assert refused.value.message == (f"{keys / f'{legacy.fqrn}.crt'} is not the certificate the repository's "
+                                     f"manifest names ({named})")
+    assert whitelist.read_bytes() == before
+    shutil.copy(legacy.keys / f"{legacy.fqrn}.crt", keys)  # the right one: renewed
+    assert resign(str(legacy.repo), legacy.fqrn, str(keys)).whitelist.lists(trust.load_certificate(
+        (keys / f"{legacy.fqrn}.crt").read_bytes()))
+    assert whitelist.read_bytes() != before

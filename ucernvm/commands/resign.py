@@ -13,7 +13,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "resign",
         help="renew the whitelist (signed with the master key)",
         description="Write a fresh .cvmfswhitelist for the repository certificate in DIR, signed with "
-        "FQRN.masterkey and valid for --days days. Clients refuse a repository whose whitelist expired.",
+        "FQRN.masterkey and valid for --days days. Clients refuse a repository whose whitelist expired. "
+        "FQRN.crt must be the certificate the repository's manifest names: a whitelist for another one "
+        "would make every client refuse the repository, so it is not written.",
     )
     parser.add_argument("--repo", required=True, metavar="REPO_DIR", help="the repository directory")
     parser.add_argument("--name", required=True, metavar="FQRN", help="repository name")

@@ -559,10 +559,13 @@ def resign(repo_dir: str, fqrn: str, keys_dir: str, days: int = whitelist_file.D
     """Write a fresh whitelist for the repository's certificate, valid for ``days``: as cvmfs_server resign,
     with the master key and the certificate alone (the repository's key may be kept elsewhere)."""
     storage = RepositoryStorage(repo_dir)
-    if storage.read_named(manifest_file.FILE_NAME) is None:
+    published = storage.read_named(manifest_file.FILE_NAME)
+    if published is None:
         raise ConfigError(f"{repo_dir} is not a repository (no .cvmfspublished)")
     paths = signing.key_paths(keys_dir, fqrn)
     certificate = trust.load_certificate(_read_certificate(paths["crt"]))
+    manifest = manifest_file.SignedManifest.parse(published).manifest
+    signing.check_named_certificate(storage.root, manifest, certificate, paths["crt"])
     data = make_whitelist(fqrn, certificate, paths["masterkey"], days)
     storage.put_named(whitelist_file.FILE_NAME, data)
     return SignedWhitelist.parse(data)

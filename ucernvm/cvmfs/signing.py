@@ -18,11 +18,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 
+from ucernvm.client.sinks import Inflating, Memory
+from ucernvm.client.sources import DirectorySource
+from ucernvm.cvmfs import trust
 from ucernvm.cvmfs.envelope import seal
 from ucernvm.cvmfs.manifest import Manifest
 from ucernvm.cvmfs.whitelist import Whitelist
-from ucernvm.cvmfs.hashing import HashAlgorithm
-from ucernvm.errors import ConfigError
+from ucernvm.cvmfs.hashing import HashAlgorithm, ObjectType
+from ucernvm.errors import ConfigError, VerificationError
 
 RSA_KEY_BITS = 2048
 CERTIFICATE_DAYS = 365
@@ -121,3 +124,18 @@ def sign_manifest(manifest: Manifest, key: rsa.RSAPrivateKey) -> bytes:
 def sign_whitelist(whitelist: Whitelist, master_key: rsa.RSAPrivateKey, algorithm: HashAlgorithm = HashAlgorithm.SHA1) -> bytes:
     hash_line, unsigned = seal(whitelist.to_text(), algorithm)
     return unsigned + sign_raw(master_key, hash_line)
+
+
+def check_named_certificate(repo_dir: Path, manifest: Manifest, certificate: trust.Certificate, crt: Path) -> None:
+    """Refuse a certificate other than the one the manifest names (its X line): clients look that one's
+    fingerprint up in the whitelist, so a whitelist for another makes every client refuse the repository."""
+    if manifest.certificate is None:
+        raise VerificationError("the repository's manifest names no certificate (X line)")
+    named = Memory()
+    DirectorySource(repo_dir).fetch_object(manifest.certificate, ObjectType.CERTIFICATE, Inflating(named))
+    expected = trust.load_certificate(named.value())
+    if expected.der != certificate.der:
+        raise ConfigError(
+            f"{crt} is not the certificate the repository's manifest names ({trust.certificate_fingerprint(expected)})",
+            "use the certificate the repository was last published with; a new one needs a publish with it first",
+        )
