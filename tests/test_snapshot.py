@@ -9,6 +9,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -16,7 +17,7 @@ from test_cache import fill
 from test_publish import FQRN, publish
 from ucernvm.boot.log import BootLog
 from ucernvm.boot.pipeline import Stage, run_stages
-from ucernvm.boot.snapshot import FORCE_FILE, PIN_FILE, snapshot_stage
+from ucernvm.boot.snapshot import FORCE_FILE, PIN_FILE, cache_quota, snapshot_stage
 from ucernvm.boot.servers import servers_stage
 from ucernvm.boot.state import BootState
 from ucernvm.boot.system import RealSystem
@@ -51,6 +52,21 @@ def boot(tmp_path: Path, keys_dir: Path, url: str, **settings: object) -> BootSt
 
 def pin(state: BootState) -> list[str]:
     return (state.scratch / PIN_FILE).read_text().splitlines()
+
+
+MIB = 1 << 20
+
+
+@pytest.mark.parametrize(("size", "quota_mib"), [
+    (5000 * MIB, 2000),           # larger than 4000 MiB: 2000 MiB, as CVMFS_QUOTA_LIMIT=2000
+    (3900 * MIB, 1950),           # over 4000 MB but not 4000 MiB: half of it
+    (4000 * MIB, 2000),
+    (1001 * MIB - 4096, 500),     # df -m rounds the size up to 1001 MiB; half of it rounds down
+])
+def test_the_cache_quota_counts_mib_as_df_m_and_cvmfs_do(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, size: int,
+                                                          quota_mib: int) -> None:
+    monkeypatch.setattr(os, "statvfs", lambda path: SimpleNamespace(f_blocks=size // 4096, f_frsize=4096))
+    assert cache_quota(tmp_path) == quota_mib * MIB
 
 
 def test_the_first_boot_pins_and_later_boots_keep_the_pin(tmp_path: Path, keys_dir: Path, served) -> None:

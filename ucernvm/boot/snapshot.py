@@ -16,7 +16,7 @@ from pathlib import Path
 from ucernvm.boot.rebase import rebase_if_moved
 from ucernvm.boot.state import BootState
 from ucernvm.boot.system import MakeDirs, RemoveFile, Sync, WriteFile
-from ucernvm.client.cache import ObjectCache
+from ucernvm.client.cache import MIB, ObjectCache
 from ucernvm.client.repository import Repository
 from ucernvm.cvmfs.hashing import ContentHash
 from ucernvm.cvmfs.trust import load_master_keys
@@ -26,7 +26,6 @@ KEYS_DIR = "/etc/cvmfs/keys"
 PIN_FILE = "aux/cvmfs_snapshot"
 FORCE_FILE = "aux/cvmfs_force_tag"
 NEWEST_FILE = "aux/ucernvm_newest_boot.json"
-MB = 1_000_000
 
 
 def trusted_keys(state: BootState, fqrn: str) -> list:
@@ -43,12 +42,14 @@ def trusted_keys(state: BootState, fqrn: str) -> list:
 
 
 def cache_quota(scratch: Path) -> int:
-    """µCernVM's rule: 2000 MB, or half the scratch file system when it is smaller than 4000 MB."""
+    """µCernVM's rule, in bytes: 2000 MiB, or half the scratch file system when it is not larger than 4000 MiB.
+    µCernVM takes the size from ``df -m`` (MiB, rounded up) and writes CVMFS_QUOTA_LIMIT in MiB."""
     try:
-        size = os.statvfs(scratch).f_blocks * os.statvfs(scratch).f_frsize
+        stats = os.statvfs(scratch)
     except OSError:
-        return 2000 * MB
-    return 2000 * MB if size > 4000 * MB else size // 2
+        return 2000 * MIB
+    size_mib = -(-stats.f_blocks * stats.f_frsize // MIB)
+    return (2000 if size_mib > 4000 else size_mib // 2) * MIB
 
 
 def read_pin(state: BootState) -> tuple[ContentHash | None, str]:
