@@ -176,8 +176,12 @@ def test_a_failed_initramfs_leaves_no_partial_file(tmp_path: Path) -> None:
 def test_cpio_refuses_two_different_entries_for_one_path(tmp_path: Path) -> None:
     same = [Entry.blob("etc/a", b"1", "x"), Entry.blob("etc/a", b"1", "y")]
     assert [e.path for e in cpio.normalize(same)] == ["etc", "etc/a"]
-    with pytest.raises(ValueError, match="/etc/a"):
-        cpio.normalize([Entry.blob("etc/a", b"1", "x"), Entry.blob("etc/a", b"2", "x")])
+    (tmp_path / "one").write_bytes(b"1")
+    (tmp_path / "two").write_bytes(b"2")
+    with pytest.raises(ConfigError) as refused:
+        cpio.normalize([Entry.file("etc/a", tmp_path / "one", "tools"), Entry.file("etc/a", tmp_path / "two", "libraries")])
+    assert str(refused.value) == (f"two different files for the same place in the image: /etc/a (from {tmp_path}/one) "
+                                  f"of tools and /etc/a (from {tmp_path}/two) of libraries")
 
 
 @needs_zstd

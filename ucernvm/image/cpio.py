@@ -89,7 +89,9 @@ def normalize(entries: Iterable[Entry]) -> list[Entry]:
                                                         entry.data, entry.target, entry.rdev)
         known = by_path.get(path)
         if known is not None and not known.same_content(entry):
-            raise ValueError(f"two different entries for /{path}")
+            raise ConfigError(f"two different files for the same place in the image: {_described(path, known.source)} "
+                              f"of {known.component} and {_described(path, entry.source)} of {entry.component}",
+                              "leave one of them out of the image's inputs (tools.txt, the module list)")
         by_path.setdefault(path, entry)
         parent = path.rpartition("/")[0]
         while parent and parent not in by_path:
