@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from test_cache import fill, small_disk  # noqa: F401 (a fixture)
 from test_publish import open_repo, publish
 from ucernvm.boot.rebase import Rebase, merge_accounts, plan_rebase, secret_lines
 from ucernvm.client.repository import normalize_path
@@ -177,8 +178,40 @@ def test_a_rebase_that_cannot_finish_is_a_warning_and_the_boot_goes_on(snapshot,
         rebase_if_moved(state, "0" * 40)
     assert "Not a directory" in state.facts["rebase"]["error"]
     assert "rebase of the writable layer stopped" in state.warnings[0]
+    assert state.warnings[0].endswith("; see aux/rebase-T.log")
     log = (scratch / "aux" / "rebase-T.log").read_text()
     assert "restore usr/share/doc/readme" in log and "stopped:" in log
     assert (scratch / "persistent" / "usr/bin/tool").exists()  # nothing half-moved: the file is where it was
     rebase_if_moved(state, snapshot.root_hash.hex)  # the same snapshot: nothing to do
     assert len(state.warnings) == 1
+
+
+@pytest.mark.parametrize("whiteout_there", [True, False], ids=["a whiteout to remove", "nothing to do"])
+def test_a_rebase_whose_log_the_full_disk_cannot_hold_says_so_apart_from_what_it_did(
+        snapshot, small_disk: Path, tmp_path: Path, whiteout_there: bool) -> None:
+    """On a full scratch disk the rebase itself can go through (removing a whiteout frees room, moving a
+    file takes none): the report says what it did, and apart from it that its log could not be written,
+    and no log is left that would tell otherwise."""
+    import io
+
+    from ucernvm.boot.log import BootLog
+    from ucernvm.boot.rebase import rebase_if_moved
+    from ucernvm.boot.state import BootState
+    from ucernvm.boot.system import RealSystem
+
+    state = BootState(RealSystem(str(tmp_path / "machine")), BootLog(io.StringIO()))
+    state.repository, state.scratch_moved_to = snapshot, small_disk
+    (small_disk / "persistent/usr/share/doc").mkdir(parents=True)
+    (small_disk / "aux").mkdir()
+    if whiteout_there:
+        whiteout(small_disk / "persistent/usr/share/doc/readme")
+    fill(small_disk / "persistent")  # the user's files: only the layer has them
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("time.strftime", lambda *_: "T")
+        rebase_if_moved(state, "0" * 40)
+    assert state.facts["rebase"] == {"restored": int(whiteout_there), "set_aside": 0, "preserved": 0,
+                                     "accounts_added": 0, "log_error": "No space left on device"}
+    assert state.warnings == ["aux/rebase-T.log (what the rebase of the writable layer did) not written on the "
+                              "scratch disk: No space left on device"]
+    assert not (small_disk / "persistent/usr/share/doc/readme").exists()
+    assert not (small_disk / "aux/rebase-T.log").exists()

@@ -22,6 +22,7 @@ left out. Every decision is a line of ``aux/rebase-<time>.log``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import time
@@ -67,17 +68,29 @@ def rebase_if_moved(state: BootState, previous_root_hash: str | None) -> None:
     aux = state.scratch / "aux"
     try:
         plan = plan_rebase(upper, lookup)
-        result = state.system.do(Rebase(str(upper), plan, str(aux / f"rebase-{stamp}"),
-                                        str(aux / f"rebase-{stamp}.log"), read_snapshot))
     except (OSError, UcernvmError) as error:
-        # The new snapshot boots all the same, under a layer that may still hide some of its files: a
-        # rebase that cannot finish must not keep the machine from booting (it would fail at every boot).
-        state.facts["rebase"] = {"error": str(error)}
-        state.warn(f"rebase of the writable layer stopped: {error}; see aux/rebase-{stamp}.log")
+        _report(state, {"error": str(error)}, None, stamp)  # nothing changed, nothing logged
         return
-    state.facts["rebase"] = result or {"planned": True}
-    state.log.info(f"rebased the writable layer onto the new snapshot: {len(plan.restore)} whiteouts removed, "
-                   f"{len(plan.set_aside)} files moved to aux/rebase-{stamp}/, {len(plan.preserved)} kept")
+    result = state.system.do(Rebase(str(upper), plan, str(aux / f"rebase-{stamp}"),
+                                    str(aux / f"rebase-{stamp}.log"), read_snapshot))
+    _report(state, result or {"planned": True}, plan, stamp)
+
+
+def _report(state: BootState, result: dict, plan: RebasePlan | None, stamp: str) -> None:
+    """Say what the rebase did, and separately whether its log could not be written. A rebase that cannot
+    finish is a warning: the new snapshot boots all the same, under a layer that may still hide some of its
+    files, rather than failing at every boot."""
+    state.facts["rebase"] = result
+    log = f"aux/rebase-{stamp}.log"
+    if "error" in result:
+        see = f"; see {log}" if plan is not None and "log_error" not in result else ""
+        state.warn(f"rebase of the writable layer stopped: {result['error']}{see}")
+    elif plan is not None:
+        state.log.info(f"rebased the writable layer onto the new snapshot: {len(plan.restore)} whiteouts removed, "
+                       f"{len(plan.set_aside)} files moved to aux/rebase-{stamp}/, {len(plan.preserved)} kept")
+    if "log_error" in result:
+        state.warn(f"{log} (what the rebase of the writable layer did) not written on the scratch disk: "
+                   f"{result['log_error']}")
 
 
 class RebasePlan(NamedTuple):
@@ -200,27 +213,31 @@ class Rebase(NamedTuple):
                 f"{len(self.plan.set_aside)} files moved to {self.aside}, {len(self.plan.preserved)} kept under "
                 f"/etc, /var, /root; accounts merged (log: {self.log})")
 
-    def apply(self) -> dict[str, int]:
-        """The counts of what was done; OSError at the first step that fails, whose log says how far it got."""
+    def apply(self) -> dict[str, int | str]:
+        """The counts of what was done, or "error": the first step that failed (the log says how far it
+        got); and "log_error" where the log could not be written (a full or failing disk)."""
         upper, lines = Path(self.upper), [f"rebase of {Path(self.upper).name}/ onto a new snapshot"]
+        result: dict[str, int | str]
         try:
-            for path in self.plan.restore:
-                os.unlink(upper / path)
-                lines.append(f"restore {path}")
-            for path in self.plan.set_aside:
-                target = Path(self.aside) / path
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.rename(upper / path, target)
-                lines.append(f"rebase {path} (moved to {Path(self.aside).name}/{path})")
-            lines += [f"preserve {path}" for path in self.plan.preserved]
-            lines += [f"keep {reason}" for reason in self.plan.kept]
-            added = self._merge_accounts(upper, lines)
+            result = self._steps(upper, lines)
         except (OSError, UcernvmError) as error:
             lines.append(f"stopped: {error}")
-            raise
-        finally:
-            with open(self.log, "w", encoding="utf-8", errors="surrogateescape") as log:
-                log.write("\n".join(lines) + "\n")
+            result = {"error": str(error)}
+        log_error = _write_log(Path(self.log), lines)
+        return result if log_error is None else {**result, "log_error": log_error}
+
+    def _steps(self, upper: Path, lines: list[str]) -> dict[str, int | str]:
+        for path in self.plan.restore:
+            os.unlink(upper / path)
+            lines.append(f"restore {path}")
+        for path in self.plan.set_aside:
+            target = Path(self.aside) / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(upper / path, target)
+            lines.append(f"rebase {path} (moved to {Path(self.aside).name}/{path})")
+        lines += [f"preserve {path}" for path in self.plan.preserved]
+        lines += [f"keep {reason}" for reason in self.plan.kept]
+        added = self._merge_accounts(upper, lines)
         return {"restored": len(self.plan.restore), "set_aside": len(self.plan.set_aside),
                 "preserved": len(self.plan.preserved), "accounts_added": added}
 
@@ -239,6 +256,18 @@ class Rebase(NamedTuple):
                 _replace(upper / secrets, secret_lines((upper / secrets).read_bytes(), their_secrets, added))
             added_in_all += len(added)
         return added_in_all
+
+
+def _write_log(path: Path, lines: list[str]) -> str | None:
+    """Write a rebase's log; why it could not be (none of it is left, so that no log points nowhere), or None."""
+    try:
+        with open(path, "w", encoding="utf-8", errors="surrogateescape") as log:
+            log.write("\n".join(lines) + "\n")
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        return error.strerror or str(error)
+    return None
 
 
 def _replace(path: Path, data: bytes) -> None:
