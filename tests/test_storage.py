@@ -483,7 +483,20 @@ def _unreadable_partition_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     return f"cannot read the partition table of {device}: Input/output error"
 
 
-@pytest.mark.parametrize("fault", [_failing_resize2fs, _unreadable_partition_table])
+def _unopenable_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, device: str) -> str:
+    """A disk that fails the open for telling the kernel of the grown partition; the error the boot reports."""
+    real_open = os.open
+
+    def failing(path: object, flags: int, *args: object, **kwargs: object) -> int:
+        if path == device and flags == os.O_RDONLY | os.O_CLOEXEC:  # BLKPG's open, not a reader's
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", failing)
+    return f"cannot resize kernel partition 1 of {device} (1 MiB + 511 MiB): Input/output error"
+
+
+@pytest.mark.parametrize("fault", [_failing_resize2fs, _unreadable_partition_table, _unopenable_disk])
 def test_a_resize_that_fails_is_a_warning_and_the_boot_goes_on(rig: Rig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                 fault: Callable[..., str]) -> None:
     """As µCernVM: the scratch disk is mounted again as it was and the request is dropped, instead of a

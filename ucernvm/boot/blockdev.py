@@ -164,14 +164,15 @@ class KernelPartitionChange(NamedTuple):
         part = ctypes.create_string_buffer(_BLKPG_PARTITION.pack(self.start, self.size, self.number, b"", b""))
         operation = _BLKPG_RESIZE if self.resize else _BLKPG_ADD
         argument = struct.pack("iiiP", operation, 0, _BLKPG_PARTITION.size, ctypes.addressof(part))
-        fd = os.open(self.disk, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            fcntl.ioctl(fd, _BLKPG, argument)
+            fd = os.open(self.disk, os.O_RDONLY | os.O_CLOEXEC)  # a failing disk may refuse even this
+            try:
+                fcntl.ioctl(fd, _BLKPG, argument)
+            finally:
+                os.close(fd)
         except OSError as error:
             hint = "the disk's partitions are in use; reboot to use the new table" if error.errno == errno.EBUSY else ""
             raise StorageError(f"cannot {self.describe()}: {error.strerror}", hint) from None
-        finally:
-            os.close(fd)
 
 
 # ---------------------------------------------------------------------------------------- probing
