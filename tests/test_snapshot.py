@@ -3,6 +3,7 @@ disk holds (the pin, aux/cvmfs_force_tag), and what it leaves there."""
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import shutil
@@ -125,6 +126,30 @@ def test_a_forced_tag_moves_the_machine_and_is_removed(tmp_path: Path, keys_dir:
     state = boot(tmp_path, keys_dir, url)
     assert state.facts["snapshot"]["root_hash"] == hashes["v2"] and pin(state) == [hashes["v2"], "v2"]
     assert not (scratch / FORCE_FILE).exists() and not state.warnings
+
+
+def test_a_force_file_the_disk_cannot_remove_after_the_pin_is_a_warning(tmp_path: Path, keys_dir: Path, served,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A disk with I/O errors that refuses the removal: the forced snapshot boots, pinned; the next boot
+    moves to the same tag again, which is harmless."""
+    url, hashes = served
+    boot(tmp_path, keys_dir, url, tag="v1")
+    scratch = tmp_path / "root" / "root.rw"
+    (scratch / FORCE_FILE).write_text("v2\n")
+    real_unlink = os.unlink
+
+    def failing(path: object, *args: object, **kwargs: object) -> None:
+        if str(path).endswith(FORCE_FILE):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", failing)
+    state = boot(tmp_path, keys_dir, url)
+    assert [record.status for record in state.stages] == ["ok", "ok"]
+    assert state.facts["snapshot"]["root_hash"] == hashes["v2"] and pin(state) == [hashes["v2"], "v2"]
+    assert state.warnings == [f"{FORCE_FILE} not removed from the scratch disk (Input/output error): the next boot "
+                              "moves to tag v2 again, the snapshot the pin now names"]
+    assert (scratch / FORCE_FILE).read_text() == "v2\n"
 
 
 def test_a_force_file_the_disk_cannot_read_is_reported_and_left_alone(tmp_path: Path, keys_dir: Path, served) -> None:

@@ -177,7 +177,7 @@ def _record_boot(state: BootState, label: str, pin: bool, forced: bool, newest: 
             return  # a full or failing disk: nothing more is asked of it this boot
         wrote.append("the pin")
         if forced:
-            system.do(RemoveFile(str(scratch / FORCE_FILE)))
+            _remove_force_file(state, f"the next boot moves to tag {label} again, the snapshot the pin now names")
     if not newest or repository.revision > newest["revision"]:
         record = {"revision": repository.revision, "root_hash": repository.root_hash.hex, "tag": label}
         if state.do_or_warn(f"{NEWEST_FILE} (the newest revision booted) on the scratch disk",
@@ -211,6 +211,15 @@ def _write_pin(state: BootState, label: str, forced: bool) -> bool:
                    f"snapshot {booted} without a pin; {after}")
         return False
     return True
+
+
+def _remove_force_file(state: BootState, if_kept: str) -> None:
+    """Remove ``aux/cvmfs_force_tag``; where a failing disk refuses, a warning that says what the file kept
+    does: the boot goes on."""
+    try:
+        state.system.do(RemoveFile(str(state.scratch / FORCE_FILE)))
+    except OSError as error:
+        state.warn(f"{FORCE_FILE} not removed from the scratch disk ({error.strerror or error}): {if_kept}")
 
 
 def _tag_of(repository: Repository) -> str:
