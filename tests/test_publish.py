@@ -489,3 +489,72 @@ def test_publish_help_says_the_defaults() -> None:
                     "(default: 4194304,8388608,16777216, the cvmfs sizes)", "(default: as the previous revision;",
                     "(default: generic-<UTC time>)", "(default: CPUs)", "fast (ISA-L, default)"]:
         assert default in text
+
+
+def tag_cli(repo: Path, keys: Path, *args: object, check: bool = False) -> subprocess.CompletedProcess[bytes]:
+    return run_cli("tag", "--repo", repo, "--name", FQRN, "--keys", keys, *args, check=check)
+
+
+def listing(repo: Path, keys: Path, tag: str) -> subprocess.CompletedProcess[bytes]:
+    return run_cli("repo", "ls", repo, "/etc", "--name", FQRN, "--key", keys / f"{FQRN}.pub", "--tag", tag)
+
+
+def test_a_tag_is_added_moved_and_removed_on_purpose(tree: Path, tmp_path: Path, keys_dir: Path) -> None:
+    """As cvmfs_server tag -a/-h/-r: a new history database and the manifest signed anew, the revision and
+    its catalogs as they were; a client then reads the snapshot the tag names now."""
+    repo = tmp_path / "repo"
+    publish(tree, repo, keys_dir, tag="v1")
+    (tree / "etc" / "new").write_text("only in revision 2\n")
+    publish(tree, repo, keys_dir, tag="v2")
+    before = open_repo(repo, keys_dir)
+    v1, v2 = before.find_tag("v1"), before.find_tag("v2")
+
+    added = tag_cli(repo, keys_dir, "--add", "stable", "--root-hash", v1.root_hash.hex, "--description", "tested",
+                    check=True)
+    assert f"added tag stable: revision 1, root catalog {v1.root_hash}".encode() in added.stdout
+    assert b"new" not in listing(repo, keys_dir, "stable").stdout.split()
+    history_with_stable = open_repo(repo, keys_dir).manifest.history
+    moved = tag_cli(repo, keys_dir, "--add", "stable", "--root-hash", v2.root_hash.hex, check=True)
+    assert b"moved tag stable from revision 1" in moved.stdout
+    assert b"new" in listing(repo, keys_dir, "stable").stdout.split()
+    after = open_repo(repo, keys_dir)
+    stable = after.find_tag("stable")
+    assert (stable.revision, stable.timestamp, stable.description) == (2, v2.timestamp, "tested")
+    assert (after.manifest.revision, after.root_hash) == (before.manifest.revision, before.root_hash)
+    assert after.history.properties["previous_revision"] == history_with_stable.hex  # type: ignore[union-attr]
+    assert {tag.name: tag.revision for tag in after.tags()}.items() >= {"v1": 1, "v2": 2, "trunk": 2}.items()
+
+    tag_cli(repo, keys_dir, "--add", "head", check=True)
+    assert open_repo(repo, keys_dir).find_tag("head").root_hash == before.root_hash
+    removed = tag_cli(repo, keys_dir, "--remove", "stable", "head", check=True)
+    assert b"removed tag stable (revision 2" in removed.stdout
+    gone = listing(repo, keys_dir, "stable")
+    assert gone.returncode != 0 and b"has no tag 'stable'" in gone.stderr
+    publish(tree, repo, keys_dir, tag="v3")  # publishing goes on from the edited history
+    assert {"v1", "v2", "v3"} <= {tag.name for tag in open_repo(repo, keys_dir).tags()}
+
+
+def test_a_wrong_tag_name_or_root_hash_is_refused_and_changes_nothing(tree: Path, tmp_path: Path,
+                                                                      keys_dir: Path) -> None:
+    repo = tmp_path / "repo"
+    publish(tree, repo, keys_dir, tag="v1")
+    repository = open_repo(repo, keys_dir)
+    nested = repository.catalog_for("/data/sub").content_hash
+    manifest = (repo / ".cvmfspublished").read_bytes()
+    for args, message in [
+        (["--add", "v1"], "the tag name 'v1' is already in use (revision 1)"),
+        (["--add", "v1", "--root-hash", repository.root_hash.hex], "names root catalog"),
+        (["--add", "x", "--root-hash", "0123abc"], "--root-hash '0123abc' is not a content hash"),
+        (["--add", "x", "--root-hash", "ab" * 20], f"the repository has no catalog {'ab' * 20}"),
+        (["--add", "x", "--root-hash", nested.hex], "is the nested catalog of /data/sub, not a root catalog"),
+        (["--add", "trunk"], "the tag name 'trunk' is reserved"),
+        (["--add", "a b"], "has a space"),
+        (["--remove", "v1", "nosuch", "other"], "the repository has no tag 'nosuch', 'other'"),
+        (["--remove", "trunk-previous"], "the tag 'trunk-previous' cannot be removed"),
+        (["--remove", "v1", "--root-hash", repository.root_hash.hex], "--root-hash and --description go with --add"),
+    ]:
+        refused = tag_cli(repo, keys_dir, *args)
+        assert refused.returncode == 2 and b"Traceback" not in refused.stderr, refused.stderr
+        assert message.encode() in refused.stderr, (args, refused.stderr)
+    assert (repo / ".cvmfspublished").read_bytes() == manifest
+    assert tag_cli(tmp_path, keys_dir, "--add", "x").returncode == 2

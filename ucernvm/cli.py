@@ -20,7 +20,7 @@ from ucernvm.errors import ConfigError, UcernvmError
 # here is listed after these, alphabetically.
 COMMAND_ORDER = (
     "demo", "build", "launch", "context", "options", "report",
-    "repo", "keygen", "publish", "resign", "serve", "mount", "umount", "stat", "pin",
+    "repo", "keygen", "publish", "tag", "resign", "serve", "mount", "umount", "stat", "pin",
 )  # fmt: skip
 
 

@@ -97,6 +97,9 @@ class History:
             (tag.name, tag.root_hash.hex, tag.revision, tag.timestamp, tag.description, tag.size, tag.branch),
         )
 
+    def remove(self, name: str) -> None:
+        self._connection.execute("DELETE FROM tags WHERE name = ?", (name,))
+
     def _upgrade(self) -> None:
         """Bring a pre-branch history (schema revision < 3, as cvmfs 2.1 wrote) to revision 3."""
         self._connection.executescript(

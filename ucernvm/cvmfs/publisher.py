@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 
 from ucernvm.client.repository import Repository
@@ -36,12 +37,14 @@ from ucernvm.cvmfs.manifest import META_INFO_MAX, Manifest
 from ucernvm.cvmfs.source_tree import CATALOG_MARKER, SourceNode, add_catalog_marker, add_root_file, scan
 from ucernvm.cvmfs.storage import RepositoryStorage
 from ucernvm.cvmfs.whitelist import SignedWhitelist, new_whitelist
-from ucernvm.errors import ConfigError, UcernvmError, VerificationError
+from ucernvm.errors import ConfigError, FetchError, UcernvmError, VerificationError
 
 DIRECTORY_SIZE = 4096  # what cvmfs records for every directory
 VIRTUAL_DIR = "/.cvmfs"  # cvmfs_server's CVMFS_VIRTUAL_DIR (catalog_virtual.cc)
 SNAPSHOTS = VIRTUAL_DIR + "/snapshots"
 VIRTUAL_DIR_SIZE = 97  # what cvmfs records for /.cvmfs and /.cvmfs/snapshots
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -153,7 +156,7 @@ class Publisher:
         self.storage.create_layout()
         self.ingester = Ingester(self.storage, self.options.ingest, self.options.workers)
         with _publish_lock(self.storage), self.ingester:
-            self.previous = self._open_previous()
+            self.previous = _open_current(self.storage, self.fqrn, self.keys)
             self._check_tag()
             whitelist_bytes = None if self.previous else self._new_whitelist_bytes()
             tree = scan(source_dir, self.options.include_xattrs)
@@ -208,19 +211,6 @@ class Publisher:
 
     # -- the previous revision and the whitelist -----------------------------------------------
 
-    def _open_previous(self) -> Repository | None:
-        if self.storage.read_named(manifest_file.FILE_NAME) is None:
-            return None
-        if not self.keys.master_public:
-            raise ConfigError(f"the master public key {self.fqrn}.pub is missing from the keys directory")
-        try:
-            return Repository(DirectorySource(self.storage.root), self.fqrn, self.keys.master_public)
-        except VerificationError as error:
-            raise VerificationError(
-                f"the repository's current revision does not verify: {error.message}",
-                "if the whitelist expired or the certificate changed, run `ucernvm resign` first",
-            ) from None
-
     def _check_tag(self) -> None:
         """Refuse, before anything is written, a tag name cvmfs_server publish -a refuses: one in use (a tag
         names one revision for good; cvmfs moves a tag only when asked to, with cvmfs_server tag -h), one with
@@ -228,14 +218,12 @@ class Publisher:
         tag = self.options.tag
         if tag is None:
             return
-        if tag in (TRUNK, TRUNK_PREVIOUS):
-            raise ConfigError(f"the tag name {tag!r} is reserved")
-        if " " in tag:
-            raise ConfigError(f"the tag name {tag!r} has a space", "cvmfs tag names have no spaces")
+        check_tag_name(tag)
         existing = self.previous.history.find(tag) if self.previous and self.previous.history else None
         if existing is not None:
             raise ConfigError(f"the tag name {tag!r} is already in use (revision {existing.revision})",
-                              "choose another name; `ucernvm repo tags` lists them")
+                              "choose another name, or move the tag with `ucernvm tag --add NAME --root-hash "
+                              "HASH`; `ucernvm repo tags` lists them")
 
     def _new_whitelist_bytes(self) -> bytes:
         if not self.keys.masterkey_path.exists():
@@ -511,8 +499,36 @@ class Publisher:
         tag = self.options.tag or generic_tag_name(now_ns)
         history.insert(Tag(tag, root.content_hash, revision, now, self.options.description, root.size))
         names.append(tag)
-        history.set_previous_revision(previous.manifest.history if previous else None)
-        return self.ingester.store(history.to_bytes(), ObjectType.HISTORY), names
+        return _store_history(self.ingester, history, previous.manifest.history if previous else None), names
+
+
+def _open_current(storage: RepositoryStorage, fqrn: str, keys: _Keys) -> Repository | None:
+    """The repository's current revision, verified; None for a new repository."""
+    if storage.read_named(manifest_file.FILE_NAME) is None:
+        return None
+    if not keys.master_public:
+        raise ConfigError(f"the master public key {fqrn}.pub is missing from the keys directory")
+    try:
+        return Repository(DirectorySource(storage.root), fqrn, keys.master_public)
+    except VerificationError as error:
+        raise VerificationError(
+            f"the repository's current revision does not verify: {error.message}",
+            "if the whitelist expired or the certificate changed, run `ucernvm resign` first",
+        ) from None
+
+
+def check_tag_name(name: str) -> None:
+    """Refuse a name cvmfs_server refuses for a tag: one of the tags it keeps itself, or one with a space."""
+    if name in (TRUNK, TRUNK_PREVIOUS):
+        raise ConfigError(f"the tag name {name!r} is reserved", "publish keeps trunk and trunk-previous itself")
+    if " " in name:
+        raise ConfigError(f"the tag name {name!r} has a space", "cvmfs tag names have no spaces")
+
+
+def _store_history(ingester: Ingester, history: History, replaced: ContentHash | None) -> ContentHash:
+    """Store the history database, as the successor of the one ``replaced`` (its previous revision)."""
+    history.set_previous_revision(replaced)
+    return ingester.store(history.to_bytes(), ObjectType.HISTORY)
 
 
 def generic_tag_name(now_ns: int) -> str:
@@ -569,3 +585,83 @@ def resign(repo_dir: str, fqrn: str, keys_dir: str, days: int = whitelist_file.D
     data = make_whitelist(fqrn, certificate, paths["masterkey"], days)
     storage.put_named(whitelist_file.FILE_NAME, data)
     return SignedWhitelist.parse(data)
+
+
+def add_tag(repo_dir: str, fqrn: str, keys_dir: str, name: str, root_hash: ContentHash | None = None,
+            description: str = "") -> tuple[Tag, Tag | None]:
+    """Name a root catalog, as cvmfs_server tag -a: the current revision's, or ``root_hash``'s. A name in use
+    is moved, as cvmfs_server tag -a NAME -h HASH moves it, only when ``root_hash`` is given; it keeps its
+    description unless another is given. The new tag, and the one it replaced."""
+    check_tag_name(name)
+
+    def edit(current: Repository, history: History) -> tuple[Tag, Tag | None]:
+        old = history.find(name)
+        if old is not None and root_hash is None:
+            raise ConfigError(f"the tag name {name!r} is already in use (revision {old.revision})",
+                              "to move the tag, give the root catalog it is to name with --root-hash")
+        target = root_hash or current.manifest.root_hash
+        if old is not None and old.root_hash == target:
+            raise ConfigError(f"the tag {name!r} names root catalog {target} already")
+        tag = _tag_on(current, name, target, description or (old.description if old else ""))
+        history.insert(tag)
+        return tag, old
+
+    return _edit_tags(repo_dir, fqrn, keys_dir, edit)
+
+
+def remove_tags(repo_dir: str, fqrn: str, keys_dir: str, names: list[str]) -> list[Tag]:
+    """Remove tags, as cvmfs_server tag -r: every name must be a tag, and none of those publish keeps."""
+    for name in names:
+        if name in (TRUNK, TRUNK_PREVIOUS):
+            raise ConfigError(f"the tag {name!r} cannot be removed", "publish keeps trunk and trunk-previous itself")
+
+    def edit(current: Repository, history: History) -> list[Tag]:
+        found = {name: history.find(name) for name in names}
+        missing = [name for name, tag in found.items() if tag is None]
+        if missing:
+            raise ConfigError(f"the repository has no tag {', '.join(map(repr, missing))}",
+                              "`ucernvm repo tags` lists them")
+        for name in found:
+            history.remove(name)
+        return [tag for tag in found.values() if tag is not None]
+
+    return _edit_tags(repo_dir, fqrn, keys_dir, edit)
+
+
+def _edit_tags(repo_dir: str, fqrn: str, keys_dir: str, edit: Callable[[Repository, History], _T]) -> _T:
+    """Change the tags as cvmfs_server tag does: a new history database, whose previous revision is the one
+    it replaces, and the manifest signed anew to name it; the revision and its catalogs stay as they are."""
+    storage = RepositoryStorage(repo_dir)
+    if storage.read_named(manifest_file.FILE_NAME) is None:
+        raise ConfigError(f"{repo_dir} is not a repository (no .cvmfspublished)", "publish a revision first")
+    keys = _Keys(keys_dir, fqrn)
+    with _publish_lock(storage):
+        current = _open_current(storage, fqrn, keys)
+        assert current is not None
+        history = current.history or History.create(fqrn)
+        result = edit(current, history)
+        with Ingester(storage, IngestOptions(algorithm=current.manifest.root_hash.algorithm)) as ingester:
+            history_hash = _store_history(ingester, history, current.manifest.history)
+            certificate_hash = ingester.store(keys.certificate_pem, ObjectType.CERTIFICATE)
+        manifest = current.manifest._replace(history=history_hash, certificate=certificate_hash)
+        storage.sync()
+        storage.put_named(manifest_file.FILE_NAME, signing.sign_manifest(manifest, keys.signing_key))
+    return result
+
+
+def _tag_on(current: Repository, name: str, root_hash: ContentHash, description: str) -> Tag:
+    """A tag on the root catalog ``root_hash`` of the repository, with its revision and time, as
+    cvmfs_server tag takes them from the catalog."""
+    try:
+        data = current.fetch(root_hash, ObjectType.CATALOG)
+    except FetchError:
+        raise ConfigError(f"the repository has no catalog {root_hash}",
+                          "give the root catalog hash of a revision, as `ucernvm repo tags` lists them") from None
+    catalog = Catalog.from_bytes(data, root_hash)
+    try:
+        if catalog.root_prefix:
+            raise ConfigError(f"catalog {root_hash} is the nested catalog of {catalog.root_prefix}, not a root "
+                              "catalog", "a tag names the root catalog of a revision")
+        return Tag(name, root_hash, catalog.revision, catalog.last_modified, description, len(data))
+    finally:
+        catalog.close()
