@@ -6,6 +6,7 @@ import errno
 import functools
 import hashlib
 import io
+import itertools
 import json
 import os
 import re
@@ -451,9 +452,36 @@ def test_a_scratch_disk_keeps_a_reserve_that_a_full_disk_gets_back(rig: Rig) -> 
     assert not (full.scratch / "aux" / "safety").exists() and full.facts["storage"]["free"] > 50 * MIB
     [warning] = full.warnings
     assert warning.startswith(f"the scratch disk {device}p1 is full: ")
-    assert "after giving back the 50.0 MiB kept in reserve in aux/safety/; the OS may fail to write" in warning
+    assert "after giving back the 50.0 MiB and 129 inodes kept in reserve in aux/safety/; the OS may fail to write" in warning
 
     (full.scratch / "persistent" / "filler").unlink()
+    [device] = rig.reboot([device])
+    again = rig.boot([device])
+    assert (again.scratch / "aux" / "safety" / "50m").is_file() and not again.warnings
+
+
+def test_a_scratch_disk_out_of_inodes_is_full_and_gets_the_reserve_back(rig: Rig) -> None:
+    """Bytes to spare but no inode for a new file (many small files): the disk is as full as without bytes."""
+    device = rig.attach(rig.disk("large", 2 * GIB))
+    first = rig.boot([device])
+    assert (first.scratch / "aux" / "safety" / "50m").is_file() and not first.warnings
+    many = first.scratch / "persistent" / "many"
+    many.mkdir()
+    try:
+        for number in itertools.count():
+            os.close(os.open(many / str(number), os.O_WRONLY | os.O_CREAT, 0o600))
+    except OSError as error:
+        assert error.errno == errno.ENOSPC
+
+    [device] = rig.reboot([device])
+    full = rig.boot([device])
+    assert not (full.scratch / "aux" / "safety").exists()
+    assert full.facts["storage"]["free"] > 500 * MIB and full.facts["storage"]["free_inodes"] >= 129
+    [warning] = full.warnings
+    assert re.match(rf"the scratch disk {device}p1 is full: .* free of .*, 129 of its \d+ inodes \(one a file\) free, "
+                    "after giving back the 50.0 MiB and 129 inodes kept in reserve in aux/safety/", warning), warning
+
+    shutil.rmtree(full.scratch / "persistent" / "many")
     [device] = rig.reboot([device])
     again = rig.boot([device])
     assert (again.scratch / "aux" / "safety" / "50m").is_file() and not again.warnings

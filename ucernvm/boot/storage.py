@@ -60,6 +60,8 @@ FULL_BELOW = 50 * MIB  # free space (or 5 % of a small disk) below which the dis
 SAFETY = "aux/safety"  # µCernVM's room kept in reserve, given back when the disk is found full
 SAFETY_BYTES = 50 * MIB  # its file 50m; it is kept on disks of 20 times that and more
 INODE_SPACERS = 127  # and its empty files inode_spacer1..127
+SAFETY_INODES = INODE_SPACERS + 2  # the spacers, 50m and their directory
+FULL_INODES = SAFETY_INODES  # free inodes (or 5 % of a small disk's) below which it is full: no room for new files
 DISK_WAIT = 5.0  # seconds to wait for a first disk to appear (SCSI and NVMe scans are asynchronous)
 TOOL_TIMEOUT = 900.0  # e2fsck -f and resize2fs on a large disk take a while
 NO_SPACE_HINT = "attach an empty disk of at least 20 GB (it becomes the scratch disk), or free 750 MiB on the boot disk"
@@ -216,38 +218,64 @@ def storage_stage(
         _mind_the_room(state, target.device, facts)
 
 
+class Room(NamedTuple):
+    """What the scratch file system holds and has free for files: bytes, and inodes (one a file)."""
+
+    size: int
+    free: int
+    inodes: int  # 0: a file system without a fixed number of them
+    free_inodes: int
+
+    @property
+    def short_of_inodes(self) -> bool:
+        return self.inodes > 0 and self.free_inodes < min(FULL_INODES, self.inodes // 20)
+
+    @property
+    def full(self) -> bool:
+        return self.free < min(FULL_BELOW, self.size // 20) or self.short_of_inodes
+
+    def less(self, size: int, inodes: int) -> Room:
+        return self._replace(free=self.free - size, free_inodes=self.free_inodes - inodes)
+
+    def describe(self, inodes: bool = False) -> str:
+        shown = f"{human(self.free)} free of {human(self.size)}"
+        return shown + (f", {self.free_inodes} of its {self.inodes} inodes (one a file) free" if inodes else "")
+
+
 def _mind_the_room(state: BootState, device: str, facts: dict[str, Any]) -> None:
-    """Report the scratch disk's size and free space; a full one is named in the report, and given back
-    the reserve of ``aux/safety/`` so that the boot can write its state (the pin, the context, the logs).
-    As µCernVM, the reserve is made where there is none, here only where it leaves the disk room."""
+    """Report the scratch disk's size and free space; a full one (of bytes or of inodes) is named in the
+    report, and given back the reserve of ``aux/safety/`` so that the boot can write its state (the pin, the
+    context, the logs). As µCernVM, the reserve is made where there is none, here only where it leaves the
+    disk room."""
     safety = state.scratch / SAFETY
-    size, free = _room(state)
-    full_below = min(FULL_BELOW, size // 20)
+    room = _room(state)
+    full, short_of_inodes = room.full, room.short_of_inodes
     released = ""
-    if free < full_below and os.path.isdir(safety):  # os.path: False where a failing disk cannot answer
+    room_for_reserve = room.size >= 20 * SAFETY_BYTES and not room.less(SAFETY_BYTES, SAFETY_INODES).full
+    if full and os.path.isdir(safety):  # os.path: False where a failing disk cannot answer
         try:
             state.system.do(ReleaseRoom(str(safety)))
         except OSError as error:
             state.warn(f"the reserve {SAFETY}/ on the scratch disk cannot be given back: {error.strerror or error}")
         else:
-            released = f", after giving back the {human(SAFETY_BYTES)} kept in reserve in {SAFETY}/"
-            size, free = _room(state)
-    elif not os.path.lexists(safety) and size >= 20 * SAFETY_BYTES and free - SAFETY_BYTES >= full_below:
+            released = (f", after giving back the {human(SAFETY_BYTES)} and {SAFETY_INODES} inodes kept in reserve "
+                        f"in {SAFETY}/")
+            room = _room(state)
+    elif room_for_reserve and not os.path.lexists(safety):
         if state.do_or_warn(f"the reserve {SAFETY}/", KeepRoom(str(safety))):
-            size, free = _room(state)
-    facts.update(size=size, free=free)
-    state.log.info(f"scratch: {device} on {state.scratch}, {human(free)} free of {human(size)}")
-    if free < full_below or released:
+            room = _room(state)
+    facts.update(room._asdict())
+    state.log.info(f"scratch: {device} on {state.scratch}, {room.describe(inodes=True)}")
+    if full:
         # The boot goes on (the cache makes room for itself, the loader's own writes are warnings),
         # but the OS is likely to fail: said first in the report, not left to a failed write later.
-        state.warn(f"the scratch disk {device} is full: {human(free)} free of {human(size)}{released}; the OS may "
-                   "fail to write (what it wrote is under /mnt/.rw/persistent)")
+        state.warn(f"the scratch disk {device} is full: {room.describe(inodes=short_of_inodes)}{released}; the OS "
+                   "may fail to write (what it wrote is under /mnt/.rw/persistent)")
 
 
-def _room(state: BootState) -> tuple[int, int]:
-    """The scratch file system's size and the bytes free for its files."""
+def _room(state: BootState) -> Room:
     stats = os.statvfs(state.scratch)
-    return stats.f_blocks * stats.f_frsize, stats.f_bavail * stats.f_frsize
+    return Room(stats.f_blocks * stats.f_frsize, stats.f_bavail * stats.f_frsize, stats.f_files, stats.f_favail)
 
 
 def _wait_for_disks(sysfs: str, devices: Sequence[str] | None, wait: bool) -> list[Disk]:
@@ -533,7 +561,7 @@ def _grow_on_request(state: BootState, target: Target, sysfs: str, devdir: str) 
     if not flag.exists():
         return None
     system = state.system
-    before = _room(state)[0]
+    before = _room(state).size
     system.do(Unmount(str(state.scratch)))
     system.do(CheckFileSystem(target.device, force=True))  # resize2fs wants a file system just checked
     try:
@@ -546,7 +574,7 @@ def _grow_on_request(state: BootState, target: Target, sysfs: str, devdir: str) 
     _mount(state, target.device)
     system.do(RemoveFile(str(flag)))
     if "error" not in outcome:
-        outcome["after"] = _room(state)[0]
+        outcome["after"] = _room(state).size
         state.log.info(f"aux/resize: partition {target.device} grew by {human(gained)}, "
                        f"file system {human(before)} -> {human(outcome['after'])}")
     return outcome
