@@ -224,3 +224,18 @@ def test_a_pattern_goes_down_symlinks_to_directories_of_the_tree(software: Path,
     repository = open_repo(repo, keys_dir)
     assert mountpoints(repository) == sorted(i686[:2] + ["/manual", "/software/x86_64/common"])
     assert read_back(repository) == with_markers(snapshot_tree(software), i686[:2])
+
+
+def test_on_the_way_down_a_wildcard_matches_no_hidden_name_and_dot_names_are_opened(software: Path) -> None:
+    """glibc's glob globs the directories above the last name without GLOB_PERIOD: there a leading . is
+    matched only by a . that begins the pattern, and . and .. are names too (cvmfs checks the last name
+    only). Nothing above the repository's root is opened."""
+    (software / "software" / ".hidden" / "3.0").mkdir(parents=True)
+    assert "/software/.hidden/3.0" not in select(software, b"/software/*/*\n")
+    assert select(software, b"/software/.*/3.0\n") == ["/software/.hidden/3.0"]
+    assert select(software, b"/software/.*/i686\n") == ["/software/i686"]  # as /software/./i686
+    assert select(software, b"/software/../docs\n/software/./x86_64/../i686/1.0\n") == ["/docs", "/software/i686/1.0"]
+    assert select(software, b"/*/../docs\n") == ["/docs"]
+    assert select(software, b"/../software\n/.*/software\n") == ["/software"]  # /.. is refused, /. is the root
+    assert select(software, b"/software/.\n/software/i686/..\n") == []
+    assert select(software, b"/software/.*\n") == ["/software/.hidden"]  # the last name: hidden names match

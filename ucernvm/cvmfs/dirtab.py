@@ -5,9 +5,10 @@ pattern a line, ``#`` comment lines, blank lines ignored. A pattern is a path fr
 names may hold ``*`` (any run of characters) and ``?`` (one character); ``\\`` escapes ``*``, ``?`` and
 itself. A line starting with ``!`` excludes what its pattern matches; there ``*`` also spans slashes, and
 the pattern may be relative (``! */common``). cvmfs finds the directories with ``glob(3)``, ``GLOB_PERIOD``
-set, so a wildcard matches hidden names too, and a bracket expression ``[...]`` works as fnmatch(3) reads
-it: with ranges, and classes (``[[:digit:]]``) as the C locale defines them. glob goes down symlinks to
-directories of the repository; cvmfs makes no catalog at a symlink itself.
+set, which glibc keeps for the last name only: there a wildcard matches hidden names too. A bracket
+expression ``[...]`` works as fnmatch(3) reads it: with ranges, and classes (``[[:digit:]]``) as the C
+locale defines them. glob goes down symlinks to directories of the repository; cvmfs makes no catalog at a
+symlink itself.
 """
 
 from __future__ import annotations
@@ -44,20 +45,27 @@ class Rule:
 
     def glob(self, root: SourceNode) -> Iterator[tuple[str, SourceNode]]:
         """The directories the pattern names below ``root`` as cvmfs's glob(3) finds them: each by the path
-        it was found at and its node. A symlink to a directory of the tree is followed on the way down, as
-        glob opens it; the last name must be a directory itself (cvmfs skips a symlink there: a symlink
-        cannot hold a nested catalog)."""
-        names = [re.compile(_glob_regex(_glob_string(element)), re.DOTALL) for element in self.elements]
+        it was found at and its node. On the way down, glob opens . and .. as well as the names of a
+        directory, and follows a symlink to a directory of the tree; as glibc's glob drops GLOB_PERIOD
+        there, a leading . is matched only by a . that begins the pattern. The last name, where GLOB_PERIOD
+        holds, must be a directory itself (cvmfs skips . and .., and a symlink: it cannot hold a catalog)."""
+        patterns = [_glob_string(element) for element in self.elements]
+        names = [re.compile(_glob_regex(pattern), re.DOTALL) for pattern in patterns]
 
         def descend(path: str, directory: SourceNode, depth: int) -> Iterator[tuple[str, SourceNode]]:
-            last = depth + 1 == len(names)
-            for child in directory.children:
-                if not names[depth].fullmatch(child.name):
-                    continue
-                if last and child.is_directory:
-                    yield join(path, child.name), child
-                elif not last and (target := _followed(root, child)) is not None:
-                    yield from descend(join(path, child.name), target, depth + 1)
+            if depth + 1 == len(names):
+                for child in directory.children:
+                    if child.is_directory and names[depth].fullmatch(child.name):
+                        yield join(path, child.name), child
+                return
+            hidden_too = patterns[depth].startswith((".", "\\."))
+            entries: list[tuple[str, SourceNode | None]] = [(".", None), ("..", None)]
+            entries += [(child.name, child) for child in directory.children]
+            for name, node in entries:
+                if (hidden_too or not name.startswith(".")) and names[depth].fullmatch(name):
+                    target = _followed(root, node) if node else _relative(root, directory, name)
+                    if target is not None:
+                        yield from descend(join(path, name), target, depth + 1)
 
         return descend("", root, 0)
 
@@ -117,8 +125,21 @@ def _followed(root: SourceNode, node: SourceNode) -> SourceNode | None:
     target = os.path.realpath(node.fs_path)
     if target != top and not target.startswith(top.rstrip("/") + "/"):
         return None
+    return _directory_at(root, os.path.relpath(target, top).split("/") if target != top else [])
+
+
+def _relative(root: SourceNode, directory: SourceNode, name: str) -> SourceNode | None:
+    """The directory ``.`` or ``..`` of ``directory`` is; None above the repository's root (cvmfs's
+    directory functions for glob refuse it)."""
+    if name == ".":
+        return directory
+    return _directory_at(root, directory.path.split("/")[1:-1]) if directory.path else None
+
+
+def _directory_at(root: SourceNode, names: list[str]) -> SourceNode | None:
+    """The directory of the tree at ``names`` below ``root``; None when one is no directory."""
     directory = root
-    for name in os.path.relpath(target, top).split("/") if target != top else ():
+    for name in names:
         found = next((child for child in directory.children if child.name == name and child.is_directory), None)
         if found is None:
             return None  # not a directory, or gone since the scan
