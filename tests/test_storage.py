@@ -346,9 +346,20 @@ def test_dry_run_writes_nothing(rig: Rig) -> None:
     assert f"add kernel partition 1 of {device}" in plan
     assert f"run mke2fs -q -F -t ext4 -L UROOT -E lazy_itable_init=1,lazy_journal_init=1 {device}p1" in plan
     assert f"mount ext4 {device}p1 on {state.scratch}" in plan
+    assert "in reserve" not in plan  # a disk under 1000 MiB keeps none
     assert all((state.scratch / name).is_dir() for name in LAYOUT)  # later stages can use the directory
     assert str(state.scratch).startswith(str(system.root)) and not os.path.ismount(state.scratch)
     assert not os.path.exists(f"{device}p1")
+
+
+def test_the_reserve_a_first_boot_keeps_is_in_its_dry_run_plan(rig: Rig) -> None:
+    """A disk of 1 GiB, whose new file system has less than 1000 MiB: the dry run plans what the boot does."""
+    device = rig.attach(rig.disk("empty", GIB))
+    system = rig.dry_system()
+    dry = rig.boot([device], system=system)
+    assert system.actions[-1] == f"keep 50.0 MiB and 129 inodes in reserve in {dry.scratch}/aux/safety"
+    state = rig.boot([device])
+    assert (state.scratch / "aux" / "safety" / "50m").is_file() and not state.warnings
 
 
 def test_dry_run_of_a_later_boot_and_of_a_failing_one(rig: Rig) -> None:

@@ -58,7 +58,8 @@ FREE_MARGIN = 20 * MIB
 MIN_SCRATCH = 16 * MIB  # below this, ext4 with a journal hardly fits
 FULL_BELOW = 50 * MIB  # free space (or 5 % of a small disk) below which the disk is reported full
 SAFETY = "aux/safety"  # µCernVM's room kept in reserve, given back when the disk is found full
-SAFETY_BYTES = 50 * MIB  # its file 50m; it is kept on disks of 20 times that and more
+SAFETY_BYTES = 50 * MIB  # its file 50m
+RESERVE_FROM = 20 * SAFETY_BYTES  # the scratch partitions (or disks) that keep it: 1000 MiB and more
 INODE_SPACERS = 127  # and its empty files inode_spacer1..127
 SAFETY_INODES = INODE_SPACERS + 2  # the spacers, 50m and their directory
 FULL_INODES = SAFETY_INODES  # free inodes (or 5 % of a small disk's) below which it is full: no room for new files
@@ -102,11 +103,12 @@ class DiskView:
 
 
 class Target(NamedTuple):
-    """Where the scratch file system is: a partition (number) or a whole disk (None)."""
+    """Where the scratch file system is: a partition (number) or a whole disk (None), and its bytes."""
 
     view: DiskView
     number: int | None
     device: str
+    size: int
 
 
 class CheckFileSystem(NamedTuple):
@@ -153,7 +155,7 @@ class KeepRoom(NamedTuple):
     directory: str
 
     def describe(self) -> str:
-        return f"keep {human(SAFETY_BYTES)} and {INODE_SPACERS} inodes in reserve in {self.directory}"
+        return f"keep {human(SAFETY_BYTES)} and {SAFETY_INODES} inodes in reserve in {self.directory}"
 
     def apply(self) -> None:
         import shutil  # only where the reserve is made or given back
@@ -214,8 +216,11 @@ def storage_stage(
     facts["resized"] = _grow_on_request(state, target, sysfs, devdir)
     state.scratch_device = target.device
     facts.update(device=target.device, disk=target.view.path, fresh=state.scratch_fresh)
+    keeps_reserve = target.size + (facts["resized"] or {}).get("partition_gained", 0) >= RESERVE_FROM
     if not system.dry_run:
-        _mind_the_room(state, target.device, facts)
+        _mind_the_room(state, target.device, keeps_reserve, facts)
+    elif keeps_reserve and state.scratch_fresh:  # a new file system is empty: it has the room, and no reserve yet
+        system.do(KeepRoom(str(state.scratch / SAFETY)))
 
 
 class Room(NamedTuple):
@@ -242,16 +247,16 @@ class Room(NamedTuple):
         return shown + (f", {self.free_inodes} of its {self.inodes} inodes (one a file) free" if inodes else "")
 
 
-def _mind_the_room(state: BootState, device: str, facts: dict[str, Any]) -> None:
+def _mind_the_room(state: BootState, device: str, keeps_reserve: bool, facts: dict[str, Any]) -> None:
     """Report the scratch disk's size and free space; a full one (of bytes or of inodes) is named in the
     report, and given back the reserve of ``aux/safety/`` so that the boot can write its state (the pin, the
-    context, the logs). As µCernVM, the reserve is made where there is none, here only where it leaves the
-    disk room."""
+    context, the logs). As µCernVM, the reserve is made where there is none, here only on a disk that
+    *keeps_reserve* and where it leaves the disk room."""
     safety = state.scratch / SAFETY
     room = _room(state)
     full, short_of_inodes = room.full, room.short_of_inodes
     released = ""
-    room_for_reserve = room.size >= 20 * SAFETY_BYTES and not room.less(SAFETY_BYTES, SAFETY_INODES).full
+    room_for_reserve = keeps_reserve and not room.less(SAFETY_BYTES, SAFETY_INODES).full
     if full and os.path.isdir(safety):  # os.path: False where a failing disk cannot answer
         try:
             state.system.do(ReleaseRoom(str(safety)))
@@ -337,7 +342,7 @@ def _find(state: BootState, views: list[DiskView], sysfs: str, devdir: str) -> T
         device = _attach(state, view, volume.number, volume.start, volume.size, sysfs, devdir)
     state.log.info(f"scratch file system {label} on {device} ({fstype}, {human(volume.size)})")
     state.scratch_fresh = False
-    return Target(view, volume.number, device)
+    return Target(view, volume.number, device, volume.size)
 
 
 def _check_and_mount(state: BootState, device: str) -> str:
@@ -429,7 +434,8 @@ def _create(state: BootState, views: list[DiskView], sysfs: str, devdir: str, fa
     if len(devices) > 1:
         facts["spare"] = devices[1]
         state.log.info(f"spare partition {devices[1]} with the rest of the disk is left unformatted (resize_rootfs=off)")
-    return Target(view, plan.numbers[0], device)
+    part = table.partition(plan.numbers[0])
+    return Target(view, plan.numbers[0], device, part.sectors * table.sector_size)
 
 
 def _plan_empty_disk(views: list[DiskView], resize_rootfs: bool, rejected: dict[str, str]) -> _Plan | None:
