@@ -239,3 +239,18 @@ def test_on_the_way_down_a_wildcard_matches_no_hidden_name_and_dot_names_are_ope
     assert select(software, b"/../software\n/.*/software\n") == ["/software"]  # /.. is refused, /. is the root
     assert select(software, b"/software/.\n/software/i686/..\n") == []
     assert select(software, b"/software/.*\n") == ["/software/.hidden"]  # the last name: hidden names match
+
+
+def test_names_are_matched_as_bytes_as_in_the_c_locale(software: Path) -> None:
+    """cvmfs_server matches in the C locale, which knows bytes: ? is one byte of a UTF-8 name, a bracket
+    expression holds the bytes of its characters, a class ASCII characters only; in an exclusion too."""
+    for name in ("é", "日本", "éa"):
+        (software / "software" / name).mkdir()
+    assert select(software, b"/software/??\n") == ["/software/é"]
+    assert select(software, b"/software/??????\n") == ["/software/x86_64", "/software/日本"]
+    assert select(software, "/software/[é]?a\n".encode()) == ["/software/éa"]
+    assert select(software, b"/software/[[:alpha:]]*\n") == ["/software/i686", "/software/x86_64"]
+    everything = select(software, b"/software/*\n")
+    assert select(software, b"/software/*\n!/software/?a\n") == everything
+    assert select(software, b"/software/*\n!/software/??a\n") == [path for path in everything
+                                                                 if path != "/software/éa"]

@@ -2,13 +2,13 @@
 
 As ``cvmfs_server publish`` reads it (``Dirtab``, ``Pathspec`` and ``swissknife dirtab`` in cvmfs): one
 pattern a line, ``#`` comment lines, blank lines ignored. A pattern is a path from the repository root whose
-names may hold ``*`` (any run of characters) and ``?`` (one character); ``\\`` escapes ``*``, ``?`` and
-itself. A line starting with ``!`` excludes what its pattern matches; there ``*`` also spans slashes, and
-the pattern may be relative (``! */common``). cvmfs finds the directories with ``glob(3)``, ``GLOB_PERIOD``
-set, which glibc keeps for the last name only: there a wildcard matches hidden names too. A bracket
-expression ``[...]`` works as fnmatch(3) reads it: with ranges, and classes (``[[:digit:]]``) as the C
-locale defines them. glob goes down symlinks to directories of the repository; cvmfs makes no catalog at a
-symlink itself.
+names may hold ``*`` (any run of bytes) and ``?`` (one byte: cvmfs matches in the C locale); ``\\`` escapes
+``*``, ``?`` and itself. A line starting with ``!`` excludes what its pattern matches; there ``*`` also
+spans slashes, and the pattern may be relative (``! */common``). cvmfs finds the directories with
+``glob(3)``, ``GLOB_PERIOD`` set, which glibc keeps for the last name only: there a wildcard matches hidden
+names too. A bracket expression ``[...]`` works as fnmatch(3) reads it: with ranges, and classes
+(``[[:digit:]]``) as the C locale defines them. glob goes down symlinks to directories of the repository;
+cvmfs makes no catalog at a symlink itself.
 """
 
 from __future__ import annotations
@@ -49,20 +49,20 @@ class Rule:
         directory, and follows a symlink to a directory of the tree; as glibc's glob drops GLOB_PERIOD
         there, a leading . is matched only by a . that begins the pattern. The last name, where GLOB_PERIOD
         holds, must be a directory itself (cvmfs skips . and .., and a symlink: it cannot hold a catalog)."""
-        patterns = [_glob_string(element) for element in self.elements]
+        patterns = [_as_bytes(_glob_string(element)) for element in self.elements]
         names = [re.compile(_glob_regex(pattern), re.DOTALL) for pattern in patterns]
 
         def descend(path: str, directory: SourceNode, depth: int) -> Iterator[tuple[str, SourceNode]]:
             if depth + 1 == len(names):
                 for child in directory.children:
-                    if child.is_directory and names[depth].fullmatch(child.name):
+                    if child.is_directory and names[depth].fullmatch(_as_bytes(child.name)):
                         yield join(path, child.name), child
                 return
             hidden_too = patterns[depth].startswith((".", "\\."))
             entries: list[tuple[str, SourceNode | None]] = [(".", None), ("..", None)]
             entries += [(child.name, child) for child in directory.children]
             for name, node in entries:
-                if (hidden_too or not name.startswith(".")) and names[depth].fullmatch(name):
+                if (hidden_too or not name.startswith(".")) and names[depth].fullmatch(_as_bytes(name)):
                     target = _followed(root, node) if node else _relative(root, directory, name)
                     if target is not None:
                         yield from descend(join(path, name), target, depth + 1)
@@ -72,7 +72,8 @@ class Rule:
     def excludes(self, path: str) -> bool:
         """cvmfs's relaxed match of an exclusion: ``*`` spans slashes, a trailing slash is allowed."""
         parts = ["".join(_relaxed_regex(token) for token in element) for element in self.elements]
-        return re.fullmatch(("/" if self.absolute else "") + "/".join(parts) + "/?", path) is not None
+        regex = ("/" if self.absolute else "") + "/".join(parts) + "/?"
+        return re.fullmatch(regex, _as_bytes(path), re.DOTALL) is not None
 
 
 class Dirtab:
@@ -215,7 +216,13 @@ def _relaxed_regex(token: str | Wildcard) -> str:
         return ".*"
     if token is Wildcard.ONE:
         return "[^/]"
-    return re.escape(token)
+    return re.escape(_as_bytes(token))
+
+
+def _as_bytes(text: str) -> str:
+    """The bytes of a name or pattern, one character each. cvmfs matches in the C locale, which knows bytes:
+    there ``?`` is one byte of a UTF-8 name, and a class holds ASCII characters only."""
+    return os.fsencode(text).decode("latin-1")
 
 
 def _glob_regex(pattern: str) -> str:
