@@ -128,14 +128,8 @@ def test_a_forced_tag_moves_the_machine_and_is_removed(tmp_path: Path, keys_dir:
     assert not (scratch / FORCE_FILE).exists() and not state.warnings
 
 
-def test_a_force_file_the_disk_cannot_remove_after_the_pin_is_a_warning(tmp_path: Path, keys_dir: Path, served,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """A disk with I/O errors that refuses the removal: the forced snapshot boots, pinned; the next boot
-    moves to the same tag again, which is harmless."""
-    url, hashes = served
-    boot(tmp_path, keys_dir, url, tag="v1")
-    scratch = tmp_path / "root" / "root.rw"
-    (scratch / FORCE_FILE).write_text("v2\n")
+def _force_file_not_removable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A disk with I/O errors that reads aux/cvmfs_force_tag but refuses its removal."""
     real_unlink = os.unlink
 
     def failing(path: object, *args: object, **kwargs: object) -> None:
@@ -144,6 +138,29 @@ def test_a_force_file_the_disk_cannot_remove_after_the_pin_is_a_warning(tmp_path
         real_unlink(path, *args, **kwargs)
 
     monkeypatch.setattr(os, "unlink", failing)
+
+
+def test_a_damaged_force_file_the_disk_cannot_remove_is_a_warning(tmp_path: Path, keys_dir: Path, served,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    url, hashes = served
+    boot(tmp_path, keys_dir, url, tag="v1")
+    scratch = tmp_path / "root" / "root.rw"
+    (scratch / FORCE_FILE).write_bytes(b"two words\n")
+    _force_file_not_removable(monkeypatch)
+    state = boot(tmp_path, keys_dir, url)
+    assert state.facts["snapshot"]["root_hash"] == hashes["v1"] and state.facts["snapshot"]["pinned"]
+    assert state.warnings == [f"{FORCE_FILE} on the scratch disk holds no tag name ('two words'): not removed "
+                              "(Input/output error), reported again next boot, the machine stays on its snapshot"]
+
+
+def test_a_force_file_the_disk_cannot_remove_after_the_pin_is_a_warning(tmp_path: Path, keys_dir: Path, served,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The forced snapshot boots, pinned; the next boot moves to the same tag again, which is harmless."""
+    url, hashes = served
+    boot(tmp_path, keys_dir, url, tag="v1")
+    scratch = tmp_path / "root" / "root.rw"
+    (scratch / FORCE_FILE).write_text("v2\n")
+    _force_file_not_removable(monkeypatch)
     state = boot(tmp_path, keys_dir, url)
     assert [record.status for record in state.stages] == ["ok", "ok"]
     assert state.facts["snapshot"]["root_hash"] == hashes["v2"] and pin(state) == [hashes["v2"], "v2"]

@@ -75,9 +75,10 @@ def read_forced_tag(state: BootState) -> str | None:
         return None
     if len(lines) == 1 and lines[0].isprintable() and " " not in lines[0]:
         return lines[0]
-    state.warn(f"{FORCE_FILE} on the scratch disk holds no tag name ({_shown(lines)}): removed, the machine "
+    refused = _remove_force_file(state)
+    fate = f"not removed ({refused}), reported again next boot" if refused else "removed"
+    state.warn(f"{FORCE_FILE} on the scratch disk holds no tag name ({_shown(lines)}): {fate}, the machine "
                "stays on its snapshot")
-    state.system.do(RemoveFile(str(state.scratch / FORCE_FILE)))
     return None
 
 
@@ -176,8 +177,10 @@ def _record_boot(state: BootState, label: str, pin: bool, forced: bool, newest: 
         if not _write_pin(state, label, forced):
             return  # a full or failing disk: nothing more is asked of it this boot
         wrote.append("the pin")
-        if forced:
-            _remove_force_file(state, f"the next boot moves to tag {label} again, the snapshot the pin now names")
+        refused = _remove_force_file(state) if forced else None
+        if refused:
+            state.warn(f"{FORCE_FILE} not removed from the scratch disk ({refused}): the next boot moves to tag "
+                       f"{label} again, the snapshot the pin now names")
     if not newest or repository.revision > newest["revision"]:
         record = {"revision": repository.revision, "root_hash": repository.root_hash.hex, "tag": label}
         if state.do_or_warn(f"{NEWEST_FILE} (the newest revision booted) on the scratch disk",
@@ -213,13 +216,14 @@ def _write_pin(state: BootState, label: str, forced: bool) -> bool:
     return True
 
 
-def _remove_force_file(state: BootState, if_kept: str) -> None:
-    """Remove ``aux/cvmfs_force_tag``; where a failing disk refuses, a warning that says what the file kept
-    does: the boot goes on."""
+def _remove_force_file(state: BootState) -> str | None:
+    """Remove ``aux/cvmfs_force_tag``: None, or why a failing disk refused (the boot goes on: each caller
+    says what the file left there does)."""
     try:
         state.system.do(RemoveFile(str(state.scratch / FORCE_FILE)))
     except OSError as error:
-        state.warn(f"{FORCE_FILE} not removed from the scratch disk ({error.strerror or error}): {if_kept}")
+        return str(error.strerror or error)
+    return None
 
 
 def _tag_of(repository: Repository) -> str:
