@@ -215,3 +215,27 @@ def test_a_rebase_whose_log_the_full_disk_cannot_hold_says_so_apart_from_what_it
                               "scratch disk: No space left on device"]
     assert not (small_disk / "persistent/usr/share/doc/readme").exists()
     assert not (small_disk / "aux/rebase-T.log").exists()
+
+
+def test_a_rebase_that_cannot_be_planned_points_to_no_log(tmp_path: Path) -> None:
+    """The snapshot's catalogs cannot be fetched to compare the layer with: nothing was changed and nothing
+    logged, so the warning names no log."""
+    import io
+    from types import SimpleNamespace
+
+    from ucernvm.boot.log import BootLog
+    from ucernvm.boot.rebase import rebase_if_moved
+    from ucernvm.boot.state import BootState
+    from ucernvm.boot.system import RealSystem
+    from ucernvm.errors import FetchError
+
+    def unreachable(path: str) -> None:
+        raise FetchError("no server answered for a catalog")
+
+    state = BootState(RealSystem(str(tmp_path / "machine")), BootLog(io.StringIO()))
+    state.repository = SimpleNamespace(root_hash=SimpleNamespace(hex="1" * 40), lookup=unreachable)
+    (state.scratch / "persistent" / "etc").mkdir(parents=True)
+    (state.scratch / "aux").mkdir()
+    rebase_if_moved(state, "0" * 40)
+    assert state.warnings == ["rebase of the writable layer stopped: no server answered for a catalog"]
+    assert list((state.scratch / "aux").iterdir()) == []
