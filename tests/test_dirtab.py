@@ -254,3 +254,15 @@ def test_names_are_matched_as_bytes_as_in_the_c_locale(software: Path) -> None:
     assert select(software, b"/software/*\n!/software/?a\n") == everything
     assert select(software, b"/software/*\n!/software/??a\n") == [path for path in everything
                                                                  if path != "/software/éa"]
+
+
+def test_an_exclusion_is_matched_line_by_line_as_cvmfs_regex_with_reg_newline(software: Path) -> None:
+    """cvmfs compiles an exclusion into a POSIX regex with REG_NEWLINE: no wildcard matches the newline of a
+    name, and ^ and $ match at it."""
+    (software / "software" / "a\nb").mkdir()
+    everything = select(software, b"/software/*\n")
+    assert "/software/a\nb" in everything
+    assert select(software, b"/software/*\n! /software/a?b\n") == everything
+    others = [path for path in everything if path != "/software/a\nb"]
+    assert select(software, b"/software/*\n! /software/a*\n") == others  # its first line matches
+    assert select(software, b"/software/*\n! b\n") == others  # and its second

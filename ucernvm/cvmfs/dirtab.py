@@ -72,8 +72,9 @@ class Rule:
     def excludes(self, path: str) -> bool:
         """cvmfs's relaxed match of an exclusion: ``*`` spans slashes, a trailing slash is allowed."""
         parts = ["".join(_relaxed_regex(token) for token in element) for element in self.elements]
-        regex = ("/" if self.absolute else "") + "/".join(parts) + "/?"
-        return re.fullmatch(regex, _as_bytes(path), re.DOTALL) is not None
+        regex = "^" + ("/" if self.absolute else "") + "/".join(parts) + "/?$"
+        # cvmfs compiles it with REG_NEWLINE: ^ and $ match at a newline of the path, which . never matches.
+        return re.search(regex, _as_bytes(path), re.MULTILINE) is not None
 
 
 class Dirtab:
@@ -215,7 +216,7 @@ def _relaxed_regex(token: str | Wildcard) -> str:
     if token is Wildcard.ANY:
         return ".*"
     if token is Wildcard.ONE:
-        return "[^/]"
+        return "[^/\n]"
     return re.escape(_as_bytes(token))
 
 
