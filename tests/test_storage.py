@@ -498,6 +498,26 @@ def test_a_scratch_disk_out_of_inodes_is_full_and_gets_the_reserve_back(rig: Rig
     assert (again.scratch / "aux" / "safety" / "50m").is_file() and not again.warnings
 
 
+def test_a_resize_request_the_disk_cannot_remove_is_a_warning(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A disk with I/O errors that refuses to remove aux/resize once the file system has grown."""
+    backing = rig.disk("empty", 256 * MIB)
+    device = rig.attach(backing)
+    before = _grown_after_a_resize_request(rig, backing, device, 512 * MIB)
+    real_unlink = os.unlink
+
+    def failing(path: object, *args: object, **kwargs: object) -> None:
+        if str(path).endswith("aux/resize"):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", failing)
+    state = rig.boot([device])
+    assert_scratch(state)
+    assert os.statvfs(state.scratch).f_blocks > before and state.facts["storage"]["resized"]["partition_gained"]
+    assert state.warnings == ["aux/resize not removed from the scratch disk (Input/output error): the next boot "
+                              "checks and grows the scratch file system again"]
+
+
 def _failing_resize2fs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, device: str) -> str:
     """A resize2fs that refuses the file system; the error the boot reports."""
     tools = tmp_path / "bin"

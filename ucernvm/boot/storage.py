@@ -578,7 +578,11 @@ def _grow_on_request(state: BootState, target: Target, sysfs: str, devdir: str) 
     else:
         outcome = {"partition_gained": gained, "before": before}
     _mount(state, target.device)
-    system.do(RemoveFile(str(flag)))
+    try:
+        system.do(RemoveFile(str(flag)))
+    except OSError as error:  # a failing disk: growing again next boot is slow, not harmful
+        state.warn(f"aux/resize not removed from the scratch disk ({error.strerror or error}): the next boot checks "
+                   "and grows the scratch file system again")
     if "error" not in outcome:
         outcome["after"] = _room(state).size
         state.log.info(f"aux/resize: partition {target.device} grew by {human(gained)}, "
