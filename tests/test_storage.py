@@ -518,6 +518,27 @@ def test_a_resize_request_the_disk_cannot_remove_is_a_warning(rig: Rig, monkeypa
                               "checks and grows the scratch file system again"]
 
 
+def test_a_resize_request_the_disk_cannot_read_is_a_warning(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A disk with I/O errors that cannot even say whether aux/resize is there: nothing is grown."""
+    backing = rig.disk("empty", 256 * MIB)
+    device = rig.attach(backing)
+    rig.boot([device]).scratch.joinpath("aux", "resize").touch()
+    [device] = rig.reboot([device])
+    real_lstat = Path.lstat
+
+    def failing(path: Path) -> os.stat_result:
+        if str(path).endswith("aux/resize"):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real_lstat(path)
+
+    monkeypatch.setattr(Path, "lstat", failing)
+    state = rig.boot([device])
+    assert_scratch(state)
+    assert state.facts["storage"]["resized"] is None
+    assert state.warnings == ["aux/resize cannot be read on the scratch disk (Input/output error): the scratch file "
+                              "system was not grown"]
+
+
 def _failing_resize2fs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, device: str) -> str:
     """A resize2fs that refuses the file system; the error the boot reports."""
     tools = tmp_path / "bin"

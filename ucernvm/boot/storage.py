@@ -564,7 +564,13 @@ def _grow_on_request(state: BootState, target: Target, sysfs: str, devdir: str) 
     dropped, with a warning (a machine must not fail the same way at every boot); only a file system
     that e2fsck cannot repair stops the boot, as at any other boot."""
     flag = state.scratch / "aux" / "resize"
-    if not flag.exists():
+    try:
+        flag.lstat()
+    except FileNotFoundError:
+        return None
+    except OSError as error:  # a failing disk: the file system is left as it is, as where growing fails
+        state.warn(f"aux/resize cannot be read on the scratch disk ({error.strerror or error}): the scratch file "
+                   "system was not grown")
         return None
     system = state.system
     before = _room(state).size
