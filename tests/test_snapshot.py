@@ -48,7 +48,16 @@ def boot(tmp_path: Path, keys_dir: Path, url: str, **settings: object) -> BootSt
     for name in ("aux", "cache", "persistent"):
         (state.scratch / name).mkdir(parents=True, exist_ok=True)
     run_stages(state, [Stage("servers", (servers_stage,)), Stage("snapshot", (snapshot_stage,))])
+    _power_off(state)
     return state
+
+
+def _power_off(state: BootState) -> None:
+    """Close what the boot left open, as the machine's power-off does: a catalog removed from the cache frees
+    its space only once its SQLite file is closed, and when the garbage collector closed it was chance."""
+    if state.repository is not None:
+        for catalog in state.repository.loaded_catalogs():
+            catalog.close()
 
 
 def pin(state: BootState) -> list[str]:
