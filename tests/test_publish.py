@@ -112,6 +112,22 @@ def test_round_trip_at_two_tags(tree: Path, tmp_path: Path, keys_dir: Path) -> N
     assert {"trunk", "trunk-previous", "v1", "v2"} <= {tag.name for tag in open_repo(repo, keys_dir).tags()}
 
 
+def test_verify_names_when_the_snapshot_it_checked_was_published(tree: Path, tmp_path: Path, keys_dir: Path,
+                                                                  monkeypatch, capsys) -> None:
+    """`repo verify --tag` prints that revision's publication time, not the newest revision's."""
+    from ucernvm.cli import main
+
+    repo, first, second = tmp_path / "repo", 1_700_000_000, 1_700_086_400
+    monkeypatch.setattr(time, "time_ns", lambda: first * 1_000_000_000)
+    publish(tree, repo, keys_dir, tag="v1")
+    monkeypatch.setattr(time, "time_ns", lambda: second * 1_000_000_000)
+    publish(tree, repo, keys_dir, tag="v2")
+    monkeypatch.undo()
+    for options, moment in ([], "2023-11-15T22:13:20Z"), (["--tag", "v1"], "2023-11-14T22:13:20Z"):
+        assert main(["repo", "verify", str(repo), "--name", FQRN, "--key", str(keys_dir), *options]) == 0
+        assert f"published:      {moment}\n" in capsys.readouterr().out
+
+
 def test_published_repository_served_over_http(tree: Path, tmp_path: Path, keys_dir: Path) -> None:
     """Published, served by the embedded stratum server, read back through the verified HTTP client."""
     stratum = tmp_path / "stratum"

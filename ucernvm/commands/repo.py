@@ -158,10 +158,13 @@ def run_verify(args: argparse.Namespace) -> int:
             else:
                 pending.append(repository.catalog_for(reference.path))
     manifest = repository.manifest
+    published = manifest.timestamp  # the head's; a snapshot chosen by --tag or --root-hash has its catalog's
+    if repository.root_hash != manifest.root_hash:
+        published = repository.root_catalog.last_modified or None
     print(f"name:           {repository.fqrn}")
     print(f"revision:       {repository.revision}")
-    if manifest.timestamp is not None:
-        print(f"published:      {_utc(manifest.timestamp)}")
+    if published is not None:
+        print(f"published:      {_utc(published)}")
     print(f"root catalog:   {repository.root_hash}")
     print(f"catalogs:       {catalogs} verified")
     if snapshots:
