@@ -62,7 +62,7 @@ class Breadcrumb(NamedTuple):
             timestamp, revision = rest.split("R", 1)
             return cls(root_hash, int(timestamp), int(revision))
         except ValueError:
-            raise FormatError(f"malformed cache breadcrumb {text!r}") from None
+            raise FormatError(f"malformed cache breadcrumb {text[:80]!r}") from None
 
     def __str__(self) -> str:
         return f"{self.root_hash}T{self.timestamp}R{self.revision}"

@@ -146,7 +146,7 @@ class Repository:
         """Refuse a manifest older than one this cache has already seen (a replay or a stale mirror)."""
         if self.cache is None:
             return
-        seen = self.cache.breadcrumb(self.fqrn)
+        seen = self._seen()
         timestamp = manifest.timestamp or 0
         if seen is not None and (timestamp < seen.timestamp or manifest.revision < seen.revision):
             raise VerificationError(
@@ -159,6 +159,18 @@ class Repository:
                 self.cache.save_breadcrumb(self.fqrn, Breadcrumb(manifest.root_hash.hex, timestamp, manifest.revision))
             except CacheFull as full:  # the last revision recorded still guards against older ones
                 self.warnings.append(f"{full.message}: revision {manifest.revision} is not recorded as seen")
+
+    def _seen(self) -> Breadcrumb | None:
+        """The cache's breadcrumb; a damaged one (a disk error, or written by hand) counts as none, with a
+        warning, as cvmfs passes over a checksum file it cannot parse: it guards only against servers, and
+        whoever can damage it can as well remove it. The snapshot a boot chose is guarded apart
+        (boot/snapshot.py)."""
+        assert self.cache is not None
+        try:
+            return self.cache.breadcrumb(self.fqrn)
+        except FormatError as damaged:
+            self.warnings.append(f"{damaged.message}: passed over, this revision is recorded instead")
+            return None
 
     # -- objects -------------------------------------------------------------------------------
 
