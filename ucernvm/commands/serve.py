@@ -25,7 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--port", type=int, default=8000,
                         help="TCP port, 0 for any free one (default: %(default)s)")
     parser.add_argument("--geo-db", metavar="FILE",
-                        help="CSV of network,latitude,longitude rows for geo ordering by distance "
+                        help="CSV whose header line is network,latitude,longitude, one network (CIDR) a row, "
+                             "for geo ordering by distance "
                              "(default: order by longest common address prefix)")
     parser.add_argument("--access-log", action="store_true",
                         help="print one line per request on stderr")
