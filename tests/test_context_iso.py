@@ -9,8 +9,10 @@ import json
 import os
 import shutil
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,7 @@ from ucernvm.boot.blockdev import probe_path
 from ucernvm.context.contextfile import convert_context_file
 from ucernvm.context.found import MetaData
 from ucernvm.context.iso import context_files, write_iso
+from ucernvm.context.isodates import Stamps, stamp_dates
 from ucernvm.context.section import parse_section
 from ucernvm.context.sources import MetadataAddresses, SourceProbe, find_user_data
 from ucernvm.errors import ContextError
@@ -142,6 +145,108 @@ def _extract(iso, **path: str) -> bytes:
     out = io.BytesIO()
     iso.get_file_from_iso_fp(out, **path)
     return out.getvalue()
+
+
+def iso_dates(iso) -> set[bytes]:
+    """Every date pycdlib reads in an open image: its volume descriptors' (the unset expiration aside), and
+    every directory record's and Rock Ridge TF entry's in the Rock Ridge and the Joliet tree."""
+    dates: set[bytes] = set()
+    for descriptor in (iso.pvd, iso.joliet_vd):
+        dates |= {descriptor.volume_creation_date.record(), descriptor.volume_modification_date.record(),
+                  descriptor.volume_effective_date.record(), descriptor.root_dir_record.date.record()}
+        assert descriptor.volume_expiration_date.record() == b"0" * 16 + b"\0"
+    for how, encoding in (("rr_path", "utf-8"), ("joliet_path", "utf-16-be")):
+        directories = ["/"]
+        while directories:
+            directory = directories.pop()
+            for record in iso.list_children(**{how: directory}):
+                dates.add(record.date.record())
+                if record.rock_ridge:
+                    entries = record.rock_ridge.dr_entries.tf_record or record.rock_ridge.ce_entries.tf_record
+                    dates |= {date.record() for date in (entries.access_time, entries.modification_time,
+                                                         entries.attribute_change_time)}
+                if record.is_dir() and not (record.is_dot() or record.is_dotdot()):
+                    name = record.rock_ridge.name() if how == "rr_path" else record.file_identifier()
+                    directories.append(f"{directory.rstrip('/')}/{name.decode(encoding)}")
+    return dates
+
+
+def test_the_same_context_makes_the_same_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dates are the Unix epoch in UTC, not the time of writing in the local time zone."""
+    pycdlib = pytest.importorskip("pycdlib")
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    (tmp_path / "user-data").write_bytes(b"#cloud-config\n")
+    images = []
+    for zone in ("UTC", "America/St_Johns"):  # a second apart, and in a zone 3.5 hours from UTC
+        if images:
+            time.sleep(1.1)
+        monkeypatch.setenv("TZ", zone)
+        images.append(tmp_path / f"{zone.replace('/', '-')}.iso")
+        run_cli("context", tmp_path / "user-data", "-o", images[-1], check=True)
+    assert images[0].read_bytes() == images[1].read_bytes()
+    (tmp_path / "user-data").write_bytes(b"#cloud-config\n\n")
+    run_cli("context", tmp_path / "user-data", "-o", tmp_path / "other.iso", check=True)
+    assert (tmp_path / "other.iso").read_bytes() != images[0].read_bytes()
+    iso = pycdlib.PyCdlib()
+    iso.open(str(images[0]))
+    try:
+        assert iso_dates(iso) == {b"1970010100000000\0", bytes([70, 1, 1, 0, 0, 0, 0])}
+        assert _extract(iso, rr_path="/openstack/latest/user_data") == b"#cloud-config\n"
+        assert _extract(iso, joliet_path="/ec2/latest/user-data") == b"#cloud-config\n"
+    finally:
+        iso.close()
+
+
+def test_source_date_epoch_dates_the_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, media: Media) -> None:
+    pycdlib = pytest.importorskip("pycdlib")
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")  # 2023-11-14 22:13:20 UTC
+    monkeypatch.setenv("TZ", "Asia/Kolkata")
+    (tmp_path / "user-data").write_bytes(b"#cloud-config\n")
+    run_cli("context", tmp_path / "user-data", "-o", tmp_path / "ctx.iso", "--format", "nocloud", check=True)
+    iso = pycdlib.PyCdlib()
+    iso.open(str(tmp_path / "ctx.iso"))
+    try:
+        assert iso_dates(iso) == {b"2023111422132000\0", bytes([123, 11, 14, 22, 13, 20, 0])}
+    finally:
+        iso.close()
+    monkeypatch.setenv("TZ", "UTC")  # fuseiso takes a date for local time, whatever its time zone byte says
+    mounted = media.mount(media.attach(tmp_path / "ctx.iso"))
+    try:
+        assert {path.stat().st_mtime for path in [mounted, *mounted.iterdir()]} == {1700000000}
+        assert (mounted / "user-data").read_bytes() == b"#cloud-config\n"
+    finally:
+        media.unmount(mounted)
+    assert b"SOURCE_DATE_EPOCH" in run_cli("context", "--help", check=True).stdout
+
+
+@pytest.mark.parametrize("value", ["soon", "-1", "1.5", "6000000000", "1" * 13])
+def test_a_source_date_epoch_no_image_holds_is_refused(value: str, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", value)
+    (tmp_path / "user-data").write_bytes(b"#cloud-config\n")
+    result = run_cli("context", tmp_path / "user-data", "-o", tmp_path / "ctx.iso")
+    assert result.returncode == 2 and b"SOURCE_DATE_EPOCH" in result.stderr and b"Traceback" not in result.stderr
+    assert not (tmp_path / "ctx.iso").exists()
+
+
+def test_dates_in_continuation_areas_are_fixed_too() -> None:
+    """A Rock Ridge name too long for its record moves the TF entry to a continuation area."""
+    pycdlib = pytest.importorskip("pycdlib")
+    iso = pycdlib.PyCdlib()
+    iso.new(interchange_level=3, rock_ridge="1.09")
+    iso.add_fp(io.BytesIO(b"x"), 1, "/LONG.;1", rr_name="l" * 240)
+    written = io.BytesIO()
+    iso.write_fp(written)
+    iso.close()
+    image = bytearray(written.getvalue())
+    stamp_dates(image, Stamps(datetime(2001, 2, 3, 4, 5, 6, tzinfo=timezone.utc)))
+    iso.open_fp(io.BytesIO(bytes(image)))
+    try:
+        record = iso.get_record(rr_path="/" + "l" * 240)
+        assert record.rock_ridge.dr_entries.tf_record is None
+        assert record.rock_ridge.ce_entries.tf_record.modification_time.record() == bytes([101, 2, 3, 4, 5, 6, 0])
+    finally:
+        iso.close()
 
 
 def test_mount_o_loop(tmp_path: Path) -> None:

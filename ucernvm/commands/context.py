@@ -17,7 +17,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "context",
         help="write user-data to a context ISO (cernvm-launch, config-drive or NoCloud layout)",
         description="Write USER_DATA (any user-data, or a public-contexts .context file, which is checked "
-        "and converted) to an ISO image that the boot loader and cloud-init read when it is attached as a CD.",
+        "and converted) to an ISO image that the boot loader and cloud-init read when it is attached as a CD. "
+        "The same inputs make the same image, byte for byte: every date in it is SOURCE_DATE_EPOCH when that is "
+        "set, else 1970-01-01 00:00:00 UTC, never the time of writing.",
     )
     parser.add_argument("user_data", metavar="USER_DATA", help="user-data file; FILE.context is converted")
     parser.add_argument("-o", "--output", required=True, metavar="ISO", help="the image to write")

@@ -3,7 +3,8 @@
 ``cernvm-launch`` is the tree cernvm-launch's ISOs carry (label CONFIG-2, the user-data under both
 ec2/latest and openstack/latest), ``config-drive`` is OpenStack's (label config-2), ``nocloud`` is
 cloud-init's seed (label cidata). Names are written three ways (ISO 9660, Rock Ridge and Joliet) so
-that every reader sees the real names. pycdlib is imported only here, never at boot.
+that every reader sees the real names. The same files make the same image, byte for byte: every date in it
+is one fixed date (``image_stamps``), not the time of writing. pycdlib is imported only here, never at boot.
 """
 
 from __future__ import annotations
@@ -11,12 +12,15 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import re
 import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 
 from ucernvm.context.contextfile import convert_context_file
 from ucernvm.context.found import MetaData
+from ucernvm.context.isodates import LAST_DATE, Stamps, stamp_dates
 from ucernvm.context.media import USER_DATA_LIMIT
 from ucernvm.errors import ConfigError, ContextError
 
@@ -78,10 +82,22 @@ def _iso_name(name: str, taken: set[str], directory: bool) -> str:
     raise ContextError(f"too many files named like {name!r} in one directory")
 
 
+def image_stamps() -> Stamps:
+    """The one date of every date field of an image: SOURCE_DATE_EPOCH when set, as reproducible builds set
+    it, else the Unix epoch; never the time of writing, so that the same files make the same image."""
+    value = os.environ.get("SOURCE_DATE_EPOCH", "")
+    if value and not (re.fullmatch(r"[0-9]{1,12}", value) and int(value) <= LAST_DATE.timestamp()):
+        raise ConfigError(f"SOURCE_DATE_EPOCH={value[:40]!r} is no date an ISO image holds",
+                          "set it to the seconds since 1970 (date +%s) of a date before 2156, or unset it")
+    return Stamps(datetime.fromtimestamp(int(value or 0), timezone.utc))
+
+
 def write_iso(path: Path, label: str, files: dict[str, bytes]) -> None:
-    """An ISO 9660 image with Rock Ridge and Joliet names holding ``files`` (relative path -> bytes)."""
+    """An ISO 9660 image with Rock Ridge and Joliet names holding ``files`` (relative path -> bytes), the same
+    bytes for the same files, label and ``image_stamps``."""
     import pycdlib  # heavy, and only for writing images: never imported at boot
 
+    stamps = image_stamps()
     iso = pycdlib.PyCdlib()
     iso.new(interchange_level=3, rock_ridge="1.09", joliet=3, vol_ident=label)
     made: dict[str, str] = {"": ""}  # real directory path -> ISO path
@@ -100,7 +116,11 @@ def write_iso(path: Path, label: str, files: dict[str, bytes]) -> None:
             data = files[relative]
             iso_path = f"{made[parent]}/{_iso_name(parts[-1], taken[parent], False)};1"
             iso.add_fp(io.BytesIO(data), len(data), iso_path, rr_name=parts[-1], joliet_path=f"/{'/'.join(parts)}")
-        iso.write(str(path))
+        image = io.BytesIO()
+        iso.write_fp(image)
+        stamped = bytearray(image.getbuffer())
+        stamp_dates(stamped, stamps)
+        path.write_bytes(stamped)
     except pycdlib.pycdlibexception.PyCdlibException as error:
         raise ContextError(f"cannot write {path}: {error}") from None
     except OSError as error:
