@@ -5,6 +5,7 @@ of an older revision."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from ucernvm.client.cache import ObjectCache
 from ucernvm.client.repository import Repository
 from ucernvm.client.sources import DirectorySource
 from ucernvm.cvmfs.trust import load_master_keys
+from ucernvm.errors import FetchError
 
 
 @pytest.fixture
@@ -45,3 +47,41 @@ def test_a_damaged_breadcrumb_is_passed_over_with_a_warning_and_replaced(repo: P
     assert any("malformed cache breadcrumb" in warning for warning in again.warnings)
     assert max(len(warning) for warning in again.warnings) < 200
     assert breadcrumb.read_bytes() == recorded
+
+
+def _directory(path: Path) -> None:
+    path.mkdir()
+
+
+def _fifo(path: Path) -> None:
+    os.mkfifo(path)
+
+
+def _endless(path: Path) -> None:
+    path.symlink_to("/dev/zero")
+
+
+def _huge(path: Path) -> None:
+    with path.open("wb") as sparse:
+        sparse.truncate(1 << 40)
+
+
+@pytest.mark.parametrize("plant", [_directory, _fifo, _endless, _huge])
+def test_something_else_in_the_place_of_the_kept_manifest_counts_as_none(repo: Path, keys_dir: Path,
+                                                                          tmp_path: Path, plant) -> None:
+    cache = tmp_path / "cache"
+    mount(repo, keys_dir, cache)
+    kept = cache / f".cvmfspublished.{FQRN}"
+    kept.unlink()
+    plant(kept)
+    whitelist = (repo / ".cvmfswhitelist").read_bytes()
+    (repo / ".cvmfswhitelist").unlink()  # the server down: the cache has no manifest to mount offline
+    with pytest.raises(FetchError) as refused:
+        mount(repo, keys_dir, cache)
+    assert refused.value.hint == "no server answered and the cache holds no earlier revision"
+    (repo / ".cvmfswhitelist").write_bytes(whitelist)
+    online = mount(repo, keys_dir, cache)
+    if kept.is_dir():  # left there: no copy is kept, and the mount says so
+        assert any("no copy of this revision is kept" in warning for warning in online.warnings)
+    else:
+        assert not online.warnings and kept.read_bytes() == (repo / ".cvmfspublished").read_bytes()

@@ -24,13 +24,14 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ucernvm.client.sinks import Sink
+from ucernvm.client.sinks import MAX_NAMED_BYTES, Sink
 from ucernvm.cvmfs.hashing import ContentHash
 from ucernvm.errors import FormatError, StorageError
 from ucernvm.records import NamedTuple
@@ -379,12 +380,22 @@ class ObjectCache:
             self._store(f"{name}.{fqrn}", lambda out: out.write(data))
 
     def load_named(self, fqrn: str, name: str) -> bytes | None:
+        """A kept file's bytes; None without one. The scratch disk may hold anything by that name: what is
+        not a regular file no larger than a fetched one may be (a directory, a FIFO that would block, a
+        link to a device that never ends) counts as none, and what is read is verified as if fetched."""
         try:
-            fd = os.open(f"{name}.{fqrn}", os.O_RDONLY | os.O_CLOEXEC, dir_fd=self._dir)
+            fd = os.open(f"{name}.{fqrn}", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=self._dir)
         except OSError:
             return None
-        with os.fdopen(fd, "rb") as handle:
-            return handle.read()
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISREG(st.st_mode) and st.st_size <= MAX_NAMED_BYTES:
+                return os.pread(fd, st.st_size, 0)
+        except OSError:  # a failing disk
+            pass
+        finally:
+            os.close(fd)
+        return None
 
     def breadcrumb(self, fqrn: str) -> Breadcrumb | None:
         data = self.load_named(fqrn, BREADCRUMB_PREFIX.rstrip("."))

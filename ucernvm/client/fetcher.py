@@ -33,7 +33,7 @@ from ucernvm.client.client_config import FetcherConfig, check_server_url, substi
 from ucernvm.client.lazylog import LazyLogger
 from ucernvm.client.pac import resolve_proxy_description
 from ucernvm.client.proxies import Proxy, ProxyChain, parse_proxy_list
-from ucernvm.client.sinks import Checked, Memory, Sink
+from ucernvm.client.sinks import MAX_NAMED_BYTES, Checked, Memory, Sink
 from ucernvm.client.sources import corrupt_object_error
 from ucernvm.client.transfer import DIRECT, HASH_MISMATCH, Attempt, Failure, Transfer
 from ucernvm.cvmfs.hashing import ContentHash, ObjectType
@@ -43,9 +43,6 @@ from ucernvm.records import NamedTuple
 log = LazyLogger(__name__)
 
 GEO_MAX_ATTEMPTS = 3  # cvmfs asks at most three random servers for the geo order
-# The most a file fetched into memory by name may have (manifest, whitelist, geo reply, PAC file; each a
-# few KiB): a server that sends without end is refused instead of filling the memory of a booting VM.
-MAX_NAMED_BYTES = 16 << 20
 PROXY_SEPARATOR = "+PXYSEP+"
 
 

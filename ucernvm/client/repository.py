@@ -25,7 +25,7 @@ from ucernvm.cvmfs.history import History, Tag
 from ucernvm.cvmfs.manifest import Manifest, SignedManifest
 from ucernvm.cvmfs.trust import PublicKey, load_certificate
 from ucernvm.cvmfs.whitelist import SignedWhitelist
-from ucernvm.errors import FetchError, FormatError, VerificationError
+from ucernvm.errors import FetchError, FormatError, StorageError, VerificationError
 
 
 _NAME = attrgetter("name")
@@ -79,8 +79,8 @@ class Repository:
             try:
                 cache.save_named(fqrn, whitelist_file.FILE_NAME, whitelist_data)
                 cache.save_named(fqrn, manifest_file.FILE_NAME, manifest_data)
-            except CacheFull as full:
-                self.warnings.append(f"{full.message}: no copy of this revision is kept for offline mounts")
+            except StorageError as refused:  # a full disk, or something else in the copies' place
+                self.warnings.append(f"{refused.message}: no copy of this revision is kept for offline mounts")
 
         self.whitelist = whitelist.whitelist
         self.manifest: Manifest = signed.manifest
@@ -157,8 +157,8 @@ class Repository:
         if seen is None or (timestamp, manifest.revision) > (seen.timestamp, seen.revision):
             try:
                 self.cache.save_breadcrumb(self.fqrn, Breadcrumb(manifest.root_hash.hex, timestamp, manifest.revision))
-            except CacheFull as full:  # the last revision recorded still guards against older ones
-                self.warnings.append(f"{full.message}: revision {manifest.revision} is not recorded as seen")
+            except StorageError as refused:  # the last revision recorded still guards against older ones
+                self.warnings.append(f"{refused.message}: revision {manifest.revision} is not recorded as seen")
 
     def _seen(self) -> Breadcrumb | None:
         """The cache's breadcrumb; a damaged one (a disk error, or written by hand) counts as none, with a

@@ -25,6 +25,9 @@ PIECE_SIZE = 1 << 20
 # The most one inflate step produces: bounds memory (a stream that inflates a thousandfold is met a
 # block at a time), and a block is still in the CPU's caches when it is written.
 INFLATE_BLOCK = 1 << 20
+# The most a file fetched into memory by name may have (manifest, whitelist, geo reply, PAC file; each a
+# few KiB): a server that sends without end is refused instead of filling the memory of a booting VM.
+MAX_NAMED_BYTES = 16 << 20
 
 
 class Sink(Protocol):
