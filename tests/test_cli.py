@@ -109,3 +109,21 @@ def test_umount_takes_the_fuse_mounts_fusermount_takes(monkeypatch, capsys, file
     code = main(["umount", "/mnt/x"])
     assert (code, calls) == ((0, ["/mnt/x"]) if unmounted else (1, []))
     assert unmounted or f"holds a {file_system_type} file system" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("file_system_type,refused", [
+    ("fuse.cvmfs", True), ("fuse", True), ("fuseblk.ntfs", True), ("ext4", False), (None, False),
+])  # fmt: skip
+def test_mount_refuses_a_mount_point_that_holds_a_fuse_mount(monkeypatch, capsys, tmp_path,
+                                                             file_system_type: str | None, refused: bool) -> None:
+    """A second mount would hide the first one, and one whose daemon is gone is no directory to look at:
+    both want `ucernvm umount` first, and nothing else is tried."""
+    from ucernvm.commands import mount
+
+    monkeypatch.setattr(mount, "mounted_file_system",
+                        lambda path: None if file_system_type is None else ("0:42", file_system_type))
+    code = main(["mount", str(tmp_path / "repo"), str(tmp_path / "mnt"), "--key", str(tmp_path / "k.pub")])
+    error = capsys.readouterr().err
+    assert code != 0
+    assert (f"holds a {file_system_type} mount already" in error) == refused, error
+    assert ("is not a directory" in error) == (not refused), error

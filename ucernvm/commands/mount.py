@@ -8,9 +8,9 @@ import sys
 
 from ucernvm.client.cache import DEFAULT_QUOTA, MIB, ObjectCache
 from ucernvm.client.filesystem import SnapshotFilesystem
-from ucernvm.client.fuse.kernel import MountOptions, mount
+from ucernvm.client.fuse.kernel import MountOptions, mount, mounted_file_system
 from ucernvm.commands.repo import add_source_arguments, open_repository, source_config
-from ucernvm.errors import ConfigError
+from ucernvm.errors import ConfigError, MountError
 
 DEFAULT_CACHE = "/var/lib/ucernvm/cache"
 
@@ -27,7 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "and writes read-order.txt beside it: the files read so far, in order, as a prefetch list.",
     )
     add_source_arguments(parser)
-    parser.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing directory")
+    parser.add_argument("mountpoint", metavar="MOUNTPOINT",
+                        help="an existing directory that holds no FUSE mount yet")
     parser.add_argument("--cache", default=DEFAULT_CACHE, metavar="DIR", help="cache directory (default: %(default)s)")
     parser.add_argument("--quota", type=int, metavar="MIB",
                         help="cache size limit in MiB of 2^20 bytes, as cvmfs counts CVMFS_QUOTA_LIMIT (default: "
@@ -51,6 +52,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # A second FUSE mount there would hide the first (one umount then shows it again); one whose daemon is
+    # gone is no directory to stat. Either wants an unmount first.
+    mounted = mounted_file_system(os.path.realpath(args.mountpoint))
+    if mounted is not None and mounted[1].split(".", 1)[0] in ("fuse", "fuseblk"):
+        raise MountError(f"{args.mountpoint} holds a {mounted[1]} mount already",
+                         hint=f"unmount it first: ucernvm umount {args.mountpoint}")
     if not os.path.isdir(args.mountpoint):
         raise ConfigError(f"mount point {args.mountpoint} is not a directory")
     if args.quota is not None and args.quota < 0:
