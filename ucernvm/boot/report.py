@@ -55,8 +55,11 @@ def to_json(report: dict[str, Any]) -> str:
 def render_text(report: dict[str, Any]) -> str:
     lines = [f"{'stage':<10} {'start':>8} {'end':>8} {'seconds':>8} {'imports':>8}  status"]
     for stage in report.get("stages", []):
+        # A stage still running when the report was written (the handoff, which writes it) has no end yet.
+        running = stage["status"] == "running"
+        end, seconds = ("-", "-") if running else (f"{stage['end']:.2f}", f"{stage['seconds']:.2f}")
         lines.append(
-            f"{stage['name']:<10} {stage['start']:8.2f} {stage['end']:8.2f} {stage['seconds']:8.2f} "
+            f"{stage['name']:<10} {stage['start']:8.2f} {end:>8} {seconds:>8} "
             f"{stage.get('imports', 0.0):8.2f}  {stage['status']}"
             + (f" ({stage['message']})" if stage.get("message") else "")
         )
@@ -107,7 +110,8 @@ def render_svg(report: dict[str, Any]) -> str:
         color = _COLORS.get(stage["status"], "#808080")
         parts.append(f'<text x="4" y="{y + 14}">{html.escape(stage["name"])}</text>')
         parts.append(f'<rect x="{x:.1f}" y="{y}" width="{bar:.1f}" height="{row - 6}" fill="{color}"/>')
-        parts.append(f'<text x="{x + bar + 4:.1f}" y="{y + 14}">{stage["seconds"]:.2f} s</text>')
+        label = "running" if stage["status"] == "running" else f'{stage["seconds"]:.2f} s'
+        parts.append(f'<text x="{x + bar + 4:.1f}" y="{y + 14}">{label}</text>')
     axis_y = row * (len(stages) + 1) + 8
     for second in range(0, int(end) + 1, step):
         x = left + second * scale
