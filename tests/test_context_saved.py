@@ -18,7 +18,7 @@ from ucernvm.boot.log import BootLog
 from ucernvm.boot.seed import NOCLOUD_SEED, seed_cloud_init
 from ucernvm.boot.state import BootState
 from ucernvm.boot.system import System
-from ucernvm.context.found import CONFIG_DRIVE, FoundContext, MetaData
+from ucernvm.context.found import CONFIG_DRIVE, GCE, FoundContext, MetaData
 from ucernvm.server.online import Context, OnlineServer, OnlineService
 
 USER_DATA = b"#cloud-config\nruncmd: [true]\n"
@@ -46,6 +46,21 @@ def test_a_later_boot_seeds_the_first_boots_instance(tmp_path: Path) -> None:
     assert second_meta == first_meta
     assert second.user_data == USER_DATA and second.context_source == CONFIG_DRIVE
     assert (second.new_root / NOCLOUD_SEED / "user-data").read_bytes() == USER_DATA
+    assert not second.warnings
+
+
+def test_gce_keys_are_saved_with_their_users_and_picked_again_on_later_boots(tmp_path: Path) -> None:
+    """The seed is written on every boot, once the OS is mounted, for its default user: the first boot
+    saves GCE's keys as they came, user names and all."""
+    first_key, debian_key = "ssh-ed25519 AAAAC3Nza first", "ssh-ed25519 AAAAC3Nzb debian"
+    lines = (f"cloudinit:{first_key}", f"debian:{debian_key}", "alice:ssh-ed25519 AAAAC3Nzc alice")
+    os_config = tmp_path / "root" / "etc" / "cloud" / "cloud.cfg"
+    os_config.parent.mkdir(parents=True)
+    os_config.write_text("users: [default]\nsystem_info: {default_user: {name: debian}}\n")
+    _, first_meta = boot(tmp_path, FoundContext(GCE, USER_DATA, MetaData("1234", "vm", user_keys=lines)), fresh=True)
+    second, second_meta = boot(tmp_path, None, fresh=False)
+    assert first_meta == second_meta == {"instance-id": "1234", "local-hostname": "vm",
+                                         "public-keys": [first_key, debian_key]}
     assert not second.warnings
 
 

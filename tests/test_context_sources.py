@@ -514,22 +514,23 @@ def test_gce_needs_and_sends_the_flavor_header(notes: Notes) -> None:
     assert found.source == "GCE" and found.user_data == cloud.user_data
     # GCE's host names are long (vm.c.project.internal): cloud-init's GCE datasource names the machine by
     # the first label only, and so does the seed the OS's cloud-init gets instead.
-    assert found.meta == MetaData(cloud.instance_id, "fake-vm", cloud.public_keys)
+    lines = tuple(f"cloudinit:{key}" for key in cloud.public_keys)  # the seed picks them (test_seed.py)
+    assert found.meta == MetaData(cloud.instance_id, "fake-vm", user_keys=lines)
     assert all(headers.get("metadata-flavor") == "Google" and headers.get("x-google-metadata-request") == "True"
                for _, _, headers in cloud.requests[1:])
 
 
-def test_gce_ssh_keys_for_other_users_are_left_out(notes: Notes) -> None:
-    """cloud-init's GCE datasource gives the OS's default user only the keys named ``cloudinit`` (or
-    for that user, whose name only the OS knows); keys for other accounts are not its to install."""
-    wanted = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIForCloudInit ops@site"
+def test_gce_ssh_keys_are_kept_with_their_user_names(notes: Notes) -> None:
+    """cloud-init's GCE datasource gives the OS's default user the keys named ``cloudinit`` and those
+    named for that user, whose name only the OS knows: the lines are kept as they came, for the seed to
+    pick from once the OS is mounted (test_seed.py); none is a public key of the source's own."""
     keys = (f"alice:ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQForAlice alice@laptop\n"
-            f"cloudinit:{wanted}\n"
-            f"no colon at all\n"
-            f"bob:ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIForBob google-ssh {{\"userName\":\"bob\"}}\n")
+            f"cloudinit:{KEY}\n"
+            f"no colon at all\n")
     with metadata_server(Cloud("gce", gce_ssh_keys=keys)) as address:
         found = network_search(notes, address)
-    assert found.source == "GCE" and found.meta.public_keys == (wanted,)
+    assert found.source == "GCE" and found.meta.user_keys == tuple(keys.splitlines())
+    assert found.meta.public_keys == ()
 
 
 PROJECT_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIForTheProject ops@site"
@@ -550,7 +551,7 @@ def test_gce_project_ssh_keys_as_cloud_init_reads_them(notes: Notes, more: dict[
     instance's, unless the instance sets block-project-ssh-keys or has the legacy sshKeys attribute."""
     with metadata_server(Cloud("gce", public_keys=(KEY,), gce_more=more)) as address:
         found = network_search(notes, address)
-    assert found.source == "GCE" and found.meta.public_keys == keys
+    assert found.source == "GCE" and found.meta.user_keys == tuple(f"cloudinit:{key}" for key in keys)
 
 
 def test_gce_base64_cvm_user_data(notes: Notes) -> None:

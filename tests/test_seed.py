@@ -1,11 +1,13 @@
 """What the OS gets from the context (boot/seed.py): ``cernvm_inject`` and pickup tarballs, real
 archives extracted into a directory that stands for the new root (hostile ones are refused and write
-nothing outside it), and the OS's bootstrap hook with glideinWMS user-data."""
+nothing outside it), the OS's bootstrap hook with glideinWMS user-data, and the SSH keys of the seed's
+meta-data, from a fake GCE metadata server, picked for the default user of the OS's cloud.cfg."""
 
 from __future__ import annotations
 
 import base64
 import io
+import json
 import shutil
 import stat
 from pathlib import Path
@@ -14,11 +16,16 @@ import pytest
 
 from ucernvm.boot.contextualize import apply_user_data
 from ucernvm.boot.log import BootLog
-from ucernvm.boot.seed import BOOTSTRAP, BUSYBOX, GLIDEINWMS_USER_DATA, ExtractTarball, hand_over_context
+from ucernvm.boot.seed import (BOOTSTRAP, BUSYBOX, GLIDEINWMS_USER_DATA, NOCLOUD_SEED, ExtractTarball,
+                               hand_over_context, seed_cloud_init)
 from ucernvm.boot.state import BootState
 from ucernvm.boot.system import System
+from ucernvm.context.found import FoundContext
+from ucernvm.context.sources import MetadataAddresses, SourceProbe, find_user_data
 from ucernvm.errors import UcernvmError
 from ucernvm.tarfiles import tarfile
+
+from metadata_fakes import Cloud, closed_port, metadata_server
 
 
 def _tarball(*members: tuple[str, str, bytes | str, int]) -> bytes:
@@ -129,3 +136,110 @@ def test_the_os_hook_runs_with_the_new_root_and_finds_glideinwms_user_data_on_th
 def test_other_user_data_is_not_left_for_the_glideinwms_pilot(tmp_path: Path) -> None:
     hand_over_context(_booted(tmp_path, b"#cloud-config\nruncmd: [true]\n", first_boot=True))
     assert not (tmp_path / GLIDEINWMS_USER_DATA.lstrip("/")).exists()
+
+
+# ---------------------------------------------------------------------------------------- GCE's SSH keys
+
+CLOUDINIT_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIForCloudInit ops@site"
+DEBIAN_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIForDebian ops@laptop"
+OPS_KEY = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQForOps ops@desk"
+PROJECT_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIForTheProject ops@site"
+ALICE_KEY = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQForAlice alice@laptop"
+SSH_KEYS = (f"alice:{ALICE_KEY}\n"
+            f"cloudinit:{CLOUDINIT_KEY}\n"
+            "no colon at all\n"
+            f"debian:{DEBIAN_KEY}\n"
+            "debian:ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIN\u00f6nAscii ops@site\n"  # cloud-init skips the line
+            f"ops:{OPS_KEY}\n")
+# Debian's, shortened: the default user is named in system_info and listed in users.
+DEBIAN_CLOUD_CFG = """\
+# The top level settings are used as module and base configuration.
+users:
+   - default
+disable_root: true
+system_info:
+   distro: debian
+   default_user:
+     name: debian
+     lock_passwd: True
+     groups: [adm, audio, cdrom, dialout, dip, floppy, netdev, plugdev, sudo, video]
+     sudo: ["ALL=(ALL) NOPASSWD:ALL"]
+     shell: /bin/bash
+   paths:
+      cloud_dir: /var/lib/cloud/
+"""
+
+
+def gce_context(ssh_keys: str = SSH_KEYS, project: str = f"debian:{PROJECT_KEY}\nalice:{ALICE_KEY}\n") -> FoundContext:
+    """What a first boot finds on a fake GCE metadata server: these instance and project ssh-keys."""
+    cloud = Cloud("gce", gce_ssh_keys=ssh_keys, gce_more={"project/attributes/ssh-keys": project})
+    with metadata_server(cloud) as address:
+        found = find_user_data(SourceProbe(requested="GCE", addresses=MetadataAddresses(address, closed_port())))
+    assert found is not None and found.source == "GCE"
+    return found
+
+
+def seeded_keys(machine: Path, found: FoundContext, os_files: dict[str, str | bytes]) -> tuple[list[str], BootState]:
+    """The public-keys of the seed written for an OS with these files under /etc/cloud/, and the boot."""
+    state = BootState(System(str(machine)), BootLog(io.StringIO()))
+    state.found_context, state.user_data, state.context_source = found, found.user_data, found.source_name
+    for name, content in os_files.items():
+        path = state.new_root / "etc" / "cloud" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content.encode() if isinstance(content, str) else content)
+    seed_cloud_init(state)
+    return json.loads((state.new_root / NOCLOUD_SEED / "meta-data").read_text()).get("public-keys", []), state
+
+
+def test_gce_keys_reach_the_os_for_cloudinit_and_its_default_user(tmp_path: Path) -> None:
+    """cloud-init's GCE datasource gives the default user the keys named cloudinit and those named for
+    the default user (debian), the instance's before the project's; the seed that replaces it does too."""
+    keys, state = seeded_keys(tmp_path, gce_context(), {"cloud.cfg": DEBIAN_CLOUD_CFG})
+    assert keys == [CLOUDINIT_KEY, DEBIAN_KEY, PROJECT_KEY]
+    assert not state.warnings
+    assert "GCE ssh-keys: 3 for users other than 'cloudinit' and 'debian'" in state.log.text()
+
+
+def test_cloud_cfg_d_names_the_default_user_over_cloud_cfg(tmp_path: Path) -> None:
+    """cloud.cfg.d/*.cfg in name order, each over the files before it, as cloud-init merges them."""
+    files = {"cloud.cfg": DEBIAN_CLOUD_CFG,
+             "cloud.cfg.d/10_site.cfg": "system_info:\n  default_user:\n    name: admin\n",
+             "cloud.cfg.d/90_ops.cfg": "system_info: {default_user: {name: ops}}\n",
+             "cloud.cfg.d/95_editor.cfg~": "system_info: {default_user: {name: alice}}\n",  # not a .cfg
+             "cloud.cfg.d/README": "system_info: {default_user: {name: alice}}\n"}
+    keys, state = seeded_keys(tmp_path, gce_context(), files)
+    assert keys == [CLOUDINIT_KEY, OPS_KEY]
+    assert not state.warnings
+
+
+@pytest.mark.parametrize("os_files, why", [
+    ({}, "the OS has no /etc/cloud/cloud.cfg"),
+    ({"cloud.cfg": "users: [default\nsystem_info: {default_user: {name: debian}}\n"},
+     "/etc/cloud/cloud.cfg is not YAML (line 2)"),
+    ({"cloud.cfg": "- debian\n"}, "/etc/cloud/cloud.cfg is not a YAML mapping"),
+    ({"cloud.cfg": b"\xff\xfe\x00garbage"}, "/etc/cloud/cloud.cfg is not UTF-8 text"),
+    ({"cloud.cfg": "[" * 100000}, "/etc/cloud/cloud.cfg is not YAML"),
+    ({"cloud.cfg": "system_info:\n  distro: debian\n"}, "names no default user"),
+    ({"cloud.cfg": "system_info:\n  default_user: debian\n"}, "names no default user"),
+], ids=["missing", "yaml error", "a list", "not utf-8", "too deep", "no default user", "default user not a mapping"])
+def test_without_a_default_user_only_cloudinit_keys_are_seeded_and_one_warning_says_so(
+        tmp_path: Path, os_files: dict, why: str) -> None:
+    keys, state = seeded_keys(tmp_path, gce_context(), os_files)
+    assert keys == [CLOUDINIT_KEY]
+    assert len(state.warnings) == 1, state.warnings
+    assert state.warnings[0].startswith("GCE ssh-keys: 5 for users other than 'cloudinit' left out")
+    assert why in state.warnings[0]
+
+
+def test_a_garbage_cloud_cfg_d_file_is_left_out_as_cloud_init_leaves_it(tmp_path: Path) -> None:
+    files = {"cloud.cfg": DEBIAN_CLOUD_CFG, "cloud.cfg.d/50_broken.cfg": "system_info: [unclosed\n",
+             "cloud.cfg.d/60_list.cfg": "- system_info\n"}
+    keys, state = seeded_keys(tmp_path, gce_context(), files)
+    assert keys == [CLOUDINIT_KEY, DEBIAN_KEY, PROJECT_KEY]
+    assert not state.warnings
+
+
+def test_no_warning_where_no_key_was_left_out(tmp_path: Path) -> None:
+    keys, state = seeded_keys(tmp_path, gce_context(f"cloudinit:{CLOUDINIT_KEY}\n", project=""), {})
+    assert keys == [CLOUDINIT_KEY]
+    assert not state.warnings

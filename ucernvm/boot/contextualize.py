@@ -26,7 +26,7 @@ from ucernvm.errors import ContextError
 SEARCH_SECONDS = 10.0  # every source together; a VM without a context loses under 3 s of it
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 UTF16_MARKS = (b"\xff\xfe", b"\xfe\xff")  # the byte order marks a UTF-16 file starts with
-META_DATA = "meta-data"  # in context/: the first boot's meta-data (NoCloud keys, JSON), for later boots
+META_DATA = "meta-data"  # in context/: the first boot's meta-data (NoCloud keys, GCE's user-keys), for later boots
 # In context/: the user-data a CernVM Online context replaced; its settings (say, the proxy it came with)
 # apply under the online context's on every boot, as on the first.
 BEFORE_PIN = "user-data-before-pin"

@@ -22,7 +22,7 @@ from ucernvm.boot.system import RealSystem
 # first boot runs, and glideinWMS detection, for boots with user-data.
 IMAGE_MODULES = (*MODULES, "ucernvm.boot.rescue", "urllib3", "encodings.idna", "pacparser", "email.policy", "email.generator",
                  "ucernvm.tarfiles", "ucernvm.context.online", "ucernvm.context.cluster", "html", "ntplib",
-                 "ucernvm.context.sources", "ucernvm.context.glideinwms",
+                 "ucernvm.context.sources", "ucernvm.context.glideinwms", "yaml",
                  "concurrent.futures.thread", "subprocess")
 
 

@@ -10,9 +10,11 @@ import base64
 import binascii
 import io
 import json
+from pathlib import Path
 
 from ucernvm.boot.state import BootState
 from ucernvm.boot.system import MakeDirs, Run, WriteFile
+from ucernvm.context.found import MetaData
 from ucernvm.context.login_hook import install_login_hook
 from ucernvm.context.userdata import for_cloud_init
 from ucernvm.cvmfs.hashing import sha256
@@ -20,6 +22,7 @@ from ucernvm.errors import UcernvmError
 from ucernvm.records import NamedTuple
 
 NOCLOUD_SEED = "var/lib/cloud/seed/nocloud"
+CLOUD_CFG = "etc/cloud/cloud.cfg"  # then cloud.cfg.d/*.cfg, each over those before it
 BOOTSTRAP = ".ucernvm_bootstrap"
 # Where µCernVM left glideinWMS user-data, in its own root: the OS hook starts the glidein pilot with it.
 GLIDEINWMS_USER_DATA = "/glideinwms-user-data"
@@ -80,13 +83,106 @@ def network_config(network: dict) -> bytes | None:
     return (json.dumps({"version": 2, "ethernets": ethernets}, indent=1) + "\n").encode()
 
 
+def cloud_config(root: Path) -> tuple[dict, list[str]]:
+    """The OS's cloud-init configuration as cloud-init merges it: each cloud.cfg.d/*.cfg (in name order)
+    over cloud.cfg and the files before it, mappings merged key by key; and what could not be read,
+    which cloud-init leaves out too (a file that is not a YAML mapping counts as empty)."""
+    main = root / CLOUD_CFG
+    try:
+        more = sorted(path for path in main.with_name("cloud.cfg.d").iterdir()
+                      if path.name.endswith(".cfg") and path.is_file())
+    except OSError:
+        more = []
+    config: dict = {}
+    problems = []
+    for path in [main, *more]:
+        name = f"/{path.relative_to(root)}"
+        try:
+            document = _yaml_file(path, name)
+        except ValueError as error:
+            problems.append(str(error))
+            continue
+        if document is not None and not isinstance(document, dict):
+            problems.append(f"{name} is not a YAML mapping")
+        elif document:
+            config = _merged(document, config)
+    return config, problems
+
+
+def _yaml_file(path: Path, name: str) -> object:
+    """The document of a YAML file; a ValueError saying why there is none."""
+    import yaml  # only the keys GCE names users for need it
+
+    try:
+        return yaml.safe_load(path.read_bytes().decode())
+    except FileNotFoundError:
+        raise ValueError(f"the OS has no {name}") from None
+    except OSError as error:
+        raise ValueError(f"{name} is unreadable ({error.strerror})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{name} is not UTF-8 text") from None
+    except (yaml.YAMLError, RecursionError) as error:  # RecursionError: nested deeper than the parser goes
+        mark = getattr(error, "problem_mark", None)
+        raise ValueError(f"{name} is not YAML" + (f" (line {mark.line + 1})" if mark else "")) from None
+
+
+def _merged(high: dict, low: dict) -> dict:
+    """``high`` over ``low``: what both map to a mapping is merged, anything else is ``high``'s."""
+    merged = dict(low)
+    for key, value in high.items():
+        below = low.get(key)
+        merged[key] = _merged(value, below) if isinstance(value, dict) and isinstance(below, dict) else value
+    return merged
+
+
+def default_user(config: dict) -> str | None:
+    """The default user's name in cloud-init's configuration (``system_info: default_user: name:``)."""
+    system_info = config.get("system_info")
+    user = system_info.get("default_user") if isinstance(system_info, dict) else None
+    name = user.get("name") if isinstance(user, dict) else None
+    return name if isinstance(name, str) and name else None
+
+
+def os_default_user(root: Path) -> tuple[str | None, str]:
+    """The OS's default user, or None and why there is none."""
+    config, problems = cloud_config(root)
+    name = default_user(config)
+    return name, "" if name else "; ".join(problems) or "the OS's cloud-init configuration names no default user"
+
+
+def default_user_keys(state: BootState, lines: tuple[str, ...]) -> tuple[str, ...]:
+    """The keys of GCE's ``user:key`` lines that cloud-init's GCE datasource gives the OS's default user:
+    those for ``cloudinit`` and for the default user's name; with that name unknown, only the first."""
+    from ucernvm.context.metadata import GCE_KEY_USER, gce_keys_by_user  # only GCE's keys need it
+
+    name, why = os_default_user(state.new_root)
+    pairs = gce_keys_by_user(lines)
+    keys = tuple(key for user, key in pairs if user in (GCE_KEY_USER, name))
+    left_out = len(pairs) - len(keys)
+    if left_out and name is None:
+        state.warn(f"GCE ssh-keys: {left_out} for users other than {GCE_KEY_USER!r} left out, as the OS's default "
+                   f"user is unknown ({why})")
+    elif left_out:
+        state.log.info(f"GCE ssh-keys: {left_out} for users other than {GCE_KEY_USER!r} and {name!r} (the OS's "
+                       "default user) left out, as cloud-init leaves them")
+    return keys
+
+
+def seed_meta(state: BootState) -> MetaData:
+    """The source's meta-data, GCE's keys picked for the OS's default user."""
+    found = state.found_context
+    meta = found.meta if found is not None else MetaData()
+    if not meta.user_keys:
+        return meta
+    return meta._replace(public_keys=meta.public_keys + default_user_keys(state, meta.user_keys), user_keys=())
+
+
 def seed_cloud_init(state: BootState) -> None:
     network = network_config(state.facts.get("network", {}))
     if state.user_data is None and network is None:
         return
     seed = state.new_root / NOCLOUD_SEED
-    found = state.found_context
-    meta = {**(found.meta.as_nocloud() if found is not None else {}), "instance-id": instance_id(state)}
+    meta = {**seed_meta(state).as_nocloud(), "instance-id": instance_id(state)}
     state.system.do(MakeDirs(str(seed)))
     state.system.do(WriteFile(str(seed / "user-data"), for_cloud_init(state.user_data or b""), 0o600))
     state.system.do(WriteFile(str(seed / "meta-data"), (json.dumps(meta, indent=1) + "\n").encode(), 0o600))

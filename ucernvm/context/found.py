@@ -36,11 +36,16 @@ class MetaData(NamedTuple):
     instance_id: str = ""
     hostname: str = ""
     public_keys: tuple[str, ...] = ()
+    # GCE's ssh-keys lines, "user:key": cloud-init gives the default user those of two users, one of
+    # them the default user itself, whose name only the OS's cloud-init configuration holds. The seed,
+    # written once the OS is mounted, picks them (boot/seed.py); until then they are kept as they came.
+    user_keys: tuple[str, ...] = ()
 
     def as_nocloud(self) -> dict[str, object]:
-        """NoCloud's meta-data keys, for those the source had."""
+        """NoCloud's meta-data keys, for those the source had; ``user-keys`` too while they are unpicked
+        (the copy saved for later boots), never in a seed."""
         document: dict[str, object] = {"instance-id": self.instance_id, "local-hostname": self.hostname,
-                                       "public-keys": list(self.public_keys)}
+                                       "public-keys": list(self.public_keys), "user-keys": list(self.user_keys)}
         return {key: value for key, value in document.items() if value}
 
     @classmethod
@@ -48,14 +53,16 @@ class MetaData(NamedTuple):
         """The inverse of ``as_nocloud``; what is not a string (or a list of them) is left out."""
         if not isinstance(document, dict):
             return cls()
-        keys = document.get("public-keys")
 
         def text(key: str) -> str:
             value = document.get(key)
             return value if isinstance(value, str) else ""
 
-        return cls(text("instance-id"), text("local-hostname"),
-                   tuple(key for key in keys if isinstance(key, str)) if isinstance(keys, list) else ())
+        def texts(key: str) -> tuple[str, ...]:
+            values = document.get(key)
+            return tuple(value for value in values if isinstance(value, str)) if isinstance(values, list) else ()
+
+        return cls(text("instance-id"), text("local-hostname"), texts("public-keys"), texts("user-keys"))
 
 
 class StaticInterface(NamedTuple):

@@ -23,7 +23,7 @@ from ucernvm.context.media import META_LIMIT, USER_DATA_LIMIT, clean, decode_bas
 from ucernvm.records import NamedTuple
 
 GCE_HEADERS = {"Metadata-Flavor": "Google", "X-Google-Metadata-Request": "True"}  # current and legacy
-GCE_KEY_USER = "cloudinit"  # the ssh-keys user name cloud-init takes as the default user's
+GCE_KEY_USER = "cloudinit"  # the ssh-keys user name whose keys cloud-init gives the default user, whatever its name
 EC2_TOKEN_PATH = "/latest/api/token"
 EC2_TOKEN_TTL = "X-aws-ec2-metadata-token-ttl-seconds"
 EC2_TOKEN = "X-aws-ec2-metadata-token"
@@ -173,9 +173,8 @@ def fetch_gce(client: Client) -> FoundContext | None:
     if user_data is None and instance_id is None:
         return None
     hostname = _text(get("instance/hostname")[1]).split(".")[0]  # cloud-init's GCE datasource: the short name
-    keys = _gce_keys(_gce_key_lines(lambda path: get(path)[1]), client.log)
-    meta = MetaData(_text(instance_id), hostname, tuple(filter(None, (clean(key, 16384) for key in keys))))
-    return FoundContext(GCE, user_data or b"", meta)
+    keys = tuple(_gce_key_lines(lambda path: get(path)[1]))
+    return FoundContext(GCE, user_data or b"", MetaData(_text(instance_id), hostname, user_keys=keys))
 
 
 def _gce_key_lines(get: Callable[[str], bytes | None]) -> list[str]:
@@ -188,15 +187,16 @@ def _gce_key_lines(get: Callable[[str], bytes | None]) -> list[str]:
     return lines
 
 
-def _gce_keys(lines: list[str], log: Log) -> list[str]:
-    """The keys of ``user:key`` lines that cloud-init's GCE datasource gives the OS's default user: those
-    for ``cloudinit``. It also takes those named for the default user, but that name is in the OS's
-    cloud-init configuration, which the context is read before; keys for any other account never
-    belonged to the default user."""
-    keys = [key for user, colon, key in (line.partition(":") for line in lines) if colon and user == GCE_KEY_USER]
-    if len(keys) < len(lines):
-        log(f"GCE ssh-keys: {len(lines) - len(keys)} not for {GCE_KEY_USER!r} left out, as cloud-init leaves them")
-    return keys
+def gce_keys_by_user(lines: Iterable[str]) -> list[tuple[str, str]]:
+    """The (user, key) pairs of ``user:key`` lines that cloud-init's GCE datasource takes, for the
+    default user, from those two users: ``cloudinit`` and the default user's own name."""
+    pairs = []
+    for line in lines:
+        user, colon, key = line.partition(":")
+        key = clean(key, 16384)
+        if colon and key and line.isascii():
+            pairs.append((user, key))
+    return pairs
 
 
 def _gce_decoded(user_data: bytes, encoding: bytes | None, warn: Log) -> bytes:
