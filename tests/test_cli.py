@@ -17,6 +17,7 @@ def test_every_command_has_help() -> None:
         result = run_cli(name, "--help")
         assert result.returncode == 0, name
         assert b"usage: ucernvm " + name.encode() in result.stdout
+        assert b"``" not in result.stdout, name  # a docstring's markup, not what a terminal shows
     assert run_cli("repo", "verify", "--help").returncode == 0
 
 

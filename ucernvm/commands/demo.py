@@ -43,7 +43,7 @@ BOOT_TIMEOUT = 600.0  # seconds; a TCG boot on a loaded two-core machine takes a
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("demo", help="publish a demo OS, serve it, build the image and boot it in QEMU",
-                                   description=__doc__)
+                                   description=__doc__.replace("``", "`"))
     parser.add_argument(
         "--workdir", type=Path,
         default=Path(os.path.expanduser("~")) / ".cache" / "ucernvm" / "demo",

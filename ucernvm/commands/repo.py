@@ -65,7 +65,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     common = argparse.ArgumentParser(add_help=False)
     add_source_arguments(common)
 
-    parser = subparsers.add_parser("repo", help="verify, list and read a repository", description=__doc__)
+    parser = subparsers.add_parser("repo", help="verify, list and read a repository",
+                                   description=__doc__.replace("``", "`"))
     actions = parser.add_subparsers(title="actions", metavar="ACTION", required=True, parser_class=_IntermixedParser)
 
     verify = actions.add_parser(
