@@ -243,3 +243,25 @@ def test_no_warning_where_no_key_was_left_out(tmp_path: Path) -> None:
     keys, state = seeded_keys(tmp_path, gce_context(f"cloudinit:{CLOUDINIT_KEY}\n", project=""), {})
     assert keys == [CLOUDINIT_KEY]
     assert not state.warnings
+
+
+def google_ssh(name: str, expiry: str) -> str:
+    """A key in GCE's own format, as gcloud and the console add them for a while."""
+    return (f"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI{name} google-ssh "
+            f'{{"userName":"ops@site.org","expireOn":"{expiry}"}}')
+
+
+def test_expired_google_ssh_keys_are_left_out_as_cloud_init_leaves_them(tmp_path: Path) -> None:
+    expired, valid = google_ssh("Expired", "2001-01-01T00:00:00+0000"), google_ssh("Valid", "2999-12-31T23:59:59+0000")
+    short = google_ssh("Short", "2001-1-2T3:04:05+0000")  # strptime reads 1-digit months, days and hours
+    unreadable = google_ssh("Unreadable", "2001-01-01 00:00:00")  # not the format: never expires
+    other = 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOther other-ssh {"expireOn":"2001-01-01T00:00:00+0000"}'
+    lines = [f"cloudinit:{key}" for key in (expired, valid, short, unreadable, other)]
+    lines.append(f"debian:{google_ssh('Old', '2020-02-29T12:00:00+0000')}")
+    keys, state = seeded_keys(tmp_path, gce_context("\n".join(lines), project=""), {"cloud.cfg": DEBIAN_CLOUD_CFG})
+    assert keys == [valid, unreadable, other]
+    assert not state.warnings
+
+    # An expired key would not have been the default user's either: nothing worth a warning was left out.
+    keys, state = seeded_keys(tmp_path / "other", gce_context(f"cloudinit:{valid}\nalice:{expired}\n", project=""), {})
+    assert keys == [valid] and not state.warnings

@@ -19,10 +19,12 @@ from ucernvm.boot.system import RealSystem
 # when first needed; subprocess for the tools a first boot or a file system check runs; the rescue shell
 # and failure screen, imported when a break point or a failure needs them (a boot that works imports
 # them with the handoff stage's code, while the network comes up); the context search, which only a
-# first boot runs, and glideinWMS detection, for boots with user-data.
+# first boot runs, and glideinWMS detection, for boots with user-data; yaml for the OS's cloud-init
+# configuration, and _strptime (which datetime.strptime imports when first called) for expiry dates,
+# both read only where GCE's ssh-keys name users.
 IMAGE_MODULES = (*MODULES, "ucernvm.boot.rescue", "urllib3", "encodings.idna", "pacparser", "email.policy", "email.generator",
                  "ucernvm.tarfiles", "ucernvm.context.online", "ucernvm.context.cluster", "html", "ntplib",
-                 "ucernvm.context.sources", "ucernvm.context.glideinwms", "yaml",
+                 "ucernvm.context.sources", "ucernvm.context.glideinwms", "yaml", "_strptime",
                  "concurrent.futures.thread", "subprocess")
 
 

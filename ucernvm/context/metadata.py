@@ -10,11 +10,13 @@ so tests point them at fakes on 127.0.0.1.
 from __future__ import annotations
 
 import errno
+import json
 import re
 import selectors
 import socket
 import time
 from collections.abc import Callable, Iterable
+from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
 from ucernvm.client import http11
@@ -24,6 +26,7 @@ from ucernvm.records import NamedTuple
 
 GCE_HEADERS = {"Metadata-Flavor": "Google", "X-Google-Metadata-Request": "True"}  # current and legacy
 GCE_KEY_USER = "cloudinit"  # the ssh-keys user name whose keys cloud-init gives the default user, whatever its name
+GCE_EXPIRY = "%Y-%m-%dT%H:%M:%S+0000"  # a google-ssh key's expireOn, as cloud-init reads it
 EC2_TOKEN_PATH = "/latest/api/token"
 EC2_TOKEN_TTL = "X-aws-ec2-metadata-token-ttl-seconds"
 EC2_TOKEN = "X-aws-ec2-metadata-token"
@@ -189,14 +192,33 @@ def _gce_key_lines(get: Callable[[str], bytes | None]) -> list[str]:
 
 def gce_keys_by_user(lines: Iterable[str]) -> list[tuple[str, str]]:
     """The (user, key) pairs of ``user:key`` lines that cloud-init's GCE datasource takes, for the
-    default user, from those two users: ``cloudinit`` and the default user's own name."""
+    default user, from those two users: ``cloudinit`` and the default user's own name; not expired."""
     pairs = []
     for line in lines:
         user, colon, key = line.partition(":")
         key = clean(key, 16384)
-        if colon and key and line.isascii():
+        if colon and key and line.isascii() and not _gce_key_expired(key):
             pairs.append((user, key))
     return pairs
+
+
+def _gce_key_expired(key: str) -> bool:
+    """Whether a key in GCE's own format, ``<type> <key> google-ssh {"userName":..., "expireOn":...}``
+    (what gcloud and the console add for a while), has expired. Any other key never does, nor one whose
+    date cloud-init cannot read."""
+    fields = key.split(None, 3)
+    if len(fields) != 4 or fields[2] != "google-ssh":
+        return False
+    try:
+        document = json.loads(fields[3])
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
+        return False
+    expiry = document.get("expireOn") if isinstance(document, dict) else None
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    try:  # strptime as cloud-init's, which takes 1-digit months and days too
+        return isinstance(expiry, str) and datetime.strptime(expiry, GCE_EXPIRY) < now
+    except ValueError:
+        return False
 
 
 def _gce_decoded(user_data: bytes, encoding: bytes | None, warn: Log) -> bytes:
