@@ -550,6 +550,22 @@ def test_a_tag_is_added_moved_and_removed_on_purpose(tree: Path, tmp_path: Path,
     assert {"v1", "v2", "v3"} <= {tag.name for tag in open_repo(repo, keys_dir).tags()}
 
 
+def test_another_repositorys_name_is_refused_before_its_keys_are_tried(tree: Path, tmp_path: Path,
+                                                                       keys_dir: Path) -> None:
+    """A --name that is not the one the directory's manifest holds is named as such by publish, tag and
+    resign, instead of a whitelist or certificate that the other name's keys do not verify."""
+    repo = tmp_path / "repo"
+    publish(tree, repo, keys_dir, tag="v1")
+    signed = {name: (repo / name).read_bytes() for name in (".cvmfspublished", ".cvmfswhitelist")}
+    common = ["--repo", repo, "--name", "other.cern.ch", "--keys", keys_dir]
+    for args in (["publish", tree, *common], ["tag", *common, "--add", "x"], ["resign", *common]):
+        refused = run_cli(*args)
+        assert refused.returncode == 2, refused.stderr
+        assert f"{repo} holds the repository {FQRN}, not other.cern.ch".encode() in refused.stderr, refused.stderr
+        assert f"give --name {FQRN}".encode() in refused.stderr
+    assert {name: (repo / name).read_bytes() for name in signed} == signed
+
+
 def test_a_wrong_tag_name_or_root_hash_is_refused_and_changes_nothing(tree: Path, tmp_path: Path,
                                                                       keys_dir: Path) -> None:
     repo = tmp_path / "repo"

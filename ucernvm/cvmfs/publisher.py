@@ -502,10 +502,21 @@ class Publisher:
         return _store_history(self.ingester, history, previous.manifest.history if previous else None), names
 
 
+def _check_repository_name(storage: RepositoryStorage, published: bytes, fqrn: str) -> None:
+    """Refuse a repository directory whose manifest names another repository, before its signatures are
+    checked with the other name's keys (which would blame the whitelist or the certificate)."""
+    named = manifest_file.SignedManifest.parse(published).manifest.fqrn
+    if named is not None and named != fqrn:
+        raise ConfigError(f"{storage.root} holds the repository {named}, not {fqrn}",
+                          f"give --name {named} (and its keys), or another --repo")
+
+
 def _open_current(storage: RepositoryStorage, fqrn: str, keys: _Keys) -> Repository | None:
     """The repository's current revision, verified; None for a new repository."""
-    if storage.read_named(manifest_file.FILE_NAME) is None:
+    published = storage.read_named(manifest_file.FILE_NAME)
+    if published is None:
         return None
+    _check_repository_name(storage, published, fqrn)
     if not keys.master_public:
         raise ConfigError(f"the master public key {fqrn}.pub is missing from the keys directory")
     try:
@@ -578,6 +589,7 @@ def resign(repo_dir: str, fqrn: str, keys_dir: str, days: int = whitelist_file.D
     published = storage.read_named(manifest_file.FILE_NAME)
     if published is None:
         raise ConfigError(f"{repo_dir} is not a repository (no .cvmfspublished)")
+    _check_repository_name(storage, published, fqrn)
     paths = signing.key_paths(keys_dir, fqrn)
     certificate = trust.load_certificate(_read_certificate(paths["crt"]))
     manifest = manifest_file.SignedManifest.parse(published).manifest
