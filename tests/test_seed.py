@@ -265,3 +265,37 @@ def test_expired_google_ssh_keys_are_left_out_as_cloud_init_leaves_them(tmp_path
     # An expired key would not have been the default user's either: nothing worth a warning was left out.
     keys, state = seeded_keys(tmp_path / "other", gce_context(f"cloudinit:{valid}\nalice:{expired}\n", project=""), {})
     assert keys == [valid] and not state.warnings
+
+
+DEFAULT_USER = "system_info:\n  default_user:\n    name: debian\n    shell: /bin/bash\n"
+KEYS_OF = {"debian": [CLOUDINIT_KEY, DEBIAN_KEY, PROJECT_KEY], "ops": [CLOUDINIT_KEY, OPS_KEY], None: [CLOUDINIT_KEY]}
+
+
+@pytest.mark.parametrize("cloud_cfg, user", [
+    ("users: [default]\n" + DEFAULT_USER, "debian"),
+    (DEFAULT_USER, None),
+    ("users: [alice]\n" + DEFAULT_USER, None),
+    ("users: default\n" + DEFAULT_USER, "debian"),
+    ("users: 'alice,default'\n" + DEFAULT_USER, "debian"),
+    ("users: 'alice, default'\n" + DEFAULT_USER, None),
+    ("users:\n  - {groups: [adm]}\n" + DEFAULT_USER, "debian"),
+    ("users:\n  - name: default\n  - name: alice\n" + DEFAULT_USER, "debian"),
+    ("users:\n  - [alice, default]\n" + DEFAULT_USER, "debian"),
+    ("users: {default: true}\n" + DEFAULT_USER, "debian"),
+    ("users: {default: 'no', alice: true}\n" + DEFAULT_USER, None),
+    ("users: [default]\nsystem_info: {distro: debian}\n", None),
+    ("user: ops\n" + DEFAULT_USER, "ops"),
+    ("user: {name: ops}\nusers: [alice]\n" + DEFAULT_USER, "ops"),
+    ("user: {gecos: Ops}\n" + DEFAULT_USER, "debian"),
+    ("users: [default]\nuser: [ops]\n" + DEFAULT_USER, "debian"),
+], ids=["listed", "not listed", "others listed", "a string", "comma-separated", "a space is part of the name",
+        "settings without a name", "settings named default", "a nested list", "a mapping", "a mapping, false",
+        "no system_info user", "legacy user", "legacy user over users", "legacy user settings",
+        "legacy user neither name nor settings"])
+def test_the_default_user_is_the_one_cloud_init_makes_of_users_and_user(tmp_path: Path, cloud_cfg: str,
+                                                                         user: str | None) -> None:
+    """cloud-init has a default user only where ``users`` lists ``default``, in any form it reads, or
+    the legacy ``user:`` names one; system_info's ``default_user`` alone makes none."""
+    keys, state = seeded_keys(tmp_path, gce_context(), {"cloud.cfg": cloud_cfg})
+    assert keys == KEYS_OF[user]
+    assert ["names no default user" in warning for warning in state.warnings] == ([] if user else [True])

@@ -136,11 +136,43 @@ def _merged(high: dict, low: dict) -> dict:
 
 
 def default_user(config: dict) -> str | None:
-    """The default user's name in cloud-init's configuration (``system_info: default_user: name:``)."""
+    """The default user's name as cloud-init makes it of its configuration: ``system_info:
+    default_user:``, whose name the legacy top-level ``user:`` overrides; there is one only where
+    ``users`` lists ``default`` (distributions' cloud.cfg do) or ``user:`` is given."""
+    legacy = config.get("user") or {}
+    legacy = {"name": legacy} if isinstance(legacy, str) else legacy if isinstance(legacy, dict) else {}
     system_info = config.get("system_info")
-    user = system_info.get("default_user") if isinstance(system_info, dict) else None
-    name = user.get("name") if isinstance(user, dict) else None
+    distro = system_info.get("default_user") if isinstance(system_info, dict) else None
+    user = {**(distro if isinstance(distro, dict) else {}), **legacy}
+    if not user or not (legacy or _lists_default(config.get("users"))):
+        return None
+    name = user.get("name")
     return name if isinstance(name, str) and name else None
+
+
+def _lists_default(users: object) -> bool:
+    """Whether cloud-init's ``users`` lists the default user, in any form it reads: a list, a string of
+    comma-separated names, or a mapping of names to true or to a user's settings."""
+    if isinstance(users, dict):
+        value = users.get("default")
+        return isinstance(value, dict) or (isinstance(value, (int, float, str)) and _is_true(value))
+    entries = [users] if isinstance(users, str) else users if isinstance(users, list) else []
+    return any(_names_default(entry) for entry in entries)
+
+
+def _names_default(entry: object) -> bool:
+    """An entry of a ``users`` list: names split at commas (not stripped, as cloud-init's), a nested list
+    of names, or a user's settings, whose ``name`` is ``default`` where it has none."""
+    if isinstance(entry, str):
+        return "default" in entry.strip().split(",")
+    if isinstance(entry, dict):
+        return entry.get("name", "default") == "default"
+    return isinstance(entry, list) and "default" in entry
+
+
+def _is_true(value: object) -> bool:
+    """cloud-init's util.is_true."""
+    return value is True or (not isinstance(value, bool) and str(value).lower().strip() in ("true", "1", "on", "yes"))
 
 
 def os_default_user(root: Path) -> tuple[str | None, str]:
