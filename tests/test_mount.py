@@ -513,6 +513,22 @@ def test_a_mount_with_relative_paths_serves_from_the_cache_it_named(published, k
         subprocess.run(["umount", "-l", str(tmp_path / "mnt")], capture_output=True)
 
 
+def test_a_local_repository_named_by_a_relative_path_is_read_from_there(published, keys_dir, tmp_path) -> None:
+    """The daemon reads every object of a local SOURCE after leaving the directory it was started in."""
+    source, _, _ = published
+    (tmp_path / "mnt").mkdir()
+    try:
+        result = subprocess.run([sys.executable, "-m", "ucernvm", "mount", f"stratum/{FQRN}/", "mnt",
+                                 "--key", str(keys_dir), "--cache", "cache"],
+                                cwd=tmp_path, capture_output=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert (tmp_path / "mnt" / "etc" / "hostname").read_bytes() == (source / "etc" / "hostname").read_bytes()
+        assert os.getxattr(tmp_path / "mnt", "user.host") == str(tmp_path / "stratum" / FQRN).encode()
+        run_cli("umount", tmp_path / "mnt", check=True)
+    finally:
+        subprocess.run(["umount", "-l", str(tmp_path / "mnt")], capture_output=True)
+
+
 def test_a_listing_holds_dot_and_dotdot_also_through_an_overlay(published, mounts, keys_dir, tmp_path) -> None:
     """As on cvmfs and a local disk: a booted OS sees the snapshot through overlayfs, which passes a lower
     directory's listing on as it is (`ls -a /usr/bin` there shows "." and ".." only if the mount lists them)."""

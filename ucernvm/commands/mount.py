@@ -66,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--threads must be at least 1")
     # The daemon leaves this directory (its cwd is / or the cache): relative paths would name others.
     args.cache, args.mountpoint = os.path.abspath(args.cache), os.path.abspath(args.mountpoint)
+    if "://" not in args.source:  # a local repository directory, which the daemon reads every object from
+        args.source = os.path.abspath(args.source)
     config = source_config(args)
     quota = args.quota if args.quota is not None else config.quota_limit if config is not None else DEFAULT_QUOTA
     cache = ObjectCache(args.cache, quota * MIB if quota > 0 else None)  # CVMFS_QUOTA_LIMIT=-1: none
