@@ -128,3 +128,19 @@ def test_mount_refuses_a_mount_point_that_holds_a_fuse_mount(monkeypatch, capsys
     assert code != 0
     assert (f"holds a {file_system_type} mount already" in error) == refused, error
     assert ("is not a directory" in error) == (not refused), error
+
+
+def test_umount_of_a_busy_mount_says_what_holds_it_and_what_to_do(monkeypatch, capsys) -> None:
+    import errno
+    import os
+
+    from ucernvm.commands import umount
+    from ucernvm.errors import MountError
+
+    def busy(path: str, lazy: bool) -> None:
+        raise MountError(f"cannot unmount {path}: {os.strerror(errno.EBUSY)}")
+
+    monkeypatch.setattr(umount, "mounted_file_system", lambda path: ("0:42", "fuse.cvmfs"))
+    monkeypatch.setattr(umount, "unmount", busy)
+    assert main(["umount", "/mnt/x"]) != 0
+    assert "hint: a process has a file or directory open there" in capsys.readouterr().err

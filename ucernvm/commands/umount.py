@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 
 from ucernvm.client.fuse.kernel import mounted_file_system, unmount
@@ -35,5 +36,11 @@ def run(args: argparse.Namespace) -> int:
     if file_system_type.split(".", 1)[0] not in FUSE_TYPES:
         raise MountError(f"{path} holds a {file_system_type} file system, not a snapshot mounted by ucernvm",
                          hint="umount(8) unmounts other file systems")
-    unmount(path, lazy=args.lazy)
+    try:
+        unmount(path, lazy=args.lazy)
+    except MountError as error:
+        if error.message.endswith(os.strerror(errno.EBUSY)) and not error.hint:
+            error.hint = ("a process has a file or directory open there (its current directory counts): "
+                          "end it, or detach the mount now with --lazy")
+        raise
     return 0
