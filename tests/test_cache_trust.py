@@ -6,6 +6,9 @@ of an older revision."""
 from __future__ import annotations
 
 import os
+import signal
+import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,7 @@ from test_publish import FQRN, publish
 from ucernvm.client.cache import ObjectCache
 from ucernvm.client.repository import Repository
 from ucernvm.client.sources import DirectorySource
+from ucernvm.cvmfs.hashing import ContentHash
 from ucernvm.cvmfs.trust import load_master_keys
 from ucernvm.errors import FetchError
 
@@ -85,3 +89,36 @@ def test_something_else_in_the_place_of_the_kept_manifest_counts_as_none(repo: P
         assert any("no copy of this revision is kept" in warning for warning in online.warnings)
     else:
         assert not online.warnings and kept.read_bytes() == (repo / ".cvmfspublished").read_bytes()
+
+
+def _object(cache: Path, content_hash: ContentHash) -> Path:
+    return cache / content_hash.hex[:2] / content_hash.hex[2:]
+
+
+@pytest.fixture
+def no_hang() -> Iterator[None]:
+    """A read that would block forever (a FIFO) fails the test instead."""
+    def expire(signum: int, frame: object) -> None:
+        raise TimeoutError("blocked")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(20)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize("plant", [_directory, _fifo, _endless])
+@pytest.mark.parametrize("which", ["root catalog", "file"])
+def test_an_object_that_is_no_regular_file_is_removed_and_fetched_again(repo: Path, keys_dir: Path, tmp_path: Path,
+                                                                        no_hang: None, plant, which: str) -> None:
+    cache = tmp_path / "cache"
+    first = mount(repo, keys_dir, cache)
+    uncached = Repository(DirectorySource(repo), FQRN, first.master_keys)
+    content_hash = first.root_hash if which == "root catalog" else uncached.entry("/sbin/init").content_hash
+    stored = _object(cache, content_hash)
+    stored.unlink()
+    plant(stored)
+    mount(repo, keys_dir, cache)  # reads the file back
+    assert stat.S_ISREG(stored.lstat().st_mode)
+    assert ObjectCache(cache).open_cached(content_hash) is not None

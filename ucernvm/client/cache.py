@@ -24,6 +24,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import shutil
 import stat
 import threading
 import time
@@ -201,29 +202,40 @@ class ObjectCache:
         with self.pinned(content_hash):  # not evicted between get() and open(), even by a tight quota
             self.get(content_hash, fill)
             try:
-                return os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=self._dir)
+                return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._dir)
             except FileNotFoundError:  # evicted by another process sharing the cache since our last use
                 with self._lock:
                     self._touched.pop(name, None)
                 self.get(content_hash, fill)
-                return os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=self._dir)
+                return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._dir)
 
     def open_cached(self, content_hash: ContentHash) -> int | None:
         """A read-only descriptor on the object if it is cached now (nothing is fetched), else None."""
         try:
-            return os.open(self._name(content_hash), os.O_RDONLY | os.O_CLOEXEC, dir_fd=self._dir)
-        except FileNotFoundError:
+            fd = os.open(self._name(content_hash), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                         dir_fd=self._dir)
+        except OSError:  # missing, or a symbolic link: no object of ours
             return None
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            return fd
+        os.close(fd)
+        return None
 
     def _touch(self, name: str) -> bool:
         """Record a use (the mtime orders the eviction); False if the object is not cached.
 
+        What is not a regular file was put there by someone else (the scratch disk is the OS's): a FIFO
+        would block its reader, a symbolic link lead out of the cache. It is removed and counts as a miss.
         Called with the lock held."""
         now = time.monotonic()
         if now - self._touched.get(name, -TOUCH_INTERVAL) < TOUCH_INTERVAL:
             return True
         try:
-            os.utime(name, dir_fd=self._dir)
+            mode = os.stat(name, dir_fd=self._dir, follow_symlinks=False).st_mode
+            if not stat.S_ISREG(mode):
+                _remove_any(name, mode, self._dir)
+                return False
+            os.utime(name, dir_fd=self._dir, follow_symlinks=False)
         except FileNotFoundError:
             return False
         self._touched[name] = now
@@ -403,6 +415,17 @@ class ObjectCache:
 
     def save_breadcrumb(self, fqrn: str, breadcrumb: Breadcrumb) -> None:
         self.save_named(fqrn, BREADCRUMB_PREFIX.rstrip("."), str(breadcrumb).encode("ascii"))
+
+
+def _remove_any(name: str, mode: int, directory_fd: int) -> None:
+    """Remove ``name`` whatever it is; what cannot go is left for the write in its place to report."""
+    try:
+        if stat.S_ISDIR(mode):
+            shutil.rmtree(name, dir_fd=directory_fd)
+        else:
+            os.unlink(name, dir_fd=directory_fd)
+    except OSError:
+        pass
 
 
 def _make_top_directory(name: str, directory_fd: int) -> None:
