@@ -61,6 +61,10 @@ def test_bad_values_keep_the_previous_value_with_a_warning() -> None:
     assert len(warnings) == 3 and "ucernvm.panic" in warnings[0]
     _, warnings = context_values({"no_such_key": "1"})
     assert warnings == ["unknown [ucernvm] key 'no_such_key' ignored"]
+    config, warnings = build_config({"network_timeout": "abc", "cluster_tries": "many"})
+    assert (config.network_timeout, config.cluster_tries) == (20.0, 50)
+    assert warnings == ["ucernvm.net_timeout: 'abc' is not a duration in seconds; keeping 20.0",
+                        "ucernvm.cluster_tries: 'many' is not a count; keeping 50"]
 
 
 def test_validation_errors() -> None:

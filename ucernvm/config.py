@@ -31,14 +31,20 @@ def parse_bool(text: str) -> bool:
 
 
 def parse_seconds(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0  # not a number: the warning names the value, not float()'s message
     if value < 0 or value != value:
         raise ValueError(f"{text!r} is not a duration in seconds")
     return value
 
 
 def parse_count(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
     if value < 0:
         raise ValueError(f"{text!r} is not a count")
     return value
