@@ -112,6 +112,15 @@ def test_round_trip_at_two_tags(tree: Path, tmp_path: Path, keys_dir: Path) -> N
     assert {"trunk", "trunk-previous", "v1", "v2"} <= {tag.name for tag in open_repo(repo, keys_dir).tags()}
 
 
+def test_the_summary_counts_in_the_singular_and_the_plural(tree: Path, tmp_path: Path, keys_dir: Path) -> None:
+    publish_cli = ["publish", tree, "--repo", tmp_path / "repo", "--name", FQRN, "--keys", keys_dir]
+    first = run_cli(*publish_cli, check=True).stdout
+    assert b" and 3 catalogs written, 0 catalogs reused\n" in first  # the root and two nested ones
+    (tree / "etc" / "hostname").write_text("changed\n")
+    again = run_cli(*publish_cli, check=True).stdout
+    assert b" and 1 catalog written, 2 catalogs reused\n" in again, again
+
+
 def test_verify_names_when_the_snapshot_it_checked_was_published(tree: Path, tmp_path: Path, keys_dir: Path,
                                                                   monkeypatch, capsys) -> None:
     """`repo verify --tag` prints that revision's publication time, not the newest revision's."""

@@ -136,6 +136,10 @@ def read_meta_info(path: str) -> bytes:
         raise ConfigError(f"cannot read the meta-info file {path}: {error.strerror}") from None
 
 
+def counted(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
+
+
 def run(args: argparse.Namespace) -> int:
     root_files: tuple[tuple[str, str], ...] = ()
     prefetch_note = None
@@ -165,10 +169,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"published {result.fqrn} revision {result.revision}, root catalog {result.root_hash}")
         print(f"tags: {', '.join(result.tags)}")
         print(
-            f"{result.files} files ({result.files_reused} unchanged), {result.bytes_in / MiB:.1f} MiB read "
-            f"in {result.seconds:.2f} s ({rate:.1f} MiB/s); {result.objects_written} objects "
-            f"({result.bytes_written / MiB:.1f} MiB) and {result.catalogs_written} catalogs written, "
-            f"{result.catalogs_reused} catalogs reused"
+            f"{counted(result.files, 'file')} ({result.files_reused} unchanged), {result.bytes_in / MiB:.1f} MiB read "
+            f"in {result.seconds:.2f} s ({rate:.1f} MiB/s); {counted(result.objects_written, 'object')} "
+            f"({result.bytes_written / MiB:.1f} MiB) and {counted(result.catalogs_written, 'catalog')} written, "
+            f"{counted(result.catalogs_reused, 'catalog')} reused"
         )
         if prefetch_note:
             print(prefetch_note)
