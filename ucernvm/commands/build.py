@@ -25,8 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "and an initramfs holding the running Python trimmed to the init's imports, the "
                     "ucernvm package, kernel modules, busybox, e2fsprogs, keys and CA certificates. "
                     "Writes vmlinuz, vmlinux (the ELF that `ucernvm launch` boots under TCG), initrd.img and "
-                    "manifest.json, and prints their sizes. "
-                    "Same inputs give the same bytes (SOURCE_DATE_EPOCH sets the file times).",
+                    "manifest.json (what went in, sizes, and the build's timings), and prints their sizes. "
+                    "Same inputs give the same vmlinuz, vmlinux and initrd.img, byte for byte "
+                    "(SOURCE_DATE_EPOCH sets the file times).",
     )
     kernel = parser.add_mutually_exclusive_group()
     kernel.add_argument("--kernel", type=Path, metavar="PATH",
