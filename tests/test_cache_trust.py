@@ -122,3 +122,34 @@ def test_an_object_that_is_no_regular_file_is_removed_and_fetched_again(repo: Pa
     mount(repo, keys_dir, cache)  # reads the file back
     assert stat.S_ISREG(stored.lstat().st_mode)
     assert ObjectCache(cache).open_cached(content_hash) is not None
+
+
+def _garbage(path: Path, keys_dir: Path) -> bytes:
+    return b"garbage\n" * 1000
+
+
+def _truncated(path: Path, keys_dir: Path) -> bytes:
+    return path.read_bytes()[:3000]
+
+
+def _other_certificate(path: Path, keys_dir: Path) -> bytes:
+    return (keys_dir / "other.cern.ch.crt").read_bytes()  # valid, but not on the repository's whitelist
+
+
+@pytest.mark.parametrize(("which", "change"), [
+    ("root catalog", _garbage), ("root catalog", _truncated), ("certificate", _garbage),
+    ("certificate", _other_certificate), ("history", _garbage),
+])
+def test_a_cached_object_that_is_not_what_it_was_is_fetched_again(repo: Path, keys_dir: Path, tmp_path: Path,
+                                                                  which: str, change) -> None:
+    cache = tmp_path / "cache"
+    first = mount(repo, keys_dir, cache)
+    tags = [tag.name for tag in first.tags()]  # the history, cached
+    content_hash = {"root catalog": first.root_hash, "certificate": first.manifest.certificate,
+                    "history": first.manifest.history}[which]
+    stored = _object(cache, content_hash)
+    verified = stored.read_bytes()
+    stored.write_bytes(change(stored, keys_dir))
+    again = mount(repo, keys_dir, cache)
+    assert [tag.name for tag in again.tags()] == tags
+    assert stored.read_bytes() == verified

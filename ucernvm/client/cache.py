@@ -221,6 +221,17 @@ class ObjectCache:
         os.close(fd)
         return None
 
+    def drop(self, content_hash: ContentHash) -> bool:
+        """Remove a cached object that its user found bad, pinned or not; whether there was one."""
+        name = self._name(content_hash)
+        with self._lock:
+            self._touched.pop(name, None)
+            try:
+                os.unlink(name, dir_fd=self._dir)
+            except OSError:
+                return False
+        return True
+
     def _touch(self, name: str) -> bool:
         """Record a use (the mtime orders the eviction); False if the object is not cached.
 

@@ -23,7 +23,7 @@ from ucernvm.cvmfs.catalog import Catalog, Chunk, DirectoryEntry, NestedCatalogR
 from ucernvm.cvmfs.hashing import ContentHash, ObjectType
 from ucernvm.cvmfs.history import History, Tag
 from ucernvm.cvmfs.manifest import Manifest, SignedManifest
-from ucernvm.cvmfs.trust import PublicKey, load_certificate
+from ucernvm.cvmfs.trust import Certificate, PublicKey, load_certificate
 from ucernvm.cvmfs.whitelist import SignedWhitelist
 from ucernvm.errors import FetchError, FormatError, StorageError, VerificationError
 
@@ -110,10 +110,15 @@ class Repository:
         signed = _parse(SignedManifest.parse, manifest_data, "manifest")
         if signed.manifest.certificate is None:
             raise VerificationError("the manifest names no certificate (X line)")
-        certificate = load_certificate(self._fetch_kept(signed.manifest.certificate, ObjectType.CERTIFICATE))
-        whitelist.check_certificate(certificate)
+        certificate_hash = signed.manifest.certificate
+        certificate = self._checked(certificate_hash, lambda: self._listed_certificate(certificate_hash, whitelist))
         signed.verify(certificate, self.fqrn)
         return whitelist, signed
+
+    def _listed_certificate(self, content_hash: ContentHash, whitelist: SignedWhitelist) -> Certificate:
+        certificate = load_certificate(self._fetch_kept(content_hash, ObjectType.CERTIFICATE))
+        whitelist.check_certificate(certificate)
+        return certificate
 
     def _cached_signed_files(self) -> tuple[bytes, bytes] | None:
         """The whitelist and manifest the cache kept of the last revision verified online, if it has both."""
@@ -186,6 +191,23 @@ class Repository:
 
         return fill
 
+    def _checked(self, content_hash: ContentHash, use: Callable[[], T]) -> T:
+        """``use()`` of an object read through the cache; where it finds the bytes bad (a FormatError, a
+        VerificationError), a cached copy is dropped and ``use()`` runs once more, on a fresh download.
+
+        The cache keeps objects by name, as cvmfs does, without hashing them again at each use (their
+        hash is of the compressed bytes, the cache holds them inflated). They were verified when stored,
+        so a copy that no longer opens, or is not what its place in the chain needs (a certificate the
+        whitelist does not list, a catalog for another directory), was changed on the scratch disk
+        since: by a disk error, or by hand. Fetching it again heals the cache instead of failing every
+        later mount, and a server's bad object is refused as before."""
+        try:
+            return use()
+        except (FormatError, VerificationError):
+            if self.cache is None or not self.cache.drop(content_hash):
+                raise
+        return use()
+
     def _fetch_into_memory(self, fill: Callable[[Sink], None]) -> bytes:
         out = Memory()
         fill(out)
@@ -232,7 +254,9 @@ class Repository:
     def history(self) -> History | None:
         if self.manifest.history is None:
             return None
-        return History.from_bytes(self._fetch_kept(self.manifest.history, ObjectType.HISTORY))
+        content_hash = self.manifest.history
+        return self._checked(content_hash,
+                             lambda: History.from_bytes(self._fetch_kept(content_hash, ObjectType.HISTORY)))
 
     def tags(self) -> list[Tag]:
         return self.history.tags() if self.history else []
@@ -272,13 +296,8 @@ class Repository:
         # Loaded without holding the lock: lookups in loaded catalogs, and the loads of other
         # catalogs, do not wait for this download. Threads loading the same catalog share one
         # download through the cache; all but the first to finish drop their copy.
-        loaded = self._open_catalog(content_hash, size)
-        if loaded.root_prefix != root_prefix:
-            loaded.close()
-            raise VerificationError(
-                f"catalog {content_hash} mounted at {mountpoint or '/'} is for {loaded.root_prefix or '/'!r}, "
-                f"not {root_prefix or '/'!r}"
-            )
+        loaded = self._checked(content_hash,
+                               lambda: self._open_catalog_for(mountpoint, content_hash, size, root_prefix))
         with self._catalogs_lock:
             catalog = self._catalogs.setdefault(mountpoint, loaded)
         if catalog is not loaded:
@@ -288,6 +307,17 @@ class Repository:
         elif self.catalog_loaded is not None:
             self.catalog_loaded(catalog)
         return catalog
+
+    def _open_catalog_for(self, mountpoint: str, content_hash: ContentHash, size: int | None,
+                          root_prefix: str) -> Catalog:
+        loaded = self._open_catalog(content_hash, size)
+        if loaded.root_prefix != root_prefix:
+            loaded.close()
+            raise VerificationError(
+                f"catalog {content_hash} mounted at {mountpoint or '/'} is for {loaded.root_prefix or '/'!r}, "
+                f"not {root_prefix or '/'!r}"
+            )
+        return loaded
 
     def _open_catalog(self, content_hash: ContentHash, size: int | None) -> Catalog:
         if self.cache is None:
