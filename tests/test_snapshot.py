@@ -17,12 +17,13 @@ import pytest
 from test_cache import fill
 from test_publish import FQRN, publish
 from ucernvm.boot.log import BootLog
-from ucernvm.boot.pipeline import Stage, run_stages
+from ucernvm.boot.pipeline import BootFailure, Stage, run_stages
 from ucernvm.boot.snapshot import FORCE_FILE, PIN_FILE, cache_quota, snapshot_stage
 from ucernvm.boot.servers import servers_stage
 from ucernvm.boot.state import BootState
 from ucernvm.boot.system import RealSystem
 from ucernvm.config import BootConfig
+from ucernvm.cvmfs.signing import generate_repository_keys
 from ucernvm.server import StratumServer
 
 
@@ -233,3 +234,23 @@ def test_a_forced_move_on_a_full_disk_boots_the_forced_tag_without_a_pin(tmp_pat
     later = boot(tmp_path, keys_dir, url)
     assert later.facts["snapshot"]["root_hash"] == hashes["v2"] and pin(later) == [hashes["v2"], "v2"]
     assert not (small_scratch / FORCE_FILE).exists() and not later.warnings
+
+
+def test_a_master_key_planted_on_the_scratch_disk_is_not_trusted(tmp_path: Path, keys_dir: Path, served) -> None:
+    """Whoever writes the scratch disk (the OS, anyone with its image) cannot make a later boot trust a repository
+    signed with keys of their own: only the image's master keys are."""
+    url, _ = served
+    boot(tmp_path, keys_dir, url)
+    forged_keys = tmp_path / "forged-keys"
+    generate_repository_keys(FQRN, forged_keys)
+    tree = tmp_path / "forged-os"
+    (tree / "sbin").mkdir(parents=True)
+    (tree / "sbin" / "init").write_text("#!/bin/sh\necho forged\n")
+    publish(tree, tmp_path / "forged" / FQRN, forged_keys, tag="v3")
+    planted = tmp_path / "root" / "root.rw" / "aux" / "keys" / FQRN
+    planted.mkdir(parents=True)
+    shutil.copy(forged_keys / f"{FQRN}.pub", planted)
+    (tmp_path / "root" / "root.rw" / FORCE_FILE).write_text("v3\n")
+    with StratumServer(tmp_path / "forged") as forged, pytest.raises(BootFailure) as refused:
+        boot(tmp_path, keys_dir, f"http://127.0.0.1:{forged.port}/cvmfs/{FQRN}")
+    assert refused.value.stage == "snapshot" and "signature" in refused.value.message

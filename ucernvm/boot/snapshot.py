@@ -29,11 +29,12 @@ NEWEST_FILE = "aux/ucernvm_newest_boot.json"
 
 
 def trusted_keys(state: BootState, fqrn: str) -> list:
-    """The image's master keys (``/etc/cvmfs/keys/<fqrn>/`` or ``/etc/cvmfs/keys/``), and the ones the OS
-    exported to ``aux/keys/<fqrn>/`` on the scratch disk (µCernVM's way to roll keys over)."""
+    """The image's master keys (``/etc/cvmfs/keys/<fqrn>/`` or ``/etc/cvmfs/keys/``), and only those, as
+    µCernVM's CVMFS_KEYS_DIR: the scratch disk is the OS's to write (its ``aux/keys/`` is a copy for the
+    OS's tools), and a key found there would let its writer sign any snapshot of the repository."""
     keys = []
     base = state.keys_dir or state.system.path(KEYS_DIR)
-    for directory in (base / fqrn, base, state.scratch / "aux" / "keys" / fqrn):
+    for directory in (base / fqrn, base):
         if directory.is_dir() and any(directory.glob("*.pub")):
             keys += load_master_keys(directory)
     if not keys:
