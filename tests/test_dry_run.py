@@ -102,3 +102,20 @@ def test_a_boot_that_would_fail_says_why(served: Served, tmp_path: Path) -> None
     assert report["failure"]["stage"] == "snapshot" and "whitelist" in report["failure"]["error"].lower()
     result = dry_run("--json", "--keys", str(served.keys), "--cmdline", cmdline(served, "cvmfs_repository_tag=v9"))
     assert result.returncode == 1 and "v9" in json.loads(result.stdout)["failure"]["error"]
+
+
+def test_a_dry_run_system_leaves_nothing_in_the_temporary_directory(tmp_path: Path) -> None:
+    """Its temporary root goes when the system is dropped, and when the program using it exits."""
+    from ucernvm.boot.system import DryRunSystem, MakeDirs
+
+    system = DryRunSystem()
+    root = system.root
+    system.do(MakeDirs(str(root / "run" / "ucernvm")))
+    assert (root / "run" / "ucernvm").is_dir()
+    del system
+    assert not root.exists()
+
+    program = "from ucernvm.boot.system import DryRunSystem\nkept = DryRunSystem()\nprint(kept.root)\n"
+    ran = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True, cwd=PROJECT)
+    left = Path(ran.stdout.strip())
+    assert left.name.startswith("ucernvm-dry-run-") and not left.exists()

@@ -8,7 +8,6 @@ JSON); the exit status says whether the real boot would get through.
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -33,7 +32,7 @@ def dry_run(cmdline: str, user_data: bytes | None, keys_dir: Path | None, as_jso
     except BootFailure as error:
         failure = error
     finally:
-        shutil.rmtree(system.root, ignore_errors=True)
+        system.close()
     outcome = f"would fail in {failure.stage}" if failure else "would boot"
     report = build_report(state, outcome)
     report["plan"] = system.actions

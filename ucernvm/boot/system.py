@@ -201,9 +201,14 @@ class DryRunSystem(System):
     dry_run = True
 
     def __init__(self) -> None:
-        import tempfile  # a dry run's alone: PID 1 does without it
+        import shutil  # a dry run's alone: PID 1 does without them
+        import tempfile
+        import weakref
 
         super().__init__(tempfile.mkdtemp(prefix="ucernvm-dry-run-"))
+        # The temporary root goes with the system that made it, at the latest when Python exits: whoever
+        # runs a dry run (the command, a test, a program) leaves nothing of it in /tmp.
+        self.close = weakref.finalize(self, shutil.rmtree, self.root, ignore_errors=True)
 
     def do(self, action: Action) -> Any:
         self.actions.append(action.describe())
