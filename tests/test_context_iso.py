@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from ucernvm.boot.blockdev import probe_path
+from ucernvm.config import build_config, context_values
 from ucernvm.context.contextfile import convert_context_file
 from ucernvm.context.found import MetaData
 from ucernvm.context.iso import context_files, write_iso
@@ -271,11 +272,9 @@ def test_mount_o_loop(tmp_path: Path) -> None:
 def test_public_context_is_converted(tmp_path: Path, media: Media) -> None:
     (tmp_path / "atlas.context").write_bytes(ATLAS.replace(b"\n", b"\r\n"))
     result = run_cli("context", tmp_path / "atlas.context", "-o", tmp_path / "ctx.iso", check=True)
-    assert "cernvm_path" in result.stderr.decode()
+    assert result.stderr == b""
     _, found = read_back(media, tmp_path / "ctx.iso")
-    assert b"\r" not in found.user_data and found.user_data.startswith(b"#!/bin/sh.after\necho hello\nexit 0\n")
-    section, _ = parse_section(found.user_data.decode())
-    assert section == {"cvmfs_branch": "cernvm-sl7.cern.ch", "cvmfs_server": "hepvm.cern.ch", "cernvm_path": "cvm4"}
+    assert found.user_data == ATLAS
 
 
 def test_context_checks() -> None:
@@ -285,12 +284,18 @@ def test_context_checks() -> None:
     assert any("no 'exit' line" in warning for warning in warnings)
     _, warnings = convert_context_file(b"just text\n")
     assert any("no [section]" in warning for warning in warnings)
-    block = b"[ucernvm-begin]\ncernvm_path=cvm3\ncvmfs_path=cvm4\n[ucernvm-end]\n"
-    assert convert_context_file(block) == (block, [])  # an explicit cernvm_path wins
     with pytest.raises(ContextError, match="UTF-8"):
         convert_context_file(b"[cernvm]\nusers=\xff\xfe\n")
     with pytest.raises(ContextError, match="NUL"):
         convert_context_file(b"[cernvm]\x00\n")
+
+
+def test_the_public_contexts_cvmfs_path_is_kept_as_the_boot_reads_it() -> None:
+    converted, warnings = convert_context_file(ATLAS)
+    assert converted == ATLAS and warnings == []
+    section, _ = parse_section(converted.decode())
+    config, _ = build_config(context_values(section)[0])
+    assert config.os_path == "cvm4"
 
 
 @pytest.mark.parametrize("name,data,options,message", [

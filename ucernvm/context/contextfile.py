@@ -2,16 +2,15 @@
 
 A ``.context`` file (github.com/cernvm/public-contexts) is an optional ``#!/bin/sh[.before|.after]``
 script ending in an ``exit`` line, amiconfig INI sections, and an optional ``[ucernvm-begin]`` block.
-It is user-data already, with two traps the conversion removes or reports: the block's
-``cvmfs_path=`` is not a key the boot loader knows (it reads ``cernvm_path``), and a script without
-an ``exit`` line would run the INI sections as shell commands.
+It is user-data already, with traps the conversion reports: a script without an ``exit`` line would
+run the INI sections as shell commands. The block's ``cvmfs_path=`` stays as written: the boot loader
+reads it as ``cernvm_path=`` (see ucernvm/config.py).
 """
 
 from __future__ import annotations
 
 import re
 
-from ucernvm.context.section import BEGIN, END
 from ucernvm.errors import ContextError
 
 _SECTION = re.compile(r"\s*\[[^\]]+\]\s*")
@@ -30,9 +29,6 @@ def convert_context_file(data: bytes) -> tuple[bytes, list[str]]:
     warnings = _check_script(lines)
     if not any(_SECTION.fullmatch(line) for line in lines):
         warnings.append("no [section] in the file: neither amiconfig nor the boot loader will find settings")
-    lines, renamed = _rename_path_key(lines)
-    if renamed:
-        warnings.append("cvmfs_path= in the ucernvm block is written as cernvm_path=, the key the boot loader reads")
     converted = "\n".join(lines).rstrip("\n") + "\n"
     return converted.encode(), warnings
 
@@ -48,22 +44,3 @@ def _check_script(lines: list[str]) -> list[str]:
         if re.match(r"exit\b", line):
             return []
     return []
-
-
-def _rename_path_key(lines: list[str]) -> tuple[list[str], bool]:
-    stripped = [line.strip() for line in lines]
-    if BEGIN not in stripped or END not in stripped[stripped.index(BEGIN):]:
-        return lines, False
-    start = stripped.index(BEGIN)
-    end = stripped.index(END, start)
-    block = stripped[start + 1:end]
-    if any(line.partition("=")[0].strip().lower() == "cernvm_path" for line in block):
-        return lines, False
-    renamed = False
-    result = list(lines)
-    for index in range(start + 1, end):
-        key, equals, value = result[index].strip().partition("=")
-        if equals and key.strip().lower() == "cvmfs_path":
-            result[index] = f"cernvm_path={value.strip()}"
-            renamed = True
-    return result, renamed
