@@ -95,11 +95,15 @@ def _object(cache: Path, content_hash: ContentHash) -> Path:
     return cache / content_hash.hex[:2] / content_hash.hex[2:]
 
 
+class Blocked(Exception):
+    """Not an OSError, which the code under test may take for a failing disk."""
+
+
 @pytest.fixture
 def no_hang() -> Iterator[None]:
     """A read that would block forever (a FIFO) fails the test instead."""
     def expire(signum: int, frame: object) -> None:
-        raise TimeoutError("blocked")
+        raise Blocked("blocked for 20 s")
 
     previous = signal.signal(signal.SIGALRM, expire)
     signal.alarm(20)

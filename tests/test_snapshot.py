@@ -15,10 +15,11 @@ from types import SimpleNamespace
 import pytest
 
 from test_cache import fill
+from test_cache_trust import no_hang  # noqa: F401 (a fixture)
 from test_publish import FQRN, publish
 from ucernvm.boot.log import BootLog
 from ucernvm.boot.pipeline import BootFailure, Stage, run_stages
-from ucernvm.boot.snapshot import FORCE_FILE, PIN_FILE, cache_quota, snapshot_stage
+from ucernvm.boot.snapshot import FORCE_FILE, NEWEST_FILE, PIN_FILE, cache_quota, snapshot_stage
 from ucernvm.boot.servers import servers_stage
 from ucernvm.boot.state import BootState
 from ucernvm.boot.system import RealSystem
@@ -254,3 +255,26 @@ def test_a_master_key_planted_on_the_scratch_disk_is_not_trusted(tmp_path: Path,
     with StratumServer(tmp_path / "forged") as forged, pytest.raises(BootFailure) as refused:
         boot(tmp_path, keys_dir, f"http://127.0.0.1:{forged.port}/cvmfs/{FQRN}")
     assert refused.value.stage == "snapshot" and "signature" in refused.value.message
+
+
+def _fifo(path: Path) -> None:
+    os.mkfifo(path)
+
+
+def _huge(path: Path) -> None:
+    with path.open("wb") as sparse:
+        sparse.truncate(1 << 40)
+
+
+@pytest.mark.parametrize("plant", [_fifo, _huge])
+@pytest.mark.parametrize("name", [PIN_FILE, FORCE_FILE, NEWEST_FILE])
+def test_a_fifo_or_a_huge_file_in_place_of_a_small_file_is_reported_and_the_boot_goes_on(
+        tmp_path: Path, keys_dir: Path, served, no_hang: None, name: str, plant) -> None:
+    url, hashes = served
+    boot(tmp_path, keys_dir, url, tag="v1")
+    placed = tmp_path / "root" / "root.rw" / name
+    placed.unlink(missing_ok=True)
+    plant(placed)
+    state = boot(tmp_path, keys_dir, url)
+    assert state.facts["snapshot"]["root_hash"] in hashes.values()
+    assert any(name in warning for warning in state.warnings)

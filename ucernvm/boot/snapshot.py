@@ -26,6 +26,7 @@ KEYS_DIR = "/etc/cvmfs/keys"
 PIN_FILE = "aux/cvmfs_snapshot"
 FORCE_FILE = "aux/cvmfs_force_tag"
 NEWEST_FILE = "aux/ucernvm_newest_boot.json"
+MAX_SMALL_FILE = 64 << 10  # the pin, the force file and the newest revision's record are a line or two
 
 
 def trusted_keys(state: BootState, fqrn: str) -> list:
@@ -88,7 +89,7 @@ def _scratch_lines(state: BootState, name: str, if_unreadable: str) -> list[str]
     warning) when a failing disk cannot read it: nothing more is asked of that disk; a file that is not
     text gives no lines."""
     try:
-        data = (state.scratch / name).read_bytes()
+        data = _read_small(state.scratch / name)
     except FileNotFoundError:
         return None
     except OSError as error:
@@ -98,6 +99,18 @@ def _scratch_lines(state: BootState, name: str, if_unreadable: str) -> list[str]
         return [line.strip() for line in data.decode().splitlines() if line.strip()]
     except UnicodeDecodeError:
         return []
+
+
+def _read_small(path: Path) -> bytes:
+    """The bytes of a small file of the scratch disk, which the OS may have replaced by anything: one read,
+    which no FIFO blocks, of at most MAX_SMALL_FILE bytes; a larger file (or a device) reads as empty.
+    OSError where there is none, or it cannot be read (a symbolic link, a directory)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        data = os.read(fd, MAX_SMALL_FILE + 1)
+    finally:
+        os.close(fd)
+    return data if len(data) <= MAX_SMALL_FILE else b""
 
 
 def _shown(lines: list[str]) -> str:
@@ -147,7 +160,7 @@ def snapshot_stage(state: BootState) -> None:
     if root_hash is not None and tag:
         repository.tag_name = tag  # the pin's; its history database stays closed (a sqlite file to load)
     revision = repository.revision
-    newest = _newest_booted(scratch)
+    newest = _newest_booted(state)
     if newest and revision < newest["revision"] and not forced:
         raise VerificationError(
             f"snapshot revision {revision} is older than revision {newest['revision']} this machine booted before",
@@ -235,9 +248,22 @@ def _tag_of(repository: Repository) -> str:
     return ""
 
 
-def _newest_booted(scratch: Path) -> dict | None:
+def _newest_booted(state: BootState) -> dict | None:
+    """The record of the newest revision this disk booted. A damaged one is reported and counts as none (this
+    boot writes it anew): whoever can damage it can as well remove it, or move the machine with the force file."""
+    unguarded = "older snapshots are not refused this boot"
     try:
-        record = json.loads((scratch / NEWEST_FILE).read_text())
-        return record if isinstance(record.get("revision"), int) else None
-    except (OSError, ValueError, AttributeError):
+        data = _read_small(state.scratch / NEWEST_FILE)
+    except FileNotFoundError:
         return None
+    except OSError as error:
+        state.warn(f"cannot read {NEWEST_FILE} on the scratch disk ({error.strerror}): {unguarded}")
+        return None
+    try:
+        record = json.loads(data)
+        if isinstance(record.get("revision"), int):
+            return record
+    except (ValueError, AttributeError):
+        pass
+    state.warn(f"{NEWEST_FILE} on the scratch disk holds no revision ({data[:80]!r}): {unguarded}")
+    return None
