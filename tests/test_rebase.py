@@ -239,3 +239,18 @@ def test_a_rebase_that_cannot_be_planned_points_to_no_log(tmp_path: Path) -> Non
     rebase_if_moved(state, "0" * 40)
     assert state.warnings == ["rebase of the writable layer stopped: no server answered for a catalog"]
     assert list((state.scratch / "aux").iterdir()) == []
+
+
+def test_an_account_file_that_is_a_link_in_the_layer_is_not_followed(snapshot, upper: Path, tmp_path: Path) -> None:
+    """A link names a file of the OS's root; where the rebase runs it would name one of the loader's, whose bytes
+    would be copied into the layer (or, were it endless, fill the loader's memory)."""
+    outside = tmp_path / "loader-passwd"
+    outside.write_bytes(b"loader:x:0:0::/:/bin/sh\n")
+    (upper / "etc/passwd").unlink()
+    (upper / "etc/passwd").symlink_to(outside)
+    plan = plan_rebase(upper, lookup_in(snapshot))
+    (tmp_path / "aux").mkdir()
+    Rebase(str(upper), plan, str(tmp_path / "aux/r"), str(tmp_path / "aux/r.log"), SNAPSHOT.get).apply()
+    assert os.readlink(upper / "etc/passwd") == str(outside)
+    assert outside.read_bytes() == b"loader:x:0:0::/:/bin/sh\n"
+    assert "newsvc" in (upper / "etc/group").read_text()  # the other account files are merged as ever

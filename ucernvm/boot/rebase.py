@@ -245,17 +245,26 @@ class Rebase(NamedTuple):
         added_in_all = 0
         for accounts, secrets, members in ACCOUNT_FILES:
             ours, theirs = upper / accounts, self.read_snapshot(accounts)
-            if not ours.is_file() or theirs is None:
-                continue  # the layer does not hide the snapshot's file
+            if not _regular(ours) or theirs is None:
+                continue  # the layer does not hide the snapshot's file, or a link of the OS's root does
             merged, added, skipped = merge_accounts(ours.read_bytes(), theirs, members)
             _replace(ours, merged)
             lines += [f"account {accounts}: added {name}" for name in added]
             lines += [f"account {accounts}: left out {reason}" for reason in skipped]
             their_secrets = self.read_snapshot(secrets)
-            if added and (upper / secrets).is_file() and their_secrets is not None:
+            if added and _regular(upper / secrets) and their_secrets is not None:
                 _replace(upper / secrets, secret_lines((upper / secrets).read_bytes(), their_secrets, added))
             added_in_all += len(added)
         return added_in_all
+
+
+def _regular(path: Path) -> bool:
+    """Whether the layer holds a regular file at ``path``; a symbolic link there is not followed: it names a
+    file of the OS's root, not of the loader's, where the rebase runs."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _write_log(path: Path, lines: list[str]) -> str | None:
