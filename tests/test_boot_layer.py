@@ -120,3 +120,22 @@ def _tree(top: Path) -> dict[str, tuple]:
             entries[os.path.relpath(path, top)] = (info.st_mode, info.st_uid, info.st_gid, info.st_mtime_ns,
                                                    info.st_size if not stat.S_ISDIR(info.st_mode) else 0, content)
     return entries
+
+
+def test_a_link_in_the_place_of_the_layer_is_no_layer_and_is_replaced(stratum: Path, keys_dir: Path,
+                                                                      tmp_path: Path) -> None:
+    """The scratch disk is the OS's to write: a link by the layer's name would lay another tree (the loader's own
+    root, say) above the snapshot."""
+    cache, elsewhere = tmp_path / "cache", tmp_path / "elsewhere"
+    (elsewhere / "bin").mkdir(parents=True)
+    (elsewhere / "bin" / "hello").write_text("not the snapshot's\n")
+    with StratumServer(stratum) as server:
+        repository = open_over_http(server.url, keys_dir, cache)
+        planted = cache / layer_name(repository.root_hash.hex, LIST)
+        planted.symlink_to(elsewhere)
+        assert find_boot_layer(str(cache), repository.root_hash.hex, LIST) is None
+        assert prefetch(repository).statistics()["layer"]["files"] == len(IN_LAYER)
+    layer = find_boot_layer(str(cache), repository.root_hash.hex, LIST)
+    assert layer is not None and not planted.is_symlink()
+    assert Path(layer, "bin", "hello").read_bytes() == (stratum.parent / "src" / "bin" / "hello").read_bytes()
+    assert (elsewhere / "bin" / "hello").read_text() == "not the snapshot's\n"

@@ -52,8 +52,10 @@ def build_boot_layer(repository: Repository, list_path: str, files: list[ListedF
         if old.startswith(LAYER_PREFIX) and old != name:
             shutil.rmtree(os.path.join(directory, old), ignore_errors=True)
     final, partial = os.path.join(directory, name), os.path.join(directory, name + _PARTIAL)
-    if os.path.isdir(final):
+    if _is_layer(final):
         return 0
+    if os.path.lexists(final):
+        os.unlink(final)  # not a layer of ours: the rename below replaces no link or file
     shutil.rmtree(partial, ignore_errors=True)
     os.mkdir(partial, 0o700)
     try:
@@ -68,7 +70,20 @@ def build_boot_layer(repository: Repository, list_path: str, files: list[ListedF
 def find_boot_layer(directory: str, root_hash: str, list_path: str) -> str | None:
     """The complete layer of this snapshot and list in ``directory``, if there is one."""
     path = os.path.join(directory, layer_name(root_hash, list_path))
-    return path if os.path.isdir(path) else None
+    return path if _is_layer(path) else None
+
+
+def _is_layer(path: str) -> bool:
+    """Whether ``path`` is a directory, not a link to one: the scratch disk is the OS's to write, and a link
+    would lay any tree of the loader's (its own root) above the snapshot.
+
+    What a layer holds is trusted as the cache's objects are, by name: it was copied from verified objects,
+    and checking it again would read the whole list (84 MB for the Debian appliance) at every boot. Whoever
+    could change it can as well write the writable layer above it."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 class _LayerWriter:
