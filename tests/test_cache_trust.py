@@ -19,7 +19,7 @@ from ucernvm.client.repository import Repository
 from ucernvm.client.sources import DirectorySource
 from ucernvm.cvmfs.hashing import ContentHash
 from ucernvm.cvmfs.trust import load_master_keys
-from ucernvm.errors import FetchError
+from ucernvm.errors import FetchError, VerificationError
 
 
 @pytest.fixture
@@ -157,3 +157,22 @@ def test_a_cached_object_that_is_not_what_it_was_is_fetched_again(repo: Path, ke
     again = mount(repo, keys_dir, cache)
     assert [tag.name for tag in again.tags()] == tags
     assert stored.read_bytes() == verified
+
+
+def test_older_signed_copies_planted_in_the_cache_do_not_roll_an_offline_mount_back(tmp_path: Path,
+                                                                                    keys_dir: Path) -> None:
+    tree, repo, cache = tmp_path / "os", tmp_path / "repo", tmp_path / "cache"
+    (tree / "sbin").mkdir(parents=True)
+    (tree / "sbin" / "init").write_text("#!/bin/sh\n")
+    publish(tree, repo, keys_dir)
+    mount(repo, keys_dir, cache)
+    kept = {name: (cache / f"{name}.{FQRN}").read_bytes() for name in (".cvmfspublished", ".cvmfswhitelist")}
+    publish(tree, repo, keys_dir)
+    assert mount(repo, keys_dir, cache).manifest.revision == 2
+    for name, data in kept.items():  # revision 1's copies, validly signed, back in the cache
+        (cache / f"{name}.{FQRN}").write_bytes(data)
+    (repo / ".cvmfswhitelist").unlink()  # the server down
+    with pytest.raises(VerificationError) as refused:
+        mount(repo, keys_dir, cache)
+    assert refused.value.message.startswith("the cache's copy is revision 1 ")
+    assert "older than revision 2" in refused.value.message

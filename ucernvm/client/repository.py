@@ -154,11 +154,14 @@ class Repository:
         seen = self._seen()
         timestamp = manifest.timestamp or 0
         if seen is not None and (timestamp < seen.timestamp or manifest.revision < seen.revision):
+            if self.offline:
+                offered, why = "the cache's copy is", "an older copy was put in its place; a server's answer replaces it"
+            else:
+                offered, why = "the servers offer", ("a stale mirror or a replayed manifest; if the rollback is "
+                                                     "intended, clear the cache")
             raise VerificationError(
-                f"the servers offer revision {manifest.revision} (published {timestamp}), older than revision "
-                f"{seen.revision} (published {seen.timestamp}) already seen",
-                "a stale mirror or a replayed manifest; if the rollback is intended, clear the cache",
-            )
+                f"{offered} revision {manifest.revision} (published {timestamp}), older than revision "
+                f"{seen.revision} (published {seen.timestamp}) already seen", why)
         if seen is None or (timestamp, manifest.revision) > (seen.timestamp, seen.revision):
             try:
                 self.cache.save_breadcrumb(self.fqrn, Breadcrumb(manifest.root_hash.hex, timestamp, manifest.revision))
