@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import stat
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from ucernvm.client.repository import Repository
 from ucernvm.client.sources import DirectorySource
 from ucernvm.cvmfs.hashing import ContentHash
 from ucernvm.cvmfs.trust import load_master_keys
-from ucernvm.errors import FetchError, VerificationError
+from ucernvm.errors import FetchError, StorageError, VerificationError
 
 
 @pytest.fixture
@@ -176,3 +177,26 @@ def test_older_signed_copies_planted_in_the_cache_do_not_roll_an_offline_mount_b
         mount(repo, keys_dir, cache)
     assert refused.value.message.startswith("the cache's copy is revision 1 ")
     assert "older than revision 2" in refused.value.message
+
+
+def test_a_fifo_or_a_link_in_the_downloads_directory_is_removed(tmp_path: Path, no_hang: None) -> None:
+    """Counting the cache (and so its quota) starts by removing abandoned downloads, each of which it opens."""
+    cache = ObjectCache(tmp_path / "cache")
+    for name in ("ab12.4242.140000", "cd34.4243.140001"):
+        os.mkfifo(cache.root / "txn" / name)
+        os.utime(cache.root / "txn" / name, (1e9, 1e9), follow_symlinks=False)
+    (cache.root / "txn" / "ef56.4244.140002").symlink_to(tmp_path / "elsewhere")  # a download would write there
+    assert cache.remove_abandoned_downloads() == 3
+    assert os.listdir(cache.root / "txn") == []
+
+
+def test_a_download_is_never_written_through_a_link_in_the_downloads_directory(tmp_path: Path) -> None:
+    cache = ObjectCache(tmp_path / "cache")
+    data = b"an object"
+    content_hash = ContentHash.of(data)
+    target = tmp_path / "a file of the OS"
+    target.write_bytes(b"kept")
+    (cache.root / "txn" / f"{content_hash.hex}.{os.getpid()}.{threading.get_ident()}").symlink_to(target)
+    with pytest.raises(StorageError):
+        cache.open(content_hash, lambda out: out.write(data))
+    assert target.read_bytes() == b"kept"

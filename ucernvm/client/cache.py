@@ -157,9 +157,14 @@ class ObjectCache:
             if name.count(".") != 2:  # not a download's <object>.<pid>.<thread>
                 continue
             try:
-                fd = os.open(f"txn/{name}", os.O_RDONLY | os.O_CLOEXEC, dir_fd=self._dir)
-            except OSError:
-                continue  # finished or removed meanwhile
+                # O_NONBLOCK: a FIFO put there would block this thread, and the quota with it, for ever.
+                fd = os.open(f"txn/{name}", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                             dir_fd=self._dir)
+            except OSError as error:
+                if error.errno == errno.ELOOP:  # a symbolic link, which no download makes
+                    _remove_any(f"txn/{name}", stat.S_IFLNK, self._dir)
+                    removed += 1
+                continue  # else finished or removed meanwhile
             try:
                 if time.time() - os.fstat(fd).st_mtime < ABANDONED_AFTER:
                     continue
@@ -473,8 +478,9 @@ class _Staging:
         self.evicted = 0
         while self._fd < 0:
             try:
-                self._fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644,
-                                   dir_fd=cache.directory_fd)
+                # O_NOFOLLOW: never written through a link put there
+                self._fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                   0o644, dir_fd=cache.directory_fd)
             except FileNotFoundError:  # txn/ was removed with the rest of the cache's contents: made anew
                 try:
                     _make_top_directory(name, cache.directory_fd)
