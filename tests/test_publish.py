@@ -599,3 +599,51 @@ def test_a_wrong_tag_name_or_root_hash_is_refused_and_changes_nothing(tree: Path
         assert message.encode() in refused.stderr, (args, refused.stderr)
     assert (repo / ".cvmfspublished").read_bytes() == manifest
     assert tag_cli(tmp_path, keys_dir, "--add", "x").returncode == 2
+
+
+def keys_without(keys_dir: Path, target: Path, suffix: str) -> Path:
+    """A copy of the test repository's keys without its .<suffix> file."""
+    target.mkdir()
+    for path in keys_dir.glob(f"{FQRN}.*"):
+        if path.suffix != f".{suffix}":
+            (target / path.name).write_bytes(path.read_bytes())
+    return target
+
+
+def contents(directory: Path) -> list[Path] | None:
+    """What a directory holds, to the bottom; None if there is no such directory."""
+    return sorted(directory.rglob("*")) if directory.exists() else None
+
+
+@pytest.mark.parametrize("state", ["absent", "empty"])
+@pytest.mark.parametrize(("case", "message"), [
+    ("no master key", "a new repository needs its master key"),
+    ("reserved tag", "the tag name 'trunk' is reserved"),
+    ("tag with a space", "has a space"),
+    ("source no directory", "is not a directory"),
+    ("source with /.cvmfs", "the source tree has a /.cvmfs directory"),
+    ("contradicting dirtab", "contradicts line 1"),
+])
+def test_a_refused_first_publish_leaves_the_directory_as_it_was(tree: Path, tmp_path: Path, keys_dir: Path,
+                                                                 state: str, case: str, message: str) -> None:
+    repo = tmp_path / "repo"
+    if state == "empty":
+        repo.mkdir()
+    source, keys, options = tree, keys_dir, []
+    if case == "no master key":
+        keys = keys_without(keys_dir, tmp_path / "keys", "masterkey")
+    elif case == "reserved tag":
+        options = ["--tag", "trunk"]
+    elif case == "tag with a space":
+        options = ["--tag", "v 1"]
+    elif case == "source no directory":
+        source = tree / "etc" / "hostname"
+    elif case == "source with /.cvmfs":
+        (tree / ".cvmfs").mkdir()
+        options = ["--virtual-dir"]
+    else:
+        (tree / ".cvmfsdirtab").write_text("/etc\n!/etc\n")
+    before = contents(repo)
+    refused = run_cli("publish", source, "--repo", repo, "--name", FQRN, "--keys", keys, *options)
+    assert refused.returncode == 2 and message.encode() in refused.stderr, refused.stderr
+    assert contents(repo) == before

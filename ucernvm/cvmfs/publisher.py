@@ -29,7 +29,7 @@ from ucernvm.cvmfs import manifest as manifest_file, signing, trust, whitelist a
 from ucernvm.cvmfs.catalog import COMPRESSION_NONE, COMPRESSION_SHIFT, Catalog, DirectoryEntry, Flag, join, parent_path
 from ucernvm.cvmfs.catalog_writer import CatalogWriter, Counters
 from ucernvm.cvmfs.compression import Compression
-from ucernvm.cvmfs.dirtab import read_dirtab
+from ucernvm.cvmfs.dirtab import Dirtab, read_dirtab
 from ucernvm.cvmfs.hashing import DIGEST_SIZE, ContentHash, ObjectType
 from ucernvm.cvmfs.history import TRUNK, TRUNK_PREVIOUS, History, Tag
 from ucernvm.cvmfs.ingest import FileContent, Ingester, IngestOptions
@@ -151,18 +151,15 @@ class Publisher:
         started = time.monotonic()
         now_ns = time.time_ns()
         now = now_ns // 1_000_000_000
-        if self.options.meta_info is not None:
-            check_meta_info(self.options.meta_info)
+        first_whitelist = self._check_before_writing()
+        tree, dirtab = self._source_tree(source_dir)
         self.storage.create_layout()
         self.ingester = Ingester(self.storage, self.options.ingest, self.options.workers)
         with _publish_lock(self.storage), self.ingester:
             self.previous = _open_current(self.storage, self.fqrn, self.keys)
             self._check_tag()
-            whitelist_bytes = None if self.previous else self._new_whitelist_bytes()
-            tree = scan(source_dir, self.options.include_xattrs)
-            for name, local_path in self.options.root_files:
-                add_root_file(tree, name, local_path)
-            self._apply_dirtab(tree, now_ns)
+            whitelist_bytes = None if self.previous else first_whitelist or self._new_whitelist_bytes()
+            self._apply_dirtab(tree, dirtab, now_ns)
             self._virtual_dir = self._wants_virtual_dir(tree)
             contents, reused = self._ingest_files(tree)
             self._contents = contents
@@ -209,16 +206,33 @@ class Publisher:
             whitelist_created=whitelist_bytes is not None,
         )
 
-    # -- the previous revision and the whitelist -----------------------------------------------
+    # -- checks, the previous revision and the whitelist ----------------------------------------
+
+    def _check_before_writing(self) -> bytes | None:
+        """Refuse what can be refused before the repository directory is touched: the meta-info, the tag's
+        name, and for a new repository its master key; the new repository's whitelist, made with it."""
+        if self.options.meta_info is not None:
+            check_meta_info(self.options.meta_info)
+        if self.options.tag is not None:
+            check_tag_name(self.options.tag)
+        return None if self.storage.read_named(manifest_file.FILE_NAME) else self._new_whitelist_bytes()
+
+    def _source_tree(self, source_dir: str) -> tuple[SourceNode, Dirtab | None]:
+        """The tree to publish and its dirtab, read (and checked as far as no previous revision is needed)
+        before the repository directory is touched."""
+        tree = scan(source_dir, self.options.include_xattrs)
+        for name, local_path in self.options.root_files:
+            add_root_file(tree, name, local_path)
+        _check_virtual_dir(tree, bool(self.options.virtual_dir))
+        return tree, read_dirtab(tree)
 
     def _check_tag(self) -> None:
         """Refuse, before anything is written, a tag name cvmfs_server publish -a refuses: one in use (a tag
-        names one revision for good; cvmfs moves a tag only when asked to, with cvmfs_server tag -h), one with
-        a space, or one of the tags it keeps itself."""
+        names one revision for good; cvmfs moves a tag only when asked to, with cvmfs_server tag -h). One with
+        a space, or one of the tags it keeps itself, is refused before the repository is opened."""
         tag = self.options.tag
         if tag is None:
             return
-        check_tag_name(tag)
         existing = self.previous.history.find(tag) if self.previous and self.previous.history else None
         if existing is not None:
             raise ConfigError(f"the tag name {tag!r} is already in use (revision {existing.revision})",
@@ -240,19 +254,14 @@ class Publisher:
         if wanted is None:
             entry = self.previous.root_catalog.lookup(VIRTUAL_DIR) if self.previous else None
             wanted = entry is not None and entry.is_hidden and entry.is_nested_mountpoint
-        if wanted and any(child.path == VIRTUAL_DIR for child in tree.children):
-            raise ConfigError(
-                f"the source tree has a {VIRTUAL_DIR} directory, where the virtual directory of snapshots goes",
-                f"rename or remove {tree.fs_path}{VIRTUAL_DIR}, or publish with --no-virtual-dir",
-            )
+        _check_virtual_dir(tree, wanted)
         return wanted
 
-    def _apply_dirtab(self, tree: SourceNode, now_ns: int) -> None:
+    def _apply_dirtab(self, tree: SourceNode, dirtab: Dirtab | None, now_ns: int) -> None:
         """A .cvmfscatalog in every directory the tree's /.cvmfsdirtab selects, as cvmfs_server publish adds
         before it syncs. cvmfs keeps such a file in the repository; here the source is the whole tree, so the
         marker is derived anew at each publish: one the dirtab made before keeps its time (and its catalog can
         be reused), and a directory the dirtab stops selecting is merged back into its parent's catalog."""
-        dirtab = read_dirtab(tree)
         for directory in dirtab.select(tree) if dirtab else ():
             previous = self.previous.lookup(join(directory.path, CATALOG_MARKER)) if self.previous else None
             mtime_ns = previous.mtime * 1_000_000_000 + previous.mtime_ns if previous else now_ns
@@ -500,6 +509,15 @@ class Publisher:
         history.insert(Tag(tag, root.content_hash, revision, now, self.options.description, root.size))
         names.append(tag)
         return _store_history(self.ingester, history, previous.manifest.history if previous else None), names
+
+
+def _check_virtual_dir(tree: SourceNode, wanted: bool) -> None:
+    """Refuse a /.cvmfs of the source tree where the virtual directory of snapshots goes, rather than mix them."""
+    if wanted and any(child.path == VIRTUAL_DIR for child in tree.children):
+        raise ConfigError(
+            f"the source tree has a {VIRTUAL_DIR} directory, where the virtual directory of snapshots goes",
+            f"rename or remove {tree.fs_path}{VIRTUAL_DIR}, or publish with --no-virtual-dir",
+        )
 
 
 def _check_repository_name(storage: RepositoryStorage, published: bytes, fqrn: str) -> None:
