@@ -278,3 +278,15 @@ def test_a_fifo_or_a_huge_file_in_place_of_a_small_file_is_reported_and_the_boot
     state = boot(tmp_path, keys_dir, url)
     assert state.facts["snapshot"]["root_hash"] in hashes.values()
     assert any(name in warning for warning in state.warnings)
+
+
+def test_a_forced_move_back_is_pinned_and_the_boots_after_it_are_not_refused(tmp_path: Path, keys_dir: Path,
+                                                                               served) -> None:
+    url, hashes = served
+    boot(tmp_path, keys_dir, url)  # the newest, v2
+    scratch = tmp_path / "root" / "root.rw"
+    (scratch / FORCE_FILE).write_text("v1\n")
+    assert boot(tmp_path, keys_dir, url).facts["snapshot"]["root_hash"] == hashes["v1"]
+    later = boot(tmp_path, keys_dir, url)
+    assert later.facts["snapshot"]["root_hash"] == hashes["v1"] and later.facts["snapshot"]["pinned"]
+    assert not later.warnings

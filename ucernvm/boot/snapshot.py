@@ -3,8 +3,8 @@
 As µCernVM: the tag comes from the settings (kernel < context); a snapshot pinned on the scratch disk
 (``aux/cvmfs_snapshot``: root hash, then tag) wins on every later boot, and ``aux/cvmfs_force_tag`` moves
 the machine to another tag once, rebasing the writable layer onto it (rebase.py). Unlike the original,
-a snapshot older than the newest one this disk has booted is refused unless forced, and the force file
-is consumed.
+a snapshot older than the newest one this disk has booted is refused unless forced (a forced move back
+is the newest from then on), and the force file is consumed.
 """
 
 from __future__ import annotations
@@ -184,7 +184,7 @@ def snapshot_stage(state: BootState) -> None:
 
 def _record_boot(state: BootState, label: str, pin: bool, forced: bool, newest: dict | None) -> None:
     """Pin the snapshot booted (when *pin*: a first boot, a lost pin, a move), consume the force file, and
-    record the newest revision booted, flushed to the disk at once."""
+    record the newest revision booted (or the one forced), flushed to the disk at once."""
     repository, scratch, system = state.repository, state.scratch, state.system
     wrote = []
     if pin:
@@ -195,7 +195,8 @@ def _record_boot(state: BootState, label: str, pin: bool, forced: bool, newest: 
         if refused:
             state.warn(f"{FORCE_FILE} not removed from the scratch disk ({refused}): the next boot moves to tag "
                        f"{label} again, the snapshot the pin now names")
-    if not newest or repository.revision > newest["revision"]:
+    # A move back with the force file is the new baseline: the next boot, pinned to it, must not be refused.
+    if forced or not newest or repository.revision > newest["revision"]:
         record = {"revision": repository.revision, "root_hash": repository.root_hash.hex, "tag": label}
         if state.do_or_warn(f"{NEWEST_FILE} (the newest revision booted) on the scratch disk",
                             WriteFile(str(scratch / NEWEST_FILE), json.dumps(record).encode())):
