@@ -37,7 +37,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import shutil
 import stat
 import threading
 import time
@@ -450,6 +449,8 @@ def _remove_any(name: str, mode: int, directory_fd: int) -> None:
     """Remove ``name`` whatever it is; what cannot go is left for the write in its place to report."""
     try:
         if stat.S_ISDIR(mode):
+            import shutil  # only here: a mount and a boot need it no sooner
+
             shutil.rmtree(name, dir_fd=directory_fd)
         else:
             os.unlink(name, dir_fd=directory_fd)
