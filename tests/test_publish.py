@@ -23,10 +23,11 @@ from ucernvm.client.sources import DirectorySource
 from ucernvm.cvmfs.chunking import ChunkingParams
 from ucernvm.cvmfs.compression import Compression
 from ucernvm.cvmfs.hashing import ContentHash, ObjectType
-from ucernvm.cvmfs.ingest import IngestOptions
+from ucernvm.cvmfs.ingest import Ingester, IngestOptions
 from ucernvm.cvmfs.publisher import Publisher, PublishOptions, resign
+from ucernvm.cvmfs.storage import RepositoryStorage
 from ucernvm.cvmfs.trust import load_master_keys
-from ucernvm.errors import ConfigError, FormatError
+from ucernvm.errors import ConfigError, FormatError, StorageError
 from ucernvm.server import StratumServer
 
 FQRN = "test.cern.ch"
@@ -647,3 +648,66 @@ def test_a_refused_first_publish_leaves_the_directory_as_it_was(tree: Path, tmp_
     refused = run_cli("publish", source, "--repo", repo, "--name", FQRN, "--keys", keys, *options)
     assert refused.returncode == 2 and message.encode() in refused.stderr, refused.stderr
     assert contents(repo) == before
+
+
+@pytest.mark.parametrize("state", ["absent", "empty", "laid out, never published"])
+@pytest.mark.parametrize("failing", ["reading a file", "writing the manifest"])
+def test_a_first_publish_that_fails_late_removes_what_it_made(tree: Path, tmp_path: Path, keys_dir: Path,
+                                                              monkeypatch: pytest.MonkeyPatch,
+                                                              state: str, failing: str) -> None:
+    repo = tmp_path / "deeper" / "repo"
+    if state != "absent":
+        repo.mkdir(parents=True)
+    if state == "laid out, never published":
+        (repo / "data" / "txn").mkdir(parents=True)
+        (repo / "data" / "00").mkdir()
+        (repo / "notes").write_text("not the publisher's\n")
+    before = contents(tmp_path)
+    if failing == "reading a file":
+        ingest_file = Ingester.ingest_file
+
+        def refused(self: Ingester, fs_path: str) -> object:
+            if fs_path.endswith("hard_a"):
+                raise ConfigError(f"cannot read {fs_path}: Input/output error")
+            return ingest_file(self, fs_path)
+
+        monkeypatch.setattr(Ingester, "ingest_file", refused)
+    else:
+        put_named = RepositoryStorage.put_named
+
+        def full(self: RepositoryStorage, name: str, data: bytes) -> None:
+            if name == ".cvmfspublished":
+                raise StorageError(f"cannot write {name}: No space left on device")
+            put_named(self, name, data)
+
+        monkeypatch.setattr(RepositoryStorage, "put_named", full)
+    with pytest.raises((ConfigError, StorageError)):
+        publish(tree, repo, keys_dir, workers=1)
+    assert contents(tmp_path) == before
+
+
+def test_a_later_publish_that_fails_removes_nothing(tree: Path, tmp_path: Path, keys_dir: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    repo = tmp_path / "repo"
+    publish(tree, repo, keys_dir)
+    before = {path: path.read_bytes() for path in contents(repo) if path.is_file()}
+    (tree / "etc" / "new").write_text("only in the failed revision\n")
+
+    def full(self: RepositoryStorage, name: str, data: bytes) -> None:
+        raise StorageError(f"cannot write {name}: No space left on device")
+
+    monkeypatch.setattr(RepositoryStorage, "put_named", full)
+    with pytest.raises(StorageError):
+        publish(tree, repo, keys_dir)
+    after = {path: path.read_bytes() for path in contents(repo) if path.is_file()}
+    assert before.items() <= after.items() and len(after) > len(before)  # the new objects, unreferenced
+    assert open_repo(repo, keys_dir).manifest.revision == 1
+
+
+def test_a_repository_path_that_is_a_file_is_refused_as_such(tree: Path, tmp_path: Path, keys_dir: Path) -> None:
+    (tmp_path / "file").write_text("not a directory\n")
+    for repo in (tmp_path / "file", tmp_path / "file" / "repo"):
+        refused = run_cli("publish", tree, "--repo", repo, "--name", FQRN, "--keys", keys_dir)
+        assert refused.returncode != 0 and b"Traceback" not in refused.stderr, refused.stderr
+        assert f"cannot lay out the repository in {repo}".encode() in refused.stderr
+    assert (tmp_path / "file").read_text() == "not a directory\n"

@@ -122,7 +122,10 @@ def _read_certificate(path: Path) -> bytes:
 @contextmanager
 def _publish_lock(storage: RepositoryStorage) -> Iterator[None]:
     lock_path = storage.root / "data" / "txn" / "publish.lock"
+    made = not lock_path.exists()
     with open(lock_path, "w") as handle:
+        if made:
+            storage.record(lock_path)
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -153,9 +156,11 @@ class Publisher:
         now = now_ns // 1_000_000_000
         first_whitelist = self._check_before_writing()
         tree, dirtab = self._source_tree(source_dir)
-        self.storage.create_layout()
+        self.storage.create_layout(record=first_whitelist is not None)
         self.ingester = Ingester(self.storage, self.options.ingest, self.options.workers)
-        with _publish_lock(self.storage), self.ingester:
+        # A first publish that fails removes what it made; one refused the lock leaves it to the publish running.
+        removed = self.storage.removed_on_failure(manifest_file.FILE_NAME)
+        with _publish_lock(self.storage), removed, self.ingester:
             self.previous = _open_current(self.storage, self.fqrn, self.keys)
             self._check_tag()
             whitelist_bytes = None if self.previous else first_whitelist or self._new_whitelist_bytes()
