@@ -619,6 +619,9 @@ def contents(directory: Path) -> list[Path] | None:
 @pytest.mark.parametrize("state", ["absent", "empty"])
 @pytest.mark.parametrize(("case", "message"), [
     ("no master key", "a new repository needs its master key"),
+    ("unreadable masterkey", "cannot read the private key"),
+    ("unreadable key", "cannot read the private key"),
+    ("unreadable crt", "cannot read the certificate"),
     ("reserved tag", "the tag name 'trunk' is reserved"),
     ("tag with a space", "has a space"),
     ("source no directory", "is not a directory"),
@@ -633,6 +636,10 @@ def test_a_refused_first_publish_leaves_the_directory_as_it_was(tree: Path, tmp_
     source, keys, options = tree, keys_dir, []
     if case == "no master key":
         keys = keys_without(keys_dir, tmp_path / "keys", "masterkey")
+    elif case.startswith("unreadable"):
+        suffix = case.split()[1]
+        keys = keys_without(keys_dir, tmp_path / "keys", suffix)
+        (keys / f"{FQRN}.{suffix}").mkdir()
     elif case == "reserved tag":
         options = ["--tag", "trunk"]
     elif case == "tag with a space":

@@ -117,6 +117,8 @@ def _read_certificate(path: Path) -> bytes:
         return path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"certificate {path} does not exist", "create keys with `ucernvm keygen`") from None
+    except OSError as error:
+        raise ConfigError(f"cannot read the certificate {path}: {error.strerror}") from None
 
 
 @contextmanager

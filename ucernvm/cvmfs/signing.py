@@ -36,6 +36,8 @@ def load_private_key(path: str | os.PathLike[str]) -> rsa.RSAPrivateKey:
         key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
     except FileNotFoundError:
         raise ConfigError(f"private key {path} does not exist", "create keys with `ucernvm keygen`") from None
+    except OSError as error:
+        raise ConfigError(f"cannot read the private key {path}: {error.strerror}") from None
     except (ValueError, TypeError):
         raise ConfigError(f"{path} is not an unencrypted PEM private key") from None
     if not isinstance(key, rsa.RSAPrivateKey):
