@@ -618,6 +618,7 @@ def contents(directory: Path) -> list[Path] | None:
 
 @pytest.mark.parametrize("state", ["absent", "empty"])
 @pytest.mark.parametrize(("case", "message"), [
+    ("negative ttl", "the TTL must be 0 or more seconds, not -5"),
     ("no master key", "a new repository needs its master key"),
     ("unreadable masterkey", "cannot read the private key"),
     ("unreadable key", "cannot read the private key"),
@@ -634,7 +635,9 @@ def test_a_refused_first_publish_leaves_the_directory_as_it_was(tree: Path, tmp_
     if state == "empty":
         repo.mkdir()
     source, keys, options = tree, keys_dir, []
-    if case == "no master key":
+    if case == "negative ttl":
+        options = ["--ttl", "-5"]
+    elif case == "no master key":
         keys = keys_without(keys_dir, tmp_path / "keys", "masterkey")
     elif case.startswith("unreadable"):
         suffix = case.split()[1]

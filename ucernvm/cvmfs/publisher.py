@@ -217,7 +217,9 @@ class Publisher:
 
     def _check_before_writing(self) -> bytes | None:
         """Refuse what can be refused before the repository directory is touched: the meta-info, the tag's
-        name, and for a new repository its master key; the new repository's whitelist, made with it."""
+        name, the TTL, and for a new repository its master key; the new repository's whitelist, made with it."""
+        if self.options.ttl < 0:  # the manifest would hold a TTL no client (nor the next publish) reads
+            raise ConfigError(f"the TTL must be 0 or more seconds, not {self.options.ttl}")
         if self.options.meta_info is not None:
             check_meta_info(self.options.meta_info)
         if self.options.tag is not None:
