@@ -104,6 +104,17 @@ def test_a_boot_that_would_fail_says_why(served: Served, tmp_path: Path) -> None
     assert result.returncode == 1 and "v9" in json.loads(result.stdout)["failure"]["error"]
 
 
+def test_keys_missing_from_the_dry_runs_keys_are_asked_of_its_keys(served: Served, tmp_path: Path) -> None:
+    """A boot's hint is to build the image with --keys; the dry run's own --keys stand for the image's."""
+    result = dry_run("--json", "--keys", str(tmp_path), "--cmdline", cmdline(served, "cvmfs_repository_tag=v1"))
+    assert result.returncode == 1
+    failure = json.loads(result.stdout)["failure"]
+    assert failure["error"] == f"no master public key for {FQRN} in {tmp_path}"
+    assert failure["hint"] == f"give --keys a directory holding {FQRN}.pub"
+    result = dry_run("--keys", str(tmp_path), "--cmdline", cmdline(served, "cvmfs_repository_tag=v1"))
+    assert f"hint:  give --keys a directory holding {FQRN}.pub" in result.stdout and "build the image" not in result.stdout
+
+
 def test_a_dry_run_system_leaves_nothing_in_the_temporary_directory(tmp_path: Path) -> None:
     """Its temporary root goes when the system is dropped, and when the program using it exits."""
     from ucernvm.boot.system import DryRunSystem, MakeDirs
