@@ -20,7 +20,7 @@ from ucernvm.client.repository import Repository
 from ucernvm.client.sources import DirectorySource
 from ucernvm.cvmfs.hashing import ContentHash
 from ucernvm.cvmfs.trust import load_master_keys
-from ucernvm.errors import FetchError, StorageError, VerificationError
+from ucernvm.errors import ConfigError, FetchError, StorageError, VerificationError
 
 
 @pytest.fixture
@@ -200,3 +200,11 @@ def test_a_download_is_never_written_through_a_link_in_the_downloads_directory(t
     with pytest.raises(StorageError):
         cache.open(content_hash, lambda out: out.write(data))
     assert target.read_bytes() == b"kept"
+
+
+@pytest.mark.parametrize("fqrn", ["../escape", "a/b", ".hidden", ""])
+def test_a_repository_name_that_is_a_path_is_refused_before_anything_is_read(repo: Path, keys_dir: Path,
+                                                                             tmp_path: Path, fqrn: str) -> None:
+    """It names the cache's copies (``.cvmfspublished.<fqrn>``): a path would put them anywhere."""
+    with pytest.raises(ConfigError, match="is not a repository name"):
+        Repository(DirectorySource(repo), fqrn, load_master_keys(keys_dir / f"{FQRN}.pub"), cache=ObjectCache(tmp_path))

@@ -19,12 +19,13 @@ from test_cache_trust import no_hang  # noqa: F401 (a fixture)
 from test_publish import FQRN, publish
 from ucernvm.boot.log import BootLog
 from ucernvm.boot.pipeline import BootFailure, Stage, run_stages
-from ucernvm.boot.snapshot import FORCE_FILE, NEWEST_FILE, PIN_FILE, cache_quota, snapshot_stage
+from ucernvm.boot.snapshot import FORCE_FILE, NEWEST_FILE, PIN_FILE, cache_quota, snapshot_stage, trusted_keys
 from ucernvm.boot.servers import servers_stage
 from ucernvm.boot.state import BootState
 from ucernvm.boot.system import RealSystem
 from ucernvm.config import BootConfig
 from ucernvm.cvmfs.signing import generate_repository_keys
+from ucernvm.errors import ConfigError
 from ucernvm.server import StratumServer
 
 
@@ -290,3 +291,16 @@ def test_a_forced_move_back_is_pinned_and_the_boots_after_it_are_not_refused(tmp
     later = boot(tmp_path, keys_dir, url)
     assert later.facts["snapshot"]["root_hash"] == hashes["v1"] and later.facts["snapshot"]["pinned"]
     assert not later.warnings
+
+
+def test_a_repository_name_that_is_a_path_leads_to_no_keys_on_the_scratch_disk(tmp_path: Path,
+                                                                               keys_dir: Path) -> None:
+    """The repository may come from a context that a later boot reads back from the scratch disk: as a path, it
+    would have made a key directory of any directory, one on that disk too."""
+    state = BootState(RealSystem(str(tmp_path / "root")), BootLog(io.StringIO()), config=BootConfig(),
+                      keys_dir=keys_dir)
+    planted = state.scratch / "aux" / "planted"
+    planted.mkdir(parents=True)
+    shutil.copy(keys_dir / f"{FQRN}.pub", planted)
+    with pytest.raises(ConfigError, match="is not a repository name"):
+        trusted_keys(state, os.path.relpath(planted, keys_dir))

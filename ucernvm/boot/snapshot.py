@@ -17,7 +17,7 @@ from ucernvm.boot.rebase import rebase_if_moved
 from ucernvm.boot.state import BootState
 from ucernvm.boot.system import MakeDirs, RemoveFile, Sync, WriteFile
 from ucernvm.client.cache import MIB, ObjectCache
-from ucernvm.client.repository import Repository
+from ucernvm.client.repository import Repository, check_fqrn
 from ucernvm.cvmfs.hashing import ContentHash
 from ucernvm.cvmfs.trust import load_master_keys
 from ucernvm.errors import ConfigError, FetchError, FormatError, VerificationError
@@ -33,6 +33,7 @@ def trusted_keys(state: BootState, fqrn: str) -> list:
     """The image's master keys (``/etc/cvmfs/keys/<fqrn>/`` or ``/etc/cvmfs/keys/``), and only those, as
     µCernVM's CVMFS_KEYS_DIR: the scratch disk is the OS's to write (its ``aux/keys/`` is a copy for the
     OS's tools), and a key found there would let its writer sign any snapshot of the repository."""
+    check_fqrn(fqrn)
     keys = []
     base = state.keys_dir or state.system.path(KEYS_DIR)
     for directory in (base / fqrn, base):

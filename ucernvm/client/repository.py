@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import threading
 from collections.abc import Callable, Iterator
 from functools import cached_property
@@ -25,11 +26,21 @@ from ucernvm.cvmfs.history import History, Tag
 from ucernvm.cvmfs.manifest import Manifest, SignedManifest
 from ucernvm.cvmfs.trust import Certificate, PublicKey, load_certificate
 from ucernvm.cvmfs.whitelist import SignedWhitelist
-from ucernvm.errors import FetchError, FormatError, StorageError, VerificationError
+from ucernvm.errors import ConfigError, FetchError, FormatError, StorageError, VerificationError
 
 
 _NAME = attrgetter("name")
+_FQRN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 T = TypeVar("T")
+
+
+def check_fqrn(fqrn: str) -> None:
+    """Refuse a repository name that is not one (letters, digits, '.', '-', '_'): it names files, the cache's
+    copies and the image's keys directory, so a path in its place (from a context, which a later boot reads
+    back from the scratch disk) would lead to files anywhere, master keys too."""
+    if not _FQRN.fullmatch(fqrn):
+        raise ConfigError(f"{fqrn!r} is not a repository name",
+                          "a fully qualified repository name, such as cernvm-prod.cern.ch")
 
 
 def normalize_path(path: str) -> str:
@@ -54,6 +65,7 @@ class Repository:
         root_hash: ContentHash | None = None,
         cache: ObjectCache | None = None,
     ) -> None:
+        check_fqrn(fqrn)
         self.source = source
         self.fqrn = fqrn
         self.master_keys = master_keys
