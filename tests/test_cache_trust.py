@@ -208,3 +208,20 @@ def test_a_repository_name_that_is_a_path_is_refused_before_anything_is_read(rep
     """It names the cache's copies (``.cvmfspublished.<fqrn>``): a path would put them anywhere."""
     with pytest.raises(ConfigError, match="is not a repository name"):
         Repository(DirectorySource(repo), fqrn, load_master_keys(keys_dir / f"{FQRN}.pub"), cache=ObjectCache(tmp_path))
+
+
+@pytest.mark.parametrize("change", [lambda data: data[:3], lambda data: data + b"appended by hand\n"])
+def test_a_cached_file_cut_short_or_added_to_is_fetched_again(repo: Path, keys_dir: Path, tmp_path: Path,
+                                                              change) -> None:
+    cache = tmp_path / "cache"
+    first = mount(repo, keys_dir, cache)
+    entry = Repository(DirectorySource(repo), FQRN, first.master_keys).entry("/sbin/init")
+    stored = _object(cache, entry.content_hash)
+    stored.write_bytes(change(stored.read_bytes()))
+    again = mount(repo, keys_dir, cache)
+    fd = again.open_chunk(entry, again.chunks("/sbin/init", entry)[0])
+    try:
+        assert os.pread(fd, 100, 0) == b"#!/bin/sh\n"
+    finally:
+        os.close(fd)
+    assert stored.read_bytes() == b"#!/bin/sh\n"

@@ -236,7 +236,7 @@ class Repository:
         if self.cache is None:
             return self._fetch_into_memory(fill)
         try:
-            fd = self.cache.open(content_hash, fill)
+            fd = self._checked(content_hash, lambda: self._open_sized(content_hash, expected_size, fill))
         except CacheFull:  # no room on the disk: fetched again, into memory
             return self._fetch_into_memory(fill)
         with os.fdopen(fd, "rb") as handle:
@@ -255,7 +255,17 @@ class Repository:
         if self.cache is None:
             raise FetchError("reading objects as files needs a cache directory")
         fill = self._filler(chunk.content_hash, entry.piece_type, chunk.size, entry.is_compressed)
-        return self.cache.open(chunk.content_hash, fill)
+        return self._checked(chunk.content_hash, lambda: self._open_sized(chunk.content_hash, chunk.size, fill))
+
+    def _open_sized(self, content_hash: ContentHash, size: int | None, fill: Callable[[Sink], None]) -> int:
+        """The cached object, if it holds as many bytes as the catalog gives (a download is checked so, a
+        copy on the scratch disk may have been cut short or added to since): one fstat per open."""
+        assert self.cache is not None
+        fd = self.cache.open(content_hash, fill)
+        if size is not None and (held := os.fstat(fd).st_size) != size:
+            os.close(fd)
+            raise FormatError(f"cached object {content_hash} holds {held} bytes, the catalog gives {size}")
+        return fd
 
     def meta_info(self) -> bytes | None:
         """The repository's meta-info JSON (manifest M), verified; None where it has none."""
