@@ -15,7 +15,8 @@ disk, which the OS it booted can write; but so is the writable layer that lies a
 hand that could change an object could as well change the file the OS sees. What the cache does refuse:
 anything but a regular file in an object's place (removed and fetched again: a FIFO would block the
 mount, a link lead out of the cache), and a copy its user finds broken (a catalog that does not open, a
-certificate the whitelist does not list: ``Repository._checked`` fetches it again).
+certificate the whitelist does not list, an object of another size than its catalog entry gives:
+``Repository._checked`` fetches it again).
 
 The cache also keeps, per repository, the last verified whitelist, manifest and certificate (a mount
 with every server down uses them: offline mode) and the newest manifest's timestamp and revision, the
