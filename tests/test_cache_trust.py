@@ -126,7 +126,9 @@ def test_an_object_that_is_no_regular_file_is_removed_and_fetched_again(repo: Pa
     plant(stored)
     mount(repo, keys_dir, cache)  # reads the file back
     assert stat.S_ISREG(stored.lstat().st_mode)
-    assert ObjectCache(cache).open_cached(content_hash) is not None
+    fd = ObjectCache(cache).open_cached(content_hash)
+    assert fd is not None
+    os.close(fd)
 
 
 def _garbage(path: Path, keys_dir: Path) -> bytes:
