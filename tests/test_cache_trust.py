@@ -227,3 +227,14 @@ def test_a_cached_file_cut_short_or_added_to_is_fetched_again(repo: Path, keys_d
     finally:
         os.close(fd)
     assert stored.read_bytes() == b"#!/bin/sh\n"
+
+
+@pytest.mark.parametrize("plant", [_directory, _fifo, _endless])
+def test_what_is_no_regular_file_is_not_cached_to_a_look_that_fetches_nothing(tmp_path: Path, no_hang: None,
+                                                                             plant) -> None:
+    """user.lhash looks into the cache without fetching: it neither blocks on a FIFO nor follows a link."""
+    cache = ObjectCache(tmp_path / "cache")
+    content_hash = ContentHash.of(b"an object")
+    _object(cache.root, content_hash).parent.mkdir()
+    plant(_object(cache.root, content_hash))
+    assert cache.open_cached(content_hash) is None
