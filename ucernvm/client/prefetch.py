@@ -32,7 +32,9 @@ from ucernvm.errors import UcernvmError
 
 PREFETCH_LIST = ".ucernvm_prefetch"
 READ_ORDER_FILE = "read-order.txt"
-# In the cache directory, per list and snapshot: every file of it was fetched into this cache.
+# In the cache directory, per list and snapshot: every file of it was fetched into this cache. Trusted by its
+# presence alone: one put there by another hand only spares a walk (and the boot layer's build), it serves
+# nothing; every file is still fetched, verified, on its first read.
 DONE_PREFIX = "prefetched-"
 MAX_ENTRIES = 100_000  # a boot reads a few thousand files; beyond this a list is not a boot's
 MAX_LIST_BYTES = 16 << 20
