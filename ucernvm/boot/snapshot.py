@@ -58,7 +58,11 @@ def cache_quota(scratch: Path) -> int:
 def read_pin(state: BootState) -> tuple[ContentHash | None, str]:
     """The pinned snapshot (``aux/cvmfs_snapshot``: root hash, then tag). A pin file that holds no root hash
     (cut short by a power cut, a disk error) is reported and counts as none: the boot then chooses
-    afresh and rebases the writable layer, as after a lost pin."""
+    afresh and rebases the writable layer, as after a lost pin.
+
+    The hash is taken as µCernVM's CVMFS_ROOT_HASH is: the OS may pin what it likes, but what the hash names
+    is checked against it (the repository's signed manifest is verified all the same), must be a root
+    catalog, and is refused when older than the newest revision this disk booted; the tag is only a label."""
     lines = _scratch_lines(state, PIN_FILE, "choosing the snapshot afresh, as on a first boot")
     if lines is None:
         return None, ""
