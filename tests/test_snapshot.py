@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -24,6 +25,7 @@ from ucernvm.boot.servers import servers_stage
 from ucernvm.boot.state import BootState
 from ucernvm.boot.system import RealSystem
 from ucernvm.config import BootConfig
+from ucernvm.cvmfs.publisher import Publisher, PublishOptions
 from ucernvm.cvmfs.signing import generate_repository_keys
 from ucernvm.errors import ConfigError
 from ucernvm.server import StratumServer
@@ -46,7 +48,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, keys_dir: Path) -> Iterator
 
 
 def boot(tmp_path: Path, keys_dir: Path, url: str, **settings: object) -> BootState:
-    config = BootConfig(repository=FQRN, server_url=url, proxy="DIRECT", **settings)
+    config = BootConfig(**{"repository": FQRN, "server_url": url, "proxy": "DIRECT", **settings})
     state = BootState(RealSystem(str(tmp_path / "root")), BootLog(io.StringIO()), config=config, keys_dir=keys_dir)
     for name in ("aux", "cache", "persistent"):
         (state.scratch / name).mkdir(parents=True, exist_ok=True)
@@ -304,3 +306,33 @@ def test_a_repository_name_that_is_a_path_leads_to_no_keys_on_the_scratch_disk(t
     shutil.copy(keys_dir / f"{FQRN}.pub", planted)
     with pytest.raises(ConfigError, match="is not a repository name"):
         trusted_keys(state, os.path.relpath(planted, keys_dir))
+
+
+def test_a_pin_of_another_repository_is_left_aside_and_the_snapshot_chosen_afresh(tmp_path: Path, keys_dir: Path,
+                                                                                    served) -> None:
+    """The repository setting changed since the disk was pinned: the pin's root catalog, still in the cache, would
+    boot the other repository's OS under this one's name, and its revisions would be compared with this one's."""
+    url, hashes = served
+    boot(tmp_path, keys_dir, url)
+    tree = tmp_path / "other-os"
+    (tree / "sbin").mkdir(parents=True)
+    (tree / "sbin" / "init").write_text("#!/bin/sh\necho other\n")
+    other = Publisher(str(tmp_path / "other" / "other.cern.ch"), "other.cern.ch", str(keys_dir),
+                      PublishOptions()).publish(str(tree))
+    with StratumServer(tmp_path / "other") as server:
+        state = boot(tmp_path, keys_dir, f"http://127.0.0.1:{server.port}/cvmfs/other.cern.ch",
+                     repository="other.cern.ch")
+    assert state.facts["snapshot"]["root_hash"] == other.root_hash.hex != hashes["v2"]
+    assert any("booted repository 'test.cern.ch' before" in warning for warning in state.warnings)
+    assert pin(state)[0] == other.root_hash.hex
+
+
+def test_a_record_of_the_newest_revision_that_names_no_repository_gets_its_name(tmp_path: Path, keys_dir: Path,
+                                                                                 served) -> None:
+    url, hashes = served
+    boot(tmp_path, keys_dir, url)
+    record = tmp_path / "root" / "root.rw" / NEWEST_FILE
+    written = json.loads(record.read_text())
+    record.write_text(json.dumps({key: value for key, value in written.items() if key != "repository"}))
+    boot(tmp_path, keys_dir, url)
+    assert json.loads(record.read_text()) == written

@@ -134,6 +134,13 @@ def snapshot_stage(state: BootState) -> None:
     config, scratch = state.config, state.scratch
     tag = config.tag or None
     pinned_hash, pinned_tag = read_pin(state)
+    newest = _newest_booted(state)
+    if newest is not None and newest.get("repository", config.repository) != config.repository:
+        # Its root hash would be looked up in this repository, and its catalogs, still cached, booted under this
+        # one's name.
+        state.warn(f"this disk booted repository {str(newest['repository'])[:80]!r} before, not {config.repository}: "
+                   "its pin and newest revision are left aside, and the snapshot is chosen afresh")
+        pinned_hash, pinned_tag, newest = None, "", None
     forced = read_forced_tag(state)
     root_hash = None
     if forced:
@@ -165,7 +172,6 @@ def snapshot_stage(state: BootState) -> None:
     if root_hash is not None and tag:
         repository.tag_name = tag  # the pin's; its history database stays closed (a sqlite file to load)
     revision = repository.revision
-    newest = _newest_booted(state)
     if newest and revision < newest["revision"] and not forced:
         raise VerificationError(
             f"snapshot revision {revision} is older than revision {newest['revision']} this machine booted before",
@@ -201,8 +207,10 @@ def _record_boot(state: BootState, label: str, pin: bool, forced: bool, newest: 
             state.warn(f"{FORCE_FILE} not removed from the scratch disk ({refused}): the next boot moves to tag "
                        f"{label} again, the snapshot the pin now names")
     # A move back with the force file is the new baseline: the next boot, pinned to it, must not be refused.
-    if forced or not newest or repository.revision > newest["revision"]:
-        record = {"revision": repository.revision, "root_hash": repository.root_hash.hex, "tag": label}
+    # A record of an earlier version names no repository yet.
+    if forced or not newest or repository.revision > newest["revision"] or "repository" not in newest:
+        record = {"repository": repository.fqrn, "revision": repository.revision, "root_hash": repository.root_hash.hex,
+                  "tag": label}
         if state.do_or_warn(f"{NEWEST_FILE} (the newest revision booted) on the scratch disk",
                             WriteFile(str(scratch / NEWEST_FILE), json.dumps(record).encode())):
             wrote.append("the newest revision booted")
