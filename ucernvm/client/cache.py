@@ -8,15 +8,15 @@ process or the machine; what a killed process left in ``txn/`` is removed by the
 
 A stored object is trusted by its name from then on, as cvmfs trusts its cache (it hashes nothing again at
 open; cvmfs_fsck checks a cache apart). Its hash is of the compressed bytes and the cache holds them
-inflated, so a check means compressing each object again exactly as the publisher did: zlib level 6 runs at
-35 MB/s on one x86-64 core, 2.4 s of a warm Debian boot's 84 MB (many times that under emulation), and an object a
-publisher compressed otherwise (ISA-L) cannot be checked that way at all. The cache lives on the scratch
-disk, which the OS it booted can write; but so is the writable layer that lies above the snapshot, so a
-hand that could change an object could as well change the file the OS sees. What the cache does refuse:
-anything but a regular file in an object's place (removed and fetched again: a FIFO would block the
-mount, a link lead out of the cache), and a copy its user finds broken (a catalog that does not open, a
-certificate the whitelist does not list, an object of another size than its catalog entry gives:
-``Repository._checked`` fetches it again).
+inflated, so a check means compressing each object again exactly as the publisher did: zlib level 6 runs
+at 35 MB/s on one x86-64 core, 2.4 s of a warm Debian boot's 84 MB (many times that under emulation),
+and an object a publisher compressed otherwise (ISA-L) cannot be checked that way at all. The cache lives
+on the scratch disk, which the OS it booted can write; but so is the writable layer that lies above the
+snapshot, so a hand that could change an object could as well change the file the OS sees. What the
+cache does refuse: anything but a regular file in an object's place (removed and fetched again: a FIFO
+would block the mount, a link lead out of the cache), and a copy its user finds broken (a catalog that
+does not open, a certificate the whitelist does not list, an object of another size than its catalog
+entry gives: ``Repository._checked`` fetches it again).
 
 The cache also keeps, per repository, the last verified whitelist, manifest and certificate (a mount
 with every server down uses them: offline mode) and the newest manifest's timestamp and revision, the
@@ -423,9 +423,11 @@ class ObjectCache:
     def load_named(self, fqrn: str, name: str) -> bytes | None:
         """A kept file's bytes; None without one. The scratch disk may hold anything by that name: what is
         not a regular file no larger than a fetched one may be (a directory, a FIFO that would block, a
-        link to a device that never ends) counts as none, and what is read is verified as if fetched."""
+        link to a device that never ends) counts as none; a manifest or whitelist read is verified as if
+        it was fetched."""
         try:
-            fd = os.open(f"{name}.{fqrn}", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=self._dir)
+            fd = os.open(f"{name}.{fqrn}", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                         dir_fd=self._dir)
         except OSError:
             return None
         try:
