@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from helpers import daemon_statistics, fuse_unusable, run_cli, snapshot_tree
+from squid import Squid, squid  # noqa: F401  (fixture)
 from test_cache import fill
 from test_publish import BIG, FQRN, make_tree, open_repo, publish
 from test_virtual_dir import publish_tags
@@ -30,6 +31,7 @@ from ucernvm.server import StratumServer
 pytestmark = pytest.mark.skipif(fuse_unusable() is not None, reason=str(fuse_unusable()))
 
 DEAD_SERVER = "http://127.0.0.1:9/cvmfs/test.cern.ch"  # the discard port: nothing listens on it
+DEAD_PROXY = "http://127.0.0.1:9"
 
 
 class Mounts:
@@ -213,6 +215,26 @@ def test_cvmfs_attributes_name_the_servers_catalogs_chunks_and_cached_copies(pub
     deep = attribute("data/sub/deep/leaf", "user.catalog_counters").splitlines()
     assert deep[0] != root_lines[0] and deep[1] == "catalog_mountpoint: /data/sub/deep"
     assert dict(line.split(",") for line in deep[2:])["regular"] == "2"  # leaf and .cvmfscatalog
+
+
+@pytest.mark.parametrize("live", ["squid", "DIRECT"])
+def test_a_proxy_failover_is_logged_as_a_server_switch_is(published, mounts, keys_dir, tmp_path, squid: Squid,
+                                                          live: str) -> None:
+    """At the mount on the command's stderr, later in mount.log, and in user.logbuffer throughout."""
+    _, _, server = published
+    proxy = squid.url if live == "squid" else live
+    cache = tmp_path / "cache"
+    point, result = mounts.mount(f"{server.url}/cvmfs/{FQRN}", keys_dir, cache, "--proxy", f"{DEAD_PROXY};{proxy}",
+                                 "-o", "CVMFS_PROXY_RESET_AFTER=1", "-o", "CVMFS_MAX_RETRIES=0")
+    failover = f"switching proxy from {DEAD_PROXY} to {proxy} (cannot connect: Connection refused for "
+    assert failover in result.stderr.decode()
+    time.sleep(1.1)  # the dead proxy is tried again: it fails again, now in the daemon
+    assert (point / "etc" / "hostname").read_bytes() == b"cernvm\n"
+    daemon_log = (cache / "mount.log").read_text()
+    assert f"switching proxy from {proxy} to {DEAD_PROXY} (reset after 1 s)" in daemon_log
+    assert failover in daemon_log
+    assert os.getxattr(point, "user.logbuffer").decode().count(failover) == 2
+    assert (squid.access_log().count(f"{server.url}/cvmfs/{FQRN}/") > 0) == (live == "squid")
 
 
 def test_statfs_and_df_report_how_full_the_cache_is(published, mounts, keys_dir, tmp_path) -> None:

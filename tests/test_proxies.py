@@ -7,6 +7,7 @@ import threading
 
 import pytest
 
+from ucernvm.client import logbuffer
 from ucernvm.client.client_config import FetcherConfig, load_config
 from ucernvm.client.fetcher import HttpSource
 from ucernvm.client.proxies import Proxy, ProxyChain, expand_member, parse_proxy_list, resolve_addresses
@@ -113,6 +114,20 @@ def test_reset_for_host_failover() -> None:
     proxies.fail(proxies.current())
     proxies.reset_for_host_failover()
     assert proxies.current().url == A and proxies.current_group == 0
+
+
+def test_every_switch_of_the_proxy_in_use_is_a_warning_with_its_reason() -> None:
+    """As cvmfs's "switching proxy from X to Y": kept for user.logbuffer, as a server switch is."""
+    clock = Clock()
+    proxies = chain(f"{A};{B}", reset_after=10, clock=clock)
+    proxies.fail(proxies.current(), "cannot connect: Connection refused")
+    clock.now += 11
+    assert proxies.current().url == A
+    lonely = chain(C)
+    lonely.fail(lonely.current(), "HTTP 502")  # burned, and in use again: no switch
+    lines = logbuffer.recent().splitlines()[-2:]
+    assert lines[0].endswith(f"] switching proxy from {A} to {B} (cannot connect: Connection refused)")
+    assert lines[1].endswith(f"] switching proxy from {B} to {A} (reset after 10 s)")
 
 
 def test_members_are_chosen_at_random_for_load_balancing() -> None:

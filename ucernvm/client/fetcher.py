@@ -299,7 +299,7 @@ class HttpSource:
                     self._nocache_retries += 1
                 continue
             if failure in (Failure.PROXY_RESOLVE, Failure.PROXY_HTTP) or (failure.is_proxy_transfer and not same_url):
-                self._proxies.fail(proxy)
+                self._proxies.fail(proxy, f"{attempt.detail or failure.value} for {attempt.url}")
                 job.used_proxies += 1
             elif failure in (Failure.HOST_RESOLVE, Failure.HOST_HTTP, Failure.HOST_AFTER_PROXY) or (
                     failure.is_host_transfer and not same_url):

@@ -11,6 +11,9 @@
   the chain goes back to it, and burned members of a group come back after the same time;
 - ``CVMFS_FALLBACK_PROXY`` groups come after the regular ones; when there are any, ``DIRECT`` is
   removed from both lists.
+
+Every change of the member in use is a warning, as cvmfs's syslog has it ("switching proxy from X to
+Y"), and lands in the mount's log and ``user.logbuffer`` beside the server switches.
 """
 
 from __future__ import annotations
@@ -23,9 +26,12 @@ import time
 from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit
 
+from ucernvm.client.lazylog import LazyLogger
 from ucernvm.client.transfer import DIRECT
 from ucernvm.errors import ConfigError
 from ucernvm.records import NamedTuple
+
+log = LazyLogger(__name__)
 
 AUTO = "auto"
 
@@ -154,16 +160,18 @@ class ProxyChain:
     def current(self) -> Proxy:
         """The member to use for the next request, after the reset rules were applied."""
         with self._lock:
-            now = self._clock()
+            now, old = self._clock(), self._selected
             if self._backup_since is not None and now > self._backup_since + self.reset_after:
                 self._current, self._backup_since = 0, None
                 self._rebalance()
             if self._failover_since is not None and now > self._failover_since + self.reset_after:
                 self._rebalance()
+            self._report_switch(old, f"reset after {self.reset_after:g} s")
             return self._selected
 
-    def fail(self, proxy: Proxy) -> None:
-        """Burn ``proxy`` if it is still live in the current group (another thread may have done so)."""
+    def fail(self, proxy: Proxy, reason: str = "") -> None:
+        """Burn ``proxy`` if it is still live in the current group (another thread may have done so);
+        ``reason``, why it failed, goes into the warning."""
         with self._lock:
             group = self._groups[self._current]
             alive = len(group) - self._burned
@@ -190,13 +198,16 @@ class ProxyChain:
             elif self.reset_after > 0 and self._failover_since is None:
                 self._failover_since = self._clock()
             self._select()
+            self._report_switch(proxy, reason)
 
     def reset_for_host_failover(self) -> None:
         """Every proxy failed for a request: back to the first group before the next server is tried."""
         with self._lock:
             if self._current > 0 or self._burned > 0:
+                old = self._selected
                 self._current, self._backup_since = 0, None
                 self._rebalance()
+                self._report_switch(old, "every proxy failed, the next server is tried")
 
     def reorder_fallback(self, order: Sequence[int]) -> None:
         """Put the fallback groups in ``order`` (indices among the fallback groups), as the geo API said."""
@@ -204,8 +215,10 @@ class ProxyChain:
             fallback = self._groups[self.fallback_start:]
             self._groups[self.fallback_start:] = [fallback[i] for i in order]
             if self._current >= self.fallback_start:
+                old = self._selected
                 self._burned = 0
                 self._select()
+                self._report_switch(old, "geo order")
 
     def _rebalance(self) -> None:
         self._failover_since = None
@@ -215,6 +228,11 @@ class ProxyChain:
     def _select(self) -> None:
         group = self._groups[self._current]
         self._selected = group[self._rng.randrange(len(group) - self._burned)]
+
+    def _report_switch(self, old: Proxy, reason: str) -> None:
+        """A warning when the member in use is no longer ``old`` (a lone proxy burned stays in use)."""
+        if self._selected.url != old.url:
+            log.warning("switching proxy from %s to %s%s", old, self._selected, f" ({reason})" if reason else "")
 
     def describe(self) -> str:
         with self._lock:
