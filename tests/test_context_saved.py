@@ -8,12 +8,14 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from ucernvm.boot.contextualize import META_DATA, apply_user_data, online_context, settle_context
+from test_cache_trust import no_hang  # noqa: F401 (a fixture)
+from ucernvm.boot.contextualize import BEFORE_PIN, META_DATA, apply_user_data, online_context, settle_context
 from ucernvm.boot.log import BootLog
 from ucernvm.boot.seed import NOCLOUD_SEED, seed_cloud_init
 from ucernvm.boot.state import BootState
@@ -197,3 +199,33 @@ def test_a_cernvm_online_context_keeps_the_settings_of_the_user_data_it_replaced
     assert later.user_data == online and later.context_source == "CernVM Online"
     assert (later.config.proxy, later.config.tag) == ("http://squid.example:3128", "v2")
     assert not later.warnings
+
+
+def _fifo(path: Path) -> None:
+    os.mkfifo(path)
+
+
+def _huge(path: Path) -> None:
+    with path.open("wb") as sparse:
+        sparse.truncate(1 << 40)
+
+
+def _link_to_zero(path: Path) -> None:
+    path.symlink_to("/dev/zero")
+
+
+@pytest.mark.parametrize("plant", [_fifo, _huge, _link_to_zero])
+@pytest.mark.parametrize("name", ["user-data", "source", META_DATA, "extra-user-data", BEFORE_PIN])
+def test_a_fifo_a_huge_file_or_a_link_in_place_of_a_saved_file_is_a_warning(tmp_path: Path, no_hang: None,
+                                                                            name: str, plant) -> None:
+    """The OS writes the scratch disk: a later boot reads what it finds in context/ without blocking on a
+    FIFO, filling its memory with a huge file or following a link to a device that never ends."""
+    boot(tmp_path, FoundContext(CONFIG_DRIVE, USER_DATA, META), fresh=True)
+    placed = tmp_path / "root.rw/context" / name
+    placed.unlink(missing_ok=True)
+    plant(placed)
+    state = BootState(System(str(tmp_path)), BootLog(io.StringIO()))
+    settle_context(state)
+    assert (state.user_data is None) == (name == "user-data")
+    (warning,) = state.warnings
+    assert f"the saved {name} is unreadable (context/{name} " in warning

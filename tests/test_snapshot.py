@@ -184,8 +184,8 @@ def test_a_force_file_the_disk_cannot_remove_after_the_pin_is_a_warning(tmp_path
 
 
 def test_a_force_file_the_disk_cannot_read_is_reported_and_left_alone(tmp_path: Path, keys_dir: Path, served) -> None:
-    """A failing disk (here: a directory where the file should be, which read(2) refuses too): one warning,
-    the pinned snapshot boots, and nothing more is asked of that disk."""
+    """A directory where the file should be (or a failing disk that cannot read it): one warning, the pinned
+    snapshot boots, and nothing more is asked of that disk."""
     url, hashes = served
     boot(tmp_path, keys_dir, url, tag="v1")
     scratch = tmp_path / "root" / "root.rw"
@@ -193,7 +193,7 @@ def test_a_force_file_the_disk_cannot_read_is_reported_and_left_alone(tmp_path: 
     state = boot(tmp_path, keys_dir, url)
     assert state.facts["snapshot"]["root_hash"] == hashes["v1"] and state.facts["snapshot"]["pinned"]
     (warning,) = state.warnings
-    assert warning.startswith("cannot read aux/cvmfs_force_tag on the scratch disk (Is a directory): the machine stays")
+    assert warning == "aux/cvmfs_force_tag is not a regular file on the scratch disk: the machine stays on its snapshot"
     assert (scratch / FORCE_FILE).is_dir()
 
 

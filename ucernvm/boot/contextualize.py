@@ -17,6 +17,7 @@ from ucernvm.boot import blockdev
 from ucernvm.boot.pipeline import wait_for_background
 from ucernvm.boot.state import BootState
 from ucernvm.boot.system import MakeDirs, WriteFile
+from ucernvm.boot.untrusted import UnusableFile, read_file
 from ucernvm.config import build_config, context_values
 from ucernvm.context.section import parse_section
 from ucernvm.context.found import OPEN_NEBULA, BlockDevice, FoundContext, MetaData
@@ -30,6 +31,7 @@ META_DATA = "meta-data"  # in context/: the first boot's meta-data (NoCloud keys
 # In context/: the user-data a CernVM Online context replaced; its settings (say, the proxy it came with)
 # apply under the online context's on every boot, as on the first.
 BEFORE_PIN = "user-data-before-pin"
+SOURCE_LIMIT = 4096  # context/source: a source's name
 
 
 def section_of(user_data: bytes) -> tuple[dict[str, str], list[str]]:
@@ -263,24 +265,24 @@ def _restore_extra_user_data(state: BootState, path: Path) -> None:
         apply_extra_user_data(state, extra)
 
 
-def _read_saved(state: BootState, path: Path, if_unreadable: str) -> bytes | None:
-    """A file the first boot saved in context/; None without it, or (with a warning) when it is unreadable."""
-    if not path.exists():
-        return None
+def _read_saved(state: BootState, path: Path, if_unusable: str, limit: int = MAX_USER_DATA) -> bytes | None:
+    """A file the first boot saved in context/; None without it, or (with a warning) when it is unusable:
+    the OS may have put anything in its place (untrusted.py)."""
     try:
-        return path.read_bytes()
-    except OSError as error:
-        state.warn(f"the saved {path.name} is unreadable ({error.strerror}): {if_unreadable}")
+        return read_file(state.scratch, str(path.relative_to(state.scratch)), limit)
+    except UnusableFile as problem:
+        state.warn(f"the saved {path.name} is unreadable ({problem}): {if_unusable}")
         return None
 
 
 def _saved_source(state: BootState, path: Path) -> str:
     """The first boot's source name (the OS's bootstrap hook keys on it); "(saved)" when there is none."""
-    if not path.exists():
+    data = _read_saved(state, path, "the context's source is given as (saved)", SOURCE_LIMIT)
+    if data is None:
         return "(saved)"
     try:
-        name = path.read_bytes().decode("utf-8").strip()
-    except (OSError, UnicodeDecodeError):
+        name = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
         name = ""
     if not name or not name.isprintable() or len(name) > 64:
         state.warn(f"the saved source name {path.name} is damaged: the context's source is given as (saved)")
@@ -291,11 +293,12 @@ def _saved_source(state: BootState, path: Path) -> str:
 def _saved_meta(state: BootState, path: Path) -> MetaData:
     """The first boot's meta-data: the same instance-id, so the OS's cloud-init sees the same instance
     and leaves its per-instance work (host keys, users) done; a damaged file means a new instance."""
-    if not path.exists():
+    data = _read_saved(state, path, "cloud-init sees a new instance")
+    if data is None:
         return MetaData()
     try:
-        return MetaData.from_nocloud(json.loads(path.read_bytes()))
-    except (OSError, ValueError, RecursionError) as error:  # RecursionError: nested deeper than the parser goes
+        return MetaData.from_nocloud(json.loads(data))
+    except (ValueError, RecursionError) as error:  # RecursionError: nested deeper than the parser goes
         state.warn(f"the saved meta-data {path.name} is unreadable ({str(error)[:80]}): cloud-init sees a new instance")
         return MetaData()
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from ucernvm.boot.rebase import rebase_if_moved
 from ucernvm.boot.state import BootState
 from ucernvm.boot.system import MakeDirs, RemoveFile, Sync, WriteFile
+from ucernvm.boot.untrusted import UnusableFile, read_file
 from ucernvm.client.cache import MIB, ObjectCache
 from ucernvm.client.repository import Repository, check_fqrn
 from ucernvm.cvmfs.hashing import ContentHash
@@ -89,16 +90,12 @@ def read_forced_tag(state: BootState) -> str | None:
     return None
 
 
-def _scratch_lines(state: BootState, name: str, if_unreadable: str) -> list[str] | None:
+def _scratch_lines(state: BootState, name: str, if_unusable: str) -> list[str] | None:
     """The non-blank lines of a small text file on the scratch disk; None without the file, or (with a
-    warning) when a failing disk cannot read it: nothing more is asked of that disk; a file that is not
-    text gives no lines."""
-    try:
-        data = _read_small(state.scratch / name)
-    except FileNotFoundError:
-        return None
-    except OSError as error:
-        state.warn(f"cannot read {name} on the scratch disk ({error.strerror}): {if_unreadable}")
+    warning) when it is no small regular file or a failing disk cannot read it: nothing more is asked of
+    that disk; a file that is not text gives no lines."""
+    data = _read_scratch(state, name, if_unusable)
+    if data is None:
         return None
     try:
         return [line.strip() for line in data.decode().splitlines() if line.strip()]
@@ -106,16 +103,14 @@ def _scratch_lines(state: BootState, name: str, if_unreadable: str) -> list[str]
         return []
 
 
-def _read_small(path: Path) -> bytes:
-    """The bytes of a small file of the scratch disk, which the OS may have replaced by anything: one read,
-    which no FIFO blocks, of at most MAX_SMALL_FILE bytes; a larger file (or a device) reads as empty.
-    OSError where there is none, or it cannot be read (a symbolic link, a directory)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+def _read_scratch(state: BootState, name: str, if_unusable: str) -> bytes | None:
+    """A small file of the scratch disk, which the OS may have replaced by anything (untrusted.py); None
+    without it, or (with a warning) when it is unusable."""
     try:
-        data = os.read(fd, MAX_SMALL_FILE + 1)
-    finally:
-        os.close(fd)
-    return data if len(data) <= MAX_SMALL_FILE else b""
+        return read_file(state.scratch, name, MAX_SMALL_FILE)
+    except UnusableFile as problem:
+        state.warn(f"{problem} on the scratch disk: {if_unusable}")
+        return None
 
 
 def _shown(lines: list[str]) -> str:
@@ -266,12 +261,8 @@ def _newest_booted(state: BootState) -> dict | None:
     """The record of the newest revision this disk booted. A damaged one is reported and counts as none (this
     boot writes it anew): whoever can damage it can as well remove it, or move the machine with the force file."""
     unguarded = "older snapshots are not refused this boot"
-    try:
-        data = _read_small(state.scratch / NEWEST_FILE)
-    except FileNotFoundError:
-        return None
-    except OSError as error:
-        state.warn(f"cannot read {NEWEST_FILE} on the scratch disk ({error.strerror}): {unguarded}")
+    data = _read_scratch(state, NEWEST_FILE, unguarded)
+    if data is None:
         return None
     try:
         record = json.loads(data)

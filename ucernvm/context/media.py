@@ -1,9 +1,8 @@
 """User-data on local media: the layouts µCernVM reads from a mounted partition, plus NoCloud.
 
 Each reader looks at the root of a file system mounted read-only and returns a ``FoundContext`` or
-None. Nothing found on a medium is trusted: files are opened without following symbolic links (a
-link must not pull in a file of the booting system), only small regular files are read (a FIFO
-would block, a huge file is not user-data), and every parser survives garbage with a warning.
+None. Nothing found on a medium is trusted: files are read as boot/untrusted.py reads them (no
+symbolic links, only small regular files), and every parser survives garbage with a warning.
 OpenNebula's ``context.sh`` is tokenised as shell words and never executed.
 """
 
@@ -11,16 +10,15 @@ from __future__ import annotations
 
 import base64
 import binascii
-import errno
 import json
 import os
 import re
 import shlex
-import stat
 from collections.abc import Callable
 from ipaddress import IPv4Interface, ip_address
 from pathlib import Path
 
+from ucernvm.boot.untrusted import UnusableFile, read_file
 from ucernvm.context.found import (AZURE, CONFIG_DRIVE, NOCLOUD, OPEN_NEBULA, VSPHERE, BlockDevice, FoundContext, MetaData,
                                    StaticInterface)
 
@@ -32,54 +30,6 @@ ISO_TYPES = ("iso9660", "udf")  # an ISO with a UDF bridge is reported as udf, a
 CONFIG_TYPES = (*ISO_TYPES, "vfat")
 
 Warn = Callable[[str], None]
-
-
-class UnusableFile(Exception):
-    """A file that exists but is not a small regular file."""
-
-
-def read_file(root: Path | str, relative: str, limit: int) -> bytes | None:
-    """The bytes of ``root/relative``; None when absent. Raises ``UnusableFile`` for a symbolic link
-    anywhere on the path, a non-regular file, a read error or more than ``limit`` bytes."""
-    parts = [part for part in relative.split("/") if part]
-    try:
-        directory = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        for part in parts[:-1]:
-            if stat.S_ISLNK(os.stat(part, dir_fd=directory, follow_symlinks=False).st_mode):
-                raise OSError(errno.ELOOP, "a symbolic link")
-            inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=directory)
-            os.close(directory)
-            directory = inner
-        handle = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=directory)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    except OSError as error:
-        if error.errno == errno.ELOOP:
-            raise UnusableFile(f"{relative} is a symbolic link") from None
-        raise UnusableFile(f"{relative}: {error.strerror}") from None
-    finally:
-        os.close(directory)
-    try:
-        if not stat.S_ISREG(os.fstat(handle).st_mode):
-            raise UnusableFile(f"{relative} is not a regular file")
-        chunks = []
-        size = 0
-        while size <= limit:
-            chunk = os.read(handle, min(1 << 20, limit + 1 - size))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-        if size > limit:
-            raise UnusableFile(f"{relative} is larger than {limit} bytes")
-        return b"".join(chunks)
-    except OSError as error:
-        raise UnusableFile(f"{relative}: {error.strerror}") from None
-    finally:
-        os.close(handle)
 
 
 def _read(root: Path, relative: str, limit: int, warn: Warn) -> bytes | None:
