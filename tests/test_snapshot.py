@@ -47,9 +47,10 @@ def served(tmp_path_factory: pytest.TempPathFactory, keys_dir: Path) -> Iterator
         yield f"http://127.0.0.1:{server.port}/cvmfs/{FQRN}", hashes
 
 
-def boot(tmp_path: Path, keys_dir: Path, url: str, **settings: object) -> BootState:
+def boot(tmp_path: Path, keys_dir: Path, url: str, log: io.StringIO | None = None, **settings: object) -> BootState:
     config = BootConfig(**{"repository": FQRN, "server_url": url, "proxy": "DIRECT", **settings})
-    state = BootState(RealSystem(str(tmp_path / "root")), BootLog(io.StringIO()), config=config, keys_dir=keys_dir)
+    state = BootState(RealSystem(str(tmp_path / "root")), BootLog(log or io.StringIO()), config=config,
+                      keys_dir=keys_dir)
     for name in ("aux", "cache", "persistent"):
         (state.scratch / name).mkdir(parents=True, exist_ok=True)
     run_stages(state, [Stage("servers", (servers_stage,)), Stage("snapshot", (snapshot_stage,))])
@@ -103,6 +104,24 @@ def test_a_damaged_pin_is_reported_and_replaced(tmp_path: Path, keys_dir: Path, 
     assert state.facts["snapshot"]["root_hash"] == hashes["v2"] and not state.facts["snapshot"]["pinned"]
     assert any("aux/cvmfs_snapshot" in warning and "no pinned snapshot" in warning for warning in state.warnings)
     assert pin(state) == [hashes["v2"], "v2"]
+
+
+@pytest.mark.parametrize("tag", ["v1\x1b[2J\x1b[31m", "v1 and more", "\u202ev1"])
+def test_a_pin_whose_tag_is_no_tag_name_boots_its_snapshot_and_the_tag_is_not_shown(tmp_path: Path, keys_dir: Path,
+                                                                                   served, tag: str) -> None:
+    """The tag line is shown on the console and in the report: an escape sequence or a bidirectional control
+    written there by the OS is a warning, shown escaped, and the pinned snapshot boots under its own tag."""
+    url, hashes = served
+    boot(tmp_path, keys_dir, url, tag="v1")
+    (tmp_path / "root" / "root.rw" / PIN_FILE).write_text(f"{hashes['v1']}\n{tag}\n")
+    log = io.StringIO()
+    state = boot(tmp_path, keys_dir, url, log=log)
+    assert state.facts["snapshot"]["root_hash"] == hashes["v1"] and state.facts["snapshot"]["pinned"]
+    assert state.facts["snapshot"]["tag"] == "v1"
+    (warning,) = state.warnings
+    assert warning == (f"{PIN_FILE} on the scratch disk holds no tag name after its root hash ({tag!r}): ignored, the "
+                       "pinned snapshot boots")
+    assert not any(control in log.getvalue() for control in "\x1b\u202e")
 
 
 def test_a_damaged_force_file_is_reported_and_the_pin_boots(tmp_path: Path, keys_dir: Path, served) -> None:

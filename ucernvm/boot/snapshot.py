@@ -68,11 +68,18 @@ def read_pin(state: BootState) -> tuple[ContentHash | None, str]:
     if lines is None:
         return None, ""
     try:
-        return ContentHash.parse(lines[0]), (lines[-1] if len(lines) > 1 else "")
+        root_hash = ContentHash.parse(lines[0])
     except (FormatError, IndexError):
         state.warn(f"{PIN_FILE} on the scratch disk holds no pinned snapshot ({_shown(lines)}): "
                    "choosing the snapshot afresh, as on a first boot")
         return None, ""
+    tag = lines[-1] if len(lines) > 1 else ""
+    if tag and not _is_tag_name(tag):
+        # The label is shown on the console and in the report: no control characters from the OS's file.
+        state.warn(f"{PIN_FILE} on the scratch disk holds no tag name after its root hash ({_shown(lines[1:])}): "
+                   "ignored, the pinned snapshot boots")
+        return root_hash, ""
+    return root_hash, tag
 
 
 def read_forced_tag(state: BootState) -> str | None:
@@ -81,7 +88,7 @@ def read_forced_tag(state: BootState) -> str | None:
     lines = _scratch_lines(state, FORCE_FILE, "the machine stays on its snapshot")
     if lines is None:
         return None
-    if len(lines) == 1 and lines[0].isprintable() and " " not in lines[0]:
+    if len(lines) == 1 and _is_tag_name(lines[0]):
         return lines[0]
     refused = _remove_force_file(state)
     fate = f"not removed ({refused}), reported again next boot" if refused else "removed"
@@ -111,6 +118,10 @@ def _read_scratch(state: BootState, name: str, if_unusable: str) -> bytes | None
     except UnusableFile as problem:
         state.warn(f"{problem} on the scratch disk: {if_unusable}")
         return None
+
+
+def _is_tag_name(line: str) -> bool:
+    return line.isprintable() and " " not in line
 
 
 def _shown(lines: list[str]) -> str:
