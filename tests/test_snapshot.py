@@ -327,6 +327,17 @@ def test_a_repository_name_that_is_a_path_leads_to_no_keys_on_the_scratch_disk(t
         trusted_keys(state, os.path.relpath(planted, keys_dir))
 
 
+@pytest.mark.parametrize("given, hint", [(False, "build the image with --keys holding"),
+                                         (True, "give --keys a directory holding")])
+def test_a_missing_master_key_is_asked_of_what_gave_the_keys(tmp_path: Path, given: bool, hint: str) -> None:
+    """A boot reads the keys the image was built with; a dry run its own --keys, in their place."""
+    state = BootState(RealSystem(str(tmp_path / "root")), BootLog(io.StringIO()), config=BootConfig(),
+                      keys_dir=tmp_path if given else None)
+    with pytest.raises(ConfigError) as missing:
+        trusted_keys(state, FQRN)
+    assert missing.value.hint == f"{hint} {FQRN}.pub"
+
+
 def test_a_pin_of_another_repository_is_left_aside_and_the_snapshot_chosen_afresh(tmp_path: Path, keys_dir: Path,
                                                                                     served) -> None:
     """The repository setting changed since the disk was pinned: the pin's root catalog, still in the cache, would

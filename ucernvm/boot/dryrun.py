@@ -18,11 +18,6 @@ from ucernvm.boot.rescue import failure_screen
 from ucernvm.boot.state import BootState
 from ucernvm.boot.system import DryRunSystem
 
-# A boot reads the master keys the image was built with; a dry run reads its own --keys instead, so a
-# hint to build the image with them is one to give the dry run a directory of them.
-_IMAGE_KEYS_HINT = "build the image with --keys holding"
-_DRY_RUN_KEYS_HINT = "give --keys a directory holding"
-
 
 def dry_run(cmdline: str, user_data: bytes | None, keys_dir: Path | None, as_json: bool) -> int:
     from ucernvm.boot.stages import STAGES
@@ -38,8 +33,6 @@ def dry_run(cmdline: str, user_data: bytes | None, keys_dir: Path | None, as_jso
         failure = error
     finally:
         system.close()
-    if failure is not None:
-        failure.hint = failure.hint.replace(_IMAGE_KEYS_HINT, _DRY_RUN_KEYS_HINT)
     outcome = f"would fail in {failure.stage}" if failure else "would boot"
     report = build_report(state, outcome)
     report["plan"] = system.actions

@@ -41,7 +41,9 @@ def trusted_keys(state: BootState, fqrn: str) -> list:
         if directory.is_dir() and any(directory.glob("*.pub")):
             keys += load_master_keys(directory)
     if not keys:
-        raise ConfigError(f"no master public key for {fqrn} in {base}", f"build the image with --keys holding {fqrn}.pub")
+        # A dry run's --keys stand for the image's: the hint names what gave the keys looked at.
+        given = "build the image with --keys" if state.keys_dir is None else "give --keys a directory"
+        raise ConfigError(f"no master public key for {fqrn} in {base}", f"{given} holding {fqrn}.pub")
     return keys
 
 

@@ -37,7 +37,7 @@ class BootState:
         self.log = log
         self.cmdline = cmdline
         self.config: Any = BootConfig() if config is None else config
-        self.keys_dir = keys_dir  # trusted master keys; None: the image's /etc/cvmfs/keys
+        self.keys_dir = keys_dir  # a dry run's --keys, trusted in place of the image's /etc/cvmfs/keys (None)
         self.warnings: list[str] = []
         self.stages: list[StageRecord] = []
         self.facts: dict[str, Any] = {}  # what the boot report shows
