@@ -67,6 +67,10 @@ def test_pinned_files_stay_cached_and_readable_with_every_server_gone(published,
     assert pinned == {"listed": len(PINNED) + 2, "pinned": len(PINNED),
                       "bytes": sum((source / target).stat().st_size for target in PINNED.values()),
                       "skipped": 2, "over_limit": 0}  # the missing file and the directory
+    missing = f"pin list /{PIN_LIST} names 1 path not in the snapshot: /no/such/file"
+    while missing not in os.getxattr(point, "user.logbuffer").decode() and time.monotonic() < deadline:
+        time.sleep(0.05)  # said once the list was worked through
+    assert (cache / "mount.log").read_text().count(f"ucernvm mount: warning: {missing}\n") == 1
     unpinned = Path("data/sub/file")
     assert (point / unpinned).read_bytes() == (source / unpinned).read_bytes()
     # 26 MB through a 1 MiB cache: everything that is not pinned (or open) is evicted on the way.

@@ -12,6 +12,7 @@ import pytest
 
 from faults import Fault, FaultServer
 from helpers import fuse_unusable, run_cli
+from test_mount import Mounts, mounts  # noqa: F401 (fixture)
 from test_publish import FQRN, make_tree, publish
 from ucernvm.client.cache import ObjectCache
 from ucernvm.client.fetcher import HttpSource
@@ -162,3 +163,27 @@ def test_a_mount_prefetches_its_list_and_records_what_it_read(stratum: Path, key
             assert (point / "etc/hostname").read_bytes() == b"cernvm\n"  # the daemon serves on
         finally:
             run_cli("umount", point)
+
+
+@pytest.mark.skipif(fuse_unusable() is not None, reason=str(fuse_unusable()))
+def test_paths_not_in_the_snapshot_are_one_warning_per_list(stratum: Path, keys_dir: Path, tmp_path: Path,
+                                                            mounts: Mounts) -> None:
+    """In mount.log and user.logbuffer: how many, the first few; the mount serves on."""
+    source = stratum.parent / "src"
+    gone = [f"/gone/{number}" for number in range(7)]
+    (source / "other.list").write_text("".join(f"{path}\n" for path in ("/etc/hostname", *gone)))
+    publish(source, stratum / FQRN, keys_dir)
+    cache = tmp_path / "cache"
+    with StratumServer(stratum) as server:
+        point, _ = mounts.mount(f"{server.url}/cvmfs/{FQRN}", keys_dir, cache, "--prefetch", "/other.list",
+                                "--pin", "/no/pin/list")
+        prefetch = ("prefetch list /other.list names 7 paths not in the snapshot: "
+                    "/gone/0, /gone/1, /gone/2, /gone/3, /gone/4 and 2 more")
+        pin = "pin list /no/pin/list is not in the snapshot"
+        deadline = time.monotonic() + 30
+        while (log := (cache / "mount.log").read_text()).count("warning:") < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert log.count(f"ucernvm mount: warning: {prefetch}\n") == log.count(f"ucernvm mount: warning: {pin}\n") == 1
+        kept = os.getxattr(point, "user.logbuffer").decode()
+        assert prefetch in kept and pin in kept
+        assert (point / "etc/hostname").read_bytes() == b"cernvm\n"

@@ -7,6 +7,7 @@ boot waits for), following symlinks inside the OS tree as the OS would (variant 
 mount expands them), and pins their objects for its
 whole life: the cache's quota evicts every other object first. Pinned bytes stop at half the quota, so
 a list larger than the cache cannot leave the OS's own reads without room; what is left out is counted.
+Paths the snapshot does not hold are one warning once the list was worked through, as a prefetch list's.
 """
 
 from __future__ import annotations
@@ -28,12 +29,12 @@ class Pinner(BackgroundWalk):
     """Fetch and pin the files of a pin list, in a background thread, until stopped."""
 
     thread_name = "pin"
+    kind = "pin list"
 
     def __init__(self, repository: Repository, list_path: str, environment: Mapping[str, str],
                  os_root: str = "") -> None:
-        super().__init__()
+        super().__init__(list_path)
         self.repository = repository
-        self.list_path = list_path
         self.environment = environment  # what the mount expands variant symlinks from
         self.os_root = os_root  # the repository directory the list's absolute paths are in
         self.listed = 0
@@ -51,21 +52,27 @@ class Pinner(BackgroundWalk):
         if cache is None:
             return
         try:
+            if self.repository.lookup(self.list_path) is None:
+                self._list_missing()
+                return
             paths = parse_prefetch_list(self.repository.read(self.list_path))
         except (UcernvmError, OSError):
-            return  # no list, or a broken one: nothing is pinned, the mount works as without
+            return  # a broken list: nothing is pinned, the mount works as without
         self.listed = len(paths)
         limit = cache.quota // 2 if cache.quota else None
         for path in paths:
             if self._stop.is_set():
                 return
             try:
-                self._pin(self.resolve(path), limit)
+                self._pin(path, limit)
             except (UcernvmError, OSError):
                 self.skipped += 1
 
-    def _pin(self, path: str | None, limit: int | None) -> None:
+    def _pin(self, os_path: str, limit: int | None) -> None:
+        path = self.resolve(os_path)
         entry = self.repository.lookup(path) if path is not None else None
+        if entry is None:
+            self._missing.append(os_path)
         if entry is None or not entry.is_regular or entry.is_external:
             self.skipped += 1
             return

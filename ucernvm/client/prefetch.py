@@ -8,10 +8,11 @@ downloads them in that order with a few background threads while the OS boots, s
 reads find their file cached. Container images that are fetched lazily do the same (eStargz's and
 Nydus's prefetch lists). The list only says what to fetch early: every object is still verified
 against its content hash, and an entry that is missing, not a regular file or fails is skipped (the
-read that needs it, if any, reports the error). Once every file of a list was fetched, the cache
-keeps a mark (``prefetched-<the list's content hash>-<the snapshot's root hash>``) and later mounts of
-that snapshot leave the list alone: walking it again on a warm boot would only compete with the OS for
-the daemon's interpreter. A new snapshot is walked again, even with the same list: its files may differ.
+read that needs it, if any, reports the error); the paths the snapshot does not hold, a sign of a list
+made for another tree, are one warning once the walk ended (how many, the first few). Once every file
+of a list was fetched, the cache keeps a mark (``prefetched-<the list's content hash>-<the snapshot's
+root hash>``) and later mounts of that snapshot leave the list alone: walking it again on a warm boot
+would only compete with the OS for the daemon's interpreter. A new snapshot is walked again, even with the same list: its files may differ.
 
 The mount records, in turn, the order in which files were first read (``ReadOrder``); the daemon
 writes it to ``read-order.txt`` in its cache directory when it reports its statistics (SIGUSR1). That
@@ -25,7 +26,9 @@ import queue
 import threading
 import time
 
+from ucernvm.client import logbuffer
 from ucernvm.client.boot_layer import ListedFile, build_boot_layer
+from ucernvm.client.fuse.operations import report
 from ucernvm.client.repository import Repository, normalize_path
 from ucernvm.cvmfs.catalog import Chunk, DirectoryEntry
 from ucernvm.errors import UcernvmError
@@ -38,6 +41,7 @@ READ_ORDER_FILE = "read-order.txt"
 DONE_PREFIX = "prefetched-"
 MAX_ENTRIES = 100_000  # a boot reads a few thousand files; beyond this a list is not a boot's
 MAX_LIST_BYTES = 16 << 20
+NAMED_MISSING = 5  # of a list's paths not in the snapshot, those its warning names
 
 
 def parse_prefetch_list(data: bytes) -> list[str]:
@@ -60,17 +64,26 @@ def parse_prefetch_list(data: bytes) -> list[str]:
     return paths
 
 
+def warn(message: str) -> None:
+    """A warning of the daemon: in its log (stderr, mount.log) and user.logbuffer, without importing logging."""
+    logbuffer.remember(message)
+    report(f"ucernvm mount: warning: {message}")
+
+
 class BackgroundWalk:
     """A walk through a list in a thread of its own (``_run``), which checks ``_stop`` between files."""
 
     thread_name = "walk"
+    kind = "list"  # what the warnings call the list
 
-    def __init__(self) -> None:
+    def __init__(self, list_path: str) -> None:
+        self.list_path = list_path
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._missing: list[str] = []  # listed paths the snapshot does not hold (the walk's thread only)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
+        self._thread = threading.Thread(target=self._walk_and_report, name=self.thread_name, daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -85,6 +98,18 @@ class BackgroundWalk:
     def _run(self) -> None:
         raise NotImplementedError
 
+    def _walk_and_report(self) -> None:
+        self._run()
+        if self._missing and not self._stop.is_set():
+            named = ", ".join(self._missing[:NAMED_MISSING])
+            more = len(self._missing) - NAMED_MISSING
+            count = len(self._missing)
+            warn(f"{self.kind} {self.list_path} names {count} path{'s' if count > 1 else ''} not in the snapshot: "
+                 f"{named}{f' and {more} more' if more > 0 else ''}")
+
+    def _list_missing(self) -> None:
+        warn(f"{self.kind} {self.list_path} is not in the snapshot")
+
 
 class Prefetcher(BackgroundWalk):
     """Fetch the files of a prefetch list into the repository's cache, in order, in the background.
@@ -93,11 +118,11 @@ class Prefetcher(BackgroundWalk):
     OS's own reads, served by the mount's workers, are not queued behind them for long."""
 
     thread_name = "prefetch"
+    kind = "prefetch list"
 
     def __init__(self, repository: Repository, list_path: str, threads: int = 2, boot_layer: bool = False) -> None:
-        super().__init__()
+        super().__init__(list_path)
         self.repository = repository
-        self.list_path = list_path
         self.threads = threads
         self.boot_layer = boot_layer  # once fetched, lay the list's files out beside the cache (boot_layer.py)
         self.listed = 0
@@ -120,7 +145,10 @@ class Prefetcher(BackgroundWalk):
     def _run(self) -> None:
         try:
             entry = self.repository.lookup(self.list_path)
-            if entry is None or entry.content_hash is None:
+            if entry is None:
+                self._list_missing()
+                return
+            if entry.content_hash is None:
                 return
             # Per list and snapshot: a new snapshot may keep the list and change the files it names.
             done = f"{DONE_PREFIX}{entry.content_hash.hex}-{self.repository.root_hash.hex}"
@@ -187,6 +215,8 @@ class Prefetcher(BackgroundWalk):
                     break
                 try:
                     entry = self.repository.lookup(path)
+                    if entry is None:
+                        self._missing.append(path)
                     if entry is None or not entry.is_regular or entry.is_external:
                         self._count("skipped")
                         continue
