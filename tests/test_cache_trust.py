@@ -9,6 +9,7 @@ import os
 import signal
 import stat
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -168,17 +169,19 @@ def test_older_signed_copies_planted_in_the_cache_do_not_roll_an_offline_mount_b
     (tree / "sbin").mkdir(parents=True)
     (tree / "sbin" / "init").write_text("#!/bin/sh\n")
     publish(tree, repo, keys_dir)
-    mount(repo, keys_dir, cache)
+    first = mount(repo, keys_dir, cache).manifest
     kept = {name: (cache / f"{name}.{FQRN}").read_bytes() for name in (".cvmfspublished", ".cvmfswhitelist")}
     publish(tree, repo, keys_dir)
-    assert mount(repo, keys_dir, cache).manifest.revision == 2
+    second = mount(repo, keys_dir, cache).manifest
+    assert second.revision == 2
     for name, data in kept.items():  # revision 1's copies, validly signed, back in the cache
         (cache / f"{name}.{FQRN}").write_bytes(data)
     (repo / ".cvmfswhitelist").unlink()  # the server down
     with pytest.raises(VerificationError) as refused:
         mount(repo, keys_dir, cache)
     assert refused.value.message.startswith("the cache's copy is revision 1 ")
-    assert "older than revision 2" in refused.value.message
+    published = [time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(m.timestamp)) for m in (first, second)]
+    assert f"(published {published[0]}), older than revision 2 (published {published[1]})" in refused.value.message
 
 
 def test_a_fifo_or_a_link_in_the_downloads_directory_is_removed(tmp_path: Path, no_hang: None) -> None:

@@ -21,8 +21,13 @@ def remember(message: str) -> None:
         _messages.append((time.time(), message))
 
 
+def utc_time(seconds: float) -> str:
+    """A time as the client's messages give it, cvmfs's way: ``2026-11-28 12:00:00 UTC``."""
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
+
+
 def recent() -> str:
     """The kept messages, oldest first, one per line as cvmfs prints them: ``[date UTC] message``."""
     with _lock:
         kept = list(_messages)
-    return "".join(f"[{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(when))} UTC] {message}\n" for when, message in kept)
+    return "".join(f"[{utc_time(when)}] {message}\n" for when, message in kept)

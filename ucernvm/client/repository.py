@@ -17,6 +17,7 @@ from operator import attrgetter
 from typing import Generic, TypeVar
 
 from ucernvm.client.cache import Breadcrumb, CacheFull, ObjectCache
+from ucernvm.client.logbuffer import utc_time
 from ucernvm.client.sinks import Inflating, Memory, Sink, Sized
 from ucernvm.client.sources import RepositorySource
 from ucernvm.cvmfs import manifest as manifest_file, whitelist as whitelist_file
@@ -172,8 +173,8 @@ class Repository:
                 offered, why = "the servers offer", ("a stale mirror or a replayed manifest; if the rollback is "
                                                      "intended, clear the cache")
             raise VerificationError(
-                f"{offered} revision {manifest.revision} (published {timestamp}), older than revision "
-                f"{seen.revision} (published {seen.timestamp}) already seen", why)
+                f"{offered} revision {manifest.revision} (published {utc_time(timestamp)}), older than revision "
+                f"{seen.revision} (published {utc_time(seen.timestamp)}) already seen", why)
         if seen is None or (timestamp, manifest.revision) > (seen.timestamp, seen.revision):
             try:
                 self.cache.save_breadcrumb(self.fqrn, Breadcrumb(manifest.root_hash.hex, timestamp, manifest.revision))
