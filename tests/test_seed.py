@@ -16,8 +16,8 @@ import pytest
 
 from ucernvm.boot.contextualize import apply_user_data
 from ucernvm.boot.log import BootLog
-from ucernvm.boot.seed import (BOOTSTRAP, BUSYBOX, GLIDEINWMS_USER_DATA, NOCLOUD_SEED, ExtractTarball,
-                               hand_over_context, seed_cloud_init)
+from ucernvm.boot.seed import (BOOTSTRAP, BUSYBOX, EXTRA_USER_DATA, GLIDEINWMS_USER_DATA, NOCLOUD_SEED, PICKUP,
+                               ExtractTarball, extra_user_data, hand_over_context, inject, seed_cloud_init)
 from ucernvm.boot.state import BootState
 from ucernvm.boot.system import System
 from ucernvm.context.found import FoundContext
@@ -26,6 +26,8 @@ from ucernvm.errors import UcernvmError
 from ucernvm.tarfiles import tarfile
 
 from metadata_fakes import Cloud, closed_port, metadata_server
+from test_cache_trust import no_hang  # noqa: F401 (a fixture)
+from test_context_saved import PLANTS
 
 
 def _tarball(*members: tuple[str, str, bytes | str, int]) -> bytes:
@@ -95,6 +97,23 @@ def test_garbage_is_a_clear_error(layout: tuple[Path, Path], data: bytes) -> Non
     root, _ = layout
     with pytest.raises(UcernvmError, match="pickup.tar.gz cannot be extracted"):
         ExtractTarball(data, str(root), "pickup.tar.gz").apply()
+
+
+@pytest.mark.parametrize("plant", PLANTS)
+@pytest.mark.parametrize("name, step", [(PICKUP, inject), (EXTRA_USER_DATA, extra_user_data)])
+def test_a_fifo_a_huge_file_or_a_link_in_place_of_a_saved_extra_is_a_warning(tmp_path: Path, no_hang: None,
+                                                                            name: str, step, plant) -> None:
+    """The OS writes the scratch disk: what the handoff reads back from context/ must neither block PID 1 on
+    a FIFO nor fill its memory with a huge file or a device that never ends."""
+    state = BootState(System(str(tmp_path)), BootLog(io.StringIO()))
+    placed = state.scratch / name
+    placed.parent.mkdir(parents=True)
+    plant(placed)
+    state.new_root.mkdir(parents=True)
+    step(state)
+    (warning,) = state.warnings
+    assert warning.startswith(f"{name} is ") and " on the scratch disk: " in warning
+    assert not any(state.new_root.iterdir())
 
 
 GLIDEIN_USER_DATA = base64.b64encode(

@@ -17,7 +17,7 @@ from ucernvm.boot import blockdev
 from ucernvm.boot.pipeline import wait_for_background
 from ucernvm.boot.state import BootState
 from ucernvm.boot.system import MakeDirs, WriteFile
-from ucernvm.boot.untrusted import UnusableFile, read_file
+from ucernvm.boot.untrusted import read_scratch
 from ucernvm.config import build_config, context_values
 from ucernvm.context.section import parse_section
 from ucernvm.context.found import OPEN_NEBULA, BlockDevice, FoundContext, MetaData
@@ -266,13 +266,8 @@ def _restore_extra_user_data(state: BootState, path: Path) -> None:
 
 
 def _read_saved(state: BootState, path: Path, if_unusable: str, limit: int = MAX_USER_DATA) -> bytes | None:
-    """A file the first boot saved in context/; None without it, or (with a warning) when it is unusable:
-    the OS may have put anything in its place (untrusted.py)."""
-    try:
-        return read_file(state.scratch, str(path.relative_to(state.scratch)), limit)
-    except UnusableFile as problem:
-        state.warn(f"the saved {path.name} is unreadable ({problem}): {if_unusable}")
-        return None
+    """A file the first boot saved in context/; None without it, or (with a warning) when it is unusable."""
+    return read_scratch(state, str(path.relative_to(state.scratch)), limit, if_unusable)
 
 
 def _saved_source(state: BootState, path: Path) -> str:

@@ -14,9 +14,10 @@ from pathlib import Path
 
 from ucernvm.boot.state import BootState
 from ucernvm.boot.system import MakeDirs, Run, WriteFile
-from ucernvm.context.found import MetaData
+from ucernvm.boot.untrusted import read_scratch
+from ucernvm.context.found import PICKUP_LIMIT, MetaData
 from ucernvm.context.login_hook import install_login_hook
-from ucernvm.context.userdata import for_cloud_init
+from ucernvm.context.userdata import MAX_USER_DATA, for_cloud_init
 from ucernvm.cvmfs.hashing import sha256
 from ucernvm.errors import UcernvmError
 from ucernvm.records import NamedTuple
@@ -27,6 +28,8 @@ BOOTSTRAP = ".ucernvm_bootstrap"
 # Where µCernVM left glideinWMS user-data, in its own root: the OS hook starts the glidein pilot with it.
 GLIDEINWMS_USER_DATA = "/glideinwms-user-data"
 BUSYBOX = "/usr/bin/busybox"
+PICKUP = "context/pickup.tar.gz"  # on the scratch disk, saved by the first boot
+EXTRA_USER_DATA = "context/extra-user-data"
 # µCernVM sourced the OS hook in its own shell, where these logging functions existed.
 _HOOK_SHIMS = (
     'log_start() { printf "[INF] %s" "$*"; }; log_ok() { echo " ok"; }; log_fail() { echo " failed"; }; '
@@ -232,9 +235,9 @@ def inject(state: BootState) -> None:
             tarballs.append(("cernvm_inject", base64.b64decode(state.config.inject, validate=True)))
         except (binascii.Error, ValueError):
             state.warn("cernvm_inject is not base64: ignored")
-    pickup = state.scratch / "context" / "pickup.tar.gz"
-    if pickup.exists() and not marker.exists():
-        tarballs.append(("pickup.tar.gz", pickup.read_bytes()))
+    pickup = None if marker.exists() else read_scratch(state, PICKUP, PICKUP_LIMIT, "not extracted")
+    if pickup is not None:
+        tarballs.append(("pickup.tar.gz", pickup))
     for what, data in tarballs:
         try:
             names = state.system.do(ExtractTarball(data, str(state.new_root), what))
@@ -246,11 +249,11 @@ def inject(state: BootState) -> None:
 
 
 def extra_user_data(state: BootState) -> None:
-    saved = state.scratch / "context" / "extra-user-data"
-    if saved.exists():
+    saved = read_scratch(state, EXTRA_USER_DATA, MAX_USER_DATA, "the OS gets no /cernvm/extra-user-data")
+    if saved is not None:
         target = state.new_root / "cernvm" / "extra-user-data"
         state.system.do(MakeDirs(str(target.parent)))
-        state.system.do(WriteFile(str(target), saved.read_bytes(), 0o600))
+        state.system.do(WriteFile(str(target), saved, 0o600))
 
 
 def glideinwms_user_data(state: BootState) -> None:

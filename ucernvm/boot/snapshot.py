@@ -16,7 +16,7 @@ from pathlib import Path
 from ucernvm.boot.rebase import rebase_if_moved
 from ucernvm.boot.state import BootState
 from ucernvm.boot.system import MakeDirs, RemoveFile, Sync, WriteFile
-from ucernvm.boot.untrusted import UnusableFile, read_file
+from ucernvm.boot.untrusted import read_scratch
 from ucernvm.client.cache import MIB, ObjectCache
 from ucernvm.client.repository import Repository, check_fqrn
 from ucernvm.cvmfs.hashing import ContentHash
@@ -103,23 +103,13 @@ def _scratch_lines(state: BootState, name: str, if_unusable: str) -> list[str] |
     """The non-blank lines of a small text file on the scratch disk; None without the file, or (with a
     warning) when it is no small regular file or a failing disk cannot read it: nothing more is asked of
     that disk; a file that is not text gives no lines."""
-    data = _read_scratch(state, name, if_unusable)
+    data = read_scratch(state, name, MAX_SMALL_FILE, if_unusable)
     if data is None:
         return None
     try:
         return [line.strip() for line in data.decode().splitlines() if line.strip()]
     except UnicodeDecodeError:
         return []
-
-
-def _read_scratch(state: BootState, name: str, if_unusable: str) -> bytes | None:
-    """A small file of the scratch disk, which the OS may have replaced by anything (untrusted.py); None
-    without it, or (with a warning) when it is unusable."""
-    try:
-        return read_file(state.scratch, name, MAX_SMALL_FILE)
-    except UnusableFile as problem:
-        state.warn(f"{problem} on the scratch disk: {if_unusable}")
-        return None
 
 
 def _is_tag_name(line: str) -> bool:
@@ -274,7 +264,7 @@ def _newest_booted(state: BootState) -> dict | None:
     """The record of the newest revision this disk booted. A damaged one is reported and counts as none (this
     boot writes it anew): whoever can damage it can as well remove it, or move the machine with the force file."""
     unguarded = "older snapshots are not refused this boot"
-    data = _read_scratch(state, NEWEST_FILE, unguarded)
+    data = read_scratch(state, NEWEST_FILE, MAX_SMALL_FILE, unguarded)
     if data is None:
         return None
     try:

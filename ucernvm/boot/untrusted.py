@@ -10,6 +10,10 @@ import errno
 import os
 import stat
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ucernvm.boot.state import BootState
 
 
 class UnusableFile(Exception):
@@ -58,3 +62,13 @@ def read_file(root: Path | str, relative: str, limit: int) -> bytes | None:
         raise UnusableFile(f"{relative}: {error.strerror}") from None
     finally:
         os.close(handle)
+
+
+def read_scratch(state: BootState, relative: str, limit: int, if_unusable: str) -> bytes | None:
+    """A file of the scratch disk, which the booted OS may have replaced by anything; None without it, or
+    (with a warning that ends with *if_unusable*, what the boot does without it) when it is unusable."""
+    try:
+        return read_file(state.scratch, relative, limit)
+    except UnusableFile as problem:
+        state.warn(f"{problem} on the scratch disk: {if_unusable}")
+        return None

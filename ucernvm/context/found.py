@@ -20,6 +20,7 @@ CLOUDSTACK = "CloudStack"
 LOCAL_SOURCES = (CONFIG_DRIVE, OPEN_NEBULA, VSPHERE, AZURE, NOCLOUD)  # µCernVM's order, then NoCloud
 NETWORK_SOURCES = (GCE, EC2, OPENSTACK, CLOUDSTACK)
 NO_SOURCE = "(none)"  # what µCernVM reports when nothing was found
+PICKUP_LIMIT = 64 << 20  # a tarball baked into an image; held in memory until it is extracted
 
 
 class BlockDevice(NamedTuple):

@@ -19,12 +19,11 @@ from ipaddress import IPv4Interface, ip_address
 from pathlib import Path
 
 from ucernvm.boot.untrusted import UnusableFile, read_file
-from ucernvm.context.found import (AZURE, CONFIG_DRIVE, NOCLOUD, OPEN_NEBULA, VSPHERE, BlockDevice, FoundContext, MetaData,
-                                   StaticInterface)
+from ucernvm.context.found import (AZURE, CONFIG_DRIVE, NOCLOUD, OPEN_NEBULA, PICKUP_LIMIT, VSPHERE, BlockDevice, FoundContext,
+                                   MetaData, StaticInterface)
 
 USER_DATA_LIMIT = 4 << 20  # clouds cap user-data at 16-256 KB; cernvm-launch at ~150 KB
 META_LIMIT = 256 << 10
-PICKUP_LIMIT = 64 << 20  # a tarball baked into an image; held in memory until it is extracted
 AZURE_TAG = "E6DA6616-8EC4-48E0-BE93-58CE6ACE3CFB.tag"
 ISO_TYPES = ("iso9660", "udf")  # an ISO with a UDF bridge is reported as udf, as blkid does
 CONFIG_TYPES = (*ISO_TYPES, "vfat")
