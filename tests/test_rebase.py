@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from test_cache import fill, small_disk  # noqa: F401 (a fixture)
+from test_cache_trust import no_hang  # noqa: F401 (a fixture)
+from test_context_saved import PLANTS
 from test_publish import open_repo, publish
 from ucernvm.boot.rebase import Rebase, merge_accounts, plan_rebase, secret_lines
 from ucernvm.client.repository import normalize_path
@@ -253,4 +255,19 @@ def test_an_account_file_that_is_a_link_in_the_layer_is_not_followed(snapshot, u
     Rebase(str(upper), plan, str(tmp_path / "aux/r"), str(tmp_path / "aux/r.log"), SNAPSHOT.get).apply()
     assert os.readlink(upper / "etc/passwd") == str(outside)
     assert outside.read_bytes() == b"loader:x:0:0::/:/bin/sh\n"
+    assert "newsvc" in (upper / "etc/group").read_text()  # the other account files are merged as ever
+
+
+@pytest.mark.parametrize("plant", PLANTS)
+@pytest.mark.parametrize("name", ["etc/passwd", "etc/shadow"])
+def test_an_account_file_the_os_replaced_by_a_fifo_a_huge_file_or_a_device_is_left_alone(
+        snapshot, upper: Path, tmp_path: Path, no_hang: None, name: str, plant) -> None:
+    """The layer is the OS's to write: the rebase reads its account files without blocking on a FIFO, filling
+    the loader's memory with a huge file or following a link to a device that never ends."""
+    (upper / name).unlink()
+    plant(upper / name)
+    plan = plan_rebase(upper, lookup_in(snapshot))
+    (tmp_path / "aux").mkdir()
+    Rebase(str(upper), plan, str(tmp_path / "aux/r"), str(tmp_path / "aux/r.log"), SNAPSHOT.get).apply()
+    assert f"account {name}: left alone, {name} is " in (tmp_path / "aux/r.log").read_text()
     assert "newsvc" in (upper / "etc/group").read_text()  # the other account files are merged as ever

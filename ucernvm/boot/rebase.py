@@ -30,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ucernvm.boot.untrusted import UnusableFile, read_file
 from ucernvm.client.repository import normalize_path
 from ucernvm.cvmfs.catalog import DirectoryEntry
 from ucernvm.errors import UcernvmError
@@ -44,6 +45,7 @@ OPAQUE_XATTR = "trusted.overlay.opaque"
 # (accounts, the file of their secret lines, whether a line lists members) for users and groups
 ACCOUNT_FILES = (("etc/passwd", "etc/shadow", False), ("etc/group", "etc/gshadow", True))
 ID_FIELD = 2  # uid in passwd, gid in group
+ACCOUNTS_LIMIT = 64 << 20  # a passwd of a million users
 
 Lookup = Callable[[str], "DirectoryEntry | None"]  # a path below the OS directory -> its snapshot entry
 
@@ -244,27 +246,31 @@ class Rebase(NamedTuple):
     def _merge_accounts(self, upper: Path, lines: list[str]) -> int:
         added_in_all = 0
         for accounts, secrets, members in ACCOUNT_FILES:
-            ours, theirs = upper / accounts, self.read_snapshot(accounts)
-            if not _regular(ours) or theirs is None:
-                continue  # the layer does not hide the snapshot's file, or a link of the OS's root does
-            merged, added, skipped = merge_accounts(ours.read_bytes(), theirs, members)
-            _replace(ours, merged)
+            theirs = self.read_snapshot(accounts)
+            ours = _layer_file(upper, accounts, lines) if theirs is not None else None
+            if ours is None:
+                continue  # the layer does not hide the snapshot's file
+            merged, added, skipped = merge_accounts(ours, theirs, members)
+            _replace(upper / accounts, merged)
             lines += [f"account {accounts}: added {name}" for name in added]
             lines += [f"account {accounts}: left out {reason}" for reason in skipped]
-            their_secrets = self.read_snapshot(secrets)
-            if added and _regular(upper / secrets) and their_secrets is not None:
-                _replace(upper / secrets, secret_lines((upper / secrets).read_bytes(), their_secrets, added))
+            their_secrets = self.read_snapshot(secrets) if added else None
+            our_secrets = None if their_secrets is None else _layer_file(upper, secrets, lines)
+            if their_secrets is not None and our_secrets is not None:
+                _replace(upper / secrets, secret_lines(our_secrets, their_secrets, added))
             added_in_all += len(added)
         return added_in_all
 
 
-def _regular(path: Path) -> bool:
-    """Whether the layer holds a regular file at ``path``; a symbolic link there is not followed: it names a
-    file of the OS's root, not of the loader's, where the rebase runs."""
+def _layer_file(upper: Path, relative: str, lines: list[str]) -> bytes | None:
+    """An account file of the layer; None without one, or (with a line in the log) where the OS left what the
+    rebase must not read (untrusted.py): a symbolic link names a file of the OS's root, not of the loader's,
+    where the rebase runs; a FIFO would block it, a huge file fill its memory."""
     try:
-        return stat.S_ISREG(os.lstat(path).st_mode)
-    except OSError:
-        return False
+        return read_file(upper, relative, ACCOUNTS_LIMIT)
+    except UnusableFile as problem:
+        lines.append(f"account {relative}: left alone, {problem}")
+        return None
 
 
 def _write_log(path: Path, lines: list[str]) -> str | None:
