@@ -250,6 +250,23 @@ def test_without_a_default_user_only_cloudinit_keys_are_seeded_and_one_warning_s
     assert why in state.warnings[0]
 
 
+@pytest.mark.parametrize("plant", PLANTS)
+def test_a_cloud_cfg_the_os_replaced_by_a_fifo_a_huge_file_or_a_device_is_a_warning(tmp_path: Path, no_hang: None,
+                                                                                   plant) -> None:
+    """The OS's root holds its writable layer on the scratch disk: its cloud.cfg is read without blocking on a
+    FIFO, filling the loader's memory with a huge file or following a link to a device that never ends."""
+    found = gce_context()
+    state = BootState(System(str(tmp_path)), BootLog(io.StringIO()))
+    state.found_context, state.user_data, state.context_source = found, found.user_data, found.source_name
+    placed = state.new_root / "etc" / "cloud" / "cloud.cfg"
+    placed.parent.mkdir(parents=True)
+    plant(placed)
+    seed_cloud_init(state)
+    assert json.loads((state.new_root / NOCLOUD_SEED / "meta-data").read_text())["public-keys"] == [CLOUDINIT_KEY]
+    (warning,) = state.warnings
+    assert "left out, as the OS's default user is unknown (/etc/cloud/cloud.cfg is " in warning
+
+
 def test_a_garbage_cloud_cfg_d_file_is_left_out_as_cloud_init_leaves_it(tmp_path: Path) -> None:
     files = {"cloud.cfg": DEBIAN_CLOUD_CFG, "cloud.cfg.d/50_broken.cfg": "system_info: [unclosed\n",
              "cloud.cfg.d/60_list.cfg": "- system_info\n"}

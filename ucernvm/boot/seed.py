@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ucernvm.boot.state import BootState
 from ucernvm.boot.system import MakeDirs, Run, WriteFile
-from ucernvm.boot.untrusted import read_scratch
+from ucernvm.boot.untrusted import UnusableFile, read_file, read_scratch
 from ucernvm.context.found import PICKUP_LIMIT, MetaData
 from ucernvm.context.login_hook import install_login_hook
 from ucernvm.context.userdata import MAX_USER_DATA, for_cloud_init
@@ -24,6 +24,7 @@ from ucernvm.records import NamedTuple
 
 NOCLOUD_SEED = "var/lib/cloud/seed/nocloud"
 CLOUD_CFG = "etc/cloud/cloud.cfg"  # then cloud.cfg.d/*.cfg, each over those before it
+CLOUD_CFG_LIMIT = 1 << 20  # a distribution's is a few KB
 BOOTSTRAP = ".ucernvm_bootstrap"
 # Where µCernVM left glideinWMS user-data, in its own root: the OS hook starts the glidein pilot with it.
 GLIDEINWMS_USER_DATA = "/glideinwms-user-data"
@@ -99,9 +100,10 @@ def cloud_config(root: Path) -> tuple[dict, list[str]]:
     config: dict = {}
     problems = []
     for path in [main, *more]:
-        name = f"/{path.relative_to(root)}"
+        relative = str(path.relative_to(root))
+        name = f"/{relative}"
         try:
-            document = _yaml_file(path, name)
+            document = _yaml_file(root, relative)
         except ValueError as error:
             problems.append(str(error))
             continue
@@ -112,21 +114,24 @@ def cloud_config(root: Path) -> tuple[dict, list[str]]:
     return config, problems
 
 
-def _yaml_file(path: Path, name: str) -> object:
-    """The document of a YAML file; a ValueError saying why there is none."""
+def _yaml_file(root: Path, relative: str) -> object:
+    """The document of a YAML file of the OS; a ValueError saying why there is none. The OS's root holds its
+    writable layer: what the OS left there is read as the scratch disk's files are (untrusted.py)."""
     import yaml  # only the keys GCE names users for need it
 
     try:
-        return yaml.safe_load(path.read_bytes().decode())
-    except FileNotFoundError:
-        raise ValueError(f"the OS has no {name}") from None
-    except OSError as error:
-        raise ValueError(f"{name} is unreadable ({error.strerror})") from None
+        data = read_file(root, relative, CLOUD_CFG_LIMIT)
+    except UnusableFile as problem:
+        raise ValueError(f"/{problem}") from None
+    if data is None:
+        raise ValueError(f"the OS has no /{relative}")
+    try:
+        return yaml.safe_load(data.decode())
     except UnicodeDecodeError:
-        raise ValueError(f"{name} is not UTF-8 text") from None
+        raise ValueError(f"/{relative} is not UTF-8 text") from None
     except (yaml.YAMLError, RecursionError) as error:  # RecursionError: nested deeper than the parser goes
         mark = getattr(error, "problem_mark", None)
-        raise ValueError(f"{name} is not YAML" + (f" (line {mark.line + 1})" if mark else "")) from None
+        raise ValueError(f"/{relative} is not YAML" + (f" (line {mark.line + 1})" if mark else "")) from None
 
 
 def _merged(high: dict, low: dict) -> dict:
