@@ -8,6 +8,7 @@ import os
 import re
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -24,6 +25,7 @@ from test_cache import fill
 from test_publish import BIG, FQRN, make_tree, open_repo, publish
 from test_virtual_dir import publish_tags
 from ucernvm.client.cache import ABANDONED_AFTER
+from ucernvm.client.fuse.kernel import mounted_file_system
 from ucernvm.cvmfs.hashing import ObjectType
 from ucernvm.server import StratumServer
 
@@ -300,16 +302,17 @@ def test_the_quota_tag_and_root_hash_of_the_configuration_apply(tagged, mounts, 
     url = f"{server.url}/cvmfs/{FQRN}"
     config = tmp_path / "site.conf"
     config.write_text("CVMFS_QUOTA_LIMIT=7\nCVMFS_REPOSITORY_TAG=v1\n")
-    point, result = mounts.mount(url, keys_dir, tmp_path / "cache", "--config", config)
+    caches = iter(tmp_path / f"cache{number}" for number in range(4))  # the mounts run side by side
+    point, result = mounts.mount(url, keys_dir, next(caches), "--config", config)
     assert os.getxattr(point, "user.cache_max") == str(7 * 1024).encode()
     assert os.getxattr(point, "user.tag") == b"v1" and b"revision 1 " in result.stdout
-    point, _ = mounts.mount(url, keys_dir, tmp_path / "cache", "--config", config, "-o", "CVMFS_QUOTA_LIMIT=-1",
+    point, _ = mounts.mount(url, keys_dir, next(caches), "--config", config, "-o", "CVMFS_QUOTA_LIMIT=-1",
                             "--tag", "v2")
     assert os.getxattr(point, "user.cache_max") == b"-1" and os.getxattr(point, "user.tag") == b"v2"
-    point, _ = mounts.mount(url, keys_dir, tmp_path / "cache", "--config", config, "--quota", "9")
+    point, _ = mounts.mount(url, keys_dir, next(caches), "--config", config, "--quota", "9")
     assert os.getxattr(point, "user.cache_max") == str(9 * 1024).encode()
     v2 = os.getxattr(mounts.points[1], "user.root_hash").decode()
-    point, result = mounts.mount(url, keys_dir, tmp_path / "cache", "-o", f"CVMFS_ROOT_HASH={v2}")
+    point, result = mounts.mount(url, keys_dir, next(caches), "-o", f"CVMFS_ROOT_HASH={v2}")
     assert os.getxattr(point, "user.root_hash").decode() == v2
 
 
@@ -332,6 +335,37 @@ def test_variant_symlinks_are_expanded_and_sized_as_their_target(tmp_path, keys_
             assert os.lstat(link).st_size == len(target), name
         listed = {entry.name: entry.stat(follow_symlinks=False).st_size for entry in os.scandir(point / "etc")}
         assert listed["variant"] == len(expected["variant"])
+
+
+def test_a_cache_serves_one_mount_at_a_time(published, mounts, keys_dir, tmp_path) -> None:
+    """As a cvmfs2 instance locks its cache: a second mount with it is refused, naming the first, which
+    serves on; the lock goes with the first one's daemon, unmounted or killed."""
+    source, _, server = published
+    url, cache = f"{server.url}/cvmfs/{FQRN}", tmp_path / "cache"
+    first, _ = mounts.mount(url, keys_dir, cache)
+    second, refused = mounts.mount(url, keys_dir, cache, check=False)
+    assert refused.returncode == 1 and mounted_file_system(str(second)) is None
+    assert f"error: the cache {cache} is in use by the mount on {first}\n" in refused.stderr.decode()
+    assert f"hint: unmount it first (ucernvm umount {first}), or give this mount a cache directory of its own " \
+           "(--cache)" in refused.stderr.decode()
+    assert read_tree(first) == snapshot_tree(source)
+    run_cli("umount", first, check=True)
+    third, _ = mounts.mount(url, keys_dir, cache)  # as soon as the first one's daemon has ended
+    pid = int(os.getxattr(third, "user.pid"))
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    fourth, _ = mounts.mount(url, keys_dir, cache)  # beside the killed one's dead mount
+    assert read_tree(fourth) == snapshot_tree(source)
+
+
+def _alive(pid: int) -> bool:
+    """Whether the process runs (a zombie has closed its files: its locks are gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def test_older_manifest_after_a_newer_one_keeps_the_newer_revision(tmp_path, keys_dir, mounts) -> None:

@@ -31,6 +31,11 @@ recorded in each file's mtime, so the order survives restarts without a database
 A full disk (the scratch disk's writable layer shares it with the cache) is met the same way: the
 least recently used objects make room for the new one. When nothing can go, CacheFull: a caller that
 can do without the cache fetches the object into memory instead (a catalog).
+
+One mount uses a cache at a time, as one cvmfs2 instance locks its cache directory: two processes would
+each count the quota for themselves (the cache growing past it), evict the objects the other pinned
+(its loaded catalogs, its pin list), and append to one log. A mount takes ``lock`` (``flock``), which
+the kernel drops when the last process holding it ends, however it ends.
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ TOUCH_INTERVAL = 60.0  # seconds: how stale the eviction order may be for object
 ROOM_MARGIN = 32 << 20  # bytes freed beyond the object on a full disk, so the next misses fit too
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 ABANDONED_AFTER = 60.0  # seconds without a write before an unlocked download's file in txn/ is removed
+LOCK_FILE = "lock"  # held by the mount using the cache; holds its mount point
 
 
 class CacheFull(StorageError):
@@ -107,6 +113,7 @@ class ObjectCache:
         self._usage: int | None = None  # bytes in the cache, once counted
         self._stored_while_counting = 0
         self._cleanups: list[float] = []  # when (time.time()) evictions ran, for the last day's count
+        self._lock_fd = -1  # the lock file, once this process holds it (lock())
         self.hits = 0
         self.misses = 0
         self.evictions = 0
@@ -128,6 +135,36 @@ class ObjectCache:
     def directory_fd(self) -> int:
         """A descriptor of the cache directory, for files kept beside the objects."""
         return self._dir
+
+    def lock(self, holder: str) -> str | None:
+        """Hold the cache for ``holder`` (a mount point) in this process and those it forks, until they all
+        ended; None once held, else what the mount that holds it wrote (its mount point; empty at first)."""
+        try:
+            fd = os.open(LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644,
+                         dir_fd=self._dir)
+        except OSError as error:
+            raise self._lock_error(error.strerror) from None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO put there: nothing to read a holder from
+                raise self._lock_error("not a regular file")
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return os.pread(fd, 4096, 0).decode("utf-8", "replace")
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, holder.encode("utf-8", "surrogateescape"), 0)
+            except OSError:  # a full disk: held all the same, by a holder a second mount cannot name
+                pass
+            self._lock_fd, fd = fd, -1  # open while this process lives: closing it would drop the lock
+            return None
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+    def _lock_error(self, reason: str) -> StorageError:
+        return StorageError(f"cannot lock the cache {self.root}: {LOCK_FILE}: {reason}",
+                            f"remove {self.root / LOCK_FILE}")
 
     def start_accounting(self) -> None:
         """In the background: remove the downloads that killed processes left in ``txn/``, then count the

@@ -5,14 +5,17 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 
 from ucernvm.client.cache import DEFAULT_QUOTA, MIB, ObjectCache
 from ucernvm.client.filesystem import SnapshotFilesystem
 from ucernvm.client.fuse.kernel import MountOptions, mount, mounted_file_system
 from ucernvm.commands.repo import add_source_arguments, open_repository, source_config
+from ucernvm.commands.umount import FUSE_TYPES
 from ucernvm.errors import ConfigError, MountError
 
 DEFAULT_CACHE = "/var/lib/ucernvm/cache"
+UNMOUNTED_WAIT = 10.0  # seconds a mount waits for the daemon of an unmounted one to end and free the cache
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -29,7 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_source_arguments(parser)
     parser.add_argument("mountpoint", metavar="MOUNTPOINT",
                         help="an existing directory that holds no FUSE mount yet")
-    parser.add_argument("--cache", default=DEFAULT_CACHE, metavar="DIR", help="cache directory (default: %(default)s)")
+    parser.add_argument("--cache", default=DEFAULT_CACHE, metavar="DIR",
+                        help="cache directory, of one mount at a time: a second mount with it is refused while the "
+                        "first one's daemon runs (default: %(default)s)")
     parser.add_argument("--quota", type=int, metavar="MIB",
                         help="cache size limit in MiB of 2^20 bytes, as cvmfs counts CVMFS_QUOTA_LIMIT (default: "
                         f"CVMFS_QUOTA_LIMIT, else {DEFAULT_QUOTA}; 0: none)")
@@ -54,9 +59,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     # A second FUSE mount there would hide the first (one umount then shows it again); one whose daemon is
     # gone is no directory to stat. Either wants an unmount first.
-    mounted = mounted_file_system(os.path.realpath(args.mountpoint))
-    if mounted is not None and mounted[1].split(".", 1)[0] in ("fuse", "fuseblk"):
-        raise MountError(f"{args.mountpoint} holds a {mounted[1]} mount already",
+    mounted = fuse_mounted(os.path.realpath(args.mountpoint))
+    if mounted is not None:
+        raise MountError(f"{args.mountpoint} holds a {mounted} mount already",
                          hint=f"unmount it first: ucernvm umount {args.mountpoint}")
     if not os.path.isdir(args.mountpoint):
         raise ConfigError(f"mount point {args.mountpoint} is not a directory")
@@ -71,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
     config = source_config(args)
     quota = args.quota if args.quota is not None else config.quota_limit if config is not None else DEFAULT_QUOTA
     cache = ObjectCache(args.cache, quota * MIB if quota > 0 else None)  # CVMFS_QUOTA_LIMIT=-1: none
+    lock_cache(cache, os.path.realpath(args.mountpoint))
     repository = open_repository(args, cache=cache, config=config)
     for warning in repository.warnings:
         print(f"ucernvm mount: warning: {warning}", file=sys.stderr)
@@ -84,3 +90,31 @@ def run(args: argparse.Namespace) -> int:
     os.stat(args.mountpoint)  # returns once the daemon answered the kernel: the mount is live
     print(f"mounted {repository.fqrn} revision {repository.revision} ({repository.root_hash}) on {args.mountpoint}")
     return 0
+
+
+def lock_cache(cache: ObjectCache, mountpoint: str) -> None:
+    """Hold the cache for this mount (its daemon inherits the lock); refused while another mount uses it.
+
+    A mount just unmounted is waited for, a little: umount returns before its daemon has ended."""
+    deadline = time.monotonic() + UNMOUNTED_WAIT
+    while (holder := cache.lock(mountpoint)) is not None:
+        serving = bool(holder) and fuse_mounted(holder) is not None
+        if serving or time.monotonic() > deadline:
+            raise MountError(f"the cache {cache.root} is in use by {_cache_user(holder, serving)}",
+                             hint=(f"unmount it first (ucernvm umount {holder}), or " if serving else "")
+                             + "give this mount a cache directory of its own (--cache)")
+        time.sleep(0.05)
+
+
+def _cache_user(holder: str, serving: bool) -> str:
+    if not holder:
+        return "another mount"
+    if serving:
+        return f"the mount on {holder}"
+    return f"the mount on {holder}, not mounted there now: still starting, or unmounted with files open there"
+
+
+def fuse_mounted(path: str) -> str | None:
+    """The type of the FUSE file system mounted at ``path`` (absolute, without symlinks), if one is."""
+    mounted = mounted_file_system(path)
+    return mounted[1] if mounted is not None and mounted[1].split(".", 1)[0] in FUSE_TYPES else None
