@@ -302,6 +302,23 @@ def test_a_fifo_or_a_huge_file_in_place_of_a_small_file_is_reported_and_the_boot
     assert any(name in warning for warning in state.warnings)
 
 
+def test_a_fifo_or_a_link_where_the_pin_is_written_first_neither_blocks_nor_is_written_through(
+        tmp_path: Path, keys_dir: Path, served, no_hang: None) -> None:
+    """A file is written under a temporary name first, which PID 1's process ID makes known in advance: what
+    the OS left there is replaced, and no FIFO blocks the write, nor does a link take it elsewhere."""
+    url, hashes = served
+    outside = tmp_path / "loader-file"
+    outside.write_text("the loader's\n")
+    aux = tmp_path / "root" / "root.rw" / "aux"
+    aux.mkdir(parents=True)
+    os.mkfifo(aux / f"cvmfs_snapshot.tmp-{os.getpid()}")
+    (aux / f"ucernvm_newest_boot.json.tmp-{os.getpid()}").symlink_to(outside)
+    state = boot(tmp_path, keys_dir, url)
+    assert pin(state) == [hashes["v2"], "v2"] and not state.warnings
+    assert outside.read_text() == "the loader's\n"
+    assert sorted(path.name for path in aux.iterdir()) == ["cvmfs_snapshot", "ucernvm_newest_boot.json"]
+
+
 def test_a_forced_move_back_is_pinned_and_the_boots_after_it_are_not_refused(tmp_path: Path, keys_dir: Path,
                                                                                served) -> None:
     url, hashes = served

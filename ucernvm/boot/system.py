@@ -102,7 +102,13 @@ class WriteFile(NamedTuple):
     def apply(self) -> None:
         temporary = f"{self.path}.tmp-{os.getpid()}"
         try:
-            with open(temporary, "wb") as handle:
+            # PID 1's name is known in advance: whatever the OS left there (a FIFO that would block, a link to
+            # write through) goes, and the file is made anew.
+            try:
+                os.unlink(temporary)
+            except FileNotFoundError:
+                pass
+            with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), "wb") as handle:
                 handle.write(self.data)
             os.chmod(temporary, self.mode)
             os.replace(temporary, self.path)
