@@ -191,17 +191,18 @@ def test_downloads_no_process_holds_are_removed(tmp_path: Path) -> None:
     cache = ObjectCache(tmp_path / "cache")
     txn = cache.root / "txn"
     old = time.time() - 2 * ABANDONED_AFTER
-    for name in ("ab12.4242.140000", "cd34.4243.140001", "ef56.4244.140002", "publish.lock"):
+    kept_copies = (".cvmfspublished.test.cern.ch.4245.140003", "cvmfschecksum.test.cern.ch.4246.140004")  # save_named's
+    for name in ("ab12.4242.140000", "cd34.4243.140001", "ef56.4244.140002", "publish.lock", *kept_copies):
         (txn / name).write_bytes(b"some pieces of an object")
         if name != "ef56.4244.140002":
             os.utime(txn / name, (old, old))
     in_progress = os.open(txn / "cd34.4243.140001", os.O_RDONLY)  # as a download under way holds its file
     fcntl.flock(in_progress, fcntl.LOCK_EX)
     try:
-        assert cache.remove_abandoned_downloads() == 1
+        assert cache.remove_abandoned_downloads() == 1 + len(kept_copies)
     finally:
         os.close(in_progress)
-    # Gone: the one no one holds. Kept: the one held, the one too young to tell, what is no download.
+    # Gone: those no one holds, kept copies' too. Kept: the one held, the one too young to tell, what is no download.
     assert sorted(os.listdir(txn)) == ["cd34.4243.140001", "ef56.4244.140002", "publish.lock"]
     assert cache.remove_abandoned_downloads() == 1  # released by its download's end
 

@@ -191,7 +191,7 @@ class ObjectCache:
         finally:
             os.close(fd)
         for name in names:
-            if name.count(".") != 2:  # not a download's <object>.<pid>.<thread>
+            if not _is_staging(name):
                 continue
             try:
                 # O_NONBLOCK: a FIFO put there would block this thread, and the quota with it, for ever.
@@ -483,6 +483,13 @@ class ObjectCache:
 
     def save_breadcrumb(self, fqrn: str, breadcrumb: Breadcrumb) -> None:
         self.save_named(fqrn, BREADCRUMB_PREFIX.rstrip("."), str(breadcrumb).encode("ascii"))
+
+
+def _is_staging(name: str) -> bool:
+    """Whether a name in ``txn/`` is a download's, ``<object or kept file>.<pid>.<thread>`` (``_store``); a
+    kept file's name holds dots of its own (``.cvmfspublished.<fqrn>``)."""
+    stem, *ids = name.rsplit(".", 2)
+    return bool(stem) and len(ids) == 2 and all(part.isdigit() for part in ids)
 
 
 def _remove_any(name: str, mode: int, directory_fd: int) -> None:
