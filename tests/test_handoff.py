@@ -18,6 +18,9 @@ from ucernvm.boot.log import BootLog
 from ucernvm.boot.pipeline import Stage, run_stages
 from ucernvm.boot.state import BootState
 from ucernvm.boot.system import Action, RealSystem
+from ucernvm.config import BootConfig
+
+FQRN = "cernvm-prod.cern.ch"
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="tmpfs and overlay mounts need root")
 
@@ -88,3 +91,24 @@ def test_a_full_scratch_disk_is_reported_and_the_os_still_starts(root: Path) -> 
     # nothing half-written is left behind in the OS
     assert not [path for path in (root / "root.rw" / "persistent").rglob("*.tmp-*")]
     assert (root / "root" / "run" / "initramfs" / "shutdown").is_file()
+
+
+def test_the_os_finds_the_images_master_keys_on_the_scratch_disk(root: Path) -> None:
+    """As µCernVM: the OS's own tools (cernvm-update) verify the repository with the keys in
+    /mnt/.rw/aux/keys/<repository>/, a copy of the image's, written at every boot."""
+    keys = root / "etc" / "cvmfs" / "keys"
+    (keys / FQRN).mkdir(parents=True)
+    (keys / FQRN / f"{FQRN}.pub").write_bytes(b"the repository's key\n")
+    (keys / "cern-it4.cern.ch.pub").write_bytes(b"a domain's key\n")
+    system = NoSwitch(str(root))
+    state = BootState(system, BootLog(io.StringIO()), config=BootConfig(repository=FQRN))
+    on_the_os = root / "root" / "mnt" / ".rw"
+    on_the_os.mkdir(parents=True)
+    mount("--bind", str(state.scratch), str(on_the_os))  # where the mount stage moves the scratch disk
+    state.scratch_moved_to = on_the_os
+    run_stages(state, [Stage("handoff", (handoff_stage,))])
+    copy = on_the_os / "aux" / "keys" / FQRN
+    assert sorted(path.name for path in copy.iterdir()) == ["cern-it4.cern.ch.pub", f"{FQRN}.pub"]
+    assert (copy / f"{FQRN}.pub").read_bytes() == b"the repository's key\n"
+    assert (copy / "cern-it4.cern.ch.pub").read_bytes() == b"a domain's key\n"
+    assert not state.warnings

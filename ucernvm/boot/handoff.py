@@ -11,6 +11,7 @@ from ucernvm.boot.report import build_report, render_svg, to_json
 from ucernvm.boot.rescue import rescue_shell
 from ucernvm.boot.seed import hand_over_context
 from ucernvm.boot.shutdown import ON_SCRATCH, install_shutdown_handback
+from ucernvm.boot.snapshot import export_master_keys
 from ucernvm.boot.state import BootState
 from ucernvm.boot.system import MS_MOVE, MS_NODEV, MS_NOSUID, MakeDirs, Mount, Unmount, WriteFile
 from ucernvm.errors import MountError
@@ -126,6 +127,8 @@ def handoff_stage(state: BootState) -> None:
     if resolv.exists() and not target.is_symlink():
         state.do_or_warn(f"/etc/resolv.conf {ON_SCRATCH}", MakeDirs(str(target.parent)),
                          WriteFile(str(target), resolv.read_bytes()))
+
+    export_master_keys(state)
 
     release = os.uname().release
     modules = Path("/lib/modules") / release

@@ -24,6 +24,7 @@ from ucernvm.cvmfs.trust import load_master_keys
 from ucernvm.errors import ConfigError, FetchError, FormatError, VerificationError
 
 KEYS_DIR = "/etc/cvmfs/keys"
+KEYS_COPY = "aux/keys"  # the image's master keys, copied for the OS's tools
 PIN_FILE = "aux/cvmfs_snapshot"
 FORCE_FILE = "aux/cvmfs_force_tag"
 NEWEST_FILE = "aux/ucernvm_newest_boot.json"
@@ -33,18 +34,35 @@ MAX_SMALL_FILE = 64 << 10  # the pin, the force file and the newest revision's r
 def trusted_keys(state: BootState, fqrn: str) -> list:
     """The image's master keys (``/etc/cvmfs/keys/<fqrn>/`` or ``/etc/cvmfs/keys/``), and only those, as
     µCernVM's CVMFS_KEYS_DIR: the scratch disk is the OS's to write (its ``aux/keys/`` is a copy for the
-    OS's tools), and a key found there would let its writer sign any snapshot of the repository."""
-    check_fqrn(fqrn)
-    keys = []
-    base = state.keys_dir or state.system.path(KEYS_DIR)
-    for directory in (base / fqrn, base):
-        if directory.is_dir() and any(directory.glob("*.pub")):
-            keys += load_master_keys(directory)
-    if not keys:
+    OS's tools, export_master_keys), and a key found there would let its writer sign any snapshot of the
+    repository."""
+    files = master_key_files(state, fqrn)
+    if not files:
         # A dry run's --keys stand for the image's: the hint names what gave the keys looked at.
         given = "build the image with --keys" if state.keys_dir is None else "give --keys a directory"
+        base = state.keys_dir or state.system.path(KEYS_DIR)
         raise ConfigError(f"no master public key for {fqrn} in {base}", f"{given} holding {fqrn}.pub")
-    return keys
+    return [key for file in files for key in load_master_keys(file)]
+
+
+def master_key_files(state: BootState, fqrn: str) -> list[Path]:
+    """The ``*.pub`` files of ``/etc/cvmfs/keys/<fqrn>/``, then of ``/etc/cvmfs/keys/`` (a dry run's --keys)."""
+    check_fqrn(fqrn)
+    base = state.keys_dir or state.system.path(KEYS_DIR)
+    return [file for directory in (base / fqrn, base) for file in sorted(directory.glob("*.pub"))]
+
+
+def export_master_keys(state: BootState) -> None:
+    """Copy the image's master keys to ``aux/keys/<fqrn>/`` on the scratch disk, as µCernVM does at every boot
+    (an image's keys change with its version): the OS's own tools verify the repository with them there
+    (cernvm-update). The boot never reads them back (trusted_keys); a full disk is a warning."""
+    fqrn = state.config.repository
+    files = master_key_files(state, fqrn)
+    directory = state.scratch / KEYS_COPY / fqrn
+    if files:
+        state.do_or_warn(f"{KEYS_COPY}/{fqrn}/ (the master keys, for the OS) on the scratch disk",
+                         MakeDirs(str(directory)), *(WriteFile(str(directory / file.name), file.read_bytes())
+                                                     for file in files))
 
 
 def cache_quota(scratch: Path) -> int:
