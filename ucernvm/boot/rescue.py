@@ -9,6 +9,7 @@ import time
 from ucernvm.boot.pipeline import BootFailure
 from ucernvm.boot.report import build_report, to_json
 from ucernvm.boot.state import BootState
+from ucernvm.boot.system import WriteFile
 
 _RB_AUTOBOOT = 0x01234567
 _RB_POWER_OFF = 0x4321FEDC
@@ -57,10 +58,9 @@ def save_logs(state: BootState, outcome: str) -> str | None:
     try:
         os.makedirs(directory, exist_ok=True)
         stamp = time.strftime("%Y%m%dT%H%M%S")
-        with open(directory / f"boot-{stamp}.log", "w") as handle:
-            handle.write(state.log.text())
-        with open(directory / "status.json", "w") as handle:
-            handle.write(to_json(build_report(state, outcome)))
+        # As every write to the scratch disk: never through what the OS left there (a FIFO would block).
+        WriteFile(str(directory / f"boot-{stamp}.log"), state.log.text().encode()).apply()
+        WriteFile(str(directory / "status.json"), to_json(build_report(state, outcome)).encode()).apply()
         os.sync()
     except OSError:
         return None
