@@ -26,7 +26,11 @@ from test_publish import BIG, FQRN, make_tree, open_repo, publish
 from test_virtual_dir import publish_tags
 from ucernvm.client.cache import ABANDONED_AFTER
 from ucernvm.client.fuse.kernel import mounted_file_system
+from ucernvm.client.repository import Repository
+from ucernvm.client.sources import DirectorySource
 from ucernvm.cvmfs.hashing import ObjectType
+from ucernvm.cvmfs.trust import load_master_keys
+from ucernvm.errors import VerificationError
 from ucernvm.server import StratumServer
 
 
@@ -278,6 +282,22 @@ def test_the_repository_meta_info_is_read_through_the_mount(tmp_path, keys_dir, 
     with StratumServer(stratum) as server:
         point, _ = mounts.mount(f"{server.url}/cvmfs/{FQRN}", keys_dir, tmp_path / "cache")
         assert os.getxattr(point, "user.repo_metainfo") == info
+
+
+def test_a_wrong_master_key_is_refused_with_a_hint_for_any_caller(published, mounts, keys_dir, tmp_path) -> None:
+    """The hint names no option: a boot, whose keys are the image's, shows it too."""
+    _, stratum, server = published
+    point, refused = mounts.mount(f"{server.url}/cvmfs/{FQRN}", keys_dir / "other.cern.ch.pub", tmp_path / "cache",
+                                  check=False)
+    assert refused.returncode == 1 and mounted_file_system(str(point)) is None
+    assert refused.stderr.decode().splitlines() == [
+        "ucernvm: error: whitelist signature does not verify with the trusted master key(s)",
+        f"ucernvm: hint: check that the trusted master keys include the repository's own ({FQRN}.pub)"]
+    whitelist = stratum / FQRN / ".cvmfswhitelist"
+    whitelist.write_bytes(whitelist.read_bytes().replace(b"\n--\n", b"\n--\nnot a hash", 1))
+    with pytest.raises(VerificationError) as altered:  # signed by no key now, but that is not what went wrong
+        Repository(DirectorySource(stratum / FQRN), FQRN, load_master_keys(keys_dir / f"{FQRN}.pub"))
+    assert "malformed hash line" in altered.value.message and altered.value.hint == ""
 
 
 def test_all_servers_gone_remount_from_cache(published, mounts, keys_dir, tmp_path) -> None:
