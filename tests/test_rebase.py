@@ -271,3 +271,13 @@ def test_an_account_file_the_os_replaced_by_a_fifo_a_huge_file_or_a_device_is_le
     Rebase(str(upper), plan, str(tmp_path / "aux/r"), str(tmp_path / "aux/r.log"), SNAPSHOT.get).apply()
     assert f"account {name}: left alone, {name} is " in (tmp_path / "aux/r.log").read_text()
     assert "newsvc" in (upper / "etc/group").read_text()  # the other account files are merged as ever
+
+
+def test_a_fifo_the_os_left_in_place_of_the_log_neither_blocks_the_rebase_nor_is_written_through(
+        snapshot, upper: Path, tmp_path: Path, no_hang: None) -> None:
+    (tmp_path / "aux").mkdir()
+    os.mkfifo(tmp_path / "aux/r.log")
+    plan = plan_rebase(upper, lookup_in(snapshot))
+    result = Rebase(str(upper), plan, str(tmp_path / "aux/r"), str(tmp_path / "aux/r.log"), SNAPSHOT.get).apply()
+    assert "log_error" not in result
+    assert "account etc/passwd: added newsvc" in (tmp_path / "aux/r.log").read_text()

@@ -22,7 +22,6 @@ left out. Every decision is a line of ``aux/rebase-<time>.log``.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
 import time
@@ -30,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ucernvm.boot.system import WriteFile
 from ucernvm.boot.untrusted import UnusableFile, read_file
 from ucernvm.client.repository import normalize_path
 from ucernvm.cvmfs.catalog import DirectoryEntry
@@ -274,13 +274,12 @@ def _layer_file(upper: Path, relative: str, lines: list[str]) -> bytes | None:
 
 
 def _write_log(path: Path, lines: list[str]) -> str | None:
-    """Write a rebase's log; why it could not be (none of it is left, so that no log points nowhere), or None."""
+    """Write a rebase's log (under a temporary name made anew: whatever the OS left in its place, a FIFO that
+    would block, a link, is not written through); why it could not be (none of it is left, so that no log
+    points nowhere), or None."""
     try:
-        with open(path, "w", encoding="utf-8", errors="surrogateescape") as log:
-            log.write("\n".join(lines) + "\n")
+        WriteFile(str(path), ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape")).apply()
     except OSError as error:
-        with contextlib.suppress(OSError):
-            path.unlink()
         return error.strerror or str(error)
     return None
 
