@@ -281,3 +281,13 @@ def test_a_fifo_the_os_left_in_place_of_the_log_neither_blocks_the_rebase_nor_is
     result = Rebase(str(upper), plan, str(tmp_path / "aux/r"), str(tmp_path / "aux/r.log"), SNAPSHOT.get).apply()
     assert "log_error" not in result
     assert "account etc/passwd: added newsvc" in (tmp_path / "aux/r.log").read_text()
+
+
+def test_a_fifo_the_os_left_where_an_account_file_is_written_first_does_not_block_the_rebase(
+        snapshot, upper: Path, tmp_path: Path, no_hang: None) -> None:
+    os.mkfifo(upper / f"etc/.passwd.rebase-{os.getpid()}")
+    plan = plan_rebase(upper, lookup_in(snapshot))
+    (tmp_path / "aux").mkdir()
+    Rebase(str(upper), plan, str(tmp_path / "aux/r"), str(tmp_path / "aux/r.log"), SNAPSHOT.get).apply()
+    assert "newsvc" in (upper / "etc/passwd").read_text()
+    assert not list((upper / "etc").glob(".*.rebase-*"))

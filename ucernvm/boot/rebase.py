@@ -288,7 +288,8 @@ def _replace(path: Path, data: bytes) -> None:
     """Write ``data`` over ``path`` at once, keeping its mode and owner (shadow files are secret)."""
     st = path.stat()
     temporary = path.with_name(f".{path.name}.rebase-{os.getpid()}")
-    with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as handle:
+    temporary.unlink(missing_ok=True)  # PID 1's name is known in advance: what the OS left there (a FIFO) goes
+    with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), "wb") as handle:
         handle.write(data)
         os.fchown(handle.fileno(), st.st_uid, st.st_gid)
         os.fchmod(handle.fileno(), stat.S_IMODE(st.st_mode))
