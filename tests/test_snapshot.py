@@ -17,6 +17,7 @@ import pytest
 
 from test_cache import fill
 from test_cache_trust import no_hang  # noqa: F401 (a fixture)
+from test_context_saved import PLANTS
 from test_publish import FQRN, publish
 from ucernvm.boot.log import BootLog
 from ucernvm.boot.pipeline import BootFailure, Stage, run_stages
@@ -279,18 +280,9 @@ def test_a_master_key_planted_on_the_scratch_disk_is_not_trusted(tmp_path: Path,
     assert refused.value.stage == "snapshot" and "signature" in refused.value.message
 
 
-def _fifo(path: Path) -> None:
-    os.mkfifo(path)
-
-
-def _huge(path: Path) -> None:
-    with path.open("wb") as sparse:
-        sparse.truncate(1 << 40)
-
-
-@pytest.mark.parametrize("plant", [_fifo, _huge])
+@pytest.mark.parametrize("plant", PLANTS)
 @pytest.mark.parametrize("name", [PIN_FILE, FORCE_FILE, NEWEST_FILE])
-def test_a_fifo_or_a_huge_file_in_place_of_a_small_file_is_reported_and_the_boot_goes_on(
+def test_a_fifo_a_huge_file_or_a_link_in_place_of_a_small_file_is_reported_and_the_boot_goes_on(
         tmp_path: Path, keys_dir: Path, served, no_hang: None, name: str, plant) -> None:
     url, hashes = served
     boot(tmp_path, keys_dir, url, tag="v1")
