@@ -25,7 +25,7 @@ from ucernvm.cvmfs.catalog import Catalog, Chunk, DirectoryEntry, NestedCatalogR
 from ucernvm.cvmfs.hashing import ContentHash, ObjectType
 from ucernvm.cvmfs.history import History, Tag
 from ucernvm.cvmfs.manifest import Manifest, SignedManifest
-from ucernvm.cvmfs.trust import Certificate, PublicKey, load_certificate, raw_signature_valid
+from ucernvm.cvmfs.trust import Certificate, PublicKey, load_certificate
 from ucernvm.cvmfs.whitelist import SignedWhitelist
 from ucernvm.errors import ConfigError, FetchError, FormatError, StorageError, VerificationError
 
@@ -115,7 +115,9 @@ class Repository:
                 now: datetime.datetime) -> tuple[SignedWhitelist, SignedManifest]:
         """The whitelist and the manifest, verified (the whitelist's expiry only when online)."""
         whitelist = _parse(SignedWhitelist.parse, whitelist_data, "whitelist")
-        self._verify_whitelist(whitelist, now)
+        # Offline, the copies were verified when they were fetched; an expiry since then must not
+        # stop a machine from booting what it already booted.
+        whitelist.verify(self.master_keys, self.fqrn, now, check_expiry=not self.offline)
         if self.offline and whitelist.whitelist.expired_at(now):
             self.warnings.append("offline with an expired whitelist: using the cached, verified revision")
         signed = _parse(SignedManifest.parse, manifest_data, "manifest")
@@ -125,19 +127,6 @@ class Repository:
         certificate = self._checked(certificate_hash, lambda: self._listed_certificate(certificate_hash, whitelist))
         signed.verify(certificate, self.fqrn)
         return whitelist, signed
-
-    def _verify_whitelist(self, whitelist: SignedWhitelist, now: datetime.datetime) -> None:
-        # Offline, the copies were verified when they were fetched; an expiry since then must not
-        # stop a machine from booting what it already booted.
-        try:
-            whitelist.verify(self.master_keys, self.fqrn, now, check_expiry=not self.offline)
-        except VerificationError as refused:
-            # The hint of a signature no trusted key made names the command line's --key, which a boot has
-            # none of (its keys are the image's): said here for every caller.
-            envelope = whitelist.envelope
-            if refused.hint and not raw_signature_valid(self.master_keys, envelope.hash_line, envelope.signature):
-                refused.hint = f"check that the trusted master keys include the repository's own ({self.fqrn}.pub)"
-            raise
 
     def _listed_certificate(self, content_hash: ContentHash, whitelist: SignedWhitelist) -> Certificate:
         certificate = load_certificate(self._fetch_kept(content_hash, ObjectType.CERTIFICATE))

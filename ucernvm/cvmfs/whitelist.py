@@ -122,7 +122,7 @@ class SignedWhitelist(NamedTuple):
         if not trust.raw_signature_valid(master_keys, self.envelope.hash_line, self.envelope.signature):
             raise VerificationError(
                 "whitelist signature does not verify with the trusted master key(s)",
-                "check that --key is the repository's master public key (<fqrn>.pub)",
+                f"check that the trusted master keys include the repository's own ({fqrn}.pub)",
             )
         whitelist = self.whitelist
         if whitelist.fqrn != fqrn:
@@ -135,7 +135,7 @@ class SignedWhitelist(NamedTuple):
             raise VerificationError(
                 f"whitelist expired on {whitelist.expires:%Y-%m-%d %H:%M:%S} UTC (the time here: {now:%Y-%m-%d %H:%M:%S} UTC)",
                 "if the time here is wrong, set the clock (the boot asks NTP: ucernvm.ntp=); else the repository "
-                "maintainer must run `ucernvm resign`; to inspect an old snapshot, pass --now",
+                "maintainer must run `ucernvm resign` (`ucernvm repo` and `mount` read an old snapshot with --now)",
             )
 
     def check_certificate(self, certificate: trust.Certificate) -> None:
