@@ -21,7 +21,8 @@ from test_context_saved import PLANTS
 from test_publish import FQRN, publish
 from ucernvm.boot.log import BootLog
 from ucernvm.boot.pipeline import BootFailure, Stage, run_stages
-from ucernvm.boot.snapshot import FORCE_FILE, NEWEST_FILE, PIN_FILE, cache_quota, snapshot_stage, trusted_keys
+from ucernvm.boot.snapshot import (FORCE_FILE, NEWEST_FILE, PIN_FILE, cache_quota, master_key_files, snapshot_stage,
+                                   trusted_keys)
 from ucernvm.boot.servers import servers_stage
 from ucernvm.boot.state import BootState
 from ucernvm.boot.system import RealSystem
@@ -334,6 +335,20 @@ def test_a_repository_name_that_is_a_path_leads_to_no_keys_on_the_scratch_disk(t
     shutil.copy(keys_dir / f"{FQRN}.pub", planted)
     with pytest.raises(ConfigError, match="is not a repository name"):
         trusted_keys(state, os.path.relpath(planted, keys_dir))
+
+
+@pytest.mark.parametrize("layout", [f"{FQRN}/{FQRN}.pub", "cern.ch/cern.ch.pub", f"{FQRN}.pub"])
+def test_master_keys_are_found_where_cvmfs_keeps_them(tmp_path: Path, keys_dir: Path, layout: str) -> None:
+    """By repository, by domain (a site's /etc/cvmfs/keys, as cvmfs lays it out), or at the top; another
+    domain's keys are not the repository's."""
+    base = tmp_path / "etc" / "cvmfs" / "keys"
+    (base / layout).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(keys_dir / f"{FQRN}.pub", base / layout)
+    (base / "egi.eu").mkdir()
+    shutil.copy(keys_dir / "other.cern.ch.pub", base / "egi.eu" / "egi.eu.pub")
+    state = BootState(RealSystem(str(tmp_path)), BootLog(io.StringIO()), config=BootConfig())
+    assert [file.relative_to(base).as_posix() for file in master_key_files(state, FQRN)] == [layout]
+    assert len(trusted_keys(state, FQRN)) == 1
 
 
 @pytest.mark.parametrize("given, hint", [(False, "build the image with --keys holding"),

@@ -32,7 +32,7 @@ MAX_SMALL_FILE = 64 << 10  # the pin, the force file and the newest revision's r
 
 
 def trusted_keys(state: BootState, fqrn: str) -> list:
-    """The image's master keys (``/etc/cvmfs/keys/<fqrn>/`` or ``/etc/cvmfs/keys/``), and only those, as
+    """The image's master keys (``/etc/cvmfs/keys/``, master_key_files), and only those, as
     µCernVM's CVMFS_KEYS_DIR: the scratch disk is the OS's to write (its ``aux/keys/`` is a copy for the
     OS's tools, export_master_keys), and a key found there would let its writer sign any snapshot of the
     repository."""
@@ -46,10 +46,14 @@ def trusted_keys(state: BootState, fqrn: str) -> list:
 
 
 def master_key_files(state: BootState, fqrn: str) -> list[Path]:
-    """The ``*.pub`` files of ``/etc/cvmfs/keys/<fqrn>/``, then of ``/etc/cvmfs/keys/`` (a dry run's --keys)."""
+    """The ``*.pub`` files of ``/etc/cvmfs/keys/<fqrn>/``, of the domain's ``/etc/cvmfs/keys/<domain>/`` (cvmfs's
+    own layout, ``cern.ch/`` for ``cernvm-prod.cern.ch``: an image built with a site's ``/etc/cvmfs/keys``), then
+    of ``/etc/cvmfs/keys/`` (in a dry run, of its --keys)."""
     check_fqrn(fqrn)
     base = state.keys_dir or state.system.path(KEYS_DIR)
-    return [file for directory in (base / fqrn, base) for file in sorted(directory.glob("*.pub"))]
+    domain = fqrn.partition(".")[2]
+    directories = (base / fqrn, base / domain, base) if domain else (base / fqrn, base)
+    return [file for directory in directories for file in sorted(directory.glob("*.pub"))]
 
 
 def export_master_keys(state: BootState) -> None:

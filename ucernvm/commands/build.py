@@ -40,7 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "no modules; built once per source version and configuration, then cached. With "
                         "--compression lz4 it boots fastest and still fits the 20 MB goal")
     parser.add_argument("--keys", type=Path, metavar="DIR",
-                        help="repository public keys (*.pub) for /etc/cvmfs/keys (default: initramfs/keys)")
+                        help="repository public keys (*.pub) for /etc/cvmfs/keys, in its subdirectories as given: the boot "
+                        "trusts those of keys/FQRN/, keys/DOMAIN/ (cvmfs's layout: a site's /etc/cvmfs/keys "
+                        "will do) and keys/ (default: initramfs/keys)")
     parser.add_argument("-o", "--output", type=Path, default=Path("image"), metavar="DIR",
                         help="output directory (default: %(default)s)")
     parser.add_argument("--compression", choices=sorted(COMPRESSORS), default=BuildOptions.compression,
