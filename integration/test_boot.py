@@ -62,6 +62,7 @@ def test_boot_twice_on_one_disk(image: BuildResult, repository: BootRepository, 
     assert first.marker("UCERNVM-OS-BOOTS") == "1"  # the root is writable
     assert "overlay" in first.marker("UCERNVM-OS-ROOT")
     assert first.marker("UCERNVM-OS-LAYERS") == "2"  # /mnt/.rw and /mnt/.ro
+    assert first.marker("UCERNVM-OS-CACHE-LOCKED") == "1"  # by the daemon: a mount in the OS is refused it
     assert first.marker("UCERNVM-OS-MODULES") == "present"
     assert first.marker("UCERNVM-OS-DAEMON") == "@"
     assert first.marker("UCERNVM-OS-OLD-ROOT") == ""  # the initramfs freed, as seen from the daemon's (old) root

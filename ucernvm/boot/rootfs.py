@@ -20,7 +20,7 @@ from ucernvm.client.fuse.kernel import MountOptions, mount
 from ucernvm.client.pinning import PIN_LIST
 from ucernvm.client.prefetch import PREFETCH_LIST
 from ucernvm.client.repository import Repository, normalize_path
-from ucernvm.errors import MountError
+from ucernvm.errors import MountError, StorageError
 
 DAEMON_MARK = b"@"
 
@@ -80,6 +80,8 @@ def mount_stage(state: BootState) -> None:
     prefetch_list = _os_file(repository, config.os_path, PREFETCH_LIST) if config.prefetch else None
     pin_list = _os_file(repository, config.os_path, PIN_LIST)
     use_layer = bool(prefetch_list) and config.boot_layer and not xattrs
+    if not system.dry_run:
+        _hold_the_cache(state)
     state.fuse_pid = system.do(MountRepository(repository, str(read_only), log, xattrs, prefetch_list, use_layer,
                                                pin_list, config.os_path))
     lower = str(read_only / config.os_path.strip("/"))
@@ -98,6 +100,17 @@ def mount_stage(state: BootState) -> None:
     state.facts["root"] = {"lower": str(lower), "upper": str(scratch / "persistent"), "fuse_pid": state.fuse_pid,
                            "xattrs": xattrs, "prefetch_list": prefetch_list, "boot_layer": boot_layer,
                            "pin_list": pin_list}
+
+
+def _hold_the_cache(state: BootState) -> None:
+    """Lock the cache for the daemon, as ``ucernvm mount`` locks its own: a mount in the booted OS on the same
+    directory (/mnt/.rw/cache) is then refused instead of fighting the daemon over the quota and the pins.
+    PID 1 takes it and the daemon inherits it; PID 1's exec of the OS's init lets go of its copy. On a fresh
+    boot nobody else holds it; a lock file the OS spoiled (a FIFO in its place) costs only the lock."""
+    try:
+        state.repository.cache.lock(str(state.read_only))
+    except StorageError as error:
+        state.warn(f"{error.message}: a mount in the OS could use the boot's cache alongside it")
 
 
 def _os_file(repository: Repository, os_path: str, name: str) -> str | None:
