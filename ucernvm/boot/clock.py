@@ -25,6 +25,7 @@ import time
 from ucernvm.boot.state import BootState
 from ucernvm.errors import ConfigError
 from ucernvm.records import NamedTuple
+from ucernvm.utc import utc_time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -125,14 +126,14 @@ def clock_stage(state: BootState) -> None:
         silent = len(servers) - len(failed)
         state.warn(f"clock: no NTP server answered within {state.config.ntp_timeout:g} s"
                    + "".join(f"; {a.server}: {a.problem}" for a in failed)
-                   + (f"; {silent} silent" if silent else "") + f"; the clock reads {_utc(time.time())}")
+                   + (f"; {silent} silent" if silent else "") + f"; the clock reads {utc_time(time.time())}")
         return
     assert answer.offset is not None
     facts.update(server=answer.server, offset=round(answer.offset, 3), set=abs(answer.offset) > TOLERANCE)
     if facts["set"]:
         corrected = time.time() + answer.offset
         state.system.do(SetClock(answer.offset, f"NTP server {answer.server}"))
-        state.log.info(f"clock: was {answer.offset:+.1f} s off, now {_utc(corrected)}")
+        state.log.info(f"clock: was {answer.offset:+.1f} s off, now {utc_time(corrected)}")
     else:
         state.log.info(f"clock: {answer.offset:+.3f} s from {answer.server}")
 
@@ -164,7 +165,7 @@ def set_clock_from_date(state: BootState, date: ServerDate | None) -> None:
     if offset > DATE_TOLERANCE:
         corrected = time.time() + offset
         state.system.do(SetClock(offset, f"the Date of {date.url}"))
-        state.log.info(f"clock: {offset:.0f} s behind the Date of {date.url}; now {_utc(corrected)}")
+        state.log.info(f"clock: {offset:.0f} s behind the Date of {date.url}; now {utc_time(corrected)}")
     elif offset < -DATE_TOLERANCE:
         state.warn(f"clock: {-offset:.0f} s ahead of the Date of {date.url}; not set back on an unsigned header "
                    "(set ucernvm.ntp= to a reachable NTP server)")
@@ -173,7 +174,3 @@ def set_clock_from_date(state: BootState, date: ServerDate | None) -> None:
 def ntp_gave_no_answer(state: BootState) -> bool:
     clock = state.facts.get("clock")
     return clock is not None and "server" not in clock
-
-
-def _utc(seconds: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))

@@ -10,6 +10,8 @@ import threading
 import time
 from collections import deque
 
+from ucernvm.utc import utc_time
+
 KEPT = 10  # messages, as cvmfs
 
 _messages: deque[tuple[float, str]] = deque(maxlen=KEPT)
@@ -19,11 +21,6 @@ _lock = threading.Lock()
 def remember(message: str) -> None:
     with _lock:
         _messages.append((time.time(), message))
-
-
-def utc_time(seconds: float) -> str:
-    """A time as the client's messages give it, cvmfs's way: ``2026-11-28 12:00:00 UTC``."""
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
 
 
 def recent() -> str:

@@ -17,7 +17,6 @@ from operator import attrgetter
 from typing import Generic, TypeVar
 
 from ucernvm.client.cache import Breadcrumb, CacheFull, ObjectCache
-from ucernvm.client.logbuffer import utc_time
 from ucernvm.client.sinks import Inflating, Memory, Sink, Sized
 from ucernvm.client.sources import RepositorySource
 from ucernvm.cvmfs import manifest as manifest_file, whitelist as whitelist_file
@@ -28,6 +27,7 @@ from ucernvm.cvmfs.manifest import Manifest, SignedManifest
 from ucernvm.cvmfs.trust import Certificate, PublicKey, load_certificate
 from ucernvm.cvmfs.whitelist import SignedWhitelist
 from ucernvm.errors import ConfigError, FetchError, FormatError, StorageError, VerificationError
+from ucernvm.utc import utc_time
 
 
 _NAME = attrgetter("name")

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 
 from ucernvm.context.defaults import SERVICE_URL
 from ucernvm.errors import ContextError
+from ucernvm.utc import utc_time
 
 CONTEXT_PATH = "/api/context"
 TIMEOUT = 10.0  # the real client's curl --connect-timeout
@@ -287,7 +288,7 @@ _CERTIFICATE_DATES = (9, 10)
 def _unreachable_hint(reason: object) -> str:
     if isinstance(reason, ssl.SSLCertVerificationError) and reason.verify_code in _CERTIFICATE_DATES:
         # At boot a clock far off is the likelier cause: NTP blocked, and the servers' Date not read yet.
-        now = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+        now = utc_time(time.time())
         return (f"the certificate's dates are checked against this machine's clock, which reads {now}: "
                 "if that is wrong, set ucernvm.ntp= to an NTP server the machine reaches")
     return "check the network and the service URL"
