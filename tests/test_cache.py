@@ -74,7 +74,7 @@ def test_repeated_use_marks_an_object_once_per_interval(tmp_path: Path) -> None:
 def test_an_object_removed_behind_the_cache_is_produced_again(tmp_path: Path) -> None:
     cache = ObjectCache(tmp_path / "cache")
     content_hash, calls = _object(cache, b"evicted elsewhere")
-    _path(cache, content_hash).unlink()  # as another process's eviction would
+    _path(cache, content_hash).unlink()  # by hand, or by the OS whose scratch disk holds the cache
     fd = cache.open(content_hash, lambda out: calls.append(1) or out.write(b"evicted elsewhere"))
     assert os.pread(fd, 100, 0) == b"evicted elsewhere" and len(calls) == 2
     os.close(fd)

@@ -258,7 +258,8 @@ class ObjectCache:
             self.get(content_hash, fill)
             try:
                 return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._dir)
-            except FileNotFoundError:  # evicted by another process sharing the cache since our last use
+            except FileNotFoundError:  # removed from outside (by hand, or by the OS whose scratch disk holds
+                # the cache) within TOUCH_INTERVAL of its last use, which get() trusted without a look
                 with self._lock:
                     self._touched.pop(name, None)
                 self.get(content_hash, fill)
@@ -311,7 +312,8 @@ class ObjectCache:
         """Write what ``fill`` gives to a temporary name and rename it into place; its size.
 
         Nothing is left behind when ``fill`` or the disk fails."""
-        # Unique per process and thread: processes may share a cache, and thread idents repeat across them.
+        # Unique per process and thread: a mount's process and the daemon it forks both download into the
+        # cache, and thread idents repeat across processes.
         temporary = f"txn/{name.replace('/', '')}.{os.getpid()}.{threading.get_ident()}"
         staging = _Staging(self, temporary)
         try:
