@@ -628,14 +628,18 @@ def contents(directory: Path) -> list[Path] | None:
     ("source no directory", "is not a directory"),
     ("source with /.cvmfs", "the source tree has a /.cvmfs directory"),
     ("contradicting dirtab", "contradicts line 1"),
+    ("invalid name", "'../test.cern.ch' is not a repository name"),
 ])
 def test_a_refused_first_publish_leaves_the_directory_as_it_was(tree: Path, tmp_path: Path, keys_dir: Path,
                                                                  state: str, case: str, message: str) -> None:
     repo = tmp_path / "repo"
     if state == "empty":
         repo.mkdir()
-    source, keys, options = tree, keys_dir, []
-    if case == "negative ttl":
+    source, keys, name, options = tree, keys_dir, FQRN, []
+    if case == "invalid name":  # its key files exist, found through the name: it was published as it was
+        keys, name = keys_without(keys_dir, tmp_path / "keys", "none") / "sub", f"../{FQRN}"
+        keys.mkdir()
+    elif case == "negative ttl":
         options = ["--ttl", "-5"]
     elif case == "no master key":
         keys = keys_without(keys_dir, tmp_path / "keys", "masterkey")
@@ -655,7 +659,7 @@ def test_a_refused_first_publish_leaves_the_directory_as_it_was(tree: Path, tmp_
     else:
         (tree / ".cvmfsdirtab").write_text("/etc\n!/etc\n")
     before = contents(repo)
-    refused = run_cli("publish", source, "--repo", repo, "--name", FQRN, "--keys", keys, *options)
+    refused = run_cli("publish", source, "--repo", repo, "--name", name, "--keys", keys, *options)
     assert refused.returncode == 2 and message.encode() in refused.stderr, refused.stderr
     assert contents(repo) == before
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TypeVar
 
 
-from ucernvm.client.repository import Repository
+from ucernvm.client.repository import Repository, check_fqrn
 from ucernvm.client.sources import DirectorySource
 from ucernvm.cvmfs import manifest as manifest_file, signing, trust, whitelist as whitelist_file, xattrs
 from ucernvm.cvmfs.catalog import COMPRESSION_NONE, COMPRESSION_SHIFT, Catalog, DirectoryEntry, Flag, join, parent_path
@@ -144,6 +144,7 @@ class Publisher:
         options: PublishOptions = PublishOptions(),
         progress: Callable[[PublishProgress], None] | None = None,
     ) -> None:
+        check_fqrn(fqrn)  # it names the key files and goes into every manifest and whitelist
         self.fqrn = fqrn
         self.options = options
         self.storage = RepositoryStorage(repo_dir)
