@@ -112,3 +112,21 @@ def test_the_os_finds_the_images_master_keys_on_the_scratch_disk(root: Path) -> 
     assert (copy / f"{FQRN}.pub").read_bytes() == b"the repository's key\n"
     assert (copy / "cern-it4.cern.ch.pub").read_bytes() == b"a domain's key\n"
     assert not state.warnings
+
+
+@pytest.mark.parametrize("name", ["aux/keys", f"aux/keys/{FQRN}"])
+def test_the_master_keys_are_copied_on_the_scratch_disk_not_through_a_link_the_os_left(root: Path, name: str) -> None:
+    """The OS writes the scratch disk: a link at the copy's directory (to the image's own keys, say) is
+    replaced by a directory, and what it pointed to is left as it was."""
+    keys = root / "etc" / "cvmfs" / "keys"
+    keys.mkdir(parents=True)
+    (keys / f"{FQRN}.pub").write_bytes(b"the repository's key\n")
+    outside = root / "outside"
+    outside.mkdir()
+    state = BootState(NoSwitch(str(root)), BootLog(io.StringIO()), config=BootConfig(repository=FQRN))
+    (state.scratch / name).parent.mkdir(parents=True)
+    (state.scratch / name).symlink_to(outside)
+    run_stages(state, [Stage("handoff", (handoff_stage,))])
+    assert (state.scratch / "aux" / "keys" / FQRN / f"{FQRN}.pub").read_bytes() == b"the repository's key\n"
+    assert not (state.scratch / name).is_symlink() and not list(outside.iterdir())
+    assert state.warnings == [f"{name} on the scratch disk is a symbolic link: removed, not followed, and made a directory"]

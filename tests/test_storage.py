@@ -162,6 +162,29 @@ def test_second_boot_reuses_the_scratch_disk(rig: Rig) -> None:
     assert not any("mke2fs" in action or "partition table" in action for action in actions)
 
 
+def test_a_link_the_os_left_in_place_of_a_directory_is_replaced_not_followed(rig: Rig) -> None:
+    """The OS writes the scratch disk: a later boot makes its directories there, never through a link to
+    the loader's own tree or another mount, nor over a file."""
+    device = rig.attach(rig.disk("empty", 128 * MIB))
+    first = rig.boot([device])
+    outside = rig.tmp / "outside"
+    outside.mkdir()
+    (outside / "kept").write_text("not the scratch disk's")
+    for name in LAYOUT:
+        os.rmdir(first.scratch / name)
+        if name == "ulogs":
+            (first.scratch / name).write_text("a file")
+        else:
+            (first.scratch / name).symlink_to(outside)
+    [device] = rig.reboot([device])
+    second = rig.boot([device])
+    assert_scratch(second)
+    assert not any((second.scratch / name).is_symlink() for name in LAYOUT)
+    assert [path.name for path in outside.iterdir()] == ["kept"]
+    assert second.warnings == [f"{name} on the scratch disk is {'not a directory' if name == 'ulogs' else 'a symbolic link'}"
+                               ": removed, not followed, and made a directory" for name in LAYOUT]
+
+
 @pytest.mark.parametrize("requests, reason", [
     (["ssv state 0"], "it was not cleanly unmounted"),
     (["feature needs_recovery"], "its journal has transactions to replay"),

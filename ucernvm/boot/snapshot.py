@@ -16,7 +16,7 @@ from pathlib import Path
 from ucernvm.boot.rebase import rebase_if_moved
 from ucernvm.boot.state import BootState
 from ucernvm.boot.system import MakeDirs, RemoveFile, Sync, WriteFile
-from ucernvm.boot.untrusted import read_scratch
+from ucernvm.boot.untrusted import read_scratch, scratch_directory
 from ucernvm.client.cache import MIB, ObjectCache
 from ucernvm.client.repository import Repository, check_fqrn
 from ucernvm.cvmfs.hashing import ContentHash
@@ -63,10 +63,9 @@ def export_master_keys(state: BootState) -> None:
     fqrn = state.config.repository
     files = master_key_files(state, fqrn)
     directory = state.scratch / KEYS_COPY / fqrn
-    if files:
-        state.do_or_warn(f"{KEYS_COPY}/{fqrn}/ (the master keys, for the OS) on the scratch disk",
-                         MakeDirs(str(directory)), *(WriteFile(str(directory / file.name), file.read_bytes())
-                                                     for file in files))
+    what = f"{KEYS_COPY}/{fqrn}/ (the master keys, for the OS) on the scratch disk"
+    if files and scratch_directory(state, f"{KEYS_COPY}/{fqrn}", what):
+        state.do_or_warn(what, *(WriteFile(str(directory / file.name), file.read_bytes()) for file in files))
 
 
 def cache_quota(scratch: Path) -> int:

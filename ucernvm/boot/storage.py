@@ -46,6 +46,7 @@ from ucernvm.boot.partition import (
 )
 from ucernvm.boot.state import BootState
 from ucernvm.boot.system import MakeDirs, Mount, Run, Unmount
+from ucernvm.boot.untrusted import scratch_directory
 from ucernvm.errors import FormatError, MountError, StorageError, UcernvmError
 from ucernvm.records import NamedTuple
 
@@ -388,8 +389,9 @@ def _mount(state: BootState, device: str) -> None:
 
 
 def _make_layout(state: BootState) -> None:
+    # Once made here, the boot's later writes find directories: the OS that could put links there is not running.
     for name in LAYOUT:
-        state.system.do(MakeDirs(str(state.scratch / name)))
+        scratch_directory(state, name, f"{name}/ on the scratch disk")
 
 
 # ------------------------------------------------------------------------------------------ first boot

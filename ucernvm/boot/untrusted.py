@@ -1,7 +1,8 @@
 """Reading a file that whoever wrote it may have replaced by anything: a context medium, or the scratch
 disk, which the booted OS writes and a later boot reads back. A symbolic link anywhere on the path is
 refused (it would pull in a file of the booting system), and only a small regular file is read: a FIFO
-would block PID 1, a huge file (or a device) would fill its memory.
+would block PID 1, a huge file (or a device) would fill its memory. The boot's directories on the scratch
+disk are made without going through a link either (``scratch_directory``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ucernvm.boot.system import MakeDirs, RemoveFile
+
 if TYPE_CHECKING:
+    from ucernvm.boot.system import Action
     from ucernvm.boot.state import BootState
 
 
@@ -72,3 +76,29 @@ def read_scratch(state: BootState, relative: str, limit: int, if_unusable: str) 
     except UnusableFile as problem:
         state.warn(f"{problem} on the scratch disk: {if_unusable}")
         return None
+
+
+def scratch_directory(state: BootState, relative: str, what: str) -> bool:
+    """Make the directory ``relative`` on the scratch disk, never through what the OS left in place of one of
+    its directories: a symbolic link (µCernVM's mkdir -p followed it, and the boot's files went into the
+    loader's own tree or onto another mount), or any other file, is removed with a warning naming it. (The
+    OS is not running: what is checked here stays so.) As ``do_or_warn``, a failing disk is a warning naming
+    *what*; whether the directory is there."""
+    path = state.scratch
+    actions: list[Action] = []
+    for part in relative.split("/"):
+        path = path / part
+        try:
+            mode = path.lstat().st_mode
+        except FileNotFoundError:
+            break  # and nothing below it
+        except OSError as error:
+            state.warn(f"{what} not written: {error.strerror or error}")
+            return False
+        if not stat.S_ISDIR(mode):
+            kind = "a symbolic link" if stat.S_ISLNK(mode) else "not a directory"
+            state.warn(f"{path.relative_to(state.scratch)} on the scratch disk is {kind}: removed, not followed, "
+                       "and made a directory")
+            actions.append(RemoveFile(str(path)))
+            break
+    return state.do_or_warn(what, *actions, MakeDirs(str(state.scratch / relative)))
