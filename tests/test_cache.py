@@ -45,6 +45,22 @@ def test_a_miss_is_produced_once_then_hits(tmp_path: Path) -> None:
     assert (cache.hits, cache.misses, len(calls)) == (3, 1, 1)
 
 
+@pytest.mark.parametrize("name", ["txn", "fan-out"])
+def test_a_link_in_place_of_a_directory_of_the_cache_is_removed_not_written_through(tmp_path: Path, name: str) -> None:
+    """The cache lies on the scratch disk, which the OS writes: a download does not go through a link it
+    left in place of txn/ or of a fan-out directory."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    data = b"an object"
+    top = "txn" if name == "txn" else ContentHash.of(data).hex[:2]
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / top).symlink_to(outside)
+    cache = ObjectCache(tmp_path / "cache")
+    content_hash, _ = _object(cache, data)
+    assert _path(cache, content_hash).read_bytes() == data
+    assert not list(outside.iterdir()) and not (cache.root / top).is_symlink()
+
+
 def test_eviction_removes_the_least_recently_used_and_spares_pins(tmp_path: Path) -> None:
     cache = ObjectCache(tmp_path / "cache")
     old, _ = _object(cache, b"o" * 1000)

@@ -61,6 +61,7 @@ DEFAULT_QUOTA = 4000  # MiB, cvmfs's default CVMFS_QUOTA_LIMIT
 TOUCH_INTERVAL = 60.0  # seconds: how stale the eviction order may be for objects in use
 ROOM_MARGIN = 32 << 20  # bytes freed beyond the object on a full disk, so the next misses fit too
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+TOP_DIRECTORIES = frozenset({"txn", *(f"{number:02x}" for number in range(256))})  # and the fan-out ones
 ABANDONED_AFTER = 60.0  # seconds without a write before an unlocked download's file in txn/ is removed
 LOCK_FILE = "lock"  # held by the mount using the cache; holds its mount point
 
@@ -99,8 +100,10 @@ class ObjectCache:
         try:
             # The 256 fan-out directories (00/ to ff/) are made as objects arrive: making or finding all
             # of them at every start cost a boot under emulation 0.1 s of system calls.
-            (self.root / "txn").mkdir(parents=True, exist_ok=True)
+            self.root.mkdir(parents=True, exist_ok=True)
             self._dir = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            _remove_what_is_no_directory(self._dir)
+            _make_top_directory("txn", self._dir)
         except OSError as error:
             raise StorageError(f"cannot create the cache in {self.root}: {error.strerror}") from None
         self._base = str(self.root)
@@ -505,6 +508,16 @@ def _remove_any(name: str, mode: int, directory_fd: int) -> None:
             os.unlink(name, dir_fd=directory_fd)
     except OSError:
         pass
+
+
+def _remove_what_is_no_directory(directory_fd: int) -> None:
+    """Remove what the OS (which writes the scratch disk) left in place of ``txn/`` or a fan-out directory, a
+    symbolic link above all: the files written through it would land outside the cache. One listing of the
+    cache's top directory, whose entries say their type."""
+    with os.scandir(directory_fd) as entries:
+        for entry in entries:
+            if entry.name in TOP_DIRECTORIES and not entry.is_dir(follow_symlinks=False):
+                _remove_any(entry.name, stat.S_IFREG, directory_fd)
 
 
 def _make_top_directory(name: str, directory_fd: int) -> None:
