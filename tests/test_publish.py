@@ -620,6 +620,8 @@ def contents(directory: Path) -> list[Path] | None:
 @pytest.mark.parametrize(("case", "message"), [
     ("negative ttl", "the TTL must be 0 or more seconds, not -5"),
     ("no master key", "a new repository needs its master key"),
+    ("no master public key", f"the master public key {{keys}}/{FQRN}.pub does not exist"),
+    ("unreadable pub", "cannot read the master public key"),
     ("unreadable masterkey", "cannot read the private key"),
     ("unreadable key", "cannot read the private key"),
     ("unreadable crt", "cannot read the certificate"),
@@ -641,8 +643,8 @@ def test_a_refused_first_publish_leaves_the_directory_as_it_was(tree: Path, tmp_
         keys.mkdir()
     elif case == "negative ttl":
         options = ["--ttl", "-5"]
-    elif case == "no master key":
-        keys = keys_without(keys_dir, tmp_path / "keys", "masterkey")
+    elif case.startswith("no master"):
+        keys = keys_without(keys_dir, tmp_path / "keys", "masterkey" if case == "no master key" else "pub")
     elif case.startswith("unreadable"):
         suffix = case.split()[1]
         keys = keys_without(keys_dir, tmp_path / "keys", suffix)
@@ -660,7 +662,7 @@ def test_a_refused_first_publish_leaves_the_directory_as_it_was(tree: Path, tmp_
         (tree / ".cvmfsdirtab").write_text("/etc\n!/etc\n")
     before = contents(repo)
     refused = run_cli("publish", source, "--repo", repo, "--name", name, "--keys", keys, *options)
-    assert refused.returncode == 2 and message.encode() in refused.stderr, refused.stderr
+    assert refused.returncode == 2 and message.format(keys=keys).encode() in refused.stderr, refused.stderr
     assert contents(repo) == before
 
 

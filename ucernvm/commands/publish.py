@@ -32,7 +32,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("source", metavar="SRC_DIR", help="the directory tree to publish")
     parser.add_argument("--repo", required=True, metavar="REPO_DIR", help="the repository directory")
     parser.add_argument("--name", required=True, metavar="FQRN", help="repository name, e.g. cernvm-prod.cern.ch")
-    parser.add_argument("--keys", required=True, metavar="DIR", help="directory with FQRN.key, .crt, .pub (and .masterkey)")
+    parser.add_argument("--keys", required=True, metavar="DIR",
+                        help="directory with FQRN.key and FQRN.crt (the manifest's signing key and certificate), "
+                        "FQRN.pub (the master public key: every publish, the first too, needs it, to verify the "
+                        "revision it builds on as clients do) and, for the first publish, FQRN.masterkey (it "
+                        "signs the whitelist), as `ucernvm keygen` writes them")
     parser.add_argument("--tag", metavar="TAG",
                         help="name this snapshot with a name not in use yet (default: generic-<UTC time>)")
     parser.add_argument("--description", default="", help="description stored with the tag")

@@ -108,8 +108,22 @@ class _Keys:
         numbers = self.signing_key.public_key().public_numbers()
         if self.certificate.public_key != trust.PublicKey(numbers.n, numbers.e):
             raise ConfigError(f"{paths['key']} is not the private key of {paths['crt']}")
-        self.master_public = trust.load_master_keys(paths["pub"]) if paths["pub"].exists() else []
+        self.master_public = [_read_master_public(paths["pub"])]
         self.masterkey_path = paths["masterkey"]
+
+
+def _read_master_public(path: Path) -> trust.PublicKey:
+    """The master public key, which every publish needs, the first one too: each later publish verifies the
+    revision it builds on with it, as clients do (cvmfs_server keeps it beside the master key)."""
+    try:
+        pem = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"the master public key {path} does not exist",
+                          "every publish verifies the repository with it, as its clients do; "
+                          "`ucernvm keygen` writes it beside the master key") from None
+    except OSError as error:
+        raise ConfigError(f"cannot read the master public key {path}: {error.strerror}") from None
+    return trust.load_public_key(pem, str(path))
 
 
 def _read_certificate(path: Path) -> bytes:
@@ -545,8 +559,6 @@ def _open_current(storage: RepositoryStorage, fqrn: str, keys: _Keys) -> Reposit
     if published is None:
         return None
     _check_repository_name(storage, published, fqrn)
-    if not keys.master_public:
-        raise ConfigError(f"the master public key {fqrn}.pub is missing from the keys directory")
     try:
         return Repository(DirectorySource(storage.root), fqrn, keys.master_public)
     except VerificationError as error:
