@@ -622,6 +622,8 @@ def contents(directory: Path) -> list[Path] | None:
     ("no master key", "a new repository needs its master key"),
     ("no master public key", f"the master public key {{keys}}/{FQRN}.pub does not exist"),
     ("unreadable pub", "cannot read the master public key"),
+    ("another master public key", f"the master key {{keys}}/{FQRN}.masterkey is not the private key of "
+                                  f"{{keys}}/{FQRN}.pub"),
     ("unreadable masterkey", "cannot read the private key"),
     ("unreadable key", "cannot read the private key"),
     ("unreadable crt", "cannot read the certificate"),
@@ -645,6 +647,9 @@ def test_a_refused_first_publish_leaves_the_directory_as_it_was(tree: Path, tmp_
         options = ["--ttl", "-5"]
     elif case.startswith("no master"):
         keys = keys_without(keys_dir, tmp_path / "keys", "masterkey" if case == "no master key" else "pub")
+    elif case == "another master public key":
+        keys = keys_without(keys_dir, tmp_path / "keys", "pub")
+        (keys / f"{FQRN}.pub").write_bytes((keys_dir / "other.cern.ch.pub").read_bytes())
     elif case.startswith("unreadable"):
         suffix = case.split()[1]
         keys = keys_without(keys_dir, tmp_path / "keys", suffix)

@@ -108,7 +108,8 @@ class _Keys:
         numbers = self.signing_key.public_key().public_numbers()
         if self.certificate.public_key != trust.PublicKey(numbers.n, numbers.e):
             raise ConfigError(f"{paths['key']} is not the private key of {paths['crt']}")
-        self.master_public = [_read_master_public(paths["pub"])]
+        self.master_public_path = paths["pub"]
+        self.master_public = [_read_master_public(self.master_public_path)]
         self.masterkey_path = paths["masterkey"]
 
 
@@ -269,7 +270,14 @@ class Publisher:
                 f"a new repository needs its master key {self.keys.masterkey_path} to sign the whitelist",
                 "create keys with `ucernvm keygen`",
             )
-        return make_whitelist(self.fqrn, self.keys.certificate, self.keys.masterkey_path, self.options.whitelist_days)
+        data = make_whitelist(self.fqrn, self.keys.certificate, self.keys.masterkey_path, self.options.whitelist_days)
+        try:  # as the next publish will, or the repository could not be published to again
+            SignedWhitelist.parse(data).verify(self.keys.master_public, self.fqrn,
+                                               datetime.datetime.now(datetime.timezone.utc))
+        except VerificationError:
+            raise ConfigError(f"the master key {self.keys.masterkey_path} is not the private key of "
+                              f"{self.keys.master_public_path}", "give the two that `ucernvm keygen` made together") from None
+        return data
 
     def _wants_virtual_dir(self, tree: SourceNode) -> bool:
         """Whether this revision has /.cvmfs/snapshots: as asked, else as the previous revision (as its
