@@ -65,7 +65,8 @@ def parse_prefetch_list(data: bytes) -> list[str]:
 
 
 def warn(message: str) -> None:
-    """A warning of the daemon: in its log (stderr, mount.log) and user.logbuffer, without importing logging."""
+    """A warning of the mount: on its stderr (the daemon's: mount.log) and in user.logbuffer, without importing
+    logging."""
     logbuffer.remember(message)
     report(f"ucernvm mount: warning: {message}")
 

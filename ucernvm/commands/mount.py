@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 
 from ucernvm.client.cache import DEFAULT_QUOTA, MIB, ObjectCache
 from ucernvm.client.filesystem import SnapshotFilesystem
+from ucernvm.client.prefetch import warn
 from ucernvm.client.fuse.kernel import MountOptions, mount, mounted_file_system
 from ucernvm.commands.repo import add_source_arguments, open_repository, source_config
 from ucernvm.commands.umount import FUSE_TYPES
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     lock_cache(cache, os.path.realpath(args.mountpoint))
     repository = open_repository(args, cache=cache, config=config)
     for warning in repository.warnings:
-        print(f"ucernvm mount: warning: {warning}", file=sys.stderr)
+        warn(warning)
     filesystem = SnapshotFilesystem(repository, prefetch_list=args.prefetch, pin_list=args.pin)
     options = MountOptions(fsname=repository.fqrn, subtype="cvmfs", threads=args.threads, passthrough=args.passthrough)
     fuse = mount(filesystem, args.mountpoint, options)
