@@ -185,6 +185,8 @@ def test_cvmfs_attributes_name_the_servers_catalogs_chunks_and_cached_copies(pub
     log = attribute("", "user.logbuffer")
     assert re.match(r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC\] ", log)
     assert f"switching server from {DEAD_SERVER} to {live}" in log
+    switch = f"ucernvm mount: warning: switching server from {DEAD_SERVER} to {live}"
+    assert (tmp_path / "cache" / "mount.log").read_text().count(switch) == 1  # said before the fork, kept there
 
     # lhash hashes the cached copy anew: the inflated bytes, not the stored object user.hash names.
     hostname = "etc/hostname"
@@ -238,7 +240,7 @@ def test_a_proxy_failover_is_logged_as_a_server_switch_is(published, mounts, key
     assert (point / "etc" / "hostname").read_bytes() == b"cernvm\n"
     daemon_log = (cache / "mount.log").read_text()
     assert f"switching proxy from {proxy} to {DEAD_PROXY} (reset after 1 s)" in daemon_log
-    assert failover in daemon_log
+    assert daemon_log.count(failover) == 2  # the mount's, written there at the fork, and the daemon's
     assert os.getxattr(point, "user.logbuffer").decode().count(failover) == 2
     assert (squid.access_log().count(f"{server.url}/cvmfs/{FQRN}/") > 0) == (live == "squid")
 
@@ -412,6 +414,7 @@ def test_older_manifest_after_a_newer_one_keeps_the_newer_revision(tmp_path, key
         older = re.search(r"revision 1 \(published \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC\), older than revision 2 "
                           r"\(published \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC\)", result.stderr.decode())
         assert older is not None and older[0] in os.getxattr(again, "user.logbuffer").decode()
+        assert (cache / "mount.log").read_text().count(older[0]) == 1
         assert (again / "etc" / "hostname").read_text() == "newer\n"
         assert (again / "etc" / "added").read_text() == "only in revision 2\n"  # from the server that has it
         assert os.getxattr(again, "user.revision") == b"2"

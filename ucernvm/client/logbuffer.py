@@ -16,11 +16,30 @@ KEPT = 10  # messages, as cvmfs
 
 _messages: deque[tuple[float, str]] = deque(maxlen=KEPT)
 _lock = threading.Lock()
+_held: list[str] | None = None  # every message since hold(), for a log that opens later
 
 
 def remember(message: str) -> None:
     with _lock:
         _messages.append((time.time(), message))
+        if _held is not None:
+            _held.append(message)
+
+
+def hold() -> None:
+    """Keep every message from now on, however many, until ``held()``: ``ucernvm mount``'s, until its daemon's
+    log opens."""
+    global _held
+    with _lock:
+        _held = []
+
+
+def held() -> list[str]:
+    """The messages since ``hold()``, which keeps none from now on."""
+    global _held
+    with _lock:
+        messages, _held = _held or [], None
+    return messages
 
 
 def recent() -> str:

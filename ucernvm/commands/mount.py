@@ -6,10 +6,13 @@ import argparse
 import os
 import time
 
+from ucernvm.client import logbuffer
 from ucernvm.client.cache import DEFAULT_QUOTA, MIB, ObjectCache
 from ucernvm.client.filesystem import SnapshotFilesystem
+from ucernvm.client.fuse.kernel import FuseMount, MountOptions, mount, mounted_file_system
+from ucernvm.client.fuse.operations import report
 from ucernvm.client.prefetch import warn
-from ucernvm.client.fuse.kernel import MountOptions, mount, mounted_file_system
+from ucernvm.client.repository import Repository
 from ucernvm.commands.repo import add_source_arguments, open_repository, source_config
 from ucernvm.commands.umount import FUSE_TYPES
 from ucernvm.errors import ConfigError, MountError
@@ -25,9 +28,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Mount one snapshot of a repository read-only at MOUNTPOINT. Every object is verified "
         "before it is served and kept in the cache directory; with every server down, the last verified "
         "revision in the cache is mounted. Returns once the mount is live and leaves a daemon serving it; "
-        "`ucernvm umount MOUNTPOINT` ends it. SIGUSR1 to the daemon (its pid: the user.pid attribute of "
-        "MOUNTPOINT) appends one line of JSON statistics to mount.log: requests by kind, downloads, cache hits; "
-        "and writes read-order.txt beside it: the files read so far, in order, as a prefetch list.",
+        "`ucernvm umount MOUNTPOINT` ends it. The warnings it prints (a server or proxy switched, an older "
+        "revision offered) open the daemon's log too, mount.log in the cache directory. SIGUSR1 to the daemon "
+        "(its pid: the user.pid attribute of MOUNTPOINT) appends one line of JSON statistics to mount.log: "
+        "requests by kind, downloads, cache hits; and writes read-order.txt beside it: the files read so far, "
+        "in order, as a prefetch list.",
     )
     add_source_arguments(parser)
     parser.add_argument("mountpoint", metavar="MOUNTPOINT",
@@ -57,6 +62,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_arguments(args)
+    logbuffer.hold()  # what is said before the fork goes to the daemon's log too, which opens only then
+    try:
+        repository, fuse = mount_snapshot(args)
+    finally:
+        opening = logbuffer.held()
+    if args.foreground:
+        fuse.serve()
+        return 0
+    fuse.fork(log_path=os.path.join(args.cache, "mount.log"), before_serve=lambda: log_warnings(opening))
+    os.stat(args.mountpoint)  # returns once the daemon answered the kernel: the mount is live
+    print(f"mounted {repository.fqrn} revision {repository.revision} ({repository.root_hash}) on {args.mountpoint}")
+    return 0
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Refuse what can be refused before the repository is opened; the paths made absolute."""
     # A second FUSE mount there would hide the first (one umount then shows it again); one whose daemon is
     # gone is no directory to stat. Either wants an unmount first.
     mounted = fuse_mounted(os.path.realpath(args.mountpoint))
@@ -73,6 +95,10 @@ def run(args: argparse.Namespace) -> int:
     args.cache, args.mountpoint = os.path.abspath(args.cache), os.path.abspath(args.mountpoint)
     if "://" not in args.source:  # a local repository directory, which the daemon reads every object from
         args.source = os.path.abspath(args.source)
+
+
+def mount_snapshot(args: argparse.Namespace) -> tuple[Repository, FuseMount]:
+    """The repository opened with the cache held, and its snapshot mounted, not served yet."""
     config = source_config(args)
     quota = args.quota if args.quota is not None else config.quota_limit if config is not None else DEFAULT_QUOTA
     cache = ObjectCache(args.cache, quota * MIB if quota > 0 else None)  # CVMFS_QUOTA_LIMIT=-1: none
@@ -82,14 +108,13 @@ def run(args: argparse.Namespace) -> int:
         warn(warning)
     filesystem = SnapshotFilesystem(repository, prefetch_list=args.prefetch, pin_list=args.pin)
     options = MountOptions(fsname=repository.fqrn, subtype="cvmfs", threads=args.threads, passthrough=args.passthrough)
-    fuse = mount(filesystem, args.mountpoint, options)
-    if args.foreground:
-        fuse.serve()
-        return 0
-    fuse.fork(log_path=os.path.join(args.cache, "mount.log"))
-    os.stat(args.mountpoint)  # returns once the daemon answered the kernel: the mount is live
-    print(f"mounted {repository.fqrn} revision {repository.revision} ({repository.root_hash}) on {args.mountpoint}")
-    return 0
+    return repository, mount(filesystem, args.mountpoint, options)
+
+
+def log_warnings(warnings: list[str]) -> None:
+    """The warnings before the fork, which went to this command's stderr, in the daemon's log (its stderr) too."""
+    for warning in warnings:
+        report(f"ucernvm mount: warning: {warning}")
 
 
 def lock_cache(cache: ObjectCache, mountpoint: str) -> None:
