@@ -560,6 +560,26 @@ def test_many_parallel_readers(published, mounts, keys_dir, tmp_path) -> None:
     assert results == [True] * 16
 
 
+@pytest.mark.parametrize("plant", ["link", "fifo"])
+def test_the_daemon_log_goes_neither_through_a_link_nor_into_a_fifo_left_in_its_place(published, mounts, keys_dir,
+                                                                                    tmp_path, plant: str) -> None:
+    """A boot's cache lies on the scratch disk, which the OS writes: the daemon serves, and writes its reports
+    to no file of the loader's, whatever was left as mount.log."""
+    source, _, server = published
+    cache, outside = tmp_path / "cache", tmp_path / "outside"
+    cache.mkdir()
+    outside.write_bytes(b"")
+    if plant == "link":
+        (cache / "mount.log").symlink_to(outside)
+    else:
+        os.mkfifo(cache / "mount.log")
+    point, _ = mounts.mount(f"{server.url}/cvmfs/{FQRN}", keys_dir, cache)
+    assert (point / "etc" / "hostname").read_bytes() == (source / "etc" / "hostname").read_bytes()
+    os.kill(int(os.getxattr(point, "user.pid")), signal.SIGUSR1)  # the daemon reports its statistics in its log
+    run_cli("umount", point, check=True)
+    assert outside.read_bytes() == b""
+
+
 def test_mount_at_a_tag_and_umount_ends_the_daemon(published, mounts, keys_dir, tmp_path) -> None:
     source, stratum, server = published
     (source / "etc" / "hostname").write_text("second\n")

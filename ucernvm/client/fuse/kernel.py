@@ -22,6 +22,7 @@ import gc
 import itertools
 import os
 import signal
+import stat
 import struct
 import threading
 
@@ -381,7 +382,7 @@ class FuseMount:
             os.setsid()
             os.chdir("/")
             null = os.open(os.devnull, os.O_RDWR)
-            log = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644) if log_path else null
+            log = _open_log(log_path, null) if log_path else null
             os.dup2(null, 0)
             os.dup2(null, 1)
             os.dup2(log, 2)
@@ -771,3 +772,17 @@ def _sized(value: bytes, size: int) -> bytes:
 
 def _report(message: str) -> None:
     report(f"ucernvm fuse: {message}")
+
+
+def _open_log(path: str, null: int) -> int:
+    """The daemon's log, appended to; ``null`` where its place holds no regular file: the cache it lies in may
+    be on a disk someone else writes (a boot's scratch disk), where a link would take the reports to any
+    file and a FIFO would block the daemon before it serves."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+    except OSError:
+        return null
+    if stat.S_ISREG(os.fstat(fd).st_mode):
+        return fd
+    os.close(fd)
+    return null
