@@ -16,6 +16,7 @@ import pytest
 from ucernvm.boot.handoff import SwitchRoot, handoff_stage
 from ucernvm.boot.log import BootLog
 from ucernvm.boot.pipeline import Stage, run_stages
+from ucernvm.boot.rootfs import move_layers
 from ucernvm.boot.state import BootState
 from ucernvm.boot.system import Action, RealSystem
 from ucernvm.config import BootConfig
@@ -130,3 +131,29 @@ def test_the_master_keys_are_copied_on_the_scratch_disk_not_through_a_link_the_o
     assert (state.scratch / "aux" / "keys" / FQRN / f"{FQRN}.pub").read_bytes() == b"the repository's key\n"
     assert not (state.scratch / name).is_symlink() and not list(outside.iterdir())
     assert state.warnings == [f"{name} on the scratch disk is a symbolic link: removed, not followed, and made a directory"]
+
+
+@pytest.mark.parametrize("name", ["mnt", "mnt/.rw"])
+def test_the_scratch_disk_is_moved_into_the_os_root_not_through_a_link_the_os_left(root: Path, name: str) -> None:
+    """/mnt or /mnt/.rw of the OS's root, a link the OS put in its writable layer (to the image's master
+    keys, say), is replaced by a directory: the scratch disk is not mounted over what it pointed to."""
+    outside = root / "etc" / "outside"
+    outside.mkdir()
+    (root / "root.ro").mkdir()
+    mount("--bind", str(root / "root.ro"), str(root / "root.ro"))  # the repository's mount, for the move
+    state = BootState(RealSystem(str(root)), BootLog(io.StringIO()))
+    placed = state.new_root / name
+    placed.parent.mkdir(parents=True, exist_ok=True)
+    if placed.is_dir():
+        placed.rmdir()
+    placed.symlink_to(outside)
+    try:
+        move_layers(state)
+        assert os.path.ismount(state.new_root / "mnt" / ".rw") and os.path.ismount(state.new_root / "mnt" / ".ro")
+        assert state.scratch == state.new_root / "mnt" / ".rw" and (state.scratch / "ulogs").is_dir()
+        assert not os.path.ismount(outside) and not list(outside.iterdir())
+    finally:  # the layers first, which keep the OS's root busy
+        for layer in (".ro", ".rw"):
+            subprocess.run(["umount", str(state.new_root / "mnt" / layer)], capture_output=True)
+    assert state.warnings == [f"{name} in the OS's root is a symbolic link: removed, not followed, and made a directory"]
+

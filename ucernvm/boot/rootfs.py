@@ -13,7 +13,8 @@ import ctypes
 import os
 
 from ucernvm.boot.state import BootState
-from ucernvm.boot.system import MS_MOVE, MakeDirs, Mount
+from ucernvm.boot.system import MS_MOVE, Mount
+from ucernvm.boot.untrusted import scratch_directory
 from ucernvm.client.boot_layer import find_boot_layer
 from ucernvm.client.filesystem import SnapshotFilesystem
 from ucernvm.client.fuse.kernel import MountOptions, mount
@@ -91,15 +92,20 @@ def mount_stage(state: BootState) -> None:
         lower = f"{boot_layer}:{lower}"
     options = f"lowerdir={lower},upperdir={scratch / 'persistent'},workdir={scratch / 'work'}"
     system.do(Mount("overlay", str(new_root), "overlay", options))
-    for layer, inside in ((scratch, "mnt/.rw"), (read_only, "mnt/.ro")):
-        target = new_root / inside
-        system.do(MakeDirs(str(target)))
-        system.do(Mount(str(layer), str(target), None, flags=MS_MOVE))
-    if not system.dry_run:
-        state.scratch_moved_to = new_root / "mnt" / ".rw"
+    move_layers(state)
     state.facts["root"] = {"lower": str(lower), "upper": str(scratch / "persistent"), "fuse_pid": state.fuse_pid,
                            "xattrs": xattrs, "prefetch_list": prefetch_list, "boot_layer": boot_layer,
                            "pin_list": pin_list}
+
+
+def move_layers(state: BootState) -> None:
+    """Move the scratch disk and the repository's mount to /mnt/.rw and /mnt/.ro in the OS's root, where
+    no link the OS left is followed (it would take a mount over any directory of the loader's)."""
+    for layer, inside in ((state.scratch, "mnt/.rw"), (state.read_only, "mnt/.ro")):
+        scratch_directory(state, inside, f"/{inside} in the OS's root", root=state.new_root)
+        state.system.do(Mount(str(layer), str(state.new_root / inside), None, flags=MS_MOVE))
+    if not state.system.dry_run:
+        state.scratch_moved_to = state.new_root / "mnt" / ".rw"
 
 
 def _hold_the_cache(state: BootState) -> None:

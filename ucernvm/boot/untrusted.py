@@ -78,13 +78,15 @@ def read_scratch(state: BootState, relative: str, limit: int, if_unusable: str) 
         return None
 
 
-def scratch_directory(state: BootState, relative: str, what: str) -> bool:
-    """Make the directory ``relative`` on the scratch disk, never through what the OS left in place of one of
-    its directories: a symbolic link (µCernVM's mkdir -p followed it, and the boot's files went into the
-    loader's own tree or onto another mount), or any other file, is removed with a warning naming it. (The
-    OS is not running: what is checked here stays so.) As ``do_or_warn``, a failing disk is a warning naming
-    *what*; whether the directory is there."""
-    path = state.scratch
+def scratch_directory(state: BootState, relative: str, what: str, root: Path | None = None) -> bool:
+    """Make the directory ``relative`` on the scratch disk (or in the OS's *root*, whose writable layer lies
+    there), never through what the OS left in place of one of its directories: a symbolic link (µCernVM's
+    mkdir -p followed it, and the boot's files went into the loader's own tree or onto another mount), or
+    any other file, is removed with a warning naming it. (The OS is not running: what is checked here stays
+    so.) As ``do_or_warn``, a failing disk is a warning naming *what*; whether the directory is there."""
+    base = root or state.scratch
+    where = "on the scratch disk" if root is None else "in the OS's root"
+    path = base
     actions: list[Action] = []
     for part in relative.split("/"):
         path = path / part
@@ -97,8 +99,7 @@ def scratch_directory(state: BootState, relative: str, what: str) -> bool:
             return False
         if not stat.S_ISDIR(mode):
             kind = "a symbolic link" if stat.S_ISLNK(mode) else "not a directory"
-            state.warn(f"{path.relative_to(state.scratch)} on the scratch disk is {kind}: removed, not followed, "
-                       "and made a directory")
+            state.warn(f"{path.relative_to(base)} {where} is {kind}: removed, not followed, and made a directory")
             actions.append(RemoveFile(str(path)))
             break
-    return state.do_or_warn(what, *actions, MakeDirs(str(state.scratch / relative)))
+    return state.do_or_warn(what, *actions, MakeDirs(str(base / relative)))
