@@ -135,6 +135,21 @@ def test_applying_it_moves_aside_restores_and_merges_the_accounts(snapshot, uppe
         assert line in text
 
 
+def test_a_link_the_os_left_in_place_of_the_set_aside_directory_is_not_moved_into(snapshot, upper: Path,
+                                                                                 tmp_path: Path) -> None:
+    """The OS writes the scratch disk, and the set-aside directory's name (the time of a boot) can be guessed:
+    the rebase stops there, and the layer's files stay where they are rather than go where the link points."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "aux").mkdir()
+    (tmp_path / "aux/rebase-1").symlink_to(outside)
+    plan = plan_rebase(upper, lookup_in(snapshot))
+    result = Rebase(str(upper), plan, str(tmp_path / "aux/rebase-1"), str(tmp_path / "aux/rebase-1.log"),
+                    lambda relative: None).apply()
+    assert "File exists" in str(result["error"])
+    assert not list(outside.iterdir()) and (upper / "usr/bin/tool").read_bytes() == b"tool 1, patched by hand\n"
+
+
 def test_a_second_rebase_of_the_same_layer_changes_nothing_more(snapshot, upper: Path, tmp_path: Path) -> None:
     """A boot cut short rebases again: what is done is not found again, the accounts are not added twice."""
     def read_snapshot(relative: str) -> bytes | None:
@@ -159,7 +174,7 @@ def test_account_merging_keeps_lines_it_does_not_understand() -> None:
 
 
 def test_a_rebase_that_cannot_finish_is_a_warning_and_the_boot_goes_on(snapshot, upper: Path, tmp_path: Path) -> None:
-    """The boot's step: a file where the rebase keeps what it moves aside stops it (ENOTDIR); the snapshot
+    """The boot's step: a file where the rebase keeps what it moves aside stops it (EEXIST); the snapshot
     stage warns, the log says how far it got, and the boot goes on rather than failing at every boot."""
     import io
 
@@ -178,7 +193,7 @@ def test_a_rebase_that_cannot_finish_is_a_warning_and_the_boot_goes_on(snapshot,
         patch.setattr("time.strftime", lambda *_: "T")
         (scratch / "aux" / "rebase-T").write_text("in the way")  # the directory for moved files cannot be made
         rebase_if_moved(state, "0" * 40)
-    assert "Not a directory" in state.facts["rebase"]["error"]
+    assert "File exists" in state.facts["rebase"]["error"]
     assert "rebase of the writable layer stopped" in state.warnings[0]
     assert state.warnings[0].endswith("; see aux/rebase-T.log")
     log = (scratch / "aux" / "rebase-T.log").read_text()

@@ -232,6 +232,9 @@ class Rebase(NamedTuple):
         for path in self.plan.restore:
             os.unlink(upper / path)
             lines.append(f"restore {path}")
+        if self.plan.set_aside:
+            # Made anew (its name has this boot's time): one the OS left, a link, would take the layer's files anywhere.
+            os.mkdir(self.aside)
         for path in self.plan.set_aside:
             target = Path(self.aside) / path
             target.parent.mkdir(parents=True, exist_ok=True)
