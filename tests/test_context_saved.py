@@ -17,7 +17,7 @@ import pytest
 from test_cache_trust import no_hang  # noqa: F401 (a fixture)
 from ucernvm.boot.contextualize import BEFORE_PIN, META_DATA, apply_user_data, online_context, settle_context
 from ucernvm.boot.log import BootLog
-from ucernvm.boot.seed import NOCLOUD_SEED, seed_cloud_init
+from ucernvm.boot.seed import NOCLOUD_SEED, extra_user_data, seed_cloud_init
 from ucernvm.boot.state import BootState
 from ucernvm.boot.system import System
 from ucernvm.context.found import CONFIG_DRIVE, GCE, FoundContext, MetaData
@@ -123,6 +123,26 @@ def test_unreadable_saved_user_data_is_a_warning_not_a_failed_boot(tmp_path: Pat
 
 
 EXTRA = b"[ucernvm-begin]\ncvmfs_tag=cernvm-system-4.7.1\n[ucernvm-end]\n"
+
+
+@pytest.mark.parametrize("name", ["var/lib/cloud", "cernvm"])
+def test_a_link_in_the_os_root_that_leads_out_of_it_is_not_written_through(tmp_path: Path, name: str) -> None:
+    """The OS's root is its writable layer on the scratch disk: a link there resolves in the loader's tree,
+    an absolute one above all; the seed and the extra user-data are not written through it, with a warning."""
+    boot(tmp_path, FoundContext(CONFIG_DRIVE, USER_DATA, META, extra_user_data=EXTRA), fresh=True)
+    outside = tmp_path / "etc" / "outside"
+    outside.mkdir(parents=True)
+    state = BootState(System(str(tmp_path)), BootLog(io.StringIO()))
+    placed = state.new_root / name
+    subprocess.run(["rm", "-rf", str(placed)], check=True)
+    placed.symlink_to(outside)
+    settle_context(state)
+    seed_cloud_init(state)
+    extra_user_data(state)
+    assert not list(outside.iterdir())
+    (warning,) = state.warnings
+    assert " not written: a symbolic link in the OS's root on the way to /" in warning and warning.endswith(
+        " leads out of it")
 
 
 @pytest.mark.parametrize("first", [FoundContext(CONFIG_DRIVE, USER_DATA + b"[ucernvm-begin]\ncvmfs_tag=other\n"

@@ -14,6 +14,7 @@ from ucernvm.boot.shutdown import ON_SCRATCH, install_shutdown_handback
 from ucernvm.boot.snapshot import export_master_keys
 from ucernvm.boot.state import BootState
 from ucernvm.boot.system import MS_MOVE, MS_NODEV, MS_NOSUID, MakeDirs, Mount, Unmount, WriteFile
+from ucernvm.boot.untrusted import in_os_root
 from ucernvm.errors import MountError
 from ucernvm.records import NamedTuple
 
@@ -124,17 +125,18 @@ def handoff_stage(state: BootState) -> None:
     # resolv.conf again; the disk can be cleaned up from it).
     resolv = system.path("/etc/resolv.conf")
     target = new_root / "etc" / "resolv.conf"
-    if resolv.exists() and not target.is_symlink():
-        state.do_or_warn(f"/etc/resolv.conf {ON_SCRATCH}", MakeDirs(str(target.parent)),
-                         WriteFile(str(target), resolv.read_bytes()))
+    what = f"/etc/resolv.conf {ON_SCRATCH}"
+    if resolv.exists() and not target.is_symlink() and in_os_root(state, target, what):
+        state.do_or_warn(what, MakeDirs(str(target.parent)), WriteFile(str(target), resolv.read_bytes()))
 
     export_master_keys(state)
 
     release = os.uname().release
     modules = Path("/lib/modules") / release
-    if modules.is_dir() and not (new_root / "lib" / "modules" / release).exists():
-        state.do_or_warn(f"the kernel modules of {release} {ON_SCRATCH}",
-                         CopyTree(str(modules), str(new_root / "lib" / "modules" / release)))
+    copy = new_root / "lib" / "modules" / release
+    what = f"the kernel modules of {release} {ON_SCRATCH}"
+    if modules.is_dir() and not copy.exists() and in_os_root(state, copy, what):
+        state.do_or_warn(what, CopyTree(str(modules), str(copy)))
 
     # /run is a tmpfs before systemd starts, so the report survives its mounting of /run.
     run = new_root / "run"

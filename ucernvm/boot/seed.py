@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ucernvm.boot.state import BootState
 from ucernvm.boot.system import MakeDirs, Run, WriteFile
-from ucernvm.boot.untrusted import UnusableFile, read_file, read_scratch
+from ucernvm.boot.untrusted import UnusableFile, in_os_root, read_file, read_scratch
 from ucernvm.context.found import PICKUP_LIMIT, MetaData
 from ucernvm.context.login_hook import install_login_hook
 from ucernvm.context.userdata import MAX_USER_DATA, for_cloud_init
@@ -222,6 +222,8 @@ def seed_cloud_init(state: BootState) -> None:
     if state.user_data is None and network is None:
         return
     seed = state.new_root / NOCLOUD_SEED
+    if not in_os_root(state, seed, "the NoCloud seed for cloud-init"):
+        return
     meta = {**seed_meta(state).as_nocloud(), "instance-id": instance_id(state)}
     state.system.do(MakeDirs(str(seed)))
     state.system.do(WriteFile(str(seed / "user-data"), for_cloud_init(state.user_data or b""), 0o600))
@@ -255,8 +257,8 @@ def inject(state: BootState) -> None:
 
 def extra_user_data(state: BootState) -> None:
     saved = read_scratch(state, EXTRA_USER_DATA, MAX_USER_DATA, "the OS gets no /cernvm/extra-user-data")
-    if saved is not None:
-        target = state.new_root / "cernvm" / "extra-user-data"
+    target = state.new_root / "cernvm" / "extra-user-data"
+    if saved is not None and in_os_root(state, target, "/cernvm/extra-user-data"):
         state.system.do(MakeDirs(str(target.parent)))
         state.system.do(WriteFile(str(target), saved, 0o600))
 

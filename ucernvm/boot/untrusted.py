@@ -103,3 +103,15 @@ def scratch_directory(state: BootState, relative: str, what: str, root: Path | N
             actions.append(RemoveFile(str(path)))
             break
     return state.do_or_warn(what, *actions, MakeDirs(str(base / relative)))
+
+
+def in_os_root(state: BootState, path: Path, what: str) -> bool:
+    """Whether ``path``, to be written, lies in the OS's root once its links are followed: they are the OS's,
+    on the scratch disk, and resolve here in the loader's tree (an absolute one above all), not the OS's.
+    Where it does not, a warning naming *what*, which the OS does without."""
+    root = os.path.realpath(state.new_root)
+    if os.path.realpath(path).startswith(root + os.sep):
+        return True
+    state.warn(f"{what} not written: a symbolic link in the OS's root on the way to "
+               f"/{path.relative_to(state.new_root)} leads out of it")
+    return False
