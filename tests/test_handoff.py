@@ -157,3 +157,17 @@ def test_the_scratch_disk_is_moved_into_the_os_root_not_through_a_link_the_os_le
             subprocess.run(["umount", str(state.new_root / "mnt" / layer)], capture_output=True)
     assert state.warnings == [f"{name} in the OS's root is a symbolic link: removed, not followed, and made a directory"]
 
+
+def test_the_os_run_is_a_tmpfs_of_its_own_not_one_over_where_a_link_the_os_left_points(root: Path) -> None:
+    """/run, a link the OS put in its writable layer, is replaced by a directory before its tmpfs is mounted:
+    the link resolves in the loader's tree, where the mount would hide a directory of the loader's."""
+    outside = root / "etc" / "outside"
+    outside.mkdir()
+    (root / "root" / "run").rmdir()
+    (root / "root" / "run").symlink_to(outside)
+    state = BootState(NoSwitch(str(root)), BootLog(io.StringIO()), config=BootConfig(repository=FQRN))
+    run_stages(state, [Stage("handoff", (handoff_stage,))])
+    assert os.path.ismount(root / "root" / "run") and (root / "root" / "run" / "ucernvm" / "report.json").is_file()
+    assert not os.path.ismount(outside) and not list(outside.iterdir())
+    assert "run in the OS's root is a symbolic link: removed, not followed, and made a directory" in state.warnings
+

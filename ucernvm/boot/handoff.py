@@ -14,7 +14,7 @@ from ucernvm.boot.shutdown import ON_SCRATCH, install_shutdown_handback
 from ucernvm.boot.snapshot import export_master_keys
 from ucernvm.boot.state import BootState
 from ucernvm.boot.system import MS_MOVE, MS_NODEV, MS_NOSUID, MakeDirs, Mount, Unmount, WriteFile
-from ucernvm.boot.untrusted import in_os_root
+from ucernvm.boot.untrusted import in_os_root, scratch_directory
 from ucernvm.errors import MountError
 from ucernvm.records import NamedTuple
 
@@ -140,7 +140,7 @@ def handoff_stage(state: BootState) -> None:
 
     # /run is a tmpfs before systemd starts, so the report survives its mounting of /run.
     run = new_root / "run"
-    system.do(MakeDirs(str(run)))
+    scratch_directory(state, "run", "/run in the OS's root", root=new_root)  # a link there: a tmpfs over the loader's
     system.do(Mount("tmpfs", str(run), "tmpfs", "mode=0755", MS_NOSUID | MS_NODEV))
     install_shutdown_handback(state)
     hand_over_context(state)
