@@ -24,7 +24,7 @@ LIB_DIR = "usr/lib/ucernvm"
 HOOK = f"{LIB_DIR}/pin-login"
 # The modules the hook runs, as files of the ucernvm package. The image must carry their .py
 # sources (it compiles the package to .pyc): the OS's Python may be another version.
-BUNDLED_SOURCES = ("errors.py", "context/defaults.py", "context/online.py", "context/pairing.py",
+BUNDLED_SOURCES = ("errors.py", "utc.py", "context/defaults.py", "context/online.py", "context/pairing.py",
                    "context/userdata.py")
 DROP_IN = "ucernvm-pin-login.conf"
 # Debian 12's ExecStart lines (systemd 252), with the login program added.
