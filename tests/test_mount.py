@@ -270,6 +270,20 @@ def test_statfs_and_df_report_how_full_the_cache_is(published, mounts, keys_dir,
         assert [int(value) for value in df.split()] == [blocks, used, blocks - used]
 
 
+def test_statfs_reports_as_free_inodes_the_entries_of_catalogs_not_loaded(published, mounts, keys_dir,
+                                                                          tmp_path) -> None:
+    """As cvmfs's: every entry of the snapshot is an inode, those of the loaded catalogs are used."""
+    source, _, server = published
+    point, _ = mounts.mount(f"{server.url}/cvmfs/{FQRN}", keys_dir, tmp_path / "cache")
+    stats = os.statvfs(point)
+    assert 0 < stats.f_ffree == stats.f_favail < stats.f_files  # the root catalog only
+    assert (point / "data" / "sub" / "file").read_bytes() == b"in a nested catalog\n"
+    assert os.statvfs(point).f_ffree < stats.f_ffree  # data/sub's catalog loaded too
+    assert read_tree(point) == snapshot_tree(source)
+    stats = os.statvfs(point)
+    assert (stats.f_ffree, stats.f_favail) == (0, 0)  # every catalog loaded
+
+
 def _wait_for_the_cache_count(point: Path) -> None:
     """Until the daemon counted the cached bytes it found at the mount (user.cache_use is - before)."""
     deadline = time.monotonic() + 20

@@ -191,6 +191,7 @@ class SnapshotFilesystem(Operations):
         self._opens = 0  # OPENs answered
         self._open_files = 0  # of them not released yet
         self._mounted_at = time.monotonic()
+        self._catalog_entries: dict[Catalog, int] = {}  # statfs's count of each loaded catalog's own entries
 
     # -- life cycle ------------------------------------------------------------------------------
 
@@ -573,25 +574,38 @@ class SnapshotFilesystem(Operations):
 
     def statfs(self) -> FsStats:
         """The cache's size and use, as cvmfs reports them, so that df on a mount shows how full the cache is;
-        the files are the snapshot's entries."""
-        totals = self.repository.root_catalog.tree_counters()
-        entries = sum(totals.get(kind, 0) for kind in ("regular", "dir", "symlink", "special"))
+        the files are the snapshot's entries, and free all but those of the loaded catalogs, as cvmfs counts."""
+        entries = _entries(self.repository.root_catalog.tree_counters())
+        loaded = sum(self._own_entries(catalog) for catalog in self.repository.loaded_catalogs())
         cache = self.repository.cache
-        return _cache_stats(cache.usage, cache.quota, entries) if cache is not None else FsStats(files=entries)
+        stats = _cache_stats(cache.usage, cache.quota) if cache is not None else FsStats()
+        return stats._replace(files=entries, free_files=max(0, entries - loaded))
+
+    def _own_entries(self, catalog: Catalog) -> int:
+        """The entries a catalog holds itself, counted once: a loaded catalog stays loaded and never changes."""
+        counted = self._catalog_entries.get(catalog)
+        if counted is None:
+            counted = self._catalog_entries[catalog] = _entries(catalog.statistics(), "self_")
+        return counted
 
 
-def _cache_stats(usage: int | None, quota: int | None, files: int) -> FsStats:
+def _entries(counters: dict[str, int], prefix: str = "") -> int:
+    """The entries (regular files, directories, symlinks, special files) among catalog counters."""
+    return sum(counters.get(prefix + kind) or 0 for kind in ("regular", "dir", "symlink", "special"))
+
+
+def _cache_stats(usage: int | None, quota: int | None) -> FsStats:
     """The quota as the size and the cached bytes as used (the rest free); without a quota, the cached bytes
     as the size and nothing free (cvmfs's answer for a cache of unknown capacity); before the cached bytes
     are counted, no size at all (its answer for a cache whose use it cannot tell)."""
     block = FsStats().block_size
     if usage is None:
-        return FsStats(files=files)
+        return FsStats()
     used = -(-usage // block)  # a block partly used is not free
     if quota is None:
-        return FsStats(blocks=used, files=files)
+        return FsStats(blocks=used)
     blocks = quota // block
-    return FsStats(blocks=blocks, files=files, free=max(0, blocks - used))  # use passes the quota until cleaned
+    return FsStats(blocks=blocks, free=max(0, blocks - used))  # use passes the quota until cleaned
 
 
 def _counters_csv(catalog: Catalog) -> str:

@@ -703,8 +703,8 @@ class FuseMount:
 
     def _statfs(self, nodeid: int, payload: memoryview) -> bytes:
         stats = self.ops.statfs()
-        return KSTATFS.pack(stats.blocks, stats.free, stats.free, stats.files, 0, stats.block_size, stats.name_max,
-                            stats.block_size, 0)
+        return KSTATFS.pack(stats.blocks, stats.free, stats.free, stats.files, stats.free_files, stats.block_size,
+                            stats.name_max, stats.block_size, 0)
 
     def _getxattr(self, nodeid: int, payload: memoryview) -> bytes:
         size = GETXATTR_IN.unpack_from(payload)[0]

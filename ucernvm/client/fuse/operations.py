@@ -57,8 +57,10 @@ class Attributes(namedtuple("Attributes", "ino mode size nlink uid gid mtime_ns 
     rdev: int
 
 
-class FsStats(namedtuple("FsStats", "blocks files block_size name_max free", defaults=(0, 0, 4096, 255, 0))):
-    """What ``statfs`` reports: sizes in ``block_size`` units; ``free`` blocks are free and available alike."""
+class FsStats(namedtuple("FsStats", "blocks files block_size name_max free free_files",
+                         defaults=(0, 0, 4096, 255, 0, 0))):
+    """What ``statfs`` reports: sizes in ``block_size`` units; ``free`` blocks and ``free_files`` inodes are
+    free and available alike."""
 
     __slots__ = ()
     blocks: int
@@ -66,6 +68,7 @@ class FsStats(namedtuple("FsStats", "blocks files block_size name_max free", def
     block_size: int
     name_max: int
     free: int
+    free_files: int
 
 
 class DirEntry(namedtuple("DirEntry", "name attributes next_offset")):
