@@ -13,7 +13,7 @@ import pytest
 
 from helpers import PROJECT
 from ucernvm.boot.system import DryRunSystem, RealSystem
-from ucernvm.context.login_hook import BUNDLED_SOURCES, DROP_IN, HOOK, install_login_hook
+from ucernvm.context.login_hook import BUNDLED_SOURCES, DROP_IN, HOOK, hook_files, install_login_hook
 from ucernvm.context.online import OnlineContext
 from ucernvm.context.pairing import meta_data
 from ucernvm.server.online import Context, OnlineServer, OnlineService
@@ -174,7 +174,7 @@ def test_pin_apply_without_cloud_init(server: OnlineServer, service: OnlineServi
 @pytest.fixture
 def os_root(root: Path, server: OnlineServer, tmp_path: Path) -> Path:
     """The OS tree with the hook installed, stand-ins for login(1) and systemctl, python3 on PATH."""
-    install_login_hook(root, RealSystem(), service_url=server.url)
+    install_login_hook(root, RealSystem(), hook_files(server.url))
     (root / "bin").mkdir()
     for program in ("login", "systemctl"):
         script = root / "bin" / program
@@ -194,7 +194,7 @@ def login(root: Path, name: str, answers: str = "", path: str | None = None) -> 
 
 
 def test_the_hook_is_installed_for_the_console_gettys(root: Path) -> None:
-    install_login_hook(root, RealSystem(), service_url="http://10.0.2.2:8001")
+    install_login_hook(root, RealSystem(), hook_files("http://10.0.2.2:8001"))
     hook = root / HOOK
     assert hook.stat().st_mode & 0o111
     assert "SERVICE_URL=http://10.0.2.2:8001\n" in hook.read_text()
@@ -208,7 +208,7 @@ def test_the_hook_is_installed_for_the_console_gettys(root: Path) -> None:
 
 def test_a_dry_run_only_records_the_hook(tmp_path: Path) -> None:
     system = DryRunSystem()
-    install_login_hook(tmp_path, system)
+    install_login_hook(tmp_path, system, hook_files())
     assert f"write {tmp_path / HOOK}" in "\n".join(system.actions)
     assert list(tmp_path.iterdir()) == []
 

@@ -157,6 +157,25 @@ def test_other_user_data_is_not_left_for_the_glideinwms_pilot(tmp_path: Path) ->
     assert not (tmp_path / GLIDEINWMS_USER_DATA.lstrip("/")).exists()
 
 
+@pytest.mark.parametrize("name", ["etc/systemd", "etc/systemd/system", "usr/lib/ucernvm"])
+def test_the_login_hook_is_not_written_through_a_link_that_leads_out_of_the_os_root(tmp_path: Path,
+                                                                                   name: str) -> None:
+    """The OS's links resolve in the loader's tree when PID 1 writes: where one leads out of the OS's root,
+    no file of the hook is written, with one warning (a getty's drop-in alone would name a missing login)."""
+    outside = tmp_path / "etc" / "outside"
+    outside.mkdir(parents=True)
+    state = BootState(System(str(tmp_path)), BootLog(io.StringIO()))
+    placed = state.new_root / name
+    placed.parent.mkdir(parents=True)
+    placed.symlink_to(outside)
+    (state.new_root / "etc" / "systemd").mkdir(parents=True, exist_ok=True)  # a systemd OS, which gets the hook
+    hand_over_context(state)
+    assert not list(outside.iterdir())
+    assert not list((state.new_root / "etc" / "systemd").glob("**/*.conf"))
+    (warning,) = state.warnings
+    assert warning.startswith("the #PIN login hook not written: a symbolic link in the OS's root on the way to /")
+
+
 # ---------------------------------------------------------------------------------------- GCE's SSH keys
 
 CLOUDINIT_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIForCloudInit ops@site"

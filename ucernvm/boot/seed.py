@@ -16,7 +16,7 @@ from ucernvm.boot.state import BootState
 from ucernvm.boot.system import MakeDirs, Run, WriteFile
 from ucernvm.boot.untrusted import UnusableFile, in_os_root, read_file, read_scratch
 from ucernvm.context.found import PICKUP_LIMIT, MetaData
-from ucernvm.context.login_hook import install_login_hook
+from ucernvm.context.login_hook import hook_files, install_login_hook
 from ucernvm.context.userdata import MAX_USER_DATA, for_cloud_init
 from ucernvm.cvmfs.hashing import sha256
 from ucernvm.errors import UcernvmError
@@ -292,7 +292,10 @@ def login_hook(state: BootState) -> None:
     if not (state.new_root / "etc" / "systemd").is_dir() and not state.system.dry_run:
         return  # the #PIN login hook is for systemd's gettys
     try:
-        install_login_hook(state.new_root, state.system, state.config.service_url)
+        files = hook_files(state.config.service_url)
+        # All or nothing: a getty's drop-in without the login program it names would leave no console login.
+        if all(in_os_root(state, state.new_root / path, "the #PIN login hook") for path in files):
+            install_login_hook(state.new_root, state.system, files)
     except UcernvmError as error:
         state.warn(f"the #PIN login hook was not installed: {error.message}")
 

@@ -36,7 +36,7 @@ GETTYS = {
 
 
 def hook_files(service_url: str = SERVICE_URL) -> dict[str, tuple[bytes, int]]:
-    """Path under the new root -> (content, mode) of everything the hook needs."""
+    """Path under the new root -> (content, mode) of everything the hook needs; ContextError if impossible."""
     package = Path(__file__).resolve().parent.parent  # the ucernvm package: files, never a zip
     script = package.joinpath("context/pin-login.sh").read_text()
     values = {"SERVICE_URL": service_url, "LIB_DIR": f"/{LIB_DIR}", "CONTEXT_DIR": CONTEXT_DIR, "SEED_DIR": SEED_DIR}
@@ -62,9 +62,9 @@ def hook_files(service_url: str = SERVICE_URL) -> dict[str, tuple[bytes, int]]:
     return files
 
 
-def install_login_hook(new_root: Path, system: System, service_url: str = SERVICE_URL) -> None:
-    """Install the hook into the OS being booted (its writable layer); ContextError if impossible."""
-    for path, (data, mode) in hook_files(service_url).items():
+def install_login_hook(new_root: Path, system: System, files: dict[str, tuple[bytes, int]]) -> None:
+    """Install the hook's *files* (``hook_files``) into the OS being booted (its writable layer)."""
+    for path, (data, mode) in files.items():
         target = new_root / path
         system.do(MakeDirs(str(target.parent)))
         system.do(WriteFile(str(target), data, mode))
