@@ -494,6 +494,28 @@ def test_a_scratch_disk_keeps_a_reserve_that_a_full_disk_gets_back(rig: Rig) -> 
     assert (again.scratch / "aux" / "safety" / "50m").is_file() and not again.warnings
 
 
+@pytest.mark.parametrize("kind", ["a symbolic link", "not a directory"])
+def test_a_link_or_a_file_the_os_left_at_the_reserve_is_replaced_by_a_reserve(rig: Rig, kind: str) -> None:
+    """The OS writes the scratch disk: what it put at aux/safety in place of the reserve is no reserve, and
+    a link's target (a directory of the loader's, say) is left as it was."""
+    device = rig.attach(rig.disk("large", 2 * GIB))
+    safety = rig.boot([device]).scratch / "aux" / "safety"
+    shutil.rmtree(safety)
+    outside = rig.root / "etc" / "outside"
+    outside.mkdir(parents=True)
+    (outside / "kept").write_bytes(b"the loader's\n")
+    if kind == "a symbolic link":
+        safety.symlink_to(outside)
+    else:
+        safety.write_bytes(b"not the reserve\n")
+
+    [device] = rig.reboot([device])
+    again = rig.boot([device])
+    assert (again.scratch / "aux" / "safety" / "50m").is_file() and not (again.scratch / "aux" / "safety").is_symlink()
+    assert [path.name for path in outside.iterdir()] == ["kept"]
+    assert again.warnings == [f"aux/safety on the scratch disk is {kind}: removed, not taken for the reserve"]
+
+
 def test_a_scratch_disk_out_of_inodes_is_full_and_gets_the_reserve_back(rig: Rig) -> None:
     """Bytes to spare but no inode for a new file (many small files): the disk is as full as without bytes."""
     device = rig.attach(rig.disk("large", 2 * GIB))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import os
+import stat
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -254,6 +255,7 @@ def _mind_the_room(state: BootState, device: str, keeps_reserve: bool, facts: di
     context, the logs). As µCernVM, the reserve is made where there is none, here only on a disk that
     *keeps_reserve* and where it leaves the disk room."""
     safety = state.scratch / SAFETY
+    _clear_the_reserve_place(state, safety)
     room = _room(state)
     full, short_of_inodes = room.full, room.short_of_inodes
     released = ""
@@ -277,6 +279,25 @@ def _mind_the_room(state: BootState, device: str, keeps_reserve: bool, facts: di
         # but the OS is likely to fail: said first in the report, not left to a failed write later.
         state.warn(f"the scratch disk {device} is full: {room.describe(inodes=short_of_inodes)}{released}; the OS "
                    "may fail to write (what it wrote is under /mnt/.rw/persistent)")
+
+
+def _clear_the_reserve_place(state: BootState, safety: Path) -> None:
+    """What the OS left at ``aux/safety`` in place of the reserve's directory (a link, a file) is no reserve:
+    it is removed, with a warning, so that a reserve is made as where there is none; a link would stand in
+    for the reserve, neither given back (``rmtree`` refuses one) nor replaced by one."""
+    try:
+        mode = safety.lstat().st_mode
+    except OSError:
+        return  # none, or a failing disk that the reserve's own steps report
+    if stat.S_ISDIR(mode):
+        return
+    kind = "a symbolic link" if stat.S_ISLNK(mode) else "not a directory"
+    try:
+        state.system.do(RemoveFile(str(safety)))
+    except OSError as error:
+        state.warn(f"{SAFETY} on the scratch disk is {kind} and cannot be removed: {error.strerror or error}")
+    else:
+        state.warn(f"{SAFETY} on the scratch disk is {kind}: removed, not taken for the reserve")
 
 
 def _room(state: BootState) -> Room:
