@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import calendar
 import errno
 import hashlib
 import os
@@ -763,6 +764,26 @@ def test_the_daemon_may_hold_many_descriptors(published, mounts, keys_dir, tmp_p
                   if line.startswith("Max open files"))
     daemon_soft, daemon_hard = (float("inf") if value == "unlimited" else int(value) for value in fields[3:5])
     assert daemon_soft >= min(NFILES, daemon_hard) > 1024
+
+
+def test_every_line_of_the_daemons_log_opens_with_the_time_it_was_written(published, mounts, keys_dir,
+                                                                         tmp_path) -> None:
+    """In UTC, as cvmfs's log lines: the warnings at the fork, the daemon's failovers, its statistics."""
+    _, _, server = published
+    cache = tmp_path / "cache"
+    before = int(time.time())
+    point, _ = mounts.mount(f"{DEAD_SERVER};{server.url}/cvmfs/{FQRN}", keys_dir, cache,
+                            "-o", "CVMFS_HOST_RESET_AFTER=1", "-o", "CVMFS_MAX_RETRIES=0")
+    time.sleep(1.1)  # the dead server is tried again: the daemon switches back to it, then away
+    assert (point / "etc" / "hostname").read_bytes() == b"cernvm\n"
+    daemon_statistics(point, cache)
+    after = int(time.time())
+    lines = (cache / "mount.log").read_text().splitlines()
+    assert any("switching back to server" in line for line in lines) and any("statistics " in line for line in lines)
+    stamps = [re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC \S", line) for line in lines]
+    assert all(stamps), lines
+    moments = [calendar.timegm(time.strptime(stamp[1], "%Y-%m-%d %H:%M:%S")) for stamp in stamps if stamp]
+    assert before <= min(moments) and max(moments) <= after
 
 
 def test_sigusr1_writes_the_daemons_statistics_to_its_log(published, mounts, keys_dir, tmp_path) -> None:

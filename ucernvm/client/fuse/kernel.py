@@ -24,18 +24,21 @@ import os
 import signal
 import stat
 import struct
+import sys
 import threading
+import time
 
 from ucernvm.client.fuse.handles import InodeHandles
 from ucernvm.client.fuse.operations import Attributes, DirEntry, Operations, report
 from ucernvm.client.fuse.passthrough import BackingFiles
 from ucernvm.client.fuse.splice import PAGE, ReplySplicer
 from ucernvm.errors import MountError
+from ucernvm.utc import utc_time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
-    from typing import Any
+    from typing import Any, TextIO
 
 # How a serving process uses memory (see _tune_memory_for_serving).
 GC_THRESHOLD = 100_000  # allocations between collections of the youngest generation
@@ -389,6 +392,7 @@ class FuseMount:
             os.close(null)
             if log != null:
                 os.close(log)
+            sys.stderr = _TimedLines(sys.stderr)
             if before_serve is not None:
                 before_serve()
             self.serve()
@@ -772,6 +776,27 @@ def _sized(value: bytes, size: int) -> bytes:
 
 def _report(message: str) -> None:
     report(f"ucernvm fuse: {message}")
+
+
+class _TimedLines:
+    """The daemon's stderr, each line opened with the moment it was written (UTC), as cvmfs's log lines are:
+    the log is read long after, by someone who needs to know when a switch or an error happened."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._at_line_start = True
+
+    def write(self, text: str) -> int:
+        if not text:
+            return 0
+        stamp = f"{utc_time(time.time())} "
+        lines = text[:-1].replace("\n", "\n" + stamp) + text[-1]  # a line the text ends is opened by the next write
+        self._stream.write(stamp + lines if self._at_line_start else lines)  # one write: threads' lines stay whole
+        self._at_line_start = text.endswith("\n")
+        return len(text)
+
+    def __getattr__(self, name: str) -> Any:  # flush, fileno...: the stream's
+        return getattr(self._stream, name)
 
 
 def _open_log(path: str, null: int) -> int:
