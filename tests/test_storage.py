@@ -638,3 +638,19 @@ def test_a_resize_that_fails_is_a_warning_and_the_boot_goes_on(rig: Rig, tmp_pat
     assert not (state.scratch / "aux" / "resize").exists()
     assert state.warnings == [f"aux/resize: the scratch file system was not grown: {error}"]
     assert state.facts["storage"]["resized"]["error"] == error
+
+
+def test_a_link_the_os_left_at_the_reserve_s_temporary_name_does_not_keep_the_reserve_away(rig: Rig) -> None:
+    """aux/safety.tmp, where the reserve is made before its rename: a link there is no half-made reserve to
+    clear (rmtree leaves links alone), and its target is left as it was."""
+    device = rig.attach(rig.disk("large", 2 * GIB))
+    scratch = rig.boot([device]).scratch
+    shutil.rmtree(scratch / "aux" / "safety")
+    outside = rig.root / "etc" / "outside"
+    outside.mkdir(parents=True)
+    (scratch / "aux" / "safety.tmp").symlink_to(outside)
+
+    [device] = rig.reboot([device])
+    again = rig.boot([device])
+    assert (again.scratch / "aux" / "safety" / "50m").is_file() and not (again.scratch / "aux" / "safety.tmp").exists()
+    assert list(outside.iterdir()) == [] and not again.warnings

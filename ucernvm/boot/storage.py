@@ -163,6 +163,8 @@ class KeepRoom(NamedTuple):
         import shutil  # only where the reserve is made or given back
 
         temporary = f"{self.directory}.tmp"
+        if os.path.islink(temporary) or os.path.isfile(temporary):  # not ours: rmtree would leave a link there
+            os.unlink(temporary)
         shutil.rmtree(temporary, ignore_errors=True)  # what a boot cut short left
         try:
             os.mkdir(temporary)
