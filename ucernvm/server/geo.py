@@ -9,7 +9,8 @@ always equals the input count (what the cvmfs client checks). Semantics follow t
 - the client is located at the caching string (normally the proxy's name) when that resolves, else
   at the last ``X-Forwarded-For`` address, else at the connecting address;
 - with ``+PXYSEP+`` the proxies are ordered first, and the hosts are then ordered relative to the
-  nearest locatable proxy instead of the client;
+  nearest locatable proxy instead of the client; the request splits at the first separator, and a
+  later one is a proxy that cannot be located;
 - the sort is stable (ties keep the given order) and servers that cannot be located go last;
 - when no host can be located at all, the request is refused (400).
 
@@ -262,8 +263,6 @@ def parse_request(path_info: str) -> tuple[str, list[str]]:
     servers = server_list.split(",")
     if len(servers) > MAX_ENTRIES:
         raise GeoRequestError(f"more than {MAX_ENTRIES} servers")
-    if servers.count(PROXY_SEPARATOR) > 1:
-        raise GeoRequestError("more than one proxy separator")
     return caching_string, servers
 
 
