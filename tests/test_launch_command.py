@@ -101,3 +101,13 @@ def test_a_refused_launch_creates_no_disk(env: dict[str, str], image: Path, tmp_
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 2 and message.encode() in stderr, stderr
     assert not list(tmp_path.glob("new.*")) and not list(tmp_path.glob("*/*.raw"))
+
+
+def test_a_refused_launch_leaves_no_directory_it_made_for_a_disk(env: dict[str, str], image: Path,
+                                                                tmp_path: Path) -> None:
+    (tmp_path / "missing").write_bytes(b"")  # a file where a directory is wanted
+    process = launch(env, "--image", image, "--disk", tmp_path / "made" / "deeper" / "new.raw",
+                     "--disk", tmp_path / "missing" / "other.raw", "--disk-size", "1G")
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 2 and b"cannot create disk" in stderr, stderr
+    assert not (tmp_path / "made").exists()

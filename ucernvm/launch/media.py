@@ -22,9 +22,11 @@ def parse_size(text: str) -> int:
 
 
 def create_sparse_disk(path: Path, size: int) -> Path:
-    """A raw disk of *size* bytes that takes no space until written; an existing file is kept."""
+    """A raw disk of *size* bytes that takes no space until written, in directories made as needed (removed
+    again if the disk cannot be made); an existing file is kept."""
     if path.exists():
         return path
+    made = _missing_directories(path.parent)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("wb") as disk:
@@ -32,22 +34,46 @@ def create_sparse_disk(path: Path, size: int) -> Path:
     except OSError as error:
         if path.is_file():
             path.unlink()  # created, but not to its size (larger than the file system allows)
+        _remove_directories(made)
         where = f"{error.filename}: " if error.filename and error.filename != str(path) else ""
         raise ConfigError(f"cannot create disk {path} of {size} bytes: {where}{error.strerror or error}") from None
     return path
 
 
 def create_disks(paths: tuple[Path, ...], size: int) -> None:
-    """The missing disks among *paths* made as sparse raw disks; none is left if one cannot be made."""
+    """The missing disks among *paths* made as sparse raw disks; none is left if one cannot be made, nor any
+    directory made for them."""
     created: list[Path] = []
+    made: list[Path] = []
     try:
         for path in paths:
             if not path.exists():
+                made += _missing_directories(path.parent)
                 created.append(create_sparse_disk(path, size))
     except ConfigError:
         for path in created:
             path.unlink()
+        _remove_directories(made)
         raise
+
+
+def _missing_directories(directory: Path) -> list[Path]:
+    """*directory* and those above it that do not exist yet, outermost first: the ones mkdir would make."""
+    missing: list[Path] = []
+    while not directory.exists():
+        missing.insert(0, directory)
+        directory = directory.parent
+    return missing
+
+
+def _remove_directories(directories: list[Path]) -> None:
+    """Directories made for a disk that is gone again, innermost first; one holding anything else, or not made
+    after all, is left as it is."""
+    for directory in reversed(directories):
+        try:
+            directory.rmdir()
+        except OSError:
+            pass
 
 
 def check_disk(path: Path, creatable: bool = False) -> Path:
