@@ -83,7 +83,8 @@ def json_meta(data: bytes, what: str, warn: Warn) -> MetaData | None:
 
 def nocloud_meta(data: bytes, warn: Warn) -> MetaData:
     """NoCloud's meta-data: YAML, of which only top-level scalars and the public-keys list are read
-    (a YAML library is not in the image for three keys)."""
+    (read here: importing PyYAML, which the image carries for the OS's cloud.cfg on GCE, takes 8 ms on a
+    host and ten times that under emulation, for three keys)."""
     text = data.decode("utf-8", "replace")
     if text.lstrip().startswith("{"):
         return json_meta(data, "meta-data", warn) or MetaData()
