@@ -47,7 +47,7 @@ from ucernvm.boot.partition import (
 )
 from ucernvm.boot.state import BootState
 from ucernvm.boot.system import MakeDirs, Mount, Run, Unmount
-from ucernvm.boot.untrusted import scratch_directory
+from ucernvm.boot.untrusted import not_a_directory, scratch_directory
 from ucernvm.errors import FormatError, MountError, StorageError, UcernvmError
 from ucernvm.records import NamedTuple
 
@@ -293,7 +293,7 @@ def _clear_the_reserve_place(state: BootState, safety: Path) -> None:
         return  # none, or a failing disk that the reserve's own steps report
     if stat.S_ISDIR(mode):
         return
-    kind = "a symbolic link" if stat.S_ISLNK(mode) else "not a directory"
+    kind = not_a_directory(mode)
     try:
         state.system.do(RemoveFile(str(safety)))
     except OSError as error:

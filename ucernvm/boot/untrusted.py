@@ -78,6 +78,11 @@ def read_scratch(state: BootState, relative: str, limit: int, if_unusable: str) 
         return None
 
 
+def not_a_directory(mode: int) -> str:
+    """What stands where a directory belongs, for a warning: a link (the case that matters) or anything else."""
+    return "a symbolic link" if stat.S_ISLNK(mode) else "not a directory"
+
+
 def scratch_directory(state: BootState, relative: str, what: str, root: Path | None = None) -> bool:
     """Make the directory ``relative`` on the scratch disk (or in the OS's *root*, whose writable layer lies
     there), never through what the OS left in place of one of its directories: a symbolic link (µCernVM's
@@ -98,8 +103,8 @@ def scratch_directory(state: BootState, relative: str, what: str, root: Path | N
             state.warn(f"{what} not written: {error.strerror or error}")
             return False
         if not stat.S_ISDIR(mode):
-            kind = "a symbolic link" if stat.S_ISLNK(mode) else "not a directory"
-            state.warn(f"{path.relative_to(base)} {where} is {kind}: removed, not followed, and made a directory")
+            state.warn(f"{path.relative_to(base)} {where} is {not_a_directory(mode)}: "
+                       "removed, not followed, and made a directory")
             actions.append(RemoveFile(str(path)))
             break
     return state.do_or_warn(what, *actions, MakeDirs(str(base / relative)))
