@@ -26,6 +26,7 @@ from ucernvm.boot.snapshot import (FORCE_FILE, NEWEST_FILE, PIN_FILE, cache_quot
 from ucernvm.boot.servers import servers_stage
 from ucernvm.boot.state import BootState
 from ucernvm.boot.system import RealSystem
+from ucernvm.client.cache import MIB
 from ucernvm.config import BootConfig
 from ucernvm.cvmfs.publisher import Publisher, PublishOptions
 from ucernvm.cvmfs.signing import generate_repository_keys
@@ -70,9 +71,6 @@ def _power_off(state: BootState) -> None:
 
 def pin(state: BootState) -> list[str]:
     return (state.scratch / PIN_FILE).read_text().splitlines()
-
-
-MIB = 1 << 20
 
 
 @pytest.mark.parametrize(("size", "quota_mib"), [
