@@ -250,10 +250,11 @@ GARBAGE = {
     "nul": (b"EC2_USER_DATA=aGk=\x00\n", "NUL bytes"),
     "not utf-8": (b"EC2_USER_DATA=aGk=\n\xff\xfe\n", "not UTF-8"),
     "broken base64": (b"VM_CONTEXT_UUID=x\nEC2_USER_DATA=aGk$$$\n", "EC2_USER_DATA .* not valid base64"),
-    "broken key": (b"EC2_USER_DATA=aGk=\nROOT_PUBKEY=%%%\n", "ROOT_PUBKEY .* not valid base64"),
+    "broken key": (b"EC2_USER_DATA=aGk=\nROOT_PUBKEY=c3No%LWV\n", "ROOT_PUBKEY .* not valid base64"),
     "html": (b"<html><body>Proxy error</body></html>\n", "no EC2_USER_DATA .*<html>"),
     "empty": (b"", "no EC2_USER_DATA"),
-    "encrypted, broken base64": (b"ENCRYPTED:@@@", "encrypted context .* not valid base64"),
+    "encrypted, broken base64": (b"ENCRYPTED:U2FsdGVkX1@@@", "encrypted context .* not valid base64"),
+    "encrypted, no base64 at all": (b"ENCRYPTED:@@@", "no 'Salted__' header"),  # base64 -di makes nothing of it
     "encrypted, no header": (b"ENCRYPTED:" + base64.b64encode(b"0123456789abcdefghij"), "no 'Salted__' header"),
 }
 
@@ -273,6 +274,33 @@ def test_a_wrong_secret_on_an_encrypted_reply_does_not_pass_for_a_context() -> N
         parse_reply(body, secret="not it")
     with pytest.raises(ContextError, match="encrypted and no secret"):
         parse_reply(body)
+
+
+# What the real client pipes through `base64 -di`: stray characters, padding between runs, cut-off ends.
+GNU_BASE64_CASES = ["aGk=", "aG k=\r\n", "a!G@k#=", "aGk", "aGk==", "aG=k", "=aGk=", "YQ==YQ==", "YWJ=Y2Rl", "",
+                    "%%%", "aGk=Y", "YWJjZGVm Z2hp", "YW\tJj*Z.GVm"]
+
+
+@pytest.mark.skipif(shutil.which("base64") is None or "GNU" not in subprocess.run(
+    ["base64", "--version"], capture_output=True, text=True).stdout, reason="needs GNU coreutils' base64")
+@pytest.mark.parametrize("text", GNU_BASE64_CASES)
+def test_user_data_decodes_as_gnu_base64_di_does(text: str) -> None:
+    """The same bytes as the real client's `base64 -di`, and an error exactly where that fails."""
+    gnu = subprocess.run(["base64", "-di"], input=text.encode(), capture_output=True)
+    body = f"EC2_USER_DATA={text}\n".encode()
+    if gnu.returncode != 0:
+        with pytest.raises(ContextError, match="EC2_USER_DATA .* not valid base64"):
+            parse_reply(body)
+    elif text.strip():  # the real client (and this one) wants a non-empty EC2_USER_DATA line
+        assert parse_reply(body).user_data == gnu.stdout
+
+
+def test_a_malformed_but_decodable_context_is_taken() -> None:
+    """Stray spaces and punctuation, as a copy-paste leaves them, are skipped as base64 -di skips them."""
+    user_data, key = base64.b64encode(b"#cloud-config\n").decode(), base64.b64encode(b"ssh-ed25519 AAAA u@h").decode()
+    body = f"EC2_USER_DATA={user_data[:8]} \\{user_data[8:]}\nROOT_PUBKEY= {key[:10]}. {key[10:]}\n"
+    context = parse_reply(body.encode())
+    assert (context.user_data, context.root_pubkey) == (b"#cloud-config\n", "ssh-ed25519 AAAA u@h")
 
 
 def test_an_openssl_base64_reply_with_line_breaks_is_accepted() -> None:

@@ -20,7 +20,6 @@ for the ``#<PIN>`` login.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import http.client
 import os
@@ -194,11 +193,26 @@ def _text(body: bytes, what: str) -> str:
         raise ContextError(f"{what} is not UTF-8 text: it is not a CernVM Online context") from None
 
 
+# What the real client's ``base64 -di`` (GNU coreutils) keeps: the alphabet and the padding sign.
+_NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/=]")
+# Whole quanta, the last of a run possibly padded; GNU decodes run after run ("YQ==YQ==" is "aa").
+_RUN = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
+
+
 def _b64(value: str, what: str) -> bytes:
-    try:
-        return base64.b64decode("".join(value.split()), validate=True)
-    except (binascii.Error, ValueError):
-        raise ContextError(f"{what} in the CernVM Online reply is not valid base64") from None
+    """``value`` decoded as ``base64 -di`` does: characters outside the alphabet (line breaks, spaces,
+    stray punctuation) are skipped; a cut-off quantum or misplaced padding fails, as it fails there."""
+    kept = _NOT_BASE64.sub("", value)
+    decoded: list[bytes] = []
+    at = 0
+    while at < len(kept):
+        run = _RUN.match(kept, at)
+        if run is None or run.end() == at:
+            raise ContextError(f"{what} in the CernVM Online reply is not valid base64: a group of 4 "
+                               "letters is cut off or has '=' out of place")
+        decoded.append(base64.b64decode(run.group()))
+        at = run.end()
+    return b"".join(decoded)
 
 
 def parse_reply(body: bytes, pin: str = "", secret: str = "") -> OnlineContext:
