@@ -749,7 +749,7 @@ def test_glideinwms_proxy_and_pac_urls() -> None:
         "cvmfs_http_proxy": "http://squid.example.org:3128;DIRECT",
         "cvmfs_pac_urls": "http://wpad.example.org/wpad.dat|x.colon,",  # one pass: ".dot,colon," stays ".colon,"
     }
-    assert glideinwms.detect(glidein_user_data("-v std", tail="####-cluster 1 -subcluster 2")) == {}
+    assert glideinwms.detect(glidein_user_data("-v std", tail="#### -cluster 1 -subcluster 2####")) == {}
 
 
 def test_glideinwms_user_data_of_at_most_one_line_end() -> None:
@@ -766,5 +766,6 @@ def test_glideinwms_not_recognised() -> None:
     assert glideinwms.detect(b"\n" + glidein_user_data("-v") + b"\n") is None  # `wc -l` counts 3
     assert glideinwms.detect(b"!!!notbase64####-cluster 1 -subcluster 0####") is None
     assert glideinwms.detect(b"QUJD####-cluster x -subcluster 0####") is None
+    assert glideinwms.detect(glidein_user_data("-v", tail="####-cluster 1 -subcluster 2")) is None  # no closing ####
     assert glideinwms.detect(b"\x00\xff" * 100) is None
     assert glideinwms.detect(b"") is None

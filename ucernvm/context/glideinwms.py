@@ -12,7 +12,8 @@ import base64
 import binascii
 import re
 
-_LINE = re.compile(rb"([A-Za-z0-9+/=]+)####[ \t]*-cluster[ \t]+\d+[ \t]+-subcluster[ \t]+\d+[ \t]*(?:####)?")
+# The factory writes "####" after the subcluster too, and µCernVM's pattern wants it: a line cut before it is no glidein's.
+_LINE = re.compile(rb"([A-Za-z0-9+/=]+)####[ \t]*-cluster[ \t]+\d+[ \t]+-subcluster[ \t]+\d+[ \t]*####")
 _ESCAPES = {"semicolon": ";", "colon": ":", "pipe": "|", "minus": "-", "dot": "."}
 _ESCAPE = re.compile(r"\.(" + "|".join(_ESCAPES) + "),")
 PARAMETERS = {"-param_CERNVM_CMS_PROXY": "cvmfs_http_proxy", "-param_CERNVM_CMS_PAC_URLS": "cvmfs_pac_urls"}
