@@ -192,6 +192,7 @@ class SnapshotFilesystem(Operations):
         self._open_files = 0  # of them not released yet
         self._mounted_at = time.monotonic()
         self._catalog_entries: dict[Catalog, int] = {}  # statfs's count of each loaded catalog's own entries
+        self._snapshot_entries: int | None = None  # statfs's count of the whole snapshot's, once made
 
     # -- life cycle ------------------------------------------------------------------------------
 
@@ -574,8 +575,11 @@ class SnapshotFilesystem(Operations):
 
     def statfs(self) -> FsStats:
         """The cache's size and use, as cvmfs reports them, so that df on a mount shows how full the cache is;
-        the files are the snapshot's entries, and free all but those of the loaded catalogs, as cvmfs counts."""
-        entries = _entries(self.repository.root_catalog.tree_counters())
+        the files are the snapshot's entries, and free all but those of the loaded catalogs, as cvmfs counts.
+        The snapshot never changes: the catalogs are asked for their counters once."""
+        entries = self._snapshot_entries
+        if entries is None:
+            entries = self._snapshot_entries = _entries(self.repository.root_catalog.tree_counters())
         loaded = sum(self._own_entries(catalog) for catalog in self.repository.loaded_catalogs())
         cache = self.repository.cache
         stats = _cache_stats(cache.usage, cache.quota) if cache is not None else FsStats()
