@@ -246,6 +246,19 @@ def test_ranges_we_do_not_serve_get_everything(server, tree, spec):
     assert body == tree[1][name]
 
 
+def test_range_numbers_longer_than_any_file(server, tree, capfd):
+    """Python's int() refuses over 4300 digits: such a number means past the end, not a crash."""
+    name = f"/cvmfs/{REPO}/data/00/0000000000000000000000000000000000000001"
+    huge = "9" * 5000
+    response, _ = get(server, name, headers={"Range": f"bytes={huge}-"})
+    assert response.status == 416
+    response, body = get(server, name, headers={"Range": f"bytes=1000-{huge}"})
+    assert (response.status, body) == (206, tree[1]["data/00/0000000000000000000000000000000000000001"][1000:])
+    response, _ = get(server, name, headers={"Range": f"bytes=-{huge}"})
+    assert response.status == 206 and response.getheader("Content-Range") == "bytes 0-1023/1024"
+    assert "Traceback" not in capfd.readouterr().err
+
+
 # --- errors and safety --------------------------------------------------------------------------
 
 
@@ -295,6 +308,9 @@ def test_query_strings_and_absolute_targets(server, tree):
     assert body == tree[1][".cvmfspublished"]
     response, body = get(server, f"http://127.0.0.1:{server.port}/cvmfs/{REPO}/.cvmfspublished")
     assert body == tree[1][".cvmfspublished"]
+    for target in ("http://[/cvmfs/x", "http:", "ftp://[::1/"):  # not URLs: answered, not a crash
+        reply = raw(server, f"GET {target} HTTP/1.1\r\nConnection: close\r\n\r\n".encode())
+        assert reply.startswith(b"HTTP/1.1 404 ")
 
 
 @pytest.mark.parametrize("request_bytes,status", [

@@ -27,7 +27,7 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 from socketserver import StreamRequestHandler, ThreadingTCPServer
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 from ucernvm.errors import ConfigError
 from ucernvm.server.geo import GeoDatabase, GeoRequestError, GeoSorter
@@ -262,10 +262,10 @@ class _Handler(StreamRequestHandler):
         return True
 
     def _route(self) -> None:
-        path = self.target
-        if not path.startswith("/"):  # absolute-form target, as sent to proxies
-            path = urlsplit(path).path
-        path = path.partition("?")[0]
+        path = self.target.partition("?")[0]
+        if not path.startswith("/"):  # absolute-form target, as sent to proxies: drop scheme and host
+            _, scheme, rest = path.partition("://")
+            path = "/" + rest.partition("/")[2] if scheme else ""
         if "%" in path:
             path = unquote(path)
         if not path.startswith(URL_PREFIX):
@@ -342,21 +342,20 @@ class _Handler(StreamRequestHandler):
         match = _RANGE.match(header)
         if match is None:  # multiple ranges or another unit: serve everything (RFC 9110 14.2)
             return HTTPStatus.OK, 0, size
-        first, last = match.groups()
-        if not first:
-            if not last:
+        first, last = (_byte_position(text) for text in match.groups())
+        if first is None:
+            if last is None:
                 return HTTPStatus.OK, 0, size
-            suffix = min(int(last), size)
+            suffix = min(last, size)
             if suffix == 0:
                 return HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE, 0, 0
             return HTTPStatus.PARTIAL_CONTENT, size - suffix, suffix
-        start = int(first)
-        if last and int(last) < start:
+        if last is not None and last < first:
             return HTTPStatus.OK, 0, size  # invalid range: ignored
-        if start >= size:
+        if first >= size:
             return HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE, 0, 0
-        end = size - 1 if not last else min(int(last), size - 1)
-        return HTTPStatus.PARTIAL_CONTENT, start, end - start + 1
+        end = size - 1 if last is None else min(last, size - 1)
+        return HTTPStatus.PARTIAL_CONTENT, first, end - first + 1
 
     def _send_file(self, fd: int, offset: int, length: int) -> None:
         # socket.sendfile() polls before every chunk; try first and poll only when the send
@@ -421,6 +420,14 @@ class _Handler(StreamRequestHandler):
         when = time.strftime("%d/%b/%Y:%H:%M:%S %z")
         sys.stderr.write(f'{self.client_address[0]} - - [{when}] "{self.requestline}" '
                          f"{status.value} {length}\n")
+
+
+def _byte_position(digits: str) -> int | None:
+    """A Range header's number; one longer than any file is clamped (int() refuses over 4300 digits)."""
+    if not digits:
+        return None
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= 18 else 10 ** 18
 
 
 _date_cache: dict[int, tuple[int, str]] = {}  # seconds ahead -> (second, its HTTP date)
