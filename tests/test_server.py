@@ -364,6 +364,77 @@ def test_twenty_parallel_clients_get_correct_bytes(server, tree):
     assert failures == []
 
 
+def test_a_manifest_replaced_while_served_is_served_whole_old_or_new(tmp_path):
+    """A publish renames the new manifest over the old one: every answer is one of them, entire."""
+    manifest = tmp_path / REPO / ".cvmfspublished"
+    manifest.parent.mkdir()
+    versions = (b"old" * 2000, b"new" * 7000)  # one inline, one sent with sendfile
+    manifest.write_bytes(versions[0])
+    done = threading.Event()
+
+    def publish() -> None:
+        staged = manifest.with_name(".cvmfspublished.txn")
+        while not done.is_set():
+            for content in versions:
+                staged.write_bytes(content)
+                os.replace(staged, manifest)
+
+    writer = threading.Thread(target=publish)
+    seen = set()
+    with StratumServer(tmp_path) as stratum:
+        writer.start()
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", stratum.port, timeout=5)
+            for _ in range(300):
+                connection.request("GET", f"/cvmfs/{REPO}/.cvmfspublished")
+                body = connection.getresponse().read()
+                assert body in versions
+                seen.add(body)
+            connection.close()
+        finally:
+            done.set()
+            writer.join()
+    assert seen == set(versions)
+
+
+def test_a_file_rewritten_in_place_while_served_never_stalls_the_connection(tmp_path):
+    """A writer that truncates and rewrites (not a publish, which renames): a response whose file
+    shrank after its size was sent ends the connection at once, so the client neither waits for
+    the missing bytes nor reads the next response as body."""
+    manifest = tmp_path / REPO / ".cvmfspublished"
+    manifest.parent.mkdir()
+    manifest.write_bytes(b"A" * 5000)
+    done = threading.Event()
+
+    def rewrite() -> None:
+        contents = (b"A" * 5000, b"B" * 3000)
+        while not done.is_set():
+            for content in contents:
+                manifest.write_bytes(content)
+
+    writer = threading.Thread(target=rewrite)
+    cut, deadline = 0, time.monotonic() + 8
+    with StratumServer(tmp_path) as stratum:
+        writer.start()
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", stratum.port, timeout=2)
+            while cut < 2 and time.monotonic() < deadline:
+                started = time.monotonic()
+                try:
+                    connection.request("GET", f"/cvmfs/{REPO}/.cvmfspublished")
+                    response = connection.getresponse()
+                    body = response.read()
+                    assert response.status == 200 and set(body) <= set(b"AB")
+                except http.client.IncompleteRead:
+                    cut += 1
+                    connection.close()
+                assert time.monotonic() - started < 1, "the client waited for bytes that never came"
+        finally:
+            done.set()
+            writer.join()
+    connection.close()
+
+
 # --- server object ------------------------------------------------------------------------------
 
 

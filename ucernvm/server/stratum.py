@@ -309,7 +309,12 @@ class _Handler(StreamRequestHandler):
             else:
                 # Small objects (most of a repository): one send() for headers and body is
                 # cheaper than a second system call and a second TCP segment.
-                self._send_head(status, length, headers, os.pread(fd, length, offset))
+                body = os.pread(fd, length, offset)
+                if len(body) < length:
+                    # Rewritten in place since fstat: the client must see a short body, not
+                    # wait for bytes that will not come or take the next response for them.
+                    self.keep_alive = False
+                self._send_head(status, length, headers, body)
         finally:
             os.close(fd)
 
