@@ -283,7 +283,64 @@ def test_a_cloud_cfg_the_os_replaced_by_a_fifo_a_huge_file_or_a_device_is_a_warn
     seed_cloud_init(state)
     assert json.loads((state.new_root / NOCLOUD_SEED / "meta-data").read_text())["public-keys"] == [CLOUDINIT_KEY]
     (warning,) = state.warnings
-    assert "left out, as the OS's default user is unknown (/etc/cloud/cloud.cfg is " in warning
+    assert "left out, as the OS's default user is unknown (/etc/cloud/cloud.cfg " in warning
+
+
+def os_with_links(machine: Path, links: dict[str, str], files: dict[str, str]) -> BootState:
+    """A boot whose OS root holds these files and symbolic links (paths from the root, targets as given)."""
+    state = BootState(System(str(machine)), BootLog(io.StringIO()))
+    for name, content in files.items():
+        (state.new_root / name).parent.mkdir(parents=True, exist_ok=True)
+        (state.new_root / name).write_text(content)
+    for name, target in links.items():
+        (state.new_root / name).parent.mkdir(parents=True, exist_ok=True)
+        (state.new_root / name).symlink_to(target)
+    return state
+
+
+def keys_seeded(state: BootState) -> list[str]:
+    found = gce_context()
+    state.found_context, state.user_data, state.context_source = found, found.user_data, found.source_name
+    seed_cloud_init(state)
+    return json.loads((state.new_root / NOCLOUD_SEED / "meta-data").read_text())["public-keys"]
+
+
+@pytest.mark.parametrize("target", ["../../usr/share/cloud/cloud.cfg", "/usr/share/cloud/cloud.cfg",
+                                    "/usr/share/cloud/../cloud/./cloud.cfg"],
+                         ids=["relative", "absolute, from the OS's root", "with dots"])
+def test_a_linked_cloud_cfg_is_followed_in_the_os_root_as_cloud_init_follows_it(tmp_path: Path, target: str) -> None:
+    state = os_with_links(tmp_path, {"etc/cloud/cloud.cfg": target}, {"usr/share/cloud/cloud.cfg": DEBIAN_CLOUD_CFG})
+    assert keys_seeded(state) == [CLOUDINIT_KEY, DEBIAN_KEY, PROJECT_KEY]
+    assert not state.warnings
+
+
+def test_linked_cloud_cfg_d_and_its_files_are_followed(tmp_path: Path) -> None:
+    """A linked cloud.cfg.d and linked .cfg files in it are read; a dangling one is left out, as isfile does."""
+    state = os_with_links(tmp_path, {"etc/cloud/cloud.cfg.d": "/usr/share/cloud/conf.d",
+                                     "usr/share/cloud/conf.d/90_ops.cfg": "../ops.yaml",
+                                     "usr/share/cloud/conf.d/95_gone.cfg": "nowhere.yaml"},
+                          {"etc/cloud/cloud.cfg": DEBIAN_CLOUD_CFG,
+                           "usr/share/cloud/ops.yaml": "system_info: {default_user: {name: ops}}\n"})
+    assert keys_seeded(state) == [CLOUDINIT_KEY, OPS_KEY]
+    assert not state.warnings
+
+
+@pytest.mark.parametrize("links, why", [
+    ({"etc/cloud/cloud.cfg": "../../../outside/cloud.cfg"}, "/etc/cloud/cloud.cfg is a symbolic link that leads out"),
+    ({"etc/cloud": "../../outside"}, "/etc/cloud/cloud.cfg is a symbolic link that leads out"),
+    ({"etc/cloud/cloud.cfg": "cloud.cfg.1", "etc/cloud/cloud.cfg.1": "cloud.cfg"}, "is a symbolic link that loops"),
+    ({"etc/cloud/cloud.cfg": "/usr/share/cloud/cloud.cfg"}, "leads through a symbolic link to /usr/share/cloud/cloud"),
+], ids=["a file link", "a directory link", "a loop", "dangling"])
+def test_a_cloud_cfg_link_leading_out_of_the_os_root_is_refused(tmp_path: Path, links: dict, why: str) -> None:
+    """Out of the OS's root is the loader's tree (or the host's), never the OS's configuration: a link that
+    climbs out with '..' is not followed, and the warning on the keys says why there is no default user."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "cloud.cfg").write_text(DEBIAN_CLOUD_CFG)
+    state = os_with_links(tmp_path / "machine", links, {})
+    assert keys_seeded(state) == [CLOUDINIT_KEY]
+    (warning,) = state.warnings
+    assert "the OS's default user is unknown" in warning and why in warning, warning
 
 
 def test_a_garbage_cloud_cfg_d_file_is_left_out_as_cloud_init_leaves_it(tmp_path: Path) -> None:

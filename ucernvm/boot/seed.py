@@ -10,6 +10,8 @@ import base64
 import binascii
 import io
 import json
+import os
+import stat
 from pathlib import Path
 
 from ucernvm.boot.state import BootState
@@ -91,38 +93,99 @@ def cloud_config(root: Path) -> tuple[dict, list[str]]:
     """The OS's cloud-init configuration as cloud-init merges it: each cloud.cfg.d/*.cfg (in name order)
     over cloud.cfg and the files before it, mappings merged key by key; and what could not be read,
     which cloud-init leaves out too (a file that is not a YAML mapping counts as empty)."""
-    main = root / CLOUD_CFG
-    try:
-        more = sorted(path for path in main.with_name("cloud.cfg.d").iterdir()
-                      if path.name.endswith(".cfg") and path.is_file())
-    except OSError:
-        more = []
     config: dict = {}
     problems = []
-    for path in [main, *more]:
-        relative = str(path.relative_to(root))
-        name = f"/{relative}"
+    for relative in [CLOUD_CFG, *_cloud_cfg_d(root, problems)]:
         try:
             document = _yaml_file(root, relative)
         except ValueError as error:
             problems.append(str(error))
             continue
         if document is not None and not isinstance(document, dict):
-            problems.append(f"{name} is not a YAML mapping")
+            problems.append(f"/{relative} is not a YAML mapping")
         elif document:
             config = _merged(document, config)
     return config, problems
 
 
+def _cloud_cfg_d(root: Path, problems: list[str]) -> list[str]:
+    """The files of cloud.cfg.d that cloud-init reads: names ending in .cfg, in name order, that are files
+    once their links are followed (a dangling link or a directory is left out, as cloud-init's isfile does)."""
+    directory = f"{CLOUD_CFG}.d"
+    try:
+        where = os_path(root, directory)
+        names = sorted(os.listdir(root / where)) if where is not None else []
+    except ValueError as error:
+        problems.append(str(error))
+        return []
+    except OSError:
+        return []
+    files = []
+    for name in names:
+        if not name.endswith(".cfg"):
+            continue
+        try:
+            resolved = os_path(root, f"{directory}/{name}")
+        except ValueError as error:
+            problems.append(str(error))
+            continue
+        if resolved is not None and (root / resolved).is_file():  # a link-free path: nothing is followed
+            files.append(f"{directory}/{name}")
+    return files
+
+
+MAX_LINKS = 40  # the kernel's limit on the links one path name follows
+
+
+def os_path(root: Path, relative: str) -> str | None:
+    """``relative`` with the OS's links followed as the OS follows them once it runs, an absolute target
+    from the OS's root (here, in the loader, it would name the loader's file): the same file's path under
+    ``root`` through no link, or None where it is not there. A ValueError where a link leads out of the
+    root ('..' above it) or links loop."""
+    done: list[str] = []
+    todo = [part for part in relative.split("/") if part]
+    followed = 0
+    while todo:
+        part = todo.pop(0)
+        if part == ".":
+            continue
+        if part == "..":
+            if not done:
+                raise ValueError(f"/{relative} is a symbolic link that leads out of the OS's root")
+            done.pop()
+            continue
+        path = root.joinpath(*done, part)
+        try:
+            mode = path.lstat().st_mode
+        except OSError:  # absent, or under something that is no directory
+            if followed:
+                raise ValueError(f"/{relative} leads through a symbolic link to /{'/'.join([*done, part, *todo])}, "
+                                 "which the OS does not have") from None
+            return None
+        if not stat.S_ISLNK(mode):
+            done.append(part)
+            continue
+        followed += 1
+        if followed > MAX_LINKS:
+            raise ValueError(f"/{relative} is a symbolic link that loops")
+        target = os.readlink(path)
+        if target.startswith("/"):
+            done = []
+        todo = [part for part in target.split("/") if part] + todo
+    return "/".join(done)
+
+
 def _yaml_file(root: Path, relative: str) -> object:
-    """The document of a YAML file of the OS; a ValueError saying why there is none. The OS's root holds its
-    writable layer: what the OS left there is read as the scratch disk's files are (untrusted.py)."""
+    """The document of a YAML file of the OS, its links followed as the OS follows them (cloud-init reads
+    a linked cloud.cfg); a ValueError saying why there is none. The OS's root holds its writable layer: what
+    the OS left there is read as the scratch disk's files are (untrusted.py)."""
     import yaml  # only the keys GCE names users for need it
 
+    resolved = os_path(root, relative)
     try:
-        data = read_file(root, relative, CLOUD_CFG_LIMIT)
+        data = None if resolved is None else read_file(root, resolved, CLOUD_CFG_LIMIT)
     except UnusableFile as problem:
-        raise ValueError(f"/{problem}") from None
+        raise ValueError(f"/{problem}" if resolved == relative else f"/{relative}, a link: /{problem}") from None
     if data is None:
         raise ValueError(f"the OS has no /{relative}")
     try:
