@@ -269,6 +269,20 @@ def test_without_a_default_user_only_cloudinit_keys_are_seeded_and_one_warning_s
     assert why in state.warnings[0]
 
 
+def test_the_left_out_keys_warn_at_the_instance_s_first_boot_only(tmp_path: Path) -> None:
+    """cloud-init gives an instance its keys once, at its first boot: later boots, whose seed has the same
+    instance-id, only log what was left out; another instance-id is a new instance, and a warning again."""
+    found = gce_context()
+    _, first = seeded_keys(tmp_path, found, {})
+    assert len(first.warnings) == 1 and first.warnings[0].startswith("GCE ssh-keys: 5 for users other")
+    keys, later = seeded_keys(tmp_path, found, {})
+    assert keys == [CLOUDINIT_KEY] and not later.warnings
+    assert "GCE ssh-keys: 5 for users other than 'cloudinit' left out" in later.log.text()
+    assert "(a warning at this instance's first boot)" in later.log.text()
+    _, another = seeded_keys(tmp_path, found._replace(meta=found.meta._replace(instance_id="another")), {})
+    assert len(another.warnings) == 1
+
+
 @pytest.mark.parametrize("plant", PLANTS)
 def test_a_cloud_cfg_the_os_replaced_by_a_fifo_a_huge_file_or_a_device_is_a_warning(tmp_path: Path, no_hang: None,
                                                                                    plant) -> None:

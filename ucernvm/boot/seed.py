@@ -27,6 +27,7 @@ from ucernvm.records import NamedTuple
 NOCLOUD_SEED = "var/lib/cloud/seed/nocloud"
 CLOUD_CFG = "etc/cloud/cloud.cfg"  # then cloud.cfg.d/*.cfg, each over those before it
 CLOUD_CFG_LIMIT = 1 << 20  # a distribution's is a few KB
+SEED_META_LIMIT = 1 << 20  # the meta-data this loader writes: an id, a name and keys
 BOOTSTRAP = ".ucernvm_bootstrap"
 # Where µCernVM left glideinWMS user-data, in its own root: the OS hook starts the glidein pilot with it.
 GLIDEINWMS_USER_DATA = "/glideinwms-user-data"
@@ -253,9 +254,11 @@ def os_default_user(root: Path) -> tuple[str | None, str]:
     return name, "" if name else "; ".join(problems) or "the OS's cloud-init configuration names no default user"
 
 
-def default_user_keys(state: BootState, lines: tuple[str, ...]) -> tuple[str, ...]:
+def default_user_keys(state: BootState, lines: tuple[str, ...], new_instance: bool) -> tuple[str, ...]:
     """The keys of GCE's ``user:key`` lines that cloud-init's GCE datasource gives the OS's default user:
-    those for ``cloudinit`` and for the default user's name; with that name unknown, only the first."""
+    those for ``cloudinit`` and for the default user's name; with that name unknown, only the first.
+    cloud-init drops the others silently; where it cannot know the name and the keys are about to be
+    given (the seed's instance is new to it: cloud-init gives keys once an instance), a warning says so."""
     from ucernvm.context.metadata import GCE_KEY_USER, gce_keys_by_user  # only GCE's keys need it
 
     name, why = os_default_user(state.new_root)
@@ -263,21 +266,37 @@ def default_user_keys(state: BootState, lines: tuple[str, ...]) -> tuple[str, ..
     keys = tuple(key for user, key in pairs if user in (GCE_KEY_USER, name))
     left_out = len(pairs) - len(keys)
     if left_out and name is None:
-        state.warn(f"GCE ssh-keys: {left_out} for users other than {GCE_KEY_USER!r} left out, as the OS's default "
+        message = (f"GCE ssh-keys: {left_out} for users other than {GCE_KEY_USER!r} left out, as the OS's default "
                    f"user is unknown ({why})")
+        if new_instance:
+            state.warn(message)
+        else:
+            state.log.info(f"{message} (a warning at this instance's first boot)")
     elif left_out:
         state.log.info(f"GCE ssh-keys: {left_out} for users other than {GCE_KEY_USER!r} and {name!r} (the OS's "
                        "default user) left out, as cloud-init leaves them")
     return keys
 
 
-def seed_meta(state: BootState) -> MetaData:
+def seed_meta(state: BootState, new_instance: bool) -> MetaData:
     """The source's meta-data, GCE's keys picked for the OS's default user."""
     found = state.found_context
     meta = found.meta if found is not None else MetaData()
     if not meta.user_keys:
         return meta
-    return meta._replace(public_keys=meta.public_keys + default_user_keys(state, meta.user_keys), user_keys=())
+    keys = default_user_keys(state, meta.user_keys, new_instance)
+    return meta._replace(public_keys=meta.public_keys + keys, user_keys=())
+
+
+def seeded_instance(seed: Path) -> str | None:
+    """The instance-id of the seed an earlier boot wrote (the OS may have changed it: any garbage is None)."""
+    try:
+        data = read_file(seed, "meta-data", SEED_META_LIMIT)
+        document = json.loads(data) if data else None
+    except (UnusableFile, ValueError, RecursionError):
+        return None
+    value = document.get("instance-id") if isinstance(document, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def seed_cloud_init(state: BootState) -> None:
@@ -287,7 +306,8 @@ def seed_cloud_init(state: BootState) -> None:
     seed = state.new_root / NOCLOUD_SEED
     if not in_os_root(state, seed, "the NoCloud seed for cloud-init"):
         return
-    meta = {**seed_meta(state).as_nocloud(), "instance-id": instance_id(state)}
+    instance = instance_id(state)
+    meta = {**seed_meta(state, seeded_instance(seed) != instance).as_nocloud(), "instance-id": instance}
     state.system.do(MakeDirs(str(seed)))
     state.system.do(WriteFile(str(seed / "user-data"), for_cloud_init(state.user_data or b""), 0o600))
     state.system.do(WriteFile(str(seed / "meta-data"), (json.dumps(meta, indent=1) + "\n").encode(), 0o600))
