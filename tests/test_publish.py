@@ -29,6 +29,7 @@ from ucernvm.cvmfs.storage import RepositoryStorage
 from ucernvm.cvmfs.trust import load_master_keys
 from ucernvm.errors import ConfigError, FormatError, StorageError
 from ucernvm.server import StratumServer
+from ucernvm.utc import utc_time
 
 FQRN = "test.cern.ch"
 BIG = 26 * 1024 * 1024 + 12345  # > 25 MB: chunked with the cvmfs default sizes
@@ -558,6 +559,45 @@ def test_a_tag_is_added_moved_and_removed_on_purpose(tree: Path, tmp_path: Path,
     assert gone.returncode != 0 and b"has no tag 'stable'" in gone.stderr
     publish(tree, repo, keys_dir, tag="v3")  # publishing goes on from the edited history
     assert {"v1", "v2", "v3"} <= {tag.name for tag in open_repo(repo, keys_dir).tags()}
+
+
+def test_tags_are_listed_and_inspected_as_cvmfs_server_tag_does(tree: Path, tmp_path: Path, keys_dir: Path) -> None:
+    """cvmfs_server tag -l (the default action), -i TAG and -x: read with the master public key alone, as a
+    site that keeps the signing keys elsewhere has it."""
+    repo = tmp_path / "repo"
+    publish(tree, repo, keys_dir, tag="v1", description="first release")
+    (tree / "etc" / "new").write_text("only in revision 2\n")
+    publish(tree, repo, keys_dir)
+    tags = open_repo(repo, keys_dir).tags()
+    public_only = keys_without(keys_without(keys_without(keys_dir, tmp_path / "k1", "key"), tmp_path / "k2", "crt"),
+                               tmp_path / "k3", "masterkey")
+
+    listed = tag_cli(repo, public_only, check=True).stdout.decode().splitlines()
+    assert listed == tag_cli(repo, public_only, "-l", check=True).stdout.decode().splitlines()
+    assert [cell.strip() for cell in listed[0].split("\u2502")] == ["Name", "Revision", "Timestamp", "Branch",
+                                                                    "Description"]
+    rows = [[cell.strip() for cell in line.split("\u2502")] for line in listed[2:-2]]
+    assert [row[0] for row in rows] == [tag.name for tag in reversed(tags)]  # oldest first, as cvmfs_server
+    assert ["v1", "1", "first release"] == [rows[0][0], rows[0][1], rows[0][4]]
+    assert listed[-1] == f"listing contains {len(tags)} tags"
+
+    lines = tag_cli(repo, public_only, "-x", check=True).stdout.decode().splitlines()
+    assert lines == [f"{tag.name} {tag.root_hash} {tag.size} {tag.revision} {tag.timestamp} (default) "
+                     f"{tag.description}" for tag in tags]
+    v1 = next(tag for tag in tags if tag.name == "v1")
+    assert tag_cli(repo, public_only, "-i", "v1", "-x", check=True).stdout.decode().splitlines() == [
+        lines[[tag.name for tag in tags].index("v1")]]
+    details = dict(line.split(":", 1) for line in tag_cli(repo, public_only, "--inspect", "v1",
+                                                         check=True).stdout.decode().splitlines())
+    assert {key: value.strip() for key, value in details.items()} == {
+        "Name": "v1", "Revision": "1", "Timestamp": utc_time(v1.timestamp), "Branch": "",
+        "Root Hash": str(v1.root_hash), "Catalog Size": f"{v1.size / 1024:.3f} kiB", "Description": "first release"}
+
+    for args, message in [(["-i", "nosuch"], f"the repository {FQRN} has no tag 'nosuch'"),
+                          (["-a", "x", "-x"], "-x goes with -l or -i"),
+                          (["-l", "-m", "text"], "--root-hash and --description go with --add")]:
+        refused = tag_cli(repo, public_only, *args)
+        assert refused.returncode == 2 and message.encode() in refused.stderr, refused.stderr
 
 
 def test_another_repositorys_name_is_refused_before_its_keys_are_tried(tree: Path, tmp_path: Path,

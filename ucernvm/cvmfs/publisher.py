@@ -179,7 +179,7 @@ class Publisher:
         # A first publish that fails removes what it made; one refused the lock leaves it to the publish running.
         removed = self.storage.removed_on_failure(manifest_file.FILE_NAME)
         with _publish_lock(self.storage), removed, self.ingester:
-            self.previous = _open_current(self.storage, self.fqrn, self.keys)
+            self.previous = _open_current(self.storage, self.fqrn, self.keys.master_public)
             self._check_tag()
             whitelist_bytes = None if self.previous else first_whitelist or self._new_whitelist_bytes()
             self._apply_dirtab(tree, dirtab, now_ns)
@@ -262,7 +262,7 @@ class Publisher:
         if existing is not None:
             raise ConfigError(f"the tag name {tag!r} is already in use (revision {existing.revision})",
                               "choose another name, or move the tag with `ucernvm tag --add NAME --root-hash "
-                              "HASH`; `ucernvm repo tags` lists them")
+                              "HASH`; `ucernvm tag -l` lists them")
 
     def _new_whitelist_bytes(self) -> bytes:
         if not self.keys.masterkey_path.exists():
@@ -561,14 +561,14 @@ def _check_repository_name(storage: RepositoryStorage, published: bytes, fqrn: s
                           f"give --name {named} (and its keys), or another --repo")
 
 
-def _open_current(storage: RepositoryStorage, fqrn: str, keys: _Keys) -> Repository | None:
-    """The repository's current revision, verified; None for a new repository."""
+def _open_current(storage: RepositoryStorage, fqrn: str, master_public: list[trust.PublicKey]) -> Repository | None:
+    """The repository's current revision, verified with the master key; None for a new repository."""
     published = storage.read_named(manifest_file.FILE_NAME)
     if published is None:
         return None
     _check_repository_name(storage, published, fqrn)
     try:
-        return Repository(DirectorySource(storage.root), fqrn, keys.master_public)
+        return Repository(DirectorySource(storage.root), fqrn, master_public)
     except VerificationError as error:
         raise VerificationError(
             f"the repository's current revision does not verify: {error.message}",
@@ -680,12 +680,25 @@ def remove_tags(repo_dir: str, fqrn: str, keys_dir: str, names: list[str]) -> li
         missing = [name for name, tag in found.items() if tag is None]
         if missing:
             raise ConfigError(f"the repository has no tag {', '.join(map(repr, missing))}",
-                              "`ucernvm repo tags` lists them")
+                              "`ucernvm tag -l` lists them")
         for name in found:
             history.remove(name)
         return [tag for tag in found.values() if tag is not None]
 
     return _edit_tags(repo_dir, fqrn, keys_dir, edit)
+
+
+def published_tags(repo_dir: str, fqrn: str, keys_dir: str) -> list[Tag]:
+    """The tags of the repository's current revision, newest first, as cvmfs_server tag -l and -i read them:
+    verified with FQRN.pub alone (the signing and master keys may be kept elsewhere)."""
+    storage = RepositoryStorage(repo_dir)
+    published = storage.read_named(manifest_file.FILE_NAME)
+    if published is None:
+        raise ConfigError(f"{repo_dir} is not a repository (no .cvmfspublished)", "publish a revision first")
+    _check_repository_name(storage, published, fqrn)
+    current = _open_current(storage, fqrn, [_read_master_public(signing.key_paths(keys_dir, fqrn)["pub"])])
+    assert current is not None
+    return current.tags()
 
 
 def _edit_tags(repo_dir: str, fqrn: str, keys_dir: str, edit: Callable[[Repository, History], _T]) -> _T:
@@ -696,7 +709,7 @@ def _edit_tags(repo_dir: str, fqrn: str, keys_dir: str, edit: Callable[[Reposito
         raise ConfigError(f"{repo_dir} is not a repository (no .cvmfspublished)", "publish a revision first")
     keys = _Keys(keys_dir, fqrn)
     with _publish_lock(storage):
-        current = _open_current(storage, fqrn, keys)
+        current = _open_current(storage, fqrn, keys.master_public)
         assert current is not None
         history = current.history or History.create(fqrn)
         result = edit(current, history)
@@ -716,7 +729,7 @@ def _tag_on(current: Repository, name: str, root_hash: ContentHash, description:
         data = current.fetch(root_hash, ObjectType.CATALOG)
     except FetchError:
         raise ConfigError(f"the repository has no catalog {root_hash}",
-                          "give the root catalog hash of a revision, as `ucernvm repo tags` lists them") from None
+                          "give the root catalog hash of a revision, as `ucernvm tag -l` lists them") from None
     catalog = Catalog.from_bytes(data, root_hash)
     try:
         if catalog.root_prefix:
