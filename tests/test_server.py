@@ -466,6 +466,92 @@ def test_stop_cuts_open_connections(tree):
         socket.create_connection(("127.0.0.1", port), timeout=2)
 
 
+def closed_by_server(sock: socket.socket, within: float) -> bool:
+    """Whether the server ends this connection within ``within`` seconds (reading what it sends)."""
+    sock.settimeout(within)
+    try:
+        while sock.recv(65536):
+            pass
+    except TimeoutError:
+        return False
+    except OSError:
+        pass  # reset: closed as well
+    return True
+
+
+def test_a_client_sending_its_request_slowly_is_cut_off(tree):
+    """Slowloris: a header line now and then must not hold a connection (and a thread) forever."""
+    with StratumServer(tree[0], idle_timeout=1.0) as stratum:
+        slow = socket.create_connection(("127.0.0.1", stratum.port), timeout=5)
+        slow.sendall(f"GET /cvmfs/{REPO}/.cvmfspublished HTTP/1.1\r\n".encode())
+        started = time.monotonic()
+        try:
+            while time.monotonic() - started < 4:
+                time.sleep(0.2)
+                slow.sendall(b"X-Slow: 1\r\n")
+                assert get(stratum, f"/cvmfs/{REPO}/.cvmfspublished")[0].status == 200
+        except OSError:
+            pass  # the server has closed it
+        assert closed_by_server(slow, within=1)
+        assert time.monotonic() - started < 3
+        slow.close()
+
+
+def test_an_idle_keep_alive_connection_is_closed_after_the_idle_timeout(tree):
+    with StratumServer(tree[0], idle_timeout=0.5) as stratum:
+        connection = http.client.HTTPConnection("127.0.0.1", stratum.port, timeout=5)
+        connection.request("GET", f"/cvmfs/{REPO}/.cvmfspublished")
+        assert connection.getresponse().read() == tree[1][".cvmfspublished"]
+        assert closed_by_server(connection.sock, within=2)
+        connection.close()
+
+
+def test_at_the_connection_limit_a_new_client_closes_the_idlest(tree):
+    with StratumServer(tree[0], max_connections=3) as stratum:
+        idle = [socket.create_connection(("127.0.0.1", stratum.port), timeout=5) for _ in range(3)]
+        time.sleep(0.1)  # in this order
+        started = time.monotonic()
+        response, body = get(stratum, f"/cvmfs/{REPO}/.cvmfspublished")
+        assert (response.status, body) == (200, tree[1][".cvmfspublished"])
+        assert time.monotonic() - started < 1
+        assert closed_by_server(idle[0], within=1)
+        assert not closed_by_server(idle[2], within=0.2)
+        for sock in idle:
+            sock.close()
+
+
+def test_idle_connections_beyond_the_descriptor_limit_do_not_lock_out_clients(tree):
+    """With few file descriptors, hundreds of idle connections: a client is still served at once,
+    and the server does not spin on a failing accept()."""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    few_descriptors = "import resource; resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))\n"
+    process = subprocess.Popen(
+        [sys.executable, "-c", few_descriptors + SERVE_COMMAND, "serve", str(tree[0]), "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    idle: list[socket.socket] = []
+    try:
+        port = int(process.stdout.readline().strip().rsplit(":", 1)[1])
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(200)]
+        time.sleep(0.5)
+        started, cpu = time.monotonic(), _cpu_seconds(process.pid)
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        connection.request("GET", f"/cvmfs/{REPO}/.cvmfspublished")
+        assert connection.getresponse().read() == tree[1][".cvmfspublished"]
+        connection.close()
+        time.sleep(0.5)
+        assert _cpu_seconds(process.pid) - cpu < (time.monotonic() - started) / 2
+    finally:
+        for sock in idle:
+            sock.close()
+        process.kill()
+        process.wait()
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def test_busy_port_and_missing_root_are_config_errors(server, tmp_path):
     with pytest.raises(ConfigError, match="cannot listen"):
         StratumServer(server.root, port=server.port).start()

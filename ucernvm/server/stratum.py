@@ -5,7 +5,8 @@ whitelist, reflog, ...) and ``*.json`` expire after 61 s so proxies revalidate t
 everything else (the content-addressed ``data/`` objects) is immutable and cached for three days,
 both as mod_expires says it (``Cache-Control: max-age=N`` and ``Expires``); no ETag or
 Last-Modified, and If-Modified-Since is ignored (always a full answer). HTTP/1.1 keep-alive, HEAD
-and single byte ranges are supported; only GET and HEAD are allowed; one thread per connection.
+and single byte ranges are supported; only GET and HEAD are allowed; one thread per connection,
+a bounded number of connections, each closed when its request head is not complete in time.
 
 Safety: a request never leaves ``ROOT``. ``.``/``..`` segments (also percent-encoded) are refused,
 and the file actually opened is checked to lie under ``ROOT`` after symlinks, so a symlink
@@ -14,8 +15,11 @@ pointing elsewhere is a 404. Directories are never listed.
 
 from __future__ import annotations
 
+import errno
+import math
 import os
 import re
+import resource
 import select
 import socket
 import stat
@@ -37,7 +41,11 @@ SHORT_MAX_AGE = 61  # below 60 s squid's defaults would not cache at all (cvmfs_
 OBJECT_MAX_AGE = 3 * 24 * 3600
 GEO_MAX_AGE = 3600
 GEO_ERROR_MAX_AGE = 300
-IDLE_TIMEOUT = 30.0  # seconds an idle keep-alive connection (and its thread) is kept
+IDLE_TIMEOUT = 30.0  # seconds a connection may take to send a whole request head, or stay idle
+SEND_TIMEOUT = 30.0  # seconds a client may stop reading before its connection is dropped
+MAX_CONNECTIONS = 512  # one thread each; Apache's MaxRequestWorkers is of this order
+FDS_RESERVED = 64  # descriptors kept for listeners, logs and the like
+REAP_INTERVAL = 0.25
 INLINE_BODY = 16384  # bodies up to this size go out in the same send() as the headers
 MAX_LINE = 8192
 MAX_HEADERS = 100
@@ -52,11 +60,18 @@ class StratumServer:
 
     ``latency`` (seconds, may be changed while running) delays every request, to emulate a
     distant server. Use as ``with StratumServer(root) as server: ... server.url ...``.
+
+    A connection must deliver each request head within ``idle_timeout`` seconds of the previous
+    answer (or of its opening), else it is closed: a client sending slowly cannot hold a thread.
+    At most ``max_connections`` are open (default: what the descriptor limit allows, at most
+    512); at the limit a new one closes the connection idle longest, or waits in the backlog
+    while every connection is being answered.
     """
 
     def __init__(self, root: str | Path, bind: str = "127.0.0.1", port: int = 0,
                  geo_db: GeoDatabase | str | Path | None = None, *, latency: float = 0.0,
-                 access_log: bool = False) -> None:
+                 access_log: bool = False, idle_timeout: float = IDLE_TIMEOUT,
+                 max_connections: int | None = None) -> None:
         if not os.path.isdir(root):
             raise ConfigError(f"{root} is not a directory",
                               "give the directory that holds one <fqrn>/ directory per repository")
@@ -71,8 +86,12 @@ class StratumServer:
         self._requested_port = port
         self._listener: _Listener | None = None
         self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-        self._connections: set[socket.socket] = set()
+        self.idle_timeout = idle_timeout
+        self.max_connections = max_connections or _connection_limit()
+        self._slots = threading.Condition()
+        # Each open connection -> when its next request head is due (inf while it is answered).
+        self._connections: dict[socket.socket, float] = {}
+        self._next_reap = 0.0
         self._closing = False
 
     @property
@@ -107,11 +126,12 @@ class StratumServer:
         listener, self._listener = self._listener, None
         if listener is None:
             return
-        listener.shutdown()
-        with self._lock:
+        with self._slots:  # first, so that a connection waiting for a slot is refused
             self._closing = True
             for connection in self._connections:
                 _shutdown(connection)
+            self._slots.notify_all()
+        listener.shutdown()
         listener.server_close()  # joins the handler threads
         if self._thread is not None:
             self._thread.join()
@@ -122,16 +142,70 @@ class StratumServer:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
-    def _track(self, connection: socket.socket) -> None:
-        with self._lock:
-            if self._closing:
-                _shutdown(connection)
-            else:
-                self._connections.add(connection)
+    # Connection bookkeeping: the accepting thread admits, handler threads mark their state.
 
-    def _untrack(self, connection: socket.socket) -> None:
-        with self._lock:
-            self._connections.discard(connection)
+    def _admit(self, connection: socket.socket) -> bool:
+        """Take a new connection unless stopping; at the limit, first close the one idle longest,
+        or wait until a connection ends (the kernel's backlog holds the others meanwhile)."""
+        with self._slots:
+            while len(self._connections) >= self.max_connections and not self._closing:
+                self._close_idlest()
+                self._slots.wait(REAP_INTERVAL)
+                self._reap_locked()
+            if self._closing:
+                return False
+            self._connections[connection] = time.monotonic() + self.idle_timeout
+            return True
+
+    def _release(self, connection: socket.socket) -> None:
+        with self._slots:
+            if self._connections.pop(connection, None) is not None:
+                self._slots.notify()
+
+    def _awaiting_request(self, connection: socket.socket) -> None:
+        with self._slots:
+            self._connections[connection] = time.monotonic() + self.idle_timeout
+
+    def _answering(self, connection: socket.socket) -> None:
+        with self._slots:
+            self._connections[connection] = math.inf
+
+    def _reap(self) -> None:
+        """Close the connections whose request is overdue (called often: cheap when none is)."""
+        now = time.monotonic()
+        if now >= self._next_reap:
+            self._next_reap = now + REAP_INTERVAL
+            with self._slots:
+                self._reap_locked()
+
+    def _reap_locked(self) -> None:
+        now = time.monotonic()
+        for connection, due in self._connections.items():
+            if due < now:
+                _shutdown(connection)  # its thread sees the end of the stream and finishes
+                self._connections[connection] = math.inf
+
+    def _close_idlest(self) -> None:
+        """Close the connection that has waited longest for a request, if any is waiting."""
+        waiting = [(due, connection) for connection, due in self._connections.items() if due != math.inf]
+        if waiting:
+            idlest = min(waiting, key=lambda pair: pair[0])[1]
+            _shutdown(idlest)
+            self._connections[idlest] = math.inf
+
+    def _out_of_descriptors(self) -> None:
+        """accept() failed for want of descriptors: free one rather than retry at once, forever."""
+        with self._slots:
+            self._close_idlest()
+            self._slots.wait(REAP_INTERVAL)
+
+
+def _connection_limit() -> int:
+    """Connections the descriptor limit allows: each holds a socket and, while answered, a file."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS
+    return max(1, min(MAX_CONNECTIONS, (soft - FDS_RESERVED) // 2))
 
 
 def _shutdown(connection: socket.socket) -> None:
@@ -150,6 +224,26 @@ class _Listener(ThreadingTCPServer):
         self.address_family = family
         self.stratum = stratum
         super().__init__(address, _Handler)
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        return self.stratum._admit(request)
+
+    def shutdown_request(self, request: Any) -> None:
+        try:
+            super().shutdown_request(request)
+        finally:
+            self.stratum._release(request)
+
+    def service_actions(self) -> None:
+        self.stratum._reap()
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        try:
+            return super().get_request()
+        except OSError as error:
+            if error.errno in (errno.EMFILE, errno.ENFILE):
+                self.stratum._out_of_descriptors()
+            raise
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         if not isinstance(sys.exc_info()[1], OSError):  # a client going away is not an error
@@ -170,19 +264,12 @@ class _Handler(StreamRequestHandler):
     """
 
     disable_nagle_algorithm = True  # a response is one or two writes; never wait for an ACK
-    timeout = IDLE_TIMEOUT
+    timeout = SEND_TIMEOUT  # for each blocking call; a request head's deadline is the reaper's
     server: _Listener
 
     def setup(self) -> None:
         super().setup()
         self.stratum = self.server.stratum
-        self.stratum._track(self.connection)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            self.stratum._untrack(self.connection)
 
     def handle(self) -> None:
         try:
@@ -195,9 +282,11 @@ class _Handler(StreamRequestHandler):
         """Answer one request; return whether the connection stays open."""
         self.method = self.requestline = ""
         self.keep_alive = self.http10 = False
+        self.stratum._awaiting_request(self.connection)
         try:
             if not self._read_request():
                 return False
+            self.stratum._answering(self.connection)
         except _BadRequest as error:
             self._send_text(error.status, f"{error.status.phrase}\n")
             self._linger()
@@ -373,7 +462,7 @@ class _Handler(StreamRequestHandler):
             except BlockingIOError:
                 poller = select.poll()  # not select(): descriptors may exceed FD_SETSIZE
                 poller.register(out, select.POLLOUT)
-                if not poller.poll(IDLE_TIMEOUT * 1000):
+                if not poller.poll(SEND_TIMEOUT * 1000):
                     raise TimeoutError("client stopped reading") from None
                 continue
             if sent == 0:
