@@ -5,10 +5,12 @@ from __future__ import annotations
 import datetime
 import os
 import re
+import shutil
 import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 import zlib
 from pathlib import Path
@@ -559,6 +561,34 @@ def test_a_tag_is_added_moved_and_removed_on_purpose(tree: Path, tmp_path: Path,
     assert gone.returncode != 0 and b"has no tag 'stable'" in gone.stderr
     publish(tree, repo, keys_dir, tag="v3")  # publishing goes on from the edited history
     assert {"v1", "v2", "v3"} <= {tag.name for tag in open_repo(repo, keys_dir).tags()}
+
+
+def test_a_file_with_more_extended_attributes_than_an_entry_holds_keeps_the_first_255_with_a_warning(
+        tmp_path: Path, keys_dir: Path) -> None:
+    """A catalog entry counts its extended attributes in one byte: the first 255 by name are published and
+    the publish warns naming the file, where cvmfs_server would keep 256 and count them as none."""
+    shm = Path("/dev/shm")
+    source = Path(tempfile.mkdtemp(dir=shm)) if shm.is_dir() else tmp_path / "src"
+    try:
+        crowded = source / "crowded"
+        crowded.write_text("many attributes\n")
+        try:
+            for number in range(300):
+                os.setxattr(crowded, f"user.k{number:03d}", str(number).encode())
+        except OSError as error:
+            pytest.skip(f"no file system here holds 300 extended attributes on one file: {error.strerror}")
+        (source / "plain").write_text("none\n")
+        repo = tmp_path / "repo"
+        result = run_cli("publish", source, "--repo", repo, "--name", FQRN, "--keys", keys_dir, "--quiet",
+                         check=True)
+        assert result.stderr.decode().splitlines() == [
+            f"ucernvm: warning: {crowded}: 300 extended attributes, of which a catalog entry holds 255; published "
+            "the first 255 by name, left out 45 (user.k255 to user.k299)"]
+        entry = open_repo(repo, keys_dir).entry("/crowded")
+        assert entry.xattrs == {f"user.k{number:03d}": str(number).encode() for number in range(255)}
+    finally:
+        if source.parent == shm:
+            shutil.rmtree(source)
 
 
 def test_tags_are_listed_and_inspected_as_cvmfs_server_tag_does(tree: Path, tmp_path: Path, keys_dir: Path) -> None:

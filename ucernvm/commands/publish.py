@@ -168,6 +168,8 @@ def run(args: argparse.Namespace) -> int:
     )
     progress = ProgressBar() if sys.stderr.isatty() and not args.quiet else None
     result = Publisher(args.repo, args.name, args.keys, options, progress).publish(args.source)
+    for warning in result.warnings:
+        print(f"ucernvm: warning: {warning}", file=sys.stderr)
     if not args.quiet:
         rate = result.bytes_in / MiB / max(result.seconds, 1e-6)
         print(f"published {result.fqrn} revision {result.revision}, root catalog {result.root_hash}")

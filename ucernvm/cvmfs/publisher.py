@@ -227,6 +227,7 @@ class Publisher:
             catalogs_reused=self._catalog_stats["reused"],
             seconds=time.monotonic() - started,
             whitelist_created=whitelist_bytes is not None,
+            warnings=self._warnings,
         )
 
     # -- checks, the previous revision and the whitelist ----------------------------------------
@@ -246,6 +247,7 @@ class Publisher:
         """The tree to publish and its dirtab, read (and checked as far as no previous revision is needed)
         before the repository directory is touched."""
         tree = scan(source_dir, self.options.include_xattrs)
+        self._warnings = [warning for node in _walk(tree) if (warning := _trim_xattrs(node))]
         for name, local_path in self.options.root_files:
             add_root_file(tree, name, local_path)
         _check_virtual_dir(tree, bool(self.options.virtual_dir))
@@ -541,6 +543,20 @@ class Publisher:
         history.insert(Tag(tag, root.content_hash, revision, now, self.options.description, root.size))
         names.append(tag)
         return _store_history(self.ingester, history, previous.manifest.history if previous else None), names
+
+
+def _trim_xattrs(node: SourceNode) -> str | None:
+    """Keep the extended attributes of ``node`` that one catalog entry can hold, the first by name, and say
+    what was left out. cvmfs_server keeps 256 and writes their count into a byte, where 256 is 0: a client
+    then reads none of them. Refusing the publish would stop a whole tree for one file."""
+    if len(node.xattrs) <= xattrs.MAX_ENTRIES:
+        return None
+    names = sorted(node.xattrs)
+    node.xattrs = {name: node.xattrs[name] for name in names[:xattrs.MAX_ENTRIES]}
+    left_out = names[xattrs.MAX_ENTRIES:]
+    return (f"{node.fs_path}: {len(names)} extended attributes, of which a catalog entry holds "
+            f"{xattrs.MAX_ENTRIES}; published the first {xattrs.MAX_ENTRIES} by name, left out "
+            f"{len(left_out)} ({left_out[0]} to {left_out[-1]})")
 
 
 def _check_virtual_dir(tree: SourceNode, wanted: bool) -> None:
