@@ -211,20 +211,27 @@ def test_catalog_rejects_garbage(data: bytes) -> None:
         Catalog.from_bytes(data)
 
 
-@pytest.mark.parametrize(("schema", "readable"), [
-    ("2.5", True), ("2.4", True), ("2.3", False), ("2.0", False), ("2.6", False), ("1.0", False),
+@pytest.mark.parametrize(("schema", "refusal"), [
+    ("2.5", None), ("2.4", None), ("2.3", "cvmfs clients refuse it too"), ("2.0", "cvmfs clients refuse it too"),
+    ("2.6", "a cvmfs newer than 2.12 wrote it"),
+    ("1.0", "a schema 1.x catalog belongs to a cvmfs 2.0 repository; `cvmfs_server import -l` migrates it"),
 ])
-def test_catalog_schemas_are_those_cvmfs_reads(legacy_pristine, schema: str, readable: bool) -> None:
+def test_catalog_schemas_are_those_cvmfs_reads_and_others_are_refused_saying_why(
+        legacy_pristine, schema: str, refusal: str | None) -> None:
+    """cvmfs 2.12 reads 2.4 and 2.5, and 1.x: the catalogs of cvmfs 2.0 repositories, which are not read here;
+    the refusal says what was found, what is read, and where the catalog comes from."""
     stored = (legacy_pristine.repo / "data/6e/d3d49a5c64f21f36936ab350d49aaf57585b9aC").read_bytes()
     database = sqlite3.connect(":memory:")
     database.deserialize(zlib.decompress(stored))
     database.execute("UPDATE properties SET value=? WHERE key='schema'", (schema,))
     database.commit()
-    if readable:
+    if refusal is None:
         assert Catalog.from_bytes(database.serialize()).lookup("/foo").size == 4
     else:
-        with pytest.raises(FormatError, match=f"catalog schema {schema} is not supported"):
+        with pytest.raises(FormatError) as refused:
             Catalog.from_bytes(database.serialize())
+        assert refused.value.message == f"catalog schema {schema} is not supported: ucernvm reads schemas 2.4 and 2.5"
+        assert refused.value.hint.startswith(refusal)
 
 
 def test_history_of_fixture(legacy_pristine) -> None:

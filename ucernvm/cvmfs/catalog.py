@@ -176,6 +176,16 @@ class NestedCatalogRef(NamedTuple):
     bind: bool = False
 
 
+def _schema_hint(schema: float) -> str:
+    """What a catalog of a schema ucernvm does not read comes from, and what to do about it."""
+    if schema < 2.0 - _SCHEMA_EPSILON:
+        return ("a schema 1.x catalog belongs to a cvmfs 2.0 repository; `cvmfs_server import -l` migrates it to "
+                f"schema {SCHEMA}")
+    if schema > SCHEMA + _SCHEMA_EPSILON:
+        return "a cvmfs newer than 2.12 wrote it"
+    return "cvmfs clients refuse it too"
+
+
 class Catalog:
     """A read-only catalog database. Thread-safe: one connection guarded by a lock."""
 
@@ -189,10 +199,12 @@ class Catalog:
             self.schema = float(self.properties.get("schema", "1.0"))
         except ValueError:
             raise FormatError(f"catalog has a malformed schema {self.properties['schema']!r}") from None
-        # cvmfs's CheckSchemaCompatibility: of the 2.x schemas only 2.4 and 2.5 (1.x, read-only in cvmfs,
-        # has other columns and is not read here).
+        # cvmfs's CheckSchemaCompatibility: of the 2.x schemas only 2.4 and 2.5. cvmfs clients also read 1.x,
+        # the catalogs of cvmfs 2.0 repositories, whose columns differ; none has been served since cvmfs 2.1
+        # migrated them, and they are not read here.
         if not any(abs(self.schema - schema) < _SCHEMA_EPSILON for schema in _READABLE_SCHEMAS):
-            raise FormatError(f"catalog schema {self.schema} is not supported (cvmfs reads 2.4 and {SCHEMA})")
+            raise FormatError(f"catalog schema {self.schema} is not supported: ucernvm reads schemas 2.4 and {SCHEMA}",
+                              _schema_hint(self.schema))
         # The columns of a DirectoryEntry in its order, NULLs made its defaults by SQLite (in C, where
         # a test in Python for every column of every row cost as much as building the entry).
         self._select = (
