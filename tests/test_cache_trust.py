@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from test_publish import FQRN, publish
+from ucernvm.client import logbuffer
 from ucernvm.client.cache import ObjectCache
 from ucernvm.client.repository import Repository
 from ucernvm.client.sources import DirectorySource
@@ -161,6 +162,7 @@ def test_a_cached_object_that_is_not_what_it_was_is_fetched_again(repo: Path, ke
     again = mount(repo, keys_dir, cache)
     assert [tag.name for tag in again.tags()] == tags
     assert stored.read_bytes() == verified
+    assert f"{content_hash.hex} was found bad (" in logbuffer.recent()
 
 
 def test_older_signed_copies_planted_in_the_cache_do_not_roll_an_offline_mount_back(tmp_path: Path,
@@ -230,6 +232,33 @@ def test_a_cached_file_cut_short_or_added_to_is_fetched_again(repo: Path, keys_d
     finally:
         os.close(fd)
     assert stored.read_bytes() == b"#!/bin/sh\n"
+    held = len(change(b"#!/bin/sh\n"))
+    assert (f"{entry.content_hash.hex} holds {held} bytes, its catalog entry gives 10: removed, the object is fetched "
+            "again") in logbuffer.recent()
+
+
+_KINDS = {_directory: "a directory", _fifo: "a FIFO", _endless: "a symbolic link"}
+
+
+@pytest.mark.parametrize("plant", [_directory, _fifo, _endless])
+def test_what_takes_an_objects_place_right_after_its_use_is_removed_and_the_object_fetched_again(
+        tmp_path: Path, no_hang: None, plant) -> None:
+    """The open that follows a use within the minute its mark lasts looks at what it opened, too."""
+    cache = ObjectCache(tmp_path / "cache")
+    data = b"an object"
+    content_hash = ContentHash.of(data)
+    os.close(cache.open(content_hash, lambda out: out.write(data)))
+    stored = _object(cache.root, content_hash)
+    stored.unlink()
+    plant(stored)
+    fd = cache.open(content_hash, lambda out: out.write(data))
+    try:
+        assert os.pread(fd, 100, 0) == data
+    finally:
+        os.close(fd)
+    assert stat.S_ISREG(stored.lstat().st_mode) and (cache.hits, cache.misses) == (0, 2)
+    assert (f"cache {cache.root}: {content_hash.hex} is {_KINDS[plant]}, no object: removed, the object is fetched "
+            "again") in logbuffer.recent()
 
 
 @pytest.mark.parametrize("plant", [_directory, _fifo, _endless])

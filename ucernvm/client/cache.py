@@ -13,10 +13,10 @@ at 35 MB/s on one x86-64 core, 2.4 s of a warm Debian boot's 84 MB (many times t
 and an object a publisher compressed otherwise (ISA-L) cannot be checked that way at all. The cache lives
 on the scratch disk, which the OS it booted can write; but so is the writable layer that lies above the
 snapshot, so a hand that could change an object could as well change the file the OS sees. What the
-cache does refuse: anything but a regular file in an object's place (removed and fetched again: a FIFO
-would block the mount, a link lead out of the cache), and a copy its user finds broken (a catalog that
-does not open, a certificate the whitelist does not list, an object of another size than its catalog
-entry gives: ``Repository._checked`` fetches it again).
+cache does refuse, with a warning each: anything but a regular file in an object's place (removed and fetched
+again: a FIFO would block the mount, a link lead out of the cache), a copy of another size than its catalog
+entry gives (the same), and a copy its user finds broken (a catalog that does not open, a certificate the
+whitelist does not list: ``Repository._checked`` fetches it again).
 
 The cache also keeps, per repository, the last verified whitelist, manifest and certificate (a mount
 with every server down uses them: offline mode) and the newest manifest's timestamp and revision, the
@@ -50,6 +50,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ucernvm.client.lazylog import LazyLogger
 from ucernvm.client.sinks import MAX_NAMED_BYTES, Sink
 from ucernvm.cvmfs.hashing import ContentHash
 from ucernvm.errors import FormatError, StorageError
@@ -64,6 +65,10 @@ _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 TOP_DIRECTORIES = frozenset({"txn", *(f"{number:02x}" for number in range(256))})  # and the fan-out ones
 ABANDONED_AFTER = 60.0  # seconds without a write before an unlocked download's file in txn/ is removed
 LOCK_FILE = "lock"  # held by the mount using the cache; holds its mount point
+# How an object's place is opened (ObjectCache._stored): never through a link, never waiting for a FIFO's writer,
+# never taking a terminal planted there as the daemon's own.
+_IN_PLACE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+_log = LazyLogger(__name__)
 
 
 class CacheFull(StorageError):
@@ -225,63 +230,66 @@ class ObjectCache:
         return f"{text[:2]}/{text[2:]}"
 
     def get(self, content_hash: ContentHash, fill: Callable[[Sink], None]) -> str:
-        """A path of the object's cached bytes; on a miss ``fill`` writes them to a sink and returns
-        once they are verified (it raises otherwise, and nothing is kept).
+        """A path of the object's cached bytes, fetched as :meth:`open` fetches them, for a reader that opens
+        it by path (SQLite opens a catalog so)."""
+        os.close(self.open(content_hash, fill))
+        return self.local_path(self._name(content_hash))
 
-        Concurrent callers for the same object wait for one download instead of starting their own.
-        """
+    def open(self, content_hash: ContentHash, fill: Callable[[Sink], None], size: int | None = None) -> int:
+        """A read-only descriptor on the cached object; it stays valid even if the object is evicted. On a miss
+        ``fill`` writes the bytes to a sink and returns once they are verified (it raises otherwise, and
+        nothing is kept); concurrent callers for one object wait for one download instead of starting their own.
+
+        A copy of another ``size`` than given (its catalog entry's) was cut short or added to on the disk
+        since it was verified: it is removed, with a warning, and fetched again."""
         name = self._name(content_hash)
-        key = content_hash.hex
-        while True:
-            with self._lock:
-                waiting = self._in_flight.get(key)
-                if waiting is None:
-                    if self._touch(name):
+        with self.pinned(content_hash):  # not evicted between its download and its open, even by a tight quota
+            while True:
+                fd = self._stored(name, size)  # most opens: the object is there, found without the lock
+                if fd is not None:
+                    with self._lock:
                         self.hits += 1
-                        return self.local_path(name)
-                    self.misses += 1
-                    done = self._in_flight[key] = threading.Event()
-                    break
+                    return fd
+                fd = self._fetched(content_hash, name, size, fill)
+                if fd is not None:
+                    return fd
+
+    def _fetched(self, content_hash: ContentHash, name: str, size: int | None,
+                 fill: Callable[[Sink], None]) -> int | None:
+        """The object after a look with the lock held, where what stands in its place may be removed: found
+        (another thread stored it meanwhile), or downloaded now; None once another thread's download of it
+        ended, or when it was removed from outside meanwhile: look again."""
+        key = content_hash.hex
+        with self._lock:
+            waiting = self._in_flight.get(key)
+            if waiting is None:
+                fd = self._stored(name, size, clear=True)
+                if fd is not None:
+                    self.hits += 1
+                    return fd
+                self.misses += 1
+                done = self._in_flight[key] = threading.Event()
+        if waiting is not None:
             waiting.wait()
+            return None
         try:
-            size = self._store(name, fill)
+            stored = self._store(name, fill)
             with self._lock:
-                self._touched[name] = time.monotonic()
+                self._touched[name] = time.monotonic()  # its mtime is now: marked used
         finally:
             with self._lock:
                 del self._in_flight[key]
             done.set()
-        self._account(size)
-        return self.local_path(name)
-
-    def open(self, content_hash: ContentHash, fill: Callable[[Sink], None]) -> int:
-        """A read-only descriptor on the cached object: it stays valid even if the object is evicted."""
-        name = self._name(content_hash)
-        with self.pinned(content_hash):  # not evicted between get() and open(), even by a tight quota
-            self.get(content_hash, fill)
-            try:
-                return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._dir)
-            except FileNotFoundError:  # removed from outside (by hand, or by the OS whose scratch disk holds
-                # the cache) within TOUCH_INTERVAL of its last use, which get() trusted without a look
-                with self._lock:
-                    self._touched.pop(name, None)
-                self.get(content_hash, fill)
-                return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._dir)
+        self._account(stored)
+        return self._stored(name)  # verified as it arrived: its size is the one fill checked
 
     def open_cached(self, content_hash: ContentHash) -> int | None:
         """A read-only descriptor on the object if it is cached now (nothing is fetched), else None."""
-        try:
-            fd = os.open(self._name(content_hash), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                         dir_fd=self._dir)
-        except OSError:  # missing, or a symbolic link: no object of ours
-            return None
-        if stat.S_ISREG(os.fstat(fd).st_mode):
-            return fd
-        os.close(fd)
-        return None
+        return self._stored(self._name(content_hash))
 
-    def drop(self, content_hash: ContentHash) -> bool:
-        """Remove a cached object that its user found bad, pinned or not; whether there was one."""
+    def drop(self, content_hash: ContentHash, reason: str) -> bool:
+        """Remove a cached object that its user found bad (``reason``: how), pinned or not, with a warning;
+        whether there was one."""
         name = self._name(content_hash)
         with self._lock:
             self._touched.pop(name, None)
@@ -289,27 +297,66 @@ class ObjectCache:
                 os.unlink(name, dir_fd=self._dir)
             except OSError:
                 return False
+        self._removed(name, reason)
         return True
 
-    def _touch(self, name: str) -> bool:
-        """Record a use (the mtime orders the eviction); False if the object is not cached.
+    def _stored(self, name: str, size: int | None = None, clear: bool = False) -> int | None:
+        """A read-only descriptor on the object stored as ``name``, its use recorded (the mtime orders the
+        eviction) once per TOUCH_INTERVAL; None if there is none.
 
-        What is not a regular file was put there by someone else (the scratch disk is the OS's): a FIFO
-        would block its reader, a symbolic link lead out of the cache. It is removed and counts as a miss.
-        Called with the lock held."""
-        now = time.monotonic()
-        if now - self._touched.get(name, -TOUCH_INTERVAL) < TOUCH_INTERVAL:
-            return True
+        The scratch disk is the OS's, which may leave anything in an object's place, so the open itself is
+        the check: it follows no symbolic link (one would lead out of the cache), waits for no FIFO's writer,
+        and the fstat that follows tells a regular file of the right size from anything else (a device is
+        opened once so, before it goes: root in the OS, who could put one there, owns the machine anyway).
+        A hit costs an open, an fstat and once a minute a futimens, no look at the name before. What is no
+        object counts as none; with ``clear`` (the lock held, no download of it under way) it is removed,
+        with a warning."""
         try:
-            mode = os.stat(name, dir_fd=self._dir, follow_symlinks=False).st_mode
-            if not stat.S_ISREG(mode):
-                _remove_any(name, mode, self._dir)
-                return False
-            os.utime(name, dir_fd=self._dir, follow_symlinks=False)
-        except FileNotFoundError:
-            return False
-        self._touched[name] = now
-        return True
+            fd = os.open(name, _IN_PLACE, dir_fd=self._dir)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as error:
+            if error.errno not in (errno.ELOOP, errno.ENXIO):  # a symbolic link, a socket
+                raise
+            if clear:
+                self._clear(name, None, size)
+            return None
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISREG(st.st_mode) and (size is None or st.st_size == size):
+                self._mark_used(name, fd)
+                fd, found = -1, fd
+                return found
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        if clear:
+            self._clear(name, st, size)
+        return None
+
+    def _mark_used(self, name: str, fd: int) -> None:
+        """Set the object's mtime to now, once per TOUCH_INTERVAL (see ``_touched``)."""
+        now = time.monotonic()
+        if now - self._touched.get(name, -TOUCH_INTERVAL) >= TOUCH_INTERVAL:
+            os.utime(fd)
+            self._touched[name] = now
+
+    def _clear(self, name: str, st: os.stat_result | None, size: int | None) -> None:
+        """Remove what stands in the place of the object ``name`` and is no copy of it (``st``: its stat,
+        None for what could not be opened), with a warning saying what it was."""
+        try:
+            st = st or os.stat(name, dir_fd=self._dir, follow_symlinks=False)
+        except OSError:
+            return  # gone meanwhile
+        self._touched.pop(name, None)
+        _remove_any(name, st.st_mode, self._dir)
+        if stat.S_ISREG(st.st_mode):
+            self._removed(name, f"holds {st.st_size} bytes, its catalog entry gives {size}")
+        else:
+            self._removed(name, f"is {file_kind(st.st_mode)}, no object")
+
+    def _removed(self, name: str, reason: str) -> None:
+        _log.warning("cache %s: %s %s: removed, the object is fetched again", self.root, name.replace("/", ""), reason)
 
     def _store(self, name: str, fill: Callable[[Sink], None]) -> int:
         """Write what ``fill`` gives to a temporary name and rename it into place; its size.
@@ -495,6 +542,13 @@ def _is_staging(name: str) -> bool:
     kept file's name holds dots of its own (``.cvmfspublished.<fqrn>``)."""
     stem, *ids = name.rsplit(".", 2)
     return bool(stem) and len(ids) == 2 and all(part.isdigit() for part in ids)
+
+
+def file_kind(mode: int) -> str:
+    """What a file that is no regular one is, for a warning: "a symbolic link", "a FIFO"..."""
+    kinds = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+             (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+    return next((kind for is_kind, kind in kinds if is_kind(mode)), "a regular file")
 
 
 def _remove_any(name: str, mode: int, directory_fd: int) -> None:

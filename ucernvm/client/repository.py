@@ -219,8 +219,8 @@ class Repository:
         later mount, and a server's bad object is refused as before."""
         try:
             return use()
-        except (FormatError, VerificationError):
-            if self.cache is None or not self.cache.drop(content_hash):
+        except (FormatError, VerificationError) as bad:
+            if self.cache is None or not self.cache.drop(content_hash, f"was found bad ({bad.message})"):
                 raise
         return use()
 
@@ -259,14 +259,10 @@ class Repository:
         return self._checked(chunk.content_hash, lambda: self._open_sized(chunk.content_hash, chunk.size, fill))
 
     def _open_sized(self, content_hash: ContentHash, size: int | None, fill: Callable[[Sink], None]) -> int:
-        """The cached object, if it holds as many bytes as the catalog gives (a download is checked so, a
-        copy on the scratch disk may have been cut short or added to since): one fstat per open."""
+        """The cached object, holding as many bytes as the catalog gives (a download is checked so; a copy the
+        scratch disk holds of another size is fetched again, see ObjectCache.open)."""
         assert self.cache is not None
-        fd = self.cache.open(content_hash, fill)
-        if size is not None and (held := os.fstat(fd).st_size) != size:
-            os.close(fd)
-            raise FormatError(f"cached object {content_hash} holds {held} bytes, the catalog gives {size}")
-        return fd
+        return self.cache.open(content_hash, fill, size)
 
     def meta_info(self) -> bytes | None:
         """The repository's meta-info JSON (manifest M), verified; None where it has none."""
