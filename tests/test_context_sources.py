@@ -293,6 +293,41 @@ def test_vsphere_azure_and_nocloud_trees(tmp_path: Path, notes: Notes) -> None:
     assert read_nocloud(seed, BlockDevice("/dev/vdb", "vfat", "OTHER"), ignore) is None
 
 
+NOCLOUD_SEED = {"user-data": b"#cloud-config\n", "meta-data": b"instance-id: iid-1\n"}
+
+
+@pytest.mark.parametrize("label, fstype", [("cidata", "vfat"), ("CIDATA", "iso9660")])
+def test_a_nocloud_seed_is_what_cloud_init_takes(tmp_path: Path, label: str, fstype: str) -> None:
+    notes = Notes()
+    found = read_nocloud(tree(tmp_path, NOCLOUD_SEED), BlockDevice("/dev/vdb", fstype, label), notes.warnings.append)
+    assert (found.source, found.user_data, found.meta.instance_id) == ("NoCloud", b"#cloud-config\n", "iid-1")
+    assert not notes.warnings
+
+
+@pytest.mark.parametrize("files, label, fstype, why", [
+    ({"user-data": b"#cloud-config\n"}, "cidata", "vfat", "it has no meta-data"),
+    ({"meta-data": b"instance-id: x\n"}, "CIDATA", "iso9660", "it has no user-data"),
+    ({}, "cidata", "iso9660", "it has no user-data; it has no meta-data"),
+    (NOCLOUD_SEED, "CiData", "vfat", "its label is 'CiData', where cloud-init wants cidata or CIDATA"),
+    (NOCLOUD_SEED, "config", "iso9660", "its label is 'config', where"),
+    (NOCLOUD_SEED, "", "vfat", "its label is '', where"),
+    (NOCLOUD_SEED, "cidata", "udf", "it is udf, where cloud-init reads iso9660 or vfat"),
+], ids=["no meta-data", "no user-data", "neither", "label in mixed case", "another label", "no label", "udf"])
+def test_an_almost_nocloud_medium_is_a_warning_saying_why_it_was_not_taken(tmp_path: Path, files: dict, label: str,
+                                                                          fstype: str, why: str) -> None:
+    notes = Notes()
+    assert read_nocloud(tree(tmp_path, files), BlockDevice("/dev/vdb", fstype, label), notes.warnings.append) is None
+    (warning,) = notes.warnings
+    assert warning.startswith("not a NoCloud seed, as cloud-init would not take it either: ") and why in warning
+
+
+@pytest.mark.parametrize("files", [{}, {"user-data": b"x"}, {"meta-data": b"x"}], ids=["empty", "user-data", "meta"])
+def test_a_medium_far_from_a_nocloud_seed_is_passed_over_in_silence(tmp_path: Path, files: dict) -> None:
+    notes = Notes()
+    assert read_nocloud(tree(tmp_path, files), BlockDevice("/dev/vdb", "vfat", "ESP"), notes.warnings.append) is None
+    assert not notes.warnings
+
+
 # ---------------------------------------------------------------------------------------- real media
 
 
@@ -363,6 +398,23 @@ def test_nocloud_seed_on_vfat(tmp_path: Path, media: Media, notes: Notes) -> Non
     found = search(notes, [device], media)
     assert found.source == "NoCloud" and found.meta == MetaData("iid-7", "", (KEY,))
     assert found.user_data == files["user-data"]
+
+
+def test_a_nocloud_medium_without_meta_data_is_not_taken_and_the_warning_names_it(tmp_path: Path, media: Media,
+                                                                                  notes: Notes) -> None:
+    device = media.attach(vfat_image(tmp_path / "seed.img", {"user-data": b"#cloud-config\n" + SECTION}, "cidata"))
+    assert search(notes, [device], media) is None
+    assert notes.warned(f"{device.path}: not a NoCloud seed, as cloud-init would not take it either: it has no "
+                        "meta-data")
+
+
+def test_of_two_nocloud_media_the_last_is_taken_as_cloud_init_takes_it(tmp_path: Path, media: Media,
+                                                                       notes: Notes) -> None:
+    first = media.attach(iso_image(tmp_path / "a.iso", {"user-data": b"a", "meta-data": b"instance-id: a\n"}, "cidata"))
+    second = media.attach(iso_image(tmp_path / "b.iso", {"user-data": b"b", "meta-data": b"instance-id: b\n"}, "cidata"))
+    last = max(first, second, key=lambda device: device.path)
+    found = search(notes, [second, first], media)
+    assert (found.source, found.device, found.user_data) == ("NoCloud", last.path, b"a" if last is first else b"b")
 
 
 def test_source_order_beats_device_order(tmp_path: Path, media: Media, notes: Notes) -> None:

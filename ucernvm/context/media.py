@@ -280,16 +280,30 @@ def read_azure(root: Path, device: BlockDevice, warn: Warn) -> FoundContext | No
     return FoundContext(AZURE, user_data, device=device.path)
 
 
+NOCLOUD_LABELS = ("cidata", "CIDATA")  # cloud-init looks for the label in lower and in upper case, no other
+NOCLOUD_TYPES = ("iso9660", "vfat")
+NOCLOUD_FILES = ("user-data", "meta-data")  # both, or cloud-init takes no seed; vendor-data, network-config optional
+
+
 def read_nocloud(root: Path, device: BlockDevice, warn: Warn) -> FoundContext | None:
-    """A cloud-init NoCloud seed: label cidata/CIDATA, user-data and meta-data at the root."""
-    if device.label.lower() != "cidata":
+    """A cloud-init NoCloud seed as cloud-init takes one: an iso9660 or vfat file system labelled cidata or
+    CIDATA with user-data and meta-data at its root. A medium that is almost one (the label in another case
+    or on another file system, a file missing, or both files under another label) is a warning saying why
+    it was not taken, as the OS's cloud-init will not take it either."""
+    labelled = device.label.lower() == "cidata"
+    if not labelled and not all(_exists(root, name) for name in NOCLOUD_FILES):
         return None
     user_data = _read(root, "user-data", USER_DATA_LIMIT, warn)
     meta_data = _read(root, "meta-data", META_LIMIT, warn)
-    if user_data is None and meta_data is None:
+    problems = [f"it has no {name}" for name, data in zip(NOCLOUD_FILES, (user_data, meta_data)) if data is None]
+    if device.label not in NOCLOUD_LABELS:
+        problems.append(f"its label is {device.label!r}, where cloud-init wants cidata or CIDATA")
+    if device.fstype not in NOCLOUD_TYPES:
+        problems.append(f"it is {device.fstype}, where cloud-init reads iso9660 or vfat")
+    if problems:
+        warn(f"not a NoCloud seed, as cloud-init would not take it either: {'; '.join(problems)}")
         return None
-    meta = nocloud_meta(meta_data, warn) if meta_data is not None else MetaData()
-    return FoundContext(NOCLOUD, user_data or b"", meta, device=device.path)
+    return FoundContext(NOCLOUD, user_data or b"", nocloud_meta(meta_data or b"", warn), device=device.path)
 
 
 Reader = Callable[[Path, BlockDevice, Warn], FoundContext | None]

@@ -1,7 +1,7 @@
 """Finding the user-data of a first boot: µCernVM's sources in µCernVM's order, under one deadline.
 
 Local media come first (ConfigDrive, OpenNebula, vSphere, Azure, then NoCloud; the first source found
-on any medium wins, media in device order), then the network: one parallel TCP probe of the
+on any medium wins, media in device order, of NoCloud media the last, as cloud-init), then the network: one parallel TCP probe of the
 metadata addresses (2 s at most), GCE, EC2 (IMDSv2 token first) and OpenStack on the link-local
 address, CloudStack on 10.1.1.1 and on the DHCP server. Every partition is also searched for
 ``/cernvm/extra-user-data`` and ``/cernvm/pickup.tar.gz``. The kernel option ``ucernvm.context=``
@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ucernvm.boot.system import MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MakeDirs, Mount, System, Unmount
-from ucernvm.context.found import (CLOUDSTACK, LOCAL_SOURCES, NETWORK_SOURCES, OPEN_NEBULA, BlockDevice, FoundContext)
+from ucernvm.context.found import (CLOUDSTACK, LOCAL_SOURCES, NETWORK_SOURCES, NOCLOUD, OPEN_NEBULA, BlockDevice,
+                                   FoundContext)
 from ucernvm.context.media import LAYOUTS, read_extras
 from ucernvm.context.metadata import LINK_LOCAL_FETCHERS, Client, fetch_cloudstack, parse_host, reachable
 from ucernvm.context.userdata import decode
@@ -193,7 +194,8 @@ def _scan_media(probe: SourceProbe, layouts: list[str], extras: bool = True,
         try:
             for name in layouts:
                 types, read = LAYOUTS[name]
-                if name not in by_source and device.fstype in types:
+                # cloud-init takes the last of several NoCloud media (it sorts them in reverse), as the OS's will.
+                if (name not in by_source or name == NOCLOUD) and device.fstype in types:
                     result = read(root, device, _about(probe.warn, device))
                     if result is not None:
                         probe.log(f"{name} user-data on {device.path}")
