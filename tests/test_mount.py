@@ -243,6 +243,8 @@ def test_a_proxy_failover_is_logged_as_a_server_switch_is(published, mounts, key
     assert f"switching proxy from {proxy} to {DEAD_PROXY} (reset after 1 s)" in daemon_log
     assert daemon_log.count(failover) == 2  # the mount's, written there at the fork, and the daemon's
     assert os.getxattr(point, "user.logbuffer").decode().count(failover) == 2
+    switches = [line for text in (daemon_log, result.stderr.decode()) for line in text.splitlines() if "switching" in line]
+    assert len(switches) == 4 and all("ucernvm mount: warning: switching proxy from" in line for line in switches)
     assert (squid.access_log().count(f"{server.url}/cvmfs/{FQRN}/") > 0) == (live == "squid")
 
 

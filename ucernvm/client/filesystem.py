@@ -24,12 +24,12 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from ucernvm import __version__
-from ucernvm.client import logbuffer
+from ucernvm.client import lazylog, logbuffer
 from ucernvm.client.catalogs_ahead import CatalogsAhead
 from ucernvm.client.fuse.operations import ROOT_INO, Attributes, DirEntry, FsStats, Operations, report
 from ucernvm.client.listing_ahead import ListingsAhead
 from ucernvm.client.pinning import Pinner
-from ucernvm.client.prefetch import Prefetcher, ReadOrder
+from ucernvm.client.prefetch import Prefetcher, ReadOrder, warn
 from ucernvm.client.repository import Repository
 from ucernvm.client.sinks import PIECE_SIZE
 from ucernvm.client.variant_symlinks import expand_variant_symlink
@@ -198,6 +198,7 @@ class SnapshotFilesystem(Operations):
 
     def init(self) -> None:
         # Threads start here, in the serving process, after any fork.
+        lazylog.route_warnings(warn)  # a server or proxy switch, a cache's removal: "ucernvm mount: warning: ..."
         raise_file_limit(NFILES)
         self._pool = _LazyPool(self._fetch_threads, "fetch")
         cache = self.repository.cache
@@ -216,6 +217,7 @@ class SnapshotFilesystem(Operations):
         self._listings_ahead.start()
 
     def destroy(self) -> None:
+        lazylog.route_warnings(None)
         if self._prefetcher is not None:
             self._prefetcher.stop()
         if self._pinner is not None:

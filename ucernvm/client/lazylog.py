@@ -13,6 +13,17 @@ from ucernvm.client import logbuffer
 
 if TYPE_CHECKING:
     import logging
+    from collections.abc import Callable
+
+_warn: Callable[[str], None] | None = None  # who says this process's warnings, when not logging
+
+
+def route_warnings(warn: Callable[[str], None] | None) -> None:
+    """From now on ``warn`` says this process's warnings instead of ``logging`` (None: logging again): a mount's
+    failovers then read as its other warnings, in its log and on its stderr. ``warn`` keeps each for
+    user.logbuffer itself."""
+    global _warn
+    _warn = warn
 
 
 class LazyLogger:
@@ -38,5 +49,8 @@ class LazyLogger:
             text = message % args if args else message
         except (TypeError, ValueError):  # logging reports a bad format itself; the warning must still be kept
             text = message
+        if _warn is not None:
+            _warn(text)
+            return
         logbuffer.remember(text)
         self.logger.warning(message, *args)

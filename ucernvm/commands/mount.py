@@ -6,7 +6,7 @@ import argparse
 import os
 import time
 
-from ucernvm.client import logbuffer
+from ucernvm.client import lazylog, logbuffer
 from ucernvm.client.cache import DEFAULT_QUOTA, MIB, ObjectCache
 from ucernvm.client.filesystem import SnapshotFilesystem
 from ucernvm.client.fuse.kernel import FuseMount, MountOptions, mount, mounted_file_system
@@ -64,10 +64,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     check_arguments(args)
     logbuffer.hold()  # what is said before the fork goes to the daemon's log too, which opens only then
+    lazylog.route_warnings(warn)  # a server or proxy switch reads as the mount's other warnings, as in its log
     try:
         repository, fuse = mount_snapshot(args)
     finally:
         opening = logbuffer.held()
+        lazylog.route_warnings(None)  # the serving process routes its own (SnapshotFilesystem.init)
     if args.foreground:
         fuse.serve()
         return 0
