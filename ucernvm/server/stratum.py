@@ -34,6 +34,7 @@ from socketserver import StreamRequestHandler, ThreadingTCPServer
 from urllib.parse import unquote
 
 from ucernvm.errors import ConfigError
+from ucernvm.server import accesslog
 from ucernvm.server.geo import GeoDatabase, GeoRequestError, GeoSorter
 
 URL_PREFIX = "/cvmfs/"
@@ -281,8 +282,19 @@ class _Handler(StreamRequestHandler):
     def _handle_one(self) -> bool:
         """Answer one request; return whether the connection stays open."""
         self.method = self.requestline = ""
+        self.headers: dict[str, str] = {}
         self.keep_alive = self.http10 = False
+        self.answered: tuple[HTTPStatus, int] | None = None  # status, body length
         self.stratum._awaiting_request(self.connection)
+        try:
+            return self._answer()
+        finally:  # logged once answered, even when the client left during the body
+            if self.answered is not None and self.stratum.access_log:
+                accesslog.write(accesslog.line(
+                    self.client_address[0], self.requestline, self.answered[0].value, self.answered[1],
+                    self.headers.get("referer"), self.headers.get("user-agent")))
+
+    def _answer(self) -> bool:
         try:
             if not self._read_request():
                 return False
@@ -505,15 +517,8 @@ class _Handler(StreamRequestHandler):
             lines.append("Connection: close")
         elif self.http10:
             lines.append("Connection: keep-alive")
+        self.answered = status, 0 if self.method == "HEAD" else length
         self.connection.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
-        if self.stratum.access_log:
-            self._log(status, 0 if self.method == "HEAD" else length)
-
-    def _log(self, status: HTTPStatus, length: int) -> None:
-        """One Common Log Format line on stderr (written when the response head is sent)."""
-        when = time.strftime("%d/%b/%Y:%H:%M:%S %z")
-        sys.stderr.write(f'{self.client_address[0]} - - [{when}] "{self.requestline}" '
-                         f"{status.value} {length}\n")
 
 
 def _byte_position(digits: str) -> int | None:
