@@ -21,11 +21,11 @@ from ucernvm.boot.blockdev import probe_path
 from ucernvm.config import build_config, context_values
 from ucernvm.context.contextfile import convert_context_file
 from ucernvm.context.found import MetaData
-from ucernvm.context.iso import context_files, write_iso
+from ucernvm.context.iso import check_network_config, context_files, write_iso
 from ucernvm.context.isodates import Stamps, stamp_dates
 from ucernvm.context.section import parse_section
 from ucernvm.context.sources import MetadataAddresses, SourceProbe, find_user_data
-from ucernvm.errors import ContextError
+from ucernvm.errors import ConfigError, ContextError
 
 from helpers import run_cli
 from media_images import Media, _kernel_has
@@ -115,6 +115,66 @@ def test_command_output_is_found_by_the_boot(layout: str, source: str, label: st
     assert found.source == source and found.device == device.path
     assert found.user_data == user_data.read_bytes()
     assert found.meta == MetaData("iid-42", "vm-42", (KEY,))
+
+
+NETWORK_CONFIG = b"""version: 2
+ethernets:
+  eth0:
+    match: {macaddress: "52:54:00:12:34:56"}
+    addresses: [192.168.10.5/24]
+    routes: [{to: default, via: 192.168.10.1}]
+"""
+
+
+def test_a_network_configuration_goes_onto_a_nocloud_seed_and_makes_a_new_instance() -> None:
+    label, files = context_files(b"u", "nocloud", MetaData(), NETWORK_CONFIG)
+    assert label == "cidata" and sorted(files) == ["meta-data", "network-config", "user-data"]
+    assert files["network-config"] == NETWORK_CONFIG  # verbatim, as cloud-init reads it
+    without = context_files(b"u", "nocloud", MetaData())[1]
+    assert "network-config" not in without and without["meta-data"] != files["meta-data"]
+    other = context_files(b"u", "nocloud", MetaData(), NETWORK_CONFIG.replace(b".5/", b".6/"))[1]
+    assert other["meta-data"] != files["meta-data"]  # cloud-init applies a network configuration to a new instance
+    with pytest.raises(ConfigError, match="only onto a nocloud context, not a config-drive one"):
+        context_files(b"u", "config-drive", MetaData(), NETWORK_CONFIG)
+
+
+def test_the_command_writes_a_network_configuration_the_os_s_cloud_init_finds(tmp_path: Path, media: Media) -> None:
+    (tmp_path / "user-data").write_bytes(b"#cloud-config\n")
+    (tmp_path / "network.yaml").write_bytes(NETWORK_CONFIG)
+    image = tmp_path / "ctx.iso"
+    run_cli("context", tmp_path / "user-data", "-o", image, "--format", "nocloud",
+            "--network-config", tmp_path / "network.yaml", check=True)
+    device, found = read_back(media, image)
+    assert found.source == "NoCloud"
+    root = media.mount(device)
+    try:
+        assert (root / "network-config").read_bytes() == NETWORK_CONFIG
+    finally:
+        media.unmount(root)
+
+
+@pytest.mark.parametrize("network, options, message", [
+    (b"version: 2\nethernets: [unclosed\n", [], "the network configuration is not YAML (line 3)"),
+    (b"ethernets: {}\n", [], "has no 'version: 1' or 'version: 2'"),
+    (b"version: 3\n", [], "has no 'version: 1' or 'version: 2'"),
+    (b"\xff\xfe", [], "is not YAML"),
+    (NETWORK_CONFIG, ["--format", "config-drive"], "only onto a nocloud context"),
+    (NETWORK_CONFIG, [], "only onto a nocloud context, not a cernvm-launch one"),
+], ids=["yaml error", "no version", "version 3", "not utf-8", "config-drive", "the default layout"])
+def test_a_network_configuration_cloud_init_would_not_take_is_refused(tmp_path: Path, network: bytes,
+                                                                      options: list[str], message: str) -> None:
+    (tmp_path / "user-data").write_bytes(b"#cloud-config\n")
+    (tmp_path / "network.yaml").write_bytes(network)
+    result = run_cli("context", tmp_path / "user-data", "-o", tmp_path / "ctx.iso", *options,
+                     "--network-config", tmp_path / "network.yaml")
+    assert result.returncode != 0 and message in result.stderr.decode(), result.stderr
+    assert b"Traceback" not in result.stderr and not (tmp_path / "ctx.iso").exists()
+
+
+@pytest.mark.parametrize("network", [b"network:\n  version: 1\n  config: []\n", b"network: {config: disabled}\n"],
+                         ids=["under network", "disabled"])
+def test_every_form_of_network_configuration_cloud_init_reads_is_taken(network: bytes) -> None:
+    check_network_config(network)
 
 
 def test_gzip_user_data_is_written_verbatim_and_read_gunzipped(tmp_path: Path, media: Media) -> None:

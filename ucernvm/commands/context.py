@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ucernvm.context.found import MetaData
-from ucernvm.context.iso import ISO_LAYOUTS, read_user_data, write_context_iso
+from ucernvm.context.iso import ISO_LAYOUTS, check_network_config, read_user_data, write_context_iso
 from ucernvm.context.media import clean
 from ucernvm.errors import ConfigError
 
@@ -27,12 +27,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="layout: cernvm-launch (label CONFIG-2, ec2/ and openstack/ trees; default), "
                         "config-drive (label config-2), nocloud (label cidata)")
     parser.add_argument("--instance-id", default="",
-                        help="meta-data instance id (default: a UUID made from the user-data, host name and keys: "
+                        help="meta-data instance id (default: a UUID made from the user-data, host name, keys and network "
+                        "configuration: "
                         "cloud-init takes a VM booted again with the same context for the same instance, and runs "
                         "its per-instance modules again only for a new one)")
     parser.add_argument("--hostname", default="", help="meta-data host name")
     parser.add_argument("--ssh-key", action="append", default=[], metavar="FILE",
                         help="public SSH key file for the meta-data (repeatable)")
+    parser.add_argument("--network-config", metavar="FILE",
+                        help="cloud-init network configuration (YAML, version 1 or 2) for the OS, written as the "
+                        "seed's network-config; with --format nocloud only")
     parser.set_defaults(func=run)
 
 
@@ -59,6 +63,10 @@ def run(args: argparse.Namespace) -> int:
         keys += [line.strip() for line in text.splitlines() if line.strip()]
     meta = MetaData(_field(args.instance_id, "--instance-id"), _field(args.hostname, "--hostname"),
                     tuple(_field(key, "SSH key", 16384) for key in keys))
-    label = write_context_iso(Path(args.output), user_data, args.format, meta)
+    network = None
+    if args.network_config is not None:
+        network = _read(args.network_config, "network configuration")
+        check_network_config(network)
+    label = write_context_iso(Path(args.output), user_data, args.format, meta, network)
     print(f"{args.output}: {args.format} layout, label {label}, {len(user_data)} bytes of user-data")
     return 0

@@ -32,25 +32,54 @@ ec2/latest and openstack/latest hold the same user-data and meta-data.
 """
 
 
-def made_instance_id(user_data: bytes, meta: MetaData) -> str:
+def made_instance_id(user_data: bytes, meta: MetaData, network: bytes | None = None) -> str:
     """A UUID made from the context. cloud-init runs its per-instance modules (host keys, users, runcmd) once
-    per instance id: a VM booted again with the same context is the same instance, one given new user-data,
-    a new host name or new keys a new one. (cernvm-launch writes one fixed UUID into every ISO, so a VM
-    given new user-data on the same disk would not run them again.)"""
-    context = json.dumps([hashlib.sha256(user_data).hexdigest(), meta.hostname, list(meta.public_keys)])
-    return str(uuid.uuid5(CERNVM_LAUNCH_UUID, context))
+    per instance id, and applies a NoCloud network configuration for a new one: a VM booted again with the
+    same context is the same instance, one given new user-data, a new host name, new keys or a new network
+    configuration a new one. (cernvm-launch writes one fixed UUID into every ISO, so a VM given new
+    user-data on the same disk would not run them again.)"""
+    parts: list[object] = [hashlib.sha256(user_data).hexdigest(), meta.hostname, list(meta.public_keys)]
+    if network is not None:  # only then: the ids of contexts without one stay what they were
+        parts.append(hashlib.sha256(network).hexdigest())
+    return str(uuid.uuid5(CERNVM_LAUNCH_UUID, json.dumps(parts)))
 
 
-def context_files(user_data: bytes, layout: str, meta: MetaData) -> tuple[str, dict[str, bytes]]:
-    """The volume label and the files (path -> bytes) of a context ISO."""
-    instance_id = meta.instance_id or made_instance_id(user_data, meta)
+NETWORK_CONFIG_HINT = "give cloud-init's network configuration, e.g. 'version: 2' with 'ethernets:'"
+
+
+def check_network_config(data: bytes) -> None:
+    """A ConfigError unless ``data`` is a network configuration cloud-init reads from a NoCloud seed: YAML
+    of version 1 or 2, at the top or under ``network:``, or ``config: disabled``."""
+    import yaml  # only for writing images
+
+    try:
+        document = yaml.safe_load(data.decode())
+    except (UnicodeDecodeError, yaml.YAMLError, RecursionError) as error:
+        mark = getattr(error, "problem_mark", None)
+        raise ConfigError("the network configuration is not YAML" + (f" (line {mark.line + 1})" if mark else ""),
+                          NETWORK_CONFIG_HINT) from None
+    inner = document.get("network", document) if isinstance(document, dict) else None
+    if not isinstance(inner, dict) or not (inner.get("version") in (1, 2) or inner.get("config") == "disabled"):
+        raise ConfigError("the network configuration has no 'version: 1' or 'version: 2'", NETWORK_CONFIG_HINT)
+
+
+def context_files(user_data: bytes, layout: str, meta: MetaData,
+                  network: bytes | None = None) -> tuple[str, dict[str, bytes]]:
+    """The volume label and the files (path -> bytes) of a context ISO; ``network``, cloud-init's network
+    configuration, goes only onto a NoCloud seed (a config drive carries OpenStack's network_data.json,
+    another format, which the OS's cloud-init does not read once the boot loader has seeded NoCloud)."""
+    instance_id = meta.instance_id or made_instance_id(user_data, meta, network)
     if layout == "nocloud":
         lines = [f"instance-id: {json.dumps(instance_id)}"]  # a JSON string is a YAML double-quoted scalar
         if meta.hostname:
             lines.append(f"local-hostname: {json.dumps(meta.hostname)}")
         if meta.public_keys:
             lines += ["public-keys:", *(f"  - {json.dumps(key)}" for key in meta.public_keys)]
-        return "cidata", {"user-data": user_data, "meta-data": "\n".join(lines).encode() + b"\n"}
+        files = {"user-data": user_data, "meta-data": "\n".join(lines).encode() + b"\n"}
+        return "cidata", files if network is None else {**files, "network-config": network}
+    if network is not None and layout in ISO_LAYOUTS:
+        raise ConfigError(f"a network configuration goes only onto a nocloud context, not a {layout} one",
+                          "add --format nocloud")
     document: dict[str, object] = {"uuid": instance_id}
     if meta.hostname:
         document["hostname"] = meta.hostname
@@ -129,9 +158,10 @@ def write_iso(path: Path, label: str, files: dict[str, bytes]) -> None:
         iso.close()
 
 
-def write_context_iso(path: Path, user_data: bytes, layout: str = "cernvm-launch", meta: MetaData | None = None) -> str:
+def write_context_iso(path: Path, user_data: bytes, layout: str = "cernvm-launch", meta: MetaData | None = None,
+                      network: bytes | None = None) -> str:
     """Write a context ISO; returns its volume label."""
-    label, files = context_files(user_data, layout, meta or MetaData())
+    label, files = context_files(user_data, layout, meta or MetaData(), network)
     write_iso(path, label, files)
     return label
 
