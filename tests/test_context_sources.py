@@ -410,8 +410,8 @@ def test_a_nocloud_medium_without_meta_data_is_not_taken_and_the_warning_names_i
 
 def test_of_two_nocloud_media_the_last_is_taken_as_cloud_init_takes_it(tmp_path: Path, media: Media,
                                                                        notes: Notes) -> None:
-    first = media.attach(iso_image(tmp_path / "a.iso", {"user-data": b"a", "meta-data": b"instance-id: a\n"}, "cidata"))
-    second = media.attach(iso_image(tmp_path / "b.iso", {"user-data": b"b", "meta-data": b"instance-id: b\n"}, "cidata"))
+    first = media.attach(iso_image(tmp_path / "a.iso", {"user-data": b"a", "meta-data": b"instance-id: a"}, "cidata"))
+    second = media.attach(iso_image(tmp_path / "b.iso", {"user-data": b"b", "meta-data": b"instance-id: b"}, "cidata"))
     last = max(first, second, key=lambda device: device.path)
     found = search(notes, [second, first], media)
     assert (found.source, found.device, found.user_data) == ("NoCloud", last.path, b"a" if last is first else b"b")

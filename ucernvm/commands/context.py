@@ -27,10 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="layout: cernvm-launch (label CONFIG-2, ec2/ and openstack/ trees; default), "
                         "config-drive (label config-2), nocloud (label cidata)")
     parser.add_argument("--instance-id", default="",
-                        help="meta-data instance id (default: a UUID made from the user-data, host name, keys and network "
-                        "configuration: "
-                        "cloud-init takes a VM booted again with the same context for the same instance, and runs "
-                        "its per-instance modules again only for a new one)")
+                        help="meta-data instance id (default: a UUID made from the user-data, host name, keys and "
+                        "network configuration: cloud-init takes a VM booted again with the same context for the same "
+                        "instance, and runs its per-instance modules again only for a new one)")
     parser.add_argument("--hostname", default="", help="meta-data host name")
     parser.add_argument("--ssh-key", action="append", default=[], metavar="FILE",
                         help="public SSH key file for the meta-data (repeatable)")

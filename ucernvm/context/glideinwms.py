@@ -12,7 +12,8 @@ import base64
 import binascii
 import re
 
-# The factory writes "####" after the subcluster too, and µCernVM's pattern wants it: a line cut before it is no glidein's.
+# The factory writes "####" after the subcluster too, and µCernVM's pattern wants it: a line cut
+# before it is no glidein's.
 _LINE = re.compile(rb"([A-Za-z0-9+/=]+)####[ \t]*-cluster[ \t]+\d+[ \t]+-subcluster[ \t]+\d+[ \t]*####")
 _ESCAPES = {"semicolon": ";", "colon": ":", "pipe": "|", "minus": "-", "dot": "."}
 _ESCAPE = re.compile(r"\.(" + "|".join(_ESCAPES) + "),")
