@@ -2,10 +2,10 @@
 
 Local media come first (ConfigDrive, OpenNebula, vSphere, Azure, then NoCloud; the first source found
 on any medium wins, media in device order, but of NoCloud media the last, as cloud-init takes it), then
-the network: one parallel TCP probe of the metadata addresses (2 s at most), GCE, EC2 (IMDSv2 token first) and OpenStack on the link-local
-address, CloudStack on 10.1.1.1 and on the DHCP server. Every partition is also searched for
-``/cernvm/extra-user-data`` and ``/cernvm/pickup.tar.gz``. The kernel option ``ucernvm.context=``
-names one source (no probing) or ``none``.
+the network: one parallel TCP probe of the metadata addresses (2 s at most), GCE, EC2 (IMDSv2 token
+first) and OpenStack on the link-local address, CloudStack on 10.1.1.1 and on the DHCP server. Every
+partition is also searched for ``/cernvm/extra-user-data`` and ``/cernvm/pickup.tar.gz``. The kernel
+option ``ucernvm.context=`` names one source (no probing) or ``none``.
 
 Usage at boot: ``find_user_data(SourceProbe(devices=..., mounter=SystemMounter(system), ...))``, or
 ``scan_media`` before the network comes up and ``ask_network`` after it.
