@@ -590,9 +590,14 @@ def test_the_daemon_log_goes_neither_through_a_link_nor_into_a_fifo_left_in_its_
         (cache / "mount.log").symlink_to(outside)
     else:
         os.mkfifo(cache / "mount.log")
-    point, _ = mounts.mount(f"{server.url}/cvmfs/{FQRN}", keys_dir, cache)
+    point, result = mounts.mount(f"{server.url}/cvmfs/{FQRN}", keys_dir, cache)
     assert (point / "etc" / "hostname").read_bytes() == (source / "etc" / "hostname").read_bytes()
     os.kill(int(os.getxattr(point, "user.pid")), signal.SIGUSR1)  # the daemon reports its statistics in its log
+    found = {"link": "a symbolic link", "fifo": "a FIFO"}[plant]
+    warning = (f"the daemon's log {cache / 'mount.log'} is {found}, no log file: left alone, the daemon's reports go "
+               "to /dev/null")
+    assert f"ucernvm fuse: warning: {warning}\n" in result.stderr.decode()
+    assert warning in os.getxattr(point, "user.logbuffer").decode()
     run_cli("umount", point, check=True)
     assert outside.read_bytes() == b""
 

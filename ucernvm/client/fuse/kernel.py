@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 
+from ucernvm.client import logbuffer
 from ucernvm.client.fuse.handles import InodeHandles
 from ucernvm.client.fuse.operations import Attributes, DirEntry, Operations, report
 from ucernvm.client.fuse.passthrough import BackingFiles
@@ -375,22 +376,24 @@ class FuseMount:
         (appended), so it holds no pipe or terminal of its parent open; ``before_serve`` runs in the
         child first. Call before starting any thread in this process (threads do not survive a fork).
         """
+        log = _open_log(log_path) if log_path else -1  # opened here, where a warning that it cannot be is read
         pid = os.fork()
         if pid:
             os.close(self.fd)
             self.fd = -1
+            if log >= 0:
+                os.close(log)
             return pid
         status = 1
         try:
             os.setsid()
             os.chdir("/")
             null = os.open(os.devnull, os.O_RDWR)
-            log = _open_log(log_path, null) if log_path else null
             os.dup2(null, 0)
             os.dup2(null, 1)
-            os.dup2(log, 2)
+            os.dup2(log if log >= 0 else null, 2)
             os.close(null)
-            if log != null:
+            if log >= 0:
                 os.close(log)
             sys.stderr = _TimedLines(sys.stderr)
             if before_serve is not None:
@@ -799,15 +802,32 @@ class _TimedLines:
         return getattr(self._stream, name)
 
 
-def _open_log(path: str, null: int) -> int:
-    """The daemon's log, appended to; ``null`` where its place holds no regular file: the cache it lies in may
-    be on a disk someone else writes (a boot's scratch disk), where a link would take the reports to any
-    file and a FIFO would block the daemon before it serves."""
+def _open_log(path: str) -> int:
+    """The daemon's log, appended to; -1, with a warning, where its place holds no regular file (its reports then
+    go to /dev/null): the cache it lies in may be on a disk someone else writes (a boot's scratch disk), where a
+    link would take the reports to any file and a FIFO would block the daemon before it serves."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY, 0o644)
+    except OSError as error:  # a link (ELOOP), a FIFO without a reader (ENXIO), a directory, a read-only disk...
+        problem = f"cannot be opened ({error.strerror})"
+    else:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            return fd
+        os.close(fd)
+        problem = "cannot be used"
+    try:
+        mode = os.lstat(path).st_mode
     except OSError:
-        return null
-    if stat.S_ISREG(os.fstat(fd).st_mode):
-        return fd
-    os.close(fd)
-    return null
+        mode = stat.S_IFREG
+    if not stat.S_ISREG(mode):
+        from ucernvm.client.cache import file_kind  # only here: the log's place is rarely spoiled
+
+        problem = f"is {file_kind(mode)}"
+    _warn(f"the daemon's log {path} {problem}, no log file: left alone, the daemon's reports go to /dev/null")
+    return -1
+
+
+def _warn(message: str) -> None:
+    """A warning of the FUSE layer, on this process's stderr and kept for user.logbuffer."""
+    logbuffer.remember(message)
+    _report(f"warning: {message}")
