@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
+import itertools
+import locale
 import os
+import random
 import stat
 from pathlib import Path
 
@@ -12,8 +16,9 @@ from helpers import fuse_unusable, run_cli, snapshot_tree
 from test_mount import Mounts
 from test_publish import FQRN, open_repo, publish, read_back
 from ucernvm.client.repository import Repository
-from ucernvm.cvmfs.dirtab import Dirtab
+from ucernvm.cvmfs.dirtab import Dirtab, _glob_string
 from ucernvm.cvmfs.source_tree import scan
+from ucernvm.errors import ConfigError
 from ucernvm.server import StratumServer
 
 # The example of cvmfs's documentation ("Managing Nested Catalogs with .cvmfsdirtab"), and what it selects.
@@ -266,3 +271,61 @@ def test_an_exclusion_is_matched_line_by_line_as_cvmfs_regex_with_reg_newline(so
     others = [path for path in everything if path != "/software/a\nb"]
     assert select(software, b"/software/*\n! /software/a*\n") == others  # its first line matches
     assert select(software, b"/software/*\n! b\n") == others  # and its second
+
+
+# Pieces of dirtab names (as written in the file: \\ is a backslash, \* a star) for the comparison with glibc
+# below, heavy in what makes bracket expressions malformed; and directory names to match them against.
+PATTERN_PIECES = ["[", "]", "!", "^", "-", "a", "b", ".", ":", "*", "?", "\\\\", "\\*", "\\", "[:alpha:]",
+                  "[:bogus:]", "[:", ":]", "[.", ".]", "[.a.]", "[.ab.]", "[=", "=]", "[=a=]"]
+DIRECTORY_NAMES = ["a", "b", "ab", "x", "[", "]", "-", "!", "^", "\\", ":", "=", "*", "?", "a[", "[a", "a]", "]a",
+                   "[]", "[[", "[!", "[^", "[:", "[.", "[=", "[a]", "a-", "a[b", "[:a", "a\\", "\\a", ".a", "..a"]
+
+
+def glibc_glob(directory: Path, pattern: str) -> list[str] | None:
+    """The names glibc's glob(3) finds for ``pattern`` in ``directory``, with GLOB_PERIOD as cvmfs globs,
+    . and .. left out as cvmfs leaves them; None where the C library is not glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.gnu_get_libc_version  # noqa: B018 - glibc's own symbol
+    except (OSError, AttributeError):
+        return None
+
+    class Glob(ctypes.Structure):
+        _fields_ = [("pathc", ctypes.c_size_t), ("pathv", ctypes.POINTER(ctypes.c_char_p)),
+                    ("offs", ctypes.c_size_t), ("flags", ctypes.c_int), ("functions", ctypes.c_void_p * 8)]
+
+    found = Glob()
+    status = libc.glob(os.fsencode(directory) + b"/" + os.fsencode(pattern), 1 << 7, None, ctypes.byref(found))
+    names = [os.fsdecode(os.path.basename(found.pathv[n])) for n in range(found.pathc)] if status == 0 else []
+    libc.globfree(ctypes.byref(found))
+    return sorted(set(names) - {".", ".."})
+
+
+def test_malformed_bracket_expressions_match_as_glibc_globs_them(tmp_path: Path) -> None:
+    """Names written with every piece of a bracket expression, many of them malformed (unclosed, with a
+    [= or [. that is not closed, a range to the pattern's end, a \\ at the end), select the directories glibc's
+    glob(3) finds with the glob pattern cvmfs makes of them, in the C locale cvmfs_server matches in."""
+    for name in DIRECTORY_NAMES:
+        (tmp_path / name).mkdir()
+    tree = scan(str(tmp_path))
+    rng = random.Random(20261128)
+    texts = {"".join(pieces) for length in (1, 2) for pieces in itertools.product(PATTERN_PIECES, repeat=length)}
+    texts |= {"".join(rng.choices(PATTERN_PIECES, k=rng.randint(3, 7))) for _ in range(3000)}
+    previous = locale.setlocale(locale.LC_ALL)
+    locale.setlocale(locale.LC_ALL, "C")
+    try:
+        if glibc_glob(tmp_path, "a") is None:
+            pytest.skip("the C library is not glibc")
+        differ = {}
+        for text in sorted(texts):
+            try:
+                rule = Dirtab.parse(f"/{text}\n".encode(), "dirtab").rules[0]
+            except ConfigError:
+                continue  # refused as cvmfs refuses it: an escape of another character, an empty name
+            ours = sorted(path[1:] for path, _ in rule.glob(tree))
+            theirs = glibc_glob(tmp_path, _glob_string(rule.elements[0]))
+            if ours != theirs:
+                differ[text] = (ours, theirs)
+    finally:
+        locale.setlocale(locale.LC_ALL, previous)
+    assert differ == {}

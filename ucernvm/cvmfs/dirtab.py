@@ -14,6 +14,7 @@ cvmfs makes no catalog at a symlink itself.
 from __future__ import annotations
 
 import enum
+import functools
 import os
 import re
 from collections.abc import Iterator
@@ -227,22 +228,30 @@ def _as_bytes(text: str) -> str:
 
 
 def _glob_regex(pattern: str) -> str:
-    """A regular expression for one name glob(3) pattern: \\ escapes, *, ?, and [...] as fnmatch(3) reads it."""
+    """A regular expression for one name glob(3) pattern, as glibc's fnmatch reads it: \\ escapes (a \\ that
+    ends the pattern matches nothing), *, ?, and [...]."""
+    return _regex_from(pattern, 0)
+
+
+@functools.lru_cache(maxsize=256)
+def _regex_from(pattern: str, i: int) -> str:
+    """The regular expression of ``pattern[i:]``. A bracket expression takes the rest of the pattern into its
+    own expression: where it ends depends on the name's character."""
     out: list[str] = []
-    i = 0
     while i < len(pattern):
         char = pattern[i]
         i += 1
-        if char == "\\" and i < len(pattern):
+        if char == "\\":
+            if i == len(pattern):
+                return "".join(out) + _NEVER
             out.append(re.escape(pattern[i]))
             i += 1
         elif char == "*":
             out.append(".*")
         elif char == "?":
             out.append(".")
-        elif char == "[" and (bracket := _bracket(pattern, i)) is not None:
-            expression, i = bracket
-            out.append(expression)
+        elif char == "[":
+            return "".join(out) + _bracket(pattern, i)
         else:
             out.append(re.escape(char))
     return "".join(out)
@@ -255,6 +264,8 @@ _CLASSES = {
     "upper": "A-Z", "xdigit": "0-9A-Fa-f",
 }  # fmt: skip
 _NEVER = "(?!)"  # the expression of what matches nothing
+_CLASS_NAME_MAX = 256  # glibc's CHAR_CLASS_MAX_LENGTH
+_CLASS_NAME_CHARACTERS = "abcdefghijklmnopqrstuvwxy"  # what fnmatch takes for a class name ('z' is not)
 
 
 class _Member(enum.Enum):
@@ -269,32 +280,93 @@ class _Unterminated(Exception):
     """A ``[.`` without its ``.]``: fnmatch(3) then matches the name pattern with nothing."""
 
 
-def _bracket(pattern: str, start: int) -> tuple[str, int] | None:
-    """The regular expression of a bracket expression whose ``[`` is just before ``start``, and the index
-    after its ``]``; None when it is not closed and its ``[`` is an ordinary character. As glibc's fnmatch
-    reads it: ``!`` or ``^`` negates, a ``]`` first is a member, ``\\`` escapes, ``a-z`` is a range of
-    character codes (none when reversed), ``[:alpha:]`` a class, ``[=a=]`` and ``[.a.]`` the character
-    itself. fnmatch tries the members in order and gives up at an invalid one: the members before it still
-    match, a negated expression then matches nothing."""
+class _Skip(enum.Enum):
+    FAILS = "fails"  # the pattern matches nothing
+    UNTERMINATED = "unterminated"  # the [ is an ordinary character
+
+
+def _bracket(pattern: str, start: int) -> str:
+    """The regular expression of a bracket expression whose ``[`` is just before ``start``, followed by the
+    rest of the pattern. As glibc's fnmatch reads it: ``!`` or ``^`` negates, a ``]`` first is a member,
+    ``\\`` escapes, ``a-z`` is a range of character codes (none when reversed), ``[:alpha:]`` a class,
+    ``[=a=]`` and ``[.a.]`` the character itself. fnmatch tries the members in order and gives up at an
+    invalid one. Once a member matched, it skips the rest with a reading of its own (_skip): that reading
+    may fail the match, or find the pattern's end, and then, as where no member matched before the end, the
+    ``[`` is an ordinary character."""
     negate = pattern[start:start + 1] in ("!", "^")
-    i = start + int(negate)
-    members: list[str] = []
-    valid = True
+    members, end, complete = _bracket_members(pattern, start + int(negate))
+    alternatives: list[str] = []
+    claimed: list[str] = []  # the members before, which a name's character matched first
+    literal = complete and end >= len(pattern)  # for a '[' that no member matches
+    bracket_matched = False
+    for expression, after in members:
+        outcome = _skip(pattern, after)
+        if not bracket_matched and re.fullmatch(f"[{expression}]", "["):
+            bracket_matched, literal = True, outcome is _Skip.UNTERMINATED
+        if isinstance(outcome, int) and not negate:
+            guard = f"(?![{''.join(claimed)}])" if claimed else ""
+            alternatives.append(f"{guard}[{expression}]" + _regex_from(pattern, outcome))
+        claimed.append(expression)
+    if negate and complete and end < len(pattern):
+        alternatives.append((f"[^{''.join(claimed)}]" if claimed else ".") + _regex_from(pattern, end + 1))
+    if literal:
+        alternatives.append(re.escape("[") + _regex_from(pattern, start))
+    if not alternatives:
+        return _NEVER
+    return alternatives[0] if len(alternatives) == 1 else "(?:" + "|".join(alternatives) + ")"
+
+
+def _bracket_members(pattern: str, i: int) -> tuple[list[tuple[str, int]], int, bool]:
+    """The members of a bracket expression from ``i`` on, as fnmatch tries them: each as a part of a regular
+    expression's character set (reversed ranges and the like left out) with the index after it; the index of
+    the closing ``]`` (the pattern's length when there is none); whether every member is valid."""
+    members: list[tuple[str, int]] = []
+    first = i
     try:
-        while i < len(pattern) and (pattern[i] != "]" or i == start + int(negate)):
+        while i < len(pattern) and (pattern[i] != "]" or i == first):
             kind, member, i = _bracket_member(pattern, i)
-            expression, i = _member_expression(pattern, kind, member, i) if valid else (None, i)
-            valid = expression is not None
-            members.append(expression or "")
+            expression, i = _member_expression(pattern, kind, member, i)
+            if expression is None:
+                return members, i, False
+            if expression:
+                members.append((expression, i))
+            if kind in (_Member.CHAR, _Member.COLLATING) and pattern[i:] == "-":
+                return members, i, False  # fnmatch reads a range up to the pattern's end: it matches nothing
     except _Unterminated:
-        return _NEVER, len(pattern)
-    member_set = "[" + "".join(members) + "]" if any(members) else _NEVER
-    if i >= len(pattern):
-        # fnmatch gives up on a name whose character is a member; to others the [ is an ordinary character.
-        return None if valid and not re.fullmatch(member_set, "[") else (_NEVER, i)
-    if not negate:
-        return member_set, i + 1
-    return ("[^" + member_set[1:] if any(members) else ".") if valid else _NEVER, i + 1
+        return members, len(pattern), False
+    return members, i, True
+
+
+def _skip(pattern: str, i: int) -> int | _Skip:
+    """Where the bracket expression ends (the index after its ``]``) as fnmatch reads it from ``i`` on once a
+    member matched: ``[:`` and ``[.`` as where it tries members, a ``[=`` not closed by ``=]`` and a ``\\``
+    or ``[.`` that meet the pattern's end fail the match; the pattern's end makes the ``[`` ordinary."""
+    while i < len(pattern):
+        char, i = pattern[i], i + 1
+        opener = pattern[i:i + 1]
+        if char == "]":
+            return i
+        if char == "\\":
+            if i == len(pattern):
+                return _Skip.FAILS
+            i += 1
+        elif char == "[" and opener == ":":
+            rest = pattern[i + 1:]
+            length = len(rest) - len(rest.lstrip(_CLASS_NAME_CHARACTERS))
+            if length + 1 >= _CLASS_NAME_MAX:
+                return _Skip.FAILS
+            if rest[length:length + 2] == ":]":
+                i += length + 3
+        elif char == "[" and opener == "=":
+            if i + 1 >= len(pattern) or pattern[i + 2:i + 4] != "=]":
+                return _Skip.FAILS
+            i += 4
+        elif char == "[" and opener == ".":
+            end = pattern.find(".]", i + 1)
+            if end < 0:
+                return _Skip.FAILS
+            i = end + 2
+    return _Skip.UNTERMINATED
 
 
 def _member_expression(pattern: str, kind: _Member, member: str, i: int) -> tuple[str | None, int]:
@@ -327,7 +399,7 @@ def _bracket_member(pattern: str, i: int) -> tuple[_Member, str, int]:
     opener = pattern[i:i + 2]
     if opener == "[:":
         end = pattern.find(":]", i + 2)
-        if end < 0 or not re.fullmatch("[a-y]*", name := pattern[i + 2:end]):
+        if end < 0 or (name := pattern[i + 2:end]).strip(_CLASS_NAME_CHARACTERS):
             return _Member.CHAR, char, i + 1  # no class name: an ordinary [
         return (_Member.CLASS if name in _CLASSES else _Member.INVALID), name, end + 2
     if opener == "[=":
