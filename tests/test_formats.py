@@ -198,7 +198,17 @@ def test_xattr_blob_round_trip_and_damage() -> None:
     with pytest.raises(FormatError, match="truncated"):
         xattrs.decode(blob[:-1])
     with pytest.raises(FormatError, match="bad header"):
-        xattrs.decode(b"\x02\x00")
+        xattrs.decode(b"\x03\x00")
+
+
+def test_xattr_blobs_of_cvmfs_2_14_with_values_longer_than_255_bytes_are_read() -> None:
+    """Version 2, which cvmfs 2.14 writes when a value is longer than 255 bytes: u16 little-endian lengths."""
+    acl = bytes(range(256)) * 3
+    blob = bytes([2, 2, 10]) + len(acl).to_bytes(2, "little") + b"system.acl" + acl
+    blob += bytes([6, 1, 0]) + b"user.a" + b"x"
+    assert xattrs.decode(blob) == {"system.acl": acl, "user.a": b"x"}
+    with pytest.raises(FormatError, match="truncated"):
+        xattrs.decode(blob[:14])
 
 
 def test_path_hash_of_root_matches_cvmfs() -> None:

@@ -1,11 +1,15 @@
 """The catalog's ``xattr`` blob: ``u8 version (1), u8 count``, then per entry (sorted by key)
-``u8 key length, u8 value length, key, value`` — the layout of cvmfs's ``XattrList::Serialize``."""
+``u8 key length, u8 value length, key, value`` — the layout of cvmfs's ``XattrList::Serialize``.
+
+cvmfs 2.14 writes version 2 where a value is longer than 255 bytes: the value length is then a
+little-endian u16. It is read here; what is written is version 1, which every cvmfs client reads."""
 
 from __future__ import annotations
 
 from ucernvm.errors import FormatError
 
 VERSION = 1
+VERSION_BIG = 2  # cvmfs 2.14's kVersionBig
 MAX_ENTRIES = 255  # the count is one byte
 MAX_LENGTH = 255
 
@@ -27,16 +31,18 @@ def encode(xattrs: dict[str, bytes]) -> bytes | None:
 def decode(blob: bytes | None) -> dict[str, bytes]:
     if not blob:
         return {}
-    if len(blob) < 2 or blob[0] != VERSION:
+    if len(blob) < 2 or blob[0] not in (VERSION, VERSION_BIG):
         raise FormatError("malformed extended attribute blob (bad header)")
     count = blob[1]
+    value_bytes = 1 if blob[0] == VERSION else 2
     result: dict[str, bytes] = {}
     position = 2
     for _ in range(count):
-        if position + 2 > len(blob):
+        if position + 1 + value_bytes > len(blob):
             raise FormatError("malformed extended attribute blob (truncated)")
-        key_length, value_length = blob[position], blob[position + 1]
-        position += 2
+        key_length = blob[position]
+        value_length = int.from_bytes(blob[position + 1:position + 1 + value_bytes], "little")
+        position += 1 + value_bytes
         end = position + key_length + value_length
         if end > len(blob):
             raise FormatError("malformed extended attribute blob (truncated)")
