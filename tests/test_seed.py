@@ -344,10 +344,13 @@ def test_linked_cloud_cfg_d_and_its_files_are_followed(tmp_path: Path) -> None:
     ({"etc/cloud": "../../outside"}, "/etc/cloud/cloud.cfg is a symbolic link that leads out"),
     ({"etc/cloud/cloud.cfg": "cloud.cfg.1", "etc/cloud/cloud.cfg.1": "cloud.cfg"}, "is a symbolic link that loops"),
     ({"etc/cloud/cloud.cfg": "/usr/share/cloud/cloud.cfg"}, "leads through a symbolic link to /usr/share/cloud/cloud"),
-], ids=["a file link", "a directory link", "a loop", "dangling"])
+    ({"etc/cloud/cloud.cfg": "/"}, "/etc/cloud/cloud.cfg, a link: /. is not a regular file"),
+    ({"etc/cloud/cloud.cfg": "../cloud"}, "/etc/cloud/cloud.cfg, a link: /etc/cloud is not a regular file"),
+], ids=["a file link", "a directory link", "a loop", "dangling", "the root", "a directory"])
 def test_a_cloud_cfg_link_leading_out_of_the_os_root_is_refused(tmp_path: Path, links: dict, why: str) -> None:
     """Out of the OS's root is the loader's tree (or the host's), never the OS's configuration: a link that
-    climbs out with '..' is not followed, and the warning on the keys says why there is no default user."""
+    climbs out with '..' is not followed, and the warning on the keys says why there is no default user, as
+    for a link that loops, dangles or leads to a directory."""
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "cloud.cfg").write_text(DEBIAN_CLOUD_CFG)

@@ -169,7 +169,10 @@ def os_path(root: Path, relative: str) -> str | None:
         followed += 1
         if followed > MAX_LINKS:
             raise ValueError(f"/{relative} is a symbolic link that loops")
-        target = os.readlink(path)
+        try:
+            target = os.readlink(path)
+        except OSError as error:
+            raise ValueError(f"/{relative}: {error.strerror}") from None
         if target.startswith("/"):
             done = []
         todo = [part for part in target.split("/") if part] + todo
@@ -184,7 +187,8 @@ def _yaml_file(root: Path, relative: str) -> object:
 
     resolved = os_path(root, relative)
     try:
-        data = None if resolved is None else read_file(root, resolved, CLOUD_CFG_LIMIT)
+        # "." for a link to the OS's root directory itself: read_file names it, a directory, as no regular file
+        data = None if resolved is None else read_file(root, resolved or ".", CLOUD_CFG_LIMIT)
     except UnusableFile as problem:
         raise ValueError(f"/{problem}" if resolved == relative else f"/{relative}, a link: /{problem}") from None
     if data is None:
