@@ -221,3 +221,22 @@ def test_a_small_object_is_checked_without_loading_openssl() -> None:
               "print('_hashlib' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", script], cwd=PROJECT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def _bytes_read() -> int:
+    """What this process has read so far with read(2) and its kin, from any file (rchar)."""
+    counters = dict(line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())
+    return int(counters["rchar"])
+
+
+def test_a_local_repositorys_object_is_read_once(tmp_path: Path) -> None:
+    """Hashed on its way to the sink, as a download is, not hashed whole first and read again."""
+    plain = os.urandom(8 << 20)
+    stored = zlib.compress(plain)
+    source, content_hash = _stored_object(tmp_path / "stratum", stored)
+    out = Memory()
+    before = _bytes_read()
+    source.fetch_object(content_hash, ObjectType.FILE, Inflating(out, len(plain)))
+    read = _bytes_read() - before
+    assert out.value() == plain
+    assert len(stored) <= read < 1.25 * len(stored)

@@ -170,10 +170,15 @@ class Checked:
         self.written = 0
 
     def write(self, piece: bytes) -> None:
+        self.hash(piece)
+        self._sink.write(piece)
+
+    def hash(self, piece: bytes) -> None:
+        """The next piece, hashed only: the sink refused one before it, and the hash of the whole tells a
+        body damaged on its way (a wrong hash) from one stored so (its hash matches)."""
         self.written += len(piece)
         if self._expected is not None:
             self._hash(piece)
-        self._sink.write(piece)
 
     def _hash(self, piece: bytes) -> None:
         # A small object comes in one piece: it is hashed once whole, by the interpreter's own SHA-1

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
 
-from ucernvm.client.sinks import PIECE_SIZE, Sink
+from ucernvm.client.sinks import PIECE_SIZE, Checked, Sink
 from ucernvm.cvmfs.hashing import ContentHash, ObjectType
-from ucernvm.errors import ConfigError, FetchError, VerificationError
+from ucernvm.errors import ConfigError, FetchError, FormatError, VerificationError
 
 
 class RepositorySource(Protocol):
@@ -52,20 +52,31 @@ class DirectorySource:
             raise FetchError(f"{name} is missing in {self.root}") from None
 
     def fetch_object(self, content_hash: ContentHash, object_type: ObjectType, sink: Sink) -> None:
-        """Hashed whole before any of it goes to ``sink``: a local object is read twice (the second time
-        from the page cache) rather than inflated before it is verified."""
+        """Read once, hashed on its way to ``sink`` as a download is (a sink inflates no more than the catalog's
+        size, and one of unknown size holds the bytes until they matched), finished only once they matched. An
+        object the sink refuses (it does not inflate) is read to its end, hashed only: a wrong hash makes it
+        corrupt, a right one an object published broken (the sink's FormatError)."""
         path = content_hash.object_path(object_type)
+        body = Checked(sink, content_hash)
+        refused: FormatError | None = None
         try:
             stored = open(self.root / path, "rb", buffering=0)
         except FileNotFoundError:
             raise FetchError(f"object {path} is missing in {self.root}", "the repository is incomplete") from None
         with stored:
-            if content_hash.algorithm.digest_of_file(stored, PIECE_SIZE) != content_hash.digest:
-                raise corrupt_object_error(content_hash, object_type, str(self.root))
-            stored.seek(0)
             while piece := stored.read(PIECE_SIZE):
-                sink.write(piece)
-        sink.finish()
+                if refused is not None:
+                    body.hash(piece)
+                    continue
+                try:
+                    body.write(piece)
+                except FormatError as error:
+                    refused = error
+        if not body.matches():
+            raise corrupt_object_error(content_hash, object_type, str(self.root))
+        if refused is not None:
+            raise refused
+        body.finish()
 
 
 def fqrn_from_source(text: str) -> str | None:
