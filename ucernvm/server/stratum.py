@@ -275,7 +275,7 @@ class _Handler(StreamRequestHandler):
     def handle(self) -> None:
         try:
             while self._handle_one():
-                pass
+                self.stratum._awaiting_request(self.connection)  # the first is due from _admit
         except OSError:
             pass  # the client went away or stayed idle too long
 
@@ -285,7 +285,6 @@ class _Handler(StreamRequestHandler):
         self.headers: dict[str, str] = {}
         self.keep_alive = self.http10 = False
         self.answered: tuple[HTTPStatus, int] | None = None  # status, body length
-        self.stratum._awaiting_request(self.connection)
         try:
             return self._answer()
         finally:  # logged once answered, even when the client left during the body
