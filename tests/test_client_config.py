@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from helpers import PROJECT
 from ucernvm.client.client_config import (
     SETTINGS, FetcherConfig, default_files, load_config, parse_option, parse_text, substitute,
 )
@@ -268,3 +271,20 @@ def test_command_line_options() -> None:
     for bad in ("CVMFS_X", "=1", "9X=1", "A B=1"):
         with pytest.raises(ConfigError, match="bad option"):
             parse_option(bad)
+
+
+def test_importing_the_configuration_compiles_no_regular_expression() -> None:
+    """A boot imports this module (its FetcherConfig) and reads no cvmfs file: its patterns are compiled at the
+    first file read, not at every boot's start (0.5 ms natively, ten times that under emulation)."""
+    script = (
+        "import re, sys\n"
+        "import ucernvm.client.cache, ucernvm.client.proxies, ucernvm.cvmfs.hashing, ucernvm.errors, ucernvm.records\n"
+        "import collections, pathlib, urllib.parse, math\n"
+        "compiled = []\n"
+        "original = re._compile\n"
+        "re._compile = lambda pattern, flags: compiled.append(pattern) or original(pattern, flags)\n"
+        "import ucernvm.client.client_config\n"
+        "print(compiled)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=PROJECT)
+    assert result.stdout == "[]\n"
