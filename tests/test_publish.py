@@ -27,8 +27,9 @@ from ucernvm.cvmfs.compression import Compression
 from ucernvm.cvmfs.hashing import ContentHash, ObjectType
 from ucernvm.cvmfs.ingest import Ingester, IngestOptions
 from ucernvm.cvmfs.publisher import Publisher, PublishOptions, resign
+from ucernvm.cvmfs.signing import generate_repository_keys
 from ucernvm.cvmfs.storage import RepositoryStorage
-from ucernvm.cvmfs.trust import load_master_keys
+from ucernvm.cvmfs.trust import load_certificate, load_master_keys
 from ucernvm.errors import ConfigError, FormatError, StorageError
 from ucernvm.server import StratumServer
 from ucernvm.utc import utc_time
@@ -373,6 +374,38 @@ def test_expired_whitelist_blocks_publishing_until_resign(tree: Path, tmp_path: 
     assert f"expires {expected:%Y-%m-%d}".encode() in renewed.stdout
     run_cli("publish", tree, "--repo", repo, "--name", FQRN, "--keys", keys_dir, check=True)
     assert open_repo(repo, keys_dir).manifest.revision == 2
+
+
+def test_a_new_certificate_is_put_on_the_whitelist_by_resign_before_it_signs(tree: Path, tmp_path: Path,
+                                                                            keys_dir: Path) -> None:
+    """A publish or a tag change signed with a certificate the whitelist does not list is refused: no client
+    would read it. resign lists a new certificate beside the manifest's, so that the revision served keeps
+    verifying; once a revision signed with the new one is out, resign lists it alone."""
+    repo = tmp_path / "repo"
+    publish(tree, repo, keys_dir, tag="v1")
+    new_keys = tmp_path / "new-keys"
+    generate_repository_keys(FQRN, new_keys)
+    for suffix in ("masterkey", "pub"):  # the same master key, a new signing key and certificate
+        (new_keys / f"{FQRN}.{suffix}").write_bytes((keys_dir / f"{FQRN}.{suffix}").read_bytes())
+    old, new = (load_certificate((directory / f"{FQRN}.crt").read_bytes()) for directory in (keys_dir, new_keys))
+    manifest = (repo / ".cvmfspublished").read_bytes()
+    for args in (["publish", tree, "--repo", repo], ["tag", "--repo", repo, "-a", "x"]):
+        refused = run_cli(*args, "--name", FQRN, "--keys", new_keys)
+        assert refused.returncode == 2, refused.stderr
+        assert (f"the certificate {new_keys / f'{FQRN}.crt'} is not on the repository's whitelist: every client "
+                "would refuse what it signs").encode() in refused.stderr
+        assert b"run `ucernvm resign` with it first" in refused.stderr
+    assert (repo / ".cvmfspublished").read_bytes() == manifest
+
+    resigned = run_cli("resign", "--repo", repo, "--name", FQRN, "--keys", new_keys, check=True).stdout
+    assert f"it lists {new_keys / f'{FQRN}.crt'} beside the certificate".encode() in resigned
+    both = open_repo(repo, keys_dir).whitelist
+    assert both.lists(old) and both.lists(new)
+    publish(tree, repo, new_keys)
+    assert open_repo(repo, keys_dir).manifest.revision == 2
+    resign(str(repo), FQRN, str(new_keys))
+    alone = open_repo(repo, keys_dir).whitelist
+    assert alone.lists(new) and not alone.lists(old)
 
 
 def test_publish_rejects_bad_input(tree: Path, tmp_path: Path, keys_dir: Path) -> None:

@@ -80,9 +80,10 @@ def test_garbage_certificates_are_format_errors(der: bytes) -> None:
         trust.load_certificate(pem)
 
 
-def test_resign_refuses_a_certificate_other_than_the_one_the_manifest_names(legacy, tmp_path) -> None:
+def test_resign_lists_a_certificate_other_than_the_manifests_beside_it(legacy, tmp_path) -> None:
     """A certificate re-issued for the same key would sign alike, but clients look the fingerprint of the
-    manifest's own (its X line) up in the whitelist: a whitelist of the other makes them all refuse."""
+    manifest's own (its X line) up in the whitelist: resign lists the other beside it, so that the revision
+    served keeps verifying, and the next revision may be signed with the other."""
     from ucernvm.cvmfs.publisher import resign
 
     keys = tmp_path / "keys"
@@ -90,15 +91,10 @@ def test_resign_refuses_a_certificate_other_than_the_one_the_manifest_names(lega
     shutil.copy(legacy.keys / f"{legacy.fqrn}.masterkey", keys)
     reissued = signing.make_certificate(legacy.fqrn, signing.load_private_key(legacy.keys / f"{legacy.fqrn}.key"))
     (keys / f"{legacy.fqrn}.crt").write_bytes(reissued.public_bytes(serialization.Encoding.PEM))
-    whitelist = legacy.repo / ".cvmfswhitelist"
-    before = whitelist.read_bytes()
-    with pytest.raises(ConfigError) as refused:
-        resign(str(legacy.repo), legacy.fqrn, str(keys))
-    named = trust.certificate_fingerprint(trust.load_certificate((legacy.keys / f"{legacy.fqrn}.crt").read_bytes()))
-    assert refused.value.message == (f"{keys / f'{legacy.fqrn}.crt'} is not the certificate the repository's "
-                                     f"manifest names ({named})")
-    assert whitelist.read_bytes() == before
-    shutil.copy(legacy.keys / f"{legacy.fqrn}.crt", keys)  # the right one: renewed
-    assert resign(str(legacy.repo), legacy.fqrn, str(keys)).whitelist.lists(trust.load_certificate(
-        (keys / f"{legacy.fqrn}.crt").read_bytes()))
-    assert whitelist.read_bytes() != before
+    named = trust.load_certificate((legacy.keys / f"{legacy.fqrn}.crt").read_bytes())
+    listed = resign(str(legacy.repo), legacy.fqrn, str(keys)).whitelist
+    assert [fingerprint.text for fingerprint in listed.fingerprints] == [
+        trust.certificate_fingerprint(named), trust.certificate_fingerprint(trust.load_certificate(
+            (keys / f"{legacy.fqrn}.crt").read_bytes()))]
+    shutil.copy(legacy.keys / f"{legacy.fqrn}.crt", keys)  # the manifest's own: listed alone
+    assert len(resign(str(legacy.repo), legacy.fqrn, str(keys)).whitelist.fingerprints) == 1

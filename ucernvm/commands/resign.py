@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ucernvm.cvmfs.publisher import resign
+from ucernvm.cvmfs.signing import key_paths
 from ucernvm.errors import ConfigError
 
 
@@ -13,16 +14,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "resign",
         help="renew the whitelist (signed with the master key)",
         description="Write a fresh .cvmfswhitelist for the repository certificate in DIR, signed with "
-        "FQRN.masterkey and valid for --days days. Clients refuse a repository whose whitelist expired. "
-        "FQRN.crt must be the certificate the repository's manifest names: a whitelist for another one "
-        "would make every client refuse the repository, so it is not written.",
+        "FQRN.masterkey and valid for --days days, as cvmfs_server resign. Clients refuse a repository whose "
+        "whitelist expired. A FQRN.crt other than the certificate the published revision is signed with (a new "
+        "one) is listed beside that one, which clients go on looking up: publish with the new one, then resign "
+        "again to list it alone.",
     )
     parser.add_argument("--repo", required=True, metavar="REPO_DIR", help="the repository directory")
     parser.add_argument("--name", required=True, metavar="FQRN", help="repository name")
     parser.add_argument("--keys", required=True, metavar="DIR",
                         help="directory with FQRN.masterkey and FQRN.crt (FQRN.key, which publishing signs with, "
                         "is not needed)")
-    parser.add_argument("--days", type=int, default=30, help="validity in days (default 30)")
+    parser.add_argument("-d", "--days", type=int, default=30, help="validity in days (default 30; cvmfs_server resign -d)")
     parser.set_defaults(func=run)
 
 
@@ -31,4 +33,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--days must be at least 1: a whitelist that has expired already is refused by every client")
     whitelist = resign(args.repo, args.name, args.keys, args.days).whitelist
     print(f"whitelist of {whitelist.fqrn} renewed, expires {whitelist.expires:%Y-%m-%dT%H:%M:%SZ}")
+    if len(whitelist.fingerprints) > 1:
+        print(f"it lists {key_paths(args.keys, args.name)['crt']} beside the certificate the published revision is "
+              "signed with: publish with the new one, then resign again to list it alone")
     return 0

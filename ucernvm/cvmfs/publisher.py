@@ -105,6 +105,7 @@ class _Keys:
         self.signing_key = signing.load_private_key(paths["key"])
         self.certificate_pem = _read_certificate(paths["crt"])
         self.certificate = trust.load_certificate(self.certificate_pem)
+        self.certificate_path = paths["crt"]
         numbers = self.signing_key.public_key().public_numbers()
         if self.certificate.public_key != trust.PublicKey(numbers.n, numbers.e):
             raise ConfigError(f"{paths['key']} is not the private key of {paths['crt']}")
@@ -180,6 +181,8 @@ class Publisher:
         removed = self.storage.removed_on_failure(manifest_file.FILE_NAME)
         with _publish_lock(self.storage), removed, self.ingester:
             self.previous = _open_current(self.storage, self.fqrn, self.keys.master_public)
+            if self.previous:
+                _check_listed(self.previous, self.keys)
             self._check_tag()
             whitelist_bytes = None if self.previous else first_whitelist or self._new_whitelist_bytes()
             self._apply_dirtab(tree, dirtab, now_ns)
@@ -272,7 +275,7 @@ class Publisher:
                 f"a new repository needs its master key {self.keys.masterkey_path} to sign the whitelist",
                 "create keys with `ucernvm keygen`",
             )
-        data = make_whitelist(self.fqrn, self.keys.certificate, self.keys.masterkey_path, self.options.whitelist_days)
+        data = make_whitelist(self.fqrn, [self.keys.certificate], self.keys.masterkey_path, self.options.whitelist_days)
         try:  # as the next publish will, or the repository could not be published to again
             SignedWhitelist.parse(data).verify(self.keys.master_public, self.fqrn,
                                                datetime.datetime.now(datetime.timezone.utc))
@@ -628,10 +631,21 @@ def check_meta_info(data: bytes) -> None:
         raise ConfigError("the meta-info must be a JSON object", 'e.g. {"administrator": "...", "email": "..."}')
 
 
-def make_whitelist(fqrn: str, certificate: trust.Certificate, masterkey_path: Path, days: int) -> bytes:
+def make_whitelist(fqrn: str, certificates: list[trust.Certificate], masterkey_path: Path, days: int) -> bytes:
     master = signing.load_private_key(masterkey_path)
     now = datetime.datetime.now(datetime.timezone.utc)
-    return signing.sign_whitelist(new_whitelist(fqrn, [certificate], now, days), master)
+    return signing.sign_whitelist(new_whitelist(fqrn, certificates, now, days), master)
+
+
+def _check_listed(current: Repository, keys: _Keys) -> None:
+    """Refuse to sign a manifest with a certificate the whitelist does not list: every client would refuse
+    the revision. A new certificate is put on the whitelist first, beside the current one, by resign."""
+    if not current.whitelist.lists(keys.certificate):
+        raise ConfigError(
+            f"the certificate {keys.certificate_path} is not on the repository's whitelist: every client would "
+            "refuse what it signs",
+            "run `ucernvm resign` with it first: the whitelist then lists it beside the repository's current one",
+        )
 
 
 def _add_nested(writer: CatalogWriter, path: str, mountpoint: DirectoryEntry, built: _BuiltCatalog) -> None:
@@ -648,7 +662,9 @@ def _walk(node: SourceNode) -> Iterator[SourceNode]:
 
 def resign(repo_dir: str, fqrn: str, keys_dir: str, days: int = whitelist_file.DEFAULT_VALIDITY_DAYS) -> SignedWhitelist:
     """Write a fresh whitelist for the repository's certificate, valid for ``days``: as cvmfs_server resign,
-    with the master key and the certificate alone (the repository's key may be kept elsewhere)."""
+    with the master key and the certificate alone (the repository's key may be kept elsewhere). A certificate
+    other than the one the manifest names (a new one, to publish with next) is listed beside that one, which
+    clients keep looking up until a revision signed with the new one is published."""
     storage = RepositoryStorage(repo_dir)
     published = storage.read_named(manifest_file.FILE_NAME)
     if published is None:
@@ -657,8 +673,9 @@ def resign(repo_dir: str, fqrn: str, keys_dir: str, days: int = whitelist_file.D
     paths = signing.key_paths(keys_dir, fqrn)
     certificate = trust.load_certificate(_read_certificate(paths["crt"]))
     manifest = manifest_file.SignedManifest.parse(published).manifest
-    signing.check_named_certificate(storage.root, manifest, certificate, paths["crt"])
-    data = make_whitelist(fqrn, certificate, paths["masterkey"], days)
+    named = signing.named_certificate(storage.root, manifest)
+    certificates = [named] if named.der == certificate.der else [named, certificate]
+    data = make_whitelist(fqrn, certificates, paths["masterkey"], days)
     storage.put_named(whitelist_file.FILE_NAME, data)
     return SignedWhitelist.parse(data)
 
@@ -727,6 +744,7 @@ def _edit_tags(repo_dir: str, fqrn: str, keys_dir: str, edit: Callable[[Reposito
     with _publish_lock(storage):
         current = _open_current(storage, fqrn, keys.master_public)
         assert current is not None
+        _check_listed(current, keys)
         history = current.history or History.create(fqrn)
         result = edit(current, history)
         with Ingester(storage, IngestOptions(algorithm=current.manifest.root_hash.algorithm)) as ingester:

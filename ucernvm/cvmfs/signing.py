@@ -128,16 +128,11 @@ def sign_whitelist(whitelist: Whitelist, master_key: rsa.RSAPrivateKey, algorith
     return unsigned + sign_raw(master_key, hash_line)
 
 
-def check_named_certificate(repo_dir: Path, manifest: Manifest, certificate: trust.Certificate, crt: Path) -> None:
-    """Refuse a certificate other than the one the manifest names (its X line): clients look that one's
-    fingerprint up in the whitelist, so a whitelist for another makes every client refuse the repository."""
+def named_certificate(repo_dir: Path, manifest: Manifest) -> trust.Certificate:
+    """The certificate the manifest names (its X line): the one whose fingerprint clients look up in the
+    whitelist."""
     if manifest.certificate is None:
         raise VerificationError("the repository's manifest names no certificate (X line)")
     named = Memory()
     DirectorySource(repo_dir).fetch_object(manifest.certificate, ObjectType.CERTIFICATE, Inflating(named))
-    expected = trust.load_certificate(named.value())
-    if expected.der != certificate.der:
-        raise ConfigError(
-            f"{crt} is not the certificate the repository's manifest names ({trust.certificate_fingerprint(expected)})",
-            "use the certificate the repository was last published with; a new one needs a publish with it first",
-        )
+    return trust.load_certificate(named.value())
