@@ -288,7 +288,8 @@ def test_other_methods_are_405(server, method):
     "/cvmfs/secret-link",
     f"/cvmfs/{REPO}/data/ab/cdef",
     f"/cvmfs/{REPO}/data/escape/secret",
-    f"/cvmfs//{REPO}/.cvmfspublished",
+    f"/cvmfs/{REPO}/data/escape//secret",
+    f"/cvmfs/{REPO}//..//..//secret",
     "/cvmfs/%2fetc%2fpasswd",
     f"/cvmfs/{REPO}/.cvmfspublished%00.txt",
 ])
@@ -296,6 +297,23 @@ def test_traversal_out_of_root_is_refused(server, path):
     reply = raw(server, f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
     assert reply.startswith(b"HTTP/1.1 404 ")
     assert b"outside ROOT" not in reply and b"root:" not in reply
+
+
+@pytest.mark.parametrize("path", [f"/cvmfs/{REPO}//.cvmfspublished", f"/cvmfs//{REPO}/.cvmfspublished",
+                                  f"//cvmfs/{REPO}///.cvmfspublished"])
+def test_repeated_slashes_count_as_one_as_apache_merges_them(server, tree, path):
+    """A server URL configured with a trailing '/' makes clients ask for <url>//.cvmfspublished."""
+    reply = raw(server, f"GET {path} HTTP/1.1\r\nConnection: close\r\n\r\n".encode())
+    assert reply.startswith(b"HTTP/1.1 200 ") and reply.endswith(tree[1][".cvmfspublished"])
+
+
+def test_non_ascii_names_raw_or_percent_encoded(server, tree):
+    (tree[0] / REPO / "café").write_bytes(b"latte")
+    for target in ("/cvmfs/test.cern.ch/caf\xc3\xa9".encode("latin-1"), b"/cvmfs/test.cern.ch/caf%C3%A9"):
+        reply = raw(server, b"GET " + target + b" HTTP/1.1\r\nConnection: close\r\n\r\n")
+        assert reply.startswith(b"HTTP/1.1 200 ") and reply.endswith(b"latte")
+    reply = raw(server, b"GET /cvmfs/test.cern.ch/caf%E9 HTTP/1.1\r\nConnection: close\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 404 ")  # latin-1 bytes: another name
 
 
 def test_symlink_inside_root_is_served(server, tree):

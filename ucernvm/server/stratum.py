@@ -31,7 +31,7 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 from socketserver import StreamRequestHandler, ThreadingTCPServer
-from urllib.parse import unquote
+from urllib.parse import unquote_to_bytes
 
 from ucernvm.errors import ConfigError
 from ucernvm.server import accesslog
@@ -52,6 +52,7 @@ MAX_LINE = 8192
 MAX_HEADERS = 100
 
 _API_PATH = re.compile(r"^api/(v[^/]*)/([^/]*)/(.*)$", re.DOTALL)
+_SLASHES = re.compile(r"//+")
 _RANGE = re.compile(r"^bytes=\s*(\d*)\s*-\s*(\d*)\s*$")
 _OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK  # O_NONBLOCK: a FIFO must not hang us
 
@@ -366,8 +367,12 @@ class _Handler(StreamRequestHandler):
         if not path.startswith("/"):  # absolute-form target, as sent to proxies: drop scheme and host
             _, scheme, rest = path.partition("://")
             path = "/" + rest.partition("/")[2] if scheme else ""
-        if "%" in path:
-            path = unquote(path)
+        if "%" in path or not path.isascii():
+            # The bytes the client sent (latin-1 kept them), decoded as file names are: raw UTF-8
+            # and its percent-encoding name the same file.
+            path = os.fsdecode(unquote_to_bytes(path.encode("latin-1")))
+        if "//" in path:
+            path = _SLASHES.sub("/", path)  # as Apache's MergeSlashes: a base URL may end in '/'
         if not path.startswith(URL_PREFIX):
             self._send_text(HTTPStatus.NOT_FOUND, "Not Found\n")
             return
