@@ -12,11 +12,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "keygen",
         help="create the keys of a new repository",
         description="Write FQRN.masterkey (keep it offline), FQRN.pub (give it to clients), FQRN.key and "
-        "FQRN.crt (the signing key and its self-signed certificate) into DIR.",
+        "FQRN.crt (the signing key and its self-signed certificate) into DIR, as cvmfs_server mkfs makes them "
+        "in /etc/cvmfs/keys.",
     )
     parser.add_argument("fqrn", metavar="FQRN", help="repository name, e.g. cernvm-prod.cern.ch")
     parser.add_argument("--keys", required=True, metavar="DIR", help="directory for the key files")
-    parser.add_argument("--force", action="store_true", help="replace existing key files")
+    parser.add_argument("--force", action="store_true",
+                        help="replace existing key files (a new master key: clients that trust the old FQRN.pub "
+                        "refuse the repository)")
     parser.set_defaults(func=run)
 
 

@@ -23,7 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "publish",
         help="publish a directory tree as a new revision of a repository",
         description="Turn SRC_DIR into a new signed revision of the repository in REPO_DIR (created on the "
-        "first publish; it is what a web server exposes as /cvmfs/<fqrn>/). Unchanged files (same size and "
+        "first publish; it is what a web server exposes as /cvmfs/<fqrn>/). SRC_DIR is the whole new tree, "
+        "as /cvmfs/<fqrn> is at the end of a cvmfs_server transaction: what it lacks is not in the new "
+        "revision. Unchanged files (same size and "
         "mtime as in the previous revision) and unchanged nested catalogs are reused, not rewritten. A "
         "directory holding a .cvmfscatalog file becomes a nested catalog, and so does one the patterns of "
         "SRC_DIR/.cvmfsdirtab select (it gets an empty .cvmfscatalog, as with cvmfs_server). The new revision becomes visible "
@@ -37,30 +39,39 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "FQRN.pub (the master public key: every publish, the first too, needs it, to verify the "
                         "revision it builds on as clients do) and, for the first publish, FQRN.masterkey (it "
                         "signs the whitelist), as `ucernvm keygen` writes them")
-    parser.add_argument("--tag", metavar="TAG",
-                        help="name this snapshot with a name not in use yet (default: generic-<UTC time>)")
-    parser.add_argument("--description", default="", help="description stored with the tag")
+    parser.add_argument("-a", "--tag", metavar="TAG",
+                        help="name this snapshot with a name not in use yet (default: generic-<UTC time>; "
+                        "cvmfs_server publish -a)")
+    parser.add_argument("-m", "--description", default="",
+                        help="description stored with the tag (cvmfs_server publish -m)")
     parser.add_argument("--ttl", type=int, default=240, metavar="SECONDS",
-                        help="catalog time-to-live (default: %(default)s)")
+                        help="how long clients keep the revision before they look for a newer one "
+                        "(default: %(default)s; CVMFS_REPOSITORY_TTL)")
     parser.add_argument(
         "--chunk-sizes",
         default="4194304,8388608,16777216",
         metavar="MIN,AVG,MAX",
-        help="content-defined chunking of large files, in bytes (default: %(default)s, the cvmfs sizes); 'off' "
-        "disables it",
+        help="content-defined chunking of large files, in bytes (default: %(default)s, the cvmfs sizes "
+        "CVMFS_MIN_CHUNK_SIZE, CVMFS_AVG_CHUNK_SIZE, CVMFS_MAX_CHUNK_SIZE); 'off' disables it, as "
+        "CVMFS_USE_FILE_CHUNKING=false",
     )
     parser.add_argument(
         "--compression",
         default="fast",
         choices=[choice.value for choice in Compression],
         help="zlib encoder for file data: fast (ISA-L, default), cvmfs (zlib level 6, as cvmfs_server), "
-        "or none (store file data uncompressed); every reader inflates all of them with plain zlib",
+        "or none (store file data uncompressed, CVMFS_COMPRESSION_ALGORITHM=none); every reader inflates all "
+        "of them with plain zlib",
     )
     parser.add_argument("--hash", default="sha1", choices=["sha1", "rmd160", "shake128"],
-                        help="content hash algorithm (default: %(default)s, as cvmfs_server)")
+                        help="content hash algorithm (default: %(default)s, as cvmfs_server; "
+                        "CVMFS_HASH_ALGORITHM)")
     parser.add_argument("--workers", type=int, default=None, metavar="N", help="parallel workers (default: CPUs)")
     parser.add_argument("--rehash", action="store_true", help="read every file even if it looks unchanged")
-    parser.add_argument("--no-xattrs", action="store_true", help="do not record extended attributes")
+    parser.add_argument("--no-xattrs", action="store_true",
+                        help="do not record extended attributes. They are recorded by default, where cvmfs_server "
+                        "needs CVMFS_INCLUDE_XATTRS=true: an OS tree's file capabilities are kept in them. A file "
+                        "keeps 255 at most, the first by name, with a warning, and none longer than 255 bytes")
     parser.add_argument("--prefetch-list", metavar="FILE",
                         help="publish FILE as /.ucernvm_prefetch, the snapshot's prefetch list: the files a boot "
                         "downloads ahead, in order (one repository path per line; a booted machine writes the "
