@@ -809,6 +809,40 @@ def test_serve_command_prints_its_url_and_stops_on_sigterm(tree, tmp_path):
         process.wait()
 
 
+def run_serve(*args: str) -> subprocess.CompletedProcess[str]:
+    """`ucernvm serve ARGS` expected to stop at once (on bad input): its outcome."""
+    return subprocess.run([sys.executable, "-m", "ucernvm", "serve", *args], capture_output=True, text=True,
+                          timeout=30, cwd=Path(__file__).resolve().parents[1])
+
+
+def test_serve_refuses_a_repository_given_for_root(tree):
+    result = run_serve(str(tree[0] / REPO), "--port", "0")
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"ucernvm: error: {tree[0] / REPO} is a repository itself")
+    assert f"`ucernvm serve {tree[0]}` serves it at /cvmfs/{REPO}/" in result.stderr
+
+
+def test_serve_refuses_an_online_port_that_is_no_port(tree, tmp_path):
+    (tmp_path / "online.json").write_text('{"contexts": []}')
+    result = run_serve(str(tree[0]), "--port", "0", "--online", str(tmp_path / "online.json"),
+                       "--online-port", "70000")
+    assert result.returncode == 2
+    assert result.stderr.startswith("ucernvm: error: --online-port 70000 is not a TCP port")
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_warns_of_a_root_without_repositories(tmp_path):
+    process = subprocess.Popen([sys.executable, "-m", "ucernvm", "serve", str(tmp_path), "--port", "0"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               cwd=Path(__file__).resolve().parents[1])
+    try:
+        assert process.stdout.readline().startswith(f"serving {tmp_path} on http://")
+        assert process.stderr.readline().startswith(f"ucernvm: warning: no repository in {tmp_path} yet")
+    finally:
+        process.terminate()
+        assert process.wait(timeout=10) == 0
+
+
 def test_serves_a_real_cvmfs_server_repository(legacy_pristine):
     """Every file of the repository written by cvmfs_server, byte for byte, over one connection;
     each data object's SHA-1 matches its name (what a client verifies)."""

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
+import sys
 import threading
+from pathlib import Path
 
 from ucernvm.errors import ConfigError
 from ucernvm.server import GeoDatabase, StratumServer
@@ -41,10 +44,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not 0 <= args.port <= 65535:
-        raise ConfigError(f"--port {args.port} is not a TCP port", "use 0..65535 (0: any free port)")
+    for option, port in (("--port", args.port), ("--online-port", args.online_port)):
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"{option} {port} is not a TCP port", "use 0..65535 (0: any free port)")
     if args.latency < 0:
         raise ConfigError("--latency must not be negative")
+    _check_root(Path(args.root))
     geo_db = GeoDatabase.load(args.geo_db) if args.geo_db else None
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -59,3 +64,18 @@ def run(args: argparse.Namespace) -> int:
                                                               access_log=args.access_log))), flush=True)
         stop.wait()
     return 0
+
+
+def _check_root(root: Path) -> None:
+    """Refuse a repository given for ROOT (every request would miss); warn when ROOT holds none."""
+    if (root / ".cvmfspublished").is_file():
+        raise ConfigError(f"{root} is a repository itself, not the directory that holds repositories",
+                          f"serve its parent: `ucernvm serve {root.resolve().parent}` serves it at "
+                          f"/cvmfs/{root.resolve().name}/")
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return  # not a directory: StratumServer says so
+    if not any((root / name / ".cvmfspublished").is_file() for name in names):
+        print(f"ucernvm: warning: no repository in {root} yet (no {root}/<fqrn>/.cvmfspublished): "
+              "every request is answered 404 until one is published there", file=sys.stderr, flush=True)
