@@ -340,7 +340,7 @@ def test_the_quota_tag_and_root_hash_of_the_configuration_apply(tagged, mounts, 
     repo, trees, server = tagged
     url = f"{server.url}/cvmfs/{FQRN}"
     config = tmp_path / "site.conf"
-    config.write_text("CVMFS_QUOTA_LIMIT=7\nCVMFS_REPOSITORY_TAG=v1\n")
+    config.write_text("CVMFS_HTTP_PROXY=DIRECT\nCVMFS_QUOTA_LIMIT=7\nCVMFS_REPOSITORY_TAG=v1\n")
     caches = iter(tmp_path / f"cache{number}" for number in range(4))  # the mounts run side by side
     point, result = mounts.mount(url, keys_dir, next(caches), "--config", config)
     assert os.getxattr(point, "user.cache_max") == str(7 * 1024).encode()
@@ -353,6 +353,26 @@ def test_the_quota_tag_and_root_hash_of_the_configuration_apply(tagged, mounts, 
     v2 = os.getxattr(mounts.points[1], "user.root_hash").decode()
     point, result = mounts.mount(url, keys_dir, next(caches), "-o", f"CVMFS_ROOT_HASH={v2}")
     assert os.getxattr(point, "user.root_hash").decode() == v2
+
+
+@pytest.mark.parametrize(("setting", "said"), [
+    ("CVMFS_HTTP_PROXY=\n", "empty or not set in the --config files"),
+    ("CVMFS_TIMEOUT=3\n", "empty or not set in the --config files"), ("-o", "empty"), ("--proxy", "empty"),
+])
+def test_a_mount_configured_without_a_proxy_is_refused_as_cvmfs_refuses_it(published, mounts, keys_dir, tmp_path,
+                                                                           setting: str, said: str) -> None:
+    """Set empty, or left out of the files read, CVMFS_HTTP_PROXY names no proxy: no DIRECT past the site's
+    proxies, as cvmfs does not mount then; DIRECT said so still mounts."""
+    source, _, server = published
+    url, config = f"{server.url}/cvmfs/{FQRN}", tmp_path / "site.conf"
+    config.write_text(setting)
+    given = {"-o": ("-o", "CVMFS_HTTP_PROXY="), "--proxy": ("--proxy", "")}.get(setting, ("--config", str(config)))
+    point, refused = mounts.mount(url, keys_dir, tmp_path / "cache", *given, check=False)
+    assert refused.returncode == 2 and mounted_file_system(str(point)) is None  # a configuration error
+    assert refused.stderr.decode().startswith(f"ucernvm: error: no proxy is configured: CVMFS_HTTP_PROXY is {said}\n"
+                                              "ucernvm: hint: set CVMFS_HTTP_PROXY=DIRECT (or --proxy DIRECT)")
+    point, _ = mounts.mount(url, keys_dir, tmp_path / "cache", *given, "--proxy", "DIRECT")
+    assert (point / "etc" / "hostname").read_bytes() == (source / "etc" / "hostname").read_bytes()
 
 
 def test_variant_symlinks_are_expanded_and_sized_as_their_target(tmp_path, keys_dir, mounts, monkeypatch) -> None:

@@ -17,6 +17,10 @@ from ucernvm.commands.repo import add_source_arguments, open_repository, source_
 from ucernvm.commands.umount import FUSE_TYPES
 from ucernvm.errors import ConfigError, MountError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ucernvm.client.client_config import FetcherConfig
+
 DEFAULT_CACHE = "/var/lib/ucernvm/cache"
 UNMOUNTED_WAIT = 10.0  # seconds a mount waits for the daemon of an unmounted one to end and free the cache
 
@@ -32,7 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "revision offered) open the daemon's log too, mount.log in the cache directory. SIGUSR1 to the daemon "
         "(its pid: the user.pid attribute of MOUNTPOINT) appends one line of JSON statistics to mount.log: "
         "requests by kind, downloads, cache hits; and writes read-order.txt beside it: the files read so far, "
-        "in order, as a prefetch list.",
+        "in order, as a prefetch list. As cvmfs, a mount configured by --config files, or given CVMFS_HTTP_PROXY, "
+        "must name a proxy (DIRECT for none); without either it fetches DIRECT.",
     )
     add_source_arguments(parser)
     parser.add_argument("mountpoint", metavar="MOUNTPOINT",
@@ -102,6 +107,7 @@ def check_arguments(args: argparse.Namespace) -> None:
 def mount_snapshot(args: argparse.Namespace) -> tuple[Repository, FuseMount]:
     """The repository opened with the cache held, and its snapshot mounted, not served yet."""
     config = source_config(args)
+    check_proxy(args, config)
     quota = args.quota if args.quota is not None else config.quota_limit if config is not None else DEFAULT_QUOTA
     cache = ObjectCache(args.cache, quota * MIB if quota > 0 else None)  # CVMFS_QUOTA_LIMIT=-1: none
     lock_cache(cache, os.path.realpath(args.mountpoint))
@@ -111,6 +117,20 @@ def mount_snapshot(args: argparse.Namespace) -> tuple[Repository, FuseMount]:
     filesystem = SnapshotFilesystem(repository, prefetch_list=args.prefetch, pin_list=args.pin)
     options = MountOptions(fsname=repository.fqrn, subtype="cvmfs", threads=args.threads, passthrough=args.passthrough)
     return repository, mount(filesystem, args.mountpoint, options)
+
+
+def check_proxy(args: argparse.Namespace, config: FetcherConfig | None) -> None:
+    """Refuse a mount configured as cvmfs is (--config files, or CVMFS_HTTP_PROXY given) that names no proxy:
+    cvmfs does not mount then ("failed to discover HTTP proxy servers"), where an empty CVMFS_HTTP_PROXY
+    would here fetch DIRECT, past the site's proxies. Without either, the command fetches DIRECT."""
+    if config is None or config.http_proxy:
+        return
+    given = args.proxy is not None or any(option.partition("=")[0] == "CVMFS_HTTP_PROXY" for option in args.options)
+    if given or args.config:
+        raise ConfigError("no proxy is configured: CVMFS_HTTP_PROXY is "
+                          + ("empty" if given else "empty or not set in the --config files"),
+                          "set CVMFS_HTTP_PROXY=DIRECT (or --proxy DIRECT) to fetch from the servers without a "
+                          "proxy, or name the proxies, e.g. 'http://squid:3128;DIRECT'")
 
 
 def log_warnings(warnings: list[str]) -> None:
