@@ -815,6 +815,15 @@ def run_serve(*args: str) -> subprocess.CompletedProcess[str]:
                           timeout=30, cwd=Path(__file__).resolve().parents[1])
 
 
+def test_serve_help_describes_the_online_definitions_file():
+    """OnlineService.load's errors send the reader to `ucernvm serve --help` for the file format."""
+    result = run_serve("--help")
+    assert result.returncode == 0
+    for word in ('"contexts"', '"user_data_file"', '"secret"', '"pins"', '"clusters"', '"replies"',
+                 '"pin_lifetime"', '"cluster_lifetime"', "--online-port", "--access-log", "SIGTERM"):
+        assert word in result.stdout
+
+
 def test_serve_refuses_a_repository_given_for_root(tree):
     result = run_serve(str(tree[0] / REPO), "--port", "0")
     assert result.returncode == 2
