@@ -88,6 +88,24 @@ def test_resign_needs_only_the_master_key_and_the_certificate(legacy, tmp_path) 
     assert result.returncode == 0, result.stderr
 
 
+def test_a_repository_directory_named_otherwise_is_refused_naming_the_repository_it_holds(legacy_pristine,
+                                                                                          tmp_path) -> None:
+    """`ucernvm publish --repo repo` makes such a directory: the name its manifest holds is the one to pass,
+    where the whitelist would be refused for the directory's name."""
+    copy = tmp_path / "repo"
+    shutil.copytree(legacy_pristine.repo, copy)
+    now = str(int(legacy_pristine.now.timestamp()))
+    refused = run_cli("repo", "ls", copy, "--key", legacy_pristine.pub, "--now", now)
+    assert refused.returncode == 2
+    assert refused.stderr.decode().splitlines() == [
+        f"ucernvm: error: {copy} holds the repository legacy_aufs.cern.ch; its directory name says repo",
+        "ucernvm: hint: pass --name legacy_aufs.cern.ch"]
+    named = run_cli("repo", "ls", copy, "--key", legacy_pristine.pub, "--now", now, "--name", "legacy_aufs.cern.ch",
+                    check=True)
+    assert named.stdout == run_cli("repo", "ls", legacy_pristine.repo, "--key", legacy_pristine.pub, "--now", now,
+                                   check=True).stdout
+
+
 def test_repo_ls_takes_the_path_before_or_after_the_options(legacy_pristine) -> None:
     source, key, now = legacy_pristine.repo, legacy_pristine.pub, int(legacy_pristine.now.timestamp())
     before = run_cli("repo", "ls", source, "/needs_migration", "--key", key, "--now", now, check=True).stdout

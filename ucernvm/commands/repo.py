@@ -7,14 +7,16 @@ import datetime
 import stat
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from ucernvm.client.cache import ObjectCache
 from ucernvm.client.repository import Repository, normalize_path
 from ucernvm.client.sources import RepositorySource, fqrn_from_source, open_source
 from ucernvm.cvmfs.catalog import DirectoryEntry, join
 from ucernvm.cvmfs.hashing import ContentHash
+from ucernvm.cvmfs.manifest import FILE_NAME as MANIFEST, SignedManifest
 from ucernvm.cvmfs.trust import load_master_keys
-from ucernvm.errors import ConfigError
+from ucernvm.errors import ConfigError, UcernvmError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -103,7 +105,21 @@ def repository_name(args: argparse.Namespace) -> str:
     fqrn = args.name or fqrn_from_source(args.source)
     if not fqrn:
         raise ConfigError(f"cannot tell the repository name from {args.source!r}", "pass --name FQRN")
+    if not args.name and "://" not in args.source:
+        _check_directory_name(args.source, fqrn)
     return fqrn
+
+
+def _check_directory_name(directory: str, fqrn: str) -> None:
+    """Refuse a name taken from a repository directory's own name (as `ucernvm publish --repo DIR` wrote
+    it) where its manifest names another repository, before the whitelist is refused for it."""
+    try:
+        named = SignedManifest.parse((Path(directory) / MANIFEST).read_bytes()).manifest.fqrn
+    except (OSError, UcernvmError):
+        return  # reading the repository says what is wrong with it
+    if named is not None and named != fqrn:
+        raise ConfigError(f"{directory} holds the repository {named}; its directory name says {fqrn}",
+                          f"pass --name {named}")
 
 
 def source_config(args: argparse.Namespace) -> FetcherConfig | None:
