@@ -21,7 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="The tags of the repository in REPO_DIR, as cvmfs_server tag: without an action, or with "
         "-l, a table of them; -i one tag's details; -x either as lines for scripts. Adding, moving or removing "
         "writes a new history database and signs the manifest anew with FQRN.key; the revision and its "
-        "catalogs stay as they are. Listing and inspecting read the repository, verified with FQRN.pub alone.",
+        "catalogs stay as they are, and so does /.cvmfs/snapshots (publish --virtual-dir) until the next "
+        "publish, where cvmfs_server tag remakes it at once in a new revision. Listing and inspecting read the "
+        "repository, verified with FQRN.pub alone.",
     )
     parser.add_argument("--repo", required=True, metavar="REPO_DIR", help="the repository directory")
     parser.add_argument("--name", required=True, metavar="FQRN", help="repository name")
