@@ -281,6 +281,7 @@ def test_incremental_republish_writes_only_what_changed(tree: Path, tmp_path: Pa
     assert len(new) == 5
     assert result.catalogs_reused == 0 and result.catalogs_written == 3
     assert result.files_reused == result.files - 1
+    assert result.bytes_in == len(b"one changed file\n")  # what was read: the catalogs are made, not read
 
     (tree / "etc" / "hostname").write_text("only in the root catalog\n")
     result = publish(tree, repo, keys_dir)

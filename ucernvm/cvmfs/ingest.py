@@ -33,6 +33,9 @@ class IngestOptions:
     algorithm: HashAlgorithm = HashAlgorithm.SHA1
 
 
+_FILE_DATA = (ObjectType.FILE, ObjectType.PARTIAL)
+
+
 class IngestStats:
     """Counters shared by the worker threads."""
 
@@ -78,7 +81,8 @@ class Ingester:
         stored = self.options.compression.compress(plain) if compress else plain
         content_hash = ContentHash.of(stored, self.options.algorithm)
         written = self.storage.put_object(content_hash, object_type, stored)
-        self.stats.add(len(plain), len(stored) if written else 0)
+        # The bytes read count the files' contents: catalogs, history and certificate are made, not read.
+        self.stats.add(len(plain) if object_type in _FILE_DATA else 0, len(stored) if written else 0)
         return content_hash
 
     def _store_piece(self, piece: bytes, compress: bool) -> Future[ContentHash]:
