@@ -108,5 +108,6 @@ def _check_root(root: Path) -> None:
     except OSError:
         return  # not a directory: StratumServer says so
     if not any((root / name / ".cvmfspublished").is_file() for name in names):
-        print(f"ucernvm: warning: no repository in {root} yet (no {root}/<fqrn>/.cvmfspublished): "
-              "every request is answered 404 until one is published there", file=sys.stderr, flush=True)
+        with contextlib.suppress(OSError):  # a warning that cannot be written must not stop serving
+            print(f"ucernvm: warning: no repository in {root} yet (no {root}/<fqrn>/.cvmfspublished): "
+                  "every request is answered 404 until one is published there", file=sys.stderr, flush=True)

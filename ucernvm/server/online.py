@@ -39,7 +39,6 @@ import json
 import random
 import re
 import socket
-import sys
 import threading
 import time
 import unicodedata
@@ -54,6 +53,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from ucernvm.context.online import checksum, encrypt, needs_secret, salt
 from ucernvm.errors import ConfigError
+from ucernvm.server import accesslog
 
 PIN_LIFETIME = 300.0  # vm/views.py REQUEST_TIMEOUT
 CLUSTER_LIFETIME = 24 * 3600.0
@@ -565,6 +565,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, reply: Reply) -> None:
         status, content_type, body = reply
+        self.reply_size = len(body)  # for the access log, which send_response writes
         self.send_response(status, HTTPStatus(status).phrase)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -575,6 +576,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, format: str, *args: Any) -> None:
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        """One line per answer in the stratum's format; http.server's own answers (a malformed
+        request, an unknown method) come here too, without a size."""
         if self.server.online.access_log:
-            sys.stderr.write(f"{self.client_address[0]} - - [{self.log_date_time_string()}] {format % args}\n")
+            headers = getattr(self, "headers", None) or {}  # none when the request line was malformed
+            accesslog.write(accesslog.line(self.client_address[0], self.requestline, int(code),
+                                           self.__dict__.pop("reply_size", 0),
+                                           headers.get("Referer"), headers.get("User-Agent")))
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """http.server's error notes (bad request lines, timeouts): the access log has their answers."""
