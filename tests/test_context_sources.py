@@ -168,7 +168,7 @@ def test_static_network_values_are_validated(notes: Notes) -> None:
 
 def test_json_meta_survives_garbage(notes: Notes) -> None:
     good = json.dumps({"uuid": "u-1", "hostname": "vm", "public_keys": {"a": KEY, "b": 5, "c": "two\nlines"}})
-    assert json_meta(good.encode(), "m", ignore) == MetaData("u-1", "vm", (KEY, "5"))
+    assert json_meta(good.encode(), "m", ignore) == MetaData("u-1", "vm", (KEY,))  # a number is no key to cloud-init
     assert json_meta(b'{"uuid": "u-1"', "m", notes.warnings.append) is None
     assert json_meta(b"[1, 2]", "m", notes.warnings.append) is None
     assert json_meta(b"\x00\xff\xfe", "m", notes.warnings.append) is None
@@ -184,6 +184,31 @@ def test_nocloud_meta_data_yaml_and_json() -> None:
     assert nocloud_meta(yaml, ignore) == MetaData("iid-local01", "vm-1", (KEY, "ssh-rsa AAAAB3 second"))
     assert nocloud_meta(b'{"instance-id": "j", "local-hostname": "h"}', ignore) == MetaData("j", "h")
     assert nocloud_meta(b"\xff\xfe\x00garbage: [\n  - :", ignore) == MetaData()
+
+
+@pytest.mark.parametrize("text, meta", [
+    (f'public-keys: ["{KEY}", "ssh-rsa AAAAB3 second"]\n', MetaData(public_keys=(KEY, "ssh-rsa AAAAB3 second"))),
+    (f"public-keys:\n  mine: {KEY}\n  theirs: [ssh-rsa AAAAB3 second, '']\n",
+     MetaData(public_keys=(KEY, "ssh-rsa AAAAB3 second"))),
+    (f"public-keys: |\n  {KEY}\n  ssh-rsa AAAAB3 second\n", MetaData(public_keys=(KEY, "ssh-rsa AAAAB3 second"))),
+    ("instance-id: &id iid-9\nlocal-hostname: *id\n", MetaData("iid-9", "iid-9")),
+    ("instance-id: >-\n  folded\n  id\n", MetaData("folded id")),
+    ("instance-id: 0123\nlocal-hostname: null\n", MetaData("83")),  # YAML 1.1, as cloud-init's PyYAML reads it
+    ("instance-id: 'it''s'\n", MetaData("it's")),
+], ids=["flow list", "mapping of keys", "block string", "anchors", "folded", "typed scalars", "quote in quotes"])
+def test_nocloud_meta_data_in_any_yaml_form_is_read_as_cloud_init_reads_it(text: str, meta: MetaData) -> None:
+    """Keys as cloud-init's normalize_pubkey_data takes them (a list, a string's lines, a mapping's values):
+    the loader's seed comes before the medium in cloud-init's merge, so a key misread here would be the OS's."""
+    notes = Notes()
+    assert nocloud_meta(text.encode(), notes.warnings.append) == meta
+    assert not notes.warnings
+
+
+def test_nocloud_meta_data_that_is_no_yaml_mapping_is_a_warning() -> None:
+    notes = Notes()
+    assert nocloud_meta(b"instance-id: a\npublic-keys: [x\n", notes.warnings.append) == MetaData()
+    assert nocloud_meta(b"- just\n- a list\n", notes.warnings.append) == MetaData()
+    assert notes.warnings == ["meta-data is not YAML (line 3): ignored", "meta-data is not a YAML mapping: ignored"]
 
 
 # ---------------------------------------------------------------------------------------- layouts on a tree

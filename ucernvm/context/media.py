@@ -59,8 +59,18 @@ def clean(value: object, limit: int = 255) -> str:
 
 
 def _keys(values: object) -> tuple[str, ...]:
-    items = values.values() if isinstance(values, dict) else values if isinstance(values, list) else [values]
-    keys = (clean(item, 16384) for item in items)
+    """SSH keys as cloud-init's normalize_pubkey_data reads them: a string's lines, a list's items, or a
+    mapping's values, each a key or a list of keys."""
+    if isinstance(values, str):
+        items: list[object] = list(values.splitlines())
+    elif isinstance(values, list):
+        items = values
+    elif isinstance(values, dict):
+        items = [key for value in values.values() if isinstance(value, (str, list))
+                 for key in ([value] if isinstance(value, str) else value)]
+    else:
+        items = []
+    keys = (clean(item, 16384) for item in items if isinstance(item, str))
     return tuple(key for key in keys if key)
 
 
@@ -82,39 +92,84 @@ def json_meta(data: bytes, what: str, warn: Warn) -> MetaData | None:
 
 
 def nocloud_meta(data: bytes, warn: Warn) -> MetaData:
-    """NoCloud's meta-data: YAML, of which only top-level scalars and the public-keys list are read
-    (read here: importing PyYAML, which the image carries for the OS's cloud.cfg on GCE, takes 8 ms on a
-    host and ten times that under emulation, for three keys)."""
-    text = data.decode("utf-8", "replace")
-    if text.lstrip().startswith("{"):
+    """NoCloud's meta-data, YAML (or JSON): by a line reader where each line is one it reads exactly as YAML
+    does (``key: scalar``, or ``- scalar`` under a key), else by PyYAML, which the image carries for the
+    OS's cloud.cfg on GCE (importing it takes 8 ms on a host and ten times that under emulation)."""
+    if data.lstrip().startswith(b"{"):
         return json_meta(data, "meta-data", warn) or MetaData()
-    values: dict[str, str] = {}
-    keys: list[str] = []
-    in_keys = False
+    text = data.decode("utf-8", "replace")
+    document = _plain_meta(text)
+    if document is None:
+        document = _yaml_meta(text, warn)
+    return MetaData(instance_id=clean(document.get("instance-id")),
+                    hostname=clean(document.get("local-hostname") or document.get("hostname")),
+                    public_keys=_keys(document.get("public-keys")))
+
+
+# A YAML scalar the line reader takes: quoted without escapes, or plain (no indicator first, no ": " or
+# " #" inside, no ":" or blank last); anything else is PyYAML's to read. Blanks are taken only with the
+# character after them, so that no line makes the matching backtrack more than once over it.
+_SCALAR = (r"""(?:"[^"\\\n]*"|'[^'\n]*'"""
+           r"""|[^-?:,\[\]{}#&*!|>'"%@`\s](?:[ \t]*(?:[^\s#:]|:(?=\S))|#)*)""")
+_END = r"(?:[ \t]+(?:#.*)?)?"  # blanks, and a comment after them
+_TOP_LINE = re.compile(rf"([A-Za-z0-9_.-]+):(?:[ \t]+({_SCALAR}))?{_END}")
+# Plain scalars YAML may read as no string (numbers, booleans, null: "0123" is 83): PyYAML's to read.
+_TYPED = re.compile(r"[0-9+.~].*|y|n|yes|no|true|false|on|off|null", re.IGNORECASE)
+_ITEM_LINE = re.compile(rf"([ \t]*)-[ \t]+({_SCALAR}){_END}")
+
+
+def _plain_meta(text: str) -> dict[str, object] | None:
+    """The mapping of meta-data made only of lines the line reader reads exactly; None for any other."""
+    try:
+        return _plain_lines(text)
+    except ValueError:  # a typed scalar
+        return None
+
+
+def _plain_lines(text: str) -> dict[str, object] | None:
+    document: dict[str, object] = {}
+    key, indent = None, None
     for line in text.splitlines():
         if not line.strip() or line.lstrip().startswith("#"):
             continue
-        if line[0] in " \t-":
-            item = line.strip()
-            if in_keys and item.startswith("- "):
-                keys.append(_yaml_scalar(item[2:]))
+        item = _ITEM_LINE.fullmatch(line)
+        if item is not None and key is not None and indent in (None, item.group(1)):
+            if indent is None:  # the key's first item: its value, null so far, becomes a list
+                indent, document[key] = item.group(1), []
+            items = document[key]
+            if isinstance(items, list):
+                items.append(_unquoted(item.group(2)))
             continue
-        key, colon, value = line.partition(":")
-        in_keys = colon == ":" and key.strip() == "public-keys"
-        if colon and not in_keys:
-            values[key.strip()] = _yaml_scalar(value)
-        elif in_keys and value.strip():
-            keys.append(_yaml_scalar(value))
-    return MetaData(instance_id=clean(values.get("instance-id")),
-                    hostname=clean(values.get("local-hostname") or values.get("hostname")),
-                    public_keys=_keys(keys))
+        top = _TOP_LINE.fullmatch(line)
+        if top is None or item is not None:
+            return None
+        key, indent = (top.group(1), None) if top.group(2) is None else (None, None)
+        document[top.group(1)] = None if top.group(2) is None else _unquoted(top.group(2))
+    return document
 
 
-def _yaml_scalar(text: str) -> str:
-    text = text.strip()
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
-        return text[1:-1]
-    return text.split(" #", 1)[0].strip()
+def _unquoted(scalar: str) -> str:
+    """A scalar's string; a ValueError for a plain one YAML may read as something else."""
+    if scalar[0] in "\"'":
+        return scalar[1:-1]
+    if _TYPED.fullmatch(scalar):
+        raise ValueError(scalar)
+    return scalar
+
+
+def _yaml_meta(text: str, warn: Warn) -> dict:
+    import yaml  # only meta-data the line reader cannot read exactly needs it
+
+    try:
+        document = yaml.safe_load(text)
+    except (yaml.YAMLError, RecursionError) as error:  # RecursionError: nested deeper than the parser goes
+        mark = getattr(error, "problem_mark", None)
+        warn("meta-data is not YAML" + (f" (line {mark.line + 1})" if mark else "") + ": ignored")
+        return {}
+    if not isinstance(document, dict):
+        warn("meta-data is not a YAML mapping: ignored")
+        return {}
+    return document
 
 
 # ------------------------------------------------------------------------------------- context.sh
