@@ -469,6 +469,26 @@ def test_latency_delays_every_request(tree):
         assert time.monotonic() - started < 0.2
 
 
+def test_stop_does_not_wait_out_the_latency_of_requests_in_flight(tree):
+    stratum = StratumServer(tree[0], latency=30).start()
+    failures: list[Exception] = []
+
+    def client() -> None:
+        try:
+            get(stratum, f"/cvmfs/{REPO}/.cvmfspublished")
+        except (http.client.HTTPException, OSError) as error:
+            failures.append(error)
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    time.sleep(0.3)  # the request is waiting out its latency
+    started = time.monotonic()
+    stratum.stop()
+    assert time.monotonic() - started < 2
+    thread.join(timeout=10)
+    assert len(failures) == 1  # the client saw the server go, unanswered
+
+
 def test_stop_cuts_open_connections(tree):
     server = StratumServer(tree[0]).start()
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)

@@ -94,7 +94,7 @@ class StratumServer:
         # Each open connection -> when its next request head is due (inf while it is answered).
         self._connections: dict[socket.socket, float] = {}
         self._next_reap = 0.0
-        self._closing = False
+        self._closing = threading.Event()
 
     @property
     def port(self) -> int:
@@ -117,7 +117,7 @@ class StratumServer:
             raise ConfigError(f"cannot listen on {self.bind} port {self._requested_port}: "
                               f"{error.strerror or error}",
                               "choose another --port (0 picks a free one) or --bind address") from None
-        self._closing = False
+        self._closing.clear()
         self._thread = threading.Thread(target=self._listener.serve_forever, args=(0.1,),
                                         name=f"stratum {self.url}", daemon=True)
         self._thread.start()
@@ -129,7 +129,7 @@ class StratumServer:
         if listener is None:
             return
         with self._slots:  # first, so that a connection waiting for a slot is refused
-            self._closing = True
+            self._closing.set()
             for connection in self._connections:
                 _shutdown(connection)
             self._slots.notify_all()
@@ -150,11 +150,11 @@ class StratumServer:
         """Take a new connection unless stopping; at the limit, first close the one idle longest,
         or wait until a connection ends (the kernel's backlog holds the others meanwhile)."""
         with self._slots:
-            while len(self._connections) >= self.max_connections and not self._closing:
+            while len(self._connections) >= self.max_connections and not self._closing.is_set():
                 self._close_idlest()
                 self._slots.wait(REAP_INTERVAL)
                 self._reap_locked()
-            if self._closing:
+            if self._closing.is_set():
                 return False
             self._connections[connection] = time.monotonic() + self.idle_timeout
             return True
@@ -303,8 +303,8 @@ class _Handler(StreamRequestHandler):
             self._send_text(error.status, f"{error.status.phrase}\n")
             self._linger()
             return False
-        if self.stratum.latency > 0:
-            time.sleep(self.stratum.latency)
+        if self.stratum.latency > 0 and self.stratum._closing.wait(self.stratum.latency):
+            return False  # stopping: the connection is being cut, do not hold stop() up
         if self.method not in ("GET", "HEAD"):
             self.keep_alive = False  # do not bother skipping a request body
             self._send_text(HTTPStatus.METHOD_NOT_ALLOWED, "Method Not Allowed\n",
