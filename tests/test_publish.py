@@ -548,9 +548,9 @@ def test_a_new_nested_catalog_counts_its_own_revisions_from_one(tree: Path, tmp_
 
 def test_publish_help_says_the_defaults() -> None:
     text = " ".join(run_cli("publish", "--help", check=True).stdout.decode().split())
-    for default in ["content hash algorithm (default: sha1", "time-to-live (default: 240)",
-                    "(default: 4194304,8388608,16777216, the cvmfs sizes)", "(default: as the previous revision;",
-                    "(default: generic-<UTC time>)", "(default: CPUs)", "fast (ISA-L, default)"]:
+    for default in ["content hash algorithm (default: sha1", "a newer one (default: 240;",
+                    "(default: 4194304,8388608,16777216, the cvmfs sizes", "(default: as the previous revision;",
+                    "(default: generic-<UTC time>;", "(default: CPUs)", "fast (ISA-L, default)"]:
         assert default in text
 
 
