@@ -142,7 +142,8 @@ def log_warnings(warnings: list[str]) -> None:
 def lock_cache(cache: ObjectCache, mountpoint: str) -> None:
     """Hold the cache for this mount (its daemon inherits the lock); refused while another mount uses it.
 
-    A mount just unmounted is waited for, a little: umount returns before its daemon has ended."""
+    A mount just unmounted is waited for, a little: ``ucernvm umount --lazy``, umount(8) and fusermount -u return
+    before its daemon has ended (``ucernvm umount`` waits for it)."""
     deadline = time.monotonic() + UNMOUNTED_WAIT
     while (holder := cache.lock(mountpoint)) is not None:
         serving = bool(holder) and fuse_mounted(holder) is not None
