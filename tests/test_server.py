@@ -383,6 +383,20 @@ def test_twenty_parallel_clients_get_correct_bytes(server, tree):
     assert failures == []
 
 
+def test_a_client_leaving_in_the_middle_of_a_body_leaves_the_server_serving(tree, capfd):
+    name = f"/cvmfs/{REPO}/data/ff/ffffffffffffffffffffffffffffffffffffffff"
+    with StratumServer(tree[0], access_log=True) as stratum:
+        for _ in range(5):
+            with socket.create_connection(("127.0.0.1", stratum.port), timeout=5) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                sock.sendall(f"GET {name} HTTP/1.1\r\n\r\n".encode())
+                sock.recv(1000)  # then a reset, the server still sending
+        response, body = get(stratum, name)
+        assert (response.status, body) == (200, tree[1][name[len(f"/cvmfs/{REPO}/"):]])
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and err.count(f'"GET {name} HTTP/1.1" 200 300000') == 6
+
+
 def test_a_manifest_replaced_while_served_is_served_whole_old_or_new(tmp_path):
     """A publish renames the new manifest over the old one: every answer is one of them, entire."""
     manifest = tmp_path / REPO / ".cvmfspublished"
@@ -870,6 +884,20 @@ def test_serve_warns_of_a_root_without_repositories(tmp_path):
     finally:
         process.terminate()
         assert process.wait(timeout=10) == 0
+
+
+def test_serve_command_stops_on_sigint(tree):
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    process = subprocess.Popen([sys.executable, "-c", SERVE_COMMAND, "serve", str(tree[0]), "--port", "0"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert process.stdout.readline().startswith("serving ")
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=10) == 0
+        assert process.stderr.read() == ""  # no KeyboardInterrupt traceback
+    finally:
+        process.kill()
+        process.wait()
 
 
 def test_serves_a_real_cvmfs_server_repository(legacy_pristine):
