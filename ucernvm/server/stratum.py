@@ -471,19 +471,22 @@ class _Handler(StreamRequestHandler):
         # socket.sendfile() polls before every chunk; try first and poll only when the send
         # buffer is full (the socket is non-blocking because it has a timeout).
         out = self.connection.fileno()
-        end = offset + length
-        while offset < end:
-            try:
-                sent = os.sendfile(out, fd, offset, end - offset)
-            except BlockingIOError:
-                poller = select.poll()  # not select(): descriptors may exceed FD_SETSIZE
-                poller.register(out, select.POLLOUT)
-                if not poller.poll(SEND_TIMEOUT * 1000):
-                    raise TimeoutError("client stopped reading") from None
-                continue
-            if sent == 0:
-                raise ConnectionError("file shrank while being sent")
-            offset += sent
+        start, end = offset, offset + length
+        try:
+            while offset < end:
+                try:
+                    sent = os.sendfile(out, fd, offset, end - offset)
+                except BlockingIOError:
+                    poller = select.poll()  # not select(): descriptors may exceed FD_SETSIZE
+                    poller.register(out, select.POLLOUT)
+                    if not poller.poll(SEND_TIMEOUT * 1000):
+                        raise TimeoutError("client stopped reading") from None
+                    continue
+                if sent == 0:
+                    raise ConnectionError("file shrank while being sent")
+                offset += sent
+        finally:  # the log tells what went out, as Apache's %b does for a transfer cut short
+            self.answered = self.answered[0], offset - start  # type: ignore[index]
 
     def _geo(self, fqrn: str, rest: str) -> None:
         if fqrn in ("", ".", "..") or not os.path.isdir(f"{self.stratum.root}/{fqrn}"):
