@@ -94,7 +94,8 @@ def test_read_file_refuses_links_fifos_directories_and_large_files(tmp_path: Pat
     (medium / "dir").mkdir()
     (medium / "big").write_bytes(b"x" * 101)
     for name, reason in (("openstack/latest/secret", "symbolic link"), ("user-data", "symbolic link"),
-                         ("fifo", "not a regular file"), ("dir", "not a regular file"), ("big", "larger than 100")):
+                         ("fifo", "not a regular file"), ("dir", "not a regular file"), ("big", "larger than 100"),
+                         ("", "not a regular file"), ("/", "not a regular file")):  # the root itself
         with pytest.raises(UnusableFile, match=reason):
             read_file(medium, name, 100)
     assert read_file(medium, "big", 101) == b"x" * 101

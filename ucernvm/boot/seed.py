@@ -187,8 +187,7 @@ def _yaml_file(root: Path, relative: str) -> object:
 
     resolved = os_path(root, relative)
     try:
-        # "." for a link to the OS's root directory itself: read_file names it, a directory, as no regular file
-        data = None if resolved is None else read_file(root, resolved or ".", CLOUD_CFG_LIMIT)
+        data = None if resolved is None else read_file(root, resolved, CLOUD_CFG_LIMIT)
     except UnusableFile as problem:
         raise ValueError(f"/{problem}" if resolved == relative else f"/{relative}, a link: /{problem}") from None
     if data is None:

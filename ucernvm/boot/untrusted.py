@@ -28,6 +28,8 @@ def read_file(root: Path | str, relative: str, limit: int) -> bytes | None:
     """The bytes of ``root/relative``; None when absent. Raises ``UnusableFile`` for a symbolic link
     anywhere on the path, a non-regular file, a read error or more than ``limit`` bytes."""
     parts = [part for part in relative.split("/") if part]
+    if not parts:
+        raise UnusableFile(f"{relative or '.'} is not a regular file")  # but the root directory
     try:
         directory = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
