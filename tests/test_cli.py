@@ -88,6 +88,13 @@ def test_resign_needs_only_the_master_key_and_the_certificate(legacy, tmp_path) 
     assert result.returncode == 0, result.stderr
 
 
+def test_keygen_refuses_a_name_that_is_no_repository_name(tmp_path) -> None:
+    """The name names the key files: ../x.cern.ch wrote them beside the keys directory, not in it."""
+    refused = run_cli("keygen", "../x.cern.ch", "--keys", tmp_path / "keys")
+    assert refused.returncode == 2 and b"'../x.cern.ch' is not a repository name" in refused.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_repository_directory_named_otherwise_is_refused_naming_the_repository_it_holds(legacy_pristine,
                                                                                           tmp_path) -> None:
     """`ucernvm publish --repo repo` makes such a directory: the name its manifest holds is the one to pass,

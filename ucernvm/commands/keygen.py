@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ucernvm.client.repository import check_fqrn
 from ucernvm.cvmfs.signing import generate_repository_keys
 
 
@@ -24,6 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_fqrn(args.fqrn)  # it names the key files: a path in its place would write them anywhere
     for path in generate_repository_keys(args.fqrn, args.keys, overwrite=args.force).values():
         print(path)
     return 0

@@ -121,7 +121,7 @@ def _read_master_public(path: Path) -> trust.PublicKey:
         pem = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"the master public key {path} does not exist",
-                          "every publish verifies the repository with it, as its clients do; "
+                          "the repository is verified with it, as its clients do; "
                           "`ucernvm keygen` writes it beside the master key") from None
     except OSError as error:
         raise ConfigError(f"cannot read the master public key {path}: {error.strerror}") from None
