@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import stat
 import threading
 import time
@@ -237,10 +238,20 @@ def test_a_cached_file_cut_short_or_added_to_is_fetched_again(repo: Path, keys_d
             "again") in logbuffer.recent()
 
 
-_KINDS = {_directory: "a directory", _fifo: "a FIFO", _endless: "a symbolic link"}
+def _socket(path: Path) -> None:
+    cwd = os.getcwd()
+    os.chdir(path.parent)  # bound by its name there: its whole path is longer than a socket address may be
+    try:
+        with socket.socket(socket.AF_UNIX) as listening:
+            listening.bind(path.name)
+    finally:
+        os.chdir(cwd)
 
 
-@pytest.mark.parametrize("plant", [_directory, _fifo, _endless])
+_KINDS = {_directory: "a directory", _fifo: "a FIFO", _endless: "a symbolic link", _socket: "a socket"}
+
+
+@pytest.mark.parametrize("plant", [_directory, _fifo, _endless, _socket])
 def test_what_takes_an_objects_place_right_after_its_use_is_removed_and_the_object_fetched_again(
         tmp_path: Path, no_hang: None, plant) -> None:
     """The open that follows a use within the minute its mark lasts looks at what it opened, too."""

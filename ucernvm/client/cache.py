@@ -284,7 +284,8 @@ class ObjectCache:
         return self._stored(name)  # verified as it arrived: its size is the one fill checked
 
     def open_cached(self, content_hash: ContentHash) -> int | None:
-        """A read-only descriptor on the object if it is cached now (nothing is fetched), else None."""
+        """A read-only descriptor on the object if it is cached now (nothing is fetched, the look marks a use),
+        else None."""
         return self._stored(self._name(content_hash))
 
     def drop(self, content_hash: ContentHash, reason: str) -> bool:
@@ -315,11 +316,15 @@ class ObjectCache:
             fd = os.open(name, _IN_PLACE, dir_fd=self._dir)
         except (FileNotFoundError, NotADirectoryError):
             return None
-        except OSError as error:
-            if error.errno not in (errno.ELOOP, errno.ENXIO):  # a symbolic link, a socket
-                raise
+        except OSError:  # a symbolic link (ELOOP), a socket or a device without its driver (ENXIO)...
+            try:
+                st = os.stat(name, dir_fd=self._dir, follow_symlinks=False)
+            except OSError:
+                return None  # gone meanwhile
+            if stat.S_ISREG(st.st_mode):
+                raise  # an object that does not open: the disk's error, as it is
             if clear:
-                self._clear(name, None, size)
+                self._clear(name, st, size)
             return None
         try:
             st = os.fstat(fd)
@@ -341,13 +346,9 @@ class ObjectCache:
             os.utime(fd)
             self._touched[name] = now
 
-    def _clear(self, name: str, st: os.stat_result | None, size: int | None) -> None:
-        """Remove what stands in the place of the object ``name`` and is no copy of it (``st``: its stat,
-        None for what could not be opened), with a warning saying what it was."""
-        try:
-            st = st or os.stat(name, dir_fd=self._dir, follow_symlinks=False)
-        except OSError:
-            return  # gone meanwhile
+    def _clear(self, name: str, st: os.stat_result, size: int | None) -> None:
+        """Remove what stands in the place of the object ``name`` and is no copy of it (``st``: its stat), with a
+        warning saying what it was."""
         self._touched.pop(name, None)
         _remove_any(name, st.st_mode, self._dir)
         if stat.S_ISREG(st.st_mode):
