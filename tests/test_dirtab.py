@@ -282,8 +282,9 @@ DIRECTORY_NAMES = ["a", "b", "ab", "x", "[", "]", "-", "!", "^", "\\", ":", "=",
 
 
 def glibc_glob(directory: Path, pattern: str) -> list[str] | None:
-    """The names glibc's glob(3) finds for ``pattern`` in ``directory``, with GLOB_PERIOD as cvmfs globs,
-    . and .. left out as cvmfs leaves them; None where the C library is not glibc."""
+    """The paths below ``directory`` glibc's glob(3) finds for ``pattern``, with GLOB_PERIOD as cvmfs globs,
+    without those that . or .. end, which cvmfs skips, or that go above ``directory``, which its directory
+    functions refuse; None where the C library is not glibc."""
     try:
         libc = ctypes.CDLL("libc.so.6")
         libc.gnu_get_libc_version  # noqa: B018 - glibc's own symbol
@@ -295,37 +296,40 @@ def glibc_glob(directory: Path, pattern: str) -> list[str] | None:
                     ("offs", ctypes.c_size_t), ("flags", ctypes.c_int), ("functions", ctypes.c_void_p * 8)]
 
     found = Glob()
-    status = libc.glob(os.fsencode(directory) + b"/" + os.fsencode(pattern), 1 << 7, None, ctypes.byref(found))
-    names = [os.fsdecode(os.path.basename(found.pathv[n])) for n in range(found.pathc)] if status == 0 else []
+    top = os.fsencode(directory)
+    status = libc.glob(top + b"/" + os.fsencode(pattern), 1 << 7, None, ctypes.byref(found))
+    count = found.pathc if status == 0 else 0
+    paths = {os.fsdecode(found.pathv[n][len(top):]).replace("//", "/") for n in range(count)}
     libc.globfree(ctypes.byref(found))
-    return sorted(set(names) - {".", ".."})
+    return sorted(path for path in paths if not path.endswith(("/.", "/..")) and not path.startswith("/../"))
 
 
 def test_malformed_bracket_expressions_match_as_glibc_globs_them(tmp_path: Path) -> None:
     """Names written with every piece of a bracket expression, many of them malformed (unclosed, with a
     [= or [. that is not closed, a range to the pattern's end, a \\ at the end), select the directories glibc's
-    glob(3) finds with the glob pattern cvmfs makes of them, in the C locale cvmfs_server matches in."""
+    glob(3) finds with the glob pattern cvmfs makes of them, in the C locale cvmfs_server matches in: as the
+    last name, and as a name on the way down."""
     for name in DIRECTORY_NAMES:
-        (tmp_path / name).mkdir()
+        (tmp_path / name / "x").mkdir(parents=True)
     tree = scan(str(tmp_path))
     rng = random.Random(20261128)
     texts = {"".join(pieces) for length in (1, 2) for pieces in itertools.product(PATTERN_PIECES, repeat=length)}
-    texts |= {"".join(rng.choices(PATTERN_PIECES, k=rng.randint(3, 7))) for _ in range(3000)}
+    texts |= {"".join(rng.choices(PATTERN_PIECES, k=rng.randint(3, 7))) for _ in range(2000)}
     previous = locale.setlocale(locale.LC_ALL)
     locale.setlocale(locale.LC_ALL, "C")
     try:
         if glibc_glob(tmp_path, "a") is None:
             pytest.skip("the C library is not glibc")
         differ = {}
-        for text in sorted(texts):
+        for text, below in itertools.product(sorted(texts), ("", "/x")):
             try:
-                rule = Dirtab.parse(f"/{text}\n".encode(), "dirtab").rules[0]
+                rule = Dirtab.parse(f"/{text}{below}\n".encode(), "dirtab").rules[0]
             except ConfigError:
                 continue  # refused as cvmfs refuses it: an escape of another character, an empty name
-            ours = sorted(path[1:] for path, _ in rule.glob(tree))
-            theirs = glibc_glob(tmp_path, _glob_string(rule.elements[0]))
+            ours = sorted(path for path, _ in rule.glob(tree))
+            theirs = glibc_glob(tmp_path, _glob_string(rule.elements[0]) + below)
             if ours != theirs:
-                differ[text] = (ours, theirs)
+                differ[text + below] = (ours, theirs)
     finally:
         locale.setlocale(locale.LC_ALL, previous)
     assert differ == {}

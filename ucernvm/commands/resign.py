@@ -24,7 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--keys", required=True, metavar="DIR",
                         help="directory with FQRN.masterkey and FQRN.crt (FQRN.key, which publishing signs with, "
                         "is not needed)")
-    parser.add_argument("-d", "--days", type=int, default=30, help="validity in days (default 30; cvmfs_server resign -d)")
+    parser.add_argument("-d", "--days", type=int, default=30,
+                        help="validity in days (default 30; cvmfs_server resign -d)")
     parser.set_defaults(func=run)
 
 

@@ -49,11 +49,17 @@ class Rule:
         it was found at and its node. On the way down, glob opens . and .. as well as the names of a
         directory, and follows a symlink to a directory of the tree; as glibc's glob drops GLOB_PERIOD
         there, a leading . is matched only by a . that begins the pattern. The last name, where GLOB_PERIOD
-        holds, must be a directory itself (cvmfs skips . and .., and a symlink: it cannot hold a catalog)."""
+        holds, must be a directory itself (cvmfs skips . and .., and a symlink: it cannot hold a catalog).
+        glibc's glob reads a \\ that ends the name of a directory on the way down as the escape of the / after
+        it, and drops it; a name left empty names no directory."""
         patterns = [_as_bytes(_glob_string(element)) for element in self.elements]
+        patterns = [_without_escaping_end(pattern) for pattern in patterns[:-1]] + patterns[-1:]
         names = [re.compile(_glob_regex(pattern), re.DOTALL) for pattern in patterns]
 
         def descend(path: str, directory: SourceNode, depth: int) -> Iterator[tuple[str, SourceNode]]:
+            if not patterns[depth]:
+                yield from descend(path, directory, depth + 1)
+                return
             if depth + 1 == len(names):
                 for child in directory.children:
                     if child.is_directory and names[depth].fullmatch(_as_bytes(child.name)):
@@ -115,6 +121,12 @@ class Dirtab:
                     if not any(exclusion.excludes(path) for exclusion in exclusions):
                         found.setdefault(directory.path, directory)
         return list(found.values())
+
+
+def _without_escaping_end(pattern: str) -> str:
+    """A name pattern without the \\ that ends it, if one does (an escaped \\ stays)."""
+    escapes = len(pattern) - len(pattern.rstrip("\\"))
+    return pattern[:-1] if escapes % 2 else pattern
 
 
 def _followed(root: SourceNode, node: SourceNode) -> SourceNode | None:
