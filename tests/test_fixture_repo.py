@@ -210,3 +210,19 @@ def test_whitelist_expiry_counts_from_the_hour(legacy_pristine) -> None:
     Repository(source, legacy_pristine.fqrn, keys, now=datetime.datetime(2015, 11, 20, 10, 59, tzinfo=utc))
     with pytest.raises(Exception, match="whitelist expired"):
         Repository(source, legacy_pristine.fqrn, keys, now=datetime.datetime(2015, 11, 20, 11, 0, tzinfo=utc))
+
+
+def test_tags_of_the_repository_cvmfs_server_wrote_in_its_tag_lines(legacy) -> None:
+    """`ucernvm tag -x` and `-i` read the history database cvmfs_server wrote (schema revision 2, no branch
+    column) and print cvmfs_server tag -x's lines: name, root hash, catalog size, revision, time, branch."""
+    run_cli("resign", "--repo", legacy.repo, "--name", legacy.fqrn, "--keys", legacy.keys, check=True)
+    common = ["tag", "--repo", legacy.repo, "--name", legacy.fqrn, "--keys", legacy.keys]
+    assert run_cli(*common, "-x", check=True).stdout.decode().splitlines() == [
+        "generic-2015-10-21T11:55:15Z 6ed3d49a5c64f21f36936ab350d49aaf57585b9a 14336 2 1445428515 (default) ",
+        "trunk 6ed3d49a5c64f21f36936ab350d49aaf57585b9a 14336 2 1445428515 (default) current HEAD",
+        "generic-2015-10-21T11:55:14Z e6ceff5bfeded1ddc5d21dd0ce32aca99013e31e 14336 1 1445428514 (default) ",
+        "trunk-previous e6ceff5bfeded1ddc5d21dd0ce32aca99013e31e 14336 1 1445428514 (default) default undo target",
+    ]
+    inspected = run_cli(*common, "-i", "trunk-previous", check=True).stdout.decode().splitlines()
+    assert inspected[1:6] == ["Revision:     1", "Timestamp:    2015-10-21 11:55:14 UTC", "Branch:       ",
+                              "Root Hash:    e6ceff5bfeded1ddc5d21dd0ce32aca99013e31e", "Catalog Size: 14.000 kiB"]
