@@ -14,6 +14,7 @@ from ucernvm.errors import MountError
 
 # What fusermount -u unmounts: fuse and fuseblk mounts, with a subtype (fuse.cvmfs, fuseblk.ntfs) or without.
 FUSE_TYPES = ("fuse", "fuseblk")
+SNAPSHOT_TYPE = "fuse.cvmfs"  # a snapshot's mount, as cvmfs2's
 ASK_WAIT = 2.0  # seconds the mount's daemon has to name itself (user.pid) before the unmount: a hung one is not waited for
 EXIT_WAIT = 10.0  # seconds umount waits for the daemon of the mount to end once unmounted
 
@@ -43,7 +44,9 @@ def run(args: argparse.Namespace) -> int:
     if file_system_type.split(".", 1)[0] not in FUSE_TYPES:
         raise MountError(f"{path} holds a {file_system_type} file system, not a snapshot mounted by ucernvm",
                          hint="umount(8) unmounts other file systems")
-    daemon = None if args.lazy else _daemon(path)
+    # A snapshot's daemon, ucernvm's or cvmfs2, names itself (user.pid); another FUSE file system's attribute of
+    # that name could name any process.
+    daemon = _daemon(path) if file_system_type == SNAPSHOT_TYPE and not args.lazy else None
     try:
         _unmount(path, args.lazy)
         if daemon is not None and not _ended(daemon[1], EXIT_WAIT):
@@ -66,9 +69,9 @@ def _unmount(path: str, lazy: bool) -> None:
 
 
 def _daemon(path: str) -> tuple[int, int] | None:
-    """The pid of the daemon serving the mount at ``path`` (as ``ucernvm mount``'s name themselves: user.pid),
-    with a pidfd on it, taken while it serves, so that a reused pid is never waited for; None for another
-    FUSE file system, or a daemon that does not answer within ASK_WAIT (hung: only unmounted, not waited for)."""
+    """The pid of the daemon serving the snapshot mounted at ``path``, with a pidfd on it, taken while it serves
+    so that a reused pid is never waited for; None for a daemon that does not answer within ASK_WAIT (hung: only
+    unmounted, not waited for)."""
     answer: list[bytes] = []
     asking = threading.Thread(target=_ask_pid, args=(path, answer), daemon=True)
     asking.start()
@@ -83,7 +86,7 @@ def _daemon(path: str) -> tuple[int, int] | None:
 def _ask_pid(path: str, answer: list[bytes]) -> None:
     try:
         answer.append(os.getxattr(path, "user.pid"))
-    except OSError:  # no such attribute: another FUSE file system; or no daemon serves the mount
+    except OSError:  # no daemon serves the mount, or it keeps no attributes
         pass
 
 
