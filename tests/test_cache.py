@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from ucernvm.client import logbuffer
 from ucernvm.client.cache import ABANDONED_AFTER, CacheFull, ObjectCache
 from ucernvm.client.sinks import Sink
 from ucernvm.cvmfs.hashing import ContentHash
@@ -56,6 +57,7 @@ def test_a_link_in_place_of_a_directory_of_the_cache_is_removed_not_written_thro
     (tmp_path / "cache").mkdir()
     (tmp_path / "cache" / top).symlink_to(outside)
     cache = ObjectCache(tmp_path / "cache")
+    assert f"cache {cache.root}: {top}/ was a symbolic link, no directory: removed, the directory made in its place" in logbuffer.recent()
     content_hash, _ = _object(cache, data)
     assert _path(cache, content_hash).read_bytes() == data
     assert not list(outside.iterdir()) and not (cache.root / top).is_symlink()

@@ -196,6 +196,7 @@ def test_a_fifo_or_a_link_in_the_downloads_directory_is_removed(tmp_path: Path, 
     (cache.root / "txn" / "ef56.4244.140002").symlink_to(tmp_path / "elsewhere")  # a download would write there
     assert cache.remove_abandoned_downloads() == 3
     assert os.listdir(cache.root / "txn") == []
+    assert f"cache {cache.root}: txn/ef56.4244.140002 was a symbolic link, no download: removed" in logbuffer.recent()
 
 
 def test_a_download_is_never_written_through_a_link_in_the_downloads_directory(tmp_path: Path) -> None:
@@ -234,7 +235,7 @@ def test_a_cached_file_cut_short_or_added_to_is_fetched_again(repo: Path, keys_d
         os.close(fd)
     assert stored.read_bytes() == b"#!/bin/sh\n"
     held = len(change(b"#!/bin/sh\n"))
-    assert (f"{entry.content_hash.hex} holds {held} bytes, its catalog entry gives 10: removed, the object is fetched "
+    assert (f"{entry.content_hash.hex} held {held} bytes, its catalog entry gives 10: removed, the object is fetched "
             "again") in logbuffer.recent()
 
 
@@ -268,7 +269,7 @@ def test_what_takes_an_objects_place_right_after_its_use_is_removed_and_the_obje
     finally:
         os.close(fd)
     assert stat.S_ISREG(stored.lstat().st_mode) and (cache.hits, cache.misses) == (0, 2)
-    assert (f"cache {cache.root}: {content_hash.hex} is {_KINDS[plant]}, no object: removed, the object is fetched "
+    assert (f"cache {cache.root}: {content_hash.hex} was {_KINDS[plant]}, no object: removed, the object is fetched "
             "again") in logbuffer.recent()
 
 

@@ -107,10 +107,12 @@ class ObjectCache:
             # of them at every start cost a boot under emulation 0.1 s of system calls.
             self.root.mkdir(parents=True, exist_ok=True)
             self._dir = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            _remove_what_is_no_directory(self._dir)
+            spoiled = _remove_what_is_no_directory(self._dir)
             _make_top_directory("txn", self._dir)
         except OSError as error:
             raise StorageError(f"cannot create the cache in {self.root}: {error.strerror}") from None
+        for name, mode in spoiled:
+            self._warn(f"{name}/ was {file_kind(mode)}, no directory: removed, the directory made in its place")
         self._base = str(self.root)
         self._lock = threading.Lock()
         self._pins: dict[str, int] = {}
@@ -208,6 +210,7 @@ class ObjectCache:
             except OSError as error:
                 if error.errno == errno.ELOOP:  # a symbolic link, which no download makes
                     _remove_any(f"txn/{name}", stat.S_IFLNK, self._dir)
+                    self._warn(f"txn/{name} was a symbolic link, no download: removed")
                     removed += 1
                 continue  # else finished or removed meanwhile
             try:
@@ -352,12 +355,17 @@ class ObjectCache:
         self._touched.pop(name, None)
         _remove_any(name, st.st_mode, self._dir)
         if stat.S_ISREG(st.st_mode):
-            self._removed(name, f"holds {st.st_size} bytes, its catalog entry gives {size}")
+            self._removed(name, f"held {st.st_size} bytes, its catalog entry gives {size}")
         else:
-            self._removed(name, f"is {file_kind(st.st_mode)}, no object")
+            self._removed(name, f"was {file_kind(st.st_mode)}, no object")
 
     def _removed(self, name: str, reason: str) -> None:
-        _log.warning("cache %s: %s %s: removed, the object is fetched again", self.root, name.replace("/", ""), reason)
+        self._warn(f"{name.replace('/', '')} {reason}: removed, the object is fetched again")
+
+    def _warn(self, message: str) -> None:
+        """What the cache found in its directory that it did not put there, and what it did: the scratch disk
+        is the OS's, and a removal unsaid would hide who spoiled it (once per object: it is fetched again)."""
+        _log.warning("cache %s: %s", self.root, message)
 
     def _store(self, name: str, fill: Callable[[Sink], None]) -> int:
         """Write what ``fill`` gives to a temporary name and rename it into place; its size.
@@ -565,14 +573,17 @@ def _remove_any(name: str, mode: int, directory_fd: int) -> None:
         pass
 
 
-def _remove_what_is_no_directory(directory_fd: int) -> None:
+def _remove_what_is_no_directory(directory_fd: int) -> list[tuple[str, int]]:
     """Remove what the OS (which writes the scratch disk) left in place of ``txn/`` or a fan-out directory, a
     symbolic link above all: the files written through it would land outside the cache. One listing of the
-    cache's top directory, whose entries say their type."""
+    cache's top directory, whose entries say their type; the name and mode of each removed."""
+    removed = []
     with os.scandir(directory_fd) as entries:
         for entry in entries:
             if entry.name in TOP_DIRECTORIES and not entry.is_dir(follow_symlinks=False):
+                removed.append((entry.name, entry.stat(follow_symlinks=False).st_mode))
                 _remove_any(entry.name, stat.S_IFREG, directory_fd)
+    return removed
 
 
 def _make_top_directory(name: str, directory_fd: int) -> None:
