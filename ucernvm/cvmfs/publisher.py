@@ -763,7 +763,7 @@ def _tag_on(current: Repository, name: str, root_hash: ContentHash, description:
         data = current.fetch(root_hash, ObjectType.CATALOG)
     except FetchError:
         raise ConfigError(f"the repository has no catalog {root_hash}",
-                          "give the root catalog hash of a revision, as `ucernvm tag -l` lists them") from None
+                          "give the root catalog hash of a revision, as `ucernvm tag -l -x` lists them") from None
     catalog = Catalog.from_bytes(data, root_hash)
     try:
         if catalog.root_prefix:
