@@ -428,11 +428,14 @@ def test_a_manifest_replaced_while_served_is_served_whole_old_or_new(tmp_path):
         writer.start()
         try:
             connection = http.client.HTTPConnection("127.0.0.1", stratum.port, timeout=5)
-            for _ in range(300):
+            answers, deadline = 0, time.monotonic() + 10
+            while (answers < 300 or seen != set(versions)) and time.monotonic() < deadline:
                 connection.request("GET", f"/cvmfs/{REPO}/.cvmfspublished")
                 body = connection.getresponse().read()
                 assert body in versions
                 seen.add(body)
+                answers += 1
+                time.sleep(0.001)  # let the publisher run
             connection.close()
         finally:
             done.set()
