@@ -4,13 +4,15 @@ It mirrors what ``cvmfs_server`` configures Apache to do: ``.cvmfs*`` files (man
 whitelist, reflog, ...) and ``*.json`` expire after 61 s so proxies revalidate them quickly,
 everything else (the content-addressed ``data/`` objects) is immutable and cached for three days,
 both as mod_expires says it (``Cache-Control: max-age=N`` and ``Expires``); no ETag or
-Last-Modified, and If-Modified-Since is ignored (always a full answer). HTTP/1.1 keep-alive, HEAD
-and single byte ranges are supported; only GET and HEAD are allowed; one thread per connection,
-a bounded number of connections, each closed when its request head is not complete in time.
+Last-Modified, and If-Modified-Since is ignored (always a full answer): cvmfs_server removes them
+"because of squid bugs". HTTP/1.1 keep-alive, HEAD and single byte ranges are supported; only GET
+and HEAD are allowed; one thread per connection, a bounded number of connections, each closed when
+its request head is not complete in time. Repeated slashes count as one (Apache's MergeSlashes).
 
 Safety: a request never leaves ``ROOT``. ``.``/``..`` segments (also percent-encoded) are refused,
 and the file actually opened is checked to lie under ``ROOT`` after symlinks, so a symlink
-pointing elsewhere is a 404. Directories are never listed.
+pointing elsewhere is a 404. Directories are never listed. A file is served from the descriptor
+opened for the request: a publish renaming a new file into place is served whole, old or new.
 """
 
 from __future__ import annotations
