@@ -201,6 +201,19 @@ def test_xattr_blob_round_trip_and_damage() -> None:
         xattrs.decode(b"\x03\x00")
 
 
+def test_xattr_blobs_are_written_in_version_2_only_for_a_value_longer_than_255_bytes() -> None:
+    """As cvmfs 2.14's XattrList::Serialize: u16 little-endian value lengths once one value needs them."""
+    small = xattrs.encode({"user.a": b"x" * 255})
+    assert small == bytes([1, 1, 6, 255]) + b"user.a" + b"x" * 255
+    big = xattrs.encode({"user.b": b"y", "user.a": b"x" * 1000})
+    assert big == bytes([2, 2, 6]) + (1000).to_bytes(2, "little") + b"user.a" + b"x" * 1000 + bytes([6, 1, 0]) + b"user.b" + b"y"
+    assert xattrs.decode(big) == {"user.a": b"x" * 1000, "user.b": b"y"}
+    assert xattrs.decode(xattrs.encode({"user.c": b"z" * 65535})) == {"user.c": b"z" * 65535}
+    for key, value in (("user.c", b"z" * 65536), ("u" * 256, b""), ("", b"v")):
+        with pytest.raises(FormatError, match="extended attribute"):
+            xattrs.encode({key: value})
+
+
 def test_xattr_blobs_of_cvmfs_2_14_with_values_longer_than_255_bytes_are_read() -> None:
     """Version 2, which cvmfs 2.14 writes when a value is longer than 255 bytes: u16 little-endian lengths."""
     acl = bytes(range(256)) * 3

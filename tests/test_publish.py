@@ -217,15 +217,48 @@ def test_whether_a_snapshot_stores_xattrs_counts_its_nested_catalogs(tree: Path,
     assert nested.root_catalog.statistics()["self_xattr"] == 0 and nested.stores_xattrs()
 
 
-def test_an_extended_attribute_too_long_for_the_catalog_is_left_out(tree: Path, tmp_path: Path,
-                                                                    keys_dir: Path) -> None:
-    """As cvmfs_server: a value longer than the blob's one-byte length (a long ACL, an IMA signature) is
-    not published, and the file's other attributes are."""
-    os.setxattr(tree / "etc" / "hostname", "user.long", b"x" * 256)
+def test_extended_attributes_longer_than_255_bytes_are_published_as_cvmfs_2_14_writes_them(
+        tree: Path, tmp_path: Path, keys_dir: Path) -> None:
+    """A value longer than 255 bytes (a long ACL, an IMA signature) is published in a version-2 blob, as
+    cvmfs 2.14 writes it; an entry whose values all fit one byte keeps version 1, which older clients read."""
+    os.setxattr(tree / "etc" / "hostname", "user.long", bytes(range(250)) * 4)
     os.setxattr(tree / "etc" / "hostname", "user.longest", b"y" * 255)
     publish(tree, tmp_path / "repo", keys_dir)
-    entry = open_repo(tmp_path / "repo", keys_dir).entry("/etc/hostname")
-    assert entry.xattrs == {"user.origin": b"test suite", "user.longest": b"y" * 255}
+    repository = open_repo(tmp_path / "repo", keys_dir)
+    long_entry = repository.entry("/etc/hostname")
+    assert long_entry.xattrs == {"user.origin": b"test suite", "user.long": bytes(range(250)) * 4,
+                                 "user.longest": b"y" * 255}
+    assert long_entry.xattr is not None and long_entry.xattr[0] == 2
+    os.removexattr(tree / "etc" / "hostname", "user.long")
+    publish(tree, tmp_path / "repo", keys_dir)
+    short_entry = open_repo(tmp_path / "repo", keys_dir).entry("/etc/hostname")
+    assert short_entry.xattr is not None and short_entry.xattr[0] == 1
+    assert short_entry.xattrs == {"user.origin": b"test suite", "user.longest": b"y" * 255}
+
+
+def test_an_extended_attribute_of_64_kib_is_left_out_with_a_warning_naming_the_file(tmp_path: Path,
+                                                                                    keys_dir: Path) -> None:
+    """cvmfs stores values up to 64 KiB - 1 (a u16 length); Linux allows 64 KiB itself (tmpfs, XFS)."""
+    shm = Path("/dev/shm")
+    source = Path(tempfile.mkdtemp(dir=shm)) if shm.is_dir() else tmp_path / "src"
+    try:
+        big = source / "big"
+        big.write_text("a large attribute\n")
+        try:
+            os.setxattr(big, "user.full", b"f" * 65536)
+        except OSError as error:
+            pytest.skip(f"no file system here holds a 64 KiB extended attribute: {error.strerror}")
+        os.setxattr(big, "user.fits", b"g" * 65535)
+        repo = tmp_path / "repo"
+        result = run_cli("publish", source, "--repo", repo, "--name", FQRN, "--keys", keys_dir, "--quiet",
+                         check=True)
+        assert result.stderr.decode().splitlines() == [
+            f"ucernvm: warning: {big}: extended attribute user.full left out: its value of 65536 bytes is "
+            "longer than the 65535 a catalog entry holds"]
+        assert open_repo(repo, keys_dir).entry("/big").xattrs == {"user.fits": b"g" * 65535}
+    finally:
+        if source.parent == shm:
+            shutil.rmtree(source)
 
 
 def test_modification_times_are_published_to_the_nanosecond(tree: Path, tmp_path: Path, keys_dir: Path) -> None:

@@ -71,7 +71,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-xattrs", action="store_true",
                         help="do not record extended attributes. They are recorded by default, where cvmfs_server "
                         "needs CVMFS_INCLUDE_XATTRS=true: an OS tree's file capabilities are kept in them. A file "
-                        "keeps 255 at most, the first by name, with a warning, and none longer than 255 bytes")
+                        "keeps 255 at most, the first by name, with a warning, and none of 64 KiB; a value longer than 255 "
+                        "bytes is stored as cvmfs 2.14 stores it, which clients before 2.14 do not read")
     parser.add_argument("--prefetch-list", metavar="FILE",
                         help="publish FILE as /.ucernvm_prefetch, the snapshot's prefetch list: the files a boot "
                         "downloads ahead, in order (one repository path per line; a booted machine writes the "

@@ -250,7 +250,7 @@ class Publisher:
         """The tree to publish and its dirtab, read (and checked as far as no previous revision is needed)
         before the repository directory is touched."""
         tree = scan(source_dir, self.options.include_xattrs)
-        self._warnings = [warning for node in _walk(tree) if (warning := _trim_xattrs(node))]
+        self._warnings = [warning for node in _walk(tree) for warning in _trim_xattrs(node)]
         for name, local_path in self.options.root_files:
             add_root_file(tree, name, local_path)
         _check_virtual_dir(tree, bool(self.options.virtual_dir))
@@ -548,18 +548,24 @@ class Publisher:
         return _store_history(self.ingester, history, previous.manifest.history if previous else None), names
 
 
-def _trim_xattrs(node: SourceNode) -> str | None:
-    """Keep the extended attributes of ``node`` that one catalog entry can hold, the first by name, and say
-    what was left out. cvmfs_server keeps 256 and writes their count into a byte, where 256 is 0: a client
-    then reads none of them. Refusing the publish would stop a whole tree for one file."""
-    if len(node.xattrs) <= xattrs.MAX_ENTRIES:
-        return None
-    names = sorted(node.xattrs)
-    node.xattrs = {name: node.xattrs[name] for name in names[:xattrs.MAX_ENTRIES]}
-    left_out = names[xattrs.MAX_ENTRIES:]
-    return (f"{node.fs_path}: {len(names)} extended attributes, of which a catalog entry holds "
-            f"{xattrs.MAX_ENTRIES}; published the first {xattrs.MAX_ENTRIES} by name, left out "
-            f"{len(left_out)} ({left_out[0]} to {left_out[-1]})")
+def _trim_xattrs(node: SourceNode) -> list[str]:
+    """Keep the extended attributes of ``node`` that one catalog entry can hold, and say, naming the file,
+    what was left out: an attribute cvmfs's format cannot store (a value of 64 KiB), and beyond the first
+    255 by name, since cvmfs_server keeps 256 and writes their count into a byte, where 256 is 0 (a client
+    then reads none of them). Refusing the publish would stop a whole tree for one file."""
+    warnings = []
+    for name in sorted(node.xattrs):
+        if (reason := xattrs.unstorable(name, node.xattrs[name])) is not None:
+            del node.xattrs[name]
+            warnings.append(f"{node.fs_path}: extended attribute {name} left out: {reason}")
+    if len(node.xattrs) > xattrs.MAX_ENTRIES:
+        names = sorted(node.xattrs)
+        node.xattrs = {name: node.xattrs[name] for name in names[:xattrs.MAX_ENTRIES]}
+        left_out = names[xattrs.MAX_ENTRIES:]
+        warnings.append(f"{node.fs_path}: {len(names)} extended attributes, of which a catalog entry holds "
+                        f"{xattrs.MAX_ENTRIES}; published the first {xattrs.MAX_ENTRIES} by name, left out "
+                        f"{len(left_out)} ({left_out[0]} to {left_out[-1]})")
+    return warnings
 
 
 def _check_virtual_dir(tree: SourceNode, wanted: bool) -> None:

@@ -7,7 +7,6 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ucernvm.cvmfs import xattrs
 from ucernvm.cvmfs.catalog import join
 from ucernvm.errors import ConfigError
 
@@ -53,9 +52,8 @@ class SourceNode:
 
 
 def read_xattrs(fs_path: str) -> dict[str, bytes]:
-    """The extended attributes a catalog can hold. As cvmfs_server does (``XattrList::CreateFromFile``), a
-    value longer than the blob's one-byte length (an ACL of many entries, an IMA signature) is left out
-    rather than failing the publish."""
+    """The extended attributes of ``fs_path``, all of them: what a catalog entry cannot hold is left out,
+    with a warning, when the tree is published (publisher.py ``_trim_xattrs``)."""
     try:
         names = os.listxattr(fs_path, follow_symlinks=False)
     except OSError:
@@ -63,11 +61,9 @@ def read_xattrs(fs_path: str) -> dict[str, bytes]:
     values = {}
     for name in names:
         try:
-            value = os.getxattr(fs_path, name, follow_symlinks=False)
+            values[name] = os.getxattr(fs_path, name, follow_symlinks=False)
         except OSError:
             continue  # vanished or unreadable attribute: publish what can be read
-        if len(value) <= xattrs.MAX_LENGTH:
-            values[name] = value
     return values
 
 

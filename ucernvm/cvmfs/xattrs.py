@@ -1,8 +1,9 @@
-"""The catalog's ``xattr`` blob: ``u8 version (1), u8 count``, then per entry (sorted by key)
-``u8 key length, u8 value length, key, value`` — the layout of cvmfs's ``XattrList::Serialize``.
+"""The catalog's ``xattr`` blob: ``u8 version, u8 count``, then per entry (sorted by key) ``u8 key length,
+value length, key, value`` — the layout of cvmfs's ``XattrList::Serialize``.
 
-cvmfs 2.14 writes version 2 where a value is longer than 255 bytes: the value length is then a
-little-endian u16. It is read here; what is written is version 1, which every cvmfs client reads."""
+Version 1 gives the value length one byte. cvmfs 2.14 writes version 2, where the value length is a
+little-endian u16, only when a value is longer than 255 bytes; the same is done here, so that clients
+before 2.14, which refuse version 2, still read every entry whose attributes fit version 1."""
 
 from __future__ import annotations
 
@@ -11,7 +12,19 @@ from ucernvm.errors import FormatError
 VERSION = 1
 VERSION_BIG = 2  # cvmfs 2.14's kVersionBig
 MAX_ENTRIES = 255  # the count is one byte
-MAX_LENGTH = 255
+MAX_KEY_LENGTH = 255  # one byte, in both versions
+MAX_SMALL_VALUE_LENGTH = 255  # version 1's one-byte value length
+MAX_VALUE_LENGTH = 64 * 1024 - 1  # cvmfs's XattrList::Set refuses 64 KiB and more (version 2's u16)
+
+
+def unstorable(key: str, value: bytes) -> str | None:
+    """Why a catalog entry cannot hold the attribute ``key``, or None when it can."""
+    raw_key = _raw(key)
+    if not raw_key or len(raw_key) > MAX_KEY_LENGTH or b"\0" in raw_key:
+        return f"its name is empty, holds a NUL or is longer than {MAX_KEY_LENGTH} bytes"
+    if len(value) > MAX_VALUE_LENGTH:
+        return f"its value of {len(value)} bytes is longer than the {MAX_VALUE_LENGTH} a catalog entry holds"
+    return None
 
 
 def encode(xattrs: dict[str, bytes]) -> bytes | None:
@@ -19,12 +32,14 @@ def encode(xattrs: dict[str, bytes]) -> bytes | None:
         return None
     if len(xattrs) > MAX_ENTRIES:
         raise FormatError(f"too many extended attributes ({len(xattrs)} > {MAX_ENTRIES})")
-    out = bytearray([VERSION, len(xattrs)])
-    for key in sorted(xattrs):
-        raw_key, value = key.encode("utf-8", "surrogateescape"), xattrs[key]
-        if not raw_key or len(raw_key) > MAX_LENGTH or len(value) > MAX_LENGTH:
-            raise FormatError(f"extended attribute {key!r} is empty or longer than {MAX_LENGTH} bytes")
-        out += bytes([len(raw_key), len(value)]) + raw_key + value
+    for key, value in xattrs.items():
+        if (reason := unstorable(key, value)) is not None:
+            raise FormatError(f"extended attribute {key!r}: {reason}")
+    big = any(len(value) > MAX_SMALL_VALUE_LENGTH for value in xattrs.values())
+    value_bytes = 2 if big else 1
+    out = bytearray([VERSION_BIG if big else VERSION, len(xattrs)])
+    for raw_key, value in sorted((_raw(key), value) for key, value in xattrs.items()):  # std::map's byte order
+        out += bytes([len(raw_key)]) + len(value).to_bytes(value_bytes, "little") + raw_key + value
     return bytes(out)
 
 
@@ -50,3 +65,7 @@ def decode(blob: bytes | None) -> dict[str, bytes]:
         result[key] = bytes(blob[position + key_length : end])
         position = end
     return result
+
+
+def _raw(key: str) -> bytes:
+    return key.encode("utf-8", "surrogateescape")
