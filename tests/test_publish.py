@@ -30,6 +30,7 @@ from ucernvm.cvmfs.publisher import Publisher, PublishOptions, resign
 from ucernvm.cvmfs.signing import generate_repository_keys
 from ucernvm.cvmfs.storage import RepositoryStorage
 from ucernvm.cvmfs.trust import load_certificate, load_master_keys
+from ucernvm.cvmfs.whitelist import SignedWhitelist
 from ucernvm.errors import ConfigError, FormatError, StorageError
 from ucernvm.server import StratumServer
 from ucernvm.utc import utc_time
@@ -408,6 +409,24 @@ def test_expired_whitelist_blocks_publishing_until_resign(tree: Path, tmp_path: 
     assert f"expires {expected:%Y-%m-%d}".encode() in renewed.stdout
     run_cli("publish", tree, "--repo", repo, "--name", FQRN, "--keys", keys_dir, check=True)
     assert open_repo(repo, keys_dir).manifest.revision == 2
+
+
+def test_the_first_publish_makes_a_whitelist_valid_for_the_days_asked(tree: Path, tmp_path: Path,
+                                                                      keys_dir: Path) -> None:
+    """publish -d as resign -d; a later publish keeps the whitelist and says that -d was not used."""
+    repo = tmp_path / "repo"
+    common = (tree, "--repo", repo, "--name", FQRN, "--keys", keys_dir)
+    first = run_cli("publish", *common, "-d", "90", check=True)
+    assert b"whitelist created (90 days; renew with `ucernvm resign`)" in first.stdout
+    whitelist = (repo / ".cvmfswhitelist").read_bytes()
+    expected = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=90)
+    assert SignedWhitelist.parse(whitelist).whitelist.expires.date() == expected.date()
+    later = run_cli("publish", *common, "--days", "7", "--quiet", check=True)
+    assert later.stderr.decode().splitlines() == [
+        f"ucernvm: warning: --days 7 not used: {FQRN} has a whitelist already; `ucernvm resign --days 7` renews it"]
+    assert (repo / ".cvmfswhitelist").read_bytes() == whitelist
+    refused = run_cli("publish", *common[:-2], "--keys", tmp_path / "none", "-d", "0")
+    assert refused.returncode != 0 and b"--days must be at least 1" in refused.stderr
 
 
 def test_a_new_certificate_is_put_on_the_whitelist_by_resign_before_it_signs(tree: Path, tmp_path: Path,

@@ -12,7 +12,9 @@ from ucernvm.cvmfs.chunking import ChunkingParams
 from ucernvm.cvmfs.compression import Compression
 from ucernvm.cvmfs.hashing import HashAlgorithm
 from ucernvm.cvmfs.ingest import IngestOptions
+from ucernvm.commands.resign import check_days
 from ucernvm.cvmfs.publisher import PublishOptions, PublishProgress, Publisher
+from ucernvm.cvmfs.whitelist import DEFAULT_VALIDITY_DAYS
 from ucernvm.errors import ConfigError, FormatError
 
 MiB = 1 << 20
@@ -44,6 +46,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "cvmfs_server publish -a)")
     parser.add_argument("-m", "--description", default="",
                         help="description stored with the tag (cvmfs_server publish -m)")
+    parser.add_argument("-d", "--days", type=int, default=None,
+                        help="validity in days of the whitelist that the first publish creates (default "
+                        f"{DEFAULT_VALIDITY_DAYS}, as cvmfs_server mkfs; as resign -d); a later publish keeps the "
+                        "whitelist, which `ucernvm resign` renews, and warns that --days was not used")
     parser.add_argument("--ttl", type=int, default=240, metavar="SECONDS",
                         help="how long clients keep the revision before they look for a newer one "
                         "(default: %(default)s; CVMFS_REPOSITORY_TTL)")
@@ -159,6 +165,8 @@ def counted(number: int, noun: str) -> str:
 def run(args: argparse.Namespace) -> int:
     root_files: tuple[tuple[str, str], ...] = ()
     prefetch_note = None
+    if args.days is not None:
+        check_days(args.days)
     if args.prefetch_list:
         root_file, prefetch_note = prefetch_list_file(args.prefetch_list, args.source)
         root_files = (root_file,)
@@ -177,10 +185,15 @@ def run(args: argparse.Namespace) -> int:
         root_files=root_files,
         meta_info=read_meta_info(args.meta_info) if args.meta_info else None,
         virtual_dir=args.virtual_dir,
+        whitelist_days=DEFAULT_VALIDITY_DAYS if args.days is None else args.days,
     )
     progress = ProgressBar() if sys.stderr.isatty() and not args.quiet else None
     result = Publisher(args.repo, args.name, args.keys, options, progress).publish(args.source)
-    for warning in result.warnings:
+    warnings = list(result.warnings)
+    if args.days is not None and not result.whitelist_created:
+        warnings.append(f"--days {args.days} not used: {args.name} has a whitelist already; `ucernvm resign "
+                        f"--days {args.days}` renews it")
+    for warning in warnings:
         print(f"ucernvm: warning: {warning}", file=sys.stderr)
     if not args.quiet:
         rate = result.bytes_in / MiB / max(result.seconds, 1e-6)
@@ -195,5 +208,5 @@ def run(args: argparse.Namespace) -> int:
         if prefetch_note:
             print(prefetch_note)
         if result.whitelist_created:
-            print("whitelist created (30 days; renew with `ucernvm resign`)")
+            print(f"whitelist created ({counted(options.whitelist_days, 'day')}; renew with `ucernvm resign`)")
     return 0

@@ -29,9 +29,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    if args.days < 1:
+def check_days(days: int) -> None:
+    """Refuse a whitelist validity (``--days``, as resign and publish take it) that no client would accept."""
+    if days < 1:
         raise ConfigError("--days must be at least 1: a whitelist that has expired already is refused by every client")
+
+
+def run(args: argparse.Namespace) -> int:
+    check_days(args.days)
     whitelist = resign(args.repo, args.name, args.keys, args.days).whitelist
     print(f"whitelist of {whitelist.fqrn} renewed, expires {whitelist.expires:%Y-%m-%dT%H:%M:%SZ}")
     if len(whitelist.fingerprints) > 1:
