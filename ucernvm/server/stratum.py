@@ -17,11 +17,8 @@ opened for the request: a publish renaming a new file into place is served whole
 
 from __future__ import annotations
 
-import errno
-import math
 import os
 import re
-import resource
 import select
 import socket
 import stat
@@ -37,6 +34,7 @@ from urllib.parse import unquote_to_bytes
 
 from ucernvm.errors import ConfigError
 from ucernvm.server import accesslog
+from ucernvm.server.connections import IDLE_TIMEOUT, ConnectionSlots, SlotsMixIn
 from ucernvm.server.geo import GeoDatabase, GeoRequestError, GeoSorter
 
 URL_PREFIX = "/cvmfs/"
@@ -44,11 +42,7 @@ SHORT_MAX_AGE = 61  # below 60 s squid's defaults would not cache at all (cvmfs_
 OBJECT_MAX_AGE = 3 * 24 * 3600
 GEO_MAX_AGE = 3600
 GEO_ERROR_MAX_AGE = 300
-IDLE_TIMEOUT = 30.0  # seconds a connection may take to send a whole request head, or stay idle
 SEND_TIMEOUT = 30.0  # seconds a client may stop reading before its connection is dropped
-MAX_CONNECTIONS = 512  # one thread each; Apache's MaxRequestWorkers is of this order
-FDS_RESERVED = 64  # descriptors kept for listeners, logs and the like
-REAP_INTERVAL = 0.25
 INLINE_BODY = 16384  # bodies up to this size go out in the same send() as the headers
 MAX_LINE = 8192
 MAX_HEADERS = 100
@@ -65,11 +59,8 @@ class StratumServer:
     ``latency`` (seconds, may be changed while running) delays every request, to emulate a
     distant server. Use as ``with StratumServer(root) as server: ... server.url ...``.
 
-    A connection must deliver each request head within ``idle_timeout`` seconds of the previous
-    answer (or of its opening), else it is closed: a client sending slowly cannot hold a thread.
-    At most ``max_connections`` are open (default: what the descriptor limit allows, at most
-    512); at the limit a new one closes the connection idle longest, or waits in the backlog
-    while every connection is being answered.
+    ``idle_timeout`` and ``max_connections`` bound the connections as
+    :class:`~ucernvm.server.connections.ConnectionSlots` says.
     """
 
     def __init__(self, root: str | Path, bind: str = "127.0.0.1", port: int = 0,
@@ -90,13 +81,7 @@ class StratumServer:
         self._requested_port = port
         self._listener: _Listener | None = None
         self._thread: threading.Thread | None = None
-        self.idle_timeout = idle_timeout
-        self.max_connections = max_connections or _connection_limit()
-        self._slots = threading.Condition()
-        # Each open connection -> when its next request head is due (inf while it is answered).
-        self._connections: dict[socket.socket, float] = {}
-        self._next_reap = 0.0
-        self._closing = threading.Event()
+        self.slots = ConnectionSlots(idle_timeout, max_connections)
 
     @property
     def port(self) -> int:
@@ -119,7 +104,7 @@ class StratumServer:
             raise ConfigError(f"cannot listen on {self.bind} port {self._requested_port}: "
                               f"{error.strerror or error}",
                               "choose another --port (0 picks a free one) or --bind address") from None
-        self._closing.clear()
+        self.slots.closing.clear()  # started again after a stop
         self._thread = threading.Thread(target=self._listener.serve_forever, args=(0.1,),
                                         name=f"stratum {self.url}", daemon=True)
         self._thread.start()
@@ -130,11 +115,7 @@ class StratumServer:
         listener, self._listener = self._listener, None
         if listener is None:
             return
-        with self._slots:  # first, so that a connection waiting for a slot is refused
-            self._closing.set()
-            for connection in self._connections:
-                _shutdown(connection)
-            self._slots.notify_all()
+        self.slots.close_all()  # first, so that a connection waiting for a slot is refused
         listener.shutdown()
         listener.server_close()  # joins the handler threads
         if self._thread is not None:
@@ -146,80 +127,8 @@ class StratumServer:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
-    # Connection bookkeeping: the accepting thread admits, handler threads mark their state.
 
-    def _admit(self, connection: socket.socket) -> bool:
-        """Take a new connection unless stopping; at the limit, first close the one idle longest,
-        or wait until a connection ends (the kernel's backlog holds the others meanwhile)."""
-        with self._slots:
-            while len(self._connections) >= self.max_connections and not self._closing.is_set():
-                self._close_idlest()
-                self._slots.wait(REAP_INTERVAL)
-                self._reap_locked()
-            if self._closing.is_set():
-                return False
-            self._connections[connection] = time.monotonic() + self.idle_timeout
-            return True
-
-    def _release(self, connection: socket.socket) -> None:
-        with self._slots:
-            if self._connections.pop(connection, None) is not None:
-                self._slots.notify()
-
-    def _awaiting_request(self, connection: socket.socket) -> None:
-        with self._slots:
-            self._connections[connection] = time.monotonic() + self.idle_timeout
-
-    def _answering(self, connection: socket.socket) -> None:
-        with self._slots:
-            self._connections[connection] = math.inf
-
-    def _reap(self) -> None:
-        """Close the connections whose request is overdue (called often: cheap when none is)."""
-        now = time.monotonic()
-        if now >= self._next_reap:
-            self._next_reap = now + REAP_INTERVAL
-            with self._slots:
-                self._reap_locked()
-
-    def _reap_locked(self) -> None:
-        now = time.monotonic()
-        for connection, due in self._connections.items():
-            if due < now:
-                _shutdown(connection)  # its thread sees the end of the stream and finishes
-                self._connections[connection] = math.inf
-
-    def _close_idlest(self) -> None:
-        """Close the connection that has waited longest for a request, if any is waiting."""
-        waiting = [(due, connection) for connection, due in self._connections.items() if due != math.inf]
-        if waiting:
-            idlest = min(waiting, key=lambda pair: pair[0])[1]
-            _shutdown(idlest)
-            self._connections[idlest] = math.inf
-
-    def _out_of_descriptors(self) -> None:
-        """accept() failed for want of descriptors: free one rather than retry at once, forever."""
-        with self._slots:
-            self._close_idlest()
-            self._slots.wait(REAP_INTERVAL)
-
-
-def _connection_limit() -> int:
-    """Connections the descriptor limit allows: each holds a socket and, while answered, a file."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        return MAX_CONNECTIONS
-    return max(1, min(MAX_CONNECTIONS, (soft - FDS_RESERVED) // 2))
-
-
-def _shutdown(connection: socket.socket) -> None:
-    try:
-        connection.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass  # already gone
-
-
-class _Listener(ThreadingTCPServer):
+class _Listener(SlotsMixIn, ThreadingTCPServer):
     daemon_threads = False  # server_close() joins them: stop() is clean
     allow_reuse_address = True
     request_queue_size = 128
@@ -227,27 +136,8 @@ class _Listener(ThreadingTCPServer):
     def __init__(self, address: tuple[str, int], family: int, stratum: StratumServer) -> None:
         self.address_family = family
         self.stratum = stratum
+        self.slots = stratum.slots
         super().__init__(address, _Handler)
-
-    def verify_request(self, request: Any, client_address: Any) -> bool:
-        return self.stratum._admit(request)
-
-    def shutdown_request(self, request: Any) -> None:
-        try:
-            super().shutdown_request(request)
-        finally:
-            self.stratum._release(request)
-
-    def service_actions(self) -> None:
-        self.stratum._reap()
-
-    def get_request(self) -> tuple[socket.socket, Any]:
-        try:
-            return super().get_request()
-        except OSError as error:
-            if error.errno in (errno.EMFILE, errno.ENFILE):
-                self.stratum._out_of_descriptors()
-            raise
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         if not isinstance(sys.exc_info()[1], OSError):  # a client going away is not an error
@@ -278,7 +168,7 @@ class _Handler(StreamRequestHandler):
     def handle(self) -> None:
         try:
             while self._handle_one():
-                self.stratum._awaiting_request(self.connection)  # the first is due from _admit
+                self.stratum.slots.awaiting_request(self.connection)  # the first is due from admit()
         except OSError:
             pass  # the client went away or stayed idle too long
 
@@ -300,12 +190,12 @@ class _Handler(StreamRequestHandler):
         try:
             if not self._read_request():
                 return False
-            self.stratum._answering(self.connection)
+            self.stratum.slots.answering(self.connection)
         except _BadRequest as error:
             self._send_text(error.status, f"{error.status.phrase}\n")
             self._linger()
             return False
-        if self.stratum.latency > 0 and self.stratum._closing.wait(self.stratum.latency):
+        if self.stratum.latency > 0 and self.stratum.slots.closing.wait(self.stratum.latency):
             return False  # stopping: the connection is being cut, do not hold stop() up
         if self.method not in ("GET", "HEAD"):
             self.keep_alive = False  # do not bother skipping a request body
