@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ucernvm.config import SETTINGS, BootConfig, build_config, context_values, kernel_values, server_urls, validate
+from ucernvm.config import (DEFAULT_PAC_URLS, SETTINGS, SHARED_PAC_URLS, BootConfig, build_config, context_values,
+                            kernel_values, pac_url_list, server_urls, validate)
 from ucernvm.context.section import parse_section
 from ucernvm.context.userdata import decode, text_parts
 from ucernvm.errors import ConfigError
@@ -162,3 +163,15 @@ def test_docs_options_table_is_generated_from_the_settings() -> None:
 
     docs = (Path(__file__).resolve().parents[1] / "docs" / "options.md").read_text()
     assert options_table() in docs, "docs/options.md is stale: regenerate it from ucernvm.config.options_table()"
+
+
+def test_the_default_pac_files_end_with_the_shared_wpad_services_in_random_order() -> None:
+    orders = {pac_url_list(DEFAULT_PAC_URLS) for _ in range(200)}
+    assert {order[:2] for order in orders} == {("http://grid-wpad/wpad.dat", "http://wpad/wpad.dat")}
+    assert {order[2:] for order in orders} == {SHARED_PAC_URLS, SHARED_PAC_URLS[::-1]}  # both, 2**-199 to miss one
+
+
+def test_pac_files_that_are_set_are_asked_in_their_order() -> None:
+    assert pac_url_list("http://b/wpad.dat;;http://a/wpad.dat;") == ("http://b/wpad.dat", "http://a/wpad.dat")
+    given = ";".join((*SHARED_PAC_URLS, "http://wpad/wpad.dat"))
+    assert all(pac_url_list(given) == (*SHARED_PAC_URLS, "http://wpad/wpad.dat") for _ in range(50))

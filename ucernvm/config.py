@@ -81,7 +81,11 @@ class Setting(NamedTuple):
 DEFAULT_SERVERS = (
     "cvmfs-stratum-one.cern.ch,cvmfs-s1fnal.opensciencegrid.org,cvmfs-s1bnl.opensciencegrid.org,grid-cvmfs-one.desy.de"
 )
-DEFAULT_PAC_URLS = "http://grid-wpad/wpad.dat;http://wpad/wpad.dat"
+# µCernVM's PAC files: the site's own WPAD names, then CERN's and FNAL's WPAD services, which name the squid
+# of a site they know by the client's address (DIRECT for others) and are asked in random order to share load
+SITE_PAC_URLS = ("http://grid-wpad/wpad.dat", "http://wpad/wpad.dat")
+SHARED_PAC_URLS = ("http://cernvm-wpad.cern.ch/wpad.dat", "http://cernvm-wpad.fnal.gov/wpad.dat")
+DEFAULT_PAC_URLS = ";".join(SITE_PAC_URLS + SHARED_PAC_URLS)
 PANIC_ACTIONS = ("shell", "poweroff", "reboot")
 
 SETTINGS: tuple[Setting, ...] = (
@@ -94,7 +98,8 @@ SETTINGS: tuple[Setting, ...] = (
             kernel=("cvmfs_url",)),
     Setting("proxy", "auto;DIRECT", "CVMFS_HTTP_PROXY: proxy groups ';', members '|', DIRECT, auto (PAC)",
             kernel=("cvmfs_proxy",), context=("cvmfs_http_proxy",)),
-    Setting("pac_urls", DEFAULT_PAC_URLS, "CVMFS_PAC_URLS: PAC files that resolve the proxy 'auto'",
+    Setting("pac_urls", DEFAULT_PAC_URLS, "CVMFS_PAC_URLS: PAC files that resolve the proxy 'auto' (the default's "
+            "cernvm-wpad services asked in random order)",
             kernel=("cvmfs_pac_urls",), context=("cvmfs_pac_urls",)),
     Setting("tag", "", "named snapshot to boot (empty: the newest revision)",
             kernel=("cvmfs_repository_tag",), context=("cvmfs_tag",)),
@@ -252,3 +257,13 @@ def options_table() -> str:
         default = setting.default if setting.default != "" else "(empty)"
         lines.append(f"| {setting.name} | {kernel} | {context} | {setting.type_name} | `{default}` | {setting.help} |")
     return "\n".join(lines) + "\n"
+
+
+def pac_url_list(value: str) -> tuple[str, ...]:
+    """The PAC files of a ``pac_urls`` setting in the order to ask them: as given, but the default's shared
+    WPAD services shuffled, as µCernVM shuffles them."""
+    if value != DEFAULT_PAC_URLS:
+        return tuple(url for url in value.split(";") if url)
+    import random  # the boot's proxy code has it loaded already
+
+    return SITE_PAC_URLS + tuple(random.sample(SHARED_PAC_URLS, len(SHARED_PAC_URLS)))

@@ -13,7 +13,7 @@ from ucernvm.boot.clock import ntp_gave_no_answer, set_clock_from_date
 from ucernvm.boot.state import BootState
 from ucernvm.client.client_config import FetcherConfig
 from ucernvm.client.fetcher import HttpSource, ServerDate
-from ucernvm.config import server_urls, validate
+from ucernvm.config import pac_url_list, server_urls, validate
 from ucernvm.cvmfs import manifest
 from ucernvm.errors import FetchError
 
@@ -33,7 +33,7 @@ def fetcher_config(config: object) -> FetcherConfig:
     return FetcherConfig(
         server_urls=tuple(server_urls(config)),
         http_proxy=config.proxy,  # type: ignore[attr-defined]
-        pac_urls=tuple(url for url in config.pac_urls.split(";") if url),  # type: ignore[attr-defined]
+        pac_urls=pac_url_list(config.pac_urls),  # type: ignore[attr-defined]
         **_BOOT_FETCHER,  # type: ignore[arg-type]
     )
 
