@@ -61,13 +61,16 @@ def layout(tmp_path: Path) -> tuple[Path, Path]:
 def test_an_archive_is_extracted_into_the_root(layout: tuple[Path, Path]) -> None:
     root, _ = layout
     data = _tarball(("etc", "dir", "", 0o755), ("etc/motd", "file", "hello\n", 0o644),
-                    ("etc/motd.link", "symlink", "motd", 0o777), ("usr/bin/tool", "file", b"#!/bin/sh\n", 0o4755))
+                    ("etc/motd.link", "symlink", "motd", 0o777), ("usr/bin/tool", "file", b"#!/bin/sh\n", 0o4755),
+                    ("usr/bin/group-tool", "file", b"#!/bin/sh\n", 0o2775), ("shared", "dir", "", 0o1777))
     names = ExtractTarball(data, str(root), "cernvm_inject").apply()
-    assert names == ["etc", "etc/motd", "etc/motd.link", "usr/bin/tool"]
+    assert names == ["etc", "etc/motd", "etc/motd.link", "usr/bin/tool", "usr/bin/group-tool", "shared"]
     assert (root / "etc" / "motd").read_text() == "hello\n"
     assert (root / "etc" / "motd.link").read_text() == "hello\n"
-    # The set-user-ID bit of an injected program is dropped; the execute bits stay.
-    assert stat.S_IMODE((root / "usr" / "bin" / "tool").stat().st_mode) == 0o755
+    # Modes as the archive has them, as µCernVM's tar extracted them as root.
+    modes = {name: stat.S_IMODE((root / name).stat().st_mode)
+             for name in ("usr/bin/tool", "usr/bin/group-tool", "shared")}
+    assert modes == {"usr/bin/tool": 0o4755, "usr/bin/group-tool": 0o2775, "shared": 0o1777}
 
 
 def test_an_absolute_name_lands_under_the_root(layout: tuple[Path, Path]) -> None:

@@ -52,11 +52,17 @@ class ExtractTarball(NamedTuple):
     def apply(self) -> list[str]:
         from ucernvm.tarfiles import tarfile  # only a context with tarballs needs it
 
+        def within_the_target(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo:
+            # "tar": absolute names land under the target, '..' and paths through links out of it are refused.
+            # Its modes are the archive's, as µCernVM's tar extracted them as root: the user-data that brings
+            # the tarball configures the machine as root anyway, and a sticky 1777 directory or a set-user-ID
+            # program the filter would have cut to 0755 would not work.
+            checked = tarfile.tar_filter(member, path)
+            return checked if member.issym() or member.islnk() else checked.replace(mode=member.mode, deep=False)
+
         try:
             with tarfile.open(fileobj=io.BytesIO(self.data), mode="r:*") as archive:
-                # "tar": absolute names land under the target, '..' and paths through links out of it
-                # are refused; set-user-ID, set-group-ID and group/other write bits are dropped.
-                archive.extractall(self.target, filter="tar")
+                archive.extractall(self.target, filter=within_the_target)
                 return archive.getnames()
         except (tarfile.TarError, OSError, EOFError) as error:
             raise UcernvmError(f"{self.what} cannot be extracted: {error}") from None
