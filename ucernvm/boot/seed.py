@@ -80,7 +80,7 @@ def network_config(network: dict) -> bytes | None:
     """cloud-init's network configuration (version 2) for a static network the loader set up, so that an
     OS whose cloud-init configures the network keeps the addresses its root is served over; None for
     DHCP, which the OS does again itself. NICs keep their names (a NIC that is up cannot be renamed)
-    and are matched by MAC. JSON is YAML: written with json, as PyYAML is imported only for GCE's keys."""
+    and are matched by MAC. JSON is YAML: written with json, sparing the boot PyYAML's import."""
     if network.get("mode") != "static":
         return None
     ethernets: dict[str, dict] = {}
