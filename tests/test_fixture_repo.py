@@ -203,6 +203,24 @@ def test_expired_whitelist_is_refused_without_now(legacy_pristine) -> None:
     assert result.stdout == b""
 
 
+def test_tags_of_a_repository_whose_whitelist_expired_are_read_with_now(legacy_pristine) -> None:
+    """tag -l and -i refuse it, as cvmfs_server tag does, pointing at --now, which reads it as repo --now does."""
+    common = ["tag", "--repo", legacy_pristine.repo, "--name", legacy_pristine.fqrn, "--keys", legacy_pristine.keys]
+    refused = run_cli(*common, "-l")
+    assert refused.returncode != 0 and b"whitelist expired on 2015-11-20" in refused.stderr
+    assert b"--now EPOCH" in refused.stderr and b"Traceback" not in refused.stderr
+    now = str(int(legacy_pristine.now.timestamp()))
+    assert "listing contains 4 tags" in run_cli(*common, "-l", "--now", now, check=True).stdout.decode()
+    inspected = run_cli(*common, "-i", "trunk", "--now", now, check=True).stdout.decode()
+    assert "Revision:     2" in inspected
+    changing = run_cli(*common, "-a", "v1", "--now", now)
+    assert changing.returncode != 0 and b"--now goes with -l or -i" in changing.stderr
+    for bad in ("1e20", "nan", "soon"):
+        result = run_cli(*common, "--now", bad)
+        assert result.returncode == 2 and f"not a Unix time in seconds: '{bad}'".encode() in result.stderr
+        assert b"Traceback" not in result.stderr
+
+
 def test_whitelist_expiry_counts_from_the_hour(legacy_pristine) -> None:
     keys = load_master_keys(legacy_pristine.pub)
     source = DirectorySource(legacy_pristine.repo)

@@ -32,7 +32,7 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--key", required=True, metavar="PUB", help="master public key file, or a directory of *.pub")
     parser.add_argument("--name", metavar="FQRN", help="repository name (default: the last component of SOURCE)")
-    parser.add_argument("--now", type=float, metavar="EPOCH", help="verify as of this Unix time (whitelist expiry)")
+    parser.add_argument("--now", type=epoch_time, metavar="EPOCH", help="verify as of this Unix time (whitelist expiry)")
     parser.add_argument("--tag", metavar="TAG", help="read this named snapshot instead of the newest revision")
     parser.add_argument("--root-hash", metavar="HASH", help="read the snapshot with this root catalog hash")
     parser.add_argument("--proxy", metavar="PROXIES",
@@ -43,6 +43,14 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", action="append", default=[], metavar="FILE",
                         help="a cvmfs client configuration file, KEY=value lines read as /bin/sh reads them "
                         "(repeatable, before -o; an HTTP SOURCE only)")
+
+
+def epoch_time(text: str) -> datetime.datetime:
+    """``--now EPOCH``: a Unix time, in seconds, as the moment to verify as of."""
+    try:
+        return datetime.datetime.fromtimestamp(float(text), datetime.timezone.utc)
+    except (ValueError, OverflowError, OSError):  # not a number, NaN, or beyond the years datetime holds
+        raise argparse.ArgumentTypeError(f"not a Unix time in seconds: {text!r}") from None
 
 
 class _IntermixedParser(argparse.ArgumentParser):
@@ -143,7 +151,6 @@ def open_repository(args: argparse.Namespace, cache: ObjectCache | None = None,
                     config: FetcherConfig | None = None) -> Repository:
     """The repository SOURCE names, as ``config`` (source_config's, made here when not given) sets it up."""
     fqrn = repository_name(args)
-    now = datetime.datetime.fromtimestamp(args.now, datetime.timezone.utc) if args.now is not None else None
     tag, root_hash = args.tag, ContentHash.parse(args.root_hash) if args.root_hash else None
     config = config or source_config(args)
     source: RepositorySource
@@ -155,7 +162,7 @@ def open_repository(args: argparse.Namespace, cache: ObjectCache | None = None,
             tag, root_hash = config.repository_tag, config.root_hash
     else:
         source = open_source(args.source)
-    return Repository(source, fqrn, load_master_keys(args.key), now=now, tag=tag, root_hash=root_hash, cache=cache)
+    return Repository(source, fqrn, load_master_keys(args.key), now=args.now, tag=tag, root_hash=root_hash, cache=cache)
 
 
 def _utc(epoch: int) -> str:

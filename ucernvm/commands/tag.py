@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from ucernvm.commands.repo import epoch_time
 from ucernvm.cvmfs.hashing import ContentHash
 from ucernvm.cvmfs.history import Tag
 from ucernvm.cvmfs.publisher import add_tag, published_tags, remove_tags
@@ -45,6 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="with -l or -i: one line a tag, 'NAME ROOT_HASH CATALOG_SIZE REVISION UNIX_TIME "
                         f"BRANCH DESCRIPTION', separated by spaces, the default branch as {DEFAULT_BRANCH}, "
                         "newest first (cvmfs_server tag -x)")
+    parser.add_argument("--now", type=epoch_time, metavar="EPOCH",
+                        help="with -l or -i: verify as of this Unix time, as `ucernvm repo --now`, to read the tags "
+                        "of a repository whose whitelist expired (which tag refuses otherwise, as cvmfs_server tag)")
     parser.add_argument("--root-hash", metavar="HASH",
                         help="with --add: the root catalog to tag, as `ucernvm tag -l -x` lists them "
                         "(cvmfs_server tag -h)")
@@ -59,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("-x goes with -l or -i", "it chooses how tags are listed or inspected")
     if args.add is None and (args.root_hash or args.description):
         raise ConfigError("--root-hash and --description go with --add")
+    if changing and args.now is not None:
+        raise ConfigError("--now goes with -l or -i", "tags are changed only in a repository that verifies now")
     if args.remove is not None:
         for tag in remove_tags(args.repo, args.name, args.keys, args.remove):
             print(f"removed tag {tag.name} (revision {tag.revision}, root catalog {tag.root_hash})")
@@ -71,10 +77,10 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(f"added tag {tag.name}: revision {tag.revision}, root catalog {tag.root_hash}")
     elif args.inspect is not None:
-        print(inspect(find(published_tags(args.repo, args.name, args.keys), args.inspect, args.name),
+        print(inspect(find(published_tags(args.repo, args.name, args.keys, args.now), args.inspect, args.name),
                       args.machine_readable))
     else:
-        tags = published_tags(args.repo, args.name, args.keys)
+        tags = published_tags(args.repo, args.name, args.keys, args.now)
         print("\n".join(map(machine_line, tags)) if args.machine_readable else table(tags))
     return 0
 

@@ -586,19 +586,20 @@ def _check_repository_name(storage: RepositoryStorage, published: bytes, fqrn: s
                           f"give --name {named} (and its keys), or another --repo")
 
 
-def _open_current(storage: RepositoryStorage, fqrn: str, master_public: list[trust.PublicKey]) -> Repository | None:
-    """The repository's current revision, verified with the master key; None for a new repository."""
+def _open_current(storage: RepositoryStorage, fqrn: str, master_public: list[trust.PublicKey],
+                  now: datetime.datetime | None = None,
+                  hint: str = "if the whitelist expired or the certificate changed, run `ucernvm resign` first",
+                  ) -> Repository | None:
+    """The repository's current revision, verified with the master key as of ``now`` (default: the time
+    here); None for a new repository."""
     published = storage.read_named(manifest_file.FILE_NAME)
     if published is None:
         return None
     _check_repository_name(storage, published, fqrn)
     try:
-        return Repository(DirectorySource(storage.root), fqrn, master_public)
+        return Repository(DirectorySource(storage.root), fqrn, master_public, now=now)
     except VerificationError as error:
-        raise VerificationError(
-            f"the repository's current revision does not verify: {error.message}",
-            "if the whitelist expired or the certificate changed, run `ucernvm resign` first",
-        ) from None
+        raise VerificationError(f"the repository's current revision does not verify: {error.message}", hint) from None
 
 
 def check_tag_name(name: str) -> None:
@@ -727,15 +728,19 @@ def remove_tags(repo_dir: str, fqrn: str, keys_dir: str, names: list[str]) -> li
     return _edit_tags(repo_dir, fqrn, keys_dir, edit)
 
 
-def published_tags(repo_dir: str, fqrn: str, keys_dir: str) -> list[Tag]:
+def published_tags(repo_dir: str, fqrn: str, keys_dir: str, now: datetime.datetime | None = None) -> list[Tag]:
     """The tags of the repository's current revision, newest first, as cvmfs_server tag -l and -i read them:
-    verified with FQRN.pub alone (the signing and master keys may be kept elsewhere)."""
+    verified with FQRN.pub alone (the signing and master keys may be kept elsewhere), as of ``now`` (default:
+    the time here), which lets a repository whose whitelist expired be read."""
     storage = RepositoryStorage(repo_dir)
     published = storage.read_named(manifest_file.FILE_NAME)
     if published is None:
         raise ConfigError(f"{repo_dir} is not a repository (no .cvmfspublished)", "publish a revision first")
     _check_repository_name(storage, published, fqrn)
-    current = _open_current(storage, fqrn, [_read_master_public(signing.key_paths(keys_dir, fqrn)["pub"])])
+    master_public = [_read_master_public(signing.key_paths(keys_dir, fqrn)["pub"])]
+    current = _open_current(storage, fqrn, master_public, now,
+                            "if the whitelist expired, read as of a time before with --now EPOCH, or run "
+                            "`ucernvm resign`; if the certificate changed, run `ucernvm resign`")
     assert current is not None
     return current.tags()
 
