@@ -221,6 +221,26 @@ def test_tags_of_a_repository_whose_whitelist_expired_are_read_with_now(legacy_p
         assert b"Traceback" not in result.stderr
 
 
+def test_repo_tags_writes_the_times_tag_l_writes(legacy_pristine) -> None:
+    """The two listings of a repository's tags, the client's (repo tags) and the publisher's (tag -l), write
+    a tag's time alike, in UTC; so do repo verify and resign for the times they print."""
+    now = str(int(legacy_pristine.now.timestamp()))
+    listed = run_cli("repo", "tags", legacy_pristine.repo, "--key", legacy_pristine.pub, "--now", now, check=True)
+    assert listed.stdout.decode().splitlines() == [
+        "generic-2015-10-21T11:55:15Z\t2\t2015-10-21 11:55:15 UTC\t6ed3d49a5c64f21f36936ab350d49aaf57585b9a\t",
+        "trunk\t2\t2015-10-21 11:55:15 UTC\t6ed3d49a5c64f21f36936ab350d49aaf57585b9a\tcurrent HEAD",
+        "generic-2015-10-21T11:55:14Z\t1\t2015-10-21 11:55:14 UTC\te6ceff5bfeded1ddc5d21dd0ce32aca99013e31e\t",
+        "trunk-previous\t1\t2015-10-21 11:55:14 UTC\te6ceff5bfeded1ddc5d21dd0ce32aca99013e31e\tdefault undo target",
+    ]
+    table = run_cli("tag", "--repo", legacy_pristine.repo, "--name", legacy_pristine.fqrn, "--keys",
+                    legacy_pristine.keys, "--now", now, check=True).stdout.decode()
+    assert "\u2502 2015-10-21 11:55:15 UTC \u2502" in table and "\u2502 2015-10-21 11:55:14 UTC \u2502" in table
+    verified = run_cli("repo", "verify", legacy_pristine.repo, "--key", legacy_pristine.pub, "--now", now,
+                       check=True).stdout.decode()
+    assert "published:      2015-10-21 11:55:15 UTC\n" in verified
+    assert "whitelist:      expires 2015-11-20 11:" in verified and verified.count(" UTC\n") == 2
+
+
 def test_whitelist_expiry_counts_from_the_hour(legacy_pristine) -> None:
     keys = load_master_keys(legacy_pristine.pub)
     source = DirectorySource(legacy_pristine.repo)

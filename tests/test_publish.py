@@ -138,7 +138,7 @@ def test_verify_names_when_the_snapshot_it_checked_was_published(tree: Path, tmp
     monkeypatch.setattr(time, "time_ns", lambda: second * 1_000_000_000)
     publish(tree, repo, keys_dir, tag="v2")
     monkeypatch.undo()
-    for options, moment in ([], "2023-11-15T22:13:20Z"), (["--tag", "v1"], "2023-11-14T22:13:20Z"):
+    for options, moment in ([], "2023-11-15 22:13:20 UTC"), (["--tag", "v1"], "2023-11-14 22:13:20 UTC"):
         assert main(["repo", "verify", str(repo), "--name", FQRN, "--key", str(keys_dir), *options]) == 0
         assert f"published:      {moment}\n" in capsys.readouterr().out
 

@@ -17,6 +17,7 @@ from ucernvm.cvmfs.hashing import ContentHash
 from ucernvm.cvmfs.manifest import FILE_NAME as MANIFEST, SignedManifest
 from ucernvm.cvmfs.trust import load_master_keys
 from ucernvm.errors import ConfigError, UcernvmError
+from ucernvm.utc import utc_time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -103,8 +104,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     tags = actions.add_parser(
         "tags", parents=[common], help="list the named snapshots",
-        description="List the named snapshots, one a line: name, revision, time, root catalog hash, description "
-        "(tab-separated).",
+        description="List the named snapshots, newest first, one a line: name, revision, time (as `ucernvm tag -l` "
+        "writes it), root catalog hash, description (tab-separated).",
     )
     tags.set_defaults(func=run_tags)
 
@@ -165,7 +166,8 @@ def open_repository(args: argparse.Namespace, cache: ObjectCache | None = None,
     return Repository(source, fqrn, load_master_keys(args.key), now=args.now, tag=tag, root_hash=root_hash, cache=cache)
 
 
-def _utc(epoch: int) -> str:
+def _iso_utc(epoch: int) -> str:
+    """A time as one word, for the space-separated lines of ``ls -l``; every other time is utc_time's."""
     return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -188,12 +190,12 @@ def run_verify(args: argparse.Namespace) -> int:
     print(f"name:           {repository.fqrn}")
     print(f"revision:       {repository.revision}")
     if published is not None:
-        print(f"published:      {_utc(published)}")
+        print(f"published:      {utc_time(published)}")
     print(f"root catalog:   {repository.root_hash}")
     print(f"catalogs:       {catalogs} verified")
     if snapshots:
         print(f"snapshots:      {snapshots} in /.cvmfs/snapshots (earlier tags, not descended into)")
-    print(f"whitelist:      expires {repository.whitelist.expires:%Y-%m-%dT%H:%M:%SZ}")
+    print(f"whitelist:      expires {utc_time(repository.whitelist.expires.timestamp())}")
     print(f"tags:           {', '.join(tag.name for tag in repository.tags()) or '(none)'}")
     meta_info = repository.meta_info()  # verified like every object: its hash is in the signed manifest
     print(f"meta-info:      {' '.join(meta_info.decode('utf-8', 'replace').split()) if meta_info else '(none)'}")
@@ -207,7 +209,7 @@ def mode_string(entry: DirectoryEntry) -> str:
 
 def long_line(path: str, entry: DirectoryEntry) -> str:
     size = entry.device_number if entry.is_special else entry.size
-    line = f"{mode_string(entry)} {entry.linkcount} {size} {_utc(entry.mtime)} {path or '/'}"
+    line = f"{mode_string(entry)} {entry.linkcount} {size} {_iso_utc(entry.mtime)} {path or '/'}"
     return line + (f" -> {entry.symlink}" if entry.is_symlink else "")
 
 
@@ -240,5 +242,5 @@ def run_cat(args: argparse.Namespace) -> int:
 def run_tags(args: argparse.Namespace) -> int:
     repository = open_repository(args)
     for tag in repository.tags():
-        print(f"{tag.name}\t{tag.revision}\t{_utc(tag.timestamp)}\t{tag.root_hash}\t{tag.description}")
+        print(f"{tag.name}\t{tag.revision}\t{utc_time(tag.timestamp)}\t{tag.root_hash}\t{tag.description}")
     return 0

@@ -7,6 +7,7 @@ import argparse
 from ucernvm.cvmfs.publisher import resign
 from ucernvm.cvmfs.signing import key_paths
 from ucernvm.errors import ConfigError
+from ucernvm.utc import utc_time
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,7 +39,7 @@ def check_days(days: int) -> None:
 def run(args: argparse.Namespace) -> int:
     check_days(args.days)
     whitelist = resign(args.repo, args.name, args.keys, args.days).whitelist
-    print(f"whitelist of {whitelist.fqrn} renewed, expires {whitelist.expires:%Y-%m-%dT%H:%M:%SZ}")
+    print(f"whitelist of {whitelist.fqrn} renewed, expires {utc_time(whitelist.expires.timestamp())}")
     if len(whitelist.fingerprints) > 1:
         print(f"it lists {key_paths(args.keys, args.name)['crt']} beside the certificate the published revision is "
               "signed with: publish with the new one, then resign again to list it alone")
