@@ -244,16 +244,25 @@ def _ask_network(probe: SourceProbe, wanted: tuple[str, ...], deadline: float, d
     plan = [(link_local, name, fetch) for name, fetch in LINK_LOCAL_FETCHERS]
     plan += [(router, CLOUDSTACK, fetch_cloudstack) for router in dict.fromkeys(routers)]
     clients: dict[tuple[str, int], Client] = {}
+    unanswered: list[str] = []  # what the deadline cut short or left unasked: a slow service's context is lost
     try:
         for host, name, fetch in plan:
-            if name not in wanted or host not in up or time.monotonic() >= deadline:
+            if name not in wanted or host not in up:
+                continue
+            if time.monotonic() >= deadline:
+                unanswered.append(f"{name} at {host[0]}:{host[1]}")
                 continue
             client = clients.setdefault(host, Client(host, deadline, probe.request_timeout, probe.log, probe.warn))
             result = fetch(client)
             if result is not None:
                 probe.log(f"{name} user-data from {host[0]}:{host[1]} ({len(result.user_data)} bytes)")
                 return result
+            if time.monotonic() >= deadline:
+                unanswered.append(f"{name} at {host[0]}:{host[1]}")
     finally:
         for client in clients.values():
             client.close()
+    if unanswered:
+        probe.warn(f"the search for user-data ran out of time before {', '.join(unanswered)} answered in full: "
+                   "the first boot goes on without a context from them")
     return None
