@@ -37,6 +37,7 @@ class ConnectionSlots:
         self.closing = threading.Event()  # set while the server stops: refuse, and end waits
         self._changed = threading.Condition()
         self._due: dict[socket.socket, float] = {}
+        self._cut: set[socket.socket] = set()  # closed here, their threads not yet done
         self._next_reap = 0.0
 
     def admit(self, connection: socket.socket) -> bool:
@@ -54,6 +55,7 @@ class ConnectionSlots:
 
     def release(self, connection: socket.socket) -> None:
         with self._changed:
+            self._cut.discard(connection)
             if self._due.pop(connection, None) is not None:
                 self._changed.notify()
 
@@ -64,6 +66,12 @@ class ConnectionSlots:
     def answering(self, connection: socket.socket) -> None:
         with self._changed:
             self._due[connection] = math.inf
+
+    def was_cut(self, connection: socket.socket) -> bool:
+        """Whether this connection was closed for being late or idle: a request head read from it
+        may have ended there, not where the client ended it."""
+        with self._changed:
+            return connection in self._cut
 
     def reap(self) -> None:
         """Close the connections whose request is overdue (called often: cheap when none is)."""
@@ -91,16 +99,18 @@ class ConnectionSlots:
         now = time.monotonic()
         for connection, due in self._due.items():
             if due < now:
-                shutdown(connection)  # its thread sees the end of the stream and finishes
-                self._due[connection] = math.inf
+                self._cut_locked(connection)  # its thread sees the end of the stream and finishes
 
     def _close_idlest(self) -> None:
         """Close the connection that has waited longest for a request, if any is waiting."""
         waiting = [(due, connection) for connection, due in self._due.items() if due != math.inf]
         if waiting:
-            idlest = min(waiting, key=lambda pair: pair[0])[1]
-            shutdown(idlest)
-            self._due[idlest] = math.inf
+            self._cut_locked(min(waiting, key=lambda pair: pair[0])[1])
+
+    def _cut_locked(self, connection: socket.socket) -> None:
+        shutdown(connection)
+        self._due[connection] = math.inf
+        self._cut.add(connection)
 
 
 class SlotsMixIn:

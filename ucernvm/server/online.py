@@ -54,6 +54,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from ucernvm.context.online import checksum, encrypt, needs_secret, salt
 from ucernvm.errors import ConfigError
 from ucernvm.server import accesslog
+from ucernvm.server.connections import IDLE_TIMEOUT, ConnectionSlots, SlotsMixIn
 
 PIN_LIFETIME = 300.0  # vm/views.py REQUEST_TIMEOUT
 CLUSTER_LIFETIME = 24 * 3600.0
@@ -444,10 +445,12 @@ class OnlineServer:
     """
 
     def __init__(self, service: OnlineService, bind: str = "127.0.0.1", port: int = 0,
-                 access_log: bool = False) -> None:
+                 access_log: bool = False, *, idle_timeout: float = IDLE_TIMEOUT,
+                 max_connections: int | None = None) -> None:
         self.service = service
         self.bind = bind
         self.access_log = access_log
+        self.slots = ConnectionSlots(idle_timeout, max_connections)  # as the stratum's
         self._requested_port = port
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -470,6 +473,7 @@ class OnlineServer:
             except OSError as error:
                 raise ConfigError(f"cannot listen on {self.bind} port {self._requested_port}: "
                                   f"{error.strerror or error}", "choose another port (0 picks a free one)") from None
+            self.slots.closing.clear()  # started again after a stop
             self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,),
                                             name=f"online {self.url}", daemon=True)
             self._thread.start()
@@ -478,6 +482,7 @@ class OnlineServer:
     def stop(self) -> None:
         httpd, self._httpd = self._httpd, None
         if httpd is not None:
+            self.slots.close_all()  # first, so that a connection waiting for a slot is refused
             httpd.shutdown()
             httpd.server_close()
             if self._thread is not None:
@@ -502,13 +507,15 @@ def announce(server: OnlineServer) -> str:
     return "\n".join(lines)
 
 
-class _HTTPServer(ThreadingHTTPServer):
+class _HTTPServer(SlotsMixIn, ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128  # as the stratum's: new connections wait there while a slot is freed
 
     def __init__(self, address: tuple[str, int], online: OnlineServer) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.online = online
+        self.slots = online.slots
         super().__init__(address, _Handler)
 
 
@@ -516,7 +523,23 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "ucernvm-online"
     server: _HTTPServer
-    timeout = 30.0
+    timeout = 30.0  # for each blocking call; a request head's deadline is the slots'
+
+    def handle(self) -> None:
+        """http.server's loop, with each later request head due within the idle timeout too."""
+        self.close_connection = True
+        self.handle_one_request()
+        while not self.close_connection:
+            self.server.slots.awaiting_request(self.connection)
+            self.handle_one_request()
+
+    def parse_request(self) -> bool:
+        complete = super().parse_request()
+        self.server.slots.answering(self.connection)
+        if self.server.slots.was_cut(self.connection):  # the head ended at the cut, not the client's end
+            self.close_connection = True
+            return False
+        return complete
 
     def _handle(self) -> None:
         service = self.server.online.service
