@@ -114,7 +114,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("boot_layer", True, "once the prefetch list was fetched, copy its files out of the cache into a layer on the "
             "scratch disk that later boots of the snapshot read without the FUSE daemon (a snapshot without xattrs)",
             kernel=("ucernvm.boot_layer",), parse=parse_bool),
-    Setting("wait_on_squid", 0.0, "seconds to wait for a proxy to answer before mounting",
+    Setting("wait_on_squid", 0.0, "seconds to wait, at most, for a proxy (not DIRECT) to answer before mounting, "
+            "probing each proxy in turn; then the boot goes on with a warning, failing over as the proxy list says "
+            "(µCernVM's number was the time of each probe, and it waited forever); DIRECT alone: no wait",
             context=("cvmfs_wait_on_squid",), kernel=("ucernvm.wait_on_squid",), parse=parse_seconds),
     Setting("resize_rootfs", True, "on: the scratch partition takes the whole empty disk; off: the first 20 GiB",
             context=("resize_rootfs",), parse=parse_bool),

@@ -2,17 +2,23 @@
 
 The fetcher is configured as µCernVM configures cvmfs2 for the OS mount (fast failover, the geo API,
 proxies from the settings or PAC files), and, when asked to, the boot waits for a proxy to answer
-(``cvmfs_wait_on_squid``) — with a deadline, which the original never had.
+(``cvmfs_wait_on_squid``): as µCernVM, it probes through the real proxies only (DIRECT answering says
+nothing of a squid still starting), but for a bounded time, which the original never had; past it the
+boot goes on with a warning, and the fetcher's failover (a later group, DIRECT, or a pinned snapshot's
+cache) takes over.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 
 from ucernvm.boot.clock import ntp_gave_no_answer, set_clock_from_date
 from ucernvm.boot.state import BootState
 from ucernvm.client.client_config import FetcherConfig
 from ucernvm.client.fetcher import HttpSource, ServerDate
+from ucernvm.client.sinks import MAX_NAMED_BYTES, Checked, Memory
+from ucernvm.client.transfer import DIRECT, Transfer
 from ucernvm.config import pac_url_list, server_urls, validate
 from ucernvm.cvmfs import manifest
 from ucernvm.errors import FetchError
@@ -64,20 +70,30 @@ def server_date(source: HttpSource) -> ServerDate | None:
 
 
 def wait_for_proxy(state: BootState, source: HttpSource, seconds: float) -> None:
-    """Probe the manifest until a server answers through the proxies, for at most ``seconds``."""
+    """Probe the manifest of each server through each real proxy, in turn, until one answers, for at most
+    ``seconds``; then a warning, and the boot goes on."""
+    proxies = [proxy for group in source.proxy_groups for proxy in group if proxy != DIRECT]
+    if not proxies:
+        state.log.info("cvmfs_wait_on_squid: no proxy to wait for (DIRECT only)")
+        return
+    config = source.config
+    transfer = Transfer(config.low_speed_limit, config.follow_redirects)
     deadline = time.monotonic() + seconds
-    attempt = 0
-    while True:
-        attempt += 1
-        try:
-            source.fetch_named(manifest.FILE_NAME)
-            state.log.info(f"a server answered after {attempt} attempt(s) through {source.current_proxy}")
-            return
-        except FetchError as error:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise FetchError(
-                    f"no server answered within cvmfs_wait_on_squid={seconds:g} s: {error.message}",
-                    "check the proxy (cvmfs_http_proxy) and the servers, or lower cvmfs_wait_on_squid",
-                ) from None
-            time.sleep(min(1.0, remaining))
+    last = ""
+    try:
+        for round_ in itertools.count(1):
+            for proxy, host in itertools.product(proxies, source.hosts_in_turn):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    state.warn(f"cvmfs_wait_on_squid={seconds:g}: no proxy answered ({last}); the boot goes on "
+                               "with the proxies' failover")
+                    return
+                tried = transfer.get(f"{host}/{manifest.FILE_NAME}", proxy, min(config.timeout, remaining),
+                                     Checked(Memory(MAX_NAMED_BYTES), None))
+                if tried.failure is None:
+                    state.log.info(f"cvmfs_wait_on_squid: {proxy} answered (round {round_})")
+                    return
+                last = f"{proxy}: {tried.detail or tried.failure.value}"
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+    finally:
+        transfer.close()
