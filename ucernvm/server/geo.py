@@ -197,15 +197,20 @@ class Resolver:
 
     ``getaddrinfo`` cannot be cancelled, so each lookup runs in a daemon thread; a request waits
     at most ``budget`` seconds for all its names, and a slow lookup that finishes later still
-    fills the cache for the next request.
+    fills the cache for the next request. At most ``max_pending`` lookups run at once: requests
+    full of names that no DNS server answers must not start threads without end; a name that
+    finds no room is not located this time (and not cached: a later request tries it again).
     """
 
-    def __init__(self, budget: float = 2.0, ttl: float = 300.0, max_entries: int = 10000) -> None:
+    def __init__(self, budget: float = 2.0, ttl: float = 300.0, max_entries: int = 10000,
+                 max_pending: int = 64) -> None:
         self.budget = budget
         self.ttl = ttl
         self.max_entries = max_entries
+        self.max_pending = max_pending
         self._lock = threading.Lock()
         self._cache: dict[str, _Lookup] = {}
+        self._pending = 0
 
     def resolve(self, names: Sequence[str]) -> dict[str, tuple[IPAddress, ...]]:
         lookups: dict[str, _Lookup] = {}
@@ -226,12 +231,21 @@ class Resolver:
             cached = self._cache.get(name)
             if cached is not None and (not cached.done.is_set() or now - cached.stamp < self.ttl):
                 return cached
+            if self._pending >= self.max_pending:
+                return _Lookup(_done_event())
             if cached is None and len(self._cache) >= self.max_entries:
                 self._cache.pop(next(iter(self._cache)))  # bound memory: drop the oldest entry
             lookup = _Lookup(threading.Event())
             self._cache[name] = lookup
-        threading.Thread(target=self._run, args=(name, lookup), daemon=True,
-                         name=f"resolve {name}").start()
+            self._pending += 1
+        try:
+            threading.Thread(target=self._run, args=(name, lookup), daemon=True,
+                             name=f"resolve {name}").start()
+        except RuntimeError:  # no thread to be had: not located this time, nor cached
+            with self._lock:
+                self._pending -= 1
+                self._cache.pop(name, None)
+            lookup.done.set()
         return lookup
 
     def _run(self, name: str, lookup: _Lookup) -> None:
@@ -243,6 +257,8 @@ class Resolver:
         found.discard(None)
         lookup.addresses = tuple(sorted(found, key=lambda a: (a.version, int(a))))  # type: ignore
         lookup.stamp = time.monotonic()
+        with self._lock:
+            self._pending -= 1
         lookup.done.set()
 
 
