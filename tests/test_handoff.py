@@ -6,6 +6,7 @@ import errno
 import io
 import json
 import os
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from ucernvm.boot.handoff import SwitchRoot, handoff_stage
+from ucernvm.boot.handoff import SwitchRoot, free_initramfs, handoff_stage
 from ucernvm.boot.log import BootLog
 from ucernvm.boot.pipeline import Stage, run_stages
 from ucernvm.boot.rootfs import move_layers
@@ -171,3 +172,68 @@ def test_the_os_run_is_a_tmpfs_of_its_own_not_one_over_where_a_link_the_os_left_
     assert not os.path.ismount(outside) and not list(outside.iterdir())
     assert "run in the OS's root is a symbolic link: removed, not followed, and made a directory" in state.warnings
 
+
+
+def initramfs(base: Path) -> Path:
+    """An image's tree as the switch leaves it: the FUSE daemon's root, with its files still there."""
+    image = base / "initramfs"
+    files = {"init": "#!/python\n", "etc/resolv.conf": "nameserver 10.0.2.3\n",
+             "etc/hosts": "10.11.12.13 ucernvm-kept-name\n", "etc/nsswitch.conf": "hosts: files dns\n",
+             "etc/gai.conf": "", "etc/ssl/certs/ca-certificates.crt": "-----BEGIN CERTIFICATE-----\n",
+             "etc/cvmfs/keys/cern.ch.pub": "key\n", "etc/mke2fs.conf": "", "usr/bin/busybox": "",
+             "usr/lib/python3.11/os.py": ""}
+    for name, text in files.items():
+        (image / name).parent.mkdir(parents=True, exist_ok=True)
+        (image / name).write_text(text)
+    (image / "usr/lib/ssl").mkdir(parents=True)
+    (image / "usr/lib/ssl/cert.pem").symlink_to("/etc/ssl/certs/ca-certificates.crt")
+    (image / "lib").symlink_to("usr/lib")
+    return image
+
+
+def test_freeing_the_initramfs_keeps_what_the_daemon_resolves_names_and_checks_tls_with(tmp_path: Path) -> None:
+    image = initramfs(tmp_path)
+    scratch = image / "root.rw"
+    scratch.mkdir()
+    mount("-t", "tmpfs", "-o", "size=1m", "tmpfs", str(scratch))
+    try:
+        (scratch / "cache").write_text("kept: another file system\n")
+        free_initramfs(str(image))
+        left = sorted(str(path.relative_to(image)) for path in image.rglob("*") if not path.is_dir())
+        assert left == ["etc/gai.conf", "etc/hosts", "etc/nsswitch.conf", "etc/resolv.conf",
+                        "etc/ssl/certs/ca-certificates.crt", "root.rw/cache", "usr/lib/ssl/cert.pem"]
+        assert not (image / "lib").is_symlink() and not (image / "etc" / "cvmfs").exists()
+    finally:
+        subprocess.run(["umount", str(scratch)], check=False, capture_output=True)
+
+
+def resolved_in_freed(image: Path) -> str:
+    """As the FUSE daemon: its modules and libraries loaded already (a name resolved), its root the image,
+    which is then freed; the address of a name of the kept hosts file, or why there is none."""
+    try:
+        socket.getaddrinfo("localhost", 80)
+        os.chroot(image)
+        os.chdir("/")
+        free_initramfs("/")
+        return str(socket.getaddrinfo("ucernvm-kept-name", 80, socket.AF_INET, socket.SOCK_STREAM)[0][4][0])
+    except OSError as error:
+        return f"failed: {error!r}"
+
+
+def test_a_name_of_the_kept_hosts_file_resolves_in_the_freed_initramfs(tmp_path: Path) -> None:
+    """A process whose root is the freed image, as the FUSE daemon's is, still resolves names with it."""
+    image = initramfs(tmp_path)
+    reading, writing = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(reading)
+            os.write(writing, resolved_in_freed(image).encode())
+        finally:
+            os._exit(0)
+    os.close(writing)
+    with os.fdopen(reading, "rb") as stream:
+        answer = stream.read().decode()
+    os.waitpid(pid, 0)
+    assert answer == "10.11.12.13"
+    assert not (image / "init").exists() and (image / "etc" / "hosts").exists()

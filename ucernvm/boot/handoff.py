@@ -66,27 +66,38 @@ def _free_initramfs_behind() -> None:
     try:
         pid = os.fork()
     except OSError:
-        _free_initramfs()
+        free_initramfs()
         return
     if pid == 0:
         try:
             os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-            _free_initramfs()
+            free_initramfs()
         finally:
             os._exit(0)
 
 
-def _free_initramfs() -> None:
-    """Delete the initramfs's files (they occupy RAM), staying on its file system: the new root and
-    the kernel's file systems, moved away, left empty directories behind; the early stage's /run
-    (empty mount points for media) goes too. The scratch disk and the mount stay where they are."""
+# What the FUSE daemon, whose root stays the initramfs's, reads there after the switch: name resolution
+# (it connects anew to servers and proxies named by host name, and glibc reads resolv.conf and hosts again
+# when they change) and OpenSSL's trust store for https servers (its default file, a link to the bundle).
+KEPT_FOR_THE_DAEMON = frozenset((
+    "etc/resolv.conf", "etc/hosts", "etc/nsswitch.conf", "etc/host.conf", "etc/gai.conf",
+    "etc/ssl/certs/ca-certificates.crt", "usr/lib/ssl/cert.pem",
+))
+
+
+def free_initramfs(root: str = "/") -> None:
+    """Delete the initramfs's files (they occupy RAM), staying on its file system, but those the daemon still
+    reads (KEPT_FOR_THE_DAEMON): the new root and the kernel's file systems, moved away, left empty
+    directories behind; the early stage's /run (empty mount points for media) goes too. The scratch disk and
+    the mount stay where they are."""
     try:
-        Unmount("/run", lazy=True).apply()
+        Unmount(os.path.join(root, "run"), lazy=True).apply()
     except MountError:
         pass  # not mounted: nothing to free there
-    device = os.lstat("/").st_dev
+    device = os.lstat(root).st_dev
+    prefix = len(os.path.join(root, ""))  # cut off a path, leaves its place in the image (etc/hosts)
     directories = []
-    for directory, subdirectories, files in os.walk("/", topdown=True):
+    for directory, subdirectories, files in os.walk(root, topdown=True):
         below = []
         for name in subdirectories:
             info = os.lstat(os.path.join(directory, name))
@@ -97,8 +108,11 @@ def _free_initramfs() -> None:
         subdirectories[:] = below
         directories += [os.path.join(directory, name) for name in subdirectories]
         for name in files:
+            path = os.path.join(directory, name)
+            if path[prefix:] in KEPT_FOR_THE_DAEMON:
+                continue
             try:
-                os.unlink(os.path.join(directory, name))
+                os.unlink(path)
             except OSError:
                 pass
     for directory in reversed(directories):  # deepest first
