@@ -158,7 +158,7 @@ class _Handler(StreamRequestHandler):
     """
 
     disable_nagle_algorithm = True  # a response is one or two writes; never wait for an ACK
-    timeout = SEND_TIMEOUT  # for each blocking call; a request head's deadline is the reaper's
+    timeout = SEND_TIMEOUT  # for each blocking call; a request head's deadline is the slots'
     server: _Listener
 
     def setup(self) -> None:
