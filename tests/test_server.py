@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from squid import squid  # noqa: F401  (fixture)
 from ucernvm.errors import ConfigError
 from ucernvm.server import GeoDatabase, StratumServer
 
@@ -209,6 +210,24 @@ def test_head_announces_length_without_body(server, tree):
     assert response.status == 200
     assert body == b""
     assert int(response.getheader("Content-Length")) == len(tree[1][name])
+
+
+def test_a_real_squid_caches_what_it_is_sent(squid, tree, capfd):
+    """Behind squid, as sites run a stratum: the manifest and the objects are answered from its
+    cache the second time, so the server sees each URL once."""
+    names = [".cvmfspublished", "data/6e/d3d49a5c64f21f36936ab350d49aaf57585b9aC",
+             "data/ff/ffffffffffffffffffffffffffffffffffffffff"]
+    with StratumServer(tree[0], access_log=True) as stratum:
+        proxy = http.client.HTTPConnection("127.0.0.1", squid.port, timeout=10)
+        for round_ in range(2):
+            for name in names:
+                proxy.request("GET", f"{stratum.url}/cvmfs/{REPO}/{name}")
+                response = proxy.getresponse()
+                assert (response.status, response.read()) == (200, tree[1][name])
+                assert response.getheader("X-Cache", "").startswith("HIT" if round_ else "MISS")
+        proxy.close()
+    logged = capfd.readouterr().err
+    assert all(logged.count(f"/cvmfs/{REPO}/{name} HTTP/1.1") == 1 for name in names)
 
 
 # --- ranges -------------------------------------------------------------------------------------
