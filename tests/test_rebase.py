@@ -105,7 +105,8 @@ def test_applying_it_moves_aside_restores_and_merges_the_accounts(snapshot, uppe
     aside, log = tmp_path / "aux/rebase-1", tmp_path / "aux/rebase-1.log"
     log.parent.mkdir()
     result = Rebase(str(upper), plan, str(aside), str(log), read_snapshot).apply()
-    assert result == {"restored": 1, "set_aside": 4, "preserved": 6, "accounts_added": 2}
+    assert result == {"restored": 1, "set_aside": 4, "preserved": 6, "accounts_added": 2,
+                      "accounts_left_out": ["user clash (uid 1000 is alice's)"]}
     # the new snapshot's versions show through; the user's bytes are kept aside, never deleted
     assert not (upper / "usr/bin/tool").exists() and (aside / "usr/bin/tool").read_bytes() == b"tool 1, patched by hand\n"
     assert os.readlink(aside / "usr/lib/libx.so") == "libx.so.1" and not (upper / "usr/lib/libx.so").is_symlink()
@@ -131,7 +132,7 @@ def test_applying_it_moves_aside_restores_and_merges_the_accounts(snapshot, uppe
     text = log.read_text()
     for line in ("restore usr/share/doc/readme", "rebase usr/bin/tool", "preserve etc/hostname",
                  "keep opt/app: opaque directory", "account etc/passwd: added newsvc",
-                 "account etc/passwd: left out clash: ID 1000 is taken on this machine"):
+                 "account etc/passwd: left out clash: ID 1000 is taken on this machine (by alice)"):
         assert line in text
 
 
@@ -160,7 +161,8 @@ def test_a_second_rebase_of_the_same_layer_changes_nothing_more(snapshot, upper:
         (tmp_path / "aux").mkdir(exist_ok=True)
         result = Rebase(str(upper), plan, str(tmp_path / f"aux/r{round}"), str(tmp_path / f"aux/r{round}.log"),
                         read_snapshot).apply()
-    assert result == {"restored": 0, "set_aside": 0, "preserved": 6, "accounts_added": 0}
+    assert result == {"restored": 0, "set_aside": 0, "preserved": 6, "accounts_added": 0,
+                      "accounts_left_out": ["user clash (uid 1000 is alice's)"]}  # as at each rebase
     assert (upper / "etc/passwd").read_text().count("newsvc") == 1
     assert (upper / "etc/group").read_text().count("syslog") == 1
 
@@ -171,6 +173,32 @@ def test_account_merging_keeps_lines_it_does_not_understand() -> None:
     assert merged == b"root:x:0:0::/root:/bin/sh\n+@netgroup\n# comment\nbin:x:2:2::/bin:/bin/false\n"
     assert added == ["bin"] and skipped == []
     assert secret_lines(b"root:*:1::::::", b"root:*:1::::::\nbin:*:1::::::\n", ["bin"]) == b"root:*:1::::::\nbin:*:1::::::\n"
+
+
+def test_the_accounts_left_out_for_their_ids_are_one_warning_of_the_boot(snapshot, upper: Path, tmp_path: Path) -> None:
+    """µCernVM gives a new account whose ID the machine uses a free one; left out here, the boot report names
+    each, with the account that has its ID, in one warning."""
+    import io
+
+    from ucernvm.boot.log import BootLog
+    from ucernvm.boot.rebase import rebase_if_moved
+    from ucernvm.boot.state import BootState
+    from ucernvm.boot.system import RealSystem
+
+    state = BootState(RealSystem(str(tmp_path / "machine")), BootLog(io.StringIO()))
+    state.repository = snapshot
+    state.scratch.mkdir(parents=True)
+    (upper / "etc/group").write_text("root:x:0:\nadm:x:4:alice\nalice:x:1000:\nlocal:x:999:\n")
+    upper.rename(state.scratch / "persistent")
+    (state.scratch / "aux").mkdir()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("time.strftime", lambda *_: "T")
+        rebase_if_moved(state, "0" * 40)
+    assert state.warnings == ["the new snapshot's accounts whose IDs this machine's own accounts have were left out of "
+                              "its /etc: user clash (uid 1000 is alice's), group newsvc (gid 999 is local's); the "
+                              "snapshot's files they own show as owned by those (µCernVM gives them free IDs); see "
+                              "aux/rebase-T.log"]
+    assert "newsvc:x:999" in (state.scratch / "persistent/etc/passwd").read_text()  # the user, whose uid is free
 
 
 def test_a_rebase_that_cannot_finish_is_a_warning_and_the_boot_goes_on(snapshot, upper: Path, tmp_path: Path) -> None:

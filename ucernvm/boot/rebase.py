@@ -16,8 +16,10 @@ settled, with µCernVM's rules:
 Entries only the layer has (a user's files) are never touched, nor anything below an opaque directory
 (the OS replaced the whole directory: none of the snapshot's entries show there). The accounts
 (passwd, group, shadow, gshadow) the layer keeps under /etc get the snapshot's new users and groups,
-so that the new OS's services find theirs; an entry whose name or ID the machine already uses is
-left out. Every decision is a line of ``aux/rebase-<time>.log``.
+so that the new OS's services find theirs; an entry whose name the machine already uses is merged
+(a group's new members), one whose ID it uses is left out (µCernVM gives such an entry a free ID and
+maps the snapshot's owners through aux/uid_map): a warning of the boot names them. Every decision is a
+line of ``aux/rebase-<time>.log``.
 """
 
 from __future__ import annotations
@@ -88,6 +90,12 @@ def _report(state: BootState, result: dict, plan: RebasePlan | None, stamp: str)
         see = f"; see {log}" if plan is not None and "log_error" not in result else ""
         state.warn(f"rebase of the writable layer stopped: {result['error']}{see}")
     elif plan is not None:
+        left_out = result.get("accounts_left_out")
+        if left_out:
+            see = "" if "log_error" in result else f"; see {log}"
+            state.warn(f"the new snapshot's accounts whose IDs this machine's own accounts have were left out of its "
+                       f"/etc: {', '.join(left_out)}; the snapshot's files they own show as owned by those (µCernVM gives "
+                       f"them free IDs){see}")
         state.log.info(f"rebased the writable layer onto the new snapshot: {len(plan.restore)} whiteouts removed, "
                        f"{len(plan.set_aside)} files moved to aux/rebase-{stamp}/, {len(plan.preserved)} kept")
     if "log_error" in result:
@@ -152,13 +160,13 @@ def _opaque(directory: Path) -> bool:
         return False
 
 
-def merge_accounts(ours: bytes, theirs: bytes, members: bool) -> tuple[bytes, list[str], list[str]]:
+def merge_accounts(ours: bytes, theirs: bytes, members: bool) -> tuple[bytes, list[str], list[tuple[str, str, str]]]:
     """``ours`` (passwd or group lines) with the entries of ``theirs`` whose name and ID are both new, and,
     for groups (``members``) present in both, the members ``theirs`` adds. Returns the text, the names
-    added, and what was left out, with why."""
+    added, and those left out: (name, ID, the name that has the ID in ``ours``)."""
     lines = ours.decode("utf-8", "surrogateescape").splitlines()
     names = {line.split(":", 1)[0]: index for index, line in enumerate(lines) if ":" in line}
-    ids = {fields[ID_FIELD] for fields in (line.split(":") for line in lines) if len(fields) > ID_FIELD}
+    ids = {fields[ID_FIELD]: fields[0] for fields in (line.split(":") for line in lines) if len(fields) > ID_FIELD}
     added, skipped = [], []
     for line in theirs.decode("utf-8", "surrogateescape").splitlines():
         fields = line.split(":")
@@ -170,11 +178,11 @@ def merge_accounts(ours: bytes, theirs: bytes, members: bool) -> tuple[bytes, li
                 lines[names[name]] = _with_members(lines[names[name]], fields[3])
             continue
         if fields[ID_FIELD] in ids:
-            skipped.append(f"{name}: ID {fields[ID_FIELD]} is taken on this machine")
+            skipped.append((name, fields[ID_FIELD], ids[fields[ID_FIELD]]))
             continue
         lines.append(line)
         names[name] = len(lines) - 1
-        ids.add(fields[ID_FIELD])
+        ids[fields[ID_FIELD]] = name
         added.append(name)
     return ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape"), added, skipped
 
@@ -215,11 +223,11 @@ class Rebase(NamedTuple):
                 f"{len(self.plan.set_aside)} files moved to {self.aside}, {len(self.plan.preserved)} kept under "
                 f"/etc, /var, /root; accounts merged (log: {self.log})")
 
-    def apply(self) -> dict[str, int | str]:
+    def apply(self) -> dict[str, int | str | list[str]]:
         """The counts of what was done, or "error": the first step that failed (the log says how far it
         got); and "log_error" where the log could not be written (a full or failing disk)."""
         upper, lines = Path(self.upper), [f"rebase of {Path(self.upper).name}/ onto a new snapshot"]
-        result: dict[str, int | str]
+        result: dict[str, int | str | list[str]]
         try:
             result = self._steps(upper, lines)
         except (OSError, UcernvmError) as error:
@@ -228,7 +236,7 @@ class Rebase(NamedTuple):
         log_error = _write_log(Path(self.log), lines)
         return result if log_error is None else {**result, "log_error": log_error}
 
-    def _steps(self, upper: Path, lines: list[str]) -> dict[str, int | str]:
+    def _steps(self, upper: Path, lines: list[str]) -> dict[str, int | str | list[str]]:
         for path in self.plan.restore:
             os.unlink(upper / path)
             lines.append(f"restore {path}")
@@ -242,11 +250,14 @@ class Rebase(NamedTuple):
             lines.append(f"rebase {path} (moved to {Path(self.aside).name}/{path})")
         lines += [f"preserve {path}" for path in self.plan.preserved]
         lines += [f"keep {reason}" for reason in self.plan.kept]
-        added = self._merge_accounts(upper, lines)
-        return {"restored": len(self.plan.restore), "set_aside": len(self.plan.set_aside),
-                "preserved": len(self.plan.preserved), "accounts_added": added}
+        left_out: list[str] = []
+        added = self._merge_accounts(upper, lines, left_out)
+        counts = {"restored": len(self.plan.restore), "set_aside": len(self.plan.set_aside),
+                  "preserved": len(self.plan.preserved), "accounts_added": added}
+        return {**counts, "accounts_left_out": left_out} if left_out else counts
 
-    def _merge_accounts(self, upper: Path, lines: list[str]) -> int:
+    def _merge_accounts(self, upper: Path, lines: list[str], left_out: list[str]) -> int:
+        """Merge the account files; the accounts left out go to ``left_out`` ("user x (uid 5 is y's)")."""
         added_in_all = 0
         for accounts, secrets, members in ACCOUNT_FILES:
             theirs = self.read_snapshot(accounts)
@@ -256,7 +267,10 @@ class Rebase(NamedTuple):
             merged, added, skipped = merge_accounts(ours, theirs, members)
             _replace(upper / accounts, merged)
             lines += [f"account {accounts}: added {name}" for name in added]
-            lines += [f"account {accounts}: left out {reason}" for reason in skipped]
+            kind, id_name = ("group", "gid") if members else ("user", "uid")
+            lines += [f"account {accounts}: left out {name}: ID {number} is taken on this machine (by {owner})"
+                      for name, number, owner in skipped]
+            left_out += [f"{kind} {name} ({id_name} {number} is {owner}'s)" for name, number, owner in skipped]
             their_secrets = self.read_snapshot(secrets) if added else None
             our_secrets = None if their_secrets is None else _layer_file(upper, secrets, lines)
             if their_secrets is not None and our_secrets is not None:
