@@ -932,6 +932,36 @@ def test_serve_command_stops_on_sigint(tree):
         process.wait()
 
 
+def test_serve_command_whose_output_cannot_be_written_serves_all_the_same(tree):
+    """stdout on a full disk: the URL line is lost, not the server."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    with open("/dev/full", "w") as full:
+        process = subprocess.Popen([sys.executable, "-c", SERVE_COMMAND, "serve", str(tree[0]), "--port", str(port)],
+                                   stdout=full, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 10
+        while process.poll() is None and time.monotonic() < deadline:
+            try:
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                connection.request("GET", f"/cvmfs/{REPO}/.cvmfspublished")
+                assert connection.getresponse().read() == tree[1][".cvmfspublished"]
+                connection.close()
+                break
+            except ConnectionRefusedError:
+                time.sleep(0.05)
+        else:
+            pytest.fail(f"the server did not come up: {process.stderr.read()}")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
+        assert process.stderr.read() == ""
+    finally:
+        process.kill()
+        process.wait()
+
+
 def test_serves_a_real_cvmfs_server_repository(legacy_pristine):
     """Every file of the repository written by cvmfs_server, byte for byte, over one connection;
     each data object's SHA-1 matches its name (what a client verifies)."""

@@ -6,7 +6,6 @@ import argparse
 import contextlib
 import os
 import signal
-import sys
 import threading
 from pathlib import Path
 
@@ -89,12 +88,19 @@ def run(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as running:
         server = running.enter_context(StratumServer(args.root, args.bind, args.port, geo_db,
                                                      latency=args.latency, access_log=args.access_log))
-        print(f"serving {args.root} on {server.url}", flush=True)
+        _tell(f"serving {args.root} on {server.url}")
         if online is not None:
-            print(announce(running.enter_context(OnlineServer(online, args.bind, args.online_port,
-                                                              access_log=args.access_log))), flush=True)
+            _tell(announce(running.enter_context(OnlineServer(online, args.bind, args.online_port,
+                                                              access_log=args.access_log))))
         stop.wait()
     return 0
+
+
+def _tell(text: str, fd: int = 1) -> None:
+    """A line on stdout (or stderr), whole or not at all: a full disk or a closed pipe under it
+    must not stop the server, nor leave Python a buffer it cannot flush at exit."""
+    with contextlib.suppress(OSError):
+        os.write(fd, os.fsencode(text + "\n"))
 
 
 def _check_root(root: Path) -> None:
@@ -108,6 +114,5 @@ def _check_root(root: Path) -> None:
     except OSError:
         return  # not a directory: StratumServer says so
     if not any((root / name / ".cvmfspublished").is_file() for name in names):
-        with contextlib.suppress(OSError):  # a warning that cannot be written must not stop serving
-            print(f"ucernvm: warning: no repository in {root} yet (no {root}/<fqrn>/.cvmfspublished): "
-                  "every request is answered 404 until one is published there", file=sys.stderr, flush=True)
+        _tell(f"ucernvm: warning: no repository in {root} yet (no {root}/<fqrn>/.cvmfspublished): "
+              "every request is answered 404 until one is published there", fd=2)
