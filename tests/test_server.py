@@ -125,6 +125,15 @@ def test_cvmfs_files_expire_after_61_seconds(server, tree, name):
     assert response.getheader("ETag") is None and response.getheader("Last-Modified") is None
 
 
+def test_conditional_requests_get_the_whole_file(server, tree):
+    """cvmfs_server's Apache unsets If-Modified-Since and sends no validators ("because of squid
+    bugs"): a conditional request is answered in full, never 304 or 412."""
+    for headers in ({"If-Modified-Since": "Fri, 01 Jan 2100 00:00:00 GMT"}, {"If-None-Match": "*"},
+                    {"If-Match": '"x"'}, {"If-Unmodified-Since": "Thu, 01 Jan 1970 00:00:00 GMT"}):
+        response, body = get(server, f"/cvmfs/{REPO}/.cvmfspublished", headers=headers)
+        assert (response.status, body) == (200, tree[1][".cvmfspublished"])
+
+
 def test_data_objects_are_cached_for_three_days(server, tree):
     name = "data/6e/d3d49a5c64f21f36936ab350d49aaf57585b9aC"
     response, body = get(server, f"/cvmfs/{REPO}/{name}")
