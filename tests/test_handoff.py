@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from ucernvm import __version__
 from ucernvm.boot.handoff import SwitchRoot, free_initramfs, handoff_stage
 from ucernvm.boot.log import BootLog
 from ucernvm.boot.pipeline import Stage, run_stages
@@ -237,3 +238,31 @@ def test_a_name_of_the_kept_hosts_file_resolves_in_the_freed_initramfs(tmp_path:
     os.waitpid(pid, 0)
     assert answer == "10.11.12.13"
     assert not (image / "init").exists() and (image / "etc" / "hosts").exists()
+
+
+def test_the_loaders_version_is_on_the_scratch_disk_as_ucernvm_writes_it(root: Path) -> None:
+    """µCernVM's aux/ucernvm-version, its /version (the release and a newline), written at every boot, and
+    not through a link the OS left there."""
+    outside = root / "outside"
+    outside.write_text("the image's\n")
+    state = BootState(NoSwitch(str(root)), BootLog(io.StringIO()), config=BootConfig(repository=FQRN))
+    (state.scratch / "aux").mkdir()
+    (state.scratch / "aux" / "ucernvm-version").symlink_to(outside)
+    run_stages(state, [Stage("handoff", (handoff_stage,))])
+    assert (state.scratch / "aux" / "ucernvm-version").read_text() == f"{__version__}\n"
+    assert not (state.scratch / "aux" / "ucernvm-version").is_symlink() and outside.read_text() == "the image's\n"
+    assert not state.warnings
+
+
+@pytest.mark.parametrize(("staged", "warned"), [(b"version=2099.01-1\nkernel=vmlinuz\ninitrd=initrd\n", True),
+                                                 (f"version={__version__}\n".encode(), False)],
+                         ids=["another version", "this one"])
+def test_a_loader_update_staged_for_kexec_is_reported_not_applied(root: Path, staged: bytes, warned: bool) -> None:
+    state = BootState(NoSwitch(str(root)), BootLog(io.StringIO()), config=BootConfig(repository=FQRN))
+    (state.scratch / "kexec").mkdir()
+    (state.scratch / "kexec" / "apply").write_bytes(staged)
+    run_stages(state, [Stage("handoff", (handoff_stage,))])
+    expected = [f"kexec/apply on the scratch disk stages loader version '2099.01-1': this loader does not boot into "
+                f"another one (kexec), and goes on as version {__version__}"]
+    assert state.warnings == (expected if warned else [])
+    assert state.system.actions[-1].startswith("switch root to")

@@ -7,6 +7,7 @@ import shutil
 import stat
 from pathlib import Path
 
+from ucernvm import __version__
 from ucernvm.boot.report import build_report, render_svg, to_json
 from ucernvm.boot.rescue import rescue_shell
 from ucernvm.boot.seed import hand_over_context
@@ -14,11 +15,14 @@ from ucernvm.boot.shutdown import ON_SCRATCH, install_shutdown_handback
 from ucernvm.boot.snapshot import export_master_keys
 from ucernvm.boot.state import BootState
 from ucernvm.boot.system import MS_MOVE, MS_NODEV, MS_NOSUID, MakeDirs, Mount, Unmount, WriteFile
-from ucernvm.boot.untrusted import in_os_root, scratch_directory
+from ucernvm.boot.untrusted import in_os_root, read_scratch, scratch_directory
 from ucernvm.errors import MountError
 from ucernvm.records import NamedTuple
 
 INIT = "/sbin/init"
+VERSION_FILE = "aux/ucernvm-version"  # µCernVM's: the loader's version, for the OS's tools
+KEXEC_APPLY = "kexec/apply"  # µCernVM's: a loader update the OS staged (version=, kernel=, initrd=, cmdline=)
+MAX_APPLY_FILE = 64 << 10
 
 
 class CopyTree(NamedTuple):
@@ -122,6 +126,22 @@ def free_initramfs(root: str = "/") -> None:
             pass  # a mount point, or not empty
 
 
+def record_loader_version(state: BootState) -> None:
+    """As µCernVM's 12kexec, at every boot: the loader's version in aux/ucernvm-version, and a loader update
+    staged in kexec/apply (of another version) booted into; here not (no kexec), which a warning says."""
+    what = f"{VERSION_FILE} on the scratch disk"
+    if scratch_directory(state, "aux", what):
+        state.do_or_warn(what, WriteFile(str(state.scratch / VERSION_FILE), f"{__version__}\n".encode()))
+    staged = read_scratch(state, KEXEC_APPLY, MAX_APPLY_FILE, "no staged loader update looked at")
+    if staged is None:
+        return
+    lines = staged.decode("utf-8", "replace").splitlines()
+    version = next((line.partition("=")[2].strip() for line in lines if line.startswith("version=")), "")
+    if version != __version__:
+        state.warn(f"{KEXEC_APPLY} on the scratch disk stages loader version {version[:80]!r}: this loader does "
+                   f"not boot into another one (kexec), and goes on as version {__version__}")
+
+
 def _report_files(state: BootState) -> dict[str, bytes]:
     report = build_report(state, "switching root")
     texts = {"report.json": to_json(report), "timeline.svg": render_svg(report), "boot.log": state.log.text()}
@@ -144,6 +164,7 @@ def handoff_stage(state: BootState) -> None:
         state.do_or_warn(what, MakeDirs(str(target.parent)), WriteFile(str(target), resolv.read_bytes()))
 
     export_master_keys(state)
+    record_loader_version(state)
 
     release = os.uname().release
     modules = Path("/lib/modules") / release
