@@ -136,9 +136,13 @@ SETTINGS: tuple[Setting, ...] = (
             kernel=("ucernvm.pin",), context=("cvm_online_pin",)),
     Setting("online_secret", "", "the secret of an encrypted CernVM Online context (PIN ending in an odd digit)",
             kernel=("ucernvm.pin_secret",), context=("cvm_online_secret",)),
-    Setting("debug", False, "open a rescue shell just before switching root", kernel=("cvmdebug",), parse=parse_bool),
-    Setting("ssh", False, "open a rescue shell on the console before switching root (no SSH server is shipped)",
-            kernel=("cvmssh",), parse=parse_bool),
+    Setting("debug", False, "open a rescue shell just before switching root (the boot goes on when it exits); its "
+            "reset_root_password sets the OS's root password to 'password', as µCernVM's", kernel=("cvmdebug",),
+            parse=parse_bool),
+    Setting("ssh", False, "µCernVM started an SSH server (dropbear, empty root password) in the foreground, holding the "
+            "boot until it stopped; no SSH server is shipped here: before switching root the console offers the rescue "
+            "shell for 30 s (press Enter), then the boot goes on with a warning, so a console nobody watches (a "
+            "cloud's) does not hold it up", kernel=("cvmssh",), parse=parse_bool),
     Setting("panic", "shell", "what a failed boot does after the failure screen: shell, poweroff or reboot",
             kernel=("ucernvm.panic",), parse=parse_choice(PANIC_ACTIONS)),
     Setting("break_stage", "", "open a rescue shell before this stage", kernel=("ucernvm.break",)),

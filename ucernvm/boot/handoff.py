@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ucernvm import __version__
 from ucernvm.boot.report import build_report, render_svg, to_json
-from ucernvm.boot.rescue import rescue_shell
+from ucernvm.boot.rescue import offer_rescue_shell, rescue_shell
 from ucernvm.boot.seed import hand_over_context
 from ucernvm.boot.shutdown import ON_SCRATCH, install_shutdown_handback
 from ucernvm.boot.snapshot import export_master_keys
@@ -23,6 +23,7 @@ INIT = "/sbin/init"
 VERSION_FILE = "aux/ucernvm-version"  # µCernVM's: the loader's version, for the OS's tools
 KEXEC_APPLY = "kexec/apply"  # µCernVM's: a loader update the OS staged (version=, kernel=, initrd=, cmdline=)
 MAX_APPLY_FILE = 64 << 10
+CVMSSH_WAIT = 30.0  # seconds the console offers cvmssh's shell (nobody may be there on a cloud); the help says 30
 
 
 class CopyTree(NamedTuple):
@@ -179,6 +180,9 @@ def handoff_stage(state: BootState) -> None:
     system.do(Mount("tmpfs", str(run), "tmpfs", "mode=0755", MS_NOSUID | MS_NODEV))
     install_shutdown_handback(state)
     hand_over_context(state)
+    if config.ssh and not config.debug:  # before the report, which says whether the shell was opened
+        offer_rescue_shell(state, "cvmssh (no SSH server in this image: the rescue shell is on the console)",
+                           CVMSSH_WAIT)
     files = _report_files(state)
     saved = state.scratch / "ulogs"
     if not state.do_or_warn(f"the boot report in {saved.name}/ on the scratch disk", MakeDirs(str(saved)),
@@ -188,7 +192,7 @@ def handoff_stage(state: BootState) -> None:
     for name, data in files.items():
         system.do(WriteFile(str(run / "ucernvm" / name), data))
 
-    if config.debug or config.ssh:
+    if config.debug:
         rescue_shell(state, "cvmdebug: the new root is assembled at /root; exit the shell to boot it")
     state.log.info(f"switching root to {config.repository} {state.facts.get('snapshot', {}).get('root_hash', '')}")
     system.do(SwitchRoot(str(new_root)))
