@@ -175,7 +175,8 @@ def test_account_merging_keeps_lines_it_does_not_understand() -> None:
     assert secret_lines(b"root:*:1::::::", b"root:*:1::::::\nbin:*:1::::::\n", ["bin"]) == b"root:*:1::::::\nbin:*:1::::::\n"
 
 
-def test_the_accounts_left_out_for_their_ids_are_one_warning_of_the_boot(snapshot, upper: Path, tmp_path: Path) -> None:
+def test_the_accounts_left_out_for_their_ids_are_one_warning_of_the_boot(snapshot, upper: Path,
+                                                                          tmp_path: Path) -> None:
     """µCernVM gives a new account whose ID the machine uses a free one; left out here, the boot report names
     each, with the account that has its ID, in one warning."""
     import io

@@ -93,9 +93,9 @@ def _report(state: BootState, result: dict, plan: RebasePlan | None, stamp: str)
         left_out = result.get("accounts_left_out")
         if left_out:
             see = "" if "log_error" in result else f"; see {log}"
-            state.warn(f"the new snapshot's accounts whose IDs this machine's own accounts have were left out of its "
-                       f"/etc: {', '.join(left_out)}; the snapshot's files they own show as owned by those (µCernVM gives "
-                       f"them free IDs){see}")
+            state.warn(f"the new snapshot's accounts whose IDs this machine's own accounts have were left out of "
+                       f"its /etc: {', '.join(left_out)}; the snapshot's files they own show as owned by those "
+                       f"(µCernVM gives them free IDs){see}")
         state.log.info(f"rebased the writable layer onto the new snapshot: {len(plan.restore)} whiteouts removed, "
                        f"{len(plan.set_aside)} files moved to aux/rebase-{stamp}/, {len(plan.preserved)} kept")
     if "log_error" in result:
