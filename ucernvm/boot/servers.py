@@ -70,8 +70,8 @@ def server_date(source: HttpSource) -> ServerDate | None:
 
 
 def wait_for_proxy(state: BootState, source: HttpSource, seconds: float) -> None:
-    """Probe the manifest of each server through each real proxy, in turn, until one answers, for at most
-    ``seconds``; then a warning, and the boot goes on."""
+    """Probe the manifest through each real proxy until one answers, a server after the other in each round
+    (as µCernVM), for at most ``seconds``; then a warning, and the boot goes on."""
     proxies = [proxy for group in source.proxy_groups for proxy in group if proxy != DIRECT]
     if not proxies:
         state.log.info("cvmfs_wait_on_squid: no proxy to wait for (DIRECT only)")
@@ -81,19 +81,26 @@ def wait_for_proxy(state: BootState, source: HttpSource, seconds: float) -> None
     deadline = time.monotonic() + seconds
     last = ""
     try:
+        hosts = source.hosts_in_turn
         for round_ in itertools.count(1):
-            for proxy, host in itertools.product(proxies, source.hosts_in_turn):
+            host = hosts[(round_ - 1) % len(hosts)]
+            for proxy in proxies:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     state.warn(f"cvmfs_wait_on_squid={seconds:g}: no proxy answered ({last}); the boot goes on "
                                "with the proxies' failover")
                     return
-                tried = transfer.get(f"{host}/{manifest.FILE_NAME}", proxy, min(config.timeout, remaining),
-                                     Checked(Memory(MAX_NAMED_BYTES), None))
-                if tried.failure is None:
+                failure = _probe(transfer, f"{host}/{manifest.FILE_NAME}", proxy, min(config.timeout, remaining))
+                if not failure:
                     state.log.info(f"cvmfs_wait_on_squid: {proxy} answered (round {round_})")
                     return
-                last = f"{proxy}: {tried.detail or tried.failure.value}"
+                last = f"{proxy}: {failure}"
             time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
     finally:
         transfer.close()
+
+
+def _probe(transfer: Transfer, url: str, proxy: str, timeout: float) -> str:
+    """Why ``url`` did not come through ``proxy`` within ``timeout``; empty when it did."""
+    tried = transfer.get(url, proxy, timeout, Checked(Memory(MAX_NAMED_BYTES), None))
+    return "" if tried.failure is None else tried.detail or tried.failure.value
