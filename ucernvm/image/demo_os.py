@@ -45,8 +45,9 @@ echo "UCERNVM-OS-NETWORK-CONFIG $(tr -d ' \n' < /var/lib/cloud/seed/nocloud/netw
 daemon=$(cat /run/initramfs/ucernvm.pids)
 echo "UCERNVM-OS-DAEMON $(head -c 1 /proc/$daemon/cmdline)"
 echo "UCERNVM-OS-CACHE-LOCKED $(grep -c "FLOCK.*:$(stat -c %i /mnt/.rw/cache/lock) " /proc/locks)"
-# The initramfs, seen through the daemon's root (the old one), once the loader's child has emptied it
-for i in 1 2 3 4 5 6 7 8 9 10; do [ -e /proc/$daemon/root/usr ] || break; sleep 0.5; done
+# The initramfs, seen through the daemon's root (the old one), once the loader's child has emptied it of
+# all but what the daemon reads there (name resolution and the CA file, under etc and usr)
+for i in 1 2 3 4 5 6 7 8 9 10; do [ "$(ls -A /proc/$daemon/root | tr '\n' ' ')" = "etc usr " ] && break; sleep 0.5; done
 echo "UCERNVM-OS-OLD-ROOT $(ls -A /proc/$daemon/root | tr '\n' ' ')"
 echo "UCERNVM-REPORT-BEGIN"
 cat /run/ucernvm/report.json
