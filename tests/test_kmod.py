@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -186,3 +188,16 @@ def test_a_driver_that_fails_to_load_is_a_warning_of_the_boot(tmp_path: Path) ->
     modules_stage(state, modules=str(tmp_path / "modules"), sysfs=str(sysfs))
     assert "virtio_net" not in state.facts["modules"]["loaded"] and "virtio_blk" in state.facts["modules"]["loaded"]
     assert state.warnings == ["modules: cannot load kernel module virtio_net: Exec format error"]
+
+
+def test_loading_modules_imports_neither_concurrent_futures_nor_logging(tmp_path: Path) -> None:
+    """PID 1 loads the modules in plain threads: concurrent.futures imports logging, 0.06-0.09 s emulated."""
+    (tmp_path / "modules.dep").write_text(DEP)
+    code = ("import sys; from pathlib import Path; from ucernvm.boot.kmod import ModuleLoader; "
+            "from ucernvm.image.kmods import ModuleIndex; loaded = []; "
+            "ModuleLoader(ModuleIndex.load(Path(sys.argv[1])), loaded.append, set, lambda name: False).run(['ext4']); "
+            "print(*sorted(loaded), 'concurrent.futures' in sys.modules, 'logging' in sys.modules)")
+    result = subprocess.run([sys.executable, "-S", "-c", code, str(tmp_path)], capture_output=True, text=True,
+                            check=False, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["ext4", "jbd2", "False", "False"]
