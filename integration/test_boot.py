@@ -132,6 +132,8 @@ def test_context_iso_sets_the_tag(image: BuildResult, repository: BootRepository
     report = result.report
     assert report["context"]["source"] == "ConfigDrive"
     assert report["context"]["ucernvm_keys"] == ["cvmfs_tag"]
+    # The CD's file system (a module of Debian's kernel) was loaded for the CD, not by the modules stage.
+    assert "isofs" in report["media_modules"] and "isofs" not in report["modules"]["loaded"]
     assert report["snapshot"]["tag"] == "v1" and report["snapshot"]["revision"] == 1
     assert result.marker("UCERNVM-OS-SEED") == "#cloud-config"  # cloud-init's NoCloud seed is in the OS
 

@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from ucernvm.boot.kmod import DeviceScanner, LoadModule, ModuleLoader, cmdline_blacklist, cmdline_options, modules_stage
+from ucernvm.boot.kmod import (DeviceScanner, LoadModule, ModuleLoader, cmdline_blacklist, cmdline_options,
+                               load_media_modules, modules_stage)
 from ucernvm.boot.log import BootLog
 from ucernvm.boot.state import BootState
 from ucernvm.boot.system import Action, RealSystem
@@ -188,6 +189,84 @@ def test_a_driver_that_fails_to_load_is_a_warning_of_the_boot(tmp_path: Path) ->
     modules_stage(state, modules=str(tmp_path / "modules"), sysfs=str(sysfs))
     assert "virtio_net" not in state.facts["modules"]["loaded"] and "virtio_blk" in state.facts["modules"]["loaded"]
     assert state.warnings == ["modules: cannot load kernel module virtio_net: Exec format error"]
+
+
+MEDIA_DEP = DEP + """\
+kernel/fs/isofs/isofs.ko:
+kernel/fs/fat/fat.ko:
+kernel/fs/fat/vfat.ko: kernel/fs/fat/fat.ko
+kernel/fs/nls/nls_utf8.ko:
+kernel/fs/nls/nls_cp437.ko:
+kernel/fs/overlayfs/overlay.ko:
+kernel/fs/fuse/fuse.ko:
+"""
+
+
+def media_release(tmp_path: Path) -> Path:
+    """An image's modules: the context media's file systems among them, udf and nls_iso8859_1 built in."""
+    release = tmp_path / "modules" / os.uname().release
+    release.mkdir(parents=True)
+    (release / "modules.dep").write_text(MEDIA_DEP)
+    (release / "modules.alias").write_text(ALIAS)
+    (release / "modules.builtin").write_text("kernel/fs/udf/udf.ko\nkernel/fs/nls/nls_iso8859-1.ko\n")
+    return release
+
+
+def test_the_stage_leaves_the_media_file_systems_to_the_first_medium(tmp_path: Path) -> None:
+    media_release(tmp_path)
+    (tmp_path / "sys" / "bus").mkdir(parents=True)  # no device needs a driver
+    state = BootState(FailingLoads(set()), BootLog(io.StringIO()))
+    modules_stage(state, modules=str(tmp_path / "modules"), sysfs=str(tmp_path / "sys"))
+    assert state.facts["modules"]["loaded"] == ["ext4", "fuse", "jbd2", "overlay"]
+    assert "media_modules" not in state.facts
+
+
+def test_a_medium_s_file_system_is_loaded_before_its_mount_and_only_once(tmp_path: Path) -> None:
+    media_release(tmp_path)
+    sysfs = tmp_path / "sys"
+    (sysfs / "module" / "nls_utf8").mkdir(parents=True)  # loaded already (by the network stage, say)
+    system = FailingLoads(set())
+    state = BootState(system, BootLog(io.StringIO()), cmdline="fat.debug=1")
+    load_media_modules(state, "ext4", modules=str(tmp_path / "modules"), sysfs=str(sysfs))
+    assert system.actions == []  # not a medium's file system: the modules stage loaded it
+    load_media_modules(state, "iso9660", modules=str(tmp_path / "modules"), sysfs=str(sysfs))
+    # udf and nls_iso8859_1 are built in; vfat after the fat it needs, with fat's parameter from the command line
+    assert system.actions == ["load kernel module isofs", "load kernel module fat with debug=1",
+                              "load kernel module vfat", "load kernel module nls_cp437"]
+    assert state.facts["media_modules"] == ["isofs", "fat", "vfat", "nls_cp437"]
+
+
+def test_a_media_module_that_fails_is_a_warning(tmp_path: Path) -> None:
+    media_release(tmp_path)
+    state = BootState(FailingLoads({"isofs"}), BootLog(io.StringIO()))
+    load_media_modules(state, "vfat", modules=str(tmp_path / "modules"), sysfs=str(tmp_path / "sys"))
+    assert state.warnings == ["modules: cannot load kernel module isofs: Exec format error"]
+    assert state.facts["media_modules"] == ["fat", "vfat", "nls_utf8", "nls_cp437"]
+
+
+def test_the_context_search_loads_a_medium_s_file_system_before_mounting_it(tmp_path: Path) -> None:
+    from ucernvm.boot.contextualize import MediaMounter
+    from ucernvm.context.found import BlockDevice
+
+    media_release(tmp_path)
+    system = FailingLoads(set())
+    state = BootState(system, BootLog(io.StringIO()))
+
+    class Recording:
+        def mount(self, device: BlockDevice) -> Path:
+            system.actions.append(f"mount {device.path}")
+            return tmp_path
+
+        def unmount(self, path: Path) -> None:
+            system.actions.append(f"unmount {path}")
+
+    mounter = MediaMounter(state, Recording(), modules=str(tmp_path / "modules"), sysfs=str(tmp_path / "sys"))
+    mounter.mount(BlockDevice("/dev/vdb", "ext4", ""))
+    mounter.mount(BlockDevice("/dev/sr0", "iso9660", "CONTEXT"))
+    assert system.actions == ["mount /dev/vdb", "load kernel module isofs", "load kernel module fat",
+                              "load kernel module vfat", "load kernel module nls_utf8", "load kernel module nls_cp437",
+                              "mount /dev/sr0"]
+
 
 
 def test_loading_modules_imports_neither_concurrent_futures_nor_logging(tmp_path: Path) -> None:

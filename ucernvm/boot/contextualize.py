@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from ucernvm.boot import blockdev
+from ucernvm.boot.kmod import load_media_modules
 from ucernvm.boot.pipeline import wait_for_background
 from ucernvm.boot.state import BootState
 from ucernvm.boot.system import MakeDirs, WriteFile
@@ -23,6 +24,10 @@ from ucernvm.context.section import parse_section
 from ucernvm.context.found import OPEN_NEBULA, BlockDevice, FoundContext, MetaData
 from ucernvm.context.userdata import MAX_USER_DATA, decode, is_packed, text_parts
 from ucernvm.errors import ContextError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ucernvm.context.sources import Mounter
 
 SEARCH_SECONDS = 10.0  # every source together; a VM without a context loses under 3 s of it
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
@@ -105,13 +110,27 @@ def local_media(state: BootState) -> list[BlockDevice]:
     return state.media
 
 
+class MediaMounter:
+    """Mounts as *inner* (a context.sources.Mounter) does, the medium's file system modules loaded first."""
+
+    def __init__(self, state: BootState, inner: Mounter, modules: str = "/lib/modules", sysfs: str = "/sys") -> None:
+        self.state, self.inner, self.modules, self.sysfs = state, inner, modules, sysfs
+
+    def mount(self, device: BlockDevice) -> Path:
+        load_media_modules(self.state, device.fstype, self.modules, self.sysfs)
+        return self.inner.mount(device)
+
+    def unmount(self, path: Path) -> None:
+        self.inner.unmount(path)
+
+
 def media_network(state: BootState) -> FoundContext | None:
     """An OpenNebula context.sh on a local medium, for the network stage (µCernVM's one_network) where
     ``ucernvm.context=`` allows one (network.may_have_media_network). Its own mount point: the context
     stage may be searching the same media at the same time (background.py)."""
     from ucernvm.context.sources import SourceProbe, SystemMounter, find_static_network
 
-    mounter = SystemMounter(state.system, "/run/ucernvm/network-media")
+    mounter = MediaMounter(state, SystemMounter(state.system, "/run/ucernvm/network-media"))
     probe = SourceProbe(requested=OPEN_NEBULA, devices=local_media(state), mounter=mounter, log=state.log.info,
                         warn=state.warn)
     return find_static_network(probe)
@@ -137,7 +156,7 @@ def context_stage(state: BootState) -> None:
     probe = SourceProbe(
         requested=config.context_source,
         devices=media,
-        mounter=SystemMounter(state.system),
+        mounter=MediaMounter(state, SystemMounter(state.system)),
         network=network,
         addresses=MetadataAddresses(link_local=config.metadata),
         deadline=time.monotonic() + SEARCH_SECONDS,
