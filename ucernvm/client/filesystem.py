@@ -198,7 +198,7 @@ class SnapshotFilesystem(Operations):
 
     def init(self) -> None:
         # Threads start here, in the serving process, after any fork.
-        lazylog.route_warnings(warn)  # a server or proxy switch, a cache's removal: "ucernvm mount: warning: ..."
+        lazylog.route(warn)  # a server or proxy switch, a cache's removal: "ucernvm mount: warning: ..."
         raise_file_limit(NFILES)
         self._pool = _LazyPool(self._fetch_threads, "fetch")
         cache = self.repository.cache
@@ -217,7 +217,7 @@ class SnapshotFilesystem(Operations):
         self._listings_ahead.start()
 
     def destroy(self) -> None:
-        lazylog.route_warnings(None)
+        lazylog.route(None)
         if self._prefetcher is not None:
             self._prefetcher.stop()
         if self._pinner is not None:

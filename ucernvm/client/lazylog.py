@@ -16,14 +16,24 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 _warn: Callable[[str], None] | None = None  # who says this process's warnings, when not logging
+_info: Callable[[str], None] | None = None  # and its notes (PAC and geo API decisions)
 
 
-def route_warnings(warn: Callable[[str], None] | None) -> None:
-    """From now on ``warn`` says this process's warnings instead of ``logging`` (None: logging again): a mount's
-    failovers then read as its other warnings, in its log and on its stderr. ``warn`` keeps each for
+def route(warn: Callable[[str], None] | None, info: Callable[[str], None] | None = None) -> None:
+    """From now on ``warn`` says this process's warnings and ``info`` its notes (none without it) instead of
+    ``logging``; ``route(None)`` gives them back to ``logging``. A mount's failovers then read as its other
+    warnings, in its log and on its stderr, and a boot's as its log's lines; nor does a routed process import
+    ``logging`` (a boot's daemon, after the switch of root, could not). ``warn`` keeps each warning for
     user.logbuffer itself."""
-    global _warn
-    _warn = warn
+    global _warn, _info
+    _warn, _info = warn, info
+
+
+def _text(message: str, args: tuple[Any, ...]) -> str:
+    try:
+        return message % args if args else message
+    except (TypeError, ValueError):  # logging reports a bad format itself; the message must still be kept
+        return message
 
 
 class LazyLogger:
@@ -42,15 +52,14 @@ class LazyLogger:
         return self._logger
 
     def info(self, message: str, *args: Any) -> None:
-        self.logger.info(message, *args)
+        if _warn is None:
+            self.logger.info(message, *args)
+        elif _info is not None:
+            _info(_text(message, args))
 
     def warning(self, message: str, *args: Any) -> None:
-        try:
-            text = message % args if args else message
-        except (TypeError, ValueError):  # logging reports a bad format itself; the warning must still be kept
-            text = message
         if _warn is not None:
-            _warn(text)
+            _warn(_text(message, args))
             return
-        logbuffer.remember(text)
+        logbuffer.remember(_text(message, args))
         self.logger.warning(message, *args)

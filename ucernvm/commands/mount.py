@@ -70,12 +70,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     check_arguments(args)
     logbuffer.hold()  # what is said before the fork goes to the daemon's log too, which opens only then
-    lazylog.route_warnings(warn)  # a server or proxy switch reads as the mount's other warnings, as in its log
+    lazylog.route(warn)  # a server or proxy switch reads as the mount's other warnings, as in its log
     try:
         repository, fuse = mount_snapshot(args)
     finally:
         opening = logbuffer.held()
-        lazylog.route_warnings(None)  # the serving process routes its own (SnapshotFilesystem.init)
+        lazylog.route(None)  # the serving process routes its own (SnapshotFilesystem.init)
     if args.foreground:
         fuse.serve()
         return 0
