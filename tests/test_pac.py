@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from faults import FaultServer
+from ucernvm.client import lazylog
 from ucernvm.client.client_config import FetcherConfig
 from ucernvm.client.fetcher import HttpSource
 from ucernvm.client.pac import AUTO_PAC_URL, auto_proxies, evaluate_pac, pac_result_to_proxies, resolve_proxy_description
@@ -83,8 +84,14 @@ def test_pac_urls_tried_in_order(pac_server: FaultServer) -> None:
         return HttpSource([SERVER])._fetch_pac(url)
 
     urls = [f"{pac_server.url}/missing.pac", f"{pac_server.url}/broken.pac", f"{pac_server.url}/site.pac"]
-    assert auto_proxies(urls, [SERVER], fetch, environ={}) == "127.0.0.1:3128;127.0.0.2:3128;DIRECT"
+    warnings: list[str] = []
+    lazylog.route(warnings.append)
+    try:
+        assert auto_proxies(urls, [SERVER], fetch, environ={}) == "127.0.0.1:3128;127.0.0.2:3128;DIRECT"
+    finally:
+        lazylog.route(None)
     assert fetched == urls
+    assert warnings[0] == f"cannot fetch PAC file {urls[0]}: HTTP 404"  # its address said once
 
 
 def test_http_proxy_variable_comes_first(pac_server: FaultServer) -> None:

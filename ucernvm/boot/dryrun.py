@@ -17,6 +17,7 @@ from ucernvm.boot.report import build_report
 from ucernvm.boot.rescue import failure_screen
 from ucernvm.boot.state import BootState
 from ucernvm.boot.system import DryRunSystem
+from ucernvm.client import lazylog
 
 
 def dry_run(cmdline: str, user_data: bytes | None, keys_dir: Path | None, as_json: bool) -> int:
@@ -27,11 +28,13 @@ def dry_run(cmdline: str, user_data: bytes | None, keys_dir: Path | None, as_jso
     if user_data is not None:
         state.user_data, state.context_source = user_data, "file"
     failure = None
+    lazylog.route(state.log.warn, state.log.info)  # the client's server and proxy choices as the boot's lines
     try:
         run_stages(state, list(STAGES))
     except BootFailure as error:
         failure = error
     finally:
+        lazylog.route(None)
         system.close()
     outcome = f"would fail in {failure.stage}" if failure else "would boot"
     report = build_report(state, outcome)

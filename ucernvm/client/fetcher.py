@@ -366,7 +366,7 @@ class HttpSource:
         body = Memory(MAX_NAMED_BYTES)
         attempt = self._transfer.get(url, DIRECT, self.config.timeout_direct, Checked(body, None))
         if attempt.failure is not None:
-            raise FetchError(f"{url}: {attempt.detail or attempt.failure.value}")
+            raise FetchError(attempt.detail or attempt.failure.value)  # the caller names the PAC file
         return body.value()
 
     def geosort(self) -> bool:
