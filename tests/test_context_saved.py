@@ -180,6 +180,17 @@ def test_the_ucontext_file_gives_the_os_the_values_as_written(tmp_path: Path) ->
     assert not (tmp_path / "pwned").exists()
 
 
+def test_the_ucontext_file_writes_yes_on_true_as_1_and_no_off_false_as_0(tmp_path: Path) -> None:
+    user_data = (b"[ucernvm-begin]\nresize_rootfs=off\ncvm_cluster_master=Yes\nuseglideinwms=TRUE\n"
+                 b"cvmfs_tag=on-call\n[ucernvm-end]\n")
+    state = BootState(System(str(tmp_path)), BootLog(io.StringIO()))
+    state.scratch_fresh, state.user_data = True, user_data
+    settle_context(state)
+    assert (tmp_path / "root.rw/context/ucontext").read_text().splitlines() == [
+        '_UCONTEXT_RESIZE_ROOTFS="0"', '_UCONTEXT_CVM_CLUSTER_MASTER="1"', '_UCONTEXT_USEGLIDEINWMS="1"',
+        '_UCONTEXT_CVMFS_TAG="on-call"']
+
+
 def test_the_ucontext_file_carries_what_glideinwms_user_data_implies(tmp_path: Path) -> None:
     """µCernVM appended the proxy it found in glideinWMS user-data to ucontext, from where the OS's
     cvmfs configuration takes it: the OS's CernVM-FS uses the glidein's squid too, not auto;DIRECT."""

@@ -317,11 +317,16 @@ def _saved_meta(state: BootState, path: Path) -> MetaData:
         return MetaData()
 
 
+# µCernVM's parser wrote these words as 1 and 0, which the OS's scripts test for
+_UCONTEXT_BOOLEANS = {"yes": "1", "on": "1", "true": "1", "no": "0", "off": "0", "false": "0"}
+
+
 def _ucontext(section: dict[str, str]) -> bytes:
     """µCernVM's ``_UCONTEXT_<KEY>=<value>`` lines, which the OS's own scripts grep and pass to a shell
     (S05cvmfs-config.sh appends the proxy lines to /etc/cvmfs/site.conf): each value in double quotes,
     as CernVM Online writes them, so that ``;`` and ``|`` in a proxy list neither end nor pipe it."""
-    return "".join(f"_UCONTEXT_{key.upper()}={_shell_quoted(value)}\n" for key, value in section.items()).encode()
+    return "".join(f"_UCONTEXT_{key.upper()}={_shell_quoted(_UCONTEXT_BOOLEANS.get(value.lower(), value))}\n"
+                   for key, value in section.items()).encode()
 
 
 def _shell_quoted(value: str) -> str:
