@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import random
 import socket
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -622,3 +624,23 @@ def test_repo_command_options_and_config_file(published: Published, servers, tmp
     assert result.stdout == b"cernvm\n" and proxy.count() > 0
     bad = run_cli("repo", "ls", repo_url(origin), "--key", published.keys, "-o", "CVMFS_TIMEOUT=soon")
     assert bad.returncode != 0 and b"CVMFS_TIMEOUT" in bad.stderr and b"Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize(("servers", "proxy", "loaded"), [
+    ("http://127.0.0.1:1/cvmfs/@fqrn@", "DIRECT", False),
+    ("http://127.0.0.1:1/cvmfs/@fqrn@;https://127.0.0.1:2/cvmfs/@fqrn@", "DIRECT", True),
+    ("http://127.0.0.1:1/cvmfs/@fqrn@", "http://127.0.0.1:3;https://127.0.0.1:4", True),
+], ids=["plain", "an https server", "an https proxy"])
+def test_what_later_requests_need_is_loaded_before_the_root_is_freed(servers: str, proxy: str, loaded: bool) -> None:
+    # A fresh interpreter: whether urllib3 is imported is the point (the boot's daemon can import nothing later).
+    script = f"""
+import sys
+from ucernvm.client.client_config import FetcherConfig
+from ucernvm.client.fetcher import HttpSource
+source = HttpSource({servers!r}.split(";"), FetcherConfig(http_proxy={proxy!r}), fqrn="test.cern.ch")
+before = "urllib3" in sys.modules
+source.load_for_later()
+print(before, "urllib3" in sys.modules)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["False", str(loaded)]

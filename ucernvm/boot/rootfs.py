@@ -16,6 +16,7 @@ from ucernvm.boot.state import BootState
 from ucernvm.boot.system import MS_MOVE, Mount
 from ucernvm.boot.untrusted import scratch_directory
 from ucernvm.client.boot_layer import find_boot_layer
+from ucernvm.client.fetcher import HttpSource
 from ucernvm.client.filesystem import SnapshotFilesystem
 from ucernvm.client.fuse.kernel import MountOptions, mount
 from ucernvm.client.pinning import PIN_LIST
@@ -61,6 +62,8 @@ class MountRepository:
         # requests in all than with the kernel's adaptive choice.
         options = MountOptions(fsname=self.repository.fqrn, subtype="cvmfs", xattrs=self.xattrs,
                                adaptive_readdirplus=False)
+        if isinstance(self.repository.source, HttpSource):
+            self.repository.source.load_for_later()
         fuse = mount(filesystem, self.target, options)
         pid = fuse.fork(log_path=self.log_path, before_serve=mark_storage_daemon)
         os.stat(self.target)  # returns once the daemon answered the kernel

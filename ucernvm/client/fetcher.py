@@ -222,6 +222,12 @@ class HttpSource:
 
         return str(uuid.uuid4())
 
+    def load_for_later(self) -> None:
+        """Import now what a request to any server through any proxy will need: the boot's daemon, which
+        serves from the freed initramfs, can import nothing after the switch of root (a failover to an https
+        server would fail)."""
+        self._transfer.load_for(self.hosts, [proxy for group in self.proxy_groups for proxy in group])
+
     # -- observability -------------------------------------------------------------------------
 
     @property

@@ -170,9 +170,15 @@ class Transfer:
             return self._body(url, proxy, response, timeout, body)
         return Attempt(url, proxy, Failure.HOST_CONNECTION, f"more than {MAX_REDIRECTS} redirects")
 
+    def load_for(self, urls: list[str], proxies: list[str]) -> None:
+        """Import now what requests to ``urls`` through ``proxies`` will need (urllib3, where one is https),
+        for a process whose root is freed before its later requests (the boot's daemon)."""
+        if not all(_plain(url, proxy) for url in urls for proxy in proxies):
+            import urllib3  # noqa: F401
+
     def _request(self, url: str, proxy: str, headers: dict[str, str],
                  timeout: float) -> http11.Response | urllib3.BaseHTTPResponse:
-        if url.startswith("http://") and (proxy == DIRECT or proxy.startswith("http://")):
+        if _plain(url, proxy):
             return self._plain.request("GET", url, headers, timeout, None if proxy == DIRECT else proxy)
         from urllib3 import Timeout
 
@@ -276,3 +282,8 @@ def _discard(response: http11.Response | urllib3.BaseHTTPResponse) -> None:
     """Drop the connection: its state is unknown (a body left unread, or a stalled peer)."""
     response.close()
     response.release_conn()
+
+
+def _plain(url: str, proxy: str) -> bool:
+    """Whether a request goes through the plain-HTTP client (http11) rather than urllib3."""
+    return url.startswith("http://") and (proxy == DIRECT or proxy.startswith("http://"))
