@@ -13,6 +13,7 @@ import pytest
 
 from ucernvm.cvmfs import xattrs
 from ucernvm.cvmfs.catalog import Catalog, path_hash
+from ucernvm.cvmfs.catalog_writer import CatalogWriter
 from ucernvm.cvmfs.compression import Compression
 from ucernvm.cvmfs.envelope import split_signed
 from ucernvm.cvmfs.hashing import ContentHash, HashAlgorithm, ObjectType
@@ -265,3 +266,18 @@ def test_history_of_fixture(legacy_pristine) -> None:
     assert trunk is not None and trunk.root_hash.hex == SHA1_HEX and trunk.revision == 2
     with pytest.raises(FormatError):
         History.from_bytes(b"garbage" * 100)
+
+
+def test_catalogs_and_history_databases_have_the_page_size_cvmfs_server_writes(legacy_pristine) -> None:
+    """cvmfs's bundled SQLite is built with 1024-byte pages, as the fixture's catalog and history show; an
+    empty catalog written here is then 16 KiB, where SQLite's default 4096 made it 56 KiB."""
+    def page_size(database: bytes) -> int:
+        return int.from_bytes(database[16:18], "big")  # the SQLite header's page size
+
+    fixture = {path.name[-1]: zlib.decompress(path.read_bytes()) for path in (legacy_pristine.repo / "data").glob("*/*")
+               if path.name[-1] in "CH"}
+    assert page_size(fixture["C"]) == page_size(fixture["H"]) == 1024
+    empty = CatalogWriter("", 240).finish(1, 0, None)
+    assert page_size(empty) == 1024 and len(empty) == 16 * 1024
+    assert Catalog.from_bytes(empty).lookup("") is None
+    assert page_size(History.create("x.cern.ch").to_bytes()) == 1024

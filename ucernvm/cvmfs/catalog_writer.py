@@ -8,6 +8,7 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
+from ucernvm.cvmfs import sqlite_db
 from ucernvm.cvmfs.catalog import SCHEMA, SCHEMA_REVISION, Catalog, Chunk, DirectoryEntry, parent_path, path_hash
 from ucernvm.cvmfs.hashing import ContentHash
 
@@ -72,6 +73,7 @@ class CatalogWriter:
         self.subtree_counters = Counters()
         self._db = sqlite3.connect(":memory:")
         self._db.text_factory = lambda raw: raw.decode("utf-8", "surrogateescape")
+        self._db.execute(f"PRAGMA page_size = {sqlite_db.PAGE_SIZE}")  # before the first table: fixed then
         self._db.executescript(_SCHEMA_SQL)
         properties = [("schema", f"{SCHEMA}"), ("schema_revision", str(SCHEMA_REVISION)), ("TTL", str(ttl))]
         properties += [("root_prefix", root_path)] if root_path else []

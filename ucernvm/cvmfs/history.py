@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 
+from ucernvm.cvmfs import sqlite_db
 from ucernvm.cvmfs.hashing import ContentHash
 from ucernvm.cvmfs.sqlite_db import connect_bytes, properties_and_columns
 from ucernvm.errors import FormatError
@@ -40,6 +41,7 @@ class History:
     @classmethod
     def create(cls, fqrn: str) -> History:
         connection = sqlite3.connect(":memory:")
+        connection.execute(f"PRAGMA page_size = {sqlite_db.PAGE_SIZE}")  # before the first table: fixed then
         connection.executescript(
             """
             CREATE TABLE properties (key TEXT, value TEXT, CONSTRAINT pk_properties PRIMARY KEY (key));

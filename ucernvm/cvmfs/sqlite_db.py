@@ -6,6 +6,12 @@ import sqlite3
 
 from ucernvm.errors import FormatError
 
+# The page size of the catalogs and history databases written: cvmfs_server's, whose bundled SQLite is
+# built with SQLITE_DEFAULT_PAGE_SIZE=1024 and whose client sizes its SQLite page cache for such pages. An
+# empty catalog is 16 KiB instead of 56 KiB at SQLite's 4096; lookups in a catalog of 57,000 entries cost
+# a few microseconds more, which a walk through the mount does not show (docs/benchmarks.md).
+PAGE_SIZE = 1024
+
 
 def connect_bytes(data: bytes, what: str, check_same_thread: bool = True) -> sqlite3.Connection:
     """An in-memory database holding ``data``; FormatError if it is not SQLite."""
