@@ -8,11 +8,11 @@ import sys
 import time
 from pathlib import Path
 
+from ucernvm.commands.resign import check_days
 from ucernvm.cvmfs.chunking import ChunkingParams
 from ucernvm.cvmfs.compression import Compression
 from ucernvm.cvmfs.hashing import HashAlgorithm
 from ucernvm.cvmfs.ingest import IngestOptions
-from ucernvm.commands.resign import check_days
 from ucernvm.cvmfs.publisher import PublishOptions, PublishProgress, Publisher
 from ucernvm.cvmfs.whitelist import DEFAULT_VALIDITY_DAYS
 from ucernvm.errors import ConfigError, FormatError
