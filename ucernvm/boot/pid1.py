@@ -15,7 +15,7 @@ from ucernvm.boot.system import RealSystem
 # it), which encodes host names with the idna codec; pacparser for the proxy 'auto'; the email
 # package for multipart user-data (and its generator, for the user-data cloud-init gets); tarfile (with
 # extraction filters) for cernvm_inject; html for the boot report's timeline; ntplib unless ucernvm.ntp=off;
-# the thread pools of concurrent.futures (for the FUSE daemon and the kernel modules' loading), made
+# the thread pools of concurrent.futures (for the FUSE daemon), made
 # when first needed; subprocess for the tools a first boot or a file system check runs; the rescue shell
 # and failure screen, imported when a break point or a failure needs them (a boot that works imports
 # them with the handoff stage's code, while the network comes up); the context search, which only a
