@@ -9,6 +9,7 @@ from ucernvm.boot.pipeline import BootFailure, Stage, run_stages
 from ucernvm.boot.stages import MODULES, STAGES
 from ucernvm.boot.state import BootState
 from ucernvm.boot.system import RealSystem
+from ucernvm.client import lazylog
 
 # What the image must carry beyond this module's own imports: the stages' code, imported as they
 # run, and what is imported only when first used: urllib3 for https servers (plain HTTP does without
@@ -19,9 +20,9 @@ from ucernvm.boot.system import RealSystem
 # when first needed; subprocess for the tools a first boot or a file system check runs; the rescue shell
 # and failure screen, imported when a break point or a failure needs them (a boot that works imports
 # them with the handoff stage's code, while the network comes up); the context search, which only a
-# first boot runs, and glideinWMS detection, for boots with user-data; yaml for the OS's cloud-init
-# configuration, and _strptime (which datetime.strptime imports when first called) for expiry dates,
-# both read only where GCE's ssh-keys name users.
+# first boot runs, and glideinWMS detection, for boots with user-data; yaml for NoCloud meta-data that
+# is more than simple lines and for the OS's cloud-init configuration, and _strptime (which
+# datetime.strptime imports when first called) for expiry dates, read only where GCE's ssh-keys name users.
 IMAGE_MODULES = (*MODULES, "ucernvm.boot.rescue", "urllib3", "encodings.idna", "pacparser", "email.policy", "email.generator",
                  "ucernvm.tarfiles", "ucernvm.context.online", "ucernvm.context.cluster", "html", "ntplib",
                  "ucernvm.context.sources", "ucernvm.context.glideinwms", "yaml", "_strptime",
@@ -31,6 +32,7 @@ IMAGE_MODULES = (*MODULES, "ucernvm.boot.rescue", "urllib3", "encodings.idna", "
 def main() -> int:
     state = BootState(RealSystem(), BootLog(sys.stdout, kmsg="/dev/kmsg"))
     state.log.info("ucernvm boot loader")
+    lazylog.route(state.log.warn, state.log.info)  # the client's server and proxy choices as the boot's lines
 
     def break_point(stage: Stage) -> None:
         if state.config.break_stage == stage.name:
