@@ -376,6 +376,37 @@ def test_a_mount_configured_without_a_proxy_is_refused_as_cvmfs_refuses_it(publi
     assert (point / "etc" / "hostname").read_bytes() == (source / "etc" / "hostname").read_bytes()
 
 
+def test_the_owner_maps_of_the_configuration_give_the_owners_stat_shows(published, mounts, keys_dir,
+                                                                        tmp_path) -> None:
+    """CVMFS_UID_MAP and CVMFS_GID_MAP as cvmfs reads them: 'FROM TO' lines, '#' comments, '*' for every other ID;
+    stat, a listing's attributes (find) and the kernel's checks see the mapped owners."""
+    source, _, server = published
+    url = f"{server.url}/cvmfs/{FQRN}"
+    uid_map, gid_map = tmp_path / "uid.map", tmp_path / "gid.map"
+    uid_map.write_text("# the publisher's root\n0 1234\n\n  7   8  \n")
+    gid_map.write_text("5 6\n* 4321\n")
+    point, _ = mounts.mount(url, keys_dir, tmp_path / "cache", "--proxy", "DIRECT", "-o", f"CVMFS_UID_MAP={uid_map}",
+                            "-o", f"CVMFS_GID_MAP={gid_map}")
+    assert {(st.st_uid, st.st_gid) for st in (os.stat(point), os.lstat(point / "etc" / "hostname"))} == {(1234, 4321)}
+    listed = subprocess.run(["find", str(point), "-printf", "%U:%G\n"], capture_output=True, check=True).stdout
+    assert set(listed.split()) == {b"1234:4321"} and len(listed.split()) == len(list(source.rglob("*"))) + 1
+
+
+@pytest.mark.parametrize(("text", "line"), [("0 1\n1 2 3\n", 2), ("root 5\n", 1), ("5 -1\n", 1), ("0 4294967296\n", 1)])
+def test_a_malformed_owner_map_is_refused_naming_its_file_and_line(published, mounts, keys_dir, tmp_path, text: str,
+                                                                    line: int) -> None:
+    _, _, server = published
+    owner_map = tmp_path / "uid.map"
+    owner_map.write_text(text)
+    point, refused = mounts.mount(f"{server.url}/cvmfs/{FQRN}", keys_dir, tmp_path / "cache", "--proxy", "DIRECT",
+                                  "-o", f"CVMFS_UID_MAP={owner_map}", check=False)
+    assert refused.returncode == 2 and mounted_file_system(str(point)) is None
+    assert refused.stderr.decode().startswith(f"ucernvm: error: {owner_map}:{line}: ")
+    point, refused = mounts.mount(f"{server.url}/cvmfs/{FQRN}", keys_dir, tmp_path / "cache", "--proxy", "DIRECT",
+                                  "-o", f"CVMFS_GID_MAP={tmp_path / 'none'}", check=False)
+    assert refused.returncode == 2 and f"owner map {tmp_path / 'none'} cannot be read" in refused.stderr.decode()
+
+
 def test_variant_symlinks_are_expanded_and_sized_as_their_target(tmp_path, keys_dir, mounts, monkeypatch) -> None:
     """A symlink's size is the length of what readlink returns (as cvmfs's), also once ``$(VAR)`` was
     expanded from the daemon's environment: programs size their buffer from lstat."""

@@ -163,6 +163,8 @@ class FetcherConfig(NamedTuple):
     public_key: tuple[str, ...] = ()
     repository_tag: str | None = None
     root_hash: ContentHash | None = None
+    uid_map: str | None = None  # files of owner mappings (read_id_map), read when mounting
+    gid_map: str | None = None
 
     @classmethod
     def from_values(cls, values: Mapping[str, str]) -> FetcherConfig:
@@ -197,7 +199,60 @@ SETTINGS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "public_key": ("CVMFS_PUBLIC_KEY", _list(":")),
     "repository_tag": ("CVMFS_REPOSITORY_TAG", _optional),
     "root_hash": ("CVMFS_ROOT_HASH", _root_hash),
+    "uid_map": ("CVMFS_UID_MAP", _optional),
+    "gid_map": ("CVMFS_GID_MAP", _optional),
 }
+
+
+# --- owner maps ---------------------------------------------------------------------------------
+
+ID_LIMIT = 1 << 32  # uid_t and gid_t
+
+
+class IdMap(NamedTuple):
+    """cvmfs's CVMFS_UID_MAP or CVMFS_GID_MAP: the repository's owner IDs -> the ones a mount shows."""
+
+    table: dict[int, int]
+    default: int | None = None  # "* ID": what every ID the table does not name shows as
+
+    def function(self) -> Callable[[int], int]:
+        table, default = self.table, self.default
+        if default is None:
+            return lambda id_: table.get(id_, id_)
+        return lambda id_: table.get(id_, default)
+
+
+def parse_id_map(text: str, source: str) -> IdMap:
+    """A map file as cvmfs reads one (its IntegerMap): a line is ``FROM TO`` (whole numbers, or ``*`` for
+    FROM: every other ID), blank, or a ``#`` comment; a later line for the same ID wins. Anything else is a
+    ConfigError naming ``source`` and the line, where cvmfs fails to mount."""
+    table: dict[int, int] = {}
+    default = None
+    for number, line in enumerate(text.splitlines(), 1):
+        words = line.split()
+        if not words or words[0].startswith("#"):
+            continue
+        if len(words) != 2 or not _an_id(words[1]) or not (words[0] == "*" or _an_id(words[0])):
+            raise ConfigError(f"{source}:{number}: {line.strip()!r} is not 'FROM TO'",
+                              "a line of an owner map is two IDs (whole numbers), the first or '*' for every other one")
+        if words[0] == "*":
+            default = int(words[1])
+        else:
+            table[int(words[0])] = int(words[1])
+    return IdMap(table, default)
+
+
+def _an_id(word: str) -> bool:
+    return word.isascii() and word.isdigit() and int(word) < ID_LIMIT
+
+
+def read_id_map(path: str) -> IdMap:
+    """The owner map in the file ``path`` (parse_id_map); one that cannot be read is a ConfigError."""
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError as error:
+        raise ConfigError(f"owner map {path} cannot be read: {error.strerror or error}") from None
+    return parse_id_map(text, path)
 
 
 # --- files --------------------------------------------------------------------------------------

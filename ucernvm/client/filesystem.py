@@ -41,7 +41,7 @@ from ucernvm.errors import UcernvmError
 if TYPE_CHECKING:
     from concurrent.futures import ThreadPoolExecutor
 
-    from ucernvm.client.client_config import FetcherConfig
+    from ucernvm.client.client_config import FetcherConfig, IdMap
     from ucernvm.client.fetcher import Counters
 
 # Descriptors the daemon may hold, as cvmfs's CVMFS_NFILES: the kernel's handles (fuse/handles.py)
@@ -61,6 +61,10 @@ _TRANSFER_XATTRS: dict[str, Callable[[Counters, FetcherConfig], str]] = {
 # Entries whose catalog size is not their stat size: a device's is its number, a symlink's its target's length.
 _SIZED_ELSEWHERE = Flag.SPECIAL | Flag.LINK
 _new_tuple = tuple.__new__  # a record from its fields, without its Python-level constructor
+
+
+def _same(id_: int) -> int:
+    return id_
 
 
 class _Node:
@@ -168,7 +172,8 @@ class SnapshotFilesystem(Operations):
 
     def __init__(self, repository: Repository, *, fetch_threads: int = 8, readahead_chunks: int = 3,
                  catalog_threads: int = 4, prefetch_list: str | None = None, boot_layer: bool = False,
-                 pin_list: str | None = None, os_root: str = "") -> None:
+                 pin_list: str | None = None, os_root: str = "", uid_map: IdMap | None = None,
+                 gid_map: IdMap | None = None) -> None:
         self.repository = repository
         self.read_order = ReadOrder()
         self._prefetcher = Prefetcher(repository, prefetch_list, boot_layer=boot_layer) if prefetch_list else None
@@ -183,6 +188,8 @@ class SnapshotFilesystem(Operations):
         self._last_ino = ROOT_INO  # inode numbers are handed out in blocks, one per directory (_Children)
         self._blocks: list[int] = []  # the first inode of each block, ascending
         self._block_owners: list[tuple[_Node, _Children]] = []  # the directory each block numbers the entries of
+        if uid_map is not None or gid_map is not None:
+            self._attributes = self._owners_mapped(uid_map, gid_map)  # type: ignore[method-assign]
         root = repository.entry("")
         self._nodes: dict[int, _Node] = {ROOT_INO: _Node("", root, self._attributes(ROOT_INO, root), None)}
         self._listings_ahead = ListingsAhead(self._listing_ahead)
@@ -241,6 +248,19 @@ class SnapshotFilesystem(Operations):
                 size = len(self._link_target(entry))
         return _new_tuple(Attributes, (ino, mode, size, hardlinks & 0xFFFFFFFF or 1, uid, gid,
                                        mtime * 1_000_000_000 + mtime_ns, rdev))
+
+    def _owners_mapped(self, uid_map: IdMap | None,
+                       gid_map: IdMap | None) -> Callable[[int, DirectoryEntry], Attributes]:
+        """_attributes with the owners the maps give (CVMFS_UID_MAP, CVMFS_GID_MAP), as cvmfs shows them; taken in
+        its place only where a map is given, so that a mount without one pays nothing for them."""
+        plain = self._attributes
+        uid_of, gid_of = (_same if map_ is None else map_.function() for map_ in (uid_map, gid_map))
+
+        def attributes(ino: int, entry: DirectoryEntry) -> Attributes:
+            ino, mode, size, nlink, uid, gid, mtime_ns, rdev = plain(ino, entry)
+            return _new_tuple(Attributes, (ino, mode, size, nlink, uid_of(uid), gid_of(gid), mtime_ns, rdev))
+
+        return attributes
 
     def _link_target(self, entry: DirectoryEntry) -> bytes:
         return os.fsencode(expand_variant_symlink(entry.symlink, self._environment))

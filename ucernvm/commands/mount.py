@@ -19,7 +19,7 @@ from ucernvm.errors import ConfigError, MountError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from ucernvm.client.client_config import FetcherConfig
+    from ucernvm.client.client_config import FetcherConfig, IdMap
 
 DEFAULT_CACHE = "/var/lib/ucernvm/cache"
 UNMOUNTED_WAIT = 10.0  # seconds a mount waits for the daemon of an unmounted one to end and free the cache
@@ -109,15 +109,25 @@ def mount_snapshot(args: argparse.Namespace) -> tuple[Repository, FuseMount]:
     """The repository opened with the cache held, and its snapshot mounted, not served yet."""
     config = source_config(args)
     check_proxy(args, config)
+    maps = owner_maps(config)
     quota = args.quota if args.quota is not None else config.quota_limit if config is not None else DEFAULT_QUOTA
     cache = ObjectCache(args.cache, quota * MIB if quota > 0 else None)  # CVMFS_QUOTA_LIMIT=-1: none
     lock_cache(cache, os.path.realpath(args.mountpoint))
     repository = open_repository(args, cache=cache, config=config)
     for warning in repository.warnings:
         warn(warning)
-    filesystem = SnapshotFilesystem(repository, prefetch_list=args.prefetch, pin_list=args.pin)
+    filesystem = SnapshotFilesystem(repository, prefetch_list=args.prefetch, pin_list=args.pin, **maps)
     options = MountOptions(fsname=repository.fqrn, subtype="cvmfs", threads=args.threads, passthrough=args.passthrough)
     return repository, mount(filesystem, args.mountpoint, options)
+
+
+def owner_maps(config: FetcherConfig | None) -> dict[str, IdMap]:
+    """The owner maps CVMFS_UID_MAP and CVMFS_GID_MAP name, read before mounting: a malformed one is an error
+    naming its file and line, as cvmfs refuses to mount then."""
+    from ucernvm.client.client_config import read_id_map
+
+    paths = {} if config is None else {"uid_map": config.uid_map, "gid_map": config.gid_map}
+    return {name: read_id_map(path) for name, path in paths.items() if path}
 
 
 def check_proxy(args: argparse.Namespace, config: FetcherConfig | None) -> None:
