@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -654,3 +655,20 @@ def test_a_link_the_os_left_at_the_reserve_s_temporary_name_does_not_keep_the_re
     again = rig.boot([device])
     assert (again.scratch / "aux" / "safety" / "50m").is_file() and not (again.scratch / "aux" / "safety.tmp").exists()
     assert list(outside.iterdir()) == [] and not again.warnings
+
+
+def test_a_scratch_disk_from_ucernvm_s_predecessor_has_its_aufs_layer_converted(rig: Rig) -> None:
+    """A µCernVM disk kept and booted with ucernvm: its aufs marks are overlayfs's before the root is mounted."""
+    from test_aufs import aufs_layer
+
+    device = rig.attach(rig.disk("empty", 128 * MIB))
+    first = rig.boot([device])
+    aufs_layer(first.scratch / "persistent")
+    [device] = rig.reboot([device])
+    second = rig.boot([device])
+    upper = second.scratch / "persistent"
+    readme = os.lstat(upper / "usr/share/doc/readme")
+    assert readme.st_rdev == 0 and stat.S_ISCHR(readme.st_mode)
+    assert not [path for path in upper.rglob(".wh.*")]
+    assert second.facts["aufs"] == {"whiteouts": 3, "opaque": 1, "removed": 4, "left": 0}
+    assert any(action.startswith(f"convert {upper} from aufs to overlayfs") for action in second.system.actions)

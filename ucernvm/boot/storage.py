@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ucernvm.boot.aufs import convert_aufs_layer
 from ucernvm.boot.blockdev import (
     DeviceReader,
     Disk,
@@ -225,6 +226,8 @@ def storage_stage(
         _mind_the_room(state, target.device, keeps_reserve, facts)
     elif keeps_reserve and state.scratch_fresh:  # a new file system is empty: it has the room, and no reserve yet
         system.do(KeepRoom(str(state.scratch / SAFETY)))
+    # Before the rebase and the root's mount read persistent/, with the disk's room given back if it was full.
+    convert_aufs_layer(state)
 
 
 class Room(NamedTuple):
