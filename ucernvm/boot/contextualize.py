@@ -17,11 +17,11 @@ from ucernvm.boot import blockdev
 from ucernvm.boot.kmod import load_media_modules
 from ucernvm.boot.pipeline import wait_for_background
 from ucernvm.boot.state import BootState
-from ucernvm.boot.system import MakeDirs, WriteFile
+from ucernvm.boot.system import CopyMedium, MakeDirs, WriteFile
 from ucernvm.boot.untrusted import read_scratch
 from ucernvm.config import build_config, context_values
 from ucernvm.context.section import parse_section
-from ucernvm.context.found import OPEN_NEBULA, BlockDevice, FoundContext, MetaData
+from ucernvm.context.found import AZURE, OPEN_NEBULA, BlockDevice, FoundContext, MetaData
 from ucernvm.context.userdata import MAX_USER_DATA, decode, is_packed, text_parts
 from ucernvm.errors import ContextError
 
@@ -37,6 +37,11 @@ META_DATA = "meta-data"  # in context/: the first boot's meta-data (NoCloud keys
 # apply under the online context's on every boot, as on the first.
 BEFORE_PIN = "user-data-before-pin"
 SOURCE_LIMIT = 4096  # context/source: a source's name
+AZURE_ISO = "azure.iso"  # in context/: µCernVM's dd of Azure's provisioning medium
+# Azure's medium holds ovf-env.xml, whose CustomData is at most 64 KB, and a tag file: far below this. A
+# larger medium with the tag is not Azure's, and its copy (read whole into PID 1's memory, then onto the
+# scratch disk, outside the cache's quota) would only take room from the OS.
+AZURE_ISO_LIMIT = 16 << 20
 
 
 def section_of(user_data: bytes) -> tuple[dict[str, str], list[str]]:
@@ -241,6 +246,10 @@ def settle_context(state: BootState) -> None:
         system.do(WriteFile(str(directory / "pickup.tar.gz"), found.pickup, 0o600))
     if state.config.cluster_pin:
         system.do(WriteFile(str(directory / "ami-contextualized"), b""))
+    if found is not None and found.source == AZURE and found.device:
+        # Azure ejects its provisioning medium after the first boot; the OS's amiconfig mounts this copy.
+        state.do_or_warn(f"context/{AZURE_ISO} (the copy of Azure's provisioning medium {found.device})",
+                         CopyMedium(found.device, str(directory / AZURE_ISO), AZURE_ISO_LIMIT))
 
 
 def _restore_context(state: BootState, directory: Path) -> None:

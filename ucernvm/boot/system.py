@@ -13,6 +13,7 @@ emulation for each of dozens (tests/test_image.py keeps dataclasses off the boot
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import time
 from pathlib import Path
@@ -119,6 +120,38 @@ class WriteFile(NamedTuple):
             except OSError:
                 pass
             raise
+
+
+class CopyMedium(NamedTuple):
+    """Copy a medium whole (a block device, or a file standing for one) to the file ``path``, made as
+    ``WriteFile`` makes one; a medium of more than ``limit`` bytes is refused (OSError), not cut short."""
+
+    source: str
+    path: str
+    limit: int
+    mode: int = 0o600
+
+    def describe(self) -> str:
+        return f"copy {self.source} to {self.path} (at most {self.limit} bytes)"
+
+    def apply(self) -> int:
+        fd = os.open(self.source, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            size = os.lseek(fd, 0, os.SEEK_END)  # a block device's size, as a file's
+            if size > self.limit:
+                raise OSError(errno.EFBIG, f"{self.source} holds {size} bytes, more than {self.limit}")
+            chunks: list[bytes] = []
+            done = 0
+            while done < size:
+                chunk = os.pread(fd, min(1 << 20, size - done), done)
+                if not chunk:
+                    raise OSError(errno.EIO, f"{self.source} ended after {done} of its {size} bytes")
+                chunks.append(chunk)
+                done += len(chunk)
+        finally:
+            os.close(fd)
+        WriteFile(self.path, b"".join(chunks), self.mode).apply()
+        return size
 
 
 class RemoveFile(NamedTuple):
