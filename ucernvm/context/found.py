@@ -85,7 +85,7 @@ class FoundContext(NamedTuple):
     user_data: bytes = b""  # gunzipped once found; b"" when the source has meta-data only
     meta: MetaData = MetaData()
     network: tuple[StaticInterface, ...] = ()
-    device: str | None = None  # the medium it came from (Azure: copy it to context/azure.iso)
+    device: str | None = None  # the medium it came from (Azure's is copied to context/azure.iso on the first boot)
     extra_user_data: bytes = b""  # every partition's /cernvm/extra-user-data, concatenated
     pickup: bytes | None = None  # the first /cernvm/pickup.tar.gz
 
