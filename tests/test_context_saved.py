@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from test_cache import fill
 from test_cache_trust import no_hang  # noqa: F401 (a fixture)
 from ucernvm.boot.contextualize import BEFORE_PIN, META_DATA, apply_user_data, online_context, settle_context
 from ucernvm.boot.log import BootLog
@@ -263,3 +264,21 @@ def test_a_fifo_a_huge_file_or_a_link_in_place_of_a_saved_file_is_a_warning(tmp_
     assert (state.user_data is None) == (name == "user-data")
     (warning,) = state.warnings
     assert warning.startswith(f"context/{name} is ") and " on the scratch disk: " in warning
+
+
+def test_a_full_scratch_disk_keeps_the_context_of_this_boot_and_warns_for_the_later_ones(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs to fill needs root")
+    state = BootState(System(str(tmp_path)), BootLog(io.StringIO()))
+    state.scratch.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,nr_inodes=8", "tmpfs", str(state.scratch)], check=True)
+    try:
+        fill(state.scratch)
+        state.scratch_fresh = True
+        apply_user_data(state, b"[ucernvm-begin]\ncvmfs_tag=v2\n[ucernvm-end]\n", "EC2")
+        settle_context(state)  # no OSError out of the storage stage's last step
+        assert state.config.tag == "v2"
+        assert [warning.split(":")[0] for warning in state.warnings] == [
+            "the context on the scratch disk (later boots go without it) not written"]
+    finally:
+        subprocess.run(["umount", "-l", str(state.scratch)], check=True)

@@ -17,7 +17,7 @@ from ucernvm.boot import blockdev
 from ucernvm.boot.kmod import load_media_modules
 from ucernvm.boot.pipeline import wait_for_background
 from ucernvm.boot.state import BootState
-from ucernvm.boot.system import CopyMedium, MakeDirs, WriteFile
+from ucernvm.boot.system import Action, CopyMedium, MakeDirs, WriteFile
 from ucernvm.boot.untrusted import read_scratch
 from ucernvm.config import build_config, context_values
 from ucernvm.context.section import parse_section
@@ -220,32 +220,34 @@ def settle_context(state: BootState) -> None:
     if not state.scratch_fresh and saved.exists():
         _restore_context(state, directory)
         return
-    system = state.system
     found = state.found_context
     if not state.scratch_fresh and state.user_data is None and found is None:
         _restore_extra_user_data(state, directory / "extra-user-data")
         return  # a later boot of a first one that had no user-data: its record stands, unwritten again
-    system.do(MakeDirs(str(directory)))
-    system.do(WriteFile(str(directory / "source"), f"{state.context_source}\n".encode()))
+    actions: list[Action] = [MakeDirs(str(directory)),
+                             WriteFile(str(directory / "source"), f"{state.context_source}\n".encode())]
     if state.user_data is not None:
-        system.do(WriteFile(str(saved), state.user_data, 0o600))
+        actions.append(WriteFile(str(saved), state.user_data, 0o600))
         section = _ucernvm_settings(state, state.user_data)
         before_pin = _user_data_before_pin(state)
         if before_pin is not None:
-            system.do(WriteFile(str(directory / BEFORE_PIN), before_pin, 0o600))
+            actions.append(WriteFile(str(directory / BEFORE_PIN), before_pin, 0o600))
             section = {**_ucernvm_settings(state, before_pin), **section}
-        system.do(WriteFile(str(directory / "ucontext"), _ucontext(section), 0o600))
+        actions.append(WriteFile(str(directory / "ucontext"), _ucontext(section), 0o600))
     meta = found.meta.as_nocloud() if found is not None else {}
     if meta:
-        system.do(WriteFile(str(directory / META_DATA), (json.dumps(meta, indent=1) + "\n").encode(), 0o600))
+        actions.append(WriteFile(str(directory / META_DATA), (json.dumps(meta, indent=1) + "\n").encode(), 0o600))
     if found is not None and found.extra_user_data:
         section, _ = section_of(decode(found.extra_user_data))
-        system.do(WriteFile(str(directory / "extra-ucontext"), _ucontext(section), 0o600))
-        system.do(WriteFile(str(directory / "extra-user-data"), found.extra_user_data, 0o600))
+        actions.append(WriteFile(str(directory / "extra-ucontext"), _ucontext(section), 0o600))
+        actions.append(WriteFile(str(directory / "extra-user-data"), found.extra_user_data, 0o600))
     if found is not None and found.pickup is not None:
-        system.do(WriteFile(str(directory / "pickup.tar.gz"), found.pickup, 0o600))
+        actions.append(WriteFile(str(directory / "pickup.tar.gz"), found.pickup, 0o600))
     if state.config.cluster_pin:
-        system.do(WriteFile(str(directory / "ami-contextualized"), b""))
+        actions.append(WriteFile(str(directory / "ami-contextualized"), b""))
+    # A full or failing disk leaves this boot its context (it is applied already) but not the later ones.
+    if not state.do_or_warn("the context on the scratch disk (later boots go without it)", *actions):
+        return
     if found is not None and found.source == AZURE and found.device:
         # Azure ejects its provisioning medium after the first boot; the OS's amiconfig mounts this copy.
         state.do_or_warn(f"context/{AZURE_ISO} (the copy of Azure's provisioning medium {found.device})",
