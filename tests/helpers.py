@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -70,3 +72,28 @@ def daemon_statistics(mountpoint: Path, cache: Path) -> dict[str, Any]:
 def _statistics_lines(log: Path) -> list[str]:
     return [line for line in log.read_text().splitlines() if "statistics " in line] if log.exists() else []
 
+
+def serves_past_idle_connections(server: subprocess.Popen, port: int, answered: Callable[[], bool],
+                                 count: int = 200) -> bool:
+    """Whether ``server`` (a process listening on ``port`` with few descriptors) answers a client, as
+    ``answered`` checks, while ``count`` idle connections are open, without spinning: a server whose
+    accept() fails in a loop burns a whole CPU. The server process is killed afterwards."""
+    idle: list[socket.socket] = []
+    try:
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(count)]
+        time.sleep(0.5)
+        started, cpu = time.monotonic(), cpu_seconds(server.pid)
+        served = answered()
+        time.sleep(0.5)
+        return served and cpu_seconds(server.pid) - cpu < (time.monotonic() - started) / 2
+    finally:
+        for sock in idle:
+            sock.close()
+        server.kill()
+        server.wait()
+
+
+def cpu_seconds(pid: int) -> float:
+    """The user and system CPU time of process ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
