@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -237,29 +238,39 @@ def test_extended_attributes_longer_than_255_bytes_are_published_as_cvmfs_2_14_w
     assert short_entry.xattrs == {"user.origin": b"test suite", "user.longest": b"y" * 255}
 
 
-def test_an_extended_attribute_of_64_kib_is_left_out_with_a_warning_naming_the_file(tmp_path: Path,
-                                                                                    keys_dir: Path) -> None:
-    """cvmfs stores values up to 64 KiB - 1 (a u16 length); Linux allows 64 KiB itself (tmpfs, XFS)."""
+@pytest.fixture
+def xattr_source(tmp_path: Path) -> Iterator[Path]:
+    """A source directory where large or many extended attributes fit: tmpfs holds what ext4 does not
+    (64 KiB values, hundreds per file)."""
     shm = Path("/dev/shm")
-    source = Path(tempfile.mkdtemp(dir=shm)) if shm.is_dir() else tmp_path / "src"
+    if not shm.is_dir():
+        (tmp_path / "src").mkdir()
+        yield tmp_path / "src"
+        return
+    source = Path(tempfile.mkdtemp(dir=shm))
     try:
-        big = source / "big"
-        big.write_text("a large attribute\n")
-        try:
-            os.setxattr(big, "user.full", b"f" * 65536)
-        except OSError as error:
-            pytest.skip(f"no file system here holds a 64 KiB extended attribute: {error.strerror}")
-        os.setxattr(big, "user.fits", b"g" * 65535)
-        repo = tmp_path / "repo"
-        result = run_cli("publish", source, "--repo", repo, "--name", FQRN, "--keys", keys_dir, "--quiet",
-                         check=True)
-        assert result.stderr.decode().splitlines() == [
-            f"ucernvm: warning: {big}: extended attribute user.full left out: its value of 65536 bytes is "
-            "longer than the 65535 a catalog entry holds"]
-        assert open_repo(repo, keys_dir).entry("/big").xattrs == {"user.fits": b"g" * 65535}
+        yield source
     finally:
-        if source.parent == shm:
-            shutil.rmtree(source)
+        shutil.rmtree(source)
+
+
+def test_an_extended_attribute_of_64_kib_is_left_out_with_a_warning_naming_the_file(
+        xattr_source: Path, tmp_path: Path, keys_dir: Path) -> None:
+    """cvmfs stores values up to 64 KiB - 1 (a u16 length); Linux allows 64 KiB itself (tmpfs, XFS)."""
+    big = xattr_source / "big"
+    big.write_text("a large attribute\n")
+    try:
+        os.setxattr(big, "user.full", b"f" * 65536)
+    except OSError as error:
+        pytest.skip(f"no file system here holds a 64 KiB extended attribute: {error.strerror}")
+    os.setxattr(big, "user.fits", b"g" * 65535)
+    repo = tmp_path / "repo"
+    result = run_cli("publish", xattr_source, "--repo", repo, "--name", FQRN, "--keys", keys_dir, "--quiet",
+                     check=True)
+    assert result.stderr.decode().splitlines() == [
+        f"ucernvm: warning: {big}: extended attribute user.full left out: its value of 65536 bytes is "
+        "longer than the 65535 a catalog entry holds"]
+    assert open_repo(repo, keys_dir).entry("/big").xattrs == {"user.fits": b"g" * 65535}
 
 
 def test_modification_times_are_published_to_the_nanosecond(tree: Path, tmp_path: Path, keys_dir: Path) -> None:
@@ -650,31 +661,25 @@ def test_a_tag_is_added_moved_and_removed_on_purpose(tree: Path, tmp_path: Path,
 
 
 def test_a_file_with_more_extended_attributes_than_an_entry_holds_keeps_the_first_255_with_a_warning(
-        tmp_path: Path, keys_dir: Path) -> None:
+        xattr_source: Path, tmp_path: Path, keys_dir: Path) -> None:
     """A catalog entry counts its extended attributes in one byte: the first 255 by name are published and
     the publish warns naming the file, where cvmfs_server would keep 256 and count them as none."""
-    shm = Path("/dev/shm")
-    source = Path(tempfile.mkdtemp(dir=shm)) if shm.is_dir() else tmp_path / "src"
+    crowded = xattr_source / "crowded"
+    crowded.write_text("many attributes\n")
     try:
-        crowded = source / "crowded"
-        crowded.write_text("many attributes\n")
-        try:
-            for number in range(300):
-                os.setxattr(crowded, f"user.k{number:03d}", str(number).encode())
-        except OSError as error:
-            pytest.skip(f"no file system here holds 300 extended attributes on one file: {error.strerror}")
-        (source / "plain").write_text("none\n")
-        repo = tmp_path / "repo"
-        result = run_cli("publish", source, "--repo", repo, "--name", FQRN, "--keys", keys_dir, "--quiet",
-                         check=True)
-        assert result.stderr.decode().splitlines() == [
-            f"ucernvm: warning: {crowded}: 300 extended attributes, of which a catalog entry holds 255; published "
-            "the first 255 by name, left out 45 (user.k255 to user.k299)"]
-        entry = open_repo(repo, keys_dir).entry("/crowded")
-        assert entry.xattrs == {f"user.k{number:03d}": str(number).encode() for number in range(255)}
-    finally:
-        if source.parent == shm:
-            shutil.rmtree(source)
+        for number in range(300):
+            os.setxattr(crowded, f"user.k{number:03d}", str(number).encode())
+    except OSError as error:
+        pytest.skip(f"no file system here holds 300 extended attributes on one file: {error.strerror}")
+    (xattr_source / "plain").write_text("none\n")
+    repo = tmp_path / "repo"
+    result = run_cli("publish", xattr_source, "--repo", repo, "--name", FQRN, "--keys", keys_dir, "--quiet",
+                     check=True)
+    assert result.stderr.decode().splitlines() == [
+        f"ucernvm: warning: {crowded}: 300 extended attributes, of which a catalog entry holds 255; published "
+        "the first 255 by name, left out 45 (user.k255 to user.k299)"]
+    entry = open_repo(repo, keys_dir).entry("/crowded")
+    assert entry.xattrs == {f"user.k{number:03d}": str(number).encode() for number in range(255)}
 
 
 def test_tags_are_listed_and_inspected_as_cvmfs_server_tag_does(tree: Path, tmp_path: Path, keys_dir: Path) -> None:
