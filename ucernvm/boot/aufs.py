@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ucernvm.boot.system import WriteFile
+from ucernvm.boot.system import write_log
 from ucernvm.records import NamedTuple
 
 if TYPE_CHECKING:
@@ -153,11 +153,8 @@ class ConvertAufs(NamedTuple):
         except OSError as error:
             lines.append(f"stopped: {error}")
             result = {"error": str(error)}
-        try:
-            WriteFile(self.log, ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape")).apply()
-        except OSError as error:
-            return {**result, "log_error": error.strerror or str(error)}
-        return result
+        log_error = write_log(self.log, lines)
+        return result if log_error is None else {**result, "log_error": log_error}
 
 
 def _whiteout(upper: Path, mark: str) -> str:

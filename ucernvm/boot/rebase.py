@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ucernvm.boot.system import RemoveFile, WriteFile
+from ucernvm.boot.system import RemoveFile, WriteFile, write_log
 from ucernvm.boot.untrusted import UnusableFile, read_file
 from ucernvm.client.repository import normalize_path
 from ucernvm.cvmfs.catalog import DirectoryEntry
@@ -291,7 +291,7 @@ class Rebase(NamedTuple):
         except (OSError, UcernvmError) as error:
             lines.append(f"stopped: {error}")
             result = {"error": str(error)}
-        log_error = _write_log(Path(self.log), lines)
+        log_error = write_log(self.log, lines)
         return result if log_error is None else {**result, "log_error": log_error}
 
     def _steps(self, upper: Path, lines: list[str]) -> dict[str, int | str | list[str]]:
@@ -369,17 +369,6 @@ def _layer_file(upper: Path, relative: str, lines: list[str]) -> bytes | None:
     except UnusableFile as problem:
         lines.append(f"account {relative}: left alone, {problem}")
         return None
-
-
-def _write_log(path: Path, lines: list[str]) -> str | None:
-    """Write a rebase's log (under a temporary name made anew: whatever the OS left in its place, a FIFO that
-    would block, a link, is not written through); why it could not be (none of it is left, so that no log
-    points nowhere), or None."""
-    try:
-        WriteFile(str(path), ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape")).apply()
-    except OSError as error:
-        return error.strerror or str(error)
-    return None
 
 
 def _replace(path: Path, data: bytes) -> None:

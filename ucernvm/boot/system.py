@@ -122,6 +122,17 @@ class WriteFile(NamedTuple):
             raise
 
 
+def write_log(path: str, lines: list[str]) -> str | None:
+    """Write a log of ``lines`` whole, as ``WriteFile`` writes (under a temporary name made anew: whatever the
+    OS left in its place, a FIFO that would block, a link, is not written through); why it could not be
+    (none of it is left, so that no log points nowhere), or None."""
+    try:
+        WriteFile(path, ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape")).apply()
+    except OSError as error:
+        return error.strerror or str(error)
+    return None
+
+
 class CopyMedium(NamedTuple):
     """Copy a medium whole (a block device, or a file standing for one) to the file ``path``, made as
     ``WriteFile`` makes one; a medium of more than ``limit`` bytes is refused (OSError), not cut short."""
