@@ -97,3 +97,16 @@ def cpu_seconds(pid: int) -> float:
     """The user and system CPU time of process ``pid`` so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def closed_by_server(sock: socket.socket, within: float) -> bool:
+    """Whether the server ends this connection within ``within`` seconds (reading what it sends)."""
+    sock.settimeout(within)
+    try:
+        while sock.recv(65536):
+            pass
+    except TimeoutError:
+        return False
+    except OSError:
+        pass  # reset: closed as well
+    return True

@@ -9,20 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from helpers import PROJECT, serves_past_idle_connections
+from helpers import PROJECT, closed_by_server, serves_past_idle_connections
 from ucernvm.server.online import Context, OnlineServer, OnlineService
-
-
-def closed_by_server(sock: socket.socket, within: float) -> bool:
-    sock.settimeout(within)
-    try:
-        while sock.recv(65536):
-            pass
-    except TimeoutError:
-        return False
-    except OSError:
-        pass  # reset: closed as well
-    return True
 
 
 def make_cluster(port: int) -> int:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import serves_past_idle_connections
+from helpers import closed_by_server, serves_past_idle_connections
 from squid import squid  # noqa: F401  (fixture)
 from ucernvm.errors import ConfigError
 from ucernvm.server import GeoDatabase, StratumServer
@@ -559,19 +559,6 @@ def test_stop_cuts_open_connections(tree):
         connection.getresponse().read()
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=2)
-
-
-def closed_by_server(sock: socket.socket, within: float) -> bool:
-    """Whether the server ends this connection within ``within`` seconds (reading what it sends)."""
-    sock.settimeout(within)
-    try:
-        while sock.recv(65536):
-            pass
-    except TimeoutError:
-        return False
-    except OSError:
-        pass  # reset: closed as well
-    return True
 
 
 def test_a_client_sending_its_request_slowly_is_cut_off(tree):
