@@ -439,8 +439,8 @@ NOT_ON_THE_BOOT_PATH = ("dataclasses", "inspect", "ast", "multiprocessing", "pic
 
 
 # Modules PID 1 leaves to the processes that need them: logging (with traceback, tokenize, textwrap and
-# string) comes with pyroute2's DHCP code into the network stage's child and with concurrent.futures into
-# the FUSE daemon's thread pools, made on their first task; the client logs through lazylog.py. subprocess
+# string) comes with pyroute2's DHCP code into the network stage's child; the client logs through
+# lazylog.py, and the FUSE daemon's pools are plain threads (concurrent.futures imports logging). subprocess
 # (with locale) is imported where a tool runs, which a later boot does not; OpenSSL's hashes (_hashlib)
 # where data in bulk is verified (cvmfs/hashing.py).
 NOT_IN_PID_1 = ("logging", "concurrent.futures", "subprocess", "locale", "_hashlib")

@@ -16,8 +16,7 @@ from ucernvm.client import lazylog
 # it), which encodes host names with the idna codec; pacparser for the proxy 'auto'; the email
 # package for multipart user-data (and its generator, for the user-data cloud-init gets); tarfile (with
 # extraction filters) for cernvm_inject; html for the boot report's timeline; ntplib unless ucernvm.ntp=off;
-# the thread pools of concurrent.futures (for the FUSE daemon), made
-# when first needed; subprocess for the tools a first boot or a file system check runs; the rescue shell
+# subprocess for the tools a first boot or a file system check runs; the rescue shell
 # and failure screen, imported when a break point or a failure needs them (a boot that works imports
 # them with the handoff stage's code, while the network comes up); the context search, which only a
 # first boot runs, and glideinWMS detection, for boots with user-data; yaml for NoCloud meta-data that
@@ -25,8 +24,7 @@ from ucernvm.client import lazylog
 # datetime.strptime imports when first called) for expiry dates, read only where GCE's ssh-keys name users.
 IMAGE_MODULES = (*MODULES, "ucernvm.boot.rescue", "urllib3", "encodings.idna", "pacparser", "email.policy", "email.generator",
                  "ucernvm.tarfiles", "ucernvm.context.online", "ucernvm.context.cluster", "html", "ntplib",
-                 "ucernvm.context.sources", "ucernvm.context.glideinwms", "yaml", "_strptime",
-                 "concurrent.futures.thread", "subprocess")
+                 "ucernvm.context.sources", "ucernvm.context.glideinwms", "yaml", "_strptime", "subprocess")
 
 
 def main() -> int:

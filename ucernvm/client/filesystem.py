@@ -33,14 +33,13 @@ from ucernvm.client.prefetch import Prefetcher, ReadOrder, warn
 from ucernvm.client.repository import Repository
 from ucernvm.client.sinks import PIECE_SIZE
 from ucernvm.client.variant_symlinks import expand_variant_symlink
+from ucernvm.client.workers import WorkerPool
 from ucernvm.cvmfs.catalog import Catalog, Chunk, DirectoryEntry, Flag, join
 from ucernvm.cvmfs.hashing import ContentHash
 from ucernvm.cvmfs.manifest import META_INFO_MAX
 from ucernvm.errors import UcernvmError
 
 if TYPE_CHECKING:
-    from concurrent.futures import ThreadPoolExecutor
-
     from ucernvm.client.client_config import FetcherConfig, IdMap
     from ucernvm.client.fetcher import Counters
 
@@ -140,33 +139,6 @@ class _OpenFile:
         self.lock = threading.Lock()
 
 
-class _LazyPool:
-    """A thread pool made on its first task: concurrent.futures imports logging (see lazylog.py), which
-    a boot's PID 1, whose code the daemon forks from, would otherwise import before it is needed, if at all."""
-
-    def __init__(self, workers: int, name: str) -> None:
-        self._workers, self._name = workers, name
-        self._executor: ThreadPoolExecutor | None = None  # made with the first task
-        self._closed = False
-        self._lock = threading.Lock()
-
-    def submit(self, function: Callable[..., object], *args: object) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            if self._executor is None:
-                from concurrent.futures import ThreadPoolExecutor
-
-                self._executor = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix=self._name)
-            self._executor.submit(function, *args)
-
-    def shutdown(self) -> None:
-        with self._lock:
-            self._closed = True
-            if self._executor is not None:
-                self._executor.shutdown(wait=False, cancel_futures=True)
-
-
 class SnapshotFilesystem(Operations):
     has_backing_files = True  # the cached object of a file stored whole (backing_fd)
 
@@ -182,8 +154,8 @@ class SnapshotFilesystem(Operations):
         self.readahead_chunks = readahead_chunks
         self._fetch_threads = fetch_threads
         self._catalog_threads = catalog_threads
-        self._pool: _LazyPool | None = None
-        self._catalog_pool: _LazyPool | None = None
+        self._pool: WorkerPool | None = None
+        self._catalog_pool: WorkerPool | None = None
         self._lock = threading.Lock()
         self._last_ino = ROOT_INO  # inode numbers are handed out in blocks, one per directory (_Children)
         self._blocks: list[int] = []  # the first inode of each block, ascending
@@ -207,12 +179,12 @@ class SnapshotFilesystem(Operations):
         # Threads start here, in the serving process, after any fork.
         lazylog.route(warn)  # a server or proxy switch, a cache's removal: "ucernvm mount: warning: ..."
         raise_file_limit(NFILES)
-        self._pool = _LazyPool(self._fetch_threads, "fetch")
+        self._pool = WorkerPool(self._fetch_threads, "fetch")
         cache = self.repository.cache
         if cache is not None:
             cache.enter()  # relative paths from here on: the daemon survives the cache being moved
             cache.start_accounting()
-            self._catalog_pool = _LazyPool(self._catalog_threads, "catalog")
+            self._catalog_pool = WorkerPool(self._catalog_threads, "catalog")
             catalogs_ahead = CatalogsAhead(self.repository, self._catalog_pool.submit)
             self.repository.catalog_loaded = catalogs_ahead.loaded
             for catalog in self.repository.loaded_catalogs():
