@@ -13,6 +13,7 @@ import pytest
 
 from boot_env import (FQRN, GUEST_HOST, BootRepository, boot, build_boot_image, make_repository, new_disk,
                       power_cut)
+from ucernvm import __version__
 from ucernvm.cli import main as ucernvm
 from ucernvm.cvmfs.publisher import resign
 from ucernvm.cvmfs.signing import generate_repository_keys
@@ -68,6 +69,7 @@ def test_boot_twice_on_one_disk(image: BuildResult, repository: BootRepository, 
     # The initramfs, as the daemon's root, freed but for its name resolution and TLS files
     assert first.marker("UCERNVM-OS-OLD-ROOT") == "etc usr"
     assert "ucernvm: root detached" in first.serial  # the OS's shutdown went through the hand-back
+    assert f"[INF] ucernvm boot loader {__version__}" in first.serial
 
     repository.publish("v2")  # a newer snapshot appears; the pinned machine must not move
     # fuse.max_user_bgreq: a module parameter on the kernel command line reaches the module the boot loads

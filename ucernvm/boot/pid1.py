@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from ucernvm import __version__
 from ucernvm.boot.log import BootLog
 from ucernvm.boot.pipeline import BootFailure, Stage, run_stages
 from ucernvm.boot.stages import MODULES, STAGES
@@ -29,7 +30,7 @@ IMAGE_MODULES = (*MODULES, "ucernvm.boot.rescue", "urllib3", "encodings.idna", "
 
 def main() -> int:
     state = BootState(RealSystem(), BootLog(sys.stdout, kmsg="/dev/kmsg"))
-    state.log.info("ucernvm boot loader")
+    state.log.info(f"ucernvm boot loader {__version__}")  # as µCernVM's banner names its release
     lazylog.route(state.log.warn, state.log.info)  # the client's server and proxy choices as the boot's lines
 
     def break_point(stage: Stage) -> None:
