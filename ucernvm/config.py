@@ -87,6 +87,7 @@ SITE_PAC_URLS = ("http://grid-wpad/wpad.dat", "http://wpad/wpad.dat")
 SHARED_PAC_URLS = ("http://cernvm-wpad.cern.ch/wpad.dat", "http://cernvm-wpad.fnal.gov/wpad.dat")
 DEFAULT_PAC_URLS = ";".join(SITE_PAC_URLS + SHARED_PAC_URLS)
 PANIC_ACTIONS = ("shell", "poweroff", "reboot")
+CVMSSH_WAIT = 30.0  # seconds the console offers cvmssh's shell (nobody may be there on a cloud)
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("repository", "cernvm-prod.cern.ch", "repository (FQRN) that holds the operating system",
@@ -141,8 +142,8 @@ SETTINGS: tuple[Setting, ...] = (
             parse=parse_bool),
     Setting("ssh", False, "µCernVM started an SSH server (dropbear, empty root password) in the foreground, holding the "
             "boot until it stopped; no SSH server is shipped here: before switching root the console offers the rescue "
-            "shell for 30 s (press Enter), then the boot goes on with a warning, so a console nobody watches (a "
-            "cloud's) does not hold it up", kernel=("cvmssh",), parse=parse_bool),
+            f"shell for {CVMSSH_WAIT:g} s (press Enter), then the boot goes on with a warning, so a console nobody "
+            "watches (a cloud's) does not hold it up", kernel=("cvmssh",), parse=parse_bool),
     Setting("panic", "shell", "what a failed boot does after the failure screen: shell, poweroff or reboot",
             kernel=("ucernvm.panic",), parse=parse_choice(PANIC_ACTIONS)),
     Setting("break_stage", "", "open a rescue shell before this stage", kernel=("ucernvm.break",)),

@@ -16,6 +16,7 @@ from ucernvm.boot.snapshot import export_master_keys
 from ucernvm.boot.state import BootState
 from ucernvm.boot.system import MS_MOVE, MS_NODEV, MS_NOSUID, MakeDirs, Mount, Unmount, WriteFile
 from ucernvm.boot.untrusted import in_os_root, read_scratch, scratch_directory
+from ucernvm.config import CVMSSH_WAIT
 from ucernvm.errors import MountError
 from ucernvm.records import NamedTuple
 
@@ -23,7 +24,6 @@ INIT = "/sbin/init"
 VERSION_FILE = "aux/ucernvm-version"  # µCernVM's: the loader's version, for the OS's tools
 KEXEC_APPLY = "kexec/apply"  # µCernVM's: a loader update the OS staged (version=, kernel=, initrd=, cmdline=)
 MAX_APPLY_FILE = 64 << 10
-CVMSSH_WAIT = 30.0  # seconds the console offers cvmssh's shell (nobody may be there on a cloud); the help says 30
 
 
 class CopyTree(NamedTuple):

@@ -37,7 +37,8 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tag", metavar="TAG", help="read this named snapshot instead of the newest revision")
     parser.add_argument("--root-hash", metavar="HASH", help="read the snapshot with this root catalog hash")
     parser.add_argument("--proxy", metavar="PROXIES",
-                        help="HTTP proxies as CVMFS_HTTP_PROXY, e.g. 'http://squid:3128;DIRECT' (an HTTP SOURCE only)")
+                        help="HTTP proxies as CVMFS_HTTP_PROXY, e.g. 'http://squid:3128;DIRECT' (an HTTP SOURCE only; "
+                             "mount refuses an empty one, as cvmfs refuses to mount without a proxy: say DIRECT for none)")
     parser.add_argument("-o", dest="options", action="append", default=[], metavar="KEY=VALUE",
                         help="a cvmfs client setting, e.g. CVMFS_TIMEOUT=10 (repeatable; SOURCE sets CVMFS_SERVER_URL; "
                         "an HTTP SOURCE only)")
