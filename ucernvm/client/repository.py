@@ -234,10 +234,12 @@ class Repository:
     ) -> bytes:
         """An object's verified, decompressed bytes (through the cache when there is one)."""
         fill = self._filler(content_hash, object_type, expected_size, compressed)
-        if self.cache is None:
+        cache = self.cache
+        if cache is None:
             return self._fetch_into_memory(fill)
         try:
-            fd = self._checked(content_hash, lambda: self._open_sized(content_hash, expected_size, fill))
+            # A copy of another size than the catalog gives is fetched again (ObjectCache.open).
+            fd = self._checked(content_hash, lambda: cache.open(content_hash, fill, expected_size))
         except CacheFull:  # no room on the disk: fetched again, into memory
             return self._fetch_into_memory(fill)
         with os.fdopen(fd, "rb") as handle:
@@ -253,16 +255,11 @@ class Repository:
 
     def open_chunk(self, entry: DirectoryEntry, chunk: Chunk) -> int:
         """A descriptor on the cached, verified bytes of one of a file's chunks (needs a cache)."""
-        if self.cache is None:
+        cache = self.cache
+        if cache is None:
             raise FetchError("reading objects as files needs a cache directory")
         fill = self._filler(chunk.content_hash, entry.piece_type, chunk.size, entry.is_compressed)
-        return self._checked(chunk.content_hash, lambda: self._open_sized(chunk.content_hash, chunk.size, fill))
-
-    def _open_sized(self, content_hash: ContentHash, size: int | None, fill: Callable[[Sink], None]) -> int:
-        """The cached object, holding as many bytes as the catalog gives (a download is checked so; a copy the
-        scratch disk holds of another size is fetched again, see ObjectCache.open)."""
-        assert self.cache is not None
-        return self.cache.open(content_hash, fill, size)
+        return self._checked(chunk.content_hash, lambda: cache.open(chunk.content_hash, fill, chunk.size))
 
     def meta_info(self) -> bytes | None:
         """The repository's meta-info JSON (manifest M), verified; None where it has none."""
